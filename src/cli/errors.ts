@@ -1,0 +1,41 @@
+import { isEsgzError } from '../errors.js';
+
+/** Exit codes: 1 for a user-facing failure, 2 for bad usage, 130 for Ctrl-C, 70 for a bug. */
+export function exitCodeFor(err: unknown): number {
+  if (isEsgzError(err)) {
+    if (err.code === 'BAD_FLAG' || err.code === 'BAD_REFERENCE') return 2;
+    if (err.code === 'INTERRUPTED') return 130;
+    if (err.code === 'INTERNAL') return 70;
+    return 1;
+  }
+  return 70;
+}
+
+export function debugEnabled(): boolean {
+  return /(^|,)\s*(esgz|\*)/.test(process.env.DEBUG ?? '');
+}
+
+/** Renders any error as one line on stderr (full detail only with DEBUG=esgz) and exits. */
+export function handleFatal(err: unknown): never {
+  const anyErr = err as { oclif?: { exit?: number }; message?: string; code?: string } | undefined;
+  // oclif's own parse errors (unknown flag, missing arg) and exits carry an exit code already.
+  if (anyErr?.oclif?.exit !== undefined && !isEsgzError(err)) {
+    if (anyErr.code === 'EEXIT') process.exit(anyErr.oclif.exit);
+    process.stderr.write(`esgz: ${firstLine(anyErr.message ?? String(err))}\n`);
+    if (debugEnabled()) process.stderr.write(`${(err as Error).stack ?? ''}\n`);
+    process.exit(anyErr.oclif.exit);
+  }
+  const message = err instanceof Error ? err.message : String(err);
+  process.stderr.write(`esgz: ${firstLine(message)}\n`);
+  if (debugEnabled()) {
+    process.stderr.write(`${(err as Error)?.stack ?? ''}\n`);
+    const cause = (err as { cause?: unknown })?.cause;
+    if (cause) process.stderr.write(`caused by: ${(cause as Error)?.stack ?? String(cause)}\n`);
+  }
+  process.exit(exitCodeFor(err));
+}
+
+function firstLine(text: string): string {
+  const line = text.split('\n').find((l) => l.trim().length > 0) ?? text;
+  return line.replace(/^Error:\s*/, '').trim();
+}

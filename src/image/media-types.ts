@@ -1,0 +1,40 @@
+/** OCI and Docker media types, named once. */
+export const MediaType = {
+  ociIndex: 'application/vnd.oci.image.index.v1+json',
+  ociManifest: 'application/vnd.oci.image.manifest.v1+json',
+  ociConfig: 'application/vnd.oci.image.config.v1+json',
+  ociLayer: 'application/vnd.oci.image.layer.v1.tar',
+  ociLayerGzip: 'application/vnd.oci.image.layer.v1.tar+gzip',
+  ociLayerZstd: 'application/vnd.oci.image.layer.v1.tar+zstd',
+  ociLayerNondistributableGzip: 'application/vnd.oci.image.layer.nondistributable.v1.tar+gzip',
+  dockerManifestList: 'application/vnd.docker.distribution.manifest.list.v2+json',
+  dockerManifest: 'application/vnd.docker.distribution.manifest.v2+json',
+  dockerConfig: 'application/vnd.docker.container.image.v1+json',
+  dockerLayerGzip: 'application/vnd.docker.image.rootfs.diff.tar.gzip',
+  dockerLayerForeignGzip: 'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip',
+  dockerLayer: 'application/vnd.docker.image.rootfs.diff.tar',
+} as const;
+
+export const INDEX_MEDIA_TYPES: readonly string[] = [MediaType.ociIndex, MediaType.dockerManifestList];
+export const MANIFEST_MEDIA_TYPES: readonly string[] = [MediaType.ociManifest, MediaType.dockerManifest];
+
+export function isIndexMediaType(mediaType: string | undefined): boolean {
+  return mediaType !== undefined && INDEX_MEDIA_TYPES.includes(mediaType);
+}
+
+export function isManifestMediaType(mediaType: string | undefined): boolean {
+  return mediaType !== undefined && MANIFEST_MEDIA_TYPES.includes(mediaType);
+}
+
+export function isDockerMediaType(mediaType: string | undefined): boolean {
+  return mediaType?.startsWith('application/vnd.docker.') ?? false;
+}
+
+export type LayerCompression = 'gzip' | 'zstd' | 'none';
+
+/** Compression a layer media type declares (the bytes are still sniffed before decoding). */
+export function layerCompressionOf(mediaType: string): LayerCompression {
+  if (mediaType.endsWith('+zstd')) return 'zstd';
+  if (mediaType.endsWith('+gzip') || mediaType.endsWith('.tar.gzip')) return 'gzip';
+  return 'none';
+}
