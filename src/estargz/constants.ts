@@ -1,0 +1,30 @@
+/**
+ * Constants of the eStargz format (stargz-snapshotter docs/estargz.md) and of zstd:chunked,
+ * each named once. Readers and writers import them from here.
+ */
+
+/** Name of the TOC tar entry at the end of an eStargz blob. */
+export const TOC_TAR_NAME = 'stargz.index.json';
+/** Entry after the prioritized files: everything before it is prefetched. */
+export const PREFETCH_LANDMARK = '.prefetch.landmark';
+/** Entry at the start of a blob that has no prioritized files. */
+export const NO_PREFETCH_LANDMARK = '.no.prefetch.landmark';
+/** Landmark file contents: the single byte 0xf. */
+export const LANDMARK_CONTENTS = Buffer.from([0x0f]);
+
+/** Footer size of an eStargz blob (gzip member with the TOC offset in the extra field). */
+export const FOOTER_SIZE = 51;
+/** Footer size written by older stargz (legacy, read-only support). */
+export const LEGACY_FOOTER_SIZE = 47;
+
+/** Default chunk size of regular file payloads (ctr-remote: 4 MiB). */
+export const DEFAULT_CHUNK_SIZE = 4 << 20;
+
+/** Descriptor annotation: sha256 digest of the uncompressed TOC JSON. */
+export const TOC_DIGEST_ANNOTATION = 'containerd.io/snapshot/stargz/toc.digest';
+/** Descriptor annotation: size of the uncompressed tar. */
+export const UNCOMPRESSED_SIZE_ANNOTATION = 'io.containers.estargz.uncompressed-size';
+/** Annotation on layers of an external-TOC image pointing at the layer they describe. */
+export const TOC_LAYER_DIGEST_ANNOTATION = 'containerd.io/snapshot/stargz/layer.digest';
+/** Suffix of the image that carries external TOCs (ctr-remote: `-esgztoc`). */
+export const EXTERNAL_TOC_IMAGE_SUFFIX = '-esgztoc';
