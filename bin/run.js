@@ -1,6 +1,11 @@
 #!/usr/bin/env node
 // One entry point for both `esgz` and its `ctr-remote` alias.
-import { execute } from '@oclif/core';
+import { flush, run } from '@oclif/core';
 import { handleFatal } from '../dist/cli/errors.js';
 
-await execute({ dir: import.meta.url }).catch(handleFatal);
+try {
+  await run(process.argv.slice(2), import.meta.url);
+  await flush();
+} catch (err) {
+  handleFatal(err);
+}
