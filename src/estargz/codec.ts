@@ -1,0 +1,113 @@
+/**
+ * The seam between the ONE eStargz writer/reader and the compression format underneath.
+ *
+ * Modelled on stargz-snapshotter's Compressor/Decompressor split (estargz/types.go): the writer
+ * decides *what* goes into each member (tar header bytes + one payload chunk, landmarks, where a
+ * member starts) and computes offsets on the ordered output; the codec decides *how* a member is
+ * compressed and how the TOC and footer are laid out at the end of the blob. The reader asks the
+ * codec to recognise the footer, parse the TOC and decompress the bytes of one member/frame.
+ *
+ * Two codecs implement this:
+ *  - gzip  (eStargz): src/estargz/gzip-codec.ts
+ *  - zstd  (zstd:chunked): src/estargz/zstdchunked/codec.ts (helper H4)
+ *
+ * Contract rules (once committed, this file only changes additively):
+ *  - `compressMember` must be a pure function of its input bytes and the codec's options, so
+ *    blobs are byte-reproducible however many members compress concurrently. The writer may call
+ *    it many times without awaiting (bounded); it awaits results in order.
+ *  - Offsets in the TOC are compressed-blob offsets of member starts; `innerOffset` is an offset
+ *    inside the decompressed member. Both are computed by the writer, never by the codec.
+ *  - The TOC JSON bytes must be produced with `marshalTOC` (src/estargz/toc.ts) so that every
+ *    codec hashes the same bytes for the same JTOC (the TOC digest is sha256 of those bytes).
+ */
+import type { JTOC } from './toc.js';
+
+export type CodecName = 'gzip' | 'zstd';
+
+/** Options common to every codec; each codec validates its own ranges. */
+export interface CodecOptions {
+  /** Compression level (gzip 1-9 zlib / 1-12 libdeflate; zstd 1-22). Undefined: codec default. */
+  compressionLevel?: number;
+  /** Number of members compressed concurrently (worker pool size). Undefined: number of cores. */
+  workers?: number;
+}
+
+/** What the codec appends after the last member, and what the writer needs to know about it. */
+export interface CodecTail {
+  /** Bytes to write at `tocOffset`: the TOC in the codec's representation, then the footer. */
+  bytes: Buffer;
+  /** `sha256:<hex>` of the TOC JSON (`marshalTOC(toc)`): the `toc.digest` annotation. */
+  tocDigest: string;
+  /**
+   * Uncompressed bytes these tail bytes add to the layer's tar stream (gzip: the
+   * `stargz.index.json` tar entry and the end-of-archive blocks; zstd:chunked: whatever its
+   * frames decompress to). The writer feeds them into the diffID hash and the uncompressed size.
+   */
+  uncompressedTail: Buffer;
+  /** Extra descriptor annotations the format defines (e.g. zstd:chunked manifest position). */
+  annotations?: Record<string, string>;
+}
+
+/** Where the TOC is, as a footer says. */
+export interface FooterInfo {
+  /** Size of the footer at the end of the blob. */
+  footerSize: number;
+  /** Blob offset of the TOC bytes (gzip: start of the TOC member). */
+  tocOffset: number;
+  /**
+   * Compressed length of the TOC bytes, when the footer says; undefined means "up to the footer"
+   * (eStargz footers only carry the offset).
+   */
+  tocSize?: number;
+  /** True for `STARGZEXTERNALTOC` footers: the TOC lives in a separate image, not in this blob. */
+  externalTOC: boolean;
+  /** Footer flavour, for reports: 'estargz' | 'estargz-legacy' | 'estargz-external' | 'zstdchunked'. */
+  kind: string;
+}
+
+export interface ParsedTOC {
+  toc: JTOC;
+  /** The exact JSON bytes the digest covers. */
+  tocJSON: Buffer;
+  /** `sha256:<hex>` of `tocJSON`. */
+  tocDigest: string;
+}
+
+export interface Codec {
+  readonly name: CodecName;
+  /** OCI media type of a layer this codec writes. */
+  readonly mediaType: string;
+  /** Implementation actually used, for `--json` reports, e.g. 'libdeflate' | 'zlib' | 'zstd-napi'. */
+  readonly backend: string;
+
+  // ---- writer side ----------------------------------------------------------------------
+
+  /** Compresses one whole member (tar header bytes + one payload chunk) into one gzip member / zstd frame. */
+  compressMember(uncompressed: Buffer): Promise<Buffer>;
+  /**
+   * Builds everything after the last member: the TOC and the footer. `tocOffset` is the
+   * compressed blob offset where `bytes` will start (= total size of all members written).
+   * `uncompressedSize` is the size of the tar stream written so far (members only).
+   */
+  buildTail(toc: JTOC, tocOffset: number, uncompressedSize: number): Promise<CodecTail>;
+  /** Releases worker threads. The codec must not be used afterwards. Idempotent. */
+  close(): Promise<void>;
+
+  // ---- reader side ----------------------------------------------------------------------
+
+  /** How many bytes at the end of a blob the reader fetches to find the footer. */
+  readonly maxFooterSize: number;
+  /**
+   * Recognises and parses the footer in `tail` (the last min(maxFooterSize, blobSize) bytes).
+   * Returns undefined when the bytes are not this codec's footer at all; throws EsgzError
+   * (BAD_FORMAT) when they are but are corrupt.
+   */
+  parseFooter(tail: Buffer, blobSize: number): FooterInfo | undefined;
+  /** Parses the TOC bytes the footer points at (decompress, untar if needed, JSON-parse, validate). */
+  parseTOC(tocBytes: Buffer): Promise<ParsedTOC>;
+  /**
+   * Decompresses `compressed`, which starts at a member/frame start and may hold several
+   * consecutive members/frames; returns their concatenated uncompressed bytes.
+   */
+  decompress(compressed: Buffer): Promise<Buffer>;
+}
