@@ -1,0 +1,161 @@
+/*
+ * esgz-fanotify ROOT
+ *
+ * Reports the files processes open, execute and read on the filesystem that holds ROOT (the
+ * container's overlayfs mount). FAN_MARK_FILESYSTEM is used because runc bind-mounts the rootfs
+ * into the container's own mount namespace: a FAN_MARK_MOUNT on our mount would see nothing.
+ *
+ * Output on stdout, line-buffered:
+ *   "READY"                      once the mark is in place (the caller starts the workload after it)
+ *   "<X|O|A> <pid> <path>"       first event for each distinct path: X exec, O open, A access
+ * The path is whatever the kernel resolves for the opened file, seen from this process: paths
+ * opened after the container's pivot_root come back container-absolute. Backslash and newline in
+ * paths are escaped as "\\" and "\n" so every record is one line.
+ * On SIGTERM or SIGINT the queue is drained and the program exits 0.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/fanotify.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+/* Open-addressing set of seen paths (FNV-1a); a workload touches thousands of files, not millions. */
+static char **seen;
+static size_t seen_cap = 1 << 14, seen_len;
+
+static uint64_t hash_str(const char *s) {
+  uint64_t h = 1469598103934665603ULL;
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+  return h;
+}
+
+static int seen_add(const char *path) { /* 1 if newly added */
+  if ((seen_len + 1) * 2 > seen_cap) {
+    size_t old_cap = seen_cap;
+    char **old = seen;
+    seen_cap *= 2;
+    seen = calloc(seen_cap, sizeof(char *));
+    if (!seen) { perror("esgz-fanotify: calloc"); exit(2); }
+    for (size_t i = 0; i < old_cap; i++) {
+      if (!old[i]) continue;
+      size_t j = hash_str(old[i]) & (seen_cap - 1);
+      while (seen[j]) j = (j + 1) & (seen_cap - 1);
+      seen[j] = old[i];
+    }
+    free(old);
+  }
+  size_t j = hash_str(path) & (seen_cap - 1);
+  while (seen[j]) {
+    if (strcmp(seen[j], path) == 0) return 0;
+    j = (j + 1) & (seen_cap - 1);
+  }
+  seen[j] = strdup(path);
+  if (!seen[j]) { perror("esgz-fanotify: strdup"); exit(2); }
+  seen_len++;
+  return 1;
+}
+
+static void print_escaped(const char *s) {
+  for (; *s; s++) {
+    if (*s == '\\') fputs("\\\\", stdout);
+    else if (*s == '\n') fputs("\\n", stdout);
+    else putchar(*s);
+  }
+}
+
+static void handle_events(int fan_fd, int *failed) {
+  char buf[64 * 1024] __attribute__((aligned(__alignof__(struct fanotify_event_metadata))));
+  for (;;) {
+    ssize_t len = read(fan_fd, buf, sizeof buf);
+    if (len < 0) {
+      if (errno == EAGAIN || errno == EINTR) return;
+      perror("esgz-fanotify: read");
+      *failed = 1;
+      return;
+    }
+    if (len == 0) return;
+    struct fanotify_event_metadata *md = (struct fanotify_event_metadata *)buf;
+    for (; FAN_EVENT_OK(md, len); md = FAN_EVENT_NEXT(md, len)) {
+      if (md->vers != FANOTIFY_METADATA_VERSION) {
+        fprintf(stderr, "esgz-fanotify: kernel fanotify metadata version %d is not supported\n", md->vers);
+        exit(2);
+      }
+      if (md->mask & FAN_Q_OVERFLOW) {
+        fprintf(stderr, "esgz-fanotify: event queue overflowed; some accesses were not recorded\n");
+        continue;
+      }
+      if (md->fd < 0) continue;
+      char link[64], path[PATH_MAX + 1];
+      snprintf(link, sizeof link, "/proc/self/fd/%d", md->fd);
+      ssize_t n = readlink(link, path, PATH_MAX);
+      close(md->fd);
+      if (n <= 0) continue;
+      path[n] = '\0';
+      if (!seen_add(path)) continue;
+      char kind = (md->mask & FAN_OPEN_EXEC) ? 'X' : (md->mask & FAN_OPEN) ? 'O' : 'A';
+      printf("%c %d ", kind, (int)md->pid);
+      print_escaped(path);
+      putchar('\n');
+    }
+    fflush(stdout);
+  }
+}
+
+int main(int argc, char **argv) {
+  if (argc != 2) {
+    fprintf(stderr, "usage: esgz-fanotify ROOT\n");
+    return 2;
+  }
+  seen = calloc(seen_cap, sizeof(char *));
+  if (!seen) { perror("esgz-fanotify: calloc"); return 2; }
+
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  sigaddset(&mask, SIGHUP);
+  if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0) { perror("esgz-fanotify: sigprocmask"); return 2; }
+  int sig_fd = signalfd(-1, &mask, SFD_CLOEXEC);
+  if (sig_fd < 0) { perror("esgz-fanotify: signalfd"); return 2; }
+
+  int fan_fd = fanotify_init(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK, O_RDONLY | O_LARGEFILE | O_CLOEXEC);
+  if (fan_fd < 0) {
+    fprintf(stderr, "esgz-fanotify: fanotify_init: %s%s\n", strerror(errno),
+            errno == EPERM ? " (needs root / CAP_SYS_ADMIN)" : "");
+    return 3;
+  }
+  uint64_t events = FAN_OPEN | FAN_OPEN_EXEC | FAN_ACCESS;
+  if (fanotify_mark(fan_fd, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, events, AT_FDCWD, argv[1]) < 0) {
+    fprintf(stderr, "esgz-fanotify: fanotify_mark %s: %s\n", argv[1], strerror(errno));
+    return 3;
+  }
+  setvbuf(stdout, NULL, _IOFBF, 1 << 16);
+  puts("READY");
+  fflush(stdout);
+
+  int failed = 0;
+  struct pollfd fds[2] = {{.fd = fan_fd, .events = POLLIN}, {.fd = sig_fd, .events = POLLIN}};
+  for (;;) {
+    if (poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      perror("esgz-fanotify: poll");
+      return 2;
+    }
+    if (fds[0].revents & POLLIN) handle_events(fan_fd, &failed);
+    if (failed) return 2;
+    if (fds[1].revents & POLLIN) {
+      /* Events already queued belong to the workload that just stopped: record them too. */
+      handle_events(fan_fd, &failed);
+      fflush(stdout);
+      return failed ? 2 : 0;
+    }
+  }
+}
