@@ -26,7 +26,9 @@ for (const name of existsSync(nativeDir) ? readdirSync(nativeDir).sort() : []) {
       failures++;
       continue;
     }
-    result = spawnSync(process.execPath, [gyp, 'rebuild', '--silent'], { cwd: dir, stdio: 'inherit' });
+    // Offline machines: use the headers Debian's nodejs ships instead of downloading them.
+    const nodedir = !process.env.npm_config_nodedir && existsSync('/usr/include/node/common.gypi') ? ['--nodedir=/usr'] : [];
+    result = spawnSync(process.execPath, [gyp, 'rebuild', '--silent', ...nodedir], { cwd: dir, stdio: 'inherit' });
   } else if (existsSync(join(dir, 'Makefile'))) {
     result = spawnSync('make', ['-s'], { cwd: dir, stdio: 'inherit' });
   } else {
