@@ -1,0 +1,187 @@
+/**
+ * gzip compression of whole members on a pool of worker threads.
+ *
+ * Backend: the libdeflate N-API addon (native/libdeflate) when it is built, else Node's zlib.
+ * `ESGZ_GZIP_BACKEND=zlib` forces zlib (tests compare both). Each member is compressed
+ * independently, so the bytes depend only on the input and the level, never on which worker ran
+ * it or in what order: the caller awaits results in input order.
+ */
+import { existsSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import { EsgzError } from '../errors.js';
+
+export type GzipBackend = 'libdeflate' | 'zlib';
+
+const ADDON_PATH = fileURLToPath(new URL('../../native/libdeflate/build/Release/esgz_libdeflate.node', import.meta.url));
+
+let addonProbe: { available: boolean; error?: string } | undefined;
+
+/** Whether the libdeflate addon loads in this process (probed once). */
+export function libdeflateAvailable(): { available: boolean; error?: string } {
+  if (addonProbe) return addonProbe;
+  if (!existsSync(ADDON_PATH)) {
+    addonProbe = { available: false, error: `addon not built (${ADDON_PATH} missing; run npm run build:native)` };
+    return addonProbe;
+  }
+  try {
+    process.dlopen({ exports: {} } as NodeJS.Module, ADDON_PATH);
+    addonProbe = { available: true };
+  } catch (err) {
+    addonProbe = { available: false, error: err instanceof Error ? err.message : String(err) };
+  }
+  return addonProbe;
+}
+
+/** The backend new pools use: libdeflate unless unavailable or ESGZ_GZIP_BACKEND=zlib. */
+export function selectGzipBackend(requested: string | undefined = process.env.ESGZ_GZIP_BACKEND): GzipBackend {
+  if (requested === 'zlib') return 'zlib';
+  if (requested !== undefined && requested !== '' && requested !== 'libdeflate' && requested !== 'auto') {
+    throw new EsgzError('BAD_FLAG', `ESGZ_GZIP_BACKEND=${requested} is not one of libdeflate, zlib, auto`);
+  }
+  const probe = libdeflateAvailable();
+  if (probe.available) return 'libdeflate';
+  if (requested === 'libdeflate') {
+    throw new EsgzError('UNSUPPORTED', `ESGZ_GZIP_BACKEND=libdeflate but the addon cannot load: ${probe.error}`);
+  }
+  return 'zlib';
+}
+
+/** Highest level each backend accepts. */
+export const MAX_GZIP_LEVEL: Record<GzipBackend, number> = { libdeflate: 12, zlib: 9 };
+
+// The worker is plain CommonJS passed with `eval: true`, so it runs the same way from the
+// TypeScript sources (tests) and from dist/ (the CLI) without a separate build artefact.
+const WORKER_SOURCE = `
+const { parentPort, workerData } = require('node:worker_threads');
+const zlib = require('node:zlib');
+let compress;
+if (workerData.backend === 'libdeflate') {
+  const m = { exports: {} };
+  process.dlopen(m, workerData.addonPath);
+  compress = (buf, level) => m.exports.gzipCompress(buf, level);
+} else {
+  compress = (buf, level) => zlib.gzipSync(buf, { level });
+}
+parentPort.on('message', (msg) => {
+  try {
+    const input = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);
+    let out = compress(input, msg.level);
+    if (out.byteOffset !== 0 || out.byteLength !== out.buffer.byteLength) out = Buffer.from(out);
+    parentPort.postMessage({ id: msg.id, data: out }, [out.buffer]);
+  } catch (err) {
+    parentPort.postMessage({ id: msg.id, error: String(err && err.message || err) });
+  }
+});
+`;
+
+interface Pending {
+  resolve(value: Buffer): void;
+  reject(err: Error): void;
+}
+
+interface PoolWorker {
+  worker: Worker;
+  busy: number;
+}
+
+export interface GzipPoolOptions {
+  level: number;
+  workers?: number;
+  backend?: GzipBackend;
+}
+
+export class GzipPool {
+  readonly backend: GzipBackend;
+  readonly level: number;
+  readonly size: number;
+  private readonly workers: PoolWorker[] = [];
+  private readonly pending = new Map<number, Pending & { owner: PoolWorker }>();
+  private nextId = 0;
+  private closed = false;
+  private failure: Error | undefined;
+
+  constructor(options: GzipPoolOptions) {
+    this.backend = options.backend ?? selectGzipBackend();
+    const max = MAX_GZIP_LEVEL[this.backend];
+    if (!Number.isInteger(options.level) || options.level < 0 || options.level > max) {
+      throw new EsgzError('BAD_FLAG', `gzip compression level ${options.level} is out of range 0-${max} for the ${this.backend} backend`);
+    }
+    this.level = options.level;
+    this.size = Math.max(1, options.workers ?? defaultWorkerCount());
+  }
+
+  /** Compresses one buffer into one complete gzip member. */
+  compress(data: Buffer): Promise<Buffer> {
+    if (this.closed) return Promise.reject(new EsgzError('INTERNAL', 'gzip pool used after close'));
+    if (this.failure) return Promise.reject(this.failure);
+    const target = this.pickWorker();
+    const id = this.nextId++;
+    // Copy into a standalone ArrayBuffer we can transfer (the caller's buffer may be a slice of
+    // a shared pool); the copy is cheap next to compression.
+    const copy = new Uint8Array(data.byteLength);
+    copy.set(data);
+    return new Promise<Buffer>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, owner: target });
+      // Keep the event loop alive only while a worker has work (idle workers must not pin it).
+      if (target.busy++ === 0) target.worker.ref();
+      target.worker.postMessage({ id, data: copy, level: this.level }, [copy.buffer]);
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const workers = this.workers.splice(0);
+    await Promise.all(workers.map((w) => w.worker.terminate()));
+    for (const p of this.pending.values()) p.reject(new EsgzError('INTERRUPTED', 'gzip pool closed'));
+    this.pending.clear();
+  }
+
+  private pickWorker(): PoolWorker {
+    let best: PoolWorker | undefined;
+    for (const w of this.workers) if (!best || w.busy < best.busy) best = w;
+    if (best && (best.busy === 0 || this.workers.length >= this.size)) return best;
+    return this.spawn();
+  }
+
+  private spawn(): PoolWorker {
+    const worker = new Worker(WORKER_SOURCE, {
+      eval: true,
+      workerData: { backend: this.backend, addonPath: ADDON_PATH },
+    });
+    worker.unref();
+    const entry: PoolWorker = { worker, busy: 0 };
+    worker.on('message', (msg: { id: number; data?: Uint8Array; error?: string }) => {
+      const p = this.pending.get(msg.id);
+      if (!p) return;
+      this.pending.delete(msg.id);
+      if (--entry.busy === 0) worker.unref();
+      if (msg.error !== undefined || !msg.data) p.reject(new EsgzError('INTERNAL', `gzip (${this.backend}) failed: ${msg.error}`));
+      else p.resolve(Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength));
+    });
+    worker.on('error', (err) => this.fail(entry, err));
+    worker.on('exit', (code) => {
+      if (!this.closed && code !== 0) this.fail(entry, new Error(`worker exited with code ${code}`));
+    });
+    this.workers.push(entry);
+    return entry;
+  }
+
+  private fail(entry: PoolWorker, err: Error): void {
+    this.failure = new EsgzError('INTERNAL', `gzip worker (${this.backend}) failed: ${err.message}`, { cause: err });
+    for (const [id, p] of this.pending) {
+      if (p.owner === entry) {
+        this.pending.delete(id);
+        p.reject(this.failure);
+      }
+    }
+  }
+}
+
+export function defaultWorkerCount(): number {
+  const fromEnv = Number(process.env.ESGZ_WORKERS);
+  if (Number.isInteger(fromEnv) && fromEnv > 0) return fromEnv;
+  return Math.max(1, cpus().length);
+}

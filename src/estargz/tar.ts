@@ -1,0 +1,459 @@
+/**
+ * A small streaming tar reader and a header encoder, written for eStargz's needs:
+ *  - PAX values are kept as raw bytes (binary xattrs such as security.capability survive);
+ *  - the payload is read in caller-sized pieces (chunks) without buffering the entry;
+ *  - every malformed input (bad checksum, truncated payload, bad numbers) is an EsgzError
+ *    naming the entry.
+ * Formats read: POSIX ustar + PAX ('x', 'g'), GNU (long names 'L'/'K', base-256 numbers), v7.
+ * Headers are written as ustar, with a PAX header when a field does not fit (like Go's archive/tar).
+ */
+import { EsgzError } from '../errors.js';
+
+export const BLOCK = 512;
+
+export interface TarHeader {
+  name: string;
+  linkname: string;
+  /** Single typeflag character ('0' reg, '1' hardlink, '2' symlink, '3' char, '4' block, '5' dir, '6' fifo, ...). */
+  typeflag: string;
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  /** Modification time in seconds since the epoch (may be fractional when PAX says so). */
+  mtime: number;
+  uname: string;
+  gname: string;
+  devmajor: number;
+  devminor: number;
+  /** PAX records that apply to this entry (global ones merged first), values as raw bytes. */
+  pax: Map<string, Buffer>;
+}
+
+export interface TarEntry {
+  header: TarHeader;
+  /** Reads exactly `length` more payload bytes (length ≤ bytes left). */
+  read(length: number): Promise<Buffer>;
+  /** Payload bytes not read yet. */
+  remaining(): number;
+}
+
+/** Pulls exact byte counts out of an async stream of buffers. */
+export class ByteSource {
+  private buffers: Buffer[] = [];
+  private buffered = 0;
+  private done = false;
+  consumed = 0;
+  private readonly iterator: AsyncIterator<Buffer | Uint8Array | string>;
+
+  constructor(stream: AsyncIterable<Buffer | Uint8Array | string>) {
+    this.iterator = stream[Symbol.asyncIterator]();
+  }
+
+  private async fill(): Promise<boolean> {
+    if (this.done) return false;
+    const next = await this.iterator.next();
+    if (next.done) {
+      this.done = true;
+      return false;
+    }
+    const value = next.value;
+    const buf = typeof value === 'string' ? Buffer.from(value) : Buffer.isBuffer(value) ? value : Buffer.from(value.buffer, value.byteOffset, value.byteLength);
+    if (buf.length > 0) {
+      this.buffers.push(buf);
+      this.buffered += buf.length;
+    }
+    return true;
+  }
+
+  /** Up to `n` bytes (fewer only at end of stream: returns what is left, possibly empty). */
+  async readAtMost(n: number): Promise<Buffer> {
+    while (this.buffered < n && (await this.fill()));
+    const take = Math.min(n, this.buffered);
+    if (take === 0) return Buffer.alloc(0);
+    let out: Buffer;
+    const first = this.buffers[0]!;
+    if (first.length >= take) {
+      out = first.subarray(0, take);
+      if (first.length === take) this.buffers.shift();
+      else this.buffers[0] = first.subarray(take);
+    } else {
+      out = Buffer.allocUnsafe(take);
+      let pos = 0;
+      while (pos < take) {
+        const b = this.buffers[0]!;
+        const part = Math.min(b.length, take - pos);
+        b.copy(out, pos, 0, part);
+        pos += part;
+        if (part === b.length) this.buffers.shift();
+        else this.buffers[0] = b.subarray(part);
+      }
+    }
+    this.buffered -= take;
+    this.consumed += take;
+    return out;
+  }
+
+  async skip(n: number): Promise<number> {
+    let left = n;
+    while (left > 0) {
+      const got = await this.readAtMost(Math.min(left, 1 << 20));
+      if (got.length === 0) break;
+      left -= got.length;
+    }
+    return n - left;
+  }
+
+  /** Reads to the end (so upstream digest checks run) and returns how many bytes were left. */
+  async drain(): Promise<number> {
+    let total = this.buffered;
+    this.buffers = [];
+    this.buffered = 0;
+    while (!this.done) {
+      const next = await this.iterator.next();
+      if (next.done) this.done = true;
+      else total += (next.value as Buffer).length;
+    }
+    this.consumed += total;
+    return total;
+  }
+}
+
+function parseString(block: Buffer, offset: number, length: number): string {
+  const field = block.subarray(offset, offset + length);
+  const nul = field.indexOf(0);
+  return (nul === -1 ? field : field.subarray(0, nul)).toString('utf8');
+}
+
+function parseNumber(block: Buffer, offset: number, length: number, what: string, where: () => string): number {
+  const field = block.subarray(offset, offset + length);
+  if (field[0]! & 0x80) {
+    // GNU base-256: big-endian two's complement with the top bit of the first byte as marker.
+    if (field[0] === 0xff) throw new EsgzError('BAD_LAYER', `${where()}: negative base-256 ${what}`);
+    let value = field[0]! & 0x7f;
+    for (let i = 1; i < field.length; i++) value = value * 256 + field[i]!;
+    if (!Number.isSafeInteger(value)) throw new EsgzError('BAD_LAYER', `${where()}: ${what} too large`);
+    return value;
+  }
+  const text = field.toString('latin1').replace(/[\0 ]+$/, '').replace(/^[\0 ]+/, '');
+  if (text === '') return 0;
+  if (!/^[0-7]+$/.test(text)) throw new EsgzError('BAD_LAYER', `${where()}: invalid ${what} field ${JSON.stringify(text)}`);
+  return parseInt(text, 8);
+}
+
+function isZeroBlock(block: Buffer): boolean {
+  for (let i = 0; i < block.length; i++) if (block[i] !== 0) return false;
+  return true;
+}
+
+function checksumOf(block: Buffer): number {
+  let sum = 0;
+  for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 0x20 : block[i]!;
+  return sum;
+}
+
+/** Parses PAX extended header records ("%d key=value\n"), values as raw bytes. */
+export function parsePaxRecords(data: Buffer, where: string): Map<string, Buffer> {
+  const records = new Map<string, Buffer>();
+  let pos = 0;
+  while (pos < data.length) {
+    if (data[pos] === 0) break; // some writers pad with NULs
+    const space = data.indexOf(0x20, pos);
+    const length = space === -1 ? NaN : Number(data.subarray(pos, space).toString('latin1'));
+    if (!Number.isInteger(length) || length <= 0 || pos + length > data.length || data[pos + length - 1] !== 0x0a) {
+      throw new EsgzError('BAD_LAYER', `${where}: malformed PAX record at byte ${pos}`);
+    }
+    const record = data.subarray(space + 1, pos + length - 1);
+    const eq = record.indexOf(0x3d);
+    if (eq <= 0) throw new EsgzError('BAD_LAYER', `${where}: malformed PAX record at byte ${pos}`);
+    const key = record.subarray(0, eq).toString('utf8');
+    const value = record.subarray(eq + 1);
+    // An empty value deletes the key (POSIX): keep the deletion so it overrides a global record.
+    records.set(key, Buffer.from(value));
+    pos += length;
+  }
+  return records;
+}
+
+/**
+ * Reads tar entries from `stream`. Each entry must be consumed (or abandoned) before asking for the
+ * next; unread payload is skipped. After the end-of-archive marker the rest of the stream is
+ * drained. `where` names the layer in error messages.
+ */
+export async function* readTar(stream: AsyncIterable<Buffer | Uint8Array | string>, where: string): AsyncGenerator<TarEntry> {
+  const src = new ByteSource(stream);
+  let globalPax = new Map<string, Buffer>();
+  let pendingPax: Map<string, Buffer> | undefined;
+  let longName: string | undefined;
+  let longLink: string | undefined;
+  let lastName = '(start of archive)';
+  const at = () => `${where}: tar entry after ${JSON.stringify(lastName)}`;
+
+  const readBody = async (size: number, name: string): Promise<Buffer> => {
+    const data = await src.readAtMost(size);
+    if (data.length < size) throw truncated(where, name, size, data.length);
+    const pad = (BLOCK - (size % BLOCK)) % BLOCK;
+    if ((await src.skip(pad)) < pad) throw truncated(where, name, size + pad, size);
+    return Buffer.from(data);
+  };
+
+  for (;;) {
+    const block = await src.readAtMost(BLOCK);
+    if (block.length === 0) return; // EOF on a header boundary: accepted, like Go's archive/tar
+    if (block.length < BLOCK) throw new EsgzError('BAD_LAYER', `${at()}: truncated tar header (${block.length} of 512 bytes)`);
+    if (isZeroBlock(block)) {
+      await src.drain();
+      return;
+    }
+    const stored = parseNumber(block, 148, 8, 'checksum', at);
+    if (stored !== checksumOf(block)) {
+      throw new EsgzError('BAD_LAYER', `${at()}: tar header checksum mismatch (not a tar stream, or corrupt)`);
+    }
+    const typeflag = block[156] === 0 ? '0' : String.fromCharCode(block[156]!);
+    const magic = block.subarray(257, 263).toString('latin1');
+    let name = parseString(block, 0, 100);
+    if (magic === 'ustar\0') {
+      const prefix = parseString(block, 345, 155);
+      if (prefix !== '') name = `${prefix}/${name}`;
+    }
+    const size = parseNumber(block, 124, 12, 'size', at);
+
+    if (typeflag === 'x' || typeflag === 'g' || typeflag === 'L' || typeflag === 'K') {
+      if (size > 64 << 20) throw new EsgzError('BAD_LAYER', `${at()}: ${typeflag} header of ${size} bytes is implausibly large`);
+      const body = await readBody(size, name);
+      if (typeflag === 'x') pendingPax = parsePaxRecords(body, `${at()} (PAX header)`);
+      else if (typeflag === 'g') globalPax = new Map([...globalPax, ...parsePaxRecords(body, `${at()} (global PAX header)`)]);
+      else {
+        const nul = body.indexOf(0);
+        const text = (nul === -1 ? body : body.subarray(0, nul)).toString('utf8');
+        if (typeflag === 'L') longName = text;
+        else longLink = text;
+      }
+      continue;
+    }
+
+    const pax = new Map([...globalPax, ...(pendingPax ?? [])]);
+    for (const [k, v] of pax) if (v.length === 0) pax.delete(k);
+    pendingPax = undefined;
+    const header: TarHeader = {
+      name: longName ?? name,
+      linkname: longLink ?? parseString(block, 157, 100),
+      typeflag,
+      mode: parseNumber(block, 100, 8, 'mode', at),
+      uid: parseNumber(block, 108, 8, 'uid', at),
+      gid: parseNumber(block, 116, 8, 'gid', at),
+      size,
+      mtime: parseNumber(block, 136, 12, 'mtime', at),
+      uname: parseString(block, 265, 32),
+      gname: parseString(block, 297, 32),
+      devmajor: typeflag === '3' || typeflag === '4' ? parseNumber(block, 329, 8, 'devmajor', at) : 0,
+      devminor: typeflag === '3' || typeflag === '4' ? parseNumber(block, 337, 8, 'devminor', at) : 0,
+      pax,
+    };
+    longName = undefined;
+    longLink = undefined;
+    applyPax(header, at);
+    // Hardlinks, symlinks, dirs and devices carry no payload whatever the size field says.
+    const payloadSize = typeflag === '1' || typeflag === '2' || typeflag === '5' || typeflag === '3' || typeflag === '4' || typeflag === '6' ? 0 : header.size;
+    if (payloadSize !== header.size) header.size = 0;
+    lastName = header.name;
+
+    let left = payloadSize;
+    const entryName = header.name;
+    const entry: TarEntry = {
+      header,
+      remaining: () => left,
+      read: async (length: number) => {
+        if (length > left) throw new EsgzError('INTERNAL', `read of ${length} bytes past the end of ${entryName}`);
+        const data = await src.readAtMost(length);
+        if (data.length < length) throw truncated(where, entryName, payloadSize, payloadSize - left + data.length);
+        left -= length;
+        return data;
+      },
+    };
+    yield entry;
+    if (left > 0) {
+      const skipped = await src.skip(left);
+      if (skipped < left) throw truncated(where, entryName, payloadSize, payloadSize - left + skipped);
+      left = 0;
+    }
+    const pad = (BLOCK - (payloadSize % BLOCK)) % BLOCK;
+    if ((await src.skip(pad)) < pad) throw truncated(where, entryName, payloadSize + pad, payloadSize);
+  }
+}
+
+function truncated(where: string, name: string, expected: number, got: number): EsgzError {
+  return new EsgzError('BAD_LAYER', `${where}: tar entry ${JSON.stringify(name)} is truncated: header says ${expected} bytes, stream ended after ${got}`);
+}
+
+function applyPax(h: TarHeader, at: () => string): void {
+  const num = (key: string): number | undefined => {
+    const v = h.pax.get(key);
+    if (v === undefined) return undefined;
+    const n = Number(v.toString('latin1'));
+    if (!Number.isFinite(n) || n < 0) throw new EsgzError('BAD_LAYER', `${at()}: invalid PAX ${key} ${JSON.stringify(v.toString('latin1'))}`);
+    return n;
+  };
+  const path = h.pax.get('path');
+  if (path) h.name = path.toString('utf8');
+  const linkpath = h.pax.get('linkpath');
+  if (linkpath) h.linkname = linkpath.toString('utf8');
+  const uname = h.pax.get('uname');
+  if (uname) h.uname = uname.toString('utf8');
+  const gname = h.pax.get('gname');
+  if (gname) h.gname = gname.toString('utf8');
+  h.size = num('size') ?? h.size;
+  h.uid = num('uid') ?? h.uid;
+  h.gid = num('gid') ?? h.gid;
+  const mtime = h.pax.get('mtime');
+  if (mtime) {
+    const n = Number(mtime.toString('latin1'));
+    if (!Number.isFinite(n)) throw new EsgzError('BAD_LAYER', `${at()}: invalid PAX mtime`);
+    h.mtime = n;
+  }
+}
+
+// ---- writing ---------------------------------------------------------------------------------
+
+/** PAX keys the encoder derives from the header fields itself. */
+const DERIVED_PAX_KEYS = new Set(['path', 'linkpath', 'size', 'uid', 'gid', 'uname', 'gname']);
+const MAX_OCTAL_8 = 0o7777777;
+const MAX_OCTAL_12 = 0o77777777777;
+
+function isAscii(s: string): boolean {
+  return /^[\x01-\x7f]*$/.test(s);
+}
+
+function writeString(block: Buffer, offset: number, length: number, value: string): void {
+  block.write(value, offset, length, 'utf8');
+}
+
+function writeOctal(block: Buffer, offset: number, length: number, value: number): void {
+  const text = Math.max(0, Math.floor(value)).toString(8).padStart(length - 1, '0');
+  block.write(text, offset, length - 1, 'latin1');
+  block[offset + length - 1] = 0;
+}
+
+/** Splits a long name into ustar prefix + name, or returns undefined when it cannot. */
+function splitUstarName(name: string): [string, string] | undefined {
+  if (Buffer.byteLength(name) <= 100) return ['', name];
+  for (let i = name.length - 1; i > 0; i--) {
+    if (name[i] !== '/') continue;
+    const prefix = name.slice(0, i);
+    const rest = name.slice(i + 1);
+    if (rest.length > 0 && Buffer.byteLength(rest) <= 100 && Buffer.byteLength(prefix) <= 155) return [prefix, rest];
+    if (Buffer.byteLength(rest) > 100) return undefined;
+  }
+  return undefined;
+}
+
+function paxRecord(key: string, value: Buffer): Buffer {
+  const body = Buffer.concat([Buffer.from(` ${key}=`, 'utf8'), value, Buffer.from('\n')]);
+  let length = body.length + 1;
+  while (String(length).length + body.length !== length) length = String(length).length + body.length;
+  return Buffer.concat([Buffer.from(String(length), 'latin1'), body]);
+}
+
+function ustarBlock(fields: {
+  name: string; prefix: string; mode: number; uid: number; gid: number; size: number; mtime: number;
+  typeflag: string; linkname: string; uname: string; gname: string; devmajor: number; devminor: number;
+}): Buffer {
+  const block = Buffer.alloc(BLOCK);
+  writeString(block, 0, 100, fields.name);
+  writeOctal(block, 100, 8, fields.mode);
+  writeOctal(block, 108, 8, fields.uid);
+  writeOctal(block, 116, 8, fields.gid);
+  writeOctal(block, 124, 12, fields.size);
+  writeOctal(block, 136, 12, fields.mtime);
+  block[156] = fields.typeflag.charCodeAt(0);
+  writeString(block, 157, 100, fields.linkname);
+  block.write('ustar\x0000', 257, 8, 'latin1');
+  writeString(block, 265, 32, fields.uname);
+  writeString(block, 297, 32, fields.gname);
+  writeOctal(block, 329, 8, fields.devmajor);
+  writeOctal(block, 337, 8, fields.devminor);
+  writeString(block, 345, 155, fields.prefix);
+  const sum = checksumOf(block);
+  block.write(sum.toString(8).padStart(6, '0'), 148, 6, 'latin1');
+  block[154] = 0;
+  block[155] = 0x20;
+  return block;
+}
+
+/**
+ * Encodes a header as ustar, preceded by a PAX header when needed: input PAX records are kept
+ * (xattrs, sub-second times, ...); path/linkpath/size/ids/names are re-derived and written as
+ * PAX records only when they do not fit ustar.
+ */
+export function encodeTarHeader(h: TarHeader): Buffer {
+  const records = new Map<string, Buffer>();
+  for (const [k, v] of h.pax) if (!DERIVED_PAX_KEYS.has(k)) records.set(k, v);
+  let split = isAscii(h.name) ? splitUstarName(h.name) : undefined;
+  if (!split) {
+    records.set('path', Buffer.from(h.name, 'utf8'));
+    split = ['', truncateUtf8(h.name, 100)];
+  }
+  let linkname = h.linkname;
+  if (!isAscii(linkname) || Buffer.byteLength(linkname) > 100) {
+    records.set('linkpath', Buffer.from(linkname, 'utf8'));
+    linkname = truncateUtf8(linkname, 100);
+  }
+  let size = h.size;
+  if (size > MAX_OCTAL_12) {
+    records.set('size', Buffer.from(String(size)));
+    size = 0;
+  }
+  let uid = h.uid;
+  if (uid > MAX_OCTAL_8) {
+    records.set('uid', Buffer.from(String(uid)));
+    uid = 0;
+  }
+  let gid = h.gid;
+  if (gid > MAX_OCTAL_8) {
+    records.set('gid', Buffer.from(String(gid)));
+    gid = 0;
+  }
+  let uname = h.uname;
+  if (!isAscii(uname) || Buffer.byteLength(uname) > 32) {
+    records.set('uname', Buffer.from(uname, 'utf8'));
+    uname = '';
+  }
+  let gname = h.gname;
+  if (!isAscii(gname) || Buffer.byteLength(gname) > 32) {
+    records.set('gname', Buffer.from(gname, 'utf8'));
+    gname = '';
+  }
+  let mtime = Math.floor(h.mtime);
+  if (mtime < 0 || mtime > MAX_OCTAL_12) {
+    if (!records.has('mtime')) records.set('mtime', Buffer.from(String(h.mtime)));
+    mtime = 0;
+  }
+  const main = ustarBlock({
+    name: split[1], prefix: split[0], mode: h.mode & 0o7777777, uid, gid, size, mtime,
+    typeflag: h.typeflag, linkname, uname, gname, devmajor: h.devmajor, devminor: h.devminor,
+  });
+  if (records.size === 0) return main;
+  const body = Buffer.concat([...records.keys()].sort().map((k) => paxRecord(k, records.get(k)!)));
+  const dir = h.name.replace(/\/+$/, '').split('/').slice(0, -1).join('/');
+  const base = h.name.replace(/\/+$/, '').split('/').pop() ?? '';
+  const paxName = truncateUtf8(`${dir === '' ? '' : `${dir}/`}PaxHeaders.0/${base}`, 100);
+  const paxHeader = ustarBlock({
+    name: isAscii(paxName) ? paxName : 'PaxHeaders.0/entry', prefix: '', mode: 0o644, uid: 0, gid: 0, size: body.length, mtime: 0,
+    typeflag: 'x', linkname: '', uname: '', gname: '', devmajor: 0, devminor: 0,
+  });
+  return Buffer.concat([paxHeader, body, Buffer.alloc(padding(body.length)), main]);
+}
+
+function truncateUtf8(s: string, bytes: number): string {
+  const buf = Buffer.from(s, 'utf8');
+  if (buf.length <= bytes) return s;
+  return buf.subarray(0, bytes).toString('utf8').replace(/\uFFFD+$/, '');
+}
+
+/** Zero bytes after a payload of `size` bytes up to the next block. */
+export function padding(size: number): number {
+  return (BLOCK - (size % BLOCK)) % BLOCK;
+}
+
+/** The end-of-archive marker: two zero blocks. */
+export const END_OF_ARCHIVE = Buffer.alloc(2 * BLOCK);

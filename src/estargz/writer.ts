@@ -1,0 +1,461 @@
+/**
+ * The one eStargz / zstd:chunked writer (stargz-snapshotter docs/estargz.md, estargz/build.go).
+ *
+ * Layout it produces, member by member (a member is one gzip member or one zstd frame):
+ *  - tar headers go into the member that is open when they are met, so a regular file's header
+ *    ends the previous member and its payload starts a new one (as stargz's Writer does);
+ *  - every payload chunk (`chunkSize`, default 4 MiB) starts a new member, unless `minChunkSize`
+ *    lets it share the open member (then its TOC entry carries `innerOffset`);
+ *  - the landmark file (`.prefetch.landmark` after the prioritized files, or
+ *    `.no.prefetch.landmark` first when there are none) always starts its own member;
+ *  - then the codec's tail: TOC + footer.
+ * Members are compressed concurrently by the codec (a worker pool) and written strictly in
+ * order; offsets are taken from the ordered output, so the bytes never depend on scheduling.
+ */
+import { createHash, type Hash } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { mkdtemp, open, rm, type FileHandle } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Writable } from 'node:stream';
+import { EsgzError } from '../errors.js';
+import type { Codec } from './codec.js';
+import { DEFAULT_CHUNK_SIZE, LANDMARK_CONTENTS, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME } from './constants.js';
+import { encodeTarHeader, padding, readTar, type TarHeader } from './tar.js';
+import { cleanEntryName, formatModtime, type JTOC, type TOCEntry, type TOCEntryType } from './toc.js';
+
+export interface EstargzWriterOptions {
+  codec: Codec;
+  /** Maximum payload bytes per chunk (default 4 MiB). */
+  chunkSize?: number;
+  /** Chunks start a new member only once the open member holds this many bytes (default 0: always). */
+  minChunkSize?: number;
+  /** Files to place first, in this order (their parent directories and hardlink targets before them). */
+  prioritizedFiles?: string[];
+  /** Names the layer in error messages, e.g. `layer sha256:abcd…`. */
+  where?: string;
+  /** Directory for the spool file used when reordering prioritized files. */
+  tmpDir?: string;
+  signal?: AbortSignal;
+  /** Members compressing at once before the writer waits (memory bound). Default 2 × workers + 2. */
+  maxInFlight?: number;
+}
+
+export interface EstargzWriteResult {
+  toc: JTOC;
+  /** `sha256:` of the TOC JSON: the `containerd.io/snapshot/stargz/toc.digest` annotation. */
+  tocDigest: string;
+  /** `sha256:` of the uncompressed tar stream the blob decompresses to. */
+  diffID: string;
+  uncompressedSize: number;
+  /** Size of the blob written to the output. */
+  compressedSize: number;
+  /** Blob offset of the TOC (= footer's TOC offset). */
+  tocOffset: number;
+  /** Number of tar entries written (including the landmark). */
+  entryCount: number;
+  memberCount: number;
+  /** Prioritized files that are not in the layer (ctr-remote ignores them too). */
+  missedPrioritizedFiles: string[];
+  /** Annotations the codec defines (e.g. zstd:chunked manifest position). */
+  codecAnnotations: Record<string, string>;
+}
+
+/** A tar entry whose payload can be read in pieces, from the stream or from the spool file. */
+interface SourceEntry {
+  header: TarHeader;
+  read(length: number): Promise<Buffer>;
+}
+
+const TYPE_OF: Record<string, TOCEntryType> = {
+  '0': 'reg', '1': 'hardlink', '2': 'symlink', '3': 'char', '4': 'block', '5': 'dir', '6': 'fifo',
+};
+
+/** Writes `buf` honouring backpressure; rejects when the output fails. */
+async function writeOut(output: Writable, buf: Buffer): Promise<void> {
+  if (output.destroyed) throw new EsgzError('INTERRUPTED', 'output stream closed');
+  if (output.write(buf)) return;
+  await new Promise<void>((resolve, reject) => {
+    const done = (err?: Error) => {
+      output.off('drain', onDrain);
+      output.off('error', onError);
+      output.off('close', onClose);
+      if (err) reject(err);
+      else resolve();
+    };
+    const onDrain = () => done();
+    const onError = (err: Error) => done(err);
+    const onClose = () => done(new EsgzError('INTERRUPTED', 'output stream closed'));
+    output.on('drain', onDrain);
+    output.on('error', onError);
+    output.on('close', onClose);
+  });
+}
+
+/** Buffers member bytes, hands closed members to the codec, writes results in order. */
+class MemberSequencer {
+  private parts: Buffer[] = [];
+  private openLength = 0;
+  private openIndex = -1;
+  private memberCount = 0;
+  private readonly inFlight: Array<{ index: number; result: Promise<Buffer> }> = [];
+  readonly memberOffsets: number[] = [];
+  written = 0;
+  uncompressed = 0;
+  readonly diffHash: Hash = createHash('sha256');
+
+  constructor(
+    private readonly codec: Codec,
+    private readonly output: Writable,
+    private readonly maxInFlight: number,
+  ) {}
+
+  get members(): number {
+    return this.memberCount;
+  }
+
+  /** Bytes in the open member (0 when none is open). */
+  get openSize(): number {
+    return this.openLength;
+  }
+
+  /** Index of the open member, opening one if needed. */
+  ensureOpen(): number {
+    if (this.openIndex < 0) this.openIndex = this.memberCount++;
+    return this.openIndex;
+  }
+
+  append(buf: Buffer): void {
+    if (buf.length === 0) return;
+    this.ensureOpen();
+    this.parts.push(buf);
+    this.openLength += buf.length;
+    this.uncompressed += buf.length;
+    this.diffHash.update(buf);
+  }
+
+  async closeMember(): Promise<void> {
+    if (this.openIndex < 0) return;
+    const data = this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts, this.openLength);
+    const index = this.openIndex;
+    this.parts = [];
+    this.openLength = 0;
+    this.openIndex = -1;
+    const result = this.codec.compressMember(data);
+    result.catch(() => {}); // observed when its turn comes; avoid an unhandled-rejection warning meanwhile
+    this.inFlight.push({ index, result });
+    while (this.inFlight.length >= this.maxInFlight) await this.writeOldest();
+  }
+
+  private async writeOldest(): Promise<void> {
+    const next = this.inFlight.shift()!;
+    const compressed = await next.result;
+    this.memberOffsets[next.index] = this.written;
+    this.written += compressed.length;
+    await writeOut(this.output, compressed);
+  }
+
+  async flush(): Promise<void> {
+    await this.closeMember();
+    while (this.inFlight.length > 0) await this.writeOldest();
+  }
+
+  /** Waits for (and discards) members still compressing, after a failure. */
+  async abandon(): Promise<void> {
+    await Promise.allSettled(this.inFlight.map((m) => m.result));
+    this.inFlight.length = 0;
+  }
+
+  async writeRaw(buf: Buffer): Promise<void> {
+    this.written += buf.length;
+    await writeOut(this.output, buf);
+  }
+}
+
+/** Throws UNSAFE_PATH for names that could escape the layer root. */
+function checkSafeName(name: string, what: string, where: string): void {
+  if (name.startsWith('/')) throw new EsgzError('UNSAFE_PATH', `${where}: tar entry ${JSON.stringify(name)} has an absolute ${what}`);
+  if (name.split('/').includes('..')) throw new EsgzError('UNSAFE_PATH', `${where}: tar entry ${JSON.stringify(name)} has a ${what} with ".."`);
+  if (name.includes('\0')) throw new EsgzError('UNSAFE_PATH', `${where}: tar entry ${JSON.stringify(name)} has a NUL byte in its ${what}`);
+}
+
+function landmarkEntry(name: string): SourceEntry {
+  let served = false;
+  return {
+    header: {
+      name, linkname: '', typeflag: '0', mode: 0, uid: 0, gid: 0, size: LANDMARK_CONTENTS.length, mtime: 0,
+      uname: '', gname: '', devmajor: 0, devminor: 0, pax: new Map(),
+    },
+    async read(length: number) {
+      if (served || length !== LANDMARK_CONTENTS.length) throw new EsgzError('INTERNAL', 'landmark read out of range');
+      served = true;
+      return Buffer.from(LANDMARK_CONTENTS);
+    },
+  };
+}
+
+/** Entries of the input the writer keeps: not the TOC, not old landmarks (they are re-made). */
+function isReservedName(name: string): boolean {
+  const clean = cleanEntryName(name);
+  return clean === TOC_TAR_NAME || clean === PREFETCH_LANDMARK || clean === NO_PREFETCH_LANDMARK;
+}
+
+/** Streams the input's entries in order, with the no-prefetch landmark first. */
+async function* streamedEntries(tar: AsyncIterable<Buffer>, where: string): AsyncGenerator<SourceEntry> {
+  yield landmarkEntry(NO_PREFETCH_LANDMARK);
+  for await (const entry of readTar(tar, where)) {
+    if (isReservedName(entry.header.name)) continue;
+    yield { header: entry.header, read: (n) => entry.read(n) };
+  }
+}
+
+interface SpooledEntry {
+  header: TarHeader;
+  offset: number;
+}
+
+/**
+ * Reorders for prioritized files: payloads are spooled to a temp file (headers stay in memory),
+ * then entries are replayed in the new order reading payloads back by offset.
+ */
+async function* reorderedEntries(
+  tar: AsyncIterable<Buffer>,
+  prioritized: string[],
+  where: string,
+  tmpDir: string | undefined,
+  missed: string[],
+): AsyncGenerator<SourceEntry> {
+  const dir = await mkdtemp(join(tmpDir ?? tmpdir(), 'esgz-spool-'));
+  const spoolPath = join(dir, 'payloads');
+  let handle: FileHandle | undefined;
+  try {
+    const spooled: SpooledEntry[] = [];
+    const sink = createWriteStream(spoolPath);
+    let position = 0;
+    try {
+      for await (const entry of readTar(tar, where)) {
+        if (isReservedName(entry.header.name)) continue;
+        spooled.push({ header: entry.header, offset: position });
+        while (entry.remaining() > 0) {
+          const piece = await entry.read(Math.min(entry.remaining(), 1 << 20));
+          position += piece.length;
+          await writeOut(sink, piece);
+        }
+      }
+    } finally {
+      await new Promise<void>((resolve, reject) => sink.end((err?: Error | null) => (err ? reject(err) : resolve())));
+    }
+
+    const order = priorityOrder(spooled.map((e) => e.header), prioritized, missed);
+    handle = await open(spoolPath, 'r');
+    const fh = handle;
+    for (const item of order) {
+      if (item === 'landmark') {
+        yield landmarkEntry(PREFETCH_LANDMARK);
+        continue;
+      }
+      const e = spooled[item]!;
+      let pos = e.offset;
+      const end = e.offset + (e.header.typeflag === '0' || e.header.typeflag === '7' ? e.header.size : 0);
+      yield {
+        header: e.header,
+        async read(length: number) {
+          if (pos + length > end) throw new EsgzError('INTERNAL', `spool read past the end of ${e.header.name}`);
+          const buf = Buffer.allocUnsafe(length);
+          let got = 0;
+          while (got < length) {
+            const { bytesRead } = await fh.read(buf, got, length - got, pos + got);
+            if (bytesRead === 0) throw new EsgzError('INTERNAL', `spool file ended early at ${e.header.name}`);
+            got += bytesRead;
+          }
+          pos += length;
+          return buf;
+        },
+      };
+    }
+  } finally {
+    await handle?.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * stargz's sortEntries/moveRec: each prioritized name (cleaned) moves to the front after its
+ * parent directories (recursively) and, for hardlinks, after its target; then the landmark;
+ * then everything else in input order. Names not in the layer are collected in `missed`.
+ */
+export function priorityOrder(headers: TarHeader[], prioritized: string[], missed: string[]): Array<number | 'landmark'> {
+  const byName = new Map<string, number[]>();
+  headers.forEach((h, i) => {
+    const name = cleanEntryName(h.name);
+    const list = byName.get(name);
+    if (list) list.push(i);
+    else byName.set(name, [i]);
+  });
+  const moved = new Set<number>();
+  const front: number[] = [];
+  const move = (name: string) => {
+    for (const i of byName.get(name) ?? []) {
+      if (!moved.has(i)) {
+        moved.add(i);
+        front.push(i);
+      }
+    }
+  };
+  const visiting = new Set<string>();
+  const moveRec = (rawName: string): boolean => {
+    const name = cleanEntryName(rawName);
+    if (name === '') {
+      move('');
+      return true;
+    }
+    if (!byName.has(name)) return false;
+    if (visiting.has(name)) return true; // hardlink cycles
+    visiting.add(name);
+    const parent = name.includes('/') ? name.slice(0, name.lastIndexOf('/')) : '';
+    moveRec(parent);
+    for (const i of byName.get(name)!) {
+      const h = headers[i]!;
+      if (h.typeflag === '1' && !moved.has(i)) moveRec(h.linkname);
+    }
+    move(name);
+    visiting.delete(name);
+    return true;
+  };
+  for (const p of prioritized) if (!moveRec(p)) missed.push(p);
+  const rest = headers.map((_, i) => i).filter((i) => !moved.has(i));
+  return [...front, 'landmark', ...rest];
+}
+
+/**
+ * Converts an uncompressed tar stream into an eStargz (or zstd:chunked, by codec) blob written
+ * to `output`. Does not end `output`. The codec is not closed (the caller owns it).
+ */
+export async function writeEstargz(tar: AsyncIterable<Buffer>, output: Writable, options: EstargzWriterOptions): Promise<EstargzWriteResult> {
+  const where = options.where ?? 'layer';
+  const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
+  const minChunkSize = options.minChunkSize ?? 0;
+  if (!Number.isSafeInteger(chunkSize) || chunkSize <= 0) throw new EsgzError('BAD_FLAG', `chunk size must be a positive integer, got ${chunkSize}`);
+  if (!Number.isSafeInteger(minChunkSize) || minChunkSize < 0) throw new EsgzError('BAD_FLAG', `min chunk size must be a non-negative integer, got ${minChunkSize}`);
+  const workers = (options.codec as { workers?: number }).workers ?? 2;
+  const seq = new MemberSequencer(options.codec, output, options.maxInFlight ?? workers * 2 + 2);
+  const missed: string[] = [];
+  const prioritized = options.prioritizedFiles ?? [];
+  const entries = prioritized.length > 0
+    ? reorderedEntries(tar, prioritized, where, options.tmpDir, missed)
+    : streamedEntries(tar, where);
+
+  const tocEntries: TOCEntry[] = [];
+  /** TOC entries whose `offset` is a member index until the end, when it becomes a blob offset. */
+  const memberOf = new Map<TOCEntry, number>();
+  const lastUserName = new Map<number, string>();
+  const lastGroupName = new Map<number, string>();
+  const nameIfChanged = (map: Map<number, string>, id: number, name: string): string | undefined => {
+    if (name === '' || map.get(id) === name) return undefined;
+    map.set(id, name);
+    return name;
+  };
+  let entryCount = 0;
+
+  try {
+    for await (const source of entries) {
+      options.signal?.throwIfAborted();
+      const h = source.header;
+      const name = h.name;
+      const type = TYPE_OF[h.typeflag === '7' ? '0' : h.typeflag];
+      if (!type) {
+        throw new EsgzError('UNSUPPORTED', `${where}: tar entry ${JSON.stringify(name)} has unsupported type ${JSON.stringify(h.typeflag)}`);
+      }
+      checkSafeName(name, 'name', where);
+      if (type === 'hardlink') checkSafeName(h.linkname, 'link target', where);
+      if (cleanEntryName(name) === '' && type !== 'dir') {
+        throw new EsgzError('BAD_LAYER', `${where}: tar entry ${JSON.stringify(name)} names the root but is not a directory`);
+      }
+      entryCount++;
+
+      const xattrs: Record<string, string> = {};
+      for (const [key, value] of h.pax) {
+        if (key.startsWith('SCHILY.xattr.')) xattrs[key.slice('SCHILY.xattr.'.length)] = value.toString('base64');
+      }
+      const entry: TOCEntry = {
+        name,
+        type,
+        mode: h.mode,
+        uid: h.uid,
+        gid: h.gid,
+        userName: nameIfChanged(lastUserName, h.uid, h.uname),
+        groupName: nameIfChanged(lastGroupName, h.gid, h.gname),
+        modtime: formatModtime(new Date(h.mtime * 1000)),
+        xattrs,
+      };
+      if (type === 'hardlink' || type === 'symlink') entry.linkName = h.linkname;
+      if (type === 'char' || type === 'block') {
+        entry.devMajor = h.devmajor;
+        entry.devMinor = h.devminor;
+      }
+      const outHeader: TarHeader = { ...h, typeflag: h.typeflag === '7' ? '0' : h.typeflag, size: type === 'reg' ? h.size : 0 };
+      seq.append(encodeTarHeader(outHeader));
+
+      if (type !== 'reg') {
+        tocEntries.push(entry);
+        continue;
+      }
+      entry.size = h.size;
+      if (h.size === 0) tocEntries.push(entry);
+      const fileHash = createHash('sha256');
+      let fileDigest: string | undefined;
+      const forceNewMember = name === PREFETCH_LANDMARK || name === NO_PREFETCH_LANDMARK;
+      let written = 0;
+      let current = entry;
+      while (written < h.size) {
+        const length = Math.min(chunkSize, h.size - written);
+        if (length === chunkSize) current.chunkSize = length;
+        if (forceNewMember || minChunkSize === 0 || seq.openSize >= minChunkSize) {
+          await seq.closeMember();
+          memberOf.set(current, seq.ensureOpen());
+        } else {
+          memberOf.set(current, seq.ensureOpen());
+          if (seq.openSize > 0) current.innerOffset = seq.openSize;
+        }
+        current.chunkOffset = written;
+        const data = await source.read(length);
+        const chunkDigest = `sha256:${createHash('sha256').update(data).digest('hex')}`;
+        // A single-chunk file's digest is its chunk's digest: hash those bytes once.
+        if (length === h.size) fileDigest = chunkDigest;
+        else fileHash.update(data);
+        current.chunkDigest = chunkDigest;
+        seq.append(data);
+        tocEntries.push(current);
+        written += length;
+        current = { name, type: 'chunk' };
+      }
+      entry.digest = fileDigest ?? `sha256:${fileHash.digest('hex')}`;
+      seq.append(Buffer.alloc(padding(h.size)));
+    }
+
+    await seq.flush();
+  } catch (err) {
+    await seq.abandon();
+    if (err instanceof EsgzError) throw err;
+    throw new EsgzError('INTERNAL', `${where}: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+  }
+
+  for (const [entry, index] of memberOf) entry.offset = seq.memberOffsets[index]!;
+  const toc: JTOC = { version: 1, entries: tocEntries };
+  const tocOffset = seq.written;
+  const tail = await options.codec.buildTail(toc, tocOffset, seq.uncompressed);
+  await seq.writeRaw(tail.bytes);
+  seq.diffHash.update(tail.uncompressedTail);
+  return {
+    toc,
+    tocDigest: tail.tocDigest,
+    diffID: `sha256:${seq.diffHash.digest('hex')}`,
+    uncompressedSize: seq.uncompressed + tail.uncompressedTail.length,
+    compressedSize: seq.written,
+    tocOffset,
+    entryCount,
+    memberCount: seq.members + 1,
+    missedPrioritizedFiles: missed,
+    codecAnnotations: tail.annotations ?? {},
+  };
+}
