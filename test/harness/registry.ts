@@ -1,0 +1,150 @@
+/**
+ * Real registries for the tests: Debian's `docker-registry` (CNCF distribution v2) on 127.0.0.1,
+ * plain HTTP, storage in a temp dir. The suite-wide instance is started by global-setup.ts and
+ * reached with `registryAddress()`; a test that needs auth or a clean store starts its own with
+ * `startRegistry({ htpasswd })` or `startRegistry({ token })` and stops it in `afterAll`.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { execa } from 'execa';
+import { inject } from 'vitest';
+import { startTokenServer, type TokenServer, type TokenServerOptions } from './token-server.js';
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    /** host:port of the suite-wide registry (plain HTTP, no auth). */
+    registry: string;
+  }
+}
+
+/** host:port of the suite-wide registry started by global-setup.ts (plain HTTP, anonymous). */
+export function registryAddress(): string {
+  return inject('registry');
+}
+
+export interface StartRegistryOptions {
+  /** Require HTTP Basic auth with these credentials (htpasswd, bcrypt). */
+  htpasswd?: { username: string; password: string };
+  /** Require Bearer tokens from a token server started alongside (users and anonymous pull as given). */
+  token?: Omit<TokenServerOptions, 'dir'>;
+}
+
+export interface RunningRegistry {
+  /** host:port (127.0.0.1:PORT), plain HTTP. */
+  address: string;
+  /** The registry's storage root (tests may look at or damage blobs on disk). */
+  storageDir: string;
+  /** Set when started with `token`. */
+  tokenServer?: TokenServer;
+  /** The registry's own log (stderr), useful when a test fails. */
+  logPath: string;
+  stop(): Promise<void>;
+}
+
+const REGISTRY_BINARY = '/usr/bin/docker-registry';
+
+export async function startRegistry(options: StartRegistryOptions = {}): Promise<RunningRegistry> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'esgz-registry-'));
+  const storageDir = path.join(dir, 'storage');
+  const logPath = path.join(dir, 'registry.log');
+  const port = await freePort();
+  const address = `127.0.0.1:${port}`;
+
+  const config: Record<string, unknown> = {
+    version: 0.1,
+    log: { level: 'warn', accesslog: { disabled: true } },
+    storage: { filesystem: { rootdirectory: storageDir }, delete: { enabled: true }, maintenance: { uploadpurging: { enabled: false } } },
+    http: { addr: address, secret: 'esgz-test-secret' },
+  };
+  let tokenServer: TokenServer | undefined;
+  if (options.htpasswd) {
+    const htpasswdPath = path.join(dir, 'htpasswd');
+    await writeFile(htpasswdPath, await bcryptLine(options.htpasswd.username, options.htpasswd.password));
+    config.auth = { htpasswd: { realm: 'esgz-test', path: htpasswdPath } };
+  } else if (options.token) {
+    tokenServer = await startTokenServer({ ...options.token, dir });
+    config.auth = {
+      token: { realm: tokenServer.realm, service: tokenServer.service, issuer: tokenServer.issuer, rootcertbundle: tokenServer.certPath },
+    };
+  }
+  // YAML is a superset of JSON, so the config needs no YAML writer.
+  const configPath = path.join(dir, 'config.yml');
+  await writeFile(configPath, JSON.stringify(config, null, 2));
+
+  const log = createWriteStream(logPath);
+  const child = spawn(REGISTRY_BINARY, ['serve', configPath], { stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout?.pipe(log);
+  child.stderr?.pipe(log);
+  const killOnExit = (): void => {
+    child.kill('SIGKILL');
+  };
+  process.once('exit', killOnExit);
+
+  const stop = async (): Promise<void> => {
+    process.removeListener('exit', killOnExit);
+    await stopChild(child);
+    await tokenServer?.close();
+    await rm(dir, { recursive: true, force: true });
+  };
+
+  try {
+    await waitUntilServing(address, child, logPath);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  const running: RunningRegistry = { address, storageDir, logPath, stop };
+  if (tokenServer) running.tokenServer = tokenServer;
+  return running;
+}
+
+async function bcryptLine(username: string, password: string): Promise<string> {
+  const { stdout } = await execa('htpasswd', ['-nbB', username, password]);
+  return `${stdout.trim()}\n`;
+}
+
+/** Asks the kernel for a free port (closed again before the registry binds it). */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitUntilServing(address: string, child: ChildProcess, logPath: string): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  let exited = false;
+  child.once('exit', () => {
+    exited = true;
+  });
+  while (Date.now() < deadline) {
+    if (exited) throw new Error(`docker-registry exited during start-up; see ${logPath}`);
+    try {
+      const response = await fetch(`http://${address}/v2/`);
+      await response.arrayBuffer();
+      // 401 counts: an auth-protected registry is up and asking for credentials.
+      if (response.status === 200 || response.status === 401) return;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  throw new Error(`docker-registry on ${address} did not answer /v2/ within 20 s; see ${logPath}`);
+}
+
+async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 5_000);
+  await exited;
+  clearTimeout(timer);
+}
