@@ -1,5 +1,5 @@
 /*
- * esgz-fanotify ROOT
+ * esgz-fanotify [-n] ROOT
  *
  * Reports the files processes open, execute and read on the filesystem that holds ROOT (the
  * container's overlayfs mount). FAN_MARK_FILESYSTEM is used because runc bind-mounts the rootfs
@@ -7,11 +7,16 @@
  *
  * Output on stdout, line-buffered:
  *   "READY"                      once the mark is in place (the caller starts the workload after it)
- *   "<X|O|A> <pid> <path>"       first event for each distinct path: X exec, O open, A access
+ *   "<X|O|A> <pid> <path>"       X exec, O open, A access; from the first exec on, only the
+ *                                first event for each distinct path
  * The path is whatever the kernel resolves for the opened file, seen from this process: paths
  * opened after the container's pivot_root come back container-absolute. Backslash and newline in
  * paths are escaped as "\\" and "\n" so every record is one line.
  * On SIGTERM or SIGINT the queue is drained and the program exits 0.
+ *
+ * -n skips events from live processes in this program's own pid namespace. It is for a rootfs
+ * that is a plain directory on the host's filesystem (no overlay): the mark then covers the whole
+ * host filesystem, and the container's processes are the ones in another pid namespace.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -25,6 +30,7 @@
 #include <string.h>
 #include <sys/fanotify.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* Open-addressing set of seen paths (FNV-1a); a workload touches thousands of files, not millions. */
@@ -71,6 +77,24 @@ static void print_escaped(const char *s) {
   }
 }
 
+static int only_foreign_pidns;
+static int exec_seen;
+static ino_t own_pidns;
+
+static ino_t pidns_of(const char *proc_pid_dir) {
+  char p[64];
+  struct stat st;
+  snprintf(p, sizeof p, "%s/ns/pid", proc_pid_dir);
+  return stat(p, &st) == 0 ? st.st_ino : 0;
+}
+
+static int from_own_pidns(int pid) {
+  char dir[32];
+  snprintf(dir, sizeof dir, "/proc/%d", pid);
+  ino_t ns = pidns_of(dir);
+  return ns != 0 && ns == own_pidns;
+}
+
 static void handle_events(int fan_fd, int *failed) {
   char buf[64 * 1024] __attribute__((aligned(__alignof__(struct fanotify_event_metadata))));
   for (;;) {
@@ -93,14 +117,19 @@ static void handle_events(int fan_fd, int *failed) {
         continue;
       }
       if (md->fd < 0) continue;
+      if (only_foreign_pidns && from_own_pidns(md->pid)) { close(md->fd); continue; }
       char link[64], path[PATH_MAX + 1];
       snprintf(link, sizeof link, "/proc/self/fd/%d", md->fd);
       ssize_t n = readlink(link, path, PATH_MAX);
       close(md->fd);
       if (n <= 0) continue;
       path[n] = '\0';
-      if (!seen_add(path)) continue;
       char kind = (md->mask & FAN_OPEN_EXEC) ? 'X' : (md->mask & FAN_OPEN) ? 'O' : 'A';
+      /* Until the first exec the events are the runtime's own setup (runc reads /etc/passwd and
+       * /etc/group); they are all printed so the caller can drop them without losing the
+       * workload's own first access to the same files. */
+      if (kind == 'X') exec_seen = 1;
+      if (exec_seen && !seen_add(path)) continue;
       printf("%c %d ", kind, (int)md->pid);
       print_escaped(path);
       putchar('\n');
@@ -110,8 +139,14 @@ static void handle_events(int fan_fd, int *failed) {
 }
 
 int main(int argc, char **argv) {
+  if (argc == 3 && strcmp(argv[1], "-n") == 0) {
+    only_foreign_pidns = 1;
+    own_pidns = pidns_of("/proc/self");
+    argv++;
+    argc--;
+  }
   if (argc != 2) {
-    fprintf(stderr, "usage: esgz-fanotify ROOT\n");
+    fprintf(stderr, "usage: esgz-fanotify [-n] ROOT\n");
     return 2;
   }
   seen = calloc(seen_cap, sizeof(char *));

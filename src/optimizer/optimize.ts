@@ -1,0 +1,172 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Writable } from 'node:stream';
+import { EsgzError } from '../errors.js';
+import type { ImageConfig } from '../image/types.js';
+import { findRunc, runBundle, type StopReason } from '../runtime/runc.js';
+import { buildRuntimeSpec, checkExecutable, writeBundleConfig, type RunOptions } from '../runtime/spec.js';
+import { prepareRootfs, type LayerTar, type PreparedRootfs } from './overlay.js';
+import type { RecordEntry } from './record.js';
+import { startTracer, toImagePath, type AccessKind, type Tracer } from './tracer.js';
+
+export interface ProfileWorkloadOptions {
+  /** Decompressed layer tars, base first. */
+  layers: LayerTar[];
+  config: ImageConfig;
+  /** Entrypoint/args/env/user/mount/DNS/network overrides (ctr-remote's sampler flags). */
+  run: RunOptions;
+  /** Seconds to let the workload run (default 10, ctr-remote's default). */
+  periodSeconds?: number;
+  waitOnLine?: string;
+  waitOnSignal?: boolean;
+  /** `-i`: attach stdin. */
+  stdin?: boolean;
+  /** Aborting (Ctrl-C) stops the workload and tears everything down. */
+  signal?: AbortSignal;
+  stdout?: Writable;
+  stderr?: Writable;
+  /** Parent of the temporary directory (default: the OS temp dir). */
+  tempRoot?: string;
+  rootfsMode?: 'auto' | 'overlay' | 'merged';
+  onWarning?(message: string): void;
+  /** Progress stages: 'unpack', 'run', 'trace'. */
+  onStage?(stage: string): void;
+}
+
+export interface AccessedFile {
+  /** Image path, e.g. `bin/busybox`. */
+  path: string;
+  /** Index of the topmost layer providing the file. */
+  layerIndex: number;
+  kind: AccessKind;
+}
+
+export interface ProfileResult {
+  /** Image paths in first-access order. */
+  accessed: string[];
+  /** The same files with their providing layer and first access kind. */
+  files: AccessedFile[];
+  /** Per layer index, the accessed files it provides, in access order (the prioritized-files list of each layer). */
+  perLayer: string[][];
+  /** Paths the workload touched that no layer provides (written at run time): not prioritized. */
+  notInImage: number;
+  exitCode: number | undefined;
+  stopReason: StopReason;
+  durationMs: number;
+  rootfsMode: 'overlay' | 'merged';
+  /** The runtime command line that ran. */
+  args: string[];
+}
+
+/** `GOARCH` names of the machine esgz runs on. */
+export function hostArchitecture(): string {
+  const map: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ia32: '386', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64', loong64: 'loong64', mips64el: 'mips64le' };
+  return map[process.arch] ?? process.arch;
+}
+
+/** Throws UNSUPPORTED unless the image can run on this machine. */
+export function checkRunnablePlatform(config: ImageConfig): void {
+  const os = config.os ?? 'linux';
+  const arch = config.architecture ?? hostArchitecture();
+  if (os !== 'linux' || arch !== hostArchitecture()) {
+    throw new EsgzError('UNSUPPORTED', `the image is for ${os}/${arch}${config.variant ? `/${config.variant}` : ''} but this machine is linux/${hostArchitecture()}: it cannot be run to profile it (use --no-optimize or --platform)`);
+  }
+}
+
+/**
+ * Runs the image's workload under runc and records which files it opens, executes and reads:
+ * unpack each layer, stack them (overlayfs, or a merged copy), build the runtime spec, start the
+ * fanotify tracer, run until the workload exits / the period ends / the line shows / Ctrl-C,
+ * then tear everything down (container, tracer, mounts, temporary files) whatever happened.
+ */
+export async function profileWorkload(options: ProfileWorkloadOptions): Promise<ProfileResult> {
+  checkRunnablePlatform(options.config);
+  await findRunc();
+  if (options.waitOnSignal && options.run.terminal) {
+    throw new EsgzError('BAD_FLAG', '--wait-on-signal cannot be used with --terminal');
+  }
+  if (options.run.terminal && !options.stdin) throw new EsgzError('BAD_FLAG', '--terminal must be used with -i');
+
+  const workDir = await mkdtemp(join(options.tempRoot ?? tmpdir(), 'esgz-opt-'));
+  let rootfs: PreparedRootfs | undefined;
+  let tracer: Tracer | undefined;
+  try {
+    options.onStage?.('unpack');
+    rootfs = await prepareRootfs({
+      workDir: join(workDir, 'r'),
+      layers: options.layers,
+      mode: options.rootfsMode,
+      signal: options.signal,
+      onWarning: options.onWarning,
+    });
+    const bundle = join(workDir, 'b');
+    const spec = await buildRuntimeSpec({ rootfs: rootfs.rootfs, config: options.config, options: options.run, bundleDir: bundle });
+    await checkExecutable(rootfs.rootfs, spec);
+    await writeBundleConfig(bundle, spec);
+    if (options.signal?.aborted) throw new EsgzError('INTERRUPTED', 'interrupted');
+
+    tracer = await startTracer(rootfs.rootfs, { onlyOtherPidNamespaces: rootfs.mode === 'merged' });
+    options.onStage?.('run');
+    const run = await runBundle({
+      bundle,
+      stateRoot: join(workDir, 's'),
+      periodSeconds: options.periodSeconds ?? 10,
+      waitOnLine: options.waitOnLine,
+      waitOnSignal: options.waitOnSignal,
+      signal: options.signal,
+      stdout: options.stdout,
+      stderr: options.stderr,
+      stdin: options.stdin,
+      terminal: options.run.terminal,
+    });
+    options.onStage?.('trace');
+    const events = await tracer.stop();
+    tracer = undefined;
+
+    const files: AccessedFile[] = [];
+    const seen = new Set<string>();
+    let notInImage = 0;
+    // Everything before the first exec is runc setting up the container (it reads the image's
+    // /etc/passwd and /etc/group, creates mount points), not the workload: not prioritized.
+    const firstExec = events.findIndex((e) => e.kind === 'exec');
+    const workloadEvents = firstExec < 0 ? [] : events.slice(firstExec);
+    for (const event of workloadEvents) {
+      const path = toImagePath(event.reported, rootfs.rootfs);
+      if (!path || seen.has(path)) continue;
+      seen.add(path);
+      const layerIndex = rootfs.provenance.layerOf(path);
+      if (layerIndex === undefined) {
+        notInImage++;
+        continue;
+      }
+      files.push({ path, layerIndex, kind: event.kind });
+    }
+    const perLayer: string[][] = options.layers.map(() => []);
+    for (const f of files) perLayer[f.layerIndex]!.push(f.path);
+    if (run.reason === 'exited' && run.exitCode !== 0) {
+      options.onWarning?.(`the workload exited with code ${run.exitCode} after ${(run.durationMs / 1000).toFixed(1)} s; the trace covers what it did until then`);
+    }
+    return {
+      accessed: files.map((f) => f.path),
+      files,
+      perLayer,
+      notInImage,
+      exitCode: run.exitCode,
+      stopReason: run.reason,
+      durationMs: run.durationMs,
+      rootfsMode: rootfs.mode,
+      args: spec.process.args,
+    };
+  } finally {
+    await tracer?.stop().catch(() => undefined);
+    const released = rootfs?.release();
+    await released;
+    await rm(workDir, { recursive: true, force: true });
+  }
+}
+
+/** Record-file entries (ctr-remote's format) for a profile of the platform manifest `manifestDigest`. */
+export function recordEntriesOf(result: ProfileResult, manifestDigest?: string): RecordEntry[] {
+  return result.files.map((f) => ({ path: f.path, ...(manifestDigest ? { manifestDigest } : {}), layerIndex: f.layerIndex }));
+}

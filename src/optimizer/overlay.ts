@@ -1,0 +1,170 @@
+import { mkdir, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { execa } from 'execa';
+import { EsgzError } from '../errors.js';
+import { canSetXattr, isRoot } from './native.js';
+import { LayerProvenance } from './provenance.js';
+import { unpackLayer, type UnpackStats } from './unpack.js';
+
+export interface LayerTar {
+  /** A fresh stream of the layer's uncompressed tar. */
+  open(): Promise<Readable>;
+  /** For messages, e.g. `layer 1 (sha256:ab12…)`. */
+  name?: string;
+}
+
+export interface PreparedRootfs {
+  /** The root filesystem the container sees. */
+  rootfs: string;
+  /** 'overlay' when the layers are stacked by overlayfs, 'merged' when copied into one directory. */
+  mode: 'overlay' | 'merged';
+  /** Which layer provides each path of `rootfs`. */
+  provenance: LayerProvenance;
+  stats: UnpackStats[];
+  /** Unmounts and removes everything prepareRootfs created. Safe to call twice. */
+  release(): Promise<void>;
+}
+
+export interface PrepareRootfsOptions {
+  /** An empty directory prepareRootfs may fill; it is removed by release(). Short paths keep the mount options small. */
+  workDir: string;
+  /** Base layer first. */
+  layers: LayerTar[];
+  /** 'auto' (default): overlayfs when it mounts here, else merged. */
+  mode?: 'auto' | 'overlay' | 'merged';
+  signal?: AbortSignal;
+  onWarning?(message: string): void;
+}
+
+/**
+ * Unpacks the layers and presents them as one root filesystem: each layer in its own read-only
+ * lower directory under an overlayfs mount with a throwaway upper directory, or, when overlayfs
+ * is not available (not root, nested overlay, no kernel support), all layers merged into one copy.
+ */
+export async function prepareRootfs(options: PrepareRootfsOptions): Promise<PreparedRootfs> {
+  const { workDir, layers } = options;
+  const requested = options.mode ?? 'auto';
+  let mode: 'overlay' | 'merged' = requested === 'merged' ? 'merged' : 'overlay';
+  if (mode === 'overlay') {
+    const problem = await overlayProblem();
+    if (problem) {
+      if (requested === 'overlay') throw new EsgzError('UNSUPPORTED', `cannot use overlayfs: ${problem}`);
+      options.onWarning?.(`overlayfs is not usable (${problem}); merging the layers into one directory instead`);
+      mode = 'merged';
+    }
+  }
+  await mkdir(workDir, { recursive: true });
+  let mounted: string | undefined;
+  let released = false;
+  const release = async () => {
+    if (released) return;
+    if (mounted) {
+      await unmount(mounted);
+      mounted = undefined;
+    }
+    await rm(workDir, { recursive: true, force: true });
+    released = true;
+  };
+
+  try {
+    const provenance = new LayerProvenance();
+    const stats: UnpackStats[] = [];
+    const unpackInto = async (index: number, dir: string, whiteouts: 'overlay' | 'merge') => {
+      const layer = layers[index]!;
+      const layerName = layer.name ?? `layer ${index}`;
+      const stream = await layer.open();
+      stats.push(
+        await unpackLayer(stream, dir, {
+          whiteouts,
+          layerName,
+          signal: options.signal,
+          onAdd: (path, kind) => provenance.add(path, index, kind),
+          onWhiteout: (path) => provenance.whiteout(path, index),
+          onOpaque: (dir) => provenance.opaque(dir, index),
+          onWarning: options.onWarning,
+        }),
+      );
+    };
+
+    if (mode === 'merged') {
+      const rootfs = join(workDir, 'rootfs');
+      for (let i = 0; i < layers.length; i++) await unpackInto(i, rootfs, 'merge');
+      if (layers.length === 0) await mkdir(rootfs, { recursive: true });
+      return { rootfs, mode, provenance, stats, release };
+    }
+
+    const lowerDirs: string[] = [];
+    for (let i = 0; i < layers.length; i++) {
+      const dir = join(workDir, 'l', String(i));
+      await unpackInto(i, dir, 'overlay');
+      lowerDirs.push(dir);
+    }
+    if (lowerDirs.length === 0) {
+      const empty = join(workDir, 'l', 'empty');
+      await mkdir(empty, { recursive: true });
+      lowerDirs.push(empty);
+    }
+    const upper = join(workDir, 'u');
+    const work = join(workDir, 'w');
+    const rootfs = join(workDir, 'm');
+    await Promise.all([upper, work, rootfs].map((d) => mkdir(d, { recursive: true })));
+    await mountOverlay(lowerDirs, upper, work, rootfs);
+    mounted = rootfs;
+    return { rootfs, mode, provenance, stats, release };
+  } catch (err) {
+    await release().catch(() => undefined);
+    throw err;
+  }
+}
+
+/** Why overlayfs cannot be used here, or undefined when it can. */
+export async function overlayProblem(): Promise<string | undefined> {
+  if (!isRoot()) return 'mounting needs root';
+  if (!canSetXattr()) return 'native/fanotify/esgz-fsops is not built, so opaque directories cannot be marked';
+  const filesystems = await readFile('/proc/filesystems', 'utf8').catch(() => '');
+  if (!/\boverlay\b/.test(filesystems)) {
+    // The module may load on first mount; let the mount attempt decide.
+    await execa('modprobe', ['overlay'], { reject: false });
+    const again = await readFile('/proc/filesystems', 'utf8').catch(() => '');
+    if (!/\boverlay\b/.test(again)) return 'the kernel has no overlay filesystem';
+  }
+  return undefined;
+}
+
+/** Mounts `lowerDirs` (base first) under a writable `upper` at `target`. */
+export async function mountOverlay(lowerDirs: string[], upper: string, work: string, target: string): Promise<void> {
+  for (const dir of [...lowerDirs, upper, work]) {
+    // overlayfs splits its options on "," and lowerdir on ":"; such paths cannot be expressed.
+    if (/[,:]/.test(dir)) throw new EsgzError('UNSUPPORTED', `cannot use "${dir}" in an overlay mount (it contains "," or ":")`);
+  }
+  // overlayfs lists the topmost lower first.
+  const lower = [...lowerDirs].reverse().join(':');
+  const data = `lowerdir=${lower},upperdir=${upper},workdir=${work}`;
+  const result = await execa('mount', ['-t', 'overlay', 'overlay', '-o', data, target], { reject: false, stdin: 'ignore' });
+  if (result.exitCode !== 0) {
+    throw new EsgzError('RUNTIME', `cannot mount overlayfs at ${target}: ${String(result.stderr).trim() || `mount exited ${result.exitCode}`}`);
+  }
+}
+
+/** Unmounts `target`, retrying while it is busy, lazily as a last resort. */
+export async function unmount(target: string): Promise<void> {
+  let lastError = '';
+  for (let attempt = 0; attempt < 10; attempt++) {
+    const result = await execa('umount', [target], { reject: false, stdin: 'ignore' });
+    if (result.exitCode === 0) return;
+    lastError = String(result.stderr).trim();
+    if (/not mounted|no mount point/i.test(lastError)) return;
+    await new Promise((r) => setTimeout(r, 100 * (attempt + 1)));
+  }
+  const lazy = await execa('umount', ['-l', target], { reject: false, stdin: 'ignore' });
+  if (lazy.exitCode !== 0) {
+    throw new EsgzError('RUNTIME', `cannot unmount ${target}: ${lastError}`);
+  }
+}
+
+/** True when `path` is a mount point in this mount namespace (for tests and leak checks). */
+export async function isMounted(path: string): Promise<boolean> {
+  const table = await readFile('/proc/self/mountinfo', 'utf8');
+  return table.split('\n').some((line) => line.split(' ')[4] === path);
+}
