@@ -139,7 +139,8 @@ export function parseMountFlag(value: string): RuntimeMount {
   const mount: RuntimeMount = { destination: '' };
   for (const field of parseCommaList(value)) {
     const eq = field.indexOf('=');
-    if (eq <= 0 || field.indexOf('=', eq + 1) !== -1) {
+    // Split at the first "=": option values such as size=1m contain one themselves.
+    if (eq <= 0) {
       throw new EsgzError('BAD_FLAG', `--mount ${value}: "${field}" is not key=value`);
     }
     const key = field.slice(0, eq);

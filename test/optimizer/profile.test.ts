@@ -1,0 +1,222 @@
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { EsgzError } from '../../src/errors.js';
+import { profileWorkload, recordEntriesOf, type ProfileWorkloadOptions } from '../../src/optimizer/optimize.js';
+import { readRecordFile, writeRecordFile } from '../../src/optimizer/record.js';
+import { listContainers } from '../../src/runtime/runc.js';
+import type { LayerTar } from '../../src/optimizer/overlay.js';
+import { busyboxConfig, busyboxLayers } from './busybox-image.js';
+
+let tempRoot: string;
+let layers: LayerTar[];
+let containersBefore: string[];
+
+beforeAll(async () => {
+  tempRoot = mkdtempSync(join(tmpdir(), 'esgz-profile-'));
+  layers = await busyboxLayers();
+  containersBefore = await listContainers();
+});
+afterAll(() => rmSync(tempRoot, { recursive: true, force: true }));
+
+/** After every run: no mount under our temp root, no runc container left, no temp dir left. */
+afterEach(async () => {
+  const mounts = readFileSync('/proc/self/mountinfo', 'utf8');
+  expect(mounts).not.toContain(tempRoot);
+  expect(readdirSync(tempRoot)).toEqual([]);
+  expect(await listContainers()).toEqual(containersBefore);
+});
+
+async function profile(overrides: Partial<ProfileWorkloadOptions>) {
+  const out = new PassThrough();
+  let stdout = '';
+  out.on('data', (c: Buffer) => (stdout += c.toString()));
+  const err = new PassThrough();
+  let stderr = '';
+  err.on('data', (c: Buffer) => (stderr += c.toString()));
+  const warnings: string[] = [];
+  const result = await profileWorkload({
+    layers,
+    config: busyboxConfig(),
+    run: {},
+    periodSeconds: 20,
+    stdout: out,
+    stderr: err,
+    tempRoot,
+    onWarning: (m) => warnings.push(m),
+    ...overrides,
+  });
+  return { result, stdout, stderr, warnings };
+}
+
+const catAndLs = { entrypoint: ['/bin/sh', '-c'], args: ['cat /etc/hello; ls /bin'] };
+
+describe('profileWorkload on a busybox image under runc (overlayfs)', () => {
+  it('records bin/busybox then etc/hello, mapped to the layers that provide them', async () => {
+    const { result, stdout } = await profile({ run: catAndLs });
+    expect(stdout).toContain('hello from layer 1');
+    expect(stdout.split('\n')).toContain('busybox');
+    expect(result.rootfsMode).toBe('overlay');
+    expect(result.stopReason).toBe('exited');
+    expect(result.exitCode).toBe(0);
+    expect(result.accessed).toEqual(['bin/busybox', 'etc/hello']);
+    expect(result.files.map((f) => f.kind)).toEqual(['exec', 'open']);
+    expect(result.perLayer).toEqual([['bin/busybox'], ['etc/hello']]);
+  });
+
+  it('gives the same trace every time', async () => {
+    const a = await profile({ run: catAndLs });
+    const b = await profile({ run: catAndLs });
+    expect(b.result.files).toEqual(a.result.files);
+  });
+
+  it('gives the same trace from a merged copy when overlayfs is not used', async () => {
+    const { result } = await profile({ run: catAndLs, rootfsMode: 'merged' });
+    expect(result.rootfsMode).toBe('merged');
+    expect(result.accessed).toEqual(['bin/busybox', 'etc/hello']);
+    expect(result.perLayer).toEqual([['bin/busybox'], ['etc/hello']]);
+  });
+
+  it('does not see files hidden by a whiteout, and skips files the workload creates', async () => {
+    const { result, stderr } = await profile({
+      run: { entrypoint: ['/bin/sh', '-c'], args: ['cat /etc/removed; echo x > /tmp/new; cat /tmp/new; cat /etc/hello'] },
+    });
+    expect(stderr).toMatch(/can't open '\/etc\/removed'/);
+    expect(result.accessed).toEqual(['bin/busybox', 'etc/hello']);
+    expect(result.notInImage).toBe(1);
+  });
+
+  it('runs as the image user resolved from /etc/passwd and /etc/group, with env, cwd and hosts', async () => {
+    const { stdout } = await profile({
+      config: busyboxConfig({ User: 'alice', WorkingDir: '/tmp', Env: ['PATH=/bin', 'FOO=image'] }),
+      run: { entrypoint: ['/bin/sh', '-c'], args: ['id; pwd; echo FOO=$FOO; cat /etc/hosts'], env: ['FOO=flag'], addHosts: ['registry.test:10.1.2.3'] },
+    });
+    expect(stdout).toContain('uid=1000(alice) gid=1000(alice) groups=50(staff)');
+    expect(stdout).toContain('/tmp\n');
+    expect(stdout).toContain('FOO=flag\n');
+    expect(stdout).toContain('10.1.2.3\tregistry.test');
+  });
+
+  it('has only loopback networking by default', async () => {
+    const { stdout } = await profile({ run: { entrypoint: ['/bin/sh', '-c'], args: ['ls /sys/class/net'] } });
+    expect(stdout.trim().split('\n')).toEqual(['lo']);
+  });
+
+  it('writes and reads back the trace in ctr-remote record format', async () => {
+    const { result } = await profile({ run: catAndLs });
+    const file = join(tmpdir(), `esgz-record-${process.pid}.json`);
+    try {
+      await writeRecordFile(file, recordEntriesOf(result, 'sha256:' + 'a'.repeat(64)));
+      const lines = readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+      expect(lines).toEqual([
+        { path: 'bin/busybox', manifestDigest: 'sha256:' + 'a'.repeat(64), layerIndex: 0 },
+        { path: 'etc/hello', manifestDigest: 'sha256:' + 'a'.repeat(64), layerIndex: 1 },
+      ]);
+      expect(await readRecordFile(file)).toEqual(lines);
+    } finally {
+      rmSync(file, { force: true });
+    }
+  });
+});
+
+describe('profileWorkload stops and tears down', () => {
+  it('stops a workload that hangs after the period', async () => {
+    const started = Date.now();
+    const { result } = await profile({ run: { entrypoint: ['/bin/sh', '-c'], args: ['cat /etc/hello; sleep 600'] }, periodSeconds: 1 });
+    expect(result.stopReason).toBe('period');
+    expect(result.exitCode).toBeUndefined();
+    expect(Date.now() - started).toBeLessThan(15_000);
+    expect(result.accessed).toEqual(['bin/busybox', 'etc/hello']);
+  });
+
+  it('stops when the watched line appears on stdout', async () => {
+    const { result, stdout } = await profile({
+      run: { entrypoint: ['/bin/sh', '-c'], args: ['echo starting; echo server is READY now; sleep 600'] },
+      waitOnLine: 'is READY',
+      periodSeconds: 60,
+    });
+    expect(result.stopReason).toBe('line');
+    expect(stdout).toContain('server is READY now');
+  });
+
+  it('stops on Ctrl-C with --wait-on-signal and keeps the trace', async () => {
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(), 1500);
+    const { result } = await profile({
+      run: { entrypoint: ['/bin/sh', '-c'], args: ['cat /etc/hello; sleep 600'] },
+      waitOnSignal: true,
+      signal: controller.signal,
+    });
+    expect(result.stopReason).toBe('signal');
+    expect(result.accessed).toEqual(['bin/busybox', 'etc/hello']);
+  });
+
+  it('turns Ctrl-C without --wait-on-signal into an INTERRUPTED error', async () => {
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(), 1500);
+    const err = await profile({ run: { entrypoint: ['/bin/sh', '-c'], args: ['sleep 600'] }, signal: controller.signal }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(EsgzError);
+    expect((err as EsgzError).code).toBe('INTERRUPTED');
+  });
+
+  it('reports a workload that exits at once with an error code', async () => {
+    const { result, warnings } = await profile({ run: { entrypoint: ['/bin/sh', '-c'], args: ['exit 3'] } });
+    expect(result.exitCode).toBe(3);
+    expect(warnings.join('\n')).toMatch(/exited with code 3/);
+  });
+});
+
+describe('profileWorkload bad input', () => {
+  it('names an entrypoint that does not exist', async () => {
+    const err = await profile({ run: { entrypoint: ['/bin/nope'] } }).catch((e: unknown) => e);
+    expect((err as EsgzError).code).toBe('RUNTIME');
+    expect((err as EsgzError).message).toBe('entrypoint "/bin/nope" does not exist in the image or is not executable');
+  });
+
+  it('refuses an image for another architecture before unpacking anything', async () => {
+    const err = await profile({ config: { ...busyboxConfig(), architecture: 'riscv64' } }).catch((e: unknown) => e);
+    expect((err as EsgzError).code).toBe('UNSUPPORTED');
+    expect((err as EsgzError).message).toMatch(/image is for linux\/riscv64 but this machine is linux\//);
+  });
+
+  it('names a user the image does not have', async () => {
+    const err = await profile({ run: { ...catAndLs, user: 'mallory' } }).catch((e: unknown) => e);
+    expect((err as EsgzError).message).toBe('user "mallory" is not in the image\'s /etc/passwd');
+  });
+
+  it('says when runc is missing', async () => {
+    const saved = process.env.ESGZ_RUNC;
+    process.env.ESGZ_RUNC = '/nonexistent/runc';
+    try {
+      const err = await profile({ run: catAndLs }).catch((e: unknown) => e);
+      expect((err as EsgzError).code).toBe('RUNTIME');
+      expect((err as EsgzError).message).toMatch(/^runc is not installed/);
+    } finally {
+      if (saved === undefined) delete process.env.ESGZ_RUNC;
+      else process.env.ESGZ_RUNC = saved;
+    }
+  });
+
+  it('rejects a hostile layer without touching the host and cleans up', async () => {
+    const canaryDir = mkdtempSync(join(tmpdir(), 'esgz-canary-'));
+    try {
+      const hostile = await busyboxLayers([
+        [
+          { name: 'etc/shadow', type: 'symlink', linkname: join(canaryDir, 'shadow') },
+          { name: 'etc/shadow', content: 'replaced, not followed' },
+          { name: 'escape', type: 'symlink', linkname: canaryDir },
+          { name: 'escape/planted', content: 'contained' },
+          { name: '../../../../../../../../' + canaryDir.slice(1) + '/dotdot', content: 'x' },
+        ],
+      ]);
+      const err = await profile({ layers: hostile, run: catAndLs }).catch((e: unknown) => e);
+      expect((err as EsgzError).code).toBe('UNSAFE_PATH');
+      expect((err as EsgzError).message).toMatch(/^layer 2: entry ".*dotdot" escapes the root$/);
+      expect(readdirSync(canaryDir)).toEqual([]);
+    } finally {
+      rmSync(canaryDir, { recursive: true, force: true });
+    }
+  });
+});
