@@ -1,4 +1,4 @@
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -9,6 +9,8 @@ import { readRecordFile, writeRecordFile } from '../../src/optimizer/record.js';
 import { listContainers } from '../../src/runtime/runc.js';
 import type { LayerTar } from '../../src/optimizer/overlay.js';
 import { busyboxConfig, busyboxLayers } from './busybox-image.js';
+import { hasHostPython, hostFilesEntries, pythonStartupFiles } from './host-image.js';
+import { buildTar, streamOf } from './tar-helpers.js';
 
 let tempRoot: string;
 let layers: LayerTar[];
@@ -218,5 +220,42 @@ describe('profileWorkload bad input', () => {
     } finally {
       rmSync(canaryDir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('profileWorkload on a Debian python image built from this host', () => {
+  it.skipIf(!hasHostPython())('prioritizes the interpreter, the loader, libc and friends, ld.so.cache and encodings', async () => {
+    const files = pythonStartupFiles();
+    const [base, python] = [files.filter((f) => !f.includes('python')), files.filter((f) => f.includes('python'))];
+    const tars = await Promise.all([hostFilesEntries(base), hostFilesEntries(python)].map((e) => buildTar(e)));
+    const pyLayers = tars.map((tar, i) => ({ name: `layer ${i}`, open: async () => streamOf(tar) }));
+    const { result, stdout } = await profile({
+      layers: pyLayers,
+      config: { architecture: 'amd64', os: 'linux', config: { Env: ['PATH=/usr/bin:/bin'] }, rootfs: { type: 'layers', diff_ids: [] } },
+      run: { entrypoint: ['python3', '-c', 'print(1)'] },
+    });
+    expect(stdout).toBe('1\n');
+    expect(result.exitCode).toBe(0);
+    const accessed = result.accessed;
+    // The interpreter is executed first, then the kernel maps the dynamic loader.
+    expect(accessed[0]).toBe('usr/bin/python3.11');
+    expect(result.files[0]!.kind).toBe('exec');
+    // The trace names the files the kernel opened, after symlinks: the host's realpath is the oracle.
+    const real = (p: string) => realpathSync(p).slice(1);
+    const libc = real('/lib/x86_64-linux-gnu/libc.so.6');
+    for (const expected of [
+      real('/lib64/ld-linux-x86-64.so.2'),
+      'etc/ld.so.cache',
+      libc,
+      real('/lib/x86_64-linux-gnu/libm.so.6'),
+      real('/lib/x86_64-linux-gnu/libz.so.1'),
+      real('/lib/x86_64-linux-gnu/libexpat.so.1'),
+    ]) {
+      expect(accessed).toContain(expected);
+      expect(result.files.find((f) => f.path === expected)!.layerIndex).toBe(0);
+    }
+    expect(accessed.indexOf('etc/ld.so.cache')).toBeLessThan(accessed.indexOf(libc));
+    expect(accessed.some((p) => p.startsWith('usr/lib/python3.11/encodings/'))).toBe(true);
+    expect(result.perLayer[1]![0]).toBe('usr/bin/python3.11');
   });
 });
