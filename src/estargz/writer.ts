@@ -21,6 +21,7 @@ import type { Writable } from 'node:stream';
 import { EsgzError } from '../errors.js';
 import type { Codec } from './codec.js';
 import { DEFAULT_CHUNK_SIZE, LANDMARK_CONTENTS, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME } from './constants.js';
+import { expandPriorities, type PriorityItem } from './priority.js';
 import { encodeTarHeader, padding, readTar, type TarHeader } from './tar.js';
 import { cleanEntryName, formatModtime, type JTOC, type TOCEntry, type TOCEntryType } from './toc.js';
 
@@ -30,8 +31,11 @@ export interface EstargzWriterOptions {
   chunkSize?: number;
   /** Chunks start a new member only once the open member holds this many bytes (default 0: always). */
   minChunkSize?: number;
-  /** Files to place first, in this order (their parent directories and hardlink targets before them). */
-  prioritizedFiles?: string[];
+  /**
+   * Files to place first, in this order (their parent directories and hardlink targets before
+   * them). Globs (`GlobPattern`) expand to the matching entries in layer order.
+   */
+  prioritizedFiles?: PriorityItem[];
   /** Names the layer in error messages, e.g. `layer sha256:abcd…`. */
   where?: string;
   /** Directory for the spool file used when reordering prioritized files. */
@@ -220,7 +224,7 @@ interface SpooledEntry {
  */
 async function* reorderedEntries(
   tar: AsyncIterable<Buffer>,
-  prioritized: string[],
+  prioritized: PriorityItem[],
   where: string,
   tmpDir: string | undefined,
   missed: string[],
@@ -246,7 +250,9 @@ async function* reorderedEntries(
       await new Promise<void>((resolve, reject) => sink.end((err?: Error | null) => (err ? reject(err) : resolve())));
     }
 
-    const order = priorityOrder(spooled.map((e) => e.header), prioritized, missed);
+    const headers = spooled.map((e) => e.header);
+    const names = expandPriorities(prioritized, headers.map((h) => h.name), missed);
+    const order = priorityOrder(headers, names, missed);
     handle = await open(spoolPath, 'r');
     const fh = handle;
     for (const item of order) {

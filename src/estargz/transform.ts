@@ -1,0 +1,257 @@
+/**
+ * Layer transforms for `esgz image convert`: eStargz (gzip), zstd:chunked (same writer, zstd
+ * codec) and uncompress (plain tar). Each reads the source layer (tar, tar+gzip or tar+zstd,
+ * sniffed), writes the new blob to the output stream (without ending it) and reports media
+ * type, annotations and diffID; the pipeline hashes the blob itself.
+ */
+import { createHash } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Transform, type Readable, type Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { EsgzError, withContext } from '../errors.js';
+import { openDecompressed } from '../image/compression.js';
+import { isDockerMediaType, MediaType } from '../image/media-types.js';
+import type { LayerInput, LayerOutput, LayerTransform, TransformContext } from '../image/transform.js';
+import type { Codec, CodecName } from './codec.js';
+import { createCodec } from './codecs.js';
+import { TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from './constants.js';
+import type { GzipBackend } from './gzip-pool.js';
+import { EstargzReader, openFileBlobReader } from './reader.js';
+import type { PriorityItem } from './priority.js';
+import { writeEstargz } from './writer.js';
+
+export type LayerFormat = 'estargz' | 'zstdchunked' | 'uncompress';
+
+export interface ChunkedTransformOptions {
+  /** gzip: 1-9 (zlib) / 1-12 (libdeflate), default 9; zstd: default 3. */
+  compressionLevel?: number;
+  chunkSize?: number;
+  minChunkSize?: number;
+  /** Prioritized files (literal paths or globs), applied to every layer; missing ones are ignored. */
+  prioritizedFiles?: PriorityItem[];
+  /** Per-layer prioritized files (index = layer position), e.g. from a record file with layer indexes. */
+  prioritizedFilesByLayer?: PriorityItem[][];
+  /** `--estargz-external-toc` (not implemented yet: rejected). */
+  externalTOC?: boolean;
+  /** `--estargz-keep-diff-id` (only with external TOC; not implemented yet: rejected). */
+  keepDiffID?: boolean;
+  /** Keep layers that already are valid eStargz/zstd:chunked blobs of this format. */
+  reuse?: boolean;
+  /** Compression workers (default: cores, or ESGZ_WORKERS). */
+  workers?: number;
+  /** Spool directory (priority reordering, --reuse checks). */
+  tmpDir?: string;
+  /** gzip backend override (default: libdeflate when built, ESGZ_GZIP_BACKEND=zlib forces zlib). */
+  gzipBackend?: GzipBackend;
+  /** Called for non-fatal problems (missing prioritized files, ...). */
+  warn?(message: string): void;
+}
+
+function shortDigest(digest: string): string {
+  return digest.replace(/^sha256:/, '').slice(0, 12);
+}
+
+function layerWhere(input: LayerInput): string {
+  return `layer ${input.index} (${shortDigest(input.descriptor.digest)})`;
+}
+
+/** Layer transform writing eStargz or zstd:chunked with the shared writer. */
+export class ChunkedLayerTransform implements LayerTransform {
+  readonly name: string;
+  private codecPromise: Promise<Codec> | undefined;
+
+  constructor(
+    readonly codecName: CodecName,
+    readonly options: ChunkedTransformOptions = {},
+  ) {
+    this.name = codecName === 'gzip' ? 'estargz' : 'zstdchunked';
+    if (options.keepDiffID && !options.externalTOC) {
+      throw new EsgzError('BAD_FLAG', '--estargz-keep-diff-id must be used with --estargz-external-toc');
+    }
+    if (options.externalTOC) {
+      throw new EsgzError('UNSUPPORTED', '--estargz-external-toc is not implemented yet in esgz');
+    }
+  }
+
+  /** The codec (one worker pool shared by every layer of the conversion). */
+  codec(): Promise<Codec> {
+    this.codecPromise ??= createCodec(this.codecName, {
+      compressionLevel: this.options.compressionLevel,
+      workers: this.options.workers,
+      gzipBackend: this.options.gzipBackend,
+    });
+    return this.codecPromise;
+  }
+
+  checkManifestMediaType(mediaType: string, warn: (message: string) => void): void {
+    if (!isDockerMediaType(mediaType)) return;
+    if (this.codecName === 'zstd') throw new EsgzError('BAD_FLAG', 'option --zstdchunked must be used in conjunction with --oci');
+    warn('option --estargz should be used in conjunction with --oci (eStargz content verification needs OCI media types)');
+  }
+
+  async transform(input: LayerInput, output: Writable, context: TransformContext): Promise<LayerOutput | 'unchanged'> {
+    const where = layerWhere(input);
+    const codec = await this.codec();
+    try {
+      if (this.options.reuse && (await this.isReusable(input, codec, where))) return 'unchanged';
+      const source = await input.open();
+      const counted = countProgress(source, context);
+      const { stream, compression } = await openDecompressed(counted, where);
+      const prioritized = this.options.prioritizedFilesByLayer?.[input.index] ?? this.options.prioritizedFiles;
+      const started = Date.now();
+      const result = await writeEstargz(stream, output, {
+        codec,
+        chunkSize: this.options.chunkSize,
+        minChunkSize: this.options.minChunkSize,
+        prioritizedFiles: prioritized,
+        where,
+        tmpDir: this.options.tmpDir,
+        signal: context.signal,
+      });
+      // With one list for every layer (ctr-remote's record-in), most names live in other layers:
+      // ctr-remote ignores them silently. A per-layer list that misses is worth a warning.
+      if (result.missedPrioritizedFiles.length > 0 && this.options.prioritizedFilesByLayer) {
+        this.options.warn?.(`${where}: ${result.missedPrioritizedFiles.length} prioritized file(s) not in the layer: ${result.missedPrioritizedFiles.slice(0, 5).join(', ')}`);
+      }
+      const seconds = (Date.now() - started) / 1000;
+      const mediaType = codec.name === 'gzip'
+        ? (isDockerMediaType(input.descriptor.mediaType) ? MediaType.dockerLayerGzip : MediaType.ociLayerGzip)
+        : codec.mediaType;
+      return {
+        mediaType,
+        annotations: {
+          ...result.codecAnnotations,
+          [TOC_DIGEST_ANNOTATION]: result.tocDigest,
+          [UNCOMPRESSED_SIZE_ANNOTATION]: String(result.uncompressedSize),
+        },
+        diffID: result.diffID,
+        report: {
+          format: this.name,
+          backend: codec.backend,
+          inputCompression: compression,
+          inputSize: input.descriptor.size,
+          outputSize: result.compressedSize,
+          uncompressedSize: result.uncompressedSize,
+          tocDigest: result.tocDigest,
+          entries: result.entryCount,
+          members: result.memberCount,
+          seconds,
+          mibPerSecond: seconds > 0 ? Number((result.uncompressedSize / (1 << 20) / seconds).toFixed(1)) : undefined,
+          missedPrioritizedFiles: result.missedPrioritizedFiles.length,
+        },
+      };
+    } catch (err) {
+      throw withContext(`converting ${where}`, err);
+    }
+  }
+
+  /**
+   * A layer is reusable when it already is a valid blob of this format: footer found by this
+   * codec, TOC parses, and the TOC digest matches the descriptor annotation when there is one.
+   * Needs random access, so the blob is spooled to a temporary file first.
+   */
+  private async isReusable(input: LayerInput, codec: Codec, where: string): Promise<boolean> {
+    const annotated = input.descriptor.annotations?.[TOC_DIGEST_ANNOTATION];
+    if (!annotated && codec.name === 'gzip') return false; // plain gzip layers: no need to spool
+    const dir = await mkdtemp(join(this.options.tmpDir ?? tmpdir(), 'esgz-reuse-'));
+    try {
+      const path = join(dir, 'blob');
+      await pipeline(await input.open(), createWriteStream(path));
+      const blob = await openFileBlobReader(path);
+      try {
+        const reader = await EstargzReader.open(blob, { codecs: [codec], expectedTOCDigest: annotated, where });
+        return reader.codec.name === codec.name;
+      } catch (err) {
+        if (err instanceof EsgzError && (err.code === 'BAD_FORMAT' || err.code === 'DIGEST_MISMATCH')) return false;
+        throw err;
+      } finally {
+        await blob.close();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  /** Stops the compression workers (idle workers never keep the process alive anyway). */
+  async close(): Promise<void> {
+    const codec = await this.codecPromise?.catch(() => undefined);
+    this.codecPromise = undefined;
+    await codec?.close();
+  }
+}
+
+/** `--uncompress`: writes the layer's plain tar. */
+export class UncompressLayerTransform implements LayerTransform {
+  readonly name = 'uncompress';
+
+  async transform(input: LayerInput, output: Writable, context: TransformContext): Promise<LayerOutput | 'unchanged'> {
+    const where = layerWhere(input);
+    try {
+      const { stream, compression } = await openDecompressed(countProgress(await input.open(), context), where);
+      if (compression === 'none' && !input.descriptor.annotations?.[TOC_DIGEST_ANNOTATION]) return drainUnchanged(stream);
+      const hash = createHash('sha256');
+      let size = 0;
+      for await (const chunk of stream as AsyncIterable<Buffer>) {
+        context.signal.throwIfAborted();
+        hash.update(chunk);
+        size += chunk.length;
+        if (!output.write(chunk)) await new Promise<void>((resolve, reject) => {
+          output.once('drain', resolve);
+          output.once('error', reject);
+        });
+      }
+      return {
+        mediaType: isDockerMediaType(input.descriptor.mediaType) ? MediaType.dockerLayer : MediaType.ociLayer,
+        annotations: {},
+        diffID: `sha256:${hash.digest('hex')}`,
+        report: { format: 'uncompress', inputCompression: compression, inputSize: input.descriptor.size, outputSize: size },
+      };
+    } catch (err) {
+      throw withContext(`uncompressing ${where}`, err);
+    }
+  }
+}
+
+/** An already-uncompressed layer stays as it is (its stream is consumed so digests get checked). */
+async function drainUnchanged(stream: Readable): Promise<'unchanged'> {
+  stream.resume();
+  await new Promise<void>((resolve, reject) => {
+    stream.once('end', resolve);
+    stream.once('error', reject);
+  });
+  return 'unchanged';
+}
+
+function countProgress(source: Readable, context: TransformContext): Readable {
+  const report = context.onInputProgress;
+  if (!report) return source;
+  let total = 0;
+  // A counting Transform (not a 'data' listener) so the stream stays paused for sniffing.
+  const counter = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      total += chunk.length;
+      report(total);
+      callback(null, chunk);
+    },
+  });
+  source.on('error', (err) => counter.destroy(err));
+  return source.pipe(counter);
+}
+
+/** Picks the transform for a target format. */
+export function createLayerTransform(format: LayerFormat, options: ChunkedTransformOptions = {}): LayerTransform & { close?(): Promise<void> } {
+  switch (format) {
+    case 'estargz':
+      return new ChunkedLayerTransform('gzip', options);
+    case 'zstdchunked':
+      return new ChunkedLayerTransform('zstd', { ...options });
+    case 'uncompress':
+      return new UncompressLayerTransform();
+    default:
+      throw new EsgzError('BAD_FLAG', `unknown layer format ${String(format)}`);
+  }
+}
+
