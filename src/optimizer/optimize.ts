@@ -40,6 +40,8 @@ export interface AccessedFile {
   /** Index of the topmost layer providing the file. */
   layerIndex: number;
   kind: AccessKind;
+  /** Size of the file in bytes. */
+  size: number;
 }
 
 export interface ProfileResult {
@@ -140,7 +142,7 @@ export async function profileWorkload(options: ProfileWorkloadOptions): Promise<
         notInImage++;
         continue;
       }
-      files.push({ path, layerIndex, kind: event.kind });
+      files.push({ path, layerIndex, kind: event.kind, size: rootfs.provenance.sizeOf(path) });
     }
     const perLayer: string[][] = options.layers.map(() => []);
     for (const f of files) perLayer[f.layerIndex]!.push(f.path);

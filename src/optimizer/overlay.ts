@@ -79,7 +79,7 @@ export async function prepareRootfs(options: PrepareRootfsOptions): Promise<Prep
           whiteouts,
           layerName,
           signal: options.signal,
-          onAdd: (path, kind) => provenance.add(path, index, kind),
+          onAdd: (path, kind, size) => provenance.add(path, index, kind, size),
           onWhiteout: (path) => provenance.whiteout(path, index),
           onOpaque: (dir) => provenance.opaque(dir, index),
           onWarning: options.onWarning,

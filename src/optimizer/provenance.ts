@@ -4,11 +4,11 @@
  * callbacks, so it does not depend on whether the layers were mounted or merged.
  */
 export class LayerProvenance {
-  private readonly owner = new Map<string, { layer: number; kind: string }>();
+  private readonly owner = new Map<string, { layer: number; kind: string; size: number }>();
 
   /** `path` is written by `layer` (a higher layer replaces a lower one). */
-  add(path: string, layer: number, kind: string): void {
-    this.owner.set(path, { layer, kind });
+  add(path: string, layer: number, kind: string, size = 0): void {
+    this.owner.set(path, { layer, kind, size });
   }
 
   /** A whiteout in `layer` hides `path` and everything under it from lower layers. */
@@ -26,6 +26,11 @@ export class LayerProvenance {
   /** The layer index that provides `path`, or undefined when the image does not contain it. */
   layerOf(path: string): number | undefined {
     return this.owner.get(path)?.layer;
+  }
+
+  /** Size in bytes of the regular file at `path` (0 for other entry types). */
+  sizeOf(path: string): number {
+    return this.owner.get(path)?.size ?? 0;
   }
 
   kindOf(path: string): string | undefined {

@@ -30,7 +30,7 @@ export interface UnpackOptions {
   sameOwner?: boolean;
   signal?: AbortSignal;
   /** Told about each path this layer provides (`kind` is the tar entry type) or hides. */
-  onAdd?(path: string, kind: string): void;
+  onAdd?(path: string, kind: string, size: number): void;
   onWhiteout?(path: string): void;
   onOpaque?(dir: string): void;
   /** Non-fatal problems, e.g. a device node skipped because esgz is not root. */
@@ -190,7 +190,7 @@ async function applyEntry(header: TarHeader, body: AsyncIterable<Buffer>, root: 
       await link(targetHost, dest);
       // A hardlink shares the target's inode: its metadata is the target's.
       state.addedHere.add(path);
-      options.onAdd?.(path, 'link');
+      options.onAdd?.(path, 'link', target.size);
       return;
     }
     case 'character-device':
@@ -227,7 +227,7 @@ async function applyEntry(header: TarHeader, body: AsyncIterable<Buffer>, root: 
     await lutimes(dest, mtime, mtime);
   }
   state.addedHere.add(path);
-  options.onAdd?.(path, type);
+  options.onAdd?.(path, type, type === 'file' || type === 'contiguous-file' ? (header.size ?? 0) : 0);
 }
 
 async function applyWhiteout(root: string, parentPath: string, name: string, options: UnpackOptions, state: EntryState): Promise<void> {
