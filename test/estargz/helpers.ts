@@ -1,0 +1,63 @@
+// Shared helpers for the eStargz tests: run the writer into memory, run real tools as oracles.
+import { execFileSync } from 'node:child_process';
+import { Writable } from 'node:stream';
+import type { Codec } from '../../src/estargz/codec.js';
+import { createGzipCodec } from '../../src/estargz/gzip-codec.js';
+import type { GzipBackend } from '../../src/estargz/gzip-pool.js';
+import { openDecompressed, readableOf } from '../../src/image/compression.js';
+import { writeEstargz, type EstargzWriteResult, type EstargzWriterOptions } from '../../src/estargz/writer.js';
+
+export class MemorySink extends Writable {
+  chunks: Buffer[] = [];
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    this.chunks.push(chunk);
+    cb();
+  }
+  get data(): Buffer {
+    return Buffer.concat(this.chunks);
+  }
+}
+
+export interface ConvertOptions extends Omit<EstargzWriterOptions, 'codec'> {
+  level?: number;
+  workers?: number;
+  backend?: GzipBackend;
+  codec?: Codec;
+}
+
+/** Converts a (possibly compressed) layer held in memory; returns the blob and the writer's result. */
+export async function convertBuffer(layer: Buffer, options: ConvertOptions = {}): Promise<{ blob: Buffer; result: EstargzWriteResult }> {
+  const codec = options.codec ?? createGzipCodec({ compressionLevel: options.level ?? 9, workers: options.workers, backend: options.backend });
+  try {
+    const sink = new MemorySink();
+    const { stream } = await openDecompressed(readableOf(layer), 'test layer');
+    const result = await writeEstargz(stream, sink, { ...options, codec });
+    return { blob: sink.data, result };
+  } finally {
+    if (!options.codec) await codec.close();
+  }
+}
+
+/** Runs a command with stdin, returns stdout (throws with stderr on failure). */
+export function run(cmd: string, args: string[], input?: Buffer, cwd?: string): Buffer {
+  return execFileSync(cmd, args, { input, cwd, maxBuffer: 1 << 30, stdio: ['pipe', 'pipe', 'pipe'] });
+}
+
+/** `gzip -dc` of a blob: the oracle for "decompresses as concatenated gzip members". */
+export function gunzipCli(blob: Buffer): Buffer {
+  return run('gzip', ['-dc'], blob);
+}
+
+/** Names in a tar as GNU tar lists them (literal quoting). */
+export function tarNames(tar: Buffer): string[] {
+  return run('tar', ['-t', '--quoting-style=literal', '-f', '-'], tar).toString('utf8').split('\n').filter((l) => l !== '');
+}
+
+/** `tar -tv --full-time` lines: mode, owner, size, time, name, link target. */
+export function tarVerbose(tar: Buffer): string[] {
+  return run('tar', ['-tv', '--full-time', '--numeric-owner', '--quoting-style=literal', '-f', '-'], tar)
+    .toString('utf8')
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((l) => l.replace(/\s+/g, ' '));
+}
