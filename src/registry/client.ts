@@ -1,0 +1,725 @@
+import { Readable } from 'node:stream';
+import { Agent, request, type Dispatcher } from 'undici';
+import { EsgzError } from '../errors.js';
+import { DigestVerifier, digestOf, isDigest, verifyBuffer } from '../image/digest.js';
+import { MediaType, isIndexMediaType, isManifestMediaType } from '../image/media-types.js';
+import type { Descriptor, RawManifest } from '../image/types.js';
+import { parseChallenges, type Challenge } from './challenge.js';
+import { resolveCredentials, type Credentials } from './credentials.js';
+import { isLoopbackRegistry, registryApiHost } from './reference.js';
+
+/**
+ * An OCI distribution-spec client for one registry: one undici Agent (connection pool), the
+ * registry's auth state (Basic, or Bearer tokens cached per scope), retries with backoff, and the
+ * manifest and blob endpoints. Knows nothing about images beyond descriptors and raw manifests.
+ */
+export interface RegistryClientOptions {
+  /** Talk plain HTTP (no TLS). */
+  plainHttp?: boolean;
+  /** Skip TLS certificate verification. */
+  insecure?: boolean;
+  /** Where config.json lives (default $DOCKER_CONFIG, then ~/.docker). */
+  dockerConfigDir?: string;
+  userAgent?: string;
+  /** Use these credentials instead of looking in the docker config. */
+  credentials?: Credentials;
+  /** Attempts per request for 429/5xx/connection failures (default 3). */
+  attempts?: number;
+  /** First retry delay; doubles each attempt (default 250 ms). */
+  retryDelayMs?: number;
+  /** Blobs up to this size go in one PUT; larger ones in PATCH chunks (default 32 MiB). */
+  monolithicUploadMax?: number;
+  /** PATCH chunk size for large blobs (default 16 MiB; each chunk is held in memory once). */
+  uploadChunkSize?: number;
+}
+
+export type UploadResult = 'exists' | 'mounted' | 'uploaded';
+
+const DEFAULT_USER_AGENT = 'esgz/0.1';
+/** distribution refuses manifests over 4 MiB; a bigger answer is not a manifest. */
+const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
+const MAX_REDIRECTS = 5;
+const MAX_RETRY_AFTER_MS = 10_000;
+const MANIFEST_ACCEPT = [MediaType.ociIndex, MediaType.ociManifest, MediaType.dockerManifestList, MediaType.dockerManifest].join(', ');
+const RETRYABLE_STATUS = new Set([408, 429, 500, 502, 503, 504]);
+const RETRYABLE_NETWORK_CODES = new Set([
+  'ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'EAI_AGAIN', 'ECONNABORTED', 'ENETUNREACH', 'EHOSTUNREACH',
+  'UND_ERR_SOCKET', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'UND_ERR_CLOSED',
+]);
+
+type Method = 'GET' | 'HEAD' | 'PUT' | 'POST' | 'PATCH' | 'DELETE';
+
+interface RequestSpec {
+  method: Method;
+  /** `/v2/...` on the registry, or an absolute URL (upload locations). */
+  target: string;
+  /** Token scopes the request needs, e.g. `repository:a/b:pull`. */
+  scopes: string[];
+  headers?: Record<string, string>;
+  /** A Buffer can be re-sent, so the request is retried; a stream cannot (the caller retries). */
+  body?: Buffer | Readable;
+  /** Follow 3xx Location (blob downloads may redirect to storage). */
+  followRedirects?: boolean;
+}
+
+interface Response {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Dispatcher.ResponseData['body'];
+  /** How many attempts it took (for messages). */
+  attempts: number;
+  url: URL;
+}
+
+interface CachedToken {
+  token: string;
+  expiresAt: number;
+}
+
+export class RegistryClient {
+  readonly registry: string;
+  private readonly apiHost: string;
+  private readonly agent: Agent;
+  private readonly attempts: number;
+  private readonly retryDelayMs: number;
+  private readonly userAgent: string;
+  private baseUrl: Promise<URL> | undefined;
+  private credentials: Promise<Credentials | undefined> | undefined;
+  private authScheme: 'none' | 'basic' | 'bearer' = 'none';
+  private bearer: { realm: string; service: string | undefined } | undefined;
+  private readonly tokens = new Map<string, Promise<CachedToken>>();
+
+  constructor(
+    registry: string,
+    private readonly options: RegistryClientOptions = {},
+  ) {
+    this.registry = registry;
+    this.apiHost = registryApiHost(registry);
+    this.attempts = Math.max(1, options.attempts ?? 3);
+    this.retryDelayMs = options.retryDelayMs ?? 250;
+    this.userAgent = options.userAgent ?? DEFAULT_USER_AGENT;
+    this.agent = new Agent({
+      connect: { rejectUnauthorized: !options.insecure, timeout: 30_000 },
+      headersTimeout: 60_000,
+      bodyTimeout: 120_000,
+      keepAliveTimeout: 10_000,
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.agent.close();
+  }
+
+  // ---- manifests ----
+
+  /** GETs a manifest or index by tag or digest, verified against the digest (or the registry's Docker-Content-Digest). */
+  async getManifest(repository: string, reference: string): Promise<RawManifest> {
+    const what = `manifest ${this.name(repository, reference)}`;
+    const response = await this.send({
+      method: 'GET',
+      target: `/v2/${repository}/manifests/${reference}`,
+      scopes: [pullScope(repository)],
+      headers: { accept: MANIFEST_ACCEPT },
+    });
+    if (response.status !== 200) throw await this.failure(response, 'GET', what);
+    const bytes = await readCapped(response.body, MAX_MANIFEST_BYTES, what);
+    let digest: string;
+    if (isDigest(reference)) {
+      verifyBuffer(bytes, { digest: reference }, `${what} from ${this.registry}`);
+      digest = reference;
+    } else {
+      digest = digestOf(bytes);
+      const claimed = header(response.headers, 'docker-content-digest');
+      if (claimed !== undefined && claimed.startsWith('sha256:') && claimed !== digest) {
+        throw new EsgzError('DIGEST_MISMATCH', `${what}: registry says ${claimed} but the bytes hash to ${digest}`);
+      }
+    }
+    return { bytes, digest, mediaType: manifestMediaType(bytes, header(response.headers, 'content-type'), what) };
+  }
+
+  /** HEADs a manifest: its descriptor, or undefined when the registry does not have it. */
+  async headManifest(repository: string, reference: string): Promise<Descriptor | undefined> {
+    const what = `manifest ${this.name(repository, reference)}`;
+    const response = await this.send({
+      method: 'HEAD',
+      target: `/v2/${repository}/manifests/${reference}`,
+      scopes: [pullScope(repository)],
+      headers: { accept: MANIFEST_ACCEPT },
+    });
+    await response.body.dump();
+    if (response.status === 404) return undefined;
+    if (response.status !== 200) throw await this.failure(response, 'HEAD', what);
+    const digest = header(response.headers, 'docker-content-digest') ?? (isDigest(reference) ? reference : undefined);
+    if (digest === undefined) throw new EsgzError('REGISTRY', `${what}: registry ${this.registry} sent no Docker-Content-Digest`);
+    return {
+      mediaType: (header(response.headers, 'content-type') ?? '').split(';')[0]!.trim(),
+      digest,
+      size: Number(header(response.headers, 'content-length') ?? 0),
+    };
+  }
+
+  /** PUTs a manifest under `reference` (a tag, or its own digest). */
+  async putManifest(repository: string, reference: string, manifest: RawManifest): Promise<void> {
+    const what = `manifest ${this.name(repository, reference)}`;
+    const response = await this.send({
+      method: 'PUT',
+      target: `/v2/${repository}/manifests/${reference}`,
+      scopes: [pushScope(repository)],
+      headers: { 'content-type': manifest.mediaType },
+      body: manifest.bytes,
+    });
+    if (response.status !== 201 && response.status !== 200) throw await this.failure(response, 'PUT', what);
+    await response.body.dump();
+    const stored = header(response.headers, 'docker-content-digest');
+    if (stored !== undefined && stored !== manifest.digest) {
+      throw new EsgzError('DIGEST_MISMATCH', `${what}: registry stored ${stored}, expected ${manifest.digest}`);
+    }
+  }
+
+  // ---- blobs ----
+
+  /** The blob's size when the repository has it, else undefined. */
+  async headBlob(repository: string, digest: string): Promise<number | undefined> {
+    const what = `blob ${digest} in ${this.registry}/${repository}`;
+    const response = await this.send({ method: 'HEAD', target: `/v2/${repository}/blobs/${digest}`, scopes: [pullScope(repository)], followRedirects: true });
+    await response.body.dump();
+    if (response.status === 404) return undefined;
+    if (response.status !== 200) throw await this.failure(response, 'HEAD', what);
+    return Number(header(response.headers, 'content-length') ?? NaN);
+  }
+
+  /** Streams a blob; the stream errors at the end if the bytes do not match `desc` (digest and size). */
+  async openBlob(repository: string, desc: Descriptor): Promise<Readable> {
+    const what = `blob ${desc.digest} from ${this.registry}/${repository}`;
+    const response = await this.send({ method: 'GET', target: `/v2/${repository}/blobs/${desc.digest}`, scopes: [pullScope(repository)], followRedirects: true });
+    if (response.status !== 200) throw await this.failure(response, 'GET', what);
+    const verifier = new DigestVerifier(desc, what);
+    const body = response.body;
+    body.on('error', (err: Error) => {
+      verifier.destroy(new EsgzError('SIZE_MISMATCH', `${what}: truncated: connection lost after ${verifier.size} of ${desc.size} bytes (${err.message})`, { cause: err }));
+    });
+    verifier.on('close', () => {
+      if (!body.destroyed) body.destroy();
+    });
+    body.pipe(verifier);
+    return verifier;
+  }
+
+  /**
+   * Reads `length` bytes at `offset` with a Range request. The server must answer 206 with
+   * exactly that range; a registry that ignores Range is an error rather than a silent full download.
+   */
+  async readBlobRange(repository: string, desc: Descriptor, offset: number, length: number): Promise<Buffer> {
+    const what = `blob ${desc.digest} bytes ${offset}+${length} from ${this.registry}/${repository}`;
+    if (offset < 0 || length < 0 || offset + length > desc.size) {
+      throw new EsgzError('INTERNAL', `${what}: range outside the blob's ${desc.size} bytes`);
+    }
+    if (length === 0) return Buffer.alloc(0);
+    const end = offset + length - 1;
+    const response = await this.send({
+      method: 'GET',
+      target: `/v2/${repository}/blobs/${desc.digest}`,
+      scopes: [pullScope(repository)],
+      headers: { range: `bytes=${offset}-${end}` },
+      followRedirects: true,
+    });
+    if (response.status === 200) {
+      await response.body.dump();
+      throw new EsgzError('UNSUPPORTED', `${what}: registry ${this.registry} ignored the Range request (answered 200, not 206)`);
+    }
+    if (response.status !== 206) throw await this.failure(response, 'GET', what);
+    const contentRange = header(response.headers, 'content-range');
+    if (contentRange !== undefined && !contentRange.startsWith(`bytes ${offset}-${end}/`)) {
+      await response.body.dump();
+      throw new EsgzError('REGISTRY', `${what}: registry answered range "${contentRange}"`);
+    }
+    let data: Buffer;
+    try {
+      data = await readCapped(response.body, length, what);
+    } catch (err) {
+      if (err instanceof EsgzError) throw err;
+      throw new EsgzError('SIZE_MISMATCH', `${what}: truncated: ${(err as Error).message}`, { cause: err });
+    }
+    if (data.length !== length) throw new EsgzError('SIZE_MISMATCH', `${what}: truncated: got ${data.length} of ${length} bytes`);
+    return data;
+  }
+
+  /**
+   * Puts a blob into `repository`: nothing when it is already there, a cross-repository mount
+   * when `mountFrom` (a repository on this registry) has it, else an upload (one PUT for small
+   * blobs, PATCH chunks then PUT for large ones). `open` must give a fresh stream of the blob's
+   * bytes on each call: a failed upload is retried from the start. The bytes are verified against
+   * `desc` on the way out, so a wrong source never lands under the wrong digest.
+   */
+  async uploadBlob(repository: string, desc: Descriptor, open: () => Promise<Readable> | Readable, hints: { mountFrom?: string } = {}): Promise<UploadResult> {
+    const existing = await this.headBlob(repository, desc.digest);
+    if (existing !== undefined) return 'exists';
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        return await this.uploadOnce(repository, desc, open, hints.mountFrom);
+      } catch (err) {
+        if (!(err instanceof RetryableUpload)) throw err;
+        if (attempt >= this.attempts) throw err.error;
+        await sleep(this.backoff(attempt));
+      }
+    }
+  }
+
+  private async uploadOnce(repository: string, desc: Descriptor, open: () => Promise<Readable> | Readable, mountFrom: string | undefined): Promise<UploadResult> {
+    const what = `blob ${desc.digest} to ${this.registry}/${repository}`;
+    const scopes = [pushScope(repository)];
+    let query = '';
+    if (mountFrom !== undefined && mountFrom !== repository) {
+      scopes.push(pullScope(mountFrom));
+      query = `?mount=${encodeURIComponent(desc.digest)}&from=${encodeURIComponent(mountFrom)}`;
+    }
+    const started = await this.send({ method: 'POST', target: `/v2/${repository}/blobs/uploads/${query}`, scopes });
+    await started.body.dump();
+    if (started.status === 201 && query !== '') return 'mounted';
+    if (started.status !== 202) throw await this.failure(started, 'POST', what);
+    let location = this.uploadLocation(started, what);
+
+    const source = await open();
+    const verified = new DigestVerifier(desc, `${what}: source`);
+    source.on('error', (err) => verified.destroy(err));
+    source.pipe(verified);
+
+    const maxMonolithic = this.options.monolithicUploadMax ?? 32 * 1024 * 1024;
+    if (desc.size <= maxMonolithic) {
+      const url = new URL(location);
+      url.searchParams.set('digest', desc.digest);
+      const done = await this.sendStreaming({
+        method: 'PUT',
+        target: url.toString(),
+        scopes,
+        headers: { 'content-type': 'application/octet-stream', 'content-length': String(desc.size) },
+        body: verified,
+      }, what);
+      await done.body.dump();
+      if (done.status !== 201) throw await this.failure(done, 'PUT', what);
+      this.checkStoredDigest(done, desc, what);
+      return 'uploaded';
+    }
+
+    const chunkSize = this.options.uploadChunkSize ?? 16 * 1024 * 1024;
+    let offset = 0;
+    const patch = async (chunk: Buffer): Promise<void> => {
+      const response = await this.send({
+        method: 'PATCH',
+        target: location,
+        scopes,
+        headers: {
+          'content-type': 'application/octet-stream',
+          'content-range': `${offset}-${offset + chunk.length - 1}`,
+          'content-length': String(chunk.length),
+        },
+        body: chunk,
+      });
+      await response.body.dump();
+      if (response.status !== 202) throw new RetryableUpload(await this.failure(response, 'PATCH', what));
+      offset += chunk.length;
+      const range = header(response.headers, 'range');
+      if (range !== undefined && range !== `0-${offset - 1}`) {
+        throw new RetryableUpload(new EsgzError('REGISTRY', `${what}: registry holds range ${range} after ${offset} bytes were sent`));
+      }
+      location = this.uploadLocation(response, what);
+    };
+    let pending: Buffer[] = [];
+    let pendingBytes = 0;
+    for await (const piece of verified as AsyncIterable<Buffer>) {
+      let rest = piece;
+      while (rest.length > 0) {
+        const take = Math.min(rest.length, chunkSize - pendingBytes);
+        pending.push(rest.subarray(0, take));
+        pendingBytes += take;
+        rest = rest.subarray(take);
+        if (pendingBytes === chunkSize) {
+          await patch(Buffer.concat(pending, pendingBytes));
+          pending = [];
+          pendingBytes = 0;
+        }
+      }
+    }
+    if (pendingBytes > 0) await patch(Buffer.concat(pending, pendingBytes));
+    const url = new URL(location);
+    url.searchParams.set('digest', desc.digest);
+    const done = await this.send({ method: 'PUT', target: url.toString(), scopes, headers: { 'content-length': '0' }, body: Buffer.alloc(0) });
+    await done.body.dump();
+    if (done.status !== 201) throw await this.failure(done, 'PUT', what);
+    this.checkStoredDigest(done, desc, what);
+    return 'uploaded';
+  }
+
+  private checkStoredDigest(response: Response, desc: Descriptor, what: string): void {
+    const stored = header(response.headers, 'docker-content-digest');
+    if (stored !== undefined && stored !== desc.digest) {
+      throw new EsgzError('DIGEST_MISMATCH', `${what}: registry stored ${stored}, expected ${desc.digest}`);
+    }
+  }
+
+  private uploadLocation(response: Response, what: string): string {
+    const location = header(response.headers, 'location');
+    if (location === undefined) throw new EsgzError('REGISTRY', `${what}: registry ${this.registry} started an upload without a Location`);
+    return new URL(location, response.url).toString();
+  }
+
+  /** A request whose body is a one-shot stream: failures the caller may retry (with a new stream) become RetryableUpload. */
+  private async sendStreaming(spec: RequestSpec, what: string): Promise<Response> {
+    let response: Response;
+    try {
+      response = await this.send(spec);
+    } catch (err) {
+      if (err instanceof EsgzError && err.code === 'NETWORK') throw new RetryableUpload(err);
+      throw err;
+    }
+    if (RETRYABLE_STATUS.has(response.status)) throw new RetryableUpload(await this.failure(response, spec.method, what));
+    return response;
+  }
+
+  // ---- transport: scheme, auth, retries ----
+
+  private name(repository: string, reference: string): string {
+    return `${this.registry}/${repository}${isDigest(reference) ? '@' : ':'}${reference}`;
+  }
+
+  /**
+   * Sends with auth and retries: 429/5xx and connection failures are retried with exponential
+   * backoff when the body can be re-sent; a 401 gets one more try after (re)authenticating.
+   * Returns the last response whatever its status; callers turn unexpected ones into errors.
+   */
+  private async send(spec: RequestSpec): Promise<Response> {
+    const base = await this.ensureBase();
+    const url = new URL(spec.target, base);
+    const replayable = spec.body === undefined || Buffer.isBuffer(spec.body);
+    for (let attempt = 1; ; attempt += 1) {
+      const last = !replayable || attempt >= this.attempts;
+      let response: Response;
+      try {
+        response = await this.sendAuthorized(spec, url);
+      } catch (err) {
+        if (err instanceof EsgzError) throw err;
+        const code = errorCode(err);
+        if (!last && code !== undefined && RETRYABLE_NETWORK_CODES.has(code)) {
+          await sleep(this.backoff(attempt));
+          continue;
+        }
+        throw new EsgzError('NETWORK', `registry ${this.registry}: ${spec.method} ${url.pathname}: ${describeNetworkError(err)}${attempt > 1 ? ` (after ${attempt} attempts)` : ''}`, { cause: err });
+      }
+      response.attempts = attempt;
+      if (!last && RETRYABLE_STATUS.has(response.status)) {
+        const retryAfter = Number(header(response.headers, 'retry-after'));
+        await response.body.dump();
+        await sleep(Number.isFinite(retryAfter) && retryAfter > 0 ? Math.min(retryAfter * 1000, MAX_RETRY_AFTER_MS) : this.backoff(attempt));
+        continue;
+      }
+      return response;
+    }
+  }
+
+  private backoff(attempt: number): number {
+    return this.retryDelayMs * 2 ** (attempt - 1);
+  }
+
+  private async sendAuthorized(spec: RequestSpec, url: URL): Promise<Response> {
+    const first = await this.sendFollowing(spec, url, await this.authorization(spec.scopes));
+    if (first.status !== 401) return first;
+    // The registry wants (other) credentials: learn its scheme from the challenge, then try once more.
+    const challenges = parseChallenges(first.headers['www-authenticate']);
+    if (!this.learnChallenge(challenges, spec.scopes)) return first;
+    await first.body.dump();
+    const scopes = mergeScopes(spec.scopes, challenges);
+    return this.sendFollowing(spec, url, await this.authorization(scopes));
+  }
+
+  private async sendFollowing(spec: RequestSpec, url: URL, authorization: string | undefined): Promise<Response> {
+    let current = url;
+    for (let hop = 0; ; hop += 1) {
+      const headers: Record<string, string> = { 'user-agent': this.userAgent, ...spec.headers };
+      // Credentials go only to the registry itself, never to a storage host it redirects to.
+      if (authorization !== undefined && current.origin === url.origin) headers.authorization = authorization;
+      const raw = await request(current, {
+        method: spec.method,
+        headers,
+        body: spec.body ?? null,
+        dispatcher: this.agent,
+      });
+      const location = header(raw.headers, 'location');
+      if (spec.followRedirects && [301, 302, 303, 307, 308].includes(raw.statusCode) && location !== undefined && hop < MAX_REDIRECTS) {
+        await raw.body.dump();
+        current = new URL(location, current);
+        continue;
+      }
+      return { status: raw.statusCode, headers: raw.headers, body: raw.body, attempts: 1, url: current };
+    }
+  }
+
+  /** Updates the auth state from a 401's challenges; false when another try cannot help. */
+  private learnChallenge(challenges: Challenge[], scopes: string[]): boolean {
+    const bearer = challenges.find((c) => c.scheme === 'bearer');
+    if (bearer?.params.realm !== undefined) {
+      const changed = this.authScheme !== 'bearer' || this.bearer?.realm !== bearer.params.realm;
+      this.authScheme = 'bearer';
+      this.bearer = { realm: bearer.params.realm, service: bearer.params.service };
+      const key = mergeScopes(scopes, challenges).join(' ');
+      // A token we already hold for these scopes was refused (expired early, or insufficient): fetch a new one, once.
+      const hadToken = this.tokens.has(key);
+      this.tokens.delete(key);
+      return changed || hadToken || key !== scopes.join(' ');
+    }
+    if (challenges.some((c) => c.scheme === 'basic')) {
+      const changed = this.authScheme !== 'basic';
+      this.authScheme = 'basic';
+      return changed;
+    }
+    return false;
+  }
+
+  private async authorization(scopes: string[]): Promise<string | undefined> {
+    if (this.authScheme === 'none') return undefined;
+    const credentials = await this.loadCredentials();
+    if (this.authScheme === 'basic') {
+      if (!credentials || credentials.identityToken) return undefined;
+      return `Basic ${Buffer.from(`${credentials.username}:${credentials.password}`).toString('base64')}`;
+    }
+    const key = [...scopes].sort().join(' ');
+    let cached = this.tokens.get(key);
+    if (cached) {
+      const token = await cached.catch(() => undefined);
+      if (token && token.expiresAt > Date.now()) return `Bearer ${token.token}`;
+      if (this.tokens.get(key) === cached) this.tokens.delete(key);
+    }
+    cached = this.fetchToken(scopes, credentials);
+    this.tokens.set(key, cached);
+    try {
+      return `Bearer ${(await cached).token}`;
+    } catch (err) {
+      if (this.tokens.get(key) === cached) this.tokens.delete(key);
+      throw err;
+    }
+  }
+
+  private async fetchToken(scopes: string[], credentials: Credentials | undefined): Promise<CachedToken> {
+    const { realm, service } = this.bearer!;
+    const url = new URL(realm);
+    const headers: Record<string, string> = { 'user-agent': this.userAgent };
+    let method: 'GET' | 'POST' = 'GET';
+    let body: string | undefined;
+    if (credentials?.identityToken) {
+      // OAuth2 refresh-token grant (docker's identity tokens).
+      method = 'POST';
+      const form = new URLSearchParams({ grant_type: 'refresh_token', refresh_token: credentials.identityToken, client_id: 'esgz' });
+      if (service !== undefined) form.set('service', service);
+      if (scopes.length > 0) form.set('scope', scopes.join(' '));
+      body = form.toString();
+      headers['content-type'] = 'application/x-www-form-urlencoded';
+    } else {
+      if (service !== undefined) url.searchParams.set('service', service);
+      for (const scope of scopes) url.searchParams.append('scope', scope);
+      if (credentials) headers.authorization = `Basic ${Buffer.from(`${credentials.username}:${credentials.password}`).toString('base64')}`;
+    }
+    const where = `registry ${this.registry}: token server ${url.origin}${url.pathname}`;
+    let response: Dispatcher.ResponseData;
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        response = await request(url, { method, headers, body: body ?? null, dispatcher: this.agent });
+      } catch (err) {
+        const code = errorCode(err);
+        if (attempt < this.attempts && code !== undefined && RETRYABLE_NETWORK_CODES.has(code)) {
+          await sleep(this.backoff(attempt));
+          continue;
+        }
+        throw new EsgzError('NETWORK', `${where}: ${describeNetworkError(err)}`, { cause: err });
+      }
+      if (attempt < this.attempts && RETRYABLE_STATUS.has(response.statusCode)) {
+        await response.body.dump();
+        await sleep(this.backoff(attempt));
+        continue;
+      }
+      break;
+    }
+    if (response.statusCode === 401 || response.statusCode === 403) {
+      await response.body.dump();
+      throw new EsgzError(
+        'UNAUTHORIZED',
+        credentials ? `${where} refused the credentials${credentials.username ? ` for user "${credentials.username}"` : ''}` : `${where} requires credentials and none were found (docker login ${this.registry})`,
+      );
+    }
+    if (response.statusCode !== 200) {
+      const text = (await readCapped(response.body, 64 * 1024, where).catch(() => Buffer.alloc(0))).toString('utf8');
+      throw new EsgzError('REGISTRY', `${where}: HTTP ${response.statusCode}${text ? `: ${firstLine(text)}` : ''}`);
+    }
+    const answer = JSON.parse((await readCapped(response.body, 1024 * 1024, where)).toString('utf8')) as { token?: string; access_token?: string; expires_in?: number };
+    const token = answer.token ?? answer.access_token;
+    if (!token) throw new EsgzError('REGISTRY', `${where}: answer has no token`);
+    // Spec default lifetime is 60 s; renew a little early so a token does not expire in flight.
+    const lifetime = (answer.expires_in ?? 60) * 1000;
+    return { token, expiresAt: Date.now() + Math.max(lifetime - 10_000, lifetime / 2) };
+  }
+
+  private loadCredentials(): Promise<Credentials | undefined> {
+    if (this.options.credentials) return Promise.resolve(this.options.credentials);
+    this.credentials ??= resolveCredentials(this.registry, this.options.dockerConfigDir !== undefined ? { dockerConfigDir: this.options.dockerConfigDir } : {});
+    return this.credentials;
+  }
+
+  /**
+   * Picks the scheme once per client with a GET /v2/ (which also tells the auth scheme):
+   * https unless plainHttp; a loopback registry that refuses TLS is retried over plain http.
+   */
+  private ensureBase(): Promise<URL> {
+    this.baseUrl ??= this.ping().catch((err: unknown) => {
+      this.baseUrl = undefined;
+      throw err;
+    });
+    return this.baseUrl;
+  }
+
+  private async ping(): Promise<URL> {
+    const candidates = this.options.plainHttp ? ['http'] : isLoopbackRegistry(this.registry) ? ['https', 'http'] : ['https'];
+    let lastError: unknown;
+    schemes: for (const scheme of candidates) {
+      const base = new URL(`${scheme}://${this.apiHost}/`);
+      for (let attempt = 1; attempt <= this.attempts; attempt += 1) {
+        try {
+          const response = await request(new URL('/v2/', base), { method: 'GET', headers: { 'user-agent': this.userAgent }, dispatcher: this.agent });
+          if (response.statusCode === 401) this.learnChallenge(parseChallenges(response.headers['www-authenticate']), []);
+          await response.body.dump();
+          if (RETRYABLE_STATUS.has(response.statusCode) && attempt < this.attempts) {
+            await sleep(this.backoff(attempt));
+            continue;
+          }
+          return base;
+        } catch (err) {
+          lastError = err;
+          const code = errorCode(err) ?? '';
+          if (scheme === 'https' && isTlsRefusal(code)) continue schemes; // plain http next, if allowed
+          if (attempt < this.attempts && RETRYABLE_NETWORK_CODES.has(code)) {
+            await sleep(this.backoff(attempt));
+            continue;
+          }
+          break schemes;
+        }
+      }
+    }
+    const tlsHint = !this.options.plainHttp && isTlsRefusal(errorCode(lastError) ?? '') ? ' (does it speak plain HTTP? try --plain-http)' : '';
+    throw new EsgzError('NETWORK', `cannot reach registry ${this.registry}: ${describeNetworkError(lastError)}${tlsHint}`, { cause: lastError });
+  }
+
+  /** Turns an unexpected response into a one-line EsgzError naming registry, request and status. */
+  private async failure(response: Response, method: string, what: string): Promise<EsgzError> {
+    const text = response.body.destroyed ? '' : (await readCapped(response.body, 64 * 1024, what).catch(() => Buffer.alloc(0))).toString('utf8');
+    const detail = registryErrorMessage(text);
+    const request = `${method} ${response.url.pathname}`;
+    const suffix = `${detail ? `: ${detail}` : ''}${response.attempts > 1 ? ` (after ${response.attempts} attempts)` : ''}`;
+    switch (response.status) {
+      case 404:
+        return new EsgzError('NOT_FOUND', `${what}: not found (registry ${this.registry}, ${request})`);
+      case 401: {
+        const credentials = await this.loadCredentials().catch(() => undefined);
+        return new EsgzError(
+          'UNAUTHORIZED',
+          credentials
+            ? `${what}: registry ${this.registry} refused the credentials${credentials.username ? ` for user "${credentials.username}"` : ''} (${request})`
+            : `${what}: registry ${this.registry} requires authentication and no credentials were found (${request})`,
+        );
+      }
+      case 403:
+        return new EsgzError('DENIED', `${what}: registry ${this.registry} denied access (${request})${suffix}`);
+      default:
+        return new EsgzError('REGISTRY', `${what}: registry ${this.registry} answered HTTP ${response.status} to ${request}${suffix}`);
+    }
+  }
+}
+
+/** Marks an upload failure that a fresh attempt (new session, new source stream) may fix. */
+class RetryableUpload extends Error {
+  constructor(readonly error: EsgzError) {
+    super(error.message);
+  }
+}
+
+function pullScope(repository: string): string {
+  return `repository:${repository}:pull`;
+}
+
+function pushScope(repository: string): string {
+  return `repository:${repository}:pull,push`;
+}
+
+function mergeScopes(scopes: string[], challenges: Challenge[]): string[] {
+  const extra = challenges.flatMap((c) => (c.params.scope ?? '').split(' ')).filter((s) => s.length > 0);
+  return [...new Set([...scopes, ...extra])].sort();
+}
+
+function header(headers: Record<string, string | string[] | undefined>, name: string): string | undefined {
+  const value = headers[name];
+  return Array.isArray(value) ? value[0] : value;
+}
+
+function manifestMediaType(bytes: Buffer, contentType: string | undefined, what: string): string {
+  const fromHeader = contentType?.split(';')[0]?.trim();
+  if (isManifestMediaType(fromHeader) || isIndexMediaType(fromHeader)) return fromHeader!;
+  let parsed: { mediaType?: unknown; schemaVersion?: unknown; manifests?: unknown; layers?: unknown };
+  try {
+    parsed = JSON.parse(bytes.toString('utf8')) as typeof parsed;
+  } catch {
+    throw new EsgzError('BAD_MANIFEST', `${what}: not JSON (Content-Type ${contentType ?? 'none'})`);
+  }
+  if (parsed.schemaVersion === 1) throw new EsgzError('UNSUPPORTED', `${what}: Docker schema 1 manifests are not supported`);
+  if (typeof parsed.mediaType === 'string' && (isManifestMediaType(parsed.mediaType) || isIndexMediaType(parsed.mediaType))) return parsed.mediaType;
+  if (Array.isArray(parsed.manifests)) return MediaType.ociIndex;
+  if (Array.isArray(parsed.layers)) return MediaType.ociManifest;
+  throw new EsgzError('BAD_MANIFEST', `${what}: unknown manifest type (Content-Type ${contentType ?? 'none'})`);
+}
+
+async function readCapped(body: AsyncIterable<Buffer | Uint8Array>, max: number, what: string): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for await (const chunk of body) {
+    total += chunk.length;
+    if (total > max) {
+      (body as unknown as Readable).destroy?.();
+      throw new EsgzError('SIZE_MISMATCH', `${what}: response larger than ${max} bytes`);
+    }
+    chunks.push(Buffer.from(chunk));
+  }
+  return Buffer.concat(chunks, total);
+}
+
+function registryErrorMessage(text: string): string {
+  if (text === '') return '';
+  try {
+    const parsed = JSON.parse(text) as { errors?: Array<{ code?: string; message?: string }> };
+    const first = parsed.errors?.[0];
+    if (first) return [first.code, first.message].filter(Boolean).join(' ');
+  } catch {
+    // not a registry error document
+  }
+  return firstLine(text).slice(0, 200);
+}
+
+function firstLine(text: string): string {
+  return text.trim().split('\n')[0] ?? '';
+}
+
+function errorCode(err: unknown): string | undefined {
+  const e = err as { code?: unknown; cause?: { code?: unknown } } | undefined;
+  if (typeof e?.code === 'string') return e.code;
+  if (typeof e?.cause?.code === 'string') return e.cause.code;
+  return undefined;
+}
+
+function isTlsRefusal(code: string): boolean {
+  return code.startsWith('ERR_SSL_') || code === 'EPROTO';
+}
+
+function describeNetworkError(err: unknown): string {
+  const code = errorCode(err);
+  const message = err instanceof Error ? err.message : String(err);
+  const short = firstLine(message).replace(/^\w+:error:[0-9A-F]+:SSL routines:([^:]+:)?/, '').slice(0, 160);
+  return code !== undefined && !short.includes(code) ? `${short} (${code})` : short;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
