@@ -372,7 +372,7 @@ export class RegistryClient {
       if (err instanceof EsgzError && err.code === 'NETWORK') throw new RetryableUpload(err);
       throw err;
     }
-    if (RETRYABLE_STATUS.has(response.status)) throw new RetryableUpload(await this.failure(response, spec.method, what));
+    if (RETRYABLE_STATUS.has(response.status) || response.status === 401) throw new RetryableUpload(await this.failure(response, spec.method, what));
     return response;
   }
 
@@ -425,7 +425,9 @@ export class RegistryClient {
     if (first.status !== 401) return first;
     // The registry wants (other) credentials: learn its scheme from the challenge, then try once more.
     const challenges = parseChallenges(first.headers['www-authenticate']);
-    if (!this.learnChallenge(challenges, spec.scopes)) return first;
+    const learned = this.learnChallenge(challenges, spec.scopes);
+    // A stream body is spent: the caller retries the whole upload, which will use what was learned.
+    if (!learned || spec.body instanceof Readable) return first;
     await first.body.dump();
     const scopes = mergeScopes(spec.scopes, challenges);
     return this.sendFollowing(spec, url, await this.authorization(scopes));
@@ -601,7 +603,14 @@ export class RegistryClient {
         }
       }
     }
-    const tlsHint = !this.options.plainHttp && isTlsRefusal(errorCode(lastError) ?? '') ? ' (does it speak plain HTTP? try --plain-http)' : '';
+    const code = errorCode(lastError) ?? '';
+    const tlsHint = this.options.plainHttp
+      ? ''
+      : isTlsRefusal(code)
+        ? ' (does it speak plain HTTP? try --plain-http)'
+        : isCertificateError(code)
+          ? ' (to skip certificate verification: --insecure)'
+          : '';
     throw new EsgzError('NETWORK', `cannot reach registry ${this.registry}: ${describeNetworkError(lastError)}${tlsHint}`, { cause: lastError });
   }
 
@@ -711,6 +720,10 @@ function errorCode(err: unknown): string | undefined {
 
 function isTlsRefusal(code: string): boolean {
   return code.startsWith('ERR_SSL_') || code === 'EPROTO';
+}
+
+function isCertificateError(code: string): boolean {
+  return /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|UNABLE_TO_GET_ISSUER/.test(code);
 }
 
 function describeNetworkError(err: unknown): string {

@@ -7,6 +7,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import https from 'node:https';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -31,6 +32,8 @@ export interface StartRegistryOptions {
   htpasswd?: { username: string; password: string };
   /** Require Bearer tokens from a token server started alongside (users and anonymous pull as given). */
   token?: Omit<TokenServerOptions, 'dir'>;
+  /** Serve HTTPS with a fresh self-signed certificate for 127.0.0.1 (clients need `insecure`). */
+  tls?: boolean;
 }
 
 export interface RunningRegistry {
@@ -71,6 +74,15 @@ export async function startRegistry(options: StartRegistryOptions = {}): Promise
       token: { realm: tokenServer.realm, service: tokenServer.service, issuer: tokenServer.issuer, rootcertbundle: tokenServer.certPath },
     };
   }
+  if (options.tls) {
+    const certificate = path.join(dir, 'tls-cert.pem');
+    const key = path.join(dir, 'tls-key.pem');
+    await execa('openssl', [
+      'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-sha256', '-days', '2', '-subj', '/CN=127.0.0.1',
+      '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', key, '-out', certificate,
+    ]);
+    (config.http as Record<string, unknown>).tls = { certificate, key };
+  }
   // YAML is a superset of JSON, so the config needs no YAML writer.
   const configPath = path.join(dir, 'config.yml');
   await writeFile(configPath, JSON.stringify(config, null, 2));
@@ -92,7 +104,7 @@ export async function startRegistry(options: StartRegistryOptions = {}): Promise
   };
 
   try {
-    await waitUntilServing(address, child, logPath);
+    await waitUntilServing(`${options.tls ? 'https' : 'http'}://${address}`, child, logPath);
   } catch (err) {
     await stop();
     throw err;
@@ -119,7 +131,7 @@ export async function freePort(): Promise<number> {
   });
 }
 
-async function waitUntilServing(address: string, child: ChildProcess, logPath: string): Promise<void> {
+async function waitUntilServing(baseUrl: string, child: ChildProcess, logPath: string): Promise<void> {
   const deadline = Date.now() + 20_000;
   let exited = false;
   child.once('exit', () => {
@@ -128,7 +140,7 @@ async function waitUntilServing(address: string, child: ChildProcess, logPath: s
   while (Date.now() < deadline) {
     if (exited) throw new Error(`docker-registry exited during start-up; see ${logPath}`);
     try {
-      const response = await fetch(`http://${address}/v2/`);
+      const response = await fetchIgnoringCertificate(`${baseUrl}/v2/`);
       await response.arrayBuffer();
       // 401 counts: an auth-protected registry is up and asking for credentials.
       if (response.status === 200 || response.status === 401) return;
@@ -137,7 +149,19 @@ async function waitUntilServing(address: string, child: ChildProcess, logPath: s
     }
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
-  throw new Error(`docker-registry on ${address} did not answer /v2/ within 20 s; see ${logPath}`);
+  throw new Error(`docker-registry at ${baseUrl} did not answer /v2/ within 20 s; see ${logPath}`);
+}
+
+/** GET that accepts the harness's self-signed certificate (node's fetch cannot be told to). */
+function fetchIgnoringCertificate(url: string): Promise<{ status: number; arrayBuffer(): Promise<ArrayBuffer> }> {
+  if (url.startsWith('http:')) return fetch(url);
+  return new Promise((resolve, reject) => {
+    const req = https.get(url, { rejectUnauthorized: false }, (res) => {
+      res.resume();
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, arrayBuffer: async () => new ArrayBuffer(0) }));
+    });
+    req.on('error', reject);
+  });
 }
 
 async function stopChild(child: ChildProcess): Promise<void> {

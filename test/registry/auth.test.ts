@@ -1,0 +1,275 @@
+// Auth against real registries: htpasswd Basic, Bearer tokens from the harness token server,
+// credentials from docker config (auths, credHelpers, credsStore, $DOCKER_CONFIG), and TLS.
+import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { openRegistrySink, openRegistrySource, type RegistryOptions } from '../../src/image/transports/registry.js';
+import { startRegistry, type RunningRegistry } from '../harness/registry.js';
+import { readAll, rejection, streamOf, tinyImage, uniqueRepo } from './helpers.js';
+
+let tmp: string;
+beforeAll(async () => {
+  tmp = await mkdtemp(path.join(os.tmpdir(), 'esgz-auth-test-'));
+});
+afterAll(async () => rm(tmp, { recursive: true, force: true }));
+
+let configCount = 0;
+/** Writes a docker config dir holding `config` and returns its path. */
+async function dockerConfig(config: object): Promise<string> {
+  configCount += 1;
+  const dir = path.join(tmp, `docker-config-${configCount}`);
+  await mkdir(dir, { recursive: true });
+  await writeFile(path.join(dir, 'config.json'), JSON.stringify(config));
+  return dir;
+}
+
+function basicAuth(user: string, password: string): string {
+  return Buffer.from(`${user}:${password}`).toString('base64');
+}
+
+async function pushAndPull(registry: string, options: RegistryOptions): Promise<void> {
+  const repo = uniqueRepo('auth');
+  const image = tinyImage(20_000);
+  const sink = await openRegistrySink(`${registry}/${repo}:a`, { plainHttp: true, ...options });
+  await sink.putBlob(image.layer.desc, () => streamOf(image.layer.bytes));
+  await sink.putBlob(image.config.desc, () => streamOf(image.config.bytes));
+  await sink.commit(image.manifest);
+  const source = await openRegistrySource(`${registry}/${repo}:a`, { plainHttp: true, ...options });
+  try {
+    expect((await source.fetchRoot()).digest).toBe(image.manifest.digest);
+    expect((await readAll(await source.openBlob(image.layer.desc))).equals(image.layer.bytes)).toBe(true);
+  } finally {
+    await source.close();
+  }
+}
+
+describe('Basic auth (htpasswd)', () => {
+  let registry: RunningRegistry;
+  beforeAll(async () => {
+    registry = await startRegistry({ htpasswd: { username: 'alice', password: 'wonder land' } });
+  });
+  afterAll(async () => registry.stop());
+
+  it('pushes and pulls with auths credentials from config.json', async () => {
+    const dir = await dockerConfig({ auths: { [registry.address]: { auth: basicAuth('alice', 'wonder land') } } });
+    await pushAndPull(registry.address, { dockerConfigDir: dir });
+  });
+
+  it('finds auths keyed by URL and plain username/password fields', async () => {
+    const dir = await dockerConfig({ auths: { [`http://${registry.address}/v2/`]: { username: 'alice', password: 'wonder land' } } });
+    await pushAndPull(registry.address, { dockerConfigDir: dir });
+  });
+
+  it('reads $DOCKER_CONFIG when no directory is given', async () => {
+    const dir = await dockerConfig({ auths: { [registry.address]: { auth: basicAuth('alice', 'wonder land') } } });
+    const saved = process.env.DOCKER_CONFIG;
+    process.env.DOCKER_CONFIG = dir;
+    try {
+      await pushAndPull(registry.address, {});
+    } finally {
+      if (saved === undefined) delete process.env.DOCKER_CONFIG;
+      else process.env.DOCKER_CONFIG = saved;
+    }
+  });
+
+  it('fails with one UNAUTHORIZED line for a wrong password', async () => {
+    const dir = await dockerConfig({ auths: { [registry.address]: { auth: basicAuth('alice', 'wrong') } } });
+    const source = await openRegistrySource(`${registry.address}/x/y:z`, { plainHttp: true, dockerConfigDir: dir });
+    const err = await rejection(source.fetchRoot());
+    expect(err.code).toBe('UNAUTHORIZED');
+    expect(err.message).toContain(registry.address);
+    expect(err.message).toContain('"alice"');
+    expect(err.message).toMatch(/refused the credentials/);
+    expect(err.message).not.toContain('\n');
+    await source.close();
+  });
+
+  it('fails with UNAUTHORIZED when no credentials are configured', async () => {
+    const dir = await dockerConfig({ auths: { 'other.example': { auth: basicAuth('a', 'b') } } });
+    const source = await openRegistrySource(`${registry.address}/x/y:z`, { plainHttp: true, dockerConfigDir: dir });
+    const err = await rejection(source.fetchRoot());
+    expect(err.code).toBe('UNAUTHORIZED');
+    expect(err.message).toMatch(/no credentials/);
+    await source.close();
+  });
+
+  describe('credential helpers', () => {
+    let binDir: string;
+    const savedPath = process.env.PATH;
+    beforeAll(async () => {
+      binDir = path.join(tmp, 'bin');
+      await mkdir(binDir, { recursive: true });
+      // A docker-credential-helpers protocol implementation: server URL on stdin, JSON on stdout.
+      const helper = `#!/bin/sh
+[ "$1" = get ] || exit 2
+read -r server
+echo "$server" >> "${path.join(tmp, 'helper-calls.log')}"
+if [ "$server" = "${registry.address}" ]; then
+  printf '{"ServerURL":"%s","Username":"alice","Secret":"wonder land"}\\n' "$server"
+else
+  echo "credentials not found in native keychain"
+  exit 1
+fi
+`;
+      await writeFile(path.join(binDir, 'docker-credential-test'), helper);
+      await chmod(path.join(binDir, 'docker-credential-test'), 0o755);
+      process.env.PATH = `${binDir}:${savedPath}`;
+    });
+    afterEach(() => {
+      process.env.PATH = `${binDir}:${savedPath}`;
+    });
+    afterAll(() => {
+      process.env.PATH = savedPath;
+    });
+
+    it('uses a credHelpers entry for the registry', async () => {
+      const dir = await dockerConfig({ credHelpers: { [registry.address]: 'test' }, auths: { [registry.address]: { auth: basicAuth('alice', 'wrong') } } });
+      await pushAndPull(registry.address, { dockerConfigDir: dir });
+    });
+
+    it('uses credsStore for every registry', async () => {
+      const dir = await dockerConfig({ credsStore: 'test' });
+      await pushAndPull(registry.address, { dockerConfigDir: dir });
+    });
+
+    it('treats "credentials not found" as no answer and falls back to auths', async () => {
+      // The helper only knows 127.0.0.1:PORT; localhost:PORT is the same registry under a name it does not know.
+      const alias = registry.address.replace('127.0.0.1', 'localhost');
+      const withAuths = await dockerConfig({ credsStore: 'test', auths: { [alias]: { auth: basicAuth('alice', 'wonder land') } } });
+      await pushAndPull(alias, { dockerConfigDir: withAuths });
+      const without = await dockerConfig({ credsStore: 'test' });
+      const source = await openRegistrySource(`${alias}/x/y:z`, { plainHttp: true, dockerConfigDir: without });
+      const err = await rejection(source.fetchRoot());
+      expect(err.code).toBe('UNAUTHORIZED');
+      expect(err.message).toMatch(/no credentials/);
+      await source.close();
+    });
+
+    it('names a helper that is not on PATH', async () => {
+      const dir = await dockerConfig({ credHelpers: { [registry.address]: 'missing-esgz-helper' } });
+      const source = await openRegistrySource(`${registry.address}/x/y:z`, { plainHttp: true, dockerConfigDir: dir });
+      const err = await rejection(source.fetchRoot());
+      expect(err.code).toBe('UNAUTHORIZED');
+      expect(err.message).toContain('docker-credential-missing-esgz-helper');
+      await source.close();
+    });
+  });
+
+  it('names a malformed config.json', async () => {
+    configCount += 1;
+    const dir = path.join(tmp, `broken-${configCount}`);
+    await mkdir(dir);
+    await writeFile(path.join(dir, 'config.json'), '{"auths": ');
+    const source = await openRegistrySource(`${registry.address}/x/y:z`, { plainHttp: true, dockerConfigDir: dir });
+    const err = await rejection(source.fetchRoot());
+    expect(err.code).toBe('BAD_FORMAT');
+    expect(err.message).toContain(path.join(dir, 'config.json'));
+    await source.close();
+  });
+});
+
+describe('Bearer token auth', () => {
+  let registry: RunningRegistry;
+  beforeAll(async () => {
+    registry = await startRegistry({ token: { users: { bob: 'builder' }, anonymousPull: true } });
+  });
+  afterAll(async () => registry.stop());
+
+  it('gets tokens from the realm with the right scopes and caches them per scope', async () => {
+    const dir = await dockerConfig({ auths: { [registry.address]: { auth: basicAuth('bob', 'builder') } } });
+    const requests = registry.tokenServer!.requests;
+    requests.length = 0;
+    const repo = uniqueRepo('bearer');
+    const image = tinyImage(20_000);
+    const sink = await openRegistrySink(`${registry.address}/${repo}:b`, { plainHttp: true, dockerConfigDir: dir });
+    await sink.putBlob(image.layer.desc, () => streamOf(image.layer.bytes));
+    await sink.putBlob(image.config.desc, () => streamOf(image.config.bytes));
+    await sink.commit(image.manifest);
+    // Two blob uploads and three manifest-related requests, one push token.
+    expect(requests.filter((r) => r.scopes.includes(`repository:${repo}:pull,push`))).toHaveLength(1);
+    expect(requests.every((r) => r.user === 'bob' && r.status === 200)).toBe(true);
+
+    requests.length = 0;
+    const source = await openRegistrySource(`${registry.address}/${repo}:b`, { plainHttp: true, dockerConfigDir: dir });
+    expect((await source.fetchRoot()).digest).toBe(image.manifest.digest);
+    expect((await readAll(await source.openBlob(image.layer.desc))).equals(image.layer.bytes)).toBe(true);
+    expect((await readAll(await source.openBlob(image.config.desc))).equals(image.config.bytes)).toBe(true);
+    expect((await source.readBlobRange(image.layer.desc, 5, 10)).equals(image.layer.bytes.subarray(5, 15))).toBe(true);
+    expect(requests.map((r) => r.scopes)).toEqual([[`repository:${repo}:pull`]]);
+    await source.close();
+  });
+
+  it('pulls anonymously where the token server allows it, and refuses an anonymous push', async () => {
+    const dir = await dockerConfig({});
+    const authed = await dockerConfig({ auths: { [registry.address]: { auth: basicAuth('bob', 'builder') } } });
+    const repo = uniqueRepo('anon');
+    const image = tinyImage(5_000);
+    const sink = await openRegistrySink(`${registry.address}/${repo}:p`, { plainHttp: true, dockerConfigDir: authed });
+    await sink.putBlob(image.layer.desc, () => streamOf(image.layer.bytes));
+    await sink.putBlob(image.config.desc, () => streamOf(image.config.bytes));
+    await sink.commit(image.manifest);
+
+    const source = await openRegistrySource(`${registry.address}/${repo}:p`, { plainHttp: true, dockerConfigDir: dir });
+    expect((await source.fetchRoot()).digest).toBe(image.manifest.digest);
+    await source.close();
+
+    const anonymous = await openRegistrySink(`${registry.address}/${repo}:q`, { plainHttp: true, dockerConfigDir: dir });
+    const other = tinyImage(5_000);
+    const err = await rejection(anonymous.putBlob(other.layer.desc, () => streamOf(other.layer.bytes)));
+    expect(err.code).toBe('UNAUTHORIZED');
+    expect(err.message).toContain(registry.address);
+    expect(err.message).not.toContain('\n');
+    await anonymous.abort();
+  });
+
+  it('fails with one UNAUTHORIZED line when the token server refuses the credentials', async () => {
+    const dir = await dockerConfig({ auths: { [registry.address]: { auth: basicAuth('bob', 'nope') } } });
+    const source = await openRegistrySource(`${registry.address}/x/y:z`, { plainHttp: true, dockerConfigDir: dir });
+    const err = await rejection(source.fetchRoot());
+    expect(err.code).toBe('UNAUTHORIZED');
+    expect(err.message).toContain('"bob"');
+    expect(err.message).toContain(registry.tokenServer!.realm);
+    expect(err.message).not.toContain('\n');
+    await source.close();
+  });
+});
+
+describe('TLS', () => {
+  let registry: RunningRegistry;
+  beforeAll(async () => {
+    registry = await startRegistry({ tls: true });
+  });
+  afterAll(async () => registry.stop());
+
+  it('uses TLS by default and refuses an unverifiable certificate', async () => {
+    const source = await openRegistrySource(`${registry.address}/x/y:z`, {});
+    const err = await rejection(source.fetchRoot());
+    expect(err.code).toBe('NETWORK');
+    expect(err.message).toMatch(/certificate/i);
+    expect(err.message).toContain('--insecure');
+    expect(err.message).toContain(registry.address);
+    await source.close();
+  });
+
+  it('skips verification with insecure', async () => {
+    const repo = uniqueRepo('tls');
+    const image = tinyImage(5_000);
+    const sink = await openRegistrySink(`${registry.address}/${repo}:t`, { insecure: true });
+    await sink.putBlob(image.layer.desc, () => streamOf(image.layer.bytes));
+    await sink.putBlob(image.config.desc, () => streamOf(image.config.bytes));
+    await sink.commit(image.manifest);
+    const source = await openRegistrySource(`${registry.address}/${repo}:t`, { insecure: true });
+    expect((await source.fetchRoot()).digest).toBe(image.manifest.digest);
+    await source.close();
+  });
+
+  it('fails clearly when told plain HTTP against a TLS registry', async () => {
+    const source = await openRegistrySource(`${registry.address}/x/y:z`, { plainHttp: true });
+    const err = await rejection(source.fetchRoot());
+    expect(['REGISTRY', 'NETWORK']).toContain(err.code);
+    expect(err.message).toContain(registry.address);
+    expect(err.message).not.toContain('\n');
+    await source.close();
+  });
+});
