@@ -1,0 +1,161 @@
+/**
+ * The zstd:chunked codec of the one eStargz writer/reader (see ../codec.ts): every member is one
+ * zstd frame; the tail is the tar end-of-archive frame, the zstd-compressed TOC in a skippable
+ * frame and the 40-byte footer in another (layout in ./format.ts).
+ *
+ * Descriptor annotations this codec contributes (the transform adds `toc.digest` and
+ * `uncompressed-size` for every codec):
+ *  - `io.containers.zstd-chunked.manifest-checksum` = sha256 of the *compressed* TOC bytes,
+ *    `io.containers.zstd-chunked.manifest-position` = `<offset>:<compressed>:<uncompressed>:1`
+ *    (offset of the compressed TOC, after its skippable frame header). stargz-snapshotter reads
+ *    the position as a hint; containers/storage ≤ 1.44 (Debian 12's podman 4.3) takes its
+ *    zstd:chunked partial-pull path on the checksum key.
+ *  - `io.github.containers.zstd-chunked.*` (containers/storage ≥ 1.45 names, same values) only
+ *    on request (`containersStorageAnnotations`, or ESGZ_ZSTDCHUNKED_GITHUB_ANNOTATIONS=1):
+ *    containers/storage ≥ 1.52 and containers/image ≥ 5.30 refuse a layer that carries both
+ *    them and `containerd.io/snapshot/stargz/toc.digest` ("both zstd:chunked and eStargz TOC
+ *    found"), and that error fails the whole pull instead of falling back to a full download.
+ */
+import { createHash } from 'node:crypto';
+import { EsgzError } from '../../errors.js';
+import { MediaType } from '../../image/media-types.js';
+import type { Codec, CodecOptions, CodecTail, FooterInfo, ParsedTOC } from '../codec.js';
+import { END_OF_ARCHIVE } from '../tar.js';
+import { marshalTOC, parseTOCJSON, sha256Digest, type JTOC } from '../toc.js';
+import {
+  CONTAINERS_FOOTER_FRAME_SIZE, MAX_TOC_SIZE, MANIFEST_TYPE_CRFS, SKIPPABLE_HEADER_SIZE, decompressFrames, encodeFooter,
+  isSkippableMagic, parseFooter, skippableFrame, unwrapSkippableFrame,
+} from './format.js';
+import { DEFAULT_ZSTD_LEVEL, ZstdPool, checkZstdLevel } from './pool.js';
+
+/** stargz-snapshotter's names (estargz/zstdchunked), also containers/storage ≤ 1.44's. */
+export const MANIFEST_CHECKSUM_ANNOTATION = 'io.containers.zstd-chunked.manifest-checksum';
+export const MANIFEST_POSITION_ANNOTATION = 'io.containers.zstd-chunked.manifest-position';
+/** containers/storage ≥ 1.45 names (pkg/chunked/internal/minimal). */
+export const CONTAINERS_MANIFEST_CHECKSUM_ANNOTATION = 'io.github.containers.zstd-chunked.manifest-checksum';
+export const CONTAINERS_MANIFEST_POSITION_ANNOTATION = 'io.github.containers.zstd-chunked.manifest-position';
+/** containers/storage ≥ 1.48: where the tar-split frame is (esgz does not write one). */
+export const CONTAINERS_TARSPLIT_POSITION_ANNOTATION = 'io.github.containers.zstd-chunked.tarsplit-position';
+
+export interface ZstdChunkedCodecOptions extends CodecOptions {
+  /**
+   * Also emit the `io.github.containers.zstd-chunked.*` names. Off by default: see the module
+   * comment (they make newer podman refuse the layer next to the stargz TOC digest).
+   */
+  containersStorageAnnotations?: boolean;
+  /** Write the tar end-of-archive frame before the TOC (default true; ctr-remote omits it). */
+  endOfArchive?: boolean;
+}
+
+export class ZstdChunkedCodec implements Codec {
+  readonly name = 'zstd' as const;
+  readonly mediaType = MediaType.ociLayerZstd;
+  readonly backend = 'zstd-napi';
+  /** The reader fetches enough tail for either footer flavour. */
+  readonly maxFooterSize = CONTAINERS_FOOTER_FRAME_SIZE;
+  readonly level: number;
+  readonly workers: number | undefined;
+  readonly containersStorageAnnotations: boolean;
+  readonly endOfArchive: boolean;
+  private pool: ZstdPool | undefined;
+  private closed = false;
+
+  constructor(options: ZstdChunkedCodecOptions = {}) {
+    this.level = checkZstdLevel(options.compressionLevel ?? DEFAULT_ZSTD_LEVEL);
+    this.workers = options.workers;
+    this.containersStorageAnnotations = options.containersStorageAnnotations ?? process.env.ESGZ_ZSTDCHUNKED_GITHUB_ANNOTATIONS === '1';
+    this.endOfArchive = options.endOfArchive ?? true;
+  }
+
+  private getPool(): ZstdPool {
+    if (this.closed) throw new EsgzError('INTERNAL', 'zstd:chunked codec used after close');
+    this.pool ??= new ZstdPool({ level: this.level, workers: this.workers });
+    return this.pool;
+  }
+
+  compressMember(uncompressed: Buffer): Promise<Buffer> {
+    try {
+      return this.getPool().compress(uncompressed);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  async buildTail(toc: JTOC, tocOffset: number): Promise<CodecTail> {
+    const tocJSON = marshalTOC(toc);
+    const [eoa, compressedTOC] = await Promise.all([
+      this.endOfArchive ? this.compressMember(END_OF_ARCHIVE) : Promise.resolve(Buffer.alloc(0)),
+      this.compressMember(tocJSON),
+    ]);
+    const tocPayloadOffset = tocOffset + eoa.length + SKIPPABLE_HEADER_SIZE;
+    const checksum = `sha256:${createHash('sha256').update(compressedTOC).digest('hex')}`;
+    const position = `${tocPayloadOffset}:${compressedTOC.length}:${tocJSON.length}:${MANIFEST_TYPE_CRFS}`;
+    const annotations: Record<string, string> = {
+      [MANIFEST_CHECKSUM_ANNOTATION]: checksum,
+      [MANIFEST_POSITION_ANNOTATION]: position,
+    };
+    if (this.containersStorageAnnotations) {
+      annotations[CONTAINERS_MANIFEST_CHECKSUM_ANNOTATION] = checksum;
+      annotations[CONTAINERS_MANIFEST_POSITION_ANNOTATION] = position;
+    }
+    return {
+      bytes: Buffer.concat([eoa, skippableFrame(compressedTOC), encodeFooter(tocPayloadOffset, compressedTOC.length, tocJSON.length)]),
+      tocDigest: sha256Digest(tocJSON),
+      uncompressedTail: this.endOfArchive ? Buffer.from(END_OF_ARCHIVE) : Buffer.alloc(0),
+      annotations,
+    };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const pool = this.pool;
+    this.pool = undefined;
+    await pool?.close();
+  }
+
+  /**
+   * FooterInfo.tocOffset is the start of the TOC's skippable frame (so data members end where
+   * it begins) and tocSize covers its 8-byte header: parseTOC checks that header's length.
+   */
+  parseFooter(tail: Buffer, blobSize: number): FooterInfo | undefined {
+    const footer = parseFooter(tail, blobSize);
+    if (!footer) return undefined;
+    return {
+      footerSize: footer.frameSize,
+      tocOffset: footer.tocOffset - SKIPPABLE_HEADER_SIZE,
+      tocSize: footer.tocCompressedSize + SKIPPABLE_HEADER_SIZE,
+      externalTOC: false,
+      kind: footer.flavour === 'stargz' ? 'zstdchunked' : 'zstdchunked-containers',
+    };
+  }
+
+  /**
+   * Accepts the TOC skippable frame as the footer locates it, or the bare compressed TOC as the
+   * position annotation locates it.
+   */
+  async parseTOC(tocBytes: Buffer): Promise<ParsedTOC> {
+    const where = 'zstd:chunked TOC';
+    const compressed = tocBytes.length >= 4 && isSkippableMagic(tocBytes.readUInt32LE(0)) ? unwrapSkippableFrame(tocBytes, where) : tocBytes;
+    if (compressed.length === 0) throw new EsgzError('BAD_FORMAT', `${where} is empty`);
+    const tocJSON = decompressFrames(compressed, where);
+    if (tocJSON.length === 0 || tocJSON.length > MAX_TOC_SIZE) throw new EsgzError('BAD_FORMAT', `${where} decompresses to ${tocJSON.length} bytes`);
+    return { toc: parseTOCJSON(tocJSON, where), tocJSON, tocDigest: sha256Digest(tocJSON) };
+  }
+
+  async decompress(compressed: Buffer): Promise<Buffer> {
+    return decompressFrames(compressed, 'zstd:chunked member');
+  }
+}
+
+export function createZstdChunkedCodec(options: ZstdChunkedCodecOptions = {}): ZstdChunkedCodec {
+  return new ZstdChunkedCodec(options);
+}
+
+/** The `manifest-position` value parsed: where the compressed TOC is, and its sizes. */
+export function parseManifestPosition(value: string): { offset: number; compressedSize: number; uncompressedSize: number; manifestType: number } {
+  const m = /^(\d+):(\d+):(\d+):(\d+)$/.exec(value);
+  if (!m) throw new EsgzError('BAD_FORMAT', `zstd:chunked manifest position ${JSON.stringify(value)} is not <offset>:<length>:<uncompressed length>:<type>`);
+  const [offset, compressedSize, uncompressedSize, manifestType] = m.slice(1).map(Number) as [number, number, number, number];
+  if (![offset, compressedSize, uncompressedSize].every(Number.isSafeInteger)) throw new EsgzError('BAD_FORMAT', `zstd:chunked manifest position ${value} is out of range`);
+  return { offset, compressedSize, uncompressedSize, manifestType };
+}
