@@ -1,0 +1,459 @@
+// The one transfer pipeline behind `image copy`, `image convert` and `image optimize`:
+//   resolve root (index → platform manifests) → per layer: transform into a spool file while
+//   hashing → config and manifest rewritten → child manifests → index → sink.commit LAST.
+// An identity transfer never re-serialises anything, so every digest stays byte-identical.
+import { randomBytes } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough, type Readable, Transform } from 'node:stream';
+import { EsgzError, withContext } from '../errors.js';
+import { DigestCounter, digestOf, verifyBuffer } from './digest.js';
+import { MediaType, isDockerMediaType, isIndexMediaType, isManifestMediaType } from './media-types.js';
+import { formatPlatform, hostPlatform, platformMatches } from './platform.js';
+import { identityTransform, type LayerOutput, type LayerTransform } from './transform.js';
+import type { BlobLocation, Descriptor, ImageConfig, ImageIndex, ImageManifest, ImageSink, ImageSource, Platform, RawManifest } from './types.js';
+
+/** Receives per-blob progress; `bytes` is the absolute count done so far. */
+export interface TransferProgress {
+  start(id: string, label: string, total: number | undefined): void;
+  update(id: string, bytes: number): void;
+  finish(id: string, note?: string): void;
+}
+
+export interface TransferOptions {
+  source: ImageSource;
+  sink: ImageSink;
+  /** Default: identity (a byte-exact copy). */
+  transform?: LayerTransform;
+  /** Pick this platform from an index (the result is that single manifest). */
+  platform?: Platform;
+  /** Keep every manifest of an index (the result is an index). */
+  allPlatforms?: boolean;
+  /** Convert Docker media types (manifest, config, layers, list) to their OCI equivalents. */
+  oci?: boolean;
+  /** Layers transformed at once (default 2). Output order never depends on it. */
+  concurrency?: number;
+  signal?: AbortSignal;
+  progress?: TransferProgress;
+  onWarning?: (message: string) => void;
+  /** Where layer outputs are spooled before upload (default: the OS temp dir). */
+  spoolDir?: string;
+}
+
+export interface BlobSummary {
+  mediaType: string;
+  digest: string;
+  size: number;
+}
+
+export interface LayerReport {
+  index: number;
+  input: BlobSummary;
+  output: BlobSummary;
+  diffID: string | undefined;
+  /** False when the source blob was kept as is. */
+  changed: boolean;
+  /** True when the destination already had the output blob. */
+  existed: boolean;
+  transform?: Record<string, unknown>;
+  durationMs: number;
+}
+
+export interface ManifestReport {
+  platform?: string;
+  source: BlobSummary;
+  output: BlobSummary;
+  config: { source: BlobSummary; output: BlobSummary };
+  layers: LayerReport[];
+}
+
+export interface TransferReport {
+  source: string;
+  destination: string;
+  transform: string;
+  root: BlobSummary;
+  sourceRoot: BlobSummary;
+  manifests: ManifestReport[];
+  durationMs: number;
+}
+
+const MAX_CONFIG_BYTES = 64 * 1024 * 1024;
+const DEFAULT_CONCURRENCY = 2;
+
+// Docker → OCI media types for `--oci`.
+const TO_OCI: Record<string, string> = {
+  [MediaType.dockerManifest]: MediaType.ociManifest,
+  [MediaType.dockerManifestList]: MediaType.ociIndex,
+  [MediaType.dockerConfig]: MediaType.ociConfig,
+  [MediaType.dockerLayerGzip]: MediaType.ociLayerGzip,
+  [MediaType.dockerLayer]: MediaType.ociLayer,
+  [MediaType.dockerLayerForeignGzip]: MediaType.ociLayerNondistributableGzip,
+};
+
+function toOci(mediaType: string): string {
+  return TO_OCI[mediaType] ?? mediaType;
+}
+
+function summary(desc: { mediaType: string; digest: string; size: number }): BlobSummary {
+  return { mediaType: desc.mediaType, digest: desc.digest, size: desc.size };
+}
+
+function rawSummary(raw: RawManifest): BlobSummary {
+  return { mediaType: raw.mediaType, digest: raw.digest, size: raw.bytes.length };
+}
+
+function shortDigest(digest: string): string {
+  return `${digest.slice(0, 19)}…`;
+}
+
+function parseJson<T>(raw: RawManifest, where: string): T {
+  try {
+    return JSON.parse(raw.bytes.toString('utf8')) as T;
+  } catch (err) {
+    throw new EsgzError('BAD_MANIFEST', `${where} ${raw.digest}: not valid JSON`, { cause: err });
+  }
+}
+
+function serialize(value: unknown, mediaType: string): RawManifest {
+  const bytes = Buffer.from(JSON.stringify(value));
+  return { bytes, mediaType, digest: digestOf(bytes) };
+}
+
+/** Runs `fn` over `items` with at most `limit` in flight; results keep the input order. */
+async function mapBounded<T, R>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
+  const results = new Array<R>(items.length);
+  let next = 0;
+  let failed: unknown;
+  const worker = async (): Promise<void> => {
+    while (failed === undefined && next < items.length) {
+      const i = next++;
+      try {
+        results[i] = await fn(items[i]!, i);
+      } catch (err) {
+        failed ??= err;
+        throw err;
+      }
+    }
+  };
+  const outcomes = await Promise.allSettled(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
+  const rejected = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+  if (rejected) throw failed ?? rejected.reason;
+  return results;
+}
+
+/** Reads a small blob (a config) fully, bounded so a hostile descriptor cannot exhaust memory. */
+async function readSmallBlob(source: ImageSource, desc: Descriptor, what: string): Promise<Buffer> {
+  if (desc.size > MAX_CONFIG_BYTES) throw new EsgzError('BAD_MANIFEST', `${what}: ${desc.size} bytes is too large for an image config`);
+  const chunks: Buffer[] = [];
+  for await (const chunk of await source.openBlob(desc)) chunks.push(chunk as Buffer);
+  const bytes = Buffer.concat(chunks);
+  verifyBuffer(bytes, desc, what);
+  return bytes;
+}
+
+function counting(stream: Readable, onBytes: (total: number) => void): Readable {
+  let total = 0;
+  const counter = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      total += chunk.length;
+      onBytes(total);
+      callback(null, chunk);
+    },
+  });
+  stream.on('error', (err) => counter.destroy(err));
+  return stream.pipe(counter);
+}
+
+function validateManifest(manifest: ImageManifest, where: string): void {
+  if (manifest === null || typeof manifest !== 'object' || typeof manifest.config?.digest !== 'string' || !Array.isArray(manifest.layers)) {
+    throw new EsgzError('BAD_MANIFEST', `${where}: not an image manifest (no config or layers)`);
+  }
+  for (const [i, layer] of manifest.layers.entries()) {
+    if (typeof layer?.digest !== 'string' || typeof layer.size !== 'number' || typeof layer.mediaType !== 'string') {
+      throw new EsgzError('BAD_MANIFEST', `${where}: layer ${i + 1} has no digest, size or mediaType`);
+    }
+  }
+}
+
+class Transfer {
+  private readonly transform: LayerTransform;
+  private readonly concurrency: number;
+  private readonly signal: AbortSignal;
+  private readonly spoolRoot: string;
+  private spoolReady: Promise<void> | undefined;
+  private readonly mountFrom: BlobLocation | undefined;
+  private readonly warn: (message: string) => void;
+
+  constructor(private readonly options: TransferOptions) {
+    this.transform = options.transform ?? identityTransform;
+    this.concurrency = Math.max(1, options.concurrency ?? DEFAULT_CONCURRENCY);
+    this.signal = options.signal ?? new AbortController().signal;
+    this.spoolRoot = join(options.spoolDir ?? tmpdir(), `esgz-spool-${randomBytes(6).toString('hex')}`);
+    // Registry sources say where their blobs live, so a registry sink can mount instead of copying.
+    this.mountFrom = (options.source as { location?: BlobLocation }).location;
+    this.warn = options.onWarning ?? (() => {});
+  }
+
+  private checkAborted(): void {
+    if (this.signal.aborted) throw new EsgzError('INTERRUPTED', 'interrupted');
+  }
+
+  async run(): Promise<TransferReport> {
+    const started = Date.now();
+    const { source, sink } = this.options;
+    try {
+      const sourceRoot = await source.fetchRoot();
+      this.checkAborted();
+      const manifests: ManifestReport[] = [];
+      let root: RawManifest;
+      if (isIndexMediaType(sourceRoot.mediaType)) {
+        root = await this.transferIndex(sourceRoot, manifests);
+      } else if (isManifestMediaType(sourceRoot.mediaType)) {
+        const result = await this.transferManifest(sourceRoot, undefined);
+        manifests.push(result.report);
+        root = result.raw;
+      } else {
+        throw new EsgzError('UNSUPPORTED', `${source.description}: media type "${sourceRoot.mediaType}" is not an image manifest or index`);
+      }
+      this.checkAborted();
+      await sink.commit(root);
+      return {
+        source: source.description,
+        destination: sink.description,
+        transform: this.transform.name,
+        root: rawSummary(root),
+        sourceRoot: rawSummary(sourceRoot),
+        manifests,
+        durationMs: Date.now() - started,
+      };
+    } catch (err) {
+      try {
+        await sink.abort();
+      } catch (abortErr) {
+        this.warn(`cleaning up ${sink.description} failed: ${(abortErr as Error).message}`);
+      }
+      if (err instanceof EsgzError) throw err;
+      if (this.signal.aborted) throw new EsgzError('INTERRUPTED', 'interrupted', { cause: err });
+      throw withContext(`copying ${source.description} to ${sink.description}`, err);
+    } finally {
+      await rm(this.spoolRoot, { recursive: true, force: true });
+    }
+  }
+
+  private async transferIndex(sourceRoot: RawManifest, reports: ManifestReport[]): Promise<RawManifest> {
+    const { source, sink } = this.options;
+    const index = parseJson<ImageIndex>(sourceRoot, `${source.description} index`);
+    if (!Array.isArray(index.manifests)) throw new EsgzError('BAD_MANIFEST', `${source.description} index ${sourceRoot.digest}: no "manifests" array`);
+    if (!this.options.allPlatforms) {
+      const wanted = this.options.platform ?? hostPlatform();
+      const match = index.manifests.find((m) => m.platform !== undefined && isManifestMediaType(m.mediaType) && platformMatches(wanted, m.platform));
+      if (!match) {
+        const available = index.manifests.filter((m) => m.platform !== undefined).map((m) => formatPlatform(m.platform!));
+        throw new EsgzError(
+          'NOT_FOUND',
+          `${source.description}: no manifest for ${formatPlatform(wanted)} in the index (available: ${available.join(', ') || 'none'}); use --platform or --all-platforms`,
+        );
+      }
+      const child = await source.fetchManifest(match);
+      const result = await this.transferManifest(child, match.platform);
+      reports.push(result.report);
+      return result.raw;
+    }
+
+    const children: Descriptor[] = [];
+    let changed = false;
+    // Platforms go one at a time (their layers still run in parallel) to bound disk and memory.
+    for (const desc of index.manifests) {
+      this.checkAborted();
+      if (!isManifestMediaType(desc.mediaType)) {
+        throw new EsgzError('UNSUPPORTED', `${source.description}: index entry ${desc.digest} has media type "${desc.mediaType}" (nested indexes are not supported)`);
+      }
+      const child = await source.fetchManifest(desc);
+      const result = await this.transferManifest(child, desc.platform);
+      reports.push(result.report);
+      await sink.putManifest(result.raw);
+      const out: Descriptor = { ...desc, mediaType: result.raw.mediaType, digest: result.raw.digest, size: result.raw.bytes.length };
+      if (out.digest !== desc.digest || out.mediaType !== desc.mediaType) changed = true;
+      children.push(out);
+    }
+    const anyOci = children.some((c) => !isDockerMediaType(c.mediaType));
+    const indexMediaType = this.options.oci || (anyOci && isDockerMediaType(sourceRoot.mediaType)) ? MediaType.ociIndex : sourceRoot.mediaType;
+    if (!changed && indexMediaType === sourceRoot.mediaType) return sourceRoot;
+    return serialize({ ...index, mediaType: indexMediaType, manifests: children }, indexMediaType);
+  }
+
+  private async transferManifest(
+    raw: RawManifest,
+    platform: Platform | undefined,
+  ): Promise<{ raw: RawManifest; report: ManifestReport }> {
+    const { source, sink } = this.options;
+    const label = platform !== undefined ? formatPlatform(platform) : undefined;
+    const where = `${source.description}${label ? ` (${label})` : ''} manifest ${shortDigest(raw.digest)}`;
+    const manifest = parseJson<ImageManifest>(raw, `${source.description} manifest`);
+    validateManifest(manifest, where);
+    this.transform.checkManifestMediaType?.(raw.mediaType, this.warn);
+
+    const configBytes = await readSmallBlob(source, manifest.config, `${where} config ${shortDigest(manifest.config.digest)}`);
+    let config: ImageConfig;
+    try {
+      config = JSON.parse(configBytes.toString('utf8')) as ImageConfig;
+    } catch (err) {
+      throw new EsgzError('BAD_MANIFEST', `${where}: config ${manifest.config.digest} is not valid JSON`, { cause: err });
+    }
+    const diffIDs = Array.isArray(config?.rootfs?.diff_ids) ? config.rootfs.diff_ids : [];
+    if (diffIDs.length !== manifest.layers.length) {
+      this.warn(`${where}: config lists ${diffIDs.length} diff_ids for ${manifest.layers.length} layers`);
+    }
+
+    const total = manifest.layers.length;
+    const layers = await mapBounded(manifest.layers, this.concurrency, async (layer, i) => {
+      this.checkAborted();
+      try {
+        return await this.transferLayer(layer, i, diffIDs[i]);
+      } catch (err) {
+        if (err instanceof EsgzError && err.code === 'INTERRUPTED') throw err;
+        throw withContext(`layer ${i + 1}/${total} ${shortDigest(layer.digest)}`, err);
+      }
+    });
+    this.checkAborted();
+
+    // Media type family: Docker stays Docker unless --oci, or a layer came out in an OCI-only
+    // format (zstd has no Docker media type), which makes the whole manifest OCI.
+    const sourceIsDocker = isDockerMediaType(raw.mediaType);
+    const ociOnlyLayer = layers.some((l) => l.changed && !isDockerMediaType(l.output.mediaType) && !(l.output.mediaType in REVERSE_DOCKER));
+    const docker = sourceIsDocker && !this.options.oci && !ociOnlyLayer;
+    const familyChanged = sourceIsDocker && !docker;
+    const layerDescs: Descriptor[] = layers.map((l, i) => {
+      const original = manifest.layers[i]!;
+      let mediaType = l.output.mediaType;
+      if (!docker) mediaType = toOci(mediaType);
+      else if (REVERSE_DOCKER[mediaType] !== undefined) mediaType = REVERSE_DOCKER[mediaType]!;
+      l.output.mediaType = mediaType;
+      if (!l.changed) return { ...original, mediaType };
+      const desc: Descriptor = { mediaType, digest: l.output.digest, size: l.output.size };
+      if (l.annotations && Object.keys(l.annotations).length > 0) desc.annotations = l.annotations;
+      return desc;
+    });
+    const anyLayerChanged = layers.some((l) => l.changed || l.output.mediaType !== l.input.mediaType);
+
+    // Config: rewritten only when a diffID changed; otherwise the exact source bytes are kept.
+    const newDiffIDs = layers.map((l, i) => l.diffID ?? diffIDs[i]!);
+    const diffIDsChanged = newDiffIDs.length !== diffIDs.length || newDiffIDs.some((d, i) => d !== diffIDs[i]);
+    const configOutBytes = diffIDsChanged ? Buffer.from(JSON.stringify({ ...config, rootfs: { ...config.rootfs, diff_ids: newDiffIDs } })) : configBytes;
+    const configMediaType = docker ? manifest.config.mediaType : toOci(manifest.config.mediaType);
+    const configDesc: Descriptor = { ...manifest.config, mediaType: configMediaType, digest: diffIDsChanged ? digestOf(configOutBytes) : manifest.config.digest, size: configOutBytes.length };
+    await sink.putBlob(configDesc, () => new PassThrough().end(configOutBytes), this.mountHint(!diffIDsChanged));
+
+    let out: RawManifest;
+    if (!anyLayerChanged && !diffIDsChanged && !familyChanged && configMediaType === manifest.config.mediaType) {
+      out = raw;
+    } else {
+      const manifestMediaType = docker ? raw.mediaType : toOci(raw.mediaType);
+      out = serialize({ ...manifest, mediaType: manifestMediaType, config: configDesc, layers: layerDescs }, manifestMediaType);
+    }
+    return {
+      raw: out,
+      report: {
+        ...(label !== undefined ? { platform: label } : {}),
+        source: rawSummary(raw),
+        output: rawSummary(out),
+        config: { source: summary(manifest.config), output: summary(configDesc) },
+        layers: layers.map(({ annotations: _annotations, ...report }) => report),
+      },
+    };
+  }
+
+  private mountHint(sameBlob: boolean): { mountFrom?: BlobLocation } | undefined {
+    return sameBlob && this.mountFrom !== undefined ? { mountFrom: this.mountFrom } : undefined;
+  }
+
+  private spoolDir(): Promise<void> {
+    this.spoolReady ??= mkdir(this.spoolRoot, { recursive: true, mode: 0o700 }).then(() => undefined);
+    return this.spoolReady;
+  }
+
+  private async transferLayer(layer: Descriptor, index: number, diffID: string | undefined): Promise<LayerReport & { annotations?: Record<string, string> }> {
+    const { source, sink, progress } = this.options;
+    const started = Date.now();
+    const id = `layer-${index}-${layer.digest}-${randomBytes(3).toString('hex')}`;
+    const label = `layer ${shortDigest(layer.digest).replace(/^sha256:/, '')}`;
+    progress?.start(id, label, layer.size);
+    const openSource = async (): Promise<Readable> => counting(await source.openBlob(layer), (n) => progress?.update(id, n));
+
+    await this.spoolDir();
+    const spoolPath = join(this.spoolRoot, `${index}-${randomBytes(4).toString('hex')}`);
+    const counter = new DigestCounter();
+    const file = createWriteStream(spoolPath);
+    const written = new Promise<void>((resolve, reject) => {
+      file.on('finish', resolve);
+      file.on('error', reject);
+      counter.on('error', reject);
+    });
+    counter.pipe(file);
+    let result: LayerOutput | 'unchanged';
+    try {
+      result = await this.transform.transform(
+        { descriptor: layer, diffID, open: openSource, index },
+        counter,
+        { signal: this.signal, onInputProgress: (n) => progress?.update(id, n) },
+      );
+      if (!counter.writableEnded) counter.end();
+      await written;
+    } catch (err) {
+      counter.destroy();
+      file.destroy();
+      await rm(spoolPath, { force: true });
+      throw err;
+    }
+
+    try {
+      if (result === 'unchanged') {
+        const existed = await sink.hasBlob(layer);
+        if (!existed) await sink.putBlob(layer, openSource, this.mountHint(true));
+        progress?.finish(id, existed ? 'exists' : 'copied');
+        return { index, input: summary(layer), output: summary(layer), diffID, changed: false, existed, durationMs: Date.now() - started };
+      }
+      if (typeof result?.diffID !== 'string' || typeof result.mediaType !== 'string') {
+        throw new EsgzError('INTERNAL', `transform ${this.transform.name} returned no mediaType or diffID`);
+      }
+      const output: Descriptor = { mediaType: result.mediaType, digest: counter.digest, size: counter.size };
+      const existed = await sink.hasBlob(output);
+      if (!existed) await sink.putBlob(output, () => createReadStream(spoolPath, { highWaterMark: 1 << 20 }));
+      progress?.finish(id, existed ? 'exists' : 'written');
+      return {
+        index,
+        input: summary(layer),
+        output: summary(output),
+        diffID: result.diffID,
+        changed: true,
+        existed,
+        ...(result.report !== undefined ? { transform: result.report } : {}),
+        annotations: result.annotations,
+        durationMs: Date.now() - started,
+      };
+    } finally {
+      await rm(spoolPath, { force: true });
+    }
+  }
+}
+
+// OCI → Docker layer media types, for transforms that name OCI types on a Docker image.
+const REVERSE_DOCKER: Record<string, string> = {
+  [MediaType.ociLayerGzip]: MediaType.dockerLayerGzip,
+  [MediaType.ociLayer]: MediaType.dockerLayer,
+  [MediaType.ociLayerNondistributableGzip]: MediaType.dockerLayerForeignGzip,
+  [MediaType.dockerLayerGzip]: MediaType.dockerLayerGzip,
+  [MediaType.dockerLayer]: MediaType.dockerLayer,
+  [MediaType.dockerLayerForeignGzip]: MediaType.dockerLayerForeignGzip,
+};
+
+/**
+ * Copies (and optionally transforms) one image from `source` to `sink`. The sink's `commit`
+ * runs last; on any failure the sink is aborted, spool files are removed, and the error says
+ * which layer/manifest failed.
+ */
+export function transferImage(options: TransferOptions): Promise<TransferReport> {
+  return new Transfer(options).run();
+}

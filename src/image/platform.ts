@@ -1,0 +1,73 @@
+import { EsgzError } from '../errors.js';
+import type { Platform } from './types.js';
+
+/**
+ * Platforms as `os/arch[/variant]` (image-spec image-index.md). Names are normalised the way
+ * containerd's `platforms` package does, so `linux/x86_64` picks the `linux/amd64` manifest and
+ * `linux/aarch64` the `linux/arm64` one.
+ */
+const ARCH_ALIASES: Record<string, string> = {
+  x86_64: 'amd64',
+  'x86-64': 'amd64',
+  aarch64: 'arm64',
+  armhf: 'arm',
+  armel: 'arm',
+  i386: '386',
+  i686: '386',
+};
+
+/** Node's `process.arch` names → OCI architecture names. */
+const NODE_ARCH: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ia32: '386', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' };
+
+export function normalizeArchitecture(arch: string): string {
+  const lower = arch.toLowerCase();
+  return ARCH_ALIASES[lower] ?? lower;
+}
+
+/** Fills in the variant a bare architecture implies: arm64 means v8, arm means v7. */
+function normalizeVariant(architecture: string, variant: string | undefined): string | undefined {
+  if (architecture === 'arm64') return variant === undefined || variant === '' || variant === '8' ? 'v8' : variant;
+  if (architecture === 'arm') {
+    if (variant === undefined || variant === '') return 'v7';
+    return /^\d+$/.test(variant) ? `v${variant}` : variant;
+  }
+  return variant === '' ? undefined : variant;
+}
+
+export function normalizePlatform(platform: Platform): Platform {
+  const architecture = normalizeArchitecture(platform.architecture);
+  const variant = normalizeVariant(architecture, platform.variant);
+  const out: Platform = { os: platform.os.toLowerCase(), architecture };
+  if (variant !== undefined) out.variant = variant;
+  return out;
+}
+
+/** Parses `os/arch[/variant]`; throws BAD_FLAG naming the bad value. */
+export function parsePlatform(spec: string): Platform {
+  const parts = spec.trim().split('/');
+  if (parts.length < 2 || parts.length > 3 || parts.some((p) => !/^[A-Za-z0-9_.-]+$/.test(p))) {
+    throw new EsgzError('BAD_FLAG', `--platform "${spec}": expected os/arch[/variant], e.g. linux/amd64 or linux/arm64/v8`);
+  }
+  const [os, architecture, variant] = parts as [string, string, string | undefined];
+  return normalizePlatform({ os, architecture, ...(variant !== undefined ? { variant } : {}) });
+}
+
+/** The platform this process runs on (the default when an index offers several). */
+export function hostPlatform(): Platform {
+  return normalizePlatform({ os: process.platform === 'win32' ? 'windows' : process.platform, architecture: NODE_ARCH[process.arch] ?? process.arch });
+}
+
+export function formatPlatform(platform: Platform): string {
+  const p = normalizePlatform(platform);
+  // arm64's implied v8 is left out, as everyone writes `linux/arm64`.
+  const showVariant = p.variant !== undefined && !(p.architecture === 'arm64' && p.variant === 'v8');
+  return `${p.os}/${p.architecture}${showVariant ? `/${p.variant}` : ''}`;
+}
+
+/** True when a manifest for `candidate` satisfies a request for `wanted`. */
+export function platformMatches(wanted: Platform, candidate: Platform): boolean {
+  const w = normalizePlatform(wanted);
+  const c = normalizePlatform(candidate);
+  if (w.os !== c.os || w.architecture !== c.architecture) return false;
+  return w.variant === undefined || w.variant === c.variant;
+}

@@ -1,0 +1,91 @@
+// One place that turns a user's image argument into a source or a sink:
+//   oci:DIR[:TAG|@DIGEST]        an OCI image layout directory
+//   docker-archive:FILE[:TAG]    a `docker save` tar file
+//   [docker://]REGISTRY/REPO[:TAG|@DIGEST]   a registry (Docker Hub shorthands allowed)
+import { EsgzError } from '../../errors.js';
+import { parseDigest } from '../digest.js';
+import type { ImageSink, ImageSource } from '../types.js';
+import { openDockerArchiveSink, openDockerArchiveSource } from './docker-archive.js';
+import { openOciSink, openOciSource } from './oci-layout.js';
+import { openRegistrySink, openRegistrySource, type RegistryOptions } from './registry.js';
+
+export type TransportOptions = RegistryOptions;
+
+export type TransportReference =
+  | { transport: 'oci'; dir: string; tag?: string; digest?: string }
+  | { transport: 'docker-archive'; file: string; tag?: string }
+  | { transport: 'registry'; reference: string };
+
+const TAG_PATTERN = /^[\w][\w.-]{0,127}$/;
+/** Transports other tools (skopeo, containers/image) accept and esgz does not. */
+const OTHER_TRANSPORTS = ['dir', 'docker-daemon', 'containers-storage', 'oci-archive', 'tarball', 'sif', 'ostree'];
+
+export function parseTransportReference(spec: string): TransportReference {
+  const bad = (why: string): never => {
+    throw new EsgzError('BAD_REFERENCE', `invalid image "${spec}": ${why}`);
+  };
+  if (spec.startsWith('oci:')) {
+    let rest = spec.slice('oci:'.length);
+    let digest: string | undefined;
+    const at = rest.lastIndexOf('@');
+    if (at >= 0 && /^[a-z0-9]+:/.test(rest.slice(at + 1))) {
+      digest = rest.slice(at + 1);
+      rest = rest.slice(0, at);
+      try {
+        parseDigest(digest, 'digest');
+      } catch (err) {
+        bad((err as Error).message);
+      }
+    }
+    let tag: string | undefined;
+    const colon = rest.lastIndexOf(':');
+    if (colon >= 0 && !rest.slice(colon + 1).includes('/')) {
+      tag = rest.slice(colon + 1);
+      rest = rest.slice(0, colon);
+      if (!TAG_PATTERN.test(tag)) bad(`bad tag "${tag}" (letters, digits, '_', '.', '-'; at most 128)`);
+    }
+    if (rest.length === 0) bad('expected oci:DIR[:TAG]');
+    if (tag !== undefined && digest !== undefined) bad('give a tag or a digest, not both');
+    return { transport: 'oci', dir: rest, ...(tag !== undefined ? { tag } : {}), ...(digest !== undefined ? { digest } : {}) };
+  }
+  if (spec.startsWith('docker-archive:')) {
+    const rest = spec.slice('docker-archive:'.length);
+    // File names rarely hold ':'; the tag (`name:tag`, as `docker save` records it) may.
+    const colon = rest.indexOf(':');
+    const file = colon >= 0 ? rest.slice(0, colon) : rest;
+    const tag = colon >= 0 ? rest.slice(colon + 1) : undefined;
+    if (file.length === 0) bad('expected docker-archive:FILE[:TAG]');
+    if (tag !== undefined && (tag.length === 0 || /\s/.test(tag))) bad(`bad tag "${tag}"`);
+    return { transport: 'docker-archive', file, ...(tag !== undefined ? { tag } : {}) };
+  }
+  if (spec.startsWith('docker://')) return { transport: 'registry', reference: spec.slice('docker://'.length) };
+  const scheme = /^([a-z][a-z0-9+.-]*):(?!\d+(\/|$))/.exec(spec);
+  if (scheme && (OTHER_TRANSPORTS.includes(scheme[1]!) || spec.startsWith(`${scheme[1]}://`))) {
+    bad(`transport "${scheme[1]}:" is not supported (use oci:DIR[:TAG], docker-archive:FILE[:TAG] or REGISTRY/REPO[:TAG])`);
+  }
+  return { transport: 'registry', reference: spec };
+}
+
+export async function openSource(spec: string, options: TransportOptions = {}): Promise<ImageSource> {
+  const ref = parseTransportReference(spec);
+  switch (ref.transport) {
+    case 'oci':
+      return openOciSource(ref);
+    case 'docker-archive':
+      return openDockerArchiveSource(ref);
+    case 'registry':
+      return openRegistrySource(ref.reference, options);
+  }
+}
+
+export async function openSink(spec: string, options: TransportOptions = {}): Promise<ImageSink> {
+  const ref = parseTransportReference(spec);
+  switch (ref.transport) {
+    case 'oci':
+      return openOciSink(ref);
+    case 'docker-archive':
+      return openDockerArchiveSink(ref);
+    case 'registry':
+      return openRegistrySink(ref.reference, options);
+  }
+}

@@ -1,0 +1,335 @@
+// `oci:DIR[:TAG]`: an OCI image layout directory (image-spec image-layout.md): an `oci-layout`
+// marker file, `index.json` naming images by the `org.opencontainers.image.ref.name`
+// annotation, and content-addressed blobs under `blobs/<alg>/<hex>`.
+import { randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { EsgzError } from '../../errors.js';
+import { DigestVerifier, parseDigest, verifyBuffer } from '../digest.js';
+import { MediaType, isIndexMediaType, isManifestMediaType } from '../media-types.js';
+import type { Descriptor, ImageIndex, ImageSink, ImageSource, RawManifest } from '../types.js';
+
+export const REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name';
+const LAYOUT_FILE = 'oci-layout';
+const INDEX_FILE = 'index.json';
+const LAYOUT_VERSION = '1.0.0';
+
+export interface OciReference {
+  dir: string;
+  tag?: string;
+  digest?: string;
+}
+
+export function describeOci(ref: OciReference): string {
+  return `oci:${ref.dir}${ref.tag !== undefined ? `:${ref.tag}` : ''}${ref.digest !== undefined ? `@${ref.digest}` : ''}`;
+}
+
+/** Path of a blob inside a layout; the digest is validated first so it cannot escape `blobs/`. */
+export function blobPath(dir: string, digest: string, where: string): string {
+  const { algorithm, hex } = parseDigest(digest, where);
+  return join(dir, 'blobs', algorithm, hex);
+}
+
+function errnoCode(err: unknown): string | undefined {
+  return (err as NodeJS.ErrnoException | undefined)?.code;
+}
+
+export async function openOciSource(ref: OciReference): Promise<OciLayoutSource> {
+  const where = describeOci(ref);
+  let layout: unknown;
+  try {
+    layout = JSON.parse(await readFile(join(ref.dir, LAYOUT_FILE), 'utf8'));
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') {
+      throw new EsgzError('BAD_LAYOUT', `${where}: not an OCI image layout (no ${LAYOUT_FILE} file in ${ref.dir})`, { cause: err });
+    }
+    throw new EsgzError('BAD_LAYOUT', `${where}: unreadable ${LAYOUT_FILE} file: ${(err as Error).message}`, { cause: err });
+  }
+  const version = (layout as { imageLayoutVersion?: unknown } | null)?.imageLayoutVersion;
+  if (typeof version !== 'string' || !version.startsWith('1.')) {
+    throw new EsgzError('BAD_LAYOUT', `${where}: ${LAYOUT_FILE} has imageLayoutVersion ${JSON.stringify(version)}, expected 1.x`);
+  }
+  const index = await readIndex(ref.dir, where, false);
+  return new OciLayoutSource(ref, where, index);
+}
+
+async function readIndex(dir: string, where: string, allowMissing: boolean): Promise<ImageIndex> {
+  let text: string;
+  try {
+    text = await readFile(join(dir, INDEX_FILE), 'utf8');
+  } catch (err) {
+    if (allowMissing && errnoCode(err) === 'ENOENT') return { schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [] };
+    throw new EsgzError('BAD_LAYOUT', `${where}: cannot read ${INDEX_FILE}: ${(err as Error).message}`, { cause: err });
+  }
+  let index: ImageIndex;
+  try {
+    index = JSON.parse(text) as ImageIndex;
+  } catch (err) {
+    throw new EsgzError('BAD_LAYOUT', `${where}: ${INDEX_FILE} is not valid JSON: ${(err as Error).message}`, { cause: err });
+  }
+  if (index === null || typeof index !== 'object' || !Array.isArray(index.manifests)) {
+    throw new EsgzError('BAD_LAYOUT', `${where}: ${INDEX_FILE} has no "manifests" array`);
+  }
+  return index;
+}
+
+function tagsOf(index: ImageIndex): string[] {
+  return index.manifests.map((m) => m.annotations?.[REF_NAME_ANNOTATION]).filter((t): t is string => t !== undefined);
+}
+
+/** Reads a manifest or index blob, verifies it against `desc`, and names its media type. */
+async function readManifestBlob(
+  dir: string,
+  desc: { digest: string; size?: number; mediaType?: string },
+  where: string,
+): Promise<RawManifest> {
+  const what = `${where} manifest ${desc.digest}`;
+  let bytes: Buffer;
+  try {
+    bytes = await readFile(blobPath(dir, desc.digest, what));
+  } catch (err) {
+    if (err instanceof EsgzError) throw err;
+    if (errnoCode(err) === 'ENOENT') throw new EsgzError('NOT_FOUND', `${what}: blob missing from the layout`, { cause: err });
+    throw new EsgzError('BAD_LAYOUT', `${what}: ${(err as Error).message}`, { cause: err });
+  }
+  verifyBuffer(bytes, desc, what);
+  let parsed: { mediaType?: unknown };
+  try {
+    parsed = JSON.parse(bytes.toString('utf8')) as { mediaType?: unknown };
+  } catch (err) {
+    throw new EsgzError('BAD_MANIFEST', `${what}: not valid JSON`, { cause: err });
+  }
+  const inner = typeof parsed.mediaType === 'string' ? parsed.mediaType : undefined;
+  const mediaType = inner ?? desc.mediaType ?? '';
+  if (!isIndexMediaType(mediaType) && !isManifestMediaType(mediaType)) {
+    throw new EsgzError('UNSUPPORTED', `${what}: media type "${mediaType}" is not an image manifest or index`);
+  }
+  return { bytes, mediaType, digest: desc.digest };
+}
+
+export class OciLayoutSource implements ImageSource {
+  constructor(
+    private readonly ref: OciReference,
+    readonly description: string,
+    private readonly index: ImageIndex,
+  ) {}
+
+  /** The descriptor in index.json the reference names. */
+  rootDescriptor(): { digest: string; size?: number; mediaType?: string } {
+    const { manifests } = this.index;
+    if (this.ref.digest !== undefined) {
+      const byDigest = manifests.find((m) => m.digest === this.ref.digest);
+      if (byDigest) return byDigest;
+      // A digest not listed in index.json may still be a manifest stored in blobs/.
+      return { digest: this.ref.digest };
+    }
+    if (this.ref.tag !== undefined) {
+      const tagged = manifests.filter((m) => m.annotations?.[REF_NAME_ANNOTATION] === this.ref.tag);
+      if (tagged.length === 0) {
+        const tags = tagsOf(this.index);
+        throw new EsgzError(
+          'NOT_FOUND',
+          `${this.description}: no image tagged "${this.ref.tag}" in ${INDEX_FILE} (${tags.length > 0 ? `tags: ${tags.join(', ')}` : 'no tagged images'})`,
+        );
+      }
+      return tagged[tagged.length - 1]!;
+    }
+    if (manifests.length === 1) return manifests[0]!;
+    if (manifests.length === 0) throw new EsgzError('NOT_FOUND', `${this.description}: ${INDEX_FILE} lists no images`);
+    const tags = tagsOf(this.index);
+    throw new EsgzError(
+      'BAD_REFERENCE',
+      `${this.description}: the layout holds ${manifests.length} images; name one as oci:${this.ref.dir}:TAG${tags.length > 0 ? ` (tags: ${tags.join(', ')})` : ''}`,
+    );
+  }
+
+  async fetchRoot(): Promise<RawManifest> {
+    return readManifestBlob(this.ref.dir, this.rootDescriptor(), this.description);
+  }
+
+  fetchManifest(desc: Descriptor): Promise<RawManifest> {
+    return readManifestBlob(this.ref.dir, desc, this.description);
+  }
+
+  async openBlob(desc: Descriptor): Promise<Readable> {
+    const what = `${this.description} blob ${desc.digest}`;
+    const handle = await openBlobFile(this.ref.dir, desc, what);
+    const verifier = new DigestVerifier(desc, what);
+    const stream = handle.createReadStream({ highWaterMark: 1 << 20 });
+    stream.on('error', (err) => verifier.destroy(new EsgzError('BAD_LAYOUT', `${what}: ${err.message}`, { cause: err })));
+    return stream.pipe(verifier);
+  }
+
+  async readBlobRange(desc: Descriptor, offset: number, length: number): Promise<Buffer> {
+    const what = `${this.description} blob ${desc.digest}`;
+    const handle = await openBlobFile(this.ref.dir, desc, what);
+    try {
+      const buf = Buffer.alloc(length);
+      let done = 0;
+      while (done < length) {
+        const { bytesRead } = await handle.read(buf, done, length - done, offset + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+      if (done < length) throw new EsgzError('SIZE_MISMATCH', `${what}: range ${offset}+${length} is past the end of the blob`);
+      return buf;
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async close(): Promise<void> {}
+}
+
+async function openBlobFile(dir: string, desc: Descriptor, what: string) {
+  try {
+    return await open(blobPath(dir, desc.digest, what), 'r');
+  } catch (err) {
+    if (err instanceof EsgzError) throw err;
+    if (errnoCode(err) === 'ENOENT') throw new EsgzError('NOT_FOUND', `${what}: blob missing from the layout`, { cause: err });
+    throw new EsgzError('BAD_LAYOUT', `${what}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** A unique temp name next to `path` (same directory, so the final rename is atomic). */
+function tempNameFor(path: string): string {
+  const slash = path.lastIndexOf('/');
+  return `${path.slice(0, slash + 1)}.tmp-${path.slice(slash + 1, slash + 17)}-${randomBytes(6).toString('hex')}`;
+}
+
+export function openOciSink(ref: OciReference): OciLayoutSink {
+  if (ref.digest !== undefined) {
+    throw new EsgzError('BAD_REFERENCE', `${describeOci(ref)}: a destination cannot be a digest; use oci:DIR[:TAG]`);
+  }
+  return new OciLayoutSink(ref);
+}
+
+/**
+ * Writes blobs to temp names and renames them into place, and updates index.json last (also by
+ * rename), so readers never see a half-written blob or an index entry pointing at missing content.
+ * `abort` removes temp files, blobs this sink added, and the directory if this sink created it.
+ */
+export class OciLayoutSink implements ImageSink {
+  readonly description: string;
+  private prepared: Promise<void> | undefined;
+  private createdDir = false;
+  private readonly tempFiles = new Set<string>();
+  private readonly addedBlobs = new Set<string>();
+
+  constructor(private readonly ref: OciReference) {
+    this.description = describeOci(ref);
+  }
+
+  private prepare(): Promise<void> {
+    this.prepared ??= (async () => {
+      const { dir } = this.ref;
+      try {
+        const info = await stat(dir);
+        if (!info.isDirectory()) throw new EsgzError('BAD_LAYOUT', `${this.description}: ${dir} exists and is not a directory`);
+      } catch (err) {
+        if (err instanceof EsgzError) throw err;
+        if (errnoCode(err) !== 'ENOENT') throw new EsgzError('BAD_LAYOUT', `${this.description}: ${(err as Error).message}`, { cause: err });
+        await mkdir(dir, { recursive: true });
+        this.createdDir = true;
+      }
+      const layoutPath = join(dir, LAYOUT_FILE);
+      try {
+        await stat(layoutPath);
+      } catch {
+        await this.writeAtomically(layoutPath, Buffer.from(`${JSON.stringify({ imageLayoutVersion: LAYOUT_VERSION })}`));
+      }
+      // Fail early (before any blob is copied) when index.json exists but is unusable.
+      await readIndex(dir, this.description, true);
+      await mkdir(join(dir, 'blobs', 'sha256'), { recursive: true });
+    })();
+    return this.prepared;
+  }
+
+  private async writeAtomically(path: string, data: Buffer): Promise<void> {
+    const temp = tempNameFor(path);
+    this.tempFiles.add(temp);
+    try {
+      await writeFile(temp, data);
+      await rename(temp, path);
+    } finally {
+      this.tempFiles.delete(temp);
+      await rm(temp, { force: true });
+    }
+  }
+
+  async hasBlob(desc: Descriptor): Promise<boolean> {
+    await this.prepare();
+    try {
+      const info = await stat(blobPath(this.ref.dir, desc.digest, `${this.description} blob`));
+      return info.isFile() && info.size === desc.size;
+    } catch (err) {
+      if (err instanceof EsgzError) throw err;
+      return false;
+    }
+  }
+
+  async putBlob(desc: Descriptor, openStream: () => Promise<Readable> | Readable): Promise<void> {
+    if (await this.hasBlob(desc)) return;
+    const what = `${this.description} blob ${desc.digest}`;
+    const path = blobPath(this.ref.dir, desc.digest, what);
+    await mkdir(join(path, '..'), { recursive: true });
+    const temp = tempNameFor(path);
+    this.tempFiles.add(temp);
+    try {
+      // Verify what we store: a sink never renames a wrong blob into its content address.
+      await pipeline(await openStream(), new DigestVerifier(desc, what), createWriteStream(temp));
+      await rename(temp, path);
+      this.addedBlobs.add(path);
+    } finally {
+      this.tempFiles.delete(temp);
+      await rm(temp, { force: true });
+    }
+  }
+
+  async putManifest(manifest: RawManifest): Promise<void> {
+    await this.prepare();
+    const what = `${this.description} manifest ${manifest.digest}`;
+    verifyBuffer(manifest.bytes, { digest: manifest.digest }, what);
+    const path = blobPath(this.ref.dir, manifest.digest, what);
+    try {
+      const info = await stat(path);
+      if (info.size === manifest.bytes.length) return;
+    } catch {
+      // not there yet
+    }
+    await mkdir(join(path, '..'), { recursive: true });
+    await this.writeAtomically(path, manifest.bytes);
+    this.addedBlobs.add(path);
+  }
+
+  async commit(root: RawManifest): Promise<void> {
+    await this.putManifest(root);
+    const index = await readIndex(this.ref.dir, this.description, true);
+    const entry: Descriptor = { mediaType: root.mediaType, digest: root.digest, size: root.bytes.length };
+    const { tag } = this.ref;
+    if (tag !== undefined) entry.annotations = { [REF_NAME_ANNOTATION]: tag };
+    // One entry per tag: the new image replaces whatever the tag named before. Untagged writes
+    // only avoid listing the same untagged digest twice.
+    const kept = index.manifests.filter((m) => {
+      const name = m.annotations?.[REF_NAME_ANNOTATION];
+      return tag !== undefined ? name !== tag : !(name === undefined && m.digest === root.digest);
+    });
+    const next: ImageIndex = { ...index, schemaVersion: 2, mediaType: index.mediaType ?? MediaType.ociIndex, manifests: [...kept, entry] };
+    await this.writeAtomically(join(this.ref.dir, INDEX_FILE), Buffer.from(JSON.stringify(next)));
+    this.addedBlobs.clear();
+  }
+
+  async abort(): Promise<void> {
+    for (const temp of this.tempFiles) await rm(temp, { force: true });
+    this.tempFiles.clear();
+    if (this.createdDir) {
+      await rm(this.ref.dir, { recursive: true, force: true });
+      return;
+    }
+    for (const path of this.addedBlobs) await rm(path, { force: true });
+    this.addedBlobs.clear();
+  }
+}
