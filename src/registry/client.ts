@@ -233,13 +233,7 @@ export class RegistryClient {
       await response.body.dump();
       throw new EsgzError('REGISTRY', `${what}: registry answered range "${contentRange}"`);
     }
-    let data: Buffer;
-    try {
-      data = await readCapped(response.body, length, what);
-    } catch (err) {
-      if (err instanceof EsgzError) throw err;
-      throw new EsgzError('SIZE_MISMATCH', `${what}: truncated: ${(err as Error).message}`, { cause: err });
-    }
+    const data = await readCapped(response.body, length, what);
     if (data.length !== length) throw new EsgzError('SIZE_MISMATCH', `${what}: truncated: got ${data.length} of ${length} bytes`);
     return data;
   }
@@ -550,7 +544,13 @@ export class RegistryClient {
       const text = (await readCapped(response.body, 64 * 1024, where).catch(() => Buffer.alloc(0))).toString('utf8');
       throw new EsgzError('REGISTRY', `${where}: HTTP ${response.statusCode}${text ? `: ${firstLine(text)}` : ''}`);
     }
-    const answer = JSON.parse((await readCapped(response.body, 1024 * 1024, where)).toString('utf8')) as { token?: string; access_token?: string; expires_in?: number };
+    let answer: { token?: string; access_token?: string; expires_in?: number };
+    try {
+      answer = JSON.parse((await readCapped(response.body, 1024 * 1024, where)).toString('utf8')) as typeof answer;
+    } catch (err) {
+      if (err instanceof EsgzError) throw err;
+      throw new EsgzError('REGISTRY', `${where}: answer is not JSON`, { cause: err });
+    }
     const token = answer.token ?? answer.access_token;
     if (!token) throw new EsgzError('REGISTRY', `${where}: answer has no token`);
     // Spec default lifetime is 60 s; renew a little early so a token does not expire in flight.
@@ -681,16 +681,22 @@ function manifestMediaType(bytes: Buffer, contentType: string | undefined, what:
   throw new EsgzError('BAD_MANIFEST', `${what}: unknown manifest type (Content-Type ${contentType ?? 'none'})`);
 }
 
+/** Reads a whole (small) response body; a connection lost midway is a one-line "truncated" error. */
 async function readCapped(body: AsyncIterable<Buffer | Uint8Array>, max: number, what: string): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let total = 0;
-  for await (const chunk of body) {
-    total += chunk.length;
-    if (total > max) {
-      (body as unknown as Readable).destroy?.();
-      throw new EsgzError('SIZE_MISMATCH', `${what}: response larger than ${max} bytes`);
+  try {
+    for await (const chunk of body) {
+      total += chunk.length;
+      if (total > max) {
+        (body as unknown as Readable).destroy?.();
+        throw new EsgzError('SIZE_MISMATCH', `${what}: response larger than ${max} bytes`);
+      }
+      chunks.push(Buffer.from(chunk));
     }
-    chunks.push(Buffer.from(chunk));
+  } catch (err) {
+    if (err instanceof EsgzError) throw err;
+    throw new EsgzError('SIZE_MISMATCH', `${what}: truncated: connection lost after ${total} bytes (${describeNetworkError(err)})`, { cause: err });
   }
   return Buffer.concat(chunks, total);
 }

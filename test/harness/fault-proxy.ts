@@ -6,6 +6,7 @@
  *   proxy.corrupt({ path: digest });                   // flip one byte of the next matching body
  *   proxy.truncate({ path: digest, afterBytes: 100 }); // send 100 body bytes, then drop the connection
  *   proxy.reset({ path: '/manifests/' });              // drop the connection without answering
+ *   proxy.redirect('http://elsewhere/blob', { path }); // 307 to another location
  *   proxy.setBandwidth(1_000_000);                     // all responses share 1 MB/s
  *   proxy.count({ method: 'GET', path: '/blobs/' });   // requests seen so far (access log)
  *   ... point the client at proxy.address (plain HTTP) ...
@@ -38,7 +39,7 @@ export interface AccessLogEntry {
   /** Response body bytes sent to the client. */
   bytes: number;
   /** The fault applied, if any. */
-  fault?: 'fail' | 'corrupt' | 'truncate' | 'reset';
+  fault?: 'fail' | 'corrupt' | 'truncate' | 'reset' | 'redirect';
   /** Request headers as received (lower-cased names), e.g. to check Range or Authorization. */
   headers: http.IncomingHttpHeaders;
 }
@@ -58,6 +59,8 @@ export interface FaultProxy {
   truncate(rule?: FaultRule & { afterBytes?: number }): void;
   /** Drop the connection without any response (like ECONNRESET). */
   reset(rule?: FaultRule): void;
+  /** Answer 307 with `Location: location` (e.g. a blob moved to a storage host) without forwarding. */
+  redirect(location: string, rule?: FaultRule): void;
   /** Limit the total response body rate over all connections; `undefined` removes the limit. */
   setBandwidth(bytesPerSecond: number | undefined): void;
   /** Forget faults not yet consumed. */
@@ -68,8 +71,9 @@ export interface FaultProxy {
 }
 
 interface PendingFault {
-  kind: 'fail' | 'corrupt' | 'truncate' | 'reset';
+  kind: 'fail' | 'corrupt' | 'truncate' | 'reset' | 'redirect';
   match: RequestMatch;
+  location?: string;
   remaining: number;
   status?: number;
   offset?: number;
@@ -119,6 +123,12 @@ export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
     if (fault?.kind === 'reset') {
       req.resume();
       req.socket.destroy();
+      return;
+    }
+    if (fault?.kind === 'redirect') {
+      req.resume();
+      entry.status = 307;
+      res.writeHead(307, { location: fault.location!, 'content-length': 0 }).end();
       return;
     }
     if (fault?.kind === 'fail') {
@@ -212,6 +222,7 @@ export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
     corrupt: (rule = {}) => add('corrupt', rule, rule.offset !== undefined ? { offset: rule.offset } : {}),
     truncate: (rule = {}) => add('truncate', rule, rule.afterBytes !== undefined ? { afterBytes: rule.afterBytes } : {}),
     reset: (rule = {}) => add('reset', rule),
+    redirect: (location, rule = {}) => add('redirect', rule, { location }),
     setBandwidth: (limit) => {
       bytesPerSecond = limit;
       linkFreeAt = 0;

@@ -21,9 +21,12 @@ export interface TokenServerOptions {
   service?: string;
   /** Token lifetime in seconds. */
   expiresIn?: number;
+  /** OAuth refresh tokens (docker's identity tokens) -> username, for POST grant_type=refresh_token. */
+  refreshTokens?: Record<string, string>;
 }
 
 export interface TokenRequestRecord {
+  method: string;
   user: string | undefined;
   scopes: string[];
   status: number;
@@ -56,18 +59,27 @@ export async function startTokenServer(options: TokenServerOptions): Promise<Tok
   const expiresIn = options.expiresIn ?? 300;
   const requests: TokenRequestRecord[] = [];
 
-  const server = http.createServer((req, res) => {
+  const server = http.createServer(async (req, res) => {
     const url = new URL(req.url ?? '/', 'http://token');
-    const scopes = url.searchParams.getAll('scope').flatMap((s) => s.split(' ')).filter((s) => s.length > 0);
-    const user = basicUser(req.headers.authorization);
-    const record: TokenRequestRecord = { user: user?.name, scopes, status: 200 };
+    let params = url.searchParams;
+    let user = basicUser(req.headers.authorization);
+    if (req.method === 'POST') {
+      // OAuth2 form post: a refresh token stands in for the user's credentials.
+      const chunks: Buffer[] = [];
+      for await (const chunk of req) chunks.push(chunk as Buffer);
+      params = new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
+      const name = params.get('grant_type') === 'refresh_token' ? options.refreshTokens?.[params.get('refresh_token') ?? ''] : undefined;
+      user = name !== undefined ? { name, password: options.users[name] ?? '' } : { name: '(bad refresh token)', password: '\0' };
+    }
+    const scopes = params.getAll('scope').flatMap((s) => s.split(' ')).filter((s) => s.length > 0);
+    const record: TokenRequestRecord = { method: req.method ?? 'GET', user: user?.name, scopes, status: 200 };
     requests.push(record);
     const reply = (status: number, body: unknown): void => {
       record.status = status;
       res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
     };
     if (url.pathname !== '/token') return reply(404, { error: 'not found' });
-    if (url.searchParams.get('service') !== service) return reply(400, { error: 'wrong service' });
+    if (params.get('service') !== service) return reply(400, { error: 'wrong service' });
     if (user !== undefined && options.users[user.name] !== user.password) return reply(401, { errors: [{ code: 'UNAUTHORIZED', message: 'bad credentials' }] });
 
     const access = scopes.flatMap((scope) => {

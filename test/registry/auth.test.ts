@@ -1,10 +1,14 @@
 // Auth against real registries: htpasswd Basic, Bearer tokens from the harness token server,
 // credentials from docker config (auths, credHelpers, credsStore, $DOCKER_CONFIG), and TLS.
 import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { openRegistrySink, openRegistrySource, type RegistryOptions } from '../../src/image/transports/registry.js';
+import { RegistryClient } from '../../src/registry/client.js';
+import { startFaultProxy } from '../harness/fault-proxy.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { readAll, rejection, streamOf, tinyImage, uniqueRepo } from './helpers.js';
 
@@ -156,6 +160,43 @@ fi
     });
   });
 
+  it('follows a blob redirect to storage without sending the credentials there, and still verifies', async () => {
+    const dir = await dockerConfig({ auths: { [registry.address]: { auth: basicAuth('alice', 'wonder land') } } });
+    const repo = uniqueRepo('redirect');
+    const image = tinyImage(30_000);
+    const sink = await openRegistrySink(`${registry.address}/${repo}:r`, { plainHttp: true, dockerConfigDir: dir });
+    await sink.putBlob(image.layer.desc, () => streamOf(image.layer.bytes));
+    await sink.abort();
+
+    // A "storage" host that serves the blob (or, on request, wrong bytes) and records what it was sent.
+    const seen: http.IncomingHttpHeaders[] = [];
+    const storage = http.createServer((req, res) => {
+      seen.push(req.headers);
+      const bytes = req.url === '/wrong' ? Buffer.alloc(image.layer.bytes.length, 7) : image.layer.bytes;
+      res.writeHead(200, { 'content-length': bytes.length }).end(bytes);
+    });
+    await new Promise<void>((resolve) => storage.listen(0, '127.0.0.1', resolve));
+    const storageUrl = `http://127.0.0.1:${(storage.address() as AddressInfo).port}`;
+    const proxy = await startFaultProxy(registry.address);
+    try {
+      const source = await openRegistrySource(`${proxy.address}/${repo}:r`, { plainHttp: true, dockerConfigDir: await dockerConfig({ auths: { [proxy.address]: { auth: basicAuth('alice', 'wonder land') } } }) });
+      proxy.redirect(`${storageUrl}/blob`, { method: 'GET', path: image.layer.desc.digest });
+      expect((await readAll(await source.openBlob(image.layer.desc))).equals(image.layer.bytes)).toBe(true);
+      const redirected = proxy.log.find((e) => e.fault === 'redirect')!;
+      expect(redirected.headers.authorization).toMatch(/^Basic /);
+      expect(seen).toHaveLength(1);
+      expect(seen[0]!.authorization).toBeUndefined();
+
+      proxy.redirect(`${storageUrl}/wrong`, { method: 'GET', path: image.layer.desc.digest });
+      const err = await rejection(readAll(await source.openBlob(image.layer.desc)));
+      expect(err.code).toBe('DIGEST_MISMATCH');
+      await source.close();
+    } finally {
+      await proxy.close();
+      await new Promise<void>((resolve) => storage.close(() => resolve()));
+    }
+  });
+
   it('names a malformed config.json', async () => {
     configCount += 1;
     const dir = path.join(tmp, `broken-${configCount}`);
@@ -172,7 +213,7 @@ fi
 describe('Bearer token auth', () => {
   let registry: RunningRegistry;
   beforeAll(async () => {
-    registry = await startRegistry({ token: { users: { bob: 'builder' }, anonymousPull: true } });
+    registry = await startRegistry({ token: { users: { bob: 'builder' }, anonymousPull: true, refreshTokens: { 'refresh-for-bob': 'bob' } } });
   });
   afterAll(async () => registry.stop());
 
@@ -223,6 +264,36 @@ describe('Bearer token auth', () => {
     await anonymous.abort();
   });
 
+  it('mounts across repositories with a token covering both', async () => {
+    const dir = await dockerConfig({ auths: { [registry.address]: { auth: basicAuth('bob', 'builder') } } });
+    const from = uniqueRepo('bearer-from');
+    const to = uniqueRepo('bearer-to');
+    const image = tinyImage(8_000);
+    const client = new RegistryClient(registry.address, { plainHttp: true, dockerConfigDir: dir });
+    expect(await client.uploadBlob(from, image.layer.desc, () => streamOf(image.layer.bytes))).toBe('uploaded');
+    const requests = registry.tokenServer!.requests;
+    requests.length = 0;
+    expect(await client.uploadBlob(to, image.layer.desc, () => streamOf(image.layer.bytes), { mountFrom: from })).toBe('mounted');
+    expect(requests.some((r) => r.scopes.includes(`repository:${from}:pull`) && r.scopes.includes(`repository:${to}:pull,push`))).toBe(true);
+    expect(await client.headBlob(to, image.layer.desc.digest)).toBe(image.layer.desc.size);
+    await client.close();
+  });
+
+  it('exchanges an identity token (refresh token) for access tokens', async () => {
+    const dir = await dockerConfig({ auths: { [registry.address]: { identitytoken: 'refresh-for-bob' } } });
+    const requests = registry.tokenServer!.requests;
+    requests.length = 0;
+    await pushAndPull(registry.address, { dockerConfigDir: dir });
+    expect(requests.length).toBeGreaterThan(0);
+    expect(requests.every((r) => r.method === 'POST' && r.user === 'bob' && r.status === 200)).toBe(true);
+
+    const bad = await dockerConfig({ auths: { [registry.address]: { identitytoken: 'stolen' } } });
+    const source = await openRegistrySource(`${registry.address}/x/y:z`, { plainHttp: true, dockerConfigDir: bad });
+    const err = await rejection(source.fetchRoot());
+    expect(err.code).toBe('UNAUTHORIZED');
+    await source.close();
+  });
+
   it('fails with one UNAUTHORIZED line when the token server refuses the credentials', async () => {
     const dir = await dockerConfig({ auths: { [registry.address]: { auth: basicAuth('bob', 'nope') } } });
     const source = await openRegistrySource(`${registry.address}/x/y:z`, { plainHttp: true, dockerConfigDir: dir });
@@ -231,6 +302,30 @@ describe('Bearer token auth', () => {
     expect(err.message).toContain('"bob"');
     expect(err.message).toContain(registry.tokenServer!.realm);
     expect(err.message).not.toContain('\n');
+    await source.close();
+  });
+});
+
+describe('Bearer token expiry', () => {
+  let registry: RunningRegistry;
+  beforeAll(async () => {
+    registry = await startRegistry({ token: { users: {}, anonymousPull: true, expiresIn: 2 } });
+  });
+  afterAll(async () => registry.stop());
+
+  it('reuses a token while it is valid and fetches a new one when it expires', async () => {
+    const dir = await dockerConfig({});
+    const source = await openRegistrySource(`${registry.address}/x/y:z`, { plainHttp: true, dockerConfigDir: dir });
+    const requests = registry.tokenServer!.requests;
+    requests.length = 0;
+    await rejection(source.fetchRoot());
+    await rejection(source.fetchRoot());
+    expect(requests).toHaveLength(1);
+    await new Promise((resolve) => setTimeout(resolve, 2_100));
+    const err = await rejection(source.fetchRoot());
+    // The pull was allowed (anonymous pull); the repository just does not exist.
+    expect(err.code).toBe('NOT_FOUND');
+    expect(requests).toHaveLength(2);
     await source.close();
   });
 });

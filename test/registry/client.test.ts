@@ -172,6 +172,33 @@ describe('registry transport', () => {
     await source.close();
   });
 
+  it('pushes and pulls Docker schema 2 manifests and manifest lists with their media types', async () => {
+    const repo = uniqueRepo('docker');
+    const layer = randomBlob(4_000, MediaType.dockerLayerGzip);
+    const config = randomBlob(300, MediaType.dockerConfig);
+    const manifest = rawManifest({ schemaVersion: 2, mediaType: MediaType.dockerManifest, config: config.desc, layers: [layer.desc] }, MediaType.dockerManifest);
+    const list = rawManifest(
+      { schemaVersion: 2, mediaType: MediaType.dockerManifestList, manifests: [{ mediaType: MediaType.dockerManifest, digest: manifest.digest, size: manifest.bytes.length, platform: { os: 'linux', architecture: 'arm64' } }] },
+      MediaType.dockerManifestList,
+    );
+    const sink = await openRegistrySink(`${proxy.address}/${repo}:list`, { plainHttp: true });
+    await sink.putBlob(layer.desc, () => streamOf(layer.bytes));
+    await sink.putBlob(config.desc, () => streamOf(config.bytes));
+    await sink.putManifest(manifest);
+    await sink.commit(list);
+    proxy.clearLog();
+    const source = await openRegistrySource(`${proxy.address}/${repo}:list`, { plainHttp: true });
+    const root = await source.fetchRoot();
+    expect(root.mediaType).toBe(MediaType.dockerManifestList);
+    expect(root.bytes.equals(list.bytes)).toBe(true);
+    const child = await source.fetchManifest({ mediaType: MediaType.dockerManifest, digest: manifest.digest, size: manifest.bytes.length });
+    expect(child.mediaType).toBe(MediaType.dockerManifest);
+    // Both OCI and Docker types are accepted, so the registry never converts.
+    const accept = String(proxy.log.find((e) => e.path.endsWith('/manifests/list'))!.headers.accept);
+    for (const type of [MediaType.ociIndex, MediaType.ociManifest, MediaType.dockerManifestList, MediaType.dockerManifest]) expect(accept).toContain(type);
+    await source.close();
+  });
+
   it('falls back to plain HTTP for a loopback registry that refuses TLS', async () => {
     const repo = uniqueRepo('fallback');
     const image = await pushTinyImage(`${proxy.address}/${repo}:f`);
