@@ -1,0 +1,145 @@
+// Damaged zstd:chunked blobs and damaged zstd sources: one-line EsgzErrors that say what and where.
+import { beforeAll, describe, expect, it } from 'vitest';
+import { EsgzError } from '../../src/errors.js';
+import { bufferBlobReader, EstargzReader } from '../../src/estargz/reader.js';
+import { decompressFrames, skippableFrame } from '../../src/estargz/zstdchunked/format.js';
+import { buildTar, dir, file, generatedFile, type TarEntry } from '../fixtures/tar.js';
+import { convertZstd, rawFooter, zstdCli } from './helpers.js';
+
+const CHUNK = 32 * 1024;
+const entries: TarEntry[] = [dir('a'), generatedFile('a/data', 3 * CHUNK + 7), file('a/small', 'hello')];
+
+async function expectEsgzError(promise: Promise<unknown>, code: string, ...fragments: string[]): Promise<EsgzError> {
+  const err = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err, 'expected an EsgzError').toBeInstanceOf(EsgzError);
+  const e = err as EsgzError;
+  expect(e.code, e.message).toBe(code);
+  for (const f of fragments) expect(e.message).toContain(f);
+  expect(e.message).not.toContain('\n');
+  return e;
+}
+
+const open = (blob: Buffer, expectedTOCDigest?: string) => EstargzReader.open(bufferBlobReader(blob), { where: 'layer X', expectedTOCDigest });
+
+let tar: Buffer;
+let blob: Buffer;
+let tocDigest: string;
+/** Offset of the compressed TOC (after its skippable header). */
+let tocAt: number;
+
+beforeAll(async () => {
+  tar = await buildTar(entries);
+  const out = await convertZstd(tar, { chunkSize: CHUNK });
+  blob = out.blob;
+  tocDigest = out.result.tocDigest;
+  tocAt = Number(rawFooter(blob).offset);
+  // Sanity: the undamaged blob opens and verifies.
+  await (await open(blob, tocDigest)).verifyAll();
+});
+
+function patched(edit: (b: Buffer) => void): Buffer {
+  const copy = Buffer.from(blob);
+  edit(copy);
+  return copy;
+}
+
+describe('footer', () => {
+  it('wrong magic', async () => {
+    const bad = patched((b) => b.write('XnUlInUx', b.length - 8, 'latin1'));
+    await expectEsgzError(open(bad), 'BAD_FORMAT', 'layer X', 'wrong magic');
+  });
+
+  it('footer frame whose length field lies', async () => {
+    const bad = patched((b) => b.writeUInt32LE(41, b.length - 44));
+    await expectEsgzError(open(bad), 'BAD_FORMAT', 'layer X', 'skippable footer frame');
+  });
+
+  it('TOC offset beyond the blob', async () => {
+    const bad = patched((b) => b.writeBigUInt64LE(BigInt(b.length), b.length - 40));
+    await expectEsgzError(open(bad), 'BAD_FORMAT', 'does not lie inside the blob');
+  });
+
+  it('unsupported manifest type', async () => {
+    const bad = patched((b) => b.writeBigUInt64LE(2n, b.length - 16));
+    await expectEsgzError(open(bad), 'BAD_FORMAT', 'manifest type 2');
+  });
+
+  it('truncated blob: no footer at all', async () => {
+    await expectEsgzError(open(blob.subarray(0, blob.length - 100)), 'BAD_FORMAT', 'layer X', 'no eStargz or zstd:chunked footer');
+  });
+});
+
+describe('TOC', () => {
+  it('TOC skippable frame with a lying length', async () => {
+    const bad = patched((b) => b.writeUInt32LE(b.readUInt32LE(tocAt - 4) + 1000, tocAt - 4));
+    await expectEsgzError(open(bad), 'BAD_FORMAT', 'layer X', 'skippable frame says');
+  });
+
+  it('TOC not in a skippable frame', async () => {
+    const bad = patched((b) => b.writeUInt32LE(0x12345678, tocAt - 8));
+    await expectEsgzError(open(bad), 'BAD_FORMAT', 'zstd');
+  });
+
+  it('corrupt compressed TOC bytes', async () => {
+    const bad = patched((b) => {
+      const mid = tocAt + Math.floor(b.readUInt32LE(tocAt - 4) / 2);
+      b[mid] = b[mid]! ^ 0xff;
+    });
+    await expectEsgzError(open(bad), 'BAD_FORMAT', 'layer X', 'zstd:chunked TOC');
+  });
+
+  it('TOC digest different from the descriptor annotation', async () => {
+    await expectEsgzError(open(blob, `sha256:${'0'.repeat(64)}`), 'DIGEST_MISMATCH', 'TOC digest');
+  });
+});
+
+describe('data frames', () => {
+  it('a corrupted data frame fails its zstd checksum or its chunk digest', async () => {
+    const reader = await open(blob);
+    const chunk = reader.chunks('a/data')[1]!;
+    const bad = patched((b) => {
+      const at = chunk.compressedOffset + Math.floor((chunk.compressedEnd - chunk.compressedOffset) / 2);
+      b[at] = b[at]! ^ 0x55;
+    });
+    const damaged = await open(bad);
+    const err = await expectEsgzError(damaged.readFile('a/data'), 'BAD_FORMAT', 'layer X', 'a/data');
+    expect(err.message).toMatch(/zstd frame at offset \d+/);
+  });
+
+  it('frames cut short, stray bytes, and a skippable frame running past the data', () => {
+    const frame = zstdCli(['-c', '-q'], Buffer.from('hello world'));
+    expect(decompressFrames(Buffer.concat([frame, skippableFrame(Buffer.from('meta')), frame]), 'm').toString()).toBe('hello worldhello world');
+    expect(() => decompressFrames(frame.subarray(0, frame.length - 3), 'm', 100)).toThrow(/zstd frame at offset 100 is truncated or corrupt/);
+    expect(() => decompressFrames(Buffer.concat([frame, Buffer.from('xyz')]), 'm')).toThrow(/3 stray bytes at offset/);
+    expect(() => decompressFrames(Buffer.from('not zstd at all'), 'm')).toThrow(/no zstd frame at offset 0/);
+    const lying = Buffer.concat([frame, skippableFrame(Buffer.alloc(10)).subarray(0, 8), Buffer.alloc(4)]);
+    lying.writeUInt32LE(1000, frame.length + 4);
+    expect(() => decompressFrames(lying, 'm')).toThrow(/skippable frame at offset \d+ says 1000 bytes but only 4 follow/);
+    for (const bad of [frame.subarray(0, 3), Buffer.from('xyz')]) {
+      try {
+        decompressFrames(bad, 'm');
+        expect.unreachable();
+      } catch (err) {
+        expect(err).toBeInstanceOf(EsgzError);
+        expect((err as EsgzError).code).toBe('BAD_FORMAT');
+      }
+    }
+  });
+});
+
+describe('zstd source layers', () => {
+  it('a truncated zstd source is BAD_LAYER, not a short blob', async () => {
+    const source = zstdCli(['-c', '-q'], tar);
+    // convertBuffer (test/estargz/helpers.ts) names the source "test layer" when decompressing it.
+    await expectEsgzError(convertZstd(source.subarray(0, source.length - 50)), 'BAD_LAYER', 'test layer', 'zstd', 'ended in middle');
+  });
+
+  it('a corrupt zstd source is BAD_LAYER', async () => {
+    const source = Buffer.from(zstdCli(['-c', '-q'], tar));
+    source[Math.floor(source.length / 2)] ^= 0xff;
+    await expectEsgzError(convertZstd(source), 'BAD_LAYER', 'test layer', 'zstd');
+  });
+});
