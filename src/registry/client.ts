@@ -106,8 +106,9 @@ export class RegistryClient {
     });
   }
 
+  /** Drops every connection; a blob stream still being read errors (so close never waits on a stalled consumer). */
   async close(): Promise<void> {
-    await this.agent.close();
+    await this.agent.destroy();
   }
 
   // ---- manifests ----

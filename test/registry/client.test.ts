@@ -64,6 +64,17 @@ describe('registry transport', () => {
     expect(Buffer.from(stdout).equals(image.manifest.bytes)).toBe(true);
   });
 
+  it('HEADs manifests by tag and digest', async () => {
+    const repo = uniqueRepo('head');
+    const image = await pushTinyImage(`${proxy.address}/${repo}:h`);
+    const client = new RegistryClient(proxy.address, { plainHttp: true });
+    const expected = { mediaType: MediaType.ociManifest, digest: image.manifest.digest, size: image.manifest.bytes.length };
+    expect(await client.headManifest(repo, 'h')).toEqual(expected);
+    expect(await client.headManifest(repo, image.manifest.digest)).toEqual(expected);
+    expect(await client.headManifest(repo, 'missing')).toBeUndefined();
+    await client.close();
+  });
+
   it('pulls by digest and rejects a destination digest that differs from the image', async () => {
     const repo = uniqueRepo('bydigest');
     const image = await pushTinyImage(`${proxy.address}/${repo}:t`);
