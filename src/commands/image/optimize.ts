@@ -1,0 +1,189 @@
+import { Args, Flags } from '@oclif/core';
+import { BaseCommand } from '../../cli/base.js';
+import { EsgzError } from '../../errors.js';
+import { readPrefetchList } from '../../estargz/priority.js';
+import { parsePlatform } from '../../image/platform.js';
+import { openSink, openSource } from '../../image/transports/index.js';
+import { optimizeImage, type OptimizeReport } from '../../optimizer/optimize-image.js';
+import { parseCommaList, parseJsonArrayFlag, parseMountFlag, type RunOptions } from '../../runtime/spec.js';
+
+export default class ImageOptimize extends BaseCommand<typeof ImageOptimize> {
+  static override description = `Run the image's workload under runc, trace the files it touches, and write eStargz (or zstd:chunked) with those files prefetched first
+
+Like ctr-remote's optimize, without containerd: the layers are unpacked into overlayfs, the
+workload runs with runc for --period seconds (or until it exits, --wait-on-line matches, or
+Ctrl-C with --wait-on-signal), and fanotify records every file executed, opened or read. Each
+layer is then converted with its accessed files before the .prefetch.landmark, in access order.
+Needs root (runc, overlayfs, fanotify). Platforms this machine cannot run are converted without
+optimization.`;
+
+  static override examples = [
+    {
+      description: 'Optimize for a shell command, push to a local registry',
+      command: `<%= config.bin %> image optimize --plain-http --oci --entrypoint '["/bin/sh","-c"]' --args '["cat /etc/hello; ls /bin"]' localhost:5000/busybox:latest localhost:5000/busybox:esgz`,
+    },
+    {
+      description: 'Wait until a server says it is ready, keep the trace, write zstd:chunked',
+      command: `<%= config.bin %> image optimize --oci --zstdchunked --wait-on-line "ready to accept connections" --record-out trace.json registry.example.com/app:1 registry.example.com/app:1-zstdchunked`,
+    },
+    {
+      description: 'Convert without running (same flags as convert), OCI layout to OCI layout',
+      command: '<%= config.bin %> image optimize --no-optimize --oci oci:./in:latest oci:./out:latest',
+    },
+  ];
+
+  static override args = {
+    source: Args.string({ description: 'Source image: REGISTRY/REPO[:TAG|@DIGEST], oci:DIR[:TAG], docker-archive:FILE[:TAG]', required: true }),
+    target: Args.string({ description: 'Destination image (same forms)', required: true }),
+  };
+
+  static override flags = {
+    // Conversion (ctr-remote optimize)
+    reuse: Flags.boolean({ description: 'Keep layers that already are eStargz (zstd:chunked) and that the workload did not touch', default: false }),
+    platform: Flags.string({ description: 'Convert this platform (os/arch[/variant]); default: this machine\'s', multiple: true }),
+    'all-platforms': Flags.boolean({ description: 'Convert every platform of the index (only this machine\'s is profiled)', default: false }),
+    'no-optimize': Flags.boolean({ description: 'Convert without running the workload', default: false }),
+    'record-out': Flags.string({ description: 'Write the trace to FILE in ctr-remote\'s record format (readable by convert --estargz-record-in)' }),
+    'prefetch-list': Flags.string({ description: 'File of paths (one a line, globs allowed) added to every layer\'s prioritized files' }),
+    oci: Flags.boolean({ description: 'Convert Docker media types to OCI media types', default: false }),
+    zstdchunked: Flags.boolean({ description: 'Write zstd:chunked instead of eStargz (needs --oci)', default: false }),
+    'estargz-compression-level': Flags.integer({ description: 'eStargz gzip level', default: 9, min: 1, max: 12 }),
+    'estargz-chunk-size': Flags.integer({ description: 'eStargz chunk size in bytes (0: default 4 MiB)', default: 0, min: 0 }),
+    'estargz-min-chunk-size': Flags.integer({ description: 'Smallest number of bytes written in one gzip member (0: off)', default: 0, min: 0 }),
+    'estargz-external-toc': Flags.boolean({ description: 'Put the TOC in a separate image (not implemented yet)', default: false }),
+    'zstdchunked-compression-level': Flags.integer({ description: 'zstd:chunked compression level', default: 3, min: 1, max: 22 }),
+    // Workload (ctr-remote's sampler flags)
+    terminal: Flags.boolean({ char: 't', description: 'Allocate a terminal for the workload (needs -i)', default: false }),
+    i: Flags.boolean({ char: 'i', description: 'Attach stdin to the workload', default: false }),
+    period: Flags.integer({ description: 'Seconds to run the workload before stopping it', default: 10, min: 1 }),
+    'wait-on-signal': Flags.boolean({ description: 'Run until Ctrl-C instead of --period, then convert', default: false }),
+    'wait-on-line': Flags.string({ description: 'Stop the workload once a stdout line contains this string' }),
+    user: Flags.string({ description: 'user[:group] to run as (names looked up in the image)' }),
+    cwd: Flags.string({ description: 'Working directory (overrides the image\'s)' }),
+    args: Flags.string({ description: 'Command arguments as a JSON array (overrides the image\'s Cmd)' }),
+    entrypoint: Flags.string({ description: 'Entrypoint as a JSON array (overrides the image\'s)' }),
+    env: Flags.string({ description: 'KEY=VALUE added to the environment (repeatable)', multiple: true }),
+    'env-file': Flags.string({ description: 'File of KEY=VALUE lines added to the environment' }),
+    mount: Flags.string({ description: 'Extra mount, e.g. type=bind,source=/src,destination=/dst,options=rbind:ro (repeatable)', multiple: true }),
+    'dns-nameservers': Flags.string({ description: 'Comma-separated nameservers for /etc/resolv.conf', default: '8.8.8.8' }),
+    'dns-search-domains': Flags.string({ description: 'Comma-separated search domains for /etc/resolv.conf' }),
+    'dns-options': Flags.string({ description: 'Comma-separated options for /etc/resolv.conf' }),
+    'add-hosts': Flags.string({ description: 'Comma-separated host:IP entries for /etc/hosts' }),
+    'net-host': Flags.boolean({ description: 'Use the host network (default: a private network with loopback only)', default: false }),
+  };
+
+  async run(): Promise<void> {
+    const { args } = await this.parse(ImageOptimize);
+    const flags = this.flags;
+    if (flags['no-optimize'] && flags['prefetch-list']) throw new EsgzError('BAD_FLAG', '--no-optimize and --prefetch-list cannot be used together');
+    if (flags.zstdchunked && !flags.oci) throw new EsgzError('BAD_FLAG', 'option --zstdchunked must be used in conjunction with --oci');
+    if (flags['wait-on-signal'] && flags.terminal) throw new EsgzError('BAD_FLAG', '--wait-on-signal cannot be used with --terminal');
+    if (flags.terminal && !flags.i) throw new EsgzError('BAD_FLAG', '--terminal must be used with -i');
+    if ((flags.platform?.length ?? 0) > 1) throw new EsgzError('BAD_FLAG', 'give one --platform (or --all-platforms)');
+    if (flags.platform?.length && flags['all-platforms']) throw new EsgzError('BAD_FLAG', '--platform and --all-platforms cannot be used together');
+
+    const run: RunOptions = {
+      entrypoint: flags.entrypoint ? parseJsonArrayFlag('entrypoint', flags.entrypoint) : undefined,
+      args: flags.args ? parseJsonArrayFlag('args', flags.args) : undefined,
+      env: flags.env,
+      envFile: flags['env-file'],
+      user: flags.user,
+      cwd: flags.cwd,
+      mounts: (flags.mount ?? []).map(parseMountFlag),
+      dnsNameservers: parseCommaList(flags['dns-nameservers']),
+      dnsSearchDomains: parseCommaList(flags['dns-search-domains']),
+      dnsOptions: parseCommaList(flags['dns-options']),
+      addHosts: parseCommaList(flags['add-hosts']),
+      netHost: flags['net-host'],
+      terminal: flags.terminal,
+    };
+    const prefetchList = flags['prefetch-list'] ? await readPrefetchList(flags['prefetch-list']) : [];
+
+    // Ctrl-C: with --wait-on-signal the first one only ends the workload; otherwise, and on a
+    // second one, everything stops and is torn down (containers, mounts, half-written output).
+    const runAbort = new AbortController();
+    const allAbort = new AbortController();
+    let interrupts = 0;
+    const onSigint = () => {
+      interrupts++;
+      runAbort.abort();
+      if (!flags['wait-on-signal'] || interrupts > 1 || runFinished) allAbort.abort();
+    };
+    let runFinished = false;
+    process.on('SIGINT', onSigint);
+    process.on('SIGTERM', onSigint);
+
+    const transport = { plainHttp: this.flags['plain-http'], insecure: this.flags.insecure };
+    const source = await openSource(args.source, transport);
+    let report: OptimizeReport;
+    try {
+      const sink = await openSink(args.target, transport);
+      const log = flags.json ? process.stderr : process.stdout;
+      report = await optimizeImage({
+        source,
+        sink,
+        format: flags.zstdchunked ? 'zstdchunked' : 'estargz',
+        convert: {
+          compressionLevel: flags.zstdchunked ? flags['zstdchunked-compression-level'] : flags['estargz-compression-level'],
+          chunkSize: flags['estargz-chunk-size'] || undefined,
+          minChunkSize: flags['estargz-min-chunk-size'] || undefined,
+          externalTOC: flags['estargz-external-toc'],
+          reuse: flags.reuse,
+          warn: (m) => this.warn(m),
+        },
+        platform: flags.platform?.[0] ? parsePlatform(flags.platform[0]) : undefined,
+        allPlatforms: flags['all-platforms'],
+        oci: flags.oci,
+        noOptimize: flags['no-optimize'],
+        prefetchList,
+        recordOut: flags['record-out'],
+        run,
+        periodSeconds: flags.period,
+        waitOnLine: flags['wait-on-line'],
+        waitOnSignal: flags['wait-on-signal'],
+        stdin: flags.i,
+        runSignal: runAbort.signal,
+        signal: allAbort.signal,
+        // With --json, stdout carries only the report: the workload writes to stderr.
+        workloadStdout: log,
+        workloadStderr: process.stderr,
+        onWarning: (m) => this.warn(m),
+        onStage: (stage) => {
+          if (stage === 'convert') runFinished = true;
+          if (stage === 'run' && flags['wait-on-signal']) process.stderr.write('esgz: workload running; press Ctrl-C to stop it and convert\n');
+        },
+      });
+    } finally {
+      process.off('SIGINT', onSigint);
+      process.off('SIGTERM', onSigint);
+      await source.close();
+    }
+    if (flags.json) {
+      this.printJson(report);
+      return;
+    }
+    this.printReport(report);
+  }
+
+  private printReport(report: OptimizeReport): void {
+    const p = report.profiled;
+    if (p) {
+      const stop = p.stopReason === 'exited' ? `exited with code ${p.exitCode}` : `stopped (${p.stopReason})`;
+      this.log(`workload: ${JSON.stringify(p.args)} ${stop} after ${(p.durationMs / 1000).toFixed(1)} s (${p.rootfsMode})`);
+      this.log(`files traced: ${p.filesTraced} (${formatBytes(p.bytesTraced)}), prefetch coverage ${(p.prefetchCoverage * 100).toFixed(1)}%`);
+      for (const l of p.layers) {
+        const landmark = l.landmarkOffset !== undefined ? `, landmark at ${l.landmarkOffset}` : '';
+        const out = l.outputDigest ? ` -> ${l.outputDigest.slice(0, 19)}… ${formatBytes(l.outputSize ?? 0)}` : '';
+        this.log(`  layer ${l.index}: ${l.prioritizedFiles} prioritized file(s), ${formatBytes(l.prioritizedBytes)}${landmark}${out}`);
+      }
+    }
+    if (report.recordOut) this.log(`record: ${report.recordOut}`);
+    this.log(report.transfer.root.digest);
+  }
+}
+
+function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}

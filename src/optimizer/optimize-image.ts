@@ -1,0 +1,237 @@
+import type { Writable } from 'node:stream';
+import { EsgzError } from '../errors.js';
+import { createLayerTransform, type ChunkedTransformOptions } from '../estargz/transform.js';
+import type { PriorityItem } from '../estargz/priority.js';
+import { isIndexMediaType } from '../image/media-types.js';
+import { transferImage, type TransferProgress, type TransferReport } from '../image/pipeline.js';
+import { formatPlatform, hostPlatform, platformMatches } from '../image/platform.js';
+import type { LayerInput, LayerTransform, TransformContext } from '../image/transform.js';
+import type { Descriptor, ImageIndex, ImageSink, ImageSource, Platform, RawManifest } from '../image/types.js';
+import type { RunOptions } from '../runtime/spec.js';
+import { profileImage, type ImageProfile } from './image-profile.js';
+import { writeRecordFile } from './record.js';
+
+export interface OptimizeImageOptions {
+  source: ImageSource;
+  sink: ImageSink;
+  format: 'estargz' | 'zstdchunked';
+  /** eStargz/zstd:chunked writer options (levels, chunk sizes, reuse, workers). */
+  convert: ChunkedTransformOptions;
+  platform?: Platform;
+  allPlatforms?: boolean;
+  oci?: boolean;
+  /** Convert without running the workload (`--no-optimize`). */
+  noOptimize?: boolean;
+  /** Files added to every layer's prioritized files (`--prefetch-list`; globs allowed). */
+  prefetchList?: PriorityItem[];
+  /** `--record-out`: the trace in ctr-remote's record format. */
+  recordOut?: string;
+  run: RunOptions;
+  periodSeconds?: number;
+  waitOnLine?: string;
+  waitOnSignal?: boolean;
+  stdin?: boolean;
+  /** Ctrl-C: stops the workload (normal end with waitOnSignal), else aborts everything. */
+  runSignal?: AbortSignal;
+  /** Aborts the conversion and upload. */
+  signal?: AbortSignal;
+  workloadStdout?: Writable;
+  workloadStderr?: Writable;
+  progress?: TransferProgress;
+  onWarning?(message: string): void;
+  onStage?(stage: string): void;
+}
+
+export interface OptimizeLayerReport {
+  index: number;
+  digest: string;
+  /** Traced files this layer provides, in access order (its prioritized files). */
+  prioritizedFiles: number;
+  prioritizedBytes: number;
+  outputDigest?: string;
+  outputSize?: number;
+  /** Prioritized names the writer did not find in the layer. */
+  missedPrioritizedFiles?: number;
+  /** Offset of `.prefetch.landmark` in the output blob, when the writer reports it. */
+  landmarkOffset?: number;
+}
+
+export interface OptimizeReport {
+  transfer: TransferReport;
+  /** The profiled platform manifest, when a workload ran. */
+  profiled?: {
+    platform: string;
+    manifestDigest: string;
+    args: string[];
+    stopReason: string;
+    exitCode: number | undefined;
+    durationMs: number;
+    rootfsMode: 'overlay' | 'merged';
+    filesTraced: number;
+    bytesTraced: number;
+    /** Share of the traced files that landed in a prefetch range (before the landmark). */
+    prefetchCoverage: number;
+    layers: OptimizeLayerReport[];
+  };
+  /** Platforms converted without running (other architectures). */
+  notProfiled: string[];
+  recordOut?: string;
+}
+
+/**
+ * `esgz image optimize`: profiles the workload of the platform that runs on this machine, then
+ * converts every selected platform with each layer's accessed files first (prefetch range before
+ * the landmark), like ctr-remote's optimize but with runc instead of containerd.
+ */
+export async function optimizeImage(options: OptimizeImageOptions): Promise<OptimizeReport> {
+  const warn = options.onWarning ?? (() => undefined);
+  const { toProfile, others } = options.noOptimize ? { toProfile: undefined, others: [] } : await pickManifestToProfile(options);
+  let profile: ImageProfile | undefined;
+  if (toProfile) {
+    options.onStage?.('profile');
+    profile = await profileImage(options.source, toProfile.manifest, {
+      run: options.run,
+      periodSeconds: options.periodSeconds,
+      waitOnLine: options.waitOnLine,
+      waitOnSignal: options.waitOnSignal,
+      stdin: options.stdin,
+      signal: options.runSignal,
+      stdout: options.workloadStdout,
+      stderr: options.workloadStderr,
+      onWarning: warn,
+      onStage: options.onStage,
+    });
+    if (profile.accessed.length === 0) warn('the workload touched no file of the image: nothing is prioritized');
+  }
+  for (const p of others) warn(`${p}: not runnable on this machine (${formatPlatform(hostPlatform())}); converted without optimization`);
+  if (options.recordOut) {
+    if (!profile) throw new EsgzError('BAD_FLAG', '--record-out needs a workload run (not --no-optimize, and a platform this machine can run)');
+    await writeRecordFile(options.recordOut, profile.record);
+  }
+
+  const transform = new OptimizeTransform(options.format, options.convert, profile, options.prefetchList ?? []);
+  let transfer: TransferReport;
+  try {
+    options.onStage?.('convert');
+    transfer = await transferImage({
+      source: options.source,
+      sink: options.sink,
+      transform,
+      platform: options.platform,
+      allPlatforms: options.allPlatforms,
+      oci: options.oci,
+      signal: options.signal,
+      progress: options.progress,
+      onWarning: warn,
+    });
+  } finally {
+    await transform.close();
+  }
+  return { transfer, profiled: profile ? profiledReport(profile, transfer) : undefined, notProfiled: others, recordOut: options.recordOut };
+}
+
+/** The manifest this machine can run among those the transfer will convert, and the others. */
+async function pickManifestToProfile(options: OptimizeImageOptions): Promise<{ toProfile?: { manifest: RawManifest; platform: string }; others: string[] }> {
+  const root = await options.source.fetchRoot();
+  const host = hostPlatform();
+  if (!isIndexMediaType(root.mediaType) && !isIndexJson(root)) {
+    // A single manifest: profileWorkload checks the config's platform and says why it cannot run.
+    return { toProfile: { manifest: root, platform: formatPlatform(host) }, others: [] };
+  }
+  const index = JSON.parse(root.bytes.toString('utf8')) as ImageIndex;
+  const images = index.manifests.filter((d) => d.platform && !isAttestation(d));
+  const selected = options.allPlatforms ? images : images.filter((d) => platformMatches(options.platform ?? host, d.platform!));
+  if (selected.length === 0) {
+    throw new EsgzError('NOT_FOUND', `${options.source.description}: no manifest for ${formatPlatform(options.platform ?? host)} in the index`);
+  }
+  const runnable = selected.find((d) => platformMatches(host, d.platform!));
+  const others = selected.filter((d) => d !== runnable).map((d) => formatPlatform(d.platform!));
+  if (!runnable) {
+    throw new EsgzError('UNSUPPORTED', `none of the selected platforms (${others.join(', ')}) runs on this machine (${formatPlatform(host)}): use --no-optimize to convert without profiling`);
+  }
+  return { toProfile: { manifest: await options.source.fetchManifest(runnable), platform: formatPlatform(runnable.platform!) }, others };
+}
+
+function isIndexJson(raw: RawManifest): boolean {
+  try {
+    return Array.isArray((JSON.parse(raw.bytes.toString('utf8')) as { manifests?: unknown }).manifests);
+  } catch {
+    return false;
+  }
+}
+
+function isAttestation(desc: Descriptor): boolean {
+  return desc.platform?.os === 'unknown' || desc.annotations?.['vnd.docker.reference.type'] === 'attestation-manifest';
+}
+
+/**
+ * Picks the prioritized files for each layer: the profiled manifest's layers (matched by digest
+ * and position) get their traced files, every other layer only the prefetch list. Layers with
+ * traced files are always rewritten, even with --reuse (their order must change), as ctr-remote does.
+ */
+class OptimizeTransform implements LayerTransform {
+  readonly name: string;
+  private readonly traced: LayerTransform & { close?(): Promise<void> };
+  private readonly untraced: LayerTransform & { close?(): Promise<void> };
+
+  constructor(
+    format: 'estargz' | 'zstdchunked',
+    convert: ChunkedTransformOptions,
+    private readonly profile: ImageProfile | undefined,
+    prefetchList: PriorityItem[],
+  ) {
+    this.name = format;
+    const perLayer = (profile?.perLayer ?? []).map((files) => [...files, ...prefetchList]);
+    this.traced = createLayerTransform(format, { ...convert, reuse: false, prioritizedFilesByLayer: perLayer });
+    this.untraced = createLayerTransform(format, { ...convert, ...(prefetchList.length > 0 ? { prioritizedFiles: prefetchList } : {}) });
+  }
+
+  checkManifestMediaType(mediaType: string, warn: (message: string) => void): void {
+    this.untraced.checkManifestMediaType?.(mediaType, warn);
+  }
+
+  transform(input: LayerInput, output: Writable, context: TransformContext) {
+    const profiledLayer = this.profile?.layers[input.index];
+    const traced = profiledLayer !== undefined && profiledLayer.digest === input.descriptor.digest && (this.profile!.perLayer[input.index]?.length ?? 0) > 0;
+    return (traced ? this.traced : this.untraced).transform(input, output, context);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([this.traced.close?.(), this.untraced.close?.()]);
+  }
+}
+
+function profiledReport(profile: ImageProfile, transfer: TransferReport): NonNullable<OptimizeReport['profiled']> {
+  const manifest = transfer.manifests.find((m) => m.source.digest === profile.manifestDigest);
+  const layers: OptimizeLayerReport[] = profile.layers.map((desc, index) => {
+    const files = profile.files.filter((f) => f.layerIndex === index);
+    const out = manifest?.layers.find((l) => l.index === index);
+    const report = out?.transform ?? {};
+    return {
+      index,
+      digest: desc.digest,
+      prioritizedFiles: files.length,
+      prioritizedBytes: files.reduce((sum, f) => sum + f.size, 0),
+      ...(out ? { outputDigest: out.output.digest, outputSize: out.output.size } : {}),
+      ...(typeof report.missedPrioritizedFiles === 'number' ? { missedPrioritizedFiles: report.missedPrioritizedFiles } : {}),
+      ...(typeof report.landmarkOffset === 'number' ? { landmarkOffset: report.landmarkOffset } : {}),
+    };
+  });
+  const bytesTraced = profile.files.reduce((sum, f) => sum + f.size, 0);
+  // A traced file the writer could not place (missed) is the only way a read falls outside the prefetch range.
+  const missed = layers.reduce((sum, l) => sum + (l.missedPrioritizedFiles ?? 0), 0);
+  const filesTraced = profile.files.length;
+  return {
+    platform: formatPlatform(hostPlatform()),
+    manifestDigest: profile.manifestDigest,
+    args: profile.args,
+    stopReason: profile.stopReason,
+    exitCode: profile.exitCode,
+    durationMs: profile.durationMs,
+    rootfsMode: profile.rootfsMode,
+    filesTraced,
+    bytesTraced,
+    prefetchCoverage: filesTraced === 0 ? 0 : (filesTraced - Math.min(missed, filesTraced)) / filesTraced,
+    layers,
+  };
+}

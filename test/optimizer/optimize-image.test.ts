@@ -1,0 +1,176 @@
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { execa } from 'execa';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { EsgzError } from '../../src/errors.js';
+import { openSink, openSource } from '../../src/image/transports/index.js';
+import { optimizeImage, type OptimizeImageOptions } from '../../src/optimizer/optimize-image.js';
+import { readRecordFile } from '../../src/optimizer/record.js';
+import { listContainers } from '../../src/runtime/runc.js';
+import { busyboxRootfs, twoPlatformImages, writeOciImage } from '../fixtures/oci-image.js';
+import { dir, file } from '../fixtures/tar.js';
+
+let work: string;
+let busyboxRef: string;
+
+beforeAll(async () => {
+  work = mkdtempSync(join(tmpdir(), 'esgz-optimize-'));
+  // Two layers: busybox, then a layer with unrelated files that must stay after the landmark.
+  await writeOciImage(join(work, 'src'), {
+    tag: 'latest',
+    layers: [busyboxRootfs(), [dir('opt'), file('opt/unused-1', 'not touched\n'), file('opt/unused-2', 'not touched either\n'), dir('etc'), file('etc/motd', 'read me\n')]],
+    config: { Cmd: ['/bin/sh'] },
+  });
+  busyboxRef = `oci:${join(work, 'src')}:latest`;
+});
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+interface OciIndex {
+  manifests: Array<{ digest: string; mediaType: string; annotations?: Record<string, string> }>;
+}
+
+function blobPath(layout: string, digest: string): string {
+  return join(layout, 'blobs', 'sha256', digest.replace(/^sha256:/, ''));
+}
+
+/** The layers of the image `tag` in an OCI layout, as GNU tar lists them (the oracle). */
+function layerEntryNames(layout: string, tag: string): string[][] {
+  const index = JSON.parse(readFileSync(join(layout, 'index.json'), 'utf8')) as OciIndex;
+  const entry = index.manifests.find((m) => m.annotations?.['org.opencontainers.image.ref.name'] === tag)!;
+  const manifest = JSON.parse(readFileSync(blobPath(layout, entry.digest), 'utf8')) as { layers: Array<{ digest: string; mediaType: string; annotations?: Record<string, string> }> };
+  return manifest.layers.map((layer) => {
+    expect(layer.annotations?.['containerd.io/snapshot/stargz/toc.digest']).toMatch(/^sha256:/);
+    return execFileSync('tar', ['-tzf', blobPath(layout, layer.digest)], { encoding: 'utf8' }).trim().split('\n');
+  });
+}
+
+function rootDigest(layout: string, tag: string): string {
+  const index = JSON.parse(readFileSync(join(layout, 'index.json'), 'utf8')) as OciIndex;
+  return index.manifests.find((m) => m.annotations?.['org.opencontainers.image.ref.name'] === tag)!.digest;
+}
+
+async function optimize(src: string, dst: string, overrides: Partial<OptimizeImageOptions> = {}) {
+  const source = await openSource(src);
+  const sink = await openSink(dst);
+  const out = new PassThrough();
+  let stdout = '';
+  out.on('data', (c: Buffer) => (stdout += c.toString()));
+  const warnings: string[] = [];
+  try {
+    const report = await optimizeImage({
+      source,
+      sink,
+      format: 'estargz',
+      convert: {},
+      oci: true,
+      run: { entrypoint: ['/bin/sh', '-c'], args: ['cat /etc/hello; ls /bin'] },
+      periodSeconds: 20,
+      workloadStdout: out,
+      workloadStderr: out,
+      onWarning: (m) => warnings.push(m),
+      ...overrides,
+    });
+    return { report, stdout, warnings };
+  } finally {
+    await source.close();
+  }
+}
+
+describe('optimizeImage (profile + convert through the pipeline)', () => {
+  it('puts bin/busybox and etc/hello before the landmark, in access order, and everything else after', async () => {
+    const out = join(work, 'out1');
+    const record = join(work, 'record.json');
+    const { report, stdout } = await optimize(busyboxRef, `oci:${out}:opt`, { recordOut: record });
+    expect(stdout).toContain('hello from an esgz fixture');
+    const [base, top] = layerEntryNames(out, 'opt');
+    const landmark = base!.indexOf('.prefetch.landmark');
+    expect(landmark).toBeGreaterThan(0);
+    // Parent directories come with their files; the prioritized files in access order.
+    const before = base!.slice(0, landmark).filter((n) => !n.endsWith('/'));
+    expect(before).toEqual(['bin/busybox', 'etc/hello']);
+    expect(base!.slice(landmark + 1)).toEqual(expect.arrayContaining(['etc/passwd', 'bin/sh', 'bin/ls']));
+    // The second layer had nothing accessed: no prefetch range.
+    expect(top![0]).toBe('.no.prefetch.landmark');
+    expect(top).not.toContain('.prefetch.landmark');
+
+    const p = report.profiled!;
+    expect(p.filesTraced).toBe(2);
+    expect(p.layers.map((l) => l.prioritizedFiles)).toEqual([2, 0]);
+    expect(p.layers[0]!.prioritizedBytes).toBe(readFileSync('/bin/busybox').length + 'hello from an esgz fixture\n'.length);
+    expect(p.prefetchCoverage).toBe(1);
+    const entries = await readRecordFile(record);
+    expect(entries.map((e) => [e.path, e.layerIndex])).toEqual([
+      ['bin/busybox', 0],
+      ['etc/hello', 0],
+    ]);
+    expect(entries[0]!.manifestDigest).toBe(p.manifestDigest);
+  });
+
+  it('gives the same digests when the same workload is optimized twice', async () => {
+    await optimize(busyboxRef, `oci:${join(work, 'twice-a')}:t`);
+    await optimize(busyboxRef, `oci:${join(work, 'twice-b')}:t`);
+    expect(rootDigest(join(work, 'twice-b'), 't')).toBe(rootDigest(join(work, 'twice-a'), 't'));
+  });
+
+  it('--no-optimize converts without running anything', async () => {
+    const out = join(work, 'noopt');
+    const { report } = await optimize(busyboxRef, `oci:${out}:n`, { noOptimize: true, run: { entrypoint: ['/bin/does-not-matter'] } });
+    expect(report.profiled).toBeUndefined();
+    const [base] = layerEntryNames(out, 'n');
+    expect(base![0]).toBe('.no.prefetch.landmark');
+  });
+
+  it('profiles only the platform that runs here and converts the other with a warning', async () => {
+    const layout = join(work, 'multi');
+    await writeOciImage(layout, { tag: 'multi', platforms: twoPlatformImages() });
+    const out = join(work, 'multi-out');
+    const { report, warnings } = await optimize(`oci:${layout}:multi`, `oci:${out}:m`, { allPlatforms: true });
+    expect(report.notProfiled).toEqual(['linux/arm64']);
+    expect(warnings.join('\n')).toMatch(/linux\/arm64: not runnable on this machine/);
+    expect(report.profiled!.filesTraced).toBe(2);
+    expect(report.transfer.manifests).toHaveLength(2);
+  });
+
+  it('refuses a single-platform image for another architecture with a clear message', async () => {
+    const layout = join(work, 'arm');
+    await writeOciImage(layout, { tag: 'arm', platforms: [twoPlatformImages()[1]!] });
+    const err = await optimize(`oci:${layout}:arm`, `oci:${join(work, 'arm-out')}:a`, { platform: { os: 'linux', architecture: 'arm64' } }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(EsgzError);
+    expect((err as EsgzError).message).toMatch(/none of the selected platforms \(linux\/arm64\) runs on this machine/);
+    expect(existsSync(join(work, 'arm-out', 'index.json')) && readFileSync(join(work, 'arm-out', 'index.json'), 'utf8').includes('"a"')).toBe(false);
+    expect(await listContainers()).toEqual([]);
+  });
+});
+
+describe('esgz image optimize (CLI)', () => {
+  const cli = join(process.cwd(), 'bin', 'run.js');
+  const built = existsSync(join(process.cwd(), 'dist', 'commands', 'image', 'optimize.js'));
+
+  it.skipIf(!built)('runs ctr-remote style flags end to end and prints the report', async () => {
+    const out = join(work, 'cli');
+    const result = await execa('node', [cli, 'image', 'optimize', '--oci', '--entrypoint', '["/bin/sh","-c"]', '--args', '["cat /etc/hello; ls /bin"]', busyboxRef, `oci:${out}:cli`], { reject: false });
+    expect(result.stderr).toBe('');
+    expect(result.exitCode).toBe(0);
+    expect(result.stdout).toContain('hello from an esgz fixture');
+    expect(result.stdout).toMatch(/files traced: 2 /);
+    expect(result.stdout.trim().split('\n').pop()).toBe(rootDigest(out, 'cli'));
+  });
+
+  it.skipIf(!built)('prints one line and exits 1 for an entrypoint that does not exist, leaving nothing behind', async () => {
+    const before = readdirSync(tmpdir()).filter((n) => n.startsWith('esgz-opt-'));
+    const result = await execa('node', [cli, 'image', 'optimize', '--oci', '--entrypoint', '["/bin/nope"]', busyboxRef, `oci:${join(work, 'cli-bad')}:x`], { reject: false });
+    expect(result.exitCode).toBe(1);
+    expect(result.stderr.trim()).toBe('esgz: entrypoint "/bin/nope" does not exist in the image or is not executable');
+    expect(readdirSync(tmpdir()).filter((n) => n.startsWith('esgz-opt-'))).toEqual(before);
+    expect(readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain('esgz-opt-');
+  });
+
+  it.skipIf(!built)('rejects --zstdchunked without --oci like ctr-remote', async () => {
+    const result = await execa('node', [cli, 'image', 'optimize', '--zstdchunked', busyboxRef, `oci:${join(work, 'z')}:z`], { reject: false });
+    expect(result.exitCode).toBe(2);
+    expect(result.stderr.trim()).toBe('esgz: option --zstdchunked must be used in conjunction with --oci');
+  });
+});
