@@ -309,7 +309,7 @@ describe('Bearer token auth', () => {
 describe('Bearer token expiry', () => {
   let registry: RunningRegistry;
   beforeAll(async () => {
-    registry = await startRegistry({ token: { users: {}, anonymousPull: true, expiresIn: 2 } });
+    registry = await startRegistry({ token: { users: {}, anonymousPull: true, expiresIn: 6 } });
   });
   afterAll(async () => registry.stop());
 
@@ -321,7 +321,7 @@ describe('Bearer token expiry', () => {
     await rejection(source.fetchRoot());
     await rejection(source.fetchRoot());
     expect(requests).toHaveLength(1);
-    await new Promise((resolve) => setTimeout(resolve, 2_100));
+    await new Promise((resolve) => setTimeout(resolve, 3_200));
     const err = await rejection(source.fetchRoot());
     // The pull was allowed (anonymous pull); the repository just does not exist.
     expect(err.code).toBe('NOT_FOUND');
