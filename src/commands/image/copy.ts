@@ -1,0 +1,99 @@
+import { Args, Flags } from '@oclif/core';
+import { BaseCommand } from '../../cli/base.js';
+import { transferJson, transferText, writeJson } from '../../cli/output.js';
+import { ProgressBars } from '../../cli/progress.js';
+import { EsgzError } from '../../errors.js';
+import { transferImage } from '../../image/pipeline.js';
+import { parsePlatform } from '../../image/platform.js';
+import { openSink, openSource } from '../../image/transports/index.js';
+
+export default class ImageCopy extends BaseCommand<typeof ImageCopy> {
+  static override summary = 'Copy an image between registries, OCI layouts and docker archives';
+  static override description = [
+  'Streams every blob from SOURCE to DESTINATION without a daemon and writes the manifest (or index) last, so a failed copy never leaves a tag behind. Digests are kept byte for byte.',
+  'References: REGISTRY/REPO[:TAG|@DIGEST] (docker.io shorthands work: "alpine" is docker.io/library/alpine:latest), oci:DIR[:TAG] (an OCI image layout, created if missing), docker-archive:FILE[:TAG] (a "docker save" tar).',
+  "From a multi-platform index only this machine's platform is copied, unless --platform or --all-platforms says otherwise.",
+].join('\n\n');
+
+  static override examples = [
+    {
+      description: 'Pull an image from a registry into an OCI layout',
+      command: '<%= config.bin %> image copy docker.io/library/alpine:3.20 oci:./alpine:3.20',
+    },
+    {
+      description: 'Push an OCI layout to a local plain-HTTP registry',
+      command: '<%= config.bin %> image copy --plain-http oci:./alpine:3.20 127.0.0.1:5000/library/alpine:3.20',
+    },
+    {
+      description: 'Keep every platform of a multi-arch image',
+      command: '<%= config.bin %> image copy --all-platforms ghcr.io/org/app:1.0 oci:./app:1.0',
+    },
+    {
+      description: 'Write the arm64 image to a docker archive (loadable with "docker load")',
+      command: '<%= config.bin %> image copy --platform linux/arm64 oci:./app:1.0 docker-archive:./app.tar:app:1.0',
+    },
+    {
+      description: 'Convert Docker media types to OCI on the way, and print a JSON summary',
+      command: '<%= config.bin %> image copy --oci --json docker-archive:./app.tar oci:./app-oci:latest',
+    },
+  ];
+
+  static override args = {
+    source: Args.string({ description: 'image to read (REGISTRY/REPO[:TAG|@DIGEST], oci:DIR[:TAG], docker-archive:FILE[:TAG])', required: true }),
+    destination: Args.string({ description: 'where to write it (same syntax; a registry destination takes a tag)', required: true }),
+  };
+
+  static override flags = {
+    platform: Flags.string({ description: 'copy only this platform of a multi-platform image, os/arch[/variant] (default: this machine)' }),
+    'all-platforms': Flags.boolean({ description: 'copy every platform of a multi-platform image (keeps the index)', default: false }),
+    oci: Flags.boolean({ description: 'convert Docker media types (manifest, config, layers) to OCI ones', default: false }),
+    concurrency: Flags.integer({ description: 'blobs transferred at once', default: 2, min: 1, max: 16 }),
+  };
+
+  async run(): Promise<void> {
+    const { args } = await this.parse(ImageCopy);
+    const { flags } = this;
+    // Checked here rather than with oclif's `exclusive`, whose message spans several lines.
+    if (flags.platform !== undefined && flags['all-platforms']) {
+      throw new EsgzError('BAD_FLAG', '--platform and --all-platforms cannot be used together');
+    }
+    const platform = flags.platform !== undefined ? parsePlatform(flags.platform) : undefined;
+    const options = { plainHttp: flags['plain-http'], insecure: flags.insecure };
+    const source = await openSource(args.source, options);
+    const progress = new ProgressBars();
+    const controller = new AbortController();
+    const onSignal = (): void => controller.abort();
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    try {
+      const sink = await openSink(args.destination, options);
+      const report = await transferImage({
+        source,
+        sink,
+        ...(platform !== undefined ? { platform } : {}),
+        allPlatforms: flags['all-platforms'],
+        oci: flags.oci,
+        concurrency: flags.concurrency,
+        signal: controller.signal,
+        progress,
+        onWarning: (message) => {
+          progress.stop();
+          process.stderr.write(`esgz: warning: ${message}\n`);
+        },
+      });
+      progress.stop();
+      if (flags.json) writeJson(transferJson(report, 'image copy'));
+      else process.stdout.write(transferText(report, 'copied'));
+    } catch (err) {
+      progress.stop();
+      if (controller.signal.aborted && !(err instanceof EsgzError && err.code === 'INTERRUPTED')) {
+        throw new EsgzError('INTERRUPTED', 'interrupted; nothing was committed at the destination', { cause: err });
+      }
+      throw err;
+    } finally {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      await source.close();
+    }
+  }
+}
