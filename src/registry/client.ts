@@ -115,6 +115,10 @@ export class RegistryClient {
 
   /** GETs a manifest or index by tag or digest, verified against the digest (or the registry's Docker-Content-Digest). */
   async getManifest(repository: string, reference: string): Promise<RawManifest> {
+    return this.retryTruncated(() => this.getManifestOnce(repository, reference));
+  }
+
+  private async getManifestOnce(repository: string, reference: string): Promise<RawManifest> {
     const what = `manifest ${this.name(repository, reference)}`;
     const response = await this.send({
       method: 'GET',
@@ -211,6 +215,10 @@ export class RegistryClient {
    * exactly that range; a registry that ignores Range is an error rather than a silent full download.
    */
   async readBlobRange(repository: string, desc: Descriptor, offset: number, length: number): Promise<Buffer> {
+    return this.retryTruncated(() => this.readBlobRangeOnce(repository, desc, offset, length));
+  }
+
+  private async readBlobRangeOnce(repository: string, desc: Descriptor, offset: number, length: number): Promise<Buffer> {
     const what = `blob ${desc.digest} bytes ${offset}+${length} from ${this.registry}/${repository}`;
     if (offset < 0 || length < 0 || offset + length > desc.size) {
       throw new EsgzError('INTERNAL', `${what}: range outside the blob's ${desc.size} bytes`);
@@ -235,8 +243,20 @@ export class RegistryClient {
       throw new EsgzError('REGISTRY', `${what}: registry answered range "${contentRange}"`);
     }
     const data = await readCapped(response.body, length, what);
-    if (data.length !== length) throw new EsgzError('SIZE_MISMATCH', `${what}: truncated: got ${data.length} of ${length} bytes`);
+    if (data.length !== length) throw new TruncatedResponse(`${what}: truncated: got ${data.length} of ${length} bytes`);
     return data;
+  }
+
+  /** Small whole-body reads (manifests, ranges) are cheap to repeat, so a connection lost midway is retried. */
+  private async retryTruncated<T>(read: () => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        return await read();
+      } catch (err) {
+        if (!(err instanceof TruncatedResponse) || attempt >= this.attempts) throw err;
+        await sleep(this.backoff(attempt));
+      }
+    }
   }
 
   /**
@@ -641,6 +661,13 @@ export class RegistryClient {
   }
 }
 
+/** A response body that ended early (connection lost or short); SIZE_MISMATCH to callers. */
+class TruncatedResponse extends EsgzError {
+  constructor(message: string, options: { cause?: unknown } = {}) {
+    super('SIZE_MISMATCH', message, options);
+  }
+}
+
 /** Marks an upload failure that a fresh attempt (new session, new source stream) may fix. */
 class RetryableUpload extends Error {
   constructor(readonly error: EsgzError) {
@@ -697,7 +724,7 @@ async function readCapped(body: AsyncIterable<Buffer | Uint8Array>, max: number,
     }
   } catch (err) {
     if (err instanceof EsgzError) throw err;
-    throw new EsgzError('SIZE_MISMATCH', `${what}: truncated: connection lost after ${total} bytes (${describeNetworkError(err)})`, { cause: err });
+    throw new TruncatedResponse(`${what}: truncated: connection lost after ${total} bytes (${describeNetworkError(err)})`, { cause: err });
   }
   return Buffer.concat(chunks, total);
 }

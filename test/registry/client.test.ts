@@ -299,9 +299,23 @@ describe('registry faults', () => {
     proxy.corrupt({ method: 'GET', path: '/manifests/' });
     const err = await rejection(source.fetchRoot());
     expect(err.code).toBe('DIGEST_MISMATCH');
-    proxy.truncate({ method: 'GET', path: image.layer.desc.digest, afterBytes: 10 });
+    proxy.clearLog();
+    proxy.truncate({ method: 'GET', path: image.layer.desc.digest, afterBytes: 10, times: 3 });
     const short = await rejection(source.readBlobRange(image.layer.desc, 1000, 5000));
     expect(short.code).toBe('SIZE_MISMATCH');
+    expect(short.message).toMatch(/truncated/);
+    expect(proxy.count({ path: image.layer.desc.digest })).toBe(3);
+    await source.close();
+  });
+
+  it('retries a ranged read and a manifest read that lost their connection midway', async () => {
+    const source = await openRegistrySource(`${proxy.address}/${repo}:t`, { plainHttp: true });
+    proxy.truncate({ method: 'GET', path: '/manifests/t', afterBytes: 20 });
+    expect((await source.fetchRoot()).digest).toBe(image.manifest.digest);
+    proxy.truncate({ method: 'GET', path: image.layer.desc.digest, afterBytes: 10, times: 2 });
+    const range = await source.readBlobRange(image.layer.desc, 1000, 5000);
+    expect(range.equals(image.layer.bytes.subarray(1000, 6000))).toBe(true);
+    expect(proxy.log.filter((e) => e.fault === 'truncate')).toHaveLength(3);
     await source.close();
   });
 
