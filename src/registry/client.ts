@@ -499,13 +499,18 @@ export class RegistryClient {
       return `Basic ${Buffer.from(`${credentials.username}:${credentials.password}`).toString('base64')}`;
     }
     const key = [...scopes].sort().join(' ');
-    let cached = this.tokens.get(key);
-    if (cached) {
-      const token = await cached.catch(() => undefined);
+    // Concurrent requests share one token fetch per scope set; an expired or failed one is replaced once.
+    for (;;) {
+      const pending = this.tokens.get(key);
+      if (!pending) break;
+      const token = await pending.catch(() => undefined);
       if (token && token.expiresAt > Date.now()) return `Bearer ${token.token}`;
-      if (this.tokens.get(key) === cached) this.tokens.delete(key);
+      if (this.tokens.get(key) === pending) {
+        this.tokens.delete(key);
+        break;
+      }
     }
-    cached = this.fetchToken(scopes, credentials);
+    const cached = this.fetchToken(scopes, credentials);
     this.tokens.set(key, cached);
     try {
       return `Bearer ${(await cached).token}`;

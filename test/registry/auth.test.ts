@@ -239,6 +239,15 @@ describe('Bearer token auth', () => {
     expect((await source.readBlobRange(image.layer.desc, 5, 10)).equals(image.layer.bytes.subarray(5, 15))).toBe(true);
     expect(requests.map((r) => r.scopes)).toEqual([[`repository:${repo}:pull`]]);
     await source.close();
+
+    // Concurrent reads on a fresh client share one token fetch.
+    requests.length = 0;
+    const parallel = await openRegistrySource(`${registry.address}/${repo}:b`, { plainHttp: true, dockerConfigDir: dir });
+    const offsets = [0, 100, 200, 300, 400, 500, 600, 700];
+    const parts = await Promise.all(offsets.map((o) => parallel.readBlobRange(image.layer.desc, o, 50)));
+    parts.forEach((part, i) => expect(part.equals(image.layer.bytes.subarray(offsets[i]!, offsets[i]! + 50))).toBe(true));
+    expect(requests).toHaveLength(1);
+    await parallel.close();
   });
 
   it('pulls anonymously where the token server allows it, and refuses an anonymous push', async () => {
