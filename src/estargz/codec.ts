@@ -82,7 +82,11 @@ export interface Codec {
 
   // ---- writer side ----------------------------------------------------------------------
 
-  /** Compresses one whole member (tar header bytes + one payload chunk) into one gzip member / zstd frame. */
+  /**
+   * Compresses one whole member (tar header bytes + one payload chunk) into one gzip member / zstd
+   * frame. The caller hands the buffer over: the codec may transfer it to a worker thread
+   * (detaching it), so callers must not read it after the call.
+   */
   compressMember(uncompressed: Buffer): Promise<Buffer>;
   /**
    * Builds everything after the last member: the TOC and the footer. `tocOffset` is the

@@ -195,12 +195,12 @@ export class GzipCodec implements Codec {
   async buildTail(toc: JTOC, tocOffset: number): Promise<CodecTail> {
     const tocJSON = marshalTOC(toc);
     const tocTar = tocTarBytes(tocJSON);
-    const member = await this.compressMember(tocTar);
+    const member = await this.compressMember(Buffer.from(tocTar)); // a copy: tocTar is returned too
     const tocDigest = sha256Digest(tocJSON);
     if (this.externalTOC) {
       // The layer keeps only the end-of-archive marker; the TOC member goes to the TOC image.
       this.lastExternalTOCMember = member;
-      const eoa = await this.compressMember(END_OF_ARCHIVE);
+      const eoa = await this.compressMember(Buffer.from(END_OF_ARCHIVE));
       return { bytes: Buffer.concat([eoa, externalTOCFooter()]), tocDigest, uncompressedTail: END_OF_ARCHIVE };
     }
     return { bytes: Buffer.concat([member, estargzFooter(tocOffset)]), tocDigest, uncompressedTail: tocTar };

@@ -112,21 +112,26 @@ export class GzipPool {
     this.size = Math.max(1, options.workers ?? defaultWorkerCount());
   }
 
-  /** Compresses one buffer into one complete gzip member. */
+  /**
+   * Compresses one buffer into one complete gzip member. The buffer is transferred to the worker
+   * when it owns its whole ArrayBuffer (then it is unusable afterwards: callers hand it over);
+   * otherwise it is copied.
+   */
   compress(data: Buffer): Promise<Buffer> {
     if (this.closed) return Promise.reject(new EsgzError('INTERNAL', 'gzip pool used after close'));
     if (this.failure) return Promise.reject(this.failure);
     const target = this.pickWorker();
     const id = this.nextId++;
-    // Copy into a standalone ArrayBuffer we can transfer (the caller's buffer may be a slice of
-    // a shared pool); the copy is cheap next to compression.
-    const copy = new Uint8Array(data.byteLength);
-    copy.set(data);
+    let payload: Uint8Array = data;
+    if (data.byteOffset !== 0 || data.byteLength !== data.buffer.byteLength || !(data.buffer instanceof ArrayBuffer)) {
+      payload = new Uint8Array(data.byteLength);
+      payload.set(data);
+    }
     return new Promise<Buffer>((resolve, reject) => {
       this.pending.set(id, { resolve, reject, owner: target });
       // Keep the event loop alive only while a worker has work (idle workers must not pin it).
       if (target.busy++ === 0) target.worker.ref();
-      target.worker.postMessage({ id, data: copy, level: this.level }, [copy.buffer]);
+      target.worker.postMessage({ id, data: payload, level: this.level }, [payload.buffer as ArrayBuffer]);
     });
   }
 

@@ -34,6 +34,11 @@ export interface TarEntry {
   header: TarHeader;
   /** Reads exactly `length` more payload bytes (length ≤ bytes left). */
   read(length: number): Promise<Buffer>;
+  /**
+   * Reads between 1 and `max` payload bytes, without copying when the stream's buffer allows
+   * (the large-payload path: pieces are hashed and queued, never joined here).
+   */
+  readSome(max: number): Promise<Buffer>;
   /** Payload bytes not read yet. */
   remaining(): number;
 }
@@ -64,6 +69,21 @@ export class ByteSource {
       this.buffered += buf.length;
     }
     return true;
+  }
+
+  /** Between 1 and `n` bytes from what is buffered (reads more only when nothing is); empty at end of stream. */
+  async readSome(n: number): Promise<Buffer> {
+    if (this.buffered === 0) await this.fill();
+    while (this.buffered === 0 && !this.done) await this.fill();
+    if (this.buffered === 0) return Buffer.alloc(0);
+    const first = this.buffers[0]!;
+    const take = Math.min(n, first.length);
+    const out = first.subarray(0, take);
+    if (take === first.length) this.buffers.shift();
+    else this.buffers[0] = first.subarray(take);
+    this.buffered -= take;
+    this.consumed += take;
+    return out;
   }
 
   /** Up to `n` bytes (fewer only at end of stream: returns what is left, possibly empty). */
@@ -268,6 +288,14 @@ export async function* readTar(stream: AsyncIterable<Buffer | Uint8Array | strin
         const data = await src.readAtMost(length);
         if (data.length < length) throw truncated(where, entryName, payloadSize, payloadSize - left + data.length);
         left -= length;
+        return data;
+      },
+      readSome: async (max: number) => {
+        const want = Math.min(max, left);
+        if (want <= 0) throw new EsgzError('INTERNAL', `read past the end of ${entryName}`);
+        const data = await src.readSome(want);
+        if (data.length === 0) throw truncated(where, entryName, payloadSize, payloadSize - left);
+        left -= data.length;
         return data;
       },
     };

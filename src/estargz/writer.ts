@@ -68,7 +68,8 @@ export interface EstargzWriteResult {
 /** A tar entry whose payload can be read in pieces, from the stream or from the spool file. */
 interface SourceEntry {
   header: TarHeader;
-  read(length: number): Promise<Buffer>;
+  /** Between 1 and `max` payload bytes. */
+  readSome(max: number): Promise<Buffer>;
 }
 
 const TYPE_OF: Record<string, TOCEntryType> = {
@@ -190,8 +191,8 @@ function landmarkEntry(name: string): SourceEntry {
       name, linkname: '', typeflag: '0', mode: 0, uid: 0, gid: 0, size: LANDMARK_CONTENTS.length, mtime: 0,
       uname: '', gname: '', devmajor: 0, devminor: 0, pax: new Map(),
     },
-    async read(length: number) {
-      if (served || length !== LANDMARK_CONTENTS.length) throw new EsgzError('INTERNAL', 'landmark read out of range');
+    async readSome() {
+      if (served) throw new EsgzError('INTERNAL', 'landmark read out of range');
       served = true;
       return Buffer.from(LANDMARK_CONTENTS);
     },
@@ -209,7 +210,7 @@ async function* streamedEntries(tar: AsyncIterable<Buffer>, where: string): Asyn
   yield landmarkEntry(NO_PREFETCH_LANDMARK);
   for await (const entry of readTar(tar, where)) {
     if (isReservedName(entry.header.name)) continue;
-    yield { header: entry.header, read: (n) => entry.read(n) };
+    yield { header: entry.header, readSome: (n) => entry.readSome(n) };
   }
 }
 
@@ -265,8 +266,9 @@ async function* reorderedEntries(
       const end = e.offset + (e.header.typeflag === '0' || e.header.typeflag === '7' ? e.header.size : 0);
       yield {
         header: e.header,
-        async read(length: number) {
-          if (pos + length > end) throw new EsgzError('INTERNAL', `spool read past the end of ${e.header.name}`);
+        async readSome(max: number) {
+          const length = Math.min(max, end - pos, 1 << 20);
+          if (length <= 0) throw new EsgzError('INTERNAL', `spool read past the end of ${e.header.name}`);
           const buf = Buffer.allocUnsafe(length);
           let got = 0;
           while (got < length) {
@@ -344,7 +346,8 @@ export async function writeEstargz(tar: AsyncIterable<Buffer>, output: Writable,
   if (!Number.isSafeInteger(chunkSize) || chunkSize <= 0) throw new EsgzError('BAD_FLAG', `chunk size must be a positive integer, got ${chunkSize}`);
   if (!Number.isSafeInteger(minChunkSize) || minChunkSize < 0) throw new EsgzError('BAD_FLAG', `min chunk size must be a non-negative integer, got ${minChunkSize}`);
   const workers = (options.codec as { workers?: number }).workers ?? 2;
-  const seq = new MemberSequencer(options.codec, output, options.maxInFlight ?? workers * 2 + 2);
+  // Enough members in flight to keep every worker busy while one result is being written.
+  const seq = new MemberSequencer(options.codec, output, options.maxInFlight ?? workers + 2);
   const missed: string[] = [];
   const prioritized = options.prioritizedFiles ?? [];
   const entries = prioritized.length > 0
@@ -424,13 +427,20 @@ export async function writeEstargz(tar: AsyncIterable<Buffer>, output: Writable,
           if (seq.openSize > 0) current.innerOffset = seq.openSize;
         }
         current.chunkOffset = written;
-        const data = await source.read(length);
-        const chunkDigest = `sha256:${createHash('sha256').update(data).digest('hex')}`;
-        // A single-chunk file's digest is its chunk's digest: hash those bytes once.
+        // Read the chunk in the pieces the stream has: hashed and queued as they are, joined
+        // once when the member closes.
+        const chunkHash = createHash('sha256');
+        for (let got = 0; got < length; ) {
+          const piece = await source.readSome(length - got);
+          chunkHash.update(piece);
+          if (length !== h.size) fileHash.update(piece);
+          seq.append(piece);
+          got += piece.length;
+        }
+        const chunkDigest = `sha256:${chunkHash.digest('hex')}`;
+        // A single-chunk file's digest is its chunk's digest: the bytes are hashed once.
         if (length === h.size) fileDigest = chunkDigest;
-        else fileHash.update(data);
         current.chunkDigest = chunkDigest;
-        seq.append(data);
         tocEntries.push(current);
         written += length;
         current = { name, type: 'chunk' };
