@@ -1,5 +1,5 @@
-import { createWriteStream } from 'node:fs';
-import { chmod, lchown, link, lstat, lutimes, mkdir, readdir, rm, symlink, utimes } from 'node:fs/promises';
+import { chmodSync, createWriteStream, lchownSync, linkSync, lstatSync, lutimesSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmod, lstat, mkdir, readdir, rm, utimes } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -15,6 +15,8 @@ export const OPAQUE_WHITEOUT = '.wh..wh..opq';
 const AUFS_META_PREFIX = '.wh..wh.';
 const OVERLAY_OPAQUE_XATTR = 'trusted.overlay.opaque';
 const PAX_XATTR_PREFIX = 'SCHILY.xattr.';
+/** Files up to this size are written with one synchronous call instead of a stream. */
+const SMALL_FILE_BYTES = 1 << 20;
 
 export type WhiteoutMode =
   /** Layer goes into its own directory for overlayfs: whiteouts become 0/0 char devices, opaque dirs get trusted.overlay.opaque=y. */
@@ -65,6 +67,7 @@ export async function unpackLayer(input: Readable, root: string, options: Unpack
   }
 
   await mkdir(root, { recursive: true });
+  const state: EntryState = { knownDirs: new Map([['', root]]), sameOwner, stats, directories, addedHere };
   const extract = tar.extract();
   const consume = (async () => {
     for await (const entry of extract) {
@@ -72,7 +75,7 @@ export async function unpackLayer(input: Readable, root: string, options: Unpack
       const header = entry.header as TarHeader;
       stats.entries++;
       try {
-        await applyEntry(header, entry as AsyncIterable<Buffer>, root, options, { sameOwner, stats, directories, addedHere });
+        await applyEntry(header, entry as AsyncIterable<Buffer>, root, options, state);
       } catch (err) {
         entry.resume();
         if (isEsgzError(err)) throw err;
@@ -104,6 +107,8 @@ export async function unpackLayer(input: Readable, root: string, options: Unpack
 }
 
 interface EntryState {
+  /** Directories of this unpack known to be real directories: clean path → host path. */
+  knownDirs: Map<string, string>;
   sameOwner: boolean;
   stats: UnpackStats;
   directories: Map<string, { mode: number; mtime: Date }>;
@@ -151,11 +156,18 @@ async function applyEntry(header: TarHeader, body: AsyncIterable<Buffer>, root: 
     return;
   }
 
-  const parentHost = await resolveInRoot(root, parentPath, { followFinal: true });
-  await ensureDirectory(root, parentHost, options.layerName, header.name);
+  let parentHost = state.knownDirs.get(parentPath);
+  if (parentHost === undefined) {
+    parentHost = await resolveInRoot(root, parentPath, { followFinal: true });
+    await ensureDirectory(root, parentHost, options.layerName, header.name);
+    state.knownDirs.set(parentPath, parentHost);
+  }
   const dest = join(parentHost, name);
-  const existing = await lstatOrUndefined(dest);
+  // Synchronous metadata calls: a layer is thousands of tiny operations, and a hop through the
+  // libuv pool for each costs more than the syscall itself.
+  const existing = lstatSync(dest, { throwIfNoEntry: false });
   if (existing && !(existing.isDirectory() && type === 'directory')) {
+    if (existing.isDirectory() || existing.isSymbolicLink()) forgetDirs(state.knownDirs, path, dest);
     await rm(dest, { recursive: true, force: true });
   }
 
@@ -163,19 +175,26 @@ async function applyEntry(header: TarHeader, body: AsyncIterable<Buffer>, root: 
   const mtime = header.mtime ?? new Date(0);
   switch (type) {
     case 'directory':
-      if (!existing?.isDirectory()) await mkdir(dest, { mode: 0o700 });
+      if (!existing?.isDirectory()) mkdirSync(dest, { mode: 0o700 });
       state.directories.set(dest, { mode, mtime });
+      state.knownDirs.set(path, dest);
       break;
     case 'file':
     case 'contiguous-file':
       // 'wx' = O_CREAT|O_EXCL: fails instead of following anything planted at `dest`.
-      await pipeline(body, createWriteStream(dest, { flags: 'wx', mode: 0o600 }));
+      if ((header.size ?? 0) <= SMALL_FILE_BYTES) {
+        const chunks: Buffer[] = [];
+        for await (const chunk of body) chunks.push(chunk);
+        writeFileSync(dest, Buffer.concat(chunks), { flag: 'wx', mode: 0o600 });
+      } else {
+        await pipeline(body, createWriteStream(dest, { flags: 'wx', mode: 0o600 }));
+      }
       state.stats.files++;
       state.stats.bytes += header.size ?? 0;
       break;
     case 'symlink':
       // The target is stored as written: it is only ever resolved inside the container.
-      await symlink(header.linkname ?? '', dest);
+      symlinkSync(header.linkname ?? '', dest);
       break;
     case 'link': {
       const targetParts = cleanComponents(header.linkname ?? '');
@@ -183,11 +202,11 @@ async function applyEntry(header: TarHeader, body: AsyncIterable<Buffer>, root: 
         throw new EsgzError('UNSAFE_PATH', `${options.layerName}: hardlink "${header.name}" to "${header.linkname}" escapes the root`);
       }
       const targetHost = await resolveInRoot(root, targetParts.join('/'), { followFinal: false });
-      const target = await lstatOrUndefined(targetHost);
+      const target = lstatSync(targetHost, { throwIfNoEntry: false });
       if (!target || target.isDirectory()) {
         throw new EsgzError('BAD_LAYER', `${options.layerName}: hardlink "${header.name}" points to "${header.linkname}", which is not a file in the layer`);
       }
-      await link(targetHost, dest);
+      linkSync(targetHost, dest);
       // A hardlink shares the target's inode: its metadata is the target's.
       state.addedHere.add(path);
       options.onAdd?.(path, 'link', target.size);
@@ -209,7 +228,7 @@ async function applyEntry(header: TarHeader, body: AsyncIterable<Buffer>, root: 
       return;
   }
 
-  if (state.sameOwner) await lchown(dest, header.uid ?? 0, header.gid ?? 0);
+  if (state.sameOwner) lchownSync(dest, header.uid ?? 0, header.gid ?? 0);
   for (const [key, value] of Object.entries(header.pax ?? {})) {
     if (!key.startsWith(PAX_XATTR_PREFIX)) continue;
     const xattr = key.slice(PAX_XATTR_PREFIX.length);
@@ -223,8 +242,8 @@ async function applyEntry(header: TarHeader, body: AsyncIterable<Buffer>, root: 
   }
   if (type !== 'directory') {
     // chmod after chown: chown clears setuid/setgid bits. Symlinks have no mode of their own.
-    if (type !== 'symlink') await chmod(dest, mode & 0o7777);
-    await lutimes(dest, mtime, mtime);
+    if (type !== 'symlink') chmodSync(dest, mode & 0o7777);
+    lutimesSync(dest, mtime, mtime);
   }
   state.addedHere.add(path);
   options.onAdd?.(path, type, type === 'file' || type === 'contiguous-file' ? (header.size ?? 0) : 0);
@@ -233,6 +252,7 @@ async function applyEntry(header: TarHeader, body: AsyncIterable<Buffer>, root: 
 async function applyWhiteout(root: string, parentPath: string, name: string, options: UnpackOptions, state: EntryState): Promise<void> {
   const parentHost = await resolveInRoot(root, parentPath, { followFinal: true });
   if (name === OPAQUE_WHITEOUT) {
+    if (options.whiteouts === 'merge') forgetDirs(state.knownDirs, parentPath, parentHost, true);
     options.onOpaque?.(parentPath);
     if (options.whiteouts === 'overlay') {
       await ensureDirectory(root, parentHost, options.layerName, `${parentPath}/${name}`);
@@ -255,6 +275,7 @@ async function applyWhiteout(root: string, parentPath: string, name: string, opt
   const hiddenPath = parentPath === '' ? hidden : `${parentPath}/${hidden}`;
   options.onWhiteout?.(hiddenPath);
   const target = join(parentHost, hidden);
+  forgetDirs(state.knownDirs, hiddenPath, target);
   if (options.whiteouts === 'overlay') {
     await ensureDirectory(root, parentHost, options.layerName, hiddenPath);
     await rm(target, { recursive: true, force: true });
@@ -262,6 +283,19 @@ async function applyWhiteout(root: string, parentPath: string, name: string, opt
     return;
   }
   await rm(target, { recursive: true, force: true });
+}
+
+/**
+ * Drops cached directories at or below a path that is being removed (by tar path and by host
+ * path, since a cached directory may have been reached through a symlink).
+ */
+function forgetDirs(knownDirs: Map<string, string>, path: string, host: string, keepSelf = false): void {
+  for (const [key, value] of knownDirs) {
+    if (key === '') continue;
+    const underKey = key === path ? !keepSelf : key.startsWith(`${path}/`) || path === '';
+    const underHost = value === host ? !keepSelf : value.startsWith(`${host}/`);
+    if (underKey || underHost) knownDirs.delete(key);
+  }
 }
 
 /** Creates `dir` (already resolved inside `root`) and its missing parents; refuses non-directories in the way. */
