@@ -1,0 +1,412 @@
+#!/usr/bin/env node
+// `npm run bench [-- --with-reference] [--runs N] [--no-memory] [--no-lazy-pull]`
+//
+// Measures esgz against the reference ctr-remote 0.12 (in a private containerd) and against the
+// physical floor (gzip/libdeflate/zstd on the very same tar bytes), all in one run on one machine,
+// and prints one table of ratios. Absolute times on shared machines are noisy; ratios from the
+// same run are what to compare. Results go to bench/results/bench-<time>.json.
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
+import {
+  MB,
+  benchCache,
+  esgzBin,
+  esgzHas,
+  esgzHasFlag,
+  fileSize,
+  fmtMB,
+  fmtMiB,
+  fmtSeconds,
+  fmtTiming,
+  formatTable,
+  importShared,
+  log,
+  measure,
+  measureParallel,
+  mustRun,
+  ociLayoutImageSize,
+  repeat,
+  resultsDir,
+  runProcess,
+} from './lib/common.mjs';
+import { startBenchRegistry } from './lib/registry.mjs';
+
+const argv = process.argv.slice(2);
+const flag = (name) => argv.includes(name);
+const option = (name, fallback) => {
+  const i = argv.indexOf(name);
+  return i >= 0 && argv[i + 1] ? argv[i + 1] : fallback;
+};
+if (flag('--help') || flag('-h')) {
+  console.log(`usage: npm run bench [-- --with-reference] [--runs N] [--no-memory] [--no-lazy-pull]
+
+  --with-reference  also run ctr-remote 0.12 (Debian containerd + stargz-snapshotter; installed with apt if missing)
+  --runs N          repetitions per measurement (default 3; median and min-max reported)
+  --no-memory       skip the 100 MiB / 1 GiB peak-RSS benchmark (bench/memory.mjs)
+  --no-lazy-pull    skip the rpull/run benchmark (bench/lazy-pull.mjs)
+  --no-floor        skip the gzip/libdeflate/zstd floor measurements
+  --ops A,B         only these operations (estargz-l9, estargz-l6, zstdchunked, optimize, busybox-estargz)`);
+  process.exit(0);
+}
+const withReference = flag('--with-reference');
+const runs = Math.max(1, Number(option('--runs', '3')));
+const cores = cpus().length;
+const startedAt = new Date();
+
+const work = join(benchCache, 'work');
+rmSync(work, { recursive: true, force: true });
+mkdirSync(work, { recursive: true });
+mkdirSync(resultsDir, { recursive: true });
+
+if (process.getuid?.() !== 0) {
+  console.error('bench: run as root (debootstrap for the images, runc for optimize, containerd for the reference)');
+  process.exit(1);
+}
+
+const cleanups = [];
+let interrupted = false;
+process.on('SIGINT', () => {
+  interrupted = true;
+  log('interrupted; cleaning up');
+  void cleanupAll().then(() => process.exit(130));
+});
+async function cleanupAll() {
+  while (cleanups.length) await cleanups.pop()().catch((err) => log(`cleanup: ${err.message}`));
+}
+
+const results = { startedAt: startedAt.toISOString(), machine: { cores, node: process.version }, runs, withReference, ops: {}, floor: {}, images: {} };
+
+
+async function main() {
+  // 1. images (cached under /var/cache/esgz-fixtures) and a local registry holding them.
+  const { debianImage, busyboxImage } = await importShared('test/fixtures/debian.ts');
+  log('building or reusing the benchmark images (first time: debootstrap, ~1-2 min)');
+  const debian = await debianImage({ log });
+  const busybox = await busyboxImage({ log });
+  const baseTar = debian.base.layers[0];
+  results.images = {
+    debianBase: { ref: debian.base.ref, tarBytes: baseTar.tarSize, gzipBytes: baseTar.blobSize },
+    debianPython: { ref: debian.python.ref, tarBytes: debian.python.layers.reduce((s, l) => s + l.tarSize, 0) },
+    busybox: { ref: busybox.ref, tarBytes: busybox.layers[0].tarSize },
+  };
+
+  const registry = await startBenchRegistry();
+  cleanups.push(() => registry.stop());
+  const remote = {
+    base: `${registry.address}/bench/debian:bookworm`,
+    python: `${registry.address}/bench/debian:bookworm-python`,
+    busybox: `${registry.address}/bench/busybox:latest`,
+  };
+  log(`pushing the gzip images to ${registry.address} with skopeo`);
+  for (const [fixture, ref] of [[debian.base, remote.base], [debian.python, remote.python], [busybox, remote.busybox]]) {
+    await mustRun('skopeo', ['copy', '--quiet', '--dest-tls-verify=false', fixture.ref, `docker://${ref}`]);
+  }
+
+  // 2. reference: private containerd, images pulled once (untimed) so convert/optimize run locally.
+  let containerd;
+  if (withReference) {
+    containerd = await startReference();
+    cleanups.push(() => containerd.stop());
+    for (const ref of Object.values(remote)) {
+      log(`ctr-remote image pull ${ref}`);
+      const pulled = await measure('ctr-remote', ['-a', containerd.address, '-n', containerd.namespace, 'image', 'pull', '--plain-http', ref]);
+      if (!pulled.ok) throw new Error(`ctr-remote pull ${ref}: ${pulled.error}`);
+      if (ref === remote.base) results.referencePullSeconds = pulled.seconds;
+    }
+  }
+
+  // 3a. the physical floor on the same bytes as the convert benchmarks.
+  if (!flag('--no-floor')) await measureFloor(baseTar);
+  if (interrupted) return;
+
+  // 3b. esgz and ctr-remote, operation by operation (each tool's runs back to back).
+  const python = ['["/usr/bin/python3","-c"]', '["print(1)"]'];
+  const ops = [
+    {
+      key: 'estargz-l9',
+      title: 'convert --estargz, level 9 (default)',
+      image: 'base',
+      esgz: ['image', 'convert', '--estargz', '--oci', '--estargz-compression-level', '9'],
+      ctr: ['image', 'convert', '--estargz', '--oci', '--estargz-compression-level', '9'],
+      needsFlag: '--estargz',
+      floor: 'libdeflate-gzip -9, all cores',
+    },
+    {
+      key: 'estargz-l6',
+      title: 'convert --estargz, level 6',
+      image: 'base',
+      esgz: ['image', 'convert', '--estargz', '--oci', '--estargz-compression-level', '6'],
+      ctr: ['image', 'convert', '--estargz', '--oci', '--estargz-compression-level', '6'],
+      needsFlag: '--estargz',
+      floor: 'libdeflate-gzip -6, all cores',
+    },
+    {
+      key: 'zstdchunked',
+      title: 'convert --zstdchunked',
+      image: 'base',
+      esgz: ['image', 'convert', '--zstdchunked', '--oci'],
+      ctr: ['image', 'convert', '--zstdchunked', '--oci'],
+      needsFlag: '--zstdchunked',
+      floor: 'zstd -3 -T0 + gunzip',
+    },
+    {
+      key: 'optimize',
+      title: 'optimize python3 -c print(1)',
+      image: 'python',
+      esgzCommand: ['image', 'optimize'],
+      esgz: ['image', 'optimize', '--oci', '--entrypoint', python[0], '--args', python[1]],
+      ctr: ['image', 'optimize', '--oci', '--entrypoint', python[0], '--args', python[1]],
+    },
+    {
+      key: 'busybox-estargz',
+      title: 'convert --estargz busybox (small image)',
+      image: 'busybox',
+      esgz: ['image', 'convert', '--estargz', '--oci'],
+      ctr: ['image', 'convert', '--estargz', '--oci'],
+      needsFlag: '--estargz',
+    },
+  ];
+  const localSource = { base: debian.base.ref, python: debian.python.ref, busybox: busybox.ref };
+  const only = option('--ops', '').split(',').filter(Boolean);
+  for (const op of ops) {
+    if (interrupted) return;
+    if (only.length && !only.includes(op.key)) continue;
+    const entry = { title: op.title, image: op.image, floor: op.floor };
+    results.ops[op.key] = entry;
+    entry.esgz = await runEsgz(op, localSource[op.image]);
+    if (containerd) entry.ctrRemote = await runCtrRemote(containerd, op, remote[op.image]);
+  }
+
+  // 3c. memory and lazy pull (separate scripts, also runnable alone).
+  if (!flag('--no-memory') && !interrupted) {
+    const { runMemoryBench } = await import('./memory.mjs');
+    results.memory = await runMemoryBench({ sizesMiB: [100, 1024], work: join(work, 'memory') });
+  }
+  if (!flag('--no-lazy-pull') && !interrupted) {
+    const { runLazyPullBench } = await import('./lazy-pull.mjs');
+    results.lazyPull = await runLazyPullBench({ registry, image: debian.python, remoteRef: remote.python, work: join(work, 'lazy-pull'), runs });
+  }
+
+  // 4. the table, the targets, the JSON.
+  const report = renderReport(results);
+  console.log(report);
+  results.finishedAt = new Date().toISOString();
+  results.elapsedSeconds = (Date.now() - startedAt.getTime()) / 1000;
+  const file = join(resultsDir, `bench-${startedAt.toISOString().replace(/[:.]/g, '-')}.json`);
+  writeFileSync(file, JSON.stringify(results, null, 2));
+  console.log(`\nresults: ${file}  (total ${fmtSeconds(results.elapsedSeconds)} s)`);
+}
+
+async function startReference() {
+  const needed = ['/usr/bin/containerd', '/usr/bin/ctr', '/usr/bin/ctr-remote', '/usr/bin/containerd-shim-runc-v2'];
+  if (!needed.every((p) => existsSync(p))) {
+    log('installing the reference: apt-get install containerd stargz-snapshotter');
+    await mustRun('apt-get', ['install', '-y', '-qq', 'containerd', 'stargz-snapshotter', 'runc'], { env: { DEBIAN_FRONTEND: 'noninteractive' } });
+  }
+  const { startContainerd } = await importShared('test/harness/containerd.ts');
+  // ctr-remote --version prints containerd's ctr version; the package version is the real one.
+  const pkg = await runProcess('dpkg-query', ['-W', '-f', '${Version}', 'stargz-snapshotter']);
+  const ctd = await runProcess('dpkg-query', ['-W', '-f', '${Version}', 'containerd']);
+  results.reference = { ctrRemote: `ctr-remote (stargz-snapshotter ${pkg.stdout.trim() || 'unknown'}, containerd ${ctd.stdout.trim() || 'unknown'})` };
+  log('starting a private containerd for ctr-remote');
+  return startContainerd({ namespace: 'esgz-bench' });
+}
+
+async function runEsgz(op, source) {
+  const words = op.esgzCommand ?? op.esgz.slice(0, 2);
+  if (!(await esgzHas(words))) return { notBuilt: true };
+  if (op.needsFlag && !(await esgzHasFlag(words, op.needsFlag))) return { notBuilt: true };
+  const outLayout = join(work, `esgz-${op.key}`);
+  log(`esgz ${op.esgz.join(' ')}  (${runs}x)`);
+  return repeat(
+    runs,
+    async () => {
+      const sample = await measure(process.execPath, [esgzBin, ...op.esgz, source, `oci:${outLayout}:out`]);
+      if (sample.ok) sample.outputBytes = ociLayoutImageSize(outLayout, 'out');
+      return sample;
+    },
+    () => rmSync(outLayout, { recursive: true, force: true }),
+  );
+}
+
+async function runCtrRemote(containerd, op, source) {
+  const target = `bench.local/${op.key}:out`;
+  const base = ['-a', containerd.address, '-n', containerd.namespace];
+  log(`ctr-remote ${op.ctr.join(' ')}  (${runs}x)`);
+  return repeat(
+    runs,
+    async () => {
+      const sample = await measure('ctr-remote', [...base, ...op.ctr, source, target], { timeoutMs: 600_000 });
+      if (sample.ok) sample.outputBytes = await ctrImageSize(containerd, target);
+      return sample;
+    },
+    async () => {
+      await runProcess('ctr', [...base, 'images', 'rm', '--sync', target]);
+    },
+  );
+}
+
+/** Sum of layer sizes of a containerd image, from its manifest in the content store. */
+async function ctrImageSize(containerd, ref) {
+  const base = ['-a', containerd.address, '-n', containerd.namespace];
+  const list = await runProcess('ctr', [...base, 'images', 'ls']);
+  const line = list.stdout.split('\n').find((l) => l.startsWith(`${ref} `));
+  const digest = line?.match(/sha256:[0-9a-f]{64}/)?.[0];
+  if (!digest) return undefined;
+  let manifest = JSON.parse((await runProcess('ctr', [...base, 'content', 'get', digest])).stdout);
+  if (manifest.manifests) manifest = JSON.parse((await runProcess('ctr', [...base, 'content', 'get', manifest.manifests[0].digest])).stdout);
+  return manifest.layers.reduce((sum, layer) => sum + layer.size, 0);
+}
+
+/**
+ * What the hardware can do on the same bytes: each compressor over the base layer tar on one
+ * core, and on all cores (the tar split in `cores` parts compressed at once, or zstd -T0), plus
+ * gunzip of the source blob (the part of a conversion no compressor choice removes).
+ */
+async function measureFloor(layer) {
+  const dir = join(work, 'floor');
+  mkdirSync(dir, { recursive: true });
+  const parts = [];
+  const partSize = Math.ceil(layer.tarSize / cores);
+  for (let i = 0; i < cores; i++) {
+    const part = join(dir, `part${i}.tar`);
+    await mustRun('sh', ['-c', `dd if="$0" of="$1" bs=1M iflag=skip_bytes,count_bytes skip=${i * partSize} count=${partSize} status=none`, layer.tarPath, part]);
+    parts.push(part);
+  }
+  const single = (name, shell) => ({ name, run: () => measure('sh', ['-c', shell, layer.tarPath, join(dir, 'out')]), out: join(dir, 'out') });
+  const parallel = (name, perPart) => ({
+    name,
+    run: () => measureParallel(parts.map((p, i) => ['sh', ['-c', perPart, p, join(dir, `out${i}`)]])),
+    outs: parts.map((_, i) => join(dir, `out${i}`)),
+  });
+  const floorOps = [
+    single('gzip -9 (zlib), 1 core', 'gzip -9 -n -c "$0" > "$1"'),
+    parallel(`gzip -9 (zlib), ${cores} cores`, 'gzip -9 -n -c "$0" > "$1"'),
+    single('libdeflate-gzip -9, 1 core', 'libdeflate-gzip -9 -c "$0" > "$1"'),
+    parallel(`libdeflate-gzip -9, all cores`, 'libdeflate-gzip -9 -c "$0" > "$1"'),
+    single('libdeflate-gzip -6, 1 core', 'libdeflate-gzip -6 -c "$0" > "$1"'),
+    parallel(`libdeflate-gzip -6, all cores`, 'libdeflate-gzip -6 -c "$0" > "$1"'),
+    single('zstd -3, 1 core', 'zstd -3 -T1 -q -f "$0" -o "$1"'),
+    single('zstd -3 -T0, all cores', 'zstd -3 -T0 -q -f "$0" -o "$1"'),
+    { name: 'gunzip of the source blob', run: () => measure('sh', ['-c', 'gzip -dc "$0" > /dev/null', layer.blobPath]) },
+  ];
+  for (const op of floorOps) {
+    if (interrupted) return;
+    log(`floor: ${op.name}  (${runs}x)`);
+    const r = await repeat(runs, async () => {
+      const sample = await op.run();
+      if (sample.ok && op.out) sample.outputBytes = fileSize(op.out);
+      if (sample.ok && op.outs) sample.outputBytes = op.outs.reduce((s, p) => s + (fileSize(p) ?? 0), 0);
+      return sample;
+    });
+    r.inputBytes = op.name.startsWith('gunzip') ? layer.blobSize : layer.tarSize;
+    results.floor[op.name] = r;
+  }
+  const zstdAll = results.floor['zstd -3 -T0, all cores'];
+  const gunzip = results.floor['gunzip of the source blob'];
+  if (zstdAll?.ok && gunzip?.ok) {
+    results.floor['zstd -3 -T0 + gunzip'] = { ok: true, runs: 1, median: zstdAll.median + gunzip.median, min: zstdAll.min + gunzip.min, max: zstdAll.max + gunzip.max, derived: true };
+  }
+  rmSync(dir, { recursive: true, force: true });
+}
+
+const ratio = (a, b) => (a?.ok && b?.ok && b.median > 0 ? a.median / b.median : undefined);
+const fmtRatio = (r) => (r === undefined ? '' : r.toFixed(2));
+
+function renderReport(res) {
+  const lines = [];
+  const tarMB = fmtMB(res.images.debianBase.tarBytes);
+  lines.push(`\nesgz benchmark  ${res.startedAt}  ${res.machine.cores} cores  node ${res.machine.node}  runs=${res.runs}`);
+  lines.push(`images: debian bookworm minbase (one ${tarMB} MB tar layer, gzip ${fmtMB(res.images.debianBase.gzipBytes)} MB), + python3 layer, busybox`);
+  if (res.reference) lines.push(`reference: ${res.reference.ctrRemote} with a private containerd (times: ctr-remote process; it does the conversion itself)`);
+  lines.push('times in seconds: median (min-max); RSS = peak resident set of the measured process; size = sum of output layer blobs\n');
+
+  const header = ['operation', 'esgz s', 'RSS MiB', 'size MB', 'ctr-remote s', 'RSS MiB', 'size MB', 'esgz/ctr', 'floor s', 'esgz/floor'];
+  const rows = [];
+  for (const op of Object.values(res.ops)) {
+    const floor = op.floor ? res.floor[op.floor] : undefined;
+    const r = ratio(op.esgz, op.ctrRemote);
+    rows.push([
+      op.title,
+      fmtTiming(op.esgz),
+      op.esgz?.ok ? fmtMiB(op.esgz.rssBytes) : '',
+      op.esgz?.ok ? fmtMB(op.esgz.outputBytes) : '',
+      op.ctrRemote ? fmtTiming(op.ctrRemote) : 'n/a (no --with-reference)',
+      op.ctrRemote?.ok ? fmtMiB(op.ctrRemote.rssBytes) : '',
+      op.ctrRemote?.ok ? fmtMB(op.ctrRemote.outputBytes) : '',
+      r === undefined ? '' : `${fmtRatio(r)} (${(1 / r).toFixed(1)}x)`,
+      floor?.ok ? `${fmtSeconds(floor.median)} ${op.floor}` : '',
+      fmtRatio(ratio(op.esgz, floor)),
+    ]);
+  }
+  if (res.lazyPull) {
+    for (const row of res.lazyPull.rows ?? []) rows.push(row);
+  }
+  lines.push(formatTable(header, rows));
+
+  lines.push('\nphysical floor on the same bytes (debian base layer tar)');
+  const floorRows = Object.entries(res.floor).map(([name, f]) => [
+    name,
+    fmtTiming(f),
+    f.ok && !f.derived && f.inputBytes ? (f.inputBytes / MB / f.median).toFixed(0) : '',
+    f.ok && f.outputBytes !== undefined ? fmtMB(f.outputBytes) : '',
+  ]);
+  lines.push(formatTable(['floor', 'seconds', 'MB/s in', 'size MB'], floorRows));
+
+  if (res.memory) {
+    lines.push('\npeak RSS on generated layers (bench/memory.mjs)');
+    lines.push(formatTable(['operation', 'layer MiB', 'seconds', 'peak RSS MiB'], res.memory.rows));
+  }
+
+  lines.push('\ntargets');
+  for (const t of targets(res)) lines.push(`  [${t.status}] ${t.text}${t.detail ? `: ${t.detail}` : ''}`);
+  return lines.join('\n');
+}
+
+function targets(res) {
+  const out = [];
+  const check = (text, ok, detail, missing) => out.push({ text, status: missing ? 'n/a ' : ok ? 'met ' : 'NOT ', detail: missing ?? detail });
+  const op = (key) => res.ops[key] ?? { esgz: { ok: false, notMeasured: true } };
+  const missing = (...rs) => {
+    for (const r of rs) {
+      if (!r) return res.withReference ? 'not measured in this run' : 'no reference run (--with-reference)';
+      if (r.notMeasured) return 'not measured in this run (--ops)';
+      if (r.notBuilt) return 'esgz command not built yet';
+      if (!r.ok) return `a run failed: ${r.error ?? ''}`;
+    }
+    return undefined;
+  };
+
+  const l9 = op('estargz-l9');
+  const r9 = ratio(l9.ctrRemote, l9.esgz);
+  check('issue 3: convert --estargz (level 9) >= 6x faster than ctr-remote, output no larger', r9 >= 6 && l9.esgz.outputBytes <= l9.ctrRemote.outputBytes,
+    r9 !== undefined ? `${r9.toFixed(1)}x, ${fmtMB(l9.esgz.outputBytes)} vs ${fmtMB(l9.ctrRemote.outputBytes)} MB` : '', missing(l9.esgz, l9.ctrRemote));
+
+  const z = op('zstdchunked');
+  const zFloor = res.floor['zstd -3 -T0 + gunzip'];
+  const zr = ratio(z.esgz, zFloor);
+  check('issue 4: convert --zstdchunked <= 1.5x (zstd -3 -T0 + gunzip)', zr <= 1.5, zr !== undefined ? `${zr.toFixed(2)}x` : '', missing(z.esgz, zFloor));
+  const zc = ratio(z.ctrRemote, z.esgz);
+  check('issue 4: convert --zstdchunked >= 8x faster than ctr-remote', zc >= 8, zc !== undefined ? `${zc.toFixed(1)}x` : '', missing(z.esgz, z.ctrRemote));
+
+  const o = op('optimize');
+  const oc = ratio(o.ctrRemote, o.esgz);
+  check('issue 5: optimize >= 4x faster than ctr-remote optimize', oc >= 4, oc !== undefined ? `${oc.toFixed(1)}x` : '', missing(o.esgz, o.ctrRemote));
+
+  if (res.memory) for (const t of res.memory.targets ?? []) out.push(t);
+  else out.push({ status: 'n/a ', text: 'issues 2/3: peak RSS targets', detail: 'memory benchmark skipped (--no-memory)' });
+  if (res.lazyPull) for (const t of res.lazyPull.targets ?? []) out.push(t);
+  else out.push({ status: 'n/a ', text: 'issue 6: lazy pull >= 3x faster start', detail: 'lazy-pull benchmark skipped (--no-lazy-pull)' });
+  return out;
+}
+
+// Last, so every module-level helper above is initialised before main() uses it.
+try {
+  await main();
+} catch (err) {
+  console.error(`bench: ${err.message}`);
+  process.exitCode = 1;
+} finally {
+  await cleanupAll();
+}
