@@ -365,6 +365,19 @@ class Transfer {
     };
   }
 
+  /** Ends `stream` with INTERRUPTED when the signal fires, so Ctrl-C does not wait for a big blob. */
+  private abortable(stream: Readable): Readable {
+    const onAbort = (): void => {
+      stream.destroy(new EsgzError('INTERRUPTED', 'interrupted'));
+    };
+    if (this.signal.aborted) onAbort();
+    else {
+      this.signal.addEventListener('abort', onAbort, { once: true });
+      stream.once('close', () => this.signal.removeEventListener('abort', onAbort));
+    }
+    return stream;
+  }
+
   private mountHint(sameBlob: boolean): { mountFrom?: BlobLocation } | undefined {
     return sameBlob && this.mountFrom !== undefined ? { mountFrom: this.mountFrom } : undefined;
   }
@@ -380,7 +393,7 @@ class Transfer {
     const id = `layer-${index}-${layer.digest}-${randomBytes(3).toString('hex')}`;
     const label = `layer ${shortDigest(layer.digest).replace(/^sha256:/, '')}`;
     progress?.start(id, label, layer.size);
-    const openSource = async (): Promise<Readable> => counting(await source.openBlob(layer), (n) => progress?.update(id, n));
+    const openSource = async (): Promise<Readable> => this.abortable(counting(await source.openBlob(layer), (n) => progress?.update(id, n)));
 
     await this.spoolDir();
     const spoolPath = join(this.spoolRoot, `${index}-${randomBytes(4).toString('hex')}`);
