@@ -1,0 +1,427 @@
+/**
+ * Lazy chunk access for one eStargz / zstd:chunked layer, backed by a content-addressed chunk
+ * cache on disk.
+ *
+ * - The cache stores uncompressed chunks by their TOC `chunkDigest` under
+ *   `<root>/chunks/sha256/ab/<hex>`. Bytes are hashed before they are written; they go to a temp
+ *   name and are renamed into place, so a reader never sees a partial or unverified chunk.
+ * - `LazyLayer.readRange` maps a file range to chunks, serves cached ones from disk and fetches the
+ *   rest. Fetches are deduplicated (one request per member even when several readers want it) and
+ *   neighbouring members wanted at about the same time are coalesced into one Range request.
+ * - Transient faults (network errors, 5xx, short reads) are retried within a deadline; a chunk
+ *   whose bytes do not match its digest fails at once (it is never cached, so the next read
+ *   fetches again). Nothing waits forever: every fetch has a deadline.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, open, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { EsgzError, isEsgzError } from '../errors.js';
+import type { BlobReader, ChunkRef, EstargzReader } from '../estargz/reader.js';
+import type { TOCEntry } from '../estargz/toc.js';
+
+const HEX64 = /^[0-9a-f]{64}$/;
+
+/** Content-addressed store of verified, uncompressed chunks. */
+export class ChunkCache {
+  readonly dir: string;
+
+  constructor(readonly root: string) {
+    this.dir = join(root, 'chunks', 'sha256');
+  }
+
+  pathOf(digest: string): string {
+    const hex = hexOf(digest);
+    return join(this.dir, hex.slice(0, 2), hex);
+  }
+
+  async has(digest: string): Promise<boolean> {
+    return stat(this.pathOf(digest)).then(
+      () => true,
+      () => false,
+    );
+  }
+
+  /** `length` bytes at `offset` of a cached chunk, or undefined when it is not cached. */
+  async read(digest: string, offset: number, length: number): Promise<Buffer | undefined> {
+    let handle;
+    try {
+      handle = await open(this.pathOf(digest), 'r');
+    } catch {
+      return undefined;
+    }
+    try {
+      const buf = Buffer.allocUnsafe(length);
+      let got = 0;
+      while (got < length) {
+        const { bytesRead } = await handle.read(buf, got, length - got, offset + got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      return got === length ? buf : undefined;
+    } finally {
+      await handle.close();
+    }
+  }
+
+  /** Stores `data` under `digest` after checking that it hashes to it. */
+  async put(digest: string, data: Buffer): Promise<void> {
+    const hex = hexOf(digest);
+    const actual = createHash('sha256').update(data).digest('hex');
+    if (actual !== hex) throw new EsgzError('DIGEST_MISMATCH', `chunk cache: refusing to store bytes with digest sha256:${actual} as ${digest}`);
+    const final = this.pathOf(digest);
+    await mkdir(join(this.dir, hex.slice(0, 2)), { recursive: true });
+    const tmp = `${final}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+    try {
+      await writeFile(tmp, data);
+      await rename(tmp, final);
+    } catch (err) {
+      await rm(tmp, { force: true });
+      throw err;
+    }
+  }
+
+  /** Every cached chunk digest with its size (for `image prune`). */
+  async list(): Promise<Array<{ digest: string; size: number }>> {
+    const out: Array<{ digest: string; size: number }> = [];
+    const prefixes = await readdir(this.dir).catch(() => [] as string[]);
+    for (const prefix of prefixes) {
+      const names = await readdir(join(this.dir, prefix)).catch(() => [] as string[]);
+      for (const name of names) {
+        if (!HEX64.test(name)) continue;
+        const st = await stat(join(this.dir, prefix, name)).catch(() => undefined);
+        if (st) out.push({ digest: `sha256:${name}`, size: st.size });
+      }
+    }
+    return out;
+  }
+
+  async remove(digest: string): Promise<void> {
+    await rm(this.pathOf(digest), { force: true });
+  }
+}
+
+function hexOf(digest: string): string {
+  const hex = digest.startsWith('sha256:') ? digest.slice(7) : '';
+  if (!HEX64.test(hex)) throw new EsgzError('BAD_FORMAT', `chunk digest ${JSON.stringify(digest)} is not a sha256 digest`);
+  return hex;
+}
+
+export interface FetchPolicy {
+  /** How long one fetch (all its attempts) may take before reads fail with EIO. Default 30 s. */
+  deadlineMs?: number;
+  /** Attempts per fetch for transient faults. Default 4. */
+  attempts?: number;
+  /** Largest single coalesced Range request. Default 16 MiB. */
+  maxRangeBytes?: number;
+}
+
+export interface FetchStats {
+  /** Range requests made (after coalescing). */
+  requests: number;
+  /** Compressed bytes received. */
+  bytes: number;
+  /** Chunks served from the disk cache. */
+  cacheHits: number;
+  /** Chunks fetched and verified. */
+  chunksFetched: number;
+}
+
+/** One compressed member (gzip member / zstd frame) and the chunks it holds. */
+interface Member {
+  start: number;
+  end: number;
+  chunks: ChunkRef[];
+}
+
+interface Waiter {
+  member: Member;
+  resolve(): void;
+  reject(err: unknown): void;
+}
+
+/** Chunks that have no digest cannot be cached; they are fetched for each read and kept briefly here. */
+type Uncached = Map<number, Promise<Buffer>>;
+
+/**
+ * Serves file ranges of one layer through the chunk cache.
+ * `blob` is the raw blob access (registry Range requests); `reader` supplies the chunk index and codec.
+ */
+export class LazyLayer {
+  readonly stats: FetchStats = { requests: 0, bytes: 0, cacheHits: 0, chunksFetched: 0 };
+  private readonly inFlight = new Map<number, Promise<void>>();
+  private readonly pending: Waiter[] = [];
+  private flushScheduled = false;
+  private readonly uncached: Uncached = new Map();
+  private readonly deadlineMs: number;
+  private readonly attempts: number;
+  private readonly maxRangeBytes: number;
+  private readonly membersByStart = new Map<number, Member>();
+
+  constructor(
+    readonly reader: EstargzReader,
+    readonly blob: BlobReader,
+    readonly cache: ChunkCache,
+    policy: FetchPolicy = {},
+  ) {
+    this.deadlineMs = policy.deadlineMs ?? 30_000;
+    this.attempts = policy.attempts ?? 4;
+    this.maxRangeBytes = policy.maxRangeBytes ?? 16 << 20;
+    for (const entry of reader.entries()) {
+      if (entry.type !== 'reg' || !(entry.size ?? 0)) continue;
+      for (const chunk of reader.chunks(entry.name)) this.memberOf(chunk);
+    }
+  }
+
+  private memberOf(chunk: ChunkRef): Member {
+    let member = this.membersByStart.get(chunk.compressedOffset);
+    if (!member) {
+      member = { start: chunk.compressedOffset, end: chunk.compressedEnd, chunks: [] };
+      this.membersByStart.set(chunk.compressedOffset, member);
+    }
+    if (!member.chunks.includes(chunk)) member.chunks.push(chunk);
+    return member;
+  }
+
+  /** Bytes [offset, offset+length) of the regular file `name` (TOC entry `entry`, hardlinks resolved). */
+  async readRange(name: string, _entry: TOCEntry, offset: number, length: number): Promise<Buffer> {
+    const chunks = this.reader.chunks(name).filter((c) => c.fileOffset < offset + length && c.fileOffset + c.length > offset);
+    // Ask for every missing member of the range at once so they can share one request.
+    const parts = await Promise.all(chunks.map((c) => this.chunkSlice(c, Math.max(offset, c.fileOffset) - c.fileOffset, Math.min(offset + length, c.fileOffset + c.length) - Math.max(offset, c.fileOffset))));
+    return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+  }
+
+  private async chunkSlice(chunk: ChunkRef, from: number, length: number): Promise<Buffer> {
+    if (!chunk.chunkDigest) {
+      const data = await this.uncachedChunk(chunk);
+      return data.subarray(from, from + length);
+    }
+    const cached = await this.cache.read(chunk.chunkDigest, from, length);
+    if (cached) {
+      this.stats.cacheHits++;
+      return cached;
+    }
+    await this.ensureMembers([this.memberOf(chunk)]);
+    const fetched = await this.cache.read(chunk.chunkDigest, from, length);
+    if (!fetched) throw new EsgzError('INTERNAL', `${this.reader.where}: ${chunk.name}: chunk at ${chunk.fileOffset} vanished from the cache`);
+    return fetched;
+  }
+
+  private uncachedChunk(chunk: ChunkRef): Promise<Buffer> {
+    const key = chunk.compressedOffset * 2 ** 20 + chunk.innerOffset;
+    let p = this.uncached.get(key);
+    if (!p) {
+      p = this.withDeadline(() => this.reader.readChunk(chunk), `${chunk.name} at ${chunk.fileOffset}`);
+      this.uncached.set(key, p);
+      void p.finally(() => this.uncached.delete(key)).catch(() => undefined);
+    }
+    return p;
+  }
+
+  /** Whether every chunk of `name` is in the cache. */
+  async isCached(name: string): Promise<boolean> {
+    for (const c of this.reader.chunks(name)) if (!c.chunkDigest || !(await this.cache.has(c.chunkDigest))) return false;
+    return true;
+  }
+
+  /** Makes sure these members' chunks are in the cache (fetching the missing ones, coalesced). */
+  async ensureMembers(members: Member[]): Promise<void> {
+    const waits: Promise<void>[] = [];
+    for (const member of members) {
+      const existing = this.inFlight.get(member.start);
+      if (existing) {
+        waits.push(existing);
+        continue;
+      }
+      const p = new Promise<void>((resolve, reject) => {
+        this.pending.push({ member, resolve, reject });
+      });
+      this.inFlight.set(member.start, p);
+      void p.then(
+        () => this.inFlight.delete(member.start),
+        () => this.inFlight.delete(member.start),
+      );
+      waits.push(p);
+    }
+    if (this.pending.length > 0 && !this.flushScheduled) {
+      this.flushScheduled = true;
+      // Wait one macrotask so concurrent readers' requests land in the same batch.
+      setImmediate(() => {
+        this.flushScheduled = false;
+        this.flush();
+      });
+    }
+    await Promise.all(waits);
+  }
+
+  /** Groups pending members into contiguous ranges and fetches each range once. */
+  private flush(): void {
+    const batch = this.pending.splice(0).sort((a, b) => a.member.start - b.member.start);
+    let group: Waiter[] = [];
+    const groups: Waiter[][] = [];
+    for (const w of batch) {
+      const last = group[group.length - 1];
+      if (last && last.member.end === w.member.start && w.member.end - group[0]!.member.start <= this.maxRangeBytes) {
+        group.push(w);
+      } else {
+        if (group.length) groups.push(group);
+        group = [w];
+      }
+    }
+    if (group.length) groups.push(group);
+    for (const g of groups) void this.fetchGroup(g);
+  }
+
+  private async fetchGroup(group: Waiter[]): Promise<void> {
+    const start = group[0]!.member.start;
+    const end = group[group.length - 1]!.member.end;
+    let data: Buffer;
+    try {
+      data = await this.fetchRange(start, end - start);
+    } catch (err) {
+      for (const w of group) w.reject(err);
+      return;
+    }
+    // Each member is decompressed, verified and stored on its own, so one bad member fails only its own readers.
+    await Promise.all(
+      group.map(async (w) => {
+        try {
+          await this.storeMember(w.member, data.subarray(w.member.start - start, w.member.end - start));
+          w.resolve();
+        } catch (err) {
+          w.reject(err);
+        }
+      }),
+    );
+  }
+
+  private async storeMember(member: Member, compressed: Buffer): Promise<void> {
+    let plain: Buffer;
+    try {
+      plain = await this.reader.codec.decompress(compressed);
+    } catch (err) {
+      throw new EsgzError('BAD_LAYER', `${this.reader.where}: member at ${member.start} does not decompress (${err instanceof Error ? err.message : String(err)})`, { cause: err });
+    }
+    for (const chunk of member.chunks) {
+      if (plain.length < chunk.innerOffset + chunk.length) {
+        throw new EsgzError('BAD_LAYER', `${this.reader.where}: ${chunk.name}: member at ${member.start} holds ${plain.length} bytes, chunk needs ${chunk.innerOffset + chunk.length}`);
+      }
+      const bytes = plain.subarray(chunk.innerOffset, chunk.innerOffset + chunk.length);
+      if (!chunk.chunkDigest) continue;
+      const actual = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+      if (actual !== chunk.chunkDigest) {
+        throw new EsgzError('DIGEST_MISMATCH', `${this.reader.where}: ${chunk.name}: chunk at ${chunk.fileOffset} has digest ${actual}, TOC says ${chunk.chunkDigest}`);
+      }
+      if (!(await this.cache.has(chunk.chunkDigest))) await this.cache.put(chunk.chunkDigest, bytes);
+      this.stats.chunksFetched++;
+    }
+  }
+
+  /** One Range read with retries on transient faults, bounded by the deadline. */
+  private fetchRange(offset: number, length: number): Promise<Buffer> {
+    return this.withDeadline(async (signal) => {
+      let lastError: unknown;
+      for (let attempt = 0; attempt < this.attempts; attempt++) {
+        if (signal.aborted) break;
+        try {
+          this.stats.requests++;
+          const data = await this.blob.read(offset, length);
+          if (data.length !== length) throw new EsgzError('SIZE_MISMATCH', `${this.reader.where}: range read at ${offset} returned ${data.length} of ${length} bytes`);
+          this.stats.bytes += data.length;
+          return data;
+        } catch (err) {
+          lastError = err;
+          if (!isTransient(err)) throw err;
+          await sleep(Math.min(2000, 100 * 2 ** attempt), signal);
+        }
+      }
+      throw lastError ?? new EsgzError('NETWORK', `${this.reader.where}: range read at ${offset} gave up`);
+    }, `range ${offset}+${length}`);
+  }
+
+  private withDeadline<T>(work: (signal: AbortSignal) => Promise<T>, what: string): Promise<T> {
+    const controller = new AbortController();
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        controller.abort();
+        reject(new EsgzError('NETWORK', `${this.reader.where}: ${what}: no answer within ${this.deadlineMs} ms`));
+      }, this.deadlineMs);
+      work(controller.signal).then(
+        (v) => {
+          clearTimeout(timer);
+          resolve(v);
+        },
+        (err) => {
+          clearTimeout(timer);
+          reject(err);
+        },
+      );
+    });
+  }
+
+  /**
+   * Fetches the blob range [0, end) in one Range request and stores every chunk whose member lies
+   * entirely inside it (the prioritized files before the prefetch landmark).
+   */
+  async prefetch(end: number): Promise<{ bytes: number; chunks: number }> {
+    const members = [...this.membersByStart.values()].filter((m) => m.end <= end).sort((a, b) => a.start - b.start);
+    const missing: Member[] = [];
+    for (const m of members) {
+      const cached = await Promise.all(m.chunks.map((c) => (c.chunkDigest ? this.cache.has(c.chunkDigest) : Promise.resolve(false))));
+      if (!cached.every(Boolean)) missing.push(m);
+    }
+    if (missing.length === 0) return { bytes: 0, chunks: 0 };
+    const from = missing[0]!.start;
+    const to = missing[missing.length - 1]!.end;
+    const data = await this.fetchRange(from, to - from);
+    let chunks = 0;
+    for (const m of missing) {
+      await this.storeMember(m, data.subarray(m.start - from, m.end - from));
+      chunks += m.chunks.length;
+    }
+    return { bytes: data.length, chunks };
+  }
+
+  /** Fetches every member not yet cached, in blob order, in ranges of at most maxRangeBytes. */
+  async fetchAll(onProgress?: (bytes: number) => void): Promise<void> {
+    const members = [...this.membersByStart.values()].sort((a, b) => a.start - b.start);
+    const missing: Member[] = [];
+    for (const m of members) {
+      const cached = await Promise.all(m.chunks.map((c) => (c.chunkDigest ? this.cache.has(c.chunkDigest) : Promise.resolve(true))));
+      if (!cached.every(Boolean)) missing.push(m);
+    }
+    let batch: Member[] = [];
+    let batchBytes = 0;
+    for (const m of missing) {
+      if (batch.length && batchBytes + (m.end - m.start) > this.maxRangeBytes) {
+        await this.ensureMembers(batch);
+        onProgress?.(batchBytes);
+        batch = [];
+        batchBytes = 0;
+      }
+      batch.push(m);
+      batchBytes += m.end - m.start;
+    }
+    if (batch.length) {
+      await this.ensureMembers(batch);
+      onProgress?.(batchBytes);
+    }
+  }
+}
+
+/** Errors worth another attempt: network trouble, 5xx/429, short reads. Digest mismatches are not. */
+export function isTransient(err: unknown): boolean {
+  if (isEsgzError(err)) return err.code === 'NETWORK' || err.code === 'SIZE_MISMATCH' || (err.code === 'REGISTRY' && /\b(5\d\d|429)\b/.test(err.message));
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  return typeof code === 'string' && /^(ECONNRESET|ECONNREFUSED|EPIPE|ETIMEDOUT|EAI_AGAIN|UND_ERR_SOCKET|UND_ERR_CONNECT_TIMEOUT|UND_ERR_HEADERS_TIMEOUT|UND_ERR_BODY_TIMEOUT)$/.test(code);
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const t = setTimeout(resolve, ms);
+    signal.addEventListener('abort', () => {
+      clearTimeout(t);
+      resolve();
+    }, { once: true });
+  });
+}

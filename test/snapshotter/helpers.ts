@@ -1,0 +1,90 @@
+/** Shared helpers for the snapshotter tests: build eStargz layers, walk trees, read xattrs. */
+import { createHash } from 'node:crypto';
+import { lstat, readdir, readFile, readlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { execa } from 'execa';
+import { createCodec } from '../../src/estargz/codecs.js';
+import { writeEstargz, type EstargzWriteResult } from '../../src/estargz/writer.js';
+
+/** Converts an uncompressed tar into an eStargz blob (gzip) in memory. */
+export async function toEstargz(tar: Buffer, options: { chunkSize?: number; prioritizedFiles?: string[]; codec?: 'gzip' | 'zstd' } = {}): Promise<{ blob: Buffer; result: EstargzWriteResult }> {
+  const codec = await createCodec(options.codec ?? 'gzip', { workers: 1 });
+  const parts: Buffer[] = [];
+  const out = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      parts.push(chunk);
+      cb();
+    },
+  });
+  try {
+    const result = await writeEstargz((async function* () { yield tar; })(), out, {
+      codec,
+      chunkSize: options.chunkSize,
+      prioritizedFiles: options.prioritizedFiles,
+    });
+    return { blob: Buffer.concat(parts), result };
+  } finally {
+    await codec.close();
+  }
+}
+
+export interface WalkedEntry {
+  path: string;
+  type: string;
+  mode: number;
+  uid: number;
+  gid: number;
+  size?: number;
+  mtime?: number;
+  target?: string;
+  rdev?: number;
+  sha256?: string;
+  nlink?: number;
+  ino: number;
+  xattrs: Record<string, string>;
+}
+
+function typeOf(st: import('node:fs').Stats): string {
+  if (st.isDirectory()) return 'dir';
+  if (st.isFile()) return 'reg';
+  if (st.isSymbolicLink()) return 'symlink';
+  if (st.isCharacterDevice()) return 'char';
+  if (st.isBlockDevice()) return 'block';
+  if (st.isFIFO()) return 'fifo';
+  return 'other';
+}
+
+/** Every xattr of `path` (not following symlinks) as name → base64, read by getfattr (an independent tool). */
+export async function xattrsOf(path: string): Promise<Record<string, string>> {
+  const r = await execa('getfattr', ['--absolute-names', '-h', '-d', '-m', '-', '-e', 'base64', path], { reject: false });
+  const out: Record<string, string> = {};
+  for (const line of String(r.stdout).split('\n')) {
+    const m = /^([^#=][^=]*)=0s(.*)$/.exec(line.trim());
+    if (m) out[m[1]!] = m[2]!;
+  }
+  return out;
+}
+
+/** Walks a tree with node's fs (lstat, readlink, readFile) and getfattr. */
+export async function walkTree(root: string): Promise<Map<string, WalkedEntry>> {
+  const out = new Map<string, WalkedEntry>();
+  const visit = async (rel: string) => {
+    const full = rel === '' ? root : join(root, rel);
+    const st = await lstat(full);
+    const type = typeOf(st);
+    const entry: WalkedEntry = { path: rel, type, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, ino: st.ino, xattrs: await xattrsOf(full) };
+    entry.mtime = Math.floor(st.mtimeMs / 1000);
+    if (type === 'reg') {
+      entry.size = st.size;
+      entry.nlink = st.nlink;
+      entry.sha256 = createHash('sha256').update(await readFile(full)).digest('hex');
+    }
+    if (type === 'symlink') entry.target = await readlink(full);
+    if (type === 'char' || type === 'block') entry.rdev = st.rdev;
+    out.set(rel, entry);
+    if (type === 'dir') for (const name of (await readdir(full)).sort()) await visit(rel === '' ? name : `${rel}/${name}`);
+  };
+  await visit('');
+  return out;
+}
