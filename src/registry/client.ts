@@ -1,5 +1,5 @@
 import { Readable } from 'node:stream';
-import { Agent, request, type Dispatcher } from 'undici';
+import { Agent, EnvHttpProxyAgent, request, type Dispatcher } from 'undici';
 import { EsgzError } from '../errors.js';
 import { DigestVerifier, digestOf, isDigest, verifyBuffer } from '../image/digest.js';
 import { MediaType, isIndexMediaType, isManifestMediaType } from '../image/media-types.js';
@@ -79,7 +79,7 @@ interface CachedToken {
 export class RegistryClient {
   readonly registry: string;
   private readonly apiHost: string;
-  private readonly agent: Agent;
+  private readonly agent: Dispatcher;
   private readonly attempts: number;
   private readonly retryDelayMs: number;
   private readonly userAgent: string;
@@ -98,12 +98,7 @@ export class RegistryClient {
     this.attempts = Math.max(1, options.attempts ?? 3);
     this.retryDelayMs = options.retryDelayMs ?? 250;
     this.userAgent = options.userAgent ?? DEFAULT_USER_AGENT;
-    this.agent = new Agent({
-      connect: { rejectUnauthorized: !options.insecure, timeout: 30_000 },
-      headersTimeout: 60_000,
-      bodyTimeout: 120_000,
-      keepAliveTimeout: 10_000,
-    });
+    this.agent = createDispatcher(!options.insecure);
   }
 
   /** Drops every connection; a blob stream still being read errors (so close never waits on a stalled consumer). */
@@ -664,6 +659,31 @@ export class RegistryClient {
         return new EsgzError('REGISTRY', `${what}: registry ${this.registry} answered HTTP ${response.status} to ${request}${suffix}`);
     }
   }
+}
+
+const PROXY_VARIABLES = ['https_proxy', 'HTTPS_PROXY', 'http_proxy', 'HTTP_PROXY'];
+/** Loopback registries are never reached through a proxy (a proxy cannot reach our 127.0.0.1). */
+const LOOPBACK_NO_PROXY = 'localhost,127.0.0.1,[::1]';
+
+/**
+ * One connection pool per registry; HTTP(S)_PROXY / NO_PROXY are honoured like docker does.
+ * Header and body timeouts are idle timers (undici refreshes them as bytes move), so a long
+ * upload or download on a slow link is fine as long as it keeps moving.
+ */
+function createDispatcher(verifyTls: boolean): Dispatcher {
+  const options = {
+    connect: { rejectUnauthorized: verifyTls, timeout: 30_000 },
+    headersTimeout: 60_000,
+    bodyTimeout: 120_000,
+    keepAliveTimeout: 10_000,
+  };
+  if (!PROXY_VARIABLES.some((name) => process.env[name])) return new Agent(options);
+  const noProxy = process.env.no_proxy ?? process.env.NO_PROXY ?? '';
+  return new EnvHttpProxyAgent({
+    ...options,
+    requestTls: { rejectUnauthorized: verifyTls },
+    noProxy: noProxy.trim() === '*' ? '*' : [noProxy, LOOPBACK_NO_PROXY].filter((v) => v.trim() !== '').join(','),
+  });
 }
 
 /** A response body that ended early (connection lost or short); SIZE_MISMATCH to callers. */
