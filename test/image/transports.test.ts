@@ -10,6 +10,7 @@ import { EsgzError } from '../../src/errors.js';
 import { transferImage } from '../../src/image/pipeline.js';
 import { openSink, openSource, parseTransportReference } from '../../src/image/transports/index.js';
 import { registryAddress } from '../harness/registry.js';
+import { buildTar, dir, file, gzipBuffer, sha256Digest, sha256Hex } from '../fixtures/tar.js';
 import { multiLayerEntries, twoPlatformImages, writeOciImage, busyboxRootfs, type WrittenImage } from '../fixtures/oci-image.js';
 
 const scratch = await mkdtemp(join(tmpdir(), 'esgz-transports-'));
@@ -172,6 +173,34 @@ describe('docker-archive', () => {
     expect(config.rootfs.diff_ids).toEqual(multi.manifests[0]!.layers.map((l) => l.diffID));
     // And skopeo reads the layout esgz wrote from it.
     expect((await skopeoInspect(`oci:${dst}:x`)).Layers).toEqual(config.rootfs.diff_ids);
+  });
+
+  it('reads the legacy layout (<id>/layer.tar, gzip or plain, ./-prefixed names) and stores layers as found', async () => {
+    const plain = await buildTar(busyboxRootfs());
+    const second = await buildTar([file('etc/second', 'layer two\n')]);
+    const gz = gzipBuffer(second);
+    const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [sha256Digest(plain), sha256Digest(second)] } }));
+    const configName = `${sha256Hex(config)}.json`;
+    const manifestJson = JSON.stringify([{ Config: configName, RepoTags: ['legacy/app:1'], Layers: ['aaaa/layer.tar', 'bbbb/layer.tar'] }]);
+    const archive = join(scratch, 'legacy.tar');
+    await writeFile(archive, await buildTar([
+      dir('./aaaa'), file('./aaaa/layer.tar', plain), file('./aaaa/VERSION', '1.0'),
+      dir('./bbbb'), file('./bbbb/layer.tar', gz),
+      file(`./${configName}`, config), file('./manifest.json', manifestJson),
+    ]));
+    const dst = join(scratch, 'legacy-out');
+    const report = await copy(`docker-archive:${archive}:legacy/app:1`, `oci:${dst}:l`);
+    const layers = report.manifests[0]!.layers;
+    expect(layers.map((l) => [l.output.mediaType, l.output.digest, l.output.size])).toEqual([
+      ['application/vnd.docker.image.rootfs.diff.tar', sha256Digest(plain), plain.length],
+      ['application/vnd.docker.image.rootfs.diff.tar.gzip', sha256Digest(gz), gz.length],
+    ]);
+    expect(report.manifests[0]!.config.output.digest).toBe(sha256Digest(config));
+    expect((await readFile(join(dst, 'blobs', 'sha256', sha256Hex(gz)))).equals(gz)).toBe(true);
+    // A truncated archive is refused with one clear error.
+    const truncated = join(scratch, 'legacy-truncated.tar');
+    await writeFile(truncated, (await readFile(archive)).subarray(0, 3000));
+    await expect(openSource(`docker-archive:${truncated}`)).rejects.toMatchObject({ code: 'BAD_ARCHIVE', message: expect.stringContaining('truncated') });
   });
 
   it('rejects a file that is not a docker archive and an unknown tag', async () => {
