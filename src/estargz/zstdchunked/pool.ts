@@ -20,32 +20,58 @@ export const MAX_ZSTD_LEVEL = 22;
 
 const BINDING_PATH = createRequire(import.meta.url).resolve('zstd-napi/binding.js');
 
+/**
+ * Members up to this size are compressed on the calling thread: a worker round trip (copy,
+ * postMessage, wake-up) costs more than zstd level 3 on a few KiB, and most members of a real
+ * rootfs are small files. Same library, same parameters, so the bytes are identical.
+ */
+export const INLINE_MAX = 16 * 1024;
+
 // Plain CommonJS run with `eval: true`, so it works the same from the TypeScript sources (tests)
 // and from dist/ (the CLI) without a separate build artefact.
-const WORKER_SOURCE = `
-const { parentPort, workerData } = require('node:worker_threads');
-const b = require(workerData.bindingPath);
-const cctx = new b.CCtx();
-cctx.setParameter(b.CParameter.compressionLevel, workerData.level);
-cctx.setParameter(b.CParameter.checksumFlag, 1);
-cctx.setParameter(b.CParameter.contentSizeFlag, 1);
-cctx.setParameter(b.CParameter.nbWorkers, 0);
-let scratch = Buffer.allocUnsafe(0);
-parentPort.on('message', (msg) => {
-  try {
-    const input = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);
+// The frame compressor, shared verbatim by the workers and the calling thread so both produce
+// the same bytes: (bindingPath, level) => (input: Uint8Array) => Uint8Array (a fresh copy).
+const FRAME_COMPRESSOR_SOURCE = `(bindingPath, level) => {
+  const b = require(bindingPath);
+  const cctx = new b.CCtx();
+  cctx.setParameter(b.CParameter.compressionLevel, level);
+  cctx.setParameter(b.CParameter.checksumFlag, 1);
+  cctx.setParameter(b.CParameter.contentSizeFlag, 1);
+  cctx.setParameter(b.CParameter.nbWorkers, 0);
+  let scratch = Buffer.allocUnsafe(1 << 16);
+  return (input) => {
     const bound = b.compressBound(input.length);
-    if (scratch.length < bound) scratch = Buffer.allocUnsafe(Math.max(bound, 1 << 16));
+    if (scratch.length < bound) scratch = Buffer.allocUnsafe(bound);
     cctx.reset(b.ResetDirective.sessionOnly);
     const n = cctx.compress2(scratch, input);
     const out = new Uint8Array(n);
     out.set(scratch.subarray(0, n));
+    return out;
+  };
+}`;
+
+const WORKER_SOURCE = `
+const { parentPort, workerData } = require('node:worker_threads');
+const compress = (${FRAME_COMPRESSOR_SOURCE})(workerData.bindingPath, workerData.level);
+parentPort.on('message', (msg) => {
+  try {
+    const out = compress(Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength));
     parentPort.postMessage({ id: msg.id, data: out }, [out.buffer]);
   } catch (err) {
     parentPort.postMessage({ id: msg.id, error: String(err && err.message || err) });
   }
 });
 `;
+
+type FrameCompressor = (input: Uint8Array) => Uint8Array;
+
+function makeInlineCompressor(level: number): FrameCompressor {
+  const factory = new Function('require', `return ${FRAME_COMPRESSOR_SOURCE};`)(createRequire(import.meta.url)) as (
+    bindingPath: string,
+    level: number,
+  ) => FrameCompressor;
+  return factory(BINDING_PATH, level);
+}
 
 interface PoolWorker {
   worker: Worker;
@@ -79,6 +105,7 @@ export class ZstdPool {
   private nextId = 0;
   private closed = false;
   private failure: EsgzError | undefined;
+  private inline: FrameCompressor | undefined;
 
   constructor(options: { level?: number; workers?: number } = {}) {
     this.level = checkZstdLevel(options.level ?? DEFAULT_ZSTD_LEVEL);
@@ -91,6 +118,15 @@ export class ZstdPool {
   compress(data: Buffer): Promise<Buffer> {
     if (this.closed) return Promise.reject(new EsgzError('INTERNAL', 'zstd pool used after close'));
     if (this.failure) return Promise.reject(this.failure);
+    if (data.length <= INLINE_MAX) {
+      try {
+        this.inline ??= makeInlineCompressor(this.level);
+        const out = this.inline(data);
+        return Promise.resolve(Buffer.from(out.buffer, out.byteOffset, out.byteLength));
+      } catch (err) {
+        return Promise.reject(new EsgzError('INTERNAL', `zstd compression failed: ${err instanceof Error ? err.message : String(err)}`, { cause: err }));
+      }
+    }
     const target = this.pickWorker();
     const id = this.nextId++;
     // A standalone copy we can transfer: the caller's buffer may be a view of a shared pool.
