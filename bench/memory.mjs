@@ -52,7 +52,7 @@ function tarHeader(name, size, type = '0', mode = 0o644) {
 }
 
 /**
- * Writes a tar of about `totalBytes`: 75 % in files of 1 KiB-256 KiB (half text, half random),
+ * Writes a tar of about `totalBytes`: 75 % in files of 512 B-1 MiB (half text, half random),
  * 25 % in four big random files, so chunking, many members and big payloads all show up.
  */
 async function writeGeneratedTar(path, totalBytes) {
@@ -69,8 +69,9 @@ async function writeGeneratedTar(path, totalBytes) {
     while (left > 0) {
       const n = Math.min(left, ZERO.length);
       if (compressible) {
-        const offset = (fileNo * 131) % (TEXT.length - n > 0 ? TEXT.length - n : 1);
-        await write(n <= TEXT.length ? TEXT.subarray(offset, offset + n) : Buffer.concat([TEXT, ZERO]).subarray(0, n));
+        // TEXT (~1.5 MB) is longer than any write (<= 1 MiB); start each file somewhere else in it.
+        const offset = (fileNo * 131) % (TEXT.length - n + 1);
+        await write(TEXT.subarray(offset, offset + n));
       } else {
         await write(random.update(ZERO.subarray(0, n)));
       }
@@ -89,7 +90,9 @@ async function writeGeneratedTar(path, totalBytes) {
       dirNo++;
       await write(tarHeader(`data/small/d${dirNo}/`, 0, '5', 0o755));
     }
-    const size = 1024 + ((fileNo * 2654435761) % (256 * 1024));
+    // Mostly small files (512 B-32 KiB, like a rootfs), every fiftieth 64 KiB-1 MiB.
+    const spread = (fileNo * 2654435761) % 1_000_003;
+    const size = fileNo % 50 === 0 ? 64 * 1024 + (spread % (960 * 1024)) : 512 + (spread % (32 * 1024));
     await file(`data/small/d${dirNo}/f${fileNo}`, size, fileNo % 2 === 0);
   }
   const bigSize = Math.floor((totalBytes - written) / 4);
@@ -101,7 +104,7 @@ async function writeGeneratedTar(path, totalBytes) {
 
 /** Cached OCI layout with one gzip layer of about `sizeMiB`; returns the `oci:` reference. */
 async function generatedImage(sizeMiB) {
-  const dir = join(benchCache, 'memory-layers', `layer-${sizeMiB}MiB`);
+  const dir = join(benchCache, 'memory-layers', `layer-v3-${sizeMiB}MiB`);
   const layout = join(dir, 'oci');
   if (existsSync(join(dir, 'done'))) return { ref: `oci:${layout}:gen`, layout };
   rmSync(dir, { recursive: true, force: true });
