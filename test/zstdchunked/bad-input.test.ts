@@ -3,7 +3,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { EsgzError } from '../../src/errors.js';
 import { bufferBlobReader, EstargzReader } from '../../src/estargz/reader.js';
 import { decompressFrames, skippableFrame } from '../../src/estargz/zstdchunked/format.js';
-import { buildTar, dir, file, generatedFile, type TarEntry } from '../fixtures/tar.js';
+import { buildTar, dir, file, generatedBuffer, generatedFile, type TarEntry } from '../fixtures/tar.js';
 import { convertZstd, rawFooter, zstdCli } from './helpers.js';
 
 const CHUNK = 32 * 1024;
@@ -127,6 +127,19 @@ describe('data frames', () => {
         expect((err as EsgzError).code).toBe('BAD_FORMAT');
       }
     }
+  });
+});
+
+describe('frames from other writers', () => {
+  it('frames without a content size (streaming writers such as klauspost/compress) decode in full', () => {
+    const data = Buffer.concat([generatedBuffer(300_000, 'a', true), Buffer.alloc(2_000_000, 7), generatedBuffer(100_000, 'b')]);
+    const frame = zstdCli(['-c', '-q', '--no-content-size'], data);
+    expect(frame[4]! & 0xc0, 'no frame content size flag').toBe(0);
+    expect(frame[4]! & 0x20, 'not single-segment').toBe(0);
+    expect(decompressFrames(Buffer.concat([frame, frame]), 'm').equals(Buffer.concat([data, data]))).toBe(true);
+    const damaged = Buffer.from(frame);
+    damaged[damaged.length - 2]! ^= 0xff; // the XXH64 checksum
+    expect(() => decompressFrames(damaged, 'm')).toThrow(/corrupt zstd frame at offset 0/);
   });
 });
 
