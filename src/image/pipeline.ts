@@ -267,6 +267,13 @@ class Transfer {
     // Platforms go one at a time (their layers still run in parallel) to bound disk and memory.
     for (const desc of index.manifests) {
       this.checkAborted();
+      if (isAttestation(desc) && this.transform !== identityTransform) {
+        // buildx attestations describe the original image by digest and hold in-toto JSON, not
+        // tar layers: they can neither be converted nor stay true, so they are left out.
+        this.warn(`${source.description}: leaving out attestation manifest ${shortDigest(desc.digest)} (it describes the unconverted image)`);
+        changed = true;
+        continue;
+      }
       if (!isManifestMediaType(desc.mediaType)) {
         throw new EsgzError('UNSUPPORTED', `${source.description}: index entry ${desc.digest} has media type "${desc.mediaType}" (nested indexes are not supported)`);
       }
@@ -461,6 +468,10 @@ const REVERSE_DOCKER: Record<string, string> = {
   [MediaType.dockerLayer]: MediaType.dockerLayer,
   [MediaType.dockerLayerForeignGzip]: MediaType.dockerLayerForeignGzip,
 };
+
+function isAttestation(desc: Descriptor): boolean {
+  return desc.annotations?.['vnd.docker.reference.type'] === 'attestation-manifest' || (desc.platform?.os === 'unknown' && desc.platform.architecture === 'unknown');
+}
 
 /**
  * Copies (and optionally transforms) one image from `source` to `sink`. The sink's `commit`

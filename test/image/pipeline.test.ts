@@ -10,7 +10,7 @@ import { gunzipSync, createGunzip, createGzip } from 'node:zlib';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { transferImage, type TransferProgress } from '../../src/image/pipeline.js';
-import type { LayerInput, LayerOutput, LayerTransform, TransformContext } from '../../src/image/transform.js';
+import { identityTransform, type LayerInput, type LayerOutput, type LayerTransform, type TransformContext } from '../../src/image/transform.js';
 import { openSink, openSource } from '../../src/image/transports/index.js';
 import { multiLayerEntries, twoPlatformImages, writeOciImage, type WrittenImage } from '../fixtures/oci-image.js';
 
@@ -197,5 +197,20 @@ describe('transferImage with a transform', () => {
     await expect(run(`oci:${big.dir}:b`, `oci:${dst}:x`, transform, { signal: controller.signal })).rejects.toMatchObject({ code: 'INTERRUPTED' });
     expect(chunksAfterAbort).toBeLessThanOrEqual(1);
     expect(existsSync(dst)).toBe(false);
+  });
+
+  it('leaves attestation manifests out of a converted index (kept by an identity copy)', async () => {
+    const withAttestation = await writeOciImage(join(scratch, 'attest'), {
+      tag: 'a',
+      platforms: [...twoPlatformImages(), { layers: [[{ type: 'file', path: 'attestation.json', content: '{}' }]], platform: { os: 'unknown', architecture: 'unknown' } }],
+    });
+    const warnings: string[] = [];
+    const converted = await run(`oci:${withAttestation.dir}:a`, `oci:${join(scratch, 'attest-conv')}:a`, new RegzipTransform(), { allPlatforms: true, onWarning: (w: string) => warnings.push(w) });
+    expect(converted.manifests.map((m) => m.platform)).toEqual(['linux/amd64', 'linux/arm64']);
+    expect(warnings).toEqual([expect.stringContaining(`leaving out attestation manifest ${withAttestation.manifests[2]!.digest.slice(0, 19)}`)]);
+    const index = JSON.parse((await blob(join(scratch, 'attest-conv'), converted.root.digest)).toString());
+    expect(index.manifests).toHaveLength(2);
+    const copied = await run(`oci:${withAttestation.dir}:a`, `oci:${join(scratch, 'attest-copy')}:a`, identityTransform, { allPlatforms: true });
+    expect(copied.root.digest).toBe(withAttestation.rootDigest);
   });
 });

@@ -132,6 +132,12 @@ describe('oci layout', () => {
     expect(await readFile(join(existing, 'index.json'), 'utf8')).toBe(indexBefore);
     expect((await readdir(join(existing, 'blobs', 'sha256'))).sort()).toEqual(blobsBefore);
     expect((await readdir(existing)).sort()).toEqual(['blobs', 'index.json', 'oci-layout']);
+
+    // An existing empty directory: left empty again.
+    const empty = join(scratch, 'corrupt-dst-empty');
+    await execa('mkdir', ['-p', empty]);
+    await expect(copy(`oci:${corrupt}:t`, `oci:${empty}:t`)).rejects.toThrow(/layer 2\/3/);
+    expect(await readdir(empty)).toEqual([]);
   });
 });
 

@@ -3,7 +3,7 @@
 // annotation, and content-addressed blobs under `blobs/<alg>/<hex>`.
 import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -216,8 +216,12 @@ export class OciLayoutSink implements ImageSink {
   readonly description: string;
   private prepared: Promise<void> | undefined;
   private createdDir = false;
+  private committed = false;
   private readonly tempFiles = new Set<string>();
   private readonly addedBlobs = new Set<string>();
+  /** What prepare() added to an existing directory, removed again by abort(). */
+  private readonly createdFiles: string[] = [];
+  private readonly createdDirs: string[] = [];
 
   constructor(private readonly ref: OciReference) {
     this.description = describeOci(ref);
@@ -240,10 +244,13 @@ export class OciLayoutSink implements ImageSink {
         await stat(layoutPath);
       } catch {
         await this.writeAtomically(layoutPath, Buffer.from(`${JSON.stringify({ imageLayoutVersion: LAYOUT_VERSION })}`));
+        this.createdFiles.push(layoutPath);
       }
       // Fail early (before any blob is copied) when index.json exists but is unusable.
       await readIndex(dir, this.description, true);
-      await mkdir(join(dir, 'blobs', 'sha256'), { recursive: true });
+      for (const sub of [join(dir, 'blobs'), join(dir, 'blobs', 'sha256')]) {
+        if ((await mkdir(sub, { recursive: true })) !== undefined) this.createdDirs.unshift(sub);
+      }
     })();
     return this.prepared;
   }
@@ -319,6 +326,7 @@ export class OciLayoutSink implements ImageSink {
     });
     const next: ImageIndex = { ...index, schemaVersion: 2, mediaType: index.mediaType ?? MediaType.ociIndex, manifests: [...kept, entry] };
     await this.writeAtomically(join(this.ref.dir, INDEX_FILE), Buffer.from(JSON.stringify(next)));
+    this.committed = true;
     this.addedBlobs.clear();
   }
 
@@ -331,5 +339,9 @@ export class OciLayoutSink implements ImageSink {
     }
     for (const path of this.addedBlobs) await rm(path, { force: true });
     this.addedBlobs.clear();
+    if (!this.committed) {
+      for (const path of this.createdFiles) await rm(path, { force: true });
+      for (const dir of this.createdDirs) await rmdir(dir).catch(() => undefined);
+    }
   }
 }
