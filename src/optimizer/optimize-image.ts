@@ -76,6 +76,8 @@ export interface OptimizeReport {
   /** Platforms converted without running (other architectures). */
   notProfiled: string[];
   recordOut?: string;
+  /** Wall time of the stages: profileMs (unpack, run, trace), convertMs (convert and push). */
+  timings: Record<string, number>;
 }
 
 /**
@@ -85,6 +87,17 @@ export interface OptimizeReport {
  */
 export async function optimizeImage(options: OptimizeImageOptions): Promise<OptimizeReport> {
   const warn = options.onWarning ?? (() => undefined);
+  const cleanups: Array<Promise<void>> = [];
+  try {
+    return await optimizeWithCleanups(options, warn, cleanups);
+  } finally {
+    await Promise.all(cleanups);
+  }
+}
+
+async function optimizeWithCleanups(options: OptimizeImageOptions, warn: (message: string) => void, cleanups: Array<Promise<void>>): Promise<OptimizeReport> {
+  const timings: Record<string, number> = {};
+  let stageStart = Date.now();
   const { toProfile, others } = options.noOptimize ? { toProfile: undefined, others: [] } : await pickManifestToProfile(options);
   let profile: ImageProfile | undefined;
   if (toProfile) {
@@ -100,7 +113,10 @@ export async function optimizeImage(options: OptimizeImageOptions): Promise<Opti
       stderr: options.workloadStderr,
       onWarning: warn,
       onStage: options.onStage,
+      backgroundCleanup: (removal) => cleanups.push(removal),
     });
+    timings.profileMs = Date.now() - stageStart;
+    stageStart = Date.now();
     if (profile.accessed.length === 0) warn('the workload touched no file of the image: nothing is prioritized');
   }
   for (const p of others) warn(`${p}: not runnable on this machine (${formatPlatform(hostPlatform())}); converted without optimization`);
@@ -127,7 +143,8 @@ export async function optimizeImage(options: OptimizeImageOptions): Promise<Opti
   } finally {
     await transform.close();
   }
-  return { transfer, profiled: profile ? profiledReport(profile, transfer) : undefined, notProfiled: others, recordOut: options.recordOut };
+  timings.convertMs = Date.now() - stageStart;
+  return { transfer, profiled: profile ? profiledReport(profile, transfer) : undefined, notProfiled: others, recordOut: options.recordOut, timings };
 }
 
 /** The manifest this machine can run among those the transfer will convert, and the others. */

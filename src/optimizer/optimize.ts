@@ -30,6 +30,11 @@ export interface ProfileWorkloadOptions {
   tempRoot?: string;
   rootfsMode?: 'auto' | 'overlay' | 'merged';
   onWarning?(message: string): void;
+  /**
+   * Receives the removal of the unpacked layers (after unmounting) instead of awaiting it, so it
+   * can overlap the conversion; the caller must await it before finishing.
+   */
+  backgroundCleanup?(removal: Promise<void>): void;
   /** Progress stages: 'unpack', 'run', 'trace'. */
   onStage?(stage: string): void;
 }
@@ -162,9 +167,17 @@ export async function profileWorkload(options: ProfileWorkloadOptions): Promise<
     };
   } finally {
     await tracer?.stop().catch(() => undefined);
-    const released = rootfs?.release();
-    await released;
-    await rm(workDir, { recursive: true, force: true });
+    // Unmounting must finish here (a failure is reported and nothing under the mount is
+    // deleted); removing the unpacked files can overlap the caller's next step.
+    await rootfs?.unmountOnly();
+    const removal = (async () => {
+      await rootfs?.release();
+      await rm(workDir, { recursive: true, force: true });
+    })();
+    // Marked handled now: the caller awaits it later, and a rejection must not crash the process meanwhile.
+    removal.catch(() => undefined);
+    if (options.backgroundCleanup) options.backgroundCleanup(removal);
+    else await removal;
   }
 }
 

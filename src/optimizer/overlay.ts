@@ -7,6 +7,8 @@ import { canSetXattr, isRoot } from './native.js';
 import { LayerProvenance } from './provenance.js';
 import { unpackLayer, type UnpackStats } from './unpack.js';
 
+const UNPACK_CONCURRENCY = 2;
+
 export interface LayerTar {
   /** A fresh stream of the layer's uncompressed tar. */
   open(): Promise<Readable>;
@@ -24,6 +26,8 @@ export interface PreparedRootfs {
   stats: UnpackStats[];
   /** Unmounts and removes everything prepareRootfs created. Safe to call twice. */
   release(): Promise<void>;
+  /** Unmounts only (the files stay until release): lets a caller delete them in the background. */
+  unmountOnly(): Promise<void>;
 }
 
 export interface PrepareRootfsOptions {
@@ -66,40 +70,78 @@ export async function prepareRootfs(options: PrepareRootfsOptions): Promise<Prep
     await rm(workDir, { recursive: true, force: true });
     released = true;
   };
+  const unmountOnly = async () => {
+    if (mounted) {
+      await unmount(mounted);
+      mounted = undefined;
+    }
+  };
 
   try {
     const provenance = new LayerProvenance();
     const stats: UnpackStats[] = [];
+    // Each layer's path events are kept and replayed in layer order afterwards, so layers that
+    // live in their own directories can unpack concurrently.
+    type PathEvent = [op: 'add', path: string, kind: string, size: number] | [op: 'whiteout' | 'opaque', path: string];
+    const events: PathEvent[][] = layers.map(() => []);
+    const unpackAbort = new AbortController();
+    const signal = options.signal ? AbortSignal.any([options.signal, unpackAbort.signal]) : unpackAbort.signal;
     const unpackInto = async (index: number, dir: string, whiteouts: 'overlay' | 'merge') => {
       const layer = layers[index]!;
       const layerName = layer.name ?? `layer ${index}`;
       const stream = await layer.open();
-      stats.push(
-        await unpackLayer(stream, dir, {
-          whiteouts,
-          layerName,
-          signal: options.signal,
-          onAdd: (path, kind, size) => provenance.add(path, index, kind, size),
-          onWhiteout: (path) => provenance.whiteout(path, index),
-          onOpaque: (dir) => provenance.opaque(dir, index),
-          onWarning: options.onWarning,
-        }),
-      );
+      const own = events[index]!;
+      stats[index] = await unpackLayer(stream, dir, {
+        whiteouts,
+        layerName,
+        signal,
+        onAdd: (path, kind, size) => own.push(['add', path, kind, size]),
+        onWhiteout: (path) => own.push(['whiteout', path]),
+        onOpaque: (path) => own.push(['opaque', path]),
+        onWarning: options.onWarning,
+      });
+    };
+    const replayProvenance = () => {
+      events.forEach((list, index) => {
+        for (const e of list) {
+          if (e[0] === 'add') provenance.add(e[1], index, e[2], e[3]);
+          else if (e[0] === 'whiteout') provenance.whiteout(e[1], index);
+          else provenance.opaque(e[1], index);
+        }
+        list.length = 0;
+      });
     };
 
     if (mode === 'merged') {
       const rootfs = join(workDir, 'rootfs');
       for (let i = 0; i < layers.length; i++) await unpackInto(i, rootfs, 'merge');
       if (layers.length === 0) await mkdir(rootfs, { recursive: true });
-      return { rootfs, mode, provenance, stats, release };
+      replayProvenance();
+      return { rootfs, mode, provenance, stats, release, unmountOnly };
     }
 
-    const lowerDirs: string[] = [];
-    for (let i = 0; i < layers.length; i++) {
-      const dir = join(workDir, 'l', String(i));
-      await unpackInto(i, dir, 'overlay');
-      lowerDirs.push(dir);
-    }
+    const lowerDirs = layers.map((_, i) => join(workDir, 'l', String(i)));
+    // Two at a time: one layer's download and decompression overlaps another's disk writes.
+    let next = 0;
+    const worker = async () => {
+      while (next < layers.length) {
+        const i = next++;
+        await unpackInto(i, lowerDirs[i]!, 'overlay');
+      }
+    };
+    // The first failure stops the other worker, and both settle before anything is cleaned up.
+    let firstError: { error: unknown } | undefined;
+    await Promise.allSettled(
+      Array.from({ length: Math.min(UNPACK_CONCURRENCY, layers.length) }, () =>
+        worker().catch((error: unknown) => {
+          firstError ??= { error };
+          next = layers.length;
+          unpackAbort.abort();
+        }),
+      ),
+    );
+    if (firstError) throw firstError.error;
+    replayProvenance();
     if (lowerDirs.length === 0) {
       const empty = join(workDir, 'l', 'empty');
       await mkdir(empty, { recursive: true });
@@ -111,7 +153,7 @@ export async function prepareRootfs(options: PrepareRootfsOptions): Promise<Prep
     await Promise.all([upper, work, rootfs].map((d) => mkdir(d, { recursive: true })));
     await mountOverlay(lowerDirs, upper, work, rootfs);
     mounted = rootfs;
-    return { rootfs, mode, provenance, stats, release };
+    return { rootfs, mode, provenance, stats, release, unmountOnly };
   } catch (err) {
     await release().catch(() => undefined);
     throw err;

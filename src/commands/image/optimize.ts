@@ -178,6 +178,8 @@ optimization.`;
       }
     }
     if (report.recordOut) this.log(`record: ${report.recordOut}`);
+    const t = report.timings;
+    this.log(`time: ${t.profileMs !== undefined ? `profile ${(t.profileMs / 1000).toFixed(1)} s, ` : ''}convert ${((t.convertMs ?? 0) / 1000).toFixed(1)} s`);
     this.log(report.transfer.root.digest);
   }
 }
