@@ -646,12 +646,17 @@ export class RegistryClient {
         return new EsgzError('NOT_FOUND', `${what}: not found (registry ${this.registry}, ${request})`);
       case 401: {
         const credentials = await this.loadCredentials().catch(() => undefined);
-        return new EsgzError(
-          'UNAUTHORIZED',
-          credentials
-            ? `${what}: registry ${this.registry} refused the credentials${credentials.username ? ` for user "${credentials.username}"` : ''} (${request})`
-            : `${what}: registry ${this.registry} requires authentication and no credentials were found (${request})`,
-        );
+        const user = credentials?.username ? ` for user "${credentials.username}"` : '';
+        let message: string;
+        if (!credentials) {
+          message = `requires authentication (or the repository does not exist) and no credentials were found`;
+        } else if (this.authScheme === 'bearer') {
+          // The token server accepted the credentials, so the token just lacks this scope.
+          message = `did not grant access${user} (no permission, or the repository does not exist)`;
+        } else {
+          message = `refused the credentials${user}`;
+        }
+        return new EsgzError('UNAUTHORIZED', `${what}: registry ${this.registry} ${message} (${request})`);
       }
       case 403:
         return new EsgzError('DENIED', `${what}: registry ${this.registry} denied access (${request})${suffix}`);

@@ -18,6 +18,8 @@ export interface TokenServerOptions {
   users: Record<string, string>;
   /** Give anonymous requests pull access (like public repositories on Docker Hub). */
   anonymousPull?: boolean;
+  /** Users whose tokens only ever grant pull (read-only accounts). */
+  pullOnlyUsers?: string[];
   service?: string;
   /** Token lifetime in seconds. */
   expiresIn?: number;
@@ -86,7 +88,8 @@ export async function startTokenServer(options: TokenServerOptions): Promise<Tok
       const [type, name, actions] = splitScope(scope);
       if (type !== 'repository' || name === undefined) return [];
       const requested = (actions ?? '').split(',').filter((a) => a.length > 0);
-      const granted = user !== undefined ? requested : options.anonymousPull ? requested.filter((a) => a === 'pull') : [];
+      const pullOnly = user === undefined ? options.anonymousPull === true : options.pullOnlyUsers?.includes(user.name) === true;
+      const granted = user === undefined && !pullOnly ? [] : pullOnly ? requested.filter((a) => a === 'pull') : requested;
       return granted.length > 0 ? [{ type, name, actions: granted }] : [];
     });
     const now = Math.floor(Date.now() / 1000);

@@ -213,7 +213,9 @@ fi
 describe('Bearer token auth', () => {
   let registry: RunningRegistry;
   beforeAll(async () => {
-    registry = await startRegistry({ token: { users: { bob: 'builder' }, anonymousPull: true, refreshTokens: { 'refresh-for-bob': 'bob' } } });
+    registry = await startRegistry({
+      token: { users: { bob: 'builder', carol: 'reader' }, anonymousPull: true, pullOnlyUsers: ['carol'], refreshTokens: { 'refresh-for-bob': 'bob' } },
+    });
   });
   afterAll(async () => registry.stop());
 
@@ -301,6 +303,17 @@ describe('Bearer token auth', () => {
     const err = await rejection(source.fetchRoot());
     expect(err.code).toBe('UNAUTHORIZED');
     await source.close();
+  });
+
+  it('says access was not granted when valid credentials lack the push scope', async () => {
+    const dir = await dockerConfig({ auths: { [registry.address]: { auth: basicAuth('carol', 'reader') } } });
+    const image = tinyImage(2_000);
+    const sink = await openRegistrySink(`${registry.address}/${uniqueRepo('readonly')}:r`, { plainHttp: true, dockerConfigDir: dir });
+    const err = await rejection(sink.putBlob(image.layer.desc, () => streamOf(image.layer.bytes)));
+    expect(err.code).toBe('UNAUTHORIZED');
+    expect(err.message).toMatch(/did not grant access for user "carol"/);
+    expect(err.message).not.toContain('\n');
+    await sink.abort();
   });
 
   it('fails with one UNAUTHORIZED line when the token server refuses the credentials', async () => {
