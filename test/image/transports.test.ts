@@ -272,6 +272,19 @@ describe('registry round trip', () => {
     expect(inspected.Layers).toEqual(multi.manifests[0]!.layers.map((l) => l.digest));
   });
 
+  it('registry → same registry mounts blobs instead of copying them', async () => {
+    const registry = registryAddress();
+    const from = `${registry}/esgz-test/mount-src:v1`;
+    await copy(`oci:${single.dir}:single`, from);
+    const source = await openSource(from, { plainHttp: true });
+    const sink = (await openSink(`${registry}/esgz-test/mount-dst:v1`, { plainHttp: true })) as Awaited<ReturnType<typeof openSink>> & { blobResults: ReadonlyMap<string, string> };
+    const report = await transferImage({ source, sink });
+    await source.close();
+    expect(report.root.digest).toBe(single.rootDigest);
+    expect(sink.blobResults.get(single.manifests[0]!.layers[0]!.digest)).toBe('mounted');
+    expect(await manifestDigestOf(`docker://${registry}/esgz-test/mount-dst:v1`)).toBe(single.rootDigest);
+  });
+
   it('multi-platform index through the registry keeps the index digest; skopeo copy back into oci: agrees', async () => {
     const ref = `${registryAddress()}/esgz-test/multiarch:all`;
     const pushed = await copy(`oci:${twoPlatform.dir}:multiarch`, ref, { allPlatforms: true });
