@@ -11,7 +11,8 @@ import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from '../../src/estargz/constants.js';
-import { MANIFEST_CHECKSUM_ANNOTATION } from '../../src/estargz/zstdchunked/codec.js';
+import { openEstargzFile } from '../../src/estargz/reader.js';
+import { MANIFEST_CHECKSUM_ANNOTATION, MANIFEST_POSITION_ANNOTATION, parseManifestPosition } from '../../src/estargz/zstdchunked/codec.js';
 import { busyboxRootfs } from '../fixtures/oci-image.js';
 import { buildTar, dir, file, generatedBuffer, hardlink, symlink, type TarEntry } from '../fixtures/tar.js';
 import { registryAddress } from '../harness/registry.js';
@@ -167,6 +168,38 @@ describe.skipIf(!podmanAvailable)('podman pulls and runs an esgz zstd:chunked im
     for (const layer of manifest.layers) {
       expect(layer.annotations?.[MANIFEST_CHECKSUM_ANNOTATION]).toMatch(/^sha256:[0-9a-f]{64}$/);
       expect(layer.annotations?.[TOC_DIGEST_ANNOTATION]).toMatch(/^sha256:[0-9a-f]{64}$/);
+    }
+  });
+
+  it("esgz's reader reads the zstd:chunked layers podman's own writer produces", async () => {
+    // An imported tar has no compressed form yet, so the push compresses it with containers/storage's writer.
+    const tarPath = path.join(work, 'data-layer.tar');
+    await writeFile(tarPath, await buildTar(layers[1]!));
+    const local = `localhost/esgz-test/podman-written:${Date.now()}`;
+    await podman(['import', '--quiet', tarPath, local]);
+    const reference = `${registryAddress()}/esgz-test/podman-written:${Date.now()}`;
+    await podman(['push', '--quiet', '--tls-verify=false', '--compression-format', 'zstd:chunked', local, `docker://${reference}`]);
+    const layout = path.join(work, 'podman-written');
+    await execa('skopeo', ['copy', '--quiet', '--preserve-digests', '--src-tls-verify=false', `docker://${reference}`, `oci:${layout}:x`]);
+    const index = JSON.parse(await readFile(path.join(layout, 'index.json'), 'utf8')) as { manifests: Array<{ digest: string }> };
+    const blobPath = (digest: string) => path.join(layout, 'blobs', 'sha256', digest.slice(7));
+    const manifest = JSON.parse(await readFile(blobPath(index.manifests[0]!.digest), 'utf8')) as {
+      layers: Array<{ digest: string; mediaType: string; annotations?: Record<string, string> }>;
+    };
+    expect(manifest.layers).toHaveLength(1);
+    const dataLayer = manifest.layers[0]!;
+    expect(dataLayer.mediaType).toBe('application/vnd.oci.image.layer.v1.tar+zstd');
+    const reader = await openEstargzFile(blobPath(dataLayer.digest));
+    try {
+      expect(reader.codec.name).toBe('zstd');
+      const position = parseManifestPosition(dataLayer.annotations![MANIFEST_POSITION_ANNOTATION]!);
+      expect(reader.footer.tocOffset).toBe(position.offset - 8);
+      expect(reader.tocJSON.length).toBe(position.uncompressedSize);
+      expect((await reader.readFile('data/big')).equals(BIG)).toBe(true);
+      expect((await reader.readFile('data/note')).toString()).toBe('zstd:chunked via esgz\n');
+      await reader.verifyAll();
+    } finally {
+      await reader.blob.close?.();
     }
   });
 });
