@@ -51,6 +51,18 @@ export interface RunningRegistry {
 const REGISTRY_BINARY = '/usr/bin/docker-registry';
 
 export async function startRegistry(options: StartRegistryOptions = {}): Promise<RunningRegistry> {
+  // Another process on this busy machine may take the free port between our probe and the
+  // registry's bind: start over with a new port a couple of times before giving up.
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await startRegistryOnce(options);
+    } catch (err) {
+      if (attempt >= 3 || !/address already in use/.test((err as Error).message)) throw err;
+    }
+  }
+}
+
+async function startRegistryOnce(options: StartRegistryOptions): Promise<RunningRegistry> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'esgz-registry-'));
   const storageDir = path.join(dir, 'storage');
   const logPath = path.join(dir, 'registry.log');
@@ -91,6 +103,12 @@ export async function startRegistry(options: StartRegistryOptions = {}): Promise
   const child = spawn(REGISTRY_BINARY, ['serve', configPath], { stdio: ['ignore', 'pipe', 'pipe'] });
   child.stdout?.pipe(log);
   child.stderr?.pipe(log);
+  let recentOutput = '';
+  const remember = (chunk: Buffer): void => {
+    recentOutput = (recentOutput + chunk.toString('utf8')).slice(-4096);
+  };
+  child.stdout?.on('data', remember);
+  child.stderr?.on('data', remember);
   const killOnExit = (): void => {
     child.kill('SIGKILL');
   };
@@ -104,10 +122,11 @@ export async function startRegistry(options: StartRegistryOptions = {}): Promise
   };
 
   try {
-    await waitUntilServing(`${options.tls ? 'https' : 'http'}://${address}`, child, logPath);
+    await waitUntilServing(`${options.tls ? 'https' : 'http'}://${address}`, child);
   } catch (err) {
     await stop();
-    throw err;
+    // Keep what the registry said: the log file is deleted with the temp dir.
+    throw new Error(`${(err as Error).message}; docker-registry said: ${recentOutput.trim().split('\n').slice(-3).join(' | ') || '(nothing)'}`);
   }
   const running: RunningRegistry = { address, storageDir, logPath, stop };
   if (tokenServer) running.tokenServer = tokenServer;
@@ -131,14 +150,15 @@ export async function freePort(): Promise<number> {
   });
 }
 
-async function waitUntilServing(baseUrl: string, child: ChildProcess, logPath: string): Promise<void> {
+async function waitUntilServing(baseUrl: string, child: ChildProcess): Promise<void> {
   const deadline = Date.now() + 20_000;
   let exited = false;
-  child.once('exit', () => {
+  // 'close' (not 'exit'): by then its output has been read, so the error can quote it.
+  child.once('close', () => {
     exited = true;
   });
   while (Date.now() < deadline) {
-    if (exited) throw new Error(`docker-registry exited during start-up; see ${logPath}`);
+    if (exited) throw new Error(`docker-registry (${baseUrl}) exited during start-up`);
     try {
       const response = await fetchIgnoringCertificate(`${baseUrl}/v2/`);
       await response.arrayBuffer();
@@ -149,7 +169,7 @@ async function waitUntilServing(baseUrl: string, child: ChildProcess, logPath: s
     }
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
-  throw new Error(`docker-registry at ${baseUrl} did not answer /v2/ within 20 s; see ${logPath}`);
+  throw new Error(`docker-registry at ${baseUrl} did not answer /v2/ within 20 s`);
 }
 
 /** GET that accepts the harness's self-signed certificate (node's fetch cannot be told to). */
