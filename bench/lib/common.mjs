@@ -10,7 +10,8 @@ import { fileURLToPath } from 'node:url';
 export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const benchCache = join(repoRoot, 'bench', '.cache');
 export const resultsDir = join(repoRoot, 'bench', 'results');
-export const esgzBin = join(repoRoot, 'bin', 'run.js');
+// ESGZ_BIN points the bench at another build of the CLI (e.g. a snapshot while others edit dist/).
+export const esgzBin = process.env.ESGZ_BIN ?? join(repoRoot, 'bin', 'run.js');
 
 /** The test fixtures and harnesses the bench shares with the tests (TypeScript; compiled here). */
 const SHARED_TS = ['test/fixtures/debian.ts', 'test/harness/containerd.ts', 'test/harness/fault-proxy.ts'];
