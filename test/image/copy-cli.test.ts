@@ -101,4 +101,24 @@ describe('esgz image copy', () => {
     expect(inspect.exitCode).not.toBe(0);
     expect(inspect.stderr).toMatch(/manifest unknown|not found/i);
   });
+
+  it('Ctrl-C during a blob copy: exit 130, one line, nothing committed or left half-written', async () => {
+    const big = await writeOciImage(join(scratch, 'big'), { tag: 'b', gzipLevel: 1, layers: [[{ type: 'file', path: 'big.bin', size: 32 << 20, seed: 'sigint' }]] });
+    const dst = join(scratch, 'interrupted');
+    await execa('mkdir', ['-p', dst]);
+    const child = execa('node', [join(repoRoot, 'bin/run.js'), 'image', 'copy', `oci:${big.dir}:b`, `oci:${dst}:b`], { reject: false, env: { DEBUG: '' } });
+    // Interrupt once the layer's temp file exists, i.e. in the middle of the blob copy.
+    const deadline = Date.now() + 60_000;
+    let seen = false;
+    while (!seen && Date.now() < deadline && child.exitCode === null) {
+      const blobs = join(dst, 'blobs', 'sha256');
+      seen = existsSync(blobs) && (await readdir(blobs)).some((n) => n.startsWith('.tmp-'));
+      if (!seen) await new Promise((r) => setTimeout(r, 10));
+    }
+    expect(seen).toBe(true);
+    child.kill('SIGINT');
+    const result = await child;
+    expectOneLineError(result, 130, /interrupted/);
+    expect(await readdir(dst)).toEqual([]);
+  });
 });
