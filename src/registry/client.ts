@@ -178,7 +178,20 @@ export class RegistryClient {
 
   // ---- blobs ----
 
-  /** The blob's size when the repository has it, else undefined. */
+  /**
+   * Whether the repository has the blob. A redirect (to storage) already says yes; it is not
+   * followed, because presigned storage URLs are often signed for GET only and refuse a HEAD.
+   */
+  async blobExists(repository: string, digest: string): Promise<boolean> {
+    const what = `blob ${digest} in ${this.registry}/${repository}`;
+    const response = await this.send({ method: 'HEAD', target: `/v2/${repository}/blobs/${digest}`, scopes: [pullScope(repository)] });
+    await response.body.dump();
+    if (response.status === 404) return false;
+    if (response.status === 200 || (response.status >= 300 && response.status < 400)) return true;
+    throw await this.failure(response, 'HEAD', what);
+  }
+
+  /** The blob's size when the repository has it, else undefined (follows redirects to storage). */
   async headBlob(repository: string, digest: string): Promise<number | undefined> {
     const what = `blob ${digest} in ${this.registry}/${repository}`;
     const response = await this.send({ method: 'HEAD', target: `/v2/${repository}/blobs/${digest}`, scopes: [pullScope(repository)], followRedirects: true });
@@ -262,8 +275,7 @@ export class RegistryClient {
    * `desc` on the way out, so a wrong source never lands under the wrong digest.
    */
   async uploadBlob(repository: string, desc: Descriptor, open: () => Promise<Readable> | Readable, hints: { mountFrom?: string } = {}): Promise<UploadResult> {
-    const existing = await this.headBlob(repository, desc.digest);
-    if (existing !== undefined) return 'exists';
+    if (await this.blobExists(repository, desc.digest)) return 'exists';
     for (let attempt = 1; ; attempt += 1) {
       try {
         return await this.uploadOnce(repository, desc, open, hints.mountFrom);

@@ -187,6 +187,15 @@ fi
       expect(seen).toHaveLength(1);
       expect(seen[0]!.authorization).toBeUndefined();
 
+      // Existence checks take a redirect as "yes" without asking storage (presigned URLs are GET-only).
+      proxy.redirect(`${storageUrl}/blob`, { method: 'HEAD', path: image.layer.desc.digest, times: 2 });
+      const client = new RegistryClient(proxy.address, { plainHttp: true, credentials: { username: 'alice', password: 'wonder land' } });
+      expect(await client.blobExists(repo, image.layer.desc.digest)).toBe(true);
+      expect(await client.uploadBlob(repo, image.layer.desc, () => streamOf(image.layer.bytes))).toBe('exists');
+      expect(await client.blobExists(repo, `sha256:${'0'.repeat(64)}`)).toBe(false);
+      await client.close();
+      expect(seen).toHaveLength(1);
+
       proxy.redirect(`${storageUrl}/wrong`, { method: 'GET', path: image.layer.desc.digest });
       const err = await rejection(readAll(await source.openBlob(image.layer.desc)));
       expect(err.code).toBe('DIGEST_MISMATCH');

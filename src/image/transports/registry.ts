@@ -73,7 +73,7 @@ export async function openRegistrySink(reference: string, options: RegistryOptio
     blobResults,
     async hasBlob(desc: Descriptor): Promise<boolean> {
       assertOpen();
-      return (await client.headBlob(repository, desc.digest)) !== undefined;
+      return client.blobExists(repository, desc.digest);
     },
     async putBlob(desc: Descriptor, open: () => Promise<Readable> | Readable, hints?: { mountFrom?: BlobLocation }): Promise<void> {
       assertOpen();
