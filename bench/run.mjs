@@ -202,7 +202,12 @@ async function startReference() {
   const needed = ['/usr/bin/containerd', '/usr/bin/ctr', '/usr/bin/ctr-remote', '/usr/bin/containerd-shim-runc-v2'];
   if (!needed.every((p) => existsSync(p))) {
     log('installing the reference: apt-get install containerd stargz-snapshotter');
-    await mustRun('apt-get', ['install', '-y', '-qq', 'containerd', 'stargz-snapshotter', 'runc'], { env: { DEBIAN_FRONTEND: 'noninteractive' } });
+    const install = () => mustRun('apt-get', ['install', '-y', '-qq', 'containerd', 'stargz-snapshotter', 'runc'], { env: { DEBIAN_FRONTEND: 'noninteractive' } });
+    // A fresh machine may never have fetched package lists.
+    await install().catch(async () => {
+      await mustRun('apt-get', ['update', '-qq']);
+      await install();
+    });
   }
   const { startContainerd } = await importShared('test/harness/containerd.ts');
   // ctr-remote --version prints containerd's ctr version; the package version is the real one.
