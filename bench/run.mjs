@@ -29,6 +29,7 @@ import {
   repeat,
   resultsDir,
   runProcess,
+  summarize,
 } from './lib/common.mjs';
 import { startBenchRegistry } from './lib/registry.mjs';
 
@@ -174,8 +175,19 @@ async function main() {
     if (only.length && !only.includes(op.key)) continue;
     const entry = { title: op.title, image: op.image, floor: op.floor };
     results.ops[op.key] = entry;
-    entry.esgz = await runEsgz(op, localSource[op.image]);
-    if (containerd) entry.ctrRemote = await runCtrRemote(containerd, op, remote[op.image]);
+    // Runs alternate esgz, ctr-remote, esgz, ... so load from other processes on a shared
+    // machine hits both tools alike instead of whichever happened to run during a busy spell.
+    const esgzRun = await esgzSampler(op, localSource[op.image]);
+    const ctrRun = containerd ? ctrRemoteSampler(containerd, op, remote[op.image]) : undefined;
+    log(`${op.title}: ${esgzRun ? `esgz ${op.esgz.join(' ')}` : 'esgz n/a (not built)'}${ctrRun ? ` | ctr-remote ${op.ctr.join(' ')}` : ''}  (${runs}x)`);
+    const esgzSamples = [];
+    const ctrSamples = [];
+    for (let i = 0; i < runs && !interrupted; i++) {
+      if (esgzRun && !esgzSamples.some((s) => !s.ok)) esgzSamples.push(await esgzRun());
+      if (ctrRun && !ctrSamples.some((s) => !s.ok)) ctrSamples.push(await ctrRun());
+    }
+    entry.esgz = esgzRun ? summarize(esgzSamples) : { notBuilt: true };
+    if (ctrRun) entry.ctrRemote = summarize(ctrSamples);
   }
 
   // 3c. memory and lazy pull (separate scripts, also runnable alone).
@@ -218,38 +230,30 @@ async function startReference() {
   return startContainerd({ namespace: 'esgz-bench' });
 }
 
-async function runEsgz(op, source) {
+/** One timed esgz run of `op` into a fresh OCI layout, or undefined when the command has not landed. */
+async function esgzSampler(op, source) {
   const words = op.esgzCommand ?? op.esgz.slice(0, 2);
-  if (!(await esgzHas(words))) return { notBuilt: true };
-  if (op.needsFlag && !(await esgzHasFlag(words, op.needsFlag))) return { notBuilt: true };
+  if (!(await esgzHas(words))) return undefined;
+  if (op.needsFlag && !(await esgzHasFlag(words, op.needsFlag))) return undefined;
   const outLayout = join(work, `esgz-${op.key}`);
-  log(`esgz ${op.esgz.join(' ')}  (${runs}x)`);
-  return repeat(
-    runs,
-    async () => {
-      const sample = await measure(process.execPath, [esgzBin, ...op.esgz, source, `oci:${outLayout}:out`]);
-      if (sample.ok) sample.outputBytes = ociLayoutImageSize(outLayout, 'out');
-      return sample;
-    },
-    () => rmSync(outLayout, { recursive: true, force: true }),
-  );
+  return async () => {
+    rmSync(outLayout, { recursive: true, force: true });
+    const sample = await measure(process.execPath, [esgzBin, ...op.esgz, source, `oci:${outLayout}:out`]);
+    if (sample.ok) sample.outputBytes = ociLayoutImageSize(outLayout, 'out');
+    return sample;
+  };
 }
 
-async function runCtrRemote(containerd, op, source) {
+/** One timed ctr-remote run of `op` in the private containerd (previous output image removed first). */
+function ctrRemoteSampler(containerd, op, source) {
   const target = `bench.local/${op.key}:out`;
   const base = ['-a', containerd.address, '-n', containerd.namespace];
-  log(`ctr-remote ${op.ctr.join(' ')}  (${runs}x)`);
-  return repeat(
-    runs,
-    async () => {
-      const sample = await measure('ctr-remote', [...base, ...op.ctr, source, target], { timeoutMs: 600_000 });
-      if (sample.ok) sample.outputBytes = await ctrImageSize(containerd, target);
-      return sample;
-    },
-    async () => {
-      await runProcess('ctr', [...base, 'images', 'rm', '--sync', target]);
-    },
-  );
+  return async () => {
+    await runProcess('ctr', [...base, 'images', 'rm', '--sync', target]);
+    const sample = await measure('ctr-remote', [...base, ...op.ctr, source, target], { timeoutMs: 600_000 });
+    if (sample.ok) sample.outputBytes = await ctrImageSize(containerd, target);
+    return sample;
+  };
 }
 
 /** Sum of layer sizes of a containerd image, from its manifest in the content store. */
@@ -325,9 +329,9 @@ function renderReport(res) {
   lines.push(`\nesgz benchmark  ${res.startedAt}  ${res.machine.cores} cores  node ${res.machine.node}  runs=${res.runs}`);
   lines.push(`images: debian bookworm minbase (one ${tarMB} MB tar layer, gzip ${fmtMB(res.images.debianBase.gzipBytes)} MB), + python3 layer, busybox`);
   if (res.reference) lines.push(`reference: ${res.reference.ctrRemote} with a private containerd (times: ctr-remote process; it does the conversion itself)`);
-  lines.push('times in seconds: median (min-max); RSS = peak resident set of the measured process; size = sum of output layer blobs\n');
+  lines.push('times in seconds: wall median (min-max), cpu = user+system median; RSS = peak resident set of the measured process; size = sum of output layer blobs\n');
 
-  const header = ['operation', 'esgz s', 'RSS MiB', 'size MB', 'ctr-remote s', 'RSS MiB', 'size MB', 'esgz/ctr', 'floor s', 'esgz/floor'];
+  const header = ['operation', 'esgz s', 'cpu s', 'RSS MiB', 'size MB', 'ctr-remote s', 'cpu s', 'RSS MiB', 'size MB', 'esgz/ctr', 'floor s', 'esgz/floor'];
   const rows = [];
   for (const op of Object.values(res.ops)) {
     const floor = op.floor ? res.floor[op.floor] : undefined;
@@ -335,9 +339,11 @@ function renderReport(res) {
     rows.push([
       op.title,
       fmtTiming(op.esgz),
+      op.esgz?.ok ? fmtSeconds(op.esgz.cpuSeconds) : '',
       op.esgz?.ok ? fmtMiB(op.esgz.rssBytes) : '',
       op.esgz?.ok ? fmtMB(op.esgz.outputBytes) : '',
       op.ctrRemote ? fmtTiming(op.ctrRemote) : 'n/a (no --with-reference)',
+      op.ctrRemote?.ok ? fmtSeconds(op.ctrRemote.cpuSeconds) : '',
       op.ctrRemote?.ok ? fmtMiB(op.ctrRemote.rssBytes) : '',
       op.ctrRemote?.ok ? fmtMB(op.ctrRemote.outputBytes) : '',
       r === undefined ? '' : `${fmtRatio(r)} (${(1 / r).toFixed(1)}x)`,
@@ -346,7 +352,8 @@ function renderReport(res) {
     ]);
   }
   if (res.lazyPull) {
-    for (const row of res.lazyPull.rows ?? []) rows.push(row);
+    // lazy-pull rows have no CPU columns (two processes per sample).
+    for (const r of res.lazyPull.rows ?? []) rows.push([r[0], r[1], '', r[2], r[3], r[4], '', r[5], r[6], r[7], r[8], r[9]]);
   }
   lines.push(formatTable(header, rows));
 

@@ -42,24 +42,29 @@ export async function importShared(relPath) {
 }
 
 /**
- * Runs a command under GNU time, returns wall seconds (our clock, sub-ms) and peak RSS in bytes
+ * Runs a command under GNU time, returns wall seconds (our clock, sub-ms), CPU seconds (user +
+ * system, less sensitive than wall time to other load on a shared machine) and peak RSS in bytes
  * (the largest of the process and its waited-for children). Never throws: `ok` says whether it
  * exited 0, `error` holds the last stderr lines when it did not.
  */
 export async function measure(command, args, options = {}) {
   const timeFile = join(tmpdir(), `esgz-bench-time-${process.pid}-${Math.random().toString(36).slice(2)}`);
   const started = performance.now();
-  const result = await runProcess('/usr/bin/time', ['-f', '%M', '-o', timeFile, command, ...args], options);
+  const result = await runProcess('/usr/bin/time', ['-f', '%U %S %M', '-o', timeFile, command, ...args], options);
   const seconds = (performance.now() - started) / 1000;
   let rssBytes;
+  let cpuSeconds;
   try {
+    // GNU time may print "Command exited with non-zero status N" first; the format line is last.
     const lines = (await readFile(timeFile, 'utf8')).trim().split('\n');
-    rssBytes = Number(lines[lines.length - 1]) * 1024;
+    const [user, system, rssKiB] = lines[lines.length - 1].split(' ').map(Number);
+    rssBytes = rssKiB * 1024;
+    cpuSeconds = user + system;
     await unlink(timeFile);
   } catch {
     rssBytes = undefined;
   }
-  return { ok: result.code === 0, seconds, rssBytes, stdout: result.stdout, error: result.code === 0 ? undefined : lastLines(result.stderr || result.stdout, 2) };
+  return { ok: result.code === 0, seconds, cpuSeconds, rssBytes, stdout: result.stdout, error: result.code === 0 ? undefined : lastLines(result.stderr || result.stdout, 2) };
 }
 
 /** Runs several commands at once (the all-cores floor); wall time of the whole group. */
@@ -123,6 +128,7 @@ export function summarize(samples) {
   if (failed) return { ok: false, error: failed.error, runs: samples.length };
   const times = samples.map((s) => s.seconds).sort((a, b) => a - b);
   const rss = samples.map((s) => s.rssBytes).filter((v) => v !== undefined);
+  const cpu = samples.map((s) => s.cpuSeconds).filter((v) => v !== undefined).sort((a, b) => a - b);
   const sizes = samples.map((s) => s.outputBytes).filter((v) => v !== undefined);
   return {
     ok: true,
@@ -130,6 +136,7 @@ export function summarize(samples) {
     median: median(times),
     min: times[0],
     max: times[times.length - 1],
+    cpuSeconds: cpu.length ? median(cpu) : undefined,
     rssBytes: rss.length ? Math.max(...rss) : undefined,
     outputBytes: sizes.length ? sizes[sizes.length - 1] : undefined,
     extra: samples[samples.length - 1].extra,
