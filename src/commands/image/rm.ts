@@ -1,0 +1,26 @@
+import { Args, Flags } from '@oclif/core';
+import { BaseCommand } from '../../cli/base.js';
+import { removeImage } from '../../snapshotter/manage.js';
+import { DEFAULT_STATE_ROOT } from '../../snapshotter/state.js';
+
+export default class ImageRm extends BaseCommand<typeof ImageRm> {
+  static override summary = 'Forget lazily pulled images (their data goes at the next "esgz image prune")';
+  static override examples = [{ description: 'Remove an image', command: '<%= config.bin %> image rm localhost:5000/busybox:esgz' }];
+
+  static override strict = false;
+  static override args = {
+    ref: Args.string({ description: 'Image reference(s) to remove', required: true }),
+  };
+
+  static override flags = {
+    root: Flags.string({ description: 'State root', default: DEFAULT_STATE_ROOT }),
+  };
+
+  async run(): Promise<void> {
+    const { argv } = await this.parse(ImageRm);
+    const removed: string[] = [];
+    for (const ref of argv as string[]) removed.push(await removeImage(ref, this.flags.root));
+    if (this.flags.json) this.printJson({ removed });
+    else for (const r of removed) this.log(`removed ${r}`);
+  }
+}
