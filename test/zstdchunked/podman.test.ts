@@ -13,7 +13,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from '../../src/estargz/constants.js';
 import { openEstargzFile } from '../../src/estargz/reader.js';
 import { MANIFEST_CHECKSUM_ANNOTATION, MANIFEST_POSITION_ANNOTATION, parseManifestPosition } from '../../src/estargz/zstdchunked/codec.js';
-import { busyboxRootfs } from '../fixtures/oci-image.js';
+import { createLayerTransform } from '../../src/estargz/transform.js';
+import { transferImage } from '../../src/image/pipeline.js';
+import { openSink, openSource } from '../../src/image/transports/index.js';
+import { busyboxRootfs, writeOciImage } from '../fixtures/oci-image.js';
 import { buildTar, dir, file, generatedBuffer, hardlink, symlink, type TarEntry } from '../fixtures/tar.js';
 import { registryAddress } from '../harness/registry.js';
 import { convertZstd, sha256 } from './helpers.js';
@@ -97,6 +100,16 @@ async function unmountUnder(root: string): Promise<void> {
   for (const m of mounts) await execa('umount', ['-l', m], { reject: false });
 }
 
+/** The container command and what it must print, for the image built from `layers`. */
+const CHECK_COMMAND = 'cat /etc/hello /data/note /data/note-link; busybox sha256sum /data/big /data/big-link; busybox wc -c /data/empty';
+function checkOutput(out: string): void {
+  const expectedBig = sha256(BIG).slice(7);
+  expect(out).toContain('hello from an esgz fixture');
+  expect(out.match(/zstd:chunked via esgz/g)).toHaveLength(2);
+  expect(out).toContain(`${expectedBig}  /data/big\n${expectedBig}  /data/big-link`);
+  expect(out).toMatch(/^0 \/data\/empty$/m);
+}
+
 describe.skipIf(!podmanAvailable)('podman pulls and runs an esgz zstd:chunked image', () => {
   let work: string;
   let env: Record<string, string>;
@@ -137,27 +150,55 @@ describe.skipIf(!podmanAvailable)('podman pulls and runs an esgz zstd:chunked im
     if (process.env.ESGZ_KEEP_PODMAN_DIR !== '1') await rm(work, { recursive: true, force: true });
   });
 
-  it('takes the zstd:chunked partial-pull path for every layer, then runs the image', async () => {
-    const pushed = await pushZstdChunkedImage(work, registryAddress());
-    const pulled = await podman(['--log-level=debug', 'pull', '--tls-verify=false', pushed.reference]);
-    await writeFile(path.join(work, 'pull.log'), pulled.all ?? '');
+  /** Pulls with debug logging and checks every layer went through the partial-pull path. */
+  async function pullPartially(reference: string, layerDigests: string[], logName: string): Promise<void> {
+    const pulled = await podman(['--log-level=debug', 'pull', '--tls-verify=false', reference]);
     const log = pulled.all ?? '';
+    await writeFile(path.join(work, logName), log);
     // containers/image logs one of these per layer: the partial path worked, or why it did not.
     const failures = log.split('\n').filter((l) => l.includes('Failed to retrieve partial blob'));
     expect(failures, failures.join('\n')).toEqual([]);
-    for (const digest of pushed.layerDigests) expect(log).toContain(`Retrieved partial blob ${digest}`);
+    for (const digest of layerDigests) expect(log).toContain(`Retrieved partial blob ${digest}`);
+  }
 
-    const expectedBig = sha256(BIG).slice(7);
-    // podman (as root) asks runc for nofile/nproc limits far above what a sandboxed machine may
-    // grant (runc then fails with EPERM); modest explicit limits run anywhere.
-    const ran = await podman(['run', '--rm', '--network', 'none', '--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=1024:1024',
-      pushed.reference, '/bin/sh', '-c',
-      'cat /etc/hello /data/note /data/note-link; busybox sha256sum /data/big /data/big-link; busybox wc -c /data/empty']);
-    const out = ran.stdout;
-    expect(out).toContain('hello from an esgz fixture');
-    expect(out.match(/zstd:chunked via esgz/g)).toHaveLength(2);
-    expect(out).toContain(`${expectedBig}  /data/big\n${expectedBig}  /data/big-link`);
-    expect(out).toMatch(/^0 \/data\/empty$/m);
+  /** Runs the image's check command; podman's default nofile/nproc limits exceed what a sandbox may grant (runc EPERM). */
+  async function runCheck(reference: string): Promise<string> {
+    const ran = await podman(['run', '--rm', '--network', 'none', '--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=1024:1024', reference, '/bin/sh', '-c', CHECK_COMMAND]);
+    return ran.stdout;
+  }
+
+  it('takes the zstd:chunked partial-pull path for every layer, then runs the image', async () => {
+    const pushed = await pushZstdChunkedImage(work, registryAddress());
+    await pullPartially(pushed.reference, pushed.layerDigests, 'pull.log');
+    checkOutput(await runCheck(pushed.reference));
+  });
+
+  it('the same for an image converted by the esgz pipeline (gzip Docker image in oci: → --zstdchunked --oci → registry)', async () => {
+    const layoutDir = path.join(work, 'pipeline-src');
+    await writeOciImage(layoutDir, { tag: 'src', mediaTypes: 'docker', layers });
+    const reference = `${registryAddress()}/esgz-test/zstdchunked-pipeline:${Date.now()}`;
+    const transform = createLayerTransform('zstdchunked', { oci: true });
+    const source = await openSource(`oci:${layoutDir}:src`);
+    try {
+      await transferImage({ source, sink: await openSink(reference, { plainHttp: true }), transform, oci: true });
+    } finally {
+      await transform.close?.();
+      await source.close();
+    }
+    const { stdout } = await execa('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${reference}`]);
+    const manifest = JSON.parse(stdout) as { mediaType: string; layers: Array<{ digest: string; mediaType: string; annotations?: Record<string, string> }> };
+    expect(manifest.mediaType).toBe('application/vnd.oci.image.manifest.v1+json');
+    for (const layer of manifest.layers) {
+      expect(layer.mediaType).toBe('application/vnd.oci.image.layer.v1.tar+zstd');
+      expect(layer.annotations?.[MANIFEST_CHECKSUM_ANNOTATION]).toMatch(/^sha256:/);
+    }
+    // Same layer tars, same codec: the pipeline's blobs are byte-identical to the hand-assembled image's.
+    const handBuilt = await pushZstdChunkedImage(work, registryAddress());
+    expect(manifest.layers.map((l) => l.digest)).toEqual(handBuilt.layerDigests);
+    // Start from empty storage so podman cannot reuse layers an earlier test pulled.
+    await podman(['rmi', '--all', '--force']);
+    await pullPartially(reference, manifest.layers.map((l) => l.digest), 'pull-pipeline.log');
+    checkOutput(await runCheck(reference));
   });
 
   it('the pushed layers carry the annotations containers/storage 1.43 keys its zstd:chunked path on', async () => {
