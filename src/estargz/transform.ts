@@ -46,6 +46,8 @@ export interface ChunkedTransformOptions {
   tmpDir?: string;
   /** gzip backend override (default: libdeflate when built, ESGZ_GZIP_BACKEND=zlib forces zlib). */
   gzipBackend?: GzipBackend;
+  /** The pipeline converts Docker media types to OCI (`--oci`): no media-type warning then. */
+  oci?: boolean;
   /** Called for non-fatal problems (missing prioritized files, ...). */
   warn?(message: string): void;
 }
@@ -87,7 +89,7 @@ export class ChunkedLayerTransform implements LayerTransform {
   }
 
   checkManifestMediaType(mediaType: string, warn: (message: string) => void): void {
-    if (!isDockerMediaType(mediaType)) return;
+    if (!isDockerMediaType(mediaType) || this.options.oci) return;
     if (this.codecName === 'zstd') throw new EsgzError('BAD_FLAG', 'option --zstdchunked must be used in conjunction with --oci');
     warn('option --estargz should be used in conjunction with --oci (eStargz content verification needs OCI media types)');
   }

@@ -1,0 +1,110 @@
+import { existsSync } from 'node:fs';
+import { Args, Flags } from '@oclif/core';
+import { BaseCommand } from '../cli/base.js';
+import { EsgzError } from '../errors.js';
+import { openEstargzFile } from '../estargz/reader.js';
+import { readLayerTOC, resolveImages } from '../estargz/verify.js';
+import { parsePlatform } from '../image/platform.js';
+import { openSource } from '../image/transports/index.js';
+import type { ImageSource } from '../image/types.js';
+
+const TRAILING_DIGEST = /^(.+)@(sha256:[0-9a-f]{64})$/;
+
+export default class GetTocDigest extends BaseCommand<typeof GetTocDigest> {
+  static override summary = 'Print the TOC digest of eStargz layers (or dump their TOC)';
+  static override description = [
+    'TARGET is a local layer blob file, or an image reference (REGISTRY/REPO[:TAG], oci:DIR[:TAG], docker-archive:FILE[:TAG]) optionally followed by @LAYER-DIGEST to pick one layer. Only the footer and the TOC are read (Range requests for registries), and the TOC digest is checked against the layer annotation when there is one.',
+    'Without a layer digest every layer of the image is listed as "LAYER-DIGEST TOC-DIGEST" (layers that are not eStargz show "-").',
+  ].join('\n\n');
+
+  static override examples = [
+    { description: 'A local blob file', command: '<%= config.bin %> get-toc-digest ./blobs/sha256/3f5c…' },
+    { description: 'One layer of an image in a registry', command: '<%= config.bin %> get-toc-digest --plain-http 127.0.0.1:5000/app:esgz@sha256:3f5c…' },
+    { description: 'Every layer of an OCI layout image', command: '<%= config.bin %> get-toc-digest oci:./app:esgz' },
+    { description: 'Dump the TOC JSON of a layer', command: '<%= config.bin %> get-toc-digest --dump-toc oci:./app:esgz@sha256:3f5c…' },
+  ];
+
+  static override args = {
+    target: Args.string({ description: 'layer blob file, or IMAGE[@LAYER-DIGEST]', required: true }),
+  };
+
+  static override flags = {
+    'dump-toc': Flags.boolean({ description: 'print the TOC JSON instead of its digest', default: false }),
+    layer: Flags.string({ description: 'layer digest to read (alternative to IMAGE@LAYER-DIGEST)' }),
+    platform: Flags.string({ description: 'platform of a multi-platform image, os/arch[/variant] (default: this machine)' }),
+  };
+
+  async run(): Promise<void> {
+    const { args } = await this.parse(GetTocDigest);
+    const { flags } = this;
+    if (existsSync(args.target)) {
+      const reader = await openEstargzFile(args.target);
+      try {
+        this.print([{ layer: args.target, tocDigest: reader.tocDigest, toc: reader.tocJSON }], flags['dump-toc']);
+      } finally {
+        await reader.blob.close?.();
+      }
+      return;
+    }
+    const options = { plainHttp: flags['plain-http'], insecure: flags.insecure };
+    let spec = args.target;
+    let layerDigest = flags.layer;
+    const m = TRAILING_DIGEST.exec(spec);
+    let source: ImageSource | undefined;
+    if (m && layerDigest === undefined) {
+      // IMAGE@LAYER: the digest names a layer when the image without it has one; otherwise it is
+      // the image's own manifest digest.
+      try {
+        source = await openSource(m[1]!, options);
+        const images = await resolveImages(source, { platform: flags.platform ? parsePlatform(flags.platform) : undefined });
+        if (images.some((img) => img.manifest.layers.some((l) => l.digest === m[2]))) {
+          spec = m[1]!;
+          layerDigest = m[2];
+        } else {
+          await source.close();
+          source = undefined;
+        }
+      } catch {
+        await source?.close();
+        source = undefined;
+      }
+    }
+    source ??= await openSource(spec, options);
+    try {
+      const images = await resolveImages(source, { platform: flags.platform ? parsePlatform(flags.platform) : undefined });
+      const layers = images.flatMap((img) => img.manifest.layers);
+      const wanted = layerDigest !== undefined ? layers.filter((l) => l.digest === layerDigest) : layers;
+      if (wanted.length === 0) throw new EsgzError('NOT_FOUND', `${source.description}: no layer ${layerDigest}`);
+      const rows: Array<{ layer: string; tocDigest?: string; toc?: Buffer; error?: string }> = [];
+      for (const layer of wanted) {
+        try {
+          const reader = await readLayerTOC(source, layer);
+          rows.push({ layer: layer.digest, tocDigest: reader.tocDigest, toc: reader.tocJSON });
+        } catch (err) {
+          // A named layer must be eStargz; in a listing, other layers just show "-".
+          if (layerDigest !== undefined || !(err instanceof EsgzError) || err.code !== 'BAD_FORMAT') throw err;
+          rows.push({ layer: layer.digest, error: err.message });
+        }
+      }
+      this.print(rows, flags['dump-toc']);
+    } finally {
+      await source.close();
+    }
+  }
+
+  private print(rows: Array<{ layer: string; tocDigest?: string; toc?: Buffer; error?: string }>, dump: boolean): void {
+    if (this.flags.json) {
+      this.printJson(rows.map((r) => ({ layer: r.layer, tocDigest: r.tocDigest ?? null, ...(dump && r.toc ? { toc: JSON.parse(r.toc.toString()) } : {}), ...(r.error ? { error: r.error } : {}) })));
+      return;
+    }
+    if (dump) {
+      for (const r of rows) if (r.toc) process.stdout.write(`${r.toc.toString()}\n`);
+      return;
+    }
+    if (rows.length === 1 && rows[0]!.tocDigest) {
+      process.stdout.write(`${rows[0]!.tocDigest}\n`);
+      return;
+    }
+    for (const r of rows) process.stdout.write(`${r.layer} ${r.tocDigest ?? '-'}\n`);
+  }
+}

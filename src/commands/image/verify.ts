@@ -1,0 +1,79 @@
+import { Args, Flags } from '@oclif/core';
+import { BaseCommand } from '../../cli/base.js';
+import { formatBytes } from '../../cli/progress.js';
+import { EsgzError } from '../../errors.js';
+import { resolveImages, verifyLayer, type LayerVerification } from '../../estargz/verify.js';
+import { parsePlatform } from '../../image/platform.js';
+import { openSource } from '../../image/transports/index.js';
+
+export default class ImageVerify extends BaseCommand<typeof ImageVerify> {
+  static override summary = 'Verify the eStargz layers of an image';
+  static override description =
+    'For every eStargz layer: the TOC digest against the manifest annotation, every chunk digest and file digest in the TOC, the diffID against the config, the uncompressed-size annotation, and the landmark. Layers that are not eStargz are listed as skipped. Prints a table (or --json) and exits non-zero when any check fails.';
+
+  static override examples = [
+    { description: 'Verify an image in a local registry', command: '<%= config.bin %> image verify --plain-http 127.0.0.1:5000/app:esgz' },
+    { description: 'Verify an OCI layout image, JSON output', command: '<%= config.bin %> image verify --json oci:./app:esgz' },
+    { description: 'Every platform of a multi-platform image', command: '<%= config.bin %> image verify --all-platforms registry.example.com/app:esgz' },
+  ];
+
+  static override args = {
+    image: Args.string({ description: 'image to verify (REGISTRY/REPO[:TAG|@DIGEST], oci:DIR[:TAG], docker-archive:FILE[:TAG])', required: true }),
+  };
+
+  static override flags = {
+    platform: Flags.string({ description: 'platform of a multi-platform image, os/arch[/variant] (default: this machine)' }),
+    'all-platforms': Flags.boolean({ description: 'verify every platform of a multi-platform image', default: false }),
+  };
+
+  async run(): Promise<void> {
+    const { args } = await this.parse(ImageVerify);
+    const { flags } = this;
+    if (flags.platform !== undefined && flags['all-platforms']) {
+      throw new EsgzError('BAD_FLAG', '--platform and --all-platforms cannot be used together');
+    }
+    const source = await openSource(args.image, { plainHttp: flags['plain-http'], insecure: flags.insecure });
+    const results: Array<{ platform?: string; manifest: string; layers: LayerVerification[] }> = [];
+    try {
+      const images = await resolveImages(source, {
+        platform: flags.platform ? parsePlatform(flags.platform) : undefined,
+        allPlatforms: flags['all-platforms'],
+      });
+      for (const img of images) {
+        const layers: LayerVerification[] = [];
+        for (const [i, layer] of img.manifest.layers.entries()) {
+          layers.push(await verifyLayer(source, layer, i, img.config.rootfs?.diff_ids?.[i]));
+        }
+        results.push({ platform: img.platform, manifest: img.manifestDigest, layers });
+      }
+    } finally {
+      await source.close();
+    }
+    const all = results.flatMap((r) => r.layers);
+    const failed = all.filter((l) => l.status === 'failed');
+    const verified = all.filter((l) => l.status === 'ok');
+    if (flags.json) {
+      this.printJson({ image: args.image, ok: failed.length === 0, manifests: results });
+    } else {
+      for (const r of results) {
+        process.stdout.write(`${r.platform ? `${r.platform} ` : ''}manifest ${r.manifest}\n`);
+        const rows = [['LAYER', 'SIZE', 'FORMAT', 'TOC DIGEST', 'CHUNKS', 'LANDMARK', 'RESULT']];
+        for (const l of r.layers) {
+          rows.push([
+            l.digest.slice(7, 19), formatBytes(l.size), l.format ?? '-', l.tocDigest ? l.tocDigest.slice(7, 19) : '-',
+            l.chunks !== undefined ? String(l.chunks) : '-', l.landmark ?? '-', l.status === 'ok' ? 'ok' : l.status === 'skipped' ? 'skipped' : 'FAILED',
+          ]);
+        }
+        const widths = rows[0]!.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)));
+        for (const row of rows) process.stdout.write(`${row.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd()}\n`);
+        for (const l of r.layers) for (const p of l.problems) process.stdout.write(`  layer ${l.digest.slice(7, 19)}: ${p}\n`);
+      }
+    }
+    if (failed.length > 0) {
+      throw new EsgzError('DIGEST_MISMATCH', `${failed.length} of ${all.length} layers failed verification`);
+    }
+    if (verified.length === 0) {
+      throw new EsgzError('BAD_FORMAT', `${args.image}: no eStargz layers to verify`);
+    }
+  }
+}

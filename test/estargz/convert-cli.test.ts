@@ -1,0 +1,183 @@
+// `esgz image convert` / `esgz image verify` / `esgz get-toc-digest` through the built CLI
+// (npm run build first, as scripts/test.sh does), against OCI layouts and the test registry.
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { multiLayerEntries, writeOciImage, type WrittenImage } from '../fixtures/oci-image.js';
+import { registryAddress } from '../harness/registry.js';
+import { gunzipCli, tarNames } from './helpers.js';
+import { sha256Digest } from '../fixtures/tar.js';
+
+const repoRoot = new URL('../../', import.meta.url).pathname;
+const scratch = await mkdtemp(join(tmpdir(), 'esgz-convert-cli-'));
+afterAll(() => rm(scratch, { recursive: true, force: true }));
+
+function esgz(...args: string[]) {
+  return execa('node', [join(repoRoot, 'bin/run.js'), ...args], { reject: false, env: { DEBUG: '' }, stdin: 'ignore' });
+}
+
+function expectOneLineError(result: { exitCode?: number; stderr: string }, pattern: RegExp): void {
+  expect(result.exitCode).not.toBe(0);
+  const lines = result.stderr.split('\n').filter((l) => l.length > 0);
+  expect(lines, result.stderr).toHaveLength(1);
+  expect(lines[0]).toMatch(/^esgz: /);
+  expect(lines[0]).toMatch(pattern);
+}
+
+async function layoutBlob(dir: string, digest: string): Promise<Buffer> {
+  return readFile(join(dir, 'blobs', 'sha256', digest.replace('sha256:', '')));
+}
+
+let image: WrittenImage;
+let dockerImage: WrittenImage;
+
+beforeAll(async () => {
+  if (!existsSync(join(repoRoot, 'dist/commands/image/convert.js'))) throw new Error('dist/ is missing: run `npm run build` first');
+  image = await writeOciImage(join(scratch, 'src'), { tag: 'v1', layers: multiLayerEntries() });
+  dockerImage = await writeOciImage(join(scratch, 'docker'), { tag: 'v1', layers: multiLayerEntries(), mediaTypes: 'docker' });
+});
+
+describe('esgz image convert --estargz', () => {
+  const out = () => join(scratch, 'esgz');
+
+  it('converts every layer, annotates it, and the blobs round-trip through gunzip | tar', async () => {
+    const res = await esgz('image', 'convert', '--estargz', '--oci', '--json', `oci:${image.dir}:v1`, `oci:${out()}:esgz`);
+    expect(res.exitCode, res.stderr).toBe(0);
+    const report = JSON.parse(res.stdout);
+    expect(report).toMatchObject({ command: 'image convert', format: 'estargz', backend: 'libdeflate' });
+    const layers = report.manifests[0].layers;
+    expect(layers).toHaveLength(3);
+    const manifest = JSON.parse((await layoutBlob(out(), report.manifests[0].digest)).toString());
+    const config = JSON.parse((await layoutBlob(out(), manifest.config.digest)).toString());
+    for (const [i, layer] of manifest.layers.entries()) {
+      expect(layer.mediaType).toBe('application/vnd.oci.image.layer.v1.tar+gzip');
+      const blob = await layoutBlob(out(), layer.digest);
+      const tar = gunzipCli(blob);
+      expect(config.rootfs.diff_ids[i]).toBe(sha256Digest(tar));
+      expect(layer.annotations['io.containers.estargz.uncompressed-size']).toBe(String(tar.length));
+      const toc = (await execa('tar', ['-xO', '-f', '-', 'stargz.index.json'], { input: tar, encoding: 'buffer' })).stdout as unknown as Buffer;
+      expect(layer.annotations['containerd.io/snapshot/stargz/toc.digest']).toBe(sha256Digest(Buffer.from(toc)));
+      const names = tarNames(tar);
+      expect(names[0]).toBe('.no.prefetch.landmark');
+      expect(names.at(-1)).toBe('stargz.index.json');
+      // Same entries as the source layer.
+      const srcTar = gunzipCli(await layoutBlob(image.dir, image.manifests[0]!.layers[i]!.digest));
+      expect(names.slice(1, -1)).toEqual(tarNames(srcTar));
+      expect(layers[i].report).toMatchObject({ format: 'estargz', backend: 'libdeflate' });
+    }
+  });
+
+  it('is byte-reproducible: the same manifest digest twice, with 1 or 2 workers', async () => {
+    const a = await esgz('image', 'convert', '--estargz', '--oci', '--json', '--workers', '1', `oci:${image.dir}:v1`, `oci:${join(scratch, 'r1')}:x`);
+    const b = await esgz('image', 'convert', '--estargz', '--oci', '--json', '--workers', '2', `oci:${image.dir}:v1`, `oci:${join(scratch, 'r2')}:x`);
+    expect(a.exitCode, a.stderr).toBe(0);
+    expect(JSON.parse(a.stdout).digest).toBe(JSON.parse(b.stdout).digest);
+  });
+
+  it('verify passes on the result and get-toc-digest agrees with the annotation', async () => {
+    const v = await esgz('image', 'verify', '--json', `oci:${out()}:esgz`);
+    expect(v.exitCode, v.stderr).toBe(0);
+    const doc = JSON.parse(v.stdout);
+    expect(doc.ok).toBe(true);
+    expect(doc.manifests[0].layers.map((l: { status: string }) => l.status)).toEqual(['ok', 'ok', 'ok']);
+    const text = await esgz('image', 'verify', `oci:${out()}:esgz`);
+    expect(text.stdout).toMatch(/LAYER\s+SIZE\s+FORMAT/);
+
+    const manifest = JSON.parse(v.stdout).manifests[0];
+    const layer = manifest.layers[1];
+    const one = await esgz('get-toc-digest', `oci:${out()}:esgz@${layer.digest}`);
+    expect(one.exitCode, one.stderr).toBe(0);
+    expect(one.stdout.trim()).toBe(layer.tocDigest);
+    const file = await esgz('get-toc-digest', join(out(), 'blobs', 'sha256', layer.digest.slice(7)));
+    expect(file.stdout.trim()).toBe(layer.tocDigest);
+    const dump = await esgz('get-toc-digest', '--dump-toc', `oci:${out()}:esgz@${layer.digest}`);
+    expect(sha256Digest(Buffer.from(dump.stdout.replace(/\n$/, '')))).toBe(layer.tocDigest);
+    const listing = await esgz('get-toc-digest', `oci:${out()}:esgz`);
+    expect(listing.stdout.trim().split('\n')).toHaveLength(3);
+  });
+
+  it('verify fails on a plain image and on a tampered layer', async () => {
+    const plain = await esgz('image', 'verify', `oci:${image.dir}:v1`);
+    expectOneLineError(plain, /no eStargz layers/);
+    // Corrupt one byte in the middle of the biggest converted layer (a copy of the layout).
+    const copy = join(scratch, 'tampered');
+    await execa('cp', ['-r', out(), copy]);
+    const index = JSON.parse(await readFile(join(copy, 'index.json'), 'utf8'));
+    const manifest = JSON.parse((await layoutBlob(copy, index.manifests.find((m: { annotations?: Record<string, string> }) => m.annotations?.['org.opencontainers.image.ref.name'] === 'esgz').digest)).toString());
+    const big = manifest.layers.reduce((a: { size: number }, b: { size: number }) => (a.size > b.size ? a : b));
+    const path = join(copy, 'blobs', 'sha256', big.digest.slice(7));
+    const data = await readFile(path);
+    data[Math.floor(data.length / 3)] ^= 0xff;
+    await writeFile(path, data);
+    const bad = await esgz('image', 'verify', `oci:${copy}:esgz`);
+    expect(bad.exitCode).not.toBe(0);
+    expect(bad.stderr).toMatch(/esgz: .*(digest|failed)/);
+  });
+
+  it('--uncompress writes plain tar layers with the same diffIDs', async () => {
+    const res = await esgz('image', 'convert', '--uncompress', '--json', `oci:${out()}:esgz`, `oci:${join(scratch, 'plain')}:plain`);
+    expect(res.exitCode, res.stderr).toBe(0);
+    const report = JSON.parse(res.stdout);
+    for (const l of report.manifests[0].layers) {
+      expect(l.output.mediaType).toBe('application/vnd.oci.image.layer.v1.tar');
+      const blob = await layoutBlob(join(scratch, 'plain'), l.output.digest);
+      expect(sha256Digest(blob)).toBe(l.diffID);
+    }
+  });
+
+  it('--reuse keeps layers that already are eStargz', async () => {
+    const res = await esgz('image', 'convert', '--estargz', '--oci', '--reuse', '--json', `oci:${out()}:esgz`, `oci:${join(scratch, 'reused')}:x`);
+    expect(res.exitCode, res.stderr).toBe(0);
+    const report = JSON.parse(res.stdout);
+    expect(report.manifests[0].layers.map((l: { changed: boolean }) => l.changed)).toEqual([false, false, false]);
+  });
+
+  it('--prefetch-list and --estargz-record-in put the listed files first', async () => {
+    const list = join(scratch, 'prefetch.txt');
+    await writeFile(list, '# comment\n/etc/greeting\nusr/share/*.bin\n');
+    const res = await esgz('image', 'convert', '--estargz', '--oci', '--json', '--prefetch-list', list, `oci:${image.dir}:v1`, `oci:${join(scratch, 'prio')}:x`);
+    expect(res.exitCode, res.stderr).toBe(0);
+    const layer = JSON.parse(res.stdout).manifests[0].layers[1];
+    const names = tarNames(gunzipCli(await layoutBlob(join(scratch, 'prio'), layer.output.digest)));
+    expect(names.slice(0, 6)).toEqual(['etc/', 'etc/greeting', 'usr/', 'usr/share/', 'usr/share/big.bin', '.prefetch.landmark']);
+
+    const record = join(scratch, 'record.json');
+    await writeFile(record, `${JSON.stringify({ path: '/data/new', manifestDigest: 'x', layerIndex: 2 })}\n${JSON.stringify({ path: '/etc/greeting' })}\n`);
+    const rec = await esgz('image', 'convert', '--estargz', '--oci', '--json', '--estargz-record-in', record, `oci:${image.dir}:v1`, `oci:${join(scratch, 'rec')}:x`);
+    expect(rec.exitCode, rec.stderr).toBe(0);
+    const l2 = JSON.parse(rec.stdout).manifests[0].layers[2];
+    // /etc/greeting is not in layer 2: ignored there, like ctr-remote does.
+    expect(tarNames(gunzipCli(await layoutBlob(join(scratch, 'rec'), l2.output.digest))).slice(0, 3)).toEqual(['data/', 'data/new', '.prefetch.landmark']);
+  });
+
+  it('through the registry: convert pushes, verify and get-toc-digest read by range requests', async () => {
+    const ref = `${registryAddress()}/esgz-cli/convert:esgz`;
+    const res = await esgz('image', 'convert', '--estargz', '--oci', '--plain-http', `oci:${image.dir}:v1`, ref);
+    expect(res.exitCode, res.stderr).toBe(0);
+    const v = await esgz('image', 'verify', '--plain-http', '--json', ref);
+    expect(v.exitCode, v.stderr).toBe(0);
+    const layer = JSON.parse(v.stdout).manifests[0].layers[0];
+    const one = await esgz('get-toc-digest', '--plain-http', `${ref}@${layer.digest}`);
+    expect(one.stdout.trim()).toBe(layer.tocDigest);
+  });
+
+  it('warns for --estargz without --oci on Docker media types', async () => {
+    const res = await esgz('image', 'convert', '--estargz', `oci:${dockerImage.dir}:v1`, `oci:${join(scratch, 'dock')}:x`);
+    expect(res.exitCode, res.stderr).toBe(0);
+    expect(res.stderr).toMatch(/warning: option --estargz should be used in conjunction with --oci/);
+  });
+
+  it('bad flag combinations: one line, non-zero exit', async () => {
+    const src = `oci:${image.dir}:v1`;
+    const dst = `oci:${join(scratch, 'never')}:x`;
+    expectOneLineError(await esgz('image', 'convert', '--estargz', '--uncompress', src, dst), /--estargz conflicts with --uncompress/);
+    expectOneLineError(await esgz('image', 'convert', '--zstdchunked', src, dst), /--zstdchunked must be used in conjunction with --oci/);
+    expectOneLineError(await esgz('image', 'convert', src, dst), /specify a layer format/);
+    expectOneLineError(await esgz('image', 'convert', '--estargz', '--oci', '--estargz-keep-diff-id', src, dst), /--estargz-keep-diff-id must be used with --estargz-external-toc/);
+    expectOneLineError(await esgz('image', 'convert', '--estargz', '--oci', '--prefetch-list', '/nonexistent/list', src, dst), /cannot read prefetch list/);
+    expect(existsSync(join(scratch, 'never'))).toBe(false);
+  });
+});
