@@ -9,6 +9,7 @@ APT_PACKAGES=(
   docker-registry skopeo libdeflate-dev libdeflate-tools debootstrap time
   gcc make g++ python3 ca-certificates apache2-utils
   attr
+  containerd stargz-snapshotter
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
