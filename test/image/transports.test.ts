@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { gunzipSync } from 'node:zlib';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EsgzError } from '../../src/errors.js';
@@ -14,7 +15,7 @@ import { buildTar, dir, file, gzipBuffer, sha256Digest, sha256Hex } from '../fix
 import { multiLayerEntries, twoPlatformImages, writeOciImage, busyboxRootfs, type WrittenImage } from '../fixtures/oci-image.js';
 
 const scratch = await mkdtemp(join(tmpdir(), 'esgz-transports-'));
-afterAll(() => rm(scratch, { recursive: true, force: true }));
+afterAll(() => (process.env.KEEP ? undefined : rm(scratch, { recursive: true, force: true })));
 
 let single: WrittenImage;
 let multi: WrittenImage;
@@ -158,6 +159,15 @@ describe('docker-archive', () => {
     const inspected = await skopeoInspect(`docker-archive:${archive}`);
     expect(inspected.Architecture).toBe('amd64');
     expect((inspected.Layers as string[]).length).toBe(3);
+    // skopeo copies out of it too (it reads every blob), into a layout esgz reads back.
+    const viaSkopeo = join(scratch, 'multi-via-skopeo');
+    await execa('skopeo', ['copy', `docker-archive:${archive}`, `oci:${viaSkopeo}:s`]);
+    const viaReport = await copy(`oci:${viaSkopeo}:s`, `oci:${join(scratch, 'multi-via-skopeo-2')}:s`);
+    // skopeo re-encodes config and layers on the way to OCI; the tars inside must be the same.
+    const tarDigests = await Promise.all(
+      viaReport.manifests[0]!.layers.map(async (l) => sha256Digest(gunzipSync(await readFile(join(viaSkopeo, 'blobs', 'sha256', l.output.digest.slice(7)))))),
+    );
+    expect(tarDigests).toEqual(multi.manifests[0]!.layers.map((l) => l.diffID));
 
     const back = join(scratch, 'multi-back');
     const report = await copy(`docker-archive:${archive}:esgz/multi:v1`, `oci:${back}:back`);
