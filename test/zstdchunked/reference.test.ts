@@ -124,6 +124,25 @@ describe.skipIf(!containerdAvailable())('zstd:chunked reference comparison with 
     expect(tocStructure((await readTOC(ours.blob)).toc)).toEqual(tocStructure((await readTOC(ref.blob)).toc));
   });
 
+  it('prioritized files (record-in) give the same order and the same .prefetch.landmark', async () => {
+    const paths = ['/usr/bin/tool', '/etc/os-release', '/not/in/the/layer'];
+    const work = await mkdtemp(path.join(os.tmpdir(), 'esgz-zref-'));
+    try {
+      const record = path.join(work, 'record.json');
+      await writeFile(record, paths.map((p) => JSON.stringify({ path: p, manifestDigest: 'sha256:' + '0'.repeat(64), layerIndex: 0 })).join('\n') + '\n');
+      const ref = await ctrRemoteZstdChunked(containerd, tar, ['--estargz-chunk-size', String(CHUNK), '--estargz-record-in', record]);
+      const ours = await convertZstd(tar, { chunkSize: CHUNK, prioritizedFiles: paths });
+      const refTOC = (await readTOC(ref.blob)).toc;
+      const ourTOC = (await readTOC(ours.blob)).toc;
+      expect(ourTOC.entries.map((e) => e.name)).toContain('.prefetch.landmark');
+      expect(ourTOC.entries.map((e) => e.name)).not.toContain('.no.prefetch.landmark');
+      expect(tocStructure(ourTOC)).toEqual(tocStructure(refTOC));
+      expect(ours.result.missedPrioritizedFiles).toEqual(['/not/in/the/layer']);
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+  });
+
   it("ctr-remote's zstd:chunked reader (get-toc-digest --zstdchunked) accepts esgz blobs", async () => {
     const ours = await convertZstd(tar, { chunkSize: CHUNK });
     expect(await ctrRemoteZstdTOCDigest(containerd, ours.blob)).toBe(ours.result.tocDigest);
