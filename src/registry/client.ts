@@ -201,20 +201,64 @@ export class RegistryClient {
     return Number(header(response.headers, 'content-length') ?? NaN);
   }
 
-  /** Streams a blob; the stream errors at the end if the bytes do not match `desc` (digest and size). */
+  /**
+   * Streams a blob; the stream errors if the bytes do not match `desc` (digest and size). A
+   * connection lost midway is resumed with a Range request from the last byte received (bounded
+   * by the retry attempts); the digest still covers the whole stream, so a resume can never
+   * splice in wrong bytes unnoticed.
+   */
   async openBlob(repository: string, desc: Descriptor): Promise<Readable> {
     const what = `blob ${desc.digest} from ${this.registry}/${repository}`;
-    const response = await this.send({ method: 'GET', target: `/v2/${repository}/blobs/${desc.digest}`, scopes: [pullScope(repository)], followRedirects: true });
-    if (response.status !== 200) throw await this.failure(response, 'GET', what);
+    const target = `/v2/${repository}/blobs/${desc.digest}`;
+    const scopes = [pullScope(repository)];
+    const first = await this.send({ method: 'GET', target, scopes, followRedirects: true });
+    if (first.status !== 200) throw await this.failure(first, 'GET', what);
+
+    const resume = async (from: number): Promise<Response> => {
+      const response = await this.send({ method: 'GET', target, scopes, headers: { range: `bytes=${from}-` }, followRedirects: true });
+      const contentRange = header(response.headers, 'content-range');
+      if (response.status !== 206 || (contentRange !== undefined && !contentRange.startsWith(`bytes ${from}-`))) {
+        await response.body.dump();
+        throw new EsgzError('SIZE_MISMATCH', `${what}: truncated after ${from} of ${desc.size} bytes and the registry did not resume (HTTP ${response.status})`);
+      }
+      return response;
+    };
+    // Plain stream events rather than an async generator: this is the hot path of every pull.
     const verifier = new DigestVerifier(desc, what);
-    const body = response.body;
-    body.on('error', (err: Error) => {
-      verifier.destroy(new EsgzError('SIZE_MISMATCH', `${what}: truncated: connection lost after ${verifier.size} of ${desc.size} bytes (${err.message})`, { cause: err }));
-    });
+    let current = first.body;
+    let received = 0;
+    let attempt = 1;
+    const attach = (body: Response['body']): void => {
+      current = body;
+      body.on('data', (chunk: Buffer) => {
+        received += chunk.length;
+        if (!verifier.write(chunk)) body.pause();
+      });
+      body.on('end', () => verifier.end());
+      body.on('error', (err: Error) => {
+        if (verifier.destroyed) return;
+        if (attempt >= this.attempts || received >= desc.size) {
+          verifier.destroy(new EsgzError('SIZE_MISMATCH', `${what}: truncated: connection lost after ${received} of ${desc.size} bytes (${describeNetworkError(err)})`, { cause: err }));
+          return;
+        }
+        const from = received;
+        void sleep(this.backoff(attempt))
+          .then(() => {
+            attempt += 1;
+            return resume(from);
+          })
+          .then(
+            (response) => (verifier.destroyed ? void response.body.destroy() : attach(response.body)),
+            (resumeError: unknown) => verifier.destroy(resumeError as Error),
+          );
+      });
+    };
+    verifier.on('drain', () => current.resume());
+    // A consumer that stops reading (destroys the stream) stops the download.
     verifier.on('close', () => {
-      if (!body.destroyed) body.destroy();
+      if (!current.destroyed) current.destroy();
     });
-    body.pipe(verifier);
+    attach(first.body);
     return verifier;
   }
 

@@ -284,13 +284,34 @@ describe('registry faults', () => {
     await source.close();
   });
 
-  it('detects a truncated blob download', async () => {
+  it('resumes a blob download that lost its connection, with a Range from the last byte', async () => {
     const source = await openRegistrySource(`${proxy.address}/${repo}:t`, { plainHttp: true });
     proxy.truncate({ method: 'GET', path: image.layer.desc.digest, afterBytes: 70_000 });
+    proxy.truncate({ method: 'GET', path: image.layer.desc.digest, afterBytes: 50_000 });
+    const bytes = await readAll(await source.openBlob(image.layer.desc));
+    expect(bytes.equals(image.layer.bytes)).toBe(true);
+    const gets = proxy.log.filter((e) => e.path.includes(image.layer.desc.digest));
+    expect(gets.map((e) => e.headers.range)).toEqual([undefined, 'bytes=70000-', 'bytes=120000-']);
+    await source.close();
+  });
+
+  it('detects a blob download truncated on every attempt', async () => {
+    const source = await openRegistrySource(`${proxy.address}/${repo}:t`, { plainHttp: true });
+    proxy.truncate({ method: 'GET', path: image.layer.desc.digest, afterBytes: 70_000, times: 3 });
     const err = await rejection(readAll(await source.openBlob(image.layer.desc)));
     expect(err.code).toBe('SIZE_MISMATCH');
     expect(err.message).toMatch(/truncated/);
     expect(err.message).toContain(image.layer.desc.digest);
+    expect(err.message).not.toContain('\n');
+    await source.close();
+  });
+
+  it('detects corruption in a resumed part of a download', async () => {
+    const source = await openRegistrySource(`${proxy.address}/${repo}:t`, { plainHttp: true });
+    proxy.truncate({ method: 'GET', path: image.layer.desc.digest, afterBytes: 70_000 });
+    proxy.corrupt({ method: 'GET', path: image.layer.desc.digest, offset: 10 });
+    const err = await rejection(readAll(await source.openBlob(image.layer.desc)));
+    expect(err.code).toBe('DIGEST_MISMATCH');
     await source.close();
   });
 
