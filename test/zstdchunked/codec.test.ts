@@ -158,6 +158,33 @@ describe('footer and TOC', () => {
     await codec.close();
   });
 
+  it('newer containers/storage layout: tar-split frame after the TOC, 64-byte GNUlInUx footer', async () => {
+    // Rebuild the tail as containers/storage >= 1.48 writes it (pkg/chunked/internal/minimal):
+    // TOC frame, tar-split frame, then a 64-byte footer that also locates the tar-split.
+    const f = rawFooter(blob);
+    const body = blob.subarray(0, blob.length - 48);
+    const tarSplit = zstdCli(['-c', '-q'], Buffer.from('{"type":2,"payload":"","position":0}\n'));
+    const tarSplitFrame = Buffer.concat([Buffer.from([0x50, 0x2a, 0x4d, 0x18]), Buffer.alloc(4), tarSplit]);
+    tarSplitFrame.writeUInt32LE(tarSplit.length, 4);
+    const footer = Buffer.alloc(72);
+    footer.writeUInt32LE(0x184d2a50, 0);
+    footer.writeUInt32LE(64, 4);
+    footer.writeBigUInt64LE(f.offset, 8);
+    footer.writeBigUInt64LE(f.compressed, 16);
+    footer.writeBigUInt64LE(f.uncompressed, 24);
+    footer.writeBigUInt64LE(1n, 32);
+    footer.writeBigUInt64LE(BigInt(body.length + 8), 40);
+    footer.writeBigUInt64LE(BigInt(tarSplit.length), 48);
+    footer.writeBigUInt64LE(60n, 56);
+    footer.write('GNUlInUx', 64, 'latin1');
+    const modern = Buffer.concat([body, tarSplitFrame, footer]);
+    zstdCli(['-t', '-q'], modern);
+    const reader = await EstargzReader.open(bufferBlobReader(modern), { expectedTOCDigest: result.tocDigest });
+    expect(reader.footer.kind).toBe('zstdchunked-containers');
+    expect(reader.footer.footerSize).toBe(72);
+    await reader.verifyAll();
+  });
+
   it('ctr-remote-style blobs without the end-of-archive frame read the same', async () => {
     const { blob: bare, result: r } = await convertZstd(tar, { chunkSize: CHUNK, endOfArchive: false });
     expect(bare.length).toBeLessThan(blob.length);
