@@ -89,6 +89,12 @@ export interface Codec {
    */
   compressMember(uncompressed: Buffer): Promise<Buffer>;
   /**
+   * Optional: a buffer of `size` bytes the writer fills with a member's bytes and then passes to
+   * `compressMember`, letting the codec recycle member buffers (flat memory on big layers).
+   * Without it the writer allocates.
+   */
+  allocateMember?(size: number): Buffer;
+  /**
    * Builds everything after the last member: the TOC and the footer. `tocOffset` is the
    * compressed blob offset where `bytes` will start (= total size of all members written).
    * `uncompressedSize` is the size of the tar stream written so far (members only).

@@ -188,6 +188,10 @@ export class GzipCodec implements Codec {
     return this.pool;
   }
 
+  allocateMember(size: number): Buffer {
+    return this.getPool().allocate(size);
+  }
+
   compressMember(uncompressed: Buffer): Promise<Buffer> {
     return this.getPool().compress(uncompressed);
   }

@@ -14,6 +14,10 @@ import { EsgzError } from '../errors.js';
 
 export type GzipBackend = 'libdeflate' | 'zlib';
 
+/** Smallest pooled member buffer, and the most bytes kept for reuse. */
+const MIN_POOLED = 64 * 1024;
+const MAX_POOLED_BYTES = 64 * 1024 * 1024;
+
 const ADDON_PATH = fileURLToPath(new URL('../../native/libdeflate/build/Release/esgz_libdeflate.node', import.meta.url));
 
 let addonProbe: { available: boolean; error?: string } | undefined;
@@ -69,9 +73,10 @@ parentPort.on('message', (msg) => {
     const input = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);
     let out = compress(input, msg.level);
     if (out.byteOffset !== 0 || out.byteLength !== out.buffer.byteLength) out = Buffer.from(out);
-    parentPort.postMessage({ id: msg.id, data: out }, [out.buffer]);
+    // The input buffer goes back too, so the main thread can reuse it for the next member.
+    parentPort.postMessage({ id: msg.id, data: out, input: msg.data.buffer }, [out.buffer, msg.data.buffer]);
   } catch (err) {
-    parentPort.postMessage({ id: msg.id, error: String(err && err.message || err) });
+    parentPort.postMessage({ id: msg.id, error: String(err && err.message || err), input: msg.data.buffer }, [msg.data.buffer]);
   }
 });
 `;
@@ -99,6 +104,10 @@ export class GzipPool {
   private readonly workers: PoolWorker[] = [];
   private readonly pending = new Map<number, Pending & { owner: PoolWorker }>();
   private nextId = 0;
+  /** Member buffers handed back by workers, by capacity (power of two), for reuse. */
+  private readonly freeBuffers = new Map<number, ArrayBuffer[]>();
+  private freeBytes = 0;
+  private readonly pooled = new WeakSet<ArrayBuffer>();
   private closed = false;
   private failure: Error | undefined;
 
@@ -113,9 +122,33 @@ export class GzipPool {
   }
 
   /**
-   * Compresses one buffer into one complete gzip member. The buffer is transferred to the worker
-   * when it owns its whole ArrayBuffer (then it is unusable afterwards: callers hand it over);
-   * otherwise it is copied.
+   * A buffer of `size` bytes to fill with member data and pass to `compress`: it comes from (and
+   * returns to) a small pool, so steady-state conversion allocates no new member buffers.
+   */
+  allocate(size: number): Buffer {
+    const capacity = Math.max(MIN_POOLED, 2 ** Math.ceil(Math.log2(Math.max(1, size))));
+    const list = this.freeBuffers.get(capacity);
+    let ab = list?.pop();
+    if (ab) this.freeBytes -= capacity;
+    else {
+      ab = new ArrayBuffer(capacity);
+      this.pooled.add(ab);
+    }
+    return Buffer.from(ab, 0, size);
+  }
+
+  private recycle(ab: ArrayBuffer | undefined): void {
+    if (!ab || !this.pooled.has(ab) || this.freeBytes + ab.byteLength > MAX_POOLED_BYTES) return;
+    const list = this.freeBuffers.get(ab.byteLength) ?? [];
+    list.push(ab);
+    this.freeBuffers.set(ab.byteLength, list);
+    this.freeBytes += ab.byteLength;
+  }
+
+  /**
+   * Compresses one buffer into one complete gzip member. Buffers from `allocate` (and buffers
+   * that own their whole ArrayBuffer) are transferred to the worker, not copied: callers hand
+   * them over and must not use them afterwards. Anything else is copied.
    */
   compress(data: Buffer): Promise<Buffer> {
     if (this.closed) return Promise.reject(new EsgzError('INTERNAL', 'gzip pool used after close'));
@@ -123,8 +156,10 @@ export class GzipPool {
     const target = this.pickWorker();
     const id = this.nextId++;
     let payload: Uint8Array = data;
-    if (data.byteOffset !== 0 || data.byteLength !== data.buffer.byteLength || !(data.buffer instanceof ArrayBuffer)) {
-      payload = new Uint8Array(data.byteLength);
+    const ab = data.buffer;
+    const transferable = ab instanceof ArrayBuffer && data.byteOffset === 0 && (this.pooled.has(ab) || data.byteLength === ab.byteLength);
+    if (!transferable) {
+      payload = this.allocate(data.byteLength);
       payload.set(data);
     }
     return new Promise<Buffer>((resolve, reject) => {
@@ -158,7 +193,8 @@ export class GzipPool {
     });
     worker.unref();
     const entry: PoolWorker = { worker, busy: 0 };
-    worker.on('message', (msg: { id: number; data?: Uint8Array; error?: string }) => {
+    worker.on('message', (msg: { id: number; data?: Uint8Array; input?: ArrayBuffer; error?: string }) => {
+      this.recycle(msg.input);
       const p = this.pending.get(msg.id);
       if (!p) return;
       this.pending.delete(msg.id);

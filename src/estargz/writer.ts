@@ -141,7 +141,9 @@ class MemberSequencer {
 
   async closeMember(): Promise<void> {
     if (this.openIndex < 0) return;
-    const data = this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts, this.openLength);
+    const data = this.codec.allocateMember?.(this.openLength) ?? Buffer.allocUnsafe(this.openLength);
+    let pos = 0;
+    for (const part of this.parts) pos += part.copy(data, pos);
     const index = this.openIndex;
     this.parts = [];
     this.openLength = 0;
