@@ -97,6 +97,9 @@ export async function runBundle(options: RunBundleOptions): Promise<RunBundleRes
       stderr: tty ? 'inherit' : 'pipe',
       buffer: false,
       cleanup: true,
+      // Its own process group: a terminal's Ctrl-C reaches esgz only, which then stops the
+      // container itself (with a tty the workload needs the foreground group, so it stays).
+      detached: !tty,
     });
     options.onStart?.(id);
     if (!tty) {
@@ -131,7 +134,7 @@ export async function runBundle(options: RunBundleOptions): Promise<RunBundleRes
     }
     const result = await exited;
     if (first === 'exited') stopReason = 'exited';
-    if (stopReason === 'signal' && !options.waitOnSignal) throw new EsgzError('INTERRUPTED', 'interrupted');
+    if ((stopReason === 'signal' || options.signal?.aborted) && !options.waitOnSignal) throw new EsgzError('INTERRUPTED', 'interrupted');
     if (stopReason === 'exited') {
       const exitCode = result.exitCode ?? (result.signal ? 128 : 1);
       const runcError = /runc run failed: (.*)/.exec(stderrTail);

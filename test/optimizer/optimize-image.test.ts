@@ -9,6 +9,7 @@ import { EsgzError } from '../../src/errors.js';
 import { openSink, openSource } from '../../src/image/transports/index.js';
 import { optimizeImage, type OptimizeImageOptions } from '../../src/optimizer/optimize-image.js';
 import { readRecordFile } from '../../src/optimizer/record.js';
+import { profileImage } from '../../src/optimizer/image-profile.js';
 import { listContainers } from '../../src/runtime/runc.js';
 import { busyboxRootfs, twoPlatformImages, writeOciImage } from '../fixtures/oci-image.js';
 import { dir, file } from '../fixtures/tar.js';
@@ -109,6 +110,22 @@ describe('optimizeImage (profile + convert through the pipeline)', () => {
     expect(entries[0]!.manifestDigest).toBe(p.manifestDigest);
   });
 
+  it('produces an image that unpacks and runs the same workload again', async () => {
+    const out = join(work, 'rerun');
+    await optimize(busyboxRef, `oci:${out}:r`);
+    const source = await openSource(`oci:${out}:r`);
+    try {
+      const rerun = await profileImage(source, await source.fetchRoot(), {
+        run: { entrypoint: ['/bin/sh', '-c'], args: ['cat /etc/hello; ls /bin'] },
+        stdout: new PassThrough(),
+      });
+      expect(rerun.exitCode).toBe(0);
+      expect(rerun.accessed).toEqual(['bin/busybox', 'etc/hello']);
+    } finally {
+      await source.close();
+    }
+  });
+
   it('gives the same digests when the same workload is optimized twice', async () => {
     await optimize(busyboxRef, `oci:${join(work, 'twice-a')}:t`);
     await optimize(busyboxRef, `oci:${join(work, 'twice-b')}:t`);
@@ -168,9 +185,48 @@ describe('esgz image optimize (CLI)', () => {
     expect(readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain('esgz-opt-');
   });
 
+  it.skipIf(!built)('--wait-on-signal: Ctrl-C ends the workload, then the image is converted', async () => {
+    const out = join(work, 'cli-signal');
+    const child = execa('node', [cli, 'image', 'optimize', '--oci', '--wait-on-signal', '--entrypoint', '["/bin/sh","-c"]', '--args', '["cat /etc/hello; echo WAITING; sleep 600"]', busyboxRef, `oci:${out}:s`], { reject: false, detached: true });
+    await waitForOutput(child, 'WAITING');
+    // As a terminal does: Ctrl-C goes to the whole foreground process group.
+    process.kill(-child.pid!, 'SIGINT');
+    const result = await child;
+    expect(result.exitCode).toBe(0);
+    expect(result.stdout).toMatch(/stopped \(signal\)/);
+    expect(result.stdout).toMatch(/files traced: 2 /);
+    expect(layerEntryNames(out, 's')[0]!.filter((n) => !n.endsWith('/')).slice(0, 3)).toEqual(['bin/busybox', 'etc/hello', '.prefetch.landmark']);
+    expect(await listContainers()).toEqual([]);
+  });
+
+  it.skipIf(!built)('Ctrl-C without --wait-on-signal stops everything: exit 130, nothing written, nothing left', async () => {
+    const out = join(work, 'cli-int');
+    const child = execa('node', [cli, 'image', 'optimize', '--oci', '--entrypoint', '["/bin/sh","-c"]', '--args', '["echo WAITING; sleep 600"]', busyboxRef, `oci:${out}:i`], { reject: false, detached: true });
+    await waitForOutput(child, 'WAITING');
+    process.kill(-child.pid!, 'SIGINT');
+    const result = await child;
+    expect(result.exitCode).toBe(130);
+    expect(result.stderr.trim()).toBe('esgz: interrupted');
+    expect(existsSync(join(out, 'index.json'))).toBe(false);
+    expect(readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain('esgz-opt-');
+    expect(await listContainers()).toEqual([]);
+  });
+
   it.skipIf(!built)('rejects --zstdchunked without --oci like ctr-remote', async () => {
     const result = await execa('node', [cli, 'image', 'optimize', '--zstdchunked', busyboxRef, `oci:${join(work, 'z')}:z`], { reject: false });
     expect(result.exitCode).toBe(2);
     expect(result.stderr.trim()).toBe('esgz: option --zstdchunked must be used in conjunction with --oci');
   });
 });
+
+/** Resolves once the child's stdout shows `text`. */
+function waitForOutput(child: ReturnType<typeof execa>, text: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let seen = '';
+    child.stdout!.on('data', (c: Buffer) => {
+      seen += c.toString();
+      if (seen.includes(text)) resolve();
+    });
+    child.once('exit', () => reject(new Error(`exited before printing ${text}: ${seen}`)));
+  });
+}
