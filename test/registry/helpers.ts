@@ -1,6 +1,7 @@
 // Small builders for registry tests: random blobs and a minimal image whose digests are computed here.
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
+import { gzipSync } from 'node:zlib';
 import { MediaType } from '../../src/image/media-types.js';
 import type { Descriptor, RawManifest } from '../../src/image/types.js';
 
@@ -38,11 +39,16 @@ export function rawManifest(value: object, mediaType: string): RawManifest {
   return { bytes, mediaType, digest: `sha256:${createHash('sha256').update(bytes).digest('hex')}` };
 }
 
-/** An image with one random layer: the blobs to push and the manifest naming them. */
+/**
+ * An image with one layer of random bytes, gzip-compressed (so tools like skopeo leave it as is;
+ * the layer is at least `layerSize` bytes): the blobs to push and the manifest naming them.
+ */
 export function tinyImage(layerSize = 50_000): { config: TestBlob; layer: TestBlob; manifest: RawManifest } {
-  const layer = randomBlob(layerSize, MediaType.ociLayerGzip);
+  const content = randomBytes(layerSize);
+  const layer = blobOf(gzipSync(content), MediaType.ociLayerGzip);
+  const diffId = `sha256:${createHash('sha256').update(content).digest('hex')}`;
   const config = blobOf(
-    Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [layer.desc.digest] } })),
+    Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [diffId] } })),
     MediaType.ociConfig,
   );
   const manifest = rawManifest({ schemaVersion: 2, mediaType: MediaType.ociManifest, config: config.desc, layers: [layer.desc] }, MediaType.ociManifest);
