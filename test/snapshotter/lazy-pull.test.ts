@@ -1,0 +1,306 @@
+/**
+ * Lazy pull end to end against the real test registry, through the counting / fault-injecting
+ * proxy: rpull fetches only manifest, config, footer+TOC and the prioritized range per layer;
+ * run of the optimized workload fetches nothing more; a TOC that does not match its annotation
+ * fails rpull before anything is stored or mounted; corrupt chunks give EIO and are not cached;
+ * a registry that goes away gives a bounded EIO while cached files keep working; the image tree
+ * served through FUSE + overlayfs equals the tree of the unpacked layers.
+ */
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import os from 'node:os';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { execa } from 'execa';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TOC_DIGEST_ANNOTATION } from '../../src/estargz/constants.js';
+import { readableOf } from '../../src/image/compression.js';
+import { MediaType } from '../../src/image/media-types.js';
+import { openSink, openSource } from '../../src/image/transports/index.js';
+import type { ImageManifest } from '../../src/image/types.js';
+import { optimizeImage } from '../../src/optimizer/optimize-image.js';
+import { isMounted, prepareRootfs } from '../../src/optimizer/overlay.js';
+import { listImages, pruneState, removeImage } from '../../src/snapshotter/manage.js';
+import { rpull } from '../../src/snapshotter/rpull.js';
+import { mountImage, runContainer } from '../../src/snapshotter/run.js';
+import { busyboxImage, debianImage, debianImageCached } from '../fixtures/debian.js';
+import { sha256Digest } from '../fixtures/tar.js';
+import { startFaultProxy, type FaultProxy } from '../harness/fault-proxy.js';
+import { registryAddress } from '../harness/registry.js';
+import { buildTar } from '../optimizer/tar-helpers.js';
+import { toEstargz, walkTree } from './helpers.js';
+
+function capture(): { stream: PassThrough; text: () => string } {
+  const stream = new PassThrough();
+  const parts: Buffer[] = [];
+  stream.on('data', (c: Buffer) => parts.push(c));
+  return { stream, text: () => Buffer.concat(parts).toString() };
+}
+
+/** Blob requests in the proxy log, by digest. */
+function blobRequests(proxy: FaultProxy) {
+  return proxy.log
+    .filter((e) => e.path.includes('/blobs/'))
+    .map((e) => ({ digest: /\/blobs\/(sha256:[0-9a-f]{64})/.exec(e.path)?.[1] ?? '', range: e.headers.range as string | undefined, bytes: e.bytes, method: e.method }));
+}
+
+/** Pushes a one-layer eStargz image with a chosen toc.digest annotation straight to the registry. */
+async function pushHandmadeImage(reference: string, tocAnnotation: (real: string) => string): Promise<void> {
+  const tar = await buildTar([{ name: 'bin/', type: 'directory' }, { name: 'bin/hello', content: 'hi\n' }]);
+  const { blob, result } = await toEstargz(tar);
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Cmd: ['/bin/hello'] }, rootfs: { type: 'layers', diff_ids: [result.diffID] } }));
+  const layerDesc = { mediaType: MediaType.ociLayerGzip, digest: sha256Digest(blob), size: blob.length, annotations: { [TOC_DIGEST_ANNOTATION]: tocAnnotation(result.tocDigest) } };
+  const configDesc = { mediaType: MediaType.ociConfig, digest: sha256Digest(config), size: config.length };
+  const manifest: ImageManifest = { schemaVersion: 2, mediaType: MediaType.ociManifest, config: configDesc, layers: [layerDesc] };
+  const bytes = Buffer.from(JSON.stringify(manifest));
+  const sink = await openSink(reference, { plainHttp: true });
+  try {
+    await sink.putBlob(layerDesc, () => readableOf(blob));
+    await sink.putBlob(configDesc, () => readableOf(config));
+    await sink.commit({ bytes, mediaType: MediaType.ociManifest, digest: sha256Digest(bytes) });
+  } catch (err) {
+    await sink.abort();
+    throw err;
+  }
+}
+
+describe('lazy pull and run', () => {
+  let proxy: FaultProxy;
+  let work: string;
+  let busyboxRef: string;
+
+  beforeAll(async () => {
+    work = await mkdtemp(join(os.tmpdir(), 'esgz-lazy-'));
+    proxy = await startFaultProxy(registryAddress());
+    // The optimized busybox: the workload's files (and runc's /etc/passwd, /etc/group, read when
+    // the spec is built) before the prefetch landmark.
+    const fixture = await busyboxImage();
+    const source = await openSource(fixture.ref);
+    const sink = await openSink(`${registryAddress()}/h6/busybox:esgz`, { plainHttp: true });
+    try {
+      await optimizeImage({
+        source,
+        sink,
+        format: 'estargz',
+        convert: { chunkSize: 256 * 1024 },
+        oci: true,
+        run: { entrypoint: ['/bin/sh', '-c'], args: ['cat /etc/hello; ls /bin | head -3'] },
+        prefetchList: ['/etc/passwd', '/etc/group'],
+        periodSeconds: 10,
+        workloadStdout: new PassThrough().resume(),
+        workloadStderr: new PassThrough().resume(),
+      });
+    } finally {
+      await source.close();
+    }
+    busyboxRef = `${proxy.address}/h6/busybox:esgz`;
+  });
+
+  afterAll(async () => {
+    await proxy?.close();
+    if (work) await rm(work, { recursive: true, force: true });
+  });
+
+  it('rpull fetches only manifest, config, TOCs and the prioritized range; run of the workload fetches nothing more', async () => {
+    const root = join(work, 'state-busybox');
+    proxy.clearLog();
+    const report = await rpull({ reference: busyboxRef, stateRoot: root, plainHttp: true });
+    expect(report.layers).toHaveLength(1);
+    expect(report.layers[0]!.kind).toBe('lazy');
+    const manifests = proxy.log.filter((e) => e.path.includes('/manifests/'));
+    expect(manifests.length).toBeGreaterThanOrEqual(1);
+    const blobs = blobRequests(proxy);
+    const layerDigest = report.layers[0]!.digest;
+    const layerReqs = blobs.filter((b) => b.digest === layerDigest);
+    const others = blobs.filter((b) => b.digest !== layerDigest);
+    // The config, whole; nothing else but the layer.
+    expect(others).toHaveLength(1);
+    // Footer, TOC, and one prioritized range: every one a Range request, never the whole blob.
+    expect(layerReqs).toHaveLength(3);
+    for (const r of layerReqs) expect(r.range, JSON.stringify(r)).toMatch(/^bytes=\d+-\d+$/);
+    const layerBytes = layerReqs.reduce((n, r) => n + r.bytes, 0);
+    expect(report.layers[0]!.prefetchedBytes).toBeGreaterThan(0);
+    expect(layerBytes).toBe(report.layers[0]!.fetchedBytes);
+    expect(layerBytes).toBeLessThan(report.layers[0]!.size);
+
+    proxy.clearLog();
+    const out = capture();
+    const result = await runContainer({
+      reference: busyboxRef,
+      stateRoot: root,
+      rm: true,
+      run: {},
+      command: ['/bin/sh', '-c', 'cat /etc/hello; ls /bin | head -3'],
+      stdout: out.stream,
+      stderr: out.stream,
+    });
+    expect(out.text()).toContain('hello from the esgz busybox fixture');
+    expect(result.exitCode).toBe(0);
+    expect(blobRequests(proxy)).toEqual([]);
+    expect(proxy.log.filter((e) => e.path.includes('/manifests/'))).toEqual([]);
+    expect(result.fetches[0]!.requests).toBe(0);
+    // Nothing left mounted, no container directory kept with --rm.
+    expect(await readdir(join(root, 'containers'))).toEqual([]);
+
+    // Control: the same run without the prefetch has to fetch the workload's chunks itself, and the
+    // counting sees it (so the zero above means something).
+    const cold = join(work, 'state-busybox-cold');
+    await rpull({ reference: busyboxRef, stateRoot: cold, plainHttp: true, noPrefetch: true });
+    proxy.clearLog();
+    const out2 = capture();
+    const r2 = await runContainer({ reference: busyboxRef, stateRoot: cold, rm: true, run: {}, command: ['/bin/sh', '-c', 'cat /etc/hello'], stdout: out2.stream, stderr: out2.stream });
+    expect(r2.exitCode).toBe(0);
+    expect(out2.text()).toContain('hello from the esgz busybox fixture');
+    expect(r2.fetches[0]!.requests).toBeGreaterThan(0);
+    expect(blobRequests(proxy).filter((b) => b.digest === layerDigest).length).toBe(r2.fetches[0]!.requests);
+  });
+
+  it('image ls / rm / prune manage the state root', async () => {
+    const root = join(work, 'state-manage');
+    await rpull({ reference: busyboxRef, stateRoot: root, plainHttp: true });
+    const listed = await listImages(root);
+    expect(listed.map((i) => i.reference)).toEqual([busyboxRef]);
+    expect(listed[0]!.lazyLayers).toBe(1);
+    const nothing = await pruneState(root);
+    expect(nothing).toMatchObject({ blobs: 0, layers: 0, chunks: 0 });
+    await removeImage(busyboxRef, root);
+    expect(await listImages(root)).toEqual([]);
+    const pruned = await pruneState(root);
+    expect(pruned.blobs).toBe(2);
+    expect(pruned.layers).toBe(1);
+    expect(pruned.chunks).toBeGreaterThan(0);
+    expect(await pruneState(root)).toMatchObject({ blobs: 0, layers: 0, chunks: 0 });
+    await expect(removeImage(busyboxRef, root)).rejects.toMatchObject({ code: 'NOT_FOUND' });
+  });
+
+  it('fails rpull before storing or mounting anything when the TOC does not match its annotation', async () => {
+    const bad = `${registryAddress()}/h6/badtoc:1`;
+    await pushHandmadeImage(bad, () => `sha256:${'0'.repeat(64)}`);
+    const root = join(work, 'state-badtoc');
+    await expect(rpull({ reference: bad, stateRoot: root, plainHttp: true })).rejects.toMatchObject({ code: 'DIGEST_MISMATCH' });
+    expect(await listImages(root)).toEqual([]);
+    expect(await readdir(join(root, 'blobs', 'sha256'))).toEqual([]);
+    expect(await readdir(join(root, 'layers', 'sha256'))).toEqual([]);
+    await expect(mountImage({ reference: bad, stateRoot: root, workDir: join(work, 'never') })).rejects.toMatchObject({ code: 'NOT_FOUND' });
+
+    // The same image with the right annotation pulls and runs.
+    const good = `${registryAddress()}/h6/goodtoc:1`;
+    await pushHandmadeImage(good, (real) => real);
+    await rpull({ reference: good, stateRoot: root, plainHttp: true });
+    expect((await listImages(root)).map((i) => i.reference)).toEqual([good]);
+  });
+
+  it('serves the same tree through FUSE + overlayfs as an unpack of the same layers', async () => {
+    const root = join(work, 'state-tree');
+    await rpull({ reference: busyboxRef, stateRoot: root, plainHttp: true, noPrefetch: true });
+    const fixture = await busyboxImage();
+    const { createReadStream } = await import('node:fs');
+    const unpacked = await prepareRootfs({ workDir: join(work, 'tree-unpacked'), layers: fixture.layers.map((l) => ({ open: async () => createReadStream(l.tarPath) })), mode: 'overlay' });
+    const image = await mountImage({ reference: busyboxRef, stateRoot: root, workDir: join(work, 'tree-lazy'), plainHttp: true });
+    try {
+      const expected = await walkTree(unpacked.rootfs);
+      const actual = await walkTree(image.rootfs);
+      expect([...actual.keys()]).toEqual([...expected.keys()]);
+      for (const [path, exp] of expected) {
+        const { ino: _a, ...want } = exp;
+        const { ino: _b, ...got } = actual.get(path)!;
+        if (path === '') {
+          delete want.mtime;
+          delete got.mtime;
+        }
+        expect(got, path).toEqual(want);
+      }
+    } finally {
+      await image.release();
+      await unpacked.release();
+    }
+    expect(await isMounted(image.rootfs)).toBe(false);
+  });
+
+  it('fails reads of corrupt chunks with EIO without caching them, then serves them once the registry is healthy', async () => {
+    const root = join(work, 'state-corrupt');
+    const report = await rpull({ reference: busyboxRef, stateRoot: root, plainHttp: true, noPrefetch: true });
+    const image = await mountImage({ reference: busyboxRef, stateRoot: root, workDir: join(work, 'corrupt-run'), plainHttp: true });
+    try {
+      proxy.corrupt({ path: report.layers[0]!.digest, times: 20 });
+      const hello = join(image.rootfs, 'etc/hello');
+      const bad = await execa('cat', [hello], { reject: false });
+      expect(bad.exitCode).not.toBe(0);
+      expect(bad.stderr).toMatch(/Input\/output error/);
+      expect(image.lazies[0]!.stats.chunksFetched).toBe(0);
+      proxy.clearFaults();
+      const good = await execa('cat', [hello]);
+      expect(good.stdout).toBe('hello from the esgz busybox fixture');
+    } finally {
+      proxy.clearFaults();
+      await image.release();
+    }
+  });
+
+  it('gives a bounded EIO for uncached data when the registry goes away, while cached files still read', async () => {
+    const lonely = await startFaultProxy(registryAddress());
+    const ref = `${lonely.address}/h6/busybox:esgz`;
+    const root = join(work, 'state-gone');
+    await rpull({ reference: ref, stateRoot: root, plainHttp: true, noPrefetch: true });
+    const image = await mountImage({ reference: ref, stateRoot: root, workDir: join(work, 'gone-run'), plainHttp: true, fetchPolicy: { deadlineMs: 3000, attempts: 2 } });
+    try {
+      const hello = join(image.rootfs, 'etc/hello');
+      expect((await execa('cat', [hello])).stdout).toBe('hello from the esgz busybox fixture');
+      await lonely.close();
+      const started = Date.now();
+      const r = await execa('md5sum', [join(image.rootfs, 'bin/busybox')], { reject: false, timeout: 60_000 });
+      expect(r.exitCode).not.toBe(0);
+      expect(r.stderr).toMatch(/Input\/output error/);
+      expect(Date.now() - started).toBeLessThan(20_000);
+      // Dropping the kernel's page cache is not needed: the file went through the chunk cache.
+      expect((await execa('cat', [hello])).stdout).toBe('hello from the esgz busybox fixture');
+    } finally {
+      await image.release();
+      await lonely.close().catch(() => undefined);
+    }
+  });
+
+  it.skipIf(!debianImageCached())('rpulls an optimized Debian+python3 image and runs python3 without fetching more', async () => {
+    const debian = await debianImage();
+    const source = await openSource(debian.python.ref);
+    const sink = await openSink(`${registryAddress()}/h6/python:esgz`, { plainHttp: true });
+    const command = ['python3', '-c', "print('hi')"];
+    try {
+      await optimizeImage({
+        source,
+        sink,
+        format: 'estargz',
+        convert: {},
+        oci: true,
+        run: { entrypoint: command },
+        prefetchList: ['/etc/passwd', '/etc/group'],
+        periodSeconds: 20,
+        workloadStdout: new PassThrough().resume(),
+        workloadStderr: new PassThrough().resume(),
+      });
+    } finally {
+      await source.close();
+    }
+    const ref = `${proxy.address}/h6/python:esgz`;
+    const root = join(work, 'state-python');
+    proxy.clearLog();
+    const report = await rpull({ reference: ref, stateRoot: root, plainHttp: true });
+    expect(report.layers.every((l) => l.kind === 'lazy')).toBe(true);
+    const blobs = blobRequests(proxy);
+    for (const l of report.layers) {
+      const reqs = blobs.filter((b) => b.digest === l.digest);
+      for (const r of reqs) expect(r.range).toMatch(/^bytes=/);
+      expect(reqs.length).toBeLessThanOrEqual(3);
+      expect(reqs.reduce((n, r) => n + r.bytes, 0)).toBe(l.fetchedBytes);
+    }
+    const total = report.layers.reduce((n, l) => n + l.size, 0);
+    const fetched = report.layers.reduce((n, l) => n + l.fetchedBytes, 0);
+    expect(fetched).toBeLessThan(total / 2);
+
+    proxy.clearLog();
+    const out = capture();
+    const result = await runContainer({ reference: ref, stateRoot: root, rm: true, run: {}, command, stdout: out.stream, stderr: out.stream });
+    expect(out.text().trim()).toBe('hi');
+    expect(result.exitCode).toBe(0);
+    expect(blobRequests(proxy)).toEqual([]);
+  }, 600_000);
+});
