@@ -164,6 +164,21 @@ describe('esgz image convert --estargz', () => {
     expect(one.stdout.trim()).toBe(layer.tocDigest);
   });
 
+  it('--zstdchunked writes zstd:chunked layers that verify', async () => {
+    const dst = join(scratch, 'zstd');
+    const res = await esgz('image', 'convert', '--zstdchunked', '--oci', '--json', `oci:${image.dir}:v1`, `oci:${dst}:z`);
+    expect(res.exitCode, res.stderr).toBe(0);
+    const report = JSON.parse(res.stdout);
+    const manifest = JSON.parse((await layoutBlob(dst, report.manifests[0].digest)).toString());
+    for (const layer of manifest.layers) {
+      expect(layer.mediaType).toBe('application/vnd.oci.image.layer.v1.tar+zstd');
+      expect(layer.annotations['containerd.io/snapshot/stargz/toc.digest']).toMatch(/^sha256:/);
+    }
+    const v = await esgz('image', 'verify', '--json', `oci:${dst}:z`);
+    expect(v.exitCode, v.stderr).toBe(0);
+    expect(JSON.parse(v.stdout).manifests[0].layers.map((l: { status: string }) => l.status)).toEqual(['ok', 'ok', 'ok']);
+  });
+
   it('warns for --estargz without --oci on Docker media types', async () => {
     const res = await esgz('image', 'convert', '--estargz', `oci:${dockerImage.dir}:v1`, `oci:${join(scratch, 'dock')}:x`);
     expect(res.exitCode, res.stderr).toBe(0);

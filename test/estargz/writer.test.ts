@@ -256,3 +256,24 @@ describe('min chunk size and prioritized files', () => {
     expect(twice.blob.equals(blob)).toBe(true);
   });
 });
+
+describe('the same writer with the zstd:chunked codec', () => {
+  it('writes frames the zstd CLI decodes to the same tar stream, and the reader reads every file', async () => {
+    const { createCodec } = await import('../../src/estargz/codecs.js');
+    const codec = await createCodec('zstd', { workers: 2 });
+    try {
+      const { blob: z, result: r } = await convertBuffer(tar, { chunkSize: CHUNK, codec });
+      const out = run('zstd', ['-d', '-q', '-c'], z);
+      expect(sha256Digest(out)).toBe(r.diffID);
+      expect(tarNames(out).filter((n) => n !== '.no.prefetch.landmark')).toEqual(tarNames(tar));
+      const reader = await EstargzReader.open(bufferBlobReader(z), { expectedTOCDigest: r.tocDigest });
+      expect(reader.codec.name).toBe('zstd');
+      for (const e of entries) if (e.type === 'file') expect((await reader.readFile(e.path)).equals(contentOf(e)), e.path).toBe(true);
+      // Same TOC structure as eStargz: only offsets differ.
+      const strip = (t: typeof r.toc) => t.entries.map(({ offset: _o, innerOffset: _i, ...rest }) => rest);
+      expect(strip(r.toc)).toEqual(strip(result.toc));
+    } finally {
+      await codec.close();
+    }
+  });
+});
