@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -13,6 +13,8 @@ import { profileImage } from '../../src/optimizer/image-profile.js';
 import { listContainers } from '../../src/runtime/runc.js';
 import { busyboxRootfs, twoPlatformImages, writeOciImage } from '../fixtures/oci-image.js';
 import { dir, file } from '../fixtures/tar.js';
+import { debianImage, debianImageCached } from '../fixtures/debian.js';
+import { readPrefetchList } from '../../src/estargz/priority.js';
 
 let work: string;
 let busyboxRef: string;
@@ -160,6 +162,55 @@ describe('optimizeImage (profile + convert through the pipeline)', () => {
     expect(existsSync(join(work, 'arm-out', 'index.json')) && readFileSync(join(work, 'arm-out', 'index.json'), 'utf8').includes('"a"')).toBe(false);
     expect(await listContainers()).toEqual([]);
   });
+});
+
+describe('optimizeImage options', () => {
+  it('--prefetch-list adds files after the traced ones', async () => {
+    const list = join(work, 'prefetch.txt');
+    writeFileSync(list, '# extra\n/etc/passwd\n');
+    const out = join(work, 'prefetch-out');
+    await optimize(busyboxRef, `oci:${out}:p`, { prefetchList: await readPrefetchList(list) });
+    const [base, top] = layerEntryNames(out, 'p');
+    const landmark = base!.indexOf('.prefetch.landmark');
+    expect(base!.slice(0, landmark).filter((n) => !n.endsWith('/'))).toEqual(['bin/busybox', 'etc/hello', 'etc/passwd']);
+    // The list applies to every layer; a layer without those files prefetches nothing (as stargz's writer does, its landmark comes first).
+    expect(top![0]).toMatch(/^\.(no\.)?prefetch\.landmark$/);
+  });
+
+  it('--reuse keeps an eStargz layer the workload did not touch and rewrites the touched one', async () => {
+    const first = join(work, 'reuse-1');
+    await optimize(busyboxRef, `oci:${first}:r`);
+    const second = join(work, 'reuse-2');
+    const { report } = await optimize(`oci:${first}:r`, `oci:${second}:r`, { convert: { reuse: true } });
+    const layers = report.transfer.manifests[0]!.layers;
+    expect(layers.map((l) => l.changed)).toEqual([true, false]);
+    expect(layers[1]!.output.digest).toBe(layers[1]!.input.digest);
+    expect(layerEntryNames(second, 'r')[0]!.filter((n) => !n.endsWith('/')).slice(0, 3)).toEqual(['bin/busybox', 'etc/hello', '.prefetch.landmark']);
+  });
+});
+
+describe('optimizeImage on the Debian bookworm python3 image', () => {
+  it.skipIf(!debianImageCached())('prioritizes the interpreter, loader, libraries, ld.so.cache and encodings of python3 -c "print(1)"', async () => {
+    const fixture = await debianImage();
+    const out = join(work, 'debian');
+    const { report, stdout } = await optimize(fixture.python.ref, `oci:${out}:py`, {
+      run: { entrypoint: ['python3', '-c'], args: ['print(1)'] },
+      // The order is what is under test; a fast level keeps the test short on a shared machine.
+      convert: { compressionLevel: 1 },
+    });
+    expect(stdout).toBe('1\n');
+    const [base, python] = layerEntryNames(out, 'py');
+    const prefetched = (names: string[]) => names.slice(0, names.indexOf('.prefetch.landmark')).filter((n) => !n.endsWith('/'));
+    const basePrefetch = prefetched(base!);
+    const pythonPrefetch = prefetched(python!);
+    expect(pythonPrefetch[0]).toBe('usr/bin/python3.11');
+    expect(pythonPrefetch).toContain('etc/ld.so.cache');
+    expect(pythonPrefetch.some((n) => n.startsWith('usr/lib/python3.11/encodings/'))).toBe(true);
+    expect(basePrefetch).toEqual(expect.arrayContaining(['usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2', 'usr/lib/x86_64-linux-gnu/libc.so.6', 'usr/lib/x86_64-linux-gnu/libm.so.6']));
+    // Nothing else is prefetched: everything before the landmark was traced.
+    expect(basePrefetch.length + pythonPrefetch.length).toBe(report.profiled!.filesTraced);
+    expect(base!.length).toBeGreaterThan(1000);
+  }, 600_000);
 });
 
 describe('esgz image optimize (CLI)', () => {

@@ -1,4 +1,4 @@
-import { mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -7,6 +7,7 @@ import { EsgzError } from '../../src/errors.js';
 import { profileWorkload, recordEntriesOf, type ProfileWorkloadOptions } from '../../src/optimizer/optimize.js';
 import { readRecordFile, writeRecordFile } from '../../src/optimizer/record.js';
 import { listContainers } from '../../src/runtime/runc.js';
+import { parseMountFlag } from '../../src/runtime/spec.js';
 import type { LayerTar } from '../../src/optimizer/overlay.js';
 import { busyboxConfig, busyboxLayers } from './busybox-image.js';
 import { hasHostPython, hostFilesEntries, pythonStartupFiles } from './host-image.js';
@@ -257,5 +258,39 @@ describe('profileWorkload on a Debian python image built from this host', () => 
     expect(accessed.indexOf('etc/ld.so.cache')).toBeLessThan(accessed.indexOf(libc));
     expect(accessed.some((p) => p.startsWith('usr/lib/python3.11/encodings/'))).toBe(true);
     expect(result.perLayer[1]![0]).toBe('usr/bin/python3.11');
+  });
+});
+
+describe('profileWorkload options', () => {
+  it('--mount binds a host directory; files read from it are not image files and are not recorded', async () => {
+    const hostDir = mkdtempSync(join(tmpdir(), 'esgz-bind-'));
+    try {
+      writeFileSync(join(hostDir, 'data.txt'), 'from the host\n');
+      const { result, stdout } = await profile({
+        run: { entrypoint: ['/bin/sh', '-c'], args: ['cat /data/data.txt; cat /etc/hello'], mounts: [parseMountFlag(`type=bind,source=${hostDir},destination=/data,options=rbind:ro`)] },
+      });
+      expect(stdout).toContain('from the host');
+      expect(result.accessed).toEqual(['bin/busybox', 'etc/hello']);
+    } finally {
+      rmSync(hostDir, { recursive: true, force: true });
+    }
+  });
+
+  it('--net-host shares the host network', async () => {
+    const { stdout } = await profile({ run: { entrypoint: ['/bin/sh', '-c'], args: ['ls /sys/class/net'], netHost: true } });
+    expect(stdout.trim().split('\n').sort()).toEqual(readdirSync('/sys/class/net').sort());
+  });
+
+  it('says clearly when the tracer program is not built', async () => {
+    const saved = process.env.ESGZ_FANOTIFY_BIN;
+    process.env.ESGZ_FANOTIFY_BIN = '/nonexistent/esgz-fanotify';
+    try {
+      const err = await profile({ run: catAndLs }).catch((e: unknown) => e);
+      expect((err as EsgzError).code).toBe('UNSUPPORTED');
+      expect((err as EsgzError).message).toMatch(/fanotify tracer .* is not built \(run npm run build:native/);
+    } finally {
+      if (saved === undefined) delete process.env.ESGZ_FANOTIFY_BIN;
+      else process.env.ESGZ_FANOTIFY_BIN = saved;
+    }
   });
 });
