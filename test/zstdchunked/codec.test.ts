@@ -215,6 +215,16 @@ describe('reproducibility and parameters', () => {
     }
   });
 
+  it('defaults to one worker per core (the writer sizes its in-flight window from it); bad counts are BAD_FLAG', async () => {
+    const codec = createZstdChunkedCodec();
+    expect(codec.workers).toBe(process.env.ESGZ_WORKERS ? Number(process.env.ESGZ_WORKERS) : os.cpus().length);
+    expect(codec.level).toBe(3);
+    await codec.close();
+    for (const workers of [0, -1, 1.5]) {
+      expect(() => createZstdChunkedCodec({ workers }), String(workers)).toThrow(/worker count must be a positive integer/);
+    }
+  });
+
   it('a zstd-compressed source layer converts to the same blob as the plain tar', async () => {
     const zstdSource = zstdCli(['-c', '-q', '-19'], tar);
     const fromZstd = await convertZstd(zstdSource, { chunkSize: CHUNK });

@@ -26,7 +26,7 @@ import {
   CONTAINERS_FOOTER_FRAME_SIZE, MAX_TOC_SIZE, MANIFEST_TYPE_CRFS, SKIPPABLE_HEADER_SIZE, decompressFrames, encodeFooter,
   isSkippableMagic, parseFooter, skippableFrame, unwrapSkippableFrame,
 } from './format.js';
-import { DEFAULT_ZSTD_LEVEL, ZstdPool, checkZstdLevel } from './pool.js';
+import { DEFAULT_ZSTD_LEVEL, ZstdPool, checkZstdLevel, defaultZstdWorkers } from './pool.js';
 
 /** stargz-snapshotter's names (estargz/zstdchunked), also containers/storage ≤ 1.44's. */
 export const MANIFEST_CHECKSUM_ANNOTATION = 'io.containers.zstd-chunked.manifest-checksum';
@@ -54,7 +54,11 @@ export class ZstdChunkedCodec implements Codec {
   /** The reader fetches enough tail for either footer flavour. */
   readonly maxFooterSize = CONTAINERS_FOOTER_FRAME_SIZE;
   readonly level: number;
-  readonly workers: number | undefined;
+  /**
+   * Worker threads compressing at once (default: every core). The writer sizes its in-flight
+   * window from this, so it is resolved here rather than left undefined.
+   */
+  readonly workers: number;
   readonly containersStorageAnnotations: boolean;
   readonly endOfArchive: boolean;
   private pool: ZstdPool | undefined;
@@ -62,7 +66,8 @@ export class ZstdChunkedCodec implements Codec {
 
   constructor(options: ZstdChunkedCodecOptions = {}) {
     this.level = checkZstdLevel(options.compressionLevel ?? DEFAULT_ZSTD_LEVEL);
-    this.workers = options.workers;
+    this.workers = options.workers ?? defaultZstdWorkers();
+    if (!Number.isInteger(this.workers) || this.workers < 1) throw new EsgzError('BAD_FLAG', `zstd worker count must be a positive integer, got ${this.workers}`);
     this.containersStorageAnnotations = options.containersStorageAnnotations ?? process.env.ESGZ_ZSTDCHUNKED_GITHUB_ANNOTATIONS === '1';
     this.endOfArchive = options.endOfArchive ?? true;
   }
