@@ -15,6 +15,11 @@
  *    containers/storage ≥ 1.52 and containers/image ≥ 5.30 refuse a layer that carries both
  *    them and `containerd.io/snapshot/stargz/toc.digest` ("both zstd:chunked and eStargz TOC
  *    found"), and that error fails the whole pull instead of falling back to a full download.
+ *
+ * Not written: the tar-split frame containers/storage ≥ 1.57 wants before it partially pulls
+ * (without it, it falls back to a full download, which works). Writing it needs the raw tar
+ * header bytes of one blob in order; this codec is shared by layers converting concurrently and
+ * only sees members, so it would need a per-blob hook from the writer.
  */
 import { createHash } from 'node:crypto';
 import { EsgzError } from '../../errors.js';
