@@ -1,4 +1,4 @@
-import { mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -30,6 +30,11 @@ afterEach(async () => {
   expect(mounts).not.toContain(tempRoot);
   expect(readdirSync(tempRoot)).toEqual([]);
   expect(await listContainers()).toEqual(containersBefore);
+  // runc's per-container cgroups (named after our esgz-<hex> ids) are gone too.
+  for (const hierarchy of ['pids', 'memory', 'unified']) {
+    const dir = join('/sys/fs/cgroup', hierarchy);
+    if (existsSync(dir)) expect(readdirSync(dir).filter((n) => /^esgz-[0-9a-f]{12}$/.test(n))).toEqual([]);
+  }
 });
 
 async function profile(overrides: Partial<ProfileWorkloadOptions>) {
