@@ -88,3 +88,36 @@ export async function walkTree(root: string): Promise<Map<string, WalkedEntry>> 
   await visit('');
   return out;
 }
+
+/** Pushes an image whose layers are converted to eStargz here, straight to a registry (plain HTTP). */
+export async function pushEstargzImage(
+  reference: string,
+  layerTars: Buffer[],
+  imageConfig: Record<string, unknown>,
+  options: { prioritizedFiles?: string[][]; tocAnnotation?: (real: string) => string; chunkSize?: number } = {},
+): Promise<{ manifestDigest: string; layerDigests: string[] }> {
+  const { MediaType } = await import('../../src/image/media-types.js');
+  const { TOC_DIGEST_ANNOTATION } = await import('../../src/estargz/constants.js');
+  const { openSink } = await import('../../src/image/transports/index.js');
+  const { readableOf } = await import('../../src/image/compression.js');
+  const digestOf = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+  const layers: Array<{ blob: Buffer; desc: { mediaType: string; digest: string; size: number; annotations: Record<string, string> }; diffID: string }> = [];
+  for (const [i, tar] of layerTars.entries()) {
+    const { blob, result } = await toEstargz(tar, { prioritizedFiles: options.prioritizedFiles?.[i], chunkSize: options.chunkSize });
+    const toc = options.tocAnnotation ? options.tocAnnotation(result.tocDigest) : result.tocDigest;
+    layers.push({ blob, diffID: result.diffID, desc: { mediaType: MediaType.ociLayerGzip, digest: digestOf(blob), size: blob.length, annotations: { [TOC_DIGEST_ANNOTATION]: toc } } });
+  }
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', ...imageConfig, rootfs: { type: 'layers', diff_ids: layers.map((l) => l.diffID) } }));
+  const configDesc = { mediaType: MediaType.ociConfig, digest: digestOf(config), size: config.length };
+  const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociManifest, config: configDesc, layers: layers.map((l) => l.desc) }));
+  const sink = await openSink(reference, { plainHttp: true });
+  try {
+    for (const l of layers) await sink.putBlob(l.desc, () => readableOf(l.blob));
+    await sink.putBlob(configDesc, () => readableOf(config));
+    await sink.commit({ bytes: manifest, mediaType: MediaType.ociManifest, digest: digestOf(manifest) });
+  } catch (err) {
+    await sink.abort();
+    throw err;
+  }
+  return { manifestDigest: digestOf(manifest), layerDigests: layers.map((l) => l.desc.digest) };
+}

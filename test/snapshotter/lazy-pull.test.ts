@@ -12,22 +12,17 @@ import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TOC_DIGEST_ANNOTATION } from '../../src/estargz/constants.js';
-import { readableOf } from '../../src/image/compression.js';
-import { MediaType } from '../../src/image/media-types.js';
 import { openSink, openSource } from '../../src/image/transports/index.js';
-import type { ImageManifest } from '../../src/image/types.js';
 import { optimizeImage } from '../../src/optimizer/optimize-image.js';
 import { isMounted, prepareRootfs } from '../../src/optimizer/overlay.js';
 import { listImages, pruneState, removeImage } from '../../src/snapshotter/manage.js';
 import { rpull } from '../../src/snapshotter/rpull.js';
 import { mountImage, runContainer } from '../../src/snapshotter/run.js';
 import { busyboxImage, debianImage, debianImageCached } from '../fixtures/debian.js';
-import { sha256Digest } from '../fixtures/tar.js';
 import { startFaultProxy, type FaultProxy } from '../harness/fault-proxy.js';
 import { registryAddress } from '../harness/registry.js';
 import { buildTar } from '../optimizer/tar-helpers.js';
-import { toEstargz, walkTree } from './helpers.js';
+import { pushEstargzImage, walkTree } from './helpers.js';
 
 function capture(): { stream: PassThrough; text: () => string } {
   const stream = new PassThrough();
@@ -43,24 +38,10 @@ function blobRequests(proxy: FaultProxy) {
     .map((e) => ({ digest: /\/blobs\/(sha256:[0-9a-f]{64})/.exec(e.path)?.[1] ?? '', range: e.headers.range as string | undefined, bytes: e.bytes, method: e.method }));
 }
 
-/** Pushes a one-layer eStargz image with a chosen toc.digest annotation straight to the registry. */
+/** A one-layer eStargz image with a chosen toc.digest annotation. */
 async function pushHandmadeImage(reference: string, tocAnnotation: (real: string) => string): Promise<void> {
   const tar = await buildTar([{ name: 'bin/', type: 'directory' }, { name: 'bin/hello', content: 'hi\n' }]);
-  const { blob, result } = await toEstargz(tar);
-  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Cmd: ['/bin/hello'] }, rootfs: { type: 'layers', diff_ids: [result.diffID] } }));
-  const layerDesc = { mediaType: MediaType.ociLayerGzip, digest: sha256Digest(blob), size: blob.length, annotations: { [TOC_DIGEST_ANNOTATION]: tocAnnotation(result.tocDigest) } };
-  const configDesc = { mediaType: MediaType.ociConfig, digest: sha256Digest(config), size: config.length };
-  const manifest: ImageManifest = { schemaVersion: 2, mediaType: MediaType.ociManifest, config: configDesc, layers: [layerDesc] };
-  const bytes = Buffer.from(JSON.stringify(manifest));
-  const sink = await openSink(reference, { plainHttp: true });
-  try {
-    await sink.putBlob(layerDesc, () => readableOf(blob));
-    await sink.putBlob(configDesc, () => readableOf(config));
-    await sink.commit({ bytes, mediaType: MediaType.ociManifest, digest: sha256Digest(bytes) });
-  } catch (err) {
-    await sink.abort();
-    throw err;
-  }
+  await pushEstargzImage(reference, [tar], { config: { Cmd: ['/bin/hello'] } }, { tocAnnotation });
 }
 
 describe('lazy pull and run', () => {
