@@ -1,0 +1,67 @@
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openSink, openSource } from '../../src/image/transports/index.js';
+import { optimizeImage } from '../../src/optimizer/optimize-image.js';
+import { containerdAvailable, startContainerd, type RunningContainerd } from '../harness/containerd.js';
+import { convertWithCtrRemote } from '../estargz/reference.js';
+import { busyboxRootfs, writeOciImage } from '../fixtures/oci-image.js';
+import { buildTar } from '../fixtures/tar.js';
+
+/**
+ * ctr-remote 0.12 as the oracle for the record format: `convert --estargz-record-in` must read the
+ * record esgz writes with `optimize --record-out` and put the same files before the landmark.
+ */
+describe.skipIf(!containerdAvailable())('record files against ctr-remote', () => {
+  let containerd: RunningContainerd;
+  let work: string;
+  beforeAll(async () => {
+    containerd = await startContainerd();
+    work = mkdtempSync(join(tmpdir(), 'esgz-optref-'));
+  });
+  afterAll(async () => {
+    await containerd?.stop();
+    rmSync(work, { recursive: true, force: true });
+  });
+
+  function names(blob: Buffer): string[] {
+    const file = join(work, `blob-${Math.random().toString(16).slice(2)}`);
+    writeFileSync(file, blob);
+    return execFileSync('tar', ['-tzf', file], { encoding: 'utf8' }).trim().split('\n');
+  }
+  const prefetched = (list: string[]) => list.slice(0, list.indexOf('.prefetch.landmark')).map((n) => n.replace(/\/$/, ''));
+
+  it('ctr-remote convert --estargz-record-in reads our record and prefetches the same files in the same order', async () => {
+    const entries = busyboxRootfs();
+    const layout = join(work, 'src');
+    await writeOciImage(layout, { tag: 'latest', layers: [entries], config: { Cmd: ['/bin/sh'] } });
+    const record = join(work, 'record.json');
+    const out = join(work, 'out');
+    const source = await openSource(`oci:${layout}:latest`);
+    try {
+      await optimizeImage({
+        source,
+        sink: await openSink(`oci:${out}:opt`),
+        format: 'estargz',
+        convert: {},
+        oci: true,
+        recordOut: record,
+        run: { entrypoint: ['/bin/sh', '-c'], args: ['cat /etc/passwd; cat /etc/hello; ls /bin'] },
+        workloadStdout: new PassThrough(),
+        workloadStderr: new PassThrough(),
+      });
+    } finally {
+      await source.close();
+    }
+    const index = JSON.parse(readFileSync(join(out, 'index.json'), 'utf8')) as { manifests: Array<{ digest: string }> };
+    const manifest = JSON.parse(readFileSync(join(out, 'blobs/sha256', index.manifests[0]!.digest.slice(7)), 'utf8')) as { layers: Array<{ digest: string }> };
+    const ours = names(readFileSync(join(out, 'blobs/sha256', manifest.layers[0]!.digest.slice(7))));
+
+    const theirs = names((await convertWithCtrRemote(containerd, await buildTar(entries), ['--estargz-record-in', record])).blob);
+    expect(prefetched(ours).filter((n) => n !== 'bin' && n !== 'etc')).toEqual(['bin/busybox', 'etc/passwd', 'etc/hello']);
+    expect(prefetched(ours)).toEqual(prefetched(theirs));
+  });
+});
