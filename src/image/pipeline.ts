@@ -121,6 +121,24 @@ function serialize(value: unknown, mediaType: string): RawManifest {
   return { bytes, mediaType, digest: digestOf(bytes) };
 }
 
+/**
+ * Settles like `work`, or rejects with INTERRUPTED as soon as `signal` fires: a transform that
+ * misses the abort (a stream that never ends once its input is destroyed) cannot hang the copy.
+ */
+function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  work.catch(() => undefined);
+  if (signal.aborted) return Promise.reject(new EsgzError('INTERRUPTED', 'interrupted'));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(new EsgzError('INTERRUPTED', 'interrupted'));
+    signal.addEventListener('abort', onAbort, { once: true });
+    work.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
+}
+
+function isInterrupted(err: unknown): boolean {
+  return err instanceof EsgzError && err.code === 'INTERRUPTED';
+}
+
 /** Runs `fn` over `items` with at most `limit` in flight; results keep the input order. */
 async function mapBounded<T, R>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
   const results = new Array<R>(items.length);
@@ -132,7 +150,8 @@ async function mapBounded<T, R>(items: readonly T[], limit: number, fn: (item: T
       try {
         results[i] = await fn(items[i]!, i);
       } catch (err) {
-        failed ??= err;
+        // Keep the root cause, not the INTERRUPTED errors of the layers it stopped.
+        if (failed === undefined || (isInterrupted(failed) && !isInterrupted(err))) failed = err;
         throw err;
       }
     }
@@ -180,7 +199,10 @@ function validateManifest(manifest: ImageManifest, where: string): void {
 class Transfer {
   private readonly transform: LayerTransform;
   private readonly concurrency: number;
+  /** Fires on the caller's signal and on the first layer failure (stopping the other layers). */
   private readonly signal: AbortSignal;
+  private readonly stopLayers = new AbortController();
+  private readonly userSignal: AbortSignal | undefined;
   private readonly spoolRoot: string;
   private spoolReady: Promise<void> | undefined;
   private readonly mountFrom: BlobLocation | undefined;
@@ -189,7 +211,8 @@ class Transfer {
   constructor(private readonly options: TransferOptions) {
     this.transform = options.transform ?? identityTransform;
     this.concurrency = Math.max(1, options.concurrency ?? DEFAULT_CONCURRENCY);
-    this.signal = options.signal ?? new AbortController().signal;
+    this.userSignal = options.signal;
+    this.signal = options.signal ? AbortSignal.any([options.signal, this.stopLayers.signal]) : this.stopLayers.signal;
     this.spoolRoot = join(options.spoolDir ?? tmpdir(), `esgz-spool-${randomBytes(6).toString('hex')}`);
     // Registry sources say where their blobs live, so a registry sink can mount instead of copying.
     this.mountFrom = (options.source as { location?: BlobLocation }).location;
@@ -235,7 +258,7 @@ class Transfer {
         this.warn(`cleaning up ${sink.description} failed: ${(abortErr as Error).message}`);
       }
       if (err instanceof EsgzError) throw err;
-      if (this.signal.aborted) throw new EsgzError('INTERRUPTED', 'interrupted', { cause: err });
+      if (this.userSignal?.aborted) throw new EsgzError('INTERRUPTED', 'interrupted', { cause: err });
       throw withContext(`copying ${source.description} to ${sink.description}`, err);
     } finally {
       await rm(this.spoolRoot, { recursive: true, force: true });
@@ -321,6 +344,8 @@ class Transfer {
         return await this.transferLayer(layer, i, diffIDs[i]);
       } catch (err) {
         if (err instanceof EsgzError && err.code === 'INTERRUPTED') throw err;
+        // The first failure decides the outcome: stop the layers still in flight.
+        this.stopLayers.abort();
         throw withContext(`layer ${i + 1}/${total} ${shortDigest(layer.digest)}`, err);
       }
     });
@@ -400,7 +425,18 @@ class Transfer {
     const id = `layer-${index}-${layer.digest}-${randomBytes(3).toString('hex')}`;
     const label = `layer ${shortDigest(layer.digest).replace(/^sha256:/, '')}`;
     progress?.start(id, label, layer.size);
-    const openSource = async (): Promise<Readable> => this.abortable(counting(await source.openBlob(layer), (n) => progress?.update(id, n)));
+    // A source stream error fails the layer even when the transform never listens for it (an
+    // unhandled stream 'error' would otherwise crash the process or leave the transform hanging).
+    let failInput: (err: unknown) => void = () => {};
+    const inputFailed = new Promise<never>((_resolve, reject) => {
+      failInput = reject;
+    });
+    inputFailed.catch(() => undefined);
+    const openSource = async (): Promise<Readable> => {
+      const stream = this.abortable(counting(await source.openBlob(layer), (n) => progress?.update(id, n)));
+      stream.on('error', (err) => failInput(err));
+      return stream;
+    };
 
     await this.spoolDir();
     const spoolPath = join(this.spoolRoot, `${index}-${randomBytes(4).toString('hex')}`);
@@ -414,11 +450,11 @@ class Transfer {
     counter.pipe(file);
     let result: LayerOutput | 'unchanged';
     try {
-      result = await this.transform.transform(
-        { descriptor: layer, diffID, open: openSource, index },
-        counter,
-        { signal: this.signal, onInputProgress: (n) => progress?.update(id, n) },
-      );
+      const transformed = this.transform.transform({ descriptor: layer, diffID, open: openSource, index }, counter, {
+        signal: this.signal,
+        onInputProgress: (n) => progress?.update(id, n),
+      });
+      result = await Promise.race([inputFailed, untilAborted(transformed, this.signal)]);
       if (!counter.writableEnded) counter.end();
       await written;
     } catch (err) {

@@ -213,4 +213,36 @@ describe('transferImage with a transform', () => {
     const copied = await run(`oci:${withAttestation.dir}:a`, `oci:${join(scratch, 'attest-copy')}:a`, identityTransform, { allPlatforms: true });
     expect(copied.root.digest).toBe(withAttestation.rootDigest);
   });
+
+  it('the first failing layer stops the layers still in flight and is the error reported', async () => {
+    const image = await writeOciImage(join(scratch, 'stop'), {
+      tag: 's',
+      layers: [[{ type: 'file', path: 'slow.bin', size: 4 << 20, seed: 'slow' }], [{ type: 'file', path: 'x', content: 'x' }]],
+    });
+    let slowOutcome = 'running';
+    const transform: LayerTransform = {
+      name: 'slow-and-failing',
+      async transform(input) {
+        if (input.index === 1) {
+          await new Promise((r) => setTimeout(r, 100));
+          throw new Error('layer two is broken');
+        }
+        try {
+          for await (const _chunk of await input.open()) await new Promise((r) => setTimeout(r, 400));
+          slowOutcome = 'completed';
+        } catch (err) {
+          slowOutcome = (err as { code?: string }).code ?? 'error';
+          throw err;
+        }
+        return 'unchanged';
+      },
+    };
+    const dst = join(scratch, 'stop-dst');
+    await expect(run(`oci:${image.dir}:s`, `oci:${dst}:s`, transform, { concurrency: 2 })).rejects.toMatchObject({ message: expect.stringMatching(/^layer 2\/2 .*layer two is broken$/) });
+    // The copy did not wait for the slow layer; its source stream was destroyed under it.
+    expect(slowOutcome).toBe('running');
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(slowOutcome).toBe('INTERRUPTED');
+    expect(existsSync(dst)).toBe(false);
+  });
 });
