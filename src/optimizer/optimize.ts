@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { EsgzError } from '../errors.js';
+import { formatPlatform, hostPlatform, platformMatches } from '../image/platform.js';
 import type { ImageConfig } from '../image/types.js';
 import { findRunc, runBundle, type StopReason } from '../runtime/runc.js';
 import { buildRuntimeSpec, checkExecutable, writeBundleConfig, type RunOptions } from '../runtime/spec.js';
@@ -66,18 +67,12 @@ export interface ProfileResult {
   args: string[];
 }
 
-/** `GOARCH` names of the machine esgz runs on. */
-export function hostArchitecture(): string {
-  const map: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ia32: '386', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64', loong64: 'loong64', mips64el: 'mips64le' };
-  return map[process.arch] ?? process.arch;
-}
-
-/** Throws UNSUPPORTED unless the image can run on this machine. */
+/** Throws UNSUPPORTED unless the image's config says it can run on this machine. */
 export function checkRunnablePlatform(config: ImageConfig): void {
-  const os = config.os ?? 'linux';
-  const arch = config.architecture ?? hostArchitecture();
-  if (os !== 'linux' || arch !== hostArchitecture()) {
-    throw new EsgzError('UNSUPPORTED', `the image is for ${os}/${arch}${config.variant ? `/${config.variant}` : ''} but this machine is linux/${hostArchitecture()}: it cannot be run to profile it (use --no-optimize or --platform)`);
+  const host = hostPlatform();
+  const image = { os: config.os ?? host.os, architecture: config.architecture ?? host.architecture, ...(config.variant ? { variant: config.variant } : {}) };
+  if (!platformMatches(host, image)) {
+    throw new EsgzError('UNSUPPORTED', `the image is for ${formatPlatform(image)} but this machine is ${formatPlatform(host)}: it cannot be run to profile it (use --no-optimize or --platform)`);
   }
 }
 

@@ -91,9 +91,9 @@ function* jsonValues(text: string, file: string): Generator<{ value: unknown; li
 }
 
 /**
- * Prioritized files per layer, deduplicated in first-access order, from record entries that
- * belong to `manifestDigest` (entries without a digest or layer index are kept for every layer
- * count check by the caller). Mirrors how ctr-remote's optimize groups its record.
+ * Prioritized files per layer index, deduplicated in first-access order, as ctr-remote's
+ * optimize groups its record: entries for another manifest, without a layer index, or with an
+ * index beyond `layerCount` are left out.
  */
 export function prioritizedFilesByLayer(entries: RecordEntry[], layerCount: number, manifestDigest?: string): string[][] {
   const perLayer: string[][] = Array.from({ length: layerCount }, () => []);
