@@ -194,6 +194,12 @@ describe('profileWorkload bad input', () => {
     expect((err as EsgzError).message).toBe('user "mallory" is not in the image\'s /etc/passwd');
   });
 
+  it('passes runc\'s own start failure on as one line', async () => {
+    const err = await profile({ run: { ...catAndLs, mounts: [{ destination: '/x', type: 'nosuchfs', source: 'none' }] } }).catch((e: unknown) => e);
+    expect((err as EsgzError).code).toBe('RUNTIME');
+    expect((err as EsgzError).message).toMatch(/^runc could not start the container: .*no such device/);
+  });
+
   it('says when runc is missing', async () => {
     const saved = process.env.ESGZ_RUNC;
     process.env.ESGZ_RUNC = '/nonexistent/runc';
