@@ -9,7 +9,7 @@
 import { createHash } from 'node:crypto';
 import { rename, rm } from 'node:fs/promises';
 import { EsgzError, withContext } from '../errors.js';
-import { TOC_DIGEST_ANNOTATION } from '../estargz/constants.js';
+import { EXTERNAL_TOC_IMAGE_SUFFIX, TOC_DIGEST_ANNOTATION, TOC_LAYER_DIGEST_ANNOTATION } from '../estargz/constants.js';
 import { EstargzReader, sourceBlobReader, type BlobReader } from '../estargz/reader.js';
 import { openDecompressed } from '../image/compression.js';
 import { isIndexMediaType, isManifestMediaType } from '../image/media-types.js';
@@ -45,6 +45,8 @@ export interface RpullLayerReport {
   /** Bytes fetched for this layer (footer + TOC, prefetch, background). */
   fetchedBytes: number;
   prefetchedBytes: number;
+  /** Size of the TOC blob fetched from the `-esgztoc` TOC image, for external-TOC layers. */
+  externalTOCBytes?: number;
 }
 
 export interface RpullReport {
@@ -123,8 +125,52 @@ export function normalizeReference(reference: string): { reference: string; repo
 export async function openStoredLayer(state: StateRoot, layer: LayerRecord, inner: BlobReader, where: string): Promise<EstargzReader> {
   const saved = await state.getLayerMeta(layer.digest);
   if (!saved) throw new EsgzError('NOT_FOUND', `${where}: the TOC of layer ${layer.digest} is not in the state root (pull the image again)`);
-  const primed = new PrimedBlobReader(inner, saved);
-  return EstargzReader.open(primed, { expectedTOCDigest: layer.tocDigest, where });
+  const primed = new PrimedBlobReader(inner, saved.ranges);
+  return EstargzReader.open(primed, { expectedTOCDigest: layer.tocDigest, where, ...(saved.externalTOC ? { externalTOC: saved.externalTOC } : {}) });
+}
+
+/**
+ * The TOC blobs of a `-esgztoc` TOC image (ctr-remote --estargz-external-toc): the image is the
+ * same repository with the tag suffixed, and each of its layers names the layer it describes in
+ * the `containerd.io/snapshot/stargz/layer.digest` annotation.
+ */
+export class ExternalTOCs {
+  private manifest?: Promise<{ source: ImageSource; layers: Descriptor[] }>;
+
+  constructor(
+    private readonly reference: string,
+    private readonly platform: Platform | undefined,
+    private readonly transport: { plainHttp?: boolean; insecure?: boolean },
+  ) {}
+
+  private open(): Promise<{ source: ImageSource; layers: Descriptor[] }> {
+    this.manifest ??= (async () => {
+      const ref = parseReference(this.reference);
+      if (!ref.tag) throw new EsgzError('UNSUPPORTED', `${this.reference}: the layer's TOC is external, and its TOC image (tag${EXTERNAL_TOC_IMAGE_SUFFIX}) can only be found from a tagged reference`);
+      const tocRef = formatReference({ ...ref, tag: `${ref.tag}${EXTERNAL_TOC_IMAGE_SUFFIX}`, digest: undefined });
+      const source = await openRegistrySource(tocRef, this.transport);
+      try {
+        const { manifest } = await resolveManifest(source, this.platform);
+        return { source, layers: manifest.layers };
+      } catch (err) {
+        await source.close();
+        throw withContext(`TOC image ${tocRef}`, err);
+      }
+    })();
+    return this.manifest;
+  }
+
+  /** The TOC blob for `layerDigest` (digest-verified against the TOC image's descriptor). */
+  async tocFor(layerDigest: string): Promise<Buffer> {
+    const { source, layers } = await this.open();
+    const desc = layers.find((l) => l.annotations?.[TOC_LAYER_DIGEST_ANNOTATION] === layerDigest);
+    if (!desc) throw new EsgzError('NOT_FOUND', `TOC image of ${this.reference} has no TOC for layer ${layerDigest}`);
+    return readVerified(source, desc, 'TOC blob');
+  }
+
+  async close(): Promise<void> {
+    if (this.manifest) await (await this.manifest.catch(() => undefined))?.source.close();
+  }
 }
 
 export async function rpull(options: RpullOptions): Promise<RpullReport> {
@@ -134,6 +180,7 @@ export async function rpull(options: RpullOptions): Promise<RpullReport> {
   await state.init();
   const progress = options.onProgress ?? (() => undefined);
   const source = options.source ?? (await openRegistrySource(reference, { plainHttp: options.plainHttp, insecure: options.insecure }));
+  let externalTOCs: ExternalTOCs | undefined;
   try {
     const { raw, manifest, platform } = await resolveManifest(source, options.platform);
     const configBytes = await readVerified(source, manifest.config, 'config');
@@ -160,18 +207,19 @@ export async function rpull(options: RpullOptions): Promise<RpullReport> {
       const primed = new PrimedBlobReader(sourceBlobReader(source, desc));
       primed.recording = true;
       let reader: EstargzReader;
+      let externalTOC: Buffer | undefined;
       try {
-        reader = await EstargzReader.open(primed, { expectedTOCDigest: tocDigest, where });
-      } catch (err) {
-        if (err instanceof EsgzError && err.code === 'UNSUPPORTED' && /external/i.test(err.message)) {
-          // External TOCs live in a separate "-esgztoc" image; without it the layer is still a
-          // valid gzip tar, so it is pulled in full.
-          progress(`${where}: external TOC is not supported for lazy pull; downloading the layer in full`);
-          layers.push({ digest: desc.digest, mediaType: desc.mediaType, size: desc.size, kind: 'unpacked' });
-          readers.push(undefined);
-          reports.push({ digest: desc.digest, kind: 'unpacked', size: desc.size, fetchedBytes: 0, prefetchedBytes: 0 });
-          continue;
+        try {
+          reader = await EstargzReader.open(primed, { expectedTOCDigest: tocDigest, where });
+        } catch (err) {
+          if (!(err instanceof EsgzError && err.code === 'UNSUPPORTED' && /external/i.test(err.message))) throw err;
+          // The footer says the TOC lives in the "-esgztoc" TOC image (ctr-remote --estargz-external-toc).
+          externalTOCs ??= new ExternalTOCs(reference, options.platform, { plainHttp: options.plainHttp, insecure: options.insecure });
+          externalTOC = await externalTOCs.tocFor(desc.digest);
+          reader = await EstargzReader.open(primed, { expectedTOCDigest: tocDigest, where, externalTOC });
+          progress(`${where}: TOC taken from the TOC image`);
         }
+      } catch (err) {
         throw withContext(reference, err);
       }
       primed.recording = false;
@@ -185,8 +233,8 @@ export async function rpull(options: RpullOptions): Promise<RpullReport> {
         ...(landmark.kind === 'prefetch' && landmark.offset !== undefined ? { prefetchEnd: landmark.offset } : {}),
       });
       readers.push(reader);
-      await state.putLayerMeta(desc.digest, primed.recorded);
-      reports.push({ digest: desc.digest, kind: 'lazy', size: desc.size, fetchedBytes: primed.recorded.reduce((n, r) => n + r.data.length, 0), prefetchedBytes: 0 });
+      await state.putLayerMeta(desc.digest, primed.recorded, externalTOC);
+      reports.push({ digest: desc.digest, kind: 'lazy', size: desc.size, fetchedBytes: primed.recorded.reduce((n, r) => n + r.data.length, 0), prefetchedBytes: 0, ...(externalTOC ? { externalTOCBytes: externalTOC.length } : {}) });
       progress(`${where}: TOC verified (${reader.entries().length} entries)`);
     }
 
@@ -272,6 +320,7 @@ export async function rpull(options: RpullOptions): Promise<RpullReport> {
       backgroundMs: Date.now() - backgroundStart,
     };
   } finally {
+    await externalTOCs?.close();
     if (!options.source) await source.close();
   }
 }

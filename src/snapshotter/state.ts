@@ -109,26 +109,31 @@ export class StateRoot {
     return data;
   }
 
-  /** Saves the byte ranges read while opening a lazy layer (footer and TOC). */
-  async putLayerMeta(digest: string, ranges: Array<{ offset: number; data: Buffer }>): Promise<void> {
+  /**
+   * Saves the byte ranges read while opening a lazy layer (footer and TOC) and, for a layer whose
+   * TOC lives in a separate TOC image, that TOC blob.
+   */
+  async putLayerMeta(digest: string, ranges: Array<{ offset: number; data: Buffer }>, externalTOC?: Buffer): Promise<void> {
     const dir = this.layerDir(digest);
     await mkdir(dir, { recursive: true });
-    const index = ranges.map((r) => ({ offset: r.offset, length: r.data.length }));
+    const index = { ranges: ranges.map((r) => ({ offset: r.offset, length: r.data.length })), externalTOC: externalTOC !== undefined };
+    if (externalTOC) await writeFileAtomic(join(dir, 'external-toc'), externalTOC);
     await writeFileAtomic(join(dir, 'meta.bin'), Buffer.concat(ranges.map((r) => r.data)));
     await writeFileAtomic(join(dir, 'meta.json'), JSON.stringify(index));
   }
 
-  async getLayerMeta(digest: string): Promise<Array<{ offset: number; data: Buffer }> | undefined> {
+  async getLayerMeta(digest: string): Promise<{ ranges: Array<{ offset: number; data: Buffer }>; externalTOC?: Buffer } | undefined> {
     const dir = this.layerDir(digest);
     try {
-      const index = JSON.parse(await readFile(join(dir, 'meta.json'), 'utf8')) as Array<{ offset: number; length: number }>;
+      const index = JSON.parse(await readFile(join(dir, 'meta.json'), 'utf8')) as { ranges: Array<{ offset: number; length: number }>; externalTOC: boolean };
       const bin = await readFile(join(dir, 'meta.bin'));
       let at = 0;
-      return index.map((r) => {
+      const ranges = index.ranges.map((r) => {
         const data = bin.subarray(at, at + r.length);
         at += r.length;
         return { offset: r.offset, data };
       });
+      return index.externalTOC ? { ranges, externalTOC: await readFile(join(dir, 'external-toc')) } : { ranges };
     } catch {
       return undefined;
     }
@@ -243,7 +248,7 @@ export class PrimedBlobReader implements BlobReader {
   }
 
   async read(offset: number, length: number): Promise<Buffer> {
-    for (const r of this.saved) {
+    for (const r of [...this.saved, ...this.recorded]) {
       if (offset >= r.offset && offset + length <= r.offset + r.data.length) return r.data.subarray(offset - r.offset, offset - r.offset + length);
     }
     const data = await this.inner.read(offset, length);

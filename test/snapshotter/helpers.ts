@@ -8,8 +8,10 @@ import { createCodec } from '../../src/estargz/codecs.js';
 import { writeEstargz, type EstargzWriteResult } from '../../src/estargz/writer.js';
 
 /** Converts an uncompressed tar into an eStargz blob (gzip) in memory. */
-export async function toEstargz(tar: Buffer, options: { chunkSize?: number; prioritizedFiles?: string[]; codec?: 'gzip' | 'zstd' } = {}): Promise<{ blob: Buffer; result: EstargzWriteResult }> {
+export async function toEstargz(tar: Buffer, options: { chunkSize?: number; prioritizedFiles?: string[]; codec?: 'gzip' | 'zstd'; externalTOC?: boolean } = {}): Promise<{ blob: Buffer; result: EstargzWriteResult }> {
   const codec = await createCodec(options.codec ?? 'gzip', { workers: 1 });
+  // ctr-remote --estargz-external-toc: the blob ends in an external-TOC footer, the TOC member comes back in the result.
+  if (options.externalTOC) (codec as unknown as { externalTOC: boolean }).externalTOC = true;
   const parts: Buffer[] = [];
   const out = new Writable({
     write(chunk: Buffer, _enc, cb) {
@@ -94,18 +96,19 @@ export async function pushEstargzImage(
   reference: string,
   layerTars: Buffer[],
   imageConfig: Record<string, unknown>,
-  options: { prioritizedFiles?: string[][]; tocAnnotation?: (real: string) => string; chunkSize?: number } = {},
+  options: { prioritizedFiles?: string[][]; tocAnnotation?: (real: string) => string; chunkSize?: number; codec?: 'gzip' | 'zstd'; externalTOC?: boolean } = {},
 ): Promise<{ manifestDigest: string; layerDigests: string[] }> {
   const { MediaType } = await import('../../src/image/media-types.js');
   const { TOC_DIGEST_ANNOTATION } = await import('../../src/estargz/constants.js');
   const { openSink } = await import('../../src/image/transports/index.js');
   const { readableOf } = await import('../../src/image/compression.js');
   const digestOf = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
-  const layers: Array<{ blob: Buffer; desc: { mediaType: string; digest: string; size: number; annotations: Record<string, string> }; diffID: string }> = [];
+  const layers: Array<{ blob: Buffer; tocBlob?: Buffer; desc: { mediaType: string; digest: string; size: number; annotations: Record<string, string> }; diffID: string }> = [];
   for (const [i, tar] of layerTars.entries()) {
-    const { blob, result } = await toEstargz(tar, { prioritizedFiles: options.prioritizedFiles?.[i], chunkSize: options.chunkSize });
+    const { blob, result } = await toEstargz(tar, { prioritizedFiles: options.prioritizedFiles?.[i], chunkSize: options.chunkSize, codec: options.codec, externalTOC: options.externalTOC });
     const toc = options.tocAnnotation ? options.tocAnnotation(result.tocDigest) : result.tocDigest;
-    layers.push({ blob, diffID: result.diffID, desc: { mediaType: MediaType.ociLayerGzip, digest: digestOf(blob), size: blob.length, annotations: { [TOC_DIGEST_ANNOTATION]: toc } } });
+    const mediaType = options.codec === 'zstd' ? MediaType.ociLayerZstd : MediaType.ociLayerGzip;
+    layers.push({ blob, diffID: result.diffID, tocBlob: result.externalTOC, desc: { mediaType, digest: digestOf(blob), size: blob.length, annotations: { ...result.codecAnnotations, [TOC_DIGEST_ANNOTATION]: toc } } });
   }
   const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', ...imageConfig, rootfs: { type: 'layers', diff_ids: layers.map((l) => l.diffID) } }));
   const configDesc = { mediaType: MediaType.ociConfig, digest: digestOf(config), size: config.length };
@@ -118,6 +121,19 @@ export async function pushEstargzImage(
   } catch (err) {
     await sink.abort();
     throw err;
+  }
+  if (options.externalTOC) {
+    // The TOC image, as ctr-remote lays it out: same repository, tag + "-esgztoc", one layer per
+    // TOC naming the layer it describes.
+    const { TOC_LAYER_DIGEST_ANNOTATION, EXTERNAL_TOC_IMAGE_SUFFIX } = await import('../../src/estargz/constants.js');
+    const tocLayers = layers.map((l) => ({ blob: l.tocBlob!, desc: { mediaType: MediaType.ociLayerGzip, digest: digestOf(l.tocBlob!), size: l.tocBlob!.length, annotations: { [TOC_LAYER_DIGEST_ANNOTATION]: l.desc.digest } } }));
+    const tocConfig = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: [] } }));
+    const tocConfigDesc = { mediaType: MediaType.ociConfig, digest: digestOf(tocConfig), size: tocConfig.length };
+    const tocManifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociManifest, config: tocConfigDesc, layers: tocLayers.map((l) => l.desc) }));
+    const tocSink = await openSink(`${reference}${EXTERNAL_TOC_IMAGE_SUFFIX}`, { plainHttp: true });
+    for (const l of tocLayers) await tocSink.putBlob(l.desc, () => readableOf(l.blob));
+    await tocSink.putBlob(tocConfigDesc, () => readableOf(tocConfig));
+    await tocSink.commit({ bytes: tocManifest, mediaType: MediaType.ociManifest, digest: digestOf(tocManifest) });
   }
   return { manifestDigest: digestOf(manifest), layerDigests: layers.map((l) => l.desc.digest) };
 }

@@ -240,6 +240,48 @@ describe('lazy pull and run', () => {
     }
   });
 
+  for (const variant of [
+    { name: 'zstd:chunked', repo: 'h6/zstd:1', options: { codec: 'zstd' as const } },
+    { name: 'eStargz with an external TOC (-esgztoc image)', repo: 'h6/external:1', options: { externalTOC: true } },
+  ]) {
+    it(`pulls ${variant.name} layers lazily and runs from them`, async () => {
+      const fixture = await busyboxImage();
+      const { readFile } = await import('node:fs/promises');
+      const extra = await buildTar([{ name: 'srv/', type: 'directory' }, { name: 'srv/data.txt', content: 'layer two\n' }, { name: 'etc/.wh.hello' }]);
+      const pushed = await pushEstargzImage(`${registryAddress()}/${variant.repo}`, [await readFile(fixture.layers[0]!.tarPath), extra], { config: { Env: ['PATH=/bin'], Cmd: ['/bin/sh'] } }, {
+        prioritizedFiles: [['bin/busybox', 'etc/passwd', 'etc/group'], []],
+        ...variant.options,
+      });
+      const ref = `${proxy.address}/${variant.repo}`;
+      const root = join(work, `state-${variant.repo.replace(/\W/g, '-')}`);
+      proxy.clearLog();
+      const report = await rpull({ reference: ref, stateRoot: root, plainHttp: true });
+      expect(report.layers.map((l) => l.kind)).toEqual(['lazy', 'lazy']);
+      if (variant.options.externalTOC) expect(report.layers.every((l) => (l.externalTOCBytes ?? 0) > 0)).toBe(true);
+      // Layer blobs were only ever read by Range.
+      for (const r of blobRequests(proxy).filter((b) => pushed.layerDigests.includes(b.digest))) expect(r.range).toMatch(/^bytes=/);
+
+      proxy.clearLog();
+      const out = capture();
+      const result = await runContainer({
+        reference: ref,
+        stateRoot: root,
+        rm: true,
+        run: {},
+        command: ['/bin/sh', '-c', 'cat /srv/data.txt; test -e /etc/hello && echo visible || echo whited-out'],
+        stdout: out.stream,
+        stderr: out.stream,
+      });
+      expect(out.text()).toBe('layer two\nwhited-out\n');
+      expect(result.exitCode).toBe(0);
+      // Nothing but chunks of the two layers was fetched at run time (no manifest, no TOC image;
+      // the registry client's /v2/ ping aside).
+      expect(proxy.log.filter((e) => e.path !== '/v2/' && !e.path.includes('/blobs/'))).toEqual([]);
+      for (const r of blobRequests(proxy)) expect(pushed.layerDigests).toContain(r.digest);
+      expect(blobRequests(proxy).length).toBeGreaterThan(0);
+    });
+  }
+
   it.skipIf(!debianImageCached())('rpulls an optimized Debian+python3 image and runs python3 without fetching more', async () => {
     const debian = await debianImage();
     const source = await openSource(debian.python.ref);
