@@ -141,7 +141,8 @@ export async function openDockerArchiveSource(ref: DockerArchiveReference): Prom
     handle = await open(ref.file, 'r');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    throw new EsgzError(code === 'ENOENT' ? 'NOT_FOUND' : 'BAD_ARCHIVE', `${where}: cannot open ${ref.file}: ${code ?? (err as Error).message}`, { cause: err });
+    if (code === 'ENOENT') throw new EsgzError('NOT_FOUND', `${where}: no such file ${ref.file}`, { cause: err });
+    throw new EsgzError('BAD_ARCHIVE', `${where}: cannot open ${ref.file}: ${code ?? (err as Error).message}`, { cause: err });
   }
   try {
     return await DockerArchiveSource.create(handle, ref, where);

@@ -43,6 +43,9 @@ export async function openOciSource(ref: OciReference): Promise<OciLayoutSource>
   try {
     layout = JSON.parse(await readFile(join(ref.dir, LAYOUT_FILE), 'utf8'));
   } catch (err) {
+    if (errnoCode(err) === 'ENOENT' && !(await isDirectory(ref.dir))) {
+      throw new EsgzError('NOT_FOUND', `${where}: no such directory ${ref.dir}`, { cause: err });
+    }
     if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') {
       throw new EsgzError('BAD_LAYOUT', `${where}: not an OCI image layout (no ${LAYOUT_FILE} file in ${ref.dir})`, { cause: err });
     }
@@ -54,6 +57,14 @@ export async function openOciSource(ref: OciReference): Promise<OciLayoutSource>
   }
   const index = await readIndex(ref.dir, where, false);
   return new OciLayoutSource(ref, where, index);
+}
+
+async function isDirectory(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isDirectory();
+  } catch {
+    return false;
+  }
 }
 
 async function readIndex(dir: string, where: string, allowMissing: boolean): Promise<ImageIndex> {
