@@ -84,6 +84,27 @@ describe('esgz image rpull / run / ls / rm / prune', () => {
     expect(mounts).not.toContain(root);
   });
 
+  it('tears everything down on Ctrl-C: container stopped, FUSE and overlay unmounted, exit 130', async () => {
+    const root = join(scratch, 'state-sigint');
+    expect((await esgz('image', 'rpull', '--plain-http', '--root', root, ref)).exitCode).toBe(0);
+    const child = execa('node', [join(repoRoot, 'bin/run.js'), 'run', '--rm', '--root', root, ref, 'sleeper', 'sleep', '60'], { reject: false, env: { DEBUG: '' }, stdin: 'ignore' });
+    const overlay = join(root, 'containers', 'sleeper', 'm');
+    const deadline = Date.now() + 30_000;
+    while (!(await readFile('/proc/self/mountinfo', 'utf8')).includes(` ${overlay} `)) {
+      if (Date.now() > deadline) throw new Error('the container never started');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    // Give runc a moment to start the workload, then interrupt as a terminal would.
+    await new Promise((r) => setTimeout(r, 1000));
+    const sent = Date.now();
+    child.kill('SIGINT');
+    const result = await child;
+    expect(Date.now() - sent).toBeLessThan(15_000);
+    expect(result.exitCode, result.stderr).toBe(130);
+    expect(await readFile('/proc/self/mountinfo', 'utf8')).not.toContain(root);
+    expect(await readdir(join(root, 'containers'))).toEqual([]);
+  });
+
   it('gives one-line errors for images that are not pulled or do not exist', async () => {
     const root = join(scratch, 'state-errors');
     expectOneLineError(await esgz('run', '--root', root, ref), 1, /is not pulled into .*esgz image rpull/);
