@@ -2,6 +2,8 @@ import type { Writable } from 'node:stream';
 import { EsgzError } from '../errors.js';
 import { createLayerTransform, type ChunkedTransformOptions } from '../estargz/transform.js';
 import type { PriorityItem } from '../estargz/priority.js';
+import { PREFETCH_LANDMARK } from '../estargz/constants.js';
+import { EstargzReader, sourceBlobReader } from '../estargz/reader.js';
 import { isIndexMediaType } from '../image/media-types.js';
 import { transferImage, type TransferProgress, type TransferReport } from '../image/pipeline.js';
 import { formatPlatform, hostPlatform, platformMatches } from '../image/platform.js';
@@ -38,6 +40,8 @@ export interface OptimizeImageOptions {
   workloadStdout?: Writable;
   workloadStderr?: Writable;
   progress?: TransferProgress;
+  /** Opens the written image for reading, to report where each layer's landmark landed. */
+  reopenTarget?(): Promise<ImageSource>;
   onWarning?(message: string): void;
   onStage?(stage: string): void;
 }
@@ -144,7 +148,39 @@ async function optimizeWithCleanups(options: OptimizeImageOptions, warn: (messag
     await transform.close();
   }
   timings.convertMs = Date.now() - stageStart;
-  return { transfer, profiled: profile ? profiledReport(profile, transfer) : undefined, notProfiled: others, recordOut: options.recordOut, timings };
+  const profiled = profile ? profiledReport(profile, transfer) : undefined;
+  if (profiled && options.reopenTarget) await addLandmarkOffsets(profiled, transfer, options.reopenTarget, warn);
+  return { transfer, profiled, notProfiled: others, recordOut: options.recordOut, timings };
+}
+
+/**
+ * Reads each profiled layer's TOC back from the written image (footer and TOC only, ranged
+ * reads) and records the blob offset of `.prefetch.landmark`: the bytes before it are the
+ * prefetch range a lazy puller fetches first.
+ */
+async function addLandmarkOffsets(
+  profiled: NonNullable<OptimizeReport['profiled']>,
+  transfer: TransferReport,
+  reopenTarget: () => Promise<ImageSource>,
+  warn: (message: string) => void,
+): Promise<void> {
+  const manifest = transfer.manifests.find((m) => m.source.digest === profiled.manifestDigest);
+  if (!manifest) return;
+  let target: ImageSource | undefined;
+  try {
+    target = await reopenTarget();
+    for (const layer of profiled.layers) {
+      const written = manifest.layers.find((l) => l.index === layer.index);
+      if (!written || layer.prioritizedFiles === 0) continue;
+      const reader = await EstargzReader.open(sourceBlobReader(target, written.output), { where: `layer ${layer.index}` });
+      const landmark = reader.toc.entries.find((e) => e.name === PREFETCH_LANDMARK);
+      if (landmark?.offset !== undefined) layer.landmarkOffset = landmark.offset;
+    }
+  } catch (err) {
+    warn(`could not read the written layers back to report landmark offsets: ${(err as Error).message}`);
+  } finally {
+    await target?.close();
+  }
 }
 
 /** The manifest this machine can run among those the transfer will convert, and the others. */

@@ -86,7 +86,7 @@ describe('optimizeImage (profile + convert through the pipeline)', () => {
   it('puts bin/busybox and etc/hello before the landmark, in access order, and everything else after', async () => {
     const out = join(work, 'out1');
     const record = join(work, 'record.json');
-    const { report, stdout } = await optimize(busyboxRef, `oci:${out}:opt`, { recordOut: record });
+    const { report, stdout } = await optimize(busyboxRef, `oci:${out}:opt`, { recordOut: record, reopenTarget: () => openSource(`oci:${out}:opt`) });
     expect(stdout).toContain('hello from an esgz fixture');
     const [base, top] = layerEntryNames(out, 'opt');
     const landmark = base!.indexOf('.prefetch.landmark');
@@ -104,6 +104,14 @@ describe('optimizeImage (profile + convert through the pipeline)', () => {
     expect(p.layers.map((l) => l.prioritizedFiles)).toEqual([2, 0]);
     expect(p.layers[0]!.prioritizedBytes).toBe(readFileSync('/bin/busybox').length + 'hello from an esgz fixture\n'.length);
     expect(p.prefetchCoverage).toBe(1);
+    // The reported landmark offset is where the gzip member of its payload starts (TOC offset
+    // semantics): gunzip from there (the oracle) yields the landmark's one byte, 0x0f, first.
+    const offset = p.layers[0]!.landmarkOffset!;
+    expect(offset).toBeGreaterThan(500_000);
+    const blob = join(out, 'blobs', 'sha256', report.transfer.manifests[0]!.layers[0]!.output.digest.slice(7));
+    const fromLandmark = execFileSync('sh', ['-c', `tail -c +${offset + 1} "$1" | gzip -dc | head -c 1 | od -An -tx1`, 'sh', blob], { encoding: 'utf8' });
+    expect(fromLandmark.trim()).toBe('0f');
+    expect(p.layers[1]!.landmarkOffset).toBeUndefined();
     const entries = await readRecordFile(record);
     expect(entries.map((e) => [e.path, e.layerIndex])).toEqual([
       ['bin/busybox', 0],

@@ -147,6 +147,7 @@ optimization.`;
         // With --json, stdout carries only the report: the workload writes to stderr.
         workloadStdout: log,
         workloadStderr: process.stderr,
+        reopenTarget: () => openSource(args.target, transport),
         onWarning: (m) => this.warn(m),
         onStage: (stage) => {
           if (stage === 'convert') runFinished = true;
