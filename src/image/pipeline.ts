@@ -332,6 +332,11 @@ class Transfer {
     } catch (err) {
       throw new EsgzError('BAD_MANIFEST', `${where}: config ${manifest.config.digest} is not valid JSON`, { cause: err });
     }
+    const wanted = this.options.platform;
+    if (platform === undefined && wanted !== undefined && typeof config?.os === 'string' && typeof config.architecture === 'string') {
+      const own: Platform = { os: config.os, architecture: config.architecture, ...(typeof config.variant === 'string' ? { variant: config.variant } : {}) };
+      if (!platformMatches(wanted, own)) this.warn(`${where}: the image is ${formatPlatform(own)}, not ${formatPlatform(wanted)} (it has no index to pick from)`);
+    }
     const diffIDs = Array.isArray(config?.rootfs?.diff_ids) ? config.rootfs.diff_ids : [];
     if (diffIDs.length !== manifest.layers.length) {
       this.warn(`${where}: config lists ${diffIDs.length} diff_ids for ${manifest.layers.length} layers`);

@@ -245,4 +245,14 @@ describe('transferImage with a transform', () => {
     expect(slowOutcome).toBe('INTERRUPTED');
     expect(existsSync(dst)).toBe(false);
   });
+
+  it('warns when --platform names another platform than a single-manifest image has', async () => {
+    const warnings: string[] = [];
+    const report = await run(`oci:${oci.dir}:oci`, `oci:${join(scratch, 'platform-warn')}:x`, identityTransform, {
+      platform: { os: 'linux', architecture: 'arm64' },
+      onWarning: (w: string) => warnings.push(w),
+    });
+    expect(report.root.digest).toBe(oci.rootDigest);
+    expect(warnings).toEqual([expect.stringContaining('the image is linux/amd64, not linux/arm64')]);
+  });
 });
