@@ -5,6 +5,7 @@
  * out the way overlayfs expects a lower layer: `.wh.NAME` entries become 0/0 character devices
  * named NAME, and `.wh..wh..opq` becomes `trusted.overlay.opaque=y` on its directory.
  */
+import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import Fuse, { type FuseStat } from 'fuse-native';
 import { execa } from 'execa';
@@ -247,6 +248,7 @@ function toStat(node: FsNode): FuseStat {
 /** Mounts the layer's TOC at `mountpoint` (created if missing). The FUSE server runs in this process. */
 export async function mountLayer(mountpoint: string, options: MountLayerOptions): Promise<MountedLayer> {
   const where = options.where ?? mountpoint;
+  if (!existsSync('/dev/fuse')) throw new EsgzError('UNSUPPORTED', 'cannot serve layers lazily: /dev/fuse does not exist (load the fuse module, or run the container with --device /dev/fuse)');
   const tree = new LayerTree(options.entries, where);
   await mkdir(mountpoint, { recursive: true });
 
@@ -331,6 +333,17 @@ export async function mountLayer(mountpoint: string, options: MountLayerOptions)
     // Reads are bounded by the chunk fetcher; this is only a last-resort guard against a stuck op.
     timeout: 300_000,
   });
+  // fuse-native hands getxattr a value buffer but not its size to `ops.getxattr`, then copies a
+  // value that does not fit partially and reports its full length; answer ERANGE instead, as the
+  // xattr API requires (a size query, length 0, still gets the length).
+  const internals = fuse as unknown as { _op_getxattr(signal: (code: number, buf: ArrayBuffer) => void, path: string, name: string, valueBuf: Buffer, position: number): void };
+  const originalGetxattr = internals._op_getxattr.bind(fuse);
+  internals._op_getxattr = (signal, path, name, valueBuf, position) => {
+    const value = tree.lookup(path)?.xattrs.get(name);
+    if (value && valueBuf.length !== 0 && value.length > valueBuf.length) return signal(-34 /* ERANGE */, valueBuf.buffer as ArrayBuffer);
+    return originalGetxattr(signal, path, name, valueBuf, position);
+  };
+
   await new Promise<void>((resolve, reject) => {
     fuse.mount((err) => (err ? reject(new EsgzError('RUNTIME', `cannot mount FUSE layer ${where} at ${mountpoint}: ${err.message}`, { cause: err })) : resolve()));
   });

@@ -149,6 +149,9 @@ export interface RunContainerResult {
 }
 
 export async function runContainer(options: RunContainerOptions): Promise<RunContainerResult> {
+  if (typeof process.getuid === 'function' && process.getuid() !== 0) {
+    throw new EsgzError('RUNTIME', 'esgz run needs root (FUSE mounts, overlayfs and runc)');
+  }
   await findRunc();
   const state = new StateRoot(options.stateRoot);
   await state.init();
