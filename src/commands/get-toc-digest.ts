@@ -3,7 +3,8 @@ import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base.js';
 import { EsgzError } from '../errors.js';
 import { openEstargzFile } from '../estargz/reader.js';
-import { readLayerTOC, resolveImages } from '../estargz/verify.js';
+import { tocImageReference } from '../estargz/transform.js';
+import { fetchExternalTOC, readLayerTOC, resolveImages } from '../estargz/verify.js';
 import { parsePlatform } from '../image/platform.js';
 import { openSource } from '../image/transports/index.js';
 import type { ImageSource } from '../image/types.js';
@@ -78,7 +79,14 @@ export default class GetTocDigest extends BaseCommand<typeof GetTocDigest> {
       const rows: Array<{ layer: string; tocDigest?: string; toc?: Buffer; error?: string }> = [];
       for (const layer of wanted) {
         try {
-          const reader = await readLayerTOC(source, layer);
+          const reader = await readLayerTOC(source, layer, async () => {
+            const tocSource = await openSource(tocImageReference(spec), options);
+            try {
+              return await fetchExternalTOC(tocSource, layer.digest);
+            } finally {
+              await tocSource.close();
+            }
+          });
           rows.push({ layer: layer.digest, tocDigest: reader.tocDigest, toc: reader.tocJSON });
         } catch (err) {
           // A named layer must be eStargz; in a listing, other layers just show "-".

@@ -46,6 +46,8 @@ export interface CodecTail {
   uncompressedTail: Buffer;
   /** Extra descriptor annotations the format defines (e.g. zstd:chunked manifest position). */
   annotations?: Record<string, string>;
+  /** External-TOC mode: the TOC blob (gzip member with the TOC tar entry) that goes into the TOC image. */
+  externalTOC?: Buffer;
 }
 
 /** Where the TOC is, as a footer says. */

@@ -7,7 +7,10 @@ import { createGzipCodec } from './gzip-codec.js';
 import type { GzipBackend } from './gzip-pool.js';
 import { createZstdChunkedCodec } from './zstdchunked/codec.js';
 
-export async function createCodec(name: CodecName, options: CodecOptions & { gzipBackend?: GzipBackend } = {}): Promise<Codec> {
+export async function createCodec(
+  name: CodecName,
+  options: CodecOptions & { gzipBackend?: GzipBackend; externalTOC?: boolean } = {},
+): Promise<Codec> {
   if (name === 'gzip') return createGzipCodec({ ...options, backend: options.gzipBackend });
   return createZstdChunkedCodec({ compressionLevel: options.compressionLevel, workers: options.workers });
 }

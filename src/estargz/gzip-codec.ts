@@ -15,8 +15,11 @@ import { MediaType } from '../image/media-types.js';
 
 const gunzip = promisify(zlib.gunzip);
 
-/** Footer of a blob whose TOC lives in a separate image (`--estargz-external-toc`). */
-export const EXTERNAL_TOC_FOOTER_SIZE = 62;
+/**
+ * Footer of a blob whose TOC lives in a separate image (`--estargz-external-toc`): an empty gzip
+ * member whose extra field is SI1='S' SI2='G' LEN=17 "STARGZEXTERNALTOC" (no offset).
+ */
+export const EXTERNAL_TOC_FOOTER_SIZE = 46;
 const STARGZ_MAGIC = 'STARGZ';
 const EXTERNAL_MAGIC = 'STARGZEXTERNALTOC';
 /** ctr-remote's default: gzip.BestCompression. */
@@ -45,9 +48,11 @@ export function estargzFooter(tocOffset: number): Buffer {
   return footer;
 }
 
-/** The 62-byte footer of a blob whose TOC is stored outside it. */
+/** The 46-byte footer of a blob whose TOC is stored outside it. */
 export function externalTOCFooter(): Buffer {
-  return emptyGzipMemberWithExtra(subfield(`${'0'.repeat(16)}${EXTERNAL_MAGIC}`));
+  const footer = emptyGzipMemberWithExtra(subfield(EXTERNAL_MAGIC));
+  if (footer.length !== EXTERNAL_TOC_FOOTER_SIZE) throw new EsgzError('INTERNAL', `external-TOC footer is ${footer.length} bytes`);
+  return footer;
 }
 
 /** The uncompressed tar bytes of the TOC entry plus the end-of-archive marker. */
@@ -101,10 +106,10 @@ export function parseGzipFooter(tail: Buffer, blobSize: number): FooterInfo | un
     return { footerSize: FOOTER_SIZE, tocOffset, externalTOC: false, kind: 'estargz' };
   }
 
-  const f62 = last(EXTERNAL_TOC_FOOTER_SIZE);
-  const extra62 = f62 && gzipExtra(f62);
-  if (extra62 && extra62.length === 4 + 16 + EXTERNAL_MAGIC.length && extra62.subarray(20).toString('latin1') === EXTERNAL_MAGIC) {
-    checkEmptyMember(f62!, 'eStargz external-TOC');
+  const f46 = last(EXTERNAL_TOC_FOOTER_SIZE);
+  const extra46 = f46 && gzipExtra(f46);
+  if (extra46 && extra46.length === 4 + EXTERNAL_MAGIC.length && extra46[0] === 0x53 && extra46[1] === 0x47 && extra46.subarray(4).toString('latin1') === EXTERNAL_MAGIC) {
+    checkEmptyMember(f46!, 'eStargz external-TOC');
     return { footerSize: EXTERNAL_TOC_FOOTER_SIZE, tocOffset: blobSize - EXTERNAL_TOC_FOOTER_SIZE, tocSize: 0, externalTOC: true, kind: 'estargz-external' };
   }
 
@@ -166,11 +171,10 @@ export class GzipCodec implements Codec {
   private readonly backendChoice: GzipBackend;
   private pool: GzipPool | undefined;
   /** When true, buildTail writes no TOC and the external-TOC footer (`--estargz-external-toc`). */
-  externalTOC = false;
-  /** The TOC member built by the last buildTail when `externalTOC` is set (goes into the TOC image). */
-  lastExternalTOCMember: Buffer | undefined;
+  readonly externalTOC: boolean;
 
-  constructor(options: CodecOptions & { backend?: GzipBackend } = {}) {
+  constructor(options: CodecOptions & { backend?: GzipBackend; externalTOC?: boolean } = {}) {
+    this.externalTOC = options.externalTOC ?? false;
     this.backendChoice = options.backend ?? selectGzipBackend();
     this.level = options.compressionLevel ?? DEFAULT_GZIP_LEVEL;
     this.workers = options.workers;
@@ -202,10 +206,9 @@ export class GzipCodec implements Codec {
     const member = await this.compressMember(Buffer.from(tocTar)); // a copy: tocTar is returned too
     const tocDigest = sha256Digest(tocJSON);
     if (this.externalTOC) {
-      // The layer keeps only the end-of-archive marker; the TOC member goes to the TOC image.
-      this.lastExternalTOCMember = member;
-      const eoa = await this.compressMember(Buffer.from(END_OF_ARCHIVE));
-      return { bytes: Buffer.concat([eoa, externalTOCFooter()]), tocDigest, uncompressedTail: END_OF_ARCHIVE };
+      // As stargz's externaltoc compressor: the layer ends with the footer alone (no TOC, no
+      // end-of-archive blocks); the TOC member becomes a layer of the TOC image.
+      return { bytes: externalTOCFooter(), tocDigest, uncompressedTail: Buffer.alloc(0), externalTOC: member };
     }
     return { bytes: Buffer.concat([member, estargzFooter(tocOffset)]), tocDigest, uncompressedTail: tocTar };
   }
@@ -234,6 +237,6 @@ export class GzipCodec implements Codec {
   }
 }
 
-export function createGzipCodec(options: CodecOptions & { backend?: GzipBackend } = {}): GzipCodec {
+export function createGzipCodec(options: CodecOptions & { backend?: GzipBackend; externalTOC?: boolean } = {}): GzipCodec {
   return new GzipCodec(options);
 }

@@ -102,8 +102,11 @@ export interface OpenOptions {
   where?: string;
   /** Codecs to try (default: every available one). */
   codecs?: Codec[];
-  /** For external-TOC blobs: the TOC bytes (as the codec stores them) fetched from the TOC image. */
-  externalTOC?: Buffer;
+  /**
+   * For external-TOC blobs: the TOC blob (as the codec stores it) from the TOC image, or a
+   * function fetching it (called only when the footer says the TOC is external).
+   */
+  externalTOC?: Buffer | (() => Promise<Buffer>);
 }
 
 export class EstargzReader {
@@ -148,8 +151,8 @@ export class EstargzReader {
 
     let tocBytes: Buffer;
     if (footer.externalTOC) {
-      if (!options.externalTOC) throw new EsgzError('UNSUPPORTED', `${where}: the TOC of this layer is external (STARGZEXTERNALTOC); pass the TOC image`);
-      tocBytes = options.externalTOC;
+      if (!options.externalTOC) throw new EsgzError('UNSUPPORTED', `${where}: the TOC of this layer is external (STARGZEXTERNALTOC); it lives in the IMAGE-esgztoc image`);
+      tocBytes = typeof options.externalTOC === 'function' ? await options.externalTOC() : options.externalTOC;
     } else {
       const tocEnd = footer.tocSize !== undefined ? footer.tocOffset + footer.tocSize : blob.size - footer.footerSize;
       if (tocEnd <= footer.tocOffset || tocEnd > blob.size) throw new EsgzError('BAD_FORMAT', `${where}: footer points at an empty or out-of-range TOC (${footer.tocOffset}..${tocEnd})`);

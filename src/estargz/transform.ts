@@ -9,7 +9,7 @@ import { createWriteStream } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Transform, type Readable, type Writable } from 'node:stream';
+import { Readable, Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { EsgzError, withContext } from '../errors.js';
 import { openDecompressed } from '../image/compression.js';
@@ -17,7 +17,8 @@ import { isDockerMediaType, MediaType } from '../image/media-types.js';
 import type { LayerInput, LayerOutput, LayerTransform, TransformContext } from '../image/transform.js';
 import type { Codec, CodecName } from './codec.js';
 import { createCodec } from './codecs.js';
-import { TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from './constants.js';
+import { EXTERNAL_TOC_IMAGE_SUFFIX, TOC_DIGEST_ANNOTATION, TOC_LAYER_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from './constants.js';
+import type { Descriptor, ImageSink, RawManifest } from '../image/types.js';
 import type { GzipBackend } from './gzip-pool.js';
 import { EstargzReader, openFileBlobReader } from './reader.js';
 import type { PriorityItem } from './priority.js';
@@ -34,7 +35,7 @@ export interface ChunkedTransformOptions {
   prioritizedFiles?: PriorityItem[];
   /** Per-layer prioritized files (index = layer position), e.g. from a record file with layer indexes. */
   prioritizedFilesByLayer?: PriorityItem[][];
-  /** `--estargz-external-toc` (not implemented yet: rejected). */
+  /** `--estargz-external-toc`: TOCs go to a separate image (see `externalTOCImage`). */
   externalTOC?: boolean;
   /** `--estargz-keep-diff-id` (only with external TOC; not implemented yet: rejected). */
   keepDiffID?: boolean;
@@ -64,6 +65,8 @@ function layerWhere(input: LayerInput): string {
 export class ChunkedLayerTransform implements LayerTransform {
   readonly name: string;
   private codecPromise: Promise<Codec> | undefined;
+  /** External-TOC mode: TOC blob per output layer digest, for the TOC image. */
+  readonly externalTOCs = new Map<string, Buffer>();
 
   constructor(
     readonly codecName: CodecName,
@@ -73,8 +76,11 @@ export class ChunkedLayerTransform implements LayerTransform {
     if (options.keepDiffID && !options.externalTOC) {
       throw new EsgzError('BAD_FLAG', '--estargz-keep-diff-id must be used with --estargz-external-toc');
     }
-    if (options.externalTOC) {
-      throw new EsgzError('UNSUPPORTED', '--estargz-external-toc is not implemented yet in esgz');
+    if (options.keepDiffID) {
+      throw new EsgzError('UNSUPPORTED', '--estargz-keep-diff-id is not implemented yet in esgz');
+    }
+    if (options.externalTOC && codecName !== 'gzip') {
+      throw new EsgzError('BAD_FLAG', '--estargz-external-toc needs --estargz');
     }
   }
 
@@ -84,6 +90,7 @@ export class ChunkedLayerTransform implements LayerTransform {
       compressionLevel: this.options.compressionLevel,
       workers: this.options.workers,
       gzipBackend: this.options.gzipBackend,
+      externalTOC: this.options.externalTOC,
     });
     return this.codecPromise;
   }
@@ -104,7 +111,10 @@ export class ChunkedLayerTransform implements LayerTransform {
       const { stream, compression } = await openDecompressed(counted, where);
       const prioritized = this.options.prioritizedFilesByLayer?.[input.index] ?? this.options.prioritizedFiles;
       const started = Date.now();
-      const result = await writeEstargz(stream, output, {
+      // External TOCs are keyed by the layer digest, so hash what we write (the pipeline's own
+      // digest is not visible to a transform).
+      const hashing = this.options.externalTOC ? new HashingWritable(output) : undefined;
+      const result = await writeEstargz(stream, hashing ?? output, {
         codec,
         chunkSize: this.options.chunkSize,
         minChunkSize: this.options.minChunkSize,
@@ -117,6 +127,10 @@ export class ChunkedLayerTransform implements LayerTransform {
       // ctr-remote ignores them silently. A per-layer list that misses is worth a warning.
       if (result.missedPrioritizedFiles.length > 0 && this.options.prioritizedFilesByLayer) {
         this.options.warn?.(`${where}: ${result.missedPrioritizedFiles.length} prioritized file(s) not in the layer: ${result.missedPrioritizedFiles.slice(0, 5).join(', ')}`);
+      }
+      if (hashing) {
+        await hashing.flushed();
+        if (result.externalTOC) this.externalTOCs.set(hashing.digest(), result.externalTOC);
       }
       const seconds = (Date.now() - started) / 1000;
       const mediaType = codec.name === 'gzip'
@@ -183,6 +197,94 @@ export class ChunkedLayerTransform implements LayerTransform {
     this.codecPromise = undefined;
     await codec?.close();
   }
+}
+
+/** Forwards writes to `target` (with its backpressure) while hashing them. */
+class HashingWritable extends Writable {
+  private readonly hash = createHash('sha256');
+  constructor(private readonly target: Writable) {
+    super();
+  }
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
+    this.hash.update(chunk);
+    if (this.target.write(chunk)) {
+      callback();
+      return;
+    }
+    const onDrain = () => {
+      this.target.off('error', onError);
+      callback();
+    };
+    const onError = (err: Error) => {
+      this.target.off('drain', onDrain);
+      callback(err);
+    };
+    this.target.once('drain', onDrain);
+    this.target.once('error', onError);
+  }
+
+  /** Waits until every accepted write reached the target (does not end the target). */
+  flushed(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.once('error', reject);
+      this.end(() => resolve());
+    });
+  }
+
+  digest(): string {
+    return `sha256:${this.hash.digest('hex')}`;
+  }
+}
+
+/**
+ * The TOC image of an external-TOC conversion (ctr-remote's `DST-esgztoc`): an OCI manifest with
+ * an empty config whose gzip layers are the TOC blobs, each annotated with the digest of the
+ * eStargz layer it describes, sorted by digest as ctr-remote sorts them.
+ */
+export function externalTOCImage(tocs: Map<string, Buffer>): { config: Buffer; manifest: Buffer; blobs: Array<{ descriptor: Descriptor; data: Buffer }> } {
+  const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+  const config = Buffer.from('{}');
+  const blobs = [...tocs].map(([layerDigest, data]) => ({
+    descriptor: { mediaType: MediaType.ociLayerGzip, digest: sha(data), size: data.length, annotations: { [TOC_LAYER_DIGEST_ANNOTATION]: layerDigest } },
+    data,
+  }));
+  blobs.sort((a, b) => (a.descriptor.digest < b.descriptor.digest ? -1 : a.descriptor.digest > b.descriptor.digest ? 1 : 0));
+  const manifest = Buffer.from(JSON.stringify({
+    schemaVersion: 2,
+    mediaType: MediaType.ociManifest,
+    config: { mediaType: MediaType.ociConfig, digest: sha(config), size: config.length },
+    layers: blobs.map((b) => b.descriptor),
+  }));
+  return { config, manifest, blobs };
+}
+
+/** Writes the TOC image to `sink` (blobs, then the manifest as the root); aborts the sink on failure. */
+export async function writeExternalTOCImage(sink: ImageSink, tocs: Map<string, Buffer>): Promise<RawManifest> {
+  const image = externalTOCImage(tocs);
+  const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+  try {
+    await sink.putBlob({ mediaType: MediaType.ociConfig, digest: sha(image.config), size: image.config.length }, () => Readable.from([image.config]));
+    for (const blob of image.blobs) await sink.putBlob(blob.descriptor, () => Readable.from([blob.data]));
+    const root: RawManifest = { bytes: image.manifest, mediaType: MediaType.ociManifest, digest: sha(image.manifest) };
+    await sink.commit(root);
+    return root;
+  } catch (err) {
+    await sink.abort().catch(() => {});
+    throw err;
+  }
+}
+
+/**
+ * Where ctr-remote puts the TOC image: the destination with "-esgztoc" appended to its tag
+ * (`latest` when it has none). Digest references and docker archives cannot name a second image.
+ */
+export function tocImageReference(spec: string): string {
+  if (spec.startsWith('docker-archive:')) throw new EsgzError('UNSUPPORTED', '--estargz-external-toc cannot write its TOC image into a docker archive; use a registry or oci: destination');
+  if (/@[a-z0-9]+:[0-9a-f]+$/.test(spec)) throw new EsgzError('BAD_FLAG', `--estargz-external-toc needs a tagged destination, not a digest (${spec})`);
+  const lastSlash = spec.lastIndexOf('/');
+  const colon = spec.lastIndexOf(':');
+  const hasTag = colon > lastSlash && !(spec.startsWith('oci:') && colon === 3);
+  return hasTag ? `${spec}${EXTERNAL_TOC_IMAGE_SUFFIX}` : `${spec}:latest${EXTERNAL_TOC_IMAGE_SUFFIX}`;
 }
 
 /** `--uncompress`: writes the layer's plain tar. */

@@ -14,7 +14,7 @@ import { openDecompressed } from '../image/compression.js';
 import { isIndexMediaType } from '../image/media-types.js';
 import { formatPlatform, hostPlatform, platformMatches } from '../image/platform.js';
 import type { Descriptor, ImageConfig, ImageIndex, ImageManifest, ImageSource, Platform, RawManifest } from '../image/types.js';
-import { TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from './constants.js';
+import { TOC_DIGEST_ANNOTATION, TOC_LAYER_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from './constants.js';
 import { EstargzReader, openFileBlobReader, sourceBlobReader } from './reader.js';
 
 export interface ResolvedImage {
@@ -64,11 +64,20 @@ export async function resolveImages(source: ImageSource, options: { platform?: P
   return out;
 }
 
+/** Fetches an external TOC blob for `layerDigest` from the TOC image (`IMAGE-esgztoc`). */
+export async function fetchExternalTOC(tocImage: ImageSource, layerDigest: string): Promise<Buffer> {
+  const [image] = await resolveImages(tocImage);
+  const desc = image?.manifest.layers.find((l) => l.annotations?.[TOC_LAYER_DIGEST_ANNOTATION] === layerDigest);
+  if (!desc) throw new EsgzError('NOT_FOUND', `${tocImage.description}: no TOC for layer ${layerDigest}`);
+  return readAll(tocImage, desc);
+}
+
 /** Opens a layer's TOC by range reads (registry Range requests), checking the annotation when present. */
-export async function readLayerTOC(source: ImageSource, layer: Descriptor): Promise<EstargzReader> {
+export async function readLayerTOC(source: ImageSource, layer: Descriptor, externalTOC?: () => Promise<Buffer>): Promise<EstargzReader> {
   return EstargzReader.open(sourceBlobReader(source, layer), {
     where: `layer ${layer.digest}`,
     expectedTOCDigest: layer.annotations?.[TOC_DIGEST_ANNOTATION],
+    externalTOC,
   });
 }
 
@@ -99,8 +108,9 @@ export async function verifyLayer(
   layer: Descriptor,
   index: number,
   expectedDiffID: string | undefined,
-  tmpDir?: string,
+  options: { tmpDir?: string; externalTOC?: () => Promise<Buffer> } = {},
 ): Promise<LayerVerification> {
+  const tmpDir = options.tmpDir;
   const result: LayerVerification = { index, digest: layer.digest, mediaType: layer.mediaType, size: layer.size, status: 'ok', problems: [] };
   const annotated = layer.annotations?.[TOC_DIGEST_ANNOTATION];
   const dir = await mkdtemp(join(tmpDir ?? tmpdir(), 'esgz-verify-'));
@@ -156,7 +166,7 @@ export async function verifyLayer(
     try {
       let esgz: EstargzReader;
       try {
-        esgz = await EstargzReader.open(reader, { where: `layer ${layer.digest}`, expectedTOCDigest: annotated });
+        esgz = await EstargzReader.open(reader, { where: `layer ${layer.digest}`, expectedTOCDigest: annotated, externalTOC: options.externalTOC });
       } catch (err) {
         if (!annotated && err instanceof EsgzError && err.code === 'BAD_FORMAT' && /no eStargz or zstd:chunked footer/.test(err.message)) {
           result.status = result.problems.length > 0 ? 'failed' : 'skipped';

@@ -63,6 +63,8 @@ export interface EstargzWriteResult {
   missedPrioritizedFiles: string[];
   /** Annotations the codec defines (e.g. zstd:chunked manifest position). */
   codecAnnotations: Record<string, string>;
+  /** External-TOC mode: the TOC blob for the TOC image. */
+  externalTOC?: Buffer;
 }
 
 /** A tar entry whose payload can be read in pieces, from the stream or from the spool file. */
@@ -475,5 +477,6 @@ export async function writeEstargz(tar: AsyncIterable<Buffer>, output: Writable,
     memberCount: seq.members + 1,
     missedPrioritizedFiles: missed,
     codecAnnotations: tail.annotations ?? {},
+    ...(tail.externalTOC ? { externalTOC: tail.externalTOC } : {}),
   };
 }

@@ -179,6 +179,32 @@ describe('esgz image convert --estargz', () => {
     expect(JSON.parse(v.stdout).manifests[0].layers.map((l: { status: string }) => l.status)).toEqual(['ok', 'ok', 'ok']);
   });
 
+  it('--estargz-external-toc writes footer-only layers and a DST-esgztoc image that verify uses', async () => {
+    const dst = join(scratch, 'ext');
+    const res = await esgz('image', 'convert', '--estargz', '--oci', '--estargz-external-toc', '--json', `oci:${image.dir}:v1`, `oci:${dst}:ext`);
+    expect(res.exitCode, res.stderr).toBe(0);
+    const report = JSON.parse(res.stdout);
+    expect(report.tocImage.reference).toBe(`oci:${dst}:ext-esgztoc`);
+    const manifest = JSON.parse((await layoutBlob(dst, report.manifests[0].digest)).toString());
+    const tocManifest = JSON.parse((await layoutBlob(dst, report.tocImage.digest)).toString());
+    expect(tocManifest.layers).toHaveLength(3);
+    for (const layer of manifest.layers) {
+      const blob = await layoutBlob(dst, layer.digest);
+      expect(blob.subarray(blob.length - 46 + 16, blob.length - 46 + 33).toString()).toBe('STARGZEXTERNALTOC');
+      const tar = gunzipCli(blob);
+      expect(tarNames(tar)).not.toContain('stargz.index.json');
+      const toc = tocManifest.layers.find((l: { annotations: Record<string, string> }) => l.annotations['containerd.io/snapshot/stargz/layer.digest'] === layer.digest);
+      expect(toc, layer.digest).toBeDefined();
+      const tocJSON = (await execa('tar', ['-xO', '-f', '-', 'stargz.index.json'], { input: gunzipCli(await layoutBlob(dst, toc.digest)), encoding: 'buffer' })).stdout as unknown as Buffer;
+      expect(sha256Digest(Buffer.from(tocJSON))).toBe(layer.annotations['containerd.io/snapshot/stargz/toc.digest']);
+    }
+    const v = await esgz('image', 'verify', '--json', `oci:${dst}:ext`);
+    expect(v.exitCode, v.stderr + v.stdout).toBe(0);
+    expect(JSON.parse(v.stdout).manifests[0].layers.map((l: { format: string }) => l.format)).toEqual(['estargz-external', 'estargz-external', 'estargz-external']);
+    const d = await esgz('get-toc-digest', `oci:${dst}:ext@${manifest.layers[0].digest}`);
+    expect(d.stdout.trim()).toBe(manifest.layers[0].annotations['containerd.io/snapshot/stargz/toc.digest']);
+  });
+
   it('warns for --estargz without --oci on Docker media types', async () => {
     const res = await esgz('image', 'convert', '--estargz', `oci:${dockerImage.dir}:v1`, `oci:${join(scratch, 'dock')}:x`);
     expect(res.exitCode, res.stderr).toBe(0);

@@ -66,6 +66,14 @@ describe.skipIf(!containerdAvailable())('reference comparison with ctr-remote 0.
     expect(tocStructure((await readTOC(ours.blob)).toc)).toEqual(tocStructure((await readTOC(ref.blob)).toc));
   });
 
+  it('the footer is byte-identical to ctr-remote (51-byte STARGZ)', async () => {
+    // ctr-remote 0.12 has no --estargz-external-toc, so only the in-blob footer is compared here.
+    const { estargzFooter } = await import('../../src/estargz/gzip-codec.js');
+    const ref = await convertWithCtrRemote(containerd, tar, ['--estargz-chunk-size', String(CHUNK)]);
+    const refTOC = await readTOC(ref.blob);
+    expect(ref.blob.subarray(ref.blob.length - 51).equals(estargzFooter(refTOC.reader.footer.tocOffset))).toBe(true);
+  });
+
   it("ctr-remote's own reader accepts esgz blobs and finds the same TOC digest", async () => {
     const ours = await convertBuffer(tar, { chunkSize: CHUNK });
     expect(await ctrRemoteTOCDigest(containerd, ours.blob)).toBe(ours.result.tocDigest);

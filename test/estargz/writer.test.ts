@@ -277,3 +277,31 @@ describe('the same writer with the zstd:chunked codec', () => {
     }
   });
 });
+
+describe('external TOC mode', () => {
+  it('ends the layer with the 46-byte STARGZEXTERNALTOC footer and returns the TOC blob', async () => {
+    const { createGzipCodec } = await import('../../src/estargz/gzip-codec.js');
+    const codec = createGzipCodec({ externalTOC: true });
+    try {
+      const { blob: b, result: r } = await convertBuffer(tar, { chunkSize: CHUNK, codec });
+      const footer = b.subarray(b.length - 46);
+      expect([...footer.subarray(0, 4)]).toEqual([0x1f, 0x8b, 0x08, 0x04]);
+      expect(footer.readUInt16LE(10)).toBe(21);
+      expect(footer.subarray(12, 14).toString()).toBe('SG');
+      expect(footer.readUInt16LE(14)).toBe(17);
+      expect(footer.subarray(16, 33).toString()).toBe('STARGZEXTERNALTOC');
+      expect(gunzipSync(footer).length).toBe(0);
+      // No TOC and no end-of-archive in the layer (as stargz's externaltoc writer): diffID covers members only.
+      const out = gunzipCli(b);
+      expect(sha256Digest(out)).toBe(r.diffID);
+      expect(tarNames(out)).toEqual(['.no.prefetch.landmark', ...tarNames(tar)]);
+      expect(tarNames(gunzipSync(r.externalTOC!))).toEqual(['stargz.index.json']);
+      const reader = await EstargzReader.open(bufferBlobReader(b), { externalTOC: r.externalTOC, expectedTOCDigest: r.tocDigest });
+      expect(reader.footer.kind).toBe('estargz-external');
+      await reader.verifyAll();
+      await expect(EstargzReader.open(bufferBlobReader(b))).rejects.toMatchObject({ code: 'UNSUPPORTED' });
+    } finally {
+      await codec.close();
+    }
+  });
+});

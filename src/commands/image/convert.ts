@@ -5,7 +5,7 @@ import { ProgressBars } from '../../cli/progress.js';
 import { EsgzError } from '../../errors.js';
 import { libdeflateAvailable, selectGzipBackend } from '../../estargz/gzip-pool.js';
 import { readPrefetchList, readRecordFile, type PriorityItem } from '../../estargz/priority.js';
-import { createLayerTransform, type ChunkedTransformOptions, type LayerFormat } from '../../estargz/transform.js';
+import { createLayerTransform, tocImageReference, writeExternalTOCImage, type ChunkedTransformOptions, type LayerFormat } from '../../estargz/transform.js';
 import { transferImage } from '../../image/pipeline.js';
 import { parsePlatform } from '../../image/platform.js';
 import { openSink, openSource } from '../../image/transports/index.js';
@@ -52,7 +52,7 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
     'estargz-compression-level': Flags.integer({ description: 'gzip level: 1-9 (zlib) or 1-12 (libdeflate)', default: 9, min: 0, max: 12 }),
     'estargz-chunk-size': Flags.integer({ description: 'chunk size in bytes (0: 4 MiB)', default: 0, min: 0 }),
     'estargz-min-chunk-size': Flags.integer({ description: 'minimal bytes in one gzip member; small files share members (adds innerOffset)', default: 0, min: 0 }),
-    'estargz-external-toc': Flags.boolean({ description: 'put TOCs in a separate DESTINATION-esgztoc image (not implemented yet)', default: false }),
+    'estargz-external-toc': Flags.boolean({ description: 'put TOCs in a separate image, DESTINATION with "-esgztoc" appended to its tag', default: false }),
     'estargz-keep-diff-id': Flags.boolean({ description: 'keep the diffIDs (needs --estargz-external-toc; not implemented yet)', default: false }),
     'estargz-gzip-helper': Flags.string({ description: 'accepted for ctr-remote compatibility; esgz always decompresses in-process' }),
     zstdchunked: Flags.boolean({ description: 'convert layers to zstd:chunked (requires --oci)', default: false }),
@@ -113,6 +113,7 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
       transformOptions.prioritizedFiles = prioritized;
     }
     const transform = createLayerTransform(format, transformOptions);
+    if (transformOptions.externalTOC) tocImageReference(args.destination); // reject impossible destinations before converting
 
     const platform = flags.platform !== undefined ? parsePlatform(flags.platform) : undefined;
     const options = { plainHttp: flags['plain-http'], insecure: flags.insecure };
@@ -136,7 +137,15 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
         onWarning: warn,
       });
       progress.stop();
-      if (flags.json) writeJson({ ...transferJson(report, 'image convert'), format, ...(format !== 'uncompress' ? { backend: await backendOf(transform as { codec?: () => Promise<{ backend: string }> }) } : {}) });
+      let tocImage: { reference: string; digest: string } | undefined;
+      const externalTOCs = (transform as { externalTOCs?: Map<string, Buffer> }).externalTOCs;
+      if (transformOptions.externalTOC && externalTOCs) {
+        const reference = tocImageReference(args.destination);
+        const root = await writeExternalTOCImage(await openSink(reference, options), externalTOCs);
+        tocImage = { reference, digest: root.digest };
+        if (!flags.json) process.stderr.write(`extra image: ${reference} (${root.digest})\n`);
+      }
+      if (flags.json) writeJson({ ...transferJson(report, 'image convert'), format, ...(tocImage ? { tocImage } : {}), ...(format !== 'uncompress' ? { backend: await backendOf(transform as { codec?: () => Promise<{ backend: string }> }) } : {}) });
       else process.stdout.write(transferText(report, 'converted'));
     } catch (err) {
       progress.stop();

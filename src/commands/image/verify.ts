@@ -2,7 +2,9 @@ import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../../cli/base.js';
 import { formatBytes } from '../../cli/progress.js';
 import { EsgzError } from '../../errors.js';
-import { resolveImages, verifyLayer, type LayerVerification } from '../../estargz/verify.js';
+import { tocImageReference } from '../../estargz/transform.js';
+import { fetchExternalTOC, resolveImages, verifyLayer, type LayerVerification } from '../../estargz/verify.js';
+import type { ImageSource } from '../../image/types.js';
 import { parsePlatform } from '../../image/platform.js';
 import { openSource } from '../../image/transports/index.js';
 
@@ -34,6 +36,12 @@ export default class ImageVerify extends BaseCommand<typeof ImageVerify> {
     }
     const source = await openSource(args.image, { plainHttp: flags['plain-http'], insecure: flags.insecure });
     const results: Array<{ platform?: string; manifest: string; layers: LayerVerification[] }> = [];
+    // Layers with an external TOC (STARGZEXTERNALTOC footer) find it in IMAGE-esgztoc, opened on demand.
+    let tocImage: Promise<ImageSource> | undefined;
+    const externalTOC = (digest: string) => async () => {
+      tocImage ??= openSource(tocImageReference(args.image), { plainHttp: flags['plain-http'], insecure: flags.insecure });
+      return fetchExternalTOC(await tocImage, digest);
+    };
     try {
       const images = await resolveImages(source, {
         platform: flags.platform ? parsePlatform(flags.platform) : undefined,
@@ -42,12 +50,13 @@ export default class ImageVerify extends BaseCommand<typeof ImageVerify> {
       for (const img of images) {
         const layers: LayerVerification[] = [];
         for (const [i, layer] of img.manifest.layers.entries()) {
-          layers.push(await verifyLayer(source, layer, i, img.config.rootfs?.diff_ids?.[i]));
+          layers.push(await verifyLayer(source, layer, i, img.config.rootfs?.diff_ids?.[i], { externalTOC: externalTOC(layer.digest) }));
         }
         results.push({ platform: img.platform, manifest: img.manifestDigest, layers });
       }
     } finally {
       await source.close();
+      if (tocImage) await (await tocImage.catch(() => undefined))?.close();
     }
     const all = results.flatMap((r) => r.layers);
     const failed = all.filter((l) => l.status === 'failed');
