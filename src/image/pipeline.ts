@@ -273,7 +273,7 @@ class Transfer {
       const wanted = this.options.platform ?? hostPlatform();
       const match = index.manifests.find((m) => m.platform !== undefined && isManifestMediaType(m.mediaType) && platformMatches(wanted, m.platform));
       if (!match) {
-        const available = index.manifests.filter((m) => m.platform !== undefined).map((m) => formatPlatform(m.platform!));
+        const available = index.manifests.filter((m) => m.platform !== undefined && !isAttestation(m)).map((m) => formatPlatform(m.platform!));
         throw new EsgzError(
           'NOT_FOUND',
           `${source.description}: no manifest for ${formatPlatform(wanted)} in the index (available: ${available.join(', ') || 'none'}); use --platform or --all-platforms`,

@@ -62,7 +62,7 @@ describe('esgz image copy', () => {
     expect(JSON.parse(all.stdout).digest).toBe(multiarch.rootDigest);
     // A docker archive holds one platform: asking for all of them is refused, and no file is left.
     const refused = await esgz('image', 'copy', '--all-platforms', `oci:${multiarch.dir}:multi`, `docker-archive:${join(scratch, 'all.tar')}`);
-    expectOneLineError(refused, 1, /one platform/);
+    expectOneLineError(refused, 2, /a docker archive holds one platform; use --platform/);
     expect((await readdir(scratch)).filter((n) => n.startsWith('all.tar'))).toEqual([]);
   });
 

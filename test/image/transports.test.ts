@@ -260,6 +260,9 @@ describe('media types and platforms', () => {
       message: expect.stringContaining('available: linux/amd64, linux/arm64'),
     });
     expect(existsSync(join(scratch, 'none'))).toBe(false);
+    // The docker-archive sink itself refuses an index (one platform per archive) and leaves no file.
+    await expect(copy(`oci:${twoPlatform.dir}:multiarch`, `docker-archive:${join(scratch, 'two.tar')}`, { allPlatforms: true })).rejects.toMatchObject({ code: 'UNSUPPORTED' });
+    expect((await readdir(scratch)).filter((n) => n.startsWith('two.tar'))).toEqual([]);
   });
 });
 

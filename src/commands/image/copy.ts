@@ -5,7 +5,7 @@ import { ProgressBars } from '../../cli/progress.js';
 import { EsgzError } from '../../errors.js';
 import { transferImage } from '../../image/pipeline.js';
 import { parsePlatform } from '../../image/platform.js';
-import { openSink, openSource } from '../../image/transports/index.js';
+import { openSink, openSource, parseTransportReference } from '../../image/transports/index.js';
 
 export default class ImageCopy extends BaseCommand<typeof ImageCopy> {
   static override summary = 'Copy an image between registries, OCI layouts and docker archives';
@@ -56,6 +56,9 @@ export default class ImageCopy extends BaseCommand<typeof ImageCopy> {
     // Checked here rather than with oclif's `exclusive`, whose message spans several lines.
     if (flags.platform !== undefined && flags['all-platforms']) {
       throw new EsgzError('BAD_FLAG', '--platform and --all-platforms cannot be used together');
+    }
+    if (flags['all-platforms'] && parseTransportReference(args.destination).transport === 'docker-archive') {
+      throw new EsgzError('BAD_FLAG', `${args.destination}: a docker archive holds one platform; use --platform instead of --all-platforms`);
     }
     const platform = flags.platform !== undefined ? parsePlatform(flags.platform) : undefined;
     const options = { plainHttp: flags['plain-http'], insecure: flags.insecure };
