@@ -12,7 +12,7 @@ import { transferImage } from '../../src/image/pipeline.js';
 import { openSink, openSource, parseTransportReference } from '../../src/image/transports/index.js';
 import { registryAddress } from '../harness/registry.js';
 import { buildTar, dir, file, gzipBuffer, sha256Digest, sha256Hex } from '../fixtures/tar.js';
-import { multiLayerEntries, twoPlatformImages, writeOciImage, busyboxRootfs, type WrittenImage } from '../fixtures/oci-image.js';
+import { multiLayerEntries, writeOciImage, busyboxRootfs, writeStandardFixtures, type WrittenImage } from '../fixtures/oci-image.js';
 
 const scratch = await mkdtemp(join(tmpdir(), 'esgz-transports-'));
 afterAll(() => (process.env.KEEP ? undefined : rm(scratch, { recursive: true, force: true })));
@@ -23,10 +23,10 @@ let docker: WrittenImage;
 let twoPlatform: WrittenImage;
 
 beforeAll(async () => {
-  single = await writeOciImage(join(scratch, 'src'), { tag: 'single', layers: [busyboxRootfs()] });
-  multi = await writeOciImage(join(scratch, 'src'), { tag: 'multi', layers: multiLayerEntries(), config: { Cmd: ['/bin/cat', '/etc/greeting'] } });
-  docker = await writeOciImage(join(scratch, 'src-docker'), { tag: 'docker', mediaTypes: 'docker', layers: multiLayerEntries() });
-  twoPlatform = await writeOciImage(join(scratch, 'src'), { tag: 'multiarch', platforms: twoPlatformImages() });
+  ({ single, multi, docker, multiarch: twoPlatform } = await writeStandardFixtures(join(scratch, 'src')));
+  // Built twice: the fixture builder must be byte-reproducible.
+  const again = await writeStandardFixtures(join(scratch, 'src-again'));
+  expect([again.single, again.multi, again.docker, again.multiarch].map((i) => i.rootDigest)).toEqual([single, multi, docker, twoPlatform].map((i) => i.rootDigest));
 });
 
 async function copy(src: string, dst: string, extra: Partial<Parameters<typeof transferImage>[0]> = {}) {
