@@ -148,7 +148,7 @@ async function optimizeWithCleanups(options: OptimizeImageOptions, warn: (messag
     await transform.close();
   }
   timings.convertMs = Date.now() - stageStart;
-  const profiled = profile ? profiledReport(profile, transfer) : undefined;
+  const profiled = profile ? profiledReport(profile, transfer, toProfile!.platform) : undefined;
   if (profiled && options.reopenTarget) await addLandmarkOffsets(profiled, transfer, options.reopenTarget, warn);
   return { transfer, profiled, notProfiled: others, recordOut: options.recordOut, timings };
 }
@@ -254,7 +254,7 @@ class OptimizeTransform implements LayerTransform {
   }
 }
 
-function profiledReport(profile: ImageProfile, transfer: TransferReport): NonNullable<OptimizeReport['profiled']> {
+function profiledReport(profile: ImageProfile, transfer: TransferReport, platform: string): NonNullable<OptimizeReport['profiled']> {
   const manifest = transfer.manifests.find((m) => m.source.digest === profile.manifestDigest);
   const layers: OptimizeLayerReport[] = profile.layers.map((desc, index) => {
     const files = profile.files.filter((f) => f.layerIndex === index);
@@ -275,7 +275,7 @@ function profiledReport(profile: ImageProfile, transfer: TransferReport): NonNul
   const missed = layers.reduce((sum, l) => sum + (l.missedPrioritizedFiles ?? 0), 0);
   const filesTraced = profile.files.length;
   return {
-    platform: formatPlatform(hostPlatform()),
+    platform,
     manifestDigest: profile.manifestDigest,
     args: profile.args,
     stopReason: profile.stopReason,
