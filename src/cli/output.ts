@@ -47,7 +47,7 @@ export function transferText(report: TransferReport, verb: string): string {
     const bytes = m.layers.reduce((sum, l) => sum + l.output.size, 0);
     const changed = m.layers.filter((l) => l.changed).length;
     const reused = m.layers.filter((l) => l.existed).length;
-    const parts = [`${m.layers.length} layers`, formatBytes(bytes)];
+    const parts = [`${m.layers.length} layer${m.layers.length === 1 ? '' : 's'}`, formatBytes(bytes)];
     if (report.transform !== 'identity') parts.push(`${changed} rewritten`);
     if (reused > 0) parts.push(`${reused} already present`);
     lines.push(`${m.platform ?? 'image'}: ${m.output.digest} (${parts.join(', ')})`);
