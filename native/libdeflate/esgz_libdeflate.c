@@ -9,6 +9,9 @@
 #include <libdeflate.h>
 #include <node_api.h>
 #include <stdlib.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #define MAX_LEVEL 12
 
@@ -80,6 +83,19 @@ static napi_value gzip_compress(napi_env env, napi_callback_info info) {
 }
 
 static napi_value init(napi_env env, napi_value exports) {
+#ifdef __GLIBC__
+  /*
+   * Members are malloc'ed buffers of up to a few MiB, freed on other threads. glibc's dynamic
+   * mmap threshold then moves them into arena heaps that fragment and never shrink (RSS grows
+   * with layer size). A fixed 128 KiB threshold keeps large buffers in mmap, returned on free.
+   * Respect an explicit MALLOC_MMAP_THRESHOLD_ from the user.
+   */
+  static int malloc_tuned = 0;
+  if (!malloc_tuned && getenv("MALLOC_MMAP_THRESHOLD_") == NULL) {
+    mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+    malloc_tuned = 1;
+  }
+#endif
   napi_value fn;
   napi_create_function(env, "gzipCompress", NAPI_AUTO_LENGTH, gzip_compress, NULL, &fn);
   napi_set_named_property(env, exports, "gzipCompress", fn);
