@@ -161,7 +161,10 @@ int main(int argc, char **argv) {
   int sig_fd = signalfd(-1, &mask, SFD_CLOEXEC);
   if (sig_fd < 0) { perror("esgz-fanotify: signalfd"); return 2; }
 
-  int fan_fd = fanotify_init(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK, O_RDONLY | O_LARGEFILE | O_CLOEXEC);
+  /* An unlimited queue (root only): a workload reading fast must not make us lose events. */
+  int fan_fd = fanotify_init(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE, O_RDONLY | O_LARGEFILE | O_CLOEXEC);
+  if (fan_fd < 0 && errno == EPERM)
+    fan_fd = fanotify_init(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK, O_RDONLY | O_LARGEFILE | O_CLOEXEC);
   if (fan_fd < 0) {
     fprintf(stderr, "esgz-fanotify: fanotify_init: %s%s\n", strerror(errno),
             errno == EPERM ? " (needs root / CAP_SYS_ADMIN)" : "");

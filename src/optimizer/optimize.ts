@@ -124,6 +124,7 @@ export async function profileWorkload(options: ProfileWorkloadOptions): Promise<
     });
     options.onStage?.('trace');
     const events = await tracer.stop();
+    for (const warning of tracer.warnings()) options.onWarning?.(`file access tracer: ${warning}`);
     tracer = undefined;
 
     const files: AccessedFile[] = [];

@@ -16,6 +16,8 @@ export interface TraceEvent {
 export interface Tracer {
   /** Stops tracing after the queued events are read; returns them in first-access order, one per path. */
   stop(): Promise<TraceEvent[]>;
+  /** Problems the helper reported that did not stop it (e.g. a queue overflow that lost events). */
+  warnings(): string[];
 }
 
 const KINDS: Record<string, AccessKind> = { X: 'exec', O: 'open', A: 'access' };
@@ -81,6 +83,12 @@ export async function startTracer(rootfs: string, options: { onlyOtherPidNamespa
         return events;
       })();
       return stopped;
+    },
+    warnings() {
+      return stderr
+        .split('\n')
+        .map((l) => l.replace(/^esgz-fanotify:\s*/, '').trim())
+        .filter((l) => l !== '');
     },
   };
 }
