@@ -94,6 +94,15 @@ describe('oci layout', () => {
     expect((await readdir(join(dst, 'blobs', 'sha256'))).filter((n) => n.startsWith('.'))).toEqual([]);
   });
 
+  it('parallel copies into one layout keep every tag (index.json is locked while updated)', async () => {
+    const dst = join(scratch, 'parallel');
+    const tags = ['p1', 'p2', 'p3', 'p4', 'p5', 'p6'];
+    await Promise.all(tags.map((tag, i) => copy(`oci:${(i % 2 ? single : multi).dir}:${i % 2 ? 'single' : 'multi'}`, `oci:${dst}:${tag}`)));
+    const index = JSON.parse(await readFile(join(dst, 'index.json'), 'utf8'));
+    expect(index.manifests.map((m: { annotations: Record<string, string> }) => m.annotations['org.opencontainers.image.ref.name']).sort()).toEqual(tags);
+    expect(existsSync(join(dst, 'index.json.lock'))).toBe(false);
+  });
+
   it('reads what skopeo wrote to an oci: layout', async () => {
     const skopeoDir = join(scratch, 'skopeo-oci');
     await execa('skopeo', ['copy', `oci:${multi.dir}:multi`, `oci:${skopeoDir}:sk`]);

@@ -205,6 +205,41 @@ async function openBlobFile(dir: string, desc: Descriptor, what: string) {
   }
 }
 
+const LOCK_WAIT_MS = 30_000;
+const LOCK_STALE_MS = 120_000;
+
+/**
+ * index.json is read-modified-written; an exclusive lock file keeps two esgz processes writing
+ * the same layout from dropping each other's entries. A lock older than LOCK_STALE_MS belongs to
+ * a process that died and is taken over.
+ */
+async function withIndexLock<T>(dir: string, where: string, work: () => Promise<T>): Promise<T> {
+  const lockPath = join(dir, `${INDEX_FILE}.lock`);
+  const deadline = Date.now() + LOCK_WAIT_MS;
+  for (;;) {
+    try {
+      const handle = await open(lockPath, 'wx');
+      await handle.writeFile(String(process.pid));
+      await handle.close();
+      break;
+    } catch (err) {
+      if (errnoCode(err) !== 'EEXIST') throw new EsgzError('BAD_LAYOUT', `${where}: cannot lock ${INDEX_FILE}: ${(err as Error).message}`, { cause: err });
+      const age = await stat(lockPath).then((info) => Date.now() - info.mtimeMs, () => 0);
+      if (age > LOCK_STALE_MS) {
+        await rm(lockPath, { force: true });
+        continue;
+      }
+      if (Date.now() > deadline) throw new EsgzError('BAD_LAYOUT', `${where}: ${lockPath} has been held for ${Math.round(age / 1000)} s by another writer`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+  try {
+    return await work();
+  } finally {
+    await rm(lockPath, { force: true });
+  }
+}
+
 /** A unique temp name next to `path` (same directory, so the final rename is atomic). */
 function tempNameFor(path: string): string {
   const slash = path.lastIndexOf('/');
@@ -325,6 +360,12 @@ export class OciLayoutSink implements ImageSink {
 
   async commit(root: RawManifest): Promise<void> {
     await this.putManifest(root);
+    await withIndexLock(this.ref.dir, this.description, () => this.updateIndex(root));
+    this.committed = true;
+    this.addedBlobs.clear();
+  }
+
+  private async updateIndex(root: RawManifest): Promise<void> {
     const index = await readIndex(this.ref.dir, this.description, true);
     const entry: Descriptor = { mediaType: root.mediaType, digest: root.digest, size: root.bytes.length };
     const { tag } = this.ref;
@@ -337,8 +378,6 @@ export class OciLayoutSink implements ImageSink {
     });
     const next: ImageIndex = { ...index, schemaVersion: 2, mediaType: index.mediaType ?? MediaType.ociIndex, manifests: [...kept, entry] };
     await this.writeAtomically(join(this.ref.dir, INDEX_FILE), Buffer.from(JSON.stringify(next)));
-    this.committed = true;
-    this.addedBlobs.clear();
   }
 
   async abort(): Promise<void> {
