@@ -1,6 +1,6 @@
 import type { Writable } from 'node:stream';
 import { EsgzError } from '../errors.js';
-import { createLayerTransform, type ChunkedTransformOptions } from '../estargz/transform.js';
+import { createLayerTransform, writeExternalTOCImage, type ChunkedTransformOptions } from '../estargz/transform.js';
 import type { PriorityItem } from '../estargz/priority.js';
 import { PREFETCH_LANDMARK } from '../estargz/constants.js';
 import { EstargzReader, sourceBlobReader } from '../estargz/reader.js';
@@ -42,6 +42,8 @@ export interface OptimizeImageOptions {
   progress?: TransferProgress;
   /** Opens the written image for reading, to report where each layer's landmark landed. */
   reopenTarget?(): Promise<ImageSource>;
+  /** With `convert.externalTOC`: where the TOC image goes (ctr-remote: the target's tag + "-esgztoc"). */
+  openTocSink?(): Promise<{ sink: ImageSink; reference: string }>;
   onWarning?(message: string): void;
   onStage?(stage: string): void;
 }
@@ -80,6 +82,8 @@ export interface OptimizeReport {
   /** Platforms converted without running (other architectures). */
   notProfiled: string[];
   recordOut?: string;
+  /** The TOC image written with --estargz-external-toc. */
+  tocImage?: { reference: string; digest: string };
   /** Wall time of the stages: profileMs (unpack, run, trace), convertMs (convert and push). */
   timings: Record<string, number>;
 }
@@ -147,10 +151,17 @@ async function optimizeWithCleanups(options: OptimizeImageOptions, warn: (messag
   } finally {
     await transform.close();
   }
+  let tocImage: OptimizeReport['tocImage'];
+  if (options.convert.externalTOC) {
+    if (!options.openTocSink) throw new EsgzError('INTERNAL', 'external TOCs need a destination for the TOC image');
+    const { sink, reference } = await options.openTocSink();
+    const root = await writeExternalTOCImage(sink, transform.externalTOCs());
+    tocImage = { reference, digest: root.digest };
+  }
   timings.convertMs = Date.now() - stageStart;
   const profiled = profile ? profiledReport(profile, transfer, toProfile!.platform) : undefined;
-  if (profiled && options.reopenTarget) await addLandmarkOffsets(profiled, transfer, options.reopenTarget, warn);
-  return { transfer, profiled, notProfiled: others, recordOut: options.recordOut, timings };
+  if (profiled && options.reopenTarget) await addLandmarkOffsets(profiled, transfer, options.reopenTarget, transform.externalTOCs(), warn);
+  return { transfer, profiled, notProfiled: others, recordOut: options.recordOut, ...(tocImage ? { tocImage } : {}), timings };
 }
 
 /**
@@ -162,6 +173,7 @@ async function addLandmarkOffsets(
   profiled: NonNullable<OptimizeReport['profiled']>,
   transfer: TransferReport,
   reopenTarget: () => Promise<ImageSource>,
+  externalTOCs: Map<string, Buffer>,
   warn: (message: string) => void,
 ): Promise<void> {
   const manifest = transfer.manifests.find((m) => m.source.digest === profiled.manifestDigest);
@@ -172,7 +184,8 @@ async function addLandmarkOffsets(
     for (const layer of profiled.layers) {
       const written = manifest.layers.find((l) => l.index === layer.index);
       if (!written || layer.prioritizedFiles === 0) continue;
-      const reader = await EstargzReader.open(sourceBlobReader(target, written.output), { where: `layer ${layer.index}` });
+      const externalTOC = externalTOCs.get(written.output.digest);
+      const reader = await EstargzReader.open(sourceBlobReader(target, written.output), { where: `layer ${layer.index}`, ...(externalTOC ? { externalTOC } : {}) });
       const landmark = reader.toc.entries.find((e) => e.name === PREFETCH_LANDMARK);
       if (landmark?.offset !== undefined) layer.landmarkOffset = landmark.offset;
     }
@@ -224,8 +237,8 @@ function isAttestation(desc: Descriptor): boolean {
  */
 class OptimizeTransform implements LayerTransform {
   readonly name: string;
-  private readonly traced: LayerTransform & { close?(): Promise<void> };
-  private readonly untraced: LayerTransform & { close?(): Promise<void> };
+  private readonly traced: LayerTransform & { close?(): Promise<void>; externalTOCs?: Map<string, Buffer> };
+  private readonly untraced: LayerTransform & { close?(): Promise<void>; externalTOCs?: Map<string, Buffer> };
 
   constructor(
     format: 'estargz' | 'zstdchunked',
@@ -247,6 +260,11 @@ class OptimizeTransform implements LayerTransform {
     const profiledLayer = this.profile?.layers[input.index];
     const traced = profiledLayer !== undefined && profiledLayer.digest === input.descriptor.digest && (this.profile!.perLayer[input.index]?.length ?? 0) > 0;
     return (traced ? this.traced : this.untraced).transform(input, output, context);
+  }
+
+  /** External TOCs both writers produced, by output layer digest (for the TOC image). */
+  externalTOCs(): Map<string, Buffer> {
+    return new Map([...(this.traced.externalTOCs ?? []), ...(this.untraced.externalTOCs ?? [])]);
   }
 
   async close(): Promise<void> {

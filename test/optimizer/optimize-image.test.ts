@@ -197,6 +197,23 @@ describe('optimizeImage options', () => {
   });
 });
 
+describe('optimizeImage with --estargz-external-toc', () => {
+  it('writes the TOC image next to the target and still reports the landmark', async () => {
+    const out = join(work, 'ext');
+    const { report } = await optimize(busyboxRef, `oci:${out}:e`, {
+      convert: { externalTOC: true },
+      reopenTarget: () => openSource(`oci:${out}:e`),
+      openTocSink: async () => ({ sink: await openSink(`oci:${out}:e-esgztoc`), reference: `oci:${out}:e-esgztoc` }),
+    });
+    expect(report.tocImage?.reference).toBe(`oci:${out}:e-esgztoc`);
+    expect(rootDigest(out, 'e-esgztoc')).toBe(report.tocImage!.digest);
+    const names = execFileSync('tar', ['-tzf', blobPath(out, report.transfer.manifests[0]!.layers[0]!.output.digest)], { encoding: 'utf8' }).trim().split('\n');
+    expect(names.filter((n) => !n.endsWith('/')).slice(0, 3)).toEqual(['bin/busybox', 'etc/hello', '.prefetch.landmark']);
+    expect(names).not.toContain('stargz.index.json');
+    expect(report.profiled!.layers[0]!.landmarkOffset).toBeGreaterThan(500_000);
+  });
+});
+
 describe('optimizeImage on the Debian bookworm python3 image', () => {
   it.skipIf(!debianImageCached())('prioritizes the interpreter, loader, libraries, ld.so.cache and encodings of python3 -c "print(1)"', async () => {
     const fixture = await debianImage();

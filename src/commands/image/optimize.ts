@@ -2,6 +2,7 @@ import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../../cli/base.js';
 import { EsgzError } from '../../errors.js';
 import { readPrefetchList } from '../../estargz/priority.js';
+import { tocImageReference } from '../../estargz/transform.js';
 import { parsePlatform } from '../../image/platform.js';
 import { openSink, openSource } from '../../image/transports/index.js';
 import { optimizeImage, type OptimizeReport } from '../../optimizer/optimize-image.js';
@@ -50,7 +51,7 @@ optimization.`;
     'estargz-compression-level': Flags.integer({ description: 'eStargz gzip level', default: 9, min: 1, max: 12 }),
     'estargz-chunk-size': Flags.integer({ description: 'eStargz chunk size in bytes (0: default 4 MiB)', default: 0, min: 0 }),
     'estargz-min-chunk-size': Flags.integer({ description: 'Smallest number of bytes written in one gzip member (0: off)', default: 0, min: 0 }),
-    'estargz-external-toc': Flags.boolean({ description: 'Put the TOC in a separate image (not implemented yet)', default: false }),
+    'estargz-external-toc': Flags.boolean({ description: 'Put the TOCs in a separate image: the target with "-esgztoc" appended to its tag', default: false }),
     'zstdchunked-compression-level': Flags.integer({ description: 'zstd:chunked compression level', default: 3, min: 1, max: 22 }),
     // Workload (ctr-remote's sampler flags)
     terminal: Flags.boolean({ char: 't', description: 'Allocate a terminal for the workload (needs -i)', default: false }),
@@ -79,6 +80,9 @@ optimization.`;
     if (flags.zstdchunked && !flags.oci) throw new EsgzError('BAD_FLAG', 'option --zstdchunked must be used in conjunction with --oci');
     if (flags['wait-on-signal'] && flags.terminal) throw new EsgzError('BAD_FLAG', '--wait-on-signal cannot be used with --terminal');
     if (flags.terminal && !flags.i) throw new EsgzError('BAD_FLAG', '--terminal must be used with -i');
+    if (flags['estargz-external-toc'] && flags.reuse) throw new EsgzError('BAD_FLAG', '"estargz-external-toc" can\'t be used with "reuse" flag');
+    if (flags['estargz-external-toc'] && flags.zstdchunked) throw new EsgzError('BAD_FLAG', '--estargz-external-toc needs eStargz, not --zstdchunked');
+    if (flags['estargz-external-toc']) tocImageReference(args.target); // reject impossible destinations before running anything
     if ((flags.platform?.length ?? 0) > 1) throw new EsgzError('BAD_FLAG', 'give one --platform (or --all-platforms)');
     if (flags.platform?.length && flags['all-platforms']) throw new EsgzError('BAD_FLAG', '--platform and --all-platforms cannot be used together');
 
@@ -148,6 +152,10 @@ optimization.`;
         workloadStdout: log,
         workloadStderr: process.stderr,
         reopenTarget: () => openSource(args.target, transport),
+        openTocSink: async () => {
+          const reference = tocImageReference(args.target);
+          return { sink: await openSink(reference, transport), reference };
+        },
         onWarning: (m) => this.warn(m),
         onStage: (stage) => {
           if (stage === 'convert') runFinished = true;
@@ -179,6 +187,7 @@ optimization.`;
       }
     }
     if (report.recordOut) this.log(`record: ${report.recordOut}`);
+    if (report.tocImage) this.log(`extra image: ${report.tocImage.reference} (${report.tocImage.digest})`);
     const t = report.timings;
     this.log(`time: ${t.profileMs !== undefined ? `profile ${(t.profileMs / 1000).toFixed(1)} s, ` : ''}convert ${((t.convertMs ?? 0) / 1000).toFixed(1)} s`);
     this.log(report.transfer.root.digest);
