@@ -140,7 +140,10 @@ interface Waiter {
 }
 
 /** Chunks that have no digest cannot be cached; they are fetched for each read and kept briefly here. */
-type Uncached = Map<number, Promise<Buffer>>;
+type Uncached = Map<string, Promise<Buffer>>;
+
+/** Largest single request of a prefetch; a bigger prioritized range is fetched in a few such pieces so memory stays bounded. */
+const MAX_PREFETCH_REQUEST = 64 << 20;
 
 /**
  * Serves file ranges of one layer through the chunk cache.
@@ -207,7 +210,7 @@ export class LazyLayer {
   }
 
   private uncachedChunk(chunk: ChunkRef): Promise<Buffer> {
-    const key = chunk.compressedOffset * 2 ** 20 + chunk.innerOffset;
+    const key = `${chunk.compressedOffset}+${chunk.innerOffset}`;
     let p = this.uncached.get(key);
     if (!p) {
       p = this.withDeadline(() => this.reader.readChunk(chunk), `${chunk.name} at ${chunk.fileOffset}`);
@@ -359,26 +362,36 @@ export class LazyLayer {
   }
 
   /**
-   * Fetches the blob range [0, end) in one Range request and stores every chunk whose member lies
-   * entirely inside it (the prioritized files before the prefetch landmark).
+   * Fetches the blob range [0, end) with one Range request (several only past 64 MiB, to bound
+   * memory) and stores every chunk whose member lies entirely inside it: the prioritized files
+   * before the prefetch landmark.
    */
-  async prefetch(end: number): Promise<{ bytes: number; chunks: number }> {
+  async prefetch(end: number): Promise<{ bytes: number; chunks: number; requests: number }> {
     const members = [...this.membersByStart.values()].filter((m) => m.end <= end).sort((a, b) => a.start - b.start);
     const missing: Member[] = [];
     for (const m of members) {
       const cached = await Promise.all(m.chunks.map((c) => (c.chunkDigest ? this.cache.has(c.chunkDigest) : Promise.resolve(false))));
       if (!cached.every(Boolean)) missing.push(m);
     }
-    if (missing.length === 0) return { bytes: 0, chunks: 0 };
-    const from = missing[0]!.start;
-    const to = missing[missing.length - 1]!.end;
-    const data = await this.fetchRange(from, to - from);
+    let bytes = 0;
     let chunks = 0;
-    for (const m of missing) {
-      await this.storeMember(m, data.subarray(m.start - from, m.end - from));
-      chunks += m.chunks.length;
+    let requests = 0;
+    while (missing.length > 0) {
+      const from = missing[0]!.start;
+      let count = 1;
+      while (count < missing.length && missing[count]!.end - from <= MAX_PREFETCH_REQUEST) count++;
+      const batch = missing.splice(0, count);
+      const to = batch[batch.length - 1]!.end;
+      // Gaps between missing members (headers of directories, cached files) ride along: one request beats several.
+      const data = await this.fetchRange(from, to - from);
+      requests++;
+      bytes += data.length;
+      for (const m of batch) {
+        await this.storeMember(m, data.subarray(m.start - from, m.end - from));
+        chunks += m.chunks.length;
+      }
     }
-    return { bytes: data.length, chunks };
+    return { bytes, chunks, requests };
   }
 
   /** Fetches every member not yet cached, in blob order, in ranges of at most maxRangeBytes. */

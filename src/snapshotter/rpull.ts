@@ -45,6 +45,8 @@ export interface RpullLayerReport {
   /** Bytes fetched for this layer (footer + TOC, prefetch, background). */
   fetchedBytes: number;
   prefetchedBytes: number;
+  /** Why the prefetch of this layer failed (the pull still succeeds; reads fetch on demand). */
+  prefetchError?: string;
   /** Size of the TOC blob fetched from the `-esgztoc` TOC image, for external-TOC layers. */
   externalTOCBytes?: number;
 }
@@ -287,12 +289,17 @@ export async function rpull(options: RpullOptions): Promise<RpullReport> {
         layers.map(async (layer, i) => {
           const lazy = lazies[i];
           if (!lazy || layer.prefetchEnd === undefined) return;
-          const got = await lazy.prefetch(layer.prefetchEnd).catch((err: unknown) => {
-            throw withContext(`${reference}: prefetch of layer ${i}`, err);
-          });
-          reports[i]!.prefetchedBytes += got.bytes;
-          reports[i]!.fetchedBytes += got.bytes;
-          if (got.bytes) progress(`layer ${i}: prefetched ${got.chunks} chunks (${got.bytes} bytes)`);
+          try {
+            const got = await lazy.prefetch(layer.prefetchEnd);
+            reports[i]!.prefetchedBytes += got.bytes;
+            reports[i]!.fetchedBytes += got.bytes;
+            if (got.bytes) progress(`layer ${i}: prefetched ${got.chunks} chunks (${got.bytes} bytes)`);
+          } catch (err) {
+            // The image is usable already; what the prefetch missed is fetched (and verified) on first read.
+            const message = err instanceof Error ? err.message : String(err);
+            reports[i]!.prefetchError = message;
+            progress(`layer ${i}: prefetch failed, files will be fetched on first read: ${message}`);
+          }
         }),
       );
     }
