@@ -350,8 +350,9 @@ export async function writeEstargz(tar: AsyncIterable<Buffer>, output: Writable,
   if (!Number.isSafeInteger(chunkSize) || chunkSize <= 0) throw new EsgzError('BAD_FLAG', `chunk size must be a positive integer, got ${chunkSize}`);
   if (!Number.isSafeInteger(minChunkSize) || minChunkSize < 0) throw new EsgzError('BAD_FLAG', `min chunk size must be a non-negative integer, got ${minChunkSize}`);
   const workers = (options.codec as { workers?: number }).workers ?? 2;
-  // Enough members in flight to keep every worker busy while one result is being written.
-  const seq = new MemberSequencer(options.codec, output, options.maxInFlight ?? workers + 2);
+  // Enough members in flight that no worker idles while the sequencer waits for the oldest
+  // (head-of-line) result; member buffers are recycled, so this bounds memory too.
+  const seq = new MemberSequencer(options.codec, output, options.maxInFlight ?? workers * 2 + 2);
   const missed: string[] = [];
   const prioritized = options.prioritizedFiles ?? [];
   const entries = prioritized.length > 0
