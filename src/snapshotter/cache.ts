@@ -113,6 +113,8 @@ export interface FetchPolicy {
   attempts?: number;
   /** Largest single coalesced Range request. Default 16 MiB. */
   maxRangeBytes?: number;
+  /** Largest single prefetch request (a bigger prioritized range takes several). Default 64 MiB. */
+  maxPrefetchBytes?: number;
 }
 
 export interface FetchStats {
@@ -142,8 +144,7 @@ interface Waiter {
 /** Chunks that have no digest cannot be cached; they are fetched for each read and kept briefly here. */
 type Uncached = Map<string, Promise<Buffer>>;
 
-/** Largest single request of a prefetch; a bigger prioritized range is fetched in a few such pieces so memory stays bounded. */
-const MAX_PREFETCH_REQUEST = 64 << 20;
+
 
 /**
  * Serves file ranges of one layer through the chunk cache.
@@ -158,6 +159,8 @@ export class LazyLayer {
   private readonly deadlineMs: number;
   private readonly attempts: number;
   private readonly maxRangeBytes: number;
+  /** A prioritized range bigger than this is fetched in a few pieces so memory stays bounded. */
+  private readonly maxPrefetchBytes: number;
   private readonly membersByStart = new Map<number, Member>();
 
   constructor(
@@ -169,6 +172,7 @@ export class LazyLayer {
     this.deadlineMs = policy.deadlineMs ?? 30_000;
     this.attempts = policy.attempts ?? 4;
     this.maxRangeBytes = policy.maxRangeBytes ?? 16 << 20;
+    this.maxPrefetchBytes = policy.maxPrefetchBytes ?? 64 << 20;
     for (const entry of reader.entries()) {
       if (entry.type !== 'reg' || !(entry.size ?? 0)) continue;
       for (const chunk of reader.chunks(entry.name)) this.memberOf(chunk);
@@ -362,8 +366,8 @@ export class LazyLayer {
   }
 
   /**
-   * Fetches the blob range [0, end) with one Range request (several only past 64 MiB, to bound
-   * memory) and stores every chunk whose member lies entirely inside it: the prioritized files
+   * Fetches the blob range [0, end) with one Range request (several only past maxPrefetchBytes,
+   * to bound memory) and stores every chunk whose member lies entirely inside it: the prioritized files
    * before the prefetch landmark.
    */
   async prefetch(end: number): Promise<{ bytes: number; chunks: number; requests: number }> {
@@ -379,7 +383,7 @@ export class LazyLayer {
     while (missing.length > 0) {
       const from = missing[0]!.start;
       let count = 1;
-      while (count < missing.length && missing[count]!.end - from <= MAX_PREFETCH_REQUEST) count++;
+      while (count < missing.length && missing[count]!.end - from <= this.maxPrefetchBytes) count++;
       const batch = missing.splice(0, count);
       const to = batch[batch.length - 1]!.end;
       // Gaps between missing members (headers of directories, cached files) ride along: one request beats several.

@@ -199,4 +199,32 @@ describe('FUSE layer filesystem', () => {
       expect(requests).toBeLessThanOrEqual(2);
     });
   });
+
+  it('prefetches the prioritized range in one request (a few past the size limit) and serves it without more', async () => {
+    const prioritized = await toEstargz(tar, { chunkSize: CHUNK, prioritizedFiles: ['bin/tool', 'bin/exact', 'etc/hostname'] });
+    const prioritizedReader = await EstargzReader.open(bufferBlobReader(prioritized.blob), { where: 'prioritized layer' });
+    const landmark = prioritizedReader.landmark();
+    expect(landmark.kind).toBe('prefetch');
+    for (const [limit, expectedRequests] of [[undefined, 1], [2 * CHUNK, 3]] as const) {
+      const requests: Array<[number, number]> = [];
+      const honest = bufferBlobReader(prioritized.blob);
+      const counting: BlobReader = { size: prioritized.blob.length, read: (o, l) => (requests.push([o, l]), honest.read(o, l)) };
+      const lazy = new LazyLayer(prioritizedReader, counting, new ChunkCache(join(work, `prefetch-${limit}`)), { maxPrefetchBytes: limit });
+      const got = await lazy.prefetch(landmark.offset!);
+      expect(requests.length, JSON.stringify(requests)).toBeGreaterThanOrEqual(expectedRequests);
+      if (limit === undefined) expect(requests).toEqual([[requests[0]![0], landmark.offset! - requests[0]![0]]]);
+      // 4 chunks of bin/tool, 2 of bin/exact, 1 of etc/hostname.
+      expect(got.chunks).toBe(7);
+      const before = requests.length;
+      for (const name of ['bin/tool', 'bin/exact', 'etc/hostname']) {
+        const want = (entries.find((e) => e.name === name)!.content as Buffer | string);
+        const data = await lazy.readRange(name, prioritizedReader.lookup(name)!, 0, Buffer.byteLength(want));
+        expect(data.equals(Buffer.from(want))).toBe(true);
+      }
+      expect(requests.length).toBe(before);
+      // A file outside the prioritized set still needs its own request.
+      await lazy.readRange('attrs.txt', prioritizedReader.lookup('attrs.txt')!, 0, 5);
+      expect(requests.length).toBe(before + 1);
+    }
+  });
 });

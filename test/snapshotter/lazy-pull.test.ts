@@ -240,6 +240,26 @@ describe('lazy pull and run', () => {
     }
   });
 
+  it('with --background-fetch holds the whole image, so it runs after the registry is gone', async () => {
+    const lonely = await startFaultProxy(registryAddress());
+    const ref = `${lonely.address}/h6/busybox:esgz`;
+    const root = join(work, 'state-background');
+    let report;
+    try {
+      report = await rpull({ reference: ref, stateRoot: root, plainHttp: true, backgroundFetch: true });
+    } finally {
+      await lonely.close();
+    }
+    expect(report.layers[0]!.fetchedBytes).toBeLessThanOrEqual(report.layers[0]!.size);
+    expect(report.layers[0]!.fetchedBytes).toBeGreaterThan(report.layers[0]!.size * 0.9);
+    const out = capture();
+    const result = await runContainer({ reference: ref, stateRoot: root, rm: true, run: {}, command: ['md5sum', '/bin/busybox'], stdout: out.stream, stderr: out.stream, fetchPolicy: { deadlineMs: 2000, attempts: 1 } });
+    const hostSum = (await execa('md5sum', ['/bin/busybox'])).stdout.split(' ')[0];
+    expect(out.text().split(' ')[0]).toBe(hostSum);
+    expect(result.exitCode).toBe(0);
+    expect(result.fetches[0]!.requests).toBe(0);
+  });
+
   for (const variant of [
     { name: 'zstd:chunked', repo: 'h6/zstd:1', options: { codec: 'zstd' as const } },
     { name: 'eStargz with an external TOC (-esgztoc image)', repo: 'h6/external:1', options: { externalTOC: true } },
