@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -128,10 +128,15 @@ describe('oci layout', () => {
     bytes[bytes.length >> 1]! ^= 0xff;
     await writeFile(victim, bytes);
 
-    // New destination: removed entirely.
-    const fresh = join(scratch, 'corrupt-dst-new');
+    // New destination (parents included): removed entirely.
+    const fresh = join(scratch, 'corrupt-parent', 'corrupt-dst-new');
     await expect(copy(`oci:${corrupt}:t`, `oci:${fresh}:t`)).rejects.toMatchObject({ code: expect.stringMatching(/DIGEST_MISMATCH|BAD_LAYER/), message: expect.stringContaining('layer 2/3') });
-    expect(existsSync(fresh)).toBe(false);
+    expect(existsSync(join(scratch, 'corrupt-parent'))).toBe(false);
+    // Relative paths too, and an empty directory that already existed above is kept.
+    await execa('mkdir', ['-p', join(scratch, 'empty-above')]);
+    const relativeDst = relative(process.cwd(), join(scratch, 'empty-above', 'new', 'dst'));
+    await expect(copy(`oci:${corrupt}:t`, `oci:${relativeDst}:t`)).rejects.toThrow(/layer 2\/3/);
+    expect(await readdir(join(scratch, 'empty-above'))).toEqual([]);
 
     // Existing destination: index.json and blobs as before, no temp files.
     const existing = join(scratch, 'corrupt-dst-existing');

@@ -4,7 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { mkdir, open, readFile, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { EsgzError } from '../../errors.js';
@@ -57,6 +57,13 @@ export async function openOciSource(ref: OciReference): Promise<OciLayoutSource>
   }
   const index = await readIndex(ref.dir, where, false);
   return new OciLayoutSource(ref, where, index);
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
 }
 
 async function isDirectory(path: string): Promise<boolean> {
@@ -261,7 +268,6 @@ export function openOciSink(ref: OciReference): OciLayoutSink {
 export class OciLayoutSink implements ImageSink {
   readonly description: string;
   private prepared: Promise<void> | undefined;
-  private createdDir = false;
   private committed = false;
   private readonly tempFiles = new Set<string>();
   private readonly addedBlobs = new Set<string>();
@@ -282,8 +288,14 @@ export class OciLayoutSink implements ImageSink {
       } catch (err) {
         if (err instanceof EsgzError) throw err;
         if (errnoCode(err) !== 'ENOENT') throw new EsgzError('BAD_LAYOUT', `${this.description}: ${(err as Error).message}`, { cause: err });
-        await mkdir(dir, { recursive: true });
-        this.createdDir = true;
+        const made = await mkdir(dir, { recursive: true });
+        // Every directory mkdir made, innermost first, so abort can remove them again (mkdir
+        // reports the outermost one it created, relative when `dir` is).
+        const outermost = made !== undefined ? resolve(made) : undefined;
+        for (let d = resolve(dir); outermost !== undefined; d = join(d, '..')) {
+          this.createdDirs.push(d);
+          if (d === outermost || d === join(d, '..')) break;
+        }
       }
       const layoutPath = join(dir, LAYOUT_FILE);
       try {
@@ -383,15 +395,13 @@ export class OciLayoutSink implements ImageSink {
   async abort(): Promise<void> {
     for (const temp of this.tempFiles) await rm(temp, { force: true });
     this.tempFiles.clear();
-    if (this.createdDir) {
-      await rm(this.ref.dir, { recursive: true, force: true });
-      return;
-    }
     for (const path of this.addedBlobs) await rm(path, { force: true });
     this.addedBlobs.clear();
-    if (!this.committed) {
+    if (this.committed) return;
+    // Only what this sink added goes: a writer that committed meanwhile keeps its layout.
+    if (!(await exists(join(this.ref.dir, INDEX_FILE)))) {
       for (const path of this.createdFiles) await rm(path, { force: true });
-      for (const dir of this.createdDirs) await rmdir(dir).catch(() => undefined);
     }
+    for (const dir of this.createdDirs) await rmdir(dir).catch(() => undefined);
   }
 }
