@@ -370,11 +370,16 @@ export async function writeEstargz(tar: AsyncIterable<Buffer>, output: Writable,
     return name;
   };
   let entryCount = 0;
+  /** Where in the input we are, to name it when the input stream itself fails (corrupt gzip, ...). */
+  let currentEntry: string | undefined;
+  let lastEntry: string | undefined;
 
   try {
     for await (const source of entries) {
       options.signal?.throwIfAborted();
       const h = source.header;
+      const isLandmark = h.name === NO_PREFETCH_LANDMARK || h.name === PREFETCH_LANDMARK;
+      if (!isLandmark) currentEntry = h.name;
       const name = h.name;
       const type = TYPE_OF[h.typeflag === '7' ? '0' : h.typeflag];
       if (!type) {
@@ -412,6 +417,8 @@ export async function writeEstargz(tar: AsyncIterable<Buffer>, output: Writable,
 
       if (type !== 'reg') {
         tocEntries.push(entry);
+        if (!isLandmark) lastEntry = currentEntry;
+        currentEntry = undefined;
         continue;
       }
       entry.size = h.size;
@@ -452,11 +459,19 @@ export async function writeEstargz(tar: AsyncIterable<Buffer>, output: Writable,
       }
       entry.digest = fileDigest ?? `sha256:${fileHash.digest('hex')}`;
       seq.append(Buffer.alloc(padding(h.size)));
+      if (!isLandmark) lastEntry = currentEntry;
+      currentEntry = undefined;
     }
 
     await seq.flush();
   } catch (err) {
     await seq.abandon();
+    if (err instanceof EsgzError && err.code === 'BAD_LAYER' && !err.message.includes('tar entry')) {
+      const position = currentEntry !== undefined
+        ? `while reading tar entry ${JSON.stringify(currentEntry)}`
+        : lastEntry !== undefined ? `after tar entry ${JSON.stringify(lastEntry)}` : 'before the first tar entry';
+      throw new EsgzError(err.code, `${err.message} (${position})`, { cause: err });
+    }
     if (err instanceof EsgzError) throw err;
     throw new EsgzError('INTERNAL', `${where}: ${(err as Error)?.message ?? String(err)}`, { cause: err });
   }

@@ -59,7 +59,16 @@ describe('writer rejects bad layers', () => {
   it('corrupt gzip input', async () => {
     const gz = Buffer.from(gzipBuffer(tar));
     for (let i = 100; i < 140; i++) gz[i] = gz[i]! ^ 0x5a;
-    await expectEsgzError(convertBuffer(gz), 'BAD_LAYER', 'gzip');
+    const early = await expectEsgzError(convertBuffer(gz), 'BAD_LAYER', 'gzip');
+    expect(early.message).toContain('before the first tar entry');
+    // Corruption later in a bigger layer names the entry being read (detection runs at most
+    // a few hundred KiB of buffering ahead of the tar reader).
+    const bigTar = await buildTar([dir('big'), generatedFile('big/file', 4 << 20, { compressible: true }), file('big/after', 'x')]);
+    const late = Buffer.from(gzipBuffer(bigTar));
+    const at = Math.floor(late.length * 0.6);
+    for (let i = at; i < at + 64; i++) late[i] = late[i]! ^ 0x5a;
+    const e = await expectEsgzError(convertBuffer(late), 'BAD_LAYER', 'gzip');
+    expect(e.message).toMatch(/while reading tar entry "big\/file"/);
   });
 
   it('a stream that is not a tar at all', async () => {
