@@ -22,6 +22,8 @@ export interface OptimizeImageOptions {
   platform?: Platform;
   allPlatforms?: boolean;
   oci?: boolean;
+  /** Layers converted at once (the pipeline's default when unset). */
+  concurrency?: number;
   /** Convert without running the workload (`--no-optimize`). */
   noOptimize?: boolean;
   /** Files added to every layer's prioritized files (`--prefetch-list`; globs allowed). */
@@ -144,6 +146,7 @@ async function optimizeWithCleanups(options: OptimizeImageOptions, warn: (messag
       platform: options.platform,
       allPlatforms: options.allPlatforms,
       oci: options.oci,
+      ...(options.concurrency ? { concurrency: options.concurrency } : {}),
       signal: options.signal,
       progress: options.progress,
       onWarning: warn,

@@ -197,6 +197,20 @@ describe('optimizeImage options', () => {
   });
 });
 
+describe('optimizeImage to zstd:chunked from Docker media types', () => {
+  it('--oci --zstdchunked converts a Docker image and prioritizes the traced files', async () => {
+    const layout = join(work, 'docker');
+    await writeOciImage(layout, { tag: 'd', mediaTypes: 'docker', layers: [busyboxRootfs()], config: { Cmd: ['/bin/sh'] } });
+    const out = join(work, 'zstd');
+    const { report } = await optimize(`oci:${layout}:d`, `oci:${out}:z`, { format: 'zstdchunked', convert: { oci: true } });
+    const layer = report.transfer.manifests[0]!.layers[0]!;
+    expect(layer.output.mediaType).toBe('application/vnd.oci.image.layer.v1.tar+zstd');
+    // zstd -d is the oracle for the frames, GNU tar for the order.
+    const names = execFileSync('sh', ['-c', 'zstd -dc "$1" | tar -t', 'sh', blobPath(out, layer.output.digest)], { encoding: 'utf8' }).trim().split('\n');
+    expect(names.filter((n) => !n.endsWith('/')).slice(0, 3)).toEqual(['bin/busybox', 'etc/hello', '.prefetch.landmark']);
+  });
+});
+
 describe('optimizeImage with --estargz-external-toc', () => {
   it('writes the TOC image next to the target and still reports the landmark', async () => {
     const out = join(work, 'ext');

@@ -1,5 +1,6 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../../cli/base.js';
+import { ProgressBars } from '../../cli/progress.js';
 import { EsgzError } from '../../errors.js';
 import { readPrefetchList } from '../../estargz/priority.js';
 import { tocImageReference } from '../../estargz/transform.js';
@@ -53,6 +54,8 @@ optimization.`;
     'estargz-min-chunk-size': Flags.integer({ description: 'Smallest number of bytes written in one gzip member (0: off)', default: 0, min: 0 }),
     'estargz-external-toc': Flags.boolean({ description: 'Put the TOCs in a separate image: the target with "-esgztoc" appended to its tag', default: false }),
     'zstdchunked-compression-level': Flags.integer({ description: 'zstd:chunked compression level', default: 3, min: 1, max: 22 }),
+    concurrency: Flags.integer({ description: 'Layers converted at once', default: 2, min: 1, max: 16 }),
+    workers: Flags.integer({ description: 'Compression worker threads (default: number of cores)', min: 1, max: 256 }),
     // Workload (ctr-remote's sampler flags)
     terminal: Flags.boolean({ char: 't', description: 'Allocate a terminal for the workload (needs -i)', default: false }),
     i: Flags.boolean({ char: 'i', description: 'Attach stdin to the workload', default: false }),
@@ -117,6 +120,11 @@ optimization.`;
     process.on('SIGINT', onSigint);
     process.on('SIGTERM', onSigint);
 
+    const progress = new ProgressBars();
+    const warn = (message: string): void => {
+      progress.stop();
+      process.stderr.write(`esgz: warning: ${message}\n`);
+    };
     const transport = { plainHttp: this.flags['plain-http'], insecure: this.flags.insecure };
     const source = await openSource(args.source, transport);
     let report: OptimizeReport;
@@ -133,8 +141,12 @@ optimization.`;
           minChunkSize: flags['estargz-min-chunk-size'] || undefined,
           externalTOC: flags['estargz-external-toc'],
           reuse: flags.reuse,
-          warn: (m) => this.warn(m),
+          oci: flags.oci,
+          workers: flags.workers,
+          warn,
         },
+        concurrency: flags.concurrency,
+        progress,
         platform: flags.platform?.[0] ? parsePlatform(flags.platform[0]) : undefined,
         allPlatforms: flags['all-platforms'],
         oci: flags.oci,
@@ -156,13 +168,14 @@ optimization.`;
           const reference = tocImageReference(args.target);
           return { sink: await openSink(reference, transport), reference };
         },
-        onWarning: (m) => this.warn(m),
+        onWarning: warn,
         onStage: (stage) => {
           if (stage === 'convert') runFinished = true;
           if (stage === 'run' && flags['wait-on-signal']) process.stderr.write('esgz: workload running; press Ctrl-C to stop it and convert\n');
         },
       });
     } finally {
+      progress.stop();
       process.off('SIGINT', onSigint);
       process.off('SIGTERM', onSigint);
       await source.close();
