@@ -213,6 +213,31 @@ describe('profileWorkload bad input', () => {
     }
   });
 
+  it('contains a layer whose symlinks point at host paths, through unpack and run', async () => {
+    const canaryDir = mkdtempSync(join(tmpdir(), 'esgz-canary-'));
+    writeFileSync(join(canaryDir, 'shadow'), 'host secret\n');
+    try {
+      const hostile = await busyboxLayers([
+        [
+          { name: 'etc/shadow', type: 'symlink', linkname: join(canaryDir, 'shadow') },
+          { name: 'escape', type: 'symlink', linkname: canaryDir },
+          { name: 'escape/planted', content: 'contained' },
+        ],
+      ]);
+      const { stdout, stderr } = await profile({
+        layers: hostile,
+        run: { entrypoint: ['/bin/sh', '-c'], args: ['cat /etc/shadow; echo overwritten > /etc/shadow; echo new > /escape/new; cat /escape/planted'] },
+      });
+      expect(stdout).not.toContain('host secret');
+      expect(stdout).toContain('contained');
+      expect(stderr).toMatch(/can't open '\/etc\/shadow'/);
+      expect(readdirSync(canaryDir)).toEqual(['shadow']);
+      expect(readFileSync(join(canaryDir, 'shadow'), 'utf8')).toBe('host secret\n');
+    } finally {
+      rmSync(canaryDir, { recursive: true, force: true });
+    }
+  });
+
   it('rejects a hostile layer without touching the host and cleans up', async () => {
     const canaryDir = mkdtempSync(join(tmpdir(), 'esgz-canary-'));
     try {
