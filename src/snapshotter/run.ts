@@ -8,9 +8,9 @@ import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { EsgzError } from '../errors.js';
 import { sourceBlobReader } from '../estargz/reader.js';
+import { formatPlatform, hostPlatform, platformMatches } from '../image/platform.js';
 import { openRegistrySource } from '../image/transports/registry.js';
 import type { ImageConfig, ImageSource } from '../image/types.js';
-import { checkRunnablePlatform } from '../optimizer/optimize.js';
 import { mountOverlay, overlayProblem, unmount } from '../optimizer/overlay.js';
 import { findRunc, newContainerId, runBundle } from '../runtime/runc.js';
 import { buildRuntimeSpec, checkExecutable, writeBundleConfig, type RunOptions } from '../runtime/spec.js';
@@ -173,7 +173,11 @@ export async function runContainer(options: RunContainerOptions): Promise<RunCon
   });
   let background: Promise<void> | undefined;
   try {
-    checkRunnablePlatform(image.config);
+    const host = hostPlatform();
+    const wanted = { os: image.config.os ?? host.os, architecture: image.config.architecture ?? host.architecture, ...(image.config.variant ? { variant: image.config.variant } : {}) };
+    if (!platformMatches(host, wanted)) {
+      throw new EsgzError('UNSUPPORTED', `${image.record.reference} is for ${formatPlatform(wanted)} but this machine is ${formatPlatform(host)}: it cannot run here`);
+    }
     const bundle = join(containerDir, 'b');
     const config: ImageConfig = options.command?.length ? { ...image.config, config: { ...image.config.config, Entrypoint: null, Cmd: options.command } } : image.config;
     const spec = await buildRuntimeSpec({ rootfs: image.rootfs, config, options: options.run, bundleDir: bundle });
