@@ -217,6 +217,24 @@ describe('lazy pull and run', () => {
     }
   });
 
+  it('retries transient registry faults (5xx, dropped connections) and serves the data', async () => {
+    const root = join(work, 'state-transient');
+    const report = await rpull({ reference: busyboxRef, stateRoot: root, plainHttp: true, noPrefetch: true });
+    const image = await mountImage({ reference: busyboxRef, stateRoot: root, workDir: join(work, 'transient-run'), plainHttp: true });
+    try {
+      proxy.clearLog();
+      proxy.fail(503, { path: report.layers[0]!.digest, times: 1 });
+      proxy.reset({ path: report.layers[0]!.digest, times: 1 });
+      const r = await execa('cat', [join(image.rootfs, 'etc/hello')]);
+      expect(r.stdout).toBe('hello from the esgz busybox fixture');
+      const faults = proxy.log.filter((e) => e.fault).map((e) => e.fault);
+      expect(faults.sort()).toEqual(['fail', 'reset']);
+    } finally {
+      proxy.clearFaults();
+      await image.release();
+    }
+  });
+
   it('gives a bounded EIO for uncached data when the registry goes away, while cached files still read', async () => {
     const lonely = await startFaultProxy(registryAddress());
     const ref = `${lonely.address}/h6/busybox:esgz`;
