@@ -10,6 +10,7 @@ import { formatPlatform, hostPlatform, platformMatches } from '../image/platform
 import type { LayerInput, LayerTransform, TransformContext } from '../image/transform.js';
 import type { Descriptor, ImageIndex, ImageSink, ImageSource, Platform, RawManifest } from '../image/types.js';
 import type { RunOptions } from '../runtime/spec.js';
+import { CachingSource } from './blob-cache.js';
 import { profileImage, type ImageProfile } from './image-profile.js';
 import { writeRecordFile } from './record.js';
 
@@ -22,6 +23,8 @@ export interface OptimizeImageOptions {
   platform?: Platform;
   allPlatforms?: boolean;
   oci?: boolean;
+  /** Keep the profiled layers' blobs locally between unpacking and conversion (remote sources). */
+  cacheBlobs?: boolean;
   /** Layers converted at once (the pipeline's default when unset). */
   concurrency?: number;
   /** Convert without running the workload (`--no-optimize`). */
@@ -107,12 +110,31 @@ export async function optimizeImage(options: OptimizeImageOptions): Promise<Opti
 
 async function optimizeWithCleanups(options: OptimizeImageOptions, warn: (message: string) => void, cleanups: Array<Promise<void>>): Promise<OptimizeReport> {
   const timings: Record<string, number> = {};
-  let stageStart = Date.now();
+  const stageStart = Date.now();
   const { toProfile, others } = options.noOptimize ? { toProfile: undefined, others: [] } : await pickManifestToProfile(options);
+  // A remote source is read twice (unpack, then convert): keep the profiled layers locally.
+  const source = toProfile && options.cacheBlobs ? new CachingSource(options.source, { digests: layerDigests(toProfile.manifest) }) : options.source;
+  try {
+    return await profileAndConvert(options, warn, cleanups, source, toProfile, others, timings, stageStart);
+  } finally {
+    if (source instanceof CachingSource) await source.close();
+  }
+}
+
+async function profileAndConvert(
+  options: OptimizeImageOptions,
+  warn: (message: string) => void,
+  cleanups: Array<Promise<void>>,
+  source: ImageSource,
+  toProfile: { manifest: RawManifest; platform: string } | undefined,
+  others: string[],
+  timings: Record<string, number>,
+  stageStart: number,
+): Promise<OptimizeReport> {
   let profile: ImageProfile | undefined;
   if (toProfile) {
     options.onStage?.('profile');
-    profile = await profileImage(options.source, toProfile.manifest, {
+    profile = await profileImage(source, toProfile.manifest, {
       run: options.run,
       periodSeconds: options.periodSeconds,
       waitOnLine: options.waitOnLine,
@@ -140,7 +162,7 @@ async function optimizeWithCleanups(options: OptimizeImageOptions, warn: (messag
   try {
     options.onStage?.('convert');
     transfer = await transferImage({
-      source: options.source,
+      source,
       sink: options.sink,
       transform,
       platform: options.platform,
@@ -219,6 +241,15 @@ async function pickManifestToProfile(options: OptimizeImageOptions): Promise<{ t
     throw new EsgzError('UNSUPPORTED', `none of the selected platforms (${others.join(', ')}) runs on this machine (${formatPlatform(host)}): use --no-optimize to convert without profiling`);
   }
   return { toProfile: { manifest: await options.source.fetchManifest(runnable), platform: formatPlatform(runnable.platform!) }, others };
+}
+
+function layerDigests(manifest: RawManifest): Set<string> {
+  try {
+    const parsed = JSON.parse(manifest.bytes.toString('utf8')) as { layers?: Descriptor[] };
+    return new Set((parsed.layers ?? []).map((l) => l.digest));
+  } catch {
+    return new Set();
+  }
 }
 
 function isIndexJson(raw: RawManifest): boolean {

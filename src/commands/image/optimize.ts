@@ -5,7 +5,7 @@ import { EsgzError } from '../../errors.js';
 import { readPrefetchList } from '../../estargz/priority.js';
 import { tocImageReference } from '../../estargz/transform.js';
 import { parsePlatform } from '../../image/platform.js';
-import { openSink, openSource } from '../../image/transports/index.js';
+import { openSink, openSource, parseTransportReference } from '../../image/transports/index.js';
 import { optimizeImage, type OptimizeReport } from '../../optimizer/optimize-image.js';
 import { parseCommaList, parseJsonArrayFlag, parseMountFlag, type RunOptions } from '../../runtime/spec.js';
 
@@ -151,6 +151,7 @@ optimization.`;
         allPlatforms: flags['all-platforms'],
         oci: flags.oci,
         noOptimize: flags['no-optimize'],
+        cacheBlobs: parseTransportReference(args.source).transport === 'registry',
         prefetchList,
         recordOut: flags['record-out'],
         run,
