@@ -74,6 +74,7 @@ describe('esgz image copy', () => {
     expectOneLineError(await esgz('image', 'copy', `oci:${notLayout}:v1`, `oci:${join(scratch, 'x')}`), 1, /not an OCI image layout \(no oci-layout file/);
     expectOneLineError(await esgz('image', 'copy', `oci:${join(scratch, 'nowhere')}:v1`, `oci:${join(scratch, 'x')}`), 1, /no such directory .*nowhere/);
     expectOneLineError(await esgz('image', 'copy', `docker-archive:${join(scratch, 'nowhere.tar')}`, `oci:${join(scratch, 'x')}`), 1, /no such file .*nowhere\.tar/);
+    expectOneLineError(await esgz('image', 'copy', `oci:${image.dir}:v1`, `docker-archive:${join(scratch, 'no-dir', 'a.tar')}`), 1, /cannot create .*a\.tar: its directory does not exist/);
     expectOneLineError(await esgz('image', 'copy', `oci:${image.dir}:missing`, `oci:${join(scratch, 'x')}`), 1, /no image tagged "missing".*tags: v1, multi/);
     expectOneLineError(await esgz('image', 'copy', '--platform', 'linux', `oci:${image.dir}:v1`, `oci:${join(scratch, 'x')}`), 2, /--platform "linux"/);
     expectOneLineError(await esgz('image', 'copy', '--platform', 'linux/amd64', '--all-platforms', `oci:${image.dir}:v1`, `oci:${join(scratch, 'x')}`), 2, /--platform and --all-platforms cannot be used together/);

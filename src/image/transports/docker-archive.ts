@@ -4,7 +4,7 @@
 // second form, keeping compressed layer blobs as they are so manifest digests survive a round trip.
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { createWriteStream, type WriteStream } from 'node:fs';
+import type { WriteStream } from 'node:fs';
 import { open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { EsgzError } from '../../errors.js';
@@ -406,6 +406,11 @@ function fileHeader(name: string, size: number): Buffer {
   return buf;
 }
 
+function writeError(where: string, err: unknown): EsgzError {
+  if (err instanceof EsgzError) return err;
+  return new EsgzError('BAD_ARCHIVE', `${where}: writing failed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+}
+
 export function openDockerArchiveSink(ref: DockerArchiveReference): ImageSink {
   if (ref.tag !== undefined && /^@\d+$/.test(ref.tag)) {
     throw new EsgzError('BAD_REFERENCE', `${describe(ref)}: a destination needs a tag (name:tag), not an index`);
@@ -431,9 +436,18 @@ class DockerArchiveSink implements ImageSink {
     this.tempPath = `${ref.file}.tmp-${randomBytes(6).toString('hex')}`;
   }
 
-  private stream(): WriteStream {
+  /** Opens the temp file on first use, so a missing directory or permission error is named. */
+  private async stream(): Promise<WriteStream> {
     if (!this.out) {
-      this.out = createWriteStream(this.tempPath, { flags: 'wx' });
+      let handle: FileHandle;
+      try {
+        handle = await open(this.tempPath, 'wx');
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        const why = code === 'ENOENT' ? 'its directory does not exist' : code ?? (err as Error).message;
+        throw new EsgzError(code === 'ENOENT' ? 'NOT_FOUND' : 'BAD_ARCHIVE', `${this.description}: cannot create ${this.ref.file}: ${why}`, { cause: err });
+      }
+      this.out = handle.createWriteStream();
       this.out.on('error', () => {
         this.failed = true;
       });
@@ -442,8 +456,14 @@ class DockerArchiveSink implements ImageSink {
   }
 
   private async write(chunk: Buffer): Promise<void> {
-    const out = this.stream();
-    if (!out.write(chunk)) await once(out, 'drain');
+    const out = await this.stream();
+    if (out.errored) throw writeError(this.description, out.errored);
+    if (!out.write(chunk)) {
+      // events.once rejects on 'error', so a failing disk cannot leave this waiting forever.
+      await once(out, 'drain').catch((err: unknown) => {
+        throw writeError(this.description, err);
+      });
+    }
   }
 
   /** Serialises tar writes: each call runs after the previous one finished. */
@@ -478,9 +498,13 @@ class DockerArchiveSink implements ImageSink {
     const { hex } = parseDigest(desc.digest, what);
     return this.enqueue(async () => {
       if (this.written.has(desc.digest)) return;
+      await this.stream();
       const source = await openStream();
       const verified = source.pipe(new DigestVerifier(desc, what));
       source.on('error', (err) => verified.destroy(err));
+      // The iteration below reports errors; this listener only keeps an error that arrives before
+      // it starts (while the header is written) from being an unhandled 'error' event.
+      verified.on('error', () => undefined);
       await this.writeEntry(`blobs/sha256/${hex}`, desc.size, verified as AsyncIterable<Buffer>);
       this.written.add(desc.digest);
     });
@@ -513,7 +537,7 @@ class DockerArchiveSink implements ImageSink {
     await this.enqueue(async () => {
       for (const [name, bytes] of files) await this.writeEntry(name, bytes.length, bytes);
       await this.write(Buffer.alloc(BLOCK * 2));
-      const out = this.stream();
+      const out = await this.stream();
       out.end();
       await once(out, 'close');
     });
