@@ -472,7 +472,8 @@ class Transfer {
     try {
       if (result === 'unchanged') {
         const existed = await sink.hasBlob(layer);
-        if (!existed) await sink.putBlob(layer, openSource, this.mountHint(true));
+        // Raced like the transform: a sink that misses a destroyed source must not hang the copy.
+        if (!existed) await Promise.race([inputFailed, untilAborted(sink.putBlob(layer, openSource, this.mountHint(true)), this.signal)]);
         progress?.finish(id, existed ? 'exists' : 'copied');
         return { index, input: summary(layer), output: summary(layer), diffID, changed: false, existed, durationMs: Date.now() - started };
       }
@@ -481,7 +482,7 @@ class Transfer {
       }
       const output: Descriptor = { mediaType: result.mediaType, digest: counter.digest, size: counter.size };
       const existed = await sink.hasBlob(output);
-      if (!existed) await sink.putBlob(output, () => createReadStream(spoolPath, { highWaterMark: 1 << 20 }));
+      if (!existed) await untilAborted(sink.putBlob(output, () => createReadStream(spoolPath, { highWaterMark: 1 << 20 })), this.signal);
       progress?.finish(id, existed ? 'exists' : 'written');
       return {
         index,
