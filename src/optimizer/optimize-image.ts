@@ -23,6 +23,12 @@ export interface OptimizeImageOptions {
   platform?: Platform;
   allPlatforms?: boolean;
   oci?: boolean;
+  /**
+   * Where unpacked layers, spooled outputs and cached blobs go (default: the OS temp dir, which
+   * honours TMPDIR). A tmpfs such as /dev/shm makes profiling several times faster when the
+   * unpacked image fits in memory.
+   */
+  tempDir?: string;
   /** Keep the profiled layers' blobs locally between unpacking and conversion (remote sources). */
   cacheBlobs?: boolean;
   /** Layers converted at once (the pipeline's default when unset). */
@@ -113,7 +119,7 @@ async function optimizeWithCleanups(options: OptimizeImageOptions, warn: (messag
   const stageStart = Date.now();
   const { toProfile, others } = options.noOptimize ? { toProfile: undefined, others: [] } : await pickManifestToProfile(options);
   // A remote source is read twice (unpack, then convert): keep the profiled layers locally.
-  const source = toProfile && options.cacheBlobs ? new CachingSource(options.source, { digests: layerDigests(toProfile.manifest) }) : options.source;
+  const source = toProfile && options.cacheBlobs ? new CachingSource(options.source, { digests: layerDigests(toProfile.manifest), ...(options.tempDir ? { tempRoot: options.tempDir } : {}) }) : options.source;
   try {
     return await profileAndConvert(options, warn, cleanups, source, toProfile, others, timings, stageStart);
   } finally {
@@ -146,6 +152,7 @@ async function profileAndConvert(
       onWarning: warn,
       onStage: options.onStage,
       backgroundCleanup: (removal) => cleanups.push(removal),
+      ...(options.tempDir ? { tempRoot: options.tempDir } : {}),
     });
     timings.profileMs = Date.now() - stageStart;
     stageStart = Date.now();
@@ -157,7 +164,8 @@ async function profileAndConvert(
     await writeRecordFile(options.recordOut, profile.record);
   }
 
-  const transform = new OptimizeTransform(options.format, options.convert, profile, options.prefetchList ?? []);
+  const convert = options.tempDir && !options.convert.tmpDir ? { ...options.convert, tmpDir: options.tempDir } : options.convert;
+  const transform = new OptimizeTransform(options.format, convert, profile, options.prefetchList ?? []);
   let transfer: TransferReport;
   try {
     options.onStage?.('convert');
@@ -169,6 +177,7 @@ async function profileAndConvert(
       allPlatforms: options.allPlatforms,
       oci: options.oci,
       ...(options.concurrency ? { concurrency: options.concurrency } : {}),
+      ...(options.tempDir ? { spoolDir: options.tempDir } : {}),
       signal: options.signal,
       progress: options.progress,
       onWarning: warn,

@@ -185,6 +185,19 @@ describe('optimizeImage options', () => {
     expect(top![0]).toMatch(/^\.(no\.)?prefetch\.landmark$/);
   });
 
+  it('--temp-dir on a tmpfs holds every temporary file and is left empty', async () => {
+    const temp = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'esgz-h5-temp-'));
+    try {
+      const out = join(work, 'tempdir-out');
+      const { report } = await optimize(busyboxRef, `oci:${out}:t`, { tempDir: temp });
+      expect(report.profiled!.filesTraced).toBe(2);
+      expect(readdirSync(temp)).toEqual([]);
+      expect(rootDigest(out, 't')).toBe(rootDigest(join(work, 'out1'), 'opt'));
+    } finally {
+      rmSync(temp, { recursive: true, force: true });
+    }
+  });
+
   it('--reuse keeps an eStargz layer the workload did not touch and rewrites the touched one', async () => {
     const first = join(work, 'reuse-1');
     await optimize(busyboxRef, `oci:${first}:r`);

@@ -56,6 +56,7 @@ optimization.`;
     'zstdchunked-compression-level': Flags.integer({ description: 'zstd:chunked compression level', default: 3, min: 1, max: 22 }),
     concurrency: Flags.integer({ description: 'Layers converted at once', default: 2, min: 1, max: 16 }),
     workers: Flags.integer({ description: 'Compression worker threads (default: number of cores)', min: 1, max: 256 }),
+    'temp-dir': Flags.string({ description: 'Directory for unpacked layers and spool files (default: $TMPDIR or /tmp; a tmpfs like /dev/shm is much faster if the image fits in memory)' }),
     // Workload (ctr-remote's sampler flags)
     terminal: Flags.boolean({ char: 't', description: 'Allocate a terminal for the workload (needs -i)', default: false }),
     i: Flags.boolean({ char: 'i', description: 'Attach stdin to the workload', default: false }),
@@ -152,6 +153,7 @@ optimization.`;
         oci: flags.oci,
         noOptimize: flags['no-optimize'],
         cacheBlobs: parseTransportReference(args.source).transport === 'registry',
+        ...(flags['temp-dir'] ? { tempDir: flags['temp-dir'] } : {}),
         prefetchList,
         recordOut: flags['record-out'],
         run,
