@@ -103,6 +103,17 @@ describe('oci layout', () => {
     expect(existsSync(join(dst, 'index.json.lock'))).toBe(false);
   });
 
+  it('untagged: oci:DIR writes an entry without ref name, and a one-image layout needs no tag; @digest selects', async () => {
+    const dst = join(scratch, 'untagged');
+    await copy(`oci:${single.dir}:single`, `oci:${dst}`);
+    await copy(`oci:${single.dir}:single`, `oci:${dst}`);
+    const index = JSON.parse(await readFile(join(dst, 'index.json'), 'utf8'));
+    expect(index.manifests).toEqual([{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: single.rootDigest, size: single.manifests[0]!.size }]);
+    expect((await copy(`oci:${dst}`, `oci:${join(scratch, 'untagged-2')}:x`)).root.digest).toBe(single.rootDigest);
+    const byDigest = await copy(`oci:${multi.dir}@${multi.rootDigest}`, `oci:${join(scratch, 'by-digest')}:x`);
+    expect(byDigest.root.digest).toBe(multi.rootDigest);
+  });
+
   it('reads what skopeo wrote to an oci: layout', async () => {
     const skopeoDir = join(scratch, 'skopeo-oci');
     await execa('skopeo', ['copy', `oci:${multi.dir}:multi`, `oci:${skopeoDir}:sk`]);
