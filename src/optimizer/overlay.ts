@@ -1,5 +1,5 @@
 import { mkdir, readFile, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 import type { Readable } from 'node:stream';
 import { execa } from 'execa';
 import { EsgzError } from '../errors.js';
@@ -174,16 +174,23 @@ export async function overlayProblem(): Promise<string | undefined> {
   return undefined;
 }
 
-/** Mounts `lowerDirs` (base first) under a writable `upper` at `target`. */
+/**
+ * Mounts `lowerDirs` (base first) under a writable `upper` at `target`. The directories are
+ * named relative to their common parent, where mount runs: the kernel reads the option string
+ * from one page, so many layers under a long temp path would not fit otherwise.
+ */
 export async function mountOverlay(lowerDirs: string[], upper: string, work: string, target: string): Promise<void> {
-  for (const dir of [...lowerDirs, upper, work]) {
+  const base = dirname(upper);
+  const name = (dir: string) => (relative(base, dir).startsWith('..') ? dir : relative(base, dir));
+  for (const dir of [...lowerDirs, upper, work].map(name)) {
     // overlayfs splits its options on "," and lowerdir on ":"; such paths cannot be expressed.
     if (/[,:]/.test(dir)) throw new EsgzError('UNSUPPORTED', `cannot use "${dir}" in an overlay mount (it contains "," or ":")`);
   }
   // overlayfs lists the topmost lower first.
-  const lower = [...lowerDirs].reverse().join(':');
-  const data = `lowerdir=${lower},upperdir=${upper},workdir=${work}`;
-  const result = await execa('mount', ['-t', 'overlay', 'overlay', '-o', data, target], { reject: false, stdin: 'ignore' });
+  const lower = [...lowerDirs].reverse().map(name).join(':');
+  const data = `lowerdir=${lower},upperdir=${name(upper)},workdir=${name(work)}`;
+  if (data.length >= 4000) throw new EsgzError('UNSUPPORTED', `too many layers for one overlay mount (${lowerDirs.length})`);
+  const result = await execa('mount', ['-t', 'overlay', 'overlay', '-o', data, target], { reject: false, stdin: 'ignore', cwd: base });
   if (result.exitCode !== 0) {
     throw new EsgzError('RUNTIME', `cannot mount overlayfs at ${target}: ${String(result.stderr).trim() || `mount exited ${result.exitCode}`}`);
   }

@@ -324,6 +324,21 @@ describe('profileWorkload options', () => {
     expect(seen.length).toBeGreaterThan(1);
   });
 
+  it('stacks 127 layers (Docker\'s maximum) in one overlay mount and maps files to their layers', async () => {
+    const extra = Array.from({ length: 125 }, (_, i) => [{ name: `data/file-${i}`, content: `layer ${i + 2}\n` }]);
+    const many = await busyboxLayers(extra);
+    expect(many).toHaveLength(127);
+    const { result, stdout } = await profile({ layers: many, run: { entrypoint: ['/bin/sh', '-c'], args: ['cat /data/file-124 /data/file-0 /etc/hello'] } });
+    expect(stdout).toBe('layer 126\nlayer 2\nhello from layer 1\n');
+    expect(result.rootfsMode).toBe('overlay');
+    expect(result.files.map((f) => [f.path, f.layerIndex])).toEqual([
+      ['bin/busybox', 0],
+      ['data/file-124', 126],
+      ['data/file-0', 2],
+      ['etc/hello', 1],
+    ]);
+  });
+
   it('says clearly when the tracer program is not built', async () => {
     const saved = process.env.ESGZ_FANOTIFY_BIN;
     process.env.ESGZ_FANOTIFY_BIN = '/nonexistent/esgz-fanotify';
