@@ -13,7 +13,10 @@ async function get(url, headers = {}) {
   return Buffer.from(await response.arrayBuffer());
 }
 
-/** `registryAddress` host:port (plain HTTP), `repoTag` "repo:tag". */
+/**
+ * `registryAddress` host:port (plain HTTP), `repoTag` "repo:tag". Chunks a workload reads outside
+ * the prioritized range come on top: see touchedChunkBytes.
+ */
 export async function referenceLazyBytes(registryAddress, repoTag) {
   const [repo, tag] = repoTag.split(':');
   const base = `http://${registryAddress}/v2/${repo}`;
@@ -31,7 +34,7 @@ export async function referenceLazyBytes(registryAddress, repoTag) {
     const blobUrl = `${base}/blobs/${layer.digest}`;
     const isEstargz = layer.annotations?.['containerd.io/snapshot/stargz/toc.digest'] && layer.mediaType.endsWith('+gzip');
     if (!isEstargz) {
-      layers.push({ digest: layer.digest, bytes: layer.size, estargz: false });
+      layers.push({ digest: layer.digest, size: layer.size, bytes: layer.size, estargz: false });
       total += layer.size;
       continue;
     }
@@ -46,8 +49,24 @@ export async function referenceLazyBytes(registryAddress, repoTag) {
     const landmark = toc.entries.find((entry) => entry.name === '.prefetch.landmark');
     const prefetchBytes = landmark ? landmark.offset : 0;
     const bytes = layer.size - tocOffset + prefetchBytes;
-    layers.push({ digest: layer.digest, bytes, estargz: true, prefetchBytes, tocBytes: layer.size - tocOffset });
+    layers.push({ digest: layer.digest, size: layer.size, bytes, estargz: true, prefetchBytes, tocOffset, tocBytes: layer.size - tocOffset });
     total += bytes;
   }
   return { total, layers };
+}
+
+/**
+ * Body bytes of ranged blob reads that fall between a layer's prioritized range and its TOC:
+ * chunks the workload touched that were not prefetched. The reference snapshotter would have to
+ * fetch these too (at least these bytes; it rounds up to its own chunk and fetch sizes).
+ */
+export function touchedChunkBytes(reference, accessLog) {
+  let total = 0;
+  for (const entry of accessLog) {
+    if (entry.status !== 206) continue;
+    const layer = reference.layers.find((l) => l.estargz && entry.path.endsWith(l.digest));
+    const start = Number(/bytes=(\d+)-/.exec(entry.headers.range ?? '')?.[1]);
+    if (layer && start >= layer.prefetchBytes && start < layer.tocOffset) total += entry.bytes;
+  }
+  return total;
 }
