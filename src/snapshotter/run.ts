@@ -17,7 +17,8 @@ import { buildRuntimeSpec, checkExecutable, writeBundleConfig, type RunOptions }
 import { ChunkCache, LazyLayer, type FetchPolicy, type FetchStats } from './cache.js';
 import { mountLayer, type MountedLayer } from './fusefs.js';
 import { normalizeReference, openStoredLayer } from './rpull.js';
-import { StateRoot, type ImageRecord } from './state.js';
+import { processIdentity } from './manage.js';
+import { StateRoot, writeFileAtomic, type ImageRecord } from './state.js';
 
 export interface MountedImage {
   record: ImageRecord;
@@ -161,6 +162,9 @@ export async function runContainer(options: RunContainerOptions): Promise<RunCon
   if (await stat(containerDir).then(() => true, () => false)) {
     throw new EsgzError('BAD_FLAG', `container ${id} already exists in ${state.containersDir()} (pick another ID or remove it)`);
   }
+  await mkdir(containerDir, { recursive: true });
+  // Lets `esgz image prune` tell this container from one whose esgz run died (see manage.ts).
+  await writeFileAtomic(join(containerDir, 'owner'), `${(await processIdentity()) ?? process.pid}\n`);
   const image = await mountImage({
     reference: options.reference,
     stateRoot: options.stateRoot,

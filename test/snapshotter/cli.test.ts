@@ -78,7 +78,7 @@ describe('esgz image rpull / run / ls / rm / prune', () => {
 
     expect((await esgz('image', 'rm', '--root', root, ref)).exitCode).toBe(0);
     const pruned = await esgz('image', 'prune', '--root', root, '--json');
-    expect(JSON.parse(pruned.stdout)).toMatchObject({ blobs: 2, layers: 1 });
+    expect(JSON.parse(pruned.stdout)).toMatchObject({ containers: 0, blobs: 2, layers: 1 });
     expect((await esgz('image', 'ls', '--root', root)).stdout).toContain('no images');
     const mounts = await readFile('/proc/self/mountinfo', 'utf8');
     expect(mounts).not.toContain(root);
@@ -103,6 +103,32 @@ describe('esgz image rpull / run / ls / rm / prune', () => {
     expect(result.exitCode, result.stderr).toBe(130);
     expect(await readFile('/proc/self/mountinfo', 'utf8')).not.toContain(root);
     expect(await readdir(join(root, 'containers'))).toEqual([]);
+  });
+
+  it('prune cleans up after an esgz run that was killed with SIGKILL (container, overlay, dead FUSE layers)', async () => {
+    const root = join(scratch, 'state-sigkill');
+    expect((await esgz('image', 'rpull', '--plain-http', '--root', root, ref)).exitCode).toBe(0);
+    const child = execa('node', [join(repoRoot, 'bin/run.js'), 'run', '--rm', '--root', root, ref, 'doomed', 'sleep', '60'], { reject: false, env: { DEBUG: '' }, stdin: 'ignore' });
+    const overlay = join(root, 'containers', 'doomed', 'm');
+    const deadline = Date.now() + 30_000;
+    while (!(await readFile('/proc/self/mountinfo', 'utf8')).includes(` ${overlay} `)) {
+      if (Date.now() > deadline) throw new Error('the container never started');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await new Promise((r) => setTimeout(r, 1000));
+    child.kill('SIGKILL');
+    await child;
+    // What a crash leaves: the overlay and the FUSE layers are still mounted, the container runs.
+    expect(await readFile('/proc/self/mountinfo', 'utf8')).toContain(root);
+    expect((await execa('runc', ['--root', join(root, 'containers', 'doomed', 's'), 'list', '--quiet'])).stdout).toContain('doomed');
+    const pruned = await esgz('image', 'prune', '--root', root, '--json');
+    expect(pruned.exitCode, pruned.stderr).toBe(0);
+    expect(JSON.parse(pruned.stdout)).toMatchObject({ containers: 1, blobs: 0, layers: 0 });
+    expect(await readFile('/proc/self/mountinfo', 'utf8')).not.toContain(root);
+    expect(await readdir(join(root, 'containers'))).toEqual([]);
+    // The image is intact and runs again.
+    const again = await esgz('run', '--rm', '--root', root, ref, 'doomed', 'echo', 'back');
+    expect(again.stdout.trim(), again.stderr).toBe('back');
   });
 
   it('gives one-line errors for images that are not pulled or do not exist', async () => {

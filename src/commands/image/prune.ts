@@ -4,7 +4,7 @@ import { pruneState } from '../../snapshotter/manage.js';
 import { DEFAULT_STATE_ROOT } from '../../snapshotter/state.js';
 
 export default class ImagePrune extends BaseCommand<typeof ImagePrune> {
-  static override summary = 'Delete blobs, unpacked layers and cached chunks no pulled image uses';
+  static override summary = 'Delete blobs, unpacked layers and cached chunks no pulled image uses, and clean up after crashed "esgz run"s';
   static override examples = [{ description: 'Reclaim space after "esgz image rm"', command: '<%= config.bin %> image prune' }];
 
   static override flags = {
@@ -14,6 +14,6 @@ export default class ImagePrune extends BaseCommand<typeof ImagePrune> {
   async run(): Promise<void> {
     const result = await pruneState(this.flags.root);
     if (this.flags.json) this.printJson(result);
-    else this.log(`removed ${result.blobs} blobs, ${result.layers} layers, ${result.chunks} chunks (${result.bytes} bytes)`);
+    else this.log(`removed ${result.containers} dead containers, ${result.blobs} blobs, ${result.layers} layers, ${result.chunks} chunks (${result.bytes} bytes)`);
   }
 }
