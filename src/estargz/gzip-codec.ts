@@ -165,7 +165,8 @@ export async function extractTOCJSON(tocMember: Buffer, where: string): Promise<
 export class GzipCodec implements Codec {
   readonly name = 'gzip' as const;
   readonly mediaType = MediaType.ociLayerGzip;
-  readonly maxFooterSize = EXTERNAL_TOC_FOOTER_SIZE;
+  /** The largest of its footers: 51 (STARGZ), 47 (legacy), 46 (external TOC). */
+  readonly maxFooterSize = Math.max(FOOTER_SIZE, LEGACY_FOOTER_SIZE, EXTERNAL_TOC_FOOTER_SIZE);
   readonly level: number;
   readonly workers: number | undefined;
   private readonly backendChoice: GzipBackend;

@@ -32,6 +32,11 @@ export interface TarHeader {
 
 export interface TarEntry {
   header: TarHeader;
+  /**
+   * With `raw: true`: the exact bytes between the end of the previous entry's payload and the
+   * start of this one's (previous padding, PAX/GNU headers, this header).
+   */
+  raw?: Buffer;
   /** Reads exactly `length` more payload bytes (length ≤ bytes left). */
   read(length: number): Promise<Buffer>;
   /**
@@ -49,6 +54,8 @@ export class ByteSource {
   private buffered = 0;
   private done = false;
   consumed = 0;
+  /** When set, every byte handed out is also kept here (lossless mode keeps raw tar headers). */
+  recorded: Buffer[] | undefined;
   private readonly iterator: AsyncIterator<Buffer | Uint8Array | string>;
 
   constructor(stream: AsyncIterable<Buffer | Uint8Array | string>) {
@@ -83,6 +90,7 @@ export class ByteSource {
     else this.buffers[0] = first.subarray(take);
     this.buffered -= take;
     this.consumed += take;
+    this.recorded?.push(out);
     return out;
   }
 
@@ -111,6 +119,7 @@ export class ByteSource {
     }
     this.buffered -= take;
     this.consumed += take;
+    this.recorded?.push(out);
     return out;
   }
 
@@ -200,8 +209,33 @@ export function parsePaxRecords(data: Buffer, where: string): Map<string, Buffer
  * next; unread payload is skipped. After the end-of-archive marker the rest of the stream is
  * drained. `where` names the layer in error messages.
  */
-export async function* readTar(stream: AsyncIterable<Buffer | Uint8Array | string>, where: string): AsyncGenerator<TarEntry> {
+export interface ReadTarOptions {
+  /** Keep raw header bytes (`TarEntry.raw`) and report the bytes after the last payload. */
+  raw?: boolean;
+  /** With `raw`: the bytes from the end of the last payload to the end of the stream. */
+  onTrailer?(bytes: Buffer): void;
+}
+
+export async function* readTar(stream: AsyncIterable<Buffer | Uint8Array | string>, where: string, options: ReadTarOptions = {}): AsyncGenerator<TarEntry> {
   const src = new ByteSource(stream);
+  const record = () => {
+    if (options.raw) src.recorded = [];
+  };
+  const takeRecorded = (): Buffer => {
+    const bytes = Buffer.concat(src.recorded ?? []);
+    src.recorded = undefined;
+    return bytes;
+  };
+  const finish = async () => {
+    if (options.raw) {
+      // Lossless: the end-of-archive blocks and whatever follows are part of the layer.
+      while ((await src.readAtMost(1 << 20)).length > 0);
+      options.onTrailer?.(takeRecorded());
+    } else {
+      await src.drain();
+    }
+  };
+  record();
   let globalPax = new Map<string, Buffer>();
   let pendingPax: Map<string, Buffer> | undefined;
   let longName: string | undefined;
@@ -219,10 +253,13 @@ export async function* readTar(stream: AsyncIterable<Buffer | Uint8Array | strin
 
   for (;;) {
     const block = await src.readAtMost(BLOCK);
-    if (block.length === 0) return; // EOF on a header boundary: accepted, like Go's archive/tar
+    if (block.length === 0) {
+      await finish(); // EOF on a header boundary: accepted, like Go's archive/tar
+      return;
+    }
     if (block.length < BLOCK) throw new EsgzError('BAD_LAYER', `${at()}: truncated tar header (${block.length} of 512 bytes)`);
     if (isZeroBlock(block)) {
-      await src.drain();
+      await finish();
       return;
     }
     const stored = parseNumber(block, 148, 8, 'checksum', at);
@@ -299,7 +336,9 @@ export async function* readTar(stream: AsyncIterable<Buffer | Uint8Array | strin
         return data;
       },
     };
+    if (options.raw) entry.raw = takeRecorded();
     yield entry;
+    record();
     if (left > 0) {
       const skipped = await src.skip(left);
       if (skipped < left) throw truncated(where, entryName, payloadSize, payloadSize - left + skipped);

@@ -37,7 +37,7 @@ export interface ChunkedTransformOptions {
   prioritizedFilesByLayer?: PriorityItem[][];
   /** `--estargz-external-toc`: TOCs go to a separate image (see `externalTOCImage`). */
   externalTOC?: boolean;
-  /** `--estargz-keep-diff-id` (only with external TOC; not implemented yet: rejected). */
+  /** `--estargz-keep-diff-id` (only with external TOC): the uncompressed tar stays byte-identical. */
   keepDiffID?: boolean;
   /** Keep layers that already are valid eStargz/zstd:chunked blobs of this format. */
   reuse?: boolean;
@@ -75,9 +75,6 @@ export class ChunkedLayerTransform implements LayerTransform {
     this.name = codecName === 'gzip' ? 'estargz' : 'zstdchunked';
     if (options.keepDiffID && !options.externalTOC) {
       throw new EsgzError('BAD_FLAG', '--estargz-keep-diff-id must be used with --estargz-external-toc');
-    }
-    if (options.keepDiffID) {
-      throw new EsgzError('UNSUPPORTED', '--estargz-keep-diff-id is not implemented yet in esgz');
     }
     if (options.externalTOC && codecName !== 'gzip') {
       throw new EsgzError('BAD_FLAG', '--estargz-external-toc needs --estargz');
@@ -122,6 +119,7 @@ export class ChunkedLayerTransform implements LayerTransform {
         where,
         tmpDir: this.options.tmpDir,
         signal: context.signal,
+        lossless: this.options.keepDiffID,
       });
       // With one list for every layer (ctr-remote's record-in), most names live in other layers:
       // ctr-remote ignores them silently. A per-layer list that misses is worth a warning.

@@ -97,6 +97,8 @@ export interface LayerVerification {
   diffID?: string;
   /** One line per failed check. */
   problems: string[];
+  /** Things worth knowing that do not fail verification. */
+  notes: string[];
 }
 
 /**
@@ -111,7 +113,7 @@ export async function verifyLayer(
   options: { tmpDir?: string; externalTOC?: () => Promise<Buffer> } = {},
 ): Promise<LayerVerification> {
   const tmpDir = options.tmpDir;
-  const result: LayerVerification = { index, digest: layer.digest, mediaType: layer.mediaType, size: layer.size, status: 'ok', problems: [] };
+  const result: LayerVerification = { index, digest: layer.digest, mediaType: layer.mediaType, size: layer.size, status: 'ok', problems: [], notes: [] };
   const annotated = layer.annotations?.[TOC_DIGEST_ANNOTATION];
   const dir = await mkdtemp(join(tmpDir ?? tmpdir(), 'esgz-verify-'));
   try {
@@ -182,7 +184,8 @@ export async function verifyLayer(
       if (!annotated) result.problems.push(`no ${TOC_DIGEST_ANNOTATION} annotation (content cannot be verified by a lazy puller)`);
       const landmark = esgz.landmark();
       result.landmark = landmark.kind;
-      if (landmark.kind === 'none') result.problems.push('no .prefetch.landmark or .no.prefetch.landmark entry');
+      // Lossless (--estargz-keep-diff-id) layers have none, and lazy pullers then skip prefetch.
+      if (landmark.kind === 'none') result.notes.push('no landmark entry (.prefetch.landmark / .no.prefetch.landmark): no prefetch');
       try {
         const counts = await esgz.verifyAll();
         result.chunks = counts.chunks;

@@ -43,6 +43,11 @@ export interface EstargzWriterOptions {
   signal?: AbortSignal;
   /** Members compressing at once before the writer waits (memory bound). Default 2 × workers + 2. */
   maxInFlight?: number;
+  /**
+   * Keep the uncompressed tar byte for byte (`--estargz-keep-diff-id`, with an external-TOC
+   * codec): raw headers, padding and trailer are kept, no landmark is added, nothing is reordered.
+   */
+  lossless?: boolean;
 }
 
 export interface EstargzWriteResult {
@@ -70,6 +75,8 @@ export interface EstargzWriteResult {
 /** A tar entry whose payload can be read in pieces, from the stream or from the spool file. */
 interface SourceEntry {
   header: TarHeader;
+  /** Lossless mode: the raw bytes before the payload (see TarEntry.raw). */
+  raw?: Buffer;
   /** Between 1 and `max` payload bytes. */
   readSome(max: number): Promise<Buffer>;
 }
@@ -207,6 +214,16 @@ function landmarkEntry(name: string): SourceEntry {
 function isReservedName(name: string): boolean {
   const clean = cleanEntryName(name);
   return clean === TOC_TAR_NAME || clean === PREFETCH_LANDMARK || clean === NO_PREFETCH_LANDMARK;
+}
+
+/** Lossless mode: the input's entries exactly as they are, raw header bytes included. */
+async function* losslessEntries(tar: AsyncIterable<Buffer>, where: string, onTrailer: (raw: Buffer) => void): AsyncGenerator<SourceEntry> {
+  for await (const entry of readTar(tar, where, { raw: true, onTrailer })) {
+    if (cleanEntryName(entry.header.name) === TOC_TAR_NAME) {
+      throw new EsgzError('BAD_LAYER', `${where}: the layer already has a ${TOC_TAR_NAME}; --estargz-keep-diff-id cannot keep it (convert the uncompressed layer)`);
+    }
+    yield { header: entry.header, raw: entry.raw, readSome: (n) => entry.readSome(n) };
+  }
 }
 
 /** Streams the input's entries in order, with the no-prefetch landmark first. */
@@ -355,9 +372,17 @@ export async function writeEstargz(tar: AsyncIterable<Buffer>, output: Writable,
   const seq = new MemberSequencer(options.codec, output, options.maxInFlight ?? workers * 2 + 2);
   const missed: string[] = [];
   const prioritized = options.prioritizedFiles ?? [];
-  const entries = prioritized.length > 0
-    ? reorderedEntries(tar, prioritized, where, options.tmpDir, missed)
-    : streamedEntries(tar, where);
+  if (options.lossless && prioritized.length > 0) {
+    throw new EsgzError('BAD_FLAG', 'prioritized files cannot be used when the diffID is kept (--estargz-keep-diff-id)');
+  }
+  let trailer: Buffer | undefined;
+  const entries = options.lossless
+    ? losslessEntries(tar, where, (raw) => {
+        trailer = raw;
+      })
+    : prioritized.length > 0
+      ? reorderedEntries(tar, prioritized, where, options.tmpDir, missed)
+      : streamedEntries(tar, where);
 
   const tocEntries: TOCEntry[] = [];
   /** TOC entries whose `offset` is a member index until the end, when it becomes a blob offset. */
@@ -412,8 +437,12 @@ export async function writeEstargz(tar: AsyncIterable<Buffer>, output: Writable,
         entry.devMajor = h.devmajor;
         entry.devMinor = h.devminor;
       }
-      const outHeader: TarHeader = { ...h, typeflag: h.typeflag === '7' ? '0' : h.typeflag, size: type === 'reg' ? h.size : 0 };
-      seq.append(encodeTarHeader(outHeader));
+      if (source.raw) {
+        seq.append(source.raw);
+      } else {
+        const outHeader: TarHeader = { ...h, typeflag: h.typeflag === '7' ? '0' : h.typeflag, size: type === 'reg' ? h.size : 0 };
+        seq.append(encodeTarHeader(outHeader));
+      }
 
       if (type !== 'reg') {
         tocEntries.push(entry);
@@ -458,11 +487,13 @@ export async function writeEstargz(tar: AsyncIterable<Buffer>, output: Writable,
         current = { name, type: 'chunk' };
       }
       entry.digest = fileDigest ?? `sha256:${fileHash.digest('hex')}`;
-      seq.append(Buffer.alloc(padding(h.size)));
+      // Lossless mode keeps the input's own padding bytes (they come with the next raw header).
+      if (!options.lossless) seq.append(Buffer.alloc(padding(h.size)));
       if (!isLandmark) lastEntry = currentEntry;
       currentEntry = undefined;
     }
 
+    if (trailer) seq.append(trailer);
     await seq.flush();
   } catch (err) {
     await seq.abandon();

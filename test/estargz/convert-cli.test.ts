@@ -205,6 +205,21 @@ describe('esgz image convert --estargz', () => {
     expect(d.stdout.trim()).toBe(manifest.layers[0].annotations['containerd.io/snapshot/stargz/toc.digest']);
   });
 
+  it('--estargz-keep-diff-id keeps every diffID of the source', async () => {
+    const dst = join(scratch, 'keep');
+    const res = await esgz('image', 'convert', '--estargz', '--oci', '--estargz-external-toc', '--estargz-keep-diff-id', '--json', `oci:${image.dir}:v1`, `oci:${dst}:k`);
+    expect(res.exitCode, res.stderr).toBe(0);
+    const report = JSON.parse(res.stdout);
+    expect(report.manifests[0].layers.map((l: { diffID: string }) => l.diffID)).toEqual(image.manifests[0]!.layers.map((l) => l.diffID));
+    const v = await esgz('image', 'verify', `oci:${dst}:k`);
+    expect(v.exitCode, v.stderr + v.stdout).toBe(0);
+    expect(v.stdout).toMatch(/no landmark/);
+    expectOneLineError(
+      await esgz('image', 'convert', '--estargz', '--oci', '--estargz-external-toc', '--estargz-keep-diff-id', '--estargz-record-in', '/dev/null', `oci:${image.dir}:v1`, `oci:${dst}:k2`),
+      /--estargz-keep-diff-id conflicts with --estargz-record-in/,
+    );
+  });
+
   it('warns for --estargz without --oci on Docker media types', async () => {
     const res = await esgz('image', 'convert', '--estargz', `oci:${dockerImage.dir}:v1`, `oci:${join(scratch, 'dock')}:x`);
     expect(res.exitCode, res.stderr).toBe(0);

@@ -305,3 +305,41 @@ describe('external TOC mode', () => {
     }
   });
 });
+
+describe('lossless mode (--estargz-keep-diff-id)', () => {
+  async function lossless(input: Buffer) {
+    const { createGzipCodec } = await import('../../src/estargz/gzip-codec.js');
+    const codec = createGzipCodec({ externalTOC: true });
+    try {
+      return await convertBuffer(input, { chunkSize: CHUNK, codec, lossless: true });
+    } finally {
+      await codec.close();
+    }
+  }
+
+  it('decompresses to the input tar byte for byte (fixture tar with PAX headers)', async () => {
+    const { blob: b, result: r } = await lossless(tar);
+    expect(gunzipCli(b).equals(tar)).toBe(true);
+    expect(r.diffID).toBe(sha256Digest(tar));
+    const reader = await EstargzReader.open(bufferBlobReader(b), { externalTOC: r.externalTOC, expectedTOCDigest: r.tocDigest });
+    for (const e of entries) if (e.type === 'file') expect((await reader.readFile(e.path)).equals(contentOf(e)), e.path).toBe(true);
+    expect(reader.landmark().kind).toBe('none');
+  });
+
+  it('keeps a GNU tar archive (GNU long names, record padding) byte for byte', async () => {
+    const dirPath = mkdtempSync(join(tmpdir(), 'esgz-gnu-'));
+    try {
+      const long = `${'d'.repeat(90)}/${'f'.repeat(120)}`;
+      execFileSync('mkdir', ['-p', join(dirPath, 'src', long.split('/')[0]!)]);
+      execFileSync('sh', ['-c', `head -c 300000 /dev/urandom > '${join(dirPath, 'src', long)}' && echo hi > '${join(dirPath, 'src', 'small')}'`]);
+      const gnu = execFileSync('tar', ['--format=gnu', '-C', join(dirPath, 'src'), '-cf', '-', '.']);
+      expect(gnu.length % 10240).toBe(0); // GNU tar pads to a 10 KiB record: the trailer must survive
+      const { blob: b, result: r } = await lossless(gnu);
+      expect(gunzipCli(b).equals(gnu)).toBe(true);
+      expect(r.diffID).toBe(sha256Digest(gnu));
+      expect(r.toc.entries.some((e) => e.name === `./${long}` && e.type === 'reg')).toBe(true);
+    } finally {
+      rmSync(dirPath, { recursive: true, force: true });
+    }
+  });
+});

@@ -53,7 +53,7 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
     'estargz-chunk-size': Flags.integer({ description: 'chunk size in bytes (0: 4 MiB)', default: 0, min: 0 }),
     'estargz-min-chunk-size': Flags.integer({ description: 'minimal bytes in one gzip member; small files share members (adds innerOffset)', default: 0, min: 0 }),
     'estargz-external-toc': Flags.boolean({ description: 'put TOCs in a separate image, DESTINATION with "-esgztoc" appended to its tag', default: false }),
-    'estargz-keep-diff-id': Flags.boolean({ description: 'keep the diffIDs (needs --estargz-external-toc; not implemented yet)', default: false }),
+    'estargz-keep-diff-id': Flags.boolean({ description: 'keep the layers\' uncompressed tar (and diffIDs) byte for byte; needs --estargz-external-toc', default: false }),
     'estargz-gzip-helper': Flags.string({ description: 'accepted for ctr-remote compatibility; esgz always decompresses in-process' }),
     zstdchunked: Flags.boolean({ description: 'convert layers to zstd:chunked (requires --oci)', default: false }),
     'zstdchunked-record-in': Flags.string({ description: 'prioritized files from a record file, for --zstdchunked' }),

@@ -75,7 +75,10 @@ export default class ImageVerify extends BaseCommand<typeof ImageVerify> {
         }
         const widths = rows[0]!.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)));
         for (const row of rows) process.stdout.write(`${row.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd()}\n`);
-        for (const l of r.layers) for (const p of l.problems) process.stdout.write(`  layer ${l.digest.slice(7, 19)}: ${p}\n`);
+        for (const l of r.layers) {
+          for (const p of l.problems) process.stdout.write(`  layer ${l.digest.slice(7, 19)}: ${p}\n`);
+          for (const n of l.notes) process.stdout.write(`  layer ${l.digest.slice(7, 19)}: note: ${n}\n`);
+        }
       }
     }
     if (failed.length > 0) {
