@@ -96,7 +96,7 @@ export async function pushEstargzImage(
   reference: string,
   layerTars: Buffer[],
   imageConfig: Record<string, unknown>,
-  options: { prioritizedFiles?: string[][]; tocAnnotation?: (real: string) => string; chunkSize?: number; codec?: 'gzip' | 'zstd'; externalTOC?: boolean } = {},
+  options: { prioritizedFiles?: string[][]; tocAnnotation?: (real: string) => string; chunkSize?: number; codec?: 'gzip' | 'zstd'; externalTOC?: boolean; plainGzipLayers?: number[] } = {},
 ): Promise<{ manifestDigest: string; layerDigests: string[] }> {
   const { MediaType } = await import('../../src/image/media-types.js');
   const { TOC_DIGEST_ANNOTATION } = await import('../../src/estargz/constants.js');
@@ -105,6 +105,13 @@ export async function pushEstargzImage(
   const digestOf = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
   const layers: Array<{ blob: Buffer; tocBlob?: Buffer; desc: { mediaType: string; digest: string; size: number; annotations: Record<string, string> }; diffID: string }> = [];
   for (const [i, tar] of layerTars.entries()) {
+    if (options.plainGzipLayers?.includes(i)) {
+      // An ordinary tar+gzip layer (zlib, one member, no TOC): not lazily pullable.
+      const { gzipSync } = await import('node:zlib');
+      const blob = gzipSync(tar);
+      layers.push({ blob, diffID: digestOf(tar), desc: { mediaType: MediaType.ociLayerGzip, digest: digestOf(blob), size: blob.length, annotations: {} } });
+      continue;
+    }
     const { blob, result } = await toEstargz(tar, { prioritizedFiles: options.prioritizedFiles?.[i], chunkSize: options.chunkSize, codec: options.codec, externalTOC: options.externalTOC });
     const toc = options.tocAnnotation ? options.tocAnnotation(result.tocDigest) : result.tocDigest;
     const mediaType = options.codec === 'zstd' ? MediaType.ociLayerZstd : MediaType.ociLayerGzip;

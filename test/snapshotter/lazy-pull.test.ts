@@ -278,6 +278,27 @@ describe('lazy pull and run', () => {
     expect(result.fetches[0]!.requests).toBe(0);
   });
 
+  it('downloads and unpacks layers that are not lazily pullable, and runs on them with the lazy ones', async () => {
+    const fixture = await busyboxImage();
+    const { readFile } = await import('node:fs/promises');
+    const top = await buildTar([{ name: 'srv/', type: 'directory' }, { name: 'srv/lazy.txt', content: 'from the lazy layer\n' }]);
+    const pushed = await pushEstargzImage(`${registryAddress()}/h6/mixed:1`, [await readFile(fixture.layers[0]!.tarPath), top], { config: { Env: ['PATH=/bin'], Cmd: ['/bin/sh'] } }, { plainGzipLayers: [0] });
+    const ref = `${proxy.address}/h6/mixed:1`;
+    const root = join(work, 'state-mixed');
+    proxy.clearLog();
+    const report = await rpull({ reference: ref, stateRoot: root, plainHttp: true });
+    expect(report.layers.map((l) => l.kind)).toEqual(['unpacked', 'lazy']);
+    const reqs = blobRequests(proxy);
+    // The plain layer in one full (verified) download, the lazy one by Range only.
+    expect(reqs.filter((r) => r.digest === pushed.layerDigests[0]).map((r) => r.range)).toEqual([undefined]);
+    for (const r of reqs.filter((b) => b.digest === pushed.layerDigests[1])) expect(r.range).toMatch(/^bytes=/);
+    const out = capture();
+    const result = await runContainer({ reference: ref, stateRoot: root, rm: true, run: {}, command: ['/bin/sh', '-c', 'cat /srv/lazy.txt /etc/hello'], stdout: out.stream, stderr: out.stream });
+    expect(out.text()).toBe('from the lazy layer\nhello from the esgz busybox fixture\n');
+    expect(result.exitCode).toBe(0);
+    expect(result.fetches[0]).toBeUndefined();
+  });
+
   for (const variant of [
     { name: 'zstd:chunked', repo: 'h6/zstd:1', options: { codec: 'zstd' as const } },
     { name: 'eStargz with an external TOC (-esgztoc image)', repo: 'h6/external:1', options: { externalTOC: true } },
