@@ -97,7 +97,7 @@ export async function pushEstargzImage(
   layerTars: Buffer[],
   imageConfig: Record<string, unknown>,
   options: { prioritizedFiles?: string[][]; tocAnnotation?: (real: string) => string; chunkSize?: number; codec?: 'gzip' | 'zstd'; externalTOC?: boolean; plainGzipLayers?: number[] } = {},
-): Promise<{ manifestDigest: string; layerDigests: string[] }> {
+): Promise<{ manifestDigest: string; manifestSize: number; layerDigests: string[] }> {
   const { MediaType } = await import('../../src/image/media-types.js');
   const { TOC_DIGEST_ANNOTATION } = await import('../../src/estargz/constants.js');
   const { openSink } = await import('../../src/image/transports/index.js');
@@ -142,5 +142,14 @@ export async function pushEstargzImage(
     await tocSink.putBlob(tocConfigDesc, () => readableOf(tocConfig));
     await tocSink.commit({ bytes: tocManifest, mediaType: MediaType.ociManifest, digest: digestOf(tocManifest) });
   }
-  return { manifestDigest: digestOf(manifest), layerDigests: layers.map((l) => l.desc.digest) };
+  return { manifestDigest: digestOf(manifest), manifestSize: manifest.length, layerDigests: layers.map((l) => l.desc.digest) };
+}
+
+/** Pushes an OCI index naming already pushed manifests, with their platforms. */
+export async function pushIndex(reference: string, manifests: Array<{ digest: string; size: number; platform: { os: string; architecture: string } }>): Promise<void> {
+  const { MediaType } = await import('../../src/image/media-types.js');
+  const { openSink } = await import('../../src/image/transports/index.js');
+  const index = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: manifests.map((m) => ({ mediaType: MediaType.ociManifest, ...m })) }));
+  const sink = await openSink(reference, { plainHttp: true });
+  await sink.commit({ bytes: index, mediaType: MediaType.ociIndex, digest: `sha256:${createHash('sha256').update(index).digest('hex')}` });
 }

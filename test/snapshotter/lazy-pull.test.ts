@@ -22,7 +22,7 @@ import { busyboxImage, debianImage, debianImageCached } from '../fixtures/debian
 import { startFaultProxy, type FaultProxy } from '../harness/fault-proxy.js';
 import { registryAddress } from '../harness/registry.js';
 import { buildTar } from '../optimizer/tar-helpers.js';
-import { pushEstargzImage, walkTree } from './helpers.js';
+import { pushEstargzImage, pushIndex, walkTree } from './helpers.js';
 
 function capture(): { stream: PassThrough; text: () => string } {
   const stream = new PassThrough();
@@ -297,6 +297,24 @@ describe('lazy pull and run', () => {
     expect(out.text()).toBe('from the lazy layer\nhello from the esgz busybox fixture\n');
     expect(result.exitCode).toBe(0);
     expect(result.fetches[0]).toBeUndefined();
+  });
+
+  it('picks this machine\'s manifest from an index (or the --platform one)', async () => {
+    const mk = (text: string) => buildTar([{ name: 'which', content: text }]);
+    const amd = await pushEstargzImage(`${registryAddress()}/h6/multi:amd64`, [await mk('amd64\n')], { architecture: 'amd64', config: { Cmd: ['/x'] } });
+    const arm = await pushEstargzImage(`${registryAddress()}/h6/multi:arm64`, [await mk('arm64\n')], { architecture: 'arm64', config: { Cmd: ['/x'] } });
+    await pushIndex(`${registryAddress()}/h6/multi:both`, [
+      { digest: arm.manifestDigest, size: arm.manifestSize, platform: { os: 'linux', architecture: 'arm64' } },
+      { digest: amd.manifestDigest, size: amd.manifestSize, platform: { os: 'linux', architecture: 'amd64' } },
+    ]);
+    const ref = `${registryAddress()}/h6/multi:both`;
+    const root = join(work, 'state-multi');
+    const host = await rpull({ reference: ref, stateRoot: root, plainHttp: true });
+    expect(host.manifestDigest).toBe(process.arch === 'arm64' ? arm.manifestDigest : amd.manifestDigest);
+    const other = await rpull({ reference: ref, stateRoot: join(work, 'state-multi-arm'), plainHttp: true, platform: { os: 'linux', architecture: 'arm64' } });
+    expect(other.manifestDigest).toBe(arm.manifestDigest);
+    expect(other.platform).toBe('linux/arm64');
+    await expect(rpull({ reference: ref, stateRoot: join(work, 'state-multi-s390x'), plainHttp: true, platform: { os: 'linux', architecture: 's390x' } })).rejects.toMatchObject({ code: 'NOT_FOUND' });
   });
 
   for (const variant of [
