@@ -106,37 +106,35 @@ export interface OptimizeReport {
  */
 export async function optimizeImage(options: OptimizeImageOptions): Promise<OptimizeReport> {
   const warn = options.onWarning ?? (() => undefined);
+  // Removals of unpacked layers that overlap the conversion; all awaited before returning.
   const cleanups: Array<Promise<void>> = [];
+  let source: ImageSource = options.source;
   try {
-    return await optimizeWithCleanups(options, warn, cleanups);
-  } finally {
-    await Promise.all(cleanups);
-  }
-}
-
-async function optimizeWithCleanups(options: OptimizeImageOptions, warn: (message: string) => void, cleanups: Array<Promise<void>>): Promise<OptimizeReport> {
-  const timings: Record<string, number> = {};
-  const stageStart = Date.now();
-  const { toProfile, others } = options.noOptimize ? { toProfile: undefined, others: [] } : await pickManifestToProfile(options);
-  // A remote source is read twice (unpack, then convert): keep the profiled layers locally.
-  const source = toProfile && options.cacheBlobs ? new CachingSource(options.source, { digests: layerDigests(toProfile.manifest), ...(options.tempDir ? { tempRoot: options.tempDir } : {}) }) : options.source;
-  try {
-    return await profileAndConvert(options, warn, cleanups, source, toProfile, others, timings, stageStart);
+    const { toProfile, others } = options.noOptimize ? { toProfile: undefined, others: [] } : await pickManifestToProfile(options);
+    // A remote source is read twice (unpack, then convert): keep the profiled layers locally.
+    if (toProfile && options.cacheBlobs) {
+      source = new CachingSource(options.source, { digests: layerDigests(toProfile.manifest), ...(options.tempDir ? { tempRoot: options.tempDir } : {}) });
+    }
+    return await profileAndConvert(options, { warn, cleanups, source, toProfile, others });
   } finally {
     if (source instanceof CachingSource) await source.close();
+    await Promise.all(cleanups);
   }
 }
 
 async function profileAndConvert(
   options: OptimizeImageOptions,
-  warn: (message: string) => void,
-  cleanups: Array<Promise<void>>,
-  source: ImageSource,
-  toProfile: { manifest: RawManifest; platform: string } | undefined,
-  others: string[],
-  timings: Record<string, number>,
-  stageStart: number,
+  context: {
+    warn: (message: string) => void;
+    cleanups: Array<Promise<void>>;
+    source: ImageSource;
+    toProfile: { manifest: RawManifest; platform: string } | undefined;
+    others: string[];
+  },
 ): Promise<OptimizeReport> {
+  const { warn, cleanups, source, toProfile, others } = context;
+  const timings: Record<string, number> = {};
+  let stageStart = Date.now();
   let profile: ImageProfile | undefined;
   if (toProfile) {
     options.onStage?.('profile');

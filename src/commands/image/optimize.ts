@@ -81,6 +81,7 @@ optimization.`;
     const { args } = await this.parse(ImageOptimize);
     const flags = this.flags;
     if (flags['no-optimize'] && flags['prefetch-list']) throw new EsgzError('BAD_FLAG', '--no-optimize and --prefetch-list cannot be used together');
+    if (flags['no-optimize'] && flags['record-out']) throw new EsgzError('BAD_FLAG', '--record-out needs the workload to run: drop --no-optimize');
     if (flags.zstdchunked && !flags.oci) throw new EsgzError('BAD_FLAG', 'option --zstdchunked must be used in conjunction with --oci');
     if (flags['wait-on-signal'] && flags.terminal) throw new EsgzError('BAD_FLAG', '--wait-on-signal cannot be used with --terminal');
     if (flags.terminal && !flags.i) throw new EsgzError('BAD_FLAG', '--terminal must be used with -i');
