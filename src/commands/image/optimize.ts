@@ -75,12 +75,20 @@ optimization.`;
     'dns-options': Flags.string({ description: 'Comma-separated options for /etc/resolv.conf' }),
     'add-hosts': Flags.string({ description: 'Comma-separated host:IP entries for /etc/hosts' }),
     'net-host': Flags.boolean({ description: 'Use the host network (default: a private network with loopback only)', default: false }),
+    // ctr-remote flags esgz does not implement: accepted so scripts get a clear message.
+    cni: Flags.boolean({ hidden: true, default: false }),
+    'cni-plugin-conf-dir': Flags.string({ hidden: true }),
+    'cni-plugin-dir': Flags.string({ hidden: true }),
+    gpus: Flags.string({ hidden: true }),
   };
 
   async run(): Promise<void> {
     const { args } = await this.parse(ImageOptimize);
     const flags = this.flags;
     if (flags['no-optimize'] && flags['prefetch-list']) throw new EsgzError('BAD_FLAG', '--no-optimize and --prefetch-list cannot be used together');
+    for (const name of ['cni', 'cni-plugin-conf-dir', 'cni-plugin-dir', 'gpus'] as const) {
+      if (flags[name]) throw new EsgzError('UNSUPPORTED', `--${name} is not supported by esgz: the workload gets a private loopback-only network, or the host's with --net-host`);
+    }
     if (flags['no-optimize'] && flags['record-out']) throw new EsgzError('BAD_FLAG', '--record-out needs the workload to run: drop --no-optimize');
     if (flags.zstdchunked && !flags.oci) throw new EsgzError('BAD_FLAG', 'option --zstdchunked must be used in conjunction with --oci');
     if (flags['wait-on-signal'] && flags.terminal) throw new EsgzError('BAD_FLAG', '--wait-on-signal cannot be used with --terminal');
