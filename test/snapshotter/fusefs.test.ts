@@ -46,7 +46,7 @@ const entries: TestEntry[] = [
   { name: 'dev/loop0', type: 'block-device', devmajor: 7, devminor: 300, mode: 0o660 },
   { name: 'run/fifo', type: 'fifo', mode: 0o644 },
   { name: 'implicit/deep/file.txt', content: 'under implicit parents' },
-  { name: 'attrs.txt', content: 'xattrs here', pax: { 'SCHILY.xattr.user.note': 'hello', 'SCHILY.xattr.trusted.esgz': 'bin\u0001ary' } },
+  { name: 'attrs.txt', content: 'xattrs here', pax: { 'SCHILY.xattr.user.big': 'x'.repeat(300), 'SCHILY.xattr.user.note': 'hello', 'SCHILY.xattr.trusted.esgz': 'bin\u0001ary' } },
   { name: 'opaque/', type: 'directory', mode: 0o751 },
   { name: 'opaque/.wh..wh..opq', content: '' },
   { name: 'opaque/kept', content: 'kept' },
@@ -111,6 +111,10 @@ describe('FUSE layer filesystem', () => {
       expect(expected.get('opaque')!.xattrs['trusted.overlay.opaque']).toBe(Buffer.from('y').toString('base64'));
       expect(expected.get('attrs.txt')!.xattrs['user.note']).toBe(Buffer.from('hello').toString('base64'));
       expect(expected.has('opaque/.wh..wh..opq')).toBe(false);
+      // Python asks with a 128-byte buffer first and grows it on ERANGE: a value bigger than the
+      // buffer must give ERANGE, not a truncated copy.
+      const py = await execa('python3', ['-c', 'import os,sys; sys.stdout.write(os.getxattr(sys.argv[1], "user.big").decode())', join(m.mountpoint, 'attrs.txt')]);
+      expect(py.stdout).toBe('x'.repeat(300));
     });
   });
 
