@@ -310,6 +310,19 @@ describe('registry round trip', () => {
     expect(inspected.Layers).toEqual(multi.manifests[0]!.layers.map((l) => l.digest));
   });
 
+  it('a Docker-media-type image survives registry → docker-archive → registry byte for byte', async () => {
+    const registry = registryAddress();
+    const ref = `${registry}/esgz-test/docker-types:v1`;
+    await copy(`oci:${docker.dir}:docker`, ref);
+    const archive = join(scratch, 'docker-types.tar');
+    await copy(ref, `docker-archive:${archive}:docker-types:v1`);
+    const back = `${registry}/esgz-test/docker-types-back:v1`;
+    expect((await copy(`docker-archive:${archive}`, back)).root.digest).toBe(docker.rootDigest);
+    const raw = await skopeoInspect(`docker://${back}`, true);
+    expect(raw.mediaType).toBe('application/vnd.docker.distribution.manifest.v2+json');
+    expect(await manifestDigestOf(`docker://${back}`)).toBe(docker.rootDigest);
+  });
+
   it('registry → same registry mounts blobs instead of copying them', async () => {
     const registry = registryAddress();
     const from = `${registry}/esgz-test/mount-src:v1`;
