@@ -36,6 +36,8 @@ export interface ProfileWorkloadOptions {
    * can overlap the conversion; the caller must await it before finishing.
    */
   backgroundCleanup?(removal: Promise<void>): void;
+  /** Told the runc container id once the workload starts (for logs and leak checks). */
+  onContainer?(id: string): void;
   /** Progress stages: 'unpack', 'run', 'trace'. */
   onStage?(stage: string): void;
 }
@@ -121,6 +123,7 @@ export async function profileWorkload(options: ProfileWorkloadOptions): Promise<
       stderr: options.stderr,
       stdin: options.stdin,
       terminal: options.run.terminal,
+      onStart: options.onContainer,
     });
     options.onStage?.('trace');
     const events = await tracer.stop();

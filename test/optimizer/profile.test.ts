@@ -30,12 +30,17 @@ afterEach(async () => {
   expect(mounts).not.toContain(tempRoot);
   expect(readdirSync(tempRoot)).toEqual([]);
   expect(await listContainers()).toEqual(containersBefore);
-  // runc's per-container cgroups (named after our esgz-<hex> ids) are gone too.
+  // runc's per-container cgroups (named after the container ids) are gone too. Only this test's
+  // ids are checked: other jobs on the machine run containers of their own meanwhile.
   for (const hierarchy of ['pids', 'memory', 'unified']) {
     const dir = join('/sys/fs/cgroup', hierarchy);
-    if (existsSync(dir)) expect(readdirSync(dir).filter((n) => /^esgz-[0-9a-f]{12}$/.test(n))).toEqual([]);
+    if (existsSync(dir)) expect(readdirSync(dir).filter((n) => containerIds.includes(n))).toEqual([]);
   }
+  containerIds.length = 0;
 });
+
+/** Container ids the current test's workloads ran under. */
+const containerIds: string[] = [];
 
 async function profile(overrides: Partial<ProfileWorkloadOptions>) {
   const out = new PassThrough();
@@ -54,6 +59,7 @@ async function profile(overrides: Partial<ProfileWorkloadOptions>) {
     stderr: err,
     tempRoot,
     onWarning: (m) => warnings.push(m),
+    onContainer: (id) => containerIds.push(id),
     ...overrides,
   });
   return { result, stdout, stderr, warnings };
@@ -72,6 +78,8 @@ describe('profileWorkload on a busybox image under runc (overlayfs)', () => {
     expect(result.accessed).toEqual(['bin/busybox', 'etc/hello']);
     expect(result.files.map((f) => f.kind)).toEqual(['exec', 'open']);
     expect(result.perLayer).toEqual([['bin/busybox'], ['etc/hello']]);
+    // One container ran; afterEach checks its state and cgroups are gone.
+    expect(containerIds).toEqual([expect.stringMatching(/^esgz-[0-9a-f]{12}$/)]);
   });
 
   it('gives the same trace every time', async () => {
