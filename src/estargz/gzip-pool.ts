@@ -10,9 +10,17 @@ import { existsSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import { gzipSync } from 'node:zlib';
 import { EsgzError } from '../errors.js';
 
 export type GzipBackend = 'libdeflate' | 'zlib';
+
+/**
+ * Members up to this size are compressed on the calling thread: a worker round trip (two
+ * postMessages, a wake-up) costs more than libdeflate on a small file, and images are mostly
+ * small files. Same library and level on every thread, so the bytes do not change.
+ */
+const INLINE_MAX = 16 * 1024;
 
 /** Smallest pooled member buffer, and the most bytes kept for reuse. */
 const MIN_POOLED = 64 * 1024;
@@ -137,6 +145,22 @@ export class GzipPool {
     return Buffer.from(ab, 0, size);
   }
 
+  private inlineCompress: ((data: Buffer, level: number) => Buffer) | undefined;
+
+  /** The same compression the workers run, on this thread (small members). */
+  private compressHere(data: Buffer): Buffer {
+    if (!this.inlineCompress) {
+      if (this.backend === 'libdeflate') {
+        const m = { exports: {} as { gzipCompress(data: Buffer, level: number): Buffer } };
+        process.dlopen(m as unknown as NodeJS.Module, ADDON_PATH);
+        this.inlineCompress = (d, level) => m.exports.gzipCompress(d, level);
+      } else {
+        this.inlineCompress = (d, level) => gzipSync(d, { level });
+      }
+    }
+    return this.inlineCompress(data, this.level);
+  }
+
   private recycle(ab: ArrayBuffer | undefined): void {
     if (!ab || !this.pooled.has(ab) || this.freeBytes + ab.byteLength > MAX_POOLED_BYTES) return;
     const list = this.freeBuffers.get(ab.byteLength) ?? [];
@@ -153,6 +177,15 @@ export class GzipPool {
   compress(data: Buffer): Promise<Buffer> {
     if (this.closed) return Promise.reject(new EsgzError('INTERNAL', 'gzip pool used after close'));
     if (this.failure) return Promise.reject(this.failure);
+    if (data.byteLength <= INLINE_MAX) {
+      try {
+        const out = this.compressHere(data);
+        this.recycle(data.byteOffset === 0 ? (data.buffer as ArrayBuffer) : undefined);
+        return Promise.resolve(out);
+      } catch (err) {
+        return Promise.reject(new EsgzError('INTERNAL', `gzip (${this.backend}) failed: ${(err as Error).message}`, { cause: err }));
+      }
+    }
     const target = this.pickWorker();
     const id = this.nextId++;
     let payload: Uint8Array = data;
