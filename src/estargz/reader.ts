@@ -279,6 +279,15 @@ export class EstargzReader {
   /** Fetches, decompresses and digest-checks one chunk. */
   async readChunk(chunk: ChunkRef): Promise<Buffer> {
     const compressed = await this.blob.read(chunk.compressedOffset, chunk.compressedEnd - chunk.compressedOffset);
+    return this.decodeChunk(chunk, compressed);
+  }
+
+  /**
+   * Decompresses and digest-checks a chunk from bytes the caller fetched itself (e.g. one merged
+   * range request for several chunks): `compressed` must start at `chunk.compressedOffset` and
+   * reach at least the end of its member.
+   */
+  async decodeChunk(chunk: ChunkRef, compressed: Buffer): Promise<Buffer> {
     return verifyChunk(await this.decompressAt(chunk, compressed), chunk, this.where);
   }
 
