@@ -285,10 +285,12 @@ export class EstargzReader {
   /**
    * Decompresses and digest-checks a chunk from bytes the caller fetched itself (e.g. one merged
    * range request for several chunks): `compressed` must start at `chunk.compressedOffset` and
-   * reach at least the end of its member.
+   * reach at least `chunk.compressedEnd` (anything beyond is ignored: a partial next member would
+   * not decompress).
    */
   async decodeChunk(chunk: ChunkRef, compressed: Buffer): Promise<Buffer> {
-    return verifyChunk(await this.decompressAt(chunk, compressed), chunk, this.where);
+    const span = chunk.compressedEnd - chunk.compressedOffset;
+    return verifyChunk(await this.decompressAt(chunk, compressed.length > span ? compressed.subarray(0, span) : compressed), chunk, this.where);
   }
 
   private async decompressAt(chunk: ChunkRef, compressed: Buffer): Promise<Buffer> {
