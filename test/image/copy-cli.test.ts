@@ -75,6 +75,12 @@ describe('esgz image copy', () => {
     expectOneLineError(await esgz('image', 'copy', `oci:${join(scratch, 'nowhere')}:v1`, `oci:${join(scratch, 'x')}`), 1, /no such directory .*nowhere/);
     expectOneLineError(await esgz('image', 'copy', `docker-archive:${join(scratch, 'nowhere.tar')}`, `oci:${join(scratch, 'x')}`), 1, /no such file .*nowhere\.tar/);
     expectOneLineError(await esgz('image', 'copy', `oci:${image.dir}:v1`, `docker-archive:${join(scratch, 'no-dir', 'a.tar')}`), 1, /cannot create .*a\.tar: its directory does not exist/);
+    // Destinations that cannot be written: a file where the layout dir should be, a dir where the archive should be.
+    await writeFile(join(scratch, 'a-file'), 'x');
+    expectOneLineError(await esgz('image', 'copy', `oci:${image.dir}:v1`, `oci:${join(scratch, 'a-file')}:v1`), 1, /a-file exists and is not a directory/);
+    expectOneLineError(await esgz('image', 'copy', `oci:${image.dir}:v1`, `oci:${join(scratch, 'a-file', 'sub')}:v1`), 1, /cannot write to .*a-file\/sub: ENOTDIR/);
+    expectOneLineError(await esgz('image', 'copy', `oci:${image.dir}:v1`, `docker-archive:${scratch}`), 1, /cannot write .*: EISDIR/);
+    expect((await readdir(scratch)).filter((n) => n.includes('.tmp-'))).toEqual([]);
     expectOneLineError(await esgz('image', 'copy', `oci:${image.dir}:missing`, `oci:${join(scratch, 'x')}`), 1, /no image tagged "missing".*tags: v1, multi/);
     expectOneLineError(await esgz('image', 'copy', '--platform', 'linux', `oci:${image.dir}:v1`, `oci:${join(scratch, 'x')}`), 2, /--platform "linux"/);
     expectOneLineError(await esgz('image', 'copy', '--platform', 'linux/amd64', '--all-platforms', `oci:${image.dir}:v1`, `oci:${join(scratch, 'x')}`), 2, /--platform and --all-platforms cannot be used together/);

@@ -542,7 +542,11 @@ class DockerArchiveSink implements ImageSink {
       await once(out, 'close');
     });
     if (this.failed) throw new EsgzError('BAD_ARCHIVE', `${this.description}: writing ${this.tempPath} failed`);
-    await rename(this.tempPath, this.ref.file);
+    try {
+      await rename(this.tempPath, this.ref.file);
+    } catch (err) {
+      throw new EsgzError('BAD_ARCHIVE', `${this.description}: cannot write ${this.ref.file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
+    }
   }
 
   async abort(): Promise<void> {

@@ -280,14 +280,23 @@ export class OciLayoutSink implements ImageSink {
   }
 
   private prepare(): Promise<void> {
-    this.prepared ??= (async () => {
+    this.prepared ??= this.prepareLayout().catch((err: unknown) => {
+      if (err instanceof EsgzError) throw err;
+      const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+      throw new EsgzError('BAD_LAYOUT', `${this.description}: cannot write to ${this.ref.dir}: ${code}`, { cause: err });
+    });
+    return this.prepared;
+  }
+
+  private prepareLayout(): Promise<void> {
+    return (async () => {
       const { dir } = this.ref;
       try {
         const info = await stat(dir);
         if (!info.isDirectory()) throw new EsgzError('BAD_LAYOUT', `${this.description}: ${dir} exists and is not a directory`);
       } catch (err) {
         if (err instanceof EsgzError) throw err;
-        if (errnoCode(err) !== 'ENOENT') throw new EsgzError('BAD_LAYOUT', `${this.description}: ${(err as Error).message}`, { cause: err });
+        if (errnoCode(err) !== 'ENOENT') throw new EsgzError('BAD_LAYOUT', `${this.description}: cannot write to ${dir}: ${errnoCode(err) ?? (err as Error).message}`, { cause: err });
         const made = await mkdir(dir, { recursive: true });
         // Every directory mkdir made, innermost first, so abort can remove them again (mkdir
         // reports the outermost one it created, relative when `dir` is).
@@ -310,7 +319,6 @@ export class OciLayoutSink implements ImageSink {
         if ((await mkdir(sub, { recursive: true })) !== undefined) this.createdDirs.unshift(sub);
       }
     })();
-    return this.prepared;
   }
 
   private async writeAtomically(path: string, data: Buffer): Promise<void> {
