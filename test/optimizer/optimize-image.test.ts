@@ -9,7 +9,7 @@ import { EsgzError } from '../../src/errors.js';
 import { openSink, openSource } from '../../src/image/transports/index.js';
 import { optimizeImage, type OptimizeImageOptions } from '../../src/optimizer/optimize-image.js';
 import { readRecordFile } from '../../src/optimizer/record.js';
-import { profileImage } from '../../src/optimizer/image-profile.js';
+import { memoryBackedTempRoot, profileImage } from '../../src/optimizer/image-profile.js';
 import { listContainers } from '../../src/runtime/runc.js';
 import { busyboxRootfs, twoPlatformImages, writeOciImage } from '../fixtures/oci-image.js';
 import { dir, file } from '../fixtures/tar.js';
@@ -172,6 +172,20 @@ describe('optimizeImage (profile + convert through the pipeline)', () => {
   });
 });
 
+describe('memory-backed temp dir', () => {
+  it.skipIf(!existsSync('/dev/shm') || process.env.TMPDIR !== undefined)('unpacks into /dev/shm only when it and the available memory have room', async () => {
+    expect(await memoryBackedTempRoot(10 << 20)).toBe('/dev/shm');
+    expect(await memoryBackedTempRoot(1e15)).toBeUndefined();
+    expect(await memoryBackedTempRoot(10 << 20, '/nonexistent-esgz')).toBeUndefined();
+    process.env.ESGZ_TMPFS = '0';
+    try {
+      expect(await memoryBackedTempRoot(10 << 20)).toBeUndefined();
+    } finally {
+      delete process.env.ESGZ_TMPFS;
+    }
+  });
+});
+
 describe('optimizeImage options', () => {
   it('--prefetch-list adds files after the traced ones', async () => {
     const list = join(work, 'prefetch.txt');
@@ -280,11 +294,12 @@ describe('esgz image optimize (CLI)', () => {
   });
 
   it.skipIf(!built)('prints one line and exits 1 for an entrypoint that does not exist, leaving nothing behind', async () => {
-    const before = readdirSync(tmpdir()).filter((n) => n.startsWith('esgz-opt-'));
+    const leftovers = () => [tmpdir(), '/dev/shm'].filter((d) => existsSync(d)).flatMap((d) => readdirSync(d).filter((n) => n.startsWith('esgz-opt-')));
+    const before = leftovers();
     const result = await execa('node', [cli, 'image', 'optimize', '--oci', '--entrypoint', '["/bin/nope"]', busyboxRef, `oci:${join(work, 'cli-bad')}:x`], { reject: false });
     expect(result.exitCode).toBe(1);
     expect(result.stderr.trim()).toBe('esgz: entrypoint "/bin/nope" does not exist in the image or is not executable');
-    expect(readdirSync(tmpdir()).filter((n) => n.startsWith('esgz-opt-'))).toEqual(before);
+    expect(leftovers()).toEqual(before);
     expect(readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain('esgz-opt-');
   });
 
