@@ -178,6 +178,9 @@ describe('eStargz writer round trip', () => {
     expect(chunk.fileOffset).toBe(2 * CHUNK);
     expect((await reader.readChunk(chunk)).equals(contentOf(entries[6]!).subarray(2 * CHUNK, 3 * CHUNK))).toBe(true);
     expect(reader.chunkAt('bin/big', 3 * CHUNK + 123)).toBeUndefined();
+    // Callers that fetch ranges themselves (merged range requests) decode with decodeChunk.
+    const merged = blob.subarray(chunk.compressedOffset, chunk.compressedEnd + 1000);
+    expect((await reader.decodeChunk(chunk, merged)).equals(contentOf(entries[6]!).subarray(2 * CHUNK, 3 * CHUNK))).toBe(true);
     const verified = await reader.verifyAll();
     expect(verified.bytes).toBe(entries.reduce((n, e) => n + (e.type === 'file' ? contentOf(e).length : 0), 1));
   });
