@@ -158,6 +158,8 @@ export class ChunkedLayerTransform implements LayerTransform {
         },
       };
     } catch (err) {
+      // Writer errors already start with the layer's name; others get it here.
+      if (err instanceof EsgzError && err.message.startsWith(where)) throw err;
       throw withContext(`converting ${where}`, err);
     }
   }

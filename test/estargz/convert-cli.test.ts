@@ -226,6 +226,14 @@ describe('esgz image convert --estargz', () => {
     expect(res.stderr).toMatch(/warning: option --estargz should be used in conjunction with --oci/);
   });
 
+  it('a layer with an unsafe path: one line naming layer and entry, nothing written', async () => {
+    const evil = await writeOciImage(join(scratch, 'evil-src'), { tag: 'v1', layers: [[{ type: 'file', path: 'etc/../../escape', content: 'x' }]] });
+    const res = await esgz('image', 'convert', '--estargz', '--oci', `oci:${evil.dir}:v1`, `oci:${join(scratch, 'evil-out')}:x`);
+    expectOneLineError(res, /layer 0 \([0-9a-f]{12}\).*etc\/\.\.\/\.\.\/escape/);
+    expect(res.stderr).not.toMatch(/layer 0 \([0-9a-f]{12}\).*layer 0 \(/); // named once
+    expect(existsSync(join(scratch, 'evil-out', 'index.json'))).toBe(false);
+  });
+
   it('bad flag combinations: one line, non-zero exit', async () => {
     const src = `oci:${image.dir}:v1`;
     const dst = `oci:${join(scratch, 'never')}:x`;
