@@ -81,7 +81,8 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
       process.stderr.write(`esgz: warning: ${message}\n`);
     };
     const progress = new ProgressBars();
-    if (format === 'estargz' && !flags.oci) warn('option --estargz should be used in conjunction with --oci');
+    // `--estargz` without `--oci` on a Docker-media-type image is warned about by the transform
+    // once the source manifest is known (OCI sources need no --oci).
 
     const transformOptions: ChunkedTransformOptions = { oci: flags.oci, reuse: flags.reuse, workers: flags.workers, warn };
     if (format === 'estargz') {
