@@ -34,4 +34,6 @@ step('convert to eStargz', ['image', 'convert', '--estargz', '--oci', source, `o
 step('verify eStargz', ['image', 'verify', `oci:${join(work, 'layout')}:sample-esgz`]);
 step('convert to zstd:chunked', ['image', 'convert', '--zstdchunked', '--oci', source, `oci:${join(work, 'layout')}:sample-zstdchunked`]);
 step('verify zstd:chunked', ['image', 'verify', `oci:${join(work, 'layout')}:sample-zstdchunked`]);
-console.log(`\nDone. The OCI layout with all three images is in ${join(work, 'layout')}.`);
+step('optimize (run the workload under runc, trace it, prioritize what it read)', ['image', 'optimize', '--oci', '--period', '5', source, `oci:${join(work, 'layout')}:sample-optimized`]);
+step('verify the optimized image', ['image', 'verify', `oci:${join(work, 'layout')}:sample-optimized`]);
+console.log(`\nDone. The OCI layout with all four images is in ${join(work, 'layout')}.`);
