@@ -29,7 +29,7 @@ export interface RegistryClientOptions {
   retryDelayMs?: number;
   /** Blobs up to this size go in one PUT; larger ones in PATCH chunks (default 32 MiB). */
   monolithicUploadMax?: number;
-  /** PATCH chunk size for large blobs (default 16 MiB; each chunk is held in memory once). */
+  /** PATCH chunk size for large blobs (default 16 MiB; chunks stream, none is held in memory). */
   uploadChunkSize?: number;
 }
 
@@ -367,46 +367,61 @@ export class RegistryClient {
       return 'uploaded';
     }
 
+    // Each PATCH body streams straight from the verified source (its length is known from
+    // desc.size), so no chunk is ever held in memory; a failed chunk restarts the upload.
     const chunkSize = this.options.uploadChunkSize ?? 16 * 1024 * 1024;
-    let offset = 0;
-    const patch = async (chunk: Buffer): Promise<void> => {
-      const response = await this.send({
-        method: 'PATCH',
-        target: location,
-        scopes,
-        headers: {
-          'content-type': 'application/octet-stream',
-          'content-range': `${offset}-${offset + chunk.length - 1}`,
-          'content-length': String(chunk.length),
-        },
-        body: chunk,
-      });
-      await response.body.dump();
-      if (response.status !== 202) throw new RetryableUpload(await this.failure(response, 'PATCH', what));
-      offset += chunk.length;
-      const range = header(response.headers, 'range');
-      if (range !== undefined && range !== `0-${offset - 1}`) {
-        throw new RetryableUpload(new EsgzError('REGISTRY', `${what}: registry holds range ${range} after ${offset} bytes were sent`));
-      }
-      location = this.uploadLocation(response, what);
-    };
-    let pending: Buffer[] = [];
-    let pendingBytes = 0;
-    for await (const piece of verified as AsyncIterable<Buffer>) {
-      let rest = piece;
-      while (rest.length > 0) {
-        const take = Math.min(rest.length, chunkSize - pendingBytes);
-        pending.push(rest.subarray(0, take));
-        pendingBytes += take;
-        rest = rest.subarray(take);
-        if (pendingBytes === chunkSize) {
-          await patch(Buffer.concat(pending, pendingBytes));
-          pending = [];
-          pendingBytes = 0;
+    const pieces = (verified as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+    let carry: Buffer | undefined;
+    async function* nextChunk(length: number): AsyncGenerator<Buffer> {
+      let left = length;
+      while (left > 0) {
+        let piece = carry;
+        carry = undefined;
+        if (piece === undefined) {
+          const next = await pieces.next();
+          if (next.done) return; // short source: the verifier has already failed the stream
+          piece = next.value;
         }
+        if (piece.length > left) {
+          carry = piece.subarray(left);
+          piece = piece.subarray(0, left);
+        }
+        left -= piece.length;
+        yield piece;
       }
     }
-    if (pendingBytes > 0) await patch(Buffer.concat(pending, pendingBytes));
+    try {
+      for (let offset = 0; offset < desc.size; ) {
+        const length = Math.min(chunkSize, desc.size - offset);
+        const response = await this.sendStreaming({
+          method: 'PATCH',
+          target: location,
+          scopes,
+          headers: {
+            'content-type': 'application/octet-stream',
+            'content-range': `${offset}-${offset + length - 1}`,
+            'content-length': String(length),
+          },
+          body: Readable.from(nextChunk(length)),
+        }, what);
+        await response.body.dump();
+        if (response.status !== 202) throw new RetryableUpload(await this.failure(response, 'PATCH', what));
+        offset += length;
+        const range = header(response.headers, 'range');
+        if (range !== undefined && range !== `0-${offset - 1}`) {
+          throw new RetryableUpload(new EsgzError('REGISTRY', `${what}: registry holds range ${range} after ${offset} bytes were sent`));
+        }
+        location = this.uploadLocation(response, what);
+      }
+      // Reading past the last byte lets the verifier report a long source or a digest mismatch
+      // before the upload is committed under that digest.
+      if (carry !== undefined || !(await pieces.next()).done) {
+        throw new EsgzError('SIZE_MISMATCH', `${what}: source is longer than ${desc.size} bytes`);
+      }
+    } finally {
+      // A failed chunk leaves the source half-read; the retry opens a fresh one.
+      source.destroy();
+    }
     const url = new URL(location);
     url.searchParams.set('digest', desc.digest);
     const done = await this.send({ method: 'PUT', target: url.toString(), scopes, headers: { 'content-length': '0' }, body: Buffer.alloc(0) });
