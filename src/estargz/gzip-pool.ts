@@ -24,7 +24,7 @@ const INLINE_MAX = 16 * 1024;
 
 /** Smallest pooled member buffer, and the most bytes kept for reuse. */
 const MIN_POOLED = 64 * 1024;
-const MAX_POOLED_BYTES = 64 * 1024 * 1024;
+const MAX_POOLED_BYTES = 32 * 1024 * 1024;
 
 const ADDON_PATH = fileURLToPath(new URL('../../native/libdeflate/build/Release/esgz_libdeflate.node', import.meta.url));
 
