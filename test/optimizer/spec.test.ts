@@ -5,7 +5,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EsgzError } from '../../src/errors.js';
 import type { ImageConfig } from '../../src/image/types.js';
 import { unpackLayer } from '../../src/optimizer/unpack.js';
-import { readPrefetchList, readRecordFile } from '../../src/optimizer/record.js';
+import { readRecordFile } from '../../src/optimizer/record.js';
+import { readPrefetchList } from '../../src/estargz/priority.js';
 import {
   DEFAULT_CAPABILITIES,
   DEFAULT_PATH,
@@ -168,9 +169,12 @@ describe('record and prefetch files', () => {
     await expect(readRecordFile(file)).rejects.toThrow(/is not inside the image/);
   });
 
-  it('reads prefetch lists', async () => {
+  it('reads prefetch lists: paths and globs, comments and blank lines skipped, ".." refused', async () => {
     const file = join(dir, 'prefetch.txt');
-    writeFileSync(file, '# files\n/usr/bin/python3\n\nusr/lib/a.so\n/usr/bin/python3\n');
-    expect(await readPrefetchList(file)).toEqual(['usr/bin/python3', 'usr/lib/a.so']);
+    writeFileSync(file, '# files\n/usr/bin/python3\n\nusr/lib/*.so\n');
+    const items = await readPrefetchList(file);
+    expect(items.map(String)).toEqual(['/usr/bin/python3', 'usr/lib/*.so']);
+    writeFileSync(file, 'usr/../../etc/shadow\n');
+    await expect(readPrefetchList(file)).rejects.toThrow(/"\.\." is not allowed/);
   });
 });
