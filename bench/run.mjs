@@ -31,6 +31,10 @@ import {
   runProcess,
   summarize,
 } from './lib/common.mjs';
+
+// Debian's reference binary, by absolute path: scripts/setup.sh puts esgz's own `ctr-remote`
+// alias in /usr/local/bin, which comes first on PATH.
+const REFERENCE_CTR_REMOTE = '/usr/bin/ctr-remote';
 import { startBenchRegistry } from './lib/registry.mjs';
 
 const argv = process.argv.slice(2);
@@ -111,7 +115,7 @@ async function main() {
     cleanups.push(() => containerd.stop());
     for (const ref of Object.values(remote)) {
       log(`ctr-remote image pull ${ref}`);
-      const pulled = await measure('ctr-remote', ['-a', containerd.address, '-n', containerd.namespace, 'image', 'pull', '--plain-http', ref]);
+      const pulled = await measure(REFERENCE_CTR_REMOTE, ['-a', containerd.address, '-n', containerd.namespace, 'image', 'pull', '--plain-http', ref]);
       if (!pulled.ok) throw new Error(`ctr-remote pull ${ref}: ${pulled.error}`);
       if (ref === remote.base) results.referencePullSeconds = pulled.seconds;
     }
@@ -211,7 +215,7 @@ async function main() {
 }
 
 async function startReference() {
-  const needed = ['/usr/bin/containerd', '/usr/bin/ctr', '/usr/bin/ctr-remote', '/usr/bin/containerd-shim-runc-v2'];
+  const needed = ['/usr/bin/containerd', '/usr/bin/ctr', REFERENCE_CTR_REMOTE, '/usr/bin/containerd-shim-runc-v2'];
   if (!needed.every((p) => existsSync(p))) {
     log('installing the reference: apt-get install containerd stargz-snapshotter');
     const install = () => mustRun('apt-get', ['install', '-y', '-qq', 'containerd', 'stargz-snapshotter', 'runc'], { env: { DEBIAN_FRONTEND: 'noninteractive' } });
@@ -250,7 +254,7 @@ function ctrRemoteSampler(containerd, op, source) {
   const base = ['-a', containerd.address, '-n', containerd.namespace];
   return async () => {
     await runProcess('ctr', [...base, 'images', 'rm', '--sync', target]);
-    const sample = await measure('ctr-remote', [...base, ...op.ctr, source, target], { timeoutMs: 600_000 });
+    const sample = await measure(REFERENCE_CTR_REMOTE, [...base, ...op.ctr, source, target], { timeoutMs: 600_000 });
     if (sample.ok) sample.outputBytes = await ctrImageSize(containerd, target);
     return sample;
   };
