@@ -31,11 +31,11 @@ import {
   runProcess,
   summarize,
 } from './lib/common.mjs';
+import { startBenchRegistry } from './lib/registry.mjs';
 
 // Debian's reference binary, by absolute path: scripts/setup.sh puts esgz's own `ctr-remote`
 // alias in /usr/local/bin, which comes first on PATH.
 const REFERENCE_CTR_REMOTE = '/usr/bin/ctr-remote';
-import { startBenchRegistry } from './lib/registry.mjs';
 
 const argv = process.argv.slice(2);
 const flag = (name) => argv.includes(name);
