@@ -55,6 +55,8 @@ if (flag('--help') || flag('-h')) {
   process.exit(0);
 }
 const withReference = flag('--with-reference');
+// containerd's own client, by absolute path like the reference ctr-remote above.
+const REFERENCE_CTR = '/usr/bin/ctr';
 const runs = Math.max(1, Number(option('--runs', '3')));
 const cores = cpus().length;
 const startedAt = new Date();
@@ -253,7 +255,7 @@ function ctrRemoteSampler(containerd, op, source) {
   const target = `bench.local/${op.key}:out`;
   const base = ['-a', containerd.address, '-n', containerd.namespace];
   return async () => {
-    await runProcess('ctr', [...base, 'images', 'rm', '--sync', target]);
+    await runProcess(REFERENCE_CTR, [...base, 'images', 'rm', '--sync', target]);
     const sample = await measure(REFERENCE_CTR_REMOTE, [...base, ...op.ctr, source, target], { timeoutMs: 600_000 });
     if (sample.ok) sample.outputBytes = await ctrImageSize(containerd, target);
     return sample;
@@ -263,12 +265,12 @@ function ctrRemoteSampler(containerd, op, source) {
 /** Sum of layer sizes of a containerd image, from its manifest in the content store. */
 async function ctrImageSize(containerd, ref) {
   const base = ['-a', containerd.address, '-n', containerd.namespace];
-  const list = await runProcess('ctr', [...base, 'images', 'ls']);
+  const list = await runProcess(REFERENCE_CTR, [...base, 'images', 'ls']);
   const line = list.stdout.split('\n').find((l) => l.startsWith(`${ref} `));
   const digest = line?.match(/sha256:[0-9a-f]{64}/)?.[0];
   if (!digest) return undefined;
-  let manifest = JSON.parse((await runProcess('ctr', [...base, 'content', 'get', digest])).stdout);
-  if (manifest.manifests) manifest = JSON.parse((await runProcess('ctr', [...base, 'content', 'get', manifest.manifests[0].digest])).stdout);
+  let manifest = JSON.parse((await runProcess(REFERENCE_CTR, [...base, 'content', 'get', digest])).stdout);
+  if (manifest.manifests) manifest = JSON.parse((await runProcess(REFERENCE_CTR, [...base, 'content', 'get', manifest.manifests[0].digest])).stdout);
   return manifest.layers.reduce((sum, layer) => sum + layer.size, 0);
 }
 
