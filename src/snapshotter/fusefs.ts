@@ -12,6 +12,7 @@ import { execa } from 'execa';
 import { EsgzError } from '../errors.js';
 import { NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK } from '../estargz/constants.js';
 import { cleanEntryName, type TOCEntry } from '../estargz/toc.js';
+import { shieldFuseThreadsFromSignals } from './fuse-signals.js';
 
 const WHITEOUT_PREFIX = '.wh.';
 const OPAQUE_WHITEOUT = '.wh..wh..opq';
@@ -319,6 +320,7 @@ export async function mountLayer(mountpoint: string, options: MountLayerOptions)
     },
   };
 
+  shieldFuseThreadsFromSignals((message) => process.emitWarning(message));
   const fuse = new Fuse(mountpoint, ops, {
     // fuse-native only knows a fixed set of options; libfuse splits "-o" on commas, so extra ones
     // ride along after fsname: use_ino makes st_ino (and so hardlinks) visible, ro makes writes EROFS.
