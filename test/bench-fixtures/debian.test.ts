@@ -84,6 +84,11 @@ describe('tree diff', () => {
     await writeFile(path.join(lower, 'etc/removed'), 'x');
     await mkdir(path.join(lower, 'old-dir/sub'), { recursive: true });
     await writeFile(path.join(upper, 'etc/changed'), 'after!');
+    // The diff compares metadata (size, mtime) like rsync's quick check; file times come from a
+    // coarse kernel clock, so two same-size writes microseconds apart can get equal mtimes. A
+    // real upgrade writes later: give the changed file a later mtime, as it would have.
+    await utimes(path.join(lower, 'etc/changed'), 1_600_000_000, 1_600_000_000);
+    await utimes(path.join(upper, 'etc/changed'), 1_700_000_000, 1_700_000_000);
     await mkdir(path.join(upper, 'usr/bin'), { recursive: true });
     await writeFile(path.join(upper, 'usr/bin/tool'), 'tool');
     await link(path.join(upper, 'usr/bin/tool'), path.join(upper, 'usr/bin/tool-alias'));
