@@ -10,22 +10,14 @@ import { multiLayerEntries, writeOciImage, type WrittenImage } from '../fixtures
 import { registryAddress } from '../harness/registry.js';
 import { gunzipCli, tarNames } from './helpers.js';
 import { sha256Digest } from '../fixtures/tar.js';
+import { esgz, expectOneLineError as expectErrorWithCode, repoRoot } from '../harness/cli.js';
 
-const repoRoot = new URL('../../', import.meta.url).pathname;
 const scratch = await mkdtemp(join(tmpdir(), 'esgz-convert-cli-'));
 afterAll(() => rm(scratch, { recursive: true, force: true }));
 
-function esgz(...args: string[]) {
-  return execa('node', [join(repoRoot, 'bin/run.js'), ...args], { reject: false, env: { DEBUG: '' }, stdin: 'ignore' });
-}
 
-function expectOneLineError(result: { exitCode?: number; stderr: string }, pattern: RegExp): void {
-  expect(result.exitCode).not.toBe(0);
-  const lines = result.stderr.split('\n').filter((l) => l.length > 0);
-  expect(lines, result.stderr).toHaveLength(1);
-  expect(lines[0]).toMatch(/^esgz: /);
-  expect(lines[0]).toMatch(pattern);
-}
+
+const expectOneLineError = (result: { exitCode?: number; stderr: string }, pattern: RegExp) => expectErrorWithCode(result, 'nonzero', pattern);
 
 async function layoutBlob(dir: string, digest: string): Promise<Buffer> {
   return readFile(join(dir, 'blobs', 'sha256', digest.replace('sha256:', '')));

@@ -8,23 +8,12 @@ import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { registryAddress } from '../harness/registry.js';
 import { busyboxRootfs, multiLayerEntries, twoPlatformImages, writeOciImage, type WrittenImage } from '../fixtures/oci-image.js';
+import { esgz, expectOneLineError, repoRoot } from '../harness/cli.js';
 
-const repoRoot = new URL('../../', import.meta.url).pathname;
 const scratch = await mkdtemp(join(tmpdir(), 'esgz-copy-cli-'));
 afterAll(() => rm(scratch, { recursive: true, force: true }));
 
-function esgz(...args: string[]) {
-  return execa('node', [join(repoRoot, 'bin/run.js'), ...args], { reject: false, env: { DEBUG: '' }, stdin: 'ignore' });
-}
 
-function expectOneLineError(result: { exitCode?: number; stderr: string }, exitCode: number, pattern: RegExp): void {
-  expect(result.exitCode).toBe(exitCode);
-  const lines = result.stderr.split('\n').filter((l) => l.length > 0);
-  expect(lines, result.stderr).toHaveLength(1);
-  expect(lines[0]).toMatch(/^esgz: /);
-  expect(lines[0]).toMatch(pattern);
-  expect(result.stderr).not.toMatch(/\n\s+at /);
-}
 
 let image: WrittenImage;
 let multiarch: WrittenImage;

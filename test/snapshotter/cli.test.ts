@@ -10,22 +10,12 @@ import { busyboxImage } from '../fixtures/debian.js';
 import { registryAddress } from '../harness/registry.js';
 import { splitRunArgv } from '../../src/commands/run.js';
 import { pushEstargzImage } from './helpers.js';
+import { esgz, expectOneLineError, repoRoot } from '../harness/cli.js';
 
-const repoRoot = new URL('../../', import.meta.url).pathname;
 let scratch: string;
 let ref: string;
 
-function esgz(...args: string[]) {
-  return execa('node', [join(repoRoot, 'bin/run.js'), ...args], { reject: false, env: { DEBUG: '' }, stdin: 'ignore' });
-}
 
-function expectOneLineError(result: { exitCode?: number; stderr: string }, exitCode: number, pattern: RegExp): void {
-  expect(result.exitCode).toBe(exitCode);
-  const lines = result.stderr.split('\n').filter((l) => l.length > 0);
-  expect(lines, result.stderr).toHaveLength(1);
-  expect(lines[0]).toMatch(/^esgz: /);
-  expect(lines[0]).toMatch(pattern);
-}
 
 beforeAll(async () => {
   if (!existsSync(join(repoRoot, 'dist/commands/run.js'))) throw new Error('dist/ is missing: run `npm run build` first');
