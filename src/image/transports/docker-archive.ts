@@ -430,6 +430,8 @@ class DockerArchiveSink implements ImageSink {
   private readonly written = new Set<string>();
   private readonly manifests = new Map<string, RawManifest>();
   private failed = false;
+  /** The first write error, rethrown to later writers so every layer reports the cause. */
+  private firstFailure: unknown;
 
   constructor(private readonly ref: DockerArchiveReference) {
     this.description = describe(ref);
@@ -448,8 +450,9 @@ class DockerArchiveSink implements ImageSink {
         throw new EsgzError(code === 'ENOENT' ? 'NOT_FOUND' : 'BAD_ARCHIVE', `${this.description}: cannot create ${this.ref.file}: ${why}`, { cause: err });
       }
       this.out = handle.createWriteStream();
-      this.out.on('error', () => {
+      this.out.on('error', (err) => {
         this.failed = true;
+        this.firstFailure ??= writeError(this.description, err);
       });
     }
     return this.out;
@@ -469,11 +472,14 @@ class DockerArchiveSink implements ImageSink {
   /** Serialises tar writes: each call runs after the previous one finished. */
   private enqueue(task: () => Promise<void>): Promise<void> {
     const run = this.queue.then(() => {
-      if (this.failed) throw new EsgzError('BAD_ARCHIVE', `${this.description}: an earlier write failed`);
+      if (this.failed) {
+        throw this.firstFailure instanceof EsgzError ? this.firstFailure : new EsgzError('BAD_ARCHIVE', `${this.description}: an earlier write failed`);
+      }
       return task();
     });
-    this.queue = run.catch(() => {
+    this.queue = run.catch((err: unknown) => {
       this.failed = true;
+      this.firstFailure ??= err;
     });
     return run;
   }
