@@ -38,3 +38,28 @@ export function layerCompressionOf(mediaType: string): LayerCompression {
   if (mediaType.endsWith('+gzip') || mediaType.endsWith('.tar.gzip')) return 'gzip';
   return 'none';
 }
+
+/** Docker media types and their OCI equivalents (`--oci`). */
+const DOCKER_TO_OCI: Record<string, string> = {
+  [MediaType.dockerManifest]: MediaType.ociManifest,
+  [MediaType.dockerManifestList]: MediaType.ociIndex,
+  [MediaType.dockerConfig]: MediaType.ociConfig,
+  [MediaType.dockerLayerGzip]: MediaType.ociLayerGzip,
+  [MediaType.dockerLayer]: MediaType.ociLayer,
+  [MediaType.dockerLayerForeignGzip]: MediaType.ociLayerNondistributableGzip,
+};
+
+const DOCKER_LAYER_TYPES: readonly string[] = [MediaType.dockerLayerGzip, MediaType.dockerLayer, MediaType.dockerLayerForeignGzip];
+
+/** Layer media type (OCI or Docker) → its Docker form, derived from DOCKER_TO_OCI so the two agree. */
+const DOCKER_LAYER_OF: Record<string, string> = Object.fromEntries(DOCKER_LAYER_TYPES.flatMap((docker) => [[DOCKER_TO_OCI[docker]!, docker], [docker, docker]]));
+
+/** The OCI media type for a Docker one; other media types unchanged. */
+export function toOciMediaType(mediaType: string): string {
+  return DOCKER_TO_OCI[mediaType] ?? mediaType;
+}
+
+/** The Docker media type of a layer, or undefined for OCI-only formats (e.g. zstd) that have none. */
+export function dockerLayerMediaType(mediaType: string): string | undefined {
+  return DOCKER_LAYER_OF[mediaType];
+}

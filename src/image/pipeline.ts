@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { PassThrough, type Readable, Transform } from 'node:stream';
 import { EsgzError, withContext } from '../errors.js';
 import { DigestCounter, digestOf, verifyBuffer } from './digest.js';
-import { MediaType, isDockerMediaType, isIndexMediaType, isManifestMediaType } from './media-types.js';
+import { MediaType, dockerLayerMediaType, isDockerMediaType, isIndexMediaType, isManifestMediaType, toOciMediaType } from './media-types.js';
 import { formatPlatform, hostPlatform, platformMatches } from './platform.js';
 import { identityTransform, type LayerOutput, type LayerTransform } from './transform.js';
 import type { BlobLocation, Descriptor, ImageConfig, ImageIndex, ImageManifest, ImageSink, ImageSource, Platform, RawManifest } from './types.js';
@@ -82,19 +82,6 @@ export interface TransferReport {
 const MAX_CONFIG_BYTES = 64 * 1024 * 1024;
 const DEFAULT_CONCURRENCY = 2;
 
-// Docker → OCI media types for `--oci`.
-const TO_OCI: Record<string, string> = {
-  [MediaType.dockerManifest]: MediaType.ociManifest,
-  [MediaType.dockerManifestList]: MediaType.ociIndex,
-  [MediaType.dockerConfig]: MediaType.ociConfig,
-  [MediaType.dockerLayerGzip]: MediaType.ociLayerGzip,
-  [MediaType.dockerLayer]: MediaType.ociLayer,
-  [MediaType.dockerLayerForeignGzip]: MediaType.ociLayerNondistributableGzip,
-};
-
-function toOci(mediaType: string): string {
-  return TO_OCI[mediaType] ?? mediaType;
-}
 
 function summary(desc: { mediaType: string; digest: string; size: number }): BlobSummary {
   return { mediaType: desc.mediaType, digest: desc.digest, size: desc.size };
@@ -359,14 +346,15 @@ class Transfer {
     // Media type family: Docker stays Docker unless --oci, or a layer came out in an OCI-only
     // format (zstd has no Docker media type), which makes the whole manifest OCI.
     const sourceIsDocker = isDockerMediaType(raw.mediaType);
-    const ociOnlyLayer = layers.some((l) => l.changed && !isDockerMediaType(l.output.mediaType) && !(l.output.mediaType in REVERSE_DOCKER));
+    const ociOnlyLayer = layers.some((l) => l.changed && !isDockerMediaType(l.output.mediaType) && dockerLayerMediaType(l.output.mediaType) === undefined);
     const docker = sourceIsDocker && !this.options.oci && !ociOnlyLayer;
     const familyChanged = sourceIsDocker && !docker;
     const layerDescs: Descriptor[] = layers.map((l, i) => {
       const original = manifest.layers[i]!;
       let mediaType = l.output.mediaType;
-      if (!docker) mediaType = toOci(mediaType);
-      else if (REVERSE_DOCKER[mediaType] !== undefined) mediaType = REVERSE_DOCKER[mediaType]!;
+      // Transforms name OCI layer types; on a Docker image they take their Docker form.
+      if (!docker) mediaType = toOciMediaType(mediaType);
+      else mediaType = dockerLayerMediaType(mediaType) ?? mediaType;
       l.output.mediaType = mediaType;
       if (!l.changed) return { ...original, mediaType };
       const desc: Descriptor = { mediaType, digest: l.output.digest, size: l.output.size };
@@ -379,7 +367,7 @@ class Transfer {
     const newDiffIDs = layers.map((l, i) => l.diffID ?? diffIDs[i]!);
     const diffIDsChanged = newDiffIDs.length !== diffIDs.length || newDiffIDs.some((d, i) => d !== diffIDs[i]);
     const configOutBytes = diffIDsChanged ? Buffer.from(JSON.stringify({ ...config, rootfs: { ...config.rootfs, diff_ids: newDiffIDs } })) : configBytes;
-    const configMediaType = docker ? manifest.config.mediaType : toOci(manifest.config.mediaType);
+    const configMediaType = docker ? manifest.config.mediaType : toOciMediaType(manifest.config.mediaType);
     const configDesc: Descriptor = { ...manifest.config, mediaType: configMediaType, digest: diffIDsChanged ? digestOf(configOutBytes) : manifest.config.digest, size: configOutBytes.length };
     await sink.putBlob(configDesc, () => new PassThrough().end(configOutBytes), this.mountHint(!diffIDsChanged));
 
@@ -387,7 +375,7 @@ class Transfer {
     if (!anyLayerChanged && !diffIDsChanged && !familyChanged && configMediaType === manifest.config.mediaType) {
       out = raw;
     } else {
-      const manifestMediaType = docker ? raw.mediaType : toOci(raw.mediaType);
+      const manifestMediaType = docker ? raw.mediaType : toOciMediaType(raw.mediaType);
       out = serialize({ ...manifest, mediaType: manifestMediaType, config: configDesc, layers: layerDescs }, manifestMediaType);
     }
     return {
@@ -501,15 +489,6 @@ class Transfer {
   }
 }
 
-// OCI → Docker layer media types, for transforms that name OCI types on a Docker image.
-const REVERSE_DOCKER: Record<string, string> = {
-  [MediaType.ociLayerGzip]: MediaType.dockerLayerGzip,
-  [MediaType.ociLayer]: MediaType.dockerLayer,
-  [MediaType.ociLayerNondistributableGzip]: MediaType.dockerLayerForeignGzip,
-  [MediaType.dockerLayerGzip]: MediaType.dockerLayerGzip,
-  [MediaType.dockerLayer]: MediaType.dockerLayer,
-  [MediaType.dockerLayerForeignGzip]: MediaType.dockerLayerForeignGzip,
-};
 
 function isAttestation(desc: Descriptor): boolean {
   return desc.annotations?.['vnd.docker.reference.type'] === 'attestation-manifest' || (desc.platform?.os === 'unknown' && desc.platform.architecture === 'unknown');
