@@ -84,8 +84,15 @@ export interface OptimizeReport {
     exitCode: number | undefined;
     durationMs: number;
     rootfsMode: 'overlay' | 'merged';
+    /** Image files prioritized from the trace (the workload's and the runtime's setup reads). */
     filesTraced: number;
     bytesTraced: number;
+    /**
+     * The files among them that only the runtime read, while setting up the container before the
+     * workload's first exec (runc reads /etc/passwd and /etc/group): prioritized after the
+     * workload's own files, before the landmark, so starting the container needs no extra fetch.
+     */
+    runtimeFiles: string[];
     /** Share of the traced files that landed in a prefetch range (before the landmark). */
     prefetchCoverage: number;
     layers: OptimizeLayerReport[];
@@ -154,7 +161,9 @@ async function profileAndConvert(
     });
     timings.profileMs = Date.now() - stageStart;
     stageStart = Date.now();
-    if (profile.accessed.length === 0) warn('the workload touched no file of the image: nothing is prioritized');
+    if (profile.files.length === profile.runtimeFiles) {
+      warn(`the workload touched no file of the image: ${profile.runtimeFiles > 0 ? 'only the runtime\'s setup reads are prioritized' : 'nothing is prioritized'}`);
+    }
   }
   for (const p of others) warn(`${p}: not runnable on this machine (${formatPlatform(hostPlatform())}); converted without optimization`);
   if (options.recordOut) {
@@ -273,7 +282,8 @@ function isAttestation(desc: Descriptor): boolean {
 
 /**
  * Picks the prioritized files for each layer: the profiled manifest's layers (matched by digest
- * and position) get their traced files, every other layer only the prefetch list. Layers with
+ * and position) get their traced files (the workload's, then the runtime's setup reads) followed
+ * by the prefetch list, every other layer only the prefetch list. Layers with
  * traced files are always rewritten, even with --reuse (their order must change), as ctr-remote does.
  */
 class OptimizeTransform implements LayerTransform {
@@ -343,6 +353,7 @@ function profiledReport(profile: ImageProfile, transfer: TransferReport, platfor
     rootfsMode: profile.rootfsMode,
     filesTraced,
     bytesTraced,
+    runtimeFiles: profile.files.filter((f) => f.origin === 'runtime').map((f) => f.path),
     prefetchCoverage: filesTraced === 0 ? 0 : (filesTraced - Math.min(missed, filesTraced)) / filesTraced,
     layers,
   };

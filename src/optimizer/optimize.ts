@@ -9,7 +9,7 @@ import { findRunc, runBundle, type StopReason } from '../runtime/runc.js';
 import { buildRuntimeSpec, checkExecutable, writeBundleConfig, type RunOptions } from '../runtime/spec.js';
 import { prepareRootfs, type LayerTar, type PreparedRootfs } from './overlay.js';
 import type { RecordEntry } from './record.js';
-import { startTracer, toImagePath, type AccessKind, type Tracer } from './tracer.js';
+import { startTracer, toImagePath, type AccessKind, type TraceEvent, type Tracer } from './tracer.js';
 
 export interface ProfileWorkloadOptions {
   /** Decompressed layer tars, base first. */
@@ -42,23 +42,39 @@ export interface ProfileWorkloadOptions {
   onStage?(stage: string): void;
 }
 
+/**
+ * Who read a file: the workload (from its first exec on), or the container runtime while it set
+ * the container up before that exec (runc reads the image's /etc/passwd and /etc/group).
+ */
+export type AccessOrigin = 'workload' | 'runtime';
+
 export interface AccessedFile {
   /** Image path, e.g. `bin/busybox`. */
   path: string;
   /** Index of the topmost layer providing the file. */
   layerIndex: number;
   kind: AccessKind;
+  /**
+   * `runtime`: read only by the runtime before the workload's first exec. Such files come after
+   * the workload's own files (a file the workload also opened keeps its workload position).
+   */
+  origin: AccessOrigin;
   /** Size of the file in bytes. */
   size: number;
 }
 
 export interface ProfileResult {
-  /** Image paths in first-access order. */
+  /**
+   * Image paths in prioritized order: the workload's files in first-access order, then the
+   * runtime's setup reads that the workload did not touch itself, in the order the runtime read them.
+   */
   accessed: string[];
-  /** The same files with their providing layer and first access kind. */
+  /** The same files with their providing layer, first access kind and origin. */
   files: AccessedFile[];
-  /** Per layer index, the accessed files it provides, in access order (the prioritized-files list of each layer). */
+  /** Per layer index, the accessed files it provides, in prioritized order (the prioritized-files list of each layer). */
   perLayer: string[][];
+  /** How many of `files` are runtime setup reads (`origin: 'runtime'`, at the end of the list). */
+  runtimeFiles: number;
   /** Paths the workload touched that no layer provides (written at run time): not prioritized. */
   notInImage: number;
   exitCode: number | undefined;
@@ -133,21 +149,27 @@ export async function profileWorkload(options: ProfileWorkloadOptions): Promise<
     const files: AccessedFile[] = [];
     const seen = new Set<string>();
     let notInImage = 0;
-    // Everything before the first exec is runc setting up the container (it reads the image's
-    // /etc/passwd and /etc/group, creates mount points), not the workload: not prioritized.
-    const firstExec = events.findIndex((e) => e.kind === 'exec');
-    const workloadEvents = firstExec < 0 ? [] : events.slice(firstExec);
-    for (const event of workloadEvents) {
-      const path = toImagePath(event.reported, rootfs.rootfs);
-      if (!path || seen.has(path)) continue;
+    const add = (event: TraceEvent, origin: AccessOrigin) => {
+      const path = toImagePath(event.reported, rootfs!.rootfs);
+      if (!path || seen.has(path)) return;
       seen.add(path);
-      const layerIndex = rootfs.provenance.layerOf(path);
+      const layerIndex = rootfs!.provenance.layerOf(path);
       if (layerIndex === undefined) {
-        notInImage++;
-        continue;
+        // Files the workload created; the runtime's own (mount points, its bind-mounted files) are not counted.
+        if (origin === 'workload') notInImage++;
+        return;
       }
-      files.push({ path, layerIndex, kind: event.kind, size: rootfs.provenance.sizeOf(path) });
-    }
+      files.push({ path, layerIndex, kind: event.kind, origin, size: rootfs!.provenance.sizeOf(path) });
+    };
+    // Everything before the first exec is runc setting up the container: it reads the image's
+    // /etc/passwd and /etc/group inside the container. Every start of the image does the same,
+    // so those files are prioritized too, but after the workload's own files (whose access order
+    // stays first and intact); a file the workload opens as well keeps its workload position.
+    const firstExec = events.findIndex((e) => e.kind === 'exec');
+    const setupEvents = firstExec < 0 ? events : events.slice(0, firstExec);
+    const workloadEvents = firstExec < 0 ? [] : events.slice(firstExec);
+    for (const event of workloadEvents) add(event, 'workload');
+    for (const event of setupEvents) add(event, 'runtime');
     const perLayer: string[][] = options.layers.map(() => []);
     for (const f of files) perLayer[f.layerIndex]!.push(f.path);
     if (run.reason === 'exited' && run.exitCode !== 0) {
@@ -157,6 +179,7 @@ export async function profileWorkload(options: ProfileWorkloadOptions): Promise<
       accessed: files.map((f) => f.path),
       files,
       perLayer,
+      runtimeFiles: files.filter((f) => f.origin === 'runtime').length,
       notInImage,
       exitCode: run.exitCode,
       stopReason: run.reason,
@@ -180,7 +203,10 @@ export async function profileWorkload(options: ProfileWorkloadOptions): Promise<
   }
 }
 
-/** Record-file entries (ctr-remote's format) for a profile of the platform manifest `manifestDigest`. */
+/**
+ * Record-file entries (ctr-remote's format) for a profile of the platform manifest `manifestDigest`,
+ * in prioritized order (the workload's files, then the runtime's setup reads).
+ */
 export function recordEntriesOf(result: ProfileResult, manifestDigest?: string): RecordEntry[] {
   return result.files.map((f) => ({ path: f.path, ...(manifestDigest ? { manifestDigest } : {}), layerIndex: f.layerIndex }));
 }

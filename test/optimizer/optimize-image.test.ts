@@ -12,7 +12,7 @@ import { readRecordFile } from '../../src/optimizer/record.js';
 import { memoryBackedTempRoot, profileImage } from '../../src/optimizer/image-profile.js';
 import { listContainers } from '../../src/runtime/runc.js';
 import { busyboxRootfs, twoPlatformImages, writeOciImage } from '../fixtures/oci-image.js';
-import { dir, file } from '../fixtures/tar.js';
+import { contentSize, dir, file } from '../fixtures/tar.js';
 import { debianImage, debianImageCached } from '../fixtures/debian.js';
 import { readPrefetchList } from '../../src/estargz/priority.js';
 
@@ -50,6 +50,15 @@ function layerEntryNames(layout: string, tag: string): string[][] {
   });
 }
 
+/**
+ * The busybox layer's entries up to and including the landmark after optimizing `cat /etc/hello;
+ * ls /bin`: the workload's files in access order (with their parent directories), then the files
+ * runc read setting up the container before it exec'd the workload (etc/passwd, then etc/group).
+ */
+const BUSYBOX_PREFETCH = ['bin/', 'bin/busybox', 'etc/', 'etc/hello', 'etc/passwd', 'etc/group', '.prefetch.landmark'];
+/** The same without the directories. */
+const BUSYBOX_PREFETCH_FILES = BUSYBOX_PREFETCH.filter((n) => !n.endsWith('/'));
+
 function rootDigest(layout: string, tag: string): string {
   const index = JSON.parse(readFileSync(join(layout, 'index.json'), 'utf8')) as OciIndex;
   return index.manifests.find((m) => m.annotations?.['org.opencontainers.image.ref.name'] === tag)!.digest;
@@ -83,26 +92,30 @@ async function optimize(src: string, dst: string, overrides: Partial<OptimizeIma
 }
 
 describe('optimizeImage (profile + convert through the pipeline)', () => {
-  it('puts bin/busybox and etc/hello before the landmark, in access order, and everything else after', async () => {
+  it('puts bin/busybox and etc/hello before the landmark in access order, then runc\'s etc/passwd and etc/group, and everything else after', async () => {
     const out = join(work, 'out1');
     const record = join(work, 'record.json');
     const { report, stdout } = await optimize(busyboxRef, `oci:${out}:opt`, { recordOut: record, reopenTarget: () => openSource(`oci:${out}:opt`) });
     expect(stdout).toContain('hello from an esgz fixture');
     const [base, top] = layerEntryNames(out, 'opt');
+    // Parent directories come with their files: the workload's files in access order, then the
+    // runtime's setup reads in the order runc read them, then the landmark.
     const landmark = base!.indexOf('.prefetch.landmark');
-    expect(landmark).toBeGreaterThan(0);
-    // Parent directories come with their files; the prioritized files in access order.
-    const before = base!.slice(0, landmark).filter((n) => !n.endsWith('/'));
-    expect(before).toEqual(['bin/busybox', 'etc/hello']);
-    expect(base!.slice(landmark + 1)).toEqual(expect.arrayContaining(['etc/passwd', 'bin/sh', 'bin/ls']));
+    expect(base!.slice(0, landmark + 1)).toEqual(BUSYBOX_PREFETCH);
+    // Everything else, once each, after the landmark.
+    const after = base!.slice(landmark + 1);
+    expect(after).toEqual(expect.arrayContaining(['bin/sh', 'bin/ls', 'tmp/']));
+    for (const name of BUSYBOX_PREFETCH) expect(after).not.toContain(name);
     // The second layer had nothing accessed: no prefetch range.
     expect(top![0]).toBe('.no.prefetch.landmark');
     expect(top).not.toContain('.prefetch.landmark');
 
     const p = report.profiled!;
-    expect(p.filesTraced).toBe(2);
-    expect(p.layers.map((l) => l.prioritizedFiles)).toEqual([2, 0]);
-    expect(p.layers[0]!.prioritizedBytes).toBe(readFileSync('/bin/busybox').length + 'hello from an esgz fixture\n'.length);
+    expect(p.filesTraced).toBe(4);
+    expect(p.runtimeFiles).toEqual(['etc/passwd', 'etc/group']);
+    expect(p.layers.map((l) => l.prioritizedFiles)).toEqual([4, 0]);
+    const fixtureBytes = ['etc/hello', 'etc/passwd', 'etc/group'].map((n) => contentSize(busyboxRootfs().find((e) => e.path === n)!));
+    expect(p.layers[0]!.prioritizedBytes).toBe(readFileSync('/bin/busybox').length + fixtureBytes.reduce((a, b) => a + b, 0));
     expect(p.prefetchCoverage).toBe(1);
     // The reported landmark offset is where the gzip member of its payload starts (TOC offset
     // semantics): gunzip from there (the oracle) yields the landmark's one byte, 0x0f, first.
@@ -116,6 +129,8 @@ describe('optimizeImage (profile + convert through the pipeline)', () => {
     expect(entries.map((e) => [e.path, e.layerIndex])).toEqual([
       ['bin/busybox', 0],
       ['etc/hello', 0],
+      ['etc/passwd', 0],
+      ['etc/group', 0],
     ]);
     expect(entries[0]!.manifestDigest).toBe(p.manifestDigest);
   });
@@ -130,7 +145,7 @@ describe('optimizeImage (profile + convert through the pipeline)', () => {
         stdout: new PassThrough(),
       });
       expect(rerun.exitCode).toBe(0);
-      expect(rerun.accessed).toEqual(['bin/busybox', 'etc/hello']);
+      expect(rerun.accessed).toEqual(BUSYBOX_PREFETCH_FILES.slice(0, -1));
     } finally {
       await source.close();
     }
@@ -157,7 +172,7 @@ describe('optimizeImage (profile + convert through the pipeline)', () => {
     const { report, warnings } = await optimize(`oci:${layout}:multi`, `oci:${out}:m`, { allPlatforms: true });
     expect(report.notProfiled).toEqual(['linux/arm64']);
     expect(warnings.join('\n')).toMatch(/linux\/arm64: not runnable on this machine/);
-    expect(report.profiled!.filesTraced).toBe(2);
+    expect(report.profiled!.filesTraced).toBe(4);
     expect(report.transfer.manifests).toHaveLength(2);
   });
 
@@ -187,16 +202,16 @@ describe('memory-backed temp dir', () => {
 });
 
 describe('optimizeImage options', () => {
-  it('--prefetch-list adds files after the traced ones', async () => {
+  it('--prefetch-list adds files after the traced ones (the workload\'s and the runtime\'s)', async () => {
     const list = join(work, 'prefetch.txt');
-    writeFileSync(list, '# extra\n/etc/passwd\n');
+    // etc/group is already prioritized (runc read it): listing it again does not move or repeat it.
+    writeFileSync(list, '# extra\n/etc/group\n/opt/unused-2\n');
     const out = join(work, 'prefetch-out');
     await optimize(busyboxRef, `oci:${out}:p`, { prefetchList: await readPrefetchList(list) });
     const [base, top] = layerEntryNames(out, 'p');
-    const landmark = base!.indexOf('.prefetch.landmark');
-    expect(base!.slice(0, landmark).filter((n) => !n.endsWith('/'))).toEqual(['bin/busybox', 'etc/hello', 'etc/passwd']);
-    // The list applies to every layer; a layer without those files prefetches nothing (as stargz's writer does, its landmark comes first).
-    expect(top![0]).toMatch(/^\.(no\.)?prefetch\.landmark$/);
+    expect(base!.slice(0, BUSYBOX_PREFETCH.length)).toEqual(BUSYBOX_PREFETCH);
+    // The list applies to every layer: the untraced top layer prefetches the listed file it has.
+    expect(top!.slice(0, top!.indexOf('.prefetch.landmark') + 1)).toEqual(['opt/', 'opt/unused-2', '.prefetch.landmark']);
   });
 
   it('--temp-dir on a tmpfs holds every temporary file and is left empty', async () => {
@@ -204,7 +219,7 @@ describe('optimizeImage options', () => {
     try {
       const out = join(work, 'tempdir-out');
       const { report } = await optimize(busyboxRef, `oci:${out}:t`, { tempDir: temp });
-      expect(report.profiled!.filesTraced).toBe(2);
+      expect(report.profiled!.filesTraced).toBe(4);
       expect(readdirSync(temp)).toEqual([]);
       expect(rootDigest(out, 't')).toBe(rootDigest(join(work, 'out1'), 'opt'));
     } finally {
@@ -220,7 +235,7 @@ describe('optimizeImage options', () => {
     const layers = report.transfer.manifests[0]!.layers;
     expect(layers.map((l) => l.changed)).toEqual([true, false]);
     expect(layers[1]!.output.digest).toBe(layers[1]!.input.digest);
-    expect(layerEntryNames(second, 'r')[0]!.filter((n) => !n.endsWith('/')).slice(0, 3)).toEqual(['bin/busybox', 'etc/hello', '.prefetch.landmark']);
+    expect(layerEntryNames(second, 'r')[0]!.slice(0, BUSYBOX_PREFETCH.length)).toEqual(BUSYBOX_PREFETCH);
   });
 });
 
@@ -234,7 +249,7 @@ describe('optimizeImage to zstd:chunked from Docker media types', () => {
     expect(layer.output.mediaType).toBe('application/vnd.oci.image.layer.v1.tar+zstd');
     // zstd -d is the oracle for the frames, GNU tar for the order.
     const names = execFileSync('sh', ['-c', 'zstd -dc "$1" | tar -t', 'sh', blobPath(out, layer.output.digest)], { encoding: 'utf8' }).trim().split('\n');
-    expect(names.filter((n) => !n.endsWith('/')).slice(0, 3)).toEqual(['bin/busybox', 'etc/hello', '.prefetch.landmark']);
+    expect(names.slice(0, BUSYBOX_PREFETCH.length)).toEqual(BUSYBOX_PREFETCH);
   });
 });
 
@@ -249,7 +264,7 @@ describe('optimizeImage with --estargz-external-toc', () => {
     expect(report.tocImage?.reference).toBe(`oci:${out}:e-esgztoc`);
     expect(rootDigest(out, 'e-esgztoc')).toBe(report.tocImage!.digest);
     const names = execFileSync('tar', ['-tzf', blobPath(out, report.transfer.manifests[0]!.layers[0]!.output.digest)], { encoding: 'utf8' }).trim().split('\n');
-    expect(names.filter((n) => !n.endsWith('/')).slice(0, 3)).toEqual(['bin/busybox', 'etc/hello', '.prefetch.landmark']);
+    expect(names.slice(0, BUSYBOX_PREFETCH.length)).toEqual(BUSYBOX_PREFETCH);
     expect(names).not.toContain('stargz.index.json');
     expect(report.profiled!.layers[0]!.landmarkOffset).toBeGreaterThan(500_000);
   });
@@ -273,6 +288,9 @@ describe('optimizeImage on the Debian bookworm python3 image', () => {
     expect(pythonPrefetch).toContain('etc/ld.so.cache');
     expect(pythonPrefetch.some((n) => n.startsWith('usr/lib/python3.11/encodings/'))).toBe(true);
     expect(basePrefetch).toEqual(expect.arrayContaining(['usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2', 'usr/lib/x86_64-linux-gnu/libc.so.6', 'usr/lib/x86_64-linux-gnu/libm.so.6']));
+    // runc's setup reads come after python's own files, last before the base layer's landmark.
+    expect(report.profiled!.runtimeFiles).toEqual(['etc/passwd', 'etc/group']);
+    expect(basePrefetch.slice(-2)).toEqual(['etc/passwd', 'etc/group']);
     // Nothing else is prefetched: everything before the landmark was traced.
     expect(basePrefetch.length + pythonPrefetch.length).toBe(report.profiled!.filesTraced);
     expect(base!.length).toBeGreaterThan(1000);
@@ -289,7 +307,8 @@ describe('esgz image optimize (CLI)', () => {
     expect(result.stderr).toBe('');
     expect(result.exitCode).toBe(0);
     expect(result.stdout).toContain('hello from an esgz fixture');
-    expect(result.stdout).toMatch(/files traced: 2 /);
+    expect(result.stdout).toMatch(/files traced: 4 /);
+    expect(result.stdout).toContain("read by the runtime before the workload started (prioritized after the workload's files): etc/passwd, etc/group\n");
     expect(result.stdout.trim().split('\n').pop()).toBe(rootDigest(out, 'cli'));
   });
 
@@ -312,8 +331,8 @@ describe('esgz image optimize (CLI)', () => {
     const result = await child;
     expect(result.exitCode).toBe(0);
     expect(result.stdout).toMatch(/stopped \(signal\)/);
-    expect(result.stdout).toMatch(/files traced: 2 /);
-    expect(layerEntryNames(out, 's')[0]!.filter((n) => !n.endsWith('/')).slice(0, 3)).toEqual(['bin/busybox', 'etc/hello', '.prefetch.landmark']);
+    expect(result.stdout).toMatch(/files traced: 4 /);
+    expect(layerEntryNames(out, 's')[0]!.slice(0, BUSYBOX_PREFETCH.length)).toEqual(BUSYBOX_PREFETCH);
     expect(await listContainers()).toEqual([]);
   });
 

@@ -66,20 +66,44 @@ async function profile(overrides: Partial<ProfileWorkloadOptions>) {
 }
 
 const catAndLs = { entrypoint: ['/bin/sh', '-c'], args: ['cat /etc/hello; ls /bin'] };
+/** What runc reads in the container before it execs the entrypoint, in that order (both in layer 0). */
+const RUNTIME_SETUP = ['etc/passwd', 'etc/group'];
+/** The prioritized files of the cat-and-ls workload: its own in access order, then runc's setup reads. */
+const CAT_AND_LS_FILES = ['bin/busybox', 'etc/hello', ...RUNTIME_SETUP];
 
 describe('profileWorkload on a busybox image under runc (overlayfs)', () => {
-  it('records bin/busybox then etc/hello, mapped to the layers that provide them', async () => {
+  it('records bin/busybox then etc/hello, then runc\'s setup reads etc/passwd and etc/group, mapped to the layers that provide them', async () => {
     const { result, stdout } = await profile({ run: catAndLs });
     expect(stdout).toContain('hello from layer 1');
     expect(stdout.split('\n')).toContain('busybox');
     expect(result.rootfsMode).toBe('overlay');
     expect(result.stopReason).toBe('exited');
     expect(result.exitCode).toBe(0);
-    expect(result.accessed).toEqual(['bin/busybox', 'etc/hello']);
-    expect(result.files.map((f) => f.kind)).toEqual(['exec', 'open']);
-    expect(result.perLayer).toEqual([['bin/busybox'], ['etc/hello']]);
+    expect(result.accessed).toEqual(CAT_AND_LS_FILES);
+    expect(result.files.map((f) => [f.path, f.layerIndex, f.kind, f.origin])).toEqual([
+      ['bin/busybox', 0, 'exec', 'workload'],
+      ['etc/hello', 1, 'open', 'workload'],
+      ['etc/passwd', 0, 'open', 'runtime'],
+      ['etc/group', 0, 'open', 'runtime'],
+    ]);
+    expect(result.runtimeFiles).toBe(2);
+    // Each layer's prioritized list: the workload's files first, the runtime's after them.
+    expect(result.perLayer).toEqual([['bin/busybox', 'etc/passwd', 'etc/group'], ['etc/hello']]);
     // One container ran; afterEach checks its state and cgroups are gone.
     expect(containerIds).toEqual([expect.stringMatching(/^esgz-[0-9a-f]{12}$/)]);
+  });
+
+  it('keeps a setup file the workload opens itself at its workload position, once', async () => {
+    const { result, stdout } = await profile({ run: { entrypoint: ['/bin/sh', '-c'], args: ['cat /etc/group > /dev/null; cat /etc/hello'] } });
+    expect(stdout).toContain('hello from layer 1');
+    expect(result.files.map((f) => [f.path, f.layerIndex, f.origin])).toEqual([
+      ['bin/busybox', 0, 'workload'],
+      ['etc/group', 0, 'workload'],
+      ['etc/hello', 1, 'workload'],
+      ['etc/passwd', 0, 'runtime'],
+    ]);
+    expect(result.runtimeFiles).toBe(1);
+    expect(result.perLayer).toEqual([['bin/busybox', 'etc/group', 'etc/passwd'], ['etc/hello']]);
   });
 
   it('gives the same trace every time', async () => {
@@ -91,8 +115,9 @@ describe('profileWorkload on a busybox image under runc (overlayfs)', () => {
   it('gives the same trace from a merged copy when overlayfs is not used', async () => {
     const { result } = await profile({ run: catAndLs, rootfsMode: 'merged' });
     expect(result.rootfsMode).toBe('merged');
-    expect(result.accessed).toEqual(['bin/busybox', 'etc/hello']);
-    expect(result.perLayer).toEqual([['bin/busybox'], ['etc/hello']]);
+    expect(result.accessed).toEqual(CAT_AND_LS_FILES);
+    expect(result.files.map((f) => f.origin)).toEqual(['workload', 'workload', 'runtime', 'runtime']);
+    expect(result.perLayer).toEqual([['bin/busybox', 'etc/passwd', 'etc/group'], ['etc/hello']]);
   });
 
   it('does not see files hidden by a whiteout, and skips files the workload creates', async () => {
@@ -100,7 +125,7 @@ describe('profileWorkload on a busybox image under runc (overlayfs)', () => {
       run: { entrypoint: ['/bin/sh', '-c'], args: ['cat /etc/removed; echo x > /tmp/new; cat /tmp/new; cat /etc/hello'] },
     });
     expect(stderr).toMatch(/can't open '\/etc\/removed'/);
-    expect(result.accessed).toEqual(['bin/busybox', 'etc/hello']);
+    expect(result.accessed).toEqual(CAT_AND_LS_FILES);
     expect(result.notInImage).toBe(1);
   });
 
@@ -126,9 +151,12 @@ describe('profileWorkload on a busybox image under runc (overlayfs)', () => {
     try {
       await writeRecordFile(file, recordEntriesOf(result, 'sha256:' + 'a'.repeat(64)));
       const lines = readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+      // The prioritized order: the workload's files, then runc's setup reads.
       expect(lines).toEqual([
         { path: 'bin/busybox', manifestDigest: 'sha256:' + 'a'.repeat(64), layerIndex: 0 },
         { path: 'etc/hello', manifestDigest: 'sha256:' + 'a'.repeat(64), layerIndex: 1 },
+        { path: 'etc/passwd', manifestDigest: 'sha256:' + 'a'.repeat(64), layerIndex: 0 },
+        { path: 'etc/group', manifestDigest: 'sha256:' + 'a'.repeat(64), layerIndex: 0 },
       ]);
       expect(await readRecordFile(file)).toEqual(lines);
     } finally {
@@ -144,7 +172,7 @@ describe('profileWorkload stops and tears down', () => {
     expect(result.stopReason).toBe('period');
     expect(result.exitCode).toBeUndefined();
     expect(Date.now() - started).toBeLessThan(15_000);
-    expect(result.accessed).toEqual(['bin/busybox', 'etc/hello']);
+    expect(result.accessed).toEqual(CAT_AND_LS_FILES);
   });
 
   it('stops when the watched line appears on stdout', async () => {
@@ -166,7 +194,7 @@ describe('profileWorkload stops and tears down', () => {
       signal: controller.signal,
     });
     expect(result.stopReason).toBe('signal');
-    expect(result.accessed).toEqual(['bin/busybox', 'etc/hello']);
+    expect(result.accessed).toEqual(CAT_AND_LS_FILES);
   });
 
   it('turns Ctrl-C without --wait-on-signal into an INTERRUPTED error', async () => {
@@ -314,7 +342,7 @@ describe('profileWorkload options', () => {
         run: { entrypoint: ['/bin/sh', '-c'], args: ['cat /data/data.txt; cat /etc/hello'], mounts: [parseMountFlag(`type=bind,source=${hostDir},destination=/data,options=rbind:ro`)] },
       });
       expect(stdout).toContain('from the host');
-      expect(result.accessed).toEqual(['bin/busybox', 'etc/hello']);
+      expect(result.accessed).toEqual(CAT_AND_LS_FILES);
     } finally {
       rmSync(hostDir, { recursive: true, force: true });
     }
@@ -344,6 +372,8 @@ describe('profileWorkload options', () => {
       ['data/file-124', 126],
       ['data/file-0', 2],
       ['etc/hello', 1],
+      ['etc/passwd', 0],
+      ['etc/group', 0],
     ]);
   });
 

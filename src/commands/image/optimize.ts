@@ -205,6 +205,10 @@ optimization.`;
       const stop = p.stopReason === 'exited' ? `exited with code ${p.exitCode}` : `stopped (${p.stopReason})`;
       this.log(`workload: ${JSON.stringify(p.args)} ${stop} after ${(p.durationMs / 1000).toFixed(1)} s (${p.rootfsMode})`);
       this.log(`files traced: ${p.filesTraced} (${formatBytes(p.bytesTraced)}), prefetch coverage ${(p.prefetchCoverage * 100).toFixed(1)}%`);
+      if (p.runtimeFiles.length > 0) {
+        const shown = p.runtimeFiles.slice(0, 5).join(', ') + (p.runtimeFiles.length > 5 ? `, … (${p.runtimeFiles.length} in all)` : '');
+        this.log(`  read by the runtime before the workload started (prioritized after the workload's files): ${shown}`);
+      }
       for (const l of p.layers) {
         const landmark = l.landmarkOffset !== undefined ? `, landmark at ${l.landmarkOffset}` : '';
         const out = l.outputDigest ? ` -> ${l.outputDigest.slice(0, 19)}… ${formatBytes(l.outputSize ?? 0)}` : '';
