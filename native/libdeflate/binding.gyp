@@ -3,7 +3,7 @@
     {
       "target_name": "esgz_libdeflate",
       "sources": ["esgz_libdeflate.c"],
-      "libraries": ["-ldeflate"],
+      "libraries": ["<!@(sh ./libdeflate-link.sh)"],
       "cflags": ["-O2", "-Wall"]
     }
   ]

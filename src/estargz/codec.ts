@@ -12,15 +12,19 @@
  *  - zstd  (zstd:chunked): src/estargz/zstdchunked/codec.ts (helper H4)
  *
  * Contract rules (once committed, this file only changes additively):
- *  - `compressMember` must be a pure function of its input bytes and the codec's options, so
- *    blobs are byte-reproducible however many members compress concurrently. The writer may call
- *    it many times without awaiting (bounded); it awaits results in order.
+ *  - `compressMembers` / `compressMember` must compress each member as a pure function of its
+ *    input bytes and the codec's options, so blobs are byte-reproducible however many members
+ *    compress concurrently and however they are batched. The writer may call them many times
+ *    without awaiting (bounded); it awaits results in order.
  *  - Offsets in the TOC are compressed-blob offsets of member starts; `innerOffset` is an offset
  *    inside the decompressed member. Both are computed by the writer, never by the codec.
  *  - The TOC JSON bytes must be produced with `marshalTOC` (src/estargz/toc.ts) so that every
  *    codec hashes the same bytes for the same JTOC (the TOC digest is sha256 of those bytes).
  */
+import type { CompressedMembers } from './member-pool.js';
 import type { JTOC } from './toc.js';
+
+export type { CompressedMembers };
 
 export type CodecName = 'gzip' | 'zstd';
 
@@ -84,18 +88,24 @@ export interface Codec {
 
   // ---- writer side ----------------------------------------------------------------------
 
+  /** Members compressing at once (worker threads); the writer sizes its in-flight window from it. */
+  readonly workers: number;
   /**
    * Compresses one whole member (tar header bytes + one payload chunk) into one gzip member / zstd
-   * frame. The caller hands the buffer over: the codec may transfer it to a worker thread
-   * (detaching it), so callers must not read it after the call.
+   * frame. The caller keeps `uncompressed`.
    */
   compressMember(uncompressed: Buffer): Promise<Buffer>;
   /**
-   * Optional: a buffer of `size` bytes the writer fills with a member's bytes and then passes to
-   * `compressMember`, letting the codec recycle member buffers (flat memory on big layers).
-   * Without it the writer allocates.
+   * A buffer of at least `size` bytes (its length is its capacity) for the writer to fill with
+   * members and pass to `compressMembers`: buffers are recycled (flat memory on big layers).
    */
-  allocateMember?(size: number): Buffer;
+  allocateBatch(size: number): Buffer;
+  /**
+   * Compresses the members laid end to end in `batch` (member i ends at `ends[i]`), each into
+   * its own gzip member / zstd frame, returned concatenated with each compressed size. The
+   * caller hands `batch` over (it may move to a worker thread): it must not be used afterwards.
+   */
+  compressMembers(batch: Buffer, ends: Uint32Array): Promise<CompressedMembers>;
   /**
    * Builds everything after the last member: the TOC and the footer. `tocOffset` is the
    * compressed blob offset where `bytes` will start (= total size of all members written).

@@ -8,7 +8,8 @@ import zlib from 'node:zlib';
 import { EsgzError } from '../errors.js';
 import type { Codec, CodecOptions, CodecTail, FooterInfo, ParsedTOC } from './codec.js';
 import { FOOTER_SIZE, LEGACY_FOOTER_SIZE, TOC_TAR_NAME } from './constants.js';
-import { GzipPool, selectGzipBackend, type GzipBackend } from './gzip-pool.js';
+import { createGzipPool, defaultWorkerCount, selectGzipBackend, type GzipBackend } from './gzip-pool.js';
+import type { CompressedMembers, MemberPool } from './member-pool.js';
 import { BLOCK, END_OF_ARCHIVE, encodeTarHeader, padding } from './tar.js';
 import { marshalTOC, parseTOCJSON, sha256Digest, type JTOC } from './toc.js';
 import { MediaType } from '../image/media-types.js';
@@ -168,9 +169,9 @@ export class GzipCodec implements Codec {
   /** The largest of its footers: 51 (STARGZ), 47 (legacy), 46 (external TOC). */
   readonly maxFooterSize = Math.max(FOOTER_SIZE, LEGACY_FOOTER_SIZE, EXTERNAL_TOC_FOOTER_SIZE);
   readonly level: number;
-  readonly workers: number | undefined;
+  readonly workers: number;
   private readonly backendChoice: GzipBackend;
-  private pool: GzipPool | undefined;
+  private pool: MemberPool | undefined;
   /** When true, buildTail writes no TOC and the external-TOC footer (`--estargz-external-toc`). */
   readonly externalTOC: boolean;
 
@@ -178,7 +179,7 @@ export class GzipCodec implements Codec {
     this.externalTOC = options.externalTOC ?? false;
     this.backendChoice = options.backend ?? selectGzipBackend();
     this.level = options.compressionLevel ?? DEFAULT_GZIP_LEVEL;
-    this.workers = options.workers;
+    this.workers = options.workers ?? defaultWorkerCount();
     if (this.backendChoice === 'zlib' && this.level > 9) {
       throw new EsgzError('BAD_FLAG', `gzip compression level ${this.level} needs libdeflate (levels 10-12); the zlib backend stops at 9`);
     }
@@ -188,13 +189,17 @@ export class GzipCodec implements Codec {
     return this.backendChoice;
   }
 
-  private getPool(): GzipPool {
-    this.pool ??= new GzipPool({ level: this.level, workers: this.workers, backend: this.backendChoice });
+  private getPool(): MemberPool {
+    this.pool ??= createGzipPool({ level: this.level, workers: this.workers, backend: this.backendChoice });
     return this.pool;
   }
 
-  allocateMember(size: number): Buffer {
+  allocateBatch(size: number): Buffer {
     return this.getPool().allocate(size);
+  }
+
+  compressMembers(batch: Buffer, ends: Uint32Array): Promise<CompressedMembers> {
+    return this.getPool().compressMembers(batch, ends);
   }
 
   compressMember(uncompressed: Buffer): Promise<Buffer> {
@@ -204,7 +209,7 @@ export class GzipCodec implements Codec {
   async buildTail(toc: JTOC, tocOffset: number): Promise<CodecTail> {
     const tocJSON = marshalTOC(toc);
     const tocTar = tocTarBytes(tocJSON);
-    const member = await this.compressMember(Buffer.from(tocTar)); // a copy: tocTar is returned too
+    const member = await this.compressMember(tocTar);
     const tocDigest = sha256Digest(tocJSON);
     if (this.externalTOC) {
       // As stargz's externaltoc compressor: the layer ends with the footer alone (no TOC, no

@@ -7,6 +7,7 @@
  * Formats read: POSIX ustar + PAX ('x', 'g'), GNU (long names 'L'/'K', base-256 numbers), v7.
  * Headers are written as ustar, with a PAX header when a field does not fit (like Go's archive/tar).
  */
+import { Readable } from 'node:stream';
 import { EsgzError } from '../errors.js';
 
 export const BLOCK = 512;
@@ -59,7 +60,7 @@ export class ByteSource {
   private readonly iterator: AsyncIterator<Buffer | Uint8Array | string>;
 
   constructor(stream: AsyncIterable<Buffer | Uint8Array | string>) {
-    this.iterator = stream[Symbol.asyncIterator]();
+    this.iterator = stream instanceof Readable && !stream.readableObjectMode ? readableChunks(stream) : stream[Symbol.asyncIterator]();
   }
 
   private async fill(): Promise<boolean> {
@@ -146,6 +147,58 @@ export class ByteSource {
     this.consumed += total;
     return total;
   }
+}
+
+/** Chunks a paused byte stream may buffer before it is paused again. */
+const MAX_QUEUED_CHUNKS = 8;
+
+/**
+ * The chunks of a byte stream as they were pushed. (A Readable's own async iterator calls
+ * `read()`, which joins everything buffered into a new Buffer: one more copy of every byte of a
+ * layer.) Flow control: the stream pauses while MAX_QUEUED_CHUNKS wait, and resumes when they
+ * are taken.
+ */
+function readableChunks(stream: Readable): AsyncIterator<Buffer> {
+  const queue: Buffer[] = [];
+  let ended = false;
+  let failure: unknown;
+  let wake: (() => void) | undefined;
+  const notify = () => {
+    const resume = wake;
+    wake = undefined;
+    resume?.();
+  };
+  stream.on('data', (chunk: Buffer) => {
+    queue.push(chunk);
+    if (queue.length >= MAX_QUEUED_CHUNKS) stream.pause();
+    notify();
+  });
+  stream.once('end', () => {
+    ended = true;
+    notify();
+  });
+  stream.once('error', (err) => {
+    failure ??= err;
+    notify();
+  });
+  stream.once('close', () => {
+    if (!ended) failure ??= new EsgzError('BAD_LAYER', 'the layer stream closed before its end');
+    notify();
+  });
+  return {
+    async next(): Promise<IteratorResult<Buffer>> {
+      for (;;) {
+        const value = queue.shift();
+        if (value !== undefined) {
+          if (stream.isPaused() && queue.length < MAX_QUEUED_CHUNKS / 2) stream.resume();
+          return { done: false, value };
+        }
+        if (failure !== undefined) throw failure;
+        if (ended) return { done: true, value: undefined };
+        await new Promise<void>((resolve) => (wake = resolve));
+      }
+    },
+  };
 }
 
 function parseString(block: Buffer, offset: number, length: number): string {

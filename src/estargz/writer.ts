@@ -19,10 +19,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { EsgzError } from '../errors.js';
-import type { Codec } from './codec.js';
+import type { Codec, CompressedMembers } from './codec.js';
 import { DEFAULT_CHUNK_SIZE, LANDMARK_CONTENTS, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME } from './constants.js';
 import { expandPriorities, type PriorityItem } from './priority.js';
-import { encodeTarHeader, padding, readTar, type TarHeader } from './tar.js';
+import { BLOCK, encodeTarHeader, padding, readTar, type TarHeader } from './tar.js';
 import { cleanEntryName, formatModtime, type JTOC, type TOCEntry, type TOCEntryType } from './toc.js';
 
 export interface EstargzWriterOptions {
@@ -41,7 +41,7 @@ export interface EstargzWriterOptions {
   /** Directory for the spool file used when reordering prioritized files. */
   tmpDir?: string;
   signal?: AbortSignal;
-  /** Members compressing at once before the writer waits (memory bound). Default 2 × workers + 2. */
+  /** Batches of members compressing at once before the writer waits (memory bound). Default 2 × workers + 2. */
   maxInFlight?: number;
   /**
    * Keep the uncompressed tar byte for byte (`--estargz-keep-diff-id`, with an external-TOC
@@ -81,6 +81,9 @@ interface SourceEntry {
   readSome(max: number): Promise<Buffer>;
 }
 
+/** Source of the zero padding after payloads (never written to). */
+const ZERO_BLOCK = Buffer.alloc(BLOCK);
+
 const TYPE_OF: Record<string, TOCEntryType> = {
   '0': 'reg', '1': 'hardlink', '2': 'symlink', '3': 'char', '4': 'block', '5': 'dir', '6': 'fifo',
 };
@@ -106,13 +109,30 @@ async function writeOut(output: Writable, buf: Buffer): Promise<void> {
   });
 }
 
-/** Buffers member bytes, hands closed members to the codec, writes results in order. */
+/**
+ * A batch of closed members goes to the codec once it holds this many bytes (or when the next
+ * member does not fit its buffer): big enough that one worker message carries many small files,
+ * small enough that every core always has a batch to work on.
+ */
+const BATCH_TARGET = 512 * 1024;
+
+/** Closed members waiting to be sent to the codec together: laid end to end in one buffer. */
+interface OpenBatch {
+  buffer: Buffer;
+  length: number;
+  ends: number[];
+  /** Index of the batch's first member (its members are consecutive). */
+  firstIndex: number;
+}
+
+/** Buffers member bytes, hands closed members to the codec in batches, writes results in order. */
 class MemberSequencer {
   private parts: Buffer[] = [];
   private openLength = 0;
   private openIndex = -1;
   private memberCount = 0;
-  private readonly inFlight: Array<{ index: number; result: Promise<Buffer> }> = [];
+  private batch: OpenBatch | undefined;
+  private readonly inFlight: Array<{ firstIndex: number; result: Promise<CompressedMembers> }> = [];
   readonly memberOffsets: number[] = [];
   written = 0;
   uncompressed = 0;
@@ -145,41 +165,61 @@ class MemberSequencer {
     this.parts.push(buf);
     this.openLength += buf.length;
     this.uncompressed += buf.length;
-    this.diffHash.update(buf);
   }
 
   async closeMember(): Promise<void> {
     if (this.openIndex < 0) return;
-    const data = this.codec.allocateMember?.(this.openLength) ?? Buffer.allocUnsafe(this.openLength);
-    let pos = 0;
-    for (const part of this.parts) pos += part.copy(data, pos);
-    const index = this.openIndex;
+    if (this.batch && this.batch.length + this.openLength > this.batch.buffer.length) await this.sendBatch();
+    const batch = (this.batch ??= {
+      buffer: this.codec.allocateBatch(Math.max(this.openLength, BATCH_TARGET)),
+      length: 0,
+      ends: [],
+      firstIndex: this.openIndex,
+    });
+    for (const part of this.parts) batch.length += part.copy(batch.buffer, batch.length);
+    batch.ends.push(batch.length);
     this.parts = [];
     this.openLength = 0;
     this.openIndex = -1;
-    const result = this.codec.compressMember(data);
+    if (batch.length >= BATCH_TARGET) await this.sendBatch();
+  }
+
+  private async sendBatch(): Promise<void> {
+    const batch = this.batch;
+    if (!batch) return;
+    this.batch = undefined;
+    const members = batch.buffer.subarray(0, batch.length);
+    // Batches hold every member byte in stream order: the diffID hashes them here, in one call
+    // per batch, before the buffer moves to a worker.
+    this.diffHash.update(members);
+    const result = this.codec.compressMembers(members, Uint32Array.from(batch.ends));
     result.catch(() => {}); // observed when its turn comes; avoid an unhandled-rejection warning meanwhile
-    this.inFlight.push({ index, result });
+    this.inFlight.push({ firstIndex: batch.firstIndex, result });
     while (this.inFlight.length >= this.maxInFlight) await this.writeOldest();
   }
 
   private async writeOldest(): Promise<void> {
     const next = this.inFlight.shift()!;
-    const compressed = await next.result;
-    this.memberOffsets[next.index] = this.written;
-    this.written += compressed.length;
-    await writeOut(this.output, compressed);
+    const { data, sizes } = await next.result;
+    let index = next.firstIndex;
+    for (const size of sizes) {
+      this.memberOffsets[index++] = this.written;
+      this.written += size;
+    }
+    await writeOut(this.output, data);
   }
 
   async flush(): Promise<void> {
     await this.closeMember();
+    await this.sendBatch();
     while (this.inFlight.length > 0) await this.writeOldest();
   }
 
-  /** Waits for (and discards) members still compressing, after a failure. */
+  /** Waits for (and discards) batches still compressing, after a failure. */
   async abandon(): Promise<void> {
     await Promise.allSettled(this.inFlight.map((m) => m.result));
     this.inFlight.length = 0;
+    this.batch = undefined;
   }
 
   async writeRaw(buf: Buffer): Promise<void> {
@@ -366,10 +406,9 @@ export async function writeEstargz(tar: AsyncIterable<Buffer>, output: Writable,
   const minChunkSize = options.minChunkSize ?? 0;
   if (!Number.isSafeInteger(chunkSize) || chunkSize <= 0) throw new EsgzError('BAD_FLAG', `chunk size must be a positive integer, got ${chunkSize}`);
   if (!Number.isSafeInteger(minChunkSize) || minChunkSize < 0) throw new EsgzError('BAD_FLAG', `min chunk size must be a non-negative integer, got ${minChunkSize}`);
-  const workers = (options.codec as { workers?: number }).workers ?? 2;
-  // Enough members in flight that no worker idles while the sequencer waits for the oldest
-  // (head-of-line) result; member buffers are recycled, so this bounds memory too.
-  const seq = new MemberSequencer(options.codec, output, options.maxInFlight ?? workers * 2 + 2);
+  // Enough batches in flight that no worker idles while the sequencer waits for the oldest
+  // (head-of-line) result; batch buffers are recycled, so this bounds memory too.
+  const seq = new MemberSequencer(options.codec, output, options.maxInFlight ?? options.codec.workers * 2 + 2);
   const missed: string[] = [];
   const prioritized = options.prioritizedFiles ?? [];
   if (options.lossless && prioritized.length > 0) {
@@ -488,7 +527,7 @@ export async function writeEstargz(tar: AsyncIterable<Buffer>, output: Writable,
       }
       entry.digest = fileDigest ?? `sha256:${fileHash.digest('hex')}`;
       // Lossless mode keeps the input's own padding bytes (they come with the next raw header).
-      if (!options.lossless) seq.append(Buffer.alloc(padding(h.size)));
+      if (!options.lossless) seq.append(ZERO_BLOCK.subarray(0, padding(h.size)));
       if (!isLandmark) lastEntry = currentEntry;
       currentEntry = undefined;
     }

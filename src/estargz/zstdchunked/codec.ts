@@ -31,7 +31,8 @@ import {
   CONTAINERS_FOOTER_FRAME_SIZE, MAX_TOC_SIZE, MANIFEST_TYPE_CRFS, SKIPPABLE_HEADER_SIZE, decompressFrames, encodeFooter,
   isSkippableMagic, parseFooter, skippableFrame, unwrapSkippableFrame,
 } from './format.js';
-import { DEFAULT_ZSTD_LEVEL, ZstdPool, checkZstdLevel, defaultZstdWorkers } from './pool.js';
+import { defaultWorkerCount, type CompressedMembers, type MemberPool } from '../member-pool.js';
+import { DEFAULT_ZSTD_LEVEL, checkZstdLevel, createZstdPool } from './pool.js';
 
 /** stargz-snapshotter's names (estargz/zstdchunked), also containers/storage ≤ 1.44's. */
 export const MANIFEST_CHECKSUM_ANNOTATION = 'io.containers.zstd-chunked.manifest-checksum';
@@ -66,29 +67,33 @@ export class ZstdChunkedCodec implements Codec {
   readonly workers: number;
   readonly containersStorageAnnotations: boolean;
   readonly endOfArchive: boolean;
-  private pool: ZstdPool | undefined;
+  private pool: MemberPool | undefined;
   private closed = false;
 
   constructor(options: ZstdChunkedCodecOptions = {}) {
     this.level = checkZstdLevel(options.compressionLevel ?? DEFAULT_ZSTD_LEVEL);
-    this.workers = options.workers ?? defaultZstdWorkers();
+    this.workers = options.workers ?? defaultWorkerCount();
     if (!Number.isInteger(this.workers) || this.workers < 1) throw new EsgzError('BAD_FLAG', `zstd worker count must be a positive integer, got ${this.workers}`);
     this.containersStorageAnnotations = options.containersStorageAnnotations ?? process.env.ESGZ_ZSTDCHUNKED_GITHUB_ANNOTATIONS === '1';
     this.endOfArchive = options.endOfArchive ?? true;
   }
 
-  private getPool(): ZstdPool {
+  private getPool(): MemberPool {
     if (this.closed) throw new EsgzError('INTERNAL', 'zstd:chunked codec used after close');
-    this.pool ??= new ZstdPool({ level: this.level, workers: this.workers });
+    this.pool ??= createZstdPool({ level: this.level, workers: this.workers });
     return this.pool;
   }
 
-  compressMember(uncompressed: Buffer): Promise<Buffer> {
-    try {
-      return this.getPool().compress(uncompressed);
-    } catch (err) {
-      return Promise.reject(err);
-    }
+  allocateBatch(size: number): Buffer {
+    return this.getPool().allocate(size);
+  }
+
+  async compressMembers(batch: Buffer, ends: Uint32Array): Promise<CompressedMembers> {
+    return this.getPool().compressMembers(batch, ends);
+  }
+
+  async compressMember(uncompressed: Buffer): Promise<Buffer> {
+    return this.getPool().compress(uncompressed);
   }
 
   async buildTail(toc: JTOC, tocOffset: number): Promise<CodecTail> {
