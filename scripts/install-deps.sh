@@ -8,6 +8,7 @@ APT_PACKAGES=(
   runc zstd busybox-static libfuse2 fuse3 libfuse-dev pkg-config
   docker-registry skopeo libdeflate-dev libdeflate-tools debootstrap time
   gcc make g++ python3 ca-certificates apache2-utils
+  libisal-dev
   attr
   containerd stargz-snapshotter
 )

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { BaseCommand } from '../cli/base.js';
 import { defaultWorkerCount, libdeflateAvailable, selectGzipBackend } from '../estargz/gzip-pool.js';
+import { isalAvailable, selectGunzipBackend } from '../image/gunzip.js';
 
 export default class Version extends BaseCommand<typeof Version> {
   static override description = 'Print the esgz version and which compression backends are available';
@@ -15,6 +16,13 @@ export default class Version extends BaseCommand<typeof Version> {
     } catch (err) {
       gzipBackend = `invalid (${(err as Error).message})`;
     }
+    const isal = isalAvailable();
+    let gunzipBackend: string;
+    try {
+      gunzipBackend = selectGunzipBackend();
+    } catch (err) {
+      gunzipBackend = `invalid (${(err as Error).message})`;
+    }
     const info = {
       version: pkg.version,
       node: process.version,
@@ -23,11 +31,16 @@ export default class Version extends BaseCommand<typeof Version> {
         libdeflate: libdeflate.available ? 'available' : `unavailable: ${libdeflate.error}`,
         workers: defaultWorkerCount(),
       },
+      gunzip: {
+        backend: gunzipBackend,
+        isal: isal.available ? 'available' : `unavailable: ${isal.error}`,
+      },
     };
     if (this.flags.json) this.printJson(info);
     else {
       this.log(`esgz ${info.version} (node ${info.node})`);
       this.log(`gzip backend: ${gzipBackend}${libdeflate.available ? '' : ` (libdeflate ${info.gzip.libdeflate})`}, ${info.gzip.workers} workers`);
+      this.log(`gunzip backend: ${gunzipBackend}${isal.available ? '' : ` (ISA-L ${info.gunzip.isal})`}`);
     }
   }
 }

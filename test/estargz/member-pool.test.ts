@@ -1,0 +1,67 @@
+import zlib from 'node:zlib';
+import { afterAll, describe, expect, it } from 'vitest';
+import { decompressFrames } from '../../src/estargz/zstdchunked/format.js';
+import { LIBDEFLATE_ADDON_PATH, MemberPool, type MemberCompressorKind } from '../../src/estargz/member-pool.js';
+
+const members = [Buffer.from('a'), Buffer.alloc(0), Buffer.from('hello, world '.repeat(5000)), Buffer.alloc(70_000, 7), Buffer.from('tail')];
+const pools: MemberPool[] = [];
+afterAll(async () => Promise.all(pools.map((p) => p.close())));
+
+function pool(kind: MemberCompressorKind, level: number): MemberPool {
+  const p = new MemberPool({ kind, level, workers: 2, label: kind });
+  pools.push(p);
+  return p;
+}
+
+/** Members end to end in a pool buffer, and where each ends. */
+function batchOf(p: MemberPool, parts: Buffer[]): { batch: Buffer; ends: Uint32Array } {
+  const total = parts.reduce((n, b) => n + b.length, 0);
+  const batch = p.allocate(total).subarray(0, total);
+  const ends = new Uint32Array(parts.length);
+  let pos = 0;
+  parts.forEach((part, i) => {
+    pos += part.copy(batch, pos);
+    ends[i] = pos;
+  });
+  return { batch, ends };
+}
+
+const decoders: Record<MemberCompressorKind, (b: Buffer) => Buffer> = {
+  libdeflate: (b) => zlib.gunzipSync(b),
+  zlib: (b) => zlib.gunzipSync(b),
+  zstd: (b) => decompressFrames(b, 'test'),
+};
+
+describe('member pool', () => {
+  for (const [kind, level] of [['libdeflate', 9], ['zlib', 9], ['zstd', 3]] as const) {
+    it(`${kind}: every member of a batch is its own complete member, byte-identical to compressing it alone`, async () => {
+      const p = pool(kind, level);
+      const { batch, ends } = batchOf(p, members);
+      const { data, sizes } = await p.compressMembers(batch, ends);
+      expect(batch.length).toBe(0); // handed over: moved to the worker
+      expect(sizes.length).toBe(members.length);
+      expect(sizes.reduce((n, s) => n + s, 0)).toBe(data.length);
+      let pos = 0;
+      for (const [i, member] of members.entries()) {
+        const compressed = data.subarray(pos, pos + sizes[i]!);
+        pos += sizes[i]!;
+        expect(decoders[kind](compressed).equals(member), `member ${i}`).toBe(true);
+        expect((await p.compress(member)).equals(compressed), `member ${i} alone`).toBe(true);
+      }
+    });
+  }
+
+  it('the libdeflate addon checks its batch arguments', () => {
+    const m = { exports: {} as { gzipCompressBatch(input: Uint8Array, ends: Uint32Array, level: number, sizes: Uint32Array): Buffer } };
+    process.dlopen(m as unknown as NodeJS.Module, LIBDEFLATE_ADDON_PATH);
+    const input = Buffer.from('0123456789');
+    expect(() => m.exports.gzipCompressBatch(input, Uint32Array.of(4, 11), 9, new Uint32Array(2))).toThrow(/ends must rise within the input/);
+    expect(() => m.exports.gzipCompressBatch(input, Uint32Array.of(6, 4), 9, new Uint32Array(2))).toThrow(/ends must rise within the input/);
+    expect(() => m.exports.gzipCompressBatch(input, Uint32Array.of(4), 13, new Uint32Array(1))).toThrow(/level must be an integer from 0 to 12/);
+    expect(() => m.exports.gzipCompressBatch(input, Uint32Array.of(4, 10), 9, new Uint32Array(1))).toThrow(/same length/);
+    const sizes = new Uint32Array(2);
+    const out = m.exports.gzipCompressBatch(input, Uint32Array.of(4, 10), 9, sizes);
+    expect(zlib.gunzipSync(out).toString()).toBe('0123456789');
+    expect(zlib.gunzipSync(out.subarray(0, sizes[0])).toString()).toBe('0123');
+  });
+});
