@@ -440,6 +440,9 @@ class Transfer {
       file.on('error', reject);
       counter.on('error', reject);
     });
+    // Awaited on success only: a write still in flight when a failed layer destroys the file
+    // rejects it later, which must not crash the process as an unhandled rejection.
+    written.catch(() => undefined);
     counter.pipe(file);
     let result: LayerOutput | 'unchanged';
     try {
