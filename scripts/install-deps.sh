@@ -9,6 +9,7 @@ APT_PACKAGES=(
   docker-registry skopeo libdeflate-dev libdeflate-tools debootstrap time
   gcc make g++ python3 ca-certificates apache2-utils
   libisal-dev
+  pigz isal  # --estargz-gzip-helper pigz|unpigz|igzip
   attr
   containerd stargz-snapshotter
 )

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { Readable, Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { EsgzError, withContext } from '../errors.js';
-import { openDecompressed } from '../image/compression.js';
+import { openDecompressed, type GzipHelper } from '../image/compression.js';
 import { isDockerMediaType, MediaType } from '../image/media-types.js';
 import type { LayerInput, LayerOutput, LayerTransform, TransformContext } from '../image/transform.js';
 import type { Codec, CodecName } from './codec.js';
@@ -45,6 +45,8 @@ export interface ChunkedTransformOptions {
   workers?: number;
   /** Spool directory (priority reordering, --reuse checks). */
   tmpDir?: string;
+  /** `--estargz-gzip-helper`: decompress gzip source layers with this command, not in-process. */
+  gzipHelper?: GzipHelper;
   /** gzip backend override (default: libdeflate when built, ESGZ_GZIP_BACKEND=zlib forces zlib). */
   gzipBackend?: GzipBackend;
   /** The pipeline converts Docker media types to OCI (`--oci`): no media-type warning then. */
@@ -105,7 +107,7 @@ export class ChunkedLayerTransform implements LayerTransform {
       if (this.options.reuse && (await this.isReusable(input, codec, where))) return 'unchanged';
       const source = await input.open();
       const counted = countProgress(source, context);
-      const { stream, compression } = await openDecompressed(counted, where);
+      const { stream, compression } = await openDecompressed(counted, where, { gzipHelper: this.options.gzipHelper, signal: context.signal });
       const prioritized = this.options.prioritizedFilesByLayer?.[input.index] ?? this.options.prioritizedFiles;
       const started = Date.now();
       // External TOCs are keyed by the layer digest, so hash what we write (the pipeline's own
@@ -291,10 +293,12 @@ export function tocImageReference(spec: string): string {
 export class UncompressLayerTransform implements LayerTransform {
   readonly name = 'uncompress';
 
+  constructor(readonly options: Pick<ChunkedTransformOptions, 'gzipHelper'> = {}) {}
+
   async transform(input: LayerInput, output: Writable, context: TransformContext): Promise<LayerOutput | 'unchanged'> {
     const where = layerWhere(input);
     try {
-      const { stream, compression } = await openDecompressed(countProgress(await input.open(), context), where);
+      const { stream, compression } = await openDecompressed(countProgress(await input.open(), context), where, { gzipHelper: this.options.gzipHelper, signal: context.signal });
       if (compression === 'none' && !input.descriptor.annotations?.[TOC_DIGEST_ANNOTATION]) return drainUnchanged(stream);
       const hash = createHash('sha256');
       let size = 0;
@@ -353,7 +357,7 @@ export function createLayerTransform(format: LayerFormat, options: ChunkedTransf
     case 'zstdchunked':
       return new ChunkedLayerTransform('zstd', { ...options });
     case 'uncompress':
-      return new UncompressLayerTransform();
+      return new UncompressLayerTransform(options);
     default:
       throw new EsgzError('BAD_FLAG', `unknown layer format ${String(format)}`);
   }

@@ -3,8 +3,12 @@
  * is sniffed from the magic bytes (gzip 1f8b, zstd 28b52ffd, else plain tar), not trusted from
  * the media type. Decompression errors surface as one-line EsgzErrors naming `where`.
  */
+import { constants as fsConstants } from 'node:fs';
+import { access, stat } from 'node:fs/promises';
+import { delimiter, join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import zlib from 'node:zlib';
+import { execa } from 'execa';
 import { DecompressStream } from 'zstd-napi';
 import { EsgzError } from '../errors.js';
 import type { LayerCompression } from './media-types.js';
@@ -23,11 +27,54 @@ export interface Decompressed {
   compression: LayerCompression;
 }
 
+/** External gzip decompressors (`--estargz-gzip-helper`), run as `CMD ARGS` with stdin → stdout. */
+export const GZIP_HELPERS = ['pigz', 'igzip', 'unpigz'] as const;
+export type GzipHelper = (typeof GZIP_HELPERS)[number];
+const HELPER_COMMANDS: Record<GzipHelper, { args: string[]; debianPackage: string }> = {
+  pigz: { args: ['-d', '-c'], debianPackage: 'pigz' },
+  unpigz: { args: ['-c'], debianPackage: 'pigz' },
+  igzip: { args: ['-d', '-c'], debianPackage: 'isal' },
+};
+
+export interface DecompressOptions {
+  /** Decompress gzip with this external command instead of in-process (zstd and plain tar unchanged). */
+  gzipHelper?: GzipHelper;
+  /** Kills the helper process when it fires (a stopped or failed conversion). */
+  signal?: AbortSignal;
+}
+
+/**
+ * Checks a `--estargz-gzip-helper` value: one of GZIP_HELPERS (else BAD_FLAG) and installed
+ * on PATH (else UNSUPPORTED), so a missing helper fails before anything is read or written.
+ */
+export async function resolveGzipHelper(value: string): Promise<GzipHelper> {
+  const helper = GZIP_HELPERS.find((h) => h === value);
+  if (!helper) throw new EsgzError('BAD_FLAG', `--estargz-gzip-helper "${value}": expected one of ${GZIP_HELPERS.join(', ')}`);
+  if (!(await onPath(helper))) {
+    throw new EsgzError('UNSUPPORTED', `--estargz-gzip-helper ${helper}: ${helper} is not installed (apt-get install ${HELPER_COMMANDS[helper].debianPackage})`);
+  }
+  return helper;
+}
+
+async function onPath(command: string): Promise<boolean> {
+  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
+    if (dir === '') continue;
+    const candidate = join(dir, command);
+    try {
+      await access(candidate, fsConstants.X_OK);
+      if ((await stat(candidate)).isFile()) return true;
+    } catch {
+      // not in this directory
+    }
+  }
+  return false;
+}
+
 /**
  * Peeks at the first bytes of `input` and returns the decompressed stream. Errors of the
  * input or the decoder are re-emitted on the returned stream as EsgzError('BAD_LAYER').
  */
-export async function openDecompressed(input: Readable, where = 'layer'): Promise<Decompressed> {
+export async function openDecompressed(input: Readable, where = 'layer', options: DecompressOptions = {}): Promise<Decompressed> {
   const head = await peek(input, 4);
   const compression = sniffCompression(head);
   // Put the peeked bytes back in front of the rest of the stream.
@@ -36,6 +83,7 @@ export async function openDecompressed(input: Readable, where = 'layer'): Promis
   input.on('error', (err) => replay.destroy(wrap(err, where, 'reading')));
   input.pipe(replay);
   if (compression === 'none') return { stream: replay, compression };
+  if (compression === 'gzip' && options.gzipHelper) return { stream: decompressWithHelper(replay, options.gzipHelper, where, options.signal), compression };
 
   const decoder = compression === 'gzip' ? zlib.createGunzip({ chunkSize: 1 << 18 }) : new DecompressStream();
   const what = compression === 'gzip' ? 'gzip' : 'zstd';
@@ -44,6 +92,71 @@ export async function openDecompressed(input: Readable, where = 'layer'): Promis
   decoder.on('error', (err) => out.destroy(wrap(err, where, what)));
   replay.pipe(decoder).pipe(out);
   return { stream: out, compression };
+}
+
+/**
+ * Pipes `input` through the helper command. The output ends only once the helper exited 0, so a
+ * consumer never takes a truncated stream for a complete one; a non-zero exit becomes a
+ * BAD_LAYER error naming `where`. The helper is killed when the output is destroyed early, the
+ * input fails or `signal` fires.
+ */
+function decompressWithHelper(input: Readable, helper: GzipHelper, where: string, signal: AbortSignal | undefined): Readable {
+  const { args } = HELPER_COMMANDS[helper];
+  const commandLine = [helper, ...args].join(' ');
+  const out = new PassThrough({ highWaterMark: 1 << 20 });
+  const child = execa(helper, args, { stdin: 'pipe', stdout: 'pipe', stderr: 'pipe', buffer: { stdout: false }, reject: false, stripFinalNewline: false });
+  let exited = false;
+  let stdoutEnded = false;
+  let failure: EsgzError | undefined;
+  const kill = (): void => {
+    if (!exited) child.kill('SIGKILL');
+  };
+  const fail = (err: EsgzError): void => {
+    failure ??= err;
+    kill();
+    out.destroy(failure);
+  };
+  const onAbort = (): void => fail(new EsgzError('INTERRUPTED', 'interrupted'));
+  if (signal?.aborted) queueMicrotask(onAbort);
+  else signal?.addEventListener('abort', onAbort, { once: true });
+
+  input.on('error', (err) => fail(err instanceof EsgzError ? err : wrap(err, where, 'gzip')));
+  // EPIPE when the helper stops reading (it exits on bad data): its exit status says why.
+  child.stdin.on('error', () => undefined);
+  input.pipe(child.stdin);
+  child.stdout.pipe(out, { end: false });
+  let result: Awaited<typeof child> | undefined;
+  // Ends or fails the output once the helper exited and its stdout is drained.
+  const settle = (): void => {
+    if (result === undefined || !stdoutEnded || failure || out.destroyed) return;
+    if (result.exitCode === 0) {
+      out.end();
+    } else if (result.code === 'ENOENT') {
+      fail(new EsgzError('UNSUPPORTED', `--estargz-gzip-helper ${helper}: ${helper} is not installed (apt-get install ${HELPER_COMMANDS[helper].debianPackage})`));
+    } else {
+      const status = result.exitCode !== undefined ? `exited with code ${result.exitCode}` : `was killed by ${result.signal ?? 'a signal'}`;
+      const detail = result.stderr.trim().split('\n')[0]?.trim();
+      fail(new EsgzError('BAD_LAYER', `${where}: corrupt gzip data: ${commandLine} ${status}${detail ? ` (${detail})` : ''}`));
+    }
+  };
+  child.stdout.once('end', () => {
+    stdoutEnded = true;
+    settle();
+  });
+  void child.then((done) => {
+    exited = true;
+    result = done;
+    signal?.removeEventListener('abort', onAbort);
+    // A command that could not start never opens stdout: settle without waiting for its end.
+    if (done.code === 'ENOENT') stdoutEnded = true;
+    settle();
+  });
+  out.once('close', () => {
+    signal?.removeEventListener('abort', onAbort);
+    input.unpipe(child.stdin);
+    kill();
+  });
+  return out;
 }
 
 function wrap(err: unknown, where: string, what: string): EsgzError {

@@ -6,6 +6,7 @@ import { EsgzError } from '../../errors.js';
 import { libdeflateAvailable, selectGzipBackend } from '../../estargz/gzip-pool.js';
 import { readPrefetchList, readRecordFile, type PriorityItem } from '../../estargz/priority.js';
 import { createLayerTransform, tocImageReference, writeExternalTOCImage, type ChunkedTransformOptions, type LayerFormat } from '../../estargz/transform.js';
+import { resolveGzipHelper } from '../../image/compression.js';
 import { transferImage } from '../../image/pipeline.js';
 import { parsePlatform } from '../../image/platform.js';
 import { openSink, openSource } from '../../image/transports/index.js';
@@ -36,6 +37,10 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
       command: '<%= config.bin %> image convert --zstdchunked --oci 127.0.0.1:5000/app:1.0 127.0.0.1:5000/app:zstdchunked --plain-http',
     },
     {
+      description: 'Decompress the source layers with pigz (apt-get install pigz; igzip comes with isal)',
+      command: '<%= config.bin %> image convert --estargz --oci --estargz-gzip-helper pigz registry.example.com/app:1.0 registry.example.com/app:1.0-esgz',
+    },
+    {
       description: 'Back to plain tar layers',
       command: '<%= config.bin %> image convert --uncompress oci:./app:esgz oci:./app:plain',
     },
@@ -54,7 +59,7 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
     'estargz-min-chunk-size': Flags.integer({ description: 'minimal bytes in one gzip member; small files share members (adds innerOffset)', default: 0, min: 0 }),
     'estargz-external-toc': Flags.boolean({ description: 'put TOCs in a separate image, DESTINATION with "-esgztoc" appended to its tag', default: false }),
     'estargz-keep-diff-id': Flags.boolean({ description: 'keep the layers\' uncompressed tar (and diffIDs) byte for byte; needs --estargz-external-toc', default: false }),
-    'estargz-gzip-helper': Flags.string({ description: 'accepted for ctr-remote compatibility; esgz always decompresses in-process' }),
+    'estargz-gzip-helper': Flags.string({ description: 'decompress gzip source layers with this command instead of in-process: pigz, igzip or unpigz (must be installed; the output is the same bytes)', helpValue: 'pigz|igzip|unpigz' }),
     zstdchunked: Flags.boolean({ description: 'convert layers to zstd:chunked (requires --oci)', default: false }),
     'zstdchunked-record-in': Flags.string({ description: 'prioritized files from a record file, for --zstdchunked' }),
     'zstdchunked-compression-level': Flags.integer({ description: 'zstd level', default: 3, min: 1, max: 22 }),
@@ -85,6 +90,8 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
     // once the source manifest is known (OCI sources need no --oci).
 
     const transformOptions: ChunkedTransformOptions = { oci: flags.oci, reuse: flags.reuse, workers: flags.workers, warn };
+    // ctr-remote treats an empty value as "no helper".
+    if (flags['estargz-gzip-helper']) transformOptions.gzipHelper = await resolveGzipHelper(flags['estargz-gzip-helper']);
     if (format === 'estargz') {
       Object.assign(transformOptions, {
         compressionLevel: flags['estargz-compression-level'],
