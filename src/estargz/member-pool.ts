@@ -10,6 +10,7 @@
  * and the fixed parameters, never on the batch it rode in, the worker that ran it or the order:
  * the writer awaits batches in input order, so blobs are byte-reproducible on any core count.
  */
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { cpus } from 'node:os';
 import { fileURLToPath } from 'node:url';
@@ -31,24 +32,48 @@ const ZSTD_BINDING_PATH = createRequire(import.meta.url).resolve('zstd-napi/bind
 /** Batch buffers are sized in steps of this; a batch of small members fits one step. */
 export const BATCH_STEP = 1 << 20;
 /** Most bytes of free batch buffers kept for reuse. */
-const MAX_FREE_BYTES = 32 * 1024 * 1024;
+const MAX_FREE_BYTES = 8 * 1024 * 1024;
+/** glibc mmap threshold while converting (see setMmapThreshold in native/libdeflate). */
+const MMAP_THRESHOLD = 256 * 1024;
+/** Young generation of each worker: they allocate little besides results, which leave at once. */
+const WORKER_YOUNG_GENERATION_MB = 4;
+
+let mallocTuned = false;
+
+/** Keeps peak memory flat as layers grow, when the libdeflate addon is there to ask glibc. */
+function tuneMalloc(): void {
+  if (mallocTuned) return;
+  mallocTuned = true;
+  if (!existsSync(LIBDEFLATE_ADDON_PATH)) return;
+  try {
+    const m = { exports: {} as { setMmapThreshold(bytes: number): boolean } };
+    process.dlopen(m as unknown as NodeJS.Module, LIBDEFLATE_ADDON_PATH);
+    m.exports.setMmapThreshold(MMAP_THRESHOLD);
+  } catch {
+    // Only a memory optimisation: without the addon, glibc keeps its default.
+  }
+}
 
 // Plain CommonJS run with `eval: true`, so it works the same from the TypeScript sources (tests)
 // and from dist/ (the CLI) without a separate build artefact.
 // (spec) => (input: Buffer, ends: Uint32Array) => { data: Uint8Array owning its buffer, sizes }
 const BATCH_COMPRESSOR_SOURCE = `(spec) => {
-  const own = (u8) => {
-    if (u8.byteOffset === 0 && u8.byteLength === u8.buffer.byteLength) return u8;
-    const copy = new Uint8Array(u8.byteLength);
-    copy.set(u8);
-    return copy;
+  // Members compress into one reused scratch buffer; the result is an exact-size copy, so the
+  // garbage collector sees (and frees) every byte of it, and it moves to the caller cheaply.
+  let scratch = Buffer.allocUnsafe(1 << 20);
+  const room = (n) => (scratch.length >= n ? scratch : (scratch = Buffer.allocUnsafe(n)));
+  const exact = (n) => {
+    const data = new Uint8Array(n);
+    data.set(scratch.subarray(0, n));
+    return data;
   };
   if (spec.kind === 'libdeflate') {
     const m = { exports: {} };
     process.dlopen(m, spec.addonPath);
     return (input, ends) => {
       const sizes = new Uint32Array(ends.length);
-      return { data: own(m.exports.gzipCompressBatch(input, ends, spec.level, sizes)), sizes };
+      const out = room(m.exports.gzipBatchBound(ends, spec.level));
+      return { data: exact(m.exports.gzipCompressBatch(input, ends, spec.level, sizes, out)), sizes };
     };
   }
   if (spec.kind === 'zlib') {
@@ -63,7 +88,8 @@ const BATCH_COMPRESSOR_SOURCE = `(spec) => {
         sizes[i] = out.length;
         start = end;
       });
-      return { data: own(Buffer.concat(parts)), sizes };
+      const data = Buffer.concat(parts);
+      return { data: exact(data.copy(room(data.length))), sizes };
     };
   }
   // zstd: one frame per member, single-threaded, checksum and content size always written
@@ -74,7 +100,6 @@ const BATCH_COMPRESSOR_SOURCE = `(spec) => {
   cctx.setParameter(b.CParameter.checksumFlag, 1);
   cctx.setParameter(b.CParameter.contentSizeFlag, 1);
   cctx.setParameter(b.CParameter.nbWorkers, 0);
-  let scratch = Buffer.allocUnsafe(1 << 20);
   return (input, ends) => {
     let bound = 0;
     let start = 0;
@@ -82,20 +107,18 @@ const BATCH_COMPRESSOR_SOURCE = `(spec) => {
       bound += b.compressBound(end - start);
       start = end;
     }
-    if (scratch.length < bound) scratch = Buffer.allocUnsafe(bound);
+    const out = room(bound);
     const sizes = new Uint32Array(ends.length);
     let written = 0;
     start = 0;
     ends.forEach((end, i) => {
       cctx.reset(b.ResetDirective.sessionOnly);
-      const n = cctx.compress2(scratch.subarray(written), input.subarray(start, end));
+      const n = cctx.compress2(out.subarray(written), input.subarray(start, end));
       sizes[i] = n;
       written += n;
       start = end;
     });
-    const data = new Uint8Array(written);
-    data.set(scratch.subarray(0, written));
-    return { data, sizes };
+    return { data: exact(written), sizes };
   };
 }`;
 
@@ -155,6 +178,7 @@ export class MemberPool {
     const workers = options.workers ?? defaultWorkerCount();
     if (!Number.isInteger(workers) || workers < 1) throw new EsgzError('BAD_FLAG', `worker count must be a positive integer, got ${workers}`);
     this.size = workers;
+    tuneMalloc();
   }
 
   /**
@@ -234,7 +258,7 @@ export class MemberPool {
 
   private spawn(): PoolWorker {
     const spec = { kind: this.kind, level: this.level, addonPath: LIBDEFLATE_ADDON_PATH, bindingPath: ZSTD_BINDING_PATH };
-    const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: spec });
+    const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: spec, resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB } });
     worker.unref();
     const entry: PoolWorker = { worker, busy: 0 };
     worker.on('message', (msg: { id: number; data?: Uint8Array; sizes?: Uint32Array; input?: ArrayBuffer; error?: string }) => {

@@ -29,6 +29,11 @@ export interface TransferOptions {
   transform?: LayerTransform;
   /** Pick this platform from an index (the result is that single manifest). */
   platform?: Platform;
+  /**
+   * Pick these platforms from an index (`--platform a,b`): one gives that single manifest, as
+   * `platform` does; several give an index of the matching manifests, in index order.
+   */
+  platforms?: Platform[];
   /** Keep every manifest of an index (the result is an index). */
   allPlatforms?: boolean;
   /** Convert Docker media types (manifest, config, layers, list) to their OCI equivalents. */
@@ -206,6 +211,13 @@ class Transfer {
     this.warn = options.onWarning ?? (() => {});
   }
 
+  /** The platforms asked for (`platforms`, else `platform`); undefined: this machine's. */
+  private wantedPlatforms(): Platform[] | undefined {
+    const { platforms, platform } = this.options;
+    if (platforms !== undefined && platforms.length > 0) return platforms;
+    return platform !== undefined ? [platform] : undefined;
+  }
+
   private checkAborted(): void {
     if (this.signal.aborted) throw new EsgzError('INTERRUPTED', 'interrupted');
   }
@@ -256,26 +268,23 @@ class Transfer {
     const { source, sink } = this.options;
     const index = parseJson<ImageIndex>(sourceRoot, `${source.description} index`);
     if (!Array.isArray(index.manifests)) throw new EsgzError('BAD_MANIFEST', `${source.description} index ${sourceRoot.digest}: no "manifests" array`);
+    let entries = index.manifests;
     if (!this.options.allPlatforms) {
-      const wanted = this.options.platform ?? hostPlatform();
-      const match = index.manifests.find((m) => m.platform !== undefined && isManifestMediaType(m.mediaType) && platformMatches(wanted, m.platform));
-      if (!match) {
-        const available = index.manifests.filter((m) => m.platform !== undefined && !isAttestation(m)).map((m) => formatPlatform(m.platform!));
-        throw new EsgzError(
-          'NOT_FOUND',
-          `${source.description}: no manifest for ${formatPlatform(wanted)} in the index (available: ${available.join(', ') || 'none'}); use --platform or --all-platforms`,
-        );
+      const wanted = this.wantedPlatforms() ?? [hostPlatform()];
+      entries = selectPlatformManifests(index, wanted, source.description);
+      if (wanted.length === 1) {
+        const match = entries[0]!;
+        const child = await source.fetchManifest(match);
+        const result = await this.transferManifest(child, match.platform);
+        reports.push(result.report);
+        return result.raw;
       }
-      const child = await source.fetchManifest(match);
-      const result = await this.transferManifest(child, match.platform);
-      reports.push(result.report);
-      return result.raw;
     }
 
     const children: Descriptor[] = [];
-    let changed = false;
+    let changed = entries.length !== index.manifests.length;
     // Platforms go one at a time (their layers still run in parallel) to bound disk and memory.
-    for (const desc of index.manifests) {
+    for (const desc of entries) {
       this.checkAborted();
       if (isAttestation(desc) && this.transform !== identityTransform) {
         // buildx attestations describe the original image by digest and hold in-toto JSON, not
@@ -319,10 +328,10 @@ class Transfer {
     } catch (err) {
       throw new EsgzError('BAD_MANIFEST', `${where}: config ${manifest.config.digest} is not valid JSON`, { cause: err });
     }
-    const wanted = this.options.platform;
+    const wanted = this.wantedPlatforms();
     if (platform === undefined && wanted !== undefined && typeof config?.os === 'string' && typeof config.architecture === 'string') {
       const own: Platform = { os: config.os, architecture: config.architecture, ...(typeof config.variant === 'string' ? { variant: config.variant } : {}) };
-      if (!platformMatches(wanted, own)) this.warn(`${where}: the image is ${formatPlatform(own)}, not ${formatPlatform(wanted)} (it has no index to pick from)`);
+      if (!wanted.some((w) => platformMatches(w, own))) this.warn(`${where}: the image is ${formatPlatform(own)}, not ${wanted.map(formatPlatform).join(', ')} (it has no index to pick from)`);
     }
     const diffIDs = Array.isArray(config?.rootfs?.diff_ids) ? config.rootfs.diff_ids : [];
     if (diffIDs.length !== manifest.layers.length) {
@@ -492,6 +501,24 @@ class Transfer {
   }
 }
 
+/**
+ * The image manifests of `index` that `--platform` selects. One wanted platform gives its first
+ * match, as a single `--platform` always has; several give every manifest matching any of
+ * them, in index order. Throws NOT_FOUND naming each wanted platform the index does not have.
+ */
+export function selectPlatformManifests(index: ImageIndex, wanted: readonly Platform[], description: string): Descriptor[] {
+  const candidates = index.manifests.filter((m) => m.platform !== undefined && isManifestMediaType(m.mediaType));
+  const missing = wanted.filter((w) => !candidates.some((m) => platformMatches(w, m.platform!)));
+  if (missing.length > 0) {
+    const available = index.manifests.filter((m) => m.platform !== undefined && !isAttestation(m)).map((m) => formatPlatform(m.platform!));
+    throw new EsgzError(
+      'NOT_FOUND',
+      `${description}: no manifest for ${missing.map(formatPlatform).join(', ')} in the index (available: ${available.join(', ') || 'none'}); use --platform or --all-platforms`,
+    );
+  }
+  if (wanted.length === 1) return [candidates.find((m) => platformMatches(wanted[0]!, m.platform!))!];
+  return candidates.filter((m) => wanted.some((w) => platformMatches(w, m.platform!)));
+}
 
 function isAttestation(desc: Descriptor): boolean {
   return desc.annotations?.['vnd.docker.reference.type'] === 'attestation-manifest' || (desc.platform?.os === 'unknown' && desc.platform.architecture === 'unknown');

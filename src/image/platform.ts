@@ -52,6 +52,19 @@ export function parsePlatform(spec: string): Platform {
   return normalizePlatform({ os, architecture, ...(variant !== undefined ? { variant } : {}) });
 }
 
+/**
+ * Parses repeated and comma-separated `--platform` values (`linux/amd64,linux/arm64`), in the
+ * order given, without duplicates; throws BAD_FLAG naming a bad one.
+ */
+export function parsePlatforms(specs: readonly string[]): Platform[] {
+  const out: Platform[] = [];
+  for (const spec of specs.flatMap((s) => s.split(','))) {
+    const platform = parsePlatform(spec);
+    if (!out.some((p) => formatPlatform(p) === formatPlatform(platform))) out.push(platform);
+  }
+  return out;
+}
+
 /** The platform this process runs on (the default when an index offers several). */
 export function hostPlatform(): Platform {
   return normalizePlatform({ os: process.platform === 'win32' ? 'windows' : process.platform, architecture: NODE_ARCH[process.arch] ?? process.arch });

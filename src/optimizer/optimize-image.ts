@@ -5,7 +5,7 @@ import type { PriorityItem } from '../estargz/priority.js';
 import { PREFETCH_LANDMARK } from '../estargz/constants.js';
 import { EstargzReader, sourceBlobReader } from '../estargz/reader.js';
 import { isIndexMediaType } from '../image/media-types.js';
-import { transferImage, type TransferProgress, type TransferReport } from '../image/pipeline.js';
+import { selectPlatformManifests, transferImage, type TransferProgress, type TransferReport } from '../image/pipeline.js';
 import { formatPlatform, hostPlatform, platformMatches } from '../image/platform.js';
 import type { LayerInput, LayerTransform, TransformContext } from '../image/transform.js';
 import type { Descriptor, ImageIndex, ImageSink, ImageSource, Platform, RawManifest } from '../image/types.js';
@@ -21,6 +21,8 @@ export interface OptimizeImageOptions {
   /** eStargz/zstd:chunked writer options (levels, chunk sizes, reuse, workers). */
   convert: ChunkedTransformOptions;
   platform?: Platform;
+  /** Several platforms (`--platform a,b`): the runnable one is profiled, the others only converted. */
+  platforms?: Platform[];
   allPlatforms?: boolean;
   oci?: boolean;
   /**
@@ -181,6 +183,7 @@ async function profileAndConvert(
       sink: options.sink,
       transform,
       platform: options.platform,
+      ...(options.platforms ? { platforms: options.platforms } : {}),
       allPlatforms: options.allPlatforms,
       oci: options.oci,
       ...(options.concurrency ? { concurrency: options.concurrency } : {}),
@@ -246,11 +249,8 @@ async function pickManifestToProfile(options: OptimizeImageOptions): Promise<{ t
     return { toProfile: { manifest: root, platform: formatPlatform(host) }, others: [] };
   }
   const index = JSON.parse(root.bytes.toString('utf8')) as ImageIndex;
-  const images = index.manifests.filter((d) => d.platform && !isAttestation(d));
-  const selected = options.allPlatforms ? images : images.filter((d) => platformMatches(options.platform ?? host, d.platform!));
-  if (selected.length === 0) {
-    throw new EsgzError('NOT_FOUND', `${options.source.description}: no manifest for ${formatPlatform(options.platform ?? host)} in the index`);
-  }
+  const wanted = options.platforms?.length ? options.platforms : [options.platform ?? host];
+  const selected = options.allPlatforms ? index.manifests.filter((d) => d.platform && !isAttestation(d)) : selectPlatformManifests(index, wanted, options.source.description);
   const runnable = selected.find((d) => platformMatches(host, d.platform!));
   const others = selected.filter((d) => d !== runnable).map((d) => formatPlatform(d.platform!));
   if (!runnable) {

@@ -52,16 +52,24 @@ describe('member pool', () => {
   }
 
   it('the libdeflate addon checks its batch arguments', () => {
-    const m = { exports: {} as { gzipCompressBatch(input: Uint8Array, ends: Uint32Array, level: number, sizes: Uint32Array): Buffer } };
+    type Addon = {
+      gzipBatchBound(ends: Uint32Array, level: number): number;
+      gzipCompressBatch(input: Uint8Array, ends: Uint32Array, level: number, sizes: Uint32Array, output: Uint8Array): number;
+    };
+    const m = { exports: {} as Addon };
     process.dlopen(m as unknown as NodeJS.Module, LIBDEFLATE_ADDON_PATH);
+    const { gzipBatchBound, gzipCompressBatch } = m.exports;
     const input = Buffer.from('0123456789');
-    expect(() => m.exports.gzipCompressBatch(input, Uint32Array.of(4, 11), 9, new Uint32Array(2))).toThrow(/ends must rise within the input/);
-    expect(() => m.exports.gzipCompressBatch(input, Uint32Array.of(6, 4), 9, new Uint32Array(2))).toThrow(/ends must rise within the input/);
-    expect(() => m.exports.gzipCompressBatch(input, Uint32Array.of(4), 13, new Uint32Array(1))).toThrow(/level must be an integer from 0 to 12/);
-    expect(() => m.exports.gzipCompressBatch(input, Uint32Array.of(4, 10), 9, new Uint32Array(1))).toThrow(/same length/);
+    const out = Buffer.alloc(gzipBatchBound(Uint32Array.of(4, 10), 9));
+    expect(() => gzipCompressBatch(input, Uint32Array.of(4, 11), 9, new Uint32Array(2), out)).toThrow(/ends must rise within the input/);
+    expect(() => gzipCompressBatch(input, Uint32Array.of(6, 4), 9, new Uint32Array(2), out)).toThrow(/ends must rise within the input/);
+    expect(() => gzipCompressBatch(input, Uint32Array.of(4), 13, new Uint32Array(1), out)).toThrow(/level must be an integer from 0 to 12/);
+    expect(() => gzipCompressBatch(input, Uint32Array.of(4, 10), 9, new Uint32Array(1), out)).toThrow(/same length/);
+    expect(() => gzipCompressBatch(input, Uint32Array.of(4, 10), 9, new Uint32Array(2), out.subarray(0, 20))).toThrow(/smaller than gzipBatchBound/);
     const sizes = new Uint32Array(2);
-    const out = m.exports.gzipCompressBatch(input, Uint32Array.of(4, 10), 9, sizes);
-    expect(zlib.gunzipSync(out).toString()).toBe('0123456789');
+    const written = gzipCompressBatch(input, Uint32Array.of(4, 10), 9, sizes, out);
+    expect(written).toBe(sizes[0]! + sizes[1]!);
+    expect(zlib.gunzipSync(out.subarray(0, written)).toString()).toBe('0123456789');
     expect(zlib.gunzipSync(out.subarray(0, sizes[0])).toString()).toBe('0123');
   });
 });

@@ -8,7 +8,7 @@ import { readPrefetchList, readRecordFile, type PriorityItem } from '../../estar
 import { createLayerTransform, tocImageReference, writeExternalTOCImage, type ChunkedTransformOptions, type LayerFormat } from '../../estargz/transform.js';
 import { resolveGzipHelper } from '../../image/compression.js';
 import { transferImage } from '../../image/pipeline.js';
-import { parsePlatform } from '../../image/platform.js';
+import { parsePlatforms } from '../../image/platform.js';
 import { openSink, openSource } from '../../image/transports/index.js';
 
 export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
@@ -31,6 +31,10 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
     {
       description: 'Use a prefetch list with globs and smaller chunks, print a JSON report',
       command: '<%= config.bin %> image convert --estargz --oci --prefetch-list prefetch.txt --estargz-chunk-size 1048576 --json oci:./app:1.0 oci:./app:esgz',
+    },
+    {
+      description: 'Convert two platforms of a multi-arch image (the result is an index of those two)',
+      command: '<%= config.bin %> image convert --estargz --oci --platform linux/amd64,linux/arm64 registry.example.com/app:1.0 registry.example.com/app:1.0-esgz',
     },
     {
       description: 'zstd:chunked for podman/CRI-O partial pulls',
@@ -68,7 +72,7 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
     uncompress: Flags.boolean({ description: 'convert layers to uncompressed tar', default: false }),
     oci: Flags.boolean({ description: 'convert Docker media types to OCI media types', default: false }),
     reuse: Flags.boolean({ description: 'keep layers that already are valid eStargz / zstd:chunked as they are', default: false }),
-    platform: Flags.string({ description: 'convert only this platform, os/arch[/variant] (default: this machine)' }),
+    platform: Flags.string({ description: 'convert only these platforms, os/arch[/variant]; repeatable or comma-separated, several keep an index of them (default: this machine)', multiple: true, multipleNonGreedy: true }),
     'all-platforms': Flags.boolean({ description: 'convert every platform of a multi-platform image', default: false }),
     concurrency: Flags.integer({ description: 'layers converted at once', default: 2, min: 1, max: 16 }),
     workers: Flags.integer({ description: 'compression worker threads (default: number of cores)', min: 1, max: 256 }),
@@ -123,7 +127,7 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
     const transform = createLayerTransform(format, transformOptions);
     if (transformOptions.externalTOC) tocImageReference(args.destination); // reject impossible destinations before converting
 
-    const platform = flags.platform !== undefined ? parsePlatform(flags.platform) : undefined;
+    const platforms = flags.platform !== undefined ? parsePlatforms(flags.platform) : undefined;
     const options = { plainHttp: flags['plain-http'], insecure: flags.insecure };
     const source = await openSource(args.source, options);
     const controller = new AbortController();
@@ -136,7 +140,7 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
         source,
         sink,
         transform,
-        ...(platform !== undefined ? { platform } : {}),
+        ...(platforms !== undefined ? { platforms } : {}),
         allPlatforms: flags['all-platforms'],
         oci: flags.oci,
         concurrency: flags.concurrency,

@@ -4,7 +4,7 @@ import { transferJson, transferText, writeJson } from '../../cli/output.js';
 import { ProgressBars } from '../../cli/progress.js';
 import { EsgzError } from '../../errors.js';
 import { transferImage } from '../../image/pipeline.js';
-import { parsePlatform } from '../../image/platform.js';
+import { parsePlatforms } from '../../image/platform.js';
 import { openSink, openSource, parseTransportReference } from '../../image/transports/index.js';
 
 export default class ImageCopy extends BaseCommand<typeof ImageCopy> {
@@ -12,7 +12,7 @@ export default class ImageCopy extends BaseCommand<typeof ImageCopy> {
   static override description = [
   'Streams every blob from SOURCE to DESTINATION without a daemon and writes the manifest (or index) last, so a failed copy never leaves a tag behind. Digests are kept byte for byte.',
   'References: REGISTRY/REPO[:TAG|@DIGEST] (docker.io shorthands work: "alpine" is docker.io/library/alpine:latest), oci:DIR[:TAG] (an OCI image layout, created if missing), docker-archive:FILE[:TAG] (a "docker save" tar).',
-  "From a multi-platform index only this machine's platform is copied, unless --platform or --all-platforms says otherwise.",
+  "From a multi-platform index only this machine's platform is copied, unless --platform (one or several platforms) or --all-platforms says otherwise.",
 ].join('\n\n');
 
   static override examples = [
@@ -27,6 +27,10 @@ export default class ImageCopy extends BaseCommand<typeof ImageCopy> {
     {
       description: 'Keep every platform of a multi-arch image',
       command: '<%= config.bin %> image copy --all-platforms ghcr.io/org/app:1.0 oci:./app:1.0',
+    },
+    {
+      description: 'Keep two platforms of a multi-arch image (an index of just those); --platform can also be repeated',
+      command: '<%= config.bin %> image copy --platform linux/amd64,linux/arm64 ghcr.io/org/app:1.0 oci:./app:1.0',
     },
     {
       description: 'Write the arm64 image to a docker archive (loadable with "docker load")',
@@ -44,7 +48,7 @@ export default class ImageCopy extends BaseCommand<typeof ImageCopy> {
   };
 
   static override flags = {
-    platform: Flags.string({ description: 'copy only this platform of a multi-platform image, os/arch[/variant] (default: this machine)' }),
+    platform: Flags.string({ description: 'copy only these platforms of a multi-platform image, os/arch[/variant]; repeatable or comma-separated, several keep an index of them (default: this machine)', multiple: true, multipleNonGreedy: true }),
     'all-platforms': Flags.boolean({ description: 'copy every platform of a multi-platform image (keeps the index)', default: false }),
     oci: Flags.boolean({ description: 'convert Docker media types (manifest, config, layers) to OCI ones', default: false }),
     concurrency: Flags.integer({ description: 'blobs transferred at once', default: 2, min: 1, max: 16 }),
@@ -57,10 +61,11 @@ export default class ImageCopy extends BaseCommand<typeof ImageCopy> {
     if (flags.platform !== undefined && flags['all-platforms']) {
       throw new EsgzError('BAD_FLAG', '--platform and --all-platforms cannot be used together');
     }
-    if (flags['all-platforms'] && parseTransportReference(args.destination).transport === 'docker-archive') {
-      throw new EsgzError('BAD_FLAG', `${args.destination}: a docker archive holds one platform; use --platform instead of --all-platforms`);
+    const platforms = flags.platform !== undefined ? parsePlatforms(flags.platform) : undefined;
+    if (parseTransportReference(args.destination).transport === 'docker-archive') {
+      if (flags['all-platforms']) throw new EsgzError('BAD_FLAG', `${args.destination}: a docker archive holds one platform; use --platform instead of --all-platforms`);
+      if (platforms !== undefined && platforms.length > 1) throw new EsgzError('BAD_FLAG', `${args.destination}: a docker archive holds one platform; give one --platform`);
     }
-    const platform = flags.platform !== undefined ? parsePlatform(flags.platform) : undefined;
     const options = { plainHttp: flags['plain-http'], insecure: flags.insecure };
     const source = await openSource(args.source, options);
     const progress = new ProgressBars();
@@ -73,7 +78,7 @@ export default class ImageCopy extends BaseCommand<typeof ImageCopy> {
       const report = await transferImage({
         source,
         sink,
-        ...(platform !== undefined ? { platform } : {}),
+        ...(platforms !== undefined ? { platforms } : {}),
         allPlatforms: flags['all-platforms'],
         oci: flags.oci,
         concurrency: flags.concurrency,

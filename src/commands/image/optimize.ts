@@ -4,7 +4,7 @@ import { ProgressBars } from '../../cli/progress.js';
 import { EsgzError } from '../../errors.js';
 import { readPrefetchList } from '../../estargz/priority.js';
 import { tocImageReference } from '../../estargz/transform.js';
-import { parsePlatform } from '../../image/platform.js';
+import { parsePlatforms } from '../../image/platform.js';
 import { openSink, openSource, parseTransportReference } from '../../image/transports/index.js';
 import { optimizeImage, type OptimizeReport } from '../../optimizer/optimize-image.js';
 import { parseCommaList, parseJsonArrayFlag, parseMountFlag, type RunOptions } from '../../runtime/spec.js';
@@ -29,6 +29,10 @@ optimization.`;
       command: `<%= config.bin %> image optimize --oci --zstdchunked --wait-on-line "ready to accept connections" --record-out trace.json registry.example.com/app:1 registry.example.com/app:1-zstdchunked`,
     },
     {
+      description: 'Profile the amd64 image on an amd64 machine, convert arm64 too (without optimization)',
+      command: `<%= config.bin %> image optimize --oci --platform linux/amd64,linux/arm64 registry.example.com/app:1 registry.example.com/app:1-esgz`,
+    },
+    {
       description: 'Convert without running (same flags as convert), OCI layout to OCI layout',
       command: '<%= config.bin %> image optimize --no-optimize --oci oci:./in:latest oci:./out:latest',
     },
@@ -42,7 +46,7 @@ optimization.`;
   static override flags = {
     // Conversion (ctr-remote optimize)
     reuse: Flags.boolean({ description: 'Keep layers that already are eStargz (zstd:chunked) and that the workload did not touch', default: false }),
-    platform: Flags.string({ description: 'Convert this platform (os/arch[/variant]); default: this machine\'s', multiple: true }),
+    platform: Flags.string({ description: 'Convert these platforms (os/arch[/variant]; repeatable or comma-separated); the one this machine runs is profiled, the others converted without optimization. Default: this machine\'s', multiple: true, multipleNonGreedy: true }),
     'all-platforms': Flags.boolean({ description: 'Convert every platform of the index (only this machine\'s is profiled)', default: false }),
     'no-optimize': Flags.boolean({ description: 'Convert without running the workload', default: false }),
     'record-out': Flags.string({ description: 'Write the trace to FILE in ctr-remote\'s record format (readable by convert --estargz-record-in)' }),
@@ -96,8 +100,8 @@ optimization.`;
     if (flags['estargz-external-toc'] && flags.reuse) throw new EsgzError('BAD_FLAG', '"estargz-external-toc" can\'t be used with "reuse" flag');
     if (flags['estargz-external-toc'] && flags.zstdchunked) throw new EsgzError('BAD_FLAG', '--estargz-external-toc needs eStargz, not --zstdchunked');
     if (flags['estargz-external-toc']) tocImageReference(args.target); // reject impossible destinations before running anything
-    if ((flags.platform?.length ?? 0) > 1) throw new EsgzError('BAD_FLAG', 'give one --platform (or --all-platforms)');
     if (flags.platform?.length && flags['all-platforms']) throw new EsgzError('BAD_FLAG', '--platform and --all-platforms cannot be used together');
+    const platforms = flags.platform?.length ? parsePlatforms(flags.platform) : undefined;
 
     const run: RunOptions = {
       entrypoint: flags.entrypoint ? parseJsonArrayFlag('entrypoint', flags.entrypoint) : undefined,
@@ -157,7 +161,7 @@ optimization.`;
         },
         concurrency: flags.concurrency,
         progress,
-        platform: flags.platform?.[0] ? parsePlatform(flags.platform[0]) : undefined,
+        ...(platforms ? { platforms } : {}),
         allPlatforms: flags['all-platforms'],
         oci: flags.oci,
         noOptimize: flags['no-optimize'],
