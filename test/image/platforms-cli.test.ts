@@ -122,6 +122,14 @@ describe('--platform with several values', () => {
     expect(platformsOf((await layoutRoot(out, 'noopt')).body)).toEqual(['linux/arm64/v8', 'linux/arm/v7']);
   });
 
+  it('repeatable flags take one value each: SOURCE and DESTINATION after them stay arguments', async () => {
+    const out = join(scratch, 'greedy');
+    const res = await esgz('image', 'optimize', '--oci', '--env', 'A=B', '--mount', 'type=bind,source=/tmp,destination=/mnt', '--platform', 'linux/amd64', '--entrypoint', '["/bin/true"]', `oci:${three.dir}:three`, `oci:${out}:g`);
+    expect(res.exitCode, res.stderr).toBe(0);
+    const copy = await esgz('image', 'copy', '--platform', 'linux/arm64', `oci:${three.dir}:three`, `oci:${out}:c`);
+    expect(copy.exitCode, copy.stderr).toBe(0);
+  });
+
   it('--help shows a multi-platform example', async () => {
     for (const command of ['copy', 'convert', 'optimize']) {
       const help = await esgz('image', command, '--help');
