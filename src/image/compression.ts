@@ -7,10 +7,10 @@ import { constants as fsConstants } from 'node:fs';
 import { access, stat } from 'node:fs/promises';
 import { delimiter, join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
-import zlib from 'node:zlib';
 import { execa } from 'execa';
 import { DecompressStream } from 'zstd-napi';
 import { EsgzError } from '../errors.js';
+import { createGunzip } from './gunzip.js';
 import type { LayerCompression } from './media-types.js';
 
 const GZIP_MAGIC = [0x1f, 0x8b];
@@ -85,7 +85,7 @@ export async function openDecompressed(input: Readable, where = 'layer', options
   if (compression === 'none') return { stream: replay, compression };
   if (compression === 'gzip' && options.gzipHelper) return { stream: decompressWithHelper(replay, options.gzipHelper, where, options.signal), compression };
 
-  const decoder = compression === 'gzip' ? zlib.createGunzip({ chunkSize: 1 << 18 }) : new DecompressStream();
+  const decoder = compression === 'gzip' ? createGunzip() : new DecompressStream();
   const what = compression === 'gzip' ? 'gzip' : 'zstd';
   const out = new PassThrough({ highWaterMark: 1 << 20 });
   replay.on('error', (err) => out.destroy(err instanceof EsgzError ? err : wrap(err, where, what)));
