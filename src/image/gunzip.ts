@@ -23,8 +23,8 @@ interface IsalAddon {
 }
 
 const ADDON_PATH = fileURLToPath(new URL('../../native/isal/build/Release/esgz_isal.node', import.meta.url));
-/** Output buffer size: what each thread-pool call fills at most. */
-const OUTPUT_CHUNK = 1 << 18;
+/** Output buffer size: what each thread-pool call fills at most (few calls: each waits for a free core). */
+const OUTPUT_CHUNK = 1 << 20;
 
 let addon: { module?: IsalAddon; error?: string } | undefined;
 

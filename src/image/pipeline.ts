@@ -47,6 +47,9 @@ export interface TransferOptions {
   spoolDir?: string;
 }
 
+/** Write buffering between a layer transform and its spool file. */
+const SPOOL_BUFFER = 2 << 20;
+
 export interface BlobSummary {
   mediaType: string;
   digest: string;
@@ -442,8 +445,9 @@ class Transfer {
 
     await this.spoolDir();
     const spoolPath = join(this.spoolRoot, `${index}-${randomBytes(4).toString('hex')}`);
-    const counter = new DigestCounter();
-    const file = createWriteStream(spoolPath);
+    // Room for a couple of compressed batches, so the transform does not wait on every file write.
+    const counter = new DigestCounter({ highWaterMark: SPOOL_BUFFER });
+    const file = createWriteStream(spoolPath, { highWaterMark: SPOOL_BUFFER });
     const written = new Promise<void>((resolve, reject) => {
       file.on('finish', resolve);
       file.on('error', reject);
@@ -482,7 +486,9 @@ class Transfer {
       }
       const output: Descriptor = { mediaType: result.mediaType, digest: counter.digest, size: counter.size };
       const existed = await sink.hasBlob(output);
-      if (!existed) await untilAborted(sink.putBlob(output, () => createReadStream(spoolPath, { highWaterMark: 1 << 20 })), this.signal);
+      // The spool file was hashed as it was written: a local sink may simply take it over.
+      const adopted = !existed && (await untilAborted(sink.adoptBlobFile?.(output, spoolPath) ?? Promise.resolve(false), this.signal));
+      if (!existed && !adopted) await untilAborted(sink.putBlob(output, () => createReadStream(spoolPath, { highWaterMark: 1 << 20 })), this.signal);
       progress?.finish(id, existed ? 'exists' : 'written');
       return {
         index,

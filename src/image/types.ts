@@ -99,6 +99,12 @@ export interface ImageSink {
    * cross-repository mount when the source is the same registry.
    */
   putBlob(desc: Descriptor, open: () => Promise<Readable> | Readable, hints?: { mountFrom?: BlobLocation }): Promise<void>;
+  /**
+   * Optional: stores a blob from a local file the caller wrote and hashed itself (`desc` was
+   * computed from those very bytes), taking the file over (a rename) instead of copying it.
+   * Resolves false when it cannot (another filesystem): the caller then uses `putBlob`.
+   */
+  adoptBlobFile?(desc: Descriptor, path: string): Promise<boolean>;
   /** Stores a manifest or index by digest (not tagged). */
   putManifest(manifest: RawManifest): Promise<void>;
   /** Makes `root` the image the destination reference names (tag, index.json entry, manifest.json). */

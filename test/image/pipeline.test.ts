@@ -164,6 +164,30 @@ describe('transferImage with a transform', () => {
     expect(existsSync(spoolDir) ? await readdir(spoolDir) : []).toEqual([]);
   });
 
+  it('an OCI layout sink takes spooled layer blobs over by rename, or copies them across filesystems (same blobs)', async () => {
+    const digestsOf = async (dir: string) => (await readdir(join(dir, 'blobs', 'sha256'))).sort();
+    // Spool on the same filesystem as the destination: renamed into place, nothing left behind.
+    const spool = join(scratch, 'spool-same-fs');
+    const renamed = join(scratch, 'adopt-rename');
+    await run(`oci:${oci.dir}:oci`, `oci:${renamed}:out`, new RegzipTransform(), { spoolDir: spool });
+    expect(await readdir(spool)).toEqual([]);
+    // Spool on a tmpfs (another filesystem): rename fails with EXDEV and the blob is streamed.
+    expect((await execa('stat', ['-f', '-c', '%T', '/dev/shm'])).stdout).toBe('tmpfs');
+    const shmSpool = await mkdtemp('/dev/shm/esgz-spool-test-');
+    const copied = join(scratch, 'adopt-copy');
+    try {
+      await run(`oci:${oci.dir}:oci`, `oci:${copied}:out`, new RegzipTransform(), { spoolDir: shmSpool });
+      expect(await readdir(shmSpool)).toEqual([]);
+    } finally {
+      await rm(shmSpool, { recursive: true, force: true });
+    }
+    expect(await digestsOf(copied)).toEqual(await digestsOf(renamed));
+    for (const digest of await digestsOf(renamed)) {
+      const bytes = await readFile(join(renamed, 'blobs', 'sha256', digest));
+      expect(createHash('sha256').update(bytes).digest('hex')).toBe(digest);
+    }
+  });
+
   it('is byte-reproducible: the same transform twice gives the same digests', async () => {
     const a = await run(`oci:${oci.dir}:oci`, `oci:${join(scratch, 'repro-a')}:x`, new RegzipTransform({ delayFirstMs: 50 }), { concurrency: 3 });
     const b = await run(`oci:${oci.dir}:oci`, `oci:${join(scratch, 'repro-b')}:x`, new RegzipTransform(), { concurrency: 1 });

@@ -362,6 +362,20 @@ export class OciLayoutSink implements ImageSink {
     }
   }
 
+  async adoptBlobFile(desc: Descriptor, file: string): Promise<boolean> {
+    if (await this.hasBlob(desc)) return true;
+    const path = blobPath(this.ref.dir, desc.digest, `${this.description} blob ${desc.digest}`);
+    await mkdir(join(path, '..'), { recursive: true });
+    try {
+      await rename(file, path);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EXDEV') return false;
+      throw err;
+    }
+    this.addedBlobs.add(path);
+    return true;
+  }
+
   async putManifest(manifest: RawManifest): Promise<void> {
     await this.prepare();
     const what = `${this.description} manifest ${manifest.digest}`;
