@@ -280,6 +280,41 @@ interface SpooledEntry {
   offset: number;
 }
 
+/** Write buffering of the spool file, and how much of it one read brings back. */
+const SPOOL_WINDOW = 1 << 20;
+
+/**
+ * Reads the spool file through a window of SPOOL_WINDOW bytes: replaying entries in input order
+ * (all but the few prioritized ones) then reads it sequentially, a window at a time, instead of
+ * once per small file. Returned buffers are views of a window that is never reused.
+ */
+class SpoolReader {
+  private window = Buffer.alloc(0);
+  private windowStart = 0;
+
+  constructor(
+    private readonly handle: FileHandle,
+    private readonly size: number,
+  ) {}
+
+  async read(position: number, length: number, what: string): Promise<Buffer> {
+    const offset = position - this.windowStart;
+    if (offset < 0 || offset + length > this.window.length) {
+      const want = Math.min(Math.max(length, SPOOL_WINDOW), this.size - position);
+      const window = Buffer.allocUnsafe(want);
+      for (let got = 0; got < want; ) {
+        const { bytesRead } = await this.handle.read(window, got, want - got, position + got);
+        if (bytesRead === 0) throw new EsgzError('INTERNAL', `spool file ended early at ${what}`);
+        got += bytesRead;
+      }
+      this.window = window;
+      this.windowStart = position;
+      return window.subarray(0, length);
+    }
+    return this.window.subarray(offset, offset + length);
+  }
+}
+
 /**
  * Reorders for prioritized files: payloads are spooled to a temp file (headers stay in memory),
  * then entries are replayed in the new order reading payloads back by offset.
@@ -296,14 +331,14 @@ async function* reorderedEntries(
   let handle: FileHandle | undefined;
   try {
     const spooled: SpooledEntry[] = [];
-    const sink = createWriteStream(spoolPath);
+    const sink = createWriteStream(spoolPath, { highWaterMark: SPOOL_WINDOW });
     let position = 0;
     try {
       for await (const entry of readTar(tar, where)) {
         if (isReservedName(entry.header.name)) continue;
         spooled.push({ header: entry.header, offset: position });
         while (entry.remaining() > 0) {
-          const piece = await entry.read(Math.min(entry.remaining(), 1 << 20));
+          const piece = await entry.readSome(entry.remaining());
           position += piece.length;
           await writeOut(sink, piece);
         }
@@ -316,7 +351,7 @@ async function* reorderedEntries(
     const names = expandPriorities(prioritized, headers.map((h) => h.name), missed);
     const order = priorityOrder(headers, names, missed);
     handle = await open(spoolPath, 'r');
-    const fh = handle;
+    const spool = new SpoolReader(handle, position);
     for (const item of order) {
       if (item === 'landmark') {
         yield landmarkEntry(PREFETCH_LANDMARK);
@@ -328,17 +363,11 @@ async function* reorderedEntries(
       yield {
         header: e.header,
         async readSome(max: number) {
-          const length = Math.min(max, end - pos, 1 << 20);
+          const length = Math.min(max, end - pos, SPOOL_WINDOW);
           if (length <= 0) throw new EsgzError('INTERNAL', `spool read past the end of ${e.header.name}`);
-          const buf = Buffer.allocUnsafe(length);
-          let got = 0;
-          while (got < length) {
-            const { bytesRead } = await fh.read(buf, got, length - got, pos + got);
-            if (bytesRead === 0) throw new EsgzError('INTERNAL', `spool file ended early at ${e.header.name}`);
-            got += bytesRead;
-          }
+          const piece = await spool.read(pos, length, e.header.name);
           pos += length;
-          return buf;
+          return piece;
         },
       };
     }
