@@ -10,19 +10,9 @@ export default class Version extends BaseCommand<typeof Version> {
   async run(): Promise<void> {
     const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
     const libdeflate = libdeflateAvailable();
-    let gzipBackend: string;
-    try {
-      gzipBackend = selectGzipBackend();
-    } catch (err) {
-      gzipBackend = `invalid (${(err as Error).message})`;
-    }
+    const gzipBackend = chosenBackend(selectGzipBackend);
     const isal = isalAvailable();
-    let gunzipBackend: string;
-    try {
-      gunzipBackend = selectGunzipBackend();
-    } catch (err) {
-      gunzipBackend = `invalid (${(err as Error).message})`;
-    }
+    const gunzipBackend = chosenBackend(selectGunzipBackend);
     const info = {
       version: pkg.version,
       node: process.version,
@@ -42,5 +32,14 @@ export default class Version extends BaseCommand<typeof Version> {
       this.log(`gzip backend: ${gzipBackend}${libdeflate.available ? '' : ` (libdeflate ${info.gzip.libdeflate})`}, ${info.gzip.workers} workers`);
       this.log(`gunzip backend: ${gunzipBackend}${isal.available ? '' : ` (ISA-L ${info.gunzip.isal})`}`);
     }
+  }
+}
+
+/** The backend a selector picks, or why it cannot (an invalid ESGZ_*_BACKEND value). */
+function chosenBackend(select: () => string): string {
+  try {
+    return select();
+  } catch (err) {
+    return `invalid (${(err as Error).message})`;
   }
 }

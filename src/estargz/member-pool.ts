@@ -179,6 +179,9 @@ export class MemberPool {
     if (!Number.isInteger(workers) || workers < 1) throw new EsgzError('BAD_FLAG', `worker count must be a positive integer, got ${workers}`);
     this.size = workers;
     tuneMalloc();
+    // Start every worker now: their start-up (tens of ms each) overlaps with opening and
+    // parsing the layer instead of delaying the first batches. Idle workers pin nothing.
+    while (this.workers.length < this.size) this.spawn();
   }
 
   /**
@@ -252,8 +255,8 @@ export class MemberPool {
   private pickWorker(): PoolWorker {
     let best: PoolWorker | undefined;
     for (const w of this.workers) if (!best || w.busy < best.busy) best = w;
-    if (best && (best.busy === 0 || this.workers.length >= this.size)) return best;
-    return this.spawn();
+    // A worker that failed is gone from the list: replace it.
+    return best ?? this.spawn();
   }
 
   private spawn(): PoolWorker {

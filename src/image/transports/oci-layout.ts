@@ -176,7 +176,7 @@ export class OciLayoutSource implements ImageSource {
     const what = `${this.description} blob ${desc.digest}`;
     const handle = await openBlobFile(this.ref.dir, desc, what);
     const verifier = new DigestVerifier(desc, what);
-    const stream = handle.createReadStream({ highWaterMark: 256 * 1024 });
+    const stream = handle.createReadStream({ highWaterMark: 1 << 20 });
     stream.on('error', (err) => verifier.destroy(new EsgzError('BAD_LAYOUT', `${what}: ${err.message}`, { cause: err })));
     return stream.pipe(verifier);
   }
