@@ -8,7 +8,6 @@ APT_PACKAGES=(
   runc zstd busybox-static libfuse2 fuse3 libfuse-dev pkg-config
   docker-registry skopeo libdeflate-dev libdeflate-tools debootstrap time
   gcc make g++ python3 ca-certificates apache2-utils
-  libisal-dev
   pigz isal  # --estargz-gzip-helper pigz|unpigz|igzip
   attr
   containerd stargz-snapshotter

@@ -7,13 +7,13 @@ import { constants as fsConstants } from 'node:fs';
 import { access, stat } from 'node:fs/promises';
 import { delimiter, join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
-import { execa } from 'execa';
+import zlib from 'node:zlib';
 import { DecompressStream } from 'zstd-napi';
 import { EsgzError } from '../errors.js';
-import { createGunzip } from './gunzip.js';
 import type { LayerCompression } from './media-types.js';
 
 const GZIP_MAGIC = [0x1f, 0x8b];
+const GUNZIP_CHUNK = 1 << 20;
 const ZSTD_MAGIC = [0x28, 0xb5, 0x2f, 0xfd];
 
 export function sniffCompression(head: Uint8Array): LayerCompression {
@@ -83,9 +83,11 @@ export async function openDecompressed(input: Readable, where = 'layer', options
   input.on('error', (err) => replay.destroy(wrap(err, where, 'reading')));
   input.pipe(replay);
   if (compression === 'none') return { stream: replay, compression };
-  if (compression === 'gzip' && options.gzipHelper) return { stream: decompressWithHelper(replay, options.gzipHelper, where, options.signal), compression };
+  if (compression === 'gzip' && options.gzipHelper) return { stream: await decompressWithHelper(replay, options.gzipHelper, where, options.signal), compression };
 
-  const decoder = compression === 'gzip' ? createGunzip() : new DecompressStream();
+  // 1 MiB per zlib call: fewer thread-pool round trips, each of which waits for a free core
+  // while the compression workers run.
+  const decoder = compression === 'gzip' ? zlib.createGunzip({ chunkSize: GUNZIP_CHUNK }) : new DecompressStream();
   const what = compression === 'gzip' ? 'gzip' : 'zstd';
   const out = new PassThrough({ highWaterMark: 1 << 20 });
   replay.on('error', (err) => out.destroy(err instanceof EsgzError ? err : wrap(err, where, what)));
@@ -100,7 +102,9 @@ export async function openDecompressed(input: Readable, where = 'layer', options
  * BAD_LAYER error naming `where`. The helper is killed when the output is destroyed early, the
  * input fails or `signal` fires.
  */
-function decompressWithHelper(input: Readable, helper: GzipHelper, where: string, signal: AbortSignal | undefined): Readable {
+async function decompressWithHelper(input: Readable, helper: GzipHelper, where: string, signal: AbortSignal | undefined): Promise<Readable> {
+  // Loaded on demand: only this option runs a child process here, and execa is slow to load.
+  const { execa } = await import('execa');
   const { args } = HELPER_COMMANDS[helper];
   const commandLine = [helper, ...args].join(' ');
   const out = new PassThrough({ highWaterMark: 1 << 20 });

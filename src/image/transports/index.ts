@@ -7,7 +7,7 @@ import { parseDigest } from '../digest.js';
 import type { ImageSink, ImageSource } from '../types.js';
 import { openDockerArchiveSink, openDockerArchiveSource } from './docker-archive.js';
 import { openOciSink, openOciSource } from './oci-layout.js';
-import { openRegistrySink, openRegistrySource, type RegistryOptions } from './registry.js';
+import type { RegistryOptions } from './registry.js';
 
 export type TransportOptions = RegistryOptions;
 
@@ -74,7 +74,8 @@ export async function openSource(spec: string, options: TransportOptions = {}): 
     case 'docker-archive':
       return openDockerArchiveSource(ref);
     case 'registry':
-      return openRegistrySource(ref.reference, options);
+      // Loaded on demand: the HTTP stack is most of a local conversion's start-up time.
+      return (await import('./registry.js')).openRegistrySource(ref.reference, options);
   }
 }
 
@@ -86,6 +87,6 @@ export async function openSink(spec: string, options: TransportOptions = {}): Pr
     case 'docker-archive':
       return openDockerArchiveSink(ref);
     case 'registry':
-      return openRegistrySink(ref.reference, options);
+      return (await import('./registry.js')).openRegistrySink(ref.reference, options);
   }
 }
