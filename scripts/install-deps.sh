@@ -11,6 +11,7 @@ APT_PACKAGES=(
   pigz isal  # --estargz-gzip-helper pigz|unpigz|igzip
   attr
   containerd stargz-snapshotter
+  podman  # test oracle: podman's zstd:chunked partial pull of esgz images (test/zstdchunked/podman.test.ts)
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
