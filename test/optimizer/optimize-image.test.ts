@@ -8,7 +8,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EsgzError } from '../../src/errors.js';
 import { openSink, openSource } from '../../src/image/transports/index.js';
 import { optimizeImage, type OptimizeImageOptions } from '../../src/optimizer/optimize-image.js';
-import { readRecordFile } from '../../src/optimizer/record.js';
 import { memoryBackedTempRoot, profileImage } from '../../src/optimizer/image-profile.js';
 import { listContainers } from '../../src/runtime/runc.js';
 import { busyboxRootfs, twoPlatformImages, writeOciImage } from '../fixtures/oci-image.js';
@@ -125,7 +124,8 @@ describe('optimizeImage (profile + convert through the pipeline)', () => {
     const fromLandmark = execFileSync('sh', ['-c', `tail -c +${offset + 1} "$1" | gzip -dc | head -c 1 | od -An -tx1`, 'sh', blob], { encoding: 'utf8' });
     expect(fromLandmark.trim()).toBe('0f');
     expect(p.layers[1]!.landmarkOffset).toBeUndefined();
-    const entries = await readRecordFile(record);
+    // One JSON object per line, as ctr-remote writes them.
+    const entries = readFileSync(record, 'utf8').trim().split('\n').map((line) => JSON.parse(line) as { path: string; layerIndex?: number; manifestDigest?: string });
     expect(entries.map((e) => [e.path, e.layerIndex])).toEqual([
       ['bin/busybox', 0],
       ['etc/hello', 0],

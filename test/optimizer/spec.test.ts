@@ -5,8 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EsgzError } from '../../src/errors.js';
 import type { ImageConfig } from '../../src/image/types.js';
 import { unpackLayer } from '../../src/optimizer/unpack.js';
-import { readRecordFile } from '../../src/optimizer/record.js';
-import { readPrefetchList } from '../../src/estargz/priority.js';
+import { parseRecordFile, readPrefetchList, readRecordFile } from '../../src/estargz/priority.js';
 import {
   DEFAULT_CAPABILITIES,
   DEFAULT_PATH,
@@ -155,18 +154,15 @@ describe('flag parsers', () => {
 });
 
 describe('record and prefetch files', () => {
-  it('reads ctr-remote records (concatenated objects, leading slashes) and rejects bad ones', async () => {
+  it('reads ctr-remote records (concatenated objects, first-seen order, no duplicates) and rejects bad ones', async () => {
     const file = join(dir, 'record.json');
-    writeFileSync(file, '{"path":"/bin/busybox","manifestDigest":"sha256:x","layerIndex":0}{"path":"./etc/hello","layerIndex":1}\n\n{"path":"etc/x"}\n');
-    expect(await readRecordFile(file)).toEqual([
-      { path: 'bin/busybox', manifestDigest: 'sha256:x', layerIndex: 0 },
-      { path: 'etc/hello', layerIndex: 1 },
-      { path: 'etc/x' },
-    ]);
-    writeFileSync(file, '{"path":"a"}\n{"path": 3}\n');
-    await expect(readRecordFile(file)).rejects.toThrow(/record\.json:2: expected \{"path": …\}/);
-    writeFileSync(file, '{"path":"../../etc/shadow"}\n');
-    await expect(readRecordFile(file)).rejects.toThrow(/is not inside the image/);
+    writeFileSync(file, '{"path":"/bin/busybox","manifestDigest":"sha256:x","layerIndex":0}{"path":"./etc/hello","layerIndex":1}\n\n{"path":"etc/x"}\n{"path":"/bin/busybox"}\n{"manifestDigest":"sha256:x"}\n');
+    expect(await readRecordFile(file)).toEqual(['/bin/busybox', './etc/hello', 'etc/x']);
+    expect(() => parseRecordFile('{"path":"a"}\n{"path": 3}\n', 'r')).toThrow(/r: record at byte 13 has a non-string "path"/);
+    expect(() => parseRecordFile('{"path":"a"}\n{"path":"b"', 'r')).toThrow(/r: truncated JSON record at byte 13/);
+    expect(() => parseRecordFile('"bin/sh"', 'r')).toThrow(/r: unexpected string at byte 0/);
+    expect(() => parseRecordFile('[1]', 'r')).toThrow(/r: record at byte 0 is not an object/);
+    await expect(readRecordFile(join(dir, 'missing.json'))).rejects.toThrow(/cannot read record file .*missing\.json/);
   });
 
   it('reads prefetch lists: paths and globs, comments and blank lines skipped, ".." refused', async () => {
