@@ -5,7 +5,8 @@ import { PassThrough } from 'node:stream';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { EsgzError } from '../../src/errors.js';
 import { profileWorkload, recordEntriesOf, type ProfileWorkloadOptions } from '../../src/optimizer/optimize.js';
-import { readRecordFile, writeRecordFile } from '../../src/optimizer/record.js';
+import { readRecordFile } from '../../src/estargz/priority.js';
+import { writeRecordFile } from '../../src/optimizer/record.js';
 import { listContainers } from '../../src/runtime/runc.js';
 import { parseMountFlag } from '../../src/runtime/spec.js';
 import type { LayerTar } from '../../src/optimizer/overlay.js';
@@ -158,7 +159,8 @@ describe('profileWorkload on a busybox image under runc (overlayfs)', () => {
         { path: 'etc/passwd', manifestDigest: 'sha256:' + 'a'.repeat(64), layerIndex: 0 },
         { path: 'etc/group', manifestDigest: 'sha256:' + 'a'.repeat(64), layerIndex: 0 },
       ]);
-      expect(await readRecordFile(file)).toEqual(lines);
+      // What convert --estargz-record-in reads back from it: the paths, in that order.
+      expect(await readRecordFile(file)).toEqual(lines.map((l) => l.path));
     } finally {
       rmSync(file, { force: true });
     }
