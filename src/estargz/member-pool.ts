@@ -30,7 +30,7 @@ export const LIBDEFLATE_ADDON_PATH = fileURLToPath(new URL('../../native/libdefl
 const ZSTD_BINDING_PATH = createRequire(import.meta.url).resolve('zstd-napi/binding.js');
 
 /** Batch buffers are sized in steps of this; a batch of small members fits one step. */
-export const BATCH_STEP = 1 << 20;
+const BATCH_STEP = 1 << 20;
 /** Most bytes of free batch buffers kept for reuse. */
 const MAX_FREE_BYTES = 8 * 1024 * 1024;
 /** glibc mmap threshold while converting (see setMmapThreshold in native/libdeflate). */
