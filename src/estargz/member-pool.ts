@@ -168,6 +168,8 @@ export class MemberPool {
   /** Batch buffers handed back by workers, by capacity, for reuse. */
   private readonly freeBuffers = new Map<number, ArrayBuffer[]>();
   private freeBytes = 0;
+  /** Buffers `allocate` handed out: moved to a worker whatever part of them a batch fills. */
+  private readonly ours = new WeakSet<ArrayBuffer>();
   private closed = false;
   private failure: EsgzError | undefined;
 
@@ -191,14 +193,16 @@ export class MemberPool {
    */
   allocate(size: number): Buffer {
     const capacity = Math.max(1, Math.ceil(size / BATCH_STEP)) * BATCH_STEP;
-    const ab = this.freeBuffers.get(capacity)?.pop();
+    let ab = this.freeBuffers.get(capacity)?.pop();
     if (ab) this.freeBytes -= capacity;
-    return Buffer.from(ab ?? new ArrayBuffer(capacity));
+    ab ??= new ArrayBuffer(capacity);
+    this.ours.add(ab);
+    return Buffer.from(ab);
   }
 
   /**
    * Compresses the members laid end to end in `input` (member i ends at `ends[i]`). The caller
-   * hands `input` over: a view from the start of its ArrayBuffer (as `allocate` gives) moves to
+   * hands `input` over: a buffer from `allocate` (or one owning its whole ArrayBuffer) moves to
    * the worker without a copy and must not be used afterwards; anything else is copied.
    */
   compressMembers(input: Buffer, ends: Uint32Array): Promise<CompressedMembers> {
@@ -206,8 +210,8 @@ export class MemberPool {
     if (this.failure) return Promise.reject(this.failure);
     let payload: Uint8Array = input;
     const ab = input.buffer;
-    // Node's small Buffers share one slab (byteOffset > 0): those are copied, never moved.
-    const transferable = ab instanceof ArrayBuffer && input.byteOffset === 0;
+    // Never move memory other Buffers may share (Node's small Buffers live in one slab).
+    const transferable = ab instanceof ArrayBuffer && input.byteOffset === 0 && (this.ours.has(ab) || input.byteLength === ab.byteLength);
     if (!transferable) {
       payload = this.allocate(input.byteLength).subarray(0, input.byteLength);
       payload.set(input);
@@ -252,11 +256,9 @@ export class MemberPool {
     this.freeBytes += ab.byteLength;
   }
 
+  /** The least busy worker (all start in the constructor; after a failure no work is sent). */
   private pickWorker(): PoolWorker {
-    let best: PoolWorker | undefined;
-    for (const w of this.workers) if (!best || w.busy < best.busy) best = w;
-    // A worker that failed is gone from the list: replace it.
-    return best ?? this.spawn();
+    return this.workers.reduce((best, w) => (w.busy < best.busy ? w : best));
   }
 
   private spawn(): PoolWorker {

@@ -51,6 +51,17 @@ describe('member pool', () => {
     });
   }
 
+  it('copies, never moves, a buffer whose memory other Buffers share', async () => {
+    const p = pool('libdeflate', 6);
+    const shared = new ArrayBuffer(64);
+    const first = Buffer.from(shared, 0, 10).fill(1);
+    const sibling = Buffer.from(shared, 10, 10).fill(2);
+    const { data } = await p.compressMembers(first, Uint32Array.of(10));
+    expect(zlib.gunzipSync(data).equals(Buffer.alloc(10, 1))).toBe(true);
+    expect(first.length).toBe(10); // not detached
+    expect(sibling.equals(Buffer.alloc(10, 2))).toBe(true);
+  });
+
   it('the libdeflate addon checks its batch arguments', () => {
     type Addon = {
       gzipBatchBound(ends: Uint32Array, level: number): number;
