@@ -42,17 +42,15 @@ export interface JTOC {
 
 // ---- JSON encoding ---------------------------------------------------------------------------
 
-/** TOC entry fields in the order stargz-snapshotter's Go struct declares them (JSON key order). */
-const ENTRY_FIELDS: ReadonlyArray<keyof TOCEntry> = [
-  'name', 'type', 'size', 'modtime', 'linkName', 'mode', 'uid', 'gid', 'userName', 'groupName',
-  'offset', 'devMajor', 'devMinor', 'xattrs', 'digest', 'chunkOffset', 'chunkSize', 'chunkDigest', 'innerOffset',
-];
+/** Characters Go's encoding/json escapes (HTML-safe: <, >, & and U+2028/U+2029 too). */
+const NEEDS_ESCAPE = /["\\\u0000-\u001f<>&\u2028\u2029]/;
 
 /**
- * Go's encoding/json string escaping (HTML-safe: <, >, & and U+2028/U+2029 escaped), so the TOC
- * bytes look like what stargz-snapshotter writes.
+ * Go's encoding/json string escaping, so the TOC bytes look like what stargz-snapshotter
+ * writes. Almost every name needs none: those are copied whole.
  */
 function goQuote(value: string): string {
+  if (!NEEDS_ESCAPE.test(value)) return `"${value}"`;
   let out = '"';
   for (const ch of value) {
     const code = ch.codePointAt(0)!;
@@ -68,11 +66,38 @@ function goQuote(value: string): string {
   return `${out}"`;
 }
 
-/** True when the field is Go's zero value, which `omitempty` drops. */
-function isEmpty(value: unknown): boolean {
-  if (value === undefined || value === null || value === 0 || value === '') return true;
-  if (typeof value === 'object' && Object.keys(value as object).length === 0) return true;
-  return false;
+/** A `"key": value` line of an entry, with the comma that ends the previous line. */
+const field = (key: string, text: string): string => `,\n\t\t\t"${key}": ${text}`;
+
+/**
+ * One entry as `json.MarshalIndent` writes it inside the entries array (no trailing comma):
+ * fields in the order stargz-snapshotter's TOCEntry struct declares them, zero values omitted
+ * (`omitempty`). Spelled out field by field: this runs for every entry of every layer, between
+ * the last member and the end of the blob, where nothing else runs in parallel.
+ */
+function marshalEntry(e: TOCEntry): string {
+  let out = `\t\t{\n\t\t\t"name": ${goQuote(e.name ?? '')}${field('type', goQuote(e.type ?? ''))}`;
+  if (e.size) out += field('size', String(e.size));
+  if (e.modtime) out += field('modtime', goQuote(e.modtime));
+  if (e.linkName) out += field('linkName', goQuote(e.linkName));
+  if (e.mode) out += field('mode', String(e.mode));
+  if (e.uid) out += field('uid', String(e.uid));
+  if (e.gid) out += field('gid', String(e.gid));
+  if (e.userName) out += field('userName', goQuote(e.userName));
+  if (e.groupName) out += field('groupName', goQuote(e.groupName));
+  if (e.offset) out += field('offset', String(e.offset));
+  if (e.devMajor) out += field('devMajor', String(e.devMajor));
+  if (e.devMinor) out += field('devMinor', String(e.devMinor));
+  if (e.xattrs) {
+    const keys = Object.keys(e.xattrs).sort();
+    if (keys.length > 0) out += field('xattrs', `{\n${keys.map((k) => `\t\t\t\t${goQuote(k)}: ${goQuote(e.xattrs![k]!)}`).join(',\n')}\n\t\t\t}`);
+  }
+  if (e.digest) out += field('digest', goQuote(e.digest));
+  if (e.chunkOffset) out += field('chunkOffset', String(e.chunkOffset));
+  if (e.chunkSize) out += field('chunkSize', String(e.chunkSize));
+  if (e.chunkDigest) out += field('chunkDigest', goQuote(e.chunkDigest));
+  if (e.innerOffset) out += field('innerOffset', String(e.innerOffset));
+  return `${out}\n\t\t}`;
 }
 
 /**
@@ -81,41 +106,24 @@ function isEmpty(value: unknown): boolean {
  * digest covers; every codec must use this function.
  */
 export function marshalTOC(toc: JTOC): Buffer {
-  const lines: string[] = ['{', `\t"version": ${toc.version},`];
-  if (toc.entries.length === 0) {
-    lines.push('\t"entries": []');
-  } else {
-    lines.push('\t"entries": [');
-    toc.entries.forEach((entry, i) => {
-      lines.push('\t\t{');
-      const fields: string[] = [];
-      for (const key of ENTRY_FIELDS) {
-        const value = entry[key];
-        if (key === 'name' || key === 'type') {
-          fields.push(`\t\t\t"${key}": ${goQuote(String(value ?? ''))}`);
-          continue;
-        }
-        if (isEmpty(value)) continue;
-        if (key === 'xattrs') {
-          const xattrs = value as Record<string, string>;
-          const inner = Object.keys(xattrs)
-            .sort()
-            .map((k) => `\t\t\t\t${goQuote(k)}: ${goQuote(xattrs[k]!)}`);
-          fields.push(`\t\t\t"xattrs": {\n${inner.join(',\n')}\n\t\t\t}`);
-        } else if (typeof value === 'number') {
-          fields.push(`\t\t\t"${key}": ${value}`);
-        } else {
-          fields.push(`\t\t\t"${key}": ${goQuote(String(value))}`);
-        }
-      }
-      lines.push(fields.join(',\n'));
-      lines.push(i === toc.entries.length - 1 ? '\t\t}' : '\t\t},');
-    });
-    lines.push('\t]');
-  }
-  lines.push('}');
-  return Buffer.from(lines.join('\n'), 'utf8');
+  if (toc.entries.length === 0) return Buffer.from(`{\n\t"version": ${toc.version},\n\t"entries": []\n}`, 'utf8');
+  // Encoded a few hundred entries at a time: one multi-megabyte string would be built, then
+  // flattened and copied again.
+  const parts: Buffer[] = [Buffer.from(`{\n\t"version": ${toc.version},\n\t"entries": [\n`, 'utf8')];
+  let text = '';
+  toc.entries.forEach((entry, i) => {
+    text += i === 0 ? marshalEntry(entry) : `,\n${marshalEntry(entry)}`;
+    if (text.length >= MARSHAL_PIECE) {
+      parts.push(Buffer.from(text, 'utf8'));
+      text = '';
+    }
+  });
+  parts.push(Buffer.from(`${text}\n\t]\n}`, 'utf8'));
+  return Buffer.concat(parts);
 }
+
+/** Characters of TOC JSON encoded at once by `marshalTOC`. */
+const MARSHAL_PIECE = 64 * 1024;
 
 export function sha256Digest(data: Buffer | Uint8Array): string {
   return `sha256:${createHash('sha256').update(data).digest('hex')}`;

@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   blockDevice, buildTar, charDevice, dir, fifo, file, generatedFile, hardlink, opaque, symlink, whiteout, type TarEntry,
 } from '../fixtures/tar.js';
+import { marshalTOC, sha256Digest } from '../../src/estargz/toc.js';
 import { containerdAvailable, startContainerd, type RunningContainerd } from '../harness/containerd.js';
 import { convertBuffer, gunzipCli, tarNames } from './helpers.js';
 import { convertWithCtrRemote, ctrRemoteTOCDigest, readTOC, tocStructure } from './reference.js';
@@ -26,6 +27,8 @@ const entries: TarEntry[] = [
   fifo('dev/fifo'),
   file('usr/bin/caps', 'cap', { xattrs: { 'user.comment': 'hello', 'security.capability': Buffer.from([1, 0, 0, 2, 0, 32, 0, 0]) } }),
   file(`usr/${'long-directory-name-'.repeat(6)}/${'f'.repeat(110)}`, 'long'),
+  // Characters Go's encoding/json escapes in the TOC.
+  file('etc/"quoted" <a&b>\\tab\t\u2028', 'escaped'),
   whiteout('etc/gone'),
   dir('var'),
   opaque('var'),
@@ -57,6 +60,14 @@ describe.skipIf(!containerdAvailable())('reference comparison with ctr-remote 0.
     // ctr-remote's annotation is the digest our reader computes for its blob (reader compatibility).
     expect(ref.annotations['containerd.io/snapshot/stargz/toc.digest']).toBe(refTOC.tocDigest);
     await refTOC.reader.verifyAll();
+  });
+
+  it("marshalTOC re-encodes ctr-remote's TOC byte for byte (Go's MarshalIndent, escaping included)", async () => {
+    const ref = await convertWithCtrRemote(containerd, tar, ['--estargz-chunk-size', String(CHUNK)]);
+    const refTOC = await readTOC(ref.blob);
+    expect(refTOC.toc.entries.some((e) => e.name.includes('"quoted"'))).toBe(true);
+    // The reader's digest covers the JSON bytes exactly as ctr-remote wrote them.
+    expect(sha256Digest(marshalTOC(refTOC.toc))).toBe(refTOC.tocDigest);
   });
 
   it('same structure at the default chunk size with a file larger than 4 MiB', async () => {
