@@ -139,14 +139,33 @@ parentPort.on('message', (msg) => {
 
 interface PoolWorker {
   worker: Worker;
+  /** Batches sent and not answered yet. */
   busy: number;
+  /** Their input bytes. */
+  busyBytes: number;
 }
 
 interface Pending {
   resolve(value: CompressedMembers): void;
   reject(err: Error): void;
   owner: PoolWorker;
+  bytes: number;
 }
+
+interface QueuedBatch {
+  id: number;
+  data: Uint8Array;
+  ends: Uint32Array;
+  resolve(value: CompressedMembers): void;
+  reject(err: Error): void;
+}
+
+/**
+ * Batches a worker holds at once: the one it compresses and the next, so it never waits for
+ * this thread between two. The rest wait here and go to whichever worker frees up first: a
+ * batch queued behind a slow one (a 4 MiB chunk) on one worker would leave the other idle.
+ */
+const IN_FLIGHT_PER_WORKER = 2;
 
 export interface MemberPoolOptions {
   kind: MemberCompressorKind;
@@ -164,6 +183,7 @@ export class MemberPool {
   private readonly label: string;
   private readonly workers: PoolWorker[] = [];
   private readonly pending = new Map<number, Pending>();
+  private readonly queue: QueuedBatch[] = [];
   private nextId = 0;
   /** Batch buffers handed back by workers, by capacity, for reuse. */
   private readonly freeBuffers = new Map<number, ArrayBuffer[]>();
@@ -216,14 +236,25 @@ export class MemberPool {
       payload = this.allocate(input.byteLength).subarray(0, input.byteLength);
       payload.set(input);
     }
-    const target = this.pickWorker();
     const id = this.nextId++;
     return new Promise<CompressedMembers>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject, owner: target });
+      this.queue.push({ id, data: payload, ends, resolve, reject });
+      this.dispatch();
+    });
+  }
+
+  /** Hands queued batches, in order, to workers with room (see IN_FLIGHT_PER_WORKER). */
+  private dispatch(): void {
+    while (this.queue.length > 0) {
+      const target = this.leastBusyWorker();
+      if (!target) return;
+      const { id, data, ends, resolve, reject } = this.queue.shift()!;
+      this.pending.set(id, { resolve, reject, owner: target, bytes: data.byteLength });
       // Keep the event loop alive only while a worker has work (idle workers must not pin it).
       if (target.busy++ === 0) target.worker.ref();
-      target.worker.postMessage({ id, data: payload, ends }, [payload.buffer as ArrayBuffer]);
-    });
+      target.busyBytes += data.byteLength;
+      target.worker.postMessage({ id, data, ends }, [data.buffer as ArrayBuffer]);
+    }
   }
 
   /** Compresses one member (the caller keeps `input`: it is copied). */
@@ -239,7 +270,8 @@ export class MemberPool {
     this.closed = true;
     const workers = this.workers.splice(0);
     await Promise.all(workers.map((w) => w.worker.terminate()));
-    for (const p of this.pending.values()) p.reject(new EsgzError('INTERRUPTED', `${this.label} pool closed`));
+    const closed = new EsgzError('INTERRUPTED', `${this.label} pool closed`);
+    for (const p of [...this.pending.values(), ...this.queue.splice(0)]) p.reject(closed);
     this.pending.clear();
   }
 
@@ -256,22 +288,31 @@ export class MemberPool {
     this.freeBytes += ab.byteLength;
   }
 
-  /** The least busy worker (all start in the constructor; after a failure no work is sent). */
-  private pickWorker(): PoolWorker {
-    return this.workers.reduce((best, w) => (w.busy < best.busy ? w : best));
+  /**
+   * The worker with room and the fewest bytes still to compress, which is likely to be free
+   * first (all start in the constructor; a failed one is removed).
+   */
+  private leastBusyWorker(): PoolWorker | undefined {
+    let best: PoolWorker | undefined;
+    for (const w of this.workers) {
+      if (w.busy < IN_FLIGHT_PER_WORKER && (!best || w.busyBytes < best.busyBytes)) best = w;
+    }
+    return best;
   }
 
   private spawn(): PoolWorker {
     const spec = { kind: this.kind, level: this.level, addonPath: LIBDEFLATE_ADDON_PATH, bindingPath: ZSTD_BINDING_PATH };
     const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: spec, resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB } });
     worker.unref();
-    const entry: PoolWorker = { worker, busy: 0 };
+    const entry: PoolWorker = { worker, busy: 0, busyBytes: 0 };
     worker.on('message', (msg: { id: number; data?: Uint8Array; sizes?: Uint32Array; input?: ArrayBuffer; error?: string }) => {
       this.recycle(msg.input);
       const p = this.pending.get(msg.id);
       if (!p) return;
       this.pending.delete(msg.id);
+      entry.busyBytes -= p.bytes;
       if (--entry.busy === 0) worker.unref();
+      this.dispatch();
       if (msg.error !== undefined || !msg.data || !msg.sizes) p.reject(new EsgzError('INTERNAL', `${this.label} compression failed: ${msg.error}`));
       else p.resolve({ data: Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength), sizes: msg.sizes });
     });
@@ -293,6 +334,8 @@ export class MemberPool {
         p.reject(this.failure);
       }
     }
+    // No new work after a failure (compressMembers refuses it too): what waits here fails now.
+    for (const queued of this.queue.splice(0)) queued.reject(this.failure);
   }
 }
 

@@ -51,6 +51,23 @@ describe('member pool', () => {
     });
   }
 
+  it('a slow batch holds up at most one batch behind it: the rest go to the free worker', async () => {
+    const p = pool('libdeflate', 12);
+    // Compressible but not trivially (level 12 takes a good second on 24 MiB of this).
+    const slowInput = Buffer.alloc(24 << 20);
+    for (let i = 0; i < slowInput.length; i += 4) slowInput.writeUInt32LE((Math.imul(i, 2654435761) >>> 20) & 0x3ff, i);
+    const finished: string[] = [];
+    const slow = batchOf(p, [slowInput]);
+    const done = [p.compressMembers(slow.batch, slow.ends).then(() => finished.push('slow'))];
+    for (let i = 0; i < 8; i++) {
+      const small = batchOf(p, [Buffer.alloc(1000, i)]);
+      done.push(p.compressMembers(small.batch, small.ends).then(() => finished.push(`small ${i}`)));
+    }
+    await Promise.all(done);
+    // Per-worker queues would leave half of the small batches behind the slow one.
+    expect(finished.indexOf('slow')).toBeGreaterThanOrEqual(7);
+  });
+
   it('copies, never moves, a buffer whose memory other Buffers share', async () => {
     const p = pool('libdeflate', 6);
     const shared = new ArrayBuffer(64);
