@@ -202,25 +202,36 @@ function readableChunks(stream: Readable): AsyncIterator<Buffer> {
 }
 
 function parseString(block: Buffer, offset: number, length: number): string {
-  const field = block.subarray(offset, offset + length);
-  const nul = field.indexOf(0);
-  return (nul === -1 ? field : field.subarray(0, nul)).toString('utf8');
+  let end = offset;
+  while (end < offset + length && block[end] !== 0) end++;
+  return block.toString('utf8', offset, end);
 }
 
+const isOctalPadding = (byte: number | undefined): boolean => byte === 0 || byte === 0x20;
+
+/** A numeric header field: octal, NUL/space padded on either side, or GNU base-256. */
 function parseNumber(block: Buffer, offset: number, length: number, what: string, where: () => string): number {
-  const field = block.subarray(offset, offset + length);
-  if (field[0]! & 0x80) {
+  if (block[offset]! & 0x80) {
     // GNU base-256: big-endian two's complement with the top bit of the first byte as marker.
-    if (field[0] === 0xff) throw new EsgzError('BAD_LAYER', `${where()}: negative base-256 ${what}`);
-    let value = field[0]! & 0x7f;
-    for (let i = 1; i < field.length; i++) value = value * 256 + field[i]!;
+    if (block[offset] === 0xff) throw new EsgzError('BAD_LAYER', `${where()}: negative base-256 ${what}`);
+    let value = block[offset]! & 0x7f;
+    for (let i = offset + 1; i < offset + length; i++) value = value * 256 + block[i]!;
     if (!Number.isSafeInteger(value)) throw new EsgzError('BAD_LAYER', `${where()}: ${what} too large`);
     return value;
   }
-  const text = field.toString('latin1').replace(/[\0 ]+$/, '').replace(/^[\0 ]+/, '');
-  if (text === '') return 0;
-  if (!/^[0-7]+$/.test(text)) throw new EsgzError('BAD_LAYER', `${where()}: invalid ${what} field ${JSON.stringify(text)}`);
-  return parseInt(text, 8);
+  let start = offset;
+  let end = offset + length;
+  while (start < end && isOctalPadding(block[start])) start++;
+  while (end > start && isOctalPadding(block[end - 1])) end--;
+  let value = 0;
+  for (let i = start; i < end; i++) {
+    const digit = block[i]! - 0x30;
+    if (digit < 0 || digit > 7) {
+      throw new EsgzError('BAD_LAYER', `${where()}: invalid ${what} field ${JSON.stringify(block.toString('latin1', start, end))}`);
+    }
+    value = value * 8 + digit;
+  }
+  return value;
 }
 
 function isZeroBlock(block: Buffer): boolean {
@@ -320,9 +331,8 @@ export async function* readTar(stream: AsyncIterable<Buffer | Uint8Array | strin
       throw new EsgzError('BAD_LAYER', `${at()}: tar header checksum mismatch (not a tar stream, or corrupt)`);
     }
     const typeflag = block[156] === 0 ? '0' : String.fromCharCode(block[156]!);
-    const magic = block.subarray(257, 263).toString('latin1');
     let name = parseString(block, 0, 100);
-    if (magic === 'ustar\0') {
+    if (block.toString('latin1', 257, 263) === 'ustar\0') {
       const prefix = parseString(block, 345, 155);
       if (prefix !== '') name = `${prefix}/${name}`;
     }

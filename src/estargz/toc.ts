@@ -173,8 +173,13 @@ export function parseTOCJSON(json: Buffer, where: string): JTOC {
   return doc as JTOC;
 }
 
+/** An empty, "." or ".." segment: what path.Clean changes. */
+const NEEDS_CLEANING = /(^|\/)(\.{1,2})?(\/|$)/;
+
 /** stargz's cleanEntryName: path.Clean("/"+name) without the leading slash ("./a/" → "a"). */
 export function cleanEntryName(name: string): string {
+  // Most names are clean already: no empty, "." or ".." segment.
+  if (!NEEDS_CLEANING.test(name)) return name;
   const parts: string[] = [];
   for (const part of name.split('/')) {
     if (part === '' || part === '.') continue;
@@ -184,10 +189,16 @@ export function cleanEntryName(name: string): string {
   return parts.join('/');
 }
 
+/** The last modtime formatModtime formatted. */
+let lastModtime = { seconds: NaN, text: '' };
+
 /** stargz's formatModtime: RFC 3339 in UTC, whole seconds; the epoch and zero time are omitted. */
 export function formatModtime(date: Date | undefined): string | undefined {
   if (!date || Number.isNaN(date.getTime())) return undefined;
   const seconds = Math.round(date.getTime() / 1000);
   if (seconds === 0) return undefined;
-  return new Date(seconds * 1000).toISOString().replace(/\.\d{3}Z$/, 'Z');
+  // Files of a layer mostly share a few timestamps (one per package build): reuse the last one.
+  if (seconds !== lastModtime.seconds) lastModtime = { seconds, text: new Date(seconds * 1000).toISOString().replace(/\.\d{3}Z$/, 'Z') };
+  return lastModtime.text;
 }
+
