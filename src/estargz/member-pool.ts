@@ -34,7 +34,7 @@ const BATCH_STEP = 1 << 20;
 /** Most bytes of free batch buffers kept for reuse. */
 const MAX_FREE_BYTES = 8 * 1024 * 1024;
 /** glibc mmap threshold while converting (see setMmapThreshold in native/libdeflate). */
-const MMAP_THRESHOLD = 256 * 1024;
+const MMAP_THRESHOLD = 2 * 1024 * 1024;
 /** Young generation of each worker: they allocate little besides results, which leave at once. */
 const WORKER_YOUNG_GENERATION_MB = 4;
 
