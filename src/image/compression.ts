@@ -8,7 +8,6 @@ import { access, stat } from 'node:fs/promises';
 import { delimiter, join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import zlib from 'node:zlib';
-import { DecompressStream } from 'zstd-napi';
 import { EsgzError } from '../errors.js';
 import type { LayerCompression } from './media-types.js';
 
@@ -87,7 +86,8 @@ export async function openDecompressed(input: Readable, where = 'layer', options
 
   // 1 MiB per zlib call: fewer thread-pool round trips, each of which waits for a free core
   // while the compression workers run.
-  const decoder = compression === 'gzip' ? zlib.createGunzip({ chunkSize: GUNZIP_CHUNK }) : new DecompressStream();
+  // zstd-napi is loaded only for zstd layers (its native binding costs every start-up ~12 ms).
+  const decoder = compression === 'gzip' ? zlib.createGunzip({ chunkSize: GUNZIP_CHUNK }) : new (await import('zstd-napi')).DecompressStream();
   const what = compression === 'gzip' ? 'gzip' : 'zstd';
   const out = new PassThrough({ highWaterMark: 1 << 20 });
   replay.on('error', (err) => out.destroy(err instanceof EsgzError ? err : wrap(err, where, what)));

@@ -19,8 +19,8 @@
  * Skippable frames decompress to nothing, so the whole blob is one valid zstd stream whose
  * content is the layer tar.
  */
-import binding from 'zstd-napi/binding.js';
-import type { DCtx } from 'zstd-napi/binding.js';
+import { createRequire } from 'node:module';
+import type * as ZstdBinding from 'zstd-napi/binding.js';
 import { EsgzError } from '../../errors.js';
 
 /** First skippable frame magic (RFC 8878 3.1.2); 0x184D2A50..0x184D2A5F are all skippable. */
@@ -166,10 +166,18 @@ export function unwrapSkippableFrame(frame: Buffer, what: string): Buffer {
   return frame.subarray(SKIPPABLE_HEADER_SIZE);
 }
 
-let sharedDCtx: DCtx | undefined;
+/** zstd-napi's native binding, loaded on first use: an eStargz conversion never needs it. */
+let zstdBinding: typeof ZstdBinding | undefined;
 
-function dctx(): DCtx {
-  sharedDCtx ??= new binding.DCtx();
+function zstd(): typeof ZstdBinding {
+  zstdBinding ??= createRequire(import.meta.url)('zstd-napi/binding.js') as typeof ZstdBinding;
+  return zstdBinding;
+}
+
+let sharedDCtx: ZstdBinding.DCtx | undefined;
+
+function dctx(): ZstdBinding.DCtx {
+  sharedDCtx ??= new (zstd().DCtx)();
   return sharedDCtx;
 }
 
@@ -181,7 +189,7 @@ function describeError(err: unknown): string {
 function decompressFrame(frame: Buffer, at: number, where: string): Buffer {
   let declared: number | null;
   try {
-    declared = binding.getFrameContentSize(frame);
+    declared = zstd().getFrameContentSize(frame);
   } catch (err) {
     throw new EsgzError('BAD_FORMAT', `${where}: corrupt zstd frame header at offset ${at}: ${describeError(err)}`, { cause: err });
   }
@@ -197,12 +205,12 @@ function decompressFrame(frame: Buffer, at: number, where: string): Buffer {
       return out;
     }
     // No content size in the header (streaming writers): grow as the stream produces.
-    ctx.reset(binding.ResetDirective.sessionOnly);
+    ctx.reset(zstd().ResetDirective.sessionOnly);
     const parts: Buffer[] = [];
     let input = frame;
     let total = 0;
     for (;;) {
-      const out = Buffer.allocUnsafe(Math.max(binding.dStreamOutSize(), input.length * 4));
+      const out = Buffer.allocUnsafe(Math.max(zstd().dStreamOutSize(), input.length * 4));
       const [remaining, produced, consumed] = ctx.decompressStream(out, input);
       if (produced > 0) parts.push(out.subarray(0, produced));
       total += produced;
@@ -213,7 +221,7 @@ function decompressFrame(frame: Buffer, at: number, where: string): Buffer {
     }
     return Buffer.concat(parts, total);
   } catch (err) {
-    ctx.reset(binding.ResetDirective.sessionOnly);
+    ctx.reset(zstd().ResetDirective.sessionOnly);
     throw new EsgzError('BAD_FORMAT', `${where}: corrupt zstd frame at offset ${at}: ${describeError(err)}`, { cause: err });
   }
 }
@@ -246,7 +254,7 @@ export function decompressFrames(data: Buffer, where: string, base = 0): Buffer 
     }
     let frameSize: number;
     try {
-      frameSize = binding.findFrameCompressedSize(data.subarray(pos));
+      frameSize = zstd().findFrameCompressedSize(data.subarray(pos));
     } catch (err) {
       throw new EsgzError('BAD_FORMAT', `${where}: zstd frame at offset ${at} is truncated or corrupt: ${describeError(err)}`, { cause: err });
     }
