@@ -112,6 +112,8 @@ export interface Codec {
    * `uncompressedSize` is the size of the tar stream written so far (members only).
    */
   buildTail(toc: JTOC, tocOffset: number, uncompressedSize: number): Promise<CodecTail>;
+  /** Starts the worker threads now rather than at the first batch, so they boot while the source is opened. */
+  startWorkers(): void;
   /** Releases worker threads. The codec must not be used afterwards. Idempotent. */
   close(): Promise<void>;
 

@@ -189,6 +189,10 @@ export class GzipCodec implements Codec {
     return this.backendChoice;
   }
 
+  startWorkers(): void {
+    this.getPool();
+  }
+
   private getPool(): MemberPool {
     this.pool ??= createGzipPool({ level: this.level, workers: this.workers, backend: this.backendChoice });
     return this.pool;

@@ -94,6 +94,12 @@ export class ChunkedLayerTransform implements LayerTransform {
     return this.codecPromise;
   }
 
+  prepare(): void {
+    // A layer that --reuse keeps needs no compression: workers then start with the first layer
+    // that does. Failures surface where codec() is awaited.
+    if (!this.options.reuse) this.codec().then((codec) => codec.startWorkers(), () => undefined);
+  }
+
   checkManifestMediaType(mediaType: string, warn: (message: string) => void): void {
     if (!isDockerMediaType(mediaType) || this.options.oci) return;
     if (this.codecName === 'zstd') throw new EsgzError('BAD_FLAG', 'option --zstdchunked must be used in conjunction with --oci');

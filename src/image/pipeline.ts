@@ -228,6 +228,7 @@ class Transfer {
   async run(): Promise<TransferReport> {
     const started = Date.now();
     const { source, sink } = this.options;
+    this.transform.prepare?.();
     try {
       const sourceRoot = await source.fetchRoot();
       this.checkAborted();

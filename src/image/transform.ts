@@ -40,6 +40,8 @@ export interface LayerTransform {
   transform(input: LayerInput, output: Writable, context: TransformContext): Promise<LayerOutput | 'unchanged'>;
   /** Called once the image's manifest is known, to veto or warn (e.g. `--estargz` on Docker media types). */
   checkManifestMediaType?(mediaType: string, warn: (message: string) => void): void;
+  /** Called when the transfer starts, before the source is read: time to start worker threads. */
+  prepare?(): void;
 }
 
 export const identityTransform: LayerTransform = {

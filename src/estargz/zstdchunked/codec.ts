@@ -78,6 +78,10 @@ export class ZstdChunkedCodec implements Codec {
     this.endOfArchive = options.endOfArchive ?? true;
   }
 
+  startWorkers(): void {
+    this.getPool();
+  }
+
   private getPool(): MemberPool {
     if (this.closed) throw new EsgzError('INTERNAL', 'zstd:chunked codec used after close');
     this.pool ??= createZstdPool({ level: this.level, workers: this.workers });
