@@ -29,6 +29,7 @@ import {
   repeat,
   resultsDir,
   runProcess,
+  settle,
   summarize,
 } from './lib/common.mjs';
 import { startBenchRegistry } from './lib/registry.mjs';
@@ -244,6 +245,7 @@ async function esgzSampler(op, source) {
   const outLayout = join(work, `esgz-${op.key}`);
   return async () => {
     rmSync(outLayout, { recursive: true, force: true });
+    await settle();
     const sample = await measure(process.execPath, [esgzBin, ...op.esgz, source, `oci:${outLayout}:out`]);
     if (sample.ok) sample.outputBytes = ociLayoutImageSize(outLayout, 'out');
     return sample;
@@ -256,6 +258,7 @@ function ctrRemoteSampler(containerd, op, source) {
   const base = ['-a', containerd.address, '-n', containerd.namespace];
   return async () => {
     await runProcess(REFERENCE_CTR, [...base, 'images', 'rm', '--sync', target]);
+    await settle();
     const sample = await measure(REFERENCE_CTR_REMOTE, [...base, ...op.ctr, source, target], { timeoutMs: 600_000 });
     if (sample.ok) sample.outputBytes = await ctrImageSize(containerd, target);
     return sample;

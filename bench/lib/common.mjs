@@ -41,6 +41,29 @@ export async function importShared(relPath) {
   return import(join(outDir, relPath.replace(/\.ts$/, '.js')));
 }
 
+/** Jiffies the machine spent idle and in total since boot (first line of /proc/stat). */
+function cpuJiffies() {
+  const fields = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  return { idle: fields[3] + (fields[4] ?? 0), total: fields.reduce((a, b) => a + b, 0) };
+}
+
+/**
+ * Waits until the machine is quiet before a timed run: dirty pages written back (`sync`) and the
+ * CPUs at least 90% idle over 250 ms, for at most 10 s. The previous run's aftermath (writeback
+ * of its output, a daemon's clean-up) would otherwise land in whichever tool runs next.
+ */
+export async function settle() {
+  spawnSync('sync');
+  const deadline = performance.now() + 10_000;
+  while (performance.now() < deadline) {
+    const before = cpuJiffies();
+    await new Promise((resolve) => setTimeout(resolve, 250));
+    const after = cpuJiffies();
+    const total = after.total - before.total;
+    if (total > 0 && (after.idle - before.idle) / total >= 0.9) return;
+  }
+}
+
 /**
  * Runs a command under GNU time, returns wall seconds (our clock, sub-ms), CPU seconds (user +
  * system, less sensitive than wall time to other load on a shared machine) and peak RSS in bytes
@@ -140,6 +163,7 @@ export function summarize(samples) {
     rssBytes: rss.length ? Math.max(...rss) : undefined,
     outputBytes: sizes.length ? sizes[sizes.length - 1] : undefined,
     extra: samples[samples.length - 1].extra,
+    samples: samples.map((s) => ({ seconds: s.seconds, cpuSeconds: s.cpuSeconds })),
   };
 }
 
