@@ -181,8 +181,8 @@ function peek(input: Readable, n: number): Promise<Buffer> {
     };
     const finish = () => {
       cleanup();
-      const all = Buffer.concat(chunks);
-      resolve(all);
+      // Usually one chunk (a whole read of the source): handed back as it is, not copied.
+      resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks));
     };
     const onReadable = () => {
       let chunk: Buffer | null;
