@@ -41,8 +41,11 @@ export interface EstargzWriterOptions {
   /** Directory for the spool file used when reordering prioritized files. */
   tmpDir?: string;
   signal?: AbortSignal;
-  /** Batches of members compressing at once before the writer waits (memory bound). Default 2 × workers + 2. */
-  maxInFlight?: number;
+  /**
+   * Bytes of batch buffers compressing at once before the writer waits for the oldest batch (the
+   * memory bound). Default: a chunk per worker plus a few batches (see inFlightWindow).
+   */
+  maxInFlightBytes?: number;
   /**
    * Keep the uncompressed tar byte for byte (`--estargz-keep-diff-id`, with an external-TOC
    * codec): raw headers, padding and trailer are kept, no landmark is added, nothing is reordered.
@@ -116,6 +119,18 @@ async function writeOut(output: Writable, buf: Buffer): Promise<void> {
  */
 const BATCH_TARGET = 512 * 1024;
 
+/**
+ * Default bound on the member bytes compressing at once. Results are written in order, so the
+ * oldest batch holds up the window: when it is a whole chunk (a big file), each other worker needs
+ * about a chunk's worth of batches queued behind it to keep busy meanwhile (counting batches
+ * instead left one core idle for ~100 ms per 4 MiB chunk). Chunk sizes above the default count as
+ * the default, so memory stays bounded; batch buffers are recycled.
+ */
+function inFlightWindow(workers: number, chunkSize: number): number {
+  // Batch buffers come in 1 MiB steps (twice the target) from the codec's pool.
+  return workers * Math.min(chunkSize, DEFAULT_CHUNK_SIZE) + (workers + 2) * 2 * BATCH_TARGET;
+}
+
 /** Closed members waiting to be sent to the codec together: laid end to end in one buffer. */
 interface OpenBatch {
   buffer: Buffer;
@@ -132,7 +147,8 @@ class MemberSequencer {
   private openIndex = -1;
   private memberCount = 0;
   private batch: OpenBatch | undefined;
-  private readonly inFlight: Array<{ firstIndex: number; result: Promise<CompressedMembers> }> = [];
+  private readonly inFlight: Array<{ firstIndex: number; bytes: number; result: Promise<CompressedMembers> }> = [];
+  private inFlightBytes = 0;
   readonly memberOffsets: number[] = [];
   written = 0;
   uncompressed = 0;
@@ -141,7 +157,7 @@ class MemberSequencer {
   constructor(
     private readonly codec: Codec,
     private readonly output: Writable,
-    private readonly maxInFlight: number,
+    private readonly maxInFlightBytes: number,
   ) {}
 
   get members(): number {
@@ -169,7 +185,12 @@ class MemberSequencer {
 
   async closeMember(): Promise<void> {
     if (this.openIndex < 0) return;
-    if (this.batch && this.batch.length + this.openLength > this.batch.buffer.length) await this.sendBatch();
+    if (this.batch && this.batch.length + this.openLength > this.batch.buffer.length) {
+      // A batch under target grows to take the member (a big chunk after a few small files, or
+      // empty members before one) rather than leaving as a message of its own.
+      if (this.batch.length >= BATCH_TARGET) await this.sendBatch();
+      else this.growBatch(this.batch.length + this.openLength);
+    }
     const batch = (this.batch ??= {
       buffer: this.codec.allocateBatch(Math.max(this.openLength, BATCH_TARGET)),
       length: 0,
@@ -184,22 +205,34 @@ class MemberSequencer {
     if (batch.length >= BATCH_TARGET) await this.sendBatch();
   }
 
+  private growBatch(size: number): void {
+    const batch = this.batch!;
+    const bigger = this.codec.allocateBatch(size);
+    batch.buffer.copy(bigger, 0, 0, batch.length);
+    batch.buffer = bigger;
+  }
+
   private async sendBatch(): Promise<void> {
     const batch = this.batch;
     if (!batch) return;
     this.batch = undefined;
     const members = batch.buffer.subarray(0, batch.length);
+    // Counted by buffer, the memory it holds until its result is written (read now: the buffer
+    // is detached once it moves to a worker).
+    const bytes = batch.buffer.length;
     // Batches hold every member byte in stream order: the diffID hashes them here, in one call
     // per batch, before the buffer moves to a worker.
     this.diffHash.update(members);
     const result = this.codec.compressMembers(members, Uint32Array.from(batch.ends));
     result.catch(() => {}); // observed when its turn comes; avoid an unhandled-rejection warning meanwhile
-    this.inFlight.push({ firstIndex: batch.firstIndex, result });
-    while (this.inFlight.length >= this.maxInFlight) await this.writeOldest();
+    this.inFlight.push({ firstIndex: batch.firstIndex, bytes, result });
+    this.inFlightBytes += bytes;
+    while (this.inFlightBytes > this.maxInFlightBytes) await this.writeOldest();
   }
 
   private async writeOldest(): Promise<void> {
     const next = this.inFlight.shift()!;
+    this.inFlightBytes -= next.bytes;
     const { data, sizes } = await next.result;
     let index = next.firstIndex;
     for (const size of sizes) {
@@ -219,6 +252,7 @@ class MemberSequencer {
   async abandon(): Promise<void> {
     await Promise.allSettled(this.inFlight.map((m) => m.result));
     this.inFlight.length = 0;
+    this.inFlightBytes = 0;
     this.batch = undefined;
   }
 
@@ -435,9 +469,7 @@ export async function writeEstargz(tar: AsyncIterable<Buffer>, output: Writable,
   const minChunkSize = options.minChunkSize ?? 0;
   if (!Number.isSafeInteger(chunkSize) || chunkSize <= 0) throw new EsgzError('BAD_FLAG', `chunk size must be a positive integer, got ${chunkSize}`);
   if (!Number.isSafeInteger(minChunkSize) || minChunkSize < 0) throw new EsgzError('BAD_FLAG', `min chunk size must be a non-negative integer, got ${minChunkSize}`);
-  // Enough batches in flight that no worker idles while the sequencer waits for the oldest
-  // (head-of-line) result; batch buffers are recycled, so this bounds memory too.
-  const seq = new MemberSequencer(options.codec, output, options.maxInFlight ?? options.codec.workers * 2 + 2);
+  const seq = new MemberSequencer(options.codec, output, options.maxInFlightBytes ?? inFlightWindow(options.codec.workers, chunkSize));
   const missed: string[] = [];
   const prioritized = options.prioritizedFiles ?? [];
   if (options.lossless && prioritized.length > 0) {

@@ -6,6 +6,8 @@ import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bufferBlobReader, EstargzReader } from '../../src/estargz/reader.js';
 import { GlobPattern } from '../../src/estargz/priority.js';
+import type { Codec } from '../../src/estargz/codec.js';
+import { createGzipCodec } from '../../src/estargz/gzip-codec.js';
 import { libdeflateAvailable } from '../../src/estargz/gzip-pool.js';
 import {
   blockDevice, buildTar, charDevice, dir, fifo, file, generatedBuffer, generatedFile, gzipBuffer, hardlink, opaque,
@@ -191,9 +193,45 @@ describe('eStargz writer determinism and backends', () => {
     const again = await convertBuffer(tar, { chunkSize: CHUNK });
     expect(again.blob.equals(blob)).toBe(true);
     const one = await convertBuffer(tar, { chunkSize: CHUNK, workers: 1 });
-    const three = await convertBuffer(tar, { chunkSize: CHUNK, workers: 3, maxInFlight: 2 });
+    const three = await convertBuffer(tar, { chunkSize: CHUNK, workers: 3, maxInFlightBytes: 1 });
     expect(one.blob.equals(blob)).toBe(true);
     expect(three.blob.equals(blob)).toBe(true);
+  });
+
+  it('bounds the batch memory compressing at once, and still keeps several batches going', async () => {
+    const files = Array.from({ length: 48 }, (_, i) => generatedFile(`data/f${i}`, 300_000 + i));
+    const manyTar = await buildTar([dir('data'), ...files]);
+    const inner = createGzipCodec({ compressionLevel: 1, workers: 2 });
+    let outstanding = 0;
+    let peak = 0;
+    // The real codec, with every result held back a little so the writer's window fills up.
+    const compressMembers = async (batch: Buffer, ends: Uint32Array) => {
+      const held = batch.buffer.byteLength; // before the buffer moves to a worker
+      outstanding += held;
+      peak = Math.max(peak, outstanding);
+      const result = await inner.compressMembers(batch, ends);
+      await new Promise((resolve) => setTimeout(resolve, 15));
+      outstanding -= held;
+      return result;
+    };
+    const codec = new Proxy(inner, {
+      get(target, key) {
+        if (key === 'compressMembers') return compressMembers;
+        const value: unknown = Reflect.get(target, key, target);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    }) as Codec;
+    try {
+      const window = 3 << 20;
+      const bounded = await convertBuffer(manyTar, { codec, maxInFlightBytes: window });
+      // At most the window plus the one batch that crossed it.
+      expect(peak).toBeLessThanOrEqual(window + (1 << 20));
+      expect(peak).toBeGreaterThan(1 << 20);
+      const reference = await convertBuffer(manyTar, { level: 1, workers: 2 });
+      expect(bounded.blob.equals(reference.blob)).toBe(true);
+    } finally {
+      await inner.close();
+    }
   });
 
   it('gives the same blob from plain, gzip and zstd input', async () => {
