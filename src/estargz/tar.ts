@@ -7,6 +7,7 @@
  * Formats read: POSIX ustar + PAX ('x', 'g'), GNU (long names 'L'/'K', base-256 numbers), v7.
  * Headers are written as ustar, with a PAX header when a field does not fit (like Go's archive/tar).
  */
+import type { FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { EsgzError } from '../errors.js';
 
@@ -49,8 +50,20 @@ export interface TarEntry {
   remaining(): number;
 }
 
+/** Where readTar takes its bytes from: a stream (ByteSource) or a file it can seek in (FileByteSource). */
+export interface TarBytes {
+  /** Bytes handed out or skipped so far: the offset of the next byte in the tar. */
+  consumed: number;
+  /** When set, every byte handed out is also kept here (lossless mode keeps raw tar headers). */
+  recorded: Buffer[] | undefined;
+  readSome(n: number): Promise<Buffer>;
+  readAtMost(n: number): Promise<Buffer>;
+  skip(n: number): Promise<number>;
+  drain(): Promise<number>;
+}
+
 /** Pulls exact byte counts out of an async stream of buffers. */
-export class ByteSource {
+export class ByteSource implements TarBytes {
   private buffers: Buffer[] = [];
   private buffered = 0;
   private done = false;
@@ -146,6 +159,70 @@ export class ByteSource {
     }
     this.consumed += total;
     return total;
+  }
+}
+
+/** Bytes FileByteSource reads at once. */
+const FILE_WINDOW = 1 << 20;
+
+/**
+ * A tar file on local disk read by position: skipping a payload is a seek, so listing the
+ * entries of a big layer reads little more than its headers. Buffers handed out are never
+ * reused (each read fills a new window).
+ */
+export class FileByteSource implements TarBytes {
+  consumed = 0;
+  recorded: Buffer[] | undefined;
+  private window = Buffer.alloc(0);
+  private windowStart = 0;
+
+  constructor(
+    private readonly handle: FileHandle,
+    private readonly size: number,
+  ) {}
+
+  /** Between 1 and `n` bytes at the current position (a window's worth at most); empty at the end. */
+  async readSome(n: number): Promise<Buffer> {
+    const take = Math.min(n, this.size - this.consumed);
+    if (take <= 0) return Buffer.alloc(0);
+    let offset = this.consumed - this.windowStart;
+    if (offset < 0 || offset >= this.window.length) {
+      const length = Math.min(Math.max(take, FILE_WINDOW), this.size - this.consumed);
+      const window = Buffer.allocUnsafe(length);
+      const { bytesRead } = await this.handle.read(window, 0, length, this.consumed);
+      if (bytesRead === 0) return Buffer.alloc(0);
+      this.window = window.subarray(0, bytesRead);
+      this.windowStart = this.consumed;
+      offset = 0;
+    }
+    const out = this.window.subarray(offset, offset + Math.min(take, this.window.length - offset));
+    this.consumed += out.length;
+    this.recorded?.push(out);
+    return out;
+  }
+
+  async readAtMost(n: number): Promise<Buffer> {
+    const first = await this.readSome(n);
+    if (first.length === n || first.length === 0) return first;
+    const parts = [first];
+    let got = first.length;
+    while (got < n) {
+      const more = await this.readSome(n - got);
+      if (more.length === 0) break;
+      parts.push(more);
+      got += more.length;
+    }
+    return Buffer.concat(parts, got);
+  }
+
+  async skip(n: number): Promise<number> {
+    const skipped = Math.max(0, Math.min(n, this.size - this.consumed));
+    this.consumed += skipped;
+    return skipped;
+  }
+
+  async drain(): Promise<number> {
+    return this.skip(this.size - this.consumed);
   }
 }
 
@@ -280,8 +357,8 @@ export interface ReadTarOptions {
   onTrailer?(bytes: Buffer): void;
 }
 
-export async function* readTar(stream: AsyncIterable<Buffer | Uint8Array | string>, where: string, options: ReadTarOptions = {}): AsyncGenerator<TarEntry> {
-  const src = new ByteSource(stream);
+export async function* readTar(input: AsyncIterable<Buffer | Uint8Array | string> | TarBytes, where: string, options: ReadTarOptions = {}): AsyncGenerator<TarEntry> {
+  const src = input instanceof ByteSource || input instanceof FileByteSource ? input : new ByteSource(input as AsyncIterable<Buffer | Uint8Array | string>);
   const record = () => {
     if (options.raw) src.recorded = [];
   };

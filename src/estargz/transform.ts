@@ -5,7 +5,7 @@
  * type, annotations and diffID; the pipeline hashes the blob itself.
  */
 import { createHash } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,7 +13,7 @@ import { Readable, Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { EsgzError, withContext } from '../errors.js';
 import { openDecompressed, type GzipHelper } from '../image/compression.js';
-import { isDockerMediaType, MediaType } from '../image/media-types.js';
+import { isDockerMediaType, layerCompressionOf, MediaType } from '../image/media-types.js';
 import type { LayerInput, LayerOutput, LayerTransform, TransformContext } from '../image/transform.js';
 import type { Codec, CodecName } from './codec.js';
 import { createCodec } from './codecs.js';
@@ -22,7 +22,7 @@ import type { Descriptor, ImageSink, RawManifest } from '../image/types.js';
 import type { GzipBackend } from './gzip-pool.js';
 import { EstargzReader, openFileBlobReader } from './reader.js';
 import type { PriorityItem } from './priority.js';
-import { writeEstargz } from './writer.js';
+import { writeEstargz, type EstargzWriteResult } from './writer.js';
 
 export type LayerFormat = 'estargz' | 'zstdchunked' | 'uncompress';
 
@@ -35,6 +35,12 @@ export interface ChunkedTransformOptions {
   prioritizedFiles?: PriorityItem[];
   /** Per-layer prioritized files (index = layer position), e.g. from a record file with layer indexes. */
   prioritizedFilesByLayer?: PriorityItem[][];
+  /**
+   * Per-layer uncompressed tar files already on local disk (index = layer position), written
+   * from the verified source blob: the optimizer keeps the ones it unpacked. Such a layer is
+   * read from its file, and reordering reads payloads from it by offset (no spool copy).
+   */
+  tarFilesByLayer?: Array<string | undefined>;
   /** `--estargz-external-toc`: TOCs go to a separate image (see `externalTOCImage`). */
   externalTOC?: boolean;
   /** `--estargz-keep-diff-id` (only with external TOC): the uncompressed tar stays byte-identical. */
@@ -111,24 +117,32 @@ export class ChunkedLayerTransform implements LayerTransform {
     const codec = await this.codec();
     try {
       if (this.options.reuse && (await this.isReusable(input, codec, where))) return 'unchanged';
-      const source = await input.open();
-      const counted = countProgress(source, context);
-      const { stream, compression } = await openDecompressed(counted, where, { gzipHelper: this.options.gzipHelper, signal: context.signal });
+      const tarFile = this.options.tarFilesByLayer?.[input.index];
+      const { stream, compression } = tarFile !== undefined
+        ? { stream: createReadStream(tarFile, { highWaterMark: 1 << 20 }), compression: layerCompressionOf(input.descriptor.mediaType) }
+        : await openDecompressed(countProgress(await input.open(), context), where, { gzipHelper: this.options.gzipHelper, signal: context.signal });
       const prioritized = this.options.prioritizedFilesByLayer?.[input.index] ?? this.options.prioritizedFiles;
       const started = Date.now();
       // External TOCs are keyed by the layer digest, so hash what we write (the pipeline's own
       // digest is not visible to a transform).
       const hashing = this.options.externalTOC ? new HashingWritable(output) : undefined;
-      const result = await writeEstargz(stream, hashing ?? output, {
-        codec,
-        chunkSize: this.options.chunkSize,
-        minChunkSize: this.options.minChunkSize,
-        prioritizedFiles: prioritized,
-        where,
-        tmpDir: this.options.tmpDir,
-        signal: context.signal,
-        lossless: this.options.keepDiffID,
-      });
+      let result: EstargzWriteResult;
+      try {
+        result = await writeEstargz(stream, hashing ?? output, {
+          codec,
+          chunkSize: this.options.chunkSize,
+          minChunkSize: this.options.minChunkSize,
+          prioritizedFiles: prioritized,
+          where,
+          tmpDir: this.options.tmpDir,
+          signal: context.signal,
+          lossless: this.options.keepDiffID,
+          ...(tarFile !== undefined ? { tarFile } : {}),
+        });
+      } finally {
+        // With prioritized files the writer reads a tar file by offset, not through the stream.
+        if (tarFile !== undefined) stream.destroy();
+      }
       // With one list for every layer (ctr-remote's record-in), most names live in other layers:
       // ctr-remote ignores them silently. A per-layer list that misses is worth a warning.
       if (result.missedPrioritizedFiles.length > 0 && this.options.prioritizedFilesByLayer) {

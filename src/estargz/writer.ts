@@ -22,7 +22,7 @@ import { EsgzError } from '../errors.js';
 import type { Codec, CompressedMembers } from './codec.js';
 import { DEFAULT_CHUNK_SIZE, LANDMARK_CONTENTS, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME } from './constants.js';
 import { expandPriorities, type PriorityItem } from './priority.js';
-import { BLOCK, encodeTarHeader, padding, readTar, type TarHeader } from './tar.js';
+import { BLOCK, encodeTarHeader, FileByteSource, padding, readTar, type TarHeader } from './tar.js';
 import { cleanEntryName, formatModtime, type JTOC, type TOCEntry, type TOCEntryType } from './toc.js';
 
 export interface EstargzWriterOptions {
@@ -40,6 +40,12 @@ export interface EstargzWriterOptions {
   where?: string;
   /** Directory for the spool file used when reordering prioritized files. */
   tmpDir?: string;
+  /**
+   * The layer's uncompressed tar as a local file, when the caller has one (the optimizer keeps
+   * the tar it unpacked): reordering then reads payloads from it by offset instead of spooling a
+   * copy. The `tar` stream must hold the same bytes (it is used when nothing is prioritized).
+   */
+  tarFile?: string;
   signal?: AbortSignal;
   /**
    * Bytes of batch buffers compressing at once before the writer waits for the oldest batch (the
@@ -359,32 +365,45 @@ async function* reorderedEntries(
   where: string,
   tmpDir: string | undefined,
   missed: string[],
+  tarFile: string | undefined,
 ): AsyncGenerator<SourceEntry> {
-  const dir = await mkdtemp(join(tmpDir ?? tmpdir(), 'esgz-spool-'));
-  const spoolPath = join(dir, 'payloads');
+  let dir: string | undefined;
   let handle: FileHandle | undefined;
   try {
     const spooled: SpooledEntry[] = [];
-    const sink = createWriteStream(spoolPath, { highWaterMark: SPOOL_WINDOW });
     let position = 0;
-    try {
-      for await (const entry of readTar(tar, where)) {
-        if (isReservedName(entry.header.name)) continue;
-        spooled.push({ header: entry.header, offset: position });
-        while (entry.remaining() > 0) {
-          const piece = await entry.readSome(entry.remaining());
-          position += piece.length;
-          await writeOut(sink, piece);
-        }
+    if (tarFile !== undefined) {
+      // The whole tar is on disk already: list its entries (payloads are skipped by seeking) and
+      // read the payloads from it by offset.
+      handle = await open(tarFile, 'r');
+      position = (await handle.stat()).size;
+      const source = new FileByteSource(handle, position);
+      for await (const entry of readTar(source, where)) {
+        if (!isReservedName(entry.header.name)) spooled.push({ header: entry.header, offset: source.consumed });
       }
-    } finally {
-      await new Promise<void>((resolve, reject) => sink.end((err?: Error | null) => (err ? reject(err) : resolve())));
+    } else {
+      dir = await mkdtemp(join(tmpDir ?? tmpdir(), 'esgz-spool-'));
+      const spoolPath = join(dir, 'payloads');
+      const sink = createWriteStream(spoolPath, { highWaterMark: SPOOL_WINDOW });
+      try {
+        for await (const entry of readTar(tar, where)) {
+          if (isReservedName(entry.header.name)) continue;
+          spooled.push({ header: entry.header, offset: position });
+          while (entry.remaining() > 0) {
+            const piece = await entry.readSome(entry.remaining());
+            position += piece.length;
+            await writeOut(sink, piece);
+          }
+        }
+      } finally {
+        await new Promise<void>((resolve, reject) => sink.end((err?: Error | null) => (err ? reject(err) : resolve())));
+      }
+      handle = await open(spoolPath, 'r');
     }
 
     const headers = spooled.map((e) => e.header);
     const names = expandPriorities(prioritized, headers.map((h) => h.name), missed);
     const order = priorityOrder(headers, names, missed);
-    handle = await open(spoolPath, 'r');
     const spool = new SpoolReader(handle, position);
     for (const item of order) {
       if (item === 'landmark') {
@@ -407,7 +426,7 @@ async function* reorderedEntries(
     }
   } finally {
     await handle?.close();
-    await rm(dir, { recursive: true, force: true });
+    if (dir !== undefined) await rm(dir, { recursive: true, force: true });
   }
 }
 
@@ -481,7 +500,7 @@ export async function writeEstargz(tar: AsyncIterable<Buffer>, output: Writable,
         trailer = raw;
       })
     : prioritized.length > 0
-      ? reorderedEntries(tar, prioritized, where, options.tmpDir, missed)
+      ? reorderedEntries(tar, prioritized, where, options.tmpDir, missed, options.tarFile)
       : streamedEntries(tar, where);
 
   const tocEntries: TOCEntry[] = [];

@@ -1,7 +1,8 @@
-import { constants } from 'node:fs';
 import { access, statfs } from 'node:fs/promises';
 import { freemem } from 'node:os';
-import type { Readable } from 'node:stream';
+import { constants, createWriteStream } from 'node:fs';
+import { join } from 'node:path';
+import { Transform, type Readable } from 'node:stream';
 import { EsgzError } from '../errors.js';
 import { openDecompressed } from '../image/compression.js';
 import type { Descriptor, ImageConfig, ImageManifest, ImageSource, RawManifest } from '../image/types.js';
@@ -18,6 +19,47 @@ export interface ImageProfile extends ProfileResult {
   layers: Descriptor[];
   /** The trace in ctr-remote's record format. */
   record: RecordEntry[];
+  /**
+   * With `keepTarsIn`: each layer's uncompressed tar as unpacked (undefined where the unpack did
+   * not read it to the end), so the conversion need not read and decompress it again.
+   */
+  tarFiles: Array<string | undefined>;
+}
+
+/**
+ * Passes `stream` through while copying it into `path`. `complete` resolves true once the stream
+ * ended and the file is written, false when the stream failed or was not read to its end (the
+ * file is then partial and must not be used).
+ */
+function teeToFile(stream: Readable, path: string): { stream: Readable; complete: Promise<boolean> } {
+  const file = createWriteStream(path, { highWaterMark: 1 << 20 });
+  let settle: (ok: boolean) => void = () => {};
+  const complete = new Promise<boolean>((resolve) => {
+    settle = resolve;
+  });
+  let fileError = false;
+  file.on('error', () => {
+    fileError = true;
+    settle(false);
+  });
+  const tee = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      if (fileError || file.write(chunk)) callback(null, chunk);
+      else file.once('drain', () => callback(null, chunk));
+    },
+    flush(callback) {
+      file.end(() => settle(!fileError));
+      callback();
+    },
+  });
+  tee.on('close', () => {
+    if (!tee.writableFinished) {
+      file.destroy();
+      settle(false);
+    }
+  });
+  stream.on('error', (err) => tee.destroy(err));
+  return { stream: stream.pipe(tee), complete };
 }
 
 /**
@@ -27,17 +69,41 @@ export interface ImageProfile extends ProfileResult {
 export async function profileImage(
   source: ImageSource,
   manifest: RawManifest,
-  options: Omit<ProfileWorkloadOptions, 'layers' | 'config'>,
+  options: Omit<ProfileWorkloadOptions, 'layers' | 'config'> & {
+    /** Keep each layer's uncompressed tar in this directory (see ImageProfile.tarFiles). */
+    keepTarsIn?: string;
+  },
 ): Promise<ImageProfile> {
+  const { keepTarsIn, ...workloadOptions } = options;
   const parsed = parseManifest(manifest, source.description);
   const config = await readConfig(source, parsed.config);
+  const tarsComplete: Array<Promise<boolean>> = [];
+  const tarFiles = parsed.layers.map((_, index) => (keepTarsIn === undefined ? undefined : join(keepTarsIn, `layer-${index}.tar`)));
   const layers: LayerTar[] = parsed.layers.map((desc, index) => {
     const name = `layer ${index} (${desc.digest.replace(/^sha256:/, '').slice(0, 12)})`;
-    return { name, open: async (): Promise<Readable> => (await openDecompressed(await source.openBlob(desc), name)).stream };
+    return {
+      name,
+      open: async (): Promise<Readable> => {
+        // The source checks the blob digest as it is read, so the copy is of verified bytes.
+        const { stream } = await openDecompressed(await source.openBlob(desc), name);
+        const path = tarFiles[index];
+        if (path === undefined) return stream;
+        const tee = teeToFile(stream, path);
+        tarsComplete[index] = tee.complete;
+        return tee.stream;
+      },
+    };
   });
-  const tempRoot = options.tempRoot ?? (await memoryBackedTempRoot(parsed.layers.reduce((sum, l) => sum + l.size, 0)));
-  const result = await profileWorkload({ ...options, layers, config, ...(tempRoot ? { tempRoot } : {}) });
-  return { ...result, manifestDigest: manifest.digest, layers: parsed.layers, record: recordEntriesOf(result, manifest.digest) };
+  const tempRoot = workloadOptions.tempRoot ?? (await memoryBackedTempRoot(parsed.layers.reduce((sum, l) => sum + l.size, 0)));
+  const result = await profileWorkload({ ...workloadOptions, layers, config, ...(tempRoot ? { tempRoot } : {}) });
+  const complete = await Promise.all(tarFiles.map((_, index) => tarsComplete[index] ?? false));
+  return {
+    ...result,
+    manifestDigest: manifest.digest,
+    layers: parsed.layers,
+    record: recordEntriesOf(result, manifest.digest),
+    tarFiles: tarFiles.map((path, index) => (complete[index] ? path : undefined)),
+  };
 }
 
 /**

@@ -1,3 +1,6 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { EsgzError } from '../errors.js';
 import { createLayerTransform, writeExternalTOCImage, type ChunkedTransformOptions } from '../estargz/transform.js';
@@ -131,16 +134,26 @@ export async function optimizeImage(options: OptimizeImageOptions): Promise<Opti
   }
 }
 
-async function profileAndConvert(
-  options: OptimizeImageOptions,
-  context: {
-    warn: (message: string) => void;
-    cleanups: Array<Promise<void>>;
-    source: ImageSource;
-    toProfile: { manifest: RawManifest; platform: string } | undefined;
-    others: string[];
-  },
-): Promise<OptimizeReport> {
+interface ProfileContext {
+  warn: (message: string) => void;
+  cleanups: Array<Promise<void>>;
+  source: ImageSource;
+  toProfile: { manifest: RawManifest; platform: string } | undefined;
+  others: string[];
+}
+
+async function profileAndConvert(options: OptimizeImageOptions, context: ProfileContext): Promise<OptimizeReport> {
+  // The layer tars the profile unpacks are kept for the conversion, which then reads them from
+  // disk by offset instead of reading, checking and decompressing the blobs a second time.
+  const tarDir = context.toProfile ? await mkdtemp(join(options.convert.tmpDir ?? options.tempDir ?? tmpdir(), 'esgz-layers-')) : undefined;
+  try {
+    return await convertProfiled(options, context, tarDir);
+  } finally {
+    if (tarDir) await rm(tarDir, { recursive: true, force: true });
+  }
+}
+
+async function convertProfiled(options: OptimizeImageOptions, context: ProfileContext, tarDir: string | undefined): Promise<OptimizeReport> {
   const { warn, cleanups, source, toProfile, others } = context;
   const timings: Record<string, number> = {};
   let stageStart = Date.now();
@@ -148,6 +161,7 @@ async function profileAndConvert(
   if (toProfile) {
     options.onStage?.('profile');
     profile = await profileImage(source, toProfile.manifest, {
+      ...(tarDir ? { keepTarsIn: tarDir } : {}),
       run: options.run,
       periodSeconds: options.periodSeconds,
       waitOnLine: options.waitOnLine,
@@ -299,7 +313,7 @@ class OptimizeTransform implements LayerTransform {
   ) {
     this.name = format;
     const perLayer = (profile?.perLayer ?? []).map((files) => [...files, ...prefetchList]);
-    this.traced = createLayerTransform(format, { ...convert, reuse: false, prioritizedFilesByLayer: perLayer });
+    this.traced = createLayerTransform(format, { ...convert, reuse: false, prioritizedFilesByLayer: perLayer, tarFilesByLayer: profile?.tarFiles ?? [] });
     this.untraced = createLayerTransform(format, { ...convert, ...(prefetchList.length > 0 ? { prioritizedFiles: prefetchList } : {}) });
   }
 

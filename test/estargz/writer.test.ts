@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
@@ -289,6 +289,22 @@ describe('min chunk size and prioritized files', () => {
     expect(reader.landmark().kind).toBe('prefetch');
     await reader.verifyAll();
     expect(sha256Digest(gunzipCli(b))).toBe(r.diffID);
+  });
+
+  it('reorders from a tar file on disk by offset and writes the same blob as from the stream', async () => {
+    const prioritizedFiles = ['/bin/hl', 'etc/hosts', 'not/there', new GlobPattern('ünïcode/*')];
+    const fromStream = await convertBuffer(tar, { chunkSize: CHUNK, prioritizedFiles });
+    const dir = mkdtempSync(join(tmpdir(), 'esgz-tarfile-'));
+    try {
+      const tarFile = join(dir, 'layer.tar');
+      writeFileSync(tarFile, tar);
+      // The stream is garbage: with prioritized files the writer must read the file, not the stream.
+      const fromFile = await convertBuffer(Buffer.alloc(4096), { chunkSize: CHUNK, prioritizedFiles, tarFile });
+      expect(fromFile.blob.equals(fromStream.blob)).toBe(true);
+      expect(fromFile.result.missedPrioritizedFiles).toEqual(['not/there']);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('replaces landmarks and TOC already in the input (re-conversion)', async () => {

@@ -73,7 +73,7 @@ describe('CachingSource', () => {
     }
   });
 
-  it('makes optimize fetch each profiled layer once instead of twice', async () => {
+  it('optimize fetches each profiled layer once', async () => {
     const run = async (cacheBlobs: boolean, out: string) => {
       const before = blobGets(layer.digest);
       const source = await openSource(ref, { plainHttp: true });
@@ -93,7 +93,10 @@ describe('CachingSource', () => {
       }
       return blobGets(layer.digest) - before;
     };
-    expect(await run(false, 'plain')).toBe(2);
+    // The profile keeps the layer tars it unpacks and the conversion reads those, so the blob is
+    // fetched once with or without the cache (the cache still serves layers converted from the
+    // source: untraced ones, or any whose tar could not be kept).
+    expect(await run(false, 'plain')).toBe(1);
     expect(await run(true, 'cached')).toBe(1);
     expect(readFileSync(join(work, 'cached', 'index.json'), 'utf8')).toEqual(readFileSync(join(work, 'plain', 'index.json'), 'utf8'));
   });
