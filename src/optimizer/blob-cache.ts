@@ -8,7 +8,8 @@ import type { Descriptor, ImageSource, RawManifest } from '../image/types.js';
 /**
  * An ImageSource that keeps a local copy of the layer blobs it streams, so the optimizer reads
  * each layer from the registry once: the first read (unpacking for the workload) fills the
- * cache, the second (conversion) reads the file. The source verifies the digest while the first
+ * cache, a second one (the conversion of a layer it cannot convert from the tar the profile
+ * kept) reads the file. The source verifies the digest while the first
  * read streams; a copy is kept only when that stream ended without error, under a temporary name
  * renamed at the end.
  */

@@ -123,7 +123,8 @@ export async function optimizeImage(options: OptimizeImageOptions): Promise<Opti
   let source: ImageSource = options.source;
   try {
     const { toProfile, others } = options.noOptimize ? { toProfile: undefined, others: [] } : await pickManifestToProfile(options);
-    // A remote source is read twice (unpack, then convert): keep the profiled layers locally.
+    // The conversion reads a profiled layer from the source again when it cannot use the tar the
+    // profile kept (a layer the workload did not touch): for a remote source, keep a local copy.
     if (toProfile && options.cacheBlobs) {
       source = new CachingSource(options.source, { digests: layerDigests(toProfile.manifest), ...(options.tempDir ? { tempRoot: options.tempDir } : {}) });
     }
