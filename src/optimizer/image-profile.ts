@@ -1,6 +1,6 @@
+import { constants, createWriteStream } from 'node:fs';
 import { access, statfs } from 'node:fs/promises';
 import { freemem } from 'node:os';
-import { constants, createWriteStream } from 'node:fs';
 import { join } from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { EsgzError } from '../errors.js';
@@ -77,7 +77,7 @@ export async function profileImage(
   const { keepTarsIn, ...workloadOptions } = options;
   const parsed = parseManifest(manifest, source.description);
   const config = await readConfig(source, parsed.config);
-  const tarsComplete: Array<Promise<boolean>> = [];
+  const tees: Array<ReturnType<typeof teeToFile> | undefined> = [];
   const tarFiles = parsed.layers.map((_, index) => (keepTarsIn === undefined ? undefined : join(keepTarsIn, `layer-${index}.tar`)));
   const layers: LayerTar[] = parsed.layers.map((desc, index) => {
     const name = `layer ${index} (${desc.digest.replace(/^sha256:/, '').slice(0, 12)})`;
@@ -89,14 +89,23 @@ export async function profileImage(
         const path = tarFiles[index];
         if (path === undefined) return stream;
         const tee = teeToFile(stream, path);
-        tarsComplete[index] = tee.complete;
+        tees[index] = tee;
         return tee.stream;
       },
     };
   });
   const tempRoot = workloadOptions.tempRoot ?? (await memoryBackedTempRoot(parsed.layers.reduce((sum, l) => sum + l.size, 0)));
   const result = await profileWorkload({ ...workloadOptions, layers, config, ...(tempRoot ? { tempRoot } : {}) });
-  const complete = await Promise.all(tarFiles.map((_, index) => tarsComplete[index] ?? false));
+  // A tee read to its end has its file written (or failed) shortly; one the unpack left early is
+  // dropped.
+  const complete = await Promise.all(
+    tarFiles.map((_, index) => {
+      const tee = tees[index];
+      if (tee?.stream.readableEnded) return tee.complete;
+      tee?.stream.destroy();
+      return false;
+    }),
+  );
   return {
     ...result,
     manifestDigest: manifest.digest,
