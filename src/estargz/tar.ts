@@ -162,17 +162,15 @@ export class ByteSource implements TarBytes {
   }
 }
 
-/** Bytes FileByteSource reads at once. */
-const FILE_WINDOW = 1 << 20;
+/** Bytes a FileWindowReader reads at once (at least). */
+export const FILE_WINDOW = 1 << 20;
 
 /**
- * A tar file on local disk read by position: skipping a payload is a seek, so listing the
- * entries of a big layer reads little more than its headers. Buffers handed out are never
- * reused (each read fills a new window).
+ * Reads a file by position through a window of FILE_WINDOW bytes: reading through a file in
+ * small pieces (tar headers, small payloads in order) costs one read call per window. Returned
+ * buffers are views of a window that is never reused.
  */
-export class FileByteSource implements TarBytes {
-  consumed = 0;
-  recorded: Buffer[] | undefined;
+export class FileWindowReader {
   private window = Buffer.alloc(0);
   private windowStart = 0;
 
@@ -181,38 +179,53 @@ export class FileByteSource implements TarBytes {
     private readonly size: number,
   ) {}
 
-  /** Between 1 and `n` bytes at the current position (a window's worth at most); empty at the end. */
-  async readSome(n: number): Promise<Buffer> {
+  /** Exactly `length` bytes at `position` (which the caller keeps within the file's size). */
+  async read(position: number, length: number, what: string): Promise<Buffer> {
+    const offset = position - this.windowStart;
+    if (offset >= 0 && offset + length <= this.window.length) return this.window.subarray(offset, offset + length);
+    const want = Math.min(Math.max(length, FILE_WINDOW), this.size - position);
+    const window = Buffer.allocUnsafe(want);
+    for (let got = 0; got < want; ) {
+      const { bytesRead } = await this.handle.read(window, got, want - got, position + got);
+      if (bytesRead === 0) throw new EsgzError('INTERNAL', `${what}: file ended early at byte ${position + got}`);
+      got += bytesRead;
+    }
+    this.window = window;
+    this.windowStart = position;
+    return window.subarray(0, length);
+  }
+}
+
+/**
+ * A tar file on local disk read by position: skipping a payload is a seek, so listing the
+ * entries of a big layer reads little more than its headers.
+ */
+export class FileByteSource implements TarBytes {
+  consumed = 0;
+  recorded: Buffer[] | undefined;
+  private readonly reader: FileWindowReader;
+
+  constructor(
+    handle: FileHandle,
+    private readonly size: number,
+    private readonly what: string,
+  ) {
+    this.reader = new FileWindowReader(handle, size);
+  }
+
+  /** Up to `n` bytes (fewer only at the end of the file). */
+  async readAtMost(n: number): Promise<Buffer> {
     const take = Math.min(n, this.size - this.consumed);
     if (take <= 0) return Buffer.alloc(0);
-    let offset = this.consumed - this.windowStart;
-    if (offset < 0 || offset >= this.window.length) {
-      const length = Math.min(Math.max(take, FILE_WINDOW), this.size - this.consumed);
-      const window = Buffer.allocUnsafe(length);
-      const { bytesRead } = await this.handle.read(window, 0, length, this.consumed);
-      if (bytesRead === 0) return Buffer.alloc(0);
-      this.window = window.subarray(0, bytesRead);
-      this.windowStart = this.consumed;
-      offset = 0;
-    }
-    const out = this.window.subarray(offset, offset + Math.min(take, this.window.length - offset));
-    this.consumed += out.length;
+    const out = await this.reader.read(this.consumed, take, this.what);
+    this.consumed += take;
     this.recorded?.push(out);
     return out;
   }
 
-  async readAtMost(n: number): Promise<Buffer> {
-    const first = await this.readSome(n);
-    if (first.length === n || first.length === 0) return first;
-    const parts = [first];
-    let got = first.length;
-    while (got < n) {
-      const more = await this.readSome(n - got);
-      if (more.length === 0) break;
-      parts.push(more);
-      got += more.length;
-    }
-    return Buffer.concat(parts, got);
+  /** Between 1 and `n` bytes, a window's worth at most; empty at the end of the file. */
+  readSome(n: number): Promise<Buffer> {
+    return this.readAtMost(Math.min(n, FILE_WINDOW));
   }
 
   async skip(n: number): Promise<number> {
@@ -358,7 +371,7 @@ export interface ReadTarOptions {
 }
 
 export async function* readTar(input: AsyncIterable<Buffer | Uint8Array | string> | TarBytes, where: string, options: ReadTarOptions = {}): AsyncGenerator<TarEntry> {
-  const src = input instanceof ByteSource || input instanceof FileByteSource ? input : new ByteSource(input as AsyncIterable<Buffer | Uint8Array | string>);
+  const src = Symbol.asyncIterator in input ? new ByteSource(input) : input;
   const record = () => {
     if (options.raw) src.recorded = [];
   };

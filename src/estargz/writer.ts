@@ -22,7 +22,7 @@ import { EsgzError } from '../errors.js';
 import type { Codec, CompressedMembers } from './codec.js';
 import { DEFAULT_CHUNK_SIZE, LANDMARK_CONTENTS, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME } from './constants.js';
 import { expandPriorities, type PriorityItem } from './priority.js';
-import { BLOCK, encodeTarHeader, FileByteSource, padding, readTar, type TarHeader } from './tar.js';
+import { BLOCK, encodeTarHeader, FILE_WINDOW, FileByteSource, FileWindowReader, padding, readTar, type TarHeader } from './tar.js';
 import { cleanEntryName, formatModtime, type JTOC, type TOCEntry, type TOCEntryType } from './toc.js';
 
 export interface EstargzWriterOptions {
@@ -320,41 +320,6 @@ interface SpooledEntry {
   offset: number;
 }
 
-/** Write buffering of the spool file, and how much of it one read brings back. */
-const SPOOL_WINDOW = 1 << 20;
-
-/**
- * Reads the spool file through a window of SPOOL_WINDOW bytes: replaying entries in input order
- * (all but the few prioritized ones) then reads it sequentially, a window at a time, instead of
- * once per small file. Returned buffers are views of a window that is never reused.
- */
-class SpoolReader {
-  private window = Buffer.alloc(0);
-  private windowStart = 0;
-
-  constructor(
-    private readonly handle: FileHandle,
-    private readonly size: number,
-  ) {}
-
-  async read(position: number, length: number, what: string): Promise<Buffer> {
-    const offset = position - this.windowStart;
-    if (offset < 0 || offset + length > this.window.length) {
-      const want = Math.min(Math.max(length, SPOOL_WINDOW), this.size - position);
-      const window = Buffer.allocUnsafe(want);
-      for (let got = 0; got < want; ) {
-        const { bytesRead } = await this.handle.read(window, got, want - got, position + got);
-        if (bytesRead === 0) throw new EsgzError('INTERNAL', `spool file ended early at ${what}`);
-        got += bytesRead;
-      }
-      this.window = window;
-      this.windowStart = position;
-      return window.subarray(0, length);
-    }
-    return this.window.subarray(offset, offset + length);
-  }
-}
-
 /**
  * Reorders for prioritized files: payloads are spooled to a temp file (headers stay in memory),
  * then entries are replayed in the new order reading payloads back by offset.
@@ -377,14 +342,14 @@ async function* reorderedEntries(
       // read the payloads from it by offset.
       handle = await open(tarFile, 'r');
       position = (await handle.stat()).size;
-      const source = new FileByteSource(handle, position);
+      const source = new FileByteSource(handle, position, `${where}: ${tarFile}`);
       for await (const entry of readTar(source, where)) {
         if (!isReservedName(entry.header.name)) spooled.push({ header: entry.header, offset: source.consumed });
       }
     } else {
       dir = await mkdtemp(join(tmpDir ?? tmpdir(), 'esgz-spool-'));
       const spoolPath = join(dir, 'payloads');
-      const sink = createWriteStream(spoolPath, { highWaterMark: SPOOL_WINDOW });
+      const sink = createWriteStream(spoolPath, { highWaterMark: FILE_WINDOW });
       try {
         for await (const entry of readTar(tar, where)) {
           if (isReservedName(entry.header.name)) continue;
@@ -404,7 +369,9 @@ async function* reorderedEntries(
     const headers = spooled.map((e) => e.header);
     const names = expandPriorities(prioritized, headers.map((h) => h.name), missed);
     const order = priorityOrder(headers, names, missed);
-    const spool = new SpoolReader(handle, position);
+    // Replaying entries in input order (all but the few prioritized ones) reads the file a window
+    // at a time instead of once per small file.
+    const spool = new FileWindowReader(handle, position);
     for (const item of order) {
       if (item === 'landmark') {
         yield landmarkEntry(PREFETCH_LANDMARK);
@@ -416,9 +383,9 @@ async function* reorderedEntries(
       yield {
         header: e.header,
         async readSome(max: number) {
-          const length = Math.min(max, end - pos, SPOOL_WINDOW);
+          const length = Math.min(max, end - pos, FILE_WINDOW);
           if (length <= 0) throw new EsgzError('INTERNAL', `spool read past the end of ${e.header.name}`);
-          const piece = await spool.read(pos, length, e.header.name);
+          const piece = await spool.read(pos, length, `${where}: spool of ${e.header.name}`);
           pos += length;
           return piece;
         },
