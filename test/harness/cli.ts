@@ -23,3 +23,37 @@ export function expectOneLineError(result: { exitCode?: number; stderr: string }
   expect(lines[0]).toMatch(pattern);
   expect(result.stderr).not.toMatch(/\n\s+at /);
 }
+
+/** What `esgzMeasured` adds to a run: the process's peak RSS and wall time. */
+export interface MeasuredRun {
+  exitCode: number | undefined;
+  stdout: string;
+  /** stderr without the measurement line. */
+  stderr: string;
+  peakRssMiB: number;
+  seconds: number;
+}
+
+const RSS_MARK = 'ESGZ_TEST_PEAK_RSS_KB=';
+
+/**
+ * Runs the built CLI under GNU time (Debian `time`, installed by scripts/install-deps.sh) to bound
+ * what a hostile input may cost: peak RSS of the esgz process and wall time.
+ */
+export async function esgzMeasured(...args: string[]): Promise<MeasuredRun> {
+  const started = process.hrtime.bigint();
+  const result = await execa('/usr/bin/time', ['-f', `${RSS_MARK}%M`, 'node', join(repoRoot, 'bin/run.js'), ...args], {
+    reject: false,
+    env: { DEBUG: '' },
+    stdin: 'ignore',
+  });
+  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  const lines = result.stderr.split('\n');
+  const mark = lines.findLastIndex((line) => line.startsWith(RSS_MARK));
+  if (mark < 0) throw new Error(`esgzMeasured: GNU time printed no peak RSS: ${result.stderr}`);
+  const peakRssMiB = Number(lines[mark]!.slice(RSS_MARK.length)) / 1024;
+  lines.splice(mark, 1);
+  // GNU time also reports a non-zero exit ("Command exited with non-zero status N").
+  const stderr = lines.filter((line) => !/^Command (exited with non-zero status|terminated by signal) \d+$/.test(line)).join('\n');
+  return { exitCode: result.exitCode, stdout: result.stdout, stderr, peakRssMiB, seconds };
+}
