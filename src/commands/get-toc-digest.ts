@@ -1,11 +1,12 @@
 import { existsSync } from 'node:fs';
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base.js';
+import { platformFlag, platformFromFlag, registryFlags, transportOptions } from '../cli/flags.js';
+import { writeJson } from '../cli/output.js';
 import { EsgzError } from '../errors.js';
 import { openEstargzFile } from '../estargz/reader.js';
 import { tocImageReference } from '../estargz/transform.js';
 import { fetchExternalTOC, readLayerTOC, resolveImages } from '../estargz/verify.js';
-import { parsePlatform } from '../image/platform.js';
 import { openSource } from '../image/transports/index.js';
 import type { ImageSource } from '../image/types.js';
 
@@ -32,7 +33,8 @@ export default class GetTocDigest extends BaseCommand<typeof GetTocDigest> {
   static override flags = {
     'dump-toc': Flags.boolean({ description: 'print the TOC JSON instead of its digest', default: false }),
     layer: Flags.string({ description: 'layer digest to read (alternative to IMAGE@LAYER-DIGEST)' }),
-    platform: Flags.string({ description: 'platform of a multi-platform image, os/arch[/variant] (default: this machine)' }),
+    ...registryFlags,
+    ...platformFlag,
   };
 
   async run(): Promise<void> {
@@ -47,7 +49,8 @@ export default class GetTocDigest extends BaseCommand<typeof GetTocDigest> {
       }
       return;
     }
-    const options = { plainHttp: flags['plain-http'], insecure: flags.insecure };
+    const options = transportOptions(flags);
+    const platform = platformFromFlag(flags);
     let spec = args.target;
     let layerDigest = flags.layer;
     const m = TRAILING_DIGEST.exec(spec);
@@ -57,7 +60,7 @@ export default class GetTocDigest extends BaseCommand<typeof GetTocDigest> {
       // the image's own manifest digest.
       try {
         source = await openSource(m[1]!, options);
-        const images = await resolveImages(source, { platform: flags.platform ? parsePlatform(flags.platform) : undefined });
+        const images = await resolveImages(source, { platform });
         if (images.some((img) => img.manifest.layers.some((l) => l.digest === m[2]))) {
           spec = m[1]!;
           layerDigest = m[2];
@@ -72,7 +75,7 @@ export default class GetTocDigest extends BaseCommand<typeof GetTocDigest> {
     }
     source ??= await openSource(spec, options);
     try {
-      const images = await resolveImages(source, { platform: flags.platform ? parsePlatform(flags.platform) : undefined });
+      const images = await resolveImages(source, { platform });
       const layers = images.flatMap((img) => img.manifest.layers);
       const wanted = layerDigest !== undefined ? layers.filter((l) => l.digest === layerDigest) : layers;
       if (wanted.length === 0) throw new EsgzError('NOT_FOUND', `${source.description}: no layer ${layerDigest}`);
@@ -102,7 +105,7 @@ export default class GetTocDigest extends BaseCommand<typeof GetTocDigest> {
 
   private print(rows: Array<{ layer: string; tocDigest?: string; toc?: Buffer; error?: string }>, dump: boolean): void {
     if (this.flags.json) {
-      this.printJson(rows.map((r) => ({ layer: r.layer, tocDigest: r.tocDigest ?? null, ...(dump && r.toc ? { toc: JSON.parse(r.toc.toString()) } : {}), ...(r.error ? { error: r.error } : {}) })));
+      writeJson(rows.map((r) => ({ layer: r.layer, tocDigest: r.tocDigest ?? null, ...(dump && r.toc ? { toc: JSON.parse(r.toc.toString()) } : {}), ...(r.error ? { error: r.error } : {}) })));
       return;
     }
     if (dump) {

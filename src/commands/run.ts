@@ -1,18 +1,16 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base.js';
+import { registryFlags, runOptionsFromFlags, stateRootFlags, transportOptions, userFlag, workloadFlags } from '../cli/flags.js';
+import { writeJson } from '../cli/output.js';
 import { EsgzError } from '../errors.js';
-import { parseCommaList, parseMountFlag, type RunOptions } from '../runtime/spec.js';
 import { runContainer } from '../snapshotter/run.js';
-import { DEFAULT_STATE_ROOT } from '../snapshotter/state.js';
-
-/** Flags of this command that take a value (the next argv word when not written --flag=value). */
-const VALUE_FLAGS = new Set(['--root', '--env', '--env-file', '--mount', '--user', '-u', '--cwd', '--dns-nameservers', '--hostname']);
 
 /**
  * Splits argv into what oclif parses (flags, REF, ID) and the container command, which is passed
  * through untouched: in `esgz run REF ID sh -c "echo hi"`, `-c` belongs to sh, not to esgz.
  */
 export function splitRunArgv(argv: string[]): { head: string[]; command: string[] } {
+  const valueFlags = optionWords(Run.flags);
   const head: string[] = [];
   let positionals = 0;
   for (let i = 0; i < argv.length; i++) {
@@ -28,7 +26,7 @@ export function splitRunArgv(argv: string[]): { head: string[]; command: string[
     }
     if (word.startsWith('-') && word !== '-') {
       head.push(word);
-      if (VALUE_FLAGS.has(word) && i + 1 < argv.length) head.push(argv[++i]!);
+      if (valueFlags.has(word) && i + 1 < argv.length) head.push(argv[++i]!);
       continue;
     }
     if (positionals === 2) return { head, command: argv.slice(i) };
@@ -36,6 +34,17 @@ export function splitRunArgv(argv: string[]): { head: string[]; command: string[
     positionals++;
   }
   return { head, command: [] };
+}
+
+/** The argv words that name a flag taking a value (the next word, unless written --flag=value). */
+function optionWords(flags: Record<string, { type: string; char?: string }>): Set<string> {
+  const words = new Set<string>();
+  for (const [name, flag] of Object.entries(flags)) {
+    if (flag.type !== 'option') continue;
+    words.add(`--${name}`);
+    if (flag.char) words.add(`-${flag.char}`);
+  }
+  return words;
 }
 
 export default class Run extends BaseCommand<typeof Run> {
@@ -58,18 +67,14 @@ when the container exits or on Ctrl-C. Needs root. Arguments after ID are the co
   };
 
   static override flags = {
-    root: Flags.string({ description: 'State root', default: DEFAULT_STATE_ROOT }),
+    ...registryFlags,
+    ...stateRootFlags,
+    ...workloadFlags,
     rm: Flags.boolean({ description: "Remove the container's writable layer when it exits", default: false }),
     tty: Flags.boolean({ char: 't', description: 'Allocate a terminal (stdin must be one)', default: false }),
     i: Flags.boolean({ char: 'i', description: 'Attach stdin', default: false }),
-    'net-host': Flags.boolean({ description: 'Use the host network (default: a private one with loopback only)', default: false }),
-    env: Flags.string({ description: 'KEY=VALUE added to the environment (repeatable)', multiple: true, multipleNonGreedy: true }),
-    'env-file': Flags.string({ description: 'File of KEY=VALUE lines added to the environment' }),
-    mount: Flags.string({ description: 'Extra mount, e.g. type=bind,source=/src,destination=/dst,options=rbind:ro (repeatable)', multiple: true, multipleNonGreedy: true }),
-    user: Flags.string({ char: 'u', description: 'user[:group] to run as (names looked up in the image)' }),
-    cwd: Flags.string({ description: "Working directory (overrides the image's)" }),
+    user: userFlag('u'),
     hostname: Flags.string({ description: 'Container host name' }),
-    'dns-nameservers': Flags.string({ description: 'Comma-separated nameservers for /etc/resolv.conf', default: '8.8.8.8' }),
     'background-fetch': Flags.boolean({ description: 'Fetch the rest of every layer while the container runs', default: false }),
   };
 
@@ -85,45 +90,27 @@ when the container exits or on Ctrl-C. Needs root. Arguments after ID are the co
   async run(): Promise<void> {
     const { args } = await this.parse(Run);
     const flags = this.flags;
-    const run: RunOptions = {
-      env: flags.env,
-      envFile: flags['env-file'],
-      user: flags.user,
-      cwd: flags.cwd,
-      mounts: (flags.mount ?? []).map(parseMountFlag),
-      dnsNameservers: parseCommaList(flags['dns-nameservers']),
-      netHost: flags['net-host'],
-      terminal: flags.tty,
-      hostname: flags.hostname,
-    };
+    const run = runOptionsFromFlags(flags, flags.tty);
     if (flags.tty && !process.stdin.isTTY) throw new EsgzError('BAD_FLAG', '-t needs a terminal on stdin');
 
-    const abort = new AbortController();
-    const onSignal = () => abort.abort();
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
-    try {
-      const result = await runContainer({
+    const result = await this.interruptible((signal) =>
+      runContainer({
         reference: args.ref,
         id: args.id,
         stateRoot: flags.root,
         rm: flags.rm,
         run,
         command: this.command.length ? this.command : undefined,
-        plainHttp: flags['plain-http'],
-        insecure: flags.insecure,
+        ...transportOptions(flags),
         stdin: flags.i || flags.tty,
         stdout: flags.json ? process.stderr : process.stdout,
         stderr: process.stderr,
-        signal: abort.signal,
+        signal,
         backgroundFetch: flags['background-fetch'],
         onWarning: (m) => this.warn(m),
-      });
-      if (flags.json) this.printJson(result);
-      process.exitCode = result.exitCode ?? 1;
-    } finally {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-    }
+      }),
+    );
+    if (flags.json) writeJson(result);
+    process.exitCode = result.exitCode ?? 1;
   }
 }

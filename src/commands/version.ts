@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { BaseCommand } from '../cli/base.js';
+import { writeJson } from '../cli/output.js';
 import { defaultWorkerCount, libdeflateAvailable, selectGzipBackend } from '../estargz/gzip-pool.js';
 
 export default class Version extends BaseCommand<typeof Version> {
@@ -24,7 +25,7 @@ export default class Version extends BaseCommand<typeof Version> {
         workers: defaultWorkerCount(),
       },
     };
-    if (this.flags.json) this.printJson(info);
+    if (this.flags.json) writeJson(info);
     else {
       this.log(`esgz ${info.version} (node ${info.node})`);
       this.log(`gzip backend: ${gzipBackend}${libdeflate.available ? '' : ` (libdeflate ${info.gzip.libdeflate})`}, ${info.gzip.workers} workers`);

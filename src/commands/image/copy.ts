@@ -1,10 +1,10 @@
-import { Args, Flags } from '@oclif/core';
+import { Args } from '@oclif/core';
 import { BaseCommand } from '../../cli/base.js';
+import { platformsFlags, platformsFromFlags, registryFlags, transferFlags, transportOptions } from '../../cli/flags.js';
 import { transferJson, transferText, writeJson } from '../../cli/output.js';
 import { ProgressBars } from '../../cli/progress.js';
 import { EsgzError } from '../../errors.js';
 import { transferImage } from '../../image/pipeline.js';
-import { parsePlatforms } from '../../image/platform.js';
 import { openSink, openSource, parseTransportReference } from '../../image/transports/index.js';
 
 export default class ImageCopy extends BaseCommand<typeof ImageCopy> {
@@ -48,59 +48,44 @@ export default class ImageCopy extends BaseCommand<typeof ImageCopy> {
   };
 
   static override flags = {
-    platform: Flags.string({ description: 'copy only these platforms of a multi-platform image, os/arch[/variant]; repeatable or comma-separated, several keep an index of them (default: this machine)', multiple: true, multipleNonGreedy: true }),
-    'all-platforms': Flags.boolean({ description: 'copy every platform of a multi-platform image (keeps the index)', default: false }),
-    oci: Flags.boolean({ description: 'convert Docker media types (manifest, config, layers) to OCI ones', default: false }),
-    concurrency: Flags.integer({ description: 'blobs transferred at once', default: 2, min: 1, max: 16 }),
+    ...registryFlags,
+    ...platformsFlags,
+    ...transferFlags,
   };
 
   async run(): Promise<void> {
     const { args } = await this.parse(ImageCopy);
     const { flags } = this;
-    // Checked here rather than with oclif's `exclusive`, whose message spans several lines.
-    if (flags.platform !== undefined && flags['all-platforms']) {
-      throw new EsgzError('BAD_FLAG', '--platform and --all-platforms cannot be used together');
-    }
-    const platforms = flags.platform !== undefined ? parsePlatforms(flags.platform) : undefined;
+    const platformChoice = platformsFromFlags(flags);
     if (parseTransportReference(args.destination).transport === 'docker-archive') {
       if (flags['all-platforms']) throw new EsgzError('BAD_FLAG', `${args.destination}: a docker archive holds one platform; use --platform instead of --all-platforms`);
-      if (platforms !== undefined && platforms.length > 1) throw new EsgzError('BAD_FLAG', `${args.destination}: a docker archive holds one platform; give one --platform`);
+      if ((platformChoice.platforms?.length ?? 0) > 1) throw new EsgzError('BAD_FLAG', `${args.destination}: a docker archive holds one platform; give one --platform`);
     }
-    const options = { plainHttp: flags['plain-http'], insecure: flags.insecure };
-    const source = await openSource(args.source, options);
+    const transport = transportOptions(flags);
+    const source = await openSource(args.source, transport);
     const progress = new ProgressBars();
-    const controller = new AbortController();
-    const onSignal = (): void => controller.abort();
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
     try {
-      const sink = await openSink(args.destination, options);
-      const report = await transferImage({
-        source,
-        sink,
-        ...(platforms !== undefined ? { platforms } : {}),
-        allPlatforms: flags['all-platforms'],
-        oci: flags.oci,
-        concurrency: flags.concurrency,
-        signal: controller.signal,
-        progress,
-        onWarning: (message) => {
-          progress.stop();
-          process.stderr.write(`esgz: warning: ${message}\n`);
-        },
-      });
-      progress.stop();
-      if (flags.json) writeJson(transferJson(report, 'image copy'));
-      else process.stdout.write(transferText(report, 'copied'));
-    } catch (err) {
-      progress.stop();
-      if (controller.signal.aborted && !(err instanceof EsgzError && err.code === 'INTERRUPTED')) {
-        throw new EsgzError('INTERRUPTED', 'interrupted; nothing was committed at the destination', { cause: err });
-      }
-      throw err;
+      await this.interruptible(async (signal) => {
+        const sink = await openSink(args.destination, transport);
+        const report = await transferImage({
+          source,
+          sink,
+          ...platformChoice,
+          oci: flags.oci,
+          concurrency: flags.concurrency,
+          signal,
+          progress,
+          onWarning: (message) => {
+            progress.stop();
+            process.stderr.write(`esgz: warning: ${message}\n`);
+          },
+        });
+        progress.stop();
+        if (flags.json) writeJson(transferJson(report, 'image copy'));
+        else process.stdout.write(transferText(report, 'copied'));
+      }, 'interrupted; nothing was committed at the destination');
     } finally {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
+      progress.stop();
       await source.close();
     }
   }

@@ -1,7 +1,7 @@
-import { Flags } from '@oclif/core';
 import { BaseCommand } from '../../cli/base.js';
+import { stateRootFlags } from '../../cli/flags.js';
+import { writeJson } from '../../cli/output.js';
 import { listImages } from '../../snapshotter/manage.js';
-import { DEFAULT_STATE_ROOT } from '../../snapshotter/state.js';
 
 export default class ImageLs extends BaseCommand<typeof ImageLs> {
   static override summary = 'List images pulled with "esgz image rpull"';
@@ -11,13 +11,13 @@ export default class ImageLs extends BaseCommand<typeof ImageLs> {
   ];
 
   static override flags = {
-    root: Flags.string({ description: 'State root', default: DEFAULT_STATE_ROOT }),
+    ...stateRootFlags,
   };
 
   async run(): Promise<void> {
     const images = await listImages(this.flags.root);
     if (this.flags.json) {
-      this.printJson(images);
+      writeJson(images);
       return;
     }
     if (images.length === 0) {

@@ -1,13 +1,12 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../../cli/base.js';
+import { conversionFlags, conversionOptionsFromFlags, platformsFlags, platformsFromFlags, prioritizedFromFlags, registryFlags, runOptionsFromFlags, transportOptions, userFlag, workloadFlags } from '../../cli/flags.js';
+import { writeJson } from '../../cli/output.js';
 import { ProgressBars } from '../../cli/progress.js';
 import { EsgzError } from '../../errors.js';
-import { readPrefetchList } from '../../estargz/priority.js';
 import { tocImageReference } from '../../estargz/transform.js';
-import { parsePlatforms } from '../../image/platform.js';
 import { openSink, openSource, parseTransportReference } from '../../image/transports/index.js';
 import { optimizeImage, type OptimizeReport } from '../../optimizer/optimize-image.js';
-import { parseCommaList, parseJsonArrayFlag, parseMountFlag, type RunOptions } from '../../runtime/spec.js';
 
 export default class ImageOptimize extends BaseCommand<typeof ImageOptimize> {
   static override description = `Run the image's workload under runc, trace the files it touches, and write eStargz (or zstd:chunked) with those files prefetched first
@@ -44,41 +43,25 @@ optimization.`;
   };
 
   static override flags = {
-    // Conversion (ctr-remote optimize)
-    reuse: Flags.boolean({ description: 'Keep layers that already are eStargz (zstd:chunked) and that the workload did not touch', default: false }),
-    platform: Flags.string({ description: 'Convert these platforms (os/arch[/variant]; repeatable or comma-separated); the one this machine runs is profiled, the others converted without optimization. Default: this machine\'s', multiple: true, multipleNonGreedy: true }),
-    'all-platforms': Flags.boolean({ description: 'Convert every platform of the index (only this machine\'s is profiled)', default: false }),
+    ...registryFlags,
+    ...platformsFlags,
+    ...conversionFlags,
     'no-optimize': Flags.boolean({ description: 'Convert without running the workload', default: false }),
     'record-out': Flags.string({ description: 'Write the trace to FILE in ctr-remote\'s record format (readable by convert --estargz-record-in)' }),
-    'prefetch-list': Flags.string({ description: 'File of paths (one a line, globs allowed) added to every layer\'s prioritized files' }),
-    oci: Flags.boolean({ description: 'Convert Docker media types to OCI media types', default: false }),
-    zstdchunked: Flags.boolean({ description: 'Write zstd:chunked instead of eStargz (needs --oci)', default: false }),
-    'estargz-compression-level': Flags.integer({ description: 'eStargz gzip level', default: 9, min: 1, max: 12 }),
-    'estargz-chunk-size': Flags.integer({ description: 'eStargz chunk size in bytes (0: default 4 MiB)', default: 0, min: 0 }),
-    'estargz-min-chunk-size': Flags.integer({ description: 'Smallest number of bytes written in one gzip member (0: off)', default: 0, min: 0 }),
-    'estargz-external-toc': Flags.boolean({ description: 'Put the TOCs in a separate image: the target with "-esgztoc" appended to its tag', default: false }),
-    'zstdchunked-compression-level': Flags.integer({ description: 'zstd:chunked compression level', default: 3, min: 1, max: 22 }),
-    concurrency: Flags.integer({ description: 'Layers converted at once', default: 2, min: 1, max: 16 }),
-    workers: Flags.integer({ description: 'Compression worker threads (default: number of cores)', min: 1, max: 256 }),
     'temp-dir': Flags.string({ description: 'Directory for unpacked layers and spool files (default: $TMPDIR or /tmp; a tmpfs like /dev/shm is much faster if the image fits in memory)' }),
     // Workload (ctr-remote's sampler flags)
+    ...workloadFlags,
     terminal: Flags.boolean({ char: 't', description: 'Allocate a terminal for the workload (needs -i)', default: false }),
     i: Flags.boolean({ char: 'i', description: 'Attach stdin to the workload', default: false }),
     period: Flags.integer({ description: 'Seconds to run the workload before stopping it', default: 10, min: 1 }),
     'wait-on-signal': Flags.boolean({ description: 'Run until Ctrl-C instead of --period, then convert', default: false }),
     'wait-on-line': Flags.string({ description: 'Stop the workload once a stdout line contains this string' }),
-    user: Flags.string({ description: 'user[:group] to run as (names looked up in the image)' }),
-    cwd: Flags.string({ description: 'Working directory (overrides the image\'s)' }),
+    user: userFlag(),
     args: Flags.string({ description: 'Command arguments as a JSON array (overrides the image\'s Cmd)' }),
     entrypoint: Flags.string({ description: 'Entrypoint as a JSON array (overrides the image\'s)' }),
-    env: Flags.string({ description: 'KEY=VALUE added to the environment (repeatable)', multiple: true, multipleNonGreedy: true }),
-    'env-file': Flags.string({ description: 'File of KEY=VALUE lines added to the environment' }),
-    mount: Flags.string({ description: 'Extra mount, e.g. type=bind,source=/src,destination=/dst,options=rbind:ro (repeatable)', multiple: true, multipleNonGreedy: true }),
-    'dns-nameservers': Flags.string({ description: 'Comma-separated nameservers for /etc/resolv.conf', default: '8.8.8.8' }),
     'dns-search-domains': Flags.string({ description: 'Comma-separated search domains for /etc/resolv.conf' }),
     'dns-options': Flags.string({ description: 'Comma-separated options for /etc/resolv.conf' }),
     'add-hosts': Flags.string({ description: 'Comma-separated host:IP entries for /etc/hosts' }),
-    'net-host': Flags.boolean({ description: 'Use the host network (default: a private network with loopback only)', default: false }),
     // ctr-remote flags esgz does not implement: accepted so scripts get a clear message.
     cni: Flags.boolean({ hidden: true, default: false }),
     'cni-plugin-conf-dir': Flags.string({ hidden: true }),
@@ -90,35 +73,25 @@ optimization.`;
     const { args } = await this.parse(ImageOptimize);
     const flags = this.flags;
     if (flags['no-optimize'] && flags['prefetch-list']) throw new EsgzError('BAD_FLAG', '--no-optimize and --prefetch-list cannot be used together');
-    for (const name of ['cni', 'cni-plugin-conf-dir', 'cni-plugin-dir', 'gpus'] as const) {
+    for (const name of ['cni', 'cni-plugin-conf-dir', 'cni-plugin-dir'] as const) {
       if (flags[name]) throw new EsgzError('UNSUPPORTED', `--${name} is not supported by esgz: the workload gets a private loopback-only network, or the host's with --net-host`);
     }
+    if (flags.gpus) throw new EsgzError('UNSUPPORTED', '--gpus is not supported by esgz: the workload gets no GPU devices');
     if (flags['no-optimize'] && flags['record-out']) throw new EsgzError('BAD_FLAG', '--record-out needs the workload to run: drop --no-optimize');
     if (flags.zstdchunked && !flags.oci) throw new EsgzError('BAD_FLAG', 'option --zstdchunked must be used in conjunction with --oci');
     if (flags['wait-on-signal'] && flags.terminal) throw new EsgzError('BAD_FLAG', '--wait-on-signal cannot be used with --terminal');
     if (flags.terminal && !flags.i) throw new EsgzError('BAD_FLAG', '--terminal must be used with -i');
-    if (flags['estargz-external-toc'] && flags.reuse) throw new EsgzError('BAD_FLAG', '"estargz-external-toc" can\'t be used with "reuse" flag');
-    if (flags['estargz-external-toc'] && flags.zstdchunked) throw new EsgzError('BAD_FLAG', '--estargz-external-toc needs eStargz, not --zstdchunked');
-    if (flags['estargz-external-toc']) tocImageReference(args.target); // reject impossible destinations before running anything
-    if (flags.platform?.length && flags['all-platforms']) throw new EsgzError('BAD_FLAG', '--platform and --all-platforms cannot be used together');
-    const platforms = flags.platform?.length ? parsePlatforms(flags.platform) : undefined;
-
-    const run: RunOptions = {
-      entrypoint: flags.entrypoint ? parseJsonArrayFlag('entrypoint', flags.entrypoint) : undefined,
-      args: flags.args ? parseJsonArrayFlag('args', flags.args) : undefined,
-      env: flags.env,
-      envFile: flags['env-file'],
-      user: flags.user,
-      cwd: flags.cwd,
-      mounts: (flags.mount ?? []).map(parseMountFlag),
-      dnsNameservers: parseCommaList(flags['dns-nameservers']),
-      dnsSearchDomains: parseCommaList(flags['dns-search-domains']),
-      dnsOptions: parseCommaList(flags['dns-options']),
-      addHosts: parseCommaList(flags['add-hosts']),
-      netHost: flags['net-host'],
-      terminal: flags.terminal,
+    const format = flags.zstdchunked ? 'zstdchunked' : 'estargz';
+    const progress = new ProgressBars();
+    const warn = (message: string): void => {
+      progress.stop();
+      process.stderr.write(`esgz: warning: ${message}\n`);
     };
-    const prefetchList = flags['prefetch-list'] ? await readPrefetchList(flags['prefetch-list']) : [];
+    const convert = await conversionOptionsFromFlags(flags, format, { warn });
+    if (flags['estargz-external-toc']) tocImageReference(args.target); // reject impossible destinations before running anything
+    const platformChoice = platformsFromFlags(flags);
+    const run = runOptionsFromFlags(flags, flags.terminal);
+    const prefetchList = await prioritizedFromFlags(flags, format);
 
     // Ctrl-C: with --wait-on-signal the first one only ends the workload; otherwise, and on a
     // second one, everything stops and is torn down (containers, mounts, half-written output).
@@ -134,12 +107,7 @@ optimization.`;
     process.on('SIGINT', onSigint);
     process.on('SIGTERM', onSigint);
 
-    const progress = new ProgressBars();
-    const warn = (message: string): void => {
-      progress.stop();
-      process.stderr.write(`esgz: warning: ${message}\n`);
-    };
-    const transport = { plainHttp: this.flags['plain-http'], insecure: this.flags.insecure };
+    const transport = transportOptions(flags);
     const source = await openSource(args.source, transport);
     let report: OptimizeReport;
     try {
@@ -148,21 +116,11 @@ optimization.`;
       report = await optimizeImage({
         source,
         sink,
-        format: flags.zstdchunked ? 'zstdchunked' : 'estargz',
-        convert: {
-          compressionLevel: flags.zstdchunked ? flags['zstdchunked-compression-level'] : flags['estargz-compression-level'],
-          chunkSize: flags['estargz-chunk-size'] || undefined,
-          minChunkSize: flags['estargz-min-chunk-size'] || undefined,
-          externalTOC: flags['estargz-external-toc'],
-          reuse: flags.reuse,
-          oci: flags.oci,
-          workers: flags.workers,
-          warn,
-        },
+        format,
+        convert,
         concurrency: flags.concurrency,
         progress,
-        ...(platforms ? { platforms } : {}),
-        allPlatforms: flags['all-platforms'],
+        ...platformChoice,
         oci: flags.oci,
         noOptimize: flags['no-optimize'],
         cacheBlobs: parseTransportReference(args.source).transport === 'registry',
@@ -197,7 +155,7 @@ optimization.`;
       await source.close();
     }
     if (flags.json) {
-      this.printJson(report);
+      writeJson(report);
       return;
     }
     this.printReport(report);

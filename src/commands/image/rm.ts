@@ -1,7 +1,8 @@
-import { Args, Flags } from '@oclif/core';
+import { Args } from '@oclif/core';
 import { BaseCommand } from '../../cli/base.js';
+import { stateRootFlags } from '../../cli/flags.js';
+import { writeJson } from '../../cli/output.js';
 import { removeImage } from '../../snapshotter/manage.js';
-import { DEFAULT_STATE_ROOT } from '../../snapshotter/state.js';
 
 export default class ImageRm extends BaseCommand<typeof ImageRm> {
   static override summary = 'Forget lazily pulled images (their data goes at the next "esgz image prune")';
@@ -13,14 +14,14 @@ export default class ImageRm extends BaseCommand<typeof ImageRm> {
   };
 
   static override flags = {
-    root: Flags.string({ description: 'State root', default: DEFAULT_STATE_ROOT }),
+    ...stateRootFlags,
   };
 
   async run(): Promise<void> {
     const { argv } = await this.parse(ImageRm);
     const removed: string[] = [];
     for (const ref of argv as string[]) removed.push(await removeImage(ref, this.flags.root));
-    if (this.flags.json) this.printJson({ removed });
+    if (this.flags.json) writeJson({ removed });
     else for (const r of removed) this.log(`removed ${r}`);
   }
 }

@@ -1,8 +1,8 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../../cli/base.js';
-import { parsePlatform } from '../../image/platform.js';
+import { platformFlag, platformFromFlag, registryFlags, stateRootFlags, transportOptions } from '../../cli/flags.js';
+import { writeJson } from '../../cli/output.js';
 import { rpull } from '../../snapshotter/rpull.js';
-import { DEFAULT_STATE_ROOT } from '../../snapshotter/state.js';
 
 export default class ImageRpull extends BaseCommand<typeof ImageRpull> {
   static override summary = 'Lazily pull an eStargz / zstd:chunked image: fetch only manifest, config and TOCs';
@@ -22,8 +22,9 @@ request into the chunk cache, unless --no-prefetch. "esgz run" starts containers
   };
 
   static override flags = {
-    root: Flags.string({ description: 'State root (images, TOCs, chunk cache)', default: DEFAULT_STATE_ROOT }),
-    platform: Flags.string({ description: "Platform to pull (os/arch[/variant]); default: this machine's" }),
+    ...registryFlags,
+    ...stateRootFlags,
+    ...platformFlag,
     'no-prefetch': Flags.boolean({ description: 'Do not fetch the prioritized files now', default: false }),
     'background-fetch': Flags.boolean({ description: 'After the prefetch, fetch every remaining chunk before returning', default: false }),
   };
@@ -34,15 +35,14 @@ request into the chunk cache, unless --no-prefetch. "esgz run" starts containers
     const report = await rpull({
       reference: args.ref,
       stateRoot: flags.root,
-      platform: flags.platform ? parsePlatform(flags.platform) : undefined,
-      plainHttp: flags['plain-http'],
-      insecure: flags.insecure,
+      platform: platformFromFlag(flags),
+      ...transportOptions(flags),
       noPrefetch: flags['no-prefetch'],
       backgroundFetch: flags['background-fetch'],
       onProgress: flags.json ? undefined : (m) => process.stderr.write(`${m}\n`),
     });
     if (flags.json) {
-      this.printJson(report);
+      writeJson(report);
       return;
     }
     const lazy = report.layers.filter((l) => l.kind === 'lazy').length;

@@ -1,11 +1,12 @@
-import { Args, Flags } from '@oclif/core';
+import { Args } from '@oclif/core';
 import { BaseCommand } from '../../cli/base.js';
+import { platformFlag, platformFromFlag, platformsFlags, registryFlags, transportOptions } from '../../cli/flags.js';
+import { writeJson } from '../../cli/output.js';
 import { formatBytes } from '../../cli/progress.js';
 import { EsgzError } from '../../errors.js';
 import { tocImageReference } from '../../estargz/transform.js';
 import { fetchExternalTOC, resolveImages, verifyLayer, type LayerVerification } from '../../estargz/verify.js';
 import type { ImageSource } from '../../image/types.js';
-import { parsePlatform } from '../../image/platform.js';
 import { openSource } from '../../image/transports/index.js';
 
 export default class ImageVerify extends BaseCommand<typeof ImageVerify> {
@@ -24,27 +25,27 @@ export default class ImageVerify extends BaseCommand<typeof ImageVerify> {
   };
 
   static override flags = {
-    platform: Flags.string({ description: 'platform of a multi-platform image, os/arch[/variant] (default: this machine)' }),
-    'all-platforms': Flags.boolean({ description: 'verify every platform of a multi-platform image', default: false }),
+    ...registryFlags,
+    ...platformFlag,
+    'all-platforms': platformsFlags['all-platforms'],
   };
 
   async run(): Promise<void> {
     const { args } = await this.parse(ImageVerify);
     const { flags } = this;
-    if (flags.platform !== undefined && flags['all-platforms']) {
-      throw new EsgzError('BAD_FLAG', '--platform and --all-platforms cannot be used together');
-    }
-    const source = await openSource(args.image, { plainHttp: flags['plain-http'], insecure: flags.insecure });
+    const platform = platformFromFlag(flags);
+    const transport = transportOptions(flags);
+    const source = await openSource(args.image, transport);
     const results: Array<{ platform?: string; manifest: string; layers: LayerVerification[] }> = [];
     // Layers with an external TOC (STARGZEXTERNALTOC footer) find it in IMAGE-esgztoc, opened on demand.
     let tocImage: Promise<ImageSource> | undefined;
     const externalTOC = (digest: string) => async () => {
-      tocImage ??= openSource(tocImageReference(args.image), { plainHttp: flags['plain-http'], insecure: flags.insecure });
+      tocImage ??= openSource(tocImageReference(args.image), transport);
       return fetchExternalTOC(await tocImage, digest);
     };
     try {
       const images = await resolveImages(source, {
-        platform: flags.platform ? parsePlatform(flags.platform) : undefined,
+        platform,
         allPlatforms: flags['all-platforms'],
       });
       for (const img of images) {
@@ -62,7 +63,7 @@ export default class ImageVerify extends BaseCommand<typeof ImageVerify> {
     const failed = all.filter((l) => l.status === 'failed');
     const verified = all.filter((l) => l.status === 'ok');
     if (flags.json) {
-      this.printJson({ image: args.image, ok: failed.length === 0, manifests: results });
+      writeJson({ image: args.image, ok: failed.length === 0, manifests: results });
     } else {
       for (const r of results) {
         process.stdout.write(`${r.platform ? `${r.platform} ` : ''}manifest ${r.manifest}\n`);

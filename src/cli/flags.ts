@@ -1,0 +1,231 @@
+// The flag sets every command draws from, defined once: a flag's name, range, default and help
+// text live here, and so does the one mapping from flags to library options (ctr-remote's
+// `getESGZConvertOpts` is the model). Commands spread the sets they need and call the mappers.
+import { Flags } from '@oclif/core';
+import { EsgzError } from '../errors.js';
+import { libdeflateAvailable, selectGzipBackend } from '../estargz/gzip-pool.js';
+import { readPrefetchList, readRecordFile, type PriorityItem } from '../estargz/priority.js';
+import type { ChunkedTransformOptions, LayerFormat } from '../estargz/transform.js';
+import { resolveGzipHelper } from '../image/compression.js';
+import { parsePlatform, parsePlatforms } from '../image/platform.js';
+import type { Platform } from '../image/types.js';
+import { parseCommaList, parseJsonArrayFlag, parseMountFlag, type RunOptions } from '../runtime/spec.js';
+import { DEFAULT_STATE_ROOT } from '../snapshotter/state.js';
+
+// ---- registry transport -------------------------------------------------------------------
+
+/** Every command that reads or writes a registry. */
+export const registryFlags = {
+  'plain-http': Flags.boolean({ description: 'Talk plain HTTP to registries (no TLS)', default: false }),
+  insecure: Flags.boolean({ description: 'Skip TLS certificate verification', default: false }),
+};
+
+export interface TransportFlagValues {
+  'plain-http': boolean;
+  insecure: boolean;
+}
+
+/** The options `openSource`/`openSink`/the registry client take, from `registryFlags`. */
+export function transportOptions(flags: TransportFlagValues): { plainHttp: boolean; insecure: boolean } {
+  return { plainHttp: flags['plain-http'], insecure: flags.insecure };
+}
+
+// ---- platforms ------------------------------------------------------------------------------
+
+/** Commands that may write several platforms of an index (copy, convert, optimize, verify). */
+export const platformsFlags = {
+  platform: Flags.string({
+    description: "Only these platforms, os/arch[/variant]; repeatable or comma-separated; several keep an index of them (default: this machine's)",
+    multiple: true,
+    multipleNonGreedy: true,
+  }),
+  'all-platforms': Flags.boolean({ description: 'Every platform of a multi-platform image', default: false }),
+};
+
+/** Commands that resolve exactly one platform (rpull, run). */
+export const platformFlag = {
+  platform: Flags.string({ description: "Platform to use, os/arch[/variant] (default: this machine's)" }),
+};
+
+/** The platform choice of `platformsFlags`, checked once for every command. */
+export function platformsFromFlags(flags: { platform?: string[]; 'all-platforms': boolean }): { platforms?: Platform[]; allPlatforms: boolean } {
+  const given = flags.platform !== undefined && flags.platform.length > 0;
+  checkPlatformConflict(given, flags['all-platforms']);
+  return { ...(given ? { platforms: parsePlatforms(flags.platform!) } : {}), allPlatforms: flags['all-platforms'] };
+}
+
+/** The platform of `platformFlag` (with `--all-platforms` where the command has it). */
+export function platformFromFlag(flags: { platform?: string; 'all-platforms'?: boolean }): Platform | undefined {
+  checkPlatformConflict(Boolean(flags.platform), flags['all-platforms'] ?? false);
+  return flags.platform ? parsePlatform(flags.platform) : undefined;
+}
+
+function checkPlatformConflict(platformGiven: boolean, allPlatforms: boolean): void {
+  // Checked here rather than with oclif's `exclusive`, whose message spans several lines.
+  if (platformGiven && allPlatforms) throw new EsgzError('BAD_FLAG', '--platform and --all-platforms cannot be used together');
+}
+
+// ---- state root ---------------------------------------------------------------------------
+
+/** Commands that use the local state root (rpull, run, ls, rm, prune). */
+export const stateRootFlags = {
+  root: Flags.string({ description: 'State root (kept private: 0700)', default: DEFAULT_STATE_ROOT }),
+};
+
+// ---- conversion -----------------------------------------------------------------------------
+
+/** Pipeline flags of every command that writes an image (copy, convert, optimize). */
+export const transferFlags = {
+  oci: Flags.boolean({ description: 'Convert Docker media types to OCI media types', default: false }),
+  concurrency: Flags.integer({ description: 'Layers transferred at once', default: 2, min: 1, max: 16 }),
+};
+
+/** eStargz / zstd:chunked writer flags shared by convert and optimize (ctr-remote's names). */
+export const conversionFlags = {
+  ...transferFlags,
+  reuse: Flags.boolean({ description: 'Keep layers that already are valid eStargz / zstd:chunked as they are', default: false }),
+  zstdchunked: Flags.boolean({ description: 'Write zstd:chunked instead of eStargz (needs --oci)', default: false }),
+  'estargz-compression-level': Flags.integer({ description: 'gzip level: 0-9 (zlib) or 0-12 (libdeflate); 0 stores', default: 9, min: 0, max: 12 }),
+  'estargz-chunk-size': Flags.integer({ description: 'Chunk size in bytes (0: 4 MiB)', default: 0, min: 0 }),
+  'estargz-min-chunk-size': Flags.integer({ description: 'Minimal bytes in one gzip member; small files share members (adds innerOffset; 0: off)', default: 0, min: 0 }),
+  'estargz-external-toc': Flags.boolean({ description: 'Put TOCs in a separate image: DESTINATION with "-esgztoc" appended to its tag', default: false }),
+  'estargz-gzip-helper': Flags.string({
+    description: 'Decompress gzip source layers with this command instead of in-process: pigz, igzip or unpigz (must be installed; the output is the same bytes)',
+    helpValue: 'pigz|igzip|unpigz',
+  }),
+  'zstdchunked-compression-level': Flags.integer({ description: 'zstd level', default: 3, min: 1, max: 22 }),
+  'zstdchunked-chunk-size': Flags.integer({ description: 'Chunk size in bytes for --zstdchunked (0: 4 MiB)', default: 0, min: 0 }),
+  'prefetch-list': Flags.string({ description: 'File of paths or globs (*, ?, [..], **) to prioritize in every layer, one per line, # comments' }),
+  workers: Flags.integer({ description: 'Compression worker threads (default: number of cores)', min: 1, max: 256 }),
+};
+
+export interface ConversionFlagValues {
+  oci: boolean;
+  reuse: boolean;
+  zstdchunked: boolean;
+  'estargz-compression-level': number;
+  'estargz-chunk-size': number;
+  'estargz-min-chunk-size': number;
+  'estargz-external-toc': boolean;
+  'estargz-gzip-helper'?: string;
+  'zstdchunked-compression-level': number;
+  'zstdchunked-chunk-size': number;
+  'prefetch-list'?: string;
+  workers?: number;
+  /** convert only: `--estargz-keep-diff-id`. */
+  'estargz-keep-diff-id'?: boolean;
+}
+
+/**
+ * The writer options of a chunked format from the conversion flags: the one mapping convert and
+ * optimize share, with ctr-remote's flag conflicts. `recordIn` is the command's record file flag
+ * (`--estargz-record-in` / `--zstdchunked-record-in`), when it has one; prioritized files come
+ * from `prioritizedFromFlags`.
+ */
+export async function conversionOptionsFromFlags(
+  flags: ConversionFlagValues,
+  format: LayerFormat,
+  extra: { recordIn?: string; warn?: (message: string) => void } = {},
+): Promise<ChunkedTransformOptions> {
+  const options: ChunkedTransformOptions = { oci: flags.oci, reuse: flags.reuse, workers: flags.workers, ...(extra.warn ? { warn: extra.warn } : {}) };
+  // ctr-remote treats an empty value as "no helper".
+  if (flags['estargz-gzip-helper']) options.gzipHelper = await resolveGzipHelper(flags['estargz-gzip-helper']);
+  if (flags['estargz-external-toc'] && flags.reuse) throw new EsgzError('BAD_FLAG', '"estargz-external-toc" can\'t be used with "reuse" flag');
+  if (format === 'estargz') {
+    const level = flags['estargz-compression-level'];
+    if (level > 9 && selectGzipBackend() === 'zlib') {
+      throw new EsgzError('BAD_FLAG', `--estargz-compression-level ${level} needs libdeflate (${libdeflateAvailable().error ?? 'ESGZ_GZIP_BACKEND=zlib'}); zlib stops at 9`);
+    }
+    if (flags['estargz-keep-diff-id'] && extra.recordIn) throw new EsgzError('BAD_FLAG', 'option --estargz-keep-diff-id conflicts with --estargz-record-in');
+    Object.assign(options, {
+      compressionLevel: level,
+      chunkSize: flags['estargz-chunk-size'] || undefined,
+      minChunkSize: flags['estargz-min-chunk-size'] || undefined,
+      externalTOC: flags['estargz-external-toc'],
+      keepDiffID: flags['estargz-keep-diff-id'] ?? false,
+    });
+  } else if (format === 'zstdchunked') {
+    if (flags['estargz-external-toc']) throw new EsgzError('BAD_FLAG', '--estargz-external-toc needs eStargz, not --zstdchunked');
+    Object.assign(options, {
+      compressionLevel: flags['zstdchunked-compression-level'],
+      chunkSize: flags['zstdchunked-chunk-size'] || undefined,
+    });
+  }
+  return options;
+}
+
+/**
+ * The prioritized files the flags name: the record file (`--estargz-record-in` /
+ * `--zstdchunked-record-in`) first, then `--prefetch-list` (paths and globs).
+ */
+export async function prioritizedFromFlags(flags: { 'prefetch-list'?: string }, format: LayerFormat, recordIn?: string): Promise<PriorityItem[]> {
+  const prioritized: PriorityItem[] = [];
+  if (recordIn) prioritized.push(...(await readRecordFile(recordIn)));
+  if (flags['prefetch-list']) prioritized.push(...(await readPrefetchList(flags['prefetch-list'])));
+  if (prioritized.length > 0 && format === 'uncompress') throw new EsgzError('BAD_FLAG', 'prioritized files need --estargz or --zstdchunked');
+  return prioritized;
+}
+
+/** ctr-remote's rules for combining the format flags. */
+export function chooseFormat(flags: { estargz: boolean; zstdchunked: boolean; uncompress: boolean; oci: boolean }): LayerFormat {
+  if (flags.estargz && flags.uncompress) throw new EsgzError('BAD_FLAG', 'option --estargz conflicts with --uncompress');
+  if (flags.estargz && flags.zstdchunked) throw new EsgzError('BAD_FLAG', 'option --estargz conflicts with --zstdchunked');
+  if (flags.zstdchunked && flags.uncompress) throw new EsgzError('BAD_FLAG', 'option --zstdchunked conflicts with --uncompress');
+  if (flags.zstdchunked && !flags.oci) throw new EsgzError('BAD_FLAG', 'option --zstdchunked must be used in conjunction with --oci');
+  if (flags.estargz) return 'estargz';
+  if (flags.zstdchunked) return 'zstdchunked';
+  if (flags.uncompress) return 'uncompress';
+  throw new EsgzError('BAD_FLAG', 'specify a layer format: --estargz, --zstdchunked or --uncompress');
+}
+
+// ---- workload -------------------------------------------------------------------------------
+
+/** How a container is set up, shared by `run` and `image optimize` (ctr-remote / nerdctl names). */
+export const workloadFlags = {
+  env: Flags.string({ description: 'KEY=VALUE added to the environment (repeatable)', multiple: true, multipleNonGreedy: true }),
+  'env-file': Flags.string({ description: 'File of KEY=VALUE lines added to the environment' }),
+  mount: Flags.string({ description: 'Extra mount, e.g. type=bind,source=/src,destination=/dst,options=rbind:ro (repeatable)', multiple: true, multipleNonGreedy: true }),
+  cwd: Flags.string({ description: "Working directory (overrides the image's)" }),
+  'dns-nameservers': Flags.string({ description: 'Comma-separated nameservers for /etc/resolv.conf', default: '8.8.8.8' }),
+  'net-host': Flags.boolean({ description: 'Use the host network (default: a private one with loopback only)', default: false }),
+};
+
+/** `run` and `optimize` differ in how `--user` is spelled (`-u` for run, as in ctr) and in `-t`. */
+export const userFlag = (char?: 'u') =>
+  Flags.string({ ...(char ? { char } : {}), description: 'user[:group] to run as (names looked up in the image)' });
+
+export interface WorkloadFlagValues {
+  env?: string[];
+  'env-file'?: string;
+  mount?: string[];
+  user?: string;
+  cwd?: string;
+  'dns-nameservers': string;
+  'dns-search-domains'?: string;
+  'dns-options'?: string;
+  'add-hosts'?: string;
+  'net-host': boolean;
+  entrypoint?: string;
+  args?: string;
+  hostname?: string;
+}
+
+/** The runtime options of a workload from its flags. */
+export function runOptionsFromFlags(flags: WorkloadFlagValues, terminal: boolean): RunOptions {
+  return {
+    entrypoint: flags.entrypoint ? parseJsonArrayFlag('entrypoint', flags.entrypoint) : undefined,
+    args: flags.args ? parseJsonArrayFlag('args', flags.args) : undefined,
+    env: flags.env,
+    envFile: flags['env-file'],
+    user: flags.user,
+    cwd: flags.cwd,
+    mounts: (flags.mount ?? []).map(parseMountFlag),
+    dnsNameservers: parseCommaList(flags['dns-nameservers']),
+    dnsSearchDomains: parseCommaList(flags['dns-search-domains']),
+    dnsOptions: parseCommaList(flags['dns-options']),
+    addHosts: parseCommaList(flags['add-hosts']),
+    netHost: flags['net-host'],
+    terminal,
+    hostname: flags.hostname,
+  };
+}
