@@ -121,7 +121,7 @@ describe('reader rejects bad blobs', () => {
     target.chunkDigest = `sha256:${'1'.repeat(64)}`;
     const codec = createGzipCodec({ workers: 1 });
     try {
-      const tail = await codec.buildTail(toc, tocOffset, 0);
+      const tail = await codec.buildTail(toc, tocOffset);
       const tampered = Buffer.concat([blob.subarray(0, tocOffset), tail.bytes]);
       const r2 = await EstargzReader.open(bufferBlobReader(tampered), { expectedTOCDigest: tail.tocDigest });
       expect((await r2.readChunk(r2.chunkAt('a/data', 0)!)).length).toBe(CHUNK); // untouched chunk is fine

@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { bufferBlobReader, EstargzReader } from '../../src/estargz/reader.js';
 import { GlobPattern } from '../../src/estargz/priority.js';
 import type { Codec } from '../../src/estargz/codec.js';

@@ -126,7 +126,7 @@ async function startRegistryOnce(options: StartRegistryOptions): Promise<Running
   } catch (err) {
     await stop();
     // Keep what the registry said: the log file is deleted with the temp dir.
-    throw new Error(`${(err as Error).message}; docker-registry said: ${recentOutput.trim().split('\n').slice(-3).join(' | ') || '(nothing)'}`);
+    throw new Error(`${(err as Error).message}; docker-registry said: ${recentOutput.trim().split('\n').slice(-3).join(' | ') || '(nothing)'}`, { cause: err });
   }
   const running: RunningRegistry = { address, storageDir, logPath, stop };
   if (tokenServer) running.tokenServer = tokenServer;
