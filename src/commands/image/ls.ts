@@ -1,6 +1,6 @@
 import { BaseCommand } from '../../cli/base.js';
 import { stateRootFlags } from '../../cli/flags.js';
-import { writeJson } from '../../cli/output.js';
+import { formatTable, writeJson } from '../../cli/output.js';
 import { listImages } from '../../snapshotter/manage.js';
 
 export default class ImageLs extends BaseCommand<typeof ImageLs> {
@@ -25,7 +25,6 @@ export default class ImageLs extends BaseCommand<typeof ImageLs> {
       return;
     }
     const rows = [['REFERENCE', 'DIGEST', 'PLATFORM', 'LAYERS', 'LAZY', 'SIZE'], ...images.map((i) => [i.reference, i.manifestDigest.slice(0, 19), i.platform ?? '-', String(i.layers), String(i.lazyLayers), String(i.size)])];
-    const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
-    for (const r of rows) this.log(r.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd());
+    process.stdout.write(formatTable(rows));
   }
 }

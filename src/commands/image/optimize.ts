@@ -2,7 +2,7 @@ import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../../cli/base.js';
 import { conversionFlags, conversionOptionsFromFlags, platformsFlags, platformsFromFlags, prioritizedFromFlags, registryFlags, runOptionsFromFlags, transportOptions, userFlag, workloadFlags } from '../../cli/flags.js';
 import { writeJson } from '../../cli/output.js';
-import { ProgressBars } from '../../cli/progress.js';
+import { formatBytes, ProgressBars } from '../../cli/progress.js';
 import { EsgzError } from '../../errors.js';
 import { tocImageReference } from '../../estargz/transform.js';
 import { openSink, openSource, parseTransportReference } from '../../image/transports/index.js';
@@ -183,10 +183,4 @@ optimization.`;
     this.log(`time: ${t.profileMs !== undefined ? `profile ${(t.profileMs / 1000).toFixed(1)} s, ` : ''}convert ${((t.convertMs ?? 0) / 1000).toFixed(1)} s`);
     this.log(report.transfer.root.digest);
   }
-}
-
-function formatBytes(n: number): string {
-  if (n < 1024) return `${n} B`;
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
-  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
 }

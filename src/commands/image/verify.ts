@@ -1,7 +1,7 @@
 import { Args } from '@oclif/core';
 import { BaseCommand } from '../../cli/base.js';
 import { platformFlag, platformFromFlag, platformsFlags, registryFlags, transportOptions } from '../../cli/flags.js';
-import { writeJson } from '../../cli/output.js';
+import { formatTable, shortDigest, writeJson } from '../../cli/output.js';
 import { formatBytes } from '../../cli/progress.js';
 import { EsgzError } from '../../errors.js';
 import { tocImageReference } from '../../estargz/transform.js';
@@ -70,15 +70,14 @@ export default class ImageVerify extends BaseCommand<typeof ImageVerify> {
         const rows = [['LAYER', 'SIZE', 'FORMAT', 'TOC DIGEST', 'CHUNKS', 'LANDMARK', 'RESULT']];
         for (const l of r.layers) {
           rows.push([
-            l.digest.slice(7, 19), formatBytes(l.size), l.format ?? '-', l.tocDigest ? l.tocDigest.slice(7, 19) : '-',
+            shortDigest(l.digest), formatBytes(l.size), l.format ?? '-', l.tocDigest ? shortDigest(l.tocDigest) : '-',
             l.chunks !== undefined ? String(l.chunks) : '-', l.landmark ?? '-', l.status === 'ok' ? 'ok' : l.status === 'skipped' ? 'skipped' : 'FAILED',
           ]);
         }
-        const widths = rows[0]!.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)));
-        for (const row of rows) process.stdout.write(`${row.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd()}\n`);
+        process.stdout.write(formatTable(rows));
         for (const l of r.layers) {
-          for (const p of l.problems) process.stdout.write(`  layer ${l.digest.slice(7, 19)}: ${p}\n`);
-          for (const n of l.notes) process.stdout.write(`  layer ${l.digest.slice(7, 19)}: note: ${n}\n`);
+          for (const p of l.problems) process.stdout.write(`  layer ${shortDigest(l.digest)}: ${p}\n`);
+          for (const n of l.notes) process.stdout.write(`  layer ${shortDigest(l.digest)}: note: ${n}\n`);
         }
       }
     }
