@@ -3,9 +3,11 @@
 // `getESGZConvertOpts` is the model). Commands spread the sets they need and call the mappers.
 import { Flags } from '@oclif/core';
 import { EsgzError } from '../errors.js';
-import { libdeflateAvailable, selectGzipBackend } from '../estargz/gzip-pool.js';
+import { DEFAULT_GZIP_LEVEL } from '../estargz/gzip-codec.js';
+import { libdeflateAvailable, MAX_GZIP_LEVEL, selectGzipBackend } from '../estargz/gzip-pool.js';
 import { readPrefetchList, readRecordFile, type PriorityItem } from '../estargz/priority.js';
 import type { ChunkedTransformOptions, LayerFormat } from '../estargz/transform.js';
+import { DEFAULT_ZSTD_LEVEL, MAX_ZSTD_LEVEL, MIN_ZSTD_LEVEL } from '../estargz/zstdchunked/pool.js';
 import { resolveGzipHelper } from '../image/compression.js';
 import { parsePlatform, parsePlatforms } from '../image/platform.js';
 import type { Platform } from '../image/types.js';
@@ -85,7 +87,7 @@ export const conversionFlags = {
   ...transferFlags,
   reuse: Flags.boolean({ description: 'Keep layers that already are valid eStargz / zstd:chunked as they are', default: false }),
   zstdchunked: Flags.boolean({ description: 'Write zstd:chunked instead of eStargz (needs --oci)', default: false }),
-  'estargz-compression-level': Flags.integer({ description: 'gzip level: 0-9 (zlib) or 0-12 (libdeflate); 0 stores', default: 9, min: 0, max: 12 }),
+  'estargz-compression-level': Flags.integer({ description: 'gzip level: 0-9 (zlib) or 0-12 (libdeflate); 0 stores', default: DEFAULT_GZIP_LEVEL, min: 0, max: MAX_GZIP_LEVEL.libdeflate }),
   'estargz-chunk-size': Flags.integer({ description: 'Chunk size in bytes (0: 4 MiB)', default: 0, min: 0 }),
   'estargz-min-chunk-size': Flags.integer({ description: 'Minimal bytes in one gzip member; small files share members (adds innerOffset; 0: off)', default: 0, min: 0 }),
   'estargz-external-toc': Flags.boolean({ description: 'Put TOCs in a separate image: DESTINATION with "-esgztoc" appended to its tag', default: false }),
@@ -93,7 +95,7 @@ export const conversionFlags = {
     description: 'Decompress gzip source layers with this command instead of in-process: pigz, igzip or unpigz (must be installed; the output is the same bytes)',
     helpValue: 'pigz|igzip|unpigz',
   }),
-  'zstdchunked-compression-level': Flags.integer({ description: 'zstd level', default: 3, min: 1, max: 22 }),
+  'zstdchunked-compression-level': Flags.integer({ description: 'zstd level', default: DEFAULT_ZSTD_LEVEL, min: MIN_ZSTD_LEVEL, max: MAX_ZSTD_LEVEL }),
   'zstdchunked-chunk-size': Flags.integer({ description: 'Chunk size in bytes for --zstdchunked (0: 4 MiB)', default: 0, min: 0 }),
   'prefetch-list': Flags.string({ description: 'File of paths or globs (*, ?, [..], **) to prioritize in every layer, one per line, # comments' }),
   workers: Flags.integer({ description: 'Compression worker threads (default: number of cores)', min: 1, max: 256 }),
@@ -133,7 +135,7 @@ export async function conversionOptionsFromFlags(
   if (flags['estargz-external-toc'] && flags.reuse) throw new EsgzError('BAD_FLAG', '"estargz-external-toc" can\'t be used with "reuse" flag');
   if (format === 'estargz') {
     const level = flags['estargz-compression-level'];
-    if (level > 9 && selectGzipBackend() === 'zlib') {
+    if (level > MAX_GZIP_LEVEL.zlib && selectGzipBackend() === 'zlib') {
       throw new EsgzError('BAD_FLAG', `--estargz-compression-level ${level} needs libdeflate (${libdeflateAvailable().error ?? 'ESGZ_GZIP_BACKEND=zlib'}); zlib stops at 9`);
     }
     if (flags['estargz-keep-diff-id'] && extra.recordIn) throw new EsgzError('BAD_FLAG', 'option --estargz-keep-diff-id conflicts with --estargz-record-in');
