@@ -1,12 +1,12 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base.js';
 import { EsgzError } from '../errors.js';
-import { parseCommaList, parseMountFlag, type RunOptions } from '../runtime/spec.js';
+import { DEFAULT_PIDS_LIMIT, parseByteSize, parseCommaList, parseMountFlag, type RunOptions } from '../runtime/spec.js';
 import { runContainer } from '../snapshotter/run.js';
 import { DEFAULT_STATE_ROOT } from '../snapshotter/state.js';
 
 /** Flags of this command that take a value (the next argv word when not written --flag=value). */
-const VALUE_FLAGS = new Set(['--root', '--env', '--env-file', '--mount', '--user', '-u', '--cwd', '--dns-nameservers', '--hostname']);
+const VALUE_FLAGS = new Set(['--root', '--env', '--env-file', '--mount', '--user', '-u', '--cwd', '--dns-nameservers', '--hostname', '--pids-limit', '--memory']);
 
 /**
  * Splits argv into what oclif parses (flags, REF, ID) and the container command, which is passed
@@ -71,6 +71,10 @@ when the container exits or on Ctrl-C. Needs root. Arguments after ID are the co
     hostname: Flags.string({ description: 'Container host name' }),
     'dns-nameservers': Flags.string({ description: 'Comma-separated nameservers for /etc/resolv.conf', default: '8.8.8.8' }),
     'background-fetch': Flags.boolean({ description: 'Fetch the rest of every layer while the container runs', default: false }),
+    // Sandbox limits (nerdctl's names)
+    'pids-limit': Flags.integer({ description: `Most processes and threads the container may have (0: no limit; default ${DEFAULT_PIDS_LIMIT})` }),
+    memory: Flags.string({ description: 'Memory limit, e.g. 512m, 2g (0: no limit; default: half of this machine\'s memory, at most 4g)' }),
+    privileged: Flags.boolean({ description: 'Run without the sandbox: every capability, no seccomp filter, no masked paths', default: false }),
   };
 
   private command: string[] = [];
@@ -95,6 +99,9 @@ when the container exits or on Ctrl-C. Needs root. Arguments after ID are the co
       netHost: flags['net-host'],
       terminal: flags.tty,
       hostname: flags.hostname,
+      pidsLimit: flags['pids-limit'],
+      ...(flags.memory !== undefined ? { memoryLimitBytes: parseByteSize('memory', flags.memory) } : {}),
+      privileged: flags.privileged,
     };
     if (flags.tty && !process.stdin.isTTY) throw new EsgzError('BAD_FLAG', '-t needs a terminal on stdin');
 

@@ -7,7 +7,8 @@ import { tocImageReference } from '../../estargz/transform.js';
 import { parsePlatforms } from '../../image/platform.js';
 import { openSink, openSource, parseTransportReference } from '../../image/transports/index.js';
 import { optimizeImage, type OptimizeReport } from '../../optimizer/optimize-image.js';
-import { parseCommaList, parseJsonArrayFlag, parseMountFlag, type RunOptions } from '../../runtime/spec.js';
+import { DEFAULT_UPPER_SIZE_BYTES } from '../../optimizer/overlay.js';
+import { DEFAULT_PIDS_LIMIT, parseByteSize, parseCommaList, parseJsonArrayFlag, parseMountFlag, type RunOptions } from '../../runtime/spec.js';
 
 export default class ImageOptimize extends BaseCommand<typeof ImageOptimize> {
   static override description = `Run the image's workload under runc, trace the files it touches, and write eStargz (or zstd:chunked) with those files prefetched first
@@ -79,6 +80,11 @@ optimization.`;
     'dns-options': Flags.string({ description: 'Comma-separated options for /etc/resolv.conf' }),
     'add-hosts': Flags.string({ description: 'Comma-separated host:IP entries for /etc/hosts' }),
     'net-host': Flags.boolean({ description: 'Use the host network (default: a private network with loopback only)', default: false }),
+    // Sandbox limits (nerdctl's names)
+    'pids-limit': Flags.integer({ description: `Most processes and threads the workload may have (0: no limit; default ${DEFAULT_PIDS_LIMIT})` }),
+    memory: Flags.string({ description: 'Memory limit of the workload, e.g. 512m, 2g (0: no limit; default: half of this machine\'s memory, at most 4g)' }),
+    'upper-size': Flags.string({ description: `Size of the tmpfs holding the workload's writes, e.g. 256m (default ${DEFAULT_UPPER_SIZE_BYTES / 1024 ** 3}g); beyond it writes fail with ENOSPC` }),
+    privileged: Flags.boolean({ description: 'Run the workload without the sandbox: every capability, no seccomp filter, no masked paths', default: false }),
     // ctr-remote flags esgz does not implement: accepted so scripts get a clear message.
     cni: Flags.boolean({ hidden: true, default: false }),
     'cni-plugin-conf-dir': Flags.string({ hidden: true }),
@@ -117,6 +123,10 @@ optimization.`;
       addHosts: parseCommaList(flags['add-hosts']),
       netHost: flags['net-host'],
       terminal: flags.terminal,
+      pidsLimit: flags['pids-limit'],
+      ...(flags.memory !== undefined ? { memoryLimitBytes: parseByteSize('memory', flags.memory) } : {}),
+      ...(flags['upper-size'] !== undefined ? { upperSizeBytes: parseByteSize('upper-size', flags['upper-size']) } : {}),
+      privileged: flags.privileged,
     };
     const prefetchList = flags['prefetch-list'] ? await readPrefetchList(flags['prefetch-list']) : [];
 
