@@ -8,7 +8,7 @@ import { tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeOciImage } from '../fixtures/oci-image.js';
-import { buildTar, dir, file, symlink, type TarEntry } from '../fixtures/tar.js';
+import { buildTar, charDevice, dir, file, symlink, type TarEntry } from '../fixtures/tar.js';
 import { esgz, esgzMeasured, expectOneLineError, repoRoot } from '../harness/cli.js';
 import { registryAddress } from '../harness/registry.js';
 import { pushEstargzImage } from '../snapshotter/helpers.js';
@@ -54,6 +54,8 @@ const PROBE = [
   `echo "pids.max=$(${PIDS_MAX})"`,
   `echo "memory.max=$(${MEMORY_MAX})"`,
   'echo "powercap=$(ls -A /sys/devices/virtual/powercap 2>/dev/null | head -c 200)"',
+  // The container's root: the overlay, mounted nodev,nosuid (mountinfo field 6: per-mount options).
+  'while read -r _ _ _ _ mnt opts _; do [ "$mnt" = / ] && echo "rootopts=$opts"; done < /proc/self/mountinfo',
   'echo normal > /tmp/file && echo "workload=$(cat /tmp/file)"',
 ].join('\n');
 
@@ -78,6 +80,7 @@ function expectSandboxed(output: string, stderr: string): void {
   expect(probeValue(stdout, 'memory.max')).toBe(expectedMemoryLimit());
   // Empty whether the host has RAPL counters (masked by an empty tmpfs) or not.
   expect(probeValue(stdout, 'powercap')).toBe('');
+  expect(probeValue(stdout, 'rootopts')?.split(',')).toEqual(expect.arrayContaining(['nodev', 'nosuid']));
   expect(probeValue(stdout, 'workload')).toBe('normal');
 }
 
@@ -85,6 +88,7 @@ let scratch: string;
 let ref: string;
 let root: string;
 let layoutDir: string;
+let deviceLayoutDir: string;
 
 beforeAll(async () => {
   if (!existsSync(join(repoRoot, 'dist/commands/run.js'))) throw new Error('dist/ is missing: run `npm run build` first');
@@ -97,6 +101,10 @@ beforeAll(async () => {
   expect(pulled.exitCode, pulled.stderr).toBe(0);
   layoutDir = join(scratch, 'layout');
   await writeOciImage(layoutDir, { layers: [entries], config: { Env: ['PATH=/bin'], Cmd: ['/bin/sh'] }, tag: 'v1' });
+  // A layer shipping the device /dev/null (1:3) under another name: the devices cgroup allows
+  // 1:3, so only nodev on the overlay keeps the workload from opening it.
+  deviceLayoutDir = join(scratch, 'layout-device');
+  await writeOciImage(deviceLayoutDir, { layers: [[...entries, charDevice('etc/nulldev', 1, 3, { mode: 0o666 })]], config: { Env: ['PATH=/bin'], Cmd: ['/bin/sh'] }, tag: 'v1' });
 });
 
 afterAll(async () => {
@@ -177,8 +185,9 @@ describe('esgz run sandbox', () => {
 });
 
 describe('image optimize sandbox', () => {
-  const optimize = (script: string, ...flags: string[]) =>
-    esgzMeasured('image', 'optimize', '--oci', '--period', '20', ...flags, '--entrypoint', '["/bin/sh","-c"]', '--args', JSON.stringify([script]), `oci:${layoutDir}:v1`, `oci:${join(scratch, `out-${process.hrtime.bigint()}`)}:v1`);
+  const optimize = (script: string, ...flags: string[]) => optimizeImage(layoutDir, script, ...flags);
+  const optimizeImage = (layout: string, script: string, ...flags: string[]) =>
+    esgzMeasured('image', 'optimize', '--oci', '--period', '20', ...flags, '--entrypoint', '["/bin/sh","-c"]', '--args', JSON.stringify([script]), `oci:${layout}:v1`, `oci:${join(scratch, `out-${process.hrtime.bigint()}`)}:v1`);
 
   it('profiles the workload in the same sandbox as esgz run', async () => {
     const result = await optimize(PROBE);
@@ -186,6 +195,13 @@ describe('image optimize sandbox', () => {
     expectSandboxed(result.stdout, result.stderr);
     expect(result.peakRssMiB).toBeLessThan(512);
     expect(result.seconds).toBeLessThan(30);
+  });
+
+  it('keeps a device node shipped in a layer unusable (nodev overlay)', async () => {
+    const result = await optimizeImage(deviceLayoutDir, 'head -c 1 /etc/nulldev; echo "dev=$?"');
+    expect(result.exitCode, result.stderr).toBe(0);
+    expect(probeValue(result.stdout, 'dev')).not.toBe('0');
+    expect(result.stderr).toMatch(/\/etc\/nulldev: Permission denied/);
   });
 
   it('bounds the workload\'s writes by a tmpfs (1 GiB default, --upper-size): ENOSPC, then a normal conversion', async () => {
