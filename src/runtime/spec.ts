@@ -81,8 +81,9 @@ export interface RunOptions {
    */
   upperSizeBytes?: number;
   /**
-   * Opt out of the sandbox, as `docker run --privileged` does: every capability, no seccomp
-   * filter, no masked or read-only /proc and /sys paths. Namespaces and limits stay.
+   * Opt out of the sandbox, as `docker run --privileged` does: every capability esgz has, no
+   * seccomp filter, no masked or read-only paths, /sys writable. Namespaces, limits, no device
+   * access and no_new_privileges stay.
    */
   privileged?: boolean;
   /** The containers/common seccomp profile to load (default CONTAINERS_SECCOMP_PROFILE). */
