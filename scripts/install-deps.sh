@@ -12,6 +12,7 @@ APT_PACKAGES=(
   attr
   containerd stargz-snapshotter
   podman  # test oracle: podman's zstd:chunked partial pull of esgz images (test/zstdchunked/podman.test.ts)
+  golang-github-containers-common  # /usr/share/containers/seccomp.json: the workload's seccomp profile (src/runtime/seccomp.ts)
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -11,7 +11,7 @@ import { DEFAULT_ZSTD_LEVEL, MAX_ZSTD_LEVEL, MIN_ZSTD_LEVEL } from '../estargz/z
 import { resolveGzipHelper } from '../image/compression.js';
 import { parsePlatform, parsePlatforms } from '../image/platform.js';
 import type { Platform } from '../image/types.js';
-import { parseCommaList, parseJsonArrayFlag, parseMountFlag, type RunOptions } from '../runtime/spec.js';
+import { DEFAULT_PIDS_LIMIT, parseByteSize, parseCommaList, parseJsonArrayFlag, parseMountFlag, type RunOptions } from '../runtime/spec.js';
 import { DEFAULT_STATE_ROOT } from '../snapshotter/state.js';
 
 // ---- registry transport -------------------------------------------------------------------
@@ -190,6 +190,10 @@ export const workloadFlags = {
   cwd: Flags.string({ description: "Working directory (overrides the image's)" }),
   'dns-nameservers': Flags.string({ description: 'Comma-separated nameservers for /etc/resolv.conf', default: '8.8.8.8' }),
   'net-host': Flags.boolean({ description: 'Use the host network (default: a private one with loopback only)', default: false }),
+  // Sandbox limits (nerdctl's names)
+  'pids-limit': Flags.integer({ description: `Most processes and threads the container may have (0: no limit; default ${DEFAULT_PIDS_LIMIT})`, min: 0 }),
+  memory: Flags.string({ description: "Memory limit, e.g. 512m, 2g (0: no limit; default: half of this machine's memory, at most 4g)" }),
+  privileged: Flags.boolean({ description: 'Run without the sandbox: every capability esgz holds, no seccomp filter, no masked paths', default: false }),
 };
 
 /** `run` and `optimize` differ in how `--user` is spelled (`-u` for run, as in ctr) and in `-t`. */
@@ -210,6 +214,9 @@ export interface WorkloadFlagValues {
   entrypoint?: string;
   args?: string;
   hostname?: string;
+  'pids-limit'?: number;
+  memory?: string;
+  privileged: boolean;
 }
 
 /** The runtime options of a workload from its flags. */
@@ -229,5 +236,8 @@ export function runOptionsFromFlags(flags: WorkloadFlagValues, terminal: boolean
     netHost: flags['net-host'],
     terminal,
     hostname: flags.hostname,
+    pidsLimit: flags['pids-limit'],
+    ...(flags.memory !== undefined ? { memoryLimitBytes: parseByteSize('memory', flags.memory) } : {}),
+    privileged: flags.privileged,
   };
 }

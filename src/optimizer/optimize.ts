@@ -119,6 +119,7 @@ export async function profileWorkload(options: ProfileWorkloadOptions): Promise<
       mode: options.rootfsMode,
       signal: options.signal,
       onWarning: options.onWarning,
+      upperSizeBytes: options.run.upperSizeBytes,
     });
     const bundle = join(workDir, 'b');
     const spec = await buildRuntimeSpec({ rootfs: rootfs.rootfs, config: options.config, options: options.run, bundleDir: bundle });

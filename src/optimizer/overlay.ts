@@ -9,6 +9,13 @@ import { unpackLayer, type UnpackStats } from './unpack.js';
 
 const UNPACK_CONCURRENCY = 2;
 
+/**
+ * Default size of the tmpfs holding the profiled workload's writable layer: a profile run writes
+ * logs, pid files and caches, not gigabytes, and without a bound a hostile workload could fill
+ * the host's /dev/shm or temp disk. `upperSizeBytes` (image optimize --upper-size) changes it.
+ */
+export const DEFAULT_UPPER_SIZE_BYTES = 1024 ** 3;
+
 export interface LayerTar {
   /** A fresh stream of the layer's uncompressed tar. */
   open(): Promise<Readable>;
@@ -39,12 +46,15 @@ export interface PrepareRootfsOptions {
   mode?: 'auto' | 'overlay' | 'merged';
   signal?: AbortSignal;
   onWarning?(message: string): void;
+  /** Overlay mode: size of the private tmpfs for the writable layer (default DEFAULT_UPPER_SIZE_BYTES). */
+  upperSizeBytes?: number;
 }
 
 /**
  * Unpacks the layers and presents them as one root filesystem: each layer in its own read-only
- * lower directory under an overlayfs mount with a throwaway upper directory, or, when overlayfs
- * is not available (not root, nested overlay, no kernel support), all layers merged into one copy.
+ * lower directory under an overlayfs mount with a throwaway upper directory on a size-bounded
+ * tmpfs, or, when overlayfs is not available (not root, nested overlay, no kernel support), all
+ * layers merged into one copy.
  */
 export async function prepareRootfs(options: PrepareRootfsOptions): Promise<PreparedRootfs> {
   const { workDir, layers } = options;
@@ -59,22 +69,20 @@ export async function prepareRootfs(options: PrepareRootfsOptions): Promise<Prep
     }
   }
   await mkdir(workDir, { recursive: true });
-  let mounted: string | undefined;
+  // Mount points, innermost last: the overlay sits on top of the tmpfs holding its upper dir.
+  const mounted: string[] = [];
   let released = false;
+  const unmountOnly = async () => {
+    while (mounted.length > 0) {
+      await unmount(mounted[mounted.length - 1]!);
+      mounted.pop();
+    }
+  };
   const release = async () => {
     if (released) return;
-    if (mounted) {
-      await unmount(mounted);
-      mounted = undefined;
-    }
+    await unmountOnly();
     await rm(workDir, { recursive: true, force: true });
     released = true;
-  };
-  const unmountOnly = async () => {
-    if (mounted) {
-      await unmount(mounted);
-      mounted = undefined;
-    }
   };
 
   try {
@@ -147,12 +155,17 @@ export async function prepareRootfs(options: PrepareRootfsOptions): Promise<Prep
       await mkdir(empty, { recursive: true });
       lowerDirs.push(empty);
     }
-    const upper = join(workDir, 'u');
-    const work = join(workDir, 'w');
+    // overlayfs needs its upper and work dirs on one filesystem: both go on the bounded tmpfs.
+    const scratch = join(workDir, 't');
     const rootfs = join(workDir, 'm');
-    await Promise.all([upper, work, rootfs].map((d) => mkdir(d, { recursive: true })));
-    await mountOverlay(lowerDirs, upper, work, rootfs);
-    mounted = rootfs;
+    await Promise.all([scratch, rootfs].map((d) => mkdir(d, { recursive: true })));
+    await mountScratchTmpfs(scratch, options.upperSizeBytes ?? DEFAULT_UPPER_SIZE_BYTES);
+    mounted.push(scratch);
+    const upper = join(scratch, 'u');
+    const work = join(scratch, 'w');
+    await Promise.all([upper, work].map((d) => mkdir(d)));
+    await mountOverlay(lowerDirs, upper, work, rootfs, workDir);
+    mounted.push(rootfs);
     return { rootfs, mode, provenance, stats, release, unmountOnly };
   } catch (err) {
     await release().catch(() => undefined);
@@ -175,12 +188,29 @@ export async function overlayProblem(): Promise<string | undefined> {
 }
 
 /**
- * Mounts `lowerDirs` (base first) under a writable `upper` at `target`. The directories are
- * named relative to their common parent, where mount runs: the kernel reads the option string
- * from one page, so many layers under a long temp path would not fit otherwise.
+ * A private tmpfs of at most `sizeBytes` at `target`: writes beyond it fail with ENOSPC in the
+ * container. Its pages are charged to the memory cgroup of the process that writes them, so the
+ * container's memory limit bounds it too.
  */
-export async function mountOverlay(lowerDirs: string[], upper: string, work: string, target: string): Promise<void> {
-  const base = dirname(upper);
+async function mountScratchTmpfs(target: string, sizeBytes: number): Promise<void> {
+  if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) throw new EsgzError('BAD_FLAG', `the writable layer size must be a positive byte count (got ${sizeBytes})`);
+  const data = `size=${sizeBytes},mode=0700,nodev,nosuid`;
+  const result = await execa('mount', ['-t', 'tmpfs', '-o', data, 'esgz-upper', target], { reject: false, stdin: 'ignore' });
+  if (result.exitCode !== 0) {
+    throw new EsgzError('RUNTIME', `cannot mount a tmpfs at ${target}: ${String(result.stderr).trim() || `mount exited ${result.exitCode}`}`);
+  }
+}
+
+/**
+ * Mounts `lowerDirs` (base first) under a writable `upper` at `target`, `nodev` (device nodes
+ * reach a container only through its spec's /dev) and `nosuid`: runc starts every workload with
+ * no_new_privileges, which makes setuid bits and file capabilities inert inside the container
+ * anyway, so nosuid takes nothing from it, and a host user who reaches the mount cannot use a
+ * setuid-root file from a layer either. The directories are named relative to `base` (default:
+ * the parent of `upper`), where mount runs: the kernel reads the option string from one page,
+ * so many layers under a long temp path would not fit otherwise.
+ */
+export async function mountOverlay(lowerDirs: string[], upper: string, work: string, target: string, base = dirname(upper)): Promise<void> {
   const name = (dir: string) => (relative(base, dir).startsWith('..') ? dir : relative(base, dir));
   for (const dir of [...lowerDirs, upper, work].map(name)) {
     // overlayfs splits its options on "," and lowerdir on ":"; such paths cannot be expressed.
@@ -188,7 +218,7 @@ export async function mountOverlay(lowerDirs: string[], upper: string, work: str
   }
   // overlayfs lists the topmost lower first.
   const lower = [...lowerDirs].reverse().map(name).join(':');
-  const data = `lowerdir=${lower},upperdir=${name(upper)},workdir=${name(work)}`;
+  const data = `nodev,nosuid,lowerdir=${lower},upperdir=${name(upper)},workdir=${name(work)}`;
   if (data.length >= 4000) throw new EsgzError('UNSUPPORTED', `too many layers for one overlay mount (${lowerDirs.length})`);
   const result = await execa('mount', ['-t', 'overlay', 'overlay', '-o', data, target], { reject: false, stdin: 'ignore', cwd: base });
   if (result.exitCode !== 0) {

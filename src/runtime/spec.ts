@@ -1,9 +1,11 @@
 import { existsSync } from 'node:fs';
 import { lstat, mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { totalmem } from 'node:os';
 import { isAbsolute, join, posix } from 'node:path';
 import { EsgzError } from '../errors.js';
 import type { ImageConfig } from '../image/types.js';
 import { resolveInRoot } from './root-path.js';
+import { loadSeccompProfile, type LinuxSeccomp } from './seccomp.js';
 
 /** The parts of the OCI runtime spec (runtime-spec config.md, config-linux.md) esgz writes. */
 export interface RuntimeSpec {
@@ -25,7 +27,12 @@ export interface RuntimeSpec {
     namespaces: Array<{ type: string; path?: string }>;
     maskedPaths: string[];
     readonlyPaths: string[];
-    resources: { devices: Array<{ allow: boolean; access: string }> };
+    resources: {
+      devices: Array<{ allow: boolean; access: string }>;
+      pids?: { limit: number };
+      memory?: { limit: number };
+    };
+    seccomp?: LinuxSeccomp;
   };
 }
 
@@ -61,30 +68,95 @@ export interface RunOptions {
   /** Allocate a terminal (the caller's stdin must be one). */
   terminal?: boolean;
   hostname?: string;
+  /**
+   * Most processes (and threads) the container may have (its pids cgroup); default
+   * DEFAULT_PIDS_LIMIT, 0 or less for no limit.
+   */
+  pidsLimit?: number;
+  /** Memory the container may use, tmpfs pages it writes included; default defaultMemoryLimitBytes(), 0 for no limit. */
+  memoryLimitBytes?: number;
+  /**
+   * Size of the private tmpfs holding the profiled workload's writable layer (image optimize only;
+   * default DEFAULT_UPPER_SIZE_BYTES in optimizer/overlay.ts). Writes beyond it fail with ENOSPC.
+   */
+  upperSizeBytes?: number;
+  /**
+   * Opt out of the sandbox, as `docker run --privileged` does: every capability esgz has, no
+   * seccomp filter, no masked or read-only paths, /sys writable. Namespaces, limits, no device
+   * access and no_new_privileges stay.
+   */
+  privileged?: boolean;
+  /** The containers/common seccomp profile to load (default CONTAINERS_SECCOMP_PROFILE). */
+  seccompProfile?: string;
 }
 
 export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 export const DEFAULT_NAMESERVERS = ['8.8.8.8'];
 
-/** The capability set container engines grant by default (Docker's and containerd's). */
+/**
+ * containerd 2.0's default capability set (pkg/oci/spec.go defaultUnixCaps): Docker's 14 without
+ * MKNOD, NET_RAW, SETFCAP, SYS_CHROOT and AUDIT_WRITE. Without SETFCAP the workload cannot map
+ * uid 0 in a user namespace either (Linux 5.12+).
+ */
 export const DEFAULT_CAPABILITIES = [
   'CAP_CHOWN',
   'CAP_DAC_OVERRIDE',
   'CAP_FSETID',
   'CAP_FOWNER',
-  'CAP_MKNOD',
-  'CAP_NET_RAW',
   'CAP_SETGID',
   'CAP_SETUID',
-  'CAP_SETFCAP',
   'CAP_SETPCAP',
   'CAP_NET_BIND_SERVICE',
-  'CAP_SYS_CHROOT',
   'CAP_KILL',
-  'CAP_AUDIT_WRITE',
 ];
 
-const MASKED_PATHS = [
+/** Every capability Linux 5.9+ defines, in bit order (linux/capability.h). */
+export const ALL_CAPABILITIES = [
+  'CAP_CHOWN',
+  'CAP_DAC_OVERRIDE',
+  'CAP_DAC_READ_SEARCH',
+  'CAP_FOWNER',
+  'CAP_FSETID',
+  'CAP_KILL',
+  'CAP_SETGID',
+  'CAP_SETUID',
+  'CAP_SETPCAP',
+  'CAP_LINUX_IMMUTABLE',
+  'CAP_NET_BIND_SERVICE',
+  'CAP_NET_BROADCAST',
+  'CAP_NET_ADMIN',
+  'CAP_NET_RAW',
+  'CAP_IPC_LOCK',
+  'CAP_IPC_OWNER',
+  'CAP_SYS_MODULE',
+  'CAP_SYS_RAWIO',
+  'CAP_SYS_CHROOT',
+  'CAP_SYS_PTRACE',
+  'CAP_SYS_PACCT',
+  'CAP_SYS_ADMIN',
+  'CAP_SYS_BOOT',
+  'CAP_SYS_NICE',
+  'CAP_SYS_RESOURCE',
+  'CAP_SYS_TIME',
+  'CAP_SYS_TTY_CONFIG',
+  'CAP_MKNOD',
+  'CAP_LEASE',
+  'CAP_AUDIT_WRITE',
+  'CAP_AUDIT_CONTROL',
+  'CAP_SETFCAP',
+  'CAP_MAC_OVERRIDE',
+  'CAP_MAC_ADMIN',
+  'CAP_SYSLOG',
+  'CAP_WAKE_ALARM',
+  'CAP_BLOCK_SUSPEND',
+  'CAP_AUDIT_READ',
+  'CAP_PERFMON',
+  'CAP_BPF',
+  'CAP_CHECKPOINT_RESTORE',
+];
+
+/** containerd 2.0's masked paths (pkg/oci/spec.go): runc covers each with /dev/null or an empty read-only tmpfs. */
+export const MASKED_PATHS = [
   '/proc/acpi',
   '/proc/asound',
   '/proc/kcore',
@@ -93,10 +165,39 @@ const MASKED_PATHS = [
   '/proc/timer_list',
   '/proc/timer_stats',
   '/proc/sched_debug',
-  '/proc/scsi',
   '/sys/firmware',
+  // RAPL energy counters: a side channel on the host's other workloads (CVE-2020-8694).
+  '/sys/devices/virtual/powercap',
+  '/proc/scsi',
 ];
-const READONLY_PATHS = ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'];
+export const READONLY_PATHS = ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'];
+
+/**
+ * The default pids limit: CRI-O's long-time default (podman's is 2048). Enough for ordinary
+ * services and thread pools; a fork bomb stops at it instead of exhausting the host's pid space.
+ */
+export const DEFAULT_PIDS_LIMIT = 1024;
+const MEMORY_LIMIT_CAP_BYTES = 4 * 1024 ** 3;
+/** Docker's minimum (6 MiB): less and the runtime's own setup is OOM-killed. */
+const MIN_MEMORY_LIMIT_BYTES = 6 * 1024 ** 2;
+
+/**
+ * The default memory limit: half of this machine's memory, at most 4 GiB, so a hostile or runaway
+ * workload is OOM-killed inside its cgroup before the host runs short (containerd sets none).
+ */
+export function defaultMemoryLimitBytes(): number {
+  return Math.min(Math.floor(totalmem() / 2), MEMORY_LIMIT_CAP_BYTES);
+}
+
+const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 };
+
+/** Parses a size flag as docker and nerdctl do (`512m`, `2g`, `1048576`; binary units). */
+export function parseByteSize(flag: string, value: string): number {
+  const match = /^(\d+(?:\.\d+)?)\s*([bkmgt]?)i?b?$/i.exec(value.trim());
+  const bytes = match ? Math.floor(Number(match[1]) * SIZE_UNITS[match[2]!.toLowerCase()]!) : NaN;
+  if (!Number.isSafeInteger(bytes)) throw new EsgzError('BAD_FLAG', `--${flag} must be a size such as 512m or 2g (got ${value})`);
+  return bytes;
+}
 
 /** Parses a flag holding a JSON array of strings (`--entrypoint`, `--args`). */
 export function parseJsonArrayFlag(flag: string, value: string): string[] {
@@ -295,8 +396,10 @@ export interface BuildSpecInput {
 
 /**
  * Builds the OCI runtime spec: the image config's Entrypoint, Cmd, Env, User and WorkingDir,
- * overridden by the flags, with default security (own pid/ipc/uts/mount/network namespaces,
- * no_new_privileges, the default capability set, masked /proc paths, no device access).
+ * overridden by the flags, with containerd 2.0's default security or stricter: own pid, ipc,
+ * uts, mount, network and cgroup namespaces, no_new_privileges, its capability set, its masked
+ * and read-only paths, no device access, plus a seccomp filter and pids and memory limits.
+ * `privileged` lifts the capability, seccomp and path restrictions only.
  */
 export async function buildRuntimeSpec(input: BuildSpecInput): Promise<RuntimeSpec> {
   const { rootfs, config, options, bundleDir } = input;
@@ -320,14 +423,17 @@ export async function buildRuntimeSpec(input: BuildSpecInput): Promise<RuntimeSp
   const cwd = options.cwd || image.WorkingDir || '/';
   if (!posix.isAbsolute(cwd)) throw new EsgzError('BAD_FLAG', `working directory "${cwd}" must be absolute`);
 
+  const privileged = options.privileged === true;
+  const readOnly = privileged ? 'rw' : 'ro';
   const mounts: RuntimeMount[] = [
     { destination: '/proc', type: 'proc', source: 'proc' },
     { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
     { destination: '/dev/pts', type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620'] },
     { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
     { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
-    { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
-    { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', 'ro'] },
+    { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', readOnly] },
+    // With the cgroup namespace this shows the container's own cgroups (its limits), not the host's.
+    { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', readOnly] },
   ];
   if (options.netHost) {
     for (const file of ['/etc/hosts', '/etc/resolv.conf']) {
@@ -340,9 +446,11 @@ export async function buildRuntimeSpec(input: BuildSpecInput): Promise<RuntimeSp
   }
   mounts.push(...(options.mounts ?? []));
 
-  const namespaces = [{ type: 'pid' }, { type: 'ipc' }, { type: 'uts' }, { type: 'mount' }];
+  const namespaces = [{ type: 'pid' }, { type: 'ipc' }, { type: 'uts' }, { type: 'mount' }, { type: 'cgroup' }];
   // A new network namespace: runc brings up its loopback and nothing else.
   if (!options.netHost) namespaces.push({ type: 'network' });
+  const capabilities = privileged ? await ownCapabilities() : DEFAULT_CAPABILITIES;
+  const seccomp = privileged ? undefined : await loadSeccompProfile(capabilities, options.seccompProfile);
 
   return {
     ociVersion: '1.0.2',
@@ -352,7 +460,7 @@ export async function buildRuntimeSpec(input: BuildSpecInput): Promise<RuntimeSp
       args,
       env,
       cwd,
-      capabilities: { bounding: DEFAULT_CAPABILITIES, effective: DEFAULT_CAPABILITIES, permitted: DEFAULT_CAPABILITIES },
+      capabilities: { bounding: capabilities, effective: capabilities, permitted: capabilities },
       rlimits: [{ type: 'RLIMIT_NOFILE', hard: 1024, soft: 1024 }],
       noNewPrivileges: true,
     },
@@ -361,11 +469,33 @@ export async function buildRuntimeSpec(input: BuildSpecInput): Promise<RuntimeSp
     mounts,
     linux: {
       namespaces,
-      maskedPaths: MASKED_PATHS,
-      readonlyPaths: READONLY_PATHS,
-      resources: { devices: [{ allow: false, access: 'rwm' }] },
+      maskedPaths: privileged ? [] : MASKED_PATHS,
+      readonlyPaths: privileged ? [] : READONLY_PATHS,
+      resources: { devices: [{ allow: false, access: 'rwm' }], ...limits(options) },
+      ...(seccomp ? { seccomp } : {}),
     },
   };
+}
+
+/**
+ * What --privileged grants: every capability esgz itself may pass on (its bounding set), as
+ * nerdctl does; runc refuses to start a container asking for more.
+ */
+async function ownCapabilities(): Promise<string[]> {
+  const status = await readFile('/proc/self/status', 'utf8');
+  const bounding = BigInt(`0x${/^CapBnd:\s*([0-9a-f]+)$/m.exec(status)?.[1] ?? '0'}`);
+  return ALL_CAPABILITIES.filter((_, bit) => (bounding >> BigInt(bit)) & 1n);
+}
+
+/** The pids and memory cgroup limits (runtime-spec config-linux.md#control-groups). */
+function limits(options: RunOptions): Pick<RuntimeSpec['linux']['resources'], 'pids' | 'memory'> {
+  const pids = options.pidsLimit ?? DEFAULT_PIDS_LIMIT;
+  const memory = options.memoryLimitBytes ?? defaultMemoryLimitBytes();
+  if (!Number.isSafeInteger(pids)) throw new EsgzError('BAD_FLAG', `pids limit ${pids} is not a whole number`);
+  if (!Number.isSafeInteger(memory) || memory < 0) throw new EsgzError('BAD_FLAG', `memory limit ${memory} is not a byte count`);
+  // Below a few MiB runc's own init cannot start; say so instead of an OOM kill at start.
+  if (memory > 0 && memory < MIN_MEMORY_LIMIT_BYTES) throw new EsgzError('BAD_FLAG', `memory limit ${memory} bytes is below the minimum of ${MIN_MEMORY_LIMIT_BYTES / 1024 ** 2} MiB`);
+  return { ...(pids > 0 ? { pids: { limit: pids } } : {}), ...(memory > 0 ? { memory: { limit: memory } } : {}) };
 }
 
 async function writeResolverFiles(bundleDir: string, options: RunOptions): Promise<{ hosts: string; resolvConf: string }> {

@@ -6,10 +6,13 @@ import { EsgzError } from '../../src/errors.js';
 import type { ImageConfig } from '../../src/image/types.js';
 import { unpackLayer } from '../../src/optimizer/unpack.js';
 import { parseRecordFile, readPrefetchList, readRecordFile } from '../../src/estargz/priority.js';
+import { CLONE_NAMESPACE_FLAGS, NAMESPACE_SYSCALLS, seccompForContainer } from '../../src/runtime/seccomp.js';
 import {
   DEFAULT_CAPABILITIES,
   DEFAULT_PATH,
   buildRuntimeSpec,
+  defaultMemoryLimitBytes,
+  parseByteSize,
   parseCommaList,
   parseJsonArrayFlag,
   parseMountFlag,
@@ -71,9 +74,76 @@ describe('buildRuntimeSpec', () => {
     expect(spec.process.noNewPrivileges).toBe(true);
     expect(spec.process.capabilities.bounding).toEqual(DEFAULT_CAPABILITIES);
     expect(spec.process.capabilities.bounding).not.toContain('CAP_SYS_ADMIN');
-    expect(spec.linux.namespaces.map((n) => n.type).sort()).toEqual(['ipc', 'mount', 'network', 'pid', 'uts']);
+    expect(spec.linux.namespaces.map((n) => n.type).sort()).toEqual(['cgroup', 'ipc', 'mount', 'network', 'pid', 'uts']);
     expect(spec.root.path).toBe(rootfs);
     expect(spec.linux.maskedPaths).toContain('/proc/kcore');
+  });
+
+  it('is at least as strict as containerd 2.0: its capabilities, masked and read-only paths, plus pids and memory limits', async () => {
+    const spec = await buildRuntimeSpec({ rootfs, config: image({ Cmd: ['x'] }), options: {}, bundleDir: bundle });
+    // containerd pkg/oci/spec.go defaultUnixCaps (v2.0: no MKNOD, NET_RAW, SETFCAP, SYS_CHROOT, AUDIT_WRITE).
+    const containerd = ['CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FSETID', 'CAP_FOWNER', 'CAP_SETGID', 'CAP_SETUID', 'CAP_SETPCAP', 'CAP_NET_BIND_SERVICE', 'CAP_KILL'];
+    for (const set of ['bounding', 'effective', 'permitted'] as const) expect(spec.process.capabilities[set]).toEqual(containerd);
+    expect(spec.linux.maskedPaths).toEqual([
+      '/proc/acpi',
+      '/proc/asound',
+      '/proc/kcore',
+      '/proc/keys',
+      '/proc/latency_stats',
+      '/proc/timer_list',
+      '/proc/timer_stats',
+      '/proc/sched_debug',
+      '/sys/firmware',
+      '/sys/devices/virtual/powercap',
+      '/proc/scsi',
+    ]);
+    expect(spec.linux.readonlyPaths).toEqual(['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger']);
+    expect(spec.linux.resources).toEqual({ devices: [{ allow: false, access: 'rwm' }], pids: { limit: 1024 }, memory: { limit: defaultMemoryLimitBytes() } });
+    expect(defaultMemoryLimitBytes()).toBeLessThanOrEqual(4 * 1024 ** 3);
+    expect(spec.mounts.find((m) => m.destination === '/sys')?.options).toContain('ro');
+    expect(spec.mounts.find((m) => m.destination === '/sys/fs/cgroup')?.options).toContain('ro');
+  });
+
+  it('filters with the containers/common seccomp profile, and refuses namespaces and mounts as containerd does', async () => {
+    const spec = await buildRuntimeSpec({ rootfs, config: image({ Cmd: ['x'] }), options: {}, bundleDir: bundle });
+    const seccomp = spec.linux.seccomp!;
+    expect(seccomp.defaultAction).toBe('SCMP_ACT_ERRNO');
+    if (process.arch === 'x64') expect(seccomp.architectures).toEqual(['SCMP_ARCH_X86_64', 'SCMP_ARCH_X86', 'SCMP_ARCH_X32']);
+    const rulesFor = (name: string) => seccomp.syscalls.filter((r) => r.names.includes(name));
+    // From the profile: ordinary syscalls allowed, capability-gated ones refused without the capability.
+    expect(rulesFor('read')).toEqual([expect.objectContaining({ action: 'SCMP_ACT_ALLOW' })]);
+    expect(rulesFor('bpf').map((r) => r.action)).toEqual(['SCMP_ACT_ERRNO']);
+    expect(rulesFor('chroot').map((r) => r.action)).toEqual(['SCMP_ACT_ERRNO']); // CAP_SYS_CHROOT is dropped
+    // esgz's namespace rule: one EPERM rule each, no allow rule left.
+    for (const name of ['unshare', 'setns', 'mount', 'umount2', 'fsopen', 'open_tree']) {
+      expect(rulesFor(name), name).toEqual([{ names: NAMESPACE_SYSCALLS, action: 'SCMP_ACT_ERRNO', errnoRet: 1 }]);
+    }
+    expect(rulesFor('clone')).toEqual([{ names: ['clone'], action: 'SCMP_ACT_ALLOW', args: [{ index: 0, value: CLONE_NAMESPACE_FLAGS, valueTwo: 0, op: 'SCMP_CMP_MASKED_EQ' }] }]);
+    expect(CLONE_NAMESPACE_FLAGS).toBe(0x7e020000);
+    expect(rulesFor('clone3')).toEqual([{ names: ['clone3'], action: 'SCMP_ACT_ERRNO', errnoRet: 38 }]);
+  });
+
+  it('--privileged: every capability esgz has, no seccomp, no masked paths; limits and namespaces stay', async () => {
+    const spec = await buildRuntimeSpec({ rootfs, config: image({ Cmd: ['x'] }), options: { privileged: true, pidsLimit: 0, memoryLimitBytes: 0 }, bundleDir: bundle });
+    expect(spec.process.capabilities.bounding).toContain('CAP_SYS_ADMIN');
+    expect(spec.process.noNewPrivileges).toBe(true);
+    expect(spec.linux.seccomp).toBeUndefined();
+    expect(spec.linux.maskedPaths).toEqual([]);
+    expect(spec.linux.readonlyPaths).toEqual([]);
+    expect(spec.linux.namespaces.map((n) => n.type)).toContain('cgroup');
+    // 0 lifts a limit.
+    expect(spec.linux.resources).toEqual({ devices: [{ allow: false, access: 'rwm' }] });
+    const limited = await buildRuntimeSpec({ rootfs, config: image({ Cmd: ['x'] }), options: { pidsLimit: 50, memoryLimitBytes: 64 << 20 }, bundleDir: bundle });
+    expect(limited.linux.resources).toMatchObject({ pids: { limit: 50 }, memory: { limit: 64 << 20 } });
+  });
+
+  it('fails cleanly when the seccomp profile is missing or malformed', async () => {
+    const missing = await buildRuntimeSpec({ rootfs, config: image({ Cmd: ['x'] }), options: { seccompProfile: join(dir, 'nope.json') }, bundleDir: bundle }).catch((e: unknown) => e);
+    expect(missing).toBeInstanceOf(EsgzError);
+    expect((missing as Error).message).toMatch(/seccomp profile .*nope\.json is missing: install it \(Debian: apt-get install golang-github-containers-common/);
+    const bad = join(dir, 'bad-seccomp.json');
+    writeFileSync(bad, '{"defaultAction":"SCMP_ACT_ERRNO"}');
+    await expect(buildRuntimeSpec({ rootfs, config: image({ Cmd: ['x'] }), options: { seccompProfile: bad }, bundleDir: bundle })).rejects.toThrow(/is not a containers\/common profile: no syscalls/);
   });
 
   it('writes resolv.conf and hosts from the DNS flags and binds them', async () => {
@@ -133,7 +203,58 @@ describe('buildRuntimeSpec', () => {
   });
 });
 
+describe('seccompForContainer (containers/common setupSeccomp)', () => {
+  const profile = {
+    defaultAction: 'SCMP_ACT_ERRNO',
+    defaultErrnoRet: 38,
+    archMap: [
+      { architecture: 'SCMP_ARCH_X86_64', subArchitectures: ['SCMP_ARCH_X86'] },
+      { architecture: 'SCMP_ARCH_AARCH64', subArchitectures: ['SCMP_ARCH_ARM'] },
+    ],
+    syscalls: [
+      { names: ['read', 'mount'], action: 'SCMP_ACT_ALLOW', includes: {}, excludes: {} },
+      { names: ['arch_prctl'], action: 'SCMP_ACT_ALLOW', includes: { arches: ['amd64'] } },
+      { names: ['ptrace'], action: 'SCMP_ACT_ALLOW', includes: { caps: ['CAP_SYS_PTRACE'] } },
+      { names: ['ptrace'], action: 'SCMP_ACT_ERRNO', errnoRet: 1, excludes: { caps: ['CAP_SYS_PTRACE'] } },
+      { names: ['newer'], action: 'SCMP_ACT_ALLOW', includes: { minKernel: '5.8' } },
+      { names: ['personality'], action: 'SCMP_ACT_ALLOW', args: [{ index: 0, value: 8, op: 'SCMP_CMP_EQ' }] },
+    ],
+  };
+  const names = (f: ReturnType<typeof seccompForContainer>) => f.syscalls.map((r) => `${r.names.join(',')}:${r.action}`);
+
+  it('keeps the rules whose includes hold and whose excludes do not, for the arch, capabilities and kernel', () => {
+    const amd = seccompForContainer(profile, ['CAP_CHOWN'], 'amd64', '6.1.0-18-amd64');
+    expect(amd.architectures).toEqual(['SCMP_ARCH_X86_64', 'SCMP_ARCH_X86']);
+    expect(amd.defaultErrnoRet).toBe(38);
+    expect(names(amd).slice(0, 5)).toEqual(['read:SCMP_ACT_ALLOW', 'arch_prctl:SCMP_ACT_ALLOW', 'ptrace:SCMP_ACT_ERRNO', 'newer:SCMP_ACT_ALLOW', 'personality:SCMP_ACT_ALLOW']);
+    expect(amd.syscalls.find((r) => r.names[0] === 'personality')?.args).toEqual([{ index: 0, value: 8, valueTwo: 0, op: 'SCMP_CMP_EQ' }]);
+    const arm = seccompForContainer(profile, ['CAP_SYS_PTRACE'], 'arm64', '5.4.0');
+    expect(arm.architectures).toEqual(['SCMP_ARCH_AARCH64', 'SCMP_ARCH_ARM']);
+    expect(names(arm).slice(0, 3)).toEqual(['read:SCMP_ACT_ALLOW', 'ptrace:SCMP_ACT_ALLOW', 'personality:SCMP_ACT_ALLOW']);
+  });
+
+  it('takes namespace and mount syscalls out of allow rules unless CAP_SYS_ADMIN, s390 filtering clone\'s second argument', () => {
+    const plain = seccompForContainer(profile, [], 's390x', '6.1');
+    expect(plain.syscalls[0]).toEqual({ names: ['read'], action: 'SCMP_ACT_ALLOW' });
+    expect(plain.syscalls.find((r) => r.names[0] === 'clone')?.args?.[0]?.index).toBe(1);
+    const admin = seccompForContainer(profile, ['CAP_SYS_ADMIN'], 'amd64', '6.1');
+    expect(admin.syscalls[0]).toEqual({ names: ['read', 'mount'], action: 'SCMP_ACT_ALLOW' });
+    expect(admin.syscalls.some((r) => r.names.includes('clone3'))).toBe(false);
+  });
+});
+
 describe('flag parsers', () => {
+  it('parses sizes as docker does (binary units)', () => {
+    expect(parseByteSize('memory', '512m')).toBe(512 * 1024 ** 2);
+    expect(parseByteSize('memory', '2G')).toBe(2 * 1024 ** 3);
+    expect(parseByteSize('memory', '1.5g')).toBe(1.5 * 1024 ** 3);
+    expect(parseByteSize('memory', '4096')).toBe(4096);
+    expect(parseByteSize('memory', '64MiB')).toBe(64 * 1024 ** 2);
+    expect(parseByteSize('memory', '0')).toBe(0);
+    expect(() => parseByteSize('memory', 'lots')).toThrow(/--memory must be a size such as 512m or 2g \(got lots\)/);
+    expect(() => parseByteSize('upper-size', '-1g')).toThrow(/--upper-size must be a size/);
+  });
+
   it('parses --mount like ctr-remote', () => {
     expect(parseMountFlag(`type=bind,source=${tmpdir()},destination=/data,options=rbind:ro`)).toEqual({ type: 'bind', source: tmpdir(), destination: '/data', options: ['rbind', 'ro'] });
     expect(parseMountFlag(`type=bind,src=${tmpdir()},dst=/data`)).toEqual({ type: 'bind', source: tmpdir(), destination: '/data', options: ['rbind'] });

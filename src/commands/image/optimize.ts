@@ -7,6 +7,8 @@ import { EsgzError } from '../../errors.js';
 import { tocImageReference } from '../../estargz/transform.js';
 import { openSink, openSource, parseTransportReference } from '../../image/transports/index.js';
 import { optimizeImage, type OptimizeReport } from '../../optimizer/optimize-image.js';
+import { DEFAULT_UPPER_SIZE_BYTES } from '../../optimizer/overlay.js';
+import { parseByteSize } from '../../runtime/spec.js';
 
 export default class ImageOptimize extends BaseCommand<typeof ImageOptimize> {
   static override description = `Run the image's workload under runc, trace the files it touches, and write eStargz (or zstd:chunked) with those files prefetched first
@@ -62,6 +64,7 @@ optimization.`;
     'dns-search-domains': Flags.string({ description: 'Comma-separated search domains for /etc/resolv.conf' }),
     'dns-options': Flags.string({ description: 'Comma-separated options for /etc/resolv.conf' }),
     'add-hosts': Flags.string({ description: 'Comma-separated host:IP entries for /etc/hosts' }),
+    'upper-size': Flags.string({ description: `Size of the tmpfs holding the workload's writes, e.g. 256m (default ${DEFAULT_UPPER_SIZE_BYTES / 1024 ** 3}g); beyond it writes fail with ENOSPC` }),
     // ctr-remote flags esgz does not implement: accepted so scripts get a clear message.
     cni: Flags.boolean({ hidden: true, default: false }),
     'cni-plugin-conf-dir': Flags.string({ hidden: true }),
@@ -91,6 +94,7 @@ optimization.`;
     if (flags['estargz-external-toc']) tocImageReference(args.target); // reject impossible destinations before running anything
     const platformChoice = platformsFromFlags(flags);
     const run = runOptionsFromFlags(flags, flags.terminal);
+    if (flags['upper-size'] !== undefined) run.upperSizeBytes = parseByteSize('upper-size', flags['upper-size']);
     const prefetchList = await prioritizedFromFlags(flags, format);
 
     // Ctrl-C: with --wait-on-signal the first one only ends the workload; otherwise, and on a
