@@ -3,8 +3,12 @@
  * cache on disk.
  *
  * - The cache stores uncompressed chunks by their TOC `chunkDigest` under
- *   `<root>/chunks/sha256/ab/<hex>`. Bytes are hashed before they are written; they go to a temp
- *   name and are renamed into place, so a reader never sees a partial or unverified chunk.
+ *   `<root>/chunks/sha256/ab/<hex>` (directories 0700, files 0600). Bytes are hashed before they
+ *   are written; they go to a temp name, are fsynced, renamed into place and the directory
+ *   fsynced, so a reader never sees a partial or unverified chunk, even after a power cut.
+ * - What is on disk is not trusted either (a disk error, a crash on a filesystem that lost the
+ *   data, someone editing it): the first read of a chunk in a process checks its size and digest;
+ *   a short or corrupt one is dropped and fetched again.
  * - `LazyLayer.readRange` maps a file range to chunks, serves cached ones from disk and fetches the
  *   rest. Fetches are deduplicated (one request per member even when several readers want it) and
  *   neighbouring members wanted at about the same time are coalesced into one Range request.
@@ -12,10 +16,11 @@
  *   whose bytes do not match its digest fails at once (it is never cached, so the next read
  *   fetches again). Nothing waits forever: every fetch has a deadline.
  */
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, open, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { EsgzError, isEsgzError } from '../errors.js';
+import { fsyncDir, mkdirPrivate, PRIVATE_FILE_MODE, sweepDeadTemps, tempTag } from './state.js';
 import type { BlobReader, ChunkRef, EstargzReader } from '../estargz/reader.js';
 import type { TOCEntry } from '../estargz/toc.js';
 
@@ -24,6 +29,8 @@ const HEX64 = /^[0-9a-f]{64}$/;
 /** Content-addressed store of verified, uncompressed chunks. */
 export class ChunkCache {
   readonly dir: string;
+  /** Chunks whose file this process wrote or checked (size and digest): later reads trust them. */
+  private readonly verified = new Set<string>();
 
   constructor(readonly root: string) {
     this.dir = join(root, 'chunks', 'sha256');
@@ -34,50 +41,83 @@ export class ChunkCache {
     return join(this.dir, hex.slice(0, 2), hex);
   }
 
-  async has(digest: string): Promise<boolean> {
+  /** Whether the chunk is cached (with its `size`, when given: a short file is not). */
+  async has(digest: string, size?: number): Promise<boolean> {
     return stat(this.pathOf(digest)).then(
-      () => true,
+      (st) => size === undefined || st.size === size,
       () => false,
     );
   }
 
-  /** `length` bytes at `offset` of a cached chunk, or undefined when it is not cached. */
-  async read(digest: string, offset: number, length: number): Promise<Buffer | undefined> {
+  isVerified(digest: string): boolean {
+    return this.verified.has(digest);
+  }
+
+  /**
+   * `length` bytes at `offset` of a cached chunk of `size` bytes, or undefined when it is not
+   * cached. The first read in this process checks the whole file's size and digest; a file that
+   * fails (or a verified one that got short since) is dropped, so the caller fetches it again.
+   */
+  async read(digest: string, size: number, offset: number, length: number): Promise<Buffer | undefined> {
     let handle;
     try {
       handle = await open(this.pathOf(digest), 'r');
     } catch {
       return undefined;
     }
+    let good: Buffer | undefined;
     try {
-      const buf = Buffer.allocUnsafe(length);
-      let got = 0;
-      while (got < length) {
-        const { bytesRead } = await handle.read(buf, got, length - got, offset + got);
-        if (bytesRead === 0) break;
-        got += bytesRead;
+      if (this.verified.has(digest)) {
+        good = await readFully(handle, offset, length);
+      } else if ((await handle.stat()).size === size) {
+        const whole = await readFully(handle, 0, size);
+        if (whole && `sha256:${createHash('sha256').update(whole).digest('hex')}` === digest) {
+          this.verified.add(digest);
+          good = whole.subarray(offset, offset + length);
+        }
       }
-      return got === length ? buf : undefined;
     } finally {
       await handle.close();
     }
+    if (!good) await this.remove(digest);
+    return good;
   }
 
-  /** Stores `data` under `digest` after checking that it hashes to it. */
+  /**
+   * Stores `data` under `digest` after checking that it hashes to it: temp file (0600), fsync,
+   * rename, fsync of the directory.
+   */
   async put(digest: string, data: Buffer): Promise<void> {
     const hex = hexOf(digest);
     const actual = createHash('sha256').update(data).digest('hex');
     if (actual !== hex) throw new EsgzError('DIGEST_MISMATCH', `chunk cache: refusing to store bytes with digest sha256:${actual} as ${digest}`);
     const final = this.pathOf(digest);
-    await mkdir(join(this.dir, hex.slice(0, 2)), { recursive: true });
-    const tmp = `${final}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+    const dir = join(this.dir, hex.slice(0, 2));
+    await mkdirPrivate(dir);
+    const tmp = `${final}.tmp-${await tempTag()}`;
     try {
-      await writeFile(tmp, data);
+      const handle = await open(tmp, 'wx', PRIVATE_FILE_MODE);
+      try {
+        await handle.writeFile(data);
+        await handle.chmod(PRIVATE_FILE_MODE);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
       await rename(tmp, final);
     } catch (err) {
       await rm(tmp, { force: true });
       throw err;
     }
+    await fsyncDir(dir);
+    this.verified.add(digest);
+  }
+
+  /** Removes the temp files of writers that died (a crash between write and rename). */
+  async sweepTemps(): Promise<number> {
+    let swept = 0;
+    for (const prefix of await readdir(this.dir).catch(() => [] as string[])) swept += await sweepDeadTemps(join(this.dir, prefix));
+    return swept;
   }
 
   /** Every cached chunk digest with its size (for `image prune`). */
@@ -96,8 +136,21 @@ export class ChunkCache {
   }
 
   async remove(digest: string): Promise<void> {
+    this.verified.delete(digest);
     await rm(this.pathOf(digest), { force: true });
   }
+}
+
+/** `length` bytes at `offset`, or undefined when the file is shorter. */
+async function readFully(handle: import('node:fs/promises').FileHandle, offset: number, length: number): Promise<Buffer | undefined> {
+  const buf = Buffer.allocUnsafe(length);
+  let got = 0;
+  while (got < length) {
+    const { bytesRead } = await handle.read(buf, got, length - got, offset + got);
+    if (bytesRead === 0) break;
+    got += bytesRead;
+  }
+  return got === length ? buf : undefined;
 }
 
 function hexOf(digest: string): string {
@@ -202,13 +255,13 @@ export class LazyLayer {
       const data = await this.uncachedChunk(chunk);
       return data.subarray(from, from + length);
     }
-    const cached = await this.cache.read(chunk.chunkDigest, from, length);
+    const cached = await this.cache.read(chunk.chunkDigest, chunk.length, from, length);
     if (cached) {
       this.stats.cacheHits++;
       return cached;
     }
     await this.ensureMembers([this.memberOf(chunk)]);
-    const fetched = await this.cache.read(chunk.chunkDigest, from, length);
+    const fetched = await this.cache.read(chunk.chunkDigest, chunk.length, from, length);
     if (!fetched) throw new EsgzError('INTERNAL', `${this.reader.where}: ${chunk.name}: chunk at ${chunk.fileOffset} vanished from the cache`);
     return fetched;
   }
@@ -226,7 +279,7 @@ export class LazyLayer {
 
   /** Whether every chunk of `name` is in the cache. */
   async isCached(name: string): Promise<boolean> {
-    for (const c of this.reader.chunks(name)) if (!c.chunkDigest || !(await this.cache.has(c.chunkDigest))) return false;
+    for (const c of this.reader.chunks(name)) if (!c.chunkDigest || !(await this.cache.has(c.chunkDigest, c.length))) return false;
     return true;
   }
 
@@ -318,7 +371,8 @@ export class LazyLayer {
       if (actual !== chunk.chunkDigest) {
         throw new EsgzError('DIGEST_MISMATCH', `${this.reader.where}: ${chunk.name}: chunk at ${chunk.fileOffset} has digest ${actual}, TOC says ${chunk.chunkDigest}`);
       }
-      if (!(await this.cache.has(chunk.chunkDigest))) await this.cache.put(chunk.chunkDigest, bytes);
+      // A file this process has not checked may be the corrupt one being replaced: write it again.
+      if (!this.cache.isVerified(chunk.chunkDigest)) await this.cache.put(chunk.chunkDigest, bytes);
       this.stats.chunksFetched++;
     }
   }
@@ -374,7 +428,7 @@ export class LazyLayer {
     const members = [...this.membersByStart.values()].filter((m) => m.end <= end).sort((a, b) => a.start - b.start);
     const missing: Member[] = [];
     for (const m of members) {
-      const cached = await Promise.all(m.chunks.map((c) => (c.chunkDigest ? this.cache.has(c.chunkDigest) : Promise.resolve(false))));
+      const cached = await Promise.all(m.chunks.map((c) => (c.chunkDigest ? this.cache.has(c.chunkDigest, c.length) : Promise.resolve(false))));
       if (!cached.every(Boolean)) missing.push(m);
     }
     let bytes = 0;
@@ -403,7 +457,7 @@ export class LazyLayer {
     const members = [...this.membersByStart.values()].sort((a, b) => a.start - b.start);
     const missing: Member[] = [];
     for (const m of members) {
-      const cached = await Promise.all(m.chunks.map((c) => (c.chunkDigest ? this.cache.has(c.chunkDigest) : Promise.resolve(true))));
+      const cached = await Promise.all(m.chunks.map((c) => (c.chunkDigest ? this.cache.has(c.chunkDigest, c.length) : Promise.resolve(true))));
       if (!cached.every(Boolean)) missing.push(m);
     }
     let batch: Member[] = [];

@@ -189,8 +189,17 @@ export class LayerTree {
     this.byPath.set(path, node);
   }
 
+  /**
+   * Drops the path index entries of the directory at `path` and everything under it, walking that
+   * subtree only (cost proportional to what is removed, so many whiteouts stay linear).
+   */
   private forget(path: string): void {
-    for (const key of [...this.byPath.keys()]) if (key === path || key.startsWith(`${path}/`)) this.byPath.delete(key);
+    const stack: string[] = [path];
+    for (let p = stack.pop(); p !== undefined; p = stack.pop()) {
+      const node = this.byPath.get(p);
+      this.byPath.delete(p);
+      for (const name of node?.children?.keys() ?? []) stack.push(`${p}/${name}`);
+    }
   }
 
   private countLinks(dir: FsNode): void {

@@ -1,5 +1,5 @@
 /** `esgz image ls / rm / prune`: what the state root holds, and removing what nothing uses. */
-import { readdir, readFile, rm } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { EsgzError } from '../errors.js';
@@ -7,7 +7,7 @@ import { unmount } from '../optimizer/overlay.js';
 import { forceUnmount } from './fusefs.js';
 import type { BlobReader } from '../estargz/reader.js';
 import { normalizeReference, openStoredLayer } from './rpull.js';
-import { StateRoot, type ImageRecord } from './state.js';
+import { fsyncDir, identityAlive, mountsUnder, PRIVATE_DIR_MODE, processIdentity, removeUnlessMounted, StateRoot, writeFileAtomic, type ImageRecord, type LayerRecord } from './state.js';
 
 export interface ImageSummary {
   reference: string;
@@ -51,74 +51,105 @@ function offline(size: number, where: string): BlobReader {
   };
 }
 
-/** Mount points at or under `dir` (deepest first), from /proc/self/mountinfo. */
-async function mountsUnder(dir: string): Promise<string[]> {
-  const table = await readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
-  const points = table
-    .split('\n')
-    .map((line) => line.split(' ')[4]?.replace(/\\040/g, ' '))
-    .filter((p): p is string => p !== undefined && (p === dir || p.startsWith(`${dir}/`)));
-  return points.sort((a, b) => b.length - a.length);
-}
+export { processIdentity };
 
-/** Identifies this process for `cleanStaleContainers`: pid and start time (pids get reused). */
-export async function processIdentity(pid: number = process.pid): Promise<string | undefined> {
-  const text = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
-  if (!text) return undefined;
-  // Field 22 (starttime), counted after the ")" that ends the command name.
-  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
-  return `${pid} ${fields[19]}`;
-}
+/**
+ * Written into a container's directory when `esgz run` claims it (its pid and start time) and
+ * removed when the run ends: a directory with this file and a dead owner is what a killed or
+ * failed run left. (Older versions wrote `owner` and never removed it.)
+ */
+export const RUNNING_MARK = 'running';
+const OLD_OWNER_FILE = 'owner';
 
-async function ownerAlive(containerDir: string): Promise<boolean> {
-  const owner = (await readFile(join(containerDir, 'owner'), 'utf8').catch(() => '')).trim();
-  if (!owner) return false;
-  return (await processIdentity(Number(owner.split(' ')[0]))) === owner;
+async function owner(containerDir: string): Promise<{ file: string; alive: boolean } | undefined> {
+  for (const file of [RUNNING_MARK, OLD_OWNER_FILE]) {
+    const text = await readFile(join(containerDir, file), 'utf8').catch(() => undefined);
+    if (text !== undefined) return { file, alive: text.trim() !== '' && (await identityAlive(text.trim())) };
+  }
+  return undefined;
 }
 
 /**
  * Cleans up after `esgz run` processes that died without tearing down (kill -9, power loss): their
  * FUSE layers no longer answer. The container is killed with runc, everything under its directory
- * is unmounted, and the directory removed. Containers of a live `esgz run` and kept containers
- * (no mounts) stay.
+ * is unmounted, and the directory removed, unless something is still mounted there. Containers
+ * of a live `esgz run` and kept containers (marked by run when it finished) stay. Call with the
+ * state root's lock held (a run claims its directory and writes its owner under that lock).
  */
-export async function cleanStaleContainers(state: StateRoot): Promise<number> {
+export async function cleanStaleContainers(state: StateRoot, onWarning?: (message: string) => void): Promise<number> {
   let cleaned = 0;
   const dir = state.containersDir();
   for (const id of await readdir(dir).catch(() => [] as string[])) {
     const containerDir = join(dir, id);
-    const mounts = await mountsUnder(containerDir);
-    if (mounts.length === 0) continue;
     // The FUSE layers die with the esgz run process that served them. Their mount points cannot
     // tell (runc inherits the /dev/fuse descriptor and the kernel caches attributes), so the
     // owner file that run writes decides: the pid and its start time, alive or not.
-    if (await ownerAlive(containerDir)) continue;
-    const layerMounts = mounts.filter((m) => m.startsWith(`${containerDir}/l/`));
+    const who = await owner(containerDir);
+    if (who?.alive) continue;
+    const mounts = await mountsUnder(containerDir);
+    // Kept containers (finished without --rm) have no owner file left and nothing mounted; an
+    // empty directory is a claim whose run was killed before it wrote its owner.
+    const leftover = mounts.length > 0 || who?.file === RUNNING_MARK || (await readdir(containerDir).catch(() => ['?'])).length === 0;
+    if (!leftover) continue;
+    const layerMounts = mounts.filter((m) => /\/l\/[^/]+$/.test(m));
     const runcRoot = join(containerDir, 's');
     await execa(process.env.ESGZ_RUNC ?? 'runc', ['--root', runcRoot, 'delete', '--force', id], { reject: false, stdin: 'ignore' });
     for (const m of mounts) {
       if (layerMounts.includes(m)) await forceUnmount(m);
       else await unmount(m).catch(() => execa('umount', ['-l', m], { reject: false }));
     }
-    await rm(containerDir, { recursive: true, force: true });
-    cleaned++;
+    if (await removeUnlessMounted(containerDir, onWarning)) cleaned++;
   }
   return cleaned;
 }
 
+/** Claims `containers/<id>` for this process: mkdir (not recursive) fails if another run has it. */
+export async function claimContainer(state: StateRoot, id: string): Promise<string> {
+  const containerDir = join(state.containersDir(), id);
+  try {
+    await mkdir(containerDir, { mode: PRIVATE_DIR_MODE });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
+      throw new EsgzError('BAD_FLAG', `container ${id} already exists in ${state.containersDir()} (pick another ID or remove it)`);
+    }
+    throw err;
+  }
+  await chmod(containerDir, PRIVATE_DIR_MODE);
+  await writeFileAtomic(join(containerDir, RUNNING_MARK), `${(await processIdentity()) ?? process.pid}\n`);
+  return containerDir;
+}
+
+/** Marks a finished container's directory as kept on purpose (see cleanStaleContainers). */
+export async function markKept(containerDir: string): Promise<void> {
+  await rm(join(containerDir, RUNNING_MARK), { force: true });
+  await rm(join(containerDir, OLD_OWNER_FILE), { force: true });
+  await fsyncDir(containerDir);
+}
+
 /** Removes blobs, layers and cached chunks that no pulled image uses, and containers whose esgz run died. */
-export async function pruneState(stateRoot?: string): Promise<{ containers: number; blobs: number; layers: number; chunks: number; bytes: number }> {
+export async function pruneState(stateRoot?: string, onWarning?: (message: string) => void): Promise<{ containers: number; blobs: number; layers: number; chunks: number; bytes: number }> {
   const state = new StateRoot(stateRoot);
   await state.init();
-  const containers = await cleanStaleContainers(state);
-  const inUse = new Set<string>();
-  for (const image of await state.listImages()) {
-    for (const [i, layer] of image.layers.entries()) {
-      if (layer.kind !== 'lazy') continue;
-      const where = `${image.reference} layer ${i}`;
-      const reader = await openStoredLayer(state, layer, offline(layer.size, where), where);
-      for (const e of reader.toc.entries) if (e.chunkDigest) inUse.add(e.chunkDigest);
+  const unlock = await state.lock('image prune');
+  try {
+    const containers = await cleanStaleContainers(state, onWarning);
+    const pins = await state.livePins();
+    const inUse = new Set<string>();
+    const lazyLayers = new Map<string, { layer: LayerRecord; where: string }>();
+    for (const image of await state.listImages()) {
+      for (const [i, layer] of image.layers.entries()) if (layer.kind === 'lazy') lazyLayers.set(layer.digest, { layer, where: `${image.reference} layer ${i}` });
     }
+    for (const pin of pins) {
+      // A live run of an image since removed still reads chunks of its layers' TOCs.
+      for (const l of pin.layers) if (!lazyLayers.has(l.digest)) lazyLayers.set(l.digest, { layer: { mediaType: '', kind: 'lazy', ...l }, where: `layer ${l.digest} (in use)` });
+    }
+    for (const { layer, where } of lazyLayers.values()) {
+      if (!(await state.getLayerMeta(layer.digest))) continue;
+      const reader = await openStoredLayer(state, layer, offline(layer.size, where), where).catch(() => undefined);
+      for (const e of reader?.toc.entries ?? []) if (e.chunkDigest) inUse.add(e.chunkDigest);
+    }
+    return { containers, ...(await state.prune(inUse, pins, onWarning)) };
+  } finally {
+    await unlock();
   }
-  return { containers, ...(await state.prune(inUse)) };
 }

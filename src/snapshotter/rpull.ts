@@ -19,7 +19,7 @@ import type { Descriptor, ImageConfig, ImageIndex, ImageManifest, ImageSource, P
 import { unpackLayer } from '../optimizer/unpack.js';
 import { formatReference, parseReference } from '../registry/reference.js';
 import { ChunkCache, LazyLayer, type FetchPolicy } from './cache.js';
-import { PrimedBlobReader, StateRoot, type ImageRecord, type LayerRecord } from './state.js';
+import { mkdirPrivate, PrimedBlobReader, StateRoot, syncFilesystem, tempTag, type ImageRecord, type LayerRecord } from './state.js';
 
 export interface RpullOptions {
   reference: string;
@@ -183,8 +183,19 @@ export async function rpull(options: RpullOptions): Promise<RpullReport> {
   const progress = options.onProgress ?? (() => undefined);
   const source = options.source ?? (await openRegistrySource(reference, { plainHttp: options.plainHttp, insecure: options.insecure }));
   let externalTOCs: ExternalTOCs | undefined;
+  let unpin: (() => Promise<void>) | undefined;
   try {
     const { raw, manifest, platform } = await resolveManifest(source, options.platform);
+    // Nothing of this image is stored before its pin: prune keeps what a live pull is writing.
+    const unlock = await state.lock(`image rpull ${reference}`);
+    try {
+      unpin = await state.pin({
+        layers: manifest.layers.map((l) => ({ digest: l.digest, size: l.size, ...(l.annotations?.[TOC_DIGEST_ANNOTATION] ? { tocDigest: l.annotations[TOC_DIGEST_ANNOTATION] } : {}) })),
+        blobs: [raw.digest, manifest.config.digest],
+      });
+    } finally {
+      await unlock();
+    }
     const configBytes = await readVerified(source, manifest.config, 'config');
     const config = parseJson<ImageConfig>(configBytes, `config ${manifest.config.digest}`);
     if (!config.rootfs || !Array.isArray(config.rootfs.diff_ids)) throw new EsgzError('BAD_MANIFEST', `config ${manifest.config.digest} has no rootfs.diff_ids`);
@@ -249,15 +260,29 @@ export async function rpull(options: RpullOptions): Promise<RpullReport> {
       const where = `layer ${i} (${layer.digest})`;
       progress(`${where}: not lazily pullable, downloading ${layer.size} bytes`);
       const dir = state.unpackedDir(layer.digest);
-      const tmp = `${dir}.tmp-${process.pid}`;
-      await rm(tmp, { recursive: true, force: true });
+      await mkdirPrivate(state.layerDir(layer.digest));
+      // A killed pull's temp tree is ignored here (its name is unique) and swept by prune.
+      const tmp = `${dir}.tmp-${await tempTag()}`;
       try {
         const blob = await source.openBlob(manifest.layers[i]!);
         const { stream } = await openDecompressed(blob, where);
         await unpackLayer(stream, tmp, { whiteouts: 'overlay', layerName: where, signal: options.signal });
-        await rm(dir, { recursive: true, force: true });
-        await rename(tmp, dir);
-        await state.markUnpacked(layer.digest);
+        // Under the lock: a concurrent pull of the same layer may have finished first, and its
+        // tree may be a running container's lower dir by now; keep it and drop ours.
+        const unlock = await state.lock(`image rpull ${reference}`);
+        try {
+          if (await state.hasUnpacked(layer.digest)) {
+            await rm(tmp, { recursive: true, force: true });
+          } else {
+            await rm(dir, { recursive: true, force: true });
+            await rename(tmp, dir);
+            // The tree reaches the disk before the marker that says it is complete.
+            await syncFilesystem(dir);
+            await state.markUnpacked(layer.digest);
+          }
+        } finally {
+          await unlock();
+        }
       } catch (err) {
         await rm(tmp, { recursive: true, force: true });
         throw withContext(reference, err);
@@ -327,6 +352,7 @@ export async function rpull(options: RpullOptions): Promise<RpullReport> {
       backgroundMs: Date.now() - backgroundStart,
     };
   } finally {
+    await unpin?.();
     await externalTOCs?.close();
     if (!options.source) await source.close();
   }

@@ -2,8 +2,13 @@
  * `esgz run`: mount each layer of a lazily pulled image through FUSE (served by this process),
  * stack them under a fresh overlayfs upper dir, and run the command with runc using the same spec
  * builder as optimize. Everything is unmounted when the container exits, fails, or on Ctrl-C.
+ *
+ * Lifecycle on the state root: under the root's lock, a run sweeps what killed runs left, claims
+ * `containers/<id>` (mkdir, so two runs cannot share an ID), marks it with its pid and start time
+ * and pins the image's layers (so `image rm` + `prune` cannot delete a lower dir it mounts). Any
+ * failure removes the directory again; a finished run without --rm keeps only the upper dir.
  */
-import { mkdir, rm, stat } from 'node:fs/promises';
+import { chmod, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { EsgzError } from '../errors.js';
@@ -17,8 +22,11 @@ import { buildRuntimeSpec, checkExecutable, writeBundleConfig, type RunOptions }
 import { ChunkCache, LazyLayer, type FetchPolicy, type FetchStats } from './cache.js';
 import { mountLayer, type MountedLayer } from './fusefs.js';
 import { normalizeReference, openStoredLayer } from './rpull.js';
-import { processIdentity } from './manage.js';
-import { StateRoot, writeFileAtomic, type ImageRecord } from './state.js';
+import { cleanStaleContainers, claimContainer, markKept } from './manage.js';
+import { mkdirPrivate, PRIVATE_FILE_MODE, removeUnlessMounted, StateRoot, type ImageRecord } from './state.js';
+
+/** The upper dir's mode is the container's "/" mode: world-searchable as in every image, whatever the umask. */
+const UPPER_DIR_MODE = 0o755;
 
 export interface MountedImage {
   record: ImageRecord;
@@ -36,6 +44,8 @@ export interface MountImageOptions {
   stateRoot?: string;
   /** Directory for this container's mounts and upper dir (created; removed by release). */
   workDir: string;
+  /** The image record, when the caller already read it (under the state root's lock). */
+  record?: ImageRecord;
   plainHttp?: boolean;
   insecure?: boolean;
   fetchPolicy?: FetchPolicy;
@@ -48,8 +58,7 @@ export interface MountImageOptions {
 export async function mountImage(options: MountImageOptions): Promise<MountedImage> {
   const { reference } = normalizeReference(options.reference);
   const state = new StateRoot(options.stateRoot);
-  const record = await state.getImage(reference);
-  if (!record) throw new EsgzError('NOT_FOUND', `image ${reference} is not pulled into ${state.root}: run "esgz image rpull ${reference}" first`);
+  const record = options.record ?? (await getPulledImage(state, reference));
   const config = JSON.parse((await state.getBlob(record.configDigest)).toString('utf8')) as ImageConfig;
 
   const problem = await overlayProblem();
@@ -73,13 +82,14 @@ export async function mountImage(options: MountImageOptions): Promise<MountedIma
     if (overlayTarget) await unmount(overlayTarget).catch((e: unknown) => errors.push(e));
     for (const m of fuseMounts.reverse()) await m.unmount().catch((e: unknown) => errors.push(e));
     if (ownSource) await source.close().catch(() => undefined);
-    if (!opts.keepUpper) await rm(options.workDir, { recursive: true, force: true }).catch((e: unknown) => errors.push(e));
-    else await rm(join(options.workDir, 'l'), { recursive: true, force: true }).catch(() => undefined);
+    // Never through a mount that would not go: that would delete the layers (or host files) it shows.
+    const target = opts.keepUpper ? join(options.workDir, 'l') : options.workDir;
+    await removeUnlessMounted(target, (m) => errors.push(new EsgzError('RUNTIME', m))).catch((e: unknown) => errors.push(e));
     if (errors.length) throw errors[0];
   };
 
   try {
-    await mkdir(options.workDir, { recursive: true });
+    await mkdirPrivate(join(options.workDir, 'l'));
     const cache = new ChunkCache(state.chunksRoot);
     const lowerDirs: string[] = [];
     for (const [i, layer] of record.layers.entries()) {
@@ -108,7 +118,9 @@ export async function mountImage(options: MountImageOptions): Promise<MountedIma
     const upper = join(options.workDir, 'u');
     const work = join(options.workDir, 'w');
     const rootfs = join(options.workDir, 'm');
-    await Promise.all([upper, work, rootfs].map((d) => mkdir(d, { recursive: true })));
+    await Promise.all([work, rootfs].map((d) => mkdirPrivate(d)));
+    await mkdir(upper, { recursive: true, mode: UPPER_DIR_MODE });
+    await chmod(upper, UPPER_DIR_MODE);
     await mountOverlay(lowerDirs, upper, work, rootfs);
     overlayTarget = rootfs;
     return { record, config, rootfs, lazies, release };
@@ -158,23 +170,72 @@ export async function runContainer(options: RunContainerOptions): Promise<RunCon
   await state.init();
   const id = options.id ?? newContainerId();
   if (!/^[\w][\w.-]{0,63}$/.test(id)) throw new EsgzError('BAD_FLAG', `container id "${id}" must be letters, digits, '_', '.', '-' (at most 64)`);
-  const containerDir = join(state.containersDir(), id);
-  if (await stat(containerDir).then(() => true, () => false)) {
-    throw new EsgzError('BAD_FLAG', `container ${id} already exists in ${state.containersDir()} (pick another ID or remove it)`);
+  const { containerDir, record, unpin } = await claim(state, id, options);
+  let keep = false;
+  try {
+    const image = await mountImage({
+      reference: options.reference,
+      stateRoot: options.stateRoot,
+      workDir: containerDir,
+      record,
+      plainHttp: options.plainHttp,
+      insecure: options.insecure,
+      fetchPolicy: options.fetchPolicy,
+      source: options.source,
+      onReadError: options.onWarning,
+    });
+    try {
+      const result = await runMounted(image, id, containerDir, options);
+      keep = !options.rm;
+      return result;
+    } catch (err) {
+      // An interrupted container ran: without --rm its upper dir stays, as after a normal exit.
+      keep = !options.rm && err instanceof EsgzError && err.code === 'INTERRUPTED';
+      throw err;
+    } finally {
+      await image.release({ keepUpper: keep });
+      if (keep) await markKept(containerDir);
+    }
+  } finally {
+    await unpin();
+    if (!keep) await removeUnlessMounted(containerDir, options.onWarning);
   }
-  await mkdir(containerDir, { recursive: true });
-  // Lets `esgz image prune` tell this container from one whose esgz run died (see manage.ts).
-  await writeFileAtomic(join(containerDir, 'owner'), `${(await processIdentity()) ?? process.pid}\n`);
-  const image = await mountImage({
-    reference: options.reference,
-    stateRoot: options.stateRoot,
-    workDir: containerDir,
-    plainHttp: options.plainHttp,
-    insecure: options.insecure,
-    fetchPolicy: options.fetchPolicy,
-    source: options.source,
-    onReadError: options.onWarning,
-  });
+}
+
+/** The record of a pulled image, or the error that says to pull it. */
+async function getPulledImage(state: StateRoot, reference: string): Promise<ImageRecord> {
+  const record = await state.getImage(reference);
+  if (!record) throw new EsgzError('NOT_FOUND', `image ${reference} is not pulled into ${state.root}: run "esgz image rpull ${reference}" first`);
+  return record;
+}
+
+/**
+ * Under the state root's lock: cleans up after killed runs, reads the image record, claims the
+ * container directory and pins the image's layers and blobs for as long as this run lives.
+ */
+async function claim(state: StateRoot, id: string, options: RunContainerOptions): Promise<{ containerDir: string; record: ImageRecord; unpin(): Promise<void> }> {
+  const unlock = await state.lock(`run ${id}`);
+  try {
+    await cleanStaleContainers(state, options.onWarning);
+    const record = await getPulledImage(state, normalizeReference(options.reference).reference);
+    const containerDir = await claimContainer(state, id);
+    try {
+      const unpin = await state.pin({
+        layers: record.layers.map((l) => ({ digest: l.digest, size: l.size, ...(l.tocDigest ? { tocDigest: l.tocDigest } : {}) })),
+        blobs: [record.manifestDigest, record.configDigest],
+      });
+      return { containerDir, record, unpin };
+    } catch (err) {
+      await removeUnlessMounted(containerDir, options.onWarning);
+      throw err;
+    }
+  } finally {
+    await unlock();
+  }
+}
+
+/** Builds the bundle over the mounted image and runs it with runc. */
+async function runMounted(image: MountedImage, id: string, containerDir: string, options: RunContainerOptions): Promise<RunContainerResult> {
   let background: Promise<void> | undefined;
   try {
     const host = hostPlatform();
@@ -184,9 +245,11 @@ export async function runContainer(options: RunContainerOptions): Promise<RunCon
     }
     const bundle = join(containerDir, 'b');
     const config: ImageConfig = options.command?.length ? { ...image.config, config: { ...image.config.config, Entrypoint: null, Cmd: options.command } } : image.config;
+    await mkdirPrivate(bundle);
     const spec = await buildRuntimeSpec({ rootfs: image.rootfs, config, options: options.run, bundleDir: bundle });
     await checkExecutable(image.rootfs, spec);
-    await writeBundleConfig(bundle, spec);
+    // config.json holds the --env values (secrets): 0600, inside directories only root can enter.
+    await chmod(await writeBundleConfig(bundle, spec), PRIVATE_FILE_MODE);
     if (options.backgroundFetch) {
       background = (async () => {
         for (const lazy of image.lazies) await lazy?.fetchAll();
@@ -204,7 +267,6 @@ export async function runContainer(options: RunContainerOptions): Promise<RunCon
     });
     return { id, exitCode: result.exitCode, durationMs: result.durationMs, fetches: image.lazies.map((l) => (l ? { ...l.stats } : undefined)) };
   } finally {
-    await image.release({ keepUpper: !options.rm });
     void background;
   }
 }
