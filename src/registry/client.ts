@@ -88,6 +88,8 @@ export class RegistryClient {
   private authScheme: 'none' | 'basic' | 'bearer' = 'none';
   private bearer: { realm: string; service: string | undefined } | undefined;
   private readonly tokens = new Map<string, Promise<CachedToken>>();
+  /** Origin of a plain-HTTP token realm the credentials were kept from, once that happened. */
+  private withheldFrom: string | undefined;
 
   constructor(
     registry: string,
@@ -476,7 +478,7 @@ export class RegistryClient {
       const last = !replayable || attempt >= this.attempts;
       let response: Response;
       try {
-        response = await this.sendAuthorized(spec, url);
+        response = await this.sendAuthorized(spec, url, base);
       } catch (err) {
         if (err instanceof EsgzError) throw err;
         const code = errorCode(err);
@@ -501,9 +503,10 @@ export class RegistryClient {
     return this.retryDelayMs * 2 ** (attempt - 1);
   }
 
-  private async sendAuthorized(spec: RequestSpec, url: URL): Promise<Response> {
-    const first = await this.sendFollowing(spec, url, await this.authorization(spec.scopes));
-    if (first.status !== 401) return first;
+  private async sendAuthorized(spec: RequestSpec, url: URL, base: URL): Promise<Response> {
+    const first = await this.sendFollowing(spec, url, base, await this.authorization(spec.scopes));
+    // Only the registry itself may change how esgz authenticates; a storage host's 401 is just a failure.
+    if (first.status !== 401 || first.url.origin !== base.origin) return first;
     // The registry wants (other) credentials: learn its scheme from the challenge, then try once more.
     const challenges = parseChallenges(first.headers['www-authenticate']);
     const learned = this.learnChallenge(challenges, spec.scopes);
@@ -511,15 +514,20 @@ export class RegistryClient {
     if (!learned || spec.body instanceof Readable) return first;
     await first.body.dump();
     const scopes = mergeScopes(spec.scopes, challenges);
-    return this.sendFollowing(spec, url, await this.authorization(scopes));
+    return this.sendFollowing(spec, url, base, await this.authorization(scopes));
   }
 
-  private async sendFollowing(spec: RequestSpec, url: URL, authorization: string | undefined): Promise<Response> {
+  /**
+   * Sends one request, following redirects when asked. The Authorization header goes only to the
+   * registry's own origin (scheme, host and port of `base`): never to a storage host a blob
+   * redirects to, nor to an upload Location on another host or scheme (containerd drops its
+   * authorizer there too), so credentials and tokens stay with the host they were issued for.
+   */
+  private async sendFollowing(spec: RequestSpec, url: URL, base: URL, authorization: string | undefined): Promise<Response> {
     let current = url;
     for (let hop = 0; ; hop += 1) {
       const headers: Record<string, string> = { 'user-agent': this.userAgent, ...spec.headers };
-      // Credentials go only to the registry itself, never to a storage host it redirects to.
-      if (authorization !== undefined && current.origin === url.origin) headers.authorization = authorization;
+      if (authorization !== undefined && current.origin === base.origin) headers.authorization = authorization;
       const raw = await request(current, {
         method: spec.method,
         headers,
@@ -586,9 +594,14 @@ export class RegistryClient {
     }
   }
 
-  private async fetchToken(scopes: string[], credentials: Credentials | undefined): Promise<CachedToken> {
+  private async fetchToken(scopes: string[], found: Credentials | undefined): Promise<CachedToken> {
     const { realm, service } = this.bearer!;
     const url = new URL(realm);
+    // The realm comes from the registry's answer: a plain-HTTP one elsewhere would see the
+    // credentials in clear text, so it gets an anonymous request instead (enough for public images).
+    const withheld = found !== undefined && !mayCarryCredentials(url, await this.ensureBase());
+    if (withheld) this.withheldFrom = url.origin;
+    const credentials = withheld ? undefined : found;
     const headers: Record<string, string> = { 'user-agent': this.userAgent };
     let method: 'GET' | 'POST' = 'GET';
     let body: string | undefined;
@@ -629,7 +642,11 @@ export class RegistryClient {
       await response.body.dump();
       throw new EsgzError(
         'UNAUTHORIZED',
-        credentials ? `${where} refused the credentials${credentials.username ? ` for user "${credentials.username}"` : ''}` : `${where} requires credentials and none were found (docker login ${this.registry})`,
+        credentials
+          ? `${where} refused the credentials${credentials.username ? ` for user "${credentials.username}"` : ''}`
+          : withheld
+            ? `${where} requires credentials: ${this.withheldNote()}`
+            : `${where} requires credentials and none were found (docker login ${this.registry})`,
       );
     }
     if (response.statusCode !== 200) {
@@ -648,6 +665,11 @@ export class RegistryClient {
     // Spec default lifetime is 60 s; renew a little early so a token does not expire in flight.
     const lifetime = (answer.expires_in ?? 60) * 1000;
     return { token, expiresAt: Date.now() + Math.max(lifetime - 10_000, lifetime / 2) };
+  }
+
+  /** Why the credentials were not sent (for messages). */
+  private withheldNote(): string {
+    return `esgz sends credentials only over TLS or to the registry itself, not to the plain-HTTP token server ${this.withheldFrom ?? ''}`.trimEnd();
   }
 
   private loadCredentials(): Promise<Credentials | undefined> {
@@ -721,6 +743,8 @@ export class RegistryClient {
         let message: string;
         if (!credentials) {
           message = `requires authentication (or the repository does not exist) and no credentials were found`;
+        } else if (this.withheldFrom !== undefined) {
+          message = `did not grant anonymous access (${this.withheldNote()})`;
         } else if (this.authScheme === 'bearer') {
           // The token server accepted the credentials, so the token just lacks this scope.
           message = `did not grant access${user} (no permission, or the repository does not exist)`;
@@ -735,6 +759,15 @@ export class RegistryClient {
         return new EsgzError('REGISTRY', `${what}: registry ${this.registry} answered HTTP ${response.status} to ${request}${suffix}`);
     }
   }
+}
+
+/**
+ * Whether credentials (Basic, or a refresh token) may be sent to `target`: over TLS, or to the
+ * registry's own origin, which is plain HTTP only when the user named it so (`--plain-http`) or
+ * it is a loopback registry without TLS.
+ */
+function mayCarryCredentials(target: URL, registryBase: URL): boolean {
+  return target.protocol === 'https:' || target.origin === registryBase.origin;
 }
 
 const PROXY_VARIABLES = ['https_proxy', 'HTTPS_PROXY', 'http_proxy', 'HTTP_PROXY'];
