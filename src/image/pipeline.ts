@@ -425,6 +425,30 @@ class Transfer {
     return this.spoolReady;
   }
 
+  /**
+   * Sources check a blob's size and digest as it streams, and the digest only at its end. A
+   * transform may stop reading early (a tar's end-of-archive blocks, a gzip member followed by
+   * more bytes), so whatever it left is read here, bounded by the source (it stops one byte past
+   * the descriptor's size): no output is kept from a blob that was not verified to its end.
+   */
+  private async readToEnd(blob: Readable, layer: Descriptor): Promise<void> {
+    if (blob.readableEnded) return;
+    if (blob.errored) throw blob.errored;
+    if (blob.destroyed) {
+      // Closed before its end without an error: verify a fresh copy instead (rare: costs one more read).
+      for await (const _chunk of this.abortable(await this.options.source.openBlob(layer))) this.checkAborted();
+      return;
+    }
+    blob.unpipe();
+    await new Promise<void>((resolve, reject) => {
+      blob.on('data', () => undefined);
+      blob.once('end', resolve);
+      blob.once('error', reject);
+      blob.once('close', () => (blob.readableEnded ? resolve() : reject(blob.errored ?? new EsgzError('INTERRUPTED', 'interrupted'))));
+      blob.resume();
+    });
+  }
+
   private async transferLayer(layer: Descriptor, index: number, diffID: string | undefined): Promise<LayerReport & { annotations?: Record<string, string> }> {
     const { source, sink, progress } = this.options;
     const started = Date.now();
@@ -438,8 +462,11 @@ class Transfer {
       failInput = reject;
     });
     inputFailed.catch(() => undefined);
+    const opened: Readable[] = [];
     const openSource = async (): Promise<Readable> => {
-      const stream = this.abortable(counting(await source.openBlob(layer), (n) => progress?.update(id, n)));
+      const blob = await source.openBlob(layer);
+      opened.push(blob);
+      const stream = this.abortable(counting(blob, (n) => progress?.update(id, n)));
       stream.on('error', (err) => failInput(err));
       return stream;
     };
@@ -465,6 +492,7 @@ class Transfer {
         onInputProgress: (n) => progress?.update(id, n),
       });
       result = await Promise.race([inputFailed, untilAborted(transformed, this.signal)]);
+      await untilAborted(Promise.all(opened.map((blob) => this.readToEnd(blob, layer))), this.signal);
       if (!counter.writableEnded) counter.end();
       await written;
     } catch (err) {

@@ -78,6 +78,7 @@ export async function profileImage(
   const parsed = parseManifest(manifest, source.description);
   const config = await readConfig(source, parsed.config);
   const tees: Array<ReturnType<typeof teeToFile> | undefined> = [];
+  const blobs: Array<Readable | undefined> = [];
   const tarFiles = parsed.layers.map((_, index) => (keepTarsIn === undefined ? undefined : join(keepTarsIn, `layer-${index}.tar`)));
   const layers: LayerTar[] = parsed.layers.map((desc, index) => {
     const name = `layer ${index} (${desc.digest.replace(/^sha256:/, '').slice(0, 12)})`;
@@ -85,7 +86,9 @@ export async function profileImage(
       name,
       open: async (): Promise<Readable> => {
         // The source checks the blob digest as it is read, so the copy is of verified bytes.
-        const { stream } = await openDecompressed(await source.openBlob(desc), name);
+        const blob = await source.openBlob(desc);
+        blobs[index] = blob;
+        const { stream } = await openDecompressed(blob, name);
         const path = tarFiles[index];
         if (path === undefined) return stream;
         const tee = teeToFile(stream, path);
@@ -101,7 +104,8 @@ export async function profileImage(
   const complete = await Promise.all(
     tarFiles.map((_, index) => {
       const tee = tees[index];
-      if (tee?.stream.readableEnded) return tee.complete;
+      // The blob itself must have ended too: only then did the source check its size and digest.
+      if (tee?.stream.readableEnded && blobs[index]?.readableEnded) return tee.complete;
       tee?.stream.destroy();
       return false;
     }),

@@ -185,12 +185,33 @@ export class RegistryClient {
    * followed, because presigned storage URLs are often signed for GET only and refuse a HEAD.
    */
   async blobExists(repository: string, digest: string): Promise<boolean> {
+    return (await this.probeBlob(repository, digest)) !== undefined;
+  }
+
+  /**
+   * Whether the repository has the blob `desc` names, with `desc`'s size: a stored blob of
+   * another length means the descriptor lies about it, and a manifest naming it must not be
+   * written (SIZE_MISMATCH). A redirect answer carries no size and is taken as a yes.
+   */
+  async hasBlob(repository: string, desc: Descriptor): Promise<boolean> {
+    const found = await this.probeBlob(repository, desc.digest);
+    if (found === undefined) return false;
+    if (found.size !== undefined && found.size !== desc.size) {
+      throw new EsgzError('SIZE_MISMATCH', `blob ${desc.digest} in ${this.registry}/${repository}: the registry has ${found.size} bytes but the descriptor says ${desc.size}`);
+    }
+    return true;
+  }
+
+  /** HEAD without following redirects: undefined when absent, else the size the registry states (none for a redirect). */
+  private async probeBlob(repository: string, digest: string): Promise<{ size: number | undefined } | undefined> {
     const what = `blob ${digest} in ${this.registry}/${repository}`;
     const response = await this.send({ method: 'HEAD', target: `/v2/${repository}/blobs/${digest}`, scopes: [pullScope(repository)] });
     await response.body.dump();
-    if (response.status === 404) return false;
-    if (response.status === 200 || (response.status >= 300 && response.status < 400)) return true;
-    throw await this.failure(response, 'HEAD', what);
+    if (response.status === 404) return undefined;
+    if (response.status >= 300 && response.status < 400) return { size: undefined };
+    if (response.status !== 200) throw await this.failure(response, 'HEAD', what);
+    const length = Number(header(response.headers, 'content-length'));
+    return { size: Number.isSafeInteger(length) && length >= 0 ? length : undefined };
   }
 
   /** The blob's size when the repository has it, else undefined (follows redirects to storage). */
@@ -215,6 +236,11 @@ export class RegistryClient {
     const scopes = [pullScope(repository)];
     const first = await this.send({ method: 'GET', target, scopes, followRedirects: true });
     if (first.status !== 200) throw await this.failure(first, 'GET', what);
+    const announced = Number(header(first.headers, 'content-length'));
+    if (Number.isSafeInteger(announced) && announced !== desc.size) {
+      first.body.destroy();
+      throw new EsgzError('SIZE_MISMATCH', `${what}: the registry sends ${announced} bytes but the descriptor says ${desc.size}`);
+    }
 
     const resume = async (from: number): Promise<Response> => {
       const response = await this.send({ method: 'GET', target, scopes, headers: { range: `bytes=${from}-` }, followRedirects: true });
@@ -321,7 +347,7 @@ export class RegistryClient {
    * `desc` on the way out, so a wrong source never lands under the wrong digest.
    */
   async uploadBlob(repository: string, desc: Descriptor, open: () => Promise<Readable> | Readable, hints: { mountFrom?: string } = {}): Promise<UploadResult> {
-    if (await this.blobExists(repository, desc.digest)) return 'exists';
+    if (await this.hasBlob(repository, desc)) return 'exists';
     for (let attempt = 1; ; attempt += 1) {
       try {
         return await this.uploadOnce(repository, desc, open, hints.mountFrom);
@@ -343,7 +369,11 @@ export class RegistryClient {
     }
     const started = await this.send({ method: 'POST', target: `/v2/${repository}/blobs/uploads/${query}`, scopes });
     await started.body.dump();
-    if (started.status === 201 && query !== '') return 'mounted';
+    if (started.status === 201 && query !== '') {
+      // A mount reads nothing: check the mounted blob's size against the descriptor instead.
+      if (!(await this.hasBlob(repository, desc))) throw new EsgzError('REGISTRY', `${what}: registry ${this.registry} reported a mount but does not have the blob`);
+      return 'mounted';
+    }
     if (started.status !== 202) throw await this.failure(started, 'POST', what);
     let location = this.uploadLocation(started, what);
 
