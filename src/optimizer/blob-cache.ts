@@ -1,8 +1,8 @@
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, mkdtemp, rename, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
+import { makeTempDir, removeTempDir } from '../tmp.js';
 import type { Descriptor, ImageSource, RawManifest } from '../image/types.js';
 
 /**
@@ -88,16 +88,14 @@ export class CachingSource implements ImageSource {
 
   /** Removes the cached copies; the wrapped source is closed by its owner. */
   async close(): Promise<void> {
-    if (this.dir) await rm(this.dir, { recursive: true, force: true });
+    if (this.dir) await removeTempDir(this.dir);
     this.dir = undefined;
     this.cached.clear();
   }
 
   private async cacheDir(): Promise<string> {
     if (!this.dir) {
-      const root = this.options.tempRoot ?? tmpdir();
-      await mkdir(root, { recursive: true });
-      this.dir = await mkdtemp(join(root, 'esgz-blobs-'));
+      this.dir = await makeTempDir('blobs', this.options.tempRoot);
     }
     return this.dir;
   }
