@@ -22,6 +22,9 @@ export function processStartTime(pid: number): string | undefined {
   return text.slice(text.lastIndexOf(')') + 2).split(' ')[19];
 }
 
+/** A file still being closed by a stream may land while rm empties the dir (ENOTEMPTY): try again. */
+const RM_RETRIES = 3;
+
 const ownStartTime = processStartTime(process.pid) ?? '0';
 const live = new Set<string>();
 const swept = new Map<string, Promise<void>>();
@@ -47,7 +50,7 @@ function track(dir: string): void {
 /** Removes a temp dir (unless something is still mounted under it) and forgets it. */
 export async function removeTempDir(dir: string): Promise<void> {
   const path = resolve(dir);
-  if (mountsUnder(path).length === 0) await rm(path, { recursive: true, force: true });
+  if (mountsUnder(path).length === 0) await rm(path, { recursive: true, force: true, maxRetries: RM_RETRIES });
   live.delete(path);
 }
 
