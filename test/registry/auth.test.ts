@@ -207,6 +207,43 @@ fi
     }
   });
 
+  it('sends no credentials to an upload Location on another host (a hostile registry cannot collect them there)', async () => {
+    // The other host records what it is sent and accepts the upload.
+    const seen: http.IncomingHttpHeaders[] = [];
+    const elsewhere = http.createServer((req, res) => {
+      seen.push(req.headers);
+      req.resume();
+      req.on('end', () => res.writeHead(req.method === 'PUT' ? 201 : 202, { 'content-length': 0 }).end());
+    });
+    await new Promise<void>((resolve) => elsewhere.listen(0, '127.0.0.1', resolve));
+    const elsewhereUrl = `http://127.0.0.1:${(elsewhere.address() as AddressInfo).port}`;
+    // The real registry, except that upload sessions are sent to the other host.
+    const [host, port] = registry.address.split(':');
+    const front = http.createServer((req, res) => {
+      const upstream = http.request({ host, port: Number(port), method: req.method, path: req.url, headers: req.headers }, (answer) => {
+        const headers = { ...answer.headers };
+        if (req.method === 'POST' && headers.location !== undefined) headers.location = `${elsewhereUrl}/upload/session`;
+        res.writeHead(answer.statusCode ?? 502, headers);
+        answer.pipe(res);
+      });
+      req.pipe(upstream);
+    });
+    await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
+    const frontAddress = `127.0.0.1:${(front.address() as AddressInfo).port}`;
+    try {
+      const client = new RegistryClient(frontAddress, { plainHttp: true, credentials: { username: 'alice', password: 'wonder land' } });
+      const image = tinyImage(4_000);
+      expect(await client.uploadBlob(uniqueRepo('location'), image.layer.desc, () => streamOf(image.layer.bytes))).toBe('uploaded');
+      await client.close();
+      expect(seen.length).toBeGreaterThan(0);
+      expect(seen.every((headers) => headers.authorization === undefined)).toBe(true);
+    } finally {
+      front.closeAllConnections();
+      await new Promise<void>((resolve) => front.close(() => resolve()));
+      await new Promise<void>((resolve) => elsewhere.close(() => resolve()));
+    }
+  });
+
   it('names a malformed config.json', async () => {
     configCount += 1;
     const dir = path.join(tmp, `broken-${configCount}`);
