@@ -25,8 +25,9 @@ export function processStartTime(pid: number): string | undefined {
 /** A file still being closed by a stream may land while rm empties the dir (ENOTEMPTY): try again. */
 const RM_RETRIES = 3;
 
-const ownStartTime = processStartTime(process.pid) ?? '0';
+const ownStartTime = processStartTime(process.pid);
 const live = new Set<string>();
+let exitHookInstalled = false;
 const swept = new Map<string, Promise<void>>();
 
 /**
@@ -36,14 +37,19 @@ const swept = new Map<string, Promise<void>>();
 export async function makeTempDir(kind: string, parent: string = tmpdir()): Promise<string> {
   await mkdir(parent, { recursive: true });
   await sweepStaleTempDirs(parent);
-  const dir = await mkdtemp(join(parent, `esgz-${kind}-${process.pid}-${ownStartTime}-`));
+  // Without /proc there is no telling owners apart: a plain name, never swept.
+  const owner = ownStartTime !== undefined ? `${process.pid}-${ownStartTime}-` : '';
+  const dir = await mkdtemp(join(parent, `esgz-${kind}-${owner}`));
   track(dir);
   return dir;
 }
 
 /** Registers a directory for the exit-time safety net. */
 function track(dir: string): void {
-  if (live.size === 0) process.once('exit', removeLeftoversAtExit);
+  if (!exitHookInstalled) {
+    process.on('exit', removeLeftoversAtExit);
+    exitHookInstalled = true;
+  }
   live.add(resolve(dir));
 }
 
@@ -62,6 +68,7 @@ export async function removeTempDir(dir: string): Promise<void> {
 export function sweepStaleTempDirs(parent: string = tmpdir()): Promise<void> {
   const key = resolve(parent);
   let pending = swept.get(key);
+  if (ownStartTime === undefined) return Promise.resolve(); // no /proc: every owner would look dead
   if (!pending) {
     pending = sweep(key).catch(() => undefined);
     swept.set(key, pending);

@@ -16,8 +16,10 @@ export const REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name';
 const LAYOUT_FILE = 'oci-layout';
 const INDEX_FILE = 'index.json';
 const LAYOUT_VERSION = '1.0.0';
-/** distribution refuses manifests over 4 MiB; index.json and manifests here are held to the same bound. */
+/** distribution refuses manifests over 4 MiB; a layout's manifests are held to the same bound. */
 const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
+/** index.json lists every tag of the layout, so it may be larger; still never read unbounded. */
+const MAX_INDEX_BYTES = 64 * 1024 * 1024;
 
 export interface OciReference {
   dir: string;
@@ -74,7 +76,7 @@ async function readBounded(path: string, max: number, what: string): Promise<Buf
       const { bytesRead } = await handle.read(buf, done, buf.length - done, done);
       if (bytesRead === 0) break;
       done += bytesRead;
-      if (done > max) throw new EsgzError('SIZE_MISMATCH', `${what}: larger than ${max} bytes, too large for a manifest or index`);
+      if (done > max) throw new EsgzError('SIZE_MISMATCH', `${what}: larger than ${max} bytes`);
       if (done === buf.length) break;
     }
     return buf.subarray(0, done);
@@ -101,7 +103,7 @@ async function isDirectory(path: string): Promise<boolean> {
 async function readIndex(dir: string, where: string, allowMissing: boolean): Promise<ImageIndex> {
   let text: string;
   try {
-    text = (await readBounded(join(dir, INDEX_FILE), MAX_MANIFEST_BYTES, `${where}: ${INDEX_FILE}`)).toString('utf8');
+    text = (await readBounded(join(dir, INDEX_FILE), MAX_INDEX_BYTES, `${where}: ${INDEX_FILE}`)).toString('utf8');
   } catch (err) {
     if (err instanceof EsgzError) throw err;
     if (allowMissing && errnoCode(err) === 'ENOENT') return { schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [] };
