@@ -2,7 +2,7 @@
 // credentials never reach a plain-HTTP token realm on another host, and a blob whose length
 // disagrees with its descriptor is refused on every path with one line and no tag written.
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -26,6 +26,11 @@ async function dockerConfig(auths: Record<string, { auth?: string; identitytoken
   const dir = await mkdtemp(join(scratch, 'docker-'));
   await writeFile(join(dir, 'config.json'), JSON.stringify({ auths }));
   return dir;
+}
+
+async function createEmpty(path: string): Promise<string> {
+  await writeFile(path, '');
+  return path;
 }
 
 const basic = (user: string, password: string): string => Buffer.from(`${user}:${password}`).toString('base64');
@@ -147,6 +152,22 @@ describe('blob sizes that disagree with their descriptor (item 11)', () => {
       }
     });
   }
+
+  it('reads a huge "manifest" in a layout only up to its bound (one line, bounded memory)', async () => {
+    const layout = join(scratch, 'huge-manifest');
+    await mkdir(join(layout, 'blobs', 'sha256'), { recursive: true });
+    await writeFile(join(layout, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
+    const hex = 'ab'.repeat(32);
+    const hugeSize = 1536 * 1024 * 1024;
+    await truncate(await createEmpty(join(layout, 'blobs', 'sha256', hex)), hugeSize); // sparse: no disk used
+    const entry = { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: `sha256:${hex}`, size: hugeSize, annotations: { 'org.opencontainers.image.ref.name': 'huge' } };
+    await writeFile(join(layout, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [entry] }));
+    const run = await esgzMeasured('image', 'copy', `oci:${layout}:huge`, `oci:${join(scratch, 'huge-out')}:t`);
+    expectOneLineError(run, 'nonzero', /larger than \d+ bytes/);
+    expect(run.peakRssMiB).toBeLessThan(512);
+    expect(run.seconds).toBeLessThan(30);
+    expect(await layoutTags(join(scratch, 'huge-out'))).toEqual([]);
+  });
 
   it('still copies the honest image', async () => {
     const run = await esgz('image', 'copy', `oci:${image.dir}:good`, `oci:${join(scratch, 'honest')}:t`);
