@@ -6,11 +6,10 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable, Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError, withContext } from '../errors.js';
 import { openDecompressed, type GzipHelper } from '../image/compression.js';
 import { isDockerMediaType, layerCompressionOf, MediaType } from '../image/media-types.js';
@@ -194,7 +193,7 @@ export class ChunkedLayerTransform implements LayerTransform {
   private async isReusable(input: LayerInput, codec: Codec, where: string): Promise<boolean> {
     const annotated = input.descriptor.annotations?.[TOC_DIGEST_ANNOTATION];
     if (!annotated && codec.name === 'gzip') return false; // plain gzip layers: no need to spool
-    const dir = await mkdtemp(join(this.options.tmpDir ?? tmpdir(), 'esgz-reuse-'));
+    const dir = await makeTempDir('reuse', this.options.tmpDir);
     try {
       const path = join(dir, 'blob');
       await pipeline(await input.open(), createWriteStream(path));
@@ -209,7 +208,7 @@ export class ChunkedLayerTransform implements LayerTransform {
         await blob.close();
       }
     } finally {
-      await rm(dir, { recursive: true, force: true });
+      await removeTempDir(dir);
     }
   }
 

@@ -5,10 +5,9 @@
  */
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
+import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError } from '../errors.js';
 import { openDecompressed } from '../image/compression.js';
 import { isIndexMediaType } from '../image/media-types.js';
@@ -115,7 +114,7 @@ export async function verifyLayer(
   const tmpDir = options.tmpDir;
   const result: LayerVerification = { index, digest: layer.digest, mediaType: layer.mediaType, size: layer.size, status: 'ok', problems: [], notes: [] };
   const annotated = layer.annotations?.[TOC_DIGEST_ANNOTATION];
-  const dir = await mkdtemp(join(tmpDir ?? tmpdir(), 'esgz-verify-'));
+  const dir = await makeTempDir('verify', tmpDir);
   try {
     const path = join(dir, 'blob');
     const blob = await source.openBlob(layer);
@@ -203,6 +202,6 @@ export async function verifyLayer(
     result.problems.push(err instanceof Error ? err.message : String(err));
     return result;
   } finally {
-    await rm(dir, { recursive: true, force: true });
+    await removeTempDir(dir);
   }
 }

@@ -14,10 +14,10 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdtemp, open, rm, type FileHandle } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
+import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError } from '../errors.js';
 import type { Codec, CompressedMembers } from './codec.js';
 import { DEFAULT_CHUNK_SIZE, LANDMARK_CONTENTS, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME } from './constants.js';
@@ -347,7 +347,7 @@ async function* reorderedEntries(
         if (!isReservedName(entry.header.name)) spooled.push({ header: entry.header, offset: source.consumed });
       }
     } else {
-      dir = await mkdtemp(join(tmpDir ?? tmpdir(), 'esgz-spool-'));
+      dir = await makeTempDir('spool', tmpDir);
       const spoolPath = join(dir, 'payloads');
       const sink = createWriteStream(spoolPath, { highWaterMark: FILE_WINDOW });
       try {
@@ -393,7 +393,7 @@ async function* reorderedEntries(
     }
   } finally {
     await handle?.close();
-    if (dir !== undefined) await rm(dir, { recursive: true, force: true });
+    if (dir !== undefined) await removeTempDir(dir);
   }
 }
 

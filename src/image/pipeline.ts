@@ -4,10 +4,10 @@
 // An identity transfer never re-serialises anything, so every digest stays byte-identical.
 import { randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough, type Readable, Transform } from 'node:stream';
+import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError, withContext } from '../errors.js';
 import { DigestCounter, digestOf, verifyBuffer } from './digest.js';
 import { MediaType, dockerLayerMediaType, isDockerMediaType, isIndexMediaType, isManifestMediaType, toOciMediaType } from './media-types.js';
@@ -198,8 +198,8 @@ class Transfer {
   private readonly signal: AbortSignal;
   private readonly stopLayers = new AbortController();
   private readonly userSignal: AbortSignal | undefined;
-  private readonly spoolRoot: string;
-  private spoolReady: Promise<void> | undefined;
+  /** Made on the first changed layer; removed at the end whatever happened. */
+  private spoolRoot: Promise<string> | undefined;
   private readonly mountFrom: BlobLocation | undefined;
   private readonly warn: (message: string) => void;
 
@@ -208,7 +208,6 @@ class Transfer {
     this.concurrency = Math.max(1, options.concurrency ?? DEFAULT_CONCURRENCY);
     this.userSignal = options.signal;
     this.signal = options.signal ? AbortSignal.any([options.signal, this.stopLayers.signal]) : this.stopLayers.signal;
-    this.spoolRoot = join(options.spoolDir ?? tmpdir(), `esgz-spool-${randomBytes(6).toString('hex')}`);
     // Registry sources say where their blobs live, so a registry sink can mount instead of copying.
     this.mountFrom = (options.source as { location?: BlobLocation }).location;
     this.warn = options.onWarning ?? (() => {});
@@ -264,7 +263,8 @@ class Transfer {
       if (this.userSignal?.aborted) throw new EsgzError('INTERRUPTED', 'interrupted', { cause: err });
       throw withContext(`copying ${source.description} to ${sink.description}`, err);
     } finally {
-      await rm(this.spoolRoot, { recursive: true, force: true });
+      const spool = await this.spoolRoot?.catch(() => undefined);
+      if (spool !== undefined) await removeTempDir(spool);
     }
   }
 
@@ -420,9 +420,33 @@ class Transfer {
     return sameBlob && this.mountFrom !== undefined ? { mountFrom: this.mountFrom } : undefined;
   }
 
-  private spoolDir(): Promise<void> {
-    this.spoolReady ??= mkdir(this.spoolRoot, { recursive: true, mode: 0o700 }).then(() => undefined);
-    return this.spoolReady;
+  private spoolDir(): Promise<string> {
+    this.spoolRoot ??= makeTempDir('spool', this.options.spoolDir);
+    return this.spoolRoot;
+  }
+
+  /**
+   * Sources check a blob's size and digest as it streams, and the digest only at its end. A
+   * transform may stop reading early (a tar's end-of-archive blocks, a gzip member followed by
+   * more bytes), so whatever it left is read here, bounded by the source (it stops one byte past
+   * the descriptor's size): no output is kept from a blob that was not verified to its end.
+   */
+  private async readToEnd(blob: Readable, layer: Descriptor): Promise<void> {
+    if (blob.readableEnded) return;
+    if (blob.errored) throw blob.errored;
+    if (blob.destroyed) {
+      // Closed before its end without an error: verify a fresh copy instead (rare: costs one more read).
+      for await (const _chunk of this.abortable(await this.options.source.openBlob(layer))) this.checkAborted();
+      return;
+    }
+    blob.unpipe();
+    await new Promise<void>((resolve, reject) => {
+      blob.on('data', () => undefined);
+      blob.once('end', resolve);
+      blob.once('error', reject);
+      blob.once('close', () => (blob.readableEnded ? resolve() : reject(blob.errored ?? new EsgzError('INTERRUPTED', 'interrupted'))));
+      blob.resume();
+    });
   }
 
   private async transferLayer(layer: Descriptor, index: number, diffID: string | undefined): Promise<LayerReport & { annotations?: Record<string, string> }> {
@@ -438,14 +462,16 @@ class Transfer {
       failInput = reject;
     });
     inputFailed.catch(() => undefined);
+    const opened: Readable[] = [];
     const openSource = async (): Promise<Readable> => {
-      const stream = this.abortable(counting(await source.openBlob(layer), (n) => progress?.update(id, n)));
+      const blob = await source.openBlob(layer);
+      opened.push(blob);
+      const stream = this.abortable(counting(blob, (n) => progress?.update(id, n)));
       stream.on('error', (err) => failInput(err));
       return stream;
     };
 
-    await this.spoolDir();
-    const spoolPath = join(this.spoolRoot, `${index}-${randomBytes(4).toString('hex')}`);
+    const spoolPath = join(await this.spoolDir(), `${index}-${randomBytes(4).toString('hex')}`);
     // Room for a couple of compressed batches, so the transform does not wait on every file write.
     const counter = new DigestCounter({ highWaterMark: SPOOL_BUFFER });
     const file = createWriteStream(spoolPath, { highWaterMark: SPOOL_BUFFER });
@@ -465,6 +491,7 @@ class Transfer {
         onInputProgress: (n) => progress?.update(id, n),
       });
       result = await Promise.race([inputFailed, untilAborted(transformed, this.signal)]);
+      await untilAborted(Promise.all(opened.map((blob) => this.readToEnd(blob, layer))), this.signal);
       if (!counter.writableEnded) counter.end();
       await written;
     } catch (err) {

@@ -1,8 +1,8 @@
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, mkdtemp, rename, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
+import { makeTempDir, removeTempDir } from '../tmp.js';
 import type { Descriptor, ImageSource, RawManifest } from '../image/types.js';
 
 /**
@@ -15,7 +15,9 @@ import type { Descriptor, ImageSource, RawManifest } from '../image/types.js';
  */
 export class CachingSource implements ImageSource {
   readonly description: string;
-  private dir: string | undefined;
+  /** One promise, so layers opened at once share one directory (two mkdtemps left one behind). */
+  private dir: Promise<string> | undefined;
+  private closed = false;
   private readonly cached = new Set<string>();
 
   constructor(
@@ -38,7 +40,7 @@ export class CachingSource implements ImageSource {
   }
 
   async openBlob(desc: Descriptor): Promise<Readable> {
-    if (!this.options.digests.has(desc.digest)) return this.source.openBlob(desc);
+    if (!this.options.digests.has(desc.digest) || this.closed) return this.source.openBlob(desc);
     const dir = await this.cacheDir();
     const path = join(dir, desc.digest.replace(/[^a-z0-9]/gi, '_'));
     if (this.cached.has(desc.digest) && (await stat(path).catch(() => undefined))?.size === desc.size) {
@@ -88,17 +90,15 @@ export class CachingSource implements ImageSource {
 
   /** Removes the cached copies; the wrapped source is closed by its owner. */
   async close(): Promise<void> {
-    if (this.dir) await rm(this.dir, { recursive: true, force: true });
+    this.closed = true;
+    const dir = await this.dir?.catch(() => undefined);
+    if (dir !== undefined) await removeTempDir(dir);
     this.dir = undefined;
     this.cached.clear();
   }
 
-  private async cacheDir(): Promise<string> {
-    if (!this.dir) {
-      const root = this.options.tempRoot ?? tmpdir();
-      await mkdir(root, { recursive: true });
-      this.dir = await mkdtemp(join(root, 'esgz-blobs-'));
-    }
+  private cacheDir(): Promise<string> {
+    this.dir ??= makeTempDir('blobs', this.options.tempRoot);
     return this.dir;
   }
 }

@@ -1,15 +1,18 @@
 import { constants, createWriteStream } from 'node:fs';
 import { access, statfs } from 'node:fs/promises';
 import { freemem } from 'node:os';
-import { join } from 'node:path';
+import { isAbsolute, join } from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { EsgzError } from '../errors.js';
+import { sweepStaleTempDirs } from '../tmp.js';
 import { openDecompressed } from '../image/compression.js';
 import type { Descriptor, ImageConfig, ImageManifest, ImageSource, RawManifest } from '../image/types.js';
 import { profileWorkload, recordEntriesOf, type ProfileResult, type ProfileWorkloadOptions } from './optimize.js';
 import type { LayerTar } from './overlay.js';
 import type { RecordEntry } from './record.js';
 
+/** Where the unpacked image goes when memory allows (see memoryBackedTempRoot). */
+const DEFAULT_TMPFS = '/dev/shm';
 /** Config blobs are small JSON documents; anything bigger is not a config. */
 const MAX_CONFIG_BYTES = 16 * 1024 * 1024;
 
@@ -78,6 +81,7 @@ export async function profileImage(
   const parsed = parseManifest(manifest, source.description);
   const config = await readConfig(source, parsed.config);
   const tees: Array<ReturnType<typeof teeToFile> | undefined> = [];
+  const blobs: Array<Readable | undefined> = [];
   const tarFiles = parsed.layers.map((_, index) => (keepTarsIn === undefined ? undefined : join(keepTarsIn, `layer-${index}.tar`)));
   const layers: LayerTar[] = parsed.layers.map((desc, index) => {
     const name = `layer ${index} (${desc.digest.replace(/^sha256:/, '').slice(0, 12)})`;
@@ -85,7 +89,9 @@ export async function profileImage(
       name,
       open: async (): Promise<Readable> => {
         // The source checks the blob digest as it is read, so the copy is of verified bytes.
-        const { stream } = await openDecompressed(await source.openBlob(desc), name);
+        const blob = await source.openBlob(desc);
+        blobs[index] = blob;
+        const { stream } = await openDecompressed(blob, name);
         const path = tarFiles[index];
         if (path === undefined) return stream;
         const tee = teeToFile(stream, path);
@@ -101,7 +107,8 @@ export async function profileImage(
   const complete = await Promise.all(
     tarFiles.map((_, index) => {
       const tee = tees[index];
-      if (tee?.stream.readableEnded) return tee.complete;
+      // The blob itself must have ended too: only then did the source check its size and digest.
+      if (tee?.stream.readableEnded && blobs[index]?.readableEnded) return tee.complete;
       tee?.stream.destroy();
       return false;
     }),
@@ -119,10 +126,19 @@ export async function profileImage(
  * The unpacked image is thrown away after the run, so when this machine has memory to spare it
  * goes to a tmpfs: on a busy disk that made the Debian profile 3x faster. Only when /dev/shm has
  * room for 5x the compressed layers and there is twice that in available memory; ESGZ_TMPFS=0
- * turns it off, and an explicit temp dir always wins.
+ * turns it off, ESGZ_TMPFS=/path names the directory to use instead (always used), and an
+ * explicit temp dir (--temp-dir) always wins.
  */
-export async function memoryBackedTempRoot(compressedBytes: number, candidate = '/dev/shm'): Promise<string | undefined> {
-  if (process.env.ESGZ_TMPFS === '0' || process.env.TMPDIR) return undefined;
+export async function memoryBackedTempRoot(compressedBytes: number, candidate = DEFAULT_TMPFS): Promise<string | undefined> {
+  const setting = process.env.ESGZ_TMPFS;
+  if (setting === '0') return undefined;
+  if (setting !== undefined && isAbsolute(setting)) {
+    await sweepStaleTempDirs(setting);
+    return setting;
+  }
+  // What a killed optimize left in the tmpfs goes even when this run does not use it.
+  await sweepStaleTempDirs(candidate);
+  if (process.env.TMPDIR) return undefined;
   const estimate = Math.max(compressedBytes * 5, 64 << 20);
   try {
     const fs = await statfs(candidate);

@@ -1,7 +1,6 @@
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
+import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError } from '../errors.js';
 import { createLayerTransform, writeExternalTOCImage, type ChunkedTransformOptions } from '../estargz/transform.js';
 import type { PriorityItem } from '../estargz/priority.js';
@@ -146,11 +145,11 @@ interface ProfileContext {
 async function profileAndConvert(options: OptimizeImageOptions, context: ProfileContext): Promise<OptimizeReport> {
   // The layer tars the profile unpacks are kept for the conversion, which then reads them from
   // disk by offset instead of reading, checking and decompressing the blobs a second time.
-  const tarDir = context.toProfile ? await mkdtemp(join(options.convert.tmpDir ?? options.tempDir ?? tmpdir(), 'esgz-layers-')) : undefined;
+  const tarDir = context.toProfile ? await makeTempDir('layers', options.convert.tmpDir ?? options.tempDir) : undefined;
   try {
     return await convertProfiled(options, context, tarDir);
   } finally {
-    if (tarDir) await rm(tarDir, { recursive: true, force: true });
+    if (tarDir) await removeTempDir(tarDir);
   }
 }
 

@@ -1,7 +1,6 @@
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
+import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError } from '../errors.js';
 import { formatPlatform, hostPlatform, platformMatches } from '../image/platform.js';
 import type { ImageConfig } from '../image/types.js';
@@ -108,7 +107,7 @@ export async function profileWorkload(options: ProfileWorkloadOptions): Promise<
   }
   if (options.run.terminal && !options.stdin) throw new EsgzError('BAD_FLAG', '--terminal must be used with -i');
 
-  const workDir = await mkdtemp(join(options.tempRoot ?? tmpdir(), 'esgz-opt-'));
+  const workDir = await makeTempDir('opt', options.tempRoot);
   let rootfs: PreparedRootfs | undefined;
   let tracer: Tracer | undefined;
   try {
@@ -195,7 +194,7 @@ export async function profileWorkload(options: ProfileWorkloadOptions): Promise<
     await rootfs?.unmountOnly();
     const removal = (async () => {
       await rootfs?.release();
-      await rm(workDir, { recursive: true, force: true });
+      await removeTempDir(workDir);
     })();
     // Marked handled now: the caller awaits it later, and a rejection must not crash the process meanwhile.
     removal.catch(() => undefined);

@@ -88,6 +88,8 @@ export class RegistryClient {
   private authScheme: 'none' | 'basic' | 'bearer' = 'none';
   private bearer: { realm: string; service: string | undefined } | undefined;
   private readonly tokens = new Map<string, Promise<CachedToken>>();
+  /** Origin of a plain-HTTP token realm the credentials were kept from, once that happened. */
+  private withheldFrom: string | undefined;
 
   constructor(
     registry: string,
@@ -183,12 +185,33 @@ export class RegistryClient {
    * followed, because presigned storage URLs are often signed for GET only and refuse a HEAD.
    */
   async blobExists(repository: string, digest: string): Promise<boolean> {
+    return (await this.probeBlob(repository, digest)) !== undefined;
+  }
+
+  /**
+   * Whether the repository has the blob `desc` names, with `desc`'s size: a stored blob of
+   * another length means the descriptor lies about it, and a manifest naming it must not be
+   * written (SIZE_MISMATCH). A redirect answer carries no size and is taken as a yes.
+   */
+  async hasBlob(repository: string, desc: Descriptor): Promise<boolean> {
+    const found = await this.probeBlob(repository, desc.digest);
+    if (found === undefined) return false;
+    if (found.size !== undefined && found.size !== desc.size) {
+      throw new EsgzError('SIZE_MISMATCH', `blob ${desc.digest} in ${this.registry}/${repository}: the registry has ${found.size} bytes but the descriptor says ${desc.size}`);
+    }
+    return true;
+  }
+
+  /** HEAD without following redirects: undefined when absent, else the size the registry states (none for a redirect). */
+  private async probeBlob(repository: string, digest: string): Promise<{ size: number | undefined } | undefined> {
     const what = `blob ${digest} in ${this.registry}/${repository}`;
     const response = await this.send({ method: 'HEAD', target: `/v2/${repository}/blobs/${digest}`, scopes: [pullScope(repository)] });
     await response.body.dump();
-    if (response.status === 404) return false;
-    if (response.status === 200 || (response.status >= 300 && response.status < 400)) return true;
-    throw await this.failure(response, 'HEAD', what);
+    if (response.status === 404) return undefined;
+    if (response.status >= 300 && response.status < 400) return { size: undefined };
+    if (response.status !== 200) throw await this.failure(response, 'HEAD', what);
+    const length = Number(header(response.headers, 'content-length'));
+    return { size: Number.isSafeInteger(length) && length >= 0 ? length : undefined };
   }
 
   /** The blob's size when the repository has it, else undefined (follows redirects to storage). */
@@ -213,6 +236,11 @@ export class RegistryClient {
     const scopes = [pullScope(repository)];
     const first = await this.send({ method: 'GET', target, scopes, followRedirects: true });
     if (first.status !== 200) throw await this.failure(first, 'GET', what);
+    const announced = Number(header(first.headers, 'content-length'));
+    if (Number.isSafeInteger(announced) && announced !== desc.size) {
+      first.body.destroy();
+      throw new EsgzError('SIZE_MISMATCH', `${what}: the registry sends ${announced} bytes but the descriptor says ${desc.size}`);
+    }
 
     const resume = async (from: number): Promise<Response> => {
       const response = await this.send({ method: 'GET', target, scopes, headers: { range: `bytes=${from}-` }, followRedirects: true });
@@ -319,7 +347,7 @@ export class RegistryClient {
    * `desc` on the way out, so a wrong source never lands under the wrong digest.
    */
   async uploadBlob(repository: string, desc: Descriptor, open: () => Promise<Readable> | Readable, hints: { mountFrom?: string } = {}): Promise<UploadResult> {
-    if (await this.blobExists(repository, desc.digest)) return 'exists';
+    if (await this.hasBlob(repository, desc)) return 'exists';
     for (let attempt = 1; ; attempt += 1) {
       try {
         return await this.uploadOnce(repository, desc, open, hints.mountFrom);
@@ -341,7 +369,11 @@ export class RegistryClient {
     }
     const started = await this.send({ method: 'POST', target: `/v2/${repository}/blobs/uploads/${query}`, scopes });
     await started.body.dump();
-    if (started.status === 201 && query !== '') return 'mounted';
+    if (started.status === 201 && query !== '') {
+      // A mount reads nothing: check the mounted blob's size against the descriptor instead.
+      if (!(await this.hasBlob(repository, desc))) throw new EsgzError('REGISTRY', `${what}: registry ${this.registry} reported a mount but does not have the blob`);
+      return 'mounted';
+    }
     if (started.status !== 202) throw await this.failure(started, 'POST', what);
     let location = this.uploadLocation(started, what);
 
@@ -476,7 +508,7 @@ export class RegistryClient {
       const last = !replayable || attempt >= this.attempts;
       let response: Response;
       try {
-        response = await this.sendAuthorized(spec, url);
+        response = await this.sendAuthorized(spec, url, base);
       } catch (err) {
         if (err instanceof EsgzError) throw err;
         const code = errorCode(err);
@@ -501,9 +533,10 @@ export class RegistryClient {
     return this.retryDelayMs * 2 ** (attempt - 1);
   }
 
-  private async sendAuthorized(spec: RequestSpec, url: URL): Promise<Response> {
-    const first = await this.sendFollowing(spec, url, await this.authorization(spec.scopes));
-    if (first.status !== 401) return first;
+  private async sendAuthorized(spec: RequestSpec, url: URL, base: URL): Promise<Response> {
+    const first = await this.sendFollowing(spec, url, base, await this.authorization(spec.scopes));
+    // Only the registry itself may change how esgz authenticates; a storage host's 401 is just a failure.
+    if (first.status !== 401 || first.url.origin !== base.origin) return first;
     // The registry wants (other) credentials: learn its scheme from the challenge, then try once more.
     const challenges = parseChallenges(first.headers['www-authenticate']);
     const learned = this.learnChallenge(challenges, spec.scopes);
@@ -511,15 +544,20 @@ export class RegistryClient {
     if (!learned || spec.body instanceof Readable) return first;
     await first.body.dump();
     const scopes = mergeScopes(spec.scopes, challenges);
-    return this.sendFollowing(spec, url, await this.authorization(scopes));
+    return this.sendFollowing(spec, url, base, await this.authorization(scopes));
   }
 
-  private async sendFollowing(spec: RequestSpec, url: URL, authorization: string | undefined): Promise<Response> {
+  /**
+   * Sends one request, following redirects when asked. The Authorization header goes only to the
+   * registry's own origin (scheme, host and port of `base`): never to a storage host a blob
+   * redirects to, nor to an upload Location on another host or scheme (containerd drops its
+   * authorizer there too), so credentials and tokens stay with the host they were issued for.
+   */
+  private async sendFollowing(spec: RequestSpec, url: URL, base: URL, authorization: string | undefined): Promise<Response> {
     let current = url;
     for (let hop = 0; ; hop += 1) {
       const headers: Record<string, string> = { 'user-agent': this.userAgent, ...spec.headers };
-      // Credentials go only to the registry itself, never to a storage host it redirects to.
-      if (authorization !== undefined && current.origin === url.origin) headers.authorization = authorization;
+      if (authorization !== undefined && current.origin === base.origin) headers.authorization = authorization;
       const raw = await request(current, {
         method: spec.method,
         headers,
@@ -586,9 +624,14 @@ export class RegistryClient {
     }
   }
 
-  private async fetchToken(scopes: string[], credentials: Credentials | undefined): Promise<CachedToken> {
+  private async fetchToken(scopes: string[], found: Credentials | undefined): Promise<CachedToken> {
     const { realm, service } = this.bearer!;
     const url = new URL(realm);
+    // The realm comes from the registry's answer: a plain-HTTP one elsewhere would see the
+    // credentials in clear text, so it gets an anonymous request instead (enough for public images).
+    const withheld = found !== undefined && !mayCarryCredentials(url, await this.ensureBase());
+    if (withheld) this.withheldFrom = url.origin;
+    const credentials = withheld ? undefined : found;
     const headers: Record<string, string> = { 'user-agent': this.userAgent };
     let method: 'GET' | 'POST' = 'GET';
     let body: string | undefined;
@@ -629,7 +672,11 @@ export class RegistryClient {
       await response.body.dump();
       throw new EsgzError(
         'UNAUTHORIZED',
-        credentials ? `${where} refused the credentials${credentials.username ? ` for user "${credentials.username}"` : ''}` : `${where} requires credentials and none were found (docker login ${this.registry})`,
+        credentials
+          ? `${where} refused the credentials${credentials.username ? ` for user "${credentials.username}"` : ''}`
+          : withheld
+            ? `${where} requires credentials: ${this.withheldNote()}`
+            : `${where} requires credentials and none were found (docker login ${this.registry})`,
       );
     }
     if (response.statusCode !== 200) {
@@ -648,6 +695,11 @@ export class RegistryClient {
     // Spec default lifetime is 60 s; renew a little early so a token does not expire in flight.
     const lifetime = (answer.expires_in ?? 60) * 1000;
     return { token, expiresAt: Date.now() + Math.max(lifetime - 10_000, lifetime / 2) };
+  }
+
+  /** Why the credentials were not sent (for messages). */
+  private withheldNote(): string {
+    return `esgz sends credentials only over TLS or to the registry itself, not to the plain-HTTP token server ${this.withheldFrom ?? ''}`.trimEnd();
   }
 
   private loadCredentials(): Promise<Credentials | undefined> {
@@ -721,6 +773,8 @@ export class RegistryClient {
         let message: string;
         if (!credentials) {
           message = `requires authentication (or the repository does not exist) and no credentials were found`;
+        } else if (this.withheldFrom !== undefined) {
+          message = `did not grant anonymous access (${this.withheldNote()})`;
         } else if (this.authScheme === 'bearer') {
           // The token server accepted the credentials, so the token just lacks this scope.
           message = `did not grant access${user} (no permission, or the repository does not exist)`;
@@ -735,6 +789,15 @@ export class RegistryClient {
         return new EsgzError('REGISTRY', `${what}: registry ${this.registry} answered HTTP ${response.status} to ${request}${suffix}`);
     }
   }
+}
+
+/**
+ * Whether credentials (Basic, or a refresh token) may be sent to `target`: over TLS, or to the
+ * registry's own origin, which is plain HTTP only when the user named it so (`--plain-http`) or
+ * it is a loopback registry without TLS.
+ */
+function mayCarryCredentials(target: URL, registryBase: URL): boolean {
+  return target.protocol === 'https:' || target.origin === registryBase.origin;
 }
 
 const PROXY_VARIABLES = ['https_proxy', 'HTTPS_PROXY', 'http_proxy', 'HTTP_PROXY'];

@@ -11,6 +11,7 @@ import { RegistryClient } from '../../src/registry/client.js';
 import { startFaultProxy } from '../harness/fault-proxy.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { readAll, rejection, streamOf, tinyImage, uniqueRepo } from './helpers.js';
+import { startTokenFront, type TokenFront } from './token-front.js';
 
 let tmp: string;
 beforeAll(async () => {
@@ -206,6 +207,43 @@ fi
     }
   });
 
+  it('sends no credentials to an upload Location on another host (a hostile registry cannot collect them there)', async () => {
+    // The other host records what it is sent and accepts the upload.
+    const seen: http.IncomingHttpHeaders[] = [];
+    const elsewhere = http.createServer((req, res) => {
+      seen.push(req.headers);
+      req.resume();
+      req.on('end', () => res.writeHead(req.method === 'PUT' ? 201 : 202, { 'content-length': 0 }).end());
+    });
+    await new Promise<void>((resolve) => elsewhere.listen(0, '127.0.0.1', resolve));
+    const elsewhereUrl = `http://127.0.0.1:${(elsewhere.address() as AddressInfo).port}`;
+    // The real registry, except that upload sessions are sent to the other host.
+    const [host, port] = registry.address.split(':');
+    const front = http.createServer((req, res) => {
+      const upstream = http.request({ host, port: Number(port), method: req.method, path: req.url, headers: req.headers }, (answer) => {
+        const headers = { ...answer.headers };
+        if (req.method === 'POST' && headers.location !== undefined) headers.location = `${elsewhereUrl}/upload/session`;
+        res.writeHead(answer.statusCode ?? 502, headers);
+        answer.pipe(res);
+      });
+      req.pipe(upstream);
+    });
+    await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
+    const frontAddress = `127.0.0.1:${(front.address() as AddressInfo).port}`;
+    try {
+      const client = new RegistryClient(frontAddress, { plainHttp: true, credentials: { username: 'alice', password: 'wonder land' } });
+      const image = tinyImage(4_000);
+      expect(await client.uploadBlob(uniqueRepo('location'), image.layer.desc, () => streamOf(image.layer.bytes))).toBe('uploaded');
+      await client.close();
+      expect(seen.length).toBeGreaterThan(0);
+      expect(seen.every((headers) => headers.authorization === undefined)).toBe(true);
+    } finally {
+      front.closeAllConnections();
+      await new Promise<void>((resolve) => front.close(() => resolve()));
+      await new Promise<void>((resolve) => elsewhere.close(() => resolve()));
+    }
+  });
+
   it('names a malformed config.json', async () => {
     configCount += 1;
     const dir = path.join(tmp, `broken-${configCount}`);
@@ -221,20 +259,27 @@ fi
 
 describe('Bearer token auth', () => {
   let registry: RunningRegistry;
+  // The realm on the registry's own (plain-HTTP, user-named) origin: the one plain-HTTP realm
+  // esgz sends credentials to (test/security/registry.test.ts covers a realm elsewhere).
+  let front: TokenFront;
   beforeAll(async () => {
     registry = await startRegistry({
       token: { users: { bob: 'builder', carol: 'reader' }, anonymousPull: true, pullOnlyUsers: ['carol'], refreshTokens: { 'refresh-for-bob': 'bob' } },
     });
+    front = await startTokenFront(registry);
   });
-  afterAll(async () => registry.stop());
+  afterAll(async () => {
+    await front.close();
+    await registry.stop();
+  });
 
   it('gets tokens from the realm with the right scopes and caches them per scope', async () => {
-    const dir = await dockerConfig({ auths: { [registry.address]: { auth: basicAuth('bob', 'builder') } } });
+    const dir = await dockerConfig({ auths: { [front.address]: { auth: basicAuth('bob', 'builder') } } });
     const requests = registry.tokenServer!.requests;
     requests.length = 0;
     const repo = uniqueRepo('bearer');
     const image = tinyImage(20_000);
-    const sink = await openRegistrySink(`${registry.address}/${repo}:b`, { plainHttp: true, dockerConfigDir: dir });
+    const sink = await openRegistrySink(`${front.address}/${repo}:b`, { plainHttp: true, dockerConfigDir: dir });
     await sink.putBlob(image.layer.desc, () => streamOf(image.layer.bytes));
     await sink.putBlob(image.config.desc, () => streamOf(image.config.bytes));
     await sink.commit(image.manifest);
@@ -243,7 +288,7 @@ describe('Bearer token auth', () => {
     expect(requests.every((r) => r.user === 'bob' && r.status === 200)).toBe(true);
 
     requests.length = 0;
-    const source = await openRegistrySource(`${registry.address}/${repo}:b`, { plainHttp: true, dockerConfigDir: dir });
+    const source = await openRegistrySource(`${front.address}/${repo}:b`, { plainHttp: true, dockerConfigDir: dir });
     expect((await source.fetchRoot()).digest).toBe(image.manifest.digest);
     expect((await readAll(await source.openBlob(image.layer.desc))).equals(image.layer.bytes)).toBe(true);
     expect((await readAll(await source.openBlob(image.config.desc))).equals(image.config.bytes)).toBe(true);
@@ -253,7 +298,7 @@ describe('Bearer token auth', () => {
 
     // Concurrent reads on a fresh client share one token fetch.
     requests.length = 0;
-    const parallel = await openRegistrySource(`${registry.address}/${repo}:b`, { plainHttp: true, dockerConfigDir: dir });
+    const parallel = await openRegistrySource(`${front.address}/${repo}:b`, { plainHttp: true, dockerConfigDir: dir });
     const offsets = [0, 100, 200, 300, 400, 500, 600, 700];
     const parts = await Promise.all(offsets.map((o) => parallel.readBlobRange(image.layer.desc, o, 50)));
     parts.forEach((part, i) => expect(part.equals(image.layer.bytes.subarray(offsets[i]!, offsets[i]! + 50))).toBe(true));
@@ -263,33 +308,33 @@ describe('Bearer token auth', () => {
 
   it('pulls anonymously where the token server allows it, and refuses an anonymous push', async () => {
     const dir = await dockerConfig({});
-    const authed = await dockerConfig({ auths: { [registry.address]: { auth: basicAuth('bob', 'builder') } } });
+    const authed = await dockerConfig({ auths: { [front.address]: { auth: basicAuth('bob', 'builder') } } });
     const repo = uniqueRepo('anon');
     const image = tinyImage(5_000);
-    const sink = await openRegistrySink(`${registry.address}/${repo}:p`, { plainHttp: true, dockerConfigDir: authed });
+    const sink = await openRegistrySink(`${front.address}/${repo}:p`, { plainHttp: true, dockerConfigDir: authed });
     await sink.putBlob(image.layer.desc, () => streamOf(image.layer.bytes));
     await sink.putBlob(image.config.desc, () => streamOf(image.config.bytes));
     await sink.commit(image.manifest);
 
-    const source = await openRegistrySource(`${registry.address}/${repo}:p`, { plainHttp: true, dockerConfigDir: dir });
+    const source = await openRegistrySource(`${front.address}/${repo}:p`, { plainHttp: true, dockerConfigDir: dir });
     expect((await source.fetchRoot()).digest).toBe(image.manifest.digest);
     await source.close();
 
-    const anonymous = await openRegistrySink(`${registry.address}/${repo}:q`, { plainHttp: true, dockerConfigDir: dir });
+    const anonymous = await openRegistrySink(`${front.address}/${repo}:q`, { plainHttp: true, dockerConfigDir: dir });
     const other = tinyImage(5_000);
     const err = await rejection(anonymous.putBlob(other.layer.desc, () => streamOf(other.layer.bytes)));
     expect(err.code).toBe('UNAUTHORIZED');
-    expect(err.message).toContain(registry.address);
+    expect(err.message).toContain(front.address);
     expect(err.message).not.toContain('\n');
     await anonymous.abort();
   });
 
   it('mounts across repositories with a token covering both', async () => {
-    const dir = await dockerConfig({ auths: { [registry.address]: { auth: basicAuth('bob', 'builder') } } });
+    const dir = await dockerConfig({ auths: { [front.address]: { auth: basicAuth('bob', 'builder') } } });
     const from = uniqueRepo('bearer-from');
     const to = uniqueRepo('bearer-to');
     const image = tinyImage(8_000);
-    const client = new RegistryClient(registry.address, { plainHttp: true, dockerConfigDir: dir });
+    const client = new RegistryClient(front.address, { plainHttp: true, dockerConfigDir: dir });
     expect(await client.uploadBlob(from, image.layer.desc, () => streamOf(image.layer.bytes))).toBe('uploaded');
     const requests = registry.tokenServer!.requests;
     requests.length = 0;
@@ -300,24 +345,24 @@ describe('Bearer token auth', () => {
   });
 
   it('exchanges an identity token (refresh token) for access tokens', async () => {
-    const dir = await dockerConfig({ auths: { [registry.address]: { identitytoken: 'refresh-for-bob' } } });
+    const dir = await dockerConfig({ auths: { [front.address]: { identitytoken: 'refresh-for-bob' } } });
     const requests = registry.tokenServer!.requests;
     requests.length = 0;
-    await pushAndPull(registry.address, { dockerConfigDir: dir });
+    await pushAndPull(front.address, { dockerConfigDir: dir });
     expect(requests.length).toBeGreaterThan(0);
     expect(requests.every((r) => r.method === 'POST' && r.user === 'bob' && r.status === 200)).toBe(true);
 
-    const bad = await dockerConfig({ auths: { [registry.address]: { identitytoken: 'stolen' } } });
-    const source = await openRegistrySource(`${registry.address}/x/y:z`, { plainHttp: true, dockerConfigDir: bad });
+    const bad = await dockerConfig({ auths: { [front.address]: { identitytoken: 'stolen' } } });
+    const source = await openRegistrySource(`${front.address}/x/y:z`, { plainHttp: true, dockerConfigDir: bad });
     const err = await rejection(source.fetchRoot());
     expect(err.code).toBe('UNAUTHORIZED');
     await source.close();
   });
 
   it('says access was not granted when valid credentials lack the push scope', async () => {
-    const dir = await dockerConfig({ auths: { [registry.address]: { auth: basicAuth('carol', 'reader') } } });
+    const dir = await dockerConfig({ auths: { [front.address]: { auth: basicAuth('carol', 'reader') } } });
     const image = tinyImage(2_000);
-    const sink = await openRegistrySink(`${registry.address}/${uniqueRepo('readonly')}:r`, { plainHttp: true, dockerConfigDir: dir });
+    const sink = await openRegistrySink(`${front.address}/${uniqueRepo('readonly')}:r`, { plainHttp: true, dockerConfigDir: dir });
     const err = await rejection(sink.putBlob(image.layer.desc, () => streamOf(image.layer.bytes)));
     expect(err.code).toBe('UNAUTHORIZED');
     expect(err.message).toMatch(/did not grant access for user "carol"/);
@@ -326,12 +371,12 @@ describe('Bearer token auth', () => {
   });
 
   it('fails with one UNAUTHORIZED line when the token server refuses the credentials', async () => {
-    const dir = await dockerConfig({ auths: { [registry.address]: { auth: basicAuth('bob', 'nope') } } });
-    const source = await openRegistrySource(`${registry.address}/x/y:z`, { plainHttp: true, dockerConfigDir: dir });
+    const dir = await dockerConfig({ auths: { [front.address]: { auth: basicAuth('bob', 'nope') } } });
+    const source = await openRegistrySource(`${front.address}/x/y:z`, { plainHttp: true, dockerConfigDir: dir });
     const err = await rejection(source.fetchRoot());
     expect(err.code).toBe('UNAUTHORIZED');
     expect(err.message).toContain('"bob"');
-    expect(err.message).toContain(registry.tokenServer!.realm);
+    expect(err.message).toContain(`http://${front.address}/token`);
     expect(err.message).not.toContain('\n');
     await source.close();
   });

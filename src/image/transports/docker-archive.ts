@@ -352,6 +352,8 @@ class DockerArchiveSource implements ImageSource {
   async openBlob(desc: Descriptor): Promise<Readable> {
     const what = `${this.description} blob ${desc.digest}`;
     const location = this.blobLocation(desc, what);
+    // Refused before a byte is used, as containers/image does: the entry's length is known here.
+    if (location.size !== desc.size) throw new EsgzError('SIZE_MISMATCH', `${what}: the blob has ${location.size} bytes but its descriptor says ${desc.size}`);
     const verifier = new DigestVerifier(desc, what);
     if (location.size === 0) {
       verifier.end();
@@ -365,6 +367,7 @@ class DockerArchiveSource implements ImageSource {
   async readBlobRange(desc: Descriptor, offset: number, length: number): Promise<Buffer> {
     const what = `${this.description} blob ${desc.digest}`;
     const location = this.blobLocation(desc, what);
+    if (location.size !== desc.size) throw new EsgzError('SIZE_MISMATCH', `${what}: the blob has ${location.size} bytes but its descriptor says ${desc.size}`);
     if (offset + length > location.size) throw new EsgzError('SIZE_MISMATCH', `${what}: range ${offset}+${length} is past the end of the blob`);
     return this.readRange(location, offset, length);
   }
@@ -427,7 +430,8 @@ class DockerArchiveSink implements ImageSink {
   private readonly tempPath: string;
   private out: WriteStream | undefined;
   private queue: Promise<void> = Promise.resolve();
-  private readonly written = new Set<string>();
+  /** digest -> size of the blobs written: a descriptor naming a written digest with another size is not "already there". */
+  private readonly written = new Map<string, number>();
   private readonly manifests = new Map<string, RawManifest>();
   private failed = false;
   /** The first write error, rethrown to later writers so every layer reports the cause. */
@@ -496,14 +500,16 @@ class DockerArchiveSink implements ImageSink {
   }
 
   async hasBlob(desc: Descriptor): Promise<boolean> {
-    return this.written.has(desc.digest);
+    return this.written.get(desc.digest) === desc.size;
   }
 
   putBlob(desc: Descriptor, openStream: () => Promise<Readable> | Readable): Promise<void> {
     const what = `${this.description} blob ${desc.digest}`;
     const { hex } = parseDigest(desc.digest, what);
     return this.enqueue(async () => {
-      if (this.written.has(desc.digest)) return;
+      const size = this.written.get(desc.digest);
+      if (size === desc.size) return;
+      if (size !== undefined) throw new EsgzError('SIZE_MISMATCH', `${what}: written with ${size} bytes, but a descriptor says ${desc.size}`);
       await this.stream();
       const source = await openStream();
       const verified = source.pipe(new DigestVerifier(desc, what));
@@ -512,7 +518,7 @@ class DockerArchiveSink implements ImageSink {
       // it starts (while the header is written) from being an unhandled 'error' event.
       verified.on('error', () => undefined);
       await this.writeEntry(`blobs/sha256/${hex}`, desc.size, verified as AsyncIterable<Buffer>);
-      this.written.add(desc.digest);
+      this.written.set(desc.digest, desc.size);
     });
   }
 

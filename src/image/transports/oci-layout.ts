@@ -16,6 +16,10 @@ export const REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name';
 const LAYOUT_FILE = 'oci-layout';
 const INDEX_FILE = 'index.json';
 const LAYOUT_VERSION = '1.0.0';
+/** distribution refuses manifests over 4 MiB; a layout's manifests are held to the same bound. */
+const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
+/** index.json lists every tag of the layout, so it may be larger; still never read unbounded. */
+const MAX_INDEX_BYTES = 64 * 1024 * 1024;
 
 export interface OciReference {
   dir: string;
@@ -59,6 +63,28 @@ export async function openOciSource(ref: OciReference): Promise<OciLayoutSource>
   return new OciLayoutSource(ref, where, index);
 }
 
+/**
+ * Reads a small file (index.json, a manifest) whole, refusing one over `max` bytes without
+ * reading past max+1: a layout from elsewhere cannot make esgz buffer a huge "manifest".
+ */
+async function readBounded(path: string, max: number, what: string): Promise<Buffer> {
+  const handle = await open(path, 'r');
+  try {
+    const buf = Buffer.alloc(Math.min(max + 1, (await handle.stat()).size + 1));
+    let done = 0;
+    for (;;) {
+      const { bytesRead } = await handle.read(buf, done, buf.length - done, done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+      if (done > max) throw new EsgzError('SIZE_MISMATCH', `${what}: larger than ${max} bytes`);
+      if (done === buf.length) break;
+    }
+    return buf.subarray(0, done);
+  } finally {
+    await handle.close();
+  }
+}
+
 async function exists(path: string): Promise<boolean> {
   return stat(path).then(
     () => true,
@@ -77,8 +103,9 @@ async function isDirectory(path: string): Promise<boolean> {
 async function readIndex(dir: string, where: string, allowMissing: boolean): Promise<ImageIndex> {
   let text: string;
   try {
-    text = await readFile(join(dir, INDEX_FILE), 'utf8');
+    text = (await readBounded(join(dir, INDEX_FILE), MAX_INDEX_BYTES, `${where}: ${INDEX_FILE}`)).toString('utf8');
   } catch (err) {
+    if (err instanceof EsgzError) throw err;
     if (allowMissing && errnoCode(err) === 'ENOENT') return { schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [] };
     throw new EsgzError('BAD_LAYOUT', `${where}: cannot read ${INDEX_FILE}: ${(err as Error).message}`, { cause: err });
   }
@@ -107,7 +134,7 @@ async function readManifestBlob(
   const what = `${where} manifest ${desc.digest}`;
   let bytes: Buffer;
   try {
-    bytes = await readFile(blobPath(dir, desc.digest, what));
+    bytes = await readBounded(blobPath(dir, desc.digest, what), MAX_MANIFEST_BYTES, what);
   } catch (err) {
     if (err instanceof EsgzError) throw err;
     if (errnoCode(err) === 'ENOENT') throw new EsgzError('NOT_FOUND', `${what}: blob missing from the layout`, { cause: err });
@@ -175,16 +202,25 @@ export class OciLayoutSource implements ImageSource {
   async openBlob(desc: Descriptor): Promise<Readable> {
     const what = `${this.description} blob ${desc.digest}`;
     const handle = await openBlobFile(this.ref.dir, desc, what);
+    try {
+      checkDescriptorSize(desc, (await handle.stat()).size, what);
+    } catch (err) {
+      await handle.close();
+      throw err;
+    }
     const verifier = new DigestVerifier(desc, what);
-    const stream = handle.createReadStream({ highWaterMark: 1 << 20 });
+    // One byte past the descriptor's size is enough to tell a longer blob (the file may grow meanwhile).
+    const stream = handle.createReadStream({ highWaterMark: 1 << 20, start: 0, end: desc.size });
     stream.on('error', (err) => verifier.destroy(new EsgzError('BAD_LAYOUT', `${what}: ${err.message}`, { cause: err })));
     return stream.pipe(verifier);
   }
 
   async readBlobRange(desc: Descriptor, offset: number, length: number): Promise<Buffer> {
     const what = `${this.description} blob ${desc.digest}`;
+    if (offset < 0 || length < 0 || offset + length > desc.size) throw new EsgzError('SIZE_MISMATCH', `${what}: range ${offset}+${length} is outside the descriptor's ${desc.size} bytes`);
     const handle = await openBlobFile(this.ref.dir, desc, what);
     try {
+      checkDescriptorSize(desc, (await handle.stat()).size, what);
       const buf = Buffer.alloc(length);
       let done = 0;
       while (done < length) {
@@ -200,6 +236,11 @@ export class OciLayoutSource implements ImageSource {
   }
 
   async close(): Promise<void> {}
+}
+
+/** A blob whose length is not its descriptor's `size` is refused before a byte of it is used (as containers/image does). */
+function checkDescriptorSize(desc: Descriptor, actual: number, what: string): void {
+  if (actual !== desc.size) throw new EsgzError('SIZE_MISMATCH', `${what}: the blob has ${actual} bytes but its descriptor says ${desc.size}`);
 }
 
 async function openBlobFile(dir: string, desc: Descriptor, what: string) {

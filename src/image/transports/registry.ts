@@ -73,7 +73,7 @@ export async function openRegistrySink(reference: string, options: RegistryOptio
     blobResults,
     async hasBlob(desc: Descriptor): Promise<boolean> {
       assertOpen();
-      return client.blobExists(repository, desc.digest);
+      return client.hasBlob(repository, desc);
     },
     async putBlob(desc: Descriptor, open: () => Promise<Readable> | Readable, hints?: { mountFrom?: BlobLocation }): Promise<void> {
       assertOpen();
