@@ -2,25 +2,15 @@
 // on every way out this process controls (success, error, Ctrl-C, and `exit` as a last resort),
 // and swept by the next esgz that makes one in the same place when the owner was killed
 // (SIGKILL, OOM, power loss). A directory with a mount under it is never removed.
-import { readFileSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { mountsUnder, unmount } from './host/mounts.js';
+import { processStartTime } from './host/process.js';
 
 /** `esgz-<kind>-<pid>-<start time in clock ticks>-<mkdtemp's 6 characters>`. */
 const OWNED_NAME = /^esgz-([a-z]+)-(\d+)-(\d+)-[A-Za-z0-9]{6}$/;
-
-/** Start time of a process (field 22 of /proc/PID/stat, clock ticks since boot); pids get reused, the pair does not. */
-export function processStartTime(pid: number): string | undefined {
-  let text: string;
-  try {
-    text = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return undefined;
-  }
-  // Counted after the ")" that ends the command name (which may hold spaces).
-  return text.slice(text.lastIndexOf(')') + 2).split(' ')[19];
-}
 
 /** A file still being closed by a stream may land while rm empties the dir (ENOTEMPTY): try again. */
 const RM_RETRIES = 3;
@@ -85,8 +75,6 @@ async function sweep(parent: string): Promise<void> {
     const dir = join(parent, name);
     if (kind === 'opt') await deleteContainers(join(dir, 's'));
     if (mountsUnder(dir).length > 0) {
-      // Loaded only here: overlay.ts (and execa) cost start-up time for every command.
-      const { unmount } = await import('./optimizer/overlay.js');
       for (const point of mountsUnder(dir)) await unmount(point).catch(() => undefined);
       if (mountsUnder(dir).length > 0) continue;
     }
@@ -102,21 +90,6 @@ async function deleteContainers(runcRoot: string): Promise<void> {
   for (const id of ids) {
     await execa(process.env.ESGZ_RUNC ?? 'runc', ['--root', runcRoot, 'delete', '--force', id], { reject: false, stdin: 'ignore' });
   }
-}
-
-/** Mount points at or under `dir`, deepest first (/proc/self/mountinfo). */
-export function mountsUnder(dir: string): string[] {
-  let table = '';
-  try {
-    table = readFileSync('/proc/self/mountinfo', 'utf8');
-  } catch {
-    return [];
-  }
-  return table
-    .split('\n')
-    .map((line) => line.split(' ')[4]?.replace(/\\040/g, ' '))
-    .filter((p): p is string => p !== undefined && (p === dir || p.startsWith(`${dir}/`)))
-    .sort((a, b) => b.length - a.length);
 }
 
 /** `exit` handlers run synchronously: whatever async cleanup did not get to, minus mounted dirs. */

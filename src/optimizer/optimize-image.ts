@@ -1,4 +1,3 @@
-import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError } from '../errors.js';

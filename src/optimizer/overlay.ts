@@ -3,6 +3,7 @@ import { dirname, join, relative } from 'node:path';
 import type { Readable } from 'node:stream';
 import { execa } from 'execa';
 import { EsgzError } from '../errors.js';
+import { unmount } from '../host/mounts.js';
 import { canSetXattr, isRoot } from './native.js';
 import { LayerProvenance } from './provenance.js';
 import { unpackLayer, type UnpackStats } from './unpack.js';
@@ -224,26 +225,4 @@ export async function mountOverlay(lowerDirs: string[], upper: string, work: str
   if (result.exitCode !== 0) {
     throw new EsgzError('RUNTIME', `cannot mount overlayfs at ${target}: ${String(result.stderr).trim() || `mount exited ${result.exitCode}`}`);
   }
-}
-
-/** Unmounts `target`, retrying while it is busy, lazily as a last resort. */
-export async function unmount(target: string): Promise<void> {
-  let lastError = '';
-  for (let attempt = 0; attempt < 10; attempt++) {
-    const result = await execa('umount', [target], { reject: false, stdin: 'ignore' });
-    if (result.exitCode === 0) return;
-    lastError = String(result.stderr).trim();
-    if (/not mounted|no mount point/i.test(lastError)) return;
-    await new Promise((r) => setTimeout(r, 100 * (attempt + 1)));
-  }
-  const lazy = await execa('umount', ['-l', target], { reject: false, stdin: 'ignore' });
-  if (lazy.exitCode !== 0) {
-    throw new EsgzError('RUNTIME', `cannot unmount ${target}: ${lastError}`);
-  }
-}
-
-/** True when `path` is a mount point in this mount namespace (for tests and leak checks). */
-export async function isMounted(path: string): Promise<boolean> {
-  const table = await readFile('/proc/self/mountinfo', 'utf8');
-  return table.split('\n').some((line) => line.split(' ')[4] === path);
 }

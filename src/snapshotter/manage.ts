@@ -3,11 +3,12 @@ import { chmod, mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { EsgzError } from '../errors.js';
-import { unmount } from '../optimizer/overlay.js';
+import { mountsUnder, unmount } from '../host/mounts.js';
+import { identityAlive, processIdentity } from '../host/process.js';
 import { forceUnmount } from './fusefs.js';
 import type { BlobReader } from '../estargz/reader.js';
 import { normalizeReference, openStoredLayer } from './rpull.js';
-import { fsyncDir, identityAlive, mountsUnder, PRIVATE_DIR_MODE, processIdentity, removeUnlessMounted, StateRoot, writeFileAtomic, type ImageRecord, type LayerRecord } from './state.js';
+import { fsyncDir, PRIVATE_DIR_MODE, removeUnlessMounted, StateRoot, writeFileAtomic, type ImageRecord, type LayerRecord } from './state.js';
 
 export interface ImageSummary {
   reference: string;
@@ -51,8 +52,6 @@ function offline(size: number, where: string): BlobReader {
   };
 }
 
-export { processIdentity };
-
 /**
  * Written into a container's directory when `esgz run` claims it (its pid and start time) and
  * removed when the run ends: a directory with this file and a dead owner is what a killed or
@@ -64,7 +63,7 @@ const OLD_OWNER_FILE = 'owner';
 async function owner(containerDir: string): Promise<{ file: string; alive: boolean } | undefined> {
   for (const file of [RUNNING_MARK, OLD_OWNER_FILE]) {
     const text = await readFile(join(containerDir, file), 'utf8').catch(() => undefined);
-    if (text !== undefined) return { file, alive: text.trim() !== '' && (await identityAlive(text.trim())) };
+    if (text !== undefined) return { file, alive: text.trim() !== '' && (identityAlive(text.trim())) };
   }
   return undefined;
 }
@@ -86,7 +85,7 @@ export async function cleanStaleContainers(state: StateRoot, onWarning?: (messag
     // owner file that run writes decides: the pid and its start time, alive or not.
     const who = await owner(containerDir);
     if (who?.alive) continue;
-    const mounts = await mountsUnder(containerDir);
+    const mounts = mountsUnder(containerDir);
     // Kept containers (finished without --rm) have no owner file left and nothing mounted; an
     // empty directory is a claim whose run was killed before it wrote its owner.
     const leftover = mounts.length > 0 || who?.file === RUNNING_MARK || (await readdir(containerDir).catch(() => ['?'])).length === 0;
@@ -115,7 +114,7 @@ export async function claimContainer(state: StateRoot, id: string): Promise<stri
     throw err;
   }
   await chmod(containerDir, PRIVATE_DIR_MODE);
-  await writeFileAtomic(join(containerDir, RUNNING_MARK), `${(await processIdentity()) ?? process.pid}\n`);
+  await writeFileAtomic(join(containerDir, RUNNING_MARK), `${processIdentity() ?? process.pid}\n`);
   return containerDir;
 }
 

@@ -21,9 +21,11 @@
  * names carry the writer's pid and start time; those of dead writers are swept by `image prune`.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { chmod, mkdir, open, readdir, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
+import { chmod, mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { EsgzError } from '../errors.js';
+import { mountsUnder } from '../host/mounts.js';
+import { identityAlive, processIdentity } from '../host/process.js';
 import type { BlobReader } from '../estargz/reader.js';
 
 export const DEFAULT_STATE_ROOT = '/var/lib/esgz';
@@ -79,28 +81,11 @@ function hexOf(digest: string): string {
   return m[1]!;
 }
 
-/** Identifies a process: pid and start time (pids get reused), or undefined when it is gone. */
-export async function processIdentity(pid: number = process.pid): Promise<string | undefined> {
-  const text = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
-  if (!text) return undefined;
-  // Field 22 (starttime), counted after the ")" that ends the command name.
-  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
-  return `${pid} ${fields[19]}`;
-}
-
-/** True when the process an identity names (`pid start`, or a bare pid from older records) still runs. */
-export async function identityAlive(identity: string): Promise<boolean> {
-  const [pid, start] = identity.trim().split(' ');
-  if (!pid || !/^\d+$/.test(pid)) return false;
-  const current = await processIdentity(Number(pid));
-  return current !== undefined && (start === undefined || current === `${pid} ${start}`);
-}
-
 let ownTag: string | undefined;
 
 /** `<pid>.<start time>-<random>`: a unique suffix for temp names that tells whose they are. */
 export async function tempTag(): Promise<string> {
-  ownTag ??= ((await processIdentity()) ?? String(process.pid)).replace(' ', '.');
+  ownTag ??= (processIdentity() ?? String(process.pid)).replace(' ', '.');
   return `${ownTag}-${randomBytes(4).toString('hex')}`;
 }
 
@@ -111,7 +96,7 @@ const TEMP_NAME = /\.tmp-(\d+)(?:\.(\d+))?(?:-[0-9a-f]+)?$/;
 export async function isDeadTemp(name: string): Promise<boolean> {
   const m = TEMP_NAME.exec(name);
   if (!m) return false;
-  return !(await identityAlive(m[2] === undefined ? m[1]! : `${m[1]} ${m[2]}`));
+  return !(identityAlive(m[2] === undefined ? m[1]! : `${m[1]} ${m[2]}`));
 }
 
 /** Removes the temp files and directories of dead writers directly in `dir`; returns how many. */
@@ -151,26 +136,12 @@ export async function syncFilesystem(path: string): Promise<void> {
   if (r.exitCode !== 0) throw new EsgzError('RUNTIME', `cannot flush ${path} to disk: ${String(r.stderr).trim() || `sync exited with ${r.exitCode}`}`);
 }
 
-/** Mount points at or under `dir` (deepest first), from /proc/self/mountinfo. */
-export async function mountsUnder(dir: string): Promise<string[]> {
-  const real = await realpath(dir).catch(() => dir);
-  const table = await readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
-  const points = table
-    .split('\n')
-    .map((line) => line.split(' ')[4])
-    .filter((p): p is string => p !== undefined)
-    // mountinfo escapes space, tab, newline and backslash as octal.
-    .map((p) => p.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))))
-    .filter((p) => p === real || p.startsWith(`${real}/`));
-  return points.sort((a, b) => b.length - a.length);
-}
-
 /**
  * `rm -rf dir`, unless something is mounted at or under it: deleting through a mount would
  * delete a layer or host directory it shows. Returns whether it removed; says why not.
  */
 export async function removeUnlessMounted(dir: string, onWarning?: (message: string) => void): Promise<boolean> {
-  const mounts = await mountsUnder(dir);
+  const mounts = mountsUnder(dir);
   if (mounts.length > 0) {
     onWarning?.(`not removing ${dir}: ${mounts[0]} is still mounted`);
     return false;
@@ -257,7 +228,7 @@ export class StateRoot {
       // non-empty directory): a lock is never seen without its owner.
       const claim = `${dir}.tmp-${await tempTag()}`;
       await mkdir(claim, { mode: PRIVATE_DIR_MODE });
-      const identity = (await processIdentity()) ?? String(process.pid);
+      const identity = processIdentity() ?? String(process.pid);
       await writeFileAtomic(join(claim, 'owner'), `${identity}\n${what}\n`);
       try {
         await rename(claim, dir);
@@ -289,7 +260,7 @@ export class StateRoot {
     const text = await readFile(join(dir, 'owner'), 'utf8').catch(() => undefined);
     if (text === undefined) return (await stat(dir).then(() => true, () => false)) ? 'stale' : undefined;
     const [identity = '', what = ''] = text.split('\n');
-    if (!(await identityAlive(identity))) return 'stale';
+    if (!(identityAlive(identity))) return 'stale';
     return `esgz ${what} (pid ${identity.split(' ')[0]})`;
   }
 
@@ -303,7 +274,7 @@ export class StateRoot {
     }
     // Another breaker may have won and a live process taken the lock since: give that one back.
     const text = await readFile(join(aside, 'owner'), 'utf8').catch(() => '');
-    if (await identityAlive(text.split('\n')[0] ?? '')) {
+    if (identityAlive(text.split('\n')[0] ?? '')) {
       await rename(aside, dir).catch(() => undefined);
       return;
     }
@@ -313,7 +284,7 @@ export class StateRoot {
   /** Records what a live process uses (call with the lock held); returns the pin's remover. */
   async pin(pin: Omit<Pin, 'owner'>): Promise<() => Promise<void>> {
     const path = join(this.pinsDir(), `${await tempTag()}.json`);
-    const owner = (await processIdentity()) ?? String(process.pid);
+    const owner = processIdentity() ?? String(process.pid);
     await writeFileAtomic(path, JSON.stringify({ owner, ...pin } satisfies Pin));
     return async () => {
       await rm(path, { force: true });
@@ -335,7 +306,7 @@ export class StateRoot {
       } catch {
         pin = undefined;
       }
-      if (pin && (await identityAlive(pin.owner))) out.push(pin);
+      if (pin && (identityAlive(pin.owner))) out.push(pin);
       else await rm(path, { force: true });
     }
     return out;

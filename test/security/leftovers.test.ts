@@ -11,6 +11,7 @@ import { expectOneLineError, repoRoot } from '../harness/cli.js';
 import { registryAddress } from '../harness/registry.js';
 import { busyboxRootfs, writeOciImage } from '../fixtures/oci-image.js';
 import { dir, file } from '../fixtures/tar.js';
+import { processStartTime } from '../../src/host/process.js';
 
 const scratch = await mkdtemp(join(tmpdir(), 'esgz-sec-leftovers-'));
 let sourceRef: string;
@@ -123,7 +124,7 @@ describe('optimize leaves no temp dirs behind', () => {
 
   it('keeps the dirs of a live esgz and of other programs', async () => {
     const dirs = await privateTempDirs('alive');
-    const own = join(dirs.tmp, `esgz-opt-${process.pid}-${(await readFile(`/proc/${process.pid}/stat`, 'utf8')).split(') ')[1]!.split(' ')[19]}-abcdef`);
+    const own = join(dirs.tmp, `esgz-opt-${process.pid}-${processStartTime(process.pid)}-abcdef`);
     const foreign = join(dirs.tmp, 'esgz-opt-notours');
     await mkdir(own);
     await mkdir(foreign);

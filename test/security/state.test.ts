@@ -27,6 +27,7 @@ import { esgz, esgzMeasured, expectOneLineError, repoRoot } from '../harness/cli
 import { registryAddress } from '../harness/registry.js';
 import { buildTar } from '../optimizer/tar-helpers.js';
 import { pushEstargzImage } from '../snapshotter/helpers.js';
+import { processIdentity, processStartTime } from '../../src/host/process.js';
 
 const NOBODY = ['--reuid=65534', '--regid=65534', '--clear-groups'];
 const CHUNK = 64 * 1024;
@@ -222,14 +223,14 @@ describe('chunk cache integrity and crash consistency', () => {
     await truncate(truncated, CHUNK / 2);
     // A writer killed between write and rename: a partial temp file of a chunk that is not cached.
     const killed = execa('sleep', ['60']);
-    const start = (await readFile(`/proc/${killed.pid}/stat`, 'utf8')).split(') ')[1]!.split(' ')[19];
+    const start = processStartTime(killed.pid!);
     killed.kill('SIGKILL');
     await killed.catch(() => undefined);
     const deadTemp = `${lost}.tmp-${killed.pid}.${start}-0badc0de`;
     await writeFile(deadTemp, wanted.get(lost.slice(-64))!.subarray(0, 1000));
     await rm(lost);
     // One of a live writer (this test process): prune must leave it.
-    const ownStart = (await readFile(`/proc/${process.pid}/stat`, 'utf8')).split(') ')[1]!.split(' ')[19];
+    const ownStart = processStartTime(process.pid);
     const liveTemp = `${lost}.tmp-${process.pid}.${ownStart}-0000c0de`;
     await writeFile(liveTemp, 'in progress');
 
@@ -332,7 +333,7 @@ describe('races on one state root', () => {
     const root = join(scratch, 'locked');
     await pull(root);
     const holder = execa('sleep', ['60']);
-    const identity = async (pid: number) => `${pid} ${(await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.split(' ')[19]}`;
+    const identity = async (pid: number) => processIdentity(pid);
     await mkdir(join(root, 'lock'));
     await writeFile(join(root, 'lock', 'owner'), `${await identity(holder.pid!)}\ntest\n`);
     const prune = esgz('image', 'prune', '--root', root);

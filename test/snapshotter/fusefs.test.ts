@@ -14,7 +14,7 @@ import { bufferBlobReader, EstargzReader, type BlobReader } from '../../src/esta
 import { ChunkCache, LazyLayer } from '../../src/snapshotter/cache.js';
 import { mountLayer, type MountedLayer } from '../../src/snapshotter/fusefs.js';
 import { unpackLayer } from '../../src/optimizer/unpack.js';
-import { isMounted } from '../../src/optimizer/overlay.js';
+import { isMounted } from '../../src/host/mounts.js';
 import { buildTar, streamOf, type TestEntry } from '../optimizer/tar-helpers.js';
 import { toEstargz, walkTree, type WalkedEntry } from './helpers.js';
 import type { TOCEntry } from '../../src/estargz/toc.js';
@@ -87,7 +87,7 @@ describe('FUSE layer filesystem', () => {
       return await fn(mounted, lazy);
     } finally {
       await mounted.unmount();
-      expect(await isMounted(mnt)).toBe(false);
+      expect(isMounted(mnt)).toBe(false);
     }
   }
 

@@ -14,7 +14,8 @@ import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openSink, openSource } from '../../src/image/transports/index.js';
 import { optimizeImage } from '../../src/optimizer/optimize-image.js';
-import { isMounted, prepareRootfs } from '../../src/optimizer/overlay.js';
+import { isMounted } from '../../src/host/mounts.js';
+import { prepareRootfs } from '../../src/optimizer/overlay.js';
 import { listImages, pruneState, removeImage } from '../../src/snapshotter/manage.js';
 import { rpull } from '../../src/snapshotter/rpull.js';
 import { mountImage, runContainer } from '../../src/snapshotter/run.js';
@@ -197,7 +198,7 @@ describe('lazy pull and run', () => {
       await image.release();
       await unpacked.release();
     }
-    expect(await isMounted(image.rootfs)).toBe(false);
+    expect(isMounted(image.rootfs)).toBe(false);
   });
 
   it('fails reads of corrupt chunks with EIO without caching them, then serves them once the registry is healthy', async () => {
