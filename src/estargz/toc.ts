@@ -189,6 +189,22 @@ export function cleanEntryName(name: string): string {
   return parts.join('/');
 }
 
+/**
+ * Whether a tar or TOC name climbs above the layer root ("../x", "a/../../x"). Every esgz command
+ * refuses such a name; any other is re-rooted: a leading "/" and "." / ".." that stay inside are
+ * cleaned away (cleanEntryName), as containerd's archive.Apply and stargz's reader do.
+ */
+export function climbsAboveRoot(name: string): boolean {
+  if (!name.includes('..')) return false;
+  let depth = 0;
+  for (const part of name.split('/')) {
+    if (part === '..') {
+      if (--depth < 0) return true;
+    } else if (part !== '' && part !== '.') depth++;
+  }
+  return false;
+}
+
 /** The last modtime formatModtime formatted. */
 let lastModtime = { seconds: NaN, text: '' };
 
