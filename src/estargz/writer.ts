@@ -23,7 +23,7 @@ import type { Codec, CompressedMembers } from './codec.js';
 import { DEFAULT_CHUNK_SIZE, LANDMARK_CONTENTS, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME } from './constants.js';
 import { expandPriorities, type PriorityItem } from './priority.js';
 import { BLOCK, encodeTarHeader, FILE_WINDOW, FileByteSource, FileWindowReader, padding, readTar, type TarHeader } from './tar.js';
-import { cleanEntryName, formatModtime, type JTOC, type TOCEntry, type TOCEntryType } from './toc.js';
+import { cleanEntryName, climbsAboveRoot, formatModtime, type JTOC, type TOCEntry, type TOCEntryType } from './toc.js';
 
 export interface EstargzWriterOptions {
   codec: Codec;
@@ -268,10 +268,12 @@ class MemberSequencer {
   }
 }
 
-/** Throws UNSAFE_PATH for names that could escape the layer root. */
+/**
+ * Throws UNSAFE_PATH for names that climb above the layer root. Absolute names and ".." that stay
+ * inside are kept as they are, as stargz's writer does: every reader re-roots them (climbsAboveRoot).
+ */
 function checkSafeName(name: string, what: string, where: string): void {
-  if (name.startsWith('/')) throw new EsgzError('UNSAFE_PATH', `${where}: tar entry ${JSON.stringify(name)} has an absolute ${what}`);
-  if (name.split('/').includes('..')) throw new EsgzError('UNSAFE_PATH', `${where}: tar entry ${JSON.stringify(name)} has a ${what} with ".."`);
+  if (climbsAboveRoot(name)) throw new EsgzError('UNSAFE_PATH', `${where}: tar entry ${JSON.stringify(name)} has a ${what} with ".." above the layer root`);
   if (name.includes('\0')) throw new EsgzError('UNSAFE_PATH', `${where}: tar entry ${JSON.stringify(name)} has a NUL byte in its ${what}`);
 }
 
