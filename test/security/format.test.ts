@@ -31,6 +31,7 @@ let scratch: string;
 let busybox: PushedLayer;
 
 function expectBounded(run: MeasuredRun): void {
+  console.log(`measured: ${run.peakRssMiB.toFixed(0)} MiB peak RSS, ${run.seconds.toFixed(1)} s`);
   expect(run.peakRssMiB, run.stderr).toBeLessThan(MAX_RSS_MIB);
   expect(run.seconds, run.stderr).toBeLessThan(MAX_SECONDS);
 }
