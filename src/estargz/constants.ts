@@ -27,6 +27,11 @@ export const DEFAULT_CHUNK_SIZE = 4 << 20;
  * containers/storage stops at 150 MiB.
  */
 export const MAX_TOC_SIZE = 64 << 20;
+/**
+ * Most TOC entries esgz reads: a TOC of MAX_TOC_SIZE holds ~450k real ones (chunk entries are the
+ * smallest); a million tiny crafted ones would take ~600 MiB to parse and index.
+ */
+export const MAX_TOC_ENTRIES = 1 << 20;
 /** Tar framing around the TOC JSON in an eStargz TOC member (headers, padding, end-of-archive). */
 export const TOC_TAR_SLACK = 64 << 10;
 /**

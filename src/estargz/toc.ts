@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { EsgzError } from '../errors.js';
+import { MAX_TOC_ENTRIES } from './constants.js';
 
 /** The TOC model shared by eStargz and zstd:chunked (stargz-snapshotter's JTOC / TOCEntry). */
 
@@ -138,6 +139,12 @@ const STRING_FIELDS = ['modtime', 'linkName', 'userName', 'groupName', 'digest',
  * Unknown fields are ignored (newer writers may add some), wrong types are errors.
  */
 export function parseTOCJSON(json: Buffer, where: string): JTOC {
+  // Counted before parsing: parsed entries are what costs memory (~250 bytes each). Every entry
+  // is a JSON object, so it has a "{" that no escape can hide; "{" inside strings only over-count.
+  let objects = 0;
+  for (let at = json.indexOf(0x7b); at !== -1; at = json.indexOf(0x7b, at + 1)) {
+    if (++objects > MAX_TOC_ENTRIES + 1) throw new EsgzError('BAD_FORMAT', `${where}: TOC has more than ${MAX_TOC_ENTRIES} entries (the most esgz reads)`);
+  }
   let doc: unknown;
   try {
     doc = JSON.parse(json.toString('utf8'));

@@ -153,6 +153,19 @@ describe('decompression bombs (item 4)', () => {
   });
 });
 
+describe('TOCs with absurd counts (item 4)', () => {
+  it('a TOC of 1.1M tiny entries (under the size limit) is refused before it is parsed', async () => {
+    const names = Array.from({ length: 1_100_000 }, (_, i) => `{"name":"d${i}","type":"dir"}`);
+    const tocJSON = Buffer.from(`{"version":1,"entries":[${names.join(',')}]}`);
+    const tocMember = await gzipOf(Buffer.concat([ustarHeader({ name: 'stargz.index.json', size: tocJSON.length }), tocJSON, Buffer.alloc(512 - (tocJSON.length % 512)), END_OF_ARCHIVE]), 0);
+    const file = join(scratch, 'toc-count.blob');
+    await writeFile(file, estargzBlobWithTOCMember([await gzipOf(Buffer.alloc(512), 0)], tocMember));
+    const run = await esgzMeasured('get-toc-digest', file);
+    expectBounded(run);
+    expectOneLineError(run, 'nonzero', /more than 1048576 entries/);
+  });
+});
+
 describe('unverifiable TOCs (item 5)', () => {
   it('rpull refuses a layer whose chunks carry no digest, in one line, and keeps nothing', async () => {
     const tar = Buffer.concat([tarEntry({ name: 'etc/', typeflag: '5', mode: 0o755 }), tarEntry({ name: 'etc/motd' }, Buffer.from('trust me\n')), END_OF_ARCHIVE]);
