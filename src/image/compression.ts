@@ -116,7 +116,9 @@ async function* zstdFrames(input: Readable, where: string): AsyncGenerator<Buffe
   let frameOpen = false;
   for await (const chunk of input) {
     let pending = chunk as Buffer;
-    for (;;) {
+    // A full output buffer may mean zstd holds more: call again with no new input to flush it.
+    let flushing = false;
+    while (pending.length > 0 || flushing) {
       const out = Buffer.allocUnsafe(ZSTD_OUT_PIECE);
       let step: [number, number, number];
       try {
@@ -125,14 +127,14 @@ async function* zstdFrames(input: Readable, where: string): AsyncGenerator<Buffe
         throw wrap(err, where, 'zstd');
       }
       const [remaining, produced, consumed] = step;
-      frameOpen = remaining !== 0;
+      // (A call that moved nothing reports the next frame's header size, not an open frame.)
+      if (consumed > 0 || produced > 0) frameOpen = remaining !== 0;
       pending = pending.subarray(consumed);
+      flushing = produced === out.length;
       if (produced > 0) yield out.subarray(0, produced);
-      // Done with this input once it is consumed and zstd has nothing more to flush from it.
-      if (pending.length === 0 && produced < out.length) break;
     }
   }
-  if (frameOpen) throw new EsgzError('BAD_LAYER', `${where}: corrupt zstd data: the stream ends inside a frame (truncated)`);
+  if (frameOpen) throw new EsgzError('BAD_LAYER', `${where}: corrupt zstd data: unexpected end of file (the stream ended in middle of a frame)`);
 }
 
 /**
