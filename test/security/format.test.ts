@@ -282,6 +282,21 @@ describe('absolute entry names (item 13)', () => {
     expect(run.stdout).toBe('absolute\ncleaned\nabsolute');
   });
 
+  it('optimize accepts them too and runs the workload over the re-rooted files', async () => {
+    const fixture = await busyboxImage();
+    const image = await writeOciImage(join(scratch, 'abs-opt'), { tag: 'v1', layers: [await readFile(fixture.layers[0]!.tarPath), layerTar()], config: { Env: ['PATH=/bin'] } });
+    const out = join(scratch, 'abs-opt-out');
+    const record = join(scratch, 'abs-opt.record');
+    const run = await esgzMeasured('image', 'optimize', '--oci', '--period', '5', '--record-out', record, '--entrypoint', '["/bin/sh","-c"]', '--args', '["cat /abs/file /inside"]', `oci:${image.dir}:v1`, `oci:${out}:v1`);
+    expectBounded(run);
+    expect(run.exitCode, run.stderr).toBe(0);
+    expect(existsSync(join(out, 'index.json'))).toBe(true);
+    // The workload read the re-rooted files (the trace saw them).
+    const recorded = await readFile(record, 'utf8');
+    expect(recorded).toContain('abs/file');
+    expect(recorded).toContain('inside');
+  });
+
   it('".." that climbs above the root stays an error for convert', async () => {
     const tar = Buffer.concat([tarEntry({ name: '/abs/../../escape' }, Buffer.from('x')), END_OF_ARCHIVE]);
     const image = await writeOciImage(join(scratch, 'climb'), { tag: 'v1', layers: [tar] });
