@@ -131,7 +131,9 @@ export interface Codec {
   parseTOC(tocBytes: Buffer): Promise<ParsedTOC>;
   /**
    * Decompresses `compressed`, which starts at a member/frame start and may hold several
-   * consecutive members/frames; returns their concatenated uncompressed bytes.
+   * consecutive members/frames; returns the first `maxOutput` bytes (default MAX_MEMBER_PREFIX) of
+   * their concatenated uncompressed bytes, or all of them when fewer. Inflating stops once it has
+   * them: a member's declared sizes bound the memory it costs, whatever it would inflate to.
    */
-  decompress(compressed: Buffer): Promise<Buffer>;
+  decompress(compressed: Buffer, maxOutput?: number): Promise<Buffer>;
 }

@@ -20,6 +20,28 @@ export const LEGACY_FOOTER_SIZE = 47;
 /** Default chunk size of regular file payloads (ctr-remote: 4 MiB). */
 export const DEFAULT_CHUNK_SIZE = 4 << 20;
 
+/**
+ * Largest uncompressed TOC JSON esgz reads. The whole TOC is parsed in memory (JSON text plus
+ * its objects take ~4x its size), so this keeps a hostile TOC under the 512 MiB peak RSS esgz
+ * promises; 64 MiB holds ~190k realistic entries. stargz-snapshotter has no limit,
+ * containers/storage stops at 150 MiB.
+ */
+export const MAX_TOC_SIZE = 64 << 20;
+/**
+ * Most TOC entries esgz reads: a TOC of MAX_TOC_SIZE holds ~450k real ones (chunk entries are the
+ * smallest); a million tiny crafted ones would take ~600 MiB to parse and index.
+ */
+export const MAX_TOC_ENTRIES = 1 << 20;
+/** Tar framing around the TOC JSON in an eStargz TOC member (headers, padding, end-of-archive). */
+export const TOC_TAR_SLACK = 64 << 10;
+/**
+ * Largest chunk (and largest inner offset of a chunk in its member) the reader accepts: a chunk is
+ * inflated whole into memory. 16x the default chunk size; current writers never get near it.
+ */
+export const MAX_CHUNK_SIZE = 64 << 20;
+/** The most any member is ever inflated to: a chunk's inner offset plus its length. */
+export const MAX_MEMBER_PREFIX = 2 * MAX_CHUNK_SIZE;
+
 /** Descriptor annotation: sha256 digest of the uncompressed TOC JSON. */
 export const TOC_DIGEST_ANNOTATION = 'containerd.io/snapshot/stargz/toc.digest';
 /** Descriptor annotation: size of the uncompressed tar. */

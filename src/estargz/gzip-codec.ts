@@ -7,7 +7,7 @@ import { promisify } from 'node:util';
 import zlib from 'node:zlib';
 import { EsgzError } from '../errors.js';
 import type { Codec, CodecOptions, CodecTail, FooterInfo, ParsedTOC } from './codec.js';
-import { FOOTER_SIZE, LEGACY_FOOTER_SIZE, TOC_TAR_NAME } from './constants.js';
+import { FOOTER_SIZE, LEGACY_FOOTER_SIZE, MAX_MEMBER_PREFIX, MAX_TOC_SIZE, TOC_TAR_NAME, TOC_TAR_SLACK } from './constants.js';
 import { createGzipPool, defaultWorkerCount, selectGzipBackend, type GzipBackend } from './gzip-pool.js';
 import type { CompressedMembers, MemberPool } from './member-pool.js';
 import { BLOCK, END_OF_ARCHIVE, encodeTarHeader, padding } from './tar.js';
@@ -129,12 +129,53 @@ export function parseGzipFooter(tail: Buffer, blobSize: number): FooterInfo | un
   return undefined;
 }
 
+/** Output zlib hands over at once while inflating a member prefix. */
+const INFLATE_CHUNK = 256 << 10;
+
+/**
+ * The first `limit` bytes that the gzip member(s) in `compressed` inflate to (all of them when
+ * fewer): inflating stops as soon as it has them, so a member that would inflate to gigabytes
+ * costs `limit` bytes of memory and the time to produce them.
+ */
+export function gunzipPrefix(compressed: Buffer, limit: number): Promise<Buffer> {
+  if (limit <= 0) return Promise.resolve(Buffer.alloc(0));
+  return new Promise((resolve, reject) => {
+    const inflater = zlib.createGunzip({ chunkSize: Math.min(INFLATE_CHUNK, Math.max(limit, 64)) });
+    const parts: Buffer[] = [];
+    let total = 0;
+    let settled = false;
+    const finish = (): void => {
+      if (settled) return;
+      settled = true;
+      inflater.destroy();
+      const out = Buffer.concat(parts, total);
+      resolve(total > limit ? out.subarray(0, limit) : out);
+    };
+    inflater.on('data', (piece: Buffer) => {
+      if (settled) return;
+      parts.push(piece);
+      total += piece.length;
+      if (total >= limit) finish();
+    });
+    inflater.on('end', finish);
+    inflater.on('error', (err) => {
+      if (settled) return;
+      settled = true;
+      reject(err);
+    });
+    inflater.end(compressed);
+  });
+}
+
 /** Gunzips a TOC member and returns the JSON of its `stargz.index.json` tar entry. */
 export async function extractTOCJSON(tocMember: Buffer, where: string): Promise<Buffer> {
   let tar: Buffer;
   try {
-    tar = await gunzip(tocMember);
+    tar = await gunzip(tocMember, { maxOutputLength: MAX_TOC_SIZE + TOC_TAR_SLACK });
   } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') {
+      throw new EsgzError('BAD_FORMAT', `${where}: TOC member inflates to more than ${MAX_TOC_SIZE >> 20} MiB (the most esgz reads)`, { cause: err });
+    }
     throw new EsgzError('BAD_FORMAT', `${where}: TOC member does not decompress: ${(err as Error).message}`, { cause: err });
   }
   // The entry may be preceded by a PAX header written by other tools; walk headers until the TOC.
@@ -153,6 +194,7 @@ export async function extractTOCJSON(tocMember: Buffer, where: string): Promise<
       paxPath = m?.[1];
     } else {
       if (name.replace(/^\.?\//, '') === TOC_TAR_NAME) {
+        if (size > MAX_TOC_SIZE) throw new EsgzError('BAD_FORMAT', `${where}: TOC of ${size} bytes is larger than the ${MAX_TOC_SIZE >> 20} MiB esgz reads`);
         if (body.length !== size) throw new EsgzError('BAD_FORMAT', `${where}: TOC entry is truncated`);
         return body;
       }
@@ -238,9 +280,9 @@ export class GzipCodec implements Codec {
     return { toc: parseTOCJSON(tocJSON, 'eStargz TOC'), tocJSON, tocDigest: sha256Digest(tocJSON) };
   }
 
-  async decompress(compressed: Buffer): Promise<Buffer> {
+  async decompress(compressed: Buffer, maxOutput = MAX_MEMBER_PREFIX): Promise<Buffer> {
     try {
-      return await gunzip(compressed);
+      return await gunzipPrefix(compressed, maxOutput);
     } catch (err) {
       throw new EsgzError('BAD_FORMAT', `gzip member does not decompress: ${(err as Error).message}`, { cause: err });
     }

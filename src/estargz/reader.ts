@@ -9,8 +9,8 @@ import { EsgzError } from '../errors.js';
 import type { Descriptor, ImageSource } from '../image/types.js';
 import type { Codec, FooterInfo } from './codec.js';
 import { readerCodecs } from './codecs.js';
-import { NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK } from './constants.js';
-import { cleanEntryName, type JTOC, type TOCEntry } from './toc.js';
+import { MAX_CHUNK_SIZE, MAX_TOC_SIZE, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_SLACK } from './constants.js';
+import { cleanEntryName, climbsAboveRoot, type JTOC, type TOCEntry } from './toc.js';
 
 /** Random access to a blob's compressed bytes. */
 export interface BlobReader {
@@ -91,8 +91,27 @@ export interface ChunkRef {
   compressedEnd: number;
   /** Offset of the chunk inside the decompressed member(s). */
   innerOffset: number;
-  /** `sha256:` of the chunk's bytes, when the TOC has one. */
+  /**
+   * `sha256:` of the chunk's bytes: its `chunkDigest`, or the file's `digest` for a file in one
+   * chunk. Every chunk has one: the reader refuses a TOC that leaves a chunk unverifiable.
+   */
   chunkDigest?: string;
+}
+
+/** Largest compressed TOC read from a blob: what a TOC of MAX_TOC_SIZE could compress to at worst. */
+const MAX_COMPRESSED_TOC = MAX_TOC_SIZE + TOC_TAR_SLACK;
+/** A digest the TOC may carry: the sha256 the writers put there. */
+const SHA256_DIGEST = /^sha256:[0-9a-f]{64}$/;
+
+/**
+ * The codec with its `decompress` bounded by default to what the TOC says any member of this
+ * blob holds (`limit`), for callers that decompress whole members themselves.
+ */
+function boundedCodec(codec: Codec, limit: number): Codec {
+  const bounded = Object.create(codec) as Codec;
+  return Object.defineProperty(bounded, 'decompress', {
+    value: (compressed: Buffer, maxOutput?: number) => codec.decompress(compressed, Math.min(maxOutput ?? limit, limit)),
+  });
 }
 
 export interface OpenOptions {
@@ -112,10 +131,14 @@ export interface OpenOptions {
 export class EstargzReader {
   private readonly byName = new Map<string, TOCEntry>();
   private readonly chunksByName = new Map<string, ChunkRef[]>();
+  /** Per member (blob offset): how many of its uncompressed bytes its chunks reach. */
+  private readonly memberPrefix = new Map<number, number>();
+  /** The codec; its `decompress` never inflates a member beyond what the TOC says it holds. */
+  readonly codec: Codec;
 
   private constructor(
     readonly blob: BlobReader,
-    readonly codec: Codec,
+    codec: Codec,
     readonly footer: FooterInfo,
     readonly toc: JTOC,
     readonly tocDigest: string,
@@ -123,6 +146,7 @@ export class EstargzReader {
     readonly where: string,
   ) {
     this.index();
+    this.codec = boundedCodec(codec, Math.max(0, ...this.memberPrefix.values()));
   }
 
   /** Reads the footer and the TOC, verifies the TOC digest, builds the chunk index. */
@@ -153,9 +177,13 @@ export class EstargzReader {
     if (footer.externalTOC) {
       if (!options.externalTOC) throw new EsgzError('UNSUPPORTED', `${where}: the TOC of this layer is external (STARGZEXTERNALTOC); it lives in the IMAGE-esgztoc image`);
       tocBytes = typeof options.externalTOC === 'function' ? await options.externalTOC() : options.externalTOC;
+      if (tocBytes.length > MAX_COMPRESSED_TOC) throw new EsgzError('BAD_FORMAT', `${where}: external TOC of ${tocBytes.length} bytes is larger than esgz reads (${MAX_TOC_SIZE >> 20} MiB)`);
     } else {
       const tocEnd = footer.tocSize !== undefined ? footer.tocOffset + footer.tocSize : blob.size - footer.footerSize;
-      if (tocEnd <= footer.tocOffset || tocEnd > blob.size) throw new EsgzError('BAD_FORMAT', `${where}: footer points at an empty or out-of-range TOC (${footer.tocOffset}..${tocEnd})`);
+      if (tocEnd <= footer.tocOffset || tocEnd > blob.size - footer.footerSize) throw new EsgzError('BAD_FORMAT', `${where}: footer points at an empty or out-of-range TOC (${footer.tocOffset}..${tocEnd})`);
+      if (tocEnd - footer.tocOffset > MAX_COMPRESSED_TOC) {
+        throw new EsgzError('BAD_FORMAT', `${where}: footer points at a TOC of ${tocEnd - footer.tocOffset} compressed bytes, more than esgz reads (${MAX_TOC_SIZE >> 20} MiB)`);
+      }
       tocBytes = await blob.read(footer.tocOffset, tocEnd - footer.tocOffset);
     }
     let parsed;
@@ -197,6 +225,8 @@ export class EstargzReader {
 
     let currentFile: TOCEntry | undefined;
     let currentName = '';
+    /** (offset, innerOffset) of every data chunk: stargz's VerifyTOC refuses one found twice. */
+    const chunkStarts = new Set<string>();
     for (const e of this.toc.entries) {
       const name = cleanEntryName(e.name);
       if (e.type === 'chunk') {
@@ -204,7 +234,10 @@ export class EstargzReader {
           throw new EsgzError('BAD_FORMAT', `${this.where}: TOC chunk entry ${JSON.stringify(e.name)} does not follow its regular file`);
         }
       } else {
+        this.checkName(e);
+        // A name listed twice: the later entry wins (as in stargz's reader and in a tar).
         this.byName.set(name, e);
+        this.chunksByName.delete(name);
         currentFile = e.type === 'reg' ? e : undefined;
         currentName = name;
         if (e.type !== 'reg' || (e.size ?? 0) === 0) continue;
@@ -214,25 +247,74 @@ export class EstargzReader {
       const fileOffset = e.chunkOffset ?? 0;
       const length = e.chunkSize && e.chunkSize > 0 ? e.chunkSize : fileSize - fileOffset;
       const offset = e.offset ?? 0;
+      const innerOffset = e.innerOffset ?? 0;
+      const what = `TOC chunk of ${JSON.stringify(e.name)} at ${fileOffset}`;
       if (fileOffset + length > fileSize || length <= 0) {
-        throw new EsgzError('BAD_FORMAT', `${this.where}: TOC chunk of ${JSON.stringify(e.name)} at ${fileOffset} (+${length}) lies outside the file (${fileSize} bytes)`);
+        throw new EsgzError('BAD_FORMAT', `${this.where}: ${what} (+${length}) lies outside the file (${fileSize} bytes)`);
+      }
+      if (length > MAX_CHUNK_SIZE || innerOffset > MAX_CHUNK_SIZE) {
+        throw new EsgzError('BAD_FORMAT', `${this.where}: ${what} is ${length} bytes at inner offset ${innerOffset}; esgz reads chunks of at most ${MAX_CHUNK_SIZE >> 20} MiB`);
       }
       if (offset >= this.dataEnd) throw new EsgzError('BAD_FORMAT', `${this.where}: TOC entry ${JSON.stringify(e.name)} points past the data (offset ${offset})`);
+      const start = `${offset}+${innerOffset}`;
+      if (chunkStarts.has(start)) throw new EsgzError('BAD_FORMAT', `${this.where}: ${what}: blob offset ${offset} (inner ${innerOffset}) is used twice in the TOC`);
+      chunkStarts.add(start);
+      const chunkDigest = this.chunkDigestOf(e, file, length, what);
+      this.memberPrefix.set(offset, Math.max(this.memberPrefix.get(offset) ?? 0, innerOffset + length));
       const list = this.chunksByName.get(name) ?? [];
-      list.push({
-        name, entry: e, fileOffset, length, compressedOffset: offset, compressedEnd: nextStart(offset),
-        innerOffset: e.innerOffset ?? 0, chunkDigest: e.chunkDigest,
-      });
+      list.push({ name, entry: e, fileOffset, length, compressedOffset: offset, compressedEnd: nextStart(offset), innerOffset, chunkDigest });
       this.chunksByName.set(name, list);
     }
     for (const [name, list] of this.chunksByName) {
       let expected = 0;
       for (const c of list) {
-        if (c.fileOffset !== expected) throw new EsgzError('BAD_FORMAT', `${this.where}: TOC chunks of ${JSON.stringify(name)} leave a gap at ${expected}`);
+        if (c.fileOffset !== expected) throw new EsgzError('BAD_FORMAT', `${this.where}: TOC chunks of ${JSON.stringify(name)} leave a gap or overlap at ${expected}`);
         expected += c.length;
       }
       const size = this.byName.get(name)?.size ?? 0;
       if (expected !== size) throw new EsgzError('BAD_FORMAT', `${this.where}: TOC chunks of ${JSON.stringify(name)} cover ${expected} of ${size} bytes`);
+    }
+    this.checkMembersDisjoint();
+  }
+
+  /** Names (and hardlink targets) climbing above the root are refused; the rest are re-rooted. */
+  private checkName(e: TOCEntry): void {
+    if (climbsAboveRoot(e.name) || e.name.includes('\0')) throw new EsgzError('UNSAFE_PATH', `${this.where}: TOC entry ${JSON.stringify(e.name)} climbs above the layer root`);
+    if (e.type === 'hardlink' && climbsAboveRoot(e.linkName ?? '')) {
+      throw new EsgzError('UNSAFE_PATH', `${this.where}: TOC hardlink ${JSON.stringify(e.name)} points above the layer root (${JSON.stringify(e.linkName)})`);
+    }
+  }
+
+  /**
+   * The digest a chunk is verified against: its chunkDigest, or the file digest for a file in
+   * one chunk (stargz's VerifyTOC accepts that too). A chunk with neither is refused, so no byte
+   * is ever served unverified.
+   */
+  private chunkDigestOf(e: TOCEntry, file: TOCEntry, length: number, what: string): string {
+    const digest = e.chunkDigest ?? (length === (file.size ?? 0) ? file.digest : undefined);
+    if (digest === undefined) throw new EsgzError('BAD_FORMAT', `${this.where}: ${what} has no chunkDigest: its content could not be verified`);
+    if (!SHA256_DIGEST.test(digest)) throw new EsgzError('BAD_FORMAT', `${this.where}: ${what} has an invalid digest ${JSON.stringify(digest)}`);
+    return digest;
+  }
+
+  /** Chunks sharing a member (innerOffset) must not overlap inside it. */
+  private checkMembersDisjoint(): void {
+    const byMember = new Map<number, ChunkRef[]>();
+    for (const list of this.chunksByName.values()) {
+      for (const c of list) {
+        const shared = byMember.get(c.compressedOffset);
+        if (shared) shared.push(c);
+        else byMember.set(c.compressedOffset, [c]);
+      }
+    }
+    for (const [offset, chunks] of byMember) {
+      chunks.sort((a, b) => a.innerOffset - b.innerOffset);
+      for (let i = 1; i < chunks.length; i++) {
+        const prev = chunks[i - 1]!;
+        if (chunks[i]!.innerOffset < prev.innerOffset + prev.length) {
+          throw new EsgzError('BAD_FORMAT', `${this.where}: TOC chunks of ${JSON.stringify(prev.name)} and ${JSON.stringify(chunks[i]!.name)} overlap in the member at ${offset}`);
+        }
+      }
     }
   }
 
@@ -296,7 +378,7 @@ export class EstargzReader {
   private async decompressAt(chunk: ChunkRef, compressed: Buffer): Promise<Buffer> {
     let data: Buffer;
     try {
-      data = await this.codec.decompress(compressed);
+      data = await this.codec.decompress(compressed, chunk.innerOffset + chunk.length);
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       throw new EsgzError('BAD_FORMAT', `${this.where}: ${chunk.name} at ${chunk.fileOffset}: ${message}`, { cause: err });
@@ -354,7 +436,7 @@ export class EstargzReader {
         if (chunk.innerOffset > 0 || chunk.compressedOffset === cacheKey) {
           if (cacheKey !== chunk.compressedOffset) {
             const compressed = await this.blob.read(chunk.compressedOffset, chunk.compressedEnd - chunk.compressedOffset);
-            cache = await this.codec.decompress(compressed);
+            cache = await this.codec.decompress(compressed, this.memberPrefix.get(chunk.compressedOffset));
             cacheKey = chunk.compressedOffset;
           }
           if (cache!.length < chunk.innerOffset + chunk.length) throw new EsgzError('BAD_FORMAT', `${this.where}: ${name}: member too short for chunk at ${chunk.fileOffset}`);

@@ -390,7 +390,7 @@ export async function* readTar(input: AsyncIterable<Buffer | Uint8Array | string
     }
   };
   record();
-  let globalPax = new Map<string, Buffer>();
+  const globals = new GlobalPax();
   let pendingPax: Map<string, Buffer> | undefined;
   let longName: string | undefined;
   let longLink: string | undefined;
@@ -432,7 +432,7 @@ export async function* readTar(input: AsyncIterable<Buffer | Uint8Array | string
       if (size > 64 << 20) throw new EsgzError('BAD_LAYER', `${at()}: ${typeflag} header of ${size} bytes is implausibly large`);
       const body = await readBody(size, name);
       if (typeflag === 'x') pendingPax = parsePaxRecords(body, `${at()} (PAX header)`);
-      else if (typeflag === 'g') globalPax = new Map([...globalPax, ...parsePaxRecords(body, `${at()} (global PAX header)`)]);
+      else if (typeflag === 'g') globals.update(parsePaxRecords(body, `${at()} (global PAX header)`));
       else {
         const nul = body.indexOf(0);
         const text = (nul === -1 ? body : body.subarray(0, nul)).toString('utf8');
@@ -442,8 +442,7 @@ export async function* readTar(input: AsyncIterable<Buffer | Uint8Array | string
       continue;
     }
 
-    const pax = new Map([...globalPax, ...(pendingPax ?? [])]);
-    for (const [k, v] of pax) if (v.length === 0) pax.delete(k);
+    const pax = globals.forEntry(pendingPax, at);
     pendingPax = undefined;
     const header: TarHeader = {
       name: longName ?? name,
@@ -499,6 +498,56 @@ export async function* readTar(input: AsyncIterable<Buffer | Uint8Array | string
     }
     const pad = (BLOCK - (payloadSize % BLOCK)) % BLOCK;
     if ((await src.skip(pad)) < pad) throw truncated(where, entryName, payloadSize + pad, payloadSize);
+  }
+}
+
+/**
+ * Bytes of global PAX records esgz copies into entries over a whole layer. Global records apply
+ * to every later entry (POSIX), and the writer re-encodes them into each entry's own PAX header,
+ * so a few kilobytes of globals ahead of many entries would multiply the output: this bounds it.
+ * Real layers carry at most one small global header (`git archive`'s 52-byte commit comment).
+ */
+export const MAX_APPLIED_GLOBAL_PAX_BYTES = 16 << 20;
+
+/**
+ * The global PAX records in force (`g` headers, later ones overriding earlier keys). Kept in one
+ * map updated in place, and the merged view without deletions is built once per change and
+ * shared by the entries that follow: linear in the layer, however many `g` headers it has.
+ */
+class GlobalPax {
+  private readonly records = new Map<string, Buffer>();
+  /** Sum of key and value lengths of `records`. */
+  private bytes = 0;
+  /** Records minus deletions (empty values), shared by entries until the next `g` header. */
+  private view: Map<string, Buffer> | undefined = new Map();
+  private applied = 0;
+
+  update(records: Map<string, Buffer>): void {
+    for (const [key, value] of records) {
+      const old = this.records.get(key);
+      if (old !== undefined) this.bytes -= key.length + old.length;
+      this.records.set(key, value);
+      this.bytes += key.length + value.length;
+    }
+    this.view = undefined;
+  }
+
+  /** The PAX records of one entry: the globals, overridden by its own `x` records; deletions dropped. */
+  forEntry(own: Map<string, Buffer> | undefined, at: () => string): Map<string, Buffer> {
+    if (this.records.size > 0) {
+      this.applied += this.bytes;
+      if (this.applied > MAX_APPLIED_GLOBAL_PAX_BYTES) {
+        throw new EsgzError('BAD_LAYER', `${at()}: global PAX headers would be copied into the entries more than ${MAX_APPLIED_GLOBAL_PAX_BYTES >> 20} MiB over (${this.records.size} global records)`);
+      }
+    }
+    if (this.view === undefined) {
+      this.view = new Map();
+      for (const [k, v] of this.records) if (v.length > 0) this.view.set(k, v);
+    }
+    if (own === undefined) return this.view;
+    const pax = this.records.size === 0 ? own : new Map([...this.view, ...own]);
+    for (const [k, v] of pax) if (v.length === 0) pax.delete(k);
+    return pax;
   }
 }
 

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { EsgzError } from '../errors.js';
+import { MAX_TOC_ENTRIES } from './constants.js';
 
 /** The TOC model shared by eStargz and zstd:chunked (stargz-snapshotter's JTOC / TOCEntry). */
 
@@ -138,6 +139,12 @@ const STRING_FIELDS = ['modtime', 'linkName', 'userName', 'groupName', 'digest',
  * Unknown fields are ignored (newer writers may add some), wrong types are errors.
  */
 export function parseTOCJSON(json: Buffer, where: string): JTOC {
+  // Counted before parsing: parsed entries are what costs memory (~250 bytes each). Every entry
+  // is a JSON object, so it has a "{" that no escape can hide; "{" inside strings only over-count.
+  let objects = 0;
+  for (let at = json.indexOf(0x7b); at !== -1; at = json.indexOf(0x7b, at + 1)) {
+    if (++objects > MAX_TOC_ENTRIES + 1) throw new EsgzError('BAD_FORMAT', `${where}: TOC has more than ${MAX_TOC_ENTRIES} entries (the most esgz reads)`);
+  }
   let doc: unknown;
   try {
     doc = JSON.parse(json.toString('utf8'));
@@ -187,6 +194,22 @@ export function cleanEntryName(name: string): string {
     else parts.push(part);
   }
   return parts.join('/');
+}
+
+/**
+ * Whether a tar or TOC name climbs above the layer root ("../x", "a/../../x"). Every esgz command
+ * refuses such a name; any other is re-rooted: a leading "/" and "." / ".." that stay inside are
+ * cleaned away (cleanEntryName), as containerd's archive.Apply and stargz's reader do.
+ */
+export function climbsAboveRoot(name: string): boolean {
+  if (!name.includes('..')) return false;
+  let depth = 0;
+  for (const part of name.split('/')) {
+    if (part === '..') {
+      if (--depth < 0) return true;
+    } else if (part !== '' && part !== '.') depth++;
+  }
+  return false;
 }
 
 /** The last modtime formatModtime formatted. */

@@ -13,7 +13,7 @@ import { openDecompressed } from '../image/compression.js';
 import { isIndexMediaType } from '../image/media-types.js';
 import { formatPlatform, hostPlatform, platformMatches } from '../image/platform.js';
 import type { Descriptor, ImageConfig, ImageIndex, ImageManifest, ImageSource, Platform, RawManifest } from '../image/types.js';
-import { TOC_DIGEST_ANNOTATION, TOC_LAYER_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from './constants.js';
+import { MAX_TOC_SIZE, TOC_DIGEST_ANNOTATION, TOC_LAYER_DIGEST_ANNOTATION, TOC_TAR_SLACK, UNCOMPRESSED_SIZE_ANNOTATION } from './constants.js';
 import { EstargzReader, openFileBlobReader, sourceBlobReader } from './reader.js';
 
 export interface ResolvedImage {
@@ -68,6 +68,9 @@ export async function fetchExternalTOC(tocImage: ImageSource, layerDigest: strin
   const [image] = await resolveImages(tocImage);
   const desc = image?.manifest.layers.find((l) => l.annotations?.[TOC_LAYER_DIGEST_ANNOTATION] === layerDigest);
   if (!desc) throw new EsgzError('NOT_FOUND', `${tocImage.description}: no TOC for layer ${layerDigest}`);
+  if (desc.size > MAX_TOC_SIZE + TOC_TAR_SLACK) {
+    throw new EsgzError('BAD_FORMAT', `${tocImage.description}: TOC blob for layer ${layerDigest} is ${desc.size} bytes, larger than esgz reads (${MAX_TOC_SIZE >> 20} MiB)`);
+  }
   return readAll(tocImage, desc);
 }
 

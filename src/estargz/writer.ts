@@ -20,10 +20,10 @@ import type { Writable } from 'node:stream';
 import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError } from '../errors.js';
 import type { Codec, CompressedMembers } from './codec.js';
-import { DEFAULT_CHUNK_SIZE, LANDMARK_CONTENTS, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME } from './constants.js';
+import { DEFAULT_CHUNK_SIZE, LANDMARK_CONTENTS, MAX_CHUNK_SIZE, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME } from './constants.js';
 import { expandPriorities, type PriorityItem } from './priority.js';
 import { BLOCK, encodeTarHeader, FILE_WINDOW, FileByteSource, FileWindowReader, padding, readTar, type TarHeader } from './tar.js';
-import { cleanEntryName, formatModtime, type JTOC, type TOCEntry, type TOCEntryType } from './toc.js';
+import { cleanEntryName, climbsAboveRoot, formatModtime, type JTOC, type TOCEntry, type TOCEntryType } from './toc.js';
 
 export interface EstargzWriterOptions {
   codec: Codec;
@@ -268,10 +268,12 @@ class MemberSequencer {
   }
 }
 
-/** Throws UNSAFE_PATH for names that could escape the layer root. */
+/**
+ * Throws UNSAFE_PATH for names that climb above the layer root. Absolute names and ".." that stay
+ * inside are kept as they are, as stargz's writer does: every reader re-roots them (climbsAboveRoot).
+ */
 function checkSafeName(name: string, what: string, where: string): void {
-  if (name.startsWith('/')) throw new EsgzError('UNSAFE_PATH', `${where}: tar entry ${JSON.stringify(name)} has an absolute ${what}`);
-  if (name.split('/').includes('..')) throw new EsgzError('UNSAFE_PATH', `${where}: tar entry ${JSON.stringify(name)} has a ${what} with ".."`);
+  if (climbsAboveRoot(name)) throw new EsgzError('UNSAFE_PATH', `${where}: tar entry ${JSON.stringify(name)} has a ${what} with ".." above the layer root`);
   if (name.includes('\0')) throw new EsgzError('UNSAFE_PATH', `${where}: tar entry ${JSON.stringify(name)} has a NUL byte in its ${what}`);
 }
 
@@ -453,7 +455,7 @@ export async function writeEstargz(tar: AsyncIterable<Buffer>, output: Writable,
   const where = options.where ?? 'layer';
   const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
   const minChunkSize = options.minChunkSize ?? 0;
-  if (!Number.isSafeInteger(chunkSize) || chunkSize <= 0) throw new EsgzError('BAD_FLAG', `chunk size must be a positive integer, got ${chunkSize}`);
+  if (!Number.isSafeInteger(chunkSize) || chunkSize <= 0 || chunkSize > MAX_CHUNK_SIZE) throw new EsgzError('BAD_FLAG', `chunk size must be a positive integer up to ${MAX_CHUNK_SIZE} (what readers accept), got ${chunkSize}`);
   if (!Number.isSafeInteger(minChunkSize) || minChunkSize < 0) throw new EsgzError('BAD_FLAG', `min chunk size must be a non-negative integer, got ${minChunkSize}`);
   const seq = new MemberSequencer(options.codec, output, options.maxInFlightBytes ?? inFlightWindow(options.codec.workers, chunkSize));
   const missed: string[] = [];

@@ -7,7 +7,9 @@ import { constants as fsConstants } from 'node:fs';
 import { access, stat } from 'node:fs/promises';
 import { delimiter, join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
+import { createRequire } from 'node:module';
 import zlib from 'node:zlib';
+import type * as ZstdBinding from 'zstd-napi/binding.js';
 import { EsgzError } from '../errors.js';
 import type { LayerCompression } from './media-types.js';
 
@@ -87,13 +89,52 @@ export async function openDecompressed(input: Readable, where = 'layer', options
   // 1 MiB per zlib call: fewer thread-pool round trips, each of which waits for a free core
   // while the compression workers run.
   // zstd-napi is loaded only for zstd layers (its native binding costs every start-up ~12 ms).
-  const decoder = compression === 'gzip' ? zlib.createGunzip({ chunkSize: GUNZIP_CHUNK }) : new (await import('zstd-napi')).DecompressStream();
-  const what = compression === 'gzip' ? 'gzip' : 'zstd';
+  if (compression === 'zstd') {
+    const out = Readable.from(zstdFrames(replay, where), { objectMode: false, highWaterMark: 1 << 20 });
+    replay.on('error', (err) => out.destroy(err instanceof EsgzError ? err : wrap(err, where, 'zstd')));
+    return { stream: out, compression };
+  }
+  const decoder = zlib.createGunzip({ chunkSize: GUNZIP_CHUNK });
   const out = new PassThrough({ highWaterMark: 1 << 20 });
-  replay.on('error', (err) => out.destroy(err instanceof EsgzError ? err : wrap(err, where, what)));
-  decoder.on('error', (err) => out.destroy(wrap(err, where, what)));
+  replay.on('error', (err) => out.destroy(err instanceof EsgzError ? err : wrap(err, where, 'gzip')));
+  decoder.on('error', (err) => out.destroy(wrap(err, where, 'gzip')));
   replay.pipe(decoder).pipe(out);
   return { stream: out, compression };
+}
+
+/** Output of one zstd decompression step: zstd's recommended streaming output size. */
+const ZSTD_OUT_PIECE = 1 << 20;
+
+/**
+ * Decompresses a zstd stream one output piece at a time, only as fast as the consumer takes the
+ * pieces. (zstd-napi's DecompressStream turns each input chunk into all of its output at once, so
+ * a few kilobytes of a crafted frame became hundreds of megabytes in memory.)
+ */
+async function* zstdFrames(input: Readable, where: string): AsyncGenerator<Buffer> {
+  const { DCtx } = createRequire(import.meta.url)('zstd-napi/binding.js') as typeof ZstdBinding;
+  const ctx = new DCtx();
+  let frameOpen = false;
+  for await (const chunk of input) {
+    let pending = chunk as Buffer;
+    // A full output buffer may mean zstd holds more: call again with no new input to flush it.
+    let flushing = false;
+    while (pending.length > 0 || flushing) {
+      const out = Buffer.allocUnsafe(ZSTD_OUT_PIECE);
+      let step: [number, number, number];
+      try {
+        step = ctx.decompressStream(out, pending);
+      } catch (err) {
+        throw wrap(err, where, 'zstd');
+      }
+      const [remaining, produced, consumed] = step;
+      // (A call that moved nothing reports the next frame's header size, not an open frame.)
+      if (consumed > 0 || produced > 0) frameOpen = remaining !== 0;
+      pending = pending.subarray(consumed);
+      flushing = produced === out.length;
+      if (produced > 0) yield out.subarray(0, produced);
+    }
+  }
+  if (frameOpen) throw new EsgzError('BAD_LAYER', `${where}: corrupt zstd data: unexpected end of file (the stream ended in middle of a frame)`);
 }
 
 /**

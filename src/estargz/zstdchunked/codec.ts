@@ -25,6 +25,7 @@ import { createHash } from 'node:crypto';
 import { EsgzError } from '../../errors.js';
 import { MediaType } from '../../image/media-types.js';
 import type { Codec, CodecOptions, CodecTail, FooterInfo, ParsedTOC } from '../codec.js';
+import { MAX_MEMBER_PREFIX } from '../constants.js';
 import { END_OF_ARCHIVE } from '../tar.js';
 import { marshalTOC, parseTOCJSON, sha256Digest, type JTOC } from '../toc.js';
 import {
@@ -156,13 +157,15 @@ export class ZstdChunkedCodec implements Codec {
     const where = 'zstd:chunked TOC';
     const compressed = tocBytes.length >= 4 && isSkippableMagic(tocBytes.readUInt32LE(0)) ? unwrapSkippableFrame(tocBytes, where) : tocBytes;
     if (compressed.length === 0) throw new EsgzError('BAD_FORMAT', `${where} is empty`);
-    const tocJSON = decompressFrames(compressed, where);
-    if (tocJSON.length === 0 || tocJSON.length > MAX_TOC_SIZE) throw new EsgzError('BAD_FORMAT', `${where} decompresses to ${tocJSON.length} bytes`);
+    // One byte past the limit tells a TOC that is too large from one that is just the limit.
+    const tocJSON = decompressFrames(compressed, where, 0, MAX_TOC_SIZE + 1);
+    if (tocJSON.length > MAX_TOC_SIZE) throw new EsgzError('BAD_FORMAT', `${where} inflates to more than ${MAX_TOC_SIZE >> 20} MiB (the most esgz reads)`);
+    if (tocJSON.length === 0) throw new EsgzError('BAD_FORMAT', `${where} decompresses to 0 bytes`);
     return { toc: parseTOCJSON(tocJSON, where), tocJSON, tocDigest: sha256Digest(tocJSON) };
   }
 
-  async decompress(compressed: Buffer): Promise<Buffer> {
-    return decompressFrames(compressed, 'zstd:chunked member');
+  async decompress(compressed: Buffer, maxOutput = MAX_MEMBER_PREFIX): Promise<Buffer> {
+    return decompressFrames(compressed, 'zstd:chunked member', 0, maxOutput);
   }
 }
 

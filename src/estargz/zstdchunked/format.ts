@@ -22,6 +22,7 @@
 import { createRequire } from 'node:module';
 import type * as ZstdBinding from 'zstd-napi/binding.js';
 import { EsgzError } from '../../errors.js';
+import { MAX_MEMBER_PREFIX, MAX_TOC_SIZE } from '../constants.js';
 
 /** First skippable frame magic (RFC 8878 3.1.2); 0x184D2A50..0x184D2A5F are all skippable. */
 export const SKIPPABLE_FRAME_MAGIC = 0x184d2a50;
@@ -46,10 +47,8 @@ export const CONTAINERS_FOOTER_MAGIC = Buffer.from('GNUlInUx', 'latin1');
 /** Manifest type 1: the TOC is the CRFS/stargz JTOC JSON. */
 export const MANIFEST_TYPE_CRFS = 1;
 
-/** Largest TOC esgz agrees to decompress (containers/storage stops at 50-150 MiB). */
-export const MAX_TOC_SIZE = 512 << 20;
-/** Largest content one frame may declare before we refuse to allocate it. */
-export const MAX_FRAME_CONTENT = 1 << 30;
+/** Largest TOC esgz agrees to decompress (see constants.ts; containers/storage stops at 150 MiB). */
+export { MAX_TOC_SIZE };
 
 export function isSkippableMagic(magic: number): boolean {
   return ((magic & SKIPPABLE_MASK) >>> 0) === SKIPPABLE_FRAME_MAGIC;
@@ -185,40 +184,41 @@ function describeError(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-/** Decompresses one whole zstd frame (`frame` holds exactly it). */
-function decompressFrame(frame: Buffer, at: number, where: string): Buffer {
+/**
+ * Decompresses one whole zstd frame (`frame` holds exactly it), keeping at most `limit` bytes:
+ * a frame whose header declares no more is decoded at once, any other is streamed into
+ * buffers no larger than what is still wanted and left as soon as `limit` bytes came out.
+ */
+function decompressFrame(frame: Buffer, at: number, where: string, limit: number): Buffer {
   let declared: number | null;
   try {
     declared = zstd().getFrameContentSize(frame);
   } catch (err) {
     throw new EsgzError('BAD_FORMAT', `${where}: corrupt zstd frame header at offset ${at}: ${describeError(err)}`, { cause: err });
   }
-  if (declared !== null && declared > MAX_FRAME_CONTENT) {
-    throw new EsgzError('BAD_FORMAT', `${where}: zstd frame at offset ${at} declares ${declared} bytes, more than esgz accepts in one frame`);
-  }
   const ctx = dctx();
   try {
-    if (declared !== null) {
+    if (declared !== null && declared <= limit) {
       const out = Buffer.allocUnsafe(declared);
       const n = ctx.decompress(out, frame);
       if (n !== declared) throw new Error(`frame produced ${n} bytes, header says ${declared}`);
       return out;
     }
-    // No content size in the header (streaming writers): grow as the stream produces.
+    // No content size in the header (streaming writers), or more than wanted: stream it.
     ctx.reset(zstd().ResetDirective.sessionOnly);
     const parts: Buffer[] = [];
     let input = frame;
     let total = 0;
-    for (;;) {
-      const out = Buffer.allocUnsafe(Math.max(zstd().dStreamOutSize(), input.length * 4));
+    while (total < limit) {
+      const out = Buffer.allocUnsafe(Math.min(limit - total, Math.max(zstd().dStreamOutSize(), input.length * 4)));
       const [remaining, produced, consumed] = ctx.decompressStream(out, input);
       if (produced > 0) parts.push(out.subarray(0, produced));
       total += produced;
-      if (total > MAX_FRAME_CONTENT) throw new Error('frame content exceeds 1 GiB');
       input = input.subarray(consumed);
       if (remaining === 0) break;
       if (consumed === 0 && produced === 0) throw new Error('frame is truncated');
     }
+    ctx.reset(zstd().ResetDirective.sessionOnly);
     return Buffer.concat(parts, total);
   } catch (err) {
     ctx.reset(zstd().ResetDirective.sessionOnly);
@@ -231,11 +231,11 @@ function decompressFrame(frame: Buffer, at: number, where: string): Buffer {
  * skippable frames are skipped. Anything else, a truncated frame or a skippable frame whose
  * length runs past the bytes given, is BAD_FORMAT naming the offset (relative to `base`).
  */
-export function decompressFrames(data: Buffer, where: string, base = 0): Buffer {
+export function decompressFrames(data: Buffer, where: string, base = 0, limit = MAX_MEMBER_PREFIX): Buffer {
   const parts: Buffer[] = [];
   let total = 0;
   let pos = 0;
-  while (pos < data.length) {
+  while (pos < data.length && total < limit) {
     const at = base + pos;
     if (data.length - pos < 4) throw new EsgzError('BAD_FORMAT', `${where}: ${data.length - pos} stray bytes at offset ${at} are not a zstd frame (truncated?)`);
     const magic = data.readUInt32LE(pos);
@@ -258,7 +258,7 @@ export function decompressFrames(data: Buffer, where: string, base = 0): Buffer 
     } catch (err) {
       throw new EsgzError('BAD_FORMAT', `${where}: zstd frame at offset ${at} is truncated or corrupt: ${describeError(err)}`, { cause: err });
     }
-    const out = decompressFrame(data.subarray(pos, pos + frameSize), at, where);
+    const out = decompressFrame(data.subarray(pos, pos + frameSize), at, where, limit - total);
     parts.push(out);
     total += out.length;
     pos += frameSize;
