@@ -18,7 +18,7 @@ import {
   type Stats,
 } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { basename, join, relative } from 'node:path';
+import { basename, join, relative, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { readTar, type TarEntry, type TarHeader } from '../estargz/tar.js';
 import { EsgzError, isEsgzError } from '../errors.js';
@@ -101,6 +101,7 @@ export async function unpackLayer(input: Readable, root: string, options: Unpack
   if (options.whiteouts === 'overlay' && !canSetXattr()) {
     throw new EsgzError('UNSUPPORTED', 'overlay layer directories need native/fanotify/esgz-fsops to mark opaque directories (run npm run build:native)');
   }
+  root = resolve(root);
   mkdirSync(root, { recursive: true });
   const state: EntryState = {
     root,
@@ -208,6 +209,21 @@ class DirTrie {
 
 type DirNode = Map<string, DirNode>;
 
+// Host paths are built by hand: the root is absolute and normalized, components are clean (no
+// "", ".", ".." or "/"), and path.join/relative cost more than the rest of a whiteout.
+function under(root: string, parts: readonly string[]): string {
+  return parts.length === 0 ? root : `${root}/${parts.join('/')}`;
+}
+
+/** `host` (root or under it) relative to the root, "" for the root itself. */
+function relTo(root: string, host: string): string {
+  return host === root ? '' : host.slice(root.length + 1);
+}
+
+function partsOf(rel: string): string[] {
+  return rel === '' ? [] : rel.split('/');
+}
+
 async function applyEntry(entry: TarEntry, state: EntryState): Promise<void> {
   const { header } = entry;
   const { root, options } = state;
@@ -231,8 +247,8 @@ async function applyEntry(entry: TarEntry, state: EntryState): Promise<void> {
   }
 
   const parentHost = parentDirectory(parentParts, state, header.name);
-  const dest = join(parentHost, name);
-  const destRel = relative(root, dest);
+  const dest = `${parentHost}/${name}`;
+  const destRel = relTo(root, dest);
   // Synchronous metadata calls: a layer is thousands of tiny operations, and a hop through the
   // libuv pool for each costs more than the syscall itself.
   const existing = lstatSync(dest, { throwIfNoEntry: false });
@@ -316,19 +332,17 @@ function typeOf(header: TarHeader): string {
  */
 function parentDirectory(parentParts: string[], state: EntryState, entryName: string): string {
   const { root } = state;
-  if (state.knownDirs.has(parentParts)) return join(root, ...parentParts);
+  if (state.knownDirs.has(parentParts)) return under(root, parentParts);
   const host = resolveInRootSync(root, parentParts.join('/'), { followFinal: true });
   ensureDirectory(root, host, state.options.layerName, entryName);
-  const rel = relative(root, host);
-  state.knownDirs.add(rel === '' ? [] : rel.split('/'));
+  state.knownDirs.add(partsOf(relTo(root, host)));
   return host;
 }
 
 /** Removes what is at `host` (never following it) and forgets it as a directory. */
 function removePath(host: string, existing: Stats, state: EntryState): void {
   if (existing.isDirectory()) {
-    const rel = relative(state.root, host);
-    state.knownDirs.forget(rel === '' ? [] : rel.split('/'));
+    state.knownDirs.forget(partsOf(relTo(state.root, host)));
     // rmSync never follows a symlink it meets inside the tree: it unlinks the link.
     rmSync(host, { recursive: true, force: true });
   } else {
@@ -456,9 +470,8 @@ async function applyWhiteout(parentParts: string[], name: string, state: EntrySt
   // their device nodes: its parent is a known directory (never a pending node: making one forgets
   // the path) and its target is not pending itself.
   if (!parentKnown || name === OPAQUE_WHITEOUT || state.pending.answers.length >= MAX_PENDING_WHITEOUTS) await settlePending(state);
-  const parentHost = parentKnown ? join(root, ...parentParts) : resolveInRootSync(root, parentPath, { followFinal: true });
-  const parentRel = relative(root, parentHost);
-  const parentRelParts = parentRel === '' ? [] : parentRel.split('/');
+  const parentHost = parentKnown ? under(root, parentParts) : resolveInRootSync(root, parentPath, { followFinal: true });
+  const parentRelParts = partsOf(relTo(root, parentHost));
   if (name === OPAQUE_WHITEOUT) {
     options.onOpaque?.(parentPath);
     if (options.whiteouts === 'overlay') {
@@ -470,8 +483,8 @@ async function applyWhiteout(parentParts: string[], name: string, state: EntrySt
     // Opaque hides the lower layers' children, not what this layer already put there.
     if (!lstatSync(parentHost, { throwIfNoEntry: false })?.isDirectory()) return;
     for (const child of readdirSync(parentHost)) {
-      const childHost = join(parentHost, child);
-      if (state.addedHere.has(relative(root, childHost))) continue;
+      const childHost = `${parentHost}/${child}`;
+      if (state.addedHere.has(relTo(root, childHost))) continue;
       const st = lstatSync(childHost, { throwIfNoEntry: false });
       if (st) removePath(childHost, st, state);
     }
@@ -483,7 +496,7 @@ async function applyWhiteout(parentParts: string[], name: string, state: EntrySt
     throw new EsgzError('UNSAFE_PATH', `${options.layerName}: whiteout "${parentPath}/${name}" names no file`);
   }
   options.onWhiteout?.(parentPath === '' ? hidden : `${parentPath}/${hidden}`);
-  const target = join(parentHost, hidden);
+  const target = `${parentHost}/${hidden}`;
   if (state.pending.paths.has(target)) await settlePending(state);
   if (options.whiteouts === 'overlay' && !parentKnown) {
     ensureDirectory(root, parentHost, options.layerName, `${parentPath}/${name}`);

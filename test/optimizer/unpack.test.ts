@@ -237,8 +237,9 @@ describe('unpackLayer: hostile layers (issue #12) leave the decoy untouched', ()
   }
 
   it('the issue\'s own case: a/, a/etc/ (0777), a -> / does not reach the host\'s /etc (aimed at the decoy)', async () => {
-    // Same shape as the report, with the root's parent standing in for "/": `a` -> `..` from the root.
-    await unpackFixture([fixtureDir('a'), fixtureDir('a/decoy', { mode: HOSTILE_MODE, mtime: HOSTILE_MTIME }), fixtureSymlink('a', '../..')]);
+    // Same shape as the report, with the root's parent standing in for "/" (`a` -> `..`, relative
+    // to the root, where the symlink is) and the decoy for /etc.
+    await unpackFixture([fixtureDir('a'), fixtureDir('a/decoy', { mode: HOSTILE_MODE, mtime: HOSTILE_MTIME }), fixtureSymlink('a', '..')]);
     decoyUntouched();
   });
 
@@ -348,17 +349,24 @@ describe('unpackLayer: hostile layers (issue #12) leave the decoy untouched', ()
 
 describe('unpackLayer: cost stays linear (issue #12 item 7)', () => {
   for (const whiteouts of ['merge', 'overlay'] as const) {
-    it(`unpacks 100k whiteouts over 5k directories in under 10 s (${whiteouts})`, { timeout: 120_000 }, async () => {
+    it(`unpacks 100k whiteouts over 5k directories in under 10 s of CPU (${whiteouts})`, { timeout: 120_000 }, async () => {
       const tarBytes = await buildFixtureTar(manyWhiteouts(100_000, 5_000));
       // On tmpfs, where optimize unpacks when memory allows (memoryBackedTempRoot): this measures
       // the unpacker's own cost, not a disk the other tests keep busy.
       const shmRoot = join(mkdtempSync('/dev/shm/esgz-unpack-'), 'root');
       try {
         const started = performance.now();
+        const cpuBefore = process.cpuUsage();
         const stats = await unpackLayer(streamOf(tarBytes), shmRoot, { whiteouts, layerName: 'layer 0' });
+        const cpu = process.cpuUsage(cpuBefore);
+        const cpuSeconds = (cpu.user + cpu.system) / 1e6;
         const seconds = (performance.now() - started) / 1000;
         expect(stats.whiteouts).toBe(100_000);
-        expect(seconds).toBeLessThan(10);
+        // The 10 s budget is held to CPU time: the machine running the suite is shared, so wall
+        // time only gets the suite's general 30 s bound. Quadratic work (or a process per
+        // whiteout) costs CPU here either way.
+        expect(cpuSeconds).toBeLessThan(10);
+        expect(seconds).toBeLessThan(30);
         if (whiteouts === 'overlay') expect(lstatSync(join(shmRoot, 'd4987/f99987')).isCharacterDevice()).toBe(true);
       } finally {
         rmSync(join(shmRoot, '..'), { recursive: true, force: true });
