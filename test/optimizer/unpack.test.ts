@@ -375,6 +375,35 @@ describe('unpackLayer: cost stays linear (issue #12 item 7)', () => {
   }
 });
 
+describe('LayerProvenance: cost stays linear (issue #12 item 7)', () => {
+  it('replays 100k files, then 100k whiteouts and 5k opaque markers over them, in under 5 s', () => {
+    const provenance = new LayerProvenance();
+    const started = performance.now();
+    for (let i = 0; i < 100_000; i++) provenance.add(`d${i % 5_000}/f${i}`, 0, 'file', 1);
+    for (let i = 0; i < 100_000; i++) provenance.whiteout(`d${i % 5_000}/f${i}`, 1);
+    for (let d = 0; d < 5_000; d++) provenance.add(`d${d}/kept`, 1, 'file', 1);
+    for (let d = 0; d < 5_000; d++) provenance.opaque(`d${d}`, 1);
+    provenance.opaque('', 1);
+    const seconds = (performance.now() - started) / 1000;
+    expect(provenance.size).toBe(5_000);
+    expect(provenance.layerOf('d7/f7')).toBeUndefined();
+    expect(provenance.layerOf('d7/kept')).toBe(1);
+    expect(seconds).toBeLessThan(5);
+  });
+
+  it('keeps the same layer\'s paths and drops lower ones under whiteouts and opaque directories', () => {
+    const provenance = new LayerProvenance();
+    for (const path of ['a', 'a/b', 'a/b/c', 'a/d', 'e/f']) provenance.add(path, 0, 'file');
+    provenance.add('a/b/new', 1, 'file');
+    provenance.whiteout('a/b', 1);
+    expect(['a', 'a/b', 'a/b/c', 'a/b/new', 'a/d'].map((p) => provenance.layerOf(p))).toEqual([0, undefined, undefined, 1, 0]);
+    provenance.add('e/g', 2, 'file');
+    provenance.opaque('e', 2);
+    provenance.opaque('', 3);
+    expect(provenance.size).toBe(0);
+  });
+});
+
 /** An xattr's value in hex, read through the kernel (getfattr is not installed), or 'absent'. */
 function xattrHex(path: string, name: string): string {
   const script = 'import os,sys\ntry: print(os.getxattr(sys.argv[1], sys.argv[2], follow_symlinks=False).hex())\nexcept OSError: print("absent")';
