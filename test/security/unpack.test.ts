@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { gunzipSync } from 'node:zlib';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { readTar } from '../../src/estargz/tar.js';
 import { esgz, esgzMeasured, expectOneLineError, repoRoot, type MeasuredRun } from '../harness/cli.js';
 import { registryAddress } from '../harness/registry.js';
@@ -40,7 +40,11 @@ let decoyBefore: string;
 beforeAll(async () => {
   if (!existsSync(join(repoRoot, 'dist/commands/image/optimize.js'))) throw new Error('dist/ is missing: run `npm run build` first');
   scratch = await mkdtemp(join(tmpdir(), 'esgz-sec-unpack-'));
-  decoy = join(scratch, 'decoy');
+});
+let decoys = 0;
+// A fresh decoy per test: one test's damage must not show up as another's.
+beforeEach(() => {
+  decoy = join(scratch, `decoy-${decoys++}`);
   mkdirSync(join(decoy, DECOY.subdir), { recursive: true });
   writeFileSync(join(decoy, DECOY.file), DECOY.content);
   chmodSync(join(decoy, DECOY.subdir), DECOY.mode);
