@@ -1,12 +1,29 @@
-import { chmodSync, createWriteStream, lchownSync, linkSync, lstatSync, lutimesSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
-import { chmod, lstat, mkdir, readdir, rm, utimes } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import {
+  closeSync,
+  constants,
+  fchmodSync,
+  fchownSync,
+  fstatSync,
+  futimesSync,
+  lchownSync,
+  linkSync,
+  lstatSync,
+  lutimesSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  rmSync,
+  symlinkSync,
+  writeSync,
+  type Stats,
+} from 'node:fs';
+import { open } from 'node:fs/promises';
+import { basename, join, relative, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import tar from 'tar-stream';
+import { readTar, type TarEntry, type TarHeader } from '../estargz/tar.js';
 import { EsgzError, isEsgzError } from '../errors.js';
-import { cleanComponents, resolveInRoot } from '../runtime/root-path.js';
-import { canSetXattr, isRoot, lsetxattr, mknod } from './native.js';
+import { cleanComponents, resolveInRootSync } from '../runtime/root-path.js';
+import { canSetXattr, FsOps, isRoot } from './native.js';
 
 /** OCI image-spec layer.md whiteout markers. */
 export const WHITEOUT_PREFIX = '.wh.';
@@ -14,9 +31,26 @@ export const OPAQUE_WHITEOUT = '.wh..wh..opq';
 /** Other `.wh..wh.` names are AUFS internals (hardlink dirs) that never belong in a rootfs. */
 const AUFS_META_PREFIX = '.wh..wh.';
 const OVERLAY_OPAQUE_XATTR = 'trusted.overlay.opaque';
+/**
+ * overlayfs keeps its own state in trusted.overlay.* (opaque, redirect, metacopy, origin...): a
+ * layer must not forge it, since it would hide or redirect lower layers' files outside what the
+ * OCI whiteout markers say. esgz writes the opaque marker itself, from `.wh..wh..opq`.
+ */
+const OVERLAY_XATTR_PREFIX = 'trusted.overlay.';
 const PAX_XATTR_PREFIX = 'SCHILY.xattr.';
-/** Files up to this size are written with one synchronous call instead of a stream. */
+/** Files up to this size are written with synchronous calls instead of through the event loop. */
 const SMALL_FILE_BYTES = 1 << 20;
+/** Piece size when copying a large file's payload. */
+const COPY_PIECE_BYTES = 1 << 20;
+/** Whiteout device nodes requested from the helper before waiting for their answers. */
+const MAX_PENDING_WHITEOUTS = 4096;
+/** O_CREAT|O_EXCL never opens what is already there, O_NOFOLLOW says so twice for a symlink. */
+const CREATE_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+/** Opens a directory itself: fails on a symlink or anything else planted at the path. */
+const DIRECTORY_FLAGS = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
+
+/** Tar typeflags (POSIX ustar, plus GNU's contiguous file). */
+const TYPE = { file: '0', link: '1', symlink: '2', char: '3', block: '4', directory: '5', fifo: '6', contiguous: '7' } as const;
 
 export type WhiteoutMode =
   /** Layer goes into its own directory for overlayfs: whiteouts become 0/0 char devices, opaque dirs get trusted.overlay.opaque=y. */
@@ -31,7 +65,7 @@ export interface UnpackOptions {
   /** Restore uid/gid (default: when running as root). */
   sameOwner?: boolean;
   signal?: AbortSignal;
-  /** Told about each path this layer provides (`kind` is the tar entry type) or hides. */
+  /** Told about each path this layer provides (`kind` is the entry type, e.g. 'file', 'directory', 'link') or hides. */
   onAdd?(path: string, kind: string, size: number): void;
   onWhiteout?(path: string): void;
   onOpaque?(dir: string): void;
@@ -47,223 +81,412 @@ export interface UnpackStats {
   skipped: number;
 }
 
-type TarHeader = Omit<tar.Header, 'type' | 'pax'> & { type: string | null; pax?: Record<string, string> | null };
+/** A directory's metadata, applied after the whole layer, to the very directory the entry made. */
+interface PendingDirectory {
+  mode: number;
+  mtime: number;
+  dev: number;
+  ino: number;
+}
 
 /**
  * Streams one decompressed layer tar into `root`. No entry can create or change anything outside
- * `root`: ".." that climbs out is refused, absolute names are taken relative to `root`, symlinks
- * met on the way to an entry are resolved inside `root` (never by the host kernel), the entry's
- * own final component is never followed, and hardlink targets must be inside `root`.
+ * `root`: ".." that climbs out is refused, absolute names are taken relative to `root` (as
+ * containerd does), symlinks met on the way to an entry are resolved inside `root` (never by the
+ * host kernel), the entry's own final component is never followed, and hardlink targets must be
+ * inside `root`. Every later change to an entry (owner, mode, times, xattrs) goes through a file
+ * descriptor of the entry or a non-following call on a path resolved at that moment.
  */
 export async function unpackLayer(input: Readable, root: string, options: UnpackOptions): Promise<UnpackStats> {
-  const sameOwner = options.sameOwner ?? isRoot();
-  const stats: UnpackStats = { entries: 0, files: 0, bytes: 0, whiteouts: 0, skipped: 0 };
-  // Directory modes and times are applied last: adding children changes a directory's mtime,
-  // and a read-only directory mode would stop an unprivileged unpack from filling it.
-  const directories = new Map<string, { mode: number; mtime: Date }>();
-  const addedHere = new Set<string>();
   if (options.whiteouts === 'overlay' && !canSetXattr()) {
     throw new EsgzError('UNSUPPORTED', 'overlay layer directories need native/fanotify/esgz-fsops to mark opaque directories (run npm run build:native)');
   }
-
-  await mkdir(root, { recursive: true });
-  const state: EntryState = { knownDirs: new Map([['', root]]), sameOwner, stats, directories, addedHere };
-  const extract = tar.extract();
-  const consume = (async () => {
-    for await (const entry of extract) {
-      if (options.signal?.aborted) throw new EsgzError('INTERRUPTED', 'interrupted');
-      const header = entry.header as TarHeader;
-      stats.entries++;
-      try {
-        await applyEntry(header, entry as AsyncIterable<Buffer>, root, options, state);
-      } catch (err) {
-        entry.resume();
-        if (isEsgzError(err)) throw err;
-        throw new EsgzError('BAD_LAYER', `${options.layerName}: entry "${header.name}": ${(err as Error).message}`, { cause: err });
-      }
-      // Drain whatever the entry handler did not read (links, dirs) so the parser moves on.
-      entry.resume();
-    }
-  })();
+  root = resolve(root);
+  mkdirSync(root, { recursive: true });
+  const state: EntryState = {
+    root,
+    options,
+    sameOwner: options.sameOwner ?? isRoot(),
+    stats: { entries: 0, files: 0, bytes: 0, whiteouts: 0, skipped: 0 },
+    knownDirs: new DirTrie(),
+    directories: new Map(),
+    addedHere: new Set(),
+    fsops: new FsOps(),
+    pending: { paths: new Set(), answers: [] },
+  };
   try {
-    await Promise.all([feed(input, extract, options.signal), consume]);
+    for await (const entry of readTar(input, options.layerName)) {
+      if (options.signal?.aborted) throw new EsgzError('INTERRUPTED', 'interrupted');
+      state.stats.entries++;
+      try {
+        // Only a run of whiteouts may go on before their device nodes exist.
+        if (!basename(entry.header.name).startsWith(WHITEOUT_PREFIX)) await settlePending(state);
+        await applyEntry(entry, state);
+      } catch (err) {
+        if (isEsgzError(err)) throw err;
+        throw new EsgzError('BAD_LAYER', `${options.layerName}: entry "${entry.header.name}": ${(err as Error).message}`, { cause: err });
+      }
+    }
+    await settlePending(state);
   } catch (err) {
     input.destroy();
-    extract.destroy();
-    await consume.catch(() => undefined);
     if (isEsgzError(err)) throw err;
     if ((err as Error).name === 'AbortError') throw new EsgzError('INTERRUPTED', 'interrupted', { cause: err });
     throw new EsgzError('BAD_LAYER', `${options.layerName}: not a valid tar stream: ${(err as Error).message}`, { cause: err });
+  } finally {
+    await state.fsops.close();
   }
-
-  const deepestFirst = [...directories].sort((a, b) => b[0].length - a[0].length);
-  for (const [path, meta] of deepestFirst) {
-    // A later entry of the same layer may have replaced the directory with something else.
-    if (!(await lstatOrUndefined(path))?.isDirectory()) continue;
-    await chmod(path, meta.mode & 0o7777);
-    await utimes(path, meta.mtime, meta.mtime);
+  try {
+    applyDirectoryMetadata(state);
+  } catch (err) {
+    throw new EsgzError('BAD_LAYER', `${options.layerName}: cannot set directory modes and times: ${(err as Error).message}`, { cause: err });
   }
-  return stats;
+  return state.stats;
 }
 
 interface EntryState {
-  /** Directories of this unpack known to be real directories: clean path → host path. */
-  knownDirs: Map<string, string>;
+  root: string;
+  options: UnpackOptions;
   sameOwner: boolean;
   stats: UnpackStats;
-  directories: Map<string, { mode: number; mtime: Date }>;
+  knownDirs: DirTrie;
+  /** Directories this layer made or set metadata on, by path relative to the root. */
+  directories: Map<string, PendingDirectory>;
+  /** Paths (relative to the root) this layer put in place: a merge-mode opaque marker keeps them. */
   addedHere: Set<string>;
+  fsops: FsOps;
+  /** Whiteout device nodes asked for and not yet confirmed (overlay mode); see settlePending. */
+  pending: { paths: Set<string>; answers: Array<Promise<void>>; error?: unknown };
 }
 
-/** Writes `input` into tar-stream's (streamx) parser with backpressure. */
-async function feed(input: Readable, extract: tar.Extract, signal: AbortSignal | undefined): Promise<void> {
-  for await (const chunk of input) {
-    if (signal?.aborted) throw new EsgzError('INTERRUPTED', 'interrupted');
-    if (!extract.write(chunk as Buffer)) {
-      await new Promise<void>((resolve, reject) => {
-        const onDrain = () => { extract.off('error', onError); resolve(); };
-        const onError = (err: Error) => { extract.off('drain', onDrain); reject(err); };
-        extract.once('drain', onDrain);
-        extract.once('error', onError);
-      });
+/** Waits for every pending whiteout device node; throws the first failure. */
+async function settlePending(state: EntryState): Promise<void> {
+  const { pending } = state;
+  if (pending.answers.length > 0) await Promise.all(pending.answers);
+  pending.answers = [];
+  pending.paths.clear();
+  if (pending.error !== undefined) throw pending.error;
+}
+
+/**
+ * The directories of this unpack that are real directories reached from the root without any
+ * symlink, as a trie of path components (relative to the root). For them the host path is just
+ * root + path, with nothing to resolve. Whatever removes or replaces a path drops its node, and
+ * with it the whole subtree, in time proportional to the path's depth.
+ */
+class DirTrie {
+  private readonly top: DirNode = new Map();
+
+  has(parts: readonly string[]): boolean {
+    let node: DirNode | undefined = this.top;
+    for (const part of parts) {
+      node = node.get(part);
+      if (!node) return false;
+    }
+    return true;
+  }
+
+  /** Only for a path whose every component was just seen to be a directory, not a symlink. */
+  add(parts: readonly string[]): void {
+    let node = this.top;
+    for (const part of parts) {
+      let child = node.get(part);
+      if (!child) node.set(part, (child = new Map()));
+      node = child;
     }
   }
-  await new Promise<void>((resolve, reject) => {
-    extract.once('error', reject);
-    extract.end(() => resolve());
-  });
+
+  /** Forgets `parts` and everything under it (`keepSelf`: only what is under it). */
+  forget(parts: readonly string[], keepSelf = false): void {
+    let node: DirNode | undefined = this.top;
+    const last = keepSelf ? parts.length : parts.length - 1;
+    for (let i = 0; i < last && node; i++) node = node.get(parts[i]!);
+    if (!node) return;
+    if (keepSelf || parts.length === 0) node.clear();
+    else node.delete(parts[parts.length - 1]!);
+  }
 }
 
-async function applyEntry(header: TarHeader, body: AsyncIterable<Buffer>, root: string, options: UnpackOptions, state: EntryState): Promise<void> {
+type DirNode = Map<string, DirNode>;
+
+// Host paths are built by hand: the root is absolute and normalized, components are clean (no
+// "", ".", ".." or "/"), and path.join/relative cost more than the rest of a whiteout.
+function under(root: string, parts: readonly string[]): string {
+  return parts.length === 0 ? root : `${root}/${parts.join('/')}`;
+}
+
+/** `host` (root or under it) relative to the root, "" for the root itself. */
+function relTo(root: string, host: string): string {
+  return host === root ? '' : host.slice(root.length + 1);
+}
+
+function partsOf(rel: string): string[] {
+  return rel === '' ? [] : rel.split('/');
+}
+
+async function applyEntry(entry: TarEntry, state: EntryState): Promise<void> {
+  const { header } = entry;
+  const { root, options } = state;
   const parts = cleanComponents(header.name);
   if (parts === null) {
     throw new EsgzError('UNSAFE_PATH', `${options.layerName}: entry "${header.name}" escapes the root`);
   }
-  const type = header.type ?? 'file';
-  if (type === 'pax-global-header' || type === 'pax-header' || type === 'gnu-long-path' || type === 'gnu-long-link-path') return;
+  const type = typeOf(header);
   if (parts.length === 0) {
     // "./" itself: only its metadata matters.
-    if (type === 'directory') state.directories.set(root, { mode: header.mode ?? 0o755, mtime: header.mtime ?? new Date(0) });
+    if (type === TYPE.directory) rememberDirectory(state, '', root, header);
     return;
   }
-  const path = parts.join('/');
   const name = parts[parts.length - 1]!;
-  const parentPath = parts.slice(0, -1).join('/');
+  const parentParts = parts.slice(0, -1);
 
   if (name.startsWith(WHITEOUT_PREFIX)) {
     state.stats.whiteouts++;
-    await applyWhiteout(root, parentPath, name, options, state);
+    await applyWhiteout(parentParts, name, state);
     return;
   }
 
-  let parentHost = state.knownDirs.get(parentPath);
-  if (parentHost === undefined) {
-    parentHost = await resolveInRoot(root, parentPath, { followFinal: true });
-    await ensureDirectory(root, parentHost, options.layerName, header.name);
-    state.knownDirs.set(parentPath, parentHost);
-  }
-  const dest = join(parentHost, name);
+  const parentHost = parentDirectory(parentParts, state, header.name);
+  const dest = `${parentHost}/${name}`;
+  const destRel = relTo(root, dest);
   // Synchronous metadata calls: a layer is thousands of tiny operations, and a hop through the
   // libuv pool for each costs more than the syscall itself.
   const existing = lstatSync(dest, { throwIfNoEntry: false });
-  if (existing && !(existing.isDirectory() && type === 'directory')) {
-    if (existing.isDirectory() || existing.isSymbolicLink()) forgetDirs(state.knownDirs, path, dest);
-    await rm(dest, { recursive: true, force: true });
-  }
+  if (existing && !(existing.isDirectory() && type === TYPE.directory)) removePath(dest, existing, state);
 
-  const mode = header.mode ?? (type === 'directory' ? 0o755 : 0o644);
-  const mtime = header.mtime ?? new Date(0);
+  const mode = header.mode & 0o7777;
   switch (type) {
-    case 'directory':
+    case TYPE.directory: {
       if (!existing?.isDirectory()) mkdirSync(dest, { mode: 0o700 });
-      state.directories.set(dest, { mode, mtime });
-      state.knownDirs.set(path, dest);
+      state.knownDirs.add(destRel.split('/'));
+      if (state.sameOwner) lchownSync(dest, header.uid, header.gid);
+      await setXattrs(dest, header, state);
+      rememberDirectory(state, destRel, dest, header);
       break;
-    case 'file':
-    case 'contiguous-file':
-      // 'wx' = O_CREAT|O_EXCL: fails instead of following anything planted at `dest`.
-      if ((header.size ?? 0) <= SMALL_FILE_BYTES) {
-        const chunks: Buffer[] = [];
-        for await (const chunk of body) chunks.push(chunk);
-        writeFileSync(dest, Buffer.concat(chunks), { flag: 'wx', mode: 0o600 });
-      } else {
-        await pipeline(body, createWriteStream(dest, { flags: 'wx', mode: 0o600 }));
-      }
+    }
+    case TYPE.file:
+    case TYPE.contiguous:
+      await writeFile(entry, dest, state);
       state.stats.files++;
-      state.stats.bytes += header.size ?? 0;
+      state.stats.bytes += header.size;
       break;
-    case 'symlink':
+    case TYPE.symlink:
       // The target is stored as written: it is only ever resolved inside the container.
-      symlinkSync(header.linkname ?? '', dest);
+      symlinkSync(header.linkname, dest);
+      if (state.sameOwner) lchownSync(dest, header.uid, header.gid);
+      await setXattrs(dest, header, state);
+      lutimesSync(dest, header.mtime, header.mtime);
       break;
-    case 'link': {
-      const targetParts = cleanComponents(header.linkname ?? '');
-      if (targetParts === null || targetParts.length === 0) {
-        throw new EsgzError('UNSAFE_PATH', `${options.layerName}: hardlink "${header.name}" to "${header.linkname}" escapes the root`);
-      }
-      const targetHost = await resolveInRoot(root, targetParts.join('/'), { followFinal: false });
-      const target = lstatSync(targetHost, { throwIfNoEntry: false });
-      if (!target || target.isDirectory()) {
-        throw new EsgzError('BAD_LAYER', `${options.layerName}: hardlink "${header.name}" points to "${header.linkname}", which is not a file in the layer`);
-      }
-      linkSync(targetHost, dest);
+    case TYPE.link: {
+      const size = hardlink(header, dest, state);
       // A hardlink shares the target's inode: its metadata is the target's.
-      state.addedHere.add(path);
-      options.onAdd?.(path, 'link', target.size);
+      state.addedHere.add(destRel);
+      options.onAdd?.(parts.join('/'), 'link', size);
       return;
     }
-    case 'character-device':
-    case 'block-device':
-    case 'fifo':
-      if (type !== 'fifo' && !isRoot()) {
+    case TYPE.char:
+    case TYPE.block:
+    case TYPE.fifo:
+      if (type !== TYPE.fifo && !isRoot()) {
         state.stats.skipped++;
         options.onWarning?.(`${options.layerName}: skipped device node "${header.name}" (creating device nodes needs root)`);
         return;
       }
-      await mknod(dest, type === 'fifo' ? 'p' : type === 'character-device' ? 'c' : 'b', header.devmajor ?? 0, header.devminor ?? 0, mode);
+      // Device nodes keep their numbers and modes (setuid too): they are only reachable inside
+      // the 0700 state root and the container, whose runtime decides what it may open.
+      await state.fsops.mknod(dest, type === TYPE.fifo ? 'p' : type === TYPE.char ? 'c' : 'b', header.devmajor, header.devminor, mode);
+      if (state.sameOwner) lchownSync(dest, header.uid, header.gid);
+      await setXattrs(dest, header, state);
+      lutimesSync(dest, header.mtime, header.mtime);
       break;
     default:
       state.stats.skipped++;
-      options.onWarning?.(`${options.layerName}: skipped entry "${header.name}" of unsupported type ${type}`);
+      options.onWarning?.(`${options.layerName}: skipped entry "${header.name}" of unsupported type ${JSON.stringify(header.typeflag)}`);
       return;
   }
+  state.addedHere.add(destRel);
+  options.onAdd?.(parts.join('/'), KIND[type], type === TYPE.file || type === TYPE.contiguous ? header.size : 0);
+}
 
-  if (state.sameOwner) lchownSync(dest, header.uid ?? 0, header.gid ?? 0);
-  for (const [key, value] of Object.entries(header.pax ?? {})) {
+/** The names onAdd reports (tar-stream's, which the provenance map and its callers know). */
+const KIND: Record<string, string> = {
+  [TYPE.file]: 'file',
+  [TYPE.contiguous]: 'contiguous-file',
+  [TYPE.symlink]: 'symlink',
+  [TYPE.directory]: 'directory',
+  [TYPE.char]: 'character-device',
+  [TYPE.block]: 'block-device',
+  [TYPE.fifo]: 'fifo',
+};
+
+function typeOf(header: TarHeader): string {
+  // Pre-POSIX tars mark directories only by the trailing slash of a regular-file entry.
+  if (header.typeflag === TYPE.file && header.name.endsWith('/')) return TYPE.directory;
+  return header.typeflag;
+}
+
+/**
+ * The host directory that holds an entry: from the trie when the path is a known symlink-free
+ * directory, else resolved inside the root now (and created), and remembered when that
+ * resolution is itself a symlink-free path (its every component was just checked).
+ */
+function parentDirectory(parentParts: string[], state: EntryState, entryName: string): string {
+  const { root } = state;
+  if (state.knownDirs.has(parentParts)) return under(root, parentParts);
+  const host = resolveInRootSync(root, parentParts.join('/'), { followFinal: true });
+  ensureDirectory(root, host, state.options.layerName, entryName);
+  state.knownDirs.add(partsOf(relTo(root, host)));
+  return host;
+}
+
+/** Removes what is at `host` (never following it) and forgets it as a directory. */
+function removePath(host: string, existing: Stats, state: EntryState): void {
+  if (existing.isDirectory()) {
+    state.knownDirs.forget(partsOf(relTo(state.root, host)));
+    // rmSync never follows a symlink it meets inside the tree: it unlinks the link.
+    rmSync(host, { recursive: true, force: true });
+  } else {
+    rmSync(host, { force: true });
+  }
+}
+
+function rememberDirectory(state: EntryState, rel: string, host: string, header: TarHeader): void {
+  const st = lstatSync(host);
+  state.directories.set(rel, { mode: header.mode & 0o7777, mtime: header.mtime, dev: st.dev, ino: st.ino });
+}
+
+/**
+ * Directory modes and times are applied last: adding children changes a directory's mtime, and a
+ * read-only directory mode would stop an unprivileged unpack from filling it. Each is applied
+ * through a descriptor of the path resolved inside the root now, and only when that is still the
+ * directory the entry made (same inode): a later entry may have replaced it or any parent with a
+ * symlink, and a path remembered from before must never reach outside the root.
+ */
+function applyDirectoryMetadata(state: EntryState): void {
+  // Deepest first, so a read-only parent never stops an unprivileged unpack changing a child.
+  const deepestFirst = [...state.directories].sort((a, b) => b[0].length - a[0].length);
+  for (const [rel, meta] of deepestFirst) {
+    const host = resolveInRootSync(state.root, rel, { followFinal: false });
+    let fd: number;
+    try {
+      fd = openSync(host, DIRECTORY_FLAGS);
+    } catch (err) {
+      // Replaced by a symlink (ELOOP), a file (ENOTDIR) or removed (ENOENT): nothing to apply.
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ELOOP' || code === 'ENOTDIR' || code === 'ENOENT') continue;
+      throw err;
+    }
+    try {
+      const st = fstatSync(fd);
+      if (st.dev !== meta.dev || st.ino !== meta.ino) continue;
+      fchmodSync(fd, meta.mode);
+      futimesSync(fd, meta.mtime, meta.mtime);
+    } finally {
+      closeSync(fd);
+    }
+  }
+}
+
+/**
+ * Creates the file (never opening anything already there) and sets owner, mode, xattrs and times.
+ * Owner, mode and times go through the new file's descriptor.
+ */
+async function writeFile(entry: TarEntry, dest: string, state: EntryState): Promise<void> {
+  const { header } = entry;
+  if (header.size <= SMALL_FILE_BYTES) {
+    const data = header.size > 0 ? await entry.read(header.size) : Buffer.alloc(0);
+    const fd = openSync(dest, CREATE_FLAGS, 0o600);
+    try {
+      for (let done = 0; done < data.length; ) done += writeSync(fd, data, done);
+      // chmod after chown: chown clears setuid/setgid bits.
+      if (state.sameOwner) fchownSync(fd, header.uid, header.gid);
+      await setXattrs(dest, header, state);
+      fchmodSync(fd, header.mode & 0o7777);
+      futimesSync(fd, header.mtime, header.mtime);
+    } finally {
+      closeSync(fd);
+    }
+    return;
+  }
+  const file = await open(dest, CREATE_FLAGS, 0o600);
+  try {
+    while (entry.remaining() > 0) {
+      const piece = await entry.readSome(COPY_PIECE_BYTES);
+      for (let done = 0; done < piece.length; ) done += (await file.write(piece, done)).bytesWritten;
+    }
+    if (state.sameOwner) await file.chown(header.uid, header.gid);
+    await setXattrs(dest, header, state);
+    await file.chmod(header.mode & 0o7777);
+    await file.utimes(header.mtime, header.mtime);
+  } finally {
+    await file.close();
+  }
+}
+
+/** Links `dest` to an earlier entry of the layer; returns the target's size. */
+function hardlink(header: TarHeader, dest: string, state: EntryState): number {
+  const { root, options } = state;
+  const targetParts = cleanComponents(header.linkname);
+  if (targetParts === null || targetParts.length === 0) {
+    throw new EsgzError('UNSAFE_PATH', `${options.layerName}: hardlink "${header.name}" to "${header.linkname}" escapes the root`);
+  }
+  const targetHost = resolveInRootSync(root, targetParts.join('/'), { followFinal: false });
+  const target = lstatSync(targetHost, { throwIfNoEntry: false });
+  if (!target || target.isDirectory()) {
+    throw new EsgzError('BAD_LAYER', `${options.layerName}: hardlink "${header.name}" points to "${header.linkname}", which is not a file in the layer`);
+  }
+  // link(2) never follows a symlink at the target: the new name is for the link itself.
+  linkSync(targetHost, dest);
+  return target.size;
+}
+
+/** Sets the entry's `SCHILY.xattr.*` records, byte for byte, on `dest` itself (never following it). */
+async function setXattrs(dest: string, header: TarHeader, state: EntryState): Promise<void> {
+  const { options } = state;
+  for (const [key, value] of header.pax) {
     if (!key.startsWith(PAX_XATTR_PREFIX)) continue;
     const xattr = key.slice(PAX_XATTR_PREFIX.length);
+    if (xattr.startsWith(OVERLAY_XATTR_PREFIX)) {
+      // Skipped, not fatal: tars of overlay upper directories carry these innocently, and the
+      // OCI markers (.wh.*) already say everything a layer may say about lower layers.
+      options.onWarning?.(`${options.layerName}: skipped extended attribute ${xattr} on "${header.name}" (overlayfs metadata cannot come from a layer)`);
+      continue;
+    }
     // trusted.* and security.* need root; an unprivileged unpack keeps going without them.
     if (!isRoot() && !xattr.startsWith('user.')) continue;
     if (!canSetXattr()) {
       options.onWarning?.(`${options.layerName}: skipped extended attribute ${xattr} on "${header.name}" (native helper not built)`);
       continue;
     }
-    await lsetxattr(dest, xattr, Buffer.from(value, 'utf8'));
+    await state.fsops.lsetxattr(dest, xattr, value);
   }
-  if (type !== 'directory') {
-    // chmod after chown: chown clears setuid/setgid bits. Symlinks have no mode of their own.
-    if (type !== 'symlink') chmodSync(dest, mode & 0o7777);
-    lutimesSync(dest, mtime, mtime);
-  }
-  state.addedHere.add(path);
-  options.onAdd?.(path, type, type === 'file' || type === 'contiguous-file' ? (header.size ?? 0) : 0);
 }
 
-async function applyWhiteout(root: string, parentPath: string, name: string, options: UnpackOptions, state: EntryState): Promise<void> {
-  const parentHost = await resolveInRoot(root, parentPath, { followFinal: true });
+async function applyWhiteout(parentParts: string[], name: string, state: EntryState): Promise<void> {
+  const { root, options } = state;
+  const parentPath = parentParts.join('/');
+  const parentKnown = state.knownDirs.has(parentParts);
+  // A whiteout may skip waiting for the ones before it only when nothing it looks at can be one of
+  // their device nodes: its parent is a known directory (never a pending node: making one forgets
+  // the path) and its target is not pending itself.
+  if (!parentKnown || name === OPAQUE_WHITEOUT || state.pending.answers.length >= MAX_PENDING_WHITEOUTS) await settlePending(state);
+  const parentHost = parentKnown ? under(root, parentParts) : resolveInRootSync(root, parentPath, { followFinal: true });
+  const parentRelParts = partsOf(relTo(root, parentHost));
   if (name === OPAQUE_WHITEOUT) {
-    if (options.whiteouts === 'merge') forgetDirs(state.knownDirs, parentPath, parentHost, true);
     options.onOpaque?.(parentPath);
     if (options.whiteouts === 'overlay') {
-      await ensureDirectory(root, parentHost, options.layerName, `${parentPath}/${name}`);
-      await lsetxattr(parentHost, OVERLAY_OPAQUE_XATTR, Buffer.from('y'));
+      ensureDirectory(root, parentHost, options.layerName, `${parentPath}/${name}`);
+      state.knownDirs.add(parentRelParts);
+      await state.fsops.lsetxattr(parentHost, OVERLAY_OPAQUE_XATTR, Buffer.from('y'));
       return;
     }
     // Opaque hides the lower layers' children, not what this layer already put there.
-    const children = await readdir(parentHost).catch(() => [] as string[]);
-    for (const child of children) {
-      const childPath = parentPath === '' ? child : `${parentPath}/${child}`;
-      if (!state.addedHere.has(childPath)) await rm(join(parentHost, child), { recursive: true, force: true });
+    if (!lstatSync(parentHost, { throwIfNoEntry: false })?.isDirectory()) return;
+    for (const child of readdirSync(parentHost)) {
+      const childHost = `${parentHost}/${child}`;
+      if (state.addedHere.has(relTo(root, childHost))) continue;
+      const st = lstatSync(childHost, { throwIfNoEntry: false });
+      if (st) removePath(childHost, st, state);
     }
     return;
   }
@@ -272,49 +495,34 @@ async function applyWhiteout(root: string, parentPath: string, name: string, opt
   if (hidden === '' || hidden === '.' || hidden === '..') {
     throw new EsgzError('UNSAFE_PATH', `${options.layerName}: whiteout "${parentPath}/${name}" names no file`);
   }
-  const hiddenPath = parentPath === '' ? hidden : `${parentPath}/${hidden}`;
-  options.onWhiteout?.(hiddenPath);
-  const target = join(parentHost, hidden);
-  forgetDirs(state.knownDirs, hiddenPath, target);
-  if (options.whiteouts === 'overlay') {
-    await ensureDirectory(root, parentHost, options.layerName, hiddenPath);
-    await rm(target, { recursive: true, force: true });
-    await mknod(target, 'c', 0, 0, 0);
-    return;
+  options.onWhiteout?.(parentPath === '' ? hidden : `${parentPath}/${hidden}`);
+  const target = `${parentHost}/${hidden}`;
+  if (state.pending.paths.has(target)) await settlePending(state);
+  if (options.whiteouts === 'overlay' && !parentKnown) {
+    ensureDirectory(root, parentHost, options.layerName, `${parentPath}/${name}`);
+    state.knownDirs.add(parentRelParts);
   }
-  await rm(target, { recursive: true, force: true });
-}
-
-/**
- * Drops cached directories at or below a path that is being removed (by tar path and by host
- * path, since a cached directory may have been reached through a symlink).
- */
-function forgetDirs(knownDirs: Map<string, string>, path: string, host: string, keepSelf = false): void {
-  for (const [key, value] of knownDirs) {
-    if (key === '') continue;
-    const underKey = key === path ? !keepSelf : key.startsWith(`${path}/`) || path === '';
-    const underHost = value === host ? !keepSelf : value.startsWith(`${host}/`);
-    if (underKey || underHost) knownDirs.delete(key);
+  const existing = lstatSync(target, { throwIfNoEntry: false });
+  if (existing) removePath(target, existing, state);
+  if (options.whiteouts === 'overlay') {
+    // Not awaited here: the next entry that is not such a whiteout waits for all of them.
+    state.pending.paths.add(target);
+    state.pending.answers.push(state.fsops.mknod(target, 'c', 0, 0, 0).catch((err: unknown) => void (state.pending.error ??= err)));
   }
 }
 
 /** Creates `dir` (already resolved inside `root`) and its missing parents; refuses non-directories in the way. */
-async function ensureDirectory(root: string, dir: string, layerName: string, entryName: string): Promise<void> {
-  if (!dir.startsWith(root)) {
+function ensureDirectory(root: string, dir: string, layerName: string, entryName: string): void {
+  const rel = relative(root, dir);
+  if (rel === '..' || rel.startsWith('../') || rel.startsWith('/')) {
     throw new EsgzError('INTERNAL', `${layerName}: entry "${entryName}" resolved outside the root`);
   }
-  const st = await lstatOrUndefined(dir);
-  if (st?.isDirectory()) return;
-  if (st) throw new EsgzError('BAD_LAYER', `${layerName}: entry "${entryName}" needs "${dir.slice(root.length) || '/'}" to be a directory, but it is not`);
-  await ensureDirectory(root, dirname(dir), layerName, entryName);
-  await mkdir(dir, { mode: 0o755 });
-}
-
-async function lstatOrUndefined(path: string) {
-  try {
-    return await lstat(path);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'ENOTDIR') return undefined;
-    throw err;
+  let host = root;
+  for (const part of rel === '' ? [] : rel.split('/')) {
+    host = join(host, part);
+    const st = lstatSync(host, { throwIfNoEntry: false });
+    if (st?.isDirectory()) continue;
+    if (st) throw new EsgzError('BAD_LAYER', `${layerName}: entry "${entryName}" needs "/${relative(root, host)}" to be a directory, but it is not`);
+    mkdirSync(host, { mode: 0o755 });
   }
 }
