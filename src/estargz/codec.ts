@@ -109,9 +109,8 @@ export interface Codec {
   /**
    * Builds everything after the last member: the TOC and the footer. `tocOffset` is the
    * compressed blob offset where `bytes` will start (= total size of all members written).
-   * `uncompressedSize` is the size of the tar stream written so far (members only).
    */
-  buildTail(toc: JTOC, tocOffset: number, uncompressedSize: number): Promise<CodecTail>;
+  buildTail(toc: JTOC, tocOffset: number): Promise<CodecTail>;
   /** Starts the worker threads now rather than at the first batch, so they boot while the source is opened. */
   startWorkers(): void;
   /** Releases worker threads. The codec must not be used afterwards. Idempotent. */

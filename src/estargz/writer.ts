@@ -598,7 +598,7 @@ export async function writeEstargz(tar: AsyncIterable<Buffer>, output: Writable,
   for (const [entry, index] of memberOf) entry.offset = seq.memberOffsets[index]!;
   const toc: JTOC = { version: 1, entries: tocEntries };
   const tocOffset = seq.written;
-  const tail = await options.codec.buildTail(toc, tocOffset, seq.uncompressed);
+  const tail = await options.codec.buildTail(toc, tocOffset);
   await seq.writeRaw(tail.bytes);
   seq.diffHash.update(tail.uncompressedTail);
   return {

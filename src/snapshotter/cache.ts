@@ -17,10 +17,10 @@
  *   fetches again). Nothing waits forever: every fetch has a deadline.
  */
 import { createHash } from 'node:crypto';
-import { open, readdir, rename, rm, stat } from 'node:fs/promises';
+import { open, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { EsgzError, isEsgzError } from '../errors.js';
-import { fsyncDir, mkdirPrivate, PRIVATE_FILE_MODE, sweepDeadTemps, tempTag } from './state.js';
+import { mkdirPrivate, sweepDeadTemps, writeFileAtomic } from './state.js';
 import type { BlobReader, ChunkRef, EstargzReader } from '../estargz/reader.js';
 import type { TOCEntry } from '../estargz/toc.js';
 
@@ -83,10 +83,7 @@ export class ChunkCache {
     return good;
   }
 
-  /**
-   * Stores `data` under `digest` after checking that it hashes to it: temp file (0600), fsync,
-   * rename, fsync of the directory.
-   */
+  /** Stores `data` under `digest` after checking that it hashes to it, crash-safe (`writeFileAtomic`). */
   async put(digest: string, data: Buffer): Promise<void> {
     const hex = hexOf(digest);
     const actual = createHash('sha256').update(data).digest('hex');
@@ -94,22 +91,7 @@ export class ChunkCache {
     const final = this.pathOf(digest);
     const dir = join(this.dir, hex.slice(0, 2));
     await mkdirPrivate(dir);
-    const tmp = `${final}.tmp-${await tempTag()}`;
-    try {
-      const handle = await open(tmp, 'wx', PRIVATE_FILE_MODE);
-      try {
-        await handle.writeFile(data);
-        await handle.chmod(PRIVATE_FILE_MODE);
-        await handle.sync();
-      } finally {
-        await handle.close();
-      }
-      await rename(tmp, final);
-    } catch (err) {
-      await rm(tmp, { force: true });
-      throw err;
-    }
-    await fsyncDir(dir);
+    await writeFileAtomic(final, data);
     this.verified.add(digest);
   }
 

@@ -159,7 +159,7 @@ async function withTOC(edit: (entries: TOCEntry[]) => TOCEntry[]): Promise<Buffe
   const toc = { version: 1, entries: edit(structuredClone(reader.toc.entries)) };
   const codec = createGzipCodec({ workers: 1 });
   try {
-    return Buffer.concat([blob.subarray(0, tocOffset), (await codec.buildTail(toc, tocOffset, 0)).bytes]);
+    return Buffer.concat([blob.subarray(0, tocOffset), (await codec.buildTail(toc, tocOffset)).bytes]);
   } finally {
     await codec.close();
   }

@@ -28,6 +28,7 @@ import { registryAddress } from '../harness/registry.js';
 import { buildTar } from '../optimizer/tar-helpers.js';
 import { pushEstargzImage } from '../snapshotter/helpers.js';
 import { processIdentity, processStartTime } from '../../src/host/process.js';
+import { generatedBuffer } from '../fixtures/tar.js';
 
 const NOBODY = ['--reuid=65534', '--regid=65534', '--clear-groups'];
 const CHUNK = 64 * 1024;
@@ -38,17 +39,6 @@ let ref: string;
 let blob: Buffer;
 let unpackedSuidLayer: string;
 
-function pseudoRandom(size: number, seed: number): Buffer {
-  const buf = Buffer.alloc(size);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < size; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    buf[i] = x & 0xff;
-  }
-  return buf;
-}
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -119,7 +109,7 @@ beforeAll(async () => {
   const fixture = await busyboxImage();
   const busybox = await readFile(fixture.layers[0]!.tarPath);
   const hostBusybox = await readFile('/bin/busybox');
-  blob = pseudoRandom(5 * CHUNK + 321, 11);
+  blob = generatedBuffer(5 * CHUNK + 321, 'seed-11');
   const suidUnpacked = await buildTar([{ name: 'opt/', type: 'directory', mode: 0o755 }, { name: 'opt/suid-unpacked', content: hostBusybox, mode: 0o4755 }]);
   const lazy = await buildTar([
     { name: 'opt/', type: 'directory', mode: 0o755 },

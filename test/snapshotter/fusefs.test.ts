@@ -18,29 +18,19 @@ import { isMounted } from '../../src/host/mounts.js';
 import { buildTar, streamOf, type TestEntry } from '../optimizer/tar-helpers.js';
 import { toEstargz, walkTree, type WalkedEntry } from './helpers.js';
 import type { TOCEntry } from '../../src/estargz/toc.js';
+import { generatedBuffer } from '../fixtures/tar.js';
 
 const CHUNK = 64 * 1024;
 const t = (s: number) => new Date(s * 1000);
 
-function pseudoRandom(size: number, seed: number): Buffer {
-  const buf = Buffer.alloc(size);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < size; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    buf[i] = x & 0xff;
-  }
-  return buf;
-}
 
 const entries: TestEntry[] = [
   { name: 'etc/', type: 'directory', mode: 0o755, mtime: t(1_600_000_100) },
   { name: 'etc/hostname', content: 'esgz\n', mode: 0o644, uid: 12, gid: 34, mtime: t(1_600_000_200) },
   { name: 'etc/empty', content: '', mode: 0o600 },
   { name: 'bin/', type: 'directory', mode: 0o700, uid: 5, gid: 6 },
-  { name: 'bin/tool', content: pseudoRandom(3 * CHUNK + 123, 7), mode: 0o4755 },
-  { name: 'bin/exact', content: pseudoRandom(2 * CHUNK, 9), mode: 0o755 },
+  { name: 'bin/tool', content: generatedBuffer(3 * CHUNK + 123, 'seed-7'), mode: 0o4755 },
+  { name: 'bin/exact', content: generatedBuffer(2 * CHUNK, 'seed-9'), mode: 0o755 },
   { name: 'bin/tool-link', type: 'link', linkname: 'bin/tool' },
   { name: 'bin/sh', type: 'symlink', linkname: '/bin/busybox', mtime: t(1_600_000_300) },
   { name: 'dev/null', type: 'character-device', devmajor: 1, devminor: 3, mode: 0o666 },
