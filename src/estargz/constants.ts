@@ -21,17 +21,17 @@ export const LEGACY_FOOTER_SIZE = 47;
 export const DEFAULT_CHUNK_SIZE = 4 << 20;
 
 /**
- * Largest uncompressed TOC JSON esgz reads. The whole TOC is parsed in memory (JSON text plus
- * its objects take ~4x its size), so this keeps a hostile TOC under the 512 MiB peak RSS esgz
- * promises; 64 MiB holds ~190k realistic entries. stargz-snapshotter has no limit,
- * containers/storage stops at 150 MiB.
+ * Largest TOC JSON esgz reads. Parsing a TOC and mounting it (the FUSE layer tree) takes about
+ * ten times its size in memory, so this keeps `rpull` + `run` of a hostile TOC under the 512 MiB
+ * peak RSS esgz promises (measured at the limits: 40 MiB of long names in 262k entries). It holds
+ * ~150k realistic entries. stargz-snapshotter has no limit; containers/storage stops at 150 MiB.
  */
-export const MAX_TOC_SIZE = 64 << 20;
+export const MAX_TOC_SIZE = 40 << 20;
 /**
- * Most TOC entries esgz reads: a TOC of MAX_TOC_SIZE holds ~450k real ones (chunk entries are the
- * smallest); a million tiny crafted ones would take ~600 MiB to parse and index.
+ * Most TOC entries esgz reads: entries cost memory whatever their size (1M tiny crafted ones
+ * took 1 GiB to mount), and a TOC of MAX_TOC_SIZE holds fewer real ones than this.
  */
-export const MAX_TOC_ENTRIES = 1 << 20;
+export const MAX_TOC_ENTRIES = 1 << 18;
 /** Tar framing around the TOC JSON in an eStargz TOC member (headers, padding, end-of-archive). */
 export const TOC_TAR_SLACK = 64 << 10;
 /**

@@ -8,6 +8,7 @@ import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MAX_TOC_ENTRIES, MAX_TOC_SIZE } from '../../src/estargz/constants.js';
 import { bufferBlobReader, EstargzReader } from '../../src/estargz/reader.js';
 import { MediaType } from '../../src/image/media-types.js';
 import { ChunkCache, LazyLayer } from '../../src/snapshotter/cache.js';
@@ -77,6 +78,9 @@ async function gzipBombLayer(): Promise<PushedLayer> {
   return { blob, mediaType: MediaType.ociLayerGzip, annotations: { 'containerd.io/snapshot/stargz/toc.digest': tocDigest }, diffID: await gunzipDigest(blob) };
 }
 
+/** How every reader words a TOC over the limit. */
+const TOC_TOO_LARGE = new RegExp(`TOC .*more than ${MAX_TOC_SIZE >> 20} MiB`);
+
 describe('decompression bombs (item 4)', () => {
   it('a chunk whose member inflates to 512 MiB: verify, rpull and a read inside the container stay bounded', async () => {
     const layer = await gzipBombLayer();
@@ -110,20 +114,20 @@ describe('decompression bombs (item 4)', () => {
 
     const local = await esgzMeasured('get-toc-digest', file);
     expectBounded(local);
-    expectOneLineError(local, 'nonzero', /TOC .*more than 64 MiB/);
+    expectOneLineError(local, 'nonzero', TOC_TOO_LARGE);
 
     const ref = repo('toc-bomb:v1');
     await pushLayers(ref, [{ blob, mediaType: MediaType.ociLayerGzip, annotations: { 'containerd.io/snapshot/stargz/toc.digest': sha256('x') }, diffID: sha256('x') }]);
     const remote = await esgzMeasured('get-toc-digest', '--plain-http', `${ref}@${sha256(blob)}`);
     expectBounded(remote);
-    expectOneLineError(remote, 'nonzero', /TOC .*more than 64 MiB/);
+    expectOneLineError(remote, 'nonzero', TOC_TOO_LARGE);
     const verify = await esgzMeasured('image', 'verify', '--plain-http', ref);
     expectBounded(verify);
     expect(verify.exitCode).not.toBe(0);
     const root = join(scratch, 'state-toc-bomb');
     const pulled = await esgzMeasured('image', 'rpull', '--plain-http', '--root', root, ref);
     expectBounded(pulled);
-    expectFailure(pulled, /TOC .*more than 64 MiB/);
+    expectFailure(pulled, TOC_TOO_LARGE);
     expect((await esgz('image', 'ls', '--root', root)).stdout).toContain('no images');
   });
 
@@ -162,7 +166,29 @@ describe('TOCs with absurd counts (item 4)', () => {
     await writeFile(file, estargzBlobWithTOCMember([await gzipOf(Buffer.alloc(512), 0)], tocMember));
     const run = await esgzMeasured('get-toc-digest', file);
     expectBounded(run);
-    expectOneLineError(run, 'nonzero', /more than 1048576 entries/);
+    expectOneLineError(run, 'nonzero', new RegExp(`more than ${MAX_TOC_ENTRIES} entries`));
+  });
+
+  it('a TOC at both limits (MAX_TOC_ENTRIES entries of long names, MAX_TOC_SIZE bytes): rpull and a run over it stay bounded', async () => {
+    const fixed = '{"name":"","type":"dir"},'.length + String(MAX_TOC_ENTRIES).length;
+    const pad = 'n'.repeat(Math.floor((MAX_TOC_SIZE - 4096) / MAX_TOC_ENTRIES) - fixed);
+    const names = Array.from({ length: MAX_TOC_ENTRIES }, (_, i) => `{"name":"${pad}${i}","type":"dir"}`);
+    const tocJSON = Buffer.from(`{"version":1,"entries":[${names.join(',')}]}`);
+    expect(tocJSON.length).toBeLessThanOrEqual(MAX_TOC_SIZE);
+    expect(tocJSON.length).toBeGreaterThan(MAX_TOC_SIZE - (1 << 20));
+    const tocMember = await gzipOf(Buffer.concat([ustarHeader({ name: 'stargz.index.json', size: tocJSON.length }), tocJSON, Buffer.alloc(512 - (tocJSON.length % 512)), END_OF_ARCHIVE]), 0);
+    const blob = estargzBlobWithTOCMember([await gzipOf(Buffer.alloc(512), 0)], tocMember);
+    const ref = repo('toc-limits:v1');
+    await pushLayers(ref, [busybox, { blob, mediaType: MediaType.ociLayerGzip, annotations: { 'containerd.io/snapshot/stargz/toc.digest': sha256(tocJSON) }, diffID: sha256('unused by a lazy pull') }]);
+    const root = join(scratch, 'state-toc-limits');
+    const pulled = await esgzMeasured('image', 'rpull', '--plain-http', '--root', root, ref);
+    expectBounded(pulled);
+    expect(pulled.exitCode, pulled.stderr).toBe(0);
+    // Listing 262k directories through FUSE would take minutes: the first and last show the whole tree is mounted.
+    const run = await esgzMeasured('run', '--rm', '--root', root, ref, 'toclimits', 'sh', '-c', `test -d /${pad}0 && test -d /${pad}${MAX_TOC_ENTRIES - 1} && echo mounted`);
+    expectBounded(run);
+    expect(run.exitCode, run.stderr).toBe(0);
+    expect(run.stdout.trim()).toBe('mounted');
   });
 });
 
