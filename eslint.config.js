@@ -4,10 +4,12 @@
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
-const FOLDERS = ['cli', 'commands', 'estargz', 'image', 'optimizer', 'registry', 'runtime', 'snapshotter'];
+const FOLDERS = ['cli', 'commands', 'estargz', 'host', 'image', 'oci', 'optimizer', 'registry', 'runtime', 'snapshotter'];
 
 /** What each folder of src/ may not import (everything else is allowed). */
 const FORBIDDEN = {
+  host: ['cli', 'commands', 'estargz', 'image', 'oci', 'optimizer', 'registry', 'runtime', 'snapshotter'],
+  oci: ['cli', 'commands', 'estargz', 'host', 'image', 'optimizer', 'registry', 'runtime', 'snapshotter'],
   estargz: ['cli', 'commands', 'image', 'optimizer', 'registry', 'runtime', 'snapshotter'],
   registry: ['cli', 'commands', 'estargz', 'image', 'optimizer', 'runtime', 'snapshotter'],
   runtime: ['cli', 'commands', 'estargz', 'image', 'optimizer', 'registry', 'snapshotter'],

@@ -10,7 +10,7 @@ import { PassThrough } from 'node:stream';
 import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError } from '../errors.js';
 import { openDecompressed } from '../image/compression.js';
-import { isIndexMediaType } from '../image/media-types.js';
+import { isAttestationManifest, isIndexMediaType } from '../image/media-types.js';
 import { formatPlatform, hostPlatform, platformMatches } from '../image/platform.js';
 import type { Descriptor, ImageConfig, ImageIndex, ImageManifest, ImageSource, Platform, RawManifest } from '../image/types.js';
 import { MAX_TOC_SIZE, TOC_DIGEST_ANNOTATION, TOC_LAYER_DIGEST_ANNOTATION, TOC_TAR_SLACK, UNCOMPRESSED_SIZE_ANNOTATION } from './constants.js';
@@ -46,7 +46,7 @@ export async function resolveImages(source: ImageSource, options: { platform?: P
     const index = parse<ImageIndex>(root, `${source.description} index`);
     const wanted = options.platform ?? hostPlatform();
     const picked = options.allPlatforms
-      ? index.manifests.filter((m) => m.platform === undefined || m.platform.architecture !== 'unknown')
+      ? index.manifests.filter((m) => !isAttestationManifest(m))
       : index.manifests.filter((m) => m.platform !== undefined && platformMatches(wanted, m.platform)).slice(0, 1);
     if (picked.length === 0) throw new EsgzError('NOT_FOUND', `${source.description}: no manifest for platform ${formatPlatform(wanted)}`);
     for (const desc of picked) manifests.push({ raw: await source.fetchManifest(desc), platform: desc.platform && formatPlatform(desc.platform) });

@@ -63,3 +63,15 @@ export function toOciMediaType(mediaType: string): string {
 export function dockerLayerMediaType(mediaType: string): string | undefined {
   return DOCKER_LAYER_OF[mediaType];
 }
+
+/** buildx's annotation on the in-toto attestation manifests (provenance, SBOM) it adds to an index. */
+export const REFERENCE_TYPE_ANNOTATION = 'vnd.docker.reference.type';
+export const ATTESTATION_REFERENCE_TYPE = 'attestation-manifest';
+
+/**
+ * One rule, for every command, for which entries of an index are attestations rather than
+ * images: the annotation, or the unknown/unknown platform buildx gives them.
+ */
+export function isAttestationManifest(desc: { annotations?: Record<string, string>; platform?: { os: string; architecture: string } }): boolean {
+  return desc.annotations?.[REFERENCE_TYPE_ANNOTATION] === ATTESTATION_REFERENCE_TYPE || (desc.platform?.os === 'unknown' && desc.platform.architecture === 'unknown');
+}

@@ -10,10 +10,11 @@ import { PassThrough, type Readable, Transform } from 'node:stream';
 import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError, withContext } from '../errors.js';
 import { DigestCounter, digestOf, verifyBuffer } from './digest.js';
-import { MediaType, dockerLayerMediaType, isDockerMediaType, isIndexMediaType, isManifestMediaType, toOciMediaType } from './media-types.js';
+import { MediaType, dockerLayerMediaType, isAttestationManifest, isDockerMediaType, isIndexMediaType, isManifestMediaType, toOciMediaType } from './media-types.js';
 import { formatPlatform, hostPlatform, platformMatches } from './platform.js';
 import { identityTransform, type LayerOutput, type LayerTransform } from './transform.js';
 import type { BlobLocation, Descriptor, ImageConfig, ImageIndex, ImageManifest, ImageSink, ImageSource, Platform, RawManifest } from './types.js';
+import { MAX_CONFIG_BYTES } from '../oci/limits.js';
 
 /** Receives per-blob progress; `bytes` is the absolute count done so far. */
 export interface TransferProgress {
@@ -87,7 +88,6 @@ export interface TransferReport {
   durationMs: number;
 }
 
-const MAX_CONFIG_BYTES = 64 * 1024 * 1024;
 const DEFAULT_CONCURRENCY = 2;
 
 
@@ -290,7 +290,7 @@ class Transfer {
     // Platforms go one at a time (their layers still run in parallel) to bound disk and memory.
     for (const desc of entries) {
       this.checkAborted();
-      if (isAttestation(desc) && this.transform !== identityTransform) {
+      if (isAttestationManifest(desc) && this.transform !== identityTransform) {
         // buildx attestations describe the original image by digest and hold in-toto JSON, not
         // tar layers: they can neither be converted nor stay true, so they are left out.
         this.warn(`${source.description}: leaving out attestation manifest ${shortDigest(desc.digest)} (it describes the unconverted image)`);
@@ -544,7 +544,7 @@ export function selectPlatformManifests(index: ImageIndex, wanted: readonly Plat
   const candidates = index.manifests.filter((m) => m.platform !== undefined && isManifestMediaType(m.mediaType));
   const missing = wanted.filter((w) => !candidates.some((m) => platformMatches(w, m.platform!)));
   if (missing.length > 0) {
-    const available = index.manifests.filter((m) => m.platform !== undefined && !isAttestation(m)).map((m) => formatPlatform(m.platform!));
+    const available = index.manifests.filter((m) => m.platform !== undefined && !isAttestationManifest(m)).map((m) => formatPlatform(m.platform!));
     throw new EsgzError(
       'NOT_FOUND',
       `${description}: no manifest for ${missing.map(formatPlatform).join(', ')} in the index (available: ${available.join(', ') || 'none'}); use --platform or --all-platforms`,
@@ -552,10 +552,6 @@ export function selectPlatformManifests(index: ImageIndex, wanted: readonly Plat
   }
   if (wanted.length === 1) return [candidates.find((m) => platformMatches(wanted[0]!, m.platform!))!];
   return candidates.filter((m) => wanted.some((w) => platformMatches(w, m.platform!)));
-}
-
-function isAttestation(desc: Descriptor): boolean {
-  return desc.annotations?.['vnd.docker.reference.type'] === 'attestation-manifest' || (desc.platform?.os === 'unknown' && desc.platform.architecture === 'unknown');
 }
 
 /**

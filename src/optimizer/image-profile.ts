@@ -10,11 +10,10 @@ import type { Descriptor, ImageConfig, ImageManifest, ImageSource, RawManifest }
 import { profileWorkload, recordEntriesOf, type ProfileResult, type ProfileWorkloadOptions } from './optimize.js';
 import type { LayerTar } from './overlay.js';
 import type { RecordEntry } from './record.js';
+import { MAX_CONFIG_BYTES } from '../oci/limits.js';
 
 /** Where the unpacked image goes when memory allows (see memoryBackedTempRoot). */
 const DEFAULT_TMPFS = '/dev/shm';
-/** Config blobs are small JSON documents; anything bigger is not a config. */
-const MAX_CONFIG_BYTES = 16 * 1024 * 1024;
 
 export interface ImageProfile extends ProfileResult {
   manifestDigest: string;

@@ -5,7 +5,7 @@ import { createLayerTransform, writeExternalTOCImage, type ChunkedTransformOptio
 import type { PriorityItem } from '../estargz/priority.js';
 import { PREFETCH_LANDMARK } from '../estargz/constants.js';
 import { EstargzReader, sourceBlobReader } from '../estargz/reader.js';
-import { isIndexMediaType } from '../image/media-types.js';
+import { isAttestationManifest, isIndexMediaType } from '../image/media-types.js';
 import { selectPlatformManifests, transferImage, type TransferProgress, type TransferReport } from '../image/pipeline.js';
 import { formatPlatform, hostPlatform, platformMatches } from '../image/platform.js';
 import type { LayerInput, LayerTransform, TransformContext } from '../image/transform.js';
@@ -263,7 +263,7 @@ async function pickManifestToProfile(options: OptimizeImageOptions): Promise<{ t
   }
   const index = JSON.parse(root.bytes.toString('utf8')) as ImageIndex;
   const wanted = options.platforms?.length ? options.platforms : [options.platform ?? host];
-  const selected = options.allPlatforms ? index.manifests.filter((d) => d.platform && !isAttestation(d)) : selectPlatformManifests(index, wanted, options.source.description);
+  const selected = options.allPlatforms ? index.manifests.filter((d) => d.platform && !isAttestationManifest(d)) : selectPlatformManifests(index, wanted, options.source.description);
   const runnable = selected.find((d) => platformMatches(host, d.platform!));
   const others = selected.filter((d) => d !== runnable).map((d) => formatPlatform(d.platform!));
   if (!runnable) {
@@ -287,10 +287,6 @@ function isIndexJson(raw: RawManifest): boolean {
   } catch {
     return false;
   }
-}
-
-function isAttestation(desc: Descriptor): boolean {
-  return desc.platform?.os === 'unknown' || desc.annotations?.['vnd.docker.reference.type'] === 'attestation-manifest';
 }
 
 /**

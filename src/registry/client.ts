@@ -7,6 +7,7 @@ import type { Descriptor, RawManifest } from '../image/types.js';
 import { parseChallenges, type Challenge } from './challenge.js';
 import { resolveCredentials, type Credentials } from './credentials.js';
 import { isLoopbackRegistry, registryApiHost } from './reference.js';
+import { MAX_MANIFEST_BYTES } from '../oci/limits.js';
 
 /**
  * An OCI distribution-spec client for one registry: one undici Agent (connection pool), the
@@ -36,8 +37,6 @@ export interface RegistryClientOptions {
 export type UploadResult = 'exists' | 'mounted' | 'uploaded';
 
 const DEFAULT_USER_AGENT = 'esgz/0.1';
-/** distribution refuses manifests over 4 MiB; a bigger answer is not a manifest. */
-const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 const MAX_REDIRECTS = 5;
 const MAX_RETRY_AFTER_MS = 10_000;
 const MANIFEST_ACCEPT = [MediaType.ociIndex, MediaType.ociManifest, MediaType.dockerManifestList, MediaType.dockerManifest].join(', ');

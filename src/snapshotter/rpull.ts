@@ -20,6 +20,7 @@ import { unpackLayer } from '../optimizer/unpack.js';
 import { formatReference, parseReference } from '../registry/reference.js';
 import { ChunkCache, LazyLayer, type FetchPolicy } from './cache.js';
 import { mkdirPrivate, PrimedBlobReader, StateRoot, syncFilesystem, tempTag, type ImageRecord, type LayerRecord } from './state.js';
+import { MAX_CONFIG_BYTES } from '../oci/limits.js';
 
 export interface RpullOptions {
   reference: string;
@@ -78,7 +79,7 @@ async function readVerified(source: ImageSource, desc: Descriptor, what: string)
   for await (const chunk of stream) {
     parts.push(chunk as Buffer);
     total += (chunk as Buffer).length;
-    if (total > 64 << 20) throw new EsgzError('BAD_MANIFEST', `${what} ${desc.digest} is larger than 64 MiB`);
+    if (total > MAX_CONFIG_BYTES) throw new EsgzError('BAD_MANIFEST', `${what} ${desc.digest} is larger than ${MAX_CONFIG_BYTES >> 20} MiB`);
   }
   const data = Buffer.concat(parts);
   const actual = `sha256:${createHash('sha256').update(data).digest('hex')}`;

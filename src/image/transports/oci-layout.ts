@@ -11,15 +11,13 @@ import { EsgzError } from '../../errors.js';
 import { DigestVerifier, parseDigest, verifyBuffer } from '../digest.js';
 import { MediaType, isIndexMediaType, isManifestMediaType } from '../media-types.js';
 import type { Descriptor, ImageIndex, ImageSink, ImageSource, RawManifest } from '../types.js';
+import { MAX_INDEX_JSON_BYTES, MAX_MANIFEST_BYTES } from '../../oci/limits.js';
 
 export const REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name';
 const LAYOUT_FILE = 'oci-layout';
 const INDEX_FILE = 'index.json';
 const LAYOUT_VERSION = '1.0.0';
-/** distribution refuses manifests over 4 MiB; a layout's manifests are held to the same bound. */
-const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 /** index.json lists every tag of the layout, so it may be larger; still never read unbounded. */
-const MAX_INDEX_BYTES = 64 * 1024 * 1024;
 
 export interface OciReference {
   dir: string;
@@ -103,7 +101,7 @@ async function isDirectory(path: string): Promise<boolean> {
 async function readIndex(dir: string, where: string, allowMissing: boolean): Promise<ImageIndex> {
   let text: string;
   try {
-    text = (await readBounded(join(dir, INDEX_FILE), MAX_INDEX_BYTES, `${where}: ${INDEX_FILE}`)).toString('utf8');
+    text = (await readBounded(join(dir, INDEX_FILE), MAX_INDEX_JSON_BYTES, `${where}: ${INDEX_FILE}`)).toString('utf8');
   } catch (err) {
     if (err instanceof EsgzError) throw err;
     if (allowMissing && errnoCode(err) === 'ENOENT') return { schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [] };
