@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdtempSync, readFileSync, readlinkSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -19,6 +19,8 @@ import {
   BINARY_USER_XATTR,
   CAP_SETUID_XATTR,
   DECOY,
+  decoyState,
+  makeDecoy,
   HOSTILE_MODE,
   HOSTILE_MTIME,
   binaryAndOverlayXattrs,
@@ -208,21 +210,9 @@ describe('unpackLayer: hostile layers (issue #12) leave the decoy untouched', ()
   let before: string;
   beforeEach(() => {
     decoy = join(work, 'decoy');
-    mkdirSync(join(decoy, DECOY.subdir), { recursive: true });
-    writeFileSync(join(decoy, DECOY.file), DECOY.content);
-    chmodSync(join(decoy, DECOY.subdir), DECOY.mode);
-    chmodSync(decoy, DECOY.mode);
-    for (const p of [join(decoy, DECOY.file), join(decoy, DECOY.subdir), decoy]) utimesSync(p, DECOY.mtime, DECOY.mtime);
-    before = decoyState();
+    before = makeDecoy(decoy);
   });
-  function decoyState(): string {
-    const describe = (p: string) => {
-      const st = lstatSync(p);
-      return `${p} ${st.mode.toString(8)} ${st.uid}:${st.gid} ${st.mtimeMs} ${st.nlink} ${st.isFile() ? readFileSync(p, 'utf8') : readdirSync(p).sort().join(',')}`;
-    };
-    return [decoy, join(decoy, DECOY.file), join(decoy, DECOY.subdir)].map(describe).join('\n');
-  }
-  const decoyUntouched = () => expect(decoyState()).toBe(before);
+  const decoyUntouched = () => expect(decoyState(decoy)).toBe(before);
   async function unpackFixture(entries: FixtureEntry[], whiteouts: 'overlay' | 'merge' = 'merge', warnings: string[] = []) {
     return unpackLayer(streamOf(await buildFixtureTar(entries)), root, { whiteouts, layerName: 'layer 0', onWarning: (w) => warnings.push(w) });
   }

@@ -3,7 +3,7 @@
 // `image rpull` + `run` (unpacks layers that are not eStargz). Each attack aims at a decoy
 // directory this test creates, never at a real host path, and each run must leave the decoy
 // as it was, end in a correct result or one clean line of error, and stay under 512 MiB and 30 s.
-import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,7 +18,8 @@ import { buildTar, type TarEntry } from '../fixtures/tar.js';
 import {
   BINARY_USER_XATTR,
   CAP_SETUID_XATTR,
-  DECOY,
+  decoyState,
+  makeDecoy,
   binaryAndOverlayXattrs,
   climbingSymlink,
   dotDotTraversal,
@@ -45,26 +46,13 @@ let decoys = 0;
 // A fresh decoy per test: one test's damage must not show up as another's.
 beforeEach(() => {
   decoy = join(scratch, `decoy-${decoys++}`);
-  mkdirSync(join(decoy, DECOY.subdir), { recursive: true });
-  writeFileSync(join(decoy, DECOY.file), DECOY.content);
-  chmodSync(join(decoy, DECOY.subdir), DECOY.mode);
-  chmodSync(decoy, DECOY.mode);
-  for (const p of [join(decoy, DECOY.file), join(decoy, DECOY.subdir), decoy]) utimesSync(p, DECOY.mtime, DECOY.mtime);
-  decoyBefore = decoyState();
+  decoyBefore = makeDecoy(decoy);
 });
 afterAll(async () => {
   if (scratch) await rm(scratch, { recursive: true, force: true });
 });
 
 /** Mode, owner, mtime, link count and contents of the decoy and what is in it. */
-function decoyState(): string {
-  const describe = (p: string) => {
-    const st = lstatSync(p);
-    return `${p} ${st.mode.toString(8)} ${st.uid}:${st.gid} ${st.mtimeMs} ${st.nlink} ${st.isFile() ? readFileSync(p, 'utf8') : readdirSync(p).sort().join(',')}`;
-  };
-  return [decoy, join(decoy, DECOY.file), join(decoy, DECOY.subdir)].map(describe).join('\n');
-}
-
 function expectBounded(run: MeasuredRun): void {
   expect(run.peakRssMiB).toBeLessThan(MAX_RSS_MIB);
   expect(run.seconds).toBeLessThan(MAX_SECONDS);
@@ -126,7 +114,7 @@ describe('image optimize: hostile layers (issue #12, unpack)', () => {
     it(`contains ${label}: correct result, decoy untouched`, async () => {
       const { run, out, temp } = await optimize(await hostileImage(layer(decoy)));
       expect(run.exitCode, run.stderr).toBe(0);
-      expect(decoyState()).toBe(decoyBefore);
+      expect(decoyState(decoy)).toBe(decoyBefore);
       expectTagged(out, true);
       expectBounded(run);
       expect(readdirSync(temp)).toEqual([]);
@@ -143,7 +131,7 @@ describe('image optimize: hostile layers (issue #12, unpack)', () => {
     it(`refuses ${label} with one line, nothing tagged, decoy untouched`, async () => {
       const { run, out, temp } = await optimize(await hostileImage(layer(decoy)));
       expectOneLineError(run, 'nonzero', message);
-      expect(decoyState()).toBe(decoyBefore);
+      expect(decoyState(decoy)).toBe(decoyBefore);
       expectTagged(out, false);
       expectBounded(run);
       expect(readdirSync(temp)).toEqual([]);
@@ -190,11 +178,11 @@ describe('image rpull + run: hostile plain-gzip layers (issue #12, unpack)', () 
     const pulled = await esgzMeasured('image', 'rpull', '--plain-http', '--root', state, ref);
     expect(pulled.exitCode, pulled.stderr).toBe(0);
     expectBounded(pulled);
-    expect(decoyState()).toBe(decoyBefore);
+    expect(decoyState(decoy)).toBe(decoyBefore);
     const ran = await esgz('run', '--rm', '--root', state, ref, 'c1', 'sh', '-c', 'readlink /a; ls /forged');
     expect(ran.exitCode, ran.stderr).toBe(0);
     expect(ran.stdout.trim().split('\n')).toEqual([decoy, 'file']);
-    expect(decoyState()).toBe(decoyBefore);
+    expect(decoyState(decoy)).toBe(decoyBefore);
     expectNoMounts();
   });
 
@@ -204,7 +192,7 @@ describe('image rpull + run: hostile plain-gzip layers (issue #12, unpack)', () 
     const pulled = await esgzMeasured('image', 'rpull', '--plain-http', '--json', '--root', state, ref);
     expectOneLineError(pulled, 'nonzero', /layer 1 \(sha256:[0-9a-f]{64}\): entry "(\.\.\/)+.*\/evil" escapes the root/);
     expectBounded(pulled);
-    expect(decoyState()).toBe(decoyBefore);
+    expect(decoyState(decoy)).toBe(decoyBefore);
     // The half-unpacked layer directory is gone.
     expect(readdirSync(state, { recursive: true }).filter((p) => String(p).includes('.tmp-'))).toEqual([]);
     expectOneLineError(await esgz('run', '--rm', '--root', state, ref, 'c2', 'true'), 'nonzero', /is not pulled/);
