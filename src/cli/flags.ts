@@ -6,11 +6,11 @@ import { EsgzError } from '../errors.js';
 import { DEFAULT_GZIP_LEVEL } from '../estargz/gzip-codec.js';
 import { libdeflateAvailable, MAX_GZIP_LEVEL, selectGzipBackend } from '../estargz/gzip-pool.js';
 import { readPrefetchList, readRecordFile, type PriorityItem } from '../estargz/priority.js';
-import type { ChunkedTransformOptions, LayerFormat } from '../estargz/transform.js';
+import type { ChunkedTransformOptions, LayerFormat } from '../convert/transform.js';
 import { DEFAULT_ZSTD_LEVEL, MAX_ZSTD_LEVEL, MIN_ZSTD_LEVEL } from '../estargz/zstdchunked/pool.js';
 import { resolveGzipHelper } from '../image/compression.js';
-import { parsePlatform, parsePlatforms } from '../image/platform.js';
-import type { Platform } from '../image/types.js';
+import { parsePlatform, parsePlatforms } from '../oci/platform.js';
+import type { Platform } from '../oci/types.js';
 import { DEFAULT_PIDS_LIMIT, parseByteSize, parseCommaList, parseJsonArrayFlag, parseMountFlag, type RunOptions } from '../runtime/spec.js';
 import { DEFAULT_STATE_ROOT } from '../snapshotter/state.js';
 

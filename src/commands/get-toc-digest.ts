@@ -5,8 +5,8 @@ import { platformFlag, platformFromFlag, registryFlags, transportOptions } from 
 import { writeJson } from '../cli/output.js';
 import { EsgzError } from '../errors.js';
 import { openEstargzFile } from '../estargz/reader.js';
-import { tocImageReference } from '../estargz/transform.js';
-import { fetchExternalTOC, readLayerTOC, resolveImages } from '../estargz/verify.js';
+import { tocImageReference } from '../convert/transform.js';
+import { fetchExternalTOC, readLayerTOC, resolveImages } from '../convert/verify.js';
 import { openSource } from '../image/transports/index.js';
 import type { ImageSource } from '../image/types.js';
 

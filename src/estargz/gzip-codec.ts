@@ -12,7 +12,7 @@ import { createGzipPool, defaultWorkerCount, selectGzipBackend, type GzipBackend
 import type { CompressedMembers, MemberPool } from './member-pool.js';
 import { BLOCK, END_OF_ARCHIVE, encodeTarHeader, padding } from './tar.js';
 import { marshalTOC, parseTOCJSON, sha256Digest, type JTOC } from './toc.js';
-import { MediaType } from '../image/media-types.js';
+import { MediaType } from '../oci/media-types.js';
 
 const gunzip = promisify(zlib.gunzip);
 

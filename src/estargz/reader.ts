@@ -6,7 +6,6 @@
 import { createHash } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { EsgzError } from '../errors.js';
-import type { Descriptor, ImageSource } from '../image/types.js';
 import type { Codec, FooterInfo } from './codec.js';
 import { readerCodecs } from './codecs.js';
 import { MAX_CHUNK_SIZE, MAX_TOC_SIZE, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_SLACK } from './constants.js';
@@ -43,21 +42,6 @@ export async function openFileBlobReader(path: string): Promise<BlobReader & { c
   };
 }
 
-/** A BlobReader over `ImageSource.readBlobRange` (registry Range requests, OCI layout files, ...). */
-export function sourceBlobReader(source: ImageSource, desc: Descriptor): BlobReader {
-  return {
-    size: desc.size,
-    async read(offset, length) {
-      checkRange(offset, length, desc.size, desc.digest);
-      const buf = await source.readBlobRange(desc, offset, length);
-      if (buf.length !== length) {
-        throw new EsgzError('SIZE_MISMATCH', `${source.description} ${desc.digest}: range read at ${offset} returned ${buf.length} bytes, expected ${length}`);
-      }
-      return buf;
-    },
-  };
-}
-
 /** A BlobReader over an in-memory buffer (tests, small blobs). */
 export function bufferBlobReader(data: Buffer): BlobReader {
   return {
@@ -69,7 +53,7 @@ export function bufferBlobReader(data: Buffer): BlobReader {
   };
 }
 
-function checkRange(offset: number, length: number, size: number, what: string): void {
+export function checkRange(offset: number, length: number, size: number, what: string): void {
   if (offset < 0 || length < 0 || offset + length > size) {
     throw new EsgzError('BAD_FORMAT', `${what}: read of ${length} bytes at ${offset} is outside the blob (${size} bytes)`);
   }

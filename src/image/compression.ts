@@ -11,7 +11,7 @@ import { createRequire } from 'node:module';
 import zlib from 'node:zlib';
 import type * as ZstdBinding from 'zstd-napi/binding.js';
 import { EsgzError } from '../errors.js';
-import type { LayerCompression } from './media-types.js';
+import type { LayerCompression } from '../oci/media-types.js';
 
 const GZIP_MAGIC = [0x1f, 0x8b];
 const GUNZIP_CHUNK = 1 << 20;

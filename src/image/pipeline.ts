@@ -9,11 +9,12 @@ import { join } from 'node:path';
 import { PassThrough, type Readable, Transform } from 'node:stream';
 import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError, withContext } from '../errors.js';
-import { DigestCounter, digestOf, verifyBuffer } from './digest.js';
-import { MediaType, dockerLayerMediaType, isAttestationManifest, isDockerMediaType, isIndexMediaType, isManifestMediaType, toOciMediaType } from './media-types.js';
-import { formatPlatform, hostPlatform, platformMatches } from './platform.js';
+import { DigestCounter, digestOf, verifyBuffer } from '../oci/digest.js';
+import { MediaType, dockerLayerMediaType, isAttestationManifest, isDockerMediaType, isIndexMediaType, isManifestMediaType, toOciMediaType } from '../oci/media-types.js';
+import { formatPlatform, hostPlatform, platformMatches } from '../oci/platform.js';
 import { identityTransform, type LayerOutput, type LayerTransform } from './transform.js';
-import type { BlobLocation, Descriptor, ImageConfig, ImageIndex, ImageManifest, ImageSink, ImageSource, Platform, RawManifest } from './types.js';
+import type { Descriptor, ImageConfig, ImageIndex, ImageManifest, Platform, RawManifest } from '../oci/types.js';
+import type { BlobLocation, ImageSink, ImageSource } from './types.js';
 import { MAX_CONFIG_BYTES } from '../oci/limits.js';
 
 /** Receives per-blob progress; `bytes` is the absolute count done so far. */

@@ -4,8 +4,9 @@ import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import tar from 'tar-stream';
 import { EsgzError } from '../errors.js';
-import { MediaType } from './media-types.js';
-import type { Descriptor, ImageConfig, ImageManifest, ImageSink, RawManifest } from './types.js';
+import { MediaType } from '../oci/media-types.js';
+import type { Descriptor, ImageConfig, ImageManifest, RawManifest } from '../oci/types.js';
+import type { ImageSink } from './types.js';
 
 /**
  * The built-in sample image the README's setup command converts: a statically linked busybox

@@ -1,5 +1,5 @@
 import type { Readable, Writable } from 'node:stream';
-import type { Descriptor } from './types.js';
+import type { Descriptor } from '../oci/types.js';
 
 /** One source layer handed to a transform. */
 export interface LayerInput {

@@ -3,7 +3,8 @@ import { rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import { makeTempDir, removeTempDir } from '../tmp.js';
-import type { Descriptor, ImageSource, RawManifest } from '../image/types.js';
+import type { Descriptor, RawManifest } from '../oci/types.js';
+import type { ImageSource } from '../image/types.js';
 
 /**
  * An ImageSource that keeps a local copy of the layer blobs it streams, so the optimizer reads

@@ -6,9 +6,10 @@ import { Transform, type Readable } from 'node:stream';
 import { EsgzError } from '../errors.js';
 import { sweepStaleTempDirs } from '../tmp.js';
 import { openDecompressed } from '../image/compression.js';
-import type { Descriptor, ImageConfig, ImageManifest, ImageSource, RawManifest } from '../image/types.js';
+import type { Descriptor, ImageConfig, ImageManifest, RawManifest } from '../oci/types.js';
+import type { ImageSource } from '../image/types.js';
 import { profileWorkload, recordEntriesOf, type ProfileResult, type ProfileWorkloadOptions } from './optimize.js';
-import type { LayerTar } from './overlay.js';
+import type { LayerTar } from '../rootfs/overlay.js';
 import type { RecordEntry } from './record.js';
 import { MAX_CONFIG_BYTES } from '../oci/limits.js';
 

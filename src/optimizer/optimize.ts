@@ -2,11 +2,11 @@ import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError } from '../errors.js';
-import { formatPlatform, hostPlatform, platformMatches } from '../image/platform.js';
-import type { ImageConfig } from '../image/types.js';
+import { formatPlatform, hostPlatform, platformMatches } from '../oci/platform.js';
+import type { ImageConfig } from '../oci/types.js';
 import { findRunc, runBundle, type StopReason } from '../runtime/runc.js';
 import { buildRuntimeSpec, checkExecutable, writeBundleConfig, type RunOptions } from '../runtime/spec.js';
-import { prepareRootfs, type LayerTar, type PreparedRootfs } from './overlay.js';
+import { prepareRootfs, type LayerTar, type PreparedRootfs } from '../rootfs/overlay.js';
 import type { RecordEntry } from './record.js';
 import { startTracer, toImagePath, type AccessKind, type TraceEvent, type Tracer } from './tracer.js';
 

@@ -1,8 +1,8 @@
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { EsgzError } from '../errors.js';
-import { cleanImagePath } from '../runtime/root-path.js';
-import { tracerBinary } from './native.js';
+import { cleanImagePath } from '../rootfs/root-path.js';
+import { executableOrUndefined, nativeBinary } from '../host/native.js';
 
 export type AccessKind = 'exec' | 'open' | 'access';
 
@@ -116,4 +116,10 @@ export function toImagePath(reported: string, rootfs: string): string | undefine
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}
+
+/** The fanotify tracer program (ESGZ_FANOTIFY_BIN overrides), or undefined when not built. */
+function tracerBinary(): string | undefined {
+  const override = process.env.ESGZ_FANOTIFY_BIN;
+  return override ? executableOrUndefined(override) : nativeBinary('esgz-fanotify');
 }

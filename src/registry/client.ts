@@ -1,9 +1,9 @@
 import { Readable } from 'node:stream';
 import { Agent, EnvHttpProxyAgent, request, type Dispatcher } from 'undici';
 import { EsgzError } from '../errors.js';
-import { DigestVerifier, digestOf, isDigest, verifyBuffer } from '../image/digest.js';
-import { MediaType, isIndexMediaType, isManifestMediaType } from '../image/media-types.js';
-import type { Descriptor, RawManifest } from '../image/types.js';
+import { DigestVerifier, digestOf, isDigest, verifyBuffer } from '../oci/digest.js';
+import { MediaType, isIndexMediaType, isManifestMediaType } from '../oci/media-types.js';
+import type { Descriptor, RawManifest } from '../oci/types.js';
 import { parseChallenges, type Challenge } from './challenge.js';
 import { resolveCredentials, type Credentials } from './credentials.js';
 import { isLoopbackRegistry, registryApiHost } from './reference.js';

@@ -1,5 +1,5 @@
 import { EsgzError } from '../errors.js';
-import { parseDigest } from '../image/digest.js';
+import { parseDigest } from '../oci/digest.js';
 
 /**
  * Image references as docker and containerd write them (distribution's reference grammar):

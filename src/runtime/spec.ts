@@ -3,8 +3,8 @@ import { lstat, mkdir, readFile, rename, stat, writeFile } from 'node:fs/promise
 import { totalmem } from 'node:os';
 import { isAbsolute, join, posix } from 'node:path';
 import { EsgzError } from '../errors.js';
-import type { ImageConfig } from '../image/types.js';
-import { resolveInRoot } from './root-path.js';
+import type { ImageConfig } from '../oci/types.js';
+import { resolveInRoot } from '../rootfs/root-path.js';
 import { loadSeccompProfile, type LinuxSeccomp } from './seccomp.js';
 
 /** The parts of the OCI runtime spec (runtime-spec config.md, config-linux.md) esgz writes. */
@@ -77,7 +77,7 @@ export interface RunOptions {
   memoryLimitBytes?: number;
   /**
    * Size of the private tmpfs holding the profiled workload's writable layer (image optimize only;
-   * default DEFAULT_UPPER_SIZE_BYTES in optimizer/overlay.ts). Writes beyond it fail with ENOSPC.
+   * default DEFAULT_UPPER_SIZE_BYTES in rootfs/overlay.ts). Writes beyond it fail with ENOSPC.
    */
   upperSizeBytes?: number;
   /**

@@ -1,6 +1,6 @@
 // Platform strings as users type them and as indexes store them.
 import { describe, expect, it } from 'vitest';
-import { formatPlatform, hostPlatform, parsePlatform, platformMatches } from '../../src/image/platform.js';
+import { formatPlatform, hostPlatform, parsePlatform, platformMatches } from '../../src/oci/platform.js';
 
 describe('platforms', () => {
   it('parses and normalises os/arch[/variant]', () => {

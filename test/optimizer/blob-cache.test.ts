@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { transferImage } from '../../src/image/pipeline.js';
 import { openSink, openSource } from '../../src/image/transports/index.js';
-import type { Descriptor } from '../../src/image/types.js';
+import type { Descriptor } from '../../src/oci/types.js';
 import { CachingSource } from '../../src/optimizer/blob-cache.js';
 import { optimizeImage } from '../../src/optimizer/optimize-image.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';

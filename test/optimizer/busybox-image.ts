@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
-import type { ImageConfig } from '../../src/image/types.js';
-import type { LayerTar } from '../../src/optimizer/overlay.js';
+import type { ImageConfig } from '../../src/oci/types.js';
+import type { LayerTar } from '../../src/rootfs/overlay.js';
 import { buildTar, streamOf, type TestEntry } from './tar-helpers.js';
 
 /** Applets the tests call; each is a symlink to the static /bin/busybox. */

@@ -9,7 +9,7 @@ import { readRecordFile } from '../../src/estargz/priority.js';
 import { writeRecordFile } from '../../src/optimizer/record.js';
 import { listContainers } from '../../src/runtime/runc.js';
 import { parseMountFlag } from '../../src/runtime/spec.js';
-import type { LayerTar } from '../../src/optimizer/overlay.js';
+import type { LayerTar } from '../../src/rootfs/overlay.js';
 import { busyboxConfig, busyboxLayers } from './busybox-image.js';
 import { hasHostPython, hostFilesEntries, pythonStartupFiles } from './host-image.js';
 import { buildTar, streamOf } from './tar-helpers.js';

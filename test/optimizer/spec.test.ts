@@ -3,8 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EsgzError } from '../../src/errors.js';
-import type { ImageConfig } from '../../src/image/types.js';
-import { unpackLayer } from '../../src/optimizer/unpack.js';
+import type { ImageConfig } from '../../src/oci/types.js';
+import { unpackLayer } from '../../src/rootfs/unpack.js';
 import { parseRecordFile, readPrefetchList, readRecordFile } from '../../src/estargz/priority.js';
 import { CLONE_NAMESPACE_FLAGS, NAMESPACE_SYSCALLS, seccompForContainer } from '../../src/runtime/seccomp.js';
 import {

@@ -4,8 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { EsgzError } from '../../src/errors.js';
-import { unpackLayer } from '../../src/optimizer/unpack.js';
-import { LayerProvenance } from '../../src/optimizer/provenance.js';
+import { unpackLayer } from '../../src/rootfs/unpack.js';
+import { LayerProvenance } from '../../src/rootfs/provenance.js';
 import { buildTar, streamOf, type TestEntry } from './tar-helpers.js';
 import {
   buildTar as buildFixtureTar,

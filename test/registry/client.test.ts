@@ -2,7 +2,7 @@
 import { execa } from 'execa';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { openRegistrySink, openRegistrySource } from '../../src/image/transports/registry.js';
-import { MediaType } from '../../src/image/media-types.js';
+import { MediaType } from '../../src/oci/media-types.js';
 import { RegistryClient } from '../../src/registry/client.js';
 import { startFaultProxy, type FaultProxy } from '../harness/fault-proxy.js';
 import { registryAddress } from '../harness/registry.js';

@@ -2,8 +2,8 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
-import { MediaType } from '../../src/image/media-types.js';
-import type { Descriptor, RawManifest } from '../../src/image/types.js';
+import { MediaType } from '../../src/oci/media-types.js';
+import type { Descriptor, RawManifest } from '../../src/oci/types.js';
 
 export interface TestBlob {
   bytes: Buffer;

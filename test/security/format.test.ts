@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAX_TOC_ENTRIES, MAX_TOC_SIZE } from '../../src/estargz/constants.js';
 import { bufferBlobReader, EstargzReader } from '../../src/estargz/reader.js';
-import { MediaType } from '../../src/image/media-types.js';
+import { MediaType } from '../../src/oci/media-types.js';
 import { ChunkCache, LazyLayer } from '../../src/snapshotter/cache.js';
 import { mountLayer } from '../../src/snapshotter/fusefs.js';
 import { busyboxImage } from '../fixtures/debian.js';

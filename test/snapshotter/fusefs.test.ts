@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bufferBlobReader, EstargzReader, type BlobReader } from '../../src/estargz/reader.js';
 import { ChunkCache, LazyLayer } from '../../src/snapshotter/cache.js';
 import { mountLayer, type MountedLayer } from '../../src/snapshotter/fusefs.js';
-import { unpackLayer } from '../../src/optimizer/unpack.js';
+import { unpackLayer } from '../../src/rootfs/unpack.js';
 import { isMounted } from '../../src/host/mounts.js';
 import { buildTar, streamOf, type TestEntry } from '../optimizer/tar-helpers.js';
 import { toEstargz, walkTree, type WalkedEntry } from './helpers.js';

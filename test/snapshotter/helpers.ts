@@ -98,7 +98,7 @@ export async function pushEstargzImage(
   imageConfig: Record<string, unknown>,
   options: { prioritizedFiles?: string[][]; tocAnnotation?: (real: string) => string; chunkSize?: number; codec?: 'gzip' | 'zstd'; externalTOC?: boolean; plainGzipLayers?: number[] } = {},
 ): Promise<{ manifestDigest: string; manifestSize: number; layerDigests: string[] }> {
-  const { MediaType } = await import('../../src/image/media-types.js');
+  const { MediaType } = await import('../../src/oci/media-types.js');
   const { TOC_DIGEST_ANNOTATION } = await import('../../src/estargz/constants.js');
   const { openSink } = await import('../../src/image/transports/index.js');
   const { readableOf } = await import('../../src/image/compression.js');
@@ -147,7 +147,7 @@ export async function pushEstargzImage(
 
 /** Pushes an OCI index naming already pushed manifests, with their platforms. */
 export async function pushIndex(reference: string, manifests: Array<{ digest: string; size: number; platform: { os: string; architecture: string } }>): Promise<void> {
-  const { MediaType } = await import('../../src/image/media-types.js');
+  const { MediaType } = await import('../../src/oci/media-types.js');
   const { openSink } = await import('../../src/image/transports/index.js');
   const index = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: manifests.map((m) => ({ mediaType: MediaType.ociManifest, ...m })) }));
   const sink = await openSink(reference, { plainHttp: true });

@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openSink, openSource } from '../../src/image/transports/index.js';
 import { optimizeImage } from '../../src/optimizer/optimize-image.js';
 import { isMounted } from '../../src/host/mounts.js';
-import { prepareRootfs } from '../../src/optimizer/overlay.js';
+import { prepareRootfs } from '../../src/rootfs/overlay.js';
 import { listImages, pruneState, removeImage } from '../../src/snapshotter/manage.js';
 import { rpull } from '../../src/snapshotter/rpull.js';
 import { mountImage, runContainer } from '../../src/snapshotter/run.js';

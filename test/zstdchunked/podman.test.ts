@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from '../../src/estargz/constants.js';
 import { openEstargzFile } from '../../src/estargz/reader.js';
 import { MANIFEST_CHECKSUM_ANNOTATION, MANIFEST_POSITION_ANNOTATION, parseManifestPosition } from '../../src/estargz/zstdchunked/codec.js';
-import { createLayerTransform } from '../../src/estargz/transform.js';
+import { createLayerTransform } from '../../src/convert/transform.js';
 import { transferImage } from '../../src/image/pipeline.js';
 import { openSink, openSource } from '../../src/image/transports/index.js';
 import { busyboxRootfs, writeOciImage } from '../fixtures/oci-image.js';

@@ -3,7 +3,7 @@ import { BaseCommand } from '../../cli/base.js';
 import { transferJson, transferText, writeJson } from '../../cli/output.js';
 import { ProgressBars } from '../../cli/progress.js';
 import { chooseFormat, conversionFlags, conversionOptionsFromFlags, platformsFlags, prioritizedFromFlags, platformsFromFlags, registryFlags, transportOptions } from '../../cli/flags.js';
-import { createLayerTransform, tocImageReference, writeExternalTOCImage } from '../../estargz/transform.js';
+import { createLayerTransform, tocImageReference, writeExternalTOCImage } from '../../convert/transform.js';
 import { transferImage } from '../../image/pipeline.js';
 import { openSink, openSource } from '../../image/transports/index.js';
 

@@ -4,10 +4,10 @@ import { conversionFlags, conversionOptionsFromFlags, platformsFlags, platformsF
 import { writeJson } from '../../cli/output.js';
 import { formatBytes, ProgressBars } from '../../cli/progress.js';
 import { EsgzError } from '../../errors.js';
-import { tocImageReference } from '../../estargz/transform.js';
+import { tocImageReference } from '../../convert/transform.js';
 import { openSink, openSource, parseTransportReference } from '../../image/transports/index.js';
 import { optimizeImage, type OptimizeReport } from '../../optimizer/optimize-image.js';
-import { DEFAULT_UPPER_SIZE_BYTES } from '../../optimizer/overlay.js';
+import { DEFAULT_UPPER_SIZE_BYTES } from '../../rootfs/overlay.js';
 import { parseByteSize } from '../../runtime/spec.js';
 
 export default class ImageOptimize extends BaseCommand<typeof ImageOptimize> {

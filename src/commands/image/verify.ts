@@ -4,8 +4,8 @@ import { platformFlag, platformFromFlag, platformsFlags, registryFlags, transpor
 import { formatTable, shortDigest, writeJson } from '../../cli/output.js';
 import { formatBytes } from '../../cli/progress.js';
 import { EsgzError } from '../../errors.js';
-import { tocImageReference } from '../../estargz/transform.js';
-import { fetchExternalTOC, resolveImages, verifyLayer, type LayerVerification } from '../../estargz/verify.js';
+import { tocImageReference } from '../../convert/transform.js';
+import { fetchExternalTOC, resolveImages, verifyLayer, type LayerVerification } from '../../convert/verify.js';
 import type { ImageSource } from '../../image/types.js';
 import { openSource } from '../../image/transports/index.js';
 

@@ -23,7 +23,7 @@
  */
 import { createHash } from 'node:crypto';
 import { EsgzError } from '../../errors.js';
-import { MediaType } from '../../image/media-types.js';
+import { MediaType } from '../../oci/media-types.js';
 import type { Codec, CodecOptions, CodecTail, FooterInfo, ParsedTOC } from '../codec.js';
 import { MAX_MEMBER_PREFIX } from '../constants.js';
 import { END_OF_ARCHIVE } from '../tar.js';

@@ -9,9 +9,10 @@ import { open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { EsgzError } from '../../errors.js';
 import { sniffCompression } from '../compression.js';
-import { DigestVerifier, digestOf, parseDigest, verifyBuffer } from '../digest.js';
-import { MediaType, isIndexMediaType, isManifestMediaType } from '../media-types.js';
-import type { Descriptor, ImageConfig, ImageIndex, ImageManifest, ImageSink, ImageSource, RawManifest } from '../types.js';
+import { DigestVerifier, digestOf, parseDigest, verifyBuffer } from '../../oci/digest.js';
+import { MediaType, isIndexMediaType, isManifestMediaType } from '../../oci/media-types.js';
+import type { Descriptor, ImageConfig, ImageIndex, ImageManifest, RawManifest } from '../../oci/types.js';
+import type { ImageSink, ImageSource } from '../types.js';
 import { formatReference, parseReference } from '../../registry/reference.js';
 import { REF_NAME_ANNOTATION } from './oci-layout.js';
 

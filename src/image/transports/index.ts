@@ -3,7 +3,7 @@
 //   docker-archive:FILE[:TAG]    a `docker save` tar file
 //   [docker://]REGISTRY/REPO[:TAG|@DIGEST]   a registry (Docker Hub shorthands allowed)
 import { EsgzError } from '../../errors.js';
-import { parseDigest } from '../digest.js';
+import { parseDigest } from '../../oci/digest.js';
 import type { ImageSink, ImageSource } from '../types.js';
 import { openDockerArchiveSink, openDockerArchiveSource } from './docker-archive.js';
 import { openOciSink, openOciSource } from './oci-layout.js';

@@ -8,9 +8,10 @@ import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { EsgzError } from '../../errors.js';
-import { DigestVerifier, parseDigest, verifyBuffer } from '../digest.js';
-import { MediaType, isIndexMediaType, isManifestMediaType } from '../media-types.js';
-import type { Descriptor, ImageIndex, ImageSink, ImageSource, RawManifest } from '../types.js';
+import { DigestVerifier, parseDigest, verifyBuffer } from '../../oci/digest.js';
+import { MediaType, isIndexMediaType, isManifestMediaType } from '../../oci/media-types.js';
+import type { Descriptor, ImageIndex, RawManifest } from '../../oci/types.js';
+import type { ImageSink, ImageSource } from '../types.js';
 import { MAX_INDEX_JSON_BYTES, MAX_MANIFEST_BYTES } from '../../oci/limits.js';
 
 export const REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name';

@@ -2,7 +2,8 @@ import type { Readable } from 'node:stream';
 import { EsgzError } from '../../errors.js';
 import { RegistryClient, type UploadResult } from '../../registry/client.js';
 import { formatReference, parseReference, type ImageReference } from '../../registry/reference.js';
-import type { BlobLocation, Descriptor, ImageSink, ImageSource, RawManifest } from '../types.js';
+import type { Descriptor, RawManifest } from '../../oci/types.js';
+import type { BlobLocation, ImageSink, ImageSource } from '../types.js';
 
 /** The `REGISTRY/REPO[:TAG|@DIGEST]` transport: images in an OCI distribution registry. */
 export interface RegistryOptions {

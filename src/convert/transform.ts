@@ -12,16 +12,17 @@ import { pipeline } from 'node:stream/promises';
 import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError, withContext } from '../errors.js';
 import { openDecompressed, type GzipHelper } from '../image/compression.js';
-import { isDockerMediaType, layerCompressionOf, MediaType } from '../image/media-types.js';
+import { isDockerMediaType, layerCompressionOf, MediaType } from '../oci/media-types.js';
 import type { LayerInput, LayerOutput, LayerTransform, TransformContext } from '../image/transform.js';
-import type { Codec, CodecName } from './codec.js';
-import { createCodec } from './codecs.js';
-import { EXTERNAL_TOC_IMAGE_SUFFIX, TOC_DIGEST_ANNOTATION, TOC_LAYER_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from './constants.js';
-import type { Descriptor, ImageSink, RawManifest } from '../image/types.js';
-import type { GzipBackend } from './gzip-pool.js';
-import { EstargzReader, openFileBlobReader } from './reader.js';
-import type { PriorityItem } from './priority.js';
-import { writeEstargz, type EstargzWriteResult } from './writer.js';
+import type { Codec, CodecName } from '../estargz/codec.js';
+import { createCodec } from '../estargz/codecs.js';
+import { EXTERNAL_TOC_IMAGE_SUFFIX, TOC_DIGEST_ANNOTATION, TOC_LAYER_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from '../estargz/constants.js';
+import type { Descriptor, RawManifest } from '../oci/types.js';
+import type { ImageSink } from '../image/types.js';
+import type { GzipBackend } from '../estargz/gzip-pool.js';
+import { EstargzReader, openFileBlobReader } from '../estargz/reader.js';
+import type { PriorityItem } from '../estargz/priority.js';
+import { writeEstargz, type EstargzWriteResult } from '../estargz/writer.js';
 
 export type LayerFormat = 'estargz' | 'zstdchunked' | 'uncompress';
 

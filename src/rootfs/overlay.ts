@@ -4,7 +4,8 @@ import type { Readable } from 'node:stream';
 import { execa } from 'execa';
 import { EsgzError } from '../errors.js';
 import { unmount } from '../host/mounts.js';
-import { canSetXattr, isRoot } from './native.js';
+import { canSetXattr } from './fsops.js';
+import { isRoot } from '../host/native.js';
 import { LayerProvenance } from './provenance.js';
 import { unpackLayer, type UnpackStats } from './unpack.js';
 

@@ -22,8 +22,9 @@ import { basename, join, relative, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { readTar, type TarEntry, type TarHeader } from '../estargz/tar.js';
 import { EsgzError, isEsgzError } from '../errors.js';
-import { cleanComponents, resolveInRootSync } from '../runtime/root-path.js';
-import { canSetXattr, FsOps, isRoot } from './native.js';
+import { cleanComponents, resolveInRootSync } from './root-path.js';
+import { canSetXattr, FsOps } from './fsops.js';
+import { isRoot } from '../host/native.js';
 
 /** OCI image-spec layer.md whiteout markers. */
 export const WHITEOUT_PREFIX = '.wh.';

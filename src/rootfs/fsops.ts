@@ -1,35 +1,15 @@
-import { accessSync, constants } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+// Filesystem operations Node has no call for (mknod of devices, lsetxattr), through the small
+// native helper esgz-fsops, for unpacking layers as root.
 import { execFile, spawn, type ChildProcessByStdio } from 'node:child_process';
 import type { Readable, Writable } from 'node:stream';
 import { promisify } from 'node:util';
 import { EsgzError } from '../errors.js';
+import { nativeBinary } from '../host/native.js';
 
 const execFileAsync = promisify(execFile);
 
-/** native/fanotify/ relative to this file: the same depth from src/optimizer and dist/optimizer. */
-const nativeDir = fileURLToPath(new URL('../../native/fanotify/', import.meta.url));
-
-function executable(path: string): string | undefined {
-  try {
-    accessSync(path, constants.X_OK);
-    return path;
-  } catch {
-    return undefined;
-  }
-}
-
-/** The fanotify tracer program, or undefined when the native build did not produce it. */
-export function tracerBinary(): string | undefined {
-  return executable(process.env.ESGZ_FANOTIFY_BIN ?? `${nativeDir}esgz-fanotify`);
-}
-
-export function fsopsBinary(): string | undefined {
-  return executable(`${nativeDir}esgz-fsops`);
-}
-
-export function isRoot(): boolean {
-  return typeof process.getuid === 'function' && process.getuid() === 0;
+function fsopsBinary(): string | undefined {
+  return nativeBinary('esgz-fsops');
 }
 
 /** mknod without following a symlink at `path` (mknod never follows; the parent is already resolved). */

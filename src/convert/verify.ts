@@ -10,11 +10,13 @@ import { PassThrough } from 'node:stream';
 import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError } from '../errors.js';
 import { openDecompressed } from '../image/compression.js';
-import { isAttestationManifest, isIndexMediaType } from '../image/media-types.js';
-import { formatPlatform, hostPlatform, platformMatches } from '../image/platform.js';
-import type { Descriptor, ImageConfig, ImageIndex, ImageManifest, ImageSource, Platform, RawManifest } from '../image/types.js';
-import { MAX_TOC_SIZE, TOC_DIGEST_ANNOTATION, TOC_LAYER_DIGEST_ANNOTATION, TOC_TAR_SLACK, UNCOMPRESSED_SIZE_ANNOTATION } from './constants.js';
-import { EstargzReader, openFileBlobReader, sourceBlobReader } from './reader.js';
+import { isAttestationManifest, isIndexMediaType } from '../oci/media-types.js';
+import { formatPlatform, hostPlatform, platformMatches } from '../oci/platform.js';
+import type { Descriptor, ImageConfig, ImageIndex, ImageManifest, Platform, RawManifest } from '../oci/types.js';
+import type { ImageSource } from '../image/types.js';
+import { MAX_TOC_SIZE, TOC_DIGEST_ANNOTATION, TOC_LAYER_DIGEST_ANNOTATION, TOC_TAR_SLACK, UNCOMPRESSED_SIZE_ANNOTATION } from '../estargz/constants.js';
+import { EstargzReader, openFileBlobReader } from '../estargz/reader.js';
+import { sourceBlobReader } from './source-reader.js';
 
 export interface ResolvedImage {
   platform?: string;
