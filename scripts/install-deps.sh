@@ -11,7 +11,7 @@ APT_PACKAGES=(
   pigz isal  # --estargz-gzip-helper pigz|unpigz|igzip
   attr
   containerd stargz-snapshotter
-  podman  # test oracle: podman's zstd:chunked partial pull of esgz images (test/zstdchunked/podman.test.ts)
+  podman  # test oracle: podman's zstd:chunked partial pull of esgz images (test/estargz/zstdchunked/podman.test.ts)
   golang-github-containers-common  # /usr/share/containers/seccomp.json: the workload's seccomp profile (src/runtime/seccomp.ts)
 )
 missing=()

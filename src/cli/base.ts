@@ -1,5 +1,6 @@
 import { Command, Flags, Interfaces } from '@oclif/core';
 import { EsgzError, isEsgzError } from '../errors.js';
+import { readEnvironment, type EsgzEnvironment } from './environment.js';
 import { handleFatal } from './errors.js';
 
 export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>;
@@ -14,6 +15,8 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
   };
 
   protected flags!: BaseFlags<T>;
+  /** The ESGZ_* variables, read once here; the library gets them as options. */
+  protected environment!: EsgzEnvironment;
 
   override async init(): Promise<void> {
     await super.init();
@@ -24,6 +27,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
       strict: this.ctor.strict,
     });
     this.flags = flags as BaseFlags<T>;
+    this.environment = readEnvironment();
   }
 
   /**

@@ -4,16 +4,16 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { bufferBlobReader, EstargzReader } from '../../src/estargz/reader.js';
+import { bufferBlobReader, EstargzReader } from '../../../src/estargz/reader.js';
 import {
   CONTAINERS_MANIFEST_CHECKSUM_ANNOTATION, CONTAINERS_MANIFEST_POSITION_ANNOTATION, MANIFEST_CHECKSUM_ANNOTATION,
   MANIFEST_POSITION_ANNOTATION, createZstdChunkedCodec, parseManifestPosition,
-} from '../../src/estargz/zstdchunked/codec.js';
+} from '../../../src/estargz/zstdchunked/codec.js';
 import {
   blockDevice, buildTar, charDevice, contentSize, dir, fifo, file, generatedBuffer, generatedFile, hardlink, opaque, storedName,
   symlink, whiteout, type TarEntry,
-} from '../fixtures/tar.js';
-import { run, tarNames, tarVerbose } from '../estargz/helpers.js';
+} from '../../fixtures/tar.js';
+import { run, tarNames, tarVerbose } from '../helpers.js';
 import { convertZstd, rawFooter, sha256, zstdCli, zstdDecompressCli } from './helpers.js';
 
 const CHUNK = 64 * 1024;

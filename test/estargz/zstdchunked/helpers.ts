@@ -2,9 +2,9 @@
 // `tar` as oracles, and an independent byte-level reading of the footer (not via src/).
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import type { EstargzWriteResult, EstargzWriterOptions } from '../../src/estargz/writer.js';
-import { createZstdChunkedCodec, type ZstdChunkedCodecOptions } from '../../src/estargz/zstdchunked/codec.js';
-import { convertBuffer } from '../estargz/helpers.js';
+import type { EstargzWriteResult, EstargzWriterOptions } from '../../../src/estargz/writer.js';
+import { createZstdChunkedCodec, type ZstdChunkedCodecOptions } from '../../../src/estargz/zstdchunked/codec.js';
+import { convertBuffer } from '../helpers.js';
 
 export interface ZstdConvertOptions extends Omit<EstargzWriterOptions, 'codec'>, ZstdChunkedCodecOptions {}
 

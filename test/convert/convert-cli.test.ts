@@ -8,7 +8,7 @@ import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { multiLayerEntries, writeOciImage, type WrittenImage } from '../fixtures/oci-image.js';
 import { registryAddress } from '../harness/registry.js';
-import { gunzipCli, tarNames } from './helpers.js';
+import { gunzipCli, tarNames } from '../estargz/helpers.js';
 import { sha256Digest } from '../fixtures/tar.js';
 import { esgz, expectOneLineError as expectErrorWithCode, repoRoot } from '../harness/cli.js';
 

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
 import { DigestCounter, DigestVerifier, digestOf, isDigest, parseDigest, sha256Hex, verifyBuffer } from '../../src/oci/digest.js';
-import { readAll, rejection, streamOf } from './helpers.js';
+import { readAll, rejection, streamOf } from '../registry/helpers.js';
 
 async function sha256sum(data: Buffer): Promise<string> {
   const { stdout } = await execa('sha256sum', { input: data });

@@ -1,11 +1,11 @@
 // Damaged zstd:chunked blobs and damaged zstd sources: one-line EsgzErrors that say what and where.
 import { beforeAll, describe, expect, it } from 'vitest';
-import { EsgzError } from '../../src/errors.js';
-import { bufferBlobReader, EstargzReader } from '../../src/estargz/reader.js';
-import { decompressFrames, skippableFrame } from '../../src/estargz/zstdchunked/format.js';
-import { buildTar, dir, file, generatedBuffer, generatedFile, type TarEntry } from '../fixtures/tar.js';
+import { EsgzError } from '../../../src/errors.js';
+import { bufferBlobReader, EstargzReader } from '../../../src/estargz/reader.js';
+import { decompressFrames, skippableFrame } from '../../../src/estargz/zstdchunked/format.js';
+import { buildTar, dir, file, generatedBuffer, generatedFile, type TarEntry } from '../../fixtures/tar.js';
 import { convertZstd, rawFooter, zstdCli } from './helpers.js';
-import { MAX_TOC_SIZE } from '../../src/estargz/constants.js';
+import { MAX_TOC_SIZE } from '../../../src/estargz/constants.js';
 
 const CHUNK = 32 * 1024;
 const entries: TarEntry[] = [dir('a'), generatedFile('a/data', 3 * CHUNK + 7), file('a/small', 'hello')];
@@ -160,7 +160,7 @@ describe('zstd source layers', () => {
 
 describe('zstd:chunked TOC bombs (issue #12)', () => {
   it('a TOC frame that inflates past the TOC size limit is refused without inflating it all', async () => {
-    const { createZstdChunkedCodec } = await import('../../src/estargz/zstdchunked/codec.js');
+    const { createZstdChunkedCodec } = await import('../../../src/estargz/zstdchunked/codec.js');
     const { compress } = await import('zstd-napi');
     const codec = createZstdChunkedCodec({ workers: 1 });
     try {

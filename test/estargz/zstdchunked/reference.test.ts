@@ -6,13 +6,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MANIFEST_CHECKSUM_ANNOTATION, MANIFEST_POSITION_ANNOTATION } from '../../src/estargz/zstdchunked/codec.js';
+import { MANIFEST_CHECKSUM_ANNOTATION, MANIFEST_POSITION_ANNOTATION } from '../../../src/estargz/zstdchunked/codec.js';
 import {
   blockDevice, buildTar, charDevice, dir, fifo, file, generatedFile, hardlink, opaque, sha256Digest, symlink, whiteout, type TarEntry,
-} from '../fixtures/tar.js';
-import { containerdAvailable, startContainerd, type RunningContainerd } from '../harness/containerd.js';
-import { tarNames } from '../estargz/helpers.js';
-import { ociArchive, readTOC, tocStructure } from '../estargz/reference.js';
+} from '../../fixtures/tar.js';
+import { containerdAvailable, startContainerd, type RunningContainerd } from '../../harness/containerd.js';
+import { tarNames } from '../helpers.js';
+import { ociArchive, readTOC, tocStructure } from '../reference.js';
 import { convertZstd, rawFooter, sha256, zstdDecompressCli } from './helpers.js';
 
 const CHUNK = 64 * 1024;
