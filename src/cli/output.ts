@@ -57,11 +57,6 @@ export function transferText(report: TransferReport, verb: string): string {
   return `${lines.join('\n')}\n`;
 }
 
-/** A digest as tables show it: the first 12 hex digits, without the algorithm (as docker and ctr do). */
-export function shortDigest(digest: string): string {
-  return digest.replace(/^sha256:/, '').slice(0, 12);
-}
-
 /** Left-aligned columns two spaces apart, the first row a header (ctr's table style). */
 export function formatTable(rows: readonly (readonly string[])[]): string {
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)));

@@ -11,6 +11,7 @@ import { Readable, Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError, withContext } from '../errors.js';
+import { shortDigest } from '../oci/digest.js';
 import { openDecompressed, type GzipHelper } from '../image/compression.js';
 import { isDockerMediaType, layerCompressionOf, MediaType } from '../oci/media-types.js';
 import type { LayerInput, LayerOutput, LayerTransform, TransformContext } from '../image/transform.js';
@@ -59,10 +60,6 @@ export interface ChunkedTransformOptions {
   oci?: boolean;
   /** Called for non-fatal problems (missing prioritized files, ...). */
   warn?(message: string): void;
-}
-
-function shortDigest(digest: string): string {
-  return digest.replace(/^sha256:/, '').slice(0, 12);
 }
 
 function layerWhere(input: LayerInput): string {

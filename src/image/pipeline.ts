@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { PassThrough, type Readable, Transform } from 'node:stream';
 import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError, withContext } from '../errors.js';
-import { DigestCounter, digestOf, verifyBuffer } from '../oci/digest.js';
+import { DigestCounter, digestOf, shortDigest, verifyBuffer } from '../oci/digest.js';
 import { MediaType, dockerLayerMediaType, isAttestationManifest, isDockerMediaType, isIndexMediaType, isManifestMediaType, toOciMediaType } from '../oci/media-types.js';
 import { formatPlatform, hostPlatform, platformMatches } from '../oci/platform.js';
 import { identityTransform, type LayerOutput, type LayerTransform } from './transform.js';
@@ -98,10 +98,6 @@ function summary(desc: { mediaType: string; digest: string; size: number }): Blo
 
 function rawSummary(raw: RawManifest): BlobSummary {
   return { mediaType: raw.mediaType, digest: raw.digest, size: raw.bytes.length };
-}
-
-function shortDigest(digest: string): string {
-  return `${digest.slice(0, 19)}…`;
 }
 
 function parseJson<T>(raw: RawManifest, where: string): T {
@@ -454,7 +450,7 @@ class Transfer {
     const { source, sink, progress } = this.options;
     const started = Date.now();
     const id = `layer-${index}-${layer.digest}-${randomBytes(3).toString('hex')}`;
-    const label = `layer ${shortDigest(layer.digest).replace(/^sha256:/, '')}`;
+    const label = `layer ${shortDigest(layer.digest)}`;
     progress?.start(id, label, layer.size);
     // A source stream error fails the layer even when the transform never listens for it (an
     // unhandled stream 'error' would otherwise crash the process or leave the transform hanging).

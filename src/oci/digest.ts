@@ -139,3 +139,8 @@ export class DigestVerifier extends Transform {
     return this.bytes;
   }
 }
+
+/** The 12 hex digits of a digest that people read in messages and tables (docker's short ID). */
+export function shortDigest(digest: string): string {
+  return digest.replace(/^sha256:/, '').slice(0, 12);
+}

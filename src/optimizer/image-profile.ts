@@ -4,6 +4,7 @@ import { freemem } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { EsgzError } from '../errors.js';
+import { shortDigest } from '../oci/digest.js';
 import { sweepStaleTempDirs } from '../tmp.js';
 import { openDecompressed } from '../image/compression.js';
 import type { Descriptor, ImageConfig, ImageManifest, RawManifest } from '../oci/types.js';
@@ -84,7 +85,7 @@ export async function profileImage(
   const blobs: Array<Readable | undefined> = [];
   const tarFiles = parsed.layers.map((_, index) => (keepTarsIn === undefined ? undefined : join(keepTarsIn, `layer-${index}.tar`)));
   const layers: LayerTar[] = parsed.layers.map((desc, index) => {
-    const name = `layer ${index} (${desc.digest.replace(/^sha256:/, '').slice(0, 12)})`;
+    const name = `layer ${index} (${shortDigest(desc.digest)})`;
     return {
       name,
       open: async (): Promise<Readable> => {

@@ -1,7 +1,8 @@
 import { Args } from '@oclif/core';
 import { BaseCommand } from '../../cli/base.js';
 import { platformFlag, platformFromFlag, platformsFlags, registryFlags, transportOptions } from '../../cli/flags.js';
-import { formatTable, shortDigest, writeJson } from '../../cli/output.js';
+import { formatTable, writeJson } from '../../cli/output.js';
+import { shortDigest } from '../../oci/digest.js';
 import { formatBytes } from '../../cli/progress.js';
 import { EsgzError } from '../../errors.js';
 import { tocImageReference } from '../../convert/transform.js';
