@@ -160,7 +160,7 @@ describe('transferImage with a transform', () => {
     const spoolDir = join(scratch, 'spool');
     const dst = join(scratch, 'failed');
     const err = await run(`oci:${oci.dir}:oci`, `oci:${dst}:x`, new RegzipTransform({ failAt: 1 }), { spoolDir }).catch((e: unknown) => e);
-    expect(err).toMatchObject({ message: expect.stringMatching(/^layer 2\/3 sha256:[0-9a-f]{12}…: synthetic transform failure$/) });
+    expect(err).toMatchObject({ message: expect.stringMatching(/^layer 2\/3 [0-9a-f]{12}: synthetic transform failure$/) });
     expect(existsSync(dst)).toBe(false);
     expect(existsSync(spoolDir) ? await readdir(spoolDir) : []).toEqual([]);
   });
