@@ -156,16 +156,23 @@ export async function conversionOptionsFromFlags(
   return options;
 }
 
-function estargzOptions(flags: ConversionFlagValues, environment: ConversionEnvironment, recordIn: string | undefined): ChunkedTransformOptions {
+function estargzOptions(
+  flags: ConversionFlagValues,
+  environment: ConversionEnvironment,
+  recordIn: string | undefined,
+): ChunkedTransformOptions {
   const level = flags['estargz-compression-level'];
   const gzipBackend = selectGzipBackend(environment.gzipBackend);
   if (level > MAX_GZIP_LEVEL.zlib && gzipBackend === 'zlib') {
-    throw new EsgzError('BAD_FLAG', `--estargz-compression-level ${level} needs libdeflate (${libdeflateAvailable().error ?? 'ESGZ_GZIP_BACKEND=zlib'}); zlib stops at 9`);
+    const why = libdeflateAvailable().error ?? 'ESGZ_GZIP_BACKEND=zlib';
+    throw new EsgzError('BAD_FLAG', `--estargz-compression-level ${level} needs libdeflate (${why}); zlib stops at 9`);
   }
   if (flags['estargz-keep-diff-id'] && !flags['estargz-external-toc']) {
     throw new EsgzError('BAD_FLAG', 'option --estargz-keep-diff-id must be used with --estargz-external-toc');
   }
-  if (flags['estargz-keep-diff-id'] && recordIn) throw new EsgzError('BAD_FLAG', 'option --estargz-keep-diff-id conflicts with --estargz-record-in');
+  if (flags['estargz-keep-diff-id'] && recordIn) {
+    throw new EsgzError('BAD_FLAG', 'option --estargz-keep-diff-id conflicts with --estargz-record-in');
+  }
   return {
     compressionLevel: level,
     gzipBackend,

@@ -27,6 +27,8 @@ import type { PriorityItem } from '../estargz/priority.js';
 import { writeEstargz, type EstargzWriteResult } from '../estargz/writer.js';
 
 export type LayerFormat = 'estargz' | 'zstdchunked' | 'uncompress';
+/** The formats written with the chunked writer (TOC, chunks, landmark). */
+export type ChunkedFormat = Exclude<LayerFormat, 'uncompress'>;
 
 export interface ChunkedTransformOptions {
   /** gzip: 1-9 (zlib) / 1-12 (libdeflate), default 9; zstd: default 3. */
@@ -83,7 +85,7 @@ export interface ConversionTransform extends LayerTransform {
 }
 
 /** The codec of a chunked layer format. */
-function codecNameOf(format: 'estargz' | 'zstdchunked'): CodecName {
+function codecNameOf(format: ChunkedFormat): CodecName {
   return format === 'estargz' ? 'gzip' : 'zstd';
 }
 
@@ -92,8 +94,9 @@ function codecNameOf(format: 'estargz' | 'zstdchunked'): CodecName {
  * checked now). No thread starts until the conversion starts it or sends the first batch. The
  * caller owns it: hand it to every transform of the conversion and close it once at the end.
  */
-export function createConversionPool(format: 'estargz' | 'zstdchunked', options: ChunkedTransformOptions = {}): MemberPool {
-  return createMemberPool(codecNameOf(format), { compressionLevel: options.compressionLevel, workers: options.workers, gzipBackend: options.gzipBackend });
+export function createConversionPool(format: ChunkedFormat, options: ChunkedTransformOptions = {}): MemberPool {
+  const { compressionLevel, workers, gzipBackend } = options;
+  return createMemberPool(codecNameOf(format), { compressionLevel, workers, gzipBackend });
 }
 
 /** Layer transform writing eStargz or zstd:chunked with the shared writer. */
@@ -109,17 +112,17 @@ export class ChunkedLayerTransform implements ConversionTransform {
 
   /** `pool`: a pool shared with other transforms of the same conversion (its owner closes it). */
   constructor(
-    format: 'estargz' | 'zstdchunked',
+    format: ChunkedFormat,
     readonly options: ChunkedTransformOptions = {},
     pool?: MemberPool,
   ) {
     this.name = format;
-    if (options.keepDiffID && !options.externalTOC) throw new EsgzError('BAD_FLAG', 'keeping the diffID needs the external-TOC mode');
-    if (options.externalTOC && format !== 'estargz') throw new EsgzError('BAD_FLAG', 'an external TOC needs the eStargz format');
-    this.codec = createCodec(codecNameOf(format), { externalTOC: options.externalTOC, containersStorageAnnotations: options.containersStorageAnnotations });
+    const { externalTOC, containersStorageAnnotations } = options;
+    if (options.keepDiffID && !externalTOC) throw new EsgzError('BAD_FLAG', 'keeping the diffID needs the external-TOC mode');
+    if (externalTOC && format !== 'estargz') throw new EsgzError('BAD_FLAG', 'an external TOC needs the eStargz format');
+    this.codec = createCodec(codecNameOf(format), { externalTOC, containersStorageAnnotations });
     this.pool = pool ?? createConversionPool(format, options);
     this.ownsPool = pool === undefined;
-    if (this.pool.format !== this.codec.name) throw new EsgzError('INTERNAL', `a ${this.pool.format} pool cannot write ${format}`);
   }
 
   get backend(): string {
@@ -137,7 +140,9 @@ export class ChunkedLayerTransform implements ConversionTransform {
 
   checkManifestMediaType(mediaType: string, warn: (message: string) => void): void {
     if (!isDockerMediaType(mediaType) || this.options.oci) return;
-    if (this.codec.name === 'zstd') throw new EsgzError('BAD_FLAG', 'zstd:chunked needs OCI media types: this image has Docker ones and the oci option is off');
+    if (this.codec.name === 'zstd') {
+      throw new EsgzError('BAD_FLAG', 'zstd:chunked needs OCI media types: this image has Docker ones and the oci option is off');
+    }
     warn('option --estargz should be used in conjunction with --oci (eStargz content verification needs OCI media types)');
   }
 
@@ -407,7 +412,11 @@ function countProgress(source: Readable, context: TransformContext): Readable {
  * Picks the transform for a target format. A chunked format compresses on `pool` when given (one
  * pool for several transforms of a conversion), else on a pool of its own that `close` stops.
  */
-export function createLayerTransform(format: LayerFormat, options: ChunkedTransformOptions = {}, pool?: MemberPool): ConversionTransform {
+export function createLayerTransform(
+  format: LayerFormat,
+  options: ChunkedTransformOptions = {},
+  pool?: MemberPool,
+): ConversionTransform {
   switch (format) {
     case 'estargz':
     case 'zstdchunked':

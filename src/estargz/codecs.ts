@@ -36,8 +36,9 @@ export interface MemberPoolChoice {
  * until `start()` or the first batch. The caller owns it (close it once).
  */
 export function createMemberPool(name: CodecName, options: MemberPoolChoice = {}): MemberPool {
-  if (name === 'gzip') return createGzipPool({ level: options.compressionLevel, workers: options.workers, backend: options.gzipBackend });
-  return createZstdPool({ level: options.compressionLevel, workers: options.workers });
+  const { compressionLevel: level, workers } = options;
+  if (name === 'gzip') return createGzipPool({ level, workers, backend: options.gzipBackend });
+  return createZstdPool({ level, workers });
 }
 
 /** One codec of each kind, for the reader's footer detection. */

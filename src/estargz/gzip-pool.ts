@@ -37,7 +37,9 @@ export function selectGzipBackend(requested: GzipBackendChoice = 'auto'): GzipBa
   if (requested === 'zlib') return 'zlib';
   const probe = libdeflateAvailable();
   if (probe.available) return 'libdeflate';
-  if (requested === 'libdeflate') throw new EsgzError('UNSUPPORTED', `the libdeflate gzip backend cannot load: ${probe.error}`);
+  if (requested === 'libdeflate') {
+    throw new EsgzError('UNSUPPORTED', `the libdeflate gzip backend cannot load: ${probe.error}`);
+  }
   return 'zlib';
 }
 
@@ -60,7 +62,8 @@ export function createGzipPool(options: GzipPoolOptions = {}): MemberPool {
   const level = options.level ?? DEFAULT_GZIP_LEVEL;
   const max = MAX_GZIP_LEVEL[backend];
   if (!Number.isInteger(level) || level < 0 || level > max) {
-    const hint = backend === 'zlib' && level > max && level <= MAX_GZIP_LEVEL.libdeflate ? ' (levels above 9 need libdeflate)' : '';
+    const libdeflateOnly = backend === 'zlib' && level > max && level <= MAX_GZIP_LEVEL.libdeflate;
+    const hint = libdeflateOnly ? ' (levels above 9 need libdeflate)' : '';
     throw new EsgzError('BAD_FLAG', `gzip compression level ${level} is out of range 0-${max} for the ${backend} backend${hint}`);
   }
   return new MemberPool({ kind: backend, level, workers: options.workers, label: `gzip (${backend})` });

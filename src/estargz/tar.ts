@@ -391,7 +391,9 @@ function isExtensionHeader(typeflag: string): boolean {
 
 /** Hardlinks, symlinks, dirs and devices carry no payload whatever the size field says. */
 function hasNoPayload(typeflag: string): boolean {
-  return typeflag === '1' || typeflag === '2' || typeflag === '5' || typeflag === '3' || typeflag === '4' || typeflag === '6';
+  return (
+    typeflag === '1' || typeflag === '2' || typeflag === '5' || typeflag === '3' || typeflag === '4' || typeflag === '6'
+  );
 }
 
 /** Most bytes of one PAX or GNU long-name header esgz reads. */
@@ -449,7 +451,9 @@ class TarHeaderReader {
       await this.finish();
       return undefined;
     }
-    if (block.length < BLOCK) throw new EsgzError('BAD_LAYER', `${this.at()}: truncated tar header (${block.length} of 512 bytes)`);
+    if (block.length < BLOCK) {
+      throw new EsgzError('BAD_LAYER', `${this.at()}: truncated tar header (${block.length} of 512 bytes)`);
+    }
     const stored = parseNumber(block, 148, 8, 'checksum', this.at);
     if (stored !== checksumOf(block)) {
       throw new EsgzError('BAD_LAYER', `${this.at()}: tar header checksum mismatch (not a tar stream, or corrupt)`);
@@ -459,7 +463,9 @@ class TarHeaderReader {
 
   /** PAX (`x` for the next entry, `g` for all later ones) or a GNU long name/link (`L`/`K`). */
   private async readExtension(typeflag: string, size: number, name: string): Promise<void> {
-    if (size > MAX_EXTENSION_HEADER) throw new EsgzError('BAD_LAYER', `${this.at()}: ${typeflag} header of ${size} bytes is implausibly large`);
+    if (size > MAX_EXTENSION_HEADER) {
+      throw new EsgzError('BAD_LAYER', `${this.at()}: ${typeflag} header of ${size} bytes is implausibly large`);
+    }
     const body = await this.readBody(size, name);
     if (typeflag === 'x') this.pendingPax = parsePaxRecords(body, `${this.at()} (PAX header)`);
     else if (typeflag === 'g') this.globals.update(parsePaxRecords(body, `${this.at()} (global PAX header)`));
@@ -541,7 +547,9 @@ class PayloadEntry implements TarEntry {
   }
 
   async read(length: number): Promise<Buffer> {
-    if (length > this.left) throw new EsgzError('INTERNAL', `read of ${length} bytes past the end of ${this.entryName}`);
+    if (length > this.left) {
+      throw new EsgzError('INTERNAL', `read of ${length} bytes past the end of ${this.entryName}`);
+    }
     const data = await this.src.readAtMost(length);
     if (data.length < length) throw this.truncated(data.length);
     this.left -= length;
@@ -565,7 +573,9 @@ class PayloadEntry implements TarEntry {
       this.left = 0;
     }
     const pad = padding(this.payloadSize);
-    if ((await this.src.skip(pad)) < pad) throw truncated(this.where, this.entryName, this.payloadSize + pad, this.payloadSize);
+    if ((await this.src.skip(pad)) < pad) {
+      throw truncated(this.where, this.entryName, this.payloadSize + pad, this.payloadSize);
+    }
   }
 
   /** The stream ended `got` bytes after the payload bytes read so far. */

@@ -470,13 +470,20 @@ function checkOptions(options: EstargzWriterOptions): Chunking {
     throw new EsgzError('BAD_FLAG', 'prioritized files cannot be used when the diffID is kept (lossless mode)');
   }
   if (options.compressor.format !== options.codec.name) {
-    throw new EsgzError('INTERNAL', `a ${options.compressor.format} compressor cannot write ${options.codec.name} members`);
+    const { compressor, codec } = options;
+    throw new EsgzError('INTERNAL', `a ${compressor.format} compressor cannot write ${codec.name} members`);
   }
   return { chunkSize, minChunkSize };
 }
 
 /** The entries to write, in order: as they are (lossless), reordered (prioritized) or streamed. */
-function sourceEntries(tar: AsyncIterable<Buffer>, options: EstargzWriterOptions, where: string, missed: string[], onTrailer: (raw: Buffer) => void): AsyncGenerator<SourceEntry> {
+function sourceEntries(
+  tar: AsyncIterable<Buffer>,
+  options: EstargzWriterOptions,
+  where: string,
+  missed: string[],
+  onTrailer: (raw: Buffer) => void,
+): AsyncGenerator<SourceEntry> {
   const prioritized = options.prioritizedFiles ?? [];
   if (options.lossless) return losslessEntries(tar, where, onTrailer);
   if (prioritized.length > 0) return reorderedEntries(tar, prioritized, where, options.tmpDir, missed, options.tarFile);
@@ -641,11 +648,16 @@ function nameIfChanged(map: Map<number, string>, id: number, name: string): stri
  * to `output`, its members compressed by `options.compressor`. Does not end `output`, and does
  * not close the compressor (the caller owns it).
  */
-export async function writeEstargz(tar: AsyncIterable<Buffer>, output: Writable, options: EstargzWriterOptions): Promise<EstargzWriteResult> {
+export async function writeEstargz(
+  tar: AsyncIterable<Buffer>,
+  output: Writable,
+  options: EstargzWriterOptions,
+): Promise<EstargzWriteResult> {
   const where = options.where ?? 'layer';
   const chunking = checkOptions(options);
   const { codec, compressor } = options;
-  const seq = new MemberSequencer(compressor, output, options.maxInFlightBytes ?? inFlightWindow(compressor.size, chunking.chunkSize));
+  const window = options.maxInFlightBytes ?? inFlightWindow(compressor.size, chunking.chunkSize);
+  const seq = new MemberSequencer(compressor, output, window);
   const layer = new LayerWriter(seq, chunking, where, options.lossless ?? false);
   const missed: string[] = [];
   let trailer: Buffer | undefined;

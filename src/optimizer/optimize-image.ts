@@ -1,7 +1,9 @@
 import type { Writable } from 'node:stream';
 import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError } from '../errors.js';
-import { createConversionPool, createLayerTransform, writeExternalTOCImage, type ChunkedTransformOptions, type ConversionTransform } from '../convert/transform.js';
+import {
+  createConversionPool, createLayerTransform, writeExternalTOCImage, type ChunkedTransformOptions, type ConversionTransform,
+} from '../convert/transform.js';
 import type { MemberPool } from '../estargz/member-pool.js';
 import type { PriorityItem } from '../estargz/priority.js';
 import { PREFETCH_LANDMARK } from '../estargz/constants.js';
@@ -314,8 +316,10 @@ class OptimizeTransform implements LayerTransform {
     this.name = format;
     const perLayer = (profile?.perLayer ?? []).map((files) => [...files, ...prefetchList]);
     this.pool = createConversionPool(format, convert);
-    this.traced = createLayerTransform(format, { ...convert, reuse: false, prioritizedFilesByLayer: perLayer, tarFilesByLayer: profile?.tarFiles ?? [] }, this.pool);
-    this.untraced = createLayerTransform(format, { ...convert, ...(prefetchList.length > 0 ? { prioritizedFiles: prefetchList } : {}) }, this.pool);
+    const tracedOptions = { ...convert, reuse: false, prioritizedFilesByLayer: perLayer, tarFilesByLayer: profile?.tarFiles ?? [] };
+    this.traced = createLayerTransform(format, tracedOptions, this.pool);
+    const untracedOptions = { ...convert, ...(prefetchList.length > 0 ? { prioritizedFiles: prefetchList } : {}) };
+    this.untraced = createLayerTransform(format, untracedOptions, this.pool);
   }
 
   prepare(): void {

@@ -160,7 +160,8 @@ async function withTOC(edit: (entries: TOCEntry[]) => TOCEntry[]): Promise<Buffe
   const toc = { version: 1, entries: edit(structuredClone(reader.toc.entries)) };
   const pool = createGzipPool({ workers: 1 });
   try {
-    return Buffer.concat([blob.subarray(0, tocOffset), (await createGzipCodec().buildTail(toc, tocOffset, pool)).bytes]);
+    const tail = await createGzipCodec().buildTail(toc, tocOffset, pool);
+    return Buffer.concat([blob.subarray(0, tocOffset), tail.bytes]);
   } finally {
     await pool.close();
   }

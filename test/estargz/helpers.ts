@@ -33,11 +33,13 @@ export interface ConvertOptions extends Omit<EstargzWriterOptions, 'codec' | 'co
 /** Converts a (possibly compressed) layer held in memory; returns the blob and the writer's result. */
 export async function convertBuffer(layer: Buffer, options: ConvertOptions = {}): Promise<{ blob: Buffer; result: EstargzWriteResult }> {
   const codec = options.codec ?? createGzipCodec();
-  const pool = options.compressor ? undefined : createMemberPool(codec.name, { compressionLevel: options.level, workers: options.workers, gzipBackend: options.backend });
+  const { level: compressionLevel, workers, backend: gzipBackend } = options;
+  const pool = options.compressor ? undefined : createMemberPool(codec.name, { compressionLevel, workers, gzipBackend });
   try {
     const sink = new MemorySink();
     const { stream } = await openDecompressed(readableOf(layer), 'test layer');
-    const result = await writeEstargz(stream, sink, { ...options, codec, compressor: options.compressor ?? pool! });
+    const compressor = options.compressor ?? pool!;
+    const result = await writeEstargz(stream, sink, { ...options, codec, compressor });
     return { blob: sink.data, result };
   } finally {
     await pool?.close();

@@ -215,7 +215,7 @@ describe('reproducibility and parameters', () => {
     }
   });
 
-  it('the pool defaults to one worker per core (the writer sizes its in-flight window from it); bad counts are BAD_FLAG', async () => {
+  it('the pool defaults to one worker per core; bad counts are BAD_FLAG', async () => {
     const pool = createZstdPool();
     expect(pool.size).toBe(os.cpus().length);
     expect(pool.level).toBe(3);

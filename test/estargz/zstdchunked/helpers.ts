@@ -6,7 +6,9 @@ import type { EstargzWriteResult, EstargzWriterOptions } from '../../../src/esta
 import { createZstdChunkedCodec, type ZstdChunkedCodecOptions } from '../../../src/estargz/zstdchunked/codec.js';
 import { convertBuffer } from '../helpers.js';
 
-export interface ZstdConvertOptions extends Omit<EstargzWriterOptions, 'codec' | 'compressor'>, ZstdChunkedCodecOptions {
+export interface ZstdConvertOptions
+  extends Omit<EstargzWriterOptions, 'codec' | 'compressor'>,
+    ZstdChunkedCodecOptions {
   compressionLevel?: number;
   /** Default 2. */
   workers?: number;
