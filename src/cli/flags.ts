@@ -9,6 +9,7 @@ import { readPrefetchList, readRecordFile, type PriorityItem } from '../estargz/
 import type { ChunkedTransformOptions, LayerFormat } from '../convert/transform.js';
 import { DEFAULT_ZSTD_LEVEL, MAX_ZSTD_LEVEL, MIN_ZSTD_LEVEL } from '../estargz/zstdchunked/pool.js';
 import { resolveGzipHelper } from '../image/compression.js';
+import type { EsgzEnvironment } from './environment.js';
 import { parsePlatform, parsePlatforms } from '../oci/platform.js';
 import type { Platform } from '../oci/types.js';
 import { DEFAULT_PIDS_LIMIT, parseByteSize, parseCommaList, parseJsonArrayFlag, parseMountFlag, type RunOptions } from '../runtime/spec.js';
@@ -118,42 +119,68 @@ export interface ConversionFlagValues {
   'estargz-keep-diff-id'?: boolean;
 }
 
+/** The ESGZ_* variables a conversion takes (`this.environment` of the command). */
+export type ConversionEnvironment = Pick<EsgzEnvironment, 'workers' | 'gzipBackend' | 'zstdChunkedGithubAnnotations'>;
+
 /**
- * The writer options of a chunked format from the conversion flags: the one mapping convert and
- * optimize share, with ctr-remote's flag conflicts. `recordIn` is the command's record file flag
- * (`--estargz-record-in` / `--zstdchunked-record-in`), when it has one; prioritized files come
- * from `prioritizedFromFlags`.
+ * The writer options of a chunked format from the conversion flags and the environment: the
+ * one mapping convert and optimize share, with ctr-remote's flag conflicts. `recordIn` is the
+ * command's record file flag (`--estargz-record-in` / `--zstdchunked-record-in`), when it has
+ * one; prioritized files come from `prioritizedFromFlags`.
  */
 export async function conversionOptionsFromFlags(
   flags: ConversionFlagValues,
   format: LayerFormat,
+  environment: ConversionEnvironment,
   extra: { recordIn?: string; warn?: (message: string) => void } = {},
 ): Promise<ChunkedTransformOptions> {
-  const options: ChunkedTransformOptions = { oci: flags.oci, reuse: flags.reuse, workers: flags.workers, ...(extra.warn ? { warn: extra.warn } : {}) };
+  const options: ChunkedTransformOptions = {
+    oci: flags.oci,
+    reuse: flags.reuse,
+    // --workers overrides ESGZ_WORKERS.
+    workers: flags.workers ?? environment.workers,
+    ...(extra.warn ? { warn: extra.warn } : {}),
+  };
   // ctr-remote treats an empty value as "no helper".
   if (flags['estargz-gzip-helper']) options.gzipHelper = await resolveGzipHelper(flags['estargz-gzip-helper']);
   if (flags['estargz-external-toc'] && flags.reuse) throw new EsgzError('BAD_FLAG', '"estargz-external-toc" can\'t be used with "reuse" flag');
-  if (format === 'estargz') {
-    const level = flags['estargz-compression-level'];
-    if (level > MAX_GZIP_LEVEL.zlib && selectGzipBackend() === 'zlib') {
-      throw new EsgzError('BAD_FLAG', `--estargz-compression-level ${level} needs libdeflate (${libdeflateAvailable().error ?? 'ESGZ_GZIP_BACKEND=zlib'}); zlib stops at 9`);
-    }
-    if (flags['estargz-keep-diff-id'] && extra.recordIn) throw new EsgzError('BAD_FLAG', 'option --estargz-keep-diff-id conflicts with --estargz-record-in');
-    Object.assign(options, {
-      compressionLevel: level,
-      chunkSize: flags['estargz-chunk-size'] || undefined,
-      minChunkSize: flags['estargz-min-chunk-size'] || undefined,
-      externalTOC: flags['estargz-external-toc'],
-      keepDiffID: flags['estargz-keep-diff-id'] ?? false,
-    });
-  } else if (format === 'zstdchunked') {
+  if (format === 'estargz') Object.assign(options, estargzOptions(flags, environment, extra.recordIn));
+  else if (format === 'zstdchunked') {
     if (flags['estargz-external-toc']) throw new EsgzError('BAD_FLAG', '--estargz-external-toc needs eStargz, not --zstdchunked');
     Object.assign(options, {
       compressionLevel: flags['zstdchunked-compression-level'],
       chunkSize: flags['zstdchunked-chunk-size'] || undefined,
+      containersStorageAnnotations: environment.zstdChunkedGithubAnnotations,
     });
   }
   return options;
+}
+
+function estargzOptions(
+  flags: ConversionFlagValues,
+  environment: ConversionEnvironment,
+  recordIn: string | undefined,
+): ChunkedTransformOptions {
+  const level = flags['estargz-compression-level'];
+  const gzipBackend = selectGzipBackend(environment.gzipBackend);
+  if (level > MAX_GZIP_LEVEL.zlib && gzipBackend === 'zlib') {
+    const why = libdeflateAvailable().error ?? 'ESGZ_GZIP_BACKEND=zlib';
+    throw new EsgzError('BAD_FLAG', `--estargz-compression-level ${level} needs libdeflate (${why}); zlib stops at 9`);
+  }
+  if (flags['estargz-keep-diff-id'] && !flags['estargz-external-toc']) {
+    throw new EsgzError('BAD_FLAG', 'option --estargz-keep-diff-id must be used with --estargz-external-toc');
+  }
+  if (flags['estargz-keep-diff-id'] && recordIn) {
+    throw new EsgzError('BAD_FLAG', 'option --estargz-keep-diff-id conflicts with --estargz-record-in');
+  }
+  return {
+    compressionLevel: level,
+    gzipBackend,
+    chunkSize: flags['estargz-chunk-size'] || undefined,
+    minChunkSize: flags['estargz-min-chunk-size'] || undefined,
+    externalTOC: flags['estargz-external-toc'],
+    keepDiffID: flags['estargz-keep-diff-id'] ?? false,
+  };
 }
 
 /**

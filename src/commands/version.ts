@@ -12,7 +12,7 @@ export default class Version extends BaseCommand<typeof Version> {
     const libdeflate = libdeflateAvailable();
     let gzipBackend: string;
     try {
-      gzipBackend = selectGzipBackend();
+      gzipBackend = selectGzipBackend(this.environment.gzipBackend);
     } catch (err) {
       gzipBackend = `invalid (${(err as Error).message})`;
     }
@@ -22,7 +22,7 @@ export default class Version extends BaseCommand<typeof Version> {
       gzip: {
         backend: gzipBackend,
         libdeflate: libdeflate.available ? 'available' : `unavailable: ${libdeflate.error}`,
-        workers: defaultWorkerCount(),
+        workers: this.environment.workers ?? defaultWorkerCount(),
       },
     };
     if (this.flags.json) writeJson(info);

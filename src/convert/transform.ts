@@ -16,16 +16,19 @@ import { openDecompressed, type GzipHelper } from '../image/compression.js';
 import { isDockerMediaType, layerCompressionOf, MediaType } from '../oci/media-types.js';
 import type { LayerInput, LayerOutput, LayerTransform, TransformContext } from '../image/transform.js';
 import type { Codec, CodecName } from '../estargz/codec.js';
-import { createCodec } from '../estargz/codecs.js';
+import { createCodec, createMemberPool } from '../estargz/codecs.js';
+import type { MemberPool } from '../estargz/member-pool.js';
 import { EXTERNAL_TOC_IMAGE_SUFFIX, TOC_DIGEST_ANNOTATION, TOC_LAYER_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from '../estargz/constants.js';
 import type { Descriptor, RawManifest } from '../oci/types.js';
 import type { ImageSink } from '../image/types.js';
-import type { GzipBackend } from '../estargz/gzip-pool.js';
+import type { GzipBackendChoice } from '../estargz/gzip-pool.js';
 import { EstargzReader, openFileBlobReader } from '../estargz/reader.js';
 import type { PriorityItem } from '../estargz/priority.js';
 import { writeEstargz, type EstargzWriteResult } from '../estargz/writer.js';
 
 export type LayerFormat = 'estargz' | 'zstdchunked' | 'uncompress';
+/** The formats written with the chunked writer (TOC, chunks, landmark). */
+export type ChunkedFormat = Exclude<LayerFormat, 'uncompress'>;
 
 export interface ChunkedTransformOptions {
   /** gzip: 1-9 (zlib) / 1-12 (libdeflate), default 9; zstd: default 3. */
@@ -42,21 +45,23 @@ export interface ChunkedTransformOptions {
    * read from its file, and reordering reads payloads from it by offset (no spool copy).
    */
   tarFilesByLayer?: Array<string | undefined>;
-  /** `--estargz-external-toc`: TOCs go to a separate image (see `externalTOCImage`). */
+  /** eStargz: TOCs go to a separate image (see `externalTOCImage`). */
   externalTOC?: boolean;
-  /** `--estargz-keep-diff-id` (only with external TOC): the uncompressed tar stays byte-identical. */
+  /** Only with `externalTOC`: the uncompressed tar stays byte-identical (lossless writer mode). */
   keepDiffID?: boolean;
   /** Keep layers that already are valid eStargz/zstd:chunked blobs of this format. */
   reuse?: boolean;
-  /** Compression workers (default: cores, or ESGZ_WORKERS). */
+  /** Compression worker threads (default: one per core). */
   workers?: number;
-  /** Spool directory (priority reordering, --reuse checks). */
+  /** Spool directory (priority reordering, reuse checks). */
   tmpDir?: string;
-  /** `--estargz-gzip-helper`: decompress gzip source layers with this command, not in-process. */
+  /** Decompress gzip source layers with this command, not in-process. */
   gzipHelper?: GzipHelper;
-  /** gzip backend override (default: libdeflate when built, ESGZ_GZIP_BACKEND=zlib forces zlib). */
-  gzipBackend?: GzipBackend;
-  /** The pipeline converts Docker media types to OCI (`--oci`): no media-type warning then. */
+  /** gzip compressor (default 'auto': libdeflate when it loads, else zlib). */
+  gzipBackend?: GzipBackendChoice;
+  /** zstd:chunked: also write containers/storage's `io.github.containers.zstd-chunked.*` annotations. */
+  containersStorageAnnotations?: boolean;
+  /** The pipeline converts Docker media types to OCI: no media-type warning then. */
   oci?: boolean;
   /** Called for non-fatal problems (missing prioritized files, ...). */
   warn?(message: string): void;
@@ -66,52 +71,84 @@ function layerWhere(input: LayerInput): string {
   return `layer ${input.index} (${shortDigest(input.descriptor.digest)})`;
 }
 
-/** Layer transform writing eStargz or zstd:chunked with the shared writer. */
-export class ChunkedLayerTransform implements LayerTransform {
-  readonly name: string;
-  private codecPromise: Promise<Codec> | undefined;
-  /** External-TOC mode: TOC blob per output layer digest, for the TOC image. */
-  readonly externalTOCs = new Map<string, Buffer>();
+/**
+ * The layer transform an esgz conversion returns: what the command reads after the transfer is
+ * typed here, not reached through casts.
+ */
+export interface ConversionTransform extends LayerTransform {
+  /** The compressor implementation ('libdeflate', 'zlib', 'zstd-napi'), when the format compresses. */
+  readonly backend: string | undefined;
+  /** External-TOC mode: the TOC blob of each layer written, by the layer's digest (else empty). */
+  externalTOCs(): Map<string, Buffer>;
+  /** Stops the compression workers the conversion owns (idle workers never keep the process alive). */
+  close(): Promise<void>;
+}
 
+/** The codec of a chunked layer format. */
+function codecNameOf(format: ChunkedFormat): CodecName {
+  return format === 'estargz' ? 'gzip' : 'zstd';
+}
+
+/**
+ * The compression worker pool of one conversion, from its options (level, workers, gzip backend
+ * checked now). No thread starts until the conversion starts it or sends the first batch. The
+ * caller owns it: hand it to every transform of the conversion and close it once at the end.
+ */
+export function createConversionPool(format: ChunkedFormat, options: ChunkedTransformOptions = {}): MemberPool {
+  const { compressionLevel, workers, gzipBackend } = options;
+  return createMemberPool(codecNameOf(format), { compressionLevel, workers, gzipBackend });
+}
+
+/** Layer transform writing eStargz or zstd:chunked with the shared writer. */
+export class ChunkedLayerTransform implements ConversionTransform {
+  readonly name: string;
+  /** The format: footer, TOC encoding, media type. */
+  readonly codec: Codec;
+  /** External-TOC mode: TOC blob per output layer digest, for the TOC image. */
+  private readonly tocs = new Map<string, Buffer>();
+  /** The pool compressing members; closed by `close` only when this transform created it. */
+  private readonly pool: MemberPool;
+  private readonly ownsPool: boolean;
+
+  /** `pool`: a pool shared with other transforms of the same conversion (its owner closes it). */
   constructor(
-    readonly codecName: CodecName,
+    format: ChunkedFormat,
     readonly options: ChunkedTransformOptions = {},
+    pool?: MemberPool,
   ) {
-    this.name = codecName === 'gzip' ? 'estargz' : 'zstdchunked';
-    if (options.keepDiffID && !options.externalTOC) {
-      throw new EsgzError('BAD_FLAG', '--estargz-keep-diff-id must be used with --estargz-external-toc');
-    }
-    if (options.externalTOC && codecName !== 'gzip') {
-      throw new EsgzError('BAD_FLAG', '--estargz-external-toc needs --estargz');
-    }
+    this.name = format;
+    const { externalTOC, containersStorageAnnotations } = options;
+    if (options.keepDiffID && !externalTOC) throw new EsgzError('BAD_FLAG', 'keeping the diffID needs the external-TOC mode');
+    if (externalTOC && format !== 'estargz') throw new EsgzError('BAD_FLAG', 'an external TOC needs the eStargz format');
+    this.codec = createCodec(codecNameOf(format), { externalTOC, containersStorageAnnotations });
+    this.pool = pool ?? createConversionPool(format, options);
+    this.ownsPool = pool === undefined;
   }
 
-  /** The codec (one worker pool shared by every layer of the conversion). */
-  codec(): Promise<Codec> {
-    this.codecPromise ??= createCodec(this.codecName, {
-      compressionLevel: this.options.compressionLevel,
-      workers: this.options.workers,
-      gzipBackend: this.options.gzipBackend,
-      externalTOC: this.options.externalTOC,
-    });
-    return this.codecPromise;
+  get backend(): string {
+    return this.pool.backend;
+  }
+
+  externalTOCs(): Map<string, Buffer> {
+    return new Map(this.tocs);
   }
 
   prepare(): void {
-    // A layer that --reuse keeps needs no compression: workers then start with the first layer
-    // that does. Failures surface where codec() is awaited.
-    if (!this.options.reuse) this.codec().then((codec) => codec.startWorkers(), () => undefined);
+    // A layer that reuse keeps needs no compression: workers then start with the first batch.
+    if (!this.options.reuse) this.pool.start();
   }
 
   checkManifestMediaType(mediaType: string, warn: (message: string) => void): void {
     if (!isDockerMediaType(mediaType) || this.options.oci) return;
-    if (this.codecName === 'zstd') throw new EsgzError('BAD_FLAG', 'option --zstdchunked must be used in conjunction with --oci');
+    if (this.codec.name === 'zstd') {
+      throw new EsgzError('BAD_FLAG', 'zstd:chunked needs OCI media types: this image has Docker ones and the oci option is off');
+    }
     warn('option --estargz should be used in conjunction with --oci (eStargz content verification needs OCI media types)');
   }
 
   async transform(input: LayerInput, output: Writable, context: TransformContext): Promise<LayerOutput | 'unchanged'> {
     const where = layerWhere(input);
-    const codec = await this.codec();
+    const { codec } = this;
     try {
       if (this.options.reuse && (await this.isReusable(input, codec, where))) return 'unchanged';
       const tarFile = this.options.tarFilesByLayer?.[input.index];
@@ -127,6 +164,7 @@ export class ChunkedLayerTransform implements LayerTransform {
       try {
         result = await writeEstargz(stream, hashing ?? output, {
           codec,
+          compressor: this.pool,
           chunkSize: this.options.chunkSize,
           minChunkSize: this.options.minChunkSize,
           prioritizedFiles: prioritized,
@@ -147,7 +185,7 @@ export class ChunkedLayerTransform implements LayerTransform {
       }
       if (hashing) {
         await hashing.flushed();
-        if (result.externalTOC) this.externalTOCs.set(hashing.digest(), result.externalTOC);
+        if (result.externalTOC) this.tocs.set(hashing.digest(), result.externalTOC);
       }
       const seconds = (Date.now() - started) / 1000;
       const mediaType = codec.name === 'gzip'
@@ -163,7 +201,7 @@ export class ChunkedLayerTransform implements LayerTransform {
         diffID: result.diffID,
         report: {
           format: this.name,
-          backend: codec.backend,
+          backend: this.pool.backend,
           inputCompression: compression,
           inputSize: input.descriptor.size,
           outputSize: result.compressedSize,
@@ -210,11 +248,8 @@ export class ChunkedLayerTransform implements LayerTransform {
     }
   }
 
-  /** Stops the compression workers (idle workers never keep the process alive anyway). */
   async close(): Promise<void> {
-    const codec = await this.codecPromise?.catch(() => undefined);
-    this.codecPromise = undefined;
-    await codec?.close();
+    if (this.ownsPool) await this.pool.close();
   }
 }
 
@@ -306,9 +341,10 @@ export function tocImageReference(spec: string): string {
   return hasTag ? `${spec}${EXTERNAL_TOC_IMAGE_SUFFIX}` : `${spec}:latest${EXTERNAL_TOC_IMAGE_SUFFIX}`;
 }
 
-/** `--uncompress`: writes the layer's plain tar. */
-export class UncompressLayerTransform implements LayerTransform {
+/** The uncompress format: writes the layer's plain tar. */
+export class UncompressLayerTransform implements ConversionTransform {
   readonly name = 'uncompress';
+  readonly backend = undefined;
 
   constructor(readonly options: Pick<ChunkedTransformOptions, 'gzipHelper'> = {}) {}
 
@@ -338,6 +374,12 @@ export class UncompressLayerTransform implements LayerTransform {
       throw withContext(`uncompressing ${where}`, err);
     }
   }
+
+  externalTOCs(): Map<string, Buffer> {
+    return new Map();
+  }
+
+  async close(): Promise<void> {}
 }
 
 /** An already-uncompressed layer stays as it is (its stream is consumed so digests get checked). */
@@ -366,13 +408,19 @@ function countProgress(source: Readable, context: TransformContext): Readable {
   return source.pipe(counter);
 }
 
-/** Picks the transform for a target format. */
-export function createLayerTransform(format: LayerFormat, options: ChunkedTransformOptions = {}): LayerTransform & { close?(): Promise<void> } {
+/**
+ * Picks the transform for a target format. A chunked format compresses on `pool` when given (one
+ * pool for several transforms of a conversion), else on a pool of its own that `close` stops.
+ */
+export function createLayerTransform(
+  format: LayerFormat,
+  options: ChunkedTransformOptions = {},
+  pool?: MemberPool,
+): ConversionTransform {
   switch (format) {
     case 'estargz':
-      return new ChunkedLayerTransform('gzip', options);
     case 'zstdchunked':
-      return new ChunkedLayerTransform('zstd', { ...options });
+      return new ChunkedLayerTransform(format, options, pool);
     case 'uncompress':
       return new UncompressLayerTransform(options);
     default:

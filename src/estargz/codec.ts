@@ -3,37 +3,61 @@
  *
  * Modelled on stargz-snapshotter's Compressor/Decompressor split (estargz/types.go): the writer
  * decides *what* goes into each member (tar header bytes + one payload chunk, landmarks, where a
- * member starts) and computes offsets on the ordered output; the codec decides *how* a member is
- * compressed and how the TOC and footer are laid out at the end of the blob. The reader asks the
- * codec to recognise the footer, parse the TOC and decompress the bytes of one member/frame.
+ * member starts) and computes offsets on the ordered output; a `MemberCompressor` (the worker
+ * pool of ./member-pool.ts, which the conversion creates and hands to the writer) compresses
+ * members; the codec describes the format: how the TOC and footer are laid out at the end of the
+ * blob, its media type, and for the reader how to recognise the footer, parse the TOC and
+ * decompress the bytes of one member/frame. A codec holds no threads and needs no closing.
  *
  * Two codecs implement this:
  *  - gzip  (eStargz): src/estargz/gzip-codec.ts
- *  - zstd  (zstd:chunked): src/estargz/zstdchunked/codec.ts (helper H4)
+ *  - zstd  (zstd:chunked): src/estargz/zstdchunked/codec.ts
  *
- * Contract rules (once committed, this file only changes additively):
- *  - `compressMembers` / `compressMember` must compress each member as a pure function of its
- *    input bytes and the codec's options, so blobs are byte-reproducible however many members
- *    compress concurrently and however they are batched. The writer may call them many times
- *    without awaiting (bounded); it awaits results in order.
+ * Contract rules:
+ *  - The compressor compresses each member as a pure function of its input bytes and its fixed
+ *    parameters (backend, level), so blobs are byte-reproducible however many members compress
+ *    concurrently and however they are batched. The writer may call it many times without
+ *    awaiting (bounded); it awaits results in order.
  *  - Offsets in the TOC are compressed-blob offsets of member starts; `innerOffset` is an offset
  *    inside the decompressed member. Both are computed by the writer, never by the codec.
  *  - The TOC JSON bytes must be produced with `marshalTOC` (src/estargz/toc.ts) so that every
  *    codec hashes the same bytes for the same JTOC (the TOC digest is sha256 of those bytes).
  */
-import type { CompressedMembers } from './member-pool.js';
 import type { JTOC } from './toc.js';
-
-export type { CompressedMembers };
 
 export type CodecName = 'gzip' | 'zstd';
 
-/** Options common to every codec; each codec validates its own ranges. */
-export interface CodecOptions {
-  /** Compression level (gzip 1-9 zlib / 1-12 libdeflate; zstd 1-22). Undefined: codec default. */
-  compressionLevel?: number;
-  /** Number of members compressed concurrently (worker pool size). Undefined: number of cores. */
-  workers?: number;
+export interface CompressedMembers {
+  /** The compressed members, concatenated in input order. */
+  data: Buffer;
+  /** Compressed size of each member, in input order. */
+  sizes: Uint32Array;
+}
+
+/**
+ * What compresses members for the writer (stargz's Compressor): each member becomes one gzip
+ * member / zstd frame of `format`. The worker pool (./member-pool.ts) implements it.
+ */
+export interface MemberCompressor {
+  /** The member format it writes: must be the codec's. */
+  readonly format: CodecName;
+  /** Members compressing at once (worker threads); the writer sizes its in-flight window from it. */
+  readonly size: number;
+  /** Implementation, for reports: 'libdeflate' | 'zlib' | 'zstd-napi'. */
+  readonly backend: string;
+  /**
+   * A buffer of at least `size` bytes (its length is its capacity) for the writer to fill with
+   * members and pass to `compressMembers`: buffers are recycled (flat memory on big layers).
+   */
+  allocate(size: number): Buffer;
+  /**
+   * Compresses the members laid end to end in `batch` (member i ends at `ends[i]`), each into
+   * its own gzip member / zstd frame, returned concatenated with each compressed size. The
+   * caller hands `batch` over (it may move to a worker thread): it must not be used afterwards.
+   */
+  compressMembers(batch: Buffer, ends: Uint32Array): Promise<CompressedMembers>;
+  /** Compresses one whole member; the caller keeps `input`. */
+  compress(input: Buffer): Promise<Buffer>;
 }
 
 /** What the codec appends after the last member, and what the writer needs to know about it. */
@@ -83,38 +107,15 @@ export interface Codec {
   readonly name: CodecName;
   /** OCI media type of a layer this codec writes. */
   readonly mediaType: string;
-  /** Implementation actually used, for `--json` reports, e.g. 'libdeflate' | 'zlib' | 'zstd-napi'. */
-  readonly backend: string;
 
   // ---- writer side ----------------------------------------------------------------------
 
-  /** Members compressing at once (worker threads); the writer sizes its in-flight window from it. */
-  readonly workers: number;
   /**
-   * Compresses one whole member (tar header bytes + one payload chunk) into one gzip member / zstd
-   * frame. The caller keeps `uncompressed`.
+   * Builds everything after the last member: the TOC and the footer, compressing what needs it
+   * with `compressor`. `tocOffset` is the compressed blob offset where `bytes` will start
+   * (= total size of all members written).
    */
-  compressMember(uncompressed: Buffer): Promise<Buffer>;
-  /**
-   * A buffer of at least `size` bytes (its length is its capacity) for the writer to fill with
-   * members and pass to `compressMembers`: buffers are recycled (flat memory on big layers).
-   */
-  allocateBatch(size: number): Buffer;
-  /**
-   * Compresses the members laid end to end in `batch` (member i ends at `ends[i]`), each into
-   * its own gzip member / zstd frame, returned concatenated with each compressed size. The
-   * caller hands `batch` over (it may move to a worker thread): it must not be used afterwards.
-   */
-  compressMembers(batch: Buffer, ends: Uint32Array): Promise<CompressedMembers>;
-  /**
-   * Builds everything after the last member: the TOC and the footer. `tocOffset` is the
-   * compressed blob offset where `bytes` will start (= total size of all members written).
-   */
-  buildTail(toc: JTOC, tocOffset: number): Promise<CodecTail>;
-  /** Starts the worker threads now rather than at the first batch, so they boot while the source is opened. */
-  startWorkers(): void;
-  /** Releases worker threads. The codec must not be used afterwards. Idempotent. */
-  close(): Promise<void>;
+  buildTail(toc: JTOC, tocOffset: number, compressor: MemberCompressor): Promise<CodecTail>;
 
   // ---- reader side ----------------------------------------------------------------------
 

@@ -6,10 +6,9 @@
 import { promisify } from 'node:util';
 import zlib from 'node:zlib';
 import { EsgzError } from '../errors.js';
-import type { Codec, CodecOptions, CodecTail, FooterInfo, ParsedTOC } from './codec.js';
+import type { Codec, CodecTail, FooterInfo, MemberCompressor, ParsedTOC } from './codec.js';
 import { FOOTER_SIZE, LEGACY_FOOTER_SIZE, MAX_MEMBER_PREFIX, MAX_TOC_SIZE, TOC_TAR_NAME, TOC_TAR_SLACK } from './constants.js';
-import { createGzipPool, defaultWorkerCount, selectGzipBackend, type GzipBackend } from './gzip-pool.js';
-import type { CompressedMembers, MemberPool } from './member-pool.js';
+export { DEFAULT_GZIP_LEVEL } from './gzip-pool.js';
 import { BLOCK, END_OF_ARCHIVE, encodeTarHeader, padding } from './tar.js';
 import { marshalTOC, parseTOCJSON, sha256Digest, type JTOC } from './toc.js';
 import { MediaType } from '../oci/media-types.js';
@@ -17,14 +16,12 @@ import { MediaType } from '../oci/media-types.js';
 const gunzip = promisify(zlib.gunzip);
 
 /**
- * Footer of a blob whose TOC lives in a separate image (`--estargz-external-toc`): an empty gzip
+ * Footer of a blob whose TOC lives in a separate image (external-TOC mode): an empty gzip
  * member whose extra field is SI1='S' SI2='G' LEN=17 "STARGZEXTERNALTOC" (no offset).
  */
 export const EXTERNAL_TOC_FOOTER_SIZE = 46;
 const STARGZ_MAGIC = 'STARGZ';
 const EXTERNAL_MAGIC = 'STARGZEXTERNALTOC';
-/** ctr-remote's default: gzip.BestCompression. */
-export const DEFAULT_GZIP_LEVEL = 9;
 
 /**
  * A gzip member with an empty payload whose FEXTRA field holds `extra`: exactly what Go's
@@ -205,57 +202,29 @@ export async function extractTOCJSON(tocMember: Buffer, where: string): Promise<
   throw new EsgzError('BAD_FORMAT', `${where}: TOC member holds no ${TOC_TAR_NAME} entry`);
 }
 
+export interface GzipCodecOptions {
+  /**
+   * Write no TOC into the blob, only the external-TOC footer; the TOC member is returned as
+   * `CodecTail.externalTOC` for the TOC image.
+   */
+  externalTOC?: boolean;
+}
+
 export class GzipCodec implements Codec {
   readonly name = 'gzip' as const;
   readonly mediaType = MediaType.ociLayerGzip;
   /** The largest of its footers: 51 (STARGZ), 47 (legacy), 46 (external TOC). */
   readonly maxFooterSize = Math.max(FOOTER_SIZE, LEGACY_FOOTER_SIZE, EXTERNAL_TOC_FOOTER_SIZE);
-  readonly level: number;
-  readonly workers: number;
-  private readonly backendChoice: GzipBackend;
-  private pool: MemberPool | undefined;
-  /** When true, buildTail writes no TOC and the external-TOC footer (`--estargz-external-toc`). */
   readonly externalTOC: boolean;
 
-  constructor(options: CodecOptions & { backend?: GzipBackend; externalTOC?: boolean } = {}) {
+  constructor(options: GzipCodecOptions = {}) {
     this.externalTOC = options.externalTOC ?? false;
-    this.backendChoice = options.backend ?? selectGzipBackend();
-    this.level = options.compressionLevel ?? DEFAULT_GZIP_LEVEL;
-    this.workers = options.workers ?? defaultWorkerCount();
-    if (this.backendChoice === 'zlib' && this.level > 9) {
-      throw new EsgzError('BAD_FLAG', `gzip compression level ${this.level} needs libdeflate (levels 10-12); the zlib backend stops at 9`);
-    }
   }
 
-  get backend(): string {
-    return this.backendChoice;
-  }
-
-  startWorkers(): void {
-    this.getPool();
-  }
-
-  private getPool(): MemberPool {
-    this.pool ??= createGzipPool({ level: this.level, workers: this.workers, backend: this.backendChoice });
-    return this.pool;
-  }
-
-  allocateBatch(size: number): Buffer {
-    return this.getPool().allocate(size);
-  }
-
-  compressMembers(batch: Buffer, ends: Uint32Array): Promise<CompressedMembers> {
-    return this.getPool().compressMembers(batch, ends);
-  }
-
-  compressMember(uncompressed: Buffer): Promise<Buffer> {
-    return this.getPool().compress(uncompressed);
-  }
-
-  async buildTail(toc: JTOC, tocOffset: number): Promise<CodecTail> {
+  async buildTail(toc: JTOC, tocOffset: number, compressor: MemberCompressor): Promise<CodecTail> {
     const tocJSON = marshalTOC(toc);
     const tocTar = tocTarBytes(tocJSON);
-    const member = await this.compressMember(tocTar);
+    const member = await compressor.compress(tocTar);
     const tocDigest = sha256Digest(tocJSON);
     if (this.externalTOC) {
       // As stargz's externaltoc compressor: the layer ends with the footer alone (no TOC, no
@@ -263,12 +232,6 @@ export class GzipCodec implements Codec {
       return { bytes: externalTOCFooter(), tocDigest, uncompressedTail: Buffer.alloc(0), externalTOC: member };
     }
     return { bytes: Buffer.concat([member, estargzFooter(tocOffset)]), tocDigest, uncompressedTail: tocTar };
-  }
-
-  async close(): Promise<void> {
-    const pool = this.pool;
-    this.pool = undefined;
-    await pool?.close();
   }
 
   parseFooter(tail: Buffer, blobSize: number): FooterInfo | undefined {
@@ -289,6 +252,6 @@ export class GzipCodec implements Codec {
   }
 }
 
-export function createGzipCodec(options: CodecOptions & { backend?: GzipBackend; externalTOC?: boolean } = {}): GzipCodec {
+export function createGzipCodec(options: GzipCodecOptions = {}): GzipCodec {
   return new GzipCodec(options);
 }

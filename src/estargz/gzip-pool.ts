@@ -1,6 +1,6 @@
 /**
  * The gzip backend: the libdeflate N-API addon (native/libdeflate) when it is built, else Node's
- * zlib. `ESGZ_GZIP_BACKEND=zlib` forces zlib (tests compare both). Members compress on the shared
+ * zlib; the caller may ask for zlib (tests compare both). Members compress on the shared
  * worker pool (./member-pool.ts); each is compressed independently, so the bytes depend only on
  * the input, the backend and the level.
  */
@@ -9,6 +9,10 @@ import { EsgzError } from '../errors.js';
 import { LIBDEFLATE_ADDON_PATH as ADDON_PATH, MemberPool, defaultWorkerCount } from './member-pool.js';
 
 export type GzipBackend = 'libdeflate' | 'zlib';
+/** What a caller may ask for: a backend, or 'auto' (libdeflate when it loads, else zlib). */
+export type GzipBackendChoice = GzipBackend | 'auto';
+/** ctr-remote's default: gzip.BestCompression. */
+export const DEFAULT_GZIP_LEVEL = 9;
 
 let addonProbe: { available: boolean; error?: string } | undefined;
 
@@ -28,16 +32,13 @@ export function libdeflateAvailable(): { available: boolean; error?: string } {
   return addonProbe;
 }
 
-/** The backend new pools use: libdeflate unless unavailable or ESGZ_GZIP_BACKEND=zlib. */
-export function selectGzipBackend(requested: string | undefined = process.env.ESGZ_GZIP_BACKEND): GzipBackend {
+/** The backend `requested` means here: libdeflate unless it cannot load or zlib is asked for. */
+export function selectGzipBackend(requested: GzipBackendChoice = 'auto'): GzipBackend {
   if (requested === 'zlib') return 'zlib';
-  if (requested !== undefined && requested !== '' && requested !== 'libdeflate' && requested !== 'auto') {
-    throw new EsgzError('BAD_FLAG', `ESGZ_GZIP_BACKEND=${requested} is not one of libdeflate, zlib, auto`);
-  }
   const probe = libdeflateAvailable();
   if (probe.available) return 'libdeflate';
   if (requested === 'libdeflate') {
-    throw new EsgzError('UNSUPPORTED', `ESGZ_GZIP_BACKEND=libdeflate but the addon cannot load: ${probe.error}`);
+    throw new EsgzError('UNSUPPORTED', `the libdeflate gzip backend cannot load: ${probe.error}`);
   }
   return 'zlib';
 }
@@ -46,19 +47,26 @@ export function selectGzipBackend(requested: string | undefined = process.env.ES
 export const MAX_GZIP_LEVEL: Record<GzipBackend, number> = { libdeflate: 12, zlib: 9 };
 
 export interface GzipPoolOptions {
-  level: number;
+  /** Default DEFAULT_GZIP_LEVEL. */
+  level?: number;
   workers?: number;
-  backend?: GzipBackend;
+  backend?: GzipBackendChoice;
 }
 
-/** A member pool compressing gzip members with `backend` at `level` (checked against the backend's range). */
-export function createGzipPool(options: GzipPoolOptions): MemberPool {
-  const backend = options.backend ?? selectGzipBackend();
+/**
+ * A member pool compressing gzip members with `backend` at `level` (checked against the
+ * backend's range). No thread starts until `start()` or the first batch.
+ */
+export function createGzipPool(options: GzipPoolOptions = {}): MemberPool {
+  const backend = selectGzipBackend(options.backend);
+  const level = options.level ?? DEFAULT_GZIP_LEVEL;
   const max = MAX_GZIP_LEVEL[backend];
-  if (!Number.isInteger(options.level) || options.level < 0 || options.level > max) {
-    throw new EsgzError('BAD_FLAG', `gzip compression level ${options.level} is out of range 0-${max} for the ${backend} backend`);
+  if (!Number.isInteger(level) || level < 0 || level > max) {
+    const libdeflateOnly = backend === 'zlib' && level > max && level <= MAX_GZIP_LEVEL.libdeflate;
+    const hint = libdeflateOnly ? ' (levels above 9 need libdeflate)' : '';
+    throw new EsgzError('BAD_FLAG', `gzip compression level ${level} is out of range 0-${max} for the ${backend} backend${hint}`);
   }
-  return new MemberPool({ kind: backend, level: options.level, workers: options.workers, label: `gzip (${backend})` });
+  return new MemberPool({ kind: backend, level, workers: options.workers, label: `gzip (${backend})` });
 }
 
 export { defaultWorkerCount };

@@ -16,15 +16,9 @@ import { cpus } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { EsgzError } from '../errors.js';
+import type { CodecName, CompressedMembers, MemberCompressor } from './codec.js';
 
 export type MemberCompressorKind = 'libdeflate' | 'zlib' | 'zstd';
-
-export interface CompressedMembers {
-  /** The compressed members, concatenated in input order. */
-  data: Buffer;
-  /** Compressed size of each member, in input order. */
-  sizes: Uint32Array;
-}
 
 export const LIBDEFLATE_ADDON_PATH = fileURLToPath(new URL('../../native/libdeflate/build/Release/esgz_libdeflate.node', import.meta.url));
 const ZSTD_BINDING_PATH = createRequire(import.meta.url).resolve('zstd-napi/binding.js');
@@ -170,13 +164,18 @@ const IN_FLIGHT_PER_WORKER = 2;
 export interface MemberPoolOptions {
   kind: MemberCompressorKind;
   level: number;
-  /** Worker threads (default: every core, or ESGZ_WORKERS). */
+  /** Worker threads (default: one per core). */
   workers?: number;
   /** Names the compressor in errors, e.g. "gzip (libdeflate)". */
   label: string;
 }
 
-export class MemberPool {
+/**
+ * One pool compresses the members of every layer of a conversion: the conversion creates it
+ * (src/convert/) and hands it to each writer, so threads never exceed `size` however many layers
+ * convert at once. Implements the writer's MemberCompressor (./codec.ts).
+ */
+export class MemberPool implements MemberCompressor {
   readonly kind: MemberCompressorKind;
   readonly level: number;
   readonly size: number;
@@ -190,6 +189,7 @@ export class MemberPool {
   private freeBytes = 0;
   /** Buffers `allocate` handed out: moved to a worker whatever part of them a batch fills. */
   private readonly ours = new WeakSet<ArrayBuffer>();
+  private started = false;
   private closed = false;
   private failure: EsgzError | undefined;
 
@@ -200,9 +200,27 @@ export class MemberPool {
     const workers = options.workers ?? defaultWorkerCount();
     if (!Number.isInteger(workers) || workers < 1) throw new EsgzError('BAD_FLAG', `worker count must be a positive integer, got ${workers}`);
     this.size = workers;
+  }
+
+  /** The member format this pool writes. */
+  get format(): CodecName {
+    return this.kind === 'zstd' ? 'zstd' : 'gzip';
+  }
+
+  /** The compressor implementation, for reports: 'libdeflate' | 'zlib' | 'zstd-napi'. */
+  get backend(): string {
+    return this.kind === 'zstd' ? 'zstd-napi' : this.kind;
+  }
+
+  /**
+   * Starts every worker now, so their start-up (tens of ms each) overlaps with opening and
+   * parsing the source instead of delaying the first batches; otherwise the first batch starts
+   * them. Idle workers pin nothing. Idempotent.
+   */
+  start(): void {
+    if (this.started || this.closed) return;
+    this.started = true;
     tuneMalloc();
-    // Start every worker now: their start-up (tens of ms each) overlaps with opening and
-    // parsing the layer instead of delaying the first batches. Idle workers pin nothing.
     while (this.workers.length < this.size) this.spawn();
   }
 
@@ -237,6 +255,7 @@ export class MemberPool {
       payload.set(input);
     }
     const id = this.nextId++;
+    this.start();
     return new Promise<CompressedMembers>((resolve, reject) => {
       this.queue.push({ id, data: payload, ends, resolve, reject });
       this.dispatch();
@@ -339,9 +358,7 @@ export class MemberPool {
   }
 }
 
-/** Compression workers by default: one per core, or ESGZ_WORKERS. */
+/** Compression workers by default: one per core. */
 export function defaultWorkerCount(): number {
-  const fromEnv = Number(process.env.ESGZ_WORKERS);
-  if (Number.isInteger(fromEnv) && fromEnv > 0) return fromEnv;
   return Math.max(1, cpus().length);
 }

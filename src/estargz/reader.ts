@@ -136,7 +136,7 @@ export class EstargzReader {
   /** Reads the footer and the TOC, verifies the TOC digest, builds the chunk index. */
   static async open(blob: BlobReader, options: OpenOptions = {}): Promise<EstargzReader> {
     const where = options.where ?? 'blob';
-    const codecs = options.codecs ?? (await readerCodecs());
+    const codecs = options.codecs ?? readerCodecs();
     const maxFooter = Math.max(...codecs.map((c) => c.maxFooterSize));
     if (blob.size < 10) throw new EsgzError('BAD_FORMAT', `${where}: ${blob.size} bytes is too small to be eStargz`);
     const tailLength = Math.min(maxFooter, blob.size);

@@ -358,11 +358,6 @@ export function parsePaxRecords(data: Buffer, where: string): Map<string, Buffer
   return records;
 }
 
-/**
- * Reads tar entries from `stream`. Each entry must be consumed (or abandoned) before asking for the
- * next; unread payload is skipped. After the end-of-archive marker the rest of the stream is
- * drained. `where` names the layer in error messages.
- */
 export interface ReadTarOptions {
   /** Keep raw header bytes (`TarEntry.raw`) and report the bytes after the last payload. */
   raw?: boolean;
@@ -370,83 +365,133 @@ export interface ReadTarOptions {
   onTrailer?(bytes: Buffer): void;
 }
 
+/**
+ * Reads tar entries from `input`. Each entry must be consumed (or abandoned) before asking for the
+ * next; unread payload is skipped. After the end-of-archive marker the rest of the stream is
+ * drained. `where` names the layer in error messages.
+ */
 export async function* readTar(input: AsyncIterable<Buffer | Uint8Array | string> | TarBytes, where: string, options: ReadTarOptions = {}): AsyncGenerator<TarEntry> {
-  const src = Symbol.asyncIterator in input ? new ByteSource(input) : input;
-  const record = () => {
-    if (options.raw) src.recorded = [];
-  };
-  const takeRecorded = (): Buffer => {
-    const bytes = Buffer.concat(src.recorded ?? []);
-    src.recorded = undefined;
-    return bytes;
-  };
-  const finish = async () => {
-    if (options.raw) {
-      // Lossless: the end-of-archive blocks and whatever follows are part of the layer.
-      while ((await src.readAtMost(1 << 20)).length > 0);
-      options.onTrailer?.(takeRecorded());
-    } else {
-      await src.drain();
-    }
-  };
-  record();
-  const globals = new GlobalPax();
-  let pendingPax: Map<string, Buffer> | undefined;
-  let longName: string | undefined;
-  let longLink: string | undefined;
-  let lastName = '(start of archive)';
-  const at = () => `${where}: tar entry after ${JSON.stringify(lastName)}`;
-
-  const readBody = async (size: number, name: string): Promise<Buffer> => {
-    const data = await src.readAtMost(size);
-    if (data.length < size) throw truncated(where, name, size, data.length);
-    const pad = (BLOCK - (size % BLOCK)) % BLOCK;
-    if ((await src.skip(pad)) < pad) throw truncated(where, name, size + pad, size);
-    return Buffer.from(data);
-  };
-
+  const reader = new TarHeaderReader(Symbol.asyncIterator in input ? new ByteSource(input) : input, where, options);
+  reader.record();
   for (;;) {
-    const block = await src.readAtMost(BLOCK);
-    if (block.length === 0) {
-      await finish(); // EOF on a header boundary: accepted, like Go's archive/tar
-      return;
-    }
-    if (block.length < BLOCK) throw new EsgzError('BAD_LAYER', `${at()}: truncated tar header (${block.length} of 512 bytes)`);
-    if (isZeroBlock(block)) {
-      await finish();
-      return;
-    }
-    const stored = parseNumber(block, 148, 8, 'checksum', at);
-    if (stored !== checksumOf(block)) {
-      throw new EsgzError('BAD_LAYER', `${at()}: tar header checksum mismatch (not a tar stream, or corrupt)`);
-    }
-    const typeflag = block[156] === 0 ? '0' : String.fromCharCode(block[156]!);
-    let name = parseString(block, 0, 100);
-    if (block.toString('latin1', 257, 263) === 'ustar\0') {
-      const prefix = parseString(block, 345, 155);
-      if (prefix !== '') name = `${prefix}/${name}`;
-    }
-    const size = parseNumber(block, 124, 12, 'size', at);
+    const header = await reader.nextHeader();
+    if (!header) return;
+    const entry = new PayloadEntry(reader.src, header, where);
+    if (options.raw) entry.raw = reader.takeRecorded();
+    yield entry;
+    reader.record();
+    await entry.skipRest();
+  }
+}
 
-    if (typeflag === 'x' || typeflag === 'g' || typeflag === 'L' || typeflag === 'K') {
-      if (size > 64 << 20) throw new EsgzError('BAD_LAYER', `${at()}: ${typeflag} header of ${size} bytes is implausibly large`);
-      const body = await readBody(size, name);
-      if (typeflag === 'x') pendingPax = parsePaxRecords(body, `${at()} (PAX header)`);
-      else if (typeflag === 'g') globals.update(parsePaxRecords(body, `${at()} (global PAX header)`));
-      else {
-        const nul = body.indexOf(0);
-        const text = (nul === -1 ? body : body.subarray(0, nul)).toString('utf8');
-        if (typeflag === 'L') longName = text;
-        else longLink = text;
+/** Typeflags of the headers that describe the next entry rather than being one (PAX, GNU long names). */
+function isExtensionHeader(typeflag: string): boolean {
+  return typeflag === 'x' || typeflag === 'g' || typeflag === 'L' || typeflag === 'K';
+}
+
+/** Hardlinks, symlinks, dirs and devices carry no payload whatever the size field says. */
+function hasNoPayload(typeflag: string): boolean {
+  return (
+    typeflag === '1' || typeflag === '2' || typeflag === '5' || typeflag === '3' || typeflag === '4' || typeflag === '6'
+  );
+}
+
+/** Most bytes of one PAX or GNU long-name header esgz reads. */
+const MAX_EXTENSION_HEADER = 64 << 20;
+
+/** The header side of readTar: header blocks, the extension headers before them, the end. */
+class TarHeaderReader {
+  private readonly globals = new GlobalPax();
+  private pendingPax: Map<string, Buffer> | undefined;
+  private longName: string | undefined;
+  private longLink: string | undefined;
+  private lastName = '(start of archive)';
+  /** Names the position in errors; one function for the whole stream (parseNumber takes it). */
+  readonly at = (): string => `${this.where}: tar entry after ${JSON.stringify(this.lastName)}`;
+
+  constructor(
+    readonly src: TarBytes,
+    private readonly where: string,
+    private readonly options: ReadTarOptions,
+  ) {}
+
+  /** Raw mode: starts keeping the bytes handed out, for the next entry's `raw`. */
+  record(): void {
+    if (this.options.raw) this.src.recorded = [];
+  }
+
+  takeRecorded(): Buffer {
+    const bytes = Buffer.concat(this.src.recorded ?? []);
+    this.src.recorded = undefined;
+    return bytes;
+  }
+
+  /** The next entry's header, its extension headers applied; undefined at the end of the archive. */
+  async nextHeader(): Promise<TarHeader | undefined> {
+    for (;;) {
+      const block = await this.headerBlock();
+      if (!block) return undefined;
+      const typeflag = block[156] === 0 ? '0' : String.fromCharCode(block[156]!);
+      let name = parseString(block, 0, 100);
+      if (block.toString('latin1', 257, 263) === 'ustar\0') {
+        const prefix = parseString(block, 345, 155);
+        if (prefix !== '') name = `${prefix}/${name}`;
       }
-      continue;
+      const size = parseNumber(block, 124, 12, 'size', this.at);
+      if (isExtensionHeader(typeflag)) await this.readExtension(typeflag, size, name);
+      else return this.entryHeader(block, typeflag, name, size);
     }
+  }
 
-    const pax = globals.forEntry(pendingPax, at);
-    pendingPax = undefined;
+  /** A header block with a valid checksum, or undefined at the end (after `finish`). */
+  private async headerBlock(): Promise<Buffer | undefined> {
+    const block = await this.src.readAtMost(BLOCK);
+    // EOF on a header boundary is accepted, like Go's archive/tar.
+    if (block.length === 0 || (block.length === BLOCK && isZeroBlock(block))) {
+      await this.finish();
+      return undefined;
+    }
+    if (block.length < BLOCK) {
+      throw new EsgzError('BAD_LAYER', `${this.at()}: truncated tar header (${block.length} of 512 bytes)`);
+    }
+    const stored = parseNumber(block, 148, 8, 'checksum', this.at);
+    if (stored !== checksumOf(block)) {
+      throw new EsgzError('BAD_LAYER', `${this.at()}: tar header checksum mismatch (not a tar stream, or corrupt)`);
+    }
+    return block;
+  }
+
+  /** PAX (`x` for the next entry, `g` for all later ones) or a GNU long name/link (`L`/`K`). */
+  private async readExtension(typeflag: string, size: number, name: string): Promise<void> {
+    if (size > MAX_EXTENSION_HEADER) {
+      throw new EsgzError('BAD_LAYER', `${this.at()}: ${typeflag} header of ${size} bytes is implausibly large`);
+    }
+    const body = await this.readBody(size, name);
+    if (typeflag === 'x') this.pendingPax = parsePaxRecords(body, `${this.at()} (PAX header)`);
+    else if (typeflag === 'g') this.globals.update(parsePaxRecords(body, `${this.at()} (global PAX header)`));
+    else {
+      const nul = body.indexOf(0);
+      const text = (nul === -1 ? body : body.subarray(0, nul)).toString('utf8');
+      if (typeflag === 'L') this.longName = text;
+      else this.longLink = text;
+    }
+  }
+
+  private async readBody(size: number, name: string): Promise<Buffer> {
+    const data = await this.src.readAtMost(size);
+    if (data.length < size) throw truncated(this.where, name, size, data.length);
+    const pad = padding(size);
+    if ((await this.src.skip(pad)) < pad) throw truncated(this.where, name, size + pad, size);
+    return Buffer.from(data);
+  }
+
+  private entryHeader(block: Buffer, typeflag: string, name: string, size: number): TarHeader {
+    const { at } = this;
+    const pax = this.globals.forEntry(this.pendingPax, at);
+    this.pendingPax = undefined;
     const header: TarHeader = {
-      name: longName ?? name,
-      linkname: longLink ?? parseString(block, 157, 100),
+      name: this.longName ?? name,
+      linkname: this.longLink ?? parseString(block, 157, 100),
       typeflag,
       mode: parseNumber(block, 100, 8, 'mode', at),
       uid: parseNumber(block, 108, 8, 'uid', at),
@@ -459,45 +504,83 @@ export async function* readTar(input: AsyncIterable<Buffer | Uint8Array | string
       devminor: typeflag === '3' || typeflag === '4' ? parseNumber(block, 337, 8, 'devminor', at) : 0,
       pax,
     };
-    longName = undefined;
-    longLink = undefined;
+    this.longName = undefined;
+    this.longLink = undefined;
     applyPax(header, at);
-    // Hardlinks, symlinks, dirs and devices carry no payload whatever the size field says.
-    const payloadSize = typeflag === '1' || typeflag === '2' || typeflag === '5' || typeflag === '3' || typeflag === '4' || typeflag === '6' ? 0 : header.size;
-    if (payloadSize !== header.size) header.size = 0;
-    lastName = header.name;
+    if (hasNoPayload(typeflag)) header.size = 0;
+    this.lastName = header.name;
+    return header;
+  }
 
-    let left = payloadSize;
-    const entryName = header.name;
-    const entry: TarEntry = {
-      header,
-      remaining: () => left,
-      read: async (length: number) => {
-        if (length > left) throw new EsgzError('INTERNAL', `read of ${length} bytes past the end of ${entryName}`);
-        const data = await src.readAtMost(length);
-        if (data.length < length) throw truncated(where, entryName, payloadSize, payloadSize - left + data.length);
-        left -= length;
-        return data;
-      },
-      readSome: async (max: number) => {
-        const want = Math.min(max, left);
-        if (want <= 0) throw new EsgzError('INTERNAL', `read past the end of ${entryName}`);
-        const data = await src.readSome(want);
-        if (data.length === 0) throw truncated(where, entryName, payloadSize, payloadSize - left);
-        left -= data.length;
-        return data;
-      },
-    };
-    if (options.raw) entry.raw = takeRecorded();
-    yield entry;
-    record();
-    if (left > 0) {
-      const skipped = await src.skip(left);
-      if (skipped < left) throw truncated(where, entryName, payloadSize, payloadSize - left + skipped);
-      left = 0;
+  /** After the end-of-archive marker: drains the stream (raw mode: keeps it as the trailer). */
+  private async finish(): Promise<void> {
+    if (this.options.raw) {
+      // Lossless: the end-of-archive blocks and whatever follows are part of the layer.
+      while ((await this.src.readAtMost(1 << 20)).length > 0);
+      this.options.onTrailer?.(this.takeRecorded());
+    } else {
+      await this.src.drain();
     }
-    const pad = (BLOCK - (payloadSize % BLOCK)) % BLOCK;
-    if ((await src.skip(pad)) < pad) throw truncated(where, entryName, payloadSize + pad, payloadSize);
+  }
+}
+
+/** One entry's payload, read from the tar stream; what is left unread is skipped afterwards. */
+class PayloadEntry implements TarEntry {
+  raw?: Buffer;
+  private left: number;
+  private readonly payloadSize: number;
+  /** The name the entry was read under, for errors (the caller may change the header). */
+  private readonly entryName: string;
+
+  constructor(
+    private readonly src: TarBytes,
+    readonly header: TarHeader,
+    private readonly where: string,
+  ) {
+    this.payloadSize = header.size;
+    this.left = header.size;
+    this.entryName = header.name;
+  }
+
+  remaining(): number {
+    return this.left;
+  }
+
+  async read(length: number): Promise<Buffer> {
+    if (length > this.left) {
+      throw new EsgzError('INTERNAL', `read of ${length} bytes past the end of ${this.entryName}`);
+    }
+    const data = await this.src.readAtMost(length);
+    if (data.length < length) throw this.truncated(data.length);
+    this.left -= length;
+    return data;
+  }
+
+  async readSome(max: number): Promise<Buffer> {
+    const want = Math.min(max, this.left);
+    if (want <= 0) throw new EsgzError('INTERNAL', `read past the end of ${this.entryName}`);
+    const data = await this.src.readSome(want);
+    if (data.length === 0) throw this.truncated(0);
+    this.left -= data.length;
+    return data;
+  }
+
+  /** Skips the unread payload and the padding after it. */
+  async skipRest(): Promise<void> {
+    if (this.left > 0) {
+      const skipped = await this.src.skip(this.left);
+      if (skipped < this.left) throw this.truncated(skipped);
+      this.left = 0;
+    }
+    const pad = padding(this.payloadSize);
+    if ((await this.src.skip(pad)) < pad) {
+      throw truncated(this.where, this.entryName, this.payloadSize + pad, this.payloadSize);
+    }
+  }
+
+  /** The stream ended `got` bytes after the payload bytes read so far. */
+  private truncated(got: number): EsgzError {
+    return truncated(this.where, this.entryName, this.payloadSize, this.payloadSize - this.left + got);
   }
 }
 

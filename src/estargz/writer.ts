@@ -9,8 +9,8 @@
  *  - the landmark file (`.prefetch.landmark` after the prioritized files, or
  *    `.no.prefetch.landmark` first when there are none) always starts its own member;
  *  - then the codec's tail: TOC + footer.
- * Members are compressed concurrently by the codec (a worker pool) and written strictly in
- * order; offsets are taken from the ordered output, so the bytes never depend on scheduling.
+ * Members are compressed concurrently by the compressor (the conversion's worker pool) and written
+ * strictly in order; offsets are taken from the ordered output, so the bytes never depend on scheduling.
  */
 import { createHash, type Hash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
@@ -19,14 +19,20 @@ import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError } from '../errors.js';
-import type { Codec, CompressedMembers } from './codec.js';
+import type { Codec, CompressedMembers, MemberCompressor } from './codec.js';
 import { DEFAULT_CHUNK_SIZE, LANDMARK_CONTENTS, MAX_CHUNK_SIZE, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME } from './constants.js';
 import { expandPriorities, type PriorityItem } from './priority.js';
 import { BLOCK, encodeTarHeader, FILE_WINDOW, FileByteSource, FileWindowReader, padding, readTar, type TarHeader } from './tar.js';
 import { cleanEntryName, climbsAboveRoot, formatModtime, type JTOC, type TOCEntry, type TOCEntryType } from './toc.js';
 
 export interface EstargzWriterOptions {
+  /** The format: footer, TOC encoding. */
   codec: Codec;
+  /**
+   * Compresses the members (the conversion's worker pool, shared by the layers it converts);
+   * its format must be the codec's.
+   */
+  compressor: MemberCompressor;
   /** Maximum payload bytes per chunk (default 4 MiB). */
   chunkSize?: number;
   /** Chunks start a new member only once the open member holds this many bytes (default 0: always). */
@@ -53,8 +59,8 @@ export interface EstargzWriterOptions {
    */
   maxInFlightBytes?: number;
   /**
-   * Keep the uncompressed tar byte for byte (`--estargz-keep-diff-id`, with an external-TOC
-   * codec): raw headers, padding and trailer are kept, no landmark is added, nothing is reordered.
+   * Keep the uncompressed tar byte for byte (lossless mode, with an external-TOC codec): raw
+   * headers, padding and trailer are kept, no landmark is added, nothing is reordered.
    */
   lossless?: boolean;
 }
@@ -119,7 +125,7 @@ async function writeOut(output: Writable, buf: Buffer): Promise<void> {
 }
 
 /**
- * A batch of closed members goes to the codec once it holds this many bytes (or when the next
+ * A batch of closed members goes to the compressor once it holds this many bytes (or when the next
  * member does not fit its buffer): big enough that one worker message carries many small files,
  * small enough that every core always has a batch to work on.
  */
@@ -133,11 +139,11 @@ const BATCH_TARGET = 512 * 1024;
  * the default, so memory stays bounded; batch buffers are recycled.
  */
 function inFlightWindow(workers: number, chunkSize: number): number {
-  // Batch buffers come in 1 MiB steps (twice the target) from the codec's pool.
+  // Batch buffers come in 1 MiB steps (twice the target) from the compressor's pool.
   return workers * Math.min(chunkSize, DEFAULT_CHUNK_SIZE) + (workers + 2) * 2 * BATCH_TARGET;
 }
 
-/** Closed members waiting to be sent to the codec together: laid end to end in one buffer. */
+/** Closed members waiting to be sent to the compressor together: laid end to end in one buffer. */
 interface OpenBatch {
   buffer: Buffer;
   length: number;
@@ -146,7 +152,7 @@ interface OpenBatch {
   firstIndex: number;
 }
 
-/** Buffers member bytes, hands closed members to the codec in batches, writes results in order. */
+/** Buffers member bytes, hands closed members to the compressor in batches, writes results in order. */
 class MemberSequencer {
   private parts: Buffer[] = [];
   private openLength = 0;
@@ -161,7 +167,7 @@ class MemberSequencer {
   readonly diffHash: Hash = createHash('sha256');
 
   constructor(
-    private readonly codec: Codec,
+    private readonly compressor: MemberCompressor,
     private readonly output: Writable,
     private readonly maxInFlightBytes: number,
   ) {}
@@ -198,7 +204,7 @@ class MemberSequencer {
       else this.growBatch(this.batch.length + this.openLength);
     }
     const batch = (this.batch ??= {
-      buffer: this.codec.allocateBatch(Math.max(this.openLength, BATCH_TARGET)),
+      buffer: this.compressor.allocate(Math.max(this.openLength, BATCH_TARGET)),
       length: 0,
       ends: [],
       firstIndex: this.openIndex,
@@ -213,7 +219,7 @@ class MemberSequencer {
 
   private growBatch(size: number): void {
     const batch = this.batch!;
-    const bigger = this.codec.allocateBatch(size);
+    const bigger = this.compressor.allocate(size);
     batch.buffer.copy(bigger, 0, 0, batch.length);
     batch.buffer = bigger;
   }
@@ -229,7 +235,7 @@ class MemberSequencer {
     // Batches hold every member byte in stream order: the diffID hashes them here, in one call
     // per batch, before the buffer moves to a worker.
     this.diffHash.update(members);
-    const result = this.codec.compressMembers(members, Uint32Array.from(batch.ends));
+    const result = this.compressor.compressMembers(members, Uint32Array.from(batch.ends));
     result.catch(() => {}); // observed when its turn comes; avoid an unhandled-rejection warning meanwhile
     this.inFlight.push({ firstIndex: batch.firstIndex, bytes, result });
     this.inFlightBytes += bytes;
@@ -302,9 +308,9 @@ function isReservedName(name: string): boolean {
 async function* losslessEntries(tar: AsyncIterable<Buffer>, where: string, onTrailer: (raw: Buffer) => void): AsyncGenerator<SourceEntry> {
   for await (const entry of readTar(tar, where, { raw: true, onTrailer })) {
     if (cleanEntryName(entry.header.name) === TOC_TAR_NAME) {
-      throw new EsgzError('BAD_LAYER', `${where}: the layer already has a ${TOC_TAR_NAME}; --estargz-keep-diff-id cannot keep it (convert the uncompressed layer)`);
+      throw new EsgzError('BAD_LAYER', `${where}: the layer already has a ${TOC_TAR_NAME}, which a lossless (diffID-keeping) conversion cannot keep (convert the uncompressed layer)`);
     }
-    yield { header: entry.header, raw: entry.raw, readSome: (n) => entry.readSome(n) };
+    yield entry;
   }
 }
 
@@ -313,7 +319,7 @@ async function* streamedEntries(tar: AsyncIterable<Buffer>, where: string): Asyn
   yield landmarkEntry(NO_PREFETCH_LANDMARK);
   for await (const entry of readTar(tar, where)) {
     if (isReservedName(entry.header.name)) continue;
-    yield { header: entry.header, readSome: (n) => entry.readSome(n) };
+    yield entry;
   }
 }
 
@@ -447,158 +453,230 @@ export function priorityOrder(headers: TarHeader[], prioritized: string[], misse
   return [...front, 'landmark', ...rest];
 }
 
-/**
- * Converts an uncompressed tar stream into an eStargz (or zstd:chunked, by codec) blob written
- * to `output`. Does not end `output`. The codec is not closed (the caller owns it).
- */
-export async function writeEstargz(tar: AsyncIterable<Buffer>, output: Writable, options: EstargzWriterOptions): Promise<EstargzWriteResult> {
-  const where = options.where ?? 'layer';
+/** The writer's checked chunking options. */
+interface Chunking {
+  chunkSize: number;
+  minChunkSize: number;
+}
+
+function checkOptions(options: EstargzWriterOptions): Chunking {
   const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
   const minChunkSize = options.minChunkSize ?? 0;
-  if (!Number.isSafeInteger(chunkSize) || chunkSize <= 0 || chunkSize > MAX_CHUNK_SIZE) throw new EsgzError('BAD_FLAG', `chunk size must be a positive integer up to ${MAX_CHUNK_SIZE} (what readers accept), got ${chunkSize}`);
-  if (!Number.isSafeInteger(minChunkSize) || minChunkSize < 0) throw new EsgzError('BAD_FLAG', `min chunk size must be a non-negative integer, got ${minChunkSize}`);
-  const seq = new MemberSequencer(options.codec, output, options.maxInFlightBytes ?? inFlightWindow(options.codec.workers, chunkSize));
-  const missed: string[] = [];
-  const prioritized = options.prioritizedFiles ?? [];
-  if (options.lossless && prioritized.length > 0) {
-    throw new EsgzError('BAD_FLAG', 'prioritized files cannot be used when the diffID is kept (--estargz-keep-diff-id)');
+  if (!Number.isSafeInteger(chunkSize) || chunkSize <= 0 || chunkSize > MAX_CHUNK_SIZE) {
+    throw new EsgzError('BAD_FLAG', `chunk size must be a positive integer up to ${MAX_CHUNK_SIZE} (what readers accept), got ${chunkSize}`);
   }
-  let trailer: Buffer | undefined;
-  const entries = options.lossless
-    ? losslessEntries(tar, where, (raw) => {
-        trailer = raw;
-      })
-    : prioritized.length > 0
-      ? reorderedEntries(tar, prioritized, where, options.tmpDir, missed, options.tarFile)
-      : streamedEntries(tar, where);
+  if (!Number.isSafeInteger(minChunkSize) || minChunkSize < 0) throw new EsgzError('BAD_FLAG', `min chunk size must be a non-negative integer, got ${minChunkSize}`);
+  if (options.lossless && (options.prioritizedFiles?.length ?? 0) > 0) {
+    throw new EsgzError('BAD_FLAG', 'prioritized files cannot be used when the diffID is kept (lossless mode)');
+  }
+  if (options.compressor.format !== options.codec.name) {
+    const { compressor, codec } = options;
+    throw new EsgzError('INTERNAL', `a ${compressor.format} compressor cannot write ${codec.name} members`);
+  }
+  return { chunkSize, minChunkSize };
+}
 
-  const tocEntries: TOCEntry[] = [];
+/** The entries to write, in order: as they are (lossless), reordered (prioritized) or streamed. */
+function sourceEntries(
+  tar: AsyncIterable<Buffer>,
+  options: EstargzWriterOptions,
+  where: string,
+  missed: string[],
+  onTrailer: (raw: Buffer) => void,
+): AsyncGenerator<SourceEntry> {
+  const prioritized = options.prioritizedFiles ?? [];
+  if (options.lossless) return losslessEntries(tar, where, onTrailer);
+  if (prioritized.length > 0) return reorderedEntries(tar, prioritized, where, options.tmpDir, missed, options.tarFile);
+  return streamedEntries(tar, where);
+}
+
+/**
+ * Writes entries one by one into members and collects their TOC entries. A class rather than
+ * closures so the per-entry path allocates nothing beyond the entries themselves.
+ */
+class LayerWriter {
+  readonly tocEntries: TOCEntry[] = [];
   /** TOC entries whose `offset` is a member index until the end, when it becomes a blob offset. */
-  const memberOf = new Map<TOCEntry, number>();
-  const lastUserName = new Map<number, string>();
-  const lastGroupName = new Map<number, string>();
-  const nameIfChanged = (map: Map<number, string>, id: number, name: string): string | undefined => {
-    if (name === '' || map.get(id) === name) return undefined;
-    map.set(id, name);
-    return name;
-  };
-  let entryCount = 0;
+  private readonly memberOf = new Map<TOCEntry, number>();
+  private readonly lastUserName = new Map<number, string>();
+  private readonly lastGroupName = new Map<number, string>();
+  entryCount = 0;
   /** Where in the input we are, to name it when the input stream itself fails (corrupt gzip, ...). */
-  let currentEntry: string | undefined;
-  let lastEntry: string | undefined;
+  private currentEntry: string | undefined;
+  private lastEntry: string | undefined;
 
+  constructor(
+    private readonly seq: MemberSequencer,
+    private readonly chunking: Chunking,
+    private readonly where: string,
+    private readonly lossless: boolean,
+  ) {}
+
+  async add(source: SourceEntry): Promise<void> {
+    const h = source.header;
+    const isLandmark = h.name === NO_PREFETCH_LANDMARK || h.name === PREFETCH_LANDMARK;
+    if (!isLandmark) this.currentEntry = h.name;
+    const type = this.checkEntry(h);
+    this.entryCount++;
+    const entry = this.tocEntry(h, type);
+    if (source.raw) {
+      this.seq.append(source.raw);
+    } else {
+      const outHeader: TarHeader = { ...h, typeflag: h.typeflag === '7' ? '0' : h.typeflag, size: type === 'reg' ? h.size : 0 };
+      this.seq.append(encodeTarHeader(outHeader));
+    }
+    if (type === 'reg') await this.addPayload(source, entry, isLandmark);
+    else this.tocEntries.push(entry);
+    if (!isLandmark) this.lastEntry = this.currentEntry;
+    this.currentEntry = undefined;
+  }
+
+  /** The entry's TOC type, once its type and names are known to be safe to write. */
+  private checkEntry(h: TarHeader): TOCEntryType {
+    const type = TYPE_OF[h.typeflag === '7' ? '0' : h.typeflag];
+    if (!type) {
+      throw new EsgzError('UNSUPPORTED', `${this.where}: tar entry ${JSON.stringify(h.name)} has unsupported type ${JSON.stringify(h.typeflag)}`);
+    }
+    checkSafeName(h.name, 'name', this.where);
+    if (type === 'hardlink') checkSafeName(h.linkname, 'link target', this.where);
+    if (cleanEntryName(h.name) === '' && type !== 'dir') {
+      throw new EsgzError('BAD_LAYER', `${this.where}: tar entry ${JSON.stringify(h.name)} names the root but is not a directory`);
+    }
+    return type;
+  }
+
+  private tocEntry(h: TarHeader, type: TOCEntryType): TOCEntry {
+    const xattrs: Record<string, string> = {};
+    for (const [key, value] of h.pax) {
+      if (key.startsWith(XATTR_PREFIX)) xattrs[key.slice(XATTR_PREFIX.length)] = value.toString('base64');
+    }
+    const entry: TOCEntry = {
+      name: h.name,
+      type,
+      mode: h.mode,
+      uid: h.uid,
+      gid: h.gid,
+      userName: nameIfChanged(this.lastUserName, h.uid, h.uname),
+      groupName: nameIfChanged(this.lastGroupName, h.gid, h.gname),
+      modtime: formatModtime(new Date(h.mtime * 1000)),
+      xattrs,
+    };
+    if (type === 'hardlink' || type === 'symlink') entry.linkName = h.linkname;
+    if (type === 'char' || type === 'block') {
+      entry.devMajor = h.devmajor;
+      entry.devMinor = h.devminor;
+    }
+    return entry;
+  }
+
+  /** A regular file's payload, chunk by chunk: each chunk's member, TOC entry and digest. */
+  private async addPayload(source: SourceEntry, entry: TOCEntry, isLandmark: boolean): Promise<void> {
+    const { seq } = this;
+    const { chunkSize, minChunkSize } = this.chunking;
+    const size = source.header.size;
+    entry.size = size;
+    if (size === 0) this.tocEntries.push(entry);
+    const fileHash = createHash('sha256');
+    let fileDigest: string | undefined;
+    let written = 0;
+    let current = entry;
+    while (written < size) {
+      const length = Math.min(chunkSize, size - written);
+      if (length === chunkSize) current.chunkSize = length;
+      if (isLandmark || minChunkSize === 0 || seq.openSize >= minChunkSize) {
+        await seq.closeMember();
+        this.memberOf.set(current, seq.ensureOpen());
+      } else {
+        this.memberOf.set(current, seq.ensureOpen());
+        if (seq.openSize > 0) current.innerOffset = seq.openSize;
+      }
+      current.chunkOffset = written;
+      // Read the chunk in the pieces the stream has: hashed and queued as they are, joined
+      // once when the member closes.
+      const chunkHash = createHash('sha256');
+      for (let got = 0; got < length; ) {
+        const piece = await source.readSome(length - got);
+        chunkHash.update(piece);
+        if (length !== size) fileHash.update(piece);
+        seq.append(piece);
+        got += piece.length;
+      }
+      const chunkDigest = `sha256:${chunkHash.digest('hex')}`;
+      // A single-chunk file's digest is its chunk's digest: the bytes are hashed once.
+      if (length === size) fileDigest = chunkDigest;
+      current.chunkDigest = chunkDigest;
+      this.tocEntries.push(current);
+      written += length;
+      current = { name: entry.name, type: 'chunk' };
+    }
+    entry.digest = fileDigest ?? `sha256:${fileHash.digest('hex')}`;
+    // Lossless mode keeps the input's own padding bytes (they come with the next raw header).
+    if (!this.lossless) seq.append(ZERO_BLOCK.subarray(0, padding(size)));
+  }
+
+  /** The TOC, its member indexes turned into the blob offsets the members were written at. */
+  toc(): JTOC {
+    for (const [entry, index] of this.memberOf) entry.offset = this.seq.memberOffsets[index]!;
+    return { version: 1, entries: this.tocEntries };
+  }
+
+  /** A failure of the input stream, told where in the tar it happened. */
+  located(err: unknown): EsgzError {
+    if (err instanceof EsgzError && err.code === 'BAD_LAYER' && !err.message.includes('tar entry')) {
+      const position = this.currentEntry !== undefined
+        ? `while reading tar entry ${JSON.stringify(this.currentEntry)}`
+        : this.lastEntry !== undefined ? `after tar entry ${JSON.stringify(this.lastEntry)}` : 'before the first tar entry';
+      return new EsgzError(err.code, `${err.message} (${position})`, { cause: err });
+    }
+    if (err instanceof EsgzError) return err;
+    return new EsgzError('INTERNAL', `${this.where}: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+  }
+}
+
+/** Prefix of the PAX records that carry extended attributes. */
+const XATTR_PREFIX = 'SCHILY.xattr.';
+
+/** `name` when it differs from the last one seen for `id` (stargz writes owner names once). */
+function nameIfChanged(map: Map<number, string>, id: number, name: string): string | undefined {
+  if (name === '' || map.get(id) === name) return undefined;
+  map.set(id, name);
+  return name;
+}
+
+/**
+ * Converts an uncompressed tar stream into an eStargz (or zstd:chunked, by codec) blob written
+ * to `output`, its members compressed by `options.compressor`. Does not end `output`, and does
+ * not close the compressor (the caller owns it).
+ */
+export async function writeEstargz(
+  tar: AsyncIterable<Buffer>,
+  output: Writable,
+  options: EstargzWriterOptions,
+): Promise<EstargzWriteResult> {
+  const where = options.where ?? 'layer';
+  const chunking = checkOptions(options);
+  const { codec, compressor } = options;
+  const window = options.maxInFlightBytes ?? inFlightWindow(compressor.size, chunking.chunkSize);
+  const seq = new MemberSequencer(compressor, output, window);
+  const layer = new LayerWriter(seq, chunking, where, options.lossless ?? false);
+  const missed: string[] = [];
+  let trailer: Buffer | undefined;
+  const entries = sourceEntries(tar, options, where, missed, (raw) => (trailer = raw));
   try {
     for await (const source of entries) {
       options.signal?.throwIfAborted();
-      const h = source.header;
-      const isLandmark = h.name === NO_PREFETCH_LANDMARK || h.name === PREFETCH_LANDMARK;
-      if (!isLandmark) currentEntry = h.name;
-      const name = h.name;
-      const type = TYPE_OF[h.typeflag === '7' ? '0' : h.typeflag];
-      if (!type) {
-        throw new EsgzError('UNSUPPORTED', `${where}: tar entry ${JSON.stringify(name)} has unsupported type ${JSON.stringify(h.typeflag)}`);
-      }
-      checkSafeName(name, 'name', where);
-      if (type === 'hardlink') checkSafeName(h.linkname, 'link target', where);
-      if (cleanEntryName(name) === '' && type !== 'dir') {
-        throw new EsgzError('BAD_LAYER', `${where}: tar entry ${JSON.stringify(name)} names the root but is not a directory`);
-      }
-      entryCount++;
-
-      const xattrs: Record<string, string> = {};
-      for (const [key, value] of h.pax) {
-        if (key.startsWith('SCHILY.xattr.')) xattrs[key.slice('SCHILY.xattr.'.length)] = value.toString('base64');
-      }
-      const entry: TOCEntry = {
-        name,
-        type,
-        mode: h.mode,
-        uid: h.uid,
-        gid: h.gid,
-        userName: nameIfChanged(lastUserName, h.uid, h.uname),
-        groupName: nameIfChanged(lastGroupName, h.gid, h.gname),
-        modtime: formatModtime(new Date(h.mtime * 1000)),
-        xattrs,
-      };
-      if (type === 'hardlink' || type === 'symlink') entry.linkName = h.linkname;
-      if (type === 'char' || type === 'block') {
-        entry.devMajor = h.devmajor;
-        entry.devMinor = h.devminor;
-      }
-      if (source.raw) {
-        seq.append(source.raw);
-      } else {
-        const outHeader: TarHeader = { ...h, typeflag: h.typeflag === '7' ? '0' : h.typeflag, size: type === 'reg' ? h.size : 0 };
-        seq.append(encodeTarHeader(outHeader));
-      }
-
-      if (type !== 'reg') {
-        tocEntries.push(entry);
-        if (!isLandmark) lastEntry = currentEntry;
-        currentEntry = undefined;
-        continue;
-      }
-      entry.size = h.size;
-      if (h.size === 0) tocEntries.push(entry);
-      const fileHash = createHash('sha256');
-      let fileDigest: string | undefined;
-      const forceNewMember = name === PREFETCH_LANDMARK || name === NO_PREFETCH_LANDMARK;
-      let written = 0;
-      let current = entry;
-      while (written < h.size) {
-        const length = Math.min(chunkSize, h.size - written);
-        if (length === chunkSize) current.chunkSize = length;
-        if (forceNewMember || minChunkSize === 0 || seq.openSize >= minChunkSize) {
-          await seq.closeMember();
-          memberOf.set(current, seq.ensureOpen());
-        } else {
-          memberOf.set(current, seq.ensureOpen());
-          if (seq.openSize > 0) current.innerOffset = seq.openSize;
-        }
-        current.chunkOffset = written;
-        // Read the chunk in the pieces the stream has: hashed and queued as they are, joined
-        // once when the member closes.
-        const chunkHash = createHash('sha256');
-        for (let got = 0; got < length; ) {
-          const piece = await source.readSome(length - got);
-          chunkHash.update(piece);
-          if (length !== h.size) fileHash.update(piece);
-          seq.append(piece);
-          got += piece.length;
-        }
-        const chunkDigest = `sha256:${chunkHash.digest('hex')}`;
-        // A single-chunk file's digest is its chunk's digest: the bytes are hashed once.
-        if (length === h.size) fileDigest = chunkDigest;
-        current.chunkDigest = chunkDigest;
-        tocEntries.push(current);
-        written += length;
-        current = { name, type: 'chunk' };
-      }
-      entry.digest = fileDigest ?? `sha256:${fileHash.digest('hex')}`;
-      // Lossless mode keeps the input's own padding bytes (they come with the next raw header).
-      if (!options.lossless) seq.append(ZERO_BLOCK.subarray(0, padding(h.size)));
-      if (!isLandmark) lastEntry = currentEntry;
-      currentEntry = undefined;
+      await layer.add(source);
     }
-
     if (trailer) seq.append(trailer);
     await seq.flush();
   } catch (err) {
     await seq.abandon();
-    if (err instanceof EsgzError && err.code === 'BAD_LAYER' && !err.message.includes('tar entry')) {
-      const position = currentEntry !== undefined
-        ? `while reading tar entry ${JSON.stringify(currentEntry)}`
-        : lastEntry !== undefined ? `after tar entry ${JSON.stringify(lastEntry)}` : 'before the first tar entry';
-      throw new EsgzError(err.code, `${err.message} (${position})`, { cause: err });
-    }
-    if (err instanceof EsgzError) throw err;
-    throw new EsgzError('INTERNAL', `${where}: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+    throw layer.located(err);
   }
 
-  for (const [entry, index] of memberOf) entry.offset = seq.memberOffsets[index]!;
-  const toc: JTOC = { version: 1, entries: tocEntries };
+  const toc = layer.toc();
   const tocOffset = seq.written;
-  const tail = await options.codec.buildTail(toc, tocOffset);
+  const tail = await codec.buildTail(toc, tocOffset, compressor);
   await seq.writeRaw(tail.bytes);
   seq.diffHash.update(tail.uncompressedTail);
   return {
@@ -608,7 +686,7 @@ export async function writeEstargz(tar: AsyncIterable<Buffer>, output: Writable,
     uncompressedSize: seq.uncompressed + tail.uncompressedTail.length,
     compressedSize: seq.written,
     tocOffset,
-    entryCount,
+    entryCount: layer.entryCount,
     memberCount: seq.members + 1,
     missedPrioritizedFiles: missed,
     codecAnnotations: tail.annotations ?? {},

@@ -1,7 +1,10 @@
 import type { Writable } from 'node:stream';
 import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError } from '../errors.js';
-import { createLayerTransform, writeExternalTOCImage, type ChunkedTransformOptions } from '../convert/transform.js';
+import {
+  createConversionPool, createLayerTransform, writeExternalTOCImage, type ChunkedTransformOptions, type ConversionTransform,
+} from '../convert/transform.js';
+import type { MemberPool } from '../estargz/member-pool.js';
 import type { PriorityItem } from '../estargz/priority.js';
 import { PREFETCH_LANDMARK } from '../estargz/constants.js';
 import { EstargzReader } from '../estargz/reader.js';
@@ -299,19 +302,31 @@ function isIndexJson(raw: RawManifest): boolean {
  */
 class OptimizeTransform implements LayerTransform {
   readonly name: string;
-  private readonly traced: LayerTransform & { close?(): Promise<void>; externalTOCs?: Map<string, Buffer> };
-  private readonly untraced: LayerTransform & { close?(): Promise<void>; externalTOCs?: Map<string, Buffer> };
+  /** One compression pool for both writers: threads never exceed its size. */
+  private readonly pool: MemberPool;
+  private readonly traced: ConversionTransform;
+  private readonly untraced: ConversionTransform;
 
   constructor(
     format: 'estargz' | 'zstdchunked',
-    convert: ChunkedTransformOptions,
+    private readonly convert: ChunkedTransformOptions,
     private readonly profile: ImageProfile | undefined,
     prefetchList: PriorityItem[],
   ) {
     this.name = format;
     const perLayer = (profile?.perLayer ?? []).map((files) => [...files, ...prefetchList]);
-    this.traced = createLayerTransform(format, { ...convert, reuse: false, prioritizedFilesByLayer: perLayer, tarFilesByLayer: profile?.tarFiles ?? [] });
-    this.untraced = createLayerTransform(format, { ...convert, ...(prefetchList.length > 0 ? { prioritizedFiles: prefetchList } : {}) });
+    this.pool = createConversionPool(format, convert);
+    const tracedOptions = { ...convert, reuse: false, prioritizedFilesByLayer: perLayer, tarFilesByLayer: profile?.tarFiles ?? [] };
+    this.traced = createLayerTransform(format, tracedOptions, this.pool);
+    const untracedOptions = { ...convert, ...(prefetchList.length > 0 ? { prioritizedFiles: prefetchList } : {}) };
+    this.untraced = createLayerTransform(format, untracedOptions, this.pool);
+  }
+
+  prepare(): void {
+    // As convert does, the workers start with the transfer, unless reuse may keep every layer
+    // (traced layers are always rewritten).
+    const traced = this.profile?.perLayer.some((files) => files.length > 0) ?? false;
+    if (!this.convert.reuse || traced) this.pool.start();
   }
 
   checkManifestMediaType(mediaType: string, warn: (message: string) => void): void {
@@ -326,11 +341,12 @@ class OptimizeTransform implements LayerTransform {
 
   /** External TOCs both writers produced, by output layer digest (for the TOC image). */
   externalTOCs(): Map<string, Buffer> {
-    return new Map([...(this.traced.externalTOCs ?? []), ...(this.untraced.externalTOCs ?? [])]);
+    return new Map([...this.traced.externalTOCs(), ...this.untraced.externalTOCs()]);
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.traced.close?.(), this.untraced.close?.()]);
+    await Promise.all([this.traced.close(), this.untraced.close()]);
+    await this.pool.close();
   }
 }
 

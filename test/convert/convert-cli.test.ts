@@ -11,6 +11,8 @@ import { registryAddress } from '../harness/registry.js';
 import { gunzipCli, tarNames } from '../estargz/helpers.js';
 import { sha256Digest } from '../fixtures/tar.js';
 import { esgz, expectOneLineError as expectErrorWithCode, repoRoot } from '../harness/cli.js';
+import { readEnvironment } from '../../src/cli/environment.js';
+import { conversionOptionsFromFlags, type ConversionFlagValues } from '../../src/cli/flags.js';
 
 const scratch = await mkdtemp(join(tmpdir(), 'esgz-convert-cli-'));
 afterAll(() => rm(scratch, { recursive: true, force: true }));
@@ -239,5 +241,68 @@ describe('esgz image convert --estargz', () => {
     expectOneLineError(await esgz('image', 'convert', '--estargz', '--oci', '--estargz-keep-diff-id', src, dst), /--estargz-keep-diff-id must be used with --estargz-external-toc/);
     expectOneLineError(await esgz('image', 'convert', '--estargz', '--oci', '--prefetch-list', '/nonexistent/list', src, dst), /cannot read prefetch list/);
     expect(existsSync(join(scratch, 'never'))).toBe(false);
+  });
+});
+
+/** The built CLI with ESGZ_* variables set, as a user would run it. */
+function esgzWithEnv(env: Record<string, string>, ...args: string[]) {
+  const bin = join(repoRoot, 'bin/run.js');
+  return execa('node', [bin, ...args], { reject: false, env: { DEBUG: '', ...env }, stdin: 'ignore' });
+}
+
+describe('environment variables: read by the command, handed to the conversion as options', () => {
+  const src = () => `oci:${image.dir}:v1`;
+  const never = () => `oci:${join(scratch, 'never')}:x`;
+  const convert = (env: Record<string, string>, ...args: string[]) => esgzWithEnv(env, 'image', 'convert', '--oci', ...args);
+
+  it('a bad ESGZ_GZIP_BACKEND is a one-line error naming the variable, and nothing is written', async () => {
+    const dst = join(scratch, 'env-bad');
+    const res = await convert({ ESGZ_GZIP_BACKEND: 'pigz' }, '--estargz', src(), `oci:${dst}:x`);
+    expectErrorWithCode(res, 2, /ESGZ_GZIP_BACKEND=pigz is not one of libdeflate, zlib, auto/);
+    expect(existsSync(dst)).toBe(false);
+  });
+
+  it('ESGZ_GZIP_BACKEND=zlib picks zlib, and levels above 9 are refused with it', async () => {
+    const res = await convert({ ESGZ_GZIP_BACKEND: 'zlib' }, '--estargz', '--json', src(), `oci:${join(scratch, 'env-zlib')}:x`);
+    expect(res.exitCode, res.stderr).toBe(0);
+    const report = JSON.parse(res.stdout);
+    expect(report.backend).toBe('zlib');
+    const backends = report.manifests[0].layers.map((l: { report: { backend: string } }) => l.report.backend);
+    expect(backends).toEqual(['zlib', 'zlib', 'zlib']);
+    const twelve = await convert({ ESGZ_GZIP_BACKEND: 'zlib' }, '--estargz', '--estargz-compression-level', '12', src(), never());
+    expectOneLineError(twelve, /--estargz-compression-level 12 needs libdeflate/);
+  });
+
+  it('ESGZ_ZSTDCHUNKED_GITHUB_ANNOTATIONS=1 adds containers/storage annotations to zstd:chunked layers', async () => {
+    const dst = join(scratch, 'env-gh');
+    const res = await convert({ ESGZ_ZSTDCHUNKED_GITHUB_ANNOTATIONS: '1' }, '--zstdchunked', '--json', src(), `oci:${dst}:z`);
+    expect(res.exitCode, res.stderr).toBe(0);
+    const manifest = JSON.parse((await layoutBlob(dst, JSON.parse(res.stdout).manifests[0].digest)).toString());
+    for (const layer of manifest.layers) {
+      const checksum = layer.annotations['io.containers.zstd-chunked.manifest-checksum'];
+      expect(checksum).toMatch(/^sha256:/);
+      expect(layer.annotations['io.github.containers.zstd-chunked.manifest-checksum']).toBe(checksum);
+    }
+  });
+
+  it('a bad ESGZ_WORKERS is a one-line error; a good one is the default that --workers overrides', async () => {
+    expectOneLineError(await convert({ ESGZ_WORKERS: 'many' }, '--estargz', src(), never()), /ESGZ_WORKERS=many/);
+    const res = await esgzWithEnv({ ESGZ_WORKERS: '1' }, 'version', '--json');
+    expect(JSON.parse(res.stdout).gzip.workers).toBe(1);
+    const flags: ConversionFlagValues = {
+      oci: true,
+      reuse: false,
+      zstdchunked: false,
+      'estargz-compression-level': 9,
+      'estargz-chunk-size': 0,
+      'estargz-min-chunk-size': 0,
+      'estargz-external-toc': false,
+      'zstdchunked-compression-level': 3,
+      'zstdchunked-chunk-size': 0,
+    };
+    const environment = readEnvironment({ ESGZ_WORKERS: '3', ESGZ_GZIP_BACKEND: 'zlib' });
+    const fromEnvironment = await conversionOptionsFromFlags(flags, 'estargz', environment);
+    expect(fromEnvironment).toMatchObject({ workers: 3, gzipBackend: 'zlib' });
+    expect((await conversionOptionsFromFlags({ ...flags, workers: 2 }, 'estargz', environment)).workers).toBe(2);
   });
 });

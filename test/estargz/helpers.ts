@@ -1,9 +1,10 @@
 // Shared helpers for the eStargz tests: run the writer into memory, run real tools as oracles.
 import { execFileSync } from 'node:child_process';
 import { Writable } from 'node:stream';
-import type { Codec } from '../../src/estargz/codec.js';
+import type { Codec, MemberCompressor } from '../../src/estargz/codec.js';
+import { createMemberPool } from '../../src/estargz/codecs.js';
 import { createGzipCodec } from '../../src/estargz/gzip-codec.js';
-import type { GzipBackend } from '../../src/estargz/gzip-pool.js';
+import type { GzipBackendChoice } from '../../src/estargz/gzip-pool.js';
 import { openDecompressed, readableOf } from '../../src/image/compression.js';
 import { writeEstargz, type EstargzWriteResult, type EstargzWriterOptions } from '../../src/estargz/writer.js';
 
@@ -18,23 +19,30 @@ export class MemorySink extends Writable {
   }
 }
 
-export interface ConvertOptions extends Omit<EstargzWriterOptions, 'codec'> {
+export interface ConvertOptions extends Omit<EstargzWriterOptions, 'codec' | 'compressor'> {
+  /** Of the pool made when no `compressor` is given. */
   level?: number;
   workers?: number;
-  backend?: GzipBackend;
+  backend?: GzipBackendChoice;
+  /** Default: eStargz. */
   codec?: Codec;
+  /** Default: a pool of the codec's format, closed afterwards. */
+  compressor?: MemberCompressor;
 }
 
 /** Converts a (possibly compressed) layer held in memory; returns the blob and the writer's result. */
 export async function convertBuffer(layer: Buffer, options: ConvertOptions = {}): Promise<{ blob: Buffer; result: EstargzWriteResult }> {
-  const codec = options.codec ?? createGzipCodec({ compressionLevel: options.level ?? 9, workers: options.workers, backend: options.backend });
+  const codec = options.codec ?? createGzipCodec();
+  const { level: compressionLevel, workers, backend: gzipBackend } = options;
+  const pool = options.compressor ? undefined : createMemberPool(codec.name, { compressionLevel, workers, gzipBackend });
   try {
     const sink = new MemorySink();
     const { stream } = await openDecompressed(readableOf(layer), 'test layer');
-    const result = await writeEstargz(stream, sink, { ...options, codec });
+    const compressor = options.compressor ?? pool!;
+    const result = await writeEstargz(stream, sink, { ...options, codec, compressor });
     return { blob: sink.data, result };
   } finally {
-    if (!options.codec) await codec.close();
+    await pool?.close();
   }
 }
 

@@ -6,9 +6,8 @@ import { gunzipSync } from 'node:zlib';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { bufferBlobReader, EstargzReader } from '../../src/estargz/reader.js';
 import { GlobPattern } from '../../src/estargz/priority.js';
-import type { Codec } from '../../src/estargz/codec.js';
-import { createGzipCodec } from '../../src/estargz/gzip-codec.js';
-import { libdeflateAvailable } from '../../src/estargz/gzip-pool.js';
+import type { MemberCompressor } from '../../src/estargz/codec.js';
+import { createGzipPool, libdeflateAvailable } from '../../src/estargz/gzip-pool.js';
 import {
   blockDevice, buildTar, charDevice, dir, fifo, file, generatedBuffer, generatedFile, gzipBuffer, hardlink, opaque,
   sha256Digest, storedName, symlink, whiteout, type TarEntry,
@@ -201,10 +200,10 @@ describe('eStargz writer determinism and backends', () => {
   it('bounds the batch memory compressing at once, and still keeps several batches going', async () => {
     const files = Array.from({ length: 48 }, (_, i) => generatedFile(`data/f${i}`, 300_000 + i));
     const manyTar = await buildTar([dir('data'), ...files]);
-    const inner = createGzipCodec({ compressionLevel: 1, workers: 2 });
+    const inner = createGzipPool({ level: 1, workers: 2 });
     let outstanding = 0;
     let peak = 0;
-    // The real codec, with every result held back a little so the writer's window fills up.
+    // The real pool, with every result held back a little so the writer's window fills up.
     const compressMembers = async (batch: Buffer, ends: Uint32Array) => {
       const held = batch.buffer.byteLength; // before the buffer moves to a worker
       outstanding += held;
@@ -214,16 +213,16 @@ describe('eStargz writer determinism and backends', () => {
       outstanding -= held;
       return result;
     };
-    const codec = new Proxy(inner, {
+    const compressor = new Proxy(inner, {
       get(target, key) {
         if (key === 'compressMembers') return compressMembers;
         const value: unknown = Reflect.get(target, key, target);
         return typeof value === 'function' ? value.bind(target) : value;
       },
-    }) as Codec;
+    }) as MemberCompressor;
     try {
       const window = 3 << 20;
-      const bounded = await convertBuffer(manyTar, { codec, maxInFlightBytes: window });
+      const bounded = await convertBuffer(manyTar, { compressor, maxInFlightBytes: window });
       // At most the window plus the one batch that crossed it.
       expect(peak).toBeLessThanOrEqual(window + (1 << 20));
       expect(peak).toBeGreaterThan(1 << 20);
@@ -317,21 +316,17 @@ describe('min chunk size and prioritized files', () => {
 describe('the same writer with the zstd:chunked codec', () => {
   it('writes frames the zstd CLI decodes to the same tar stream, and the reader reads every file', async () => {
     const { createCodec } = await import('../../src/estargz/codecs.js');
-    const codec = await createCodec('zstd', { workers: 2 });
-    try {
-      const { blob: z, result: r } = await convertBuffer(tar, { chunkSize: CHUNK, codec });
-      const out = run('zstd', ['-d', '-q', '-c'], z);
-      expect(sha256Digest(out)).toBe(r.diffID);
-      expect(tarNames(out).filter((n) => n !== '.no.prefetch.landmark')).toEqual(tarNames(tar));
-      const reader = await EstargzReader.open(bufferBlobReader(z), { expectedTOCDigest: r.tocDigest });
-      expect(reader.codec.name).toBe('zstd');
-      for (const e of entries) if (e.type === 'file') expect((await reader.readFile(e.path)).equals(contentOf(e)), e.path).toBe(true);
-      // Same TOC structure as eStargz: only offsets differ.
-      const strip = (t: typeof r.toc) => t.entries.map(({ offset: _o, innerOffset: _i, ...rest }) => rest);
-      expect(strip(r.toc)).toEqual(strip(result.toc));
-    } finally {
-      await codec.close();
-    }
+    const codec = createCodec('zstd');
+    const { blob: z, result: r } = await convertBuffer(tar, { chunkSize: CHUNK, codec, workers: 2 });
+    const out = run('zstd', ['-d', '-q', '-c'], z);
+    expect(sha256Digest(out)).toBe(r.diffID);
+    expect(tarNames(out).filter((n) => n !== '.no.prefetch.landmark')).toEqual(tarNames(tar));
+    const reader = await EstargzReader.open(bufferBlobReader(z), { expectedTOCDigest: r.tocDigest });
+    expect(reader.codec.name).toBe('zstd');
+    for (const e of entries) if (e.type === 'file') expect((await reader.readFile(e.path)).equals(contentOf(e)), e.path).toBe(true);
+    // Same TOC structure as eStargz: only offsets differ.
+    const strip = (t: typeof r.toc) => t.entries.map(({ offset: _o, innerOffset: _i, ...rest }) => rest);
+    expect(strip(r.toc)).toEqual(strip(result.toc));
   });
 });
 
@@ -339,39 +334,30 @@ describe('external TOC mode', () => {
   it('ends the layer with the 46-byte STARGZEXTERNALTOC footer and returns the TOC blob', async () => {
     const { createGzipCodec } = await import('../../src/estargz/gzip-codec.js');
     const codec = createGzipCodec({ externalTOC: true });
-    try {
-      const { blob: b, result: r } = await convertBuffer(tar, { chunkSize: CHUNK, codec });
-      const footer = b.subarray(b.length - 46);
-      expect([...footer.subarray(0, 4)]).toEqual([0x1f, 0x8b, 0x08, 0x04]);
-      expect(footer.readUInt16LE(10)).toBe(21);
-      expect(footer.subarray(12, 14).toString()).toBe('SG');
-      expect(footer.readUInt16LE(14)).toBe(17);
-      expect(footer.subarray(16, 33).toString()).toBe('STARGZEXTERNALTOC');
-      expect(gunzipSync(footer).length).toBe(0);
-      // No TOC and no end-of-archive in the layer (as stargz's externaltoc writer): diffID covers members only.
-      const out = gunzipCli(b);
-      expect(sha256Digest(out)).toBe(r.diffID);
-      expect(tarNames(out)).toEqual(['.no.prefetch.landmark', ...tarNames(tar)]);
-      expect(tarNames(gunzipSync(r.externalTOC!))).toEqual(['stargz.index.json']);
-      const reader = await EstargzReader.open(bufferBlobReader(b), { externalTOC: r.externalTOC, expectedTOCDigest: r.tocDigest });
-      expect(reader.footer.kind).toBe('estargz-external');
-      await reader.verifyAll();
-      await expect(EstargzReader.open(bufferBlobReader(b))).rejects.toMatchObject({ code: 'UNSUPPORTED' });
-    } finally {
-      await codec.close();
-    }
+    const { blob: b, result: r } = await convertBuffer(tar, { chunkSize: CHUNK, codec });
+    const footer = b.subarray(b.length - 46);
+    expect([...footer.subarray(0, 4)]).toEqual([0x1f, 0x8b, 0x08, 0x04]);
+    expect(footer.readUInt16LE(10)).toBe(21);
+    expect(footer.subarray(12, 14).toString()).toBe('SG');
+    expect(footer.readUInt16LE(14)).toBe(17);
+    expect(footer.subarray(16, 33).toString()).toBe('STARGZEXTERNALTOC');
+    expect(gunzipSync(footer).length).toBe(0);
+    // No TOC and no end-of-archive in the layer (as stargz's externaltoc writer): diffID covers members only.
+    const out = gunzipCli(b);
+    expect(sha256Digest(out)).toBe(r.diffID);
+    expect(tarNames(out)).toEqual(['.no.prefetch.landmark', ...tarNames(tar)]);
+    expect(tarNames(gunzipSync(r.externalTOC!))).toEqual(['stargz.index.json']);
+    const reader = await EstargzReader.open(bufferBlobReader(b), { externalTOC: r.externalTOC, expectedTOCDigest: r.tocDigest });
+    expect(reader.footer.kind).toBe('estargz-external');
+    await reader.verifyAll();
+    await expect(EstargzReader.open(bufferBlobReader(b))).rejects.toMatchObject({ code: 'UNSUPPORTED' });
   });
 });
 
-describe('lossless mode (--estargz-keep-diff-id)', () => {
+describe('lossless mode (convert --estargz-keep-diff-id)', () => {
   async function lossless(input: Buffer) {
     const { createGzipCodec } = await import('../../src/estargz/gzip-codec.js');
-    const codec = createGzipCodec({ externalTOC: true });
-    try {
-      return await convertBuffer(input, { chunkSize: CHUNK, codec, lossless: true });
-    } finally {
-      await codec.close();
-    }
+    return convertBuffer(input, { chunkSize: CHUNK, codec: createGzipCodec({ externalTOC: true }), lossless: true });
   }
 
   it('decompresses to the input tar byte for byte (fixture tar with PAX headers)', async () => {

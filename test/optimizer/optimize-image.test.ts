@@ -187,6 +187,41 @@ describe('optimizeImage (profile + convert through the pipeline)', () => {
   });
 });
 
+/** Threads of this process (the main thread, libuv's pool, V8's helpers, worker threads). */
+function threadCount(): number {
+  return readdirSync('/proc/self/task').length;
+}
+
+describe('optimizeImage compression threads', () => {
+  it('traced and untraced layers compress on one pool: never more worker threads than its size', async () => {
+    const out = join(work, 'threads');
+    const workers = 2;
+    let before: number | undefined;
+    let peak = 0;
+    // Threads started since the conversion began are the compression workers (libuv's pool and
+    // V8's helpers were started by the profile already).
+    const sampler = setInterval(() => {
+      if (before !== undefined) peak = Math.max(peak, threadCount() - before);
+    }, 2);
+    let report: Awaited<ReturnType<typeof optimize>>['report'];
+    try {
+      ({ report } = await optimize(busyboxRef, `oci:${out}:t`, {
+        convert: { workers },
+        concurrency: 2,
+        onStage: (stage) => {
+          if (stage === 'convert') before = threadCount();
+        },
+      }));
+    } finally {
+      clearInterval(sampler);
+    }
+    // Layer 0 holds what the workload read (traced writer), layer 1 only untouched files (untraced).
+    expect(report.profiled!.layers.map((l) => l.prioritizedFiles > 0)).toEqual([true, false]);
+    expect(peak).toBeGreaterThan(0);
+    expect(peak).toBeLessThanOrEqual(workers);
+  });
+});
+
 describe('memory-backed temp dir', () => {
   it.skipIf(!existsSync('/dev/shm') || process.env.TMPDIR !== undefined)('unpacks into /dev/shm only when it and the available memory have room', async () => {
     expect(await memoryBackedTempRoot(10 << 20)).toBe('/dev/shm');

@@ -4,14 +4,14 @@ import { lstat, readdir, readFile, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { execa } from 'execa';
-import { createCodec } from '../../src/estargz/codecs.js';
+import { createCodec, createMemberPool } from '../../src/estargz/codecs.js';
 import { writeEstargz, type EstargzWriteResult } from '../../src/estargz/writer.js';
 
 /** Converts an uncompressed tar into an eStargz blob (gzip) in memory. */
 export async function toEstargz(tar: Buffer, options: { chunkSize?: number; prioritizedFiles?: string[]; codec?: 'gzip' | 'zstd'; externalTOC?: boolean } = {}): Promise<{ blob: Buffer; result: EstargzWriteResult }> {
-  const codec = await createCodec(options.codec ?? 'gzip', { workers: 1 });
   // ctr-remote --estargz-external-toc: the blob ends in an external-TOC footer, the TOC member comes back in the result.
-  if (options.externalTOC) (codec as unknown as { externalTOC: boolean }).externalTOC = true;
+  const codec = createCodec(options.codec ?? 'gzip', { externalTOC: options.externalTOC });
+  const compressor = createMemberPool(codec.name, { workers: 1 });
   const parts: Buffer[] = [];
   const out = new Writable({
     write(chunk: Buffer, _enc, cb) {
@@ -22,12 +22,13 @@ export async function toEstargz(tar: Buffer, options: { chunkSize?: number; prio
   try {
     const result = await writeEstargz((async function* () { yield tar; })(), out, {
       codec,
+      compressor,
       chunkSize: options.chunkSize,
       prioritizedFiles: options.prioritizedFiles,
     });
     return { blob: Buffer.concat(parts), result };
   } finally {
-    await codec.close();
+    await compressor.close();
   }
 }
 

@@ -75,7 +75,7 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
     // `--estargz` without `--oci` on a Docker-media-type image is warned about by the transform
     // once the source manifest is known (OCI sources need no --oci).
     const recordIn = format === 'zstdchunked' ? flags['zstdchunked-record-in'] : flags['estargz-record-in'];
-    const transformOptions = await conversionOptionsFromFlags(flags, format, { recordIn, warn });
+    const transformOptions = await conversionOptionsFromFlags(flags, format, this.environment, { recordIn, warn });
     const prioritized = await prioritizedFromFlags(flags, format, recordIn);
     if (prioritized.length > 0) transformOptions.prioritizedFiles = prioritized;
     const transform = createLayerTransform(format, transformOptions);
@@ -89,24 +89,19 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
         const report = await transferImage({ source, sink, transform, ...platformChoice, oci: flags.oci, concurrency: flags.concurrency, signal, progress, onWarning: warn });
         progress.stop();
         let tocImage: { reference: string; digest: string } | undefined;
-        const externalTOCs = (transform as { externalTOCs?: Map<string, Buffer> }).externalTOCs;
-        if (transformOptions.externalTOC && externalTOCs) {
+        if (transformOptions.externalTOC) {
           const reference = tocImageReference(args.destination);
-          const root = await writeExternalTOCImage(await openSink(reference, transport), externalTOCs);
+          const root = await writeExternalTOCImage(await openSink(reference, transport), transform.externalTOCs());
           tocImage = { reference, digest: root.digest };
           if (!flags.json) process.stderr.write(`extra image: ${reference} (${root.digest})\n`);
         }
-        if (flags.json) writeJson({ ...transferJson(report, 'image convert'), format, ...(tocImage ? { tocImage } : {}), ...(format !== 'uncompress' ? { backend: await backendOf(transform as { codec?: () => Promise<{ backend: string }> }) } : {}) });
+        if (flags.json) writeJson({ ...transferJson(report, 'image convert'), format, ...(tocImage ? { tocImage } : {}), ...(transform.backend ? { backend: transform.backend } : {}) });
         else process.stdout.write(transferText(report, 'converted'));
       }, 'interrupted; nothing was committed at the destination');
     } finally {
       progress.stop();
-      await transform.close?.();
+      await transform.close();
       await source.close();
     }
   }
-}
-
-async function backendOf(transform: { codec?: () => Promise<{ backend: string }> }): Promise<string | undefined> {
-  return transform.codec ? (await transform.codec()).backend : undefined;
 }

@@ -90,7 +90,7 @@ optimization.`;
       progress.stop();
       process.stderr.write(`esgz: warning: ${message}\n`);
     };
-    const convert = await conversionOptionsFromFlags(flags, format, { warn });
+    const convert = await conversionOptionsFromFlags(flags, format, this.environment, { warn });
     if (flags['estargz-external-toc']) tocImageReference(args.target); // reject impossible destinations before running anything
     const platformChoice = platformsFromFlags(flags);
     const run = runOptionsFromFlags(flags, flags.terminal);

@@ -11,7 +11,7 @@
  *    the position as a hint; containers/storage ≤ 1.44 (Debian 12's podman 4.3) takes its
  *    zstd:chunked partial-pull path on the checksum key.
  *  - `io.github.containers.zstd-chunked.*` (containers/storage ≥ 1.45 names, same values) only
- *    on request (`containersStorageAnnotations`, or ESGZ_ZSTDCHUNKED_GITHUB_ANNOTATIONS=1):
+ *    on request (`containersStorageAnnotations`; the CLI's ESGZ_ZSTDCHUNKED_GITHUB_ANNOTATIONS=1):
  *    containers/storage ≥ 1.52 and containers/image ≥ 5.30 refuse a layer that carries both
  *    them and `containerd.io/snapshot/stargz/toc.digest` ("both zstd:chunked and eStargz TOC
  *    found"), and that error fails the whole pull instead of falling back to a full download.
@@ -19,12 +19,12 @@
  * Not written: the tar-split frame containers/storage ≥ 1.57 wants before it partially pulls
  * (without it, it falls back to a full download, which works). Writing it needs the raw tar
  * header bytes of one blob in order; this codec is shared by layers converting concurrently and
- * only sees members, so it would need a per-blob hook from the writer.
+ * only sees the TOC, so it would need a per-blob hook from the writer.
  */
 import { createHash } from 'node:crypto';
 import { EsgzError } from '../../errors.js';
 import { MediaType } from '../../oci/media-types.js';
-import type { Codec, CodecOptions, CodecTail, FooterInfo, ParsedTOC } from '../codec.js';
+import type { Codec, CodecTail, FooterInfo, MemberCompressor, ParsedTOC } from '../codec.js';
 import { MAX_MEMBER_PREFIX } from '../constants.js';
 import { END_OF_ARCHIVE } from '../tar.js';
 import { marshalTOC, parseTOCJSON, sha256Digest, type JTOC } from '../toc.js';
@@ -32,8 +32,6 @@ import {
   CONTAINERS_FOOTER_FRAME_SIZE, MAX_TOC_SIZE, MANIFEST_TYPE_CRFS, SKIPPABLE_HEADER_SIZE, decompressFrames, encodeFooter,
   isSkippableMagic, parseFooter, skippableFrame, unwrapSkippableFrame,
 } from './format.js';
-import { defaultWorkerCount, type CompressedMembers, type MemberPool } from '../member-pool.js';
-import { DEFAULT_ZSTD_LEVEL, checkZstdLevel, createZstdPool } from './pool.js';
 
 /** stargz-snapshotter's names (estargz/zstdchunked), also containers/storage ≤ 1.44's. */
 export const MANIFEST_CHECKSUM_ANNOTATION = 'io.containers.zstd-chunked.manifest-checksum';
@@ -44,7 +42,7 @@ export const CONTAINERS_MANIFEST_POSITION_ANNOTATION = 'io.github.containers.zst
 /** containers/storage ≥ 1.48: where the tar-split frame is (esgz does not write one). */
 export const CONTAINERS_TARSPLIT_POSITION_ANNOTATION = 'io.github.containers.zstd-chunked.tarsplit-position';
 
-export interface ZstdChunkedCodecOptions extends CodecOptions {
+export interface ZstdChunkedCodecOptions {
   /**
    * Also emit the `io.github.containers.zstd-chunked.*` names. Off by default: see the module
    * comment (they make newer podman refuse the layer next to the stargz TOC digest).
@@ -57,55 +55,21 @@ export interface ZstdChunkedCodecOptions extends CodecOptions {
 export class ZstdChunkedCodec implements Codec {
   readonly name = 'zstd' as const;
   readonly mediaType = MediaType.ociLayerZstd;
-  readonly backend = 'zstd-napi';
   /** The reader fetches enough tail for either footer flavour. */
   readonly maxFooterSize = CONTAINERS_FOOTER_FRAME_SIZE;
-  readonly level: number;
-  /**
-   * Worker threads compressing at once (default: every core). The writer sizes its in-flight
-   * window from this, so it is resolved here rather than left undefined.
-   */
-  readonly workers: number;
   readonly containersStorageAnnotations: boolean;
   readonly endOfArchive: boolean;
-  private pool: MemberPool | undefined;
-  private closed = false;
 
   constructor(options: ZstdChunkedCodecOptions = {}) {
-    this.level = checkZstdLevel(options.compressionLevel ?? DEFAULT_ZSTD_LEVEL);
-    this.workers = options.workers ?? defaultWorkerCount();
-    if (!Number.isInteger(this.workers) || this.workers < 1) throw new EsgzError('BAD_FLAG', `zstd worker count must be a positive integer, got ${this.workers}`);
-    this.containersStorageAnnotations = options.containersStorageAnnotations ?? process.env.ESGZ_ZSTDCHUNKED_GITHUB_ANNOTATIONS === '1';
+    this.containersStorageAnnotations = options.containersStorageAnnotations ?? false;
     this.endOfArchive = options.endOfArchive ?? true;
   }
 
-  startWorkers(): void {
-    this.getPool();
-  }
-
-  private getPool(): MemberPool {
-    if (this.closed) throw new EsgzError('INTERNAL', 'zstd:chunked codec used after close');
-    this.pool ??= createZstdPool({ level: this.level, workers: this.workers });
-    return this.pool;
-  }
-
-  allocateBatch(size: number): Buffer {
-    return this.getPool().allocate(size);
-  }
-
-  async compressMembers(batch: Buffer, ends: Uint32Array): Promise<CompressedMembers> {
-    return this.getPool().compressMembers(batch, ends);
-  }
-
-  async compressMember(uncompressed: Buffer): Promise<Buffer> {
-    return this.getPool().compress(uncompressed);
-  }
-
-  async buildTail(toc: JTOC, tocOffset: number): Promise<CodecTail> {
+  async buildTail(toc: JTOC, tocOffset: number, compressor: MemberCompressor): Promise<CodecTail> {
     const tocJSON = marshalTOC(toc);
     const [eoa, compressedTOC] = await Promise.all([
-      this.endOfArchive ? this.compressMember(END_OF_ARCHIVE) : Promise.resolve(Buffer.alloc(0)),
-      this.compressMember(tocJSON),
+      this.endOfArchive ? compressor.compress(END_OF_ARCHIVE) : Promise.resolve(Buffer.alloc(0)),
+      compressor.compress(tocJSON),
     ]);
     const tocPayloadOffset = tocOffset + eoa.length + SKIPPABLE_HEADER_SIZE;
     const checksum = `sha256:${createHash('sha256').update(compressedTOC).digest('hex')}`;
@@ -124,13 +88,6 @@ export class ZstdChunkedCodec implements Codec {
       uncompressedTail: this.endOfArchive ? Buffer.from(END_OF_ARCHIVE) : Buffer.alloc(0),
       annotations,
     };
-  }
-
-  async close(): Promise<void> {
-    this.closed = true;
-    const pool = this.pool;
-    this.pool = undefined;
-    await pool?.close();
   }
 
   /**

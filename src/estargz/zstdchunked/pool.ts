@@ -18,6 +18,7 @@ export function checkZstdLevel(level: number): number {
   return level;
 }
 
+/** A member pool writing one zstd frame per member; no thread starts until `start()` or the first batch. */
 export function createZstdPool(options: { level?: number; workers?: number } = {}): MemberPool {
   return new MemberPool({ kind: 'zstd', level: checkZstdLevel(options.level ?? DEFAULT_ZSTD_LEVEL), workers: options.workers, label: 'zstd' });
 }

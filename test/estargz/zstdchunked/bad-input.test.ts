@@ -162,14 +162,10 @@ describe('zstd:chunked TOC bombs (issue #12)', () => {
   it('a TOC frame that inflates past the TOC size limit is refused without inflating it all', async () => {
     const { createZstdChunkedCodec } = await import('../../../src/estargz/zstdchunked/codec.js');
     const { compress } = await import('zstd-napi');
-    const codec = createZstdChunkedCodec({ workers: 1 });
-    try {
-      const bomb = compress(Buffer.alloc(256 << 20, 0x20));
-      await expect(codec.parseTOC(bomb)).rejects.toMatchObject({ code: 'BAD_FORMAT', message: expect.stringMatching(new RegExp(`more than ${MAX_TOC_SIZE >> 20} MiB`)) });
-      // Members are cut at what the caller asks for.
-      expect((await codec.decompress(bomb, 10)).length).toBe(10);
-    } finally {
-      await codec.close();
-    }
+    const codec = createZstdChunkedCodec();
+    const bomb = compress(Buffer.alloc(256 << 20, 0x20));
+    await expect(codec.parseTOC(bomb)).rejects.toMatchObject({ code: 'BAD_FORMAT', message: expect.stringMatching(new RegExp(`more than ${MAX_TOC_SIZE >> 20} MiB`)) });
+    // Members are cut at what the caller asks for.
+    expect((await codec.decompress(bomb, 10)).length).toBe(10);
   });
 });

@@ -14,6 +14,7 @@ import {
   symlink, whiteout, type TarEntry,
 } from '../../fixtures/tar.js';
 import { run, tarNames, tarVerbose } from '../helpers.js';
+import { createZstdPool } from '../../../src/estargz/zstdchunked/pool.js';
 import { convertZstd, rawFooter, sha256, zstdCli, zstdDecompressCli } from './helpers.js';
 
 const CHUNK = 64 * 1024;
@@ -155,7 +156,6 @@ describe('footer and TOC', () => {
     const pos = parseManifestPosition(result.codecAnnotations[MANIFEST_POSITION_ANNOTATION]!);
     const parsed = await codec.parseTOC(blob.subarray(pos.offset, pos.offset + pos.compressedSize));
     expect(parsed.tocDigest).toBe(result.tocDigest);
-    await codec.close();
   });
 
   it('newer containers/storage layout: tar-split frame after the TOC, 64-byte GNUlInUx footer', async () => {
@@ -211,17 +211,17 @@ describe('reproducibility and parameters', () => {
     expect(strong.blob.length).toBeLessThan(fast.blob.length);
     expect(zstdDecompressCli(strong.blob).equals(zstdDecompressCli(fast.blob))).toBe(true);
     for (const level of [0, 23, 2.5]) {
-      expect(() => createZstdChunkedCodec({ compressionLevel: level }), String(level)).toThrow(/out of range/);
+      expect(() => createZstdPool({ level }), String(level)).toThrow(/out of range/);
     }
   });
 
-  it('defaults to one worker per core (the writer sizes its in-flight window from it); bad counts are BAD_FLAG', async () => {
-    const codec = createZstdChunkedCodec();
-    expect(codec.workers).toBe(process.env.ESGZ_WORKERS ? Number(process.env.ESGZ_WORKERS) : os.cpus().length);
-    expect(codec.level).toBe(3);
-    await codec.close();
+  it('the pool defaults to one worker per core; bad counts are BAD_FLAG', async () => {
+    const pool = createZstdPool();
+    expect(pool.size).toBe(os.cpus().length);
+    expect(pool.level).toBe(3);
+    await pool.close();
     for (const workers of [0, -1, 1.5]) {
-      expect(() => createZstdChunkedCodec({ workers }), String(workers)).toThrow(/worker count must be a positive integer/);
+      expect(() => createZstdPool({ workers }), String(workers)).toThrow(/worker count must be a positive integer/);
     }
   });
 

@@ -6,17 +6,19 @@ import type { EstargzWriteResult, EstargzWriterOptions } from '../../../src/esta
 import { createZstdChunkedCodec, type ZstdChunkedCodecOptions } from '../../../src/estargz/zstdchunked/codec.js';
 import { convertBuffer } from '../helpers.js';
 
-export interface ZstdConvertOptions extends Omit<EstargzWriterOptions, 'codec'>, ZstdChunkedCodecOptions {}
+export interface ZstdConvertOptions
+  extends Omit<EstargzWriterOptions, 'codec' | 'compressor'>,
+    ZstdChunkedCodecOptions {
+  compressionLevel?: number;
+  /** Default 2. */
+  workers?: number;
+}
 
 /** Converts an in-memory layer (tar, tar+gzip or tar+zstd) to a zstd:chunked blob. */
 export async function convertZstd(layer: Buffer, options: ZstdConvertOptions = {}): Promise<{ blob: Buffer; result: EstargzWriteResult }> {
   const { compressionLevel, workers, containersStorageAnnotations, endOfArchive, ...writer } = options;
-  const codec = createZstdChunkedCodec({ compressionLevel, workers: workers ?? 2, containersStorageAnnotations, endOfArchive });
-  try {
-    return await convertBuffer(layer, { ...writer, codec });
-  } finally {
-    await codec.close();
-  }
+  const codec = createZstdChunkedCodec({ containersStorageAnnotations, endOfArchive });
+  return convertBuffer(layer, { ...writer, codec, level: compressionLevel, workers: workers ?? 2 });
 }
 
 /** The `zstd` CLI as the decompression oracle. */
