@@ -191,12 +191,13 @@ describe('memory-backed temp dir', () => {
   it.skipIf(!existsSync('/dev/shm') || process.env.TMPDIR !== undefined)('unpacks into /dev/shm only when it and the available memory have room', async () => {
     expect(await memoryBackedTempRoot(10 << 20)).toBe('/dev/shm');
     expect(await memoryBackedTempRoot(1e15)).toBeUndefined();
-    expect(await memoryBackedTempRoot(10 << 20, '/nonexistent-esgz')).toBeUndefined();
-    process.env.ESGZ_TMPFS = '0';
+    expect(await memoryBackedTempRoot(10 << 20, { candidate: '/nonexistent-esgz' })).toBeUndefined();
+    expect(await memoryBackedTempRoot(10 << 20, { tmpfs: false })).toBeUndefined();
+    const named = mkdtempSync(join(tmpdir(), 'esgz-tmpfs-setting-'));
     try {
-      expect(await memoryBackedTempRoot(10 << 20)).toBeUndefined();
+      expect(await memoryBackedTempRoot(1e15, { tmpfs: named })).toBe(named);
     } finally {
-      delete process.env.ESGZ_TMPFS;
+      rmSync(named, { recursive: true, force: true });
     }
   });
 });
