@@ -112,8 +112,8 @@ describe('--platform with several values', () => {
     expect(res.exitCode, res.stderr).toBe(0);
     expect(res.stderr).toMatch(/warning: linux\/arm64: not runnable on this machine \(linux\/amd64\); converted without optimization/);
     const report = JSON.parse(res.stdout);
-    expect(report.profiled.platform).toBe('linux/amd64');
-    expect(report.notProfiled).toEqual(['linux/arm64']);
+    expect(report.profile.platform).toBe('linux/amd64');
+    expect(report.platformsNotProfiled).toEqual(['linux/arm64']);
     const { body } = await layoutRoot(out, 'opt');
     expect(platformsOf(body)).toEqual(['linux/amd64', 'linux/arm64/v8']);
 
