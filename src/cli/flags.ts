@@ -2,7 +2,7 @@
 // text live here, and so does the one mapping from flags to library options (ctr-remote's
 // `getESGZConvertOpts` is the model). Commands spread the sets they need and call the mappers.
 import { Flags } from '@oclif/core';
-import { EsgzError } from '../errors.js';
+import { EsgzError, isEsgzError } from '../errors.js';
 import { DEFAULT_GZIP_LEVEL } from '../estargz/gzip-codec.js';
 import { libdeflateAvailable, MAX_GZIP_LEVEL, selectGzipBackend } from '../estargz/gzip-pool.js';
 import { readPrefetchList, readRecordFile, type PriorityItem } from '../estargz/priority.js';
@@ -54,13 +54,23 @@ export const platformFlag = {
 export function platformsFromFlags(flags: { platform?: string[]; 'all-platforms': boolean }): { platforms?: Platform[]; allPlatforms: boolean } {
   const given = flags.platform !== undefined && flags.platform.length > 0;
   checkPlatformConflict(given, flags['all-platforms']);
-  return { ...(given ? { platforms: parsePlatforms(flags.platform!) } : {}), allPlatforms: flags['all-platforms'] };
+  return { ...(given ? { platforms: parseFlagValue('platform', () => parsePlatforms(flags.platform!)) } : {}), allPlatforms: flags['all-platforms'] };
 }
 
 /** The platform of `platformFlag` (with `--all-platforms` where the command has it). */
 export function platformFromFlag(flags: { platform?: string; 'all-platforms'?: boolean }): Platform | undefined {
   checkPlatformConflict(Boolean(flags.platform), flags['all-platforms'] ?? false);
-  return flags.platform ? parsePlatform(flags.platform) : undefined;
+  return flags.platform ? parseFlagValue('platform', () => parsePlatform(flags.platform!)) : undefined;
+}
+
+/** Runs the library's parser of a flag's value; a BAD_FLAG error it throws then names the flag. */
+function parseFlagValue<T>(name: string, parse: () => T): T {
+  try {
+    return parse();
+  } catch (err) {
+    if (isEsgzError(err) && err.code === 'BAD_FLAG') throw new EsgzError('BAD_FLAG', `--${name} ${err.message}`, { cause: err });
+    throw err;
+  }
 }
 
 function checkPlatformConflict(platformGiven: boolean, allPlatforms: boolean): void {
