@@ -74,7 +74,8 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
     try {
-      return await body(everything.signal, { workloadSignal: workload.signal, workloadDone: () => (workloadOver = true) });
+      const interrupts = { workloadSignal: workload.signal, workloadDone: () => (workloadOver = true) };
+      return await body(everything.signal, interrupts);
     } catch (err) {
       if (everything.signal.aborted && !(isEsgzError(err) && err.code === 'INTERRUPTED')) {
         throw new EsgzError('INTERRUPTED', message, { cause: err });

@@ -54,7 +54,8 @@ export const platformFlag = {
 export function platformsFromFlags(flags: { platform?: string[]; 'all-platforms': boolean }): { platforms?: Platform[]; allPlatforms: boolean } {
   const given = flags.platform !== undefined && flags.platform.length > 0;
   checkPlatformConflict(given, flags['all-platforms']);
-  return { ...(given ? { platforms: parseFlagValue('platform', () => parsePlatforms(flags.platform!)) } : {}), allPlatforms: flags['all-platforms'] };
+  const platforms = given ? { platforms: parseFlagValue('platform', () => parsePlatforms(flags.platform!)) } : {};
+  return { ...platforms, allPlatforms: flags['all-platforms'] };
 }
 
 /** The platform of `platformFlag` (with `--all-platforms` where the command has it). */
@@ -68,8 +69,8 @@ function parseFlagValue<T>(name: string, parse: () => T): T {
   try {
     return parse();
   } catch (err) {
-    if (isEsgzError(err) && err.code === 'BAD_FLAG') throw new EsgzError('BAD_FLAG', `--${name} ${err.message}`, { cause: err });
-    throw err;
+    if (!isEsgzError(err) || err.code !== 'BAD_FLAG') throw err;
+    throw new EsgzError('BAD_FLAG', `--${name} ${err.message}`, { cause: err });
   }
 }
 
@@ -199,7 +200,10 @@ export const workloadFlags = {
   'env-file': Flags.string({ description: 'File of KEY=VALUE lines added to the environment' }),
   mount: Flags.string({ description: 'Extra mount, e.g. type=bind,source=/src,destination=/dst,options=rbind:ro (repeatable)', multiple: true, multipleNonGreedy: true }),
   cwd: Flags.string({ description: "Working directory (overrides the image's)" }),
-  'dns-nameservers': Flags.string({ description: 'Comma-separated nameservers for /etc/resolv.conf', default: DEFAULT_NAMESERVERS.join(',') }),
+  'dns-nameservers': Flags.string({
+    description: 'Comma-separated nameservers for /etc/resolv.conf',
+    default: DEFAULT_NAMESERVERS.join(','),
+  }),
   'net-host': Flags.boolean({ description: 'Use the host network (default: a private one with loopback only)', default: false }),
   // Sandbox limits (nerdctl's names)
   'pids-limit': Flags.integer({ description: `Most processes and threads the container may have (0: no limit; default ${DEFAULT_PIDS_LIMIT})`, min: 0 }),
@@ -214,7 +218,8 @@ export const workloadFlags = {
 /** Commands that read lazily pulled layers (rpull, run). */
 export const lazyPullFlags = {
   'background-fetch': Flags.boolean({
-    description: 'Fetch every remaining chunk of every layer after the prefetch (rpull: before returning; run: while the container runs)',
+    description:
+      'Fetch every remaining chunk of every layer after the prefetch (rpull: before returning; run: while the container runs)',
     default: false,
   }),
 };

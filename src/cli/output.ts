@@ -51,7 +51,11 @@ export interface ConversionFacts {
 }
 
 /** The `--json` document of a convert: the transfer's, plus the conversion's facts. */
-export function conversionJson(report: TransferReport, command: string, facts: ConversionFacts): Record<string, unknown> {
+export function conversionJson(
+  report: TransferReport,
+  command: string,
+  facts: ConversionFacts,
+): Record<string, unknown> {
   return {
     ...transferJson(report, command),
     format: facts.format,
@@ -67,7 +71,10 @@ export function conversionJson(report: TransferReport, command: string, facts: C
  */
 export function optimizeJson(report: OptimizeReport, format: string): Record<string, unknown> {
   return {
-    ...conversionJson(report.transfer, 'image optimize', { format, ...(report.tocImage ? { tocImage: report.tocImage } : {}) }),
+    ...conversionJson(report.transfer, 'image optimize', {
+      format,
+      ...(report.tocImage ? { tocImage: report.tocImage } : {}),
+    }),
     ...(report.profiled ? { profile: report.profiled } : {}),
     platformsNotProfiled: report.notProfiled,
     ...(report.recordOut ? { recordFile: report.recordOut } : {}),
@@ -87,12 +94,14 @@ export function optimizeText(report: OptimizeReport): string {
     if (p.runtimeFiles.length > 0) {
       const more = p.runtimeFiles.length > 5 ? `, … (${p.runtimeFiles.length} in all)` : '';
       const shown = p.runtimeFiles.slice(0, 5).join(', ') + more;
-      lines.push(`  read by the runtime before the workload started (prioritized after the workload's files): ${shown}`);
+      const why = "read by the runtime before the workload started (prioritized after the workload's files)";
+      lines.push(`  ${why}: ${shown}`);
     }
     for (const l of p.layers) {
       const landmark = l.landmarkOffset !== undefined ? `, landmark at ${l.landmarkOffset}` : '';
       const out = l.outputDigest ? ` -> ${shortDigest(l.outputDigest)} ${formatBytes(l.outputSize ?? 0)}` : '';
-      lines.push(`  layer ${l.index}: ${l.prioritizedFiles} prioritized file(s), ${formatBytes(l.prioritizedBytes)}${landmark}${out}`);
+      const prioritized = `${l.prioritizedFiles} prioritized file(s), ${formatBytes(l.prioritizedBytes)}`;
+      lines.push(`  layer ${l.index}: ${prioritized}${landmark}${out}`);
     }
   }
   if (report.recordOut) lines.push(`record: ${report.recordOut}`);

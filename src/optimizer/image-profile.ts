@@ -104,7 +104,8 @@ export async function profileImage(
     };
   });
   const compressedBytes = parsed.layers.reduce((sum, l) => sum + l.size, 0);
-  const tempRoot = workloadOptions.tempRoot ?? (await memoryBackedTempRoot(compressedBytes, { tmpfs, runc: workloadOptions.runc }));
+  const memoryBacked = () => memoryBackedTempRoot(compressedBytes, { tmpfs, runc: workloadOptions.runc });
+  const tempRoot = workloadOptions.tempRoot ?? (await memoryBacked());
   const result = await profileWorkload({ ...workloadOptions, layers, config, ...(tempRoot ? { tempRoot } : {}) });
   // A tee read to its end has its file written (or failed) shortly; one the unpack left early is
   // dropped.
@@ -142,7 +143,10 @@ export interface MemoryBackedTempRootOptions {
  * turns it off, `tmpfs: '/path'` names the directory to use instead (always used), and an
  * explicit temp dir (the caller's tempRoot) always wins.
  */
-export async function memoryBackedTempRoot(compressedBytes: number, options: MemoryBackedTempRootOptions = {}): Promise<string | undefined> {
+export async function memoryBackedTempRoot(
+  compressedBytes: number,
+  options: MemoryBackedTempRootOptions = {},
+): Promise<string | undefined> {
   const { tmpfs, candidate = DEFAULT_TMPFS, runc } = options;
   if (tmpfs === false) return undefined;
   if (tmpfs !== undefined && isAbsolute(tmpfs)) {

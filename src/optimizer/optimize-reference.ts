@@ -1,9 +1,13 @@
 // `image optimize` by image reference: the transports opened and closed around optimizeImage, so
 // the command only maps flags to these options and prints the report.
 import { openSink, openSource, parseTransportReference, type TransportOptions } from '../image/transports/index.js';
+import type { ImageSink } from '../image/types.js';
 import { optimizeImage, type OptimizeImageOptions, type OptimizeReport } from './optimize-image.js';
 
-export interface OptimizeReferenceOptions extends Omit<OptimizeImageOptions, 'source' | 'sink' | 'cacheBlobs' | 'reopenTarget' | 'openTocSink'> {
+/** What optimizeImageReference opens itself. */
+type OpenedHere = 'source' | 'sink' | 'cacheBlobs' | 'reopenTarget' | 'openTocSink';
+
+export interface OptimizeReferenceOptions extends Omit<OptimizeImageOptions, OpenedHere> {
   /** The image to optimize: REGISTRY/REPO[:TAG|@DIGEST], oci:DIR[:TAG] or docker-archive:FILE[:TAG]. */
   source: string;
   /** Where the result goes (same forms). */
@@ -29,9 +33,13 @@ export async function optimizeImageReference(options: OptimizeReferenceOptions):
       sink,
       cacheBlobs: parseTransportReference(sourceReference).transport === 'registry',
       reopenTarget: () => openSource(target, transport),
-      ...(tocTarget !== undefined ? { openTocSink: async () => ({ sink: await openSink(tocTarget, transport), reference: tocTarget }) } : {}),
+      ...(tocTarget !== undefined ? { openTocSink: () => openTocSink(tocTarget, transport) } : {}),
     });
   } finally {
     await source.close();
   }
+}
+
+async function openTocSink(reference: string, transport: TransportOptions): Promise<{ sink: ImageSink; reference: string }> {
+  return { sink: await openSink(reference, transport), reference };
 }

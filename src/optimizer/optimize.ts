@@ -110,7 +110,7 @@ export async function profileWorkload(options: ProfileWorkloadOptions): Promise<
   checkRunnablePlatform(options.config);
   const runc = await findRunc(options.runc);
   if (options.waitOnSignal && options.run.terminal) {
-    throw new EsgzError('BAD_FLAG', 'a workload with a terminal cannot be stopped by a signal: its terminal receives Ctrl-C');
+    throw new EsgzError('BAD_FLAG', 'a workload with a terminal cannot wait for a signal: its terminal receives Ctrl-C');
   }
   if (options.run.terminal && !options.stdin) throw new EsgzError('BAD_FLAG', 'a workload with a terminal needs stdin attached');
 
@@ -133,7 +133,8 @@ export async function profileWorkload(options: ProfileWorkloadOptions): Promise<
     await writeBundleConfig(bundle, spec);
     if (options.signal?.aborted) throw new EsgzError('INTERRUPTED', 'interrupted');
 
-    tracer = await startTracer(rootfs.rootfs, { onlyOtherPidNamespaces: rootfs.mode === 'merged', binary: options.tracerBinary });
+    const tracerOptions = { onlyOtherPidNamespaces: rootfs.mode === 'merged', binary: options.tracerBinary };
+    tracer = await startTracer(rootfs.rootfs, tracerOptions);
     options.onStage?.('run');
     const run = await runBundle({
       bundle,

@@ -178,7 +178,7 @@ export async function listContainers(stateRoot?: string, runc: string = DEFAULT_
  * Force-deletes containers a killed esgz left under the runc root `stateRoot` (all of them, or
  * the one named `id`): their processes are killed and runc's state removed. Never fails.
  */
-export async function deleteStaleContainers(stateRoot: string, runc: string = DEFAULT_RUNC, id?: string): Promise<void> {
+export async function deleteStaleContainers(stateRoot: string, runc = DEFAULT_RUNC, id?: string): Promise<void> {
   const ids = id !== undefined ? [id] : await readdir(stateRoot).catch(() => [] as string[]);
   for (const each of ids) {
     await execa(runc, ['--root', stateRoot, 'delete', '--force', each], { reject: false, stdin: 'ignore' });

@@ -54,7 +54,11 @@ optimization.`;
     // Workload (ctr-remote's sampler flags)
     ...workloadFlags,
     terminal: Flags.boolean({ char: 't', description: 'Allocate a terminal for the workload (needs -i)', default: false }),
-    period: Flags.integer({ description: 'Seconds to run the workload before stopping it', default: DEFAULT_PERIOD_SECONDS, min: 1 }),
+    period: Flags.integer({
+      description: 'Seconds to run the workload before stopping it',
+      default: DEFAULT_PERIOD_SECONDS,
+      min: 1,
+    }),
     'wait-on-signal': Flags.boolean({ description: 'Run until Ctrl-C instead of --period, then convert', default: false }),
     'wait-on-line': Flags.string({ description: 'Stop the workload once a stdout line contains this string' }),
     args: Flags.string({ description: 'Command arguments as a JSON array (overrides the image\'s Cmd)' }),
@@ -103,7 +107,9 @@ optimization.`;
           runSignal: interrupts.workloadSignal,
           onStage: (stage) => {
             if (stage === 'convert') interrupts.workloadDone();
-            if (stage === 'run' && flags['wait-on-signal']) process.stderr.write('esgz: workload running; press Ctrl-C to stop it and convert\n');
+            if (stage === 'run' && flags['wait-on-signal']) {
+              process.stderr.write('esgz: workload running; press Ctrl-C to stop it and convert\n');
+            }
           },
         }),
       'interrupted',
@@ -126,7 +132,8 @@ optimization.`;
     if (flags['wait-on-signal'] && flags.terminal) throw new EsgzError('BAD_FLAG', '--wait-on-signal cannot be used with --terminal');
     if (flags.terminal && !flags.i) throw new EsgzError('BAD_FLAG', '--terminal must be used with -i');
     if (!flags['no-optimize'] && !isRoot()) {
-      throw new EsgzError('RUNTIME', 'running the workload needs root (runc with overlayfs and fanotify): run esgz as root or use --no-optimize');
+      const why = 'running the workload needs root (runc with overlayfs and fanotify)';
+      throw new EsgzError('RUNTIME', `${why}: run esgz as root or use --no-optimize`);
     }
   }
 
@@ -148,7 +155,11 @@ optimization.`;
       // With --json, stdout carries only the report: the workload writes to stderr.
       workloadStdout: flags.json ? process.stderr : process.stdout,
       workloadStderr: process.stderr,
-      host: { runc, ...(fanotifyBinary !== undefined ? { tracerBinary: fanotifyBinary } : {}), ...(tmpfs !== undefined ? { tmpfs } : {}) },
+      host: {
+        runc,
+        ...(fanotifyBinary !== undefined ? { tracerBinary: fanotifyBinary } : {}),
+        ...(tmpfs !== undefined ? { tmpfs } : {}),
+      },
     };
   }
 }
