@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { mountsUnder, unmount } from './host/mounts.js';
 import { processStartTime } from './host/process.js';
+import { deleteStaleContainers } from './runtime/runc.js';
 
 /** `esgz-<kind>-<pid>-<start time in clock ticks>-<mkdtemp's 6 characters>`. */
 const OWNED_NAME = /^esgz-([a-z]+)-(\d+)-(\d+)-[A-Za-z0-9]{6}$/;
@@ -18,15 +19,15 @@ const RM_RETRIES = 3;
 const ownStartTime = processStartTime(process.pid);
 const live = new Set<string>();
 let exitHookInstalled = false;
-const swept = new Map<string, Promise<void>>();
+const swept = new Map<string, { pending: Promise<void>; withContainers: boolean }>();
 
 /**
  * Makes `esgz-<kind>-…` under `parent` (default: the OS temp dir, $TMPDIR), first sweeping what
  * dead esgz processes left there. Pass the result to `removeTempDir` when done.
  */
-export async function makeTempDir(kind: string, parent: string = tmpdir()): Promise<string> {
+export async function makeTempDir(kind: string, parent: string = tmpdir(), sweep: SweepOptions = {}): Promise<string> {
   await mkdir(parent, { recursive: true });
-  await sweepStaleTempDirs(parent);
+  await sweepStaleTempDirs(parent, sweep);
   // Without /proc there is no telling owners apart: a plain name, never swept.
   const owner = ownStartTime !== undefined ? `${process.pid}-${ownStartTime}-` : '';
   const dir = await mkdtemp(join(parent, `esgz-${kind}-${owner}`));
@@ -50,45 +51,50 @@ export async function removeTempDir(dir: string): Promise<void> {
   live.delete(path);
 }
 
+export interface SweepOptions {
+  /**
+   * The runc binary: with it, a killed optimize's containers are deleted first (they keep its
+   * overlay busy). Without it such a directory is left for a sweep that has one.
+   */
+  runc?: string;
+}
+
 /**
  * Removes `esgz-*` directories under `parent` whose owner process is gone; mounts under them
  * are unmounted first (runc containers of a killed optimize deleted before), and a directory
- * that still has one stays. Runs once per parent per process; never fails the caller.
+ * that still has one stays. Runs once per parent per process (once more when a later call can
+ * delete containers and the first could not); never fails the caller.
  */
-export function sweepStaleTempDirs(parent: string = tmpdir()): Promise<void> {
+export function sweepStaleTempDirs(parent: string = tmpdir(), options: SweepOptions = {}): Promise<void> {
   const key = resolve(parent);
-  let pending = swept.get(key);
   if (ownStartTime === undefined) return Promise.resolve(); // no /proc: every owner would look dead
-  if (!pending) {
-    pending = sweep(key).catch(() => undefined);
-    swept.set(key, pending);
-  }
+  const previous = swept.get(key);
+  if (previous && (previous.withContainers || options.runc === undefined)) return previous.pending;
+  const pending = (async () => {
+    await previous?.pending;
+    await sweep(key, options.runc);
+  })().catch(() => undefined);
+  swept.set(key, { pending, withContainers: options.runc !== undefined });
   return pending;
 }
 
-async function sweep(parent: string): Promise<void> {
+async function sweep(parent: string, runc: string | undefined): Promise<void> {
   for (const name of await readdir(parent).catch(() => [] as string[])) {
     const match = OWNED_NAME.exec(name);
     if (!match) continue;
     const [, kind, pid, start] = match;
     if (processStartTime(Number(pid)) === start) continue; // its owner is still running
     const dir = join(parent, name);
-    if (kind === 'opt') await deleteContainers(join(dir, 's'));
+    if (kind === 'opt') {
+      const runcRoot = join(dir, 's');
+      if (runc !== undefined) await deleteStaleContainers(runcRoot, runc);
+      else if ((await readdir(runcRoot).catch(() => [])).length > 0) continue;
+    }
     if (mountsUnder(dir).length > 0) {
       for (const point of mountsUnder(dir)) await unmount(point).catch(() => undefined);
       if (mountsUnder(dir).length > 0) continue;
     }
     await rm(dir, { recursive: true, force: true }).catch(() => undefined);
-  }
-}
-
-/** A killed optimize may leave its workload's container behind; it keeps the overlay busy. */
-async function deleteContainers(runcRoot: string): Promise<void> {
-  const ids = await readdir(runcRoot).catch(() => [] as string[]);
-  if (ids.length === 0) return;
-  const { execa } = await import('execa');
-  for (const id of ids) {
-    await execa(process.env.ESGZ_RUNC ?? 'runc', ['--root', runcRoot, 'delete', '--force', id], { reject: false, stdin: 'ignore' });
   }
 }
 

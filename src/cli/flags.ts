@@ -2,7 +2,7 @@
 // text live here, and so does the one mapping from flags to library options (ctr-remote's
 // `getESGZConvertOpts` is the model). Commands spread the sets they need and call the mappers.
 import { Flags } from '@oclif/core';
-import { EsgzError } from '../errors.js';
+import { EsgzError, isEsgzError } from '../errors.js';
 import { DEFAULT_GZIP_LEVEL } from '../estargz/gzip-codec.js';
 import { libdeflateAvailable, MAX_GZIP_LEVEL, selectGzipBackend } from '../estargz/gzip-pool.js';
 import { readPrefetchList, readRecordFile, type PriorityItem } from '../estargz/priority.js';
@@ -10,9 +10,10 @@ import type { ChunkedTransformOptions, LayerFormat } from '../convert/transform.
 import { DEFAULT_ZSTD_LEVEL, MAX_ZSTD_LEVEL, MIN_ZSTD_LEVEL } from '../estargz/zstdchunked/pool.js';
 import { resolveGzipHelper } from '../image/compression.js';
 import type { EsgzEnvironment } from './environment.js';
+import { DEFAULT_CONCURRENCY } from '../image/pipeline.js';
 import { parsePlatform, parsePlatforms } from '../oci/platform.js';
 import type { Platform } from '../oci/types.js';
-import { DEFAULT_PIDS_LIMIT, parseByteSize, parseCommaList, parseJsonArrayFlag, parseMountFlag, type RunOptions } from '../runtime/spec.js';
+import { DEFAULT_NAMESERVERS, DEFAULT_PIDS_LIMIT, parseByteSize, parseCommaList, parseJsonArrayFlag, parseMountFlag, type RunOptions } from '../runtime/spec.js';
 import { DEFAULT_STATE_ROOT } from '../snapshotter/state.js';
 
 // ---- registry transport -------------------------------------------------------------------
@@ -54,13 +55,24 @@ export const platformFlag = {
 export function platformsFromFlags(flags: { platform?: string[]; 'all-platforms': boolean }): { platforms?: Platform[]; allPlatforms: boolean } {
   const given = flags.platform !== undefined && flags.platform.length > 0;
   checkPlatformConflict(given, flags['all-platforms']);
-  return { ...(given ? { platforms: parsePlatforms(flags.platform!) } : {}), allPlatforms: flags['all-platforms'] };
+  const platforms = given ? { platforms: parseFlagValue('platform', () => parsePlatforms(flags.platform!)) } : {};
+  return { ...platforms, allPlatforms: flags['all-platforms'] };
 }
 
 /** The platform of `platformFlag` (with `--all-platforms` where the command has it). */
 export function platformFromFlag(flags: { platform?: string; 'all-platforms'?: boolean }): Platform | undefined {
   checkPlatformConflict(Boolean(flags.platform), flags['all-platforms'] ?? false);
-  return flags.platform ? parsePlatform(flags.platform) : undefined;
+  return flags.platform ? parseFlagValue('platform', () => parsePlatform(flags.platform!)) : undefined;
+}
+
+/** Runs the library's parser of a flag's value; a BAD_FLAG error it throws then names the flag. */
+function parseFlagValue<T>(name: string, parse: () => T): T {
+  try {
+    return parse();
+  } catch (err) {
+    if (!isEsgzError(err) || err.code !== 'BAD_FLAG') throw err;
+    throw new EsgzError('BAD_FLAG', `--${name} ${err.message}`, { cause: err });
+  }
 }
 
 function checkPlatformConflict(platformGiven: boolean, allPlatforms: boolean): void {
@@ -80,7 +92,7 @@ export const stateRootFlags = {
 /** Pipeline flags of every command that writes an image (copy, convert, optimize). */
 export const transferFlags = {
   oci: Flags.boolean({ description: 'Convert Docker media types to OCI media types', default: false }),
-  concurrency: Flags.integer({ description: 'Layers transferred at once', default: 2, min: 1, max: 16 }),
+  concurrency: Flags.integer({ description: 'Layers transferred at once', default: DEFAULT_CONCURRENCY, min: 1, max: 16 }),
 };
 
 /** eStargz / zstd:chunked writer flags shared by convert and optimize (ctr-remote's names). */
@@ -215,17 +227,29 @@ export const workloadFlags = {
   'env-file': Flags.string({ description: 'File of KEY=VALUE lines added to the environment' }),
   mount: Flags.string({ description: 'Extra mount, e.g. type=bind,source=/src,destination=/dst,options=rbind:ro (repeatable)', multiple: true, multipleNonGreedy: true }),
   cwd: Flags.string({ description: "Working directory (overrides the image's)" }),
-  'dns-nameservers': Flags.string({ description: 'Comma-separated nameservers for /etc/resolv.conf', default: '8.8.8.8' }),
+  'dns-nameservers': Flags.string({
+    description: 'Comma-separated nameservers for /etc/resolv.conf',
+    default: DEFAULT_NAMESERVERS.join(','),
+  }),
   'net-host': Flags.boolean({ description: 'Use the host network (default: a private one with loopback only)', default: false }),
   // Sandbox limits (nerdctl's names)
   'pids-limit': Flags.integer({ description: `Most processes and threads the container may have (0: no limit; default ${DEFAULT_PIDS_LIMIT})`, min: 0 }),
   memory: Flags.string({ description: "Memory limit, e.g. 512m, 2g (0: no limit; default: half of this machine's memory, at most 4g)" }),
   privileged: Flags.boolean({ description: 'Run without the sandbox: every capability esgz holds, no seccomp filter, no masked paths', default: false }),
+  user: Flags.string({ char: 'u', description: 'user[:group] to run as (names looked up in the image)' }),
+  i: Flags.boolean({ char: 'i', description: "Attach stdin to the container's process", default: false }),
 };
 
-/** `run` and `optimize` differ in how `--user` is spelled (`-u` for run, as in ctr) and in `-t`. */
-export const userFlag = (char?: 'u') =>
-  Flags.string({ ...(char ? { char } : {}), description: 'user[:group] to run as (names looked up in the image)' });
+// ---- lazy pull ----------------------------------------------------------------------------
+
+/** Commands that read lazily pulled layers (rpull, run). */
+export const lazyPullFlags = {
+  'background-fetch': Flags.boolean({
+    description:
+      'Fetch every remaining chunk of every layer after the prefetch (rpull: before returning; run: while the container runs)',
+    default: false,
+  }),
+};
 
 export interface WorkloadFlagValues {
   env?: string[];

@@ -1,6 +1,8 @@
 // The one place transfer reports become output: a JSON document for `--json` (stable field
 // names, for scripts) or a few human lines on stdout.
 import type { TransferReport } from '../image/pipeline.js';
+import { shortDigest } from '../oci/digest.js';
+import type { OptimizeReport } from '../optimizer/optimize-image.js';
 import { formatBytes, formatDuration } from './progress.js';
 
 export function writeJson(value: unknown, stream: NodeJS.WritableStream = process.stdout): void {
@@ -38,6 +40,76 @@ export function transferJson(report: TransferReport, command: string): Record<st
       })),
     })),
   };
+}
+
+/** What a convert or optimize adds to the transfer's document: the layer format, the TOC image, the gzip backend. */
+export interface ConversionFacts {
+  format: string;
+  /** The image holding the TOCs (`--estargz-external-toc`). */
+  tocImage?: { reference: string; digest: string };
+  backend?: string;
+}
+
+/** The `--json` document of a convert: the transfer's, plus the conversion's facts. */
+export function conversionJson(
+  report: TransferReport,
+  command: string,
+  facts: ConversionFacts,
+): Record<string, unknown> {
+  return {
+    ...transferJson(report, command),
+    format: facts.format,
+    ...(facts.tocImage ? { tocImage: facts.tocImage } : {}),
+    ...(facts.backend !== undefined ? { backend: facts.backend } : {}),
+  };
+}
+
+/**
+ * The `--json` document of an optimize: a convert's document (same names, same types), plus what
+ * only optimize knows: `profile` (the workload run and its trace, per layer), the platforms
+ * converted without a run, the record file written, and the time of each stage.
+ */
+export function optimizeJson(report: OptimizeReport, format: string): Record<string, unknown> {
+  return {
+    ...conversionJson(report.transfer, 'image optimize', {
+      format,
+      ...(report.tocImage ? { tocImage: report.tocImage } : {}),
+    }),
+    ...(report.profiled ? { profile: report.profiled } : {}),
+    platformsNotProfiled: report.notProfiled,
+    ...(report.recordOut ? { recordFile: report.recordOut } : {}),
+    timings: report.timings,
+  };
+}
+
+/** Human summary of an optimize: the workload run and its trace, then the transfer's summary. */
+export function optimizeText(report: OptimizeReport): string {
+  const lines: string[] = [];
+  const p = report.profiled;
+  if (p) {
+    const stop = p.stopReason === 'exited' ? `exited with code ${p.exitCode}` : `stopped (${p.stopReason})`;
+    lines.push(`workload: ${JSON.stringify(p.args)} ${stop} after ${formatDuration(p.durationMs)} (${p.rootfsMode})`);
+    const coverage = `${(p.prefetchCoverage * 100).toFixed(1)}%`;
+    lines.push(`files traced: ${p.filesTraced} (${formatBytes(p.bytesTraced)}), prefetch coverage ${coverage}`);
+    if (p.runtimeFiles.length > 0) {
+      const more = p.runtimeFiles.length > 5 ? `, … (${p.runtimeFiles.length} in all)` : '';
+      const shown = p.runtimeFiles.slice(0, 5).join(', ') + more;
+      const why = "read by the runtime before the workload started (prioritized after the workload's files)";
+      lines.push(`  ${why}: ${shown}`);
+    }
+    for (const l of p.layers) {
+      const landmark = l.landmarkOffset !== undefined ? `, landmark at ${l.landmarkOffset}` : '';
+      const out = l.outputDigest ? ` -> ${shortDigest(l.outputDigest)} ${formatBytes(l.outputSize ?? 0)}` : '';
+      const prioritized = `${l.prioritizedFiles} prioritized file(s), ${formatBytes(l.prioritizedBytes)}`;
+      lines.push(`  layer ${l.index}: ${prioritized}${landmark}${out}`);
+    }
+  }
+  if (report.recordOut) lines.push(`record: ${report.recordOut}`);
+  if (report.tocImage) lines.push(`extra image: ${report.tocImage.reference} (${report.tocImage.digest})`);
+  const t = report.timings;
+  const profiled = t.profileMs !== undefined ? `profile ${formatDuration(t.profileMs)}, ` : '';
+  lines.push(`time: ${profiled}convert ${formatDuration(t.convertMs ?? 0)}`);
+  return `${lines.join('\n')}\n${transferText(report.transfer, 'optimized')}`;
 }
 
 /** Human summary: what was written where, the root digest, per-platform sizes. */

@@ -1,6 +1,6 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base.js';
-import { registryFlags, runOptionsFromFlags, stateRootFlags, transportOptions, userFlag, workloadFlags } from '../cli/flags.js';
+import { lazyPullFlags, registryFlags, runOptionsFromFlags, stateRootFlags, transportOptions, workloadFlags } from '../cli/flags.js';
 import { writeJson } from '../cli/output.js';
 import { EsgzError } from '../errors.js';
 import { runContainer } from '../snapshotter/run.js';
@@ -70,12 +70,10 @@ when the container exits or on Ctrl-C. Needs root. Arguments after ID are the co
     ...registryFlags,
     ...stateRootFlags,
     ...workloadFlags,
+    ...lazyPullFlags,
     rm: Flags.boolean({ description: "Remove the container's writable layer when it exits", default: false }),
     tty: Flags.boolean({ char: 't', description: 'Allocate a terminal (stdin must be one)', default: false }),
-    i: Flags.boolean({ char: 'i', description: 'Attach stdin', default: false }),
-    user: userFlag('u'),
     hostname: Flags.string({ description: 'Container host name' }),
-    'background-fetch': Flags.boolean({ description: 'Fetch the rest of every layer while the container runs', default: false }),
   };
 
   private command: string[] = [];
@@ -107,6 +105,7 @@ when the container exits or on Ctrl-C. Needs root. Arguments after ID are the co
         stderr: process.stderr,
         signal,
         backgroundFetch: flags['background-fetch'],
+        runc: this.environment.runc,
         onWarning: (m) => this.warn(m),
       }),
     );

@@ -89,7 +89,7 @@ export interface TransferReport {
   durationMs: number;
 }
 
-const DEFAULT_CONCURRENCY = 2;
+export const DEFAULT_CONCURRENCY = 2;
 
 
 function summary(desc: { mediaType: string; digest: string; size: number }): BlobSummary {

@@ -42,11 +42,11 @@ export function normalizePlatform(platform: Platform): Platform {
   return out;
 }
 
-/** Parses `os/arch[/variant]`; throws BAD_FLAG naming the bad value. */
+/** Parses `os/arch[/variant]`; throws BAD_FLAG naming the bad value (the caller names its flag). */
 export function parsePlatform(spec: string): Platform {
   const parts = spec.trim().split('/');
   if (parts.length < 2 || parts.length > 3 || parts.some((p) => !/^[A-Za-z0-9_.-]+$/.test(p))) {
-    throw new EsgzError('BAD_FLAG', `--platform "${spec}": expected os/arch[/variant], e.g. linux/amd64 or linux/arm64/v8`);
+    throw new EsgzError('BAD_FLAG', `"${spec}" is not a platform: expected os/arch[/variant], e.g. linux/amd64 or linux/arm64/v8`);
   }
   const [os, architecture, variant] = parts as [string, string, string | undefined];
   return normalizePlatform({ os, architecture, ...(variant !== undefined ? { variant } : {}) });

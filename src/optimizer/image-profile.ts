@@ -76,9 +76,11 @@ export async function profileImage(
   options: Omit<ProfileWorkloadOptions, 'layers' | 'config'> & {
     /** Keep each layer's uncompressed tar in this directory (see ImageProfile.tarFiles). */
     keepTarsIn?: string;
+    /** The memory-backed work dir setting (see memoryBackedTempRoot). */
+    tmpfs?: string | false;
   },
 ): Promise<ImageProfile> {
-  const { keepTarsIn, ...workloadOptions } = options;
+  const { keepTarsIn, tmpfs, ...workloadOptions } = options;
   const parsed = parseManifest(manifest, source.description);
   const config = await readConfig(source, parsed.config);
   const tees: Array<ReturnType<typeof teeToFile> | undefined> = [];
@@ -101,7 +103,9 @@ export async function profileImage(
       },
     };
   });
-  const tempRoot = workloadOptions.tempRoot ?? (await memoryBackedTempRoot(parsed.layers.reduce((sum, l) => sum + l.size, 0)));
+  const compressedBytes = parsed.layers.reduce((sum, l) => sum + l.size, 0);
+  const memoryBacked = () => memoryBackedTempRoot(compressedBytes, { tmpfs, runc: workloadOptions.runc });
+  const tempRoot = workloadOptions.tempRoot ?? (await memoryBacked());
   const result = await profileWorkload({ ...workloadOptions, layers, config, ...(tempRoot ? { tempRoot } : {}) });
   // A tee read to its end has its file written (or failed) shortly; one the unpack left early is
   // dropped.
@@ -123,22 +127,34 @@ export async function profileImage(
   };
 }
 
+export interface MemoryBackedTempRootOptions {
+  /** `false`: never use a tmpfs; a path: always use that directory (the CLI's ESGZ_TMPFS). */
+  tmpfs?: string | false;
+  /** The directory tried when `tmpfs` is unset (default /dev/shm). */
+  candidate?: string;
+  /** The runc binary, to delete a killed optimize's containers when sweeping the directory. */
+  runc?: string;
+}
+
 /**
  * The unpacked image is thrown away after the run, so when this machine has memory to spare it
  * goes to a tmpfs: on a busy disk that made the Debian profile 3x faster. Only when /dev/shm has
- * room for 5x the compressed layers and there is twice that in available memory; ESGZ_TMPFS=0
- * turns it off, ESGZ_TMPFS=/path names the directory to use instead (always used), and an
- * explicit temp dir (--temp-dir) always wins.
+ * room for 5x the compressed layers and there is twice that in available memory; `tmpfs: false`
+ * turns it off, `tmpfs: '/path'` names the directory to use instead (always used), and an
+ * explicit temp dir (the caller's tempRoot) always wins.
  */
-export async function memoryBackedTempRoot(compressedBytes: number, candidate = DEFAULT_TMPFS): Promise<string | undefined> {
-  const setting = process.env.ESGZ_TMPFS;
-  if (setting === '0') return undefined;
-  if (setting !== undefined && isAbsolute(setting)) {
-    await sweepStaleTempDirs(setting);
-    return setting;
+export async function memoryBackedTempRoot(
+  compressedBytes: number,
+  options: MemoryBackedTempRootOptions = {},
+): Promise<string | undefined> {
+  const { tmpfs, candidate = DEFAULT_TMPFS, runc } = options;
+  if (tmpfs === false) return undefined;
+  if (tmpfs !== undefined && isAbsolute(tmpfs)) {
+    await sweepStaleTempDirs(tmpfs, { runc });
+    return tmpfs;
   }
   // What a killed optimize left in the tmpfs goes even when this run does not use it.
-  await sweepStaleTempDirs(candidate);
+  await sweepStaleTempDirs(candidate, { runc });
   if (process.env.TMPDIR) return undefined;
   const estimate = Math.max(compressedBytes * 5, 64 << 20);
   try {

@@ -48,6 +48,8 @@ export interface OptimizeImageOptions {
   /** `--record-out`: the trace in ctr-remote's record format. */
   recordOut?: string;
   run: RunOptions;
+  /** Host programs and work space of the profile (the CLI's ESGZ_RUNC, ESGZ_FANOTIFY_BIN, ESGZ_TMPFS). */
+  host?: { runc?: string; tracerBinary?: string; tmpfs?: string | false };
   periodSeconds?: number;
   waitOnLine?: string;
   waitOnSignal?: boolean;
@@ -166,6 +168,7 @@ async function convertProfiled(options: OptimizeImageOptions, context: ProfileCo
     options.onStage?.('profile');
     profile = await profileImage(source, toProfile.manifest, {
       ...(tarDir ? { keepTarsIn: tarDir } : {}),
+      ...options.host,
       run: options.run,
       periodSeconds: options.periodSeconds,
       waitOnLine: options.waitOnLine,
@@ -187,7 +190,7 @@ async function convertProfiled(options: OptimizeImageOptions, context: ProfileCo
   }
   for (const p of others) warn(`${p}: not runnable on this machine (${formatPlatform(hostPlatform())}); converted without optimization`);
   if (options.recordOut) {
-    if (!profile) throw new EsgzError('BAD_FLAG', '--record-out needs a workload run (not --no-optimize, and a platform this machine can run)');
+    if (!profile) throw new EsgzError('BAD_FLAG', 'a record file needs a workload run (profiling on, and a platform this machine can run)');
     await writeRecordFile(options.recordOut, profile.record);
   }
 
@@ -272,7 +275,7 @@ async function pickManifestToProfile(options: OptimizeImageOptions): Promise<{ t
   const runnable = selected.find((d) => platformMatches(host, d.platform!));
   const others = selected.filter((d) => d !== runnable).map((d) => formatPlatform(d.platform!));
   if (!runnable) {
-    throw new EsgzError('UNSUPPORTED', `none of the selected platforms (${others.join(', ')}) runs on this machine (${formatPlatform(host)}): use --no-optimize to convert without profiling`);
+    throw new EsgzError('UNSUPPORTED', `none of the selected platforms (${others.join(', ')}) runs on this machine (${formatPlatform(host)}): the workload cannot be profiled here`);
   }
   return { toProfile: { manifest: await options.source.fetchManifest(runnable), platform: formatPlatform(runnable.platform!) }, others };
 }

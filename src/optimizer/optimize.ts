@@ -10,13 +10,16 @@ import { prepareRootfs, type LayerTar, type PreparedRootfs } from '../rootfs/ove
 import type { RecordEntry } from './record.js';
 import { startTracer, toImagePath, type AccessKind, type TraceEvent, type Tracer } from './tracer.js';
 
+/** How long the workload runs unless something else stops it first (ctr-remote's default). */
+export const DEFAULT_PERIOD_SECONDS = 10;
+
 export interface ProfileWorkloadOptions {
   /** Decompressed layer tars, base first. */
   layers: LayerTar[];
   config: ImageConfig;
   /** Entrypoint/args/env/user/mount/DNS/network overrides (ctr-remote's sampler flags). */
   run: RunOptions;
-  /** Seconds to let the workload run (default 10, ctr-remote's default). */
+  /** Seconds to let the workload run (default DEFAULT_PERIOD_SECONDS). */
   periodSeconds?: number;
   waitOnLine?: string;
   waitOnSignal?: boolean;
@@ -28,6 +31,10 @@ export interface ProfileWorkloadOptions {
   stderr?: Writable;
   /** Parent of the temporary directory (default: the OS temp dir). */
   tempRoot?: string;
+  /** The runc binary (default: runc on PATH). */
+  runc?: string;
+  /** The fanotify tracer helper (default: the one built in native/fanotify/). */
+  tracerBinary?: string;
   rootfsMode?: 'auto' | 'overlay' | 'merged';
   onWarning?(message: string): void;
   /**
@@ -89,7 +96,7 @@ export function checkRunnablePlatform(config: ImageConfig): void {
   const host = hostPlatform();
   const image = { os: config.os ?? host.os, architecture: config.architecture ?? host.architecture, ...(config.variant ? { variant: config.variant } : {}) };
   if (!platformMatches(host, image)) {
-    throw new EsgzError('UNSUPPORTED', `the image is for ${formatPlatform(image)} but this machine is ${formatPlatform(host)}: it cannot be run to profile it (use --no-optimize or --platform)`);
+    throw new EsgzError('UNSUPPORTED', `the image is for ${formatPlatform(image)} but this machine is ${formatPlatform(host)}: it cannot be run to profile it`);
   }
 }
 
@@ -101,13 +108,13 @@ export function checkRunnablePlatform(config: ImageConfig): void {
  */
 export async function profileWorkload(options: ProfileWorkloadOptions): Promise<ProfileResult> {
   checkRunnablePlatform(options.config);
-  await findRunc();
+  const runc = await findRunc(options.runc);
   if (options.waitOnSignal && options.run.terminal) {
-    throw new EsgzError('BAD_FLAG', '--wait-on-signal cannot be used with --terminal');
+    throw new EsgzError('BAD_FLAG', 'a workload with a terminal cannot wait for a signal: its terminal receives Ctrl-C');
   }
-  if (options.run.terminal && !options.stdin) throw new EsgzError('BAD_FLAG', '--terminal must be used with -i');
+  if (options.run.terminal && !options.stdin) throw new EsgzError('BAD_FLAG', 'a workload with a terminal needs stdin attached');
 
-  const workDir = await makeTempDir('opt', options.tempRoot);
+  const workDir = await makeTempDir('opt', options.tempRoot, { runc });
   let rootfs: PreparedRootfs | undefined;
   let tracer: Tracer | undefined;
   try {
@@ -126,12 +133,14 @@ export async function profileWorkload(options: ProfileWorkloadOptions): Promise<
     await writeBundleConfig(bundle, spec);
     if (options.signal?.aborted) throw new EsgzError('INTERRUPTED', 'interrupted');
 
-    tracer = await startTracer(rootfs.rootfs, { onlyOtherPidNamespaces: rootfs.mode === 'merged' });
+    const tracerOptions = { onlyOtherPidNamespaces: rootfs.mode === 'merged', binary: options.tracerBinary };
+    tracer = await startTracer(rootfs.rootfs, tracerOptions);
     options.onStage?.('run');
     const run = await runBundle({
       bundle,
+      runc,
       stateRoot: join(workDir, 's'),
-      periodSeconds: options.periodSeconds ?? 10,
+      periodSeconds: options.periodSeconds ?? DEFAULT_PERIOD_SECONDS,
       waitOnLine: options.waitOnLine,
       waitOnSignal: options.waitOnSignal,
       signal: options.signal,

@@ -20,19 +20,28 @@ export interface Tracer {
   warnings(): string[];
 }
 
+export interface TracerOptions {
+  /**
+   * For a rootfs that is a plain host directory: the mark then covers the host's whole
+   * filesystem and only the container's processes (another pid namespace) count.
+   */
+  onlyOtherPidNamespaces?: boolean;
+  /** The helper program (default: the one built in native/fanotify/). */
+  binary?: string;
+}
+
+const TRACER_NAME = 'esgz-fanotify';
 const KINDS: Record<string, AccessKind> = { X: 'exec', O: 'open', A: 'access' };
 const READY_TIMEOUT_MS = 10_000;
 
 /**
  * Starts the fanotify helper on the filesystem holding `rootfs` (the overlay mount) and waits
  * until its mark is in place, so nothing the workload does afterwards is missed.
- * `onlyOtherPidNamespaces` is for a rootfs that is a plain host directory: the mark then covers
- * the host's whole filesystem and only the container's processes (another pid namespace) count.
  */
-export async function startTracer(rootfs: string, options: { onlyOtherPidNamespaces?: boolean } = {}): Promise<Tracer> {
-  const binary = tracerBinary();
+export async function startTracer(rootfs: string, options: TracerOptions = {}): Promise<Tracer> {
+  const binary = tracerBinary(options.binary);
   if (!binary) {
-    throw new EsgzError('UNSUPPORTED', 'the fanotify tracer native/fanotify/esgz-fanotify is not built (run npm run build:native; it needs gcc and make)');
+    throw new EsgzError('UNSUPPORTED', tracerMissing(options.binary));
   }
   const child = spawn(binary, [...(options.onlyOtherPidNamespaces ? ['-n'] : []), rootfs], { stdio: ['ignore', 'pipe', 'pipe'] });
   const events: TraceEvent[] = [];
@@ -118,8 +127,12 @@ function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref());
 }
 
-/** The fanotify tracer program (ESGZ_FANOTIFY_BIN overrides), or undefined when not built. */
-function tracerBinary(): string | undefined {
-  const override = process.env.ESGZ_FANOTIFY_BIN;
-  return override ? executableOrUndefined(override) : nativeBinary('esgz-fanotify');
+/** The fanotify tracer program (`override`, else the built one), or undefined when there is none. */
+function tracerBinary(override: string | undefined): string | undefined {
+  return override ? executableOrUndefined(override) : nativeBinary(TRACER_NAME);
+}
+
+function tracerMissing(override: string | undefined): string {
+  if (override) return `the fanotify tracer ${override} is not an executable file`;
+  return `the fanotify tracer native/fanotify/${TRACER_NAME} is not built (run npm run build:native; it needs gcc and make)`;
 }

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { execa, type ResultPromise } from 'execa';
@@ -7,8 +7,13 @@ import { EsgzError } from '../errors.js';
 
 export type StopReason = 'exited' | 'period' | 'line' | 'signal';
 
+/** The runc binary when the caller names none: `runc` on PATH (the CLI's ESGZ_RUNC overrides it). */
+export const DEFAULT_RUNC = 'runc';
+
 export interface RunBundleOptions {
   bundle: string;
+  /** The runc binary (default DEFAULT_RUNC). */
+  runc?: string;
   /** Container id (default: esgz-<random>); must be unique within `stateRoot`. */
   id?: string;
   /** runc's --root: a private state directory, removed afterwards (default: <bundle>/.runc). */
@@ -42,15 +47,14 @@ export interface RunBundleResult {
   durationMs: number;
 }
 
-/** The runc binary to use (ESGZ_RUNC overrides), or a clear error when there is none. */
-export async function findRunc(): Promise<string> {
-  const candidate = process.env.ESGZ_RUNC ?? 'runc';
+/** Checks that `candidate` is a runc this process can use (root), or fails with a clear error. */
+export async function findRunc(candidate: string = DEFAULT_RUNC): Promise<string> {
   const result = await execa(candidate, ['--version'], { reject: false, stdin: 'ignore' });
   if (result.failed || result.exitCode !== 0) {
     throw new EsgzError('RUNTIME', `runc is not installed (looked for "${candidate}"): install it (Debian: apt-get install runc) or set ESGZ_RUNC`);
   }
   if (typeof process.getuid === 'function' && process.getuid() !== 0) {
-    throw new EsgzError('RUNTIME', 'running the workload needs root (runc with overlayfs and fanotify): run esgz as root or use --no-optimize');
+    throw new EsgzError('RUNTIME', 'running a container needs root (runc with overlayfs and fanotify): run esgz as root');
   }
   return candidate;
 }
@@ -65,7 +69,7 @@ export function newContainerId(): string {
  * container is always killed and deleted and the state directory removed, whatever happened.
  */
 export async function runBundle(options: RunBundleOptions): Promise<RunBundleResult> {
-  const runc = await findRunc();
+  const runc = await findRunc(options.runc);
   const id = options.id ?? newContainerId();
   const stateRoot = options.stateRoot ?? join(options.bundle, '.runc');
   await mkdir(stateRoot, { recursive: true, mode: 0o700 });
@@ -161,14 +165,24 @@ async function killContainer(runc: string, stateRoot: string, id: string): Promi
 }
 
 /** Ids of containers runc knows under `stateRoot` (for leak checks). */
-export async function listContainers(stateRoot?: string): Promise<string[]> {
-  const runc = process.env.ESGZ_RUNC ?? 'runc';
+export async function listContainers(stateRoot?: string, runc: string = DEFAULT_RUNC): Promise<string[]> {
   const args = stateRoot ? ['--root', stateRoot, 'list', '--quiet'] : ['list', '--quiet'];
   const result = await execa(runc, args, { reject: false, stdin: 'ignore' });
   return String(result.stdout ?? '')
     .split('\n')
     .map((l) => l.trim())
     .filter((l) => l !== '');
+}
+
+/**
+ * Force-deletes containers a killed esgz left under the runc root `stateRoot` (all of them, or
+ * the one named `id`): their processes are killed and runc's state removed. Never fails.
+ */
+export async function deleteStaleContainers(stateRoot: string, runc = DEFAULT_RUNC, id?: string): Promise<void> {
+  const ids = id !== undefined ? [id] : await readdir(stateRoot).catch(() => [] as string[]);
+  for (const each of ids) {
+    await execa(runc, ['--root', stateRoot, 'delete', '--force', each], { reject: false, stdin: 'ignore' });
+  }
 }
 
 function sleep(ms: number): Promise<void> {

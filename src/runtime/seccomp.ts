@@ -120,7 +120,7 @@ export async function loadSeccompProfile(capabilities: string[], path = CONTAINE
     throw new EsgzError(
       'RUNTIME',
       missing
-        ? `the seccomp profile ${path} is missing: install it (Debian: apt-get install golang-github-containers-common; scripts/install-deps.sh does), or run with --privileged`
+        ? `the seccomp profile ${path} is missing: install it (Debian: apt-get install golang-github-containers-common; scripts/install-deps.sh does), or run the container privileged (without the sandbox)`
         : `cannot read the seccomp profile ${path}: ${(err as Error).message}`,
       { cause: err },
     );

@@ -283,13 +283,13 @@ export async function readEnvFile(path: string): Promise<string[]> {
   try {
     text = await readFile(path, 'utf8');
   } catch (err) {
-    throw new EsgzError('BAD_FLAG', `--env-file ${path}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`, { cause: err });
+    throw new EsgzError('BAD_FLAG', `env file ${path}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`, { cause: err });
   }
   const out: string[] = [];
   text.split('\n').forEach((raw, i) => {
     const line = raw.replace(/\r$/, '').trim();
     if (line === '' || line.startsWith('#')) return;
-    if (line.indexOf('=') <= 0) throw new EsgzError('BAD_FLAG', `--env-file ${path}:${i + 1}: "${line}" is not KEY=VALUE`);
+    if (line.indexOf('=') <= 0) throw new EsgzError('BAD_FLAG', `env file ${path}:${i + 1}: "${line}" is not KEY=VALUE`);
     out.push(line);
   });
   return out;
@@ -408,7 +408,7 @@ export async function buildRuntimeSpec(input: BuildSpecInput): Promise<RuntimeSp
   const cmd = options.args && options.args.length > 0 ? options.args : (image.Cmd ?? []);
   const args = [...entrypoint, ...cmd];
   if (args.length === 0) {
-    throw new EsgzError('BAD_FLAG', 'the image has no Entrypoint or Cmd: pass --entrypoint and/or --args');
+    throw new EsgzError('BAD_FLAG', 'the image has no Entrypoint or Cmd: name the command to run');
   }
   const user = await resolveUser(rootfs, options.user ?? image.User);
   let env = [...(image.Env ?? [])];
@@ -515,7 +515,7 @@ async function writeResolverFiles(bundleDir: string, options: RunOptions): Promi
     .join('');
   for (const entry of options.addHosts ?? []) {
     const colon = entry.indexOf(':');
-    if (colon <= 0 || colon === entry.length - 1) throw new EsgzError('BAD_FLAG', `--add-hosts "${entry}" is not host:IP`);
+    if (colon <= 0 || colon === entry.length - 1) throw new EsgzError('BAD_FLAG', `host entry "${entry}" is not host:IP`);
     hosts += `${entry.slice(colon + 1)}\t${entry.slice(0, colon)}\n`;
   }
   const dir = join(bundleDir, 'etc');

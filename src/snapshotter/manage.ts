@@ -6,6 +6,7 @@ import { EsgzError } from '../errors.js';
 import { mountsUnder, unmount } from '../host/mounts.js';
 import { identityAlive, processIdentity } from '../host/process.js';
 import { forceUnmount } from './fusefs.js';
+import { DEFAULT_RUNC, deleteStaleContainers } from '../runtime/runc.js';
 import type { BlobReader } from '../estargz/reader.js';
 import { normalizeReference, openStoredLayer } from './rpull.js';
 import { fsyncDir, PRIVATE_DIR_MODE, removeUnlessMounted, StateRoot, writeFileAtomic, type ImageRecord, type LayerRecord } from './state.js';
@@ -75,7 +76,7 @@ async function owner(containerDir: string): Promise<{ file: string; alive: boole
  * of a live `esgz run` and kept containers (marked by run when it finished) stay. Call with the
  * state root's lock held (a run claims its directory and writes its owner under that lock).
  */
-export async function cleanStaleContainers(state: StateRoot, onWarning?: (message: string) => void): Promise<number> {
+export async function cleanStaleContainers(state: StateRoot, onWarning?: (message: string) => void, runc: string = DEFAULT_RUNC): Promise<number> {
   let cleaned = 0;
   const dir = state.containersDir();
   for (const id of await readdir(dir).catch(() => [] as string[])) {
@@ -92,7 +93,7 @@ export async function cleanStaleContainers(state: StateRoot, onWarning?: (messag
     if (!leftover) continue;
     const layerMounts = mounts.filter((m) => /\/l\/[^/]+$/.test(m));
     const runcRoot = join(containerDir, 's');
-    await execa(process.env.ESGZ_RUNC ?? 'runc', ['--root', runcRoot, 'delete', '--force', id], { reject: false, stdin: 'ignore' });
+    await deleteStaleContainers(runcRoot, runc, id);
     for (const m of mounts) {
       if (layerMounts.includes(m)) await forceUnmount(m);
       else await unmount(m).catch(() => execa('umount', ['-l', m], { reject: false }));
@@ -126,12 +127,12 @@ export async function markKept(containerDir: string): Promise<void> {
 }
 
 /** Removes blobs, layers and cached chunks that no pulled image uses, and containers whose esgz run died. */
-export async function pruneState(stateRoot?: string, onWarning?: (message: string) => void): Promise<{ containers: number; blobs: number; layers: number; chunks: number; bytes: number }> {
+export async function pruneState(stateRoot?: string, onWarning?: (message: string) => void, runc: string = DEFAULT_RUNC): Promise<{ containers: number; blobs: number; layers: number; chunks: number; bytes: number }> {
   const state = new StateRoot(stateRoot);
   await state.init();
   const unlock = await state.lock('image prune');
   try {
-    const containers = await cleanStaleContainers(state, onWarning);
+    const containers = await cleanStaleContainers(state, onWarning, runc);
     const pins = await state.livePins();
     const inUse = new Set<string>();
     const lazyLayers = new Map<string, { layer: LayerRecord; where: string }>();

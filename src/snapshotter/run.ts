@@ -152,6 +152,8 @@ export interface RunContainerOptions {
   /** Fetch every remaining chunk while the container runs. */
   backgroundFetch?: boolean;
   source?: ImageSource;
+  /** The runc binary (default: runc on PATH). */
+  runc?: string;
   onWarning?(message: string): void;
 }
 
@@ -167,7 +169,7 @@ export async function runContainer(options: RunContainerOptions): Promise<RunCon
   if (typeof process.getuid === 'function' && process.getuid() !== 0) {
     throw new EsgzError('RUNTIME', 'esgz run needs root (FUSE mounts, overlayfs and runc)');
   }
-  await findRunc();
+  await findRunc(options.runc);
   const state = new StateRoot(options.stateRoot);
   await state.init();
   const id = options.id ?? newContainerId();
@@ -218,7 +220,7 @@ async function getPulledImage(state: StateRoot, reference: string): Promise<Imag
 async function claim(state: StateRoot, id: string, options: RunContainerOptions): Promise<{ containerDir: string; record: ImageRecord; unpin(): Promise<void> }> {
   const unlock = await state.lock(`run ${id}`);
   try {
-    await cleanStaleContainers(state, options.onWarning);
+    await cleanStaleContainers(state, options.onWarning, options.runc);
     const record = await getPulledImage(state, normalizeReference(options.reference).reference);
     const containerDir = await claimContainer(state, id);
     try {
@@ -261,6 +263,7 @@ async function runMounted(image: MountedImage, id: string, containerDir: string,
       bundle,
       id,
       stateRoot: join(containerDir, 's'),
+      runc: options.runc,
       signal: options.signal,
       stdout: options.stdout,
       stderr: options.stderr,

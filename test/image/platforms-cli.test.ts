@@ -99,7 +99,7 @@ describe('--platform with several values', () => {
     for (const command of ['copy', 'convert', 'optimize']) {
       const format = command === 'copy' ? [] : command === 'convert' ? ['--estargz'] : ['--no-optimize'];
       expectOneLineError(await esgz('image', command, ...format, '--platform', 'linux/amd64,linux/arm64', '--all-platforms', src, `oci:${never}:x`), 2, /--platform and --all-platforms cannot be used together/);
-      expectOneLineError(await esgz('image', command, ...format, '--platform', 'linux/amd64,linux', src, `oci:${never}:x`), 2, /--platform "linux": expected os\/arch\[\/variant\]/);
+      expectOneLineError(await esgz('image', command, ...format, '--platform', 'linux/amd64,linux', src, `oci:${never}:x`), 2, /--platform "linux" is not a platform: expected os\/arch\[\/variant\]/);
     }
     expectOneLineError(await esgz('image', 'copy', '--platform', 'linux/amd64,linux/arm64', src, `docker-archive:${join(scratch, 'two.tar')}`), 2, /a docker archive holds one platform; give one --platform/);
     expect(existsSync(never)).toBe(false);
@@ -112,8 +112,8 @@ describe('--platform with several values', () => {
     expect(res.exitCode, res.stderr).toBe(0);
     expect(res.stderr).toMatch(/warning: linux\/arm64: not runnable on this machine \(linux\/amd64\); converted without optimization/);
     const report = JSON.parse(res.stdout);
-    expect(report.profiled.platform).toBe('linux/amd64');
-    expect(report.notProfiled).toEqual(['linux/arm64']);
+    expect(report.profile.platform).toBe('linux/amd64');
+    expect(report.platformsNotProfiled).toEqual(['linux/arm64']);
     const { body } = await layoutRoot(out, 'opt');
     expect(platformsOf(body)).toEqual(['linux/amd64', 'linux/arm64/v8']);
 

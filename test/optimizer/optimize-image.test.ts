@@ -226,12 +226,13 @@ describe('memory-backed temp dir', () => {
   it.skipIf(!existsSync('/dev/shm') || process.env.TMPDIR !== undefined)('unpacks into /dev/shm only when it and the available memory have room', async () => {
     expect(await memoryBackedTempRoot(10 << 20)).toBe('/dev/shm');
     expect(await memoryBackedTempRoot(1e15)).toBeUndefined();
-    expect(await memoryBackedTempRoot(10 << 20, '/nonexistent-esgz')).toBeUndefined();
-    process.env.ESGZ_TMPFS = '0';
+    expect(await memoryBackedTempRoot(10 << 20, { candidate: '/nonexistent-esgz' })).toBeUndefined();
+    expect(await memoryBackedTempRoot(10 << 20, { tmpfs: false })).toBeUndefined();
+    const named = mkdtempSync(join(tmpdir(), 'esgz-tmpfs-setting-'));
     try {
-      expect(await memoryBackedTempRoot(10 << 20)).toBeUndefined();
+      expect(await memoryBackedTempRoot(1e15, { tmpfs: named })).toBe(named);
     } finally {
-      delete process.env.ESGZ_TMPFS;
+      rmSync(named, { recursive: true, force: true });
     }
   });
 });
@@ -344,7 +345,9 @@ describe('esgz image optimize (CLI)', () => {
     expect(result.stdout).toContain('hello from an esgz fixture');
     expect(result.stdout).toMatch(/files traced: 4 /);
     expect(result.stdout).toContain("read by the runtime before the workload started (prioritized after the workload's files): etc/passwd, etc/group\n");
-    expect(result.stdout.trim().split('\n').pop()).toBe(rootDigest(out, 'cli'));
+    // The same summary as convert's and copy's ends the report.
+    expect(result.stdout).toMatch(new RegExp(`\noptimized ${busyboxRef} -> oci:${out}:cli in [0-9.]+ m?s\n`));
+    expect(result.stdout.trim().split('\n').pop()).toBe(`digest: ${rootDigest(out, 'cli')}`);
   });
 
   it.skipIf(!built)('prints one line and exits 1 for an entrypoint that does not exist, leaving nothing behind', async () => {

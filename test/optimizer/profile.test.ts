@@ -239,16 +239,9 @@ describe('profileWorkload bad input', () => {
   });
 
   it('says when runc is missing', async () => {
-    const saved = process.env.ESGZ_RUNC;
-    process.env.ESGZ_RUNC = '/nonexistent/runc';
-    try {
-      const err = await profile({ run: catAndLs }).catch((e: unknown) => e);
-      expect((err as EsgzError).code).toBe('RUNTIME');
-      expect((err as EsgzError).message).toMatch(/^runc is not installed/);
-    } finally {
-      if (saved === undefined) delete process.env.ESGZ_RUNC;
-      else process.env.ESGZ_RUNC = saved;
-    }
+    const err = await profile({ run: catAndLs, runc: '/nonexistent/runc' }).catch((e: unknown) => e);
+    expect((err as EsgzError).code).toBe('RUNTIME');
+    expect((err as EsgzError).message).toMatch(/^runc is not installed \(looked for "\/nonexistent\/runc"\)/);
   });
 
   it('contains a layer whose symlinks point at host paths, through unpack and run', async () => {
@@ -379,16 +372,9 @@ describe('profileWorkload options', () => {
     ]);
   });
 
-  it('says clearly when the tracer program is not built', async () => {
-    const saved = process.env.ESGZ_FANOTIFY_BIN;
-    process.env.ESGZ_FANOTIFY_BIN = '/nonexistent/esgz-fanotify';
-    try {
-      const err = await profile({ run: catAndLs }).catch((e: unknown) => e);
-      expect((err as EsgzError).code).toBe('UNSUPPORTED');
-      expect((err as EsgzError).message).toMatch(/fanotify tracer .* is not built \(run npm run build:native/);
-    } finally {
-      if (saved === undefined) delete process.env.ESGZ_FANOTIFY_BIN;
-      else process.env.ESGZ_FANOTIFY_BIN = saved;
-    }
+  it('says clearly when the tracer program it is given is not there', async () => {
+    const err = await profile({ run: catAndLs, tracerBinary: '/nonexistent/esgz-fanotify' }).catch((e: unknown) => e);
+    expect((err as EsgzError).code).toBe('UNSUPPORTED');
+    expect((err as EsgzError).message).toBe('the fanotify tracer /nonexistent/esgz-fanotify is not an executable file');
   });
 });

@@ -180,11 +180,11 @@ describe('buildRuntimeSpec', () => {
   });
 
   const bad: Array<[string, RunOptions, ImageConfig['config'], RegExp]> = [
-    ['no command', {}, {}, /the image has no Entrypoint or Cmd: pass --entrypoint and\/or --args/],
+    ['no command', {}, {}, /the image has no Entrypoint or Cmd: name the command to run/],
     ['relative cwd', { cwd: 'srv' }, { Cmd: ['x'] }, /working directory "srv" must be absolute/],
     ['unknown group', { user: 'www:nogroup' }, { Cmd: ['x'] }, /group "nogroup" is not in the image's \/etc\/group/],
-    ['bad add-hosts', { addHosts: ['justahost'] }, { Cmd: ['x'] }, /--add-hosts "justahost" is not host:IP/],
-    ['missing env file', { envFile: '/nonexistent/env' }, { Cmd: ['x'] }, /--env-file \/nonexistent\/env: no such file/],
+    ['bad add-hosts', { addHosts: ['justahost'] }, { Cmd: ['x'] }, /host entry "justahost" is not host:IP/],
+    ['missing env file', { envFile: '/nonexistent/env' }, { Cmd: ['x'] }, /env file \/nonexistent\/env: no such file/],
   ];
   for (const [name, options, config, message] of bad) {
     it(`rejects ${name}`, async () => {

@@ -1,7 +1,6 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../../cli/base.js';
-import { transferJson, transferText, writeJson } from '../../cli/output.js';
-import { ProgressBars } from '../../cli/progress.js';
+import { conversionJson, transferText, writeJson } from '../../cli/output.js';
 import { chooseFormat, conversionFlags, conversionOptionsFromFlags, platformsFlags, prioritizedFromFlags, platformsFromFlags, registryFlags, transportOptions } from '../../cli/flags.js';
 import { createLayerTransform, tocImageReference, writeExternalTOCImage } from '../../convert/transform.js';
 import { transferImage } from '../../image/pipeline.js';
@@ -67,11 +66,7 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
     const { flags } = this;
     const format = chooseFormat(flags);
     const platformChoice = platformsFromFlags(flags);
-    const progress = new ProgressBars();
-    const warn = (message: string): void => {
-      progress.stop();
-      process.stderr.write(`esgz: warning: ${message}\n`);
-    };
+    const warn = this.warning;
     // `--estargz` without `--oci` on a Docker-media-type image is warned about by the transform
     // once the source manifest is known (OCI sources need no --oci).
     const recordIn = format === 'zstdchunked' ? flags['zstdchunked-record-in'] : flags['estargz-record-in'];
@@ -86,8 +81,8 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
     try {
       await this.interruptible(async (signal) => {
         const sink = await openSink(args.destination, transport);
-        const report = await transferImage({ source, sink, transform, ...platformChoice, oci: flags.oci, concurrency: flags.concurrency, signal, progress, onWarning: warn });
-        progress.stop();
+        const report = await transferImage({ source, sink, transform, ...platformChoice, oci: flags.oci, concurrency: flags.concurrency, signal, progress: this.progress, onWarning: warn });
+        this.progress.stop();
         let tocImage: { reference: string; digest: string } | undefined;
         if (transformOptions.externalTOC) {
           const reference = tocImageReference(args.destination);
@@ -95,11 +90,11 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
           tocImage = { reference, digest: root.digest };
           if (!flags.json) process.stderr.write(`extra image: ${reference} (${root.digest})\n`);
         }
-        if (flags.json) writeJson({ ...transferJson(report, 'image convert'), format, ...(tocImage ? { tocImage } : {}), ...(transform.backend ? { backend: transform.backend } : {}) });
+        const backend = transform.backend;
+        if (flags.json) writeJson(conversionJson(report, 'image convert', { format, ...(tocImage ? { tocImage } : {}), ...(backend !== undefined ? { backend } : {}) }));
         else process.stdout.write(transferText(report, 'converted'));
       }, 'interrupted; nothing was committed at the destination');
     } finally {
-      progress.stop();
       await transform.close();
       await source.close();
     }

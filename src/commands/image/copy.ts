@@ -2,7 +2,6 @@ import { Args } from '@oclif/core';
 import { BaseCommand } from '../../cli/base.js';
 import { platformsFlags, platformsFromFlags, registryFlags, transferFlags, transportOptions } from '../../cli/flags.js';
 import { transferJson, transferText, writeJson } from '../../cli/output.js';
-import { ProgressBars } from '../../cli/progress.js';
 import { EsgzError } from '../../errors.js';
 import { transferImage } from '../../image/pipeline.js';
 import { openSink, openSource, parseTransportReference } from '../../image/transports/index.js';
@@ -63,7 +62,6 @@ export default class ImageCopy extends BaseCommand<typeof ImageCopy> {
     }
     const transport = transportOptions(flags);
     const source = await openSource(args.source, transport);
-    const progress = new ProgressBars();
     try {
       await this.interruptible(async (signal) => {
         const sink = await openSink(args.destination, transport);
@@ -74,18 +72,14 @@ export default class ImageCopy extends BaseCommand<typeof ImageCopy> {
           oci: flags.oci,
           concurrency: flags.concurrency,
           signal,
-          progress,
-          onWarning: (message) => {
-            progress.stop();
-            process.stderr.write(`esgz: warning: ${message}\n`);
-          },
+          progress: this.progress,
+          onWarning: this.warning,
         });
-        progress.stop();
+        this.progress.stop();
         if (flags.json) writeJson(transferJson(report, 'image copy'));
         else process.stdout.write(transferText(report, 'copied'));
       }, 'interrupted; nothing was committed at the destination');
     } finally {
-      progress.stop();
       await source.close();
     }
   }

@@ -1,6 +1,7 @@
 import { BaseCommand } from '../../cli/base.js';
 import { stateRootFlags } from '../../cli/flags.js';
 import { formatTable, writeJson } from '../../cli/output.js';
+import { shortDigest } from '../../oci/digest.js';
 import { listImages } from '../../snapshotter/manage.js';
 
 export default class ImageLs extends BaseCommand<typeof ImageLs> {
@@ -24,7 +25,7 @@ export default class ImageLs extends BaseCommand<typeof ImageLs> {
       this.log(`no images in ${this.flags.root}`);
       return;
     }
-    const rows = [['REFERENCE', 'DIGEST', 'PLATFORM', 'LAYERS', 'LAZY', 'SIZE'], ...images.map((i) => [i.reference, i.manifestDigest.slice(0, 19), i.platform ?? '-', String(i.layers), String(i.lazyLayers), String(i.size)])];
+    const rows = [['REFERENCE', 'DIGEST', 'PLATFORM', 'LAYERS', 'LAZY', 'SIZE'], ...images.map((i) => [i.reference, shortDigest(i.manifestDigest), i.platform ?? '-', String(i.layers), String(i.lazyLayers), String(i.size)])];
     process.stdout.write(formatTable(rows));
   }
 }

@@ -1,12 +1,12 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../../cli/base.js';
-import { conversionFlags, conversionOptionsFromFlags, platformsFlags, platformsFromFlags, prioritizedFromFlags, registryFlags, runOptionsFromFlags, transportOptions, userFlag, workloadFlags } from '../../cli/flags.js';
-import { writeJson } from '../../cli/output.js';
-import { formatBytes, ProgressBars } from '../../cli/progress.js';
+import { conversionFlags, conversionOptionsFromFlags, platformsFlags, platformsFromFlags, prioritizedFromFlags, registryFlags, runOptionsFromFlags, transportOptions, workloadFlags } from '../../cli/flags.js';
+import { optimizeJson, optimizeText, writeJson } from '../../cli/output.js';
 import { EsgzError } from '../../errors.js';
 import { tocImageReference } from '../../convert/transform.js';
-import { openSink, openSource, parseTransportReference } from '../../image/transports/index.js';
-import { optimizeImage, type OptimizeReport } from '../../optimizer/optimize-image.js';
+import { isRoot } from '../../host/native.js';
+import { DEFAULT_PERIOD_SECONDS } from '../../optimizer/optimize.js';
+import { optimizeImageReference, type OptimizeReferenceOptions } from '../../optimizer/optimize-reference.js';
 import { DEFAULT_UPPER_SIZE_BYTES } from '../../rootfs/overlay.js';
 import { parseByteSize } from '../../runtime/spec.js';
 
@@ -54,11 +54,13 @@ optimization.`;
     // Workload (ctr-remote's sampler flags)
     ...workloadFlags,
     terminal: Flags.boolean({ char: 't', description: 'Allocate a terminal for the workload (needs -i)', default: false }),
-    i: Flags.boolean({ char: 'i', description: 'Attach stdin to the workload', default: false }),
-    period: Flags.integer({ description: 'Seconds to run the workload before stopping it', default: 10, min: 1 }),
+    period: Flags.integer({
+      description: 'Seconds to run the workload before stopping it',
+      default: DEFAULT_PERIOD_SECONDS,
+      min: 1,
+    }),
     'wait-on-signal': Flags.boolean({ description: 'Run until Ctrl-C instead of --period, then convert', default: false }),
     'wait-on-line': Flags.string({ description: 'Stop the workload once a stdout line contains this string' }),
-    user: userFlag(),
     args: Flags.string({ description: 'Command arguments as a JSON array (overrides the image\'s Cmd)' }),
     entrypoint: Flags.string({ description: 'Entrypoint as a JSON array (overrides the image\'s)' }),
     'dns-search-domains': Flags.string({ description: 'Comma-separated search domains for /etc/resolv.conf' }),
@@ -75,6 +77,51 @@ optimization.`;
   async run(): Promise<void> {
     const { args } = await this.parse(ImageOptimize);
     const flags = this.flags;
+    this.checkFlags();
+    const format = flags.zstdchunked ? 'zstdchunked' : 'estargz';
+    const convert = await conversionOptionsFromFlags(flags, format, this.environment, { warn: this.warning });
+    // Reject impossible destinations before running anything.
+    const tocTarget = flags['estargz-external-toc'] ? tocImageReference(args.target) : undefined;
+    const options = {
+      source: args.source,
+      target: args.target,
+      ...(tocTarget !== undefined ? { tocTarget } : {}),
+      transport: transportOptions(flags),
+      format,
+      convert,
+      ...platformsFromFlags(flags),
+      ...this.profileOptions(),
+      prefetchList: await prioritizedFromFlags(flags, format),
+      concurrency: flags.concurrency,
+      oci: flags.oci,
+      progress: this.progress,
+      onWarning: this.warning,
+    } satisfies Partial<OptimizeReferenceOptions>;
+    // Ctrl-C: with --wait-on-signal the first one only ends the workload; otherwise, and on a
+    // second one, everything stops and is torn down (containers, mounts, half-written output).
+    const report = await this.interruptible(
+      (signal, interrupts) =>
+        optimizeImageReference({
+          ...options,
+          signal,
+          runSignal: interrupts.workloadSignal,
+          onStage: (stage) => {
+            if (stage === 'convert') interrupts.workloadDone();
+            if (stage === 'run' && flags['wait-on-signal']) {
+              process.stderr.write('esgz: workload running; press Ctrl-C to stop it and convert\n');
+            }
+          },
+        }),
+      'interrupted',
+      { firstStopsWorkload: flags['wait-on-signal'] },
+    );
+    if (flags.json) writeJson(optimizeJson(report, format));
+    else process.stdout.write(optimizeText(report));
+  }
+
+  /** ctr-remote's rules for optimize's own flags, and the ctr-remote flags esgz does not have. */
+  private checkFlags(): void {
+    const flags = this.flags;
     if (flags['no-optimize'] && flags['prefetch-list']) throw new EsgzError('BAD_FLAG', '--no-optimize and --prefetch-list cannot be used together');
     for (const name of ['cni', 'cni-plugin-conf-dir', 'cni-plugin-dir'] as const) {
       if (flags[name]) throw new EsgzError('UNSUPPORTED', `--${name} is not supported by esgz: the workload gets a private loopback-only network, or the host's with --net-host`);
@@ -84,107 +131,35 @@ optimization.`;
     if (flags.zstdchunked && !flags.oci) throw new EsgzError('BAD_FLAG', 'option --zstdchunked must be used in conjunction with --oci');
     if (flags['wait-on-signal'] && flags.terminal) throw new EsgzError('BAD_FLAG', '--wait-on-signal cannot be used with --terminal');
     if (flags.terminal && !flags.i) throw new EsgzError('BAD_FLAG', '--terminal must be used with -i');
-    const format = flags.zstdchunked ? 'zstdchunked' : 'estargz';
-    const progress = new ProgressBars();
-    const warn = (message: string): void => {
-      progress.stop();
-      process.stderr.write(`esgz: warning: ${message}\n`);
-    };
-    const convert = await conversionOptionsFromFlags(flags, format, this.environment, { warn });
-    if (flags['estargz-external-toc']) tocImageReference(args.target); // reject impossible destinations before running anything
-    const platformChoice = platformsFromFlags(flags);
-    const run = runOptionsFromFlags(flags, flags.terminal);
-    if (flags['upper-size'] !== undefined) run.upperSizeBytes = parseByteSize('upper-size', flags['upper-size']);
-    const prefetchList = await prioritizedFromFlags(flags, format);
-
-    // Ctrl-C: with --wait-on-signal the first one only ends the workload; otherwise, and on a
-    // second one, everything stops and is torn down (containers, mounts, half-written output).
-    const runAbort = new AbortController();
-    const allAbort = new AbortController();
-    let interrupts = 0;
-    const onSigint = () => {
-      interrupts++;
-      runAbort.abort();
-      if (!flags['wait-on-signal'] || interrupts > 1 || runFinished) allAbort.abort();
-    };
-    let runFinished = false;
-    process.on('SIGINT', onSigint);
-    process.on('SIGTERM', onSigint);
-
-    const transport = transportOptions(flags);
-    const source = await openSource(args.source, transport);
-    let report: OptimizeReport;
-    try {
-      const sink = await openSink(args.target, transport);
-      const log = flags.json ? process.stderr : process.stdout;
-      report = await optimizeImage({
-        source,
-        sink,
-        format,
-        convert,
-        concurrency: flags.concurrency,
-        progress,
-        ...platformChoice,
-        oci: flags.oci,
-        noOptimize: flags['no-optimize'],
-        cacheBlobs: parseTransportReference(args.source).transport === 'registry',
-        ...(flags['temp-dir'] ? { tempDir: flags['temp-dir'] } : {}),
-        prefetchList,
-        recordOut: flags['record-out'],
-        run,
-        periodSeconds: flags.period,
-        waitOnLine: flags['wait-on-line'],
-        waitOnSignal: flags['wait-on-signal'],
-        stdin: flags.i,
-        runSignal: runAbort.signal,
-        signal: allAbort.signal,
-        // With --json, stdout carries only the report: the workload writes to stderr.
-        workloadStdout: log,
-        workloadStderr: process.stderr,
-        reopenTarget: () => openSource(args.target, transport),
-        openTocSink: async () => {
-          const reference = tocImageReference(args.target);
-          return { sink: await openSink(reference, transport), reference };
-        },
-        onWarning: warn,
-        onStage: (stage) => {
-          if (stage === 'convert') runFinished = true;
-          if (stage === 'run' && flags['wait-on-signal']) process.stderr.write('esgz: workload running; press Ctrl-C to stop it and convert\n');
-        },
-      });
-    } finally {
-      progress.stop();
-      process.off('SIGINT', onSigint);
-      process.off('SIGTERM', onSigint);
-      await source.close();
+    if (!flags['no-optimize'] && !isRoot()) {
+      const why = 'running the workload needs root (runc with overlayfs and fanotify)';
+      throw new EsgzError('RUNTIME', `${why}: run esgz as root or use --no-optimize`);
     }
-    if (flags.json) {
-      writeJson(report);
-      return;
-    }
-    this.printReport(report);
   }
 
-  private printReport(report: OptimizeReport): void {
-    const p = report.profiled;
-    if (p) {
-      const stop = p.stopReason === 'exited' ? `exited with code ${p.exitCode}` : `stopped (${p.stopReason})`;
-      this.log(`workload: ${JSON.stringify(p.args)} ${stop} after ${(p.durationMs / 1000).toFixed(1)} s (${p.rootfsMode})`);
-      this.log(`files traced: ${p.filesTraced} (${formatBytes(p.bytesTraced)}), prefetch coverage ${(p.prefetchCoverage * 100).toFixed(1)}%`);
-      if (p.runtimeFiles.length > 0) {
-        const shown = p.runtimeFiles.slice(0, 5).join(', ') + (p.runtimeFiles.length > 5 ? `, … (${p.runtimeFiles.length} in all)` : '');
-        this.log(`  read by the runtime before the workload started (prioritized after the workload's files): ${shown}`);
-      }
-      for (const l of p.layers) {
-        const landmark = l.landmarkOffset !== undefined ? `, landmark at ${l.landmarkOffset}` : '';
-        const out = l.outputDigest ? ` -> ${l.outputDigest.slice(0, 19)}… ${formatBytes(l.outputSize ?? 0)}` : '';
-        this.log(`  layer ${l.index}: ${l.prioritizedFiles} prioritized file(s), ${formatBytes(l.prioritizedBytes)}${landmark}${out}`);
-      }
-    }
-    if (report.recordOut) this.log(`record: ${report.recordOut}`);
-    if (report.tocImage) this.log(`extra image: ${report.tocImage.reference} (${report.tocImage.digest})`);
-    const t = report.timings;
-    this.log(`time: ${t.profileMs !== undefined ? `profile ${(t.profileMs / 1000).toFixed(1)} s, ` : ''}convert ${((t.convertMs ?? 0) / 1000).toFixed(1)} s`);
-    this.log(report.transfer.root.digest);
+  /** How the workload runs and where its profile goes, from the workload flags and the environment. */
+  private profileOptions() {
+    const flags = this.flags;
+    const run = runOptionsFromFlags(flags, flags.terminal);
+    if (flags['upper-size'] !== undefined) run.upperSizeBytes = parseByteSize('upper-size', flags['upper-size']);
+    const { runc, fanotifyBinary, tmpfs } = this.environment;
+    return {
+      run,
+      noOptimize: flags['no-optimize'],
+      recordOut: flags['record-out'],
+      ...(flags['temp-dir'] ? { tempDir: flags['temp-dir'] } : {}),
+      periodSeconds: flags.period,
+      waitOnLine: flags['wait-on-line'],
+      waitOnSignal: flags['wait-on-signal'],
+      stdin: flags.i,
+      // With --json, stdout carries only the report: the workload writes to stderr.
+      workloadStdout: flags.json ? process.stderr : process.stdout,
+      workloadStderr: process.stderr,
+      host: {
+        runc,
+        ...(fanotifyBinary !== undefined ? { tracerBinary: fanotifyBinary } : {}),
+        ...(tmpfs !== undefined ? { tmpfs } : {}),
+      },
+    };
   }
 }

@@ -12,7 +12,7 @@ export default class ImagePrune extends BaseCommand<typeof ImagePrune> {
   };
 
   async run(): Promise<void> {
-    const result = await pruneState(this.flags.root, (m) => this.warn(m));
+    const result = await pruneState(this.flags.root, (m) => this.warn(m), this.environment.runc);
     if (this.flags.json) writeJson(result);
     else this.log(`removed ${result.containers} dead containers, ${result.blobs} blobs, ${result.layers} layers, ${result.chunks} chunks (${result.bytes} bytes)`);
   }

@@ -1,6 +1,6 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../../cli/base.js';
-import { platformFlag, platformFromFlag, registryFlags, stateRootFlags, transportOptions } from '../../cli/flags.js';
+import { lazyPullFlags, platformFlag, platformFromFlag, registryFlags, stateRootFlags, transportOptions } from '../../cli/flags.js';
 import { writeJson } from '../../cli/output.js';
 import { rpull } from '../../snapshotter/rpull.js';
 
@@ -25,8 +25,8 @@ request into the chunk cache, unless --no-prefetch. "esgz run" starts containers
     ...registryFlags,
     ...stateRootFlags,
     ...platformFlag,
+    ...lazyPullFlags,
     'no-prefetch': Flags.boolean({ description: 'Do not fetch the prioritized files now', default: false }),
-    'background-fetch': Flags.boolean({ description: 'After the prefetch, fetch every remaining chunk before returning', default: false }),
   };
 
   async run(): Promise<void> {

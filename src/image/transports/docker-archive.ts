@@ -530,7 +530,7 @@ class DockerArchiveSink implements ImageSink {
 
   async commit(root: RawManifest): Promise<void> {
     if (isIndexMediaType(root.mediaType)) {
-      throw new EsgzError('UNSUPPORTED', `${this.description}: a docker archive holds one platform; pick one with --platform`);
+      throw new EsgzError('UNSUPPORTED', `${this.description}: a docker archive holds one platform; select one`);
     }
     await this.putManifest(root);
     const manifest = JSON.parse(root.bytes.toString('utf8')) as ImageManifest;
