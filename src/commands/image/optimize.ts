@@ -4,7 +4,7 @@ import { conversionFlags, conversionOptionsFromFlags, platformsFlags, platformsF
 import { writeJson } from '../../cli/output.js';
 import { formatBytes, ProgressBars } from '../../cli/progress.js';
 import { EsgzError } from '../../errors.js';
-import { tocImageReference } from '../../convert/transform.js';
+import { tocImageReference } from '../../convert/external-toc.js';
 import { openSink, openSource, parseTransportReference } from '../../image/transports/index.js';
 import { optimizeImage, type OptimizeReport } from '../../optimizer/optimize-image.js';
 import { DEFAULT_UPPER_SIZE_BYTES } from '../../rootfs/overlay.js';
