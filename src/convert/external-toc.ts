@@ -91,7 +91,8 @@ export class ExternalTOCImage {
     return new ExternalTOCImage(async () => {
       const ref = parseReference(reference);
       if (!ref.tag) {
-        throw new EsgzError('UNSUPPORTED', `${reference}: the layer's TOC is external, and its TOC image (tag${EXTERNAL_TOC_IMAGE_SUFFIX}) can only be found from a tagged reference`);
+        const why = `its TOC image (tag${EXTERNAL_TOC_IMAGE_SUFFIX}) can only be found from a tagged reference`;
+        throw new EsgzError('UNSUPPORTED', `${reference}: the layer's TOC is external, and ${why}`);
       }
       return openRegistrySource(tocImageReference(formatReference({ ...ref, digest: undefined })), options);
     }, choice);
@@ -117,7 +118,8 @@ export class ExternalTOCImage {
     const desc = layers.find((l) => l.annotations?.[TOC_LAYER_DIGEST_ANNOTATION] === layerDigest);
     if (!desc) throw new EsgzError('NOT_FOUND', `${source.description}: no TOC for layer ${layerDigest}`);
     const what = `${source.description}: TOC blob for layer ${layerDigest}`;
-    const tooLarge = (size: number): EsgzError => new EsgzError('BAD_FORMAT', `${what} is ${size} bytes, larger than esgz reads (${MAX_TOC_SIZE >> 20} MiB)`);
+    const tooLarge = (size: number): EsgzError =>
+      new EsgzError('BAD_FORMAT', `${what} is ${size} bytes, larger than esgz reads (${MAX_TOC_SIZE >> 20} MiB)`);
     return readSmallBlob(source, desc, MAX_TOC_SIZE + TOC_TAR_SLACK, what, tooLarge);
   }
 

@@ -233,7 +233,11 @@ class Transfer {
     }
   }
 
-  private async transferIndex(sourceRoot: RawManifest, index: ImageIndex, reports: ManifestReport[]): Promise<RawManifest> {
+  private async transferIndex(
+    sourceRoot: RawManifest,
+    index: ImageIndex,
+    reports: ManifestReport[],
+  ): Promise<RawManifest> {
     const { source, sink } = this.options;
     // buildx attestations describe the original image by digest and hold in-toto JSON, not tar
     // layers: they can neither be converted nor stay true, so only a byte-exact copy keeps them.
@@ -247,7 +251,8 @@ class Transfer {
     }
     if (this.options.allPlatforms && !keepAttestations) {
       for (const desc of index.manifests.filter((m) => isAttestationManifest(m))) {
-        this.warn(`${source.description}: leaving out attestation manifest ${shortDigest(desc.digest)} (it describes the unconverted image)`);
+        const what = `attestation manifest ${shortDigest(desc.digest)}`;
+        this.warn(`${source.description}: leaving out ${what} (it describes the unconverted image)`);
       }
     }
 

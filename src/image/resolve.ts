@@ -65,18 +65,22 @@ export async function fetchImageRoot(source: ImageSource): Promise<ImageRoot> {
   let mediaType = raw.mediaType;
   // Every transport names the media type; a source that does not is judged by the document's shape.
   if (!mediaType) {
-    const doc = parseJson<{ mediaType?: unknown; manifests?: unknown; layers?: unknown }>(raw.bytes, `${source.description} manifest ${raw.digest}`);
+    const what = `${source.description} manifest ${raw.digest}`;
+    const doc = parseJson<{ mediaType?: unknown; manifests?: unknown; layers?: unknown }>(raw.bytes, what);
     if (typeof doc.mediaType === 'string') mediaType = doc.mediaType;
     else if (Array.isArray(doc.manifests)) mediaType = 'index';
     else if (Array.isArray(doc.layers)) mediaType = 'manifest';
   }
   if (isIndexMediaType(mediaType) || mediaType === 'index') {
     const index = parseJson<ImageIndex>(raw.bytes, `${source.description} index ${raw.digest}`);
-    if (!Array.isArray(index?.manifests)) throw new EsgzError('BAD_MANIFEST', `${source.description} index ${raw.digest}: no "manifests" array`);
+    if (!Array.isArray(index?.manifests)) {
+      throw new EsgzError('BAD_MANIFEST', `${source.description} index ${raw.digest}: no "manifests" array`);
+    }
     return { kind: 'index', raw, index };
   }
   if (isManifestMediaType(mediaType) || mediaType === 'manifest') return { kind: 'manifest', raw };
-  throw new EsgzError('UNSUPPORTED', `${source.description}: media type "${mediaType}" is not an image manifest or index`);
+  const what = `${source.description}: media type "${mediaType}"`;
+  throw new EsgzError('UNSUPPORTED', `${what} is not an image manifest or index`);
 }
 
 /**
@@ -97,17 +101,19 @@ export function choosePlatformManifests(
     const entries = index.manifests.filter((m) => options.keepAttestations || !isAttestationManifest(m));
     const nested = entries.find((m) => !isManifestMediaType(m.mediaType));
     if (nested) {
-      throw new EsgzError('UNSUPPORTED', `${description}: index entry ${nested.digest} has media type "${nested.mediaType}" (nested indexes are not supported)`);
+      const what = `${description}: index entry ${nested.digest} has media type "${nested.mediaType}"`;
+      throw new EsgzError('UNSUPPORTED', `${what} (nested indexes are not supported)`);
     }
     return entries;
   }
   const wanted = requestedPlatforms(choice) ?? [hostPlatform()];
-  const candidates = index.manifests.filter((m) => m.platform !== undefined && isManifestMediaType(m.mediaType) && !isAttestationManifest(m));
+  const images = index.manifests.filter((m) => m.platform !== undefined && !isAttestationManifest(m));
+  const candidates = images.filter((m) => isManifestMediaType(m.mediaType));
   const missing = wanted.filter((w) => !candidates.some((m) => platformMatches(w, m.platform!)));
   if (missing.length > 0) {
-    const available = index.manifests.filter((m) => m.platform !== undefined && !isAttestationManifest(m)).map((m) => formatPlatform(m.platform!));
     const names = missing.map(formatPlatform).join(', ');
-    throw new EsgzError('NOT_FOUND', `${description}: no manifest for ${names} in the index (available: ${available.join(', ') || 'none'})`);
+    const available = images.map((m) => formatPlatform(m.platform!)).join(', ') || 'none';
+    throw new EsgzError('NOT_FOUND', `${description}: no manifest for ${names} in the index (available: ${available})`);
   }
   if (wanted.length === 1) return [candidates.find((m) => platformMatches(wanted[0]!, m.platform!))!];
   return candidates.filter((m) => wanted.some((w) => platformMatches(w, m.platform!)));
@@ -116,9 +122,15 @@ export function choosePlatformManifests(
 /** Fetches the manifest an index entry names, checked against the entry's size and digest. */
 export async function fetchChildManifest(source: ImageSource, desc: Descriptor): Promise<RawManifest> {
   const what = `${source.description} manifest ${desc.digest}`;
-  if (desc.size > MAX_MANIFEST_BYTES) throw new EsgzError('BAD_MANIFEST', `${what}: the index says ${desc.size} bytes, larger than ${MAX_MANIFEST_BYTES} bytes`);
+  if (desc.size > MAX_MANIFEST_BYTES) {
+    const limit = `larger than ${MAX_MANIFEST_BYTES} bytes`;
+    throw new EsgzError('BAD_MANIFEST', `${what}: the index says ${desc.size} bytes, ${limit}`);
+  }
   const raw = await source.fetchManifest(desc);
-  if (raw.digest !== desc.digest) throw new EsgzError('DIGEST_MISMATCH', `${source.description}: index names ${desc.digest}, the source returned ${raw.digest}`);
+  if (raw.digest !== desc.digest) {
+    const returned = `the source returned ${raw.digest}`;
+    throw new EsgzError('DIGEST_MISMATCH', `${source.description}: index names ${desc.digest}, ${returned}`);
+  }
   verifyBuffer(raw.bytes, desc, what);
   return raw;
 }
@@ -126,7 +138,8 @@ export async function fetchChildManifest(source: ImageSource, desc: Descriptor):
 /** Parses an image manifest and checks it has a config and well-formed layer descriptors. */
 export function parseImageManifest(raw: RawManifest, where: string): ImageManifest {
   const manifest = parseJson<ImageManifest>(raw.bytes, where);
-  if (manifest === null || typeof manifest !== 'object' || typeof manifest.config?.digest !== 'string' || !Array.isArray(manifest.layers)) {
+  const shaped = manifest !== null && typeof manifest === 'object' && typeof manifest.config?.digest === 'string';
+  if (!shaped || !Array.isArray(manifest.layers)) {
     throw new EsgzError('BAD_MANIFEST', `${where}: not an image manifest (no config or layers)`);
   }
   for (const [i, layer] of manifest.layers.entries()) {
@@ -162,10 +175,15 @@ export async function readSmallBlob(
 }
 
 /** Reads a manifest's config (bounded by MAX_CONFIG_BYTES, digest-verified) and parses it. */
-export async function readImageConfig(source: ImageSource, manifest: ImageManifest, where: string): Promise<{ bytes: Buffer; config: ImageConfig }> {
+export async function readImageConfig(
+  source: ImageSource,
+  manifest: ImageManifest,
+  where: string,
+): Promise<{ bytes: Buffer; config: ImageConfig }> {
   const desc = manifest.config;
   const what = `${where} config ${shortDigest(desc.digest)}`;
-  const tooLarge = (size: number): EsgzError => new EsgzError('BAD_MANIFEST', `${what}: ${size} bytes is too large for an image config`);
+  const tooLarge = (size: number): EsgzError =>
+    new EsgzError('BAD_MANIFEST', `${what}: ${size} bytes is too large for an image config`);
   const bytes = await readSmallBlob(source, desc, MAX_CONFIG_BYTES, what, tooLarge);
   let config: ImageConfig;
   try {
@@ -173,17 +191,24 @@ export async function readImageConfig(source: ImageSource, manifest: ImageManife
   } catch (err) {
     throw new EsgzError('BAD_MANIFEST', `${where}: config ${desc.digest} is not valid JSON`, { cause: err });
   }
-  if (config === null || typeof config !== 'object') throw new EsgzError('BAD_MANIFEST', `${where}: config ${desc.digest} is not a JSON object`);
+  if (config === null || typeof config !== 'object') {
+    throw new EsgzError('BAD_MANIFEST', `${where}: config ${desc.digest} is not a JSON object`);
+  }
   return { bytes, config };
 }
 
 /** Where a manifest is, for messages: `SOURCE (PLATFORM) manifest DIGEST`. */
 export function manifestWhere(source: ImageSource, raw: RawManifest, platform: Platform | undefined): string {
-  return `${source.description}${platform !== undefined ? ` (${formatPlatform(platform)})` : ''} manifest ${shortDigest(raw.digest)}`;
+  const label = platform !== undefined ? ` (${formatPlatform(platform)})` : '';
+  return `${source.description}${label} manifest ${shortDigest(raw.digest)}`;
 }
 
 /** Reads the manifest `raw` (the root, or an index entry's child) and its config. */
-export async function resolveManifest(source: ImageSource, raw: RawManifest, platform?: Platform): Promise<ResolvedImage> {
+export async function resolveManifest(
+  source: ImageSource,
+  raw: RawManifest,
+  platform?: Platform,
+): Promise<ResolvedImage> {
   const where = manifestWhere(source, raw, platform);
   const manifest = parseImageManifest(raw, where);
   const { bytes, config } = await readImageConfig(source, manifest, where);

@@ -265,13 +265,15 @@ async function pickManifestToProfile(options: OptimizeImageOptions): Promise<{ t
     return { toProfile: { manifest: root.raw, platform: formatPlatform(host) }, others: [] };
   }
   // The same choice the transfer makes, so the profiled manifest is one that gets converted.
-  const selected = choosePlatformManifests(root.index, options, options.source.description).filter((d) => d.platform !== undefined);
+  const chosen = choosePlatformManifests(root.index, options, options.source.description);
+  const selected = chosen.filter((d) => d.platform !== undefined);
   const runnable = selected.find((d) => platformMatches(host, d.platform!));
   const others = selected.filter((d) => d !== runnable).map((d) => formatPlatform(d.platform!));
   if (!runnable) {
     throw new EsgzError('UNSUPPORTED', `none of the selected platforms (${others.join(', ')}) runs on this machine (${formatPlatform(host)}): use --no-optimize to convert without profiling`);
   }
-  return { toProfile: { manifest: await fetchChildManifest(options.source, runnable), platform: formatPlatform(runnable.platform!) }, others };
+  const manifest = await fetchChildManifest(options.source, runnable);
+  return { toProfile: { manifest, platform: formatPlatform(runnable.platform!) }, others };
 }
 
 function layerDigests(manifest: RawManifest): Set<string> {

@@ -122,7 +122,10 @@ export async function rpull(options: RpullOptions): Promise<RpullReport> {
     const resolveMs = Date.now() - started;
     // Phase 3: prioritized ranges, one Range request per layer; then, if asked, everything else.
     const cache = new ChunkCache(state.chunksRoot);
-    const lazies = tocs.map((t, i) => (t.reader ? new LazyLayer(t.reader, sourceBlobReader(source, image.manifest.layers[i]!), cache, options.fetchPolicy) : undefined));
+    const lazies = tocs.map(({ reader }, i) => {
+      if (!reader) return undefined;
+      return new LazyLayer(reader, sourceBlobReader(source, image.manifest.layers[i]!), cache, options.fetchPolicy);
+    });
     const prefetchStart = Date.now();
     if (!options.noPrefetch) await prefetchLayers(pull, tocs, lazies);
     const prefetchMs = Date.now() - prefetchStart;
@@ -145,12 +148,14 @@ export async function rpull(options: RpullOptions): Promise<RpullReport> {
 }
 
 /** The image manifest for `platform` (this machine's by default) and its config, checked for a pull. */
-async function resolvePulledImage(source: ImageSource, reference: string, platform: Platform | undefined): Promise<ResolvedImage> {
-  const [image] = await resolveImages(source, platform !== undefined ? { platform } : {});
+async function resolvePulledImage(source: ImageSource, reference: string, platform?: Platform): Promise<ResolvedImage> {
+  const [image] = await resolveImages(source, { platform });
   const { manifest, config } = image!;
-  if (!config.rootfs || !Array.isArray(config.rootfs.diff_ids)) throw new EsgzError('BAD_MANIFEST', `config ${manifest.config.digest} has no rootfs.diff_ids`);
-  if (config.rootfs.diff_ids.length !== manifest.layers.length) {
-    throw new EsgzError('BAD_MANIFEST', `${reference}: manifest has ${manifest.layers.length} layers but the config lists ${config.rootfs.diff_ids.length} diff_ids`);
+  const diffIDs = config.rootfs?.diff_ids;
+  if (!Array.isArray(diffIDs)) throw new EsgzError('BAD_MANIFEST', `config ${manifest.config.digest} has no rootfs.diff_ids`);
+  if (diffIDs.length !== manifest.layers.length) {
+    const counts = `manifest has ${manifest.layers.length} layers but the config lists ${diffIDs.length} diff_ids`;
+    throw new EsgzError('BAD_MANIFEST', `${reference}: ${counts}`);
   }
   return image!;
 }
@@ -160,7 +165,10 @@ async function pinImage({ state, reference, image }: Pull): Promise<() => Promis
   const unlock = await state.lock(`image rpull ${reference}`);
   try {
     return await state.pin({
-      layers: image.manifest.layers.map((l) => ({ digest: l.digest, size: l.size, ...(l.annotations?.[TOC_DIGEST_ANNOTATION] ? { tocDigest: l.annotations[TOC_DIGEST_ANNOTATION] } : {}) })),
+      layers: image.manifest.layers.map((l) => {
+        const tocDigest = l.annotations?.[TOC_DIGEST_ANNOTATION];
+        return { digest: l.digest, size: l.size, ...(tocDigest ? { tocDigest } : {}) };
+      }),
       blobs: [image.raw.digest, image.manifest.config.digest],
     });
   } finally {
@@ -177,7 +185,10 @@ async function readLayerTOC(pull: Pull, desc: Descriptor, i: number): Promise<La
   const { digest, mediaType, size } = desc;
   const tocDigest = desc.annotations?.[TOC_DIGEST_ANNOTATION];
   if (!tocDigest) {
-    return { record: { digest, mediaType, size, kind: 'unpacked' }, report: { digest, kind: 'unpacked', size, fetchedBytes: 0, prefetchedBytes: 0 } };
+    return {
+      record: { digest, mediaType, size, kind: 'unpacked' },
+      report: { digest, kind: 'unpacked', size, fetchedBytes: 0, prefetchedBytes: 0 },
+    };
   }
   const where = `layer ${i} (${digest})`;
   const primed = new PrimedBlobReader(sourceBlobReader(pull.source, desc));
@@ -191,7 +202,7 @@ async function readLayerTOC(pull: Pull, desc: Descriptor, i: number): Promise<La
       if (!(err instanceof ExternalTOCRequiredError)) throw err;
       // The footer says the TOC lives in the "-esgztoc" TOC image (ctr-remote --estargz-external-toc).
       const { plainHttp, insecure, platform } = pull.options;
-      pull.externalTOCs ??= ExternalTOCImage.ofRegistryImage(pull.reference, { plainHttp, insecure }, platform !== undefined ? { platform } : {});
+      pull.externalTOCs ??= ExternalTOCImage.ofRegistryImage(pull.reference, { plainHttp, insecure }, { platform });
       externalTOC = await pull.externalTOCs.tocFor(digest);
       reader = await EstargzReader.open(primed, { expectedTOCDigest: tocDigest, where, externalTOC });
       pull.progress(`${where}: TOC taken from the TOC image`);
@@ -204,15 +215,17 @@ async function readLayerTOC(pull: Pull, desc: Descriptor, i: number): Promise<La
   await pull.state.putLayerMeta(digest, primed.recorded, externalTOC);
   pull.progress(`${where}: TOC verified (${reader.entries().length} entries)`);
   const fetchedBytes = primed.recorded.reduce((n, r) => n + r.data.length, 0);
+  const prefetchEnd = landmark.kind === 'prefetch' ? landmark.offset : undefined;
   return {
-    record: { digest, mediaType, size, kind: 'lazy', tocDigest, ...(landmark.kind === 'prefetch' && landmark.offset !== undefined ? { prefetchEnd: landmark.offset } : {}) },
+    record: { digest, mediaType, size, kind: 'lazy', tocDigest, ...(prefetchEnd !== undefined ? { prefetchEnd } : {}) },
     report: { digest, kind: 'lazy', size, fetchedBytes, prefetchedBytes: 0, ...(externalTOC ? { externalTOCBytes: externalTOC.length } : {}) },
     reader,
   };
 }
 
 /** Phase 2 for one layer that is not lazily pullable: downloaded, unpacked into a temp tree, moved into place. */
-async function unpackEagerLayer({ state, source, reference, image, options, progress }: Pull, { record: layer, report }: LayerTOC, i: number): Promise<void> {
+async function unpackEagerLayer(pull: Pull, { record: layer, report }: LayerTOC, i: number): Promise<void> {
+  const { state, source, reference, image, options, progress } = pull;
   if (layer.kind !== 'unpacked' || (await state.hasUnpacked(layer.digest))) return;
   const where = `layer ${i} (${layer.digest})`;
   progress(`${where}: not lazily pullable, downloading ${layer.size} bytes`);
@@ -248,7 +261,8 @@ async function unpackEagerLayer({ state, source, reference, image, options, prog
 }
 
 /** The image record that makes the pulled image visible to `run`. */
-async function storeImageRecord({ state, reference, image, options }: Pull, repository: string, layers: LayerRecord[]): Promise<ImageRecord> {
+async function storeImageRecord(pull: Pull, repository: string, layers: LayerRecord[]): Promise<ImageRecord> {
+  const { state, reference, image, options } = pull;
   const record: ImageRecord = {
     reference,
     repository,
@@ -266,7 +280,7 @@ async function storeImageRecord({ state, reference, image, options }: Pull, repo
 }
 
 /** Phase 3: each lazy layer's prioritized range into the chunk cache; a failure only costs the prefetch. */
-async function prefetchLayers({ progress }: Pull, tocs: LayerTOC[], lazies: Array<LazyLayer | undefined>): Promise<void> {
+async function prefetchLayers({ progress }: Pull, tocs: LayerTOC[], lazies: ReadonlyArray<LazyLayer | undefined>): Promise<void> {
   await Promise.all(
     tocs.map(async ({ record, report }, i) => {
       const lazy = lazies[i];
