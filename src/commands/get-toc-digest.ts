@@ -5,8 +5,9 @@ import { platformFlag, platformFromFlag, registryFlags, transportOptions } from 
 import { writeJson } from '../cli/output.js';
 import { EsgzError } from '../errors.js';
 import { openEstargzFile } from '../estargz/reader.js';
-import { tocImageReference } from '../convert/transform.js';
-import { fetchExternalTOC, readLayerTOC, resolveImages } from '../convert/verify.js';
+import { fetchExternalTOC, tocImageReference } from '../convert/external-toc.js';
+import { readLayerTOC } from '../convert/verify.js';
+import { resolveImages } from '../image/resolve.js';
 import { openSource } from '../image/transports/index.js';
 import type { ImageSource } from '../image/types.js';
 

@@ -18,9 +18,7 @@ import type { LayerInput, LayerOutput, LayerTransform, TransformContext } from '
 import type { Codec, CodecName } from '../estargz/codec.js';
 import { createCodec, createMemberPool } from '../estargz/codecs.js';
 import type { MemberPool } from '../estargz/member-pool.js';
-import { EXTERNAL_TOC_IMAGE_SUFFIX, TOC_DIGEST_ANNOTATION, TOC_LAYER_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from '../estargz/constants.js';
-import type { Descriptor, RawManifest } from '../oci/types.js';
-import type { ImageSink } from '../image/types.js';
+import { TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from '../estargz/constants.js';
 import type { GzipBackendChoice } from '../estargz/gzip-pool.js';
 import { EstargzReader, openFileBlobReader } from '../estargz/reader.js';
 import type { PriorityItem } from '../estargz/priority.js';
@@ -288,57 +286,6 @@ class HashingWritable extends Writable {
   digest(): string {
     return `sha256:${this.hash.digest('hex')}`;
   }
-}
-
-/**
- * The TOC image of an external-TOC conversion (ctr-remote's `DST-esgztoc`): an OCI manifest with
- * an empty config whose gzip layers are the TOC blobs, each annotated with the digest of the
- * eStargz layer it describes, sorted by digest as ctr-remote sorts them.
- */
-export function externalTOCImage(tocs: Map<string, Buffer>): { config: Buffer; manifest: Buffer; blobs: Array<{ descriptor: Descriptor; data: Buffer }> } {
-  const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
-  const config = Buffer.from('{}');
-  const blobs = [...tocs].map(([layerDigest, data]) => ({
-    descriptor: { mediaType: MediaType.ociLayerGzip, digest: sha(data), size: data.length, annotations: { [TOC_LAYER_DIGEST_ANNOTATION]: layerDigest } },
-    data,
-  }));
-  blobs.sort((a, b) => (a.descriptor.digest < b.descriptor.digest ? -1 : a.descriptor.digest > b.descriptor.digest ? 1 : 0));
-  const manifest = Buffer.from(JSON.stringify({
-    schemaVersion: 2,
-    mediaType: MediaType.ociManifest,
-    config: { mediaType: MediaType.ociConfig, digest: sha(config), size: config.length },
-    layers: blobs.map((b) => b.descriptor),
-  }));
-  return { config, manifest, blobs };
-}
-
-/** Writes the TOC image to `sink` (blobs, then the manifest as the root); aborts the sink on failure. */
-export async function writeExternalTOCImage(sink: ImageSink, tocs: Map<string, Buffer>): Promise<RawManifest> {
-  const image = externalTOCImage(tocs);
-  const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
-  try {
-    await sink.putBlob({ mediaType: MediaType.ociConfig, digest: sha(image.config), size: image.config.length }, () => Readable.from([image.config]));
-    for (const blob of image.blobs) await sink.putBlob(blob.descriptor, () => Readable.from([blob.data]));
-    const root: RawManifest = { bytes: image.manifest, mediaType: MediaType.ociManifest, digest: sha(image.manifest) };
-    await sink.commit(root);
-    return root;
-  } catch (err) {
-    await sink.abort().catch(() => {});
-    throw err;
-  }
-}
-
-/**
- * Where ctr-remote puts the TOC image: the destination with "-esgztoc" appended to its tag
- * (`latest` when it has none). Digest references and docker archives cannot name a second image.
- */
-export function tocImageReference(spec: string): string {
-  if (spec.startsWith('docker-archive:')) throw new EsgzError('UNSUPPORTED', '--estargz-external-toc cannot write its TOC image into a docker archive; use a registry or oci: destination');
-  if (/@[a-z0-9]+:[0-9a-f]+$/.test(spec)) throw new EsgzError('BAD_FLAG', `--estargz-external-toc needs a tagged destination, not a digest (${spec})`);
-  const lastSlash = spec.lastIndexOf('/');
-  const colon = spec.lastIndexOf(':');
-  const hasTag = colon > lastSlash && !(spec.startsWith('oci:') && colon === 3);
-  return hasTag ? `${spec}${EXTERNAL_TOC_IMAGE_SUFFIX}` : `${spec}:latest${EXTERNAL_TOC_IMAGE_SUFFIX}`;
 }
 
 /** The uncompress format: writes the layer's plain tar. */

@@ -1,7 +1,7 @@
 /**
- * Layer-level checks behind `esgz get-toc-digest` and `esgz image verify`: find an image's
- * layers (platform-resolved), read a layer's TOC by range reads, and fully verify an eStargz layer
- * (TOC digest vs annotation, every chunk digest, diffID vs config, landmark).
+ * Layer-level checks behind `esgz get-toc-digest` and `esgz image verify` (which find an image's
+ * layers with image/resolve.ts): read a layer's TOC by range reads, and fully verify an eStargz
+ * layer (TOC digest vs annotation, every chunk digest, diffID vs config, landmark).
  */
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
@@ -10,71 +10,11 @@ import { PassThrough } from 'node:stream';
 import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError } from '../errors.js';
 import { openDecompressed } from '../image/compression.js';
-import { isAttestationManifest, isIndexMediaType } from '../oci/media-types.js';
-import { formatPlatform, hostPlatform, platformMatches } from '../oci/platform.js';
-import type { Descriptor, ImageConfig, ImageIndex, ImageManifest, Platform, RawManifest } from '../oci/types.js';
+import type { Descriptor } from '../oci/types.js';
 import type { ImageSource } from '../image/types.js';
-import { MAX_TOC_SIZE, TOC_DIGEST_ANNOTATION, TOC_LAYER_DIGEST_ANNOTATION, TOC_TAR_SLACK, UNCOMPRESSED_SIZE_ANNOTATION } from '../estargz/constants.js';
+import { TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from '../estargz/constants.js';
 import { EstargzReader, openFileBlobReader } from '../estargz/reader.js';
 import { sourceBlobReader } from './source-reader.js';
-
-export interface ResolvedImage {
-  platform?: string;
-  manifest: ImageManifest;
-  manifestDigest: string;
-  config: ImageConfig;
-}
-
-function parse<T>(raw: RawManifest | Buffer, what: string): T {
-  const bytes = Buffer.isBuffer(raw) ? raw : raw.bytes;
-  try {
-    return JSON.parse(bytes.toString('utf8')) as T;
-  } catch (err) {
-    throw new EsgzError('BAD_MANIFEST', `${what} is not valid JSON`, { cause: err });
-  }
-}
-
-async function readAll(source: ImageSource, desc: Descriptor): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const chunk of await source.openBlob(desc)) parts.push(chunk as Buffer);
-  return Buffer.concat(parts);
-}
-
-/** The platform manifests of an image: one (this machine's or `platform`) or all of an index. */
-export async function resolveImages(source: ImageSource, options: { platform?: Platform; allPlatforms?: boolean } = {}): Promise<ResolvedImage[]> {
-  const root = await source.fetchRoot();
-  const manifests: Array<{ raw: RawManifest; platform?: string }> = [];
-  if (isIndexMediaType(root.mediaType) || (parse<{ manifests?: unknown }>(root, 'root manifest').manifests !== undefined)) {
-    const index = parse<ImageIndex>(root, `${source.description} index`);
-    const wanted = options.platform ?? hostPlatform();
-    const picked = options.allPlatforms
-      ? index.manifests.filter((m) => !isAttestationManifest(m))
-      : index.manifests.filter((m) => m.platform !== undefined && platformMatches(wanted, m.platform)).slice(0, 1);
-    if (picked.length === 0) throw new EsgzError('NOT_FOUND', `${source.description}: no manifest for platform ${formatPlatform(wanted)}`);
-    for (const desc of picked) manifests.push({ raw: await source.fetchManifest(desc), platform: desc.platform && formatPlatform(desc.platform) });
-  } else {
-    manifests.push({ raw: root });
-  }
-  const out: ResolvedImage[] = [];
-  for (const { raw, platform } of manifests) {
-    const manifest = parse<ImageManifest>(raw, `${source.description} manifest ${raw.digest}`);
-    if (!manifest.config || !Array.isArray(manifest.layers)) throw new EsgzError('BAD_MANIFEST', `${source.description} manifest ${raw.digest} has no config or layers`);
-    const config = parse<ImageConfig>(await readAll(source, manifest.config), `${source.description} config ${manifest.config.digest}`);
-    out.push({ platform, manifest, manifestDigest: raw.digest, config });
-  }
-  return out;
-}
-
-/** Fetches an external TOC blob for `layerDigest` from the TOC image (`IMAGE-esgztoc`). */
-export async function fetchExternalTOC(tocImage: ImageSource, layerDigest: string): Promise<Buffer> {
-  const [image] = await resolveImages(tocImage);
-  const desc = image?.manifest.layers.find((l) => l.annotations?.[TOC_LAYER_DIGEST_ANNOTATION] === layerDigest);
-  if (!desc) throw new EsgzError('NOT_FOUND', `${tocImage.description}: no TOC for layer ${layerDigest}`);
-  if (desc.size > MAX_TOC_SIZE + TOC_TAR_SLACK) {
-    throw new EsgzError('BAD_FORMAT', `${tocImage.description}: TOC blob for layer ${layerDigest} is ${desc.size} bytes, larger than esgz reads (${MAX_TOC_SIZE >> 20} MiB)`);
-  }
-  return readAll(tocImage, desc);
-}
 
 /** Opens a layer's TOC by range reads (registry Range requests), checking the annotation when present. */
 export async function readLayerTOC(source: ImageSource, layer: Descriptor, externalTOC?: () => Promise<Buffer>): Promise<EstargzReader> {

@@ -11,6 +11,18 @@ import { readerCodecs } from './codecs.js';
 import { MAX_CHUNK_SIZE, MAX_TOC_SIZE, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_SLACK } from './constants.js';
 import { cleanEntryName, climbsAboveRoot, type JTOC, type TOCEntry } from './toc.js';
 
+/**
+ * Thrown by EstargzReader.open when the footer says the TOC is external (STARGZEXTERNALTOC) and
+ * no `externalTOC` was given: a caller that can find the TOC image tests for it with
+ * `instanceof` and opens the layer again with the TOC.
+ */
+export class ExternalTOCRequiredError extends EsgzError {
+  constructor(where: string) {
+    super('UNSUPPORTED', `${where}: the TOC of this layer is external (STARGZEXTERNALTOC); it lives in the IMAGE-esgztoc image`);
+    this.name = 'ExternalTOCRequiredError';
+  }
+}
+
 /** Random access to a blob's compressed bytes. */
 export interface BlobReader {
   readonly size: number;
@@ -159,7 +171,7 @@ export class EstargzReader {
 
     let tocBytes: Buffer;
     if (footer.externalTOC) {
-      if (!options.externalTOC) throw new EsgzError('UNSUPPORTED', `${where}: the TOC of this layer is external (STARGZEXTERNALTOC); it lives in the IMAGE-esgztoc image`);
+      if (!options.externalTOC) throw new ExternalTOCRequiredError(where);
       tocBytes = typeof options.externalTOC === 'function' ? await options.externalTOC() : options.externalTOC;
       if (tocBytes.length > MAX_COMPRESSED_TOC) throw new EsgzError('BAD_FORMAT', `${where}: external TOC of ${tocBytes.length} bytes is larger than esgz reads (${MAX_TOC_SIZE >> 20} MiB)`);
     } else {

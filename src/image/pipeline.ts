@@ -9,13 +9,22 @@ import { join } from 'node:path';
 import { PassThrough, type Readable, Transform } from 'node:stream';
 import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError, withContext } from '../errors.js';
-import { DigestCounter, digestOf, shortDigest, verifyBuffer } from '../oci/digest.js';
-import { MediaType, dockerLayerMediaType, isAttestationManifest, isDockerMediaType, isIndexMediaType, isManifestMediaType, toOciMediaType } from '../oci/media-types.js';
-import { formatPlatform, hostPlatform, platformMatches } from '../oci/platform.js';
+import { DigestCounter, digestOf, shortDigest } from '../oci/digest.js';
+import { MediaType, dockerLayerMediaType, isAttestationManifest, isDockerMediaType, toOciMediaType } from '../oci/media-types.js';
+import { formatPlatform, platformMatches } from '../oci/platform.js';
 import { identityTransform, type LayerOutput, type LayerTransform } from './transform.js';
-import type { Descriptor, ImageConfig, ImageIndex, ImageManifest, Platform, RawManifest } from '../oci/types.js';
+import type { Descriptor, ImageIndex, Platform, RawManifest } from '../oci/types.js';
 import type { BlobLocation, ImageSink, ImageSource } from './types.js';
-import { MAX_CONFIG_BYTES } from '../oci/limits.js';
+import {
+  choosePlatformManifests,
+  choosesOneManifest,
+  fetchChildManifest,
+  fetchImageRoot,
+  manifestWhere,
+  requestedPlatforms,
+  resolveManifest,
+  type PlatformChoice,
+} from './resolve.js';
 
 /** Receives per-blob progress; `bytes` is the absolute count done so far. */
 export interface TransferProgress {
@@ -24,20 +33,16 @@ export interface TransferProgress {
   finish(id: string, note?: string): void;
 }
 
-export interface TransferOptions {
+/**
+ * From an index, `platform`/`platforms` pick manifests (one gives that single manifest, several an
+ * index of the matching ones, in index order) and `allPlatforms` keeps every manifest (the
+ * result is an index); see choosePlatformManifests.
+ */
+export interface TransferOptions extends PlatformChoice {
   source: ImageSource;
   sink: ImageSink;
   /** Default: identity (a byte-exact copy). */
   transform?: LayerTransform;
-  /** Pick this platform from an index (the result is that single manifest). */
-  platform?: Platform;
-  /**
-   * Pick these platforms from an index (`--platform a,b`): one gives that single manifest, as
-   * `platform` does; several give an index of the matching manifests, in index order.
-   */
-  platforms?: Platform[];
-  /** Keep every manifest of an index (the result is an index). */
-  allPlatforms?: boolean;
   /** Convert Docker media types (manifest, config, layers, list) to their OCI equivalents. */
   oci?: boolean;
   /** Layers transformed at once (default 2). Output order never depends on it. */
@@ -100,14 +105,6 @@ function rawSummary(raw: RawManifest): BlobSummary {
   return { mediaType: raw.mediaType, digest: raw.digest, size: raw.bytes.length };
 }
 
-function parseJson<T>(raw: RawManifest, where: string): T {
-  try {
-    return JSON.parse(raw.bytes.toString('utf8')) as T;
-  } catch (err) {
-    throw new EsgzError('BAD_MANIFEST', `${where} ${raw.digest}: not valid JSON`, { cause: err });
-  }
-}
-
 function serialize(value: unknown, mediaType: string): RawManifest {
   const bytes = Buffer.from(JSON.stringify(value));
   return { bytes, mediaType, digest: digestOf(bytes) };
@@ -154,16 +151,6 @@ async function mapBounded<T, R>(items: readonly T[], limit: number, fn: (item: T
   return results;
 }
 
-/** Reads a small blob (a config) fully, bounded so a hostile descriptor cannot exhaust memory. */
-async function readSmallBlob(source: ImageSource, desc: Descriptor, what: string): Promise<Buffer> {
-  if (desc.size > MAX_CONFIG_BYTES) throw new EsgzError('BAD_MANIFEST', `${what}: ${desc.size} bytes is too large for an image config`);
-  const chunks: Buffer[] = [];
-  for await (const chunk of await source.openBlob(desc)) chunks.push(chunk as Buffer);
-  const bytes = Buffer.concat(chunks);
-  verifyBuffer(bytes, desc, what);
-  return bytes;
-}
-
 function counting(stream: Readable, onBytes: (total: number) => void): Readable {
   let total = 0;
   const counter = new Transform({
@@ -175,17 +162,6 @@ function counting(stream: Readable, onBytes: (total: number) => void): Readable 
   });
   stream.on('error', (err) => counter.destroy(err));
   return stream.pipe(counter);
-}
-
-function validateManifest(manifest: ImageManifest, where: string): void {
-  if (manifest === null || typeof manifest !== 'object' || typeof manifest.config?.digest !== 'string' || !Array.isArray(manifest.layers)) {
-    throw new EsgzError('BAD_MANIFEST', `${where}: not an image manifest (no config or layers)`);
-  }
-  for (const [i, layer] of manifest.layers.entries()) {
-    if (typeof layer?.digest !== 'string' || typeof layer.size !== 'number' || typeof layer.mediaType !== 'string') {
-      throw new EsgzError('BAD_MANIFEST', `${where}: layer ${i + 1} has no digest, size or mediaType`);
-    }
-  }
 }
 
 class Transfer {
@@ -206,15 +182,8 @@ class Transfer {
     this.userSignal = options.signal;
     this.signal = options.signal ? AbortSignal.any([options.signal, this.stopLayers.signal]) : this.stopLayers.signal;
     // Registry sources say where their blobs live, so a registry sink can mount instead of copying.
-    this.mountFrom = (options.source as { location?: BlobLocation }).location;
+    this.mountFrom = options.source.location;
     this.warn = options.onWarning ?? (() => {});
-  }
-
-  /** The platforms asked for (`platforms`, else `platform`); undefined: this machine's. */
-  private wantedPlatforms(): Platform[] | undefined {
-    const { platforms, platform } = this.options;
-    if (platforms !== undefined && platforms.length > 0) return platforms;
-    return platform !== undefined ? [platform] : undefined;
   }
 
   private checkAborted(): void {
@@ -226,18 +195,17 @@ class Transfer {
     const { source, sink } = this.options;
     this.transform.prepare?.();
     try {
-      const sourceRoot = await source.fetchRoot();
+      const resolved = await fetchImageRoot(source);
+      const sourceRoot = resolved.raw;
       this.checkAborted();
       const manifests: ManifestReport[] = [];
       let root: RawManifest;
-      if (isIndexMediaType(sourceRoot.mediaType)) {
-        root = await this.transferIndex(sourceRoot, manifests);
-      } else if (isManifestMediaType(sourceRoot.mediaType)) {
+      if (resolved.kind === 'index') {
+        root = await this.transferIndex(sourceRoot, resolved.index, manifests);
+      } else {
         const result = await this.transferManifest(sourceRoot, undefined);
         manifests.push(result.report);
         root = result.raw;
-      } else {
-        throw new EsgzError('UNSUPPORTED', `${source.description}: media type "${sourceRoot.mediaType}" is not an image manifest or index`);
       }
       this.checkAborted();
       await sink.commit(root);
@@ -265,20 +233,26 @@ class Transfer {
     }
   }
 
-  private async transferIndex(sourceRoot: RawManifest, reports: ManifestReport[]): Promise<RawManifest> {
+  private async transferIndex(
+    sourceRoot: RawManifest,
+    index: ImageIndex,
+    reports: ManifestReport[],
+  ): Promise<RawManifest> {
     const { source, sink } = this.options;
-    const index = parseJson<ImageIndex>(sourceRoot, `${source.description} index`);
-    if (!Array.isArray(index.manifests)) throw new EsgzError('BAD_MANIFEST', `${source.description} index ${sourceRoot.digest}: no "manifests" array`);
-    let entries = index.manifests;
-    if (!this.options.allPlatforms) {
-      const wanted = this.wantedPlatforms() ?? [hostPlatform()];
-      entries = selectPlatformManifests(index, wanted, source.description);
-      if (wanted.length === 1) {
-        const match = entries[0]!;
-        const child = await source.fetchManifest(match);
-        const result = await this.transferManifest(child, match.platform);
-        reports.push(result.report);
-        return result.raw;
+    // buildx attestations describe the original image by digest and hold in-toto JSON, not tar
+    // layers: they can neither be converted nor stay true, so only a byte-exact copy keeps them.
+    const keepAttestations = this.transform === identityTransform;
+    const entries = choosePlatformManifests(index, this.options, source.description, { keepAttestations });
+    if (choosesOneManifest(this.options)) {
+      const match = entries[0]!;
+      const result = await this.transferManifest(await fetchChildManifest(source, match), match.platform);
+      reports.push(result.report);
+      return result.raw;
+    }
+    if (this.options.allPlatforms && !keepAttestations) {
+      for (const desc of index.manifests.filter((m) => isAttestationManifest(m))) {
+        const what = `attestation manifest ${shortDigest(desc.digest)}`;
+        this.warn(`${source.description}: leaving out ${what} (it describes the unconverted image)`);
       }
     }
 
@@ -287,17 +261,7 @@ class Transfer {
     // Platforms go one at a time (their layers still run in parallel) to bound disk and memory.
     for (const desc of entries) {
       this.checkAborted();
-      if (isAttestationManifest(desc) && this.transform !== identityTransform) {
-        // buildx attestations describe the original image by digest and hold in-toto JSON, not
-        // tar layers: they can neither be converted nor stay true, so they are left out.
-        this.warn(`${source.description}: leaving out attestation manifest ${shortDigest(desc.digest)} (it describes the unconverted image)`);
-        changed = true;
-        continue;
-      }
-      if (!isManifestMediaType(desc.mediaType)) {
-        throw new EsgzError('UNSUPPORTED', `${source.description}: index entry ${desc.digest} has media type "${desc.mediaType}" (nested indexes are not supported)`);
-      }
-      const child = await source.fetchManifest(desc);
+      const child = await fetchChildManifest(source, desc);
       const result = await this.transferManifest(child, desc.platform);
       reports.push(result.report);
       await sink.putManifest(result.raw);
@@ -316,20 +280,11 @@ class Transfer {
     platform: Platform | undefined,
   ): Promise<{ raw: RawManifest; report: ManifestReport }> {
     const { source, sink } = this.options;
-    const label = platform !== undefined ? formatPlatform(platform) : undefined;
-    const where = `${source.description}${label ? ` (${label})` : ''} manifest ${shortDigest(raw.digest)}`;
-    const manifest = parseJson<ImageManifest>(raw, `${source.description} manifest`);
-    validateManifest(manifest, where);
+    const where = manifestWhere(source, raw, platform);
+    const { platform: label, manifest, configBytes, config } = await resolveManifest(source, raw, platform);
     this.transform.checkManifestMediaType?.(raw.mediaType, this.warn);
 
-    const configBytes = await readSmallBlob(source, manifest.config, `${where} config ${shortDigest(manifest.config.digest)}`);
-    let config: ImageConfig;
-    try {
-      config = JSON.parse(configBytes.toString('utf8')) as ImageConfig;
-    } catch (err) {
-      throw new EsgzError('BAD_MANIFEST', `${where}: config ${manifest.config.digest} is not valid JSON`, { cause: err });
-    }
-    const wanted = this.wantedPlatforms();
+    const wanted = requestedPlatforms(this.options);
     if (platform === undefined && wanted !== undefined && typeof config?.os === 'string' && typeof config.architecture === 'string') {
       const own: Platform = { os: config.os, architecture: config.architecture, ...(typeof config.variant === 'string' ? { variant: config.variant } : {}) };
       if (!wanted.some((w) => platformMatches(w, own))) this.warn(`${where}: the image is ${formatPlatform(own)}, not ${wanted.map(formatPlatform).join(', ')} (it has no index to pick from)`);
@@ -530,25 +485,6 @@ class Transfer {
       await rm(spoolPath, { force: true });
     }
   }
-}
-
-/**
- * The image manifests of `index` that `--platform` selects. One wanted platform gives its first
- * match, as a single `--platform` always has; several give every manifest matching any of
- * them, in index order. Throws NOT_FOUND naming each wanted platform the index does not have.
- */
-export function selectPlatformManifests(index: ImageIndex, wanted: readonly Platform[], description: string): Descriptor[] {
-  const candidates = index.manifests.filter((m) => m.platform !== undefined && isManifestMediaType(m.mediaType));
-  const missing = wanted.filter((w) => !candidates.some((m) => platformMatches(w, m.platform!)));
-  if (missing.length > 0) {
-    const available = index.manifests.filter((m) => m.platform !== undefined && !isAttestationManifest(m)).map((m) => formatPlatform(m.platform!));
-    throw new EsgzError(
-      'NOT_FOUND',
-      `${description}: no manifest for ${missing.map(formatPlatform).join(', ')} in the index (available: ${available.join(', ') || 'none'}); use --platform or --all-platforms`,
-    );
-  }
-  if (wanted.length === 1) return [candidates.find((m) => platformMatches(wanted[0]!, m.platform!))!];
-  return candidates.filter((m) => wanted.some((w) => platformMatches(w, m.platform!)));
 }
 
 /**

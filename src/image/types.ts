@@ -9,6 +9,11 @@ import type { Descriptor, RawManifest } from '../oci/types.js';
 export interface ImageSource {
   /** Human-readable location for messages, e.g. `oci:/tmp/x:latest`. */
   readonly description: string;
+  /**
+   * Where the blobs live, for sources in a registry: the transfer passes it to a registry sink as
+   * `mountFrom`, which then mounts a blob across repositories instead of copying it.
+   */
+  readonly location?: BlobLocation;
   /** The manifest or index the reference names. */
   fetchRoot(): Promise<RawManifest>;
   /** A child manifest or index by descriptor (from an index). */

@@ -3,16 +3,15 @@ import { access, statfs } from 'node:fs/promises';
 import { freemem } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { Transform, type Readable } from 'node:stream';
-import { EsgzError } from '../errors.js';
 import { shortDigest } from '../oci/digest.js';
 import { sweepStaleTempDirs } from '../tmp.js';
 import { openDecompressed } from '../image/compression.js';
-import type { Descriptor, ImageConfig, ImageManifest, RawManifest } from '../oci/types.js';
+import { resolveManifest } from '../image/resolve.js';
+import type { Descriptor, RawManifest } from '../oci/types.js';
 import type { ImageSource } from '../image/types.js';
 import { profileWorkload, recordEntriesOf, type ProfileResult, type ProfileWorkloadOptions } from './optimize.js';
 import type { LayerTar } from '../rootfs/overlay.js';
 import type { RecordEntry } from './record.js';
-import { MAX_CONFIG_BYTES } from '../oci/limits.js';
 
 /** Where the unpacked image goes when memory allows (see memoryBackedTempRoot). */
 const DEFAULT_TMPFS = '/dev/shm';
@@ -81,8 +80,7 @@ export async function profileImage(
   },
 ): Promise<ImageProfile> {
   const { keepTarsIn, tmpfs, ...workloadOptions } = options;
-  const parsed = parseManifest(manifest, source.description);
-  const config = await readConfig(source, parsed.config);
+  const { manifest: parsed, config } = await resolveManifest(source, manifest);
   const tees: Array<ReturnType<typeof teeToFile> | undefined> = [];
   const blobs: Array<Readable | undefined> = [];
   const tarFiles = parsed.layers.map((_, index) => (keepTarsIn === undefined ? undefined : join(keepTarsIn, `layer-${index}.tar`)));
@@ -164,33 +162,5 @@ export async function memoryBackedTempRoot(
     return candidate;
   } catch {
     return undefined;
-  }
-}
-
-function parseManifest(manifest: RawManifest, where: string): ImageManifest {
-  let parsed: ImageManifest;
-  try {
-    parsed = JSON.parse(manifest.bytes.toString('utf8')) as ImageManifest;
-  } catch (err) {
-    throw new EsgzError('BAD_MANIFEST', `${where}: manifest ${manifest.digest} is not JSON`, { cause: err });
-  }
-  if (!parsed.config?.digest || !Array.isArray(parsed.layers)) {
-    throw new EsgzError('BAD_MANIFEST', `${where}: manifest ${manifest.digest} is not an image manifest (no config or layers)`);
-  }
-  return parsed;
-}
-
-/** Reads and parses the image config blob (digest-verified by the source). */
-export async function readConfig(source: ImageSource, desc: Descriptor): Promise<ImageConfig> {
-  if (desc.size > MAX_CONFIG_BYTES) {
-    throw new EsgzError('BAD_MANIFEST', `${source.description}: config ${desc.digest} is ${desc.size} bytes, too big for an image config`);
-  }
-  const stream = await source.openBlob(desc);
-  const chunks: Buffer[] = [];
-  for await (const chunk of stream) chunks.push(chunk as Buffer);
-  try {
-    return JSON.parse(Buffer.concat(chunks).toString('utf8')) as ImageConfig;
-  } catch (err) {
-    throw new EsgzError('BAD_MANIFEST', `${source.description}: config ${desc.digest} is not JSON`, { cause: err });
   }
 }

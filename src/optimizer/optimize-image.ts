@@ -2,18 +2,19 @@ import type { Writable } from 'node:stream';
 import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError } from '../errors.js';
 import {
-  createConversionPool, createLayerTransform, writeExternalTOCImage, type ChunkedTransformOptions, type ConversionTransform,
+  createConversionPool, createLayerTransform, type ChunkedTransformOptions, type ConversionTransform,
 } from '../convert/transform.js';
 import type { MemberPool } from '../estargz/member-pool.js';
+import { writeExternalTOCImage } from '../convert/external-toc.js';
 import type { PriorityItem } from '../estargz/priority.js';
 import { PREFETCH_LANDMARK } from '../estargz/constants.js';
 import { EstargzReader } from '../estargz/reader.js';
 import { sourceBlobReader } from '../convert/source-reader.js';
-import { isAttestationManifest, isIndexMediaType } from '../oci/media-types.js';
-import { selectPlatformManifests, transferImage, type TransferProgress, type TransferReport } from '../image/pipeline.js';
+import { transferImage, type TransferProgress, type TransferReport } from '../image/pipeline.js';
+import { choosePlatformManifests, fetchChildManifest, fetchImageRoot } from '../image/resolve.js';
 import { formatPlatform, hostPlatform, platformMatches } from '../oci/platform.js';
 import type { LayerInput, LayerTransform, TransformContext } from '../image/transform.js';
-import type { Descriptor, ImageIndex, Platform, RawManifest } from '../oci/types.js';
+import type { Descriptor, Platform, RawManifest } from '../oci/types.js';
 import type { ImageSink, ImageSource } from '../image/types.js';
 import type { RunOptions } from '../runtime/spec.js';
 import { CachingSource } from './blob-cache.js';
@@ -263,21 +264,22 @@ async function addLandmarkOffsets(
 
 /** The manifest this machine can run among those the transfer will convert, and the others. */
 async function pickManifestToProfile(options: OptimizeImageOptions): Promise<{ toProfile?: { manifest: RawManifest; platform: string }; others: string[] }> {
-  const root = await options.source.fetchRoot();
+  const root = await fetchImageRoot(options.source);
   const host = hostPlatform();
-  if (!isIndexMediaType(root.mediaType) && !isIndexJson(root)) {
+  if (root.kind === 'manifest') {
     // A single manifest: profileWorkload checks the config's platform and says why it cannot run.
-    return { toProfile: { manifest: root, platform: formatPlatform(host) }, others: [] };
+    return { toProfile: { manifest: root.raw, platform: formatPlatform(host) }, others: [] };
   }
-  const index = JSON.parse(root.bytes.toString('utf8')) as ImageIndex;
-  const wanted = options.platforms?.length ? options.platforms : [options.platform ?? host];
-  const selected = options.allPlatforms ? index.manifests.filter((d) => d.platform && !isAttestationManifest(d)) : selectPlatformManifests(index, wanted, options.source.description);
+  // The same choice the transfer makes, so the profiled manifest is one that gets converted.
+  const chosen = choosePlatformManifests(root.index, options, options.source.description);
+  const selected = chosen.filter((d) => d.platform !== undefined);
   const runnable = selected.find((d) => platformMatches(host, d.platform!));
   const others = selected.filter((d) => d !== runnable).map((d) => formatPlatform(d.platform!));
   if (!runnable) {
     throw new EsgzError('UNSUPPORTED', `none of the selected platforms (${others.join(', ')}) runs on this machine (${formatPlatform(host)}): the workload cannot be profiled here`);
   }
-  return { toProfile: { manifest: await options.source.fetchManifest(runnable), platform: formatPlatform(runnable.platform!) }, others };
+  const manifest = await fetchChildManifest(options.source, runnable);
+  return { toProfile: { manifest, platform: formatPlatform(runnable.platform!) }, others };
 }
 
 function layerDigests(manifest: RawManifest): Set<string> {
@@ -286,14 +288,6 @@ function layerDigests(manifest: RawManifest): Set<string> {
     return new Set((parsed.layers ?? []).map((l) => l.digest));
   } catch {
     return new Set();
-  }
-}
-
-function isIndexJson(raw: RawManifest): boolean {
-  try {
-    return Array.isArray((JSON.parse(raw.bytes.toString('utf8')) as { manifests?: unknown }).manifests);
-  } catch {
-    return false;
   }
 }
 

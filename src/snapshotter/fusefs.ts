@@ -260,76 +260,78 @@ export async function mountLayer(mountpoint: string, options: MountLayerOptions)
   if (!existsSync('/dev/fuse')) throw new EsgzError('UNSUPPORTED', 'cannot serve layers lazily: /dev/fuse does not exist (load the fuse module, or run the container with --device /dev/fuse)');
   const tree = new LayerTree(options.entries, where);
   await mkdir(mountpoint, { recursive: true });
+  shieldFuseThreadsFromSignals((message) => process.emitWarning(message));
+  const fuse = createFuse(mountpoint, layerOperations(tree, options));
+  answerSmallXattrBuffersWithERANGE(fuse, tree);
+  await new Promise<void>((resolve, reject) => {
+    fuse.mount((err) => (err ? reject(new EsgzError('RUNTIME', `cannot mount FUSE layer ${where} at ${mountpoint}: ${err.message}`, { cause: err })) : resolve()));
+  });
+  return mountedLayer(fuse, mountpoint, tree);
+}
 
-  const ops: import('fuse-native').FuseOps = {
+/** The read-only filesystem operations over `tree`; file contents come from `options.readRange`. */
+function layerOperations(tree: LayerTree, options: MountLayerOptions): import('fuse-native').FuseOps {
+  // Every operation on a path starts the same way: no node, ENOENT.
+  const withNode = <C extends (code: number) => void>(path: string, cb: C, then: (node: FsNode) => void): void => {
+    const node = tree.lookup(path);
+    if (!node) return cb(Fuse.ENOENT);
+    then(node);
+  };
+  return {
     getattr(path, cb) {
-      const node = tree.lookup(path);
-      if (!node) return cb(Fuse.ENOENT);
-      cb(0, toStat(node));
+      withNode(path, cb, (node) => cb(0, toStat(node)));
     },
     fgetattr(path, _fd, cb) {
-      const node = tree.lookup(path);
-      if (!node) return cb(Fuse.ENOENT);
-      cb(0, toStat(node));
+      withNode(path, cb, (node) => cb(0, toStat(node)));
     },
     readdir(path, cb) {
-      const node = tree.lookup(path);
-      if (!node) return cb(Fuse.ENOENT);
-      if (!node.children) return cb(Fuse.ENOTDIR);
-      const names = [...node.children.keys()];
-      cb(0, names, names.map((n) => toStat(node.children!.get(n)!)));
+      withNode(path, cb, (node) => {
+        if (!node.children) return cb(Fuse.ENOTDIR);
+        const names = [...node.children.keys()];
+        cb(0, names, names.map((n) => toStat(node.children!.get(n)!)));
+      });
     },
     readlink(path, cb) {
-      const node = tree.lookup(path);
-      if (!node) return cb(Fuse.ENOENT);
-      if (node.target === undefined) return cb(Fuse.EINVAL);
-      cb(0, node.target);
+      withNode(path, cb, (node) => (node.target === undefined ? cb(Fuse.EINVAL) : cb(0, node.target)));
     },
     open(path, flags, cb) {
-      const node = tree.lookup(path);
-      if (!node) return cb(Fuse.ENOENT);
-      if ((flags & 3) !== 0) return cb(Fuse.EROFS);
-      cb(0, 0);
+      withNode(path, cb, () => ((flags & 3) !== 0 ? cb(Fuse.EROFS) : cb(0, 0)));
     },
     release(_path, _fd, cb) {
       cb(0);
     },
     read(path, _fd, buffer, length, position, cb) {
-      const node = tree.lookup(path);
-      if (!node) return cb(Fuse.ENOENT);
-      if (!node.dataEntry) return cb(Fuse.EISDIR);
-      if (position >= node.size || length === 0) return cb(0);
-      const want = Math.min(length, node.size - position);
-      options.readRange(node.dataName!, node.dataEntry, position, want).then(
-        (data) => {
-          const n = Math.min(data.length, want);
-          data.copy(buffer, 0, 0, n);
-          cb(n);
-        },
-        (err) => {
-          options.onReadError?.(path, err);
-          cb(Fuse.EIO);
-        },
-      );
+      withNode(path, cb, (node) => {
+        if (!node.dataEntry) return cb(Fuse.EISDIR);
+        if (position >= node.size || length === 0) return cb(0);
+        const want = Math.min(length, node.size - position);
+        options.readRange(node.dataName!, node.dataEntry, position, want).then(
+          (data) => {
+            const n = Math.min(data.length, want);
+            data.copy(buffer, 0, 0, n);
+            cb(n);
+          },
+          (err) => {
+            options.onReadError?.(path, err);
+            cb(Fuse.EIO);
+          },
+        );
+      });
     },
     getxattr(path, name, _position, cb) {
-      const node = tree.lookup(path);
-      if (!node) return cb(Fuse.ENOENT);
-      const value = node.xattrs.get(name);
-      cb(0, value ?? null);
+      withNode(path, cb, (node) => cb(0, node.xattrs.get(name) ?? null));
     },
     listxattr(path, cb) {
-      const node = tree.lookup(path);
-      if (!node) return cb(Fuse.ENOENT);
-      cb(0, [...node.xattrs.keys()]);
+      withNode(path, cb, (node) => cb(0, [...node.xattrs.keys()]));
     },
     statfs(_path, cb) {
       cb(0, { bsize: 4096, frsize: 4096, blocks: 0, bfree: 0, bavail: 0, files: 0, ffree: 0, favail: 0, namemax: 255 });
     },
   };
+}
 
-  shieldFuseThreadsFromSignals((message) => process.emitWarning(message));
-  const fuse = new Fuse(mountpoint, ops, {
+function createFuse(mountpoint: string, ops: import('fuse-native').FuseOps): Fuse {
+  return new Fuse(mountpoint, ops, {
     // fuse-native only knows a fixed set of options; libfuse splits "-o" on commas, so extra ones
     // ride along after fsname: use_ino makes st_ino (and so hardlinks) visible, ro makes writes EROFS.
     fsname: 'esgz,ro,use_ino',
@@ -343,9 +345,14 @@ export async function mountLayer(mountpoint: string, options: MountLayerOptions)
     // Reads are bounded by the chunk fetcher; this is only a last-resort guard against a stuck op.
     timeout: 300_000,
   });
-  // fuse-native hands getxattr a value buffer but not its size to `ops.getxattr`, then copies a
-  // value that does not fit partially and reports its full length; answer ERANGE instead, as the
-  // xattr API requires (a size query, length 0, still gets the length).
+}
+
+/**
+ * fuse-native hands getxattr a value buffer but not its size to `ops.getxattr`, then copies a
+ * value that does not fit partially and reports its full length; answer ERANGE instead, as the
+ * xattr API requires (a size query, length 0, still gets the length).
+ */
+function answerSmallXattrBuffersWithERANGE(fuse: Fuse, tree: LayerTree): void {
   const internals = fuse as unknown as { _op_getxattr(signal: (code: number, buf: ArrayBuffer) => void, path: string, name: string, valueBuf: Buffer, position: number): void };
   const originalGetxattr = internals._op_getxattr.bind(fuse);
   internals._op_getxattr = (signal, path, name, valueBuf, position) => {
@@ -353,11 +360,10 @@ export async function mountLayer(mountpoint: string, options: MountLayerOptions)
     if (value && valueBuf.length !== 0 && value.length > valueBuf.length) return signal(-34 /* ERANGE */, valueBuf.buffer as ArrayBuffer);
     return originalGetxattr(signal, path, name, valueBuf, position);
   };
+}
 
-  await new Promise<void>((resolve, reject) => {
-    fuse.mount((err) => (err ? reject(new EsgzError('RUNTIME', `cannot mount FUSE layer ${where} at ${mountpoint}: ${err.message}`, { cause: err })) : resolve()));
-  });
-
+/** The handle of a mounted layer: unmount detaches lazily when a process still holds the mount busy. */
+function mountedLayer(fuse: Fuse, mountpoint: string, tree: LayerTree): MountedLayer {
   let mounted = true;
   return {
     mountpoint,
@@ -376,7 +382,6 @@ export async function mountLayer(mountpoint: string, options: MountLayerOptions)
   };
 }
 
-/** Detaches a FUSE mount left by a crashed process (best effort). */
 export async function forceUnmount(mountpoint: string): Promise<void> {
   const r = await execa('fusermount', ['-uz', mountpoint], { reject: false });
   if (r.exitCode !== 0) await execa('umount', ['-l', mountpoint], { reject: false });

@@ -132,16 +132,10 @@ export async function pushEstargzImage(
   }
   if (options.externalTOC) {
     // The TOC image, as ctr-remote lays it out: same repository, tag + "-esgztoc", one layer per
-    // TOC naming the layer it describes.
-    const { TOC_LAYER_DIGEST_ANNOTATION, EXTERNAL_TOC_IMAGE_SUFFIX } = await import('../../src/estargz/constants.js');
-    const tocLayers = layers.map((l) => ({ blob: l.tocBlob!, desc: { mediaType: MediaType.ociLayerGzip, digest: digestOf(l.tocBlob!), size: l.tocBlob!.length, annotations: { [TOC_LAYER_DIGEST_ANNOTATION]: l.desc.digest } } }));
-    const tocConfig = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: [] } }));
-    const tocConfigDesc = { mediaType: MediaType.ociConfig, digest: digestOf(tocConfig), size: tocConfig.length };
-    const tocManifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociManifest, config: tocConfigDesc, layers: tocLayers.map((l) => l.desc) }));
-    const tocSink = await openSink(`${reference}${EXTERNAL_TOC_IMAGE_SUFFIX}`, { plainHttp: true });
-    for (const l of tocLayers) await tocSink.putBlob(l.desc, () => readableOf(l.blob));
-    await tocSink.putBlob(tocConfigDesc, () => readableOf(tocConfig));
-    await tocSink.commit({ bytes: tocManifest, mediaType: MediaType.ociManifest, digest: digestOf(tocManifest) });
+    // TOC naming the layer it describes (written by the converter's own writer).
+    const { tocImageReference, writeExternalTOCImage } = await import('../../src/convert/external-toc.js');
+    const tocs = new Map(layers.map((l) => [l.desc.digest, l.tocBlob!]));
+    await writeExternalTOCImage(await openSink(tocImageReference(reference), { plainHttp: true }), tocs);
   }
   return { manifestDigest: digestOf(manifest), manifestSize: manifest.length, layerDigests: layers.map((l) => l.desc.digest) };
 }

@@ -2,7 +2,8 @@ import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../../cli/base.js';
 import { conversionJson, transferText, writeJson } from '../../cli/output.js';
 import { chooseFormat, conversionFlags, conversionOptionsFromFlags, platformsFlags, prioritizedFromFlags, platformsFromFlags, registryFlags, transportOptions } from '../../cli/flags.js';
-import { createLayerTransform, tocImageReference, writeExternalTOCImage } from '../../convert/transform.js';
+import { createLayerTransform } from '../../convert/transform.js';
+import { tocImageReference, writeExternalTOCImage } from '../../convert/external-toc.js';
 import { transferImage } from '../../image/pipeline.js';
 import { openSink, openSource } from '../../image/transports/index.js';
 

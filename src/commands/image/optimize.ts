@@ -3,7 +3,7 @@ import { BaseCommand } from '../../cli/base.js';
 import { conversionFlags, conversionOptionsFromFlags, platformsFlags, platformsFromFlags, prioritizedFromFlags, registryFlags, runOptionsFromFlags, transportOptions, workloadFlags } from '../../cli/flags.js';
 import { optimizeJson, optimizeText, writeJson } from '../../cli/output.js';
 import { EsgzError } from '../../errors.js';
-import { tocImageReference } from '../../convert/transform.js';
+import { tocImageReference } from '../../convert/external-toc.js';
 import { isRoot } from '../../host/native.js';
 import { DEFAULT_PERIOD_SECONDS } from '../../optimizer/optimize.js';
 import { optimizeImageReference, type OptimizeReferenceOptions } from '../../optimizer/optimize-reference.js';

@@ -5,8 +5,9 @@ import { formatTable, writeJson } from '../../cli/output.js';
 import { shortDigest } from '../../oci/digest.js';
 import { formatBytes } from '../../cli/progress.js';
 import { EsgzError } from '../../errors.js';
-import { tocImageReference } from '../../convert/transform.js';
-import { fetchExternalTOC, resolveImages, verifyLayer, type LayerVerification } from '../../convert/verify.js';
+import { fetchExternalTOC, tocImageReference } from '../../convert/external-toc.js';
+import { verifyLayer, type LayerVerification } from '../../convert/verify.js';
+import { resolveImages } from '../../image/resolve.js';
 import type { ImageSource } from '../../image/types.js';
 import { openSource } from '../../image/transports/index.js';
 

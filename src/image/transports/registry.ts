@@ -18,7 +18,7 @@ export interface RegistryOptions {
 
 export interface RegistryImageSource extends ImageSource {
   readonly reference: ImageReference;
-  /** Where this source's blobs live: pass as `mountFrom` to a registry sink for cross-repository mounts. */
+  /** A registry source always knows where its blobs live (see ImageSource.location). */
   readonly location: BlobLocation;
 }
 
