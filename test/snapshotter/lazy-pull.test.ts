@@ -22,7 +22,7 @@ import { mountImage, runContainer } from '../../src/snapshotter/run.js';
 import { busyboxImage, debianImage, debianImageCached } from '../fixtures/debian.js';
 import { startFaultProxy, type FaultProxy } from '../harness/fault-proxy.js';
 import { registryAddress } from '../harness/registry.js';
-import { buildTar } from '../optimizer/tar-helpers.js';
+import { buildTar } from '../fixtures/tar-stream.js';
 import { estargzLayer, pushEstargzImage, walkTree } from './helpers.js';
 import { pushOciImage } from '../fixtures/oci-push.js';
 
