@@ -59,120 +59,169 @@ export interface PrepareRootfsOptions {
  * layers merged into one copy.
  */
 export async function prepareRootfs(options: PrepareRootfsOptions): Promise<PreparedRootfs> {
-  const { workDir, layers } = options;
-  const requested = options.mode ?? 'auto';
-  let mode: 'overlay' | 'merged' = requested === 'merged' ? 'merged' : 'overlay';
-  if (mode === 'overlay') {
-    const problem = await overlayProblem();
-    if (problem) {
-      if (requested === 'overlay') throw new EsgzError('UNSUPPORTED', `cannot use overlayfs: ${problem}`);
-      options.onWarning?.(`overlayfs is not usable (${problem}); merging the layers into one directory instead`);
-      mode = 'merged';
-    }
-  }
-  await mkdir(workDir, { recursive: true });
-  // Mount points, innermost last: the overlay sits on top of the tmpfs holding its upper dir.
-  const mounted: string[] = [];
-  let released = false;
-  const unmountOnly = async () => {
-    while (mounted.length > 0) {
-      await unmount(mounted[mounted.length - 1]!);
-      mounted.pop();
-    }
-  };
-  const release = async () => {
-    if (released) return;
-    await unmountOnly();
-    await rm(workDir, { recursive: true, force: true });
-    released = true;
-  };
-
+  const mode = await chooseMode(options);
+  await mkdir(options.workDir, { recursive: true });
+  const mounts = new MountStack(options.workDir);
   try {
-    const provenance = new LayerProvenance();
-    const stats: UnpackStats[] = [];
-    // Each layer's path events are kept and replayed in layer order afterwards, so layers that
-    // live in their own directories can unpack concurrently.
-    type PathEvent = [op: 'add', path: string, kind: string, size: number] | [op: 'whiteout' | 'opaque', path: string];
-    const events: PathEvent[][] = layers.map(() => []);
-    const unpackAbort = new AbortController();
-    const signal = options.signal ? AbortSignal.any([options.signal, unpackAbort.signal]) : unpackAbort.signal;
-    const unpackInto = async (index: number, dir: string, whiteouts: 'overlay' | 'merge') => {
-      const layer = layers[index]!;
-      const layerName = layer.name ?? `layer ${index}`;
-      const stream = await layer.open();
-      const own = events[index]!;
-      stats[index] = await unpackLayer(stream, dir, {
-        whiteouts,
-        layerName,
-        signal,
-        onAdd: (path, kind, size) => own.push(['add', path, kind, size]),
-        onWhiteout: (path) => own.push(['whiteout', path]),
-        onOpaque: (path) => own.push(['opaque', path]),
-        onWarning: options.onWarning,
-      });
-    };
-    const replayProvenance = () => {
-      events.forEach((list, index) => {
-        for (const e of list) {
-          if (e[0] === 'add') provenance.add(e[1], index, e[2], e[3]);
-          else if (e[0] === 'whiteout') provenance.whiteout(e[1], index);
-          else provenance.opaque(e[1], index);
-        }
-        list.length = 0;
-      });
-    };
-
-    if (mode === 'merged') {
-      const rootfs = join(workDir, 'rootfs');
-      for (let i = 0; i < layers.length; i++) await unpackInto(i, rootfs, 'merge');
-      if (layers.length === 0) await mkdir(rootfs, { recursive: true });
-      replayProvenance();
-      return { rootfs, mode, provenance, stats, release, unmountOnly };
-    }
-
-    const lowerDirs = layers.map((_, i) => join(workDir, 'l', String(i)));
-    // Two at a time: one layer's download and decompression overlaps another's disk writes.
-    let next = 0;
-    const worker = async () => {
-      while (next < layers.length) {
-        const i = next++;
-        await unpackInto(i, lowerDirs[i]!, 'overlay');
-      }
-    };
-    // The first failure stops the other worker, and both settle before anything is cleaned up.
-    let firstError: { error: unknown } | undefined;
-    await Promise.allSettled(
-      Array.from({ length: Math.min(UNPACK_CONCURRENCY, layers.length) }, () =>
-        worker().catch((error: unknown) => {
-          firstError ??= { error };
-          next = layers.length;
-          unpackAbort.abort();
-        }),
-      ),
-    );
-    if (firstError) throw firstError.error;
-    replayProvenance();
-    if (lowerDirs.length === 0) {
-      const empty = join(workDir, 'l', 'empty');
-      await mkdir(empty, { recursive: true });
-      lowerDirs.push(empty);
-    }
-    // overlayfs needs its upper and work dirs on one filesystem: both go on the bounded tmpfs.
-    const scratch = join(workDir, 't');
-    const rootfs = join(workDir, 'm');
-    await Promise.all([scratch, rootfs].map((d) => mkdir(d, { recursive: true })));
-    await mountScratchTmpfs(scratch, options.upperSizeBytes ?? DEFAULT_UPPER_SIZE_BYTES);
-    mounted.push(scratch);
-    const upper = join(scratch, 'u');
-    const work = join(scratch, 'w');
-    await Promise.all([upper, work].map((d) => mkdir(d)));
-    await mountOverlay(lowerDirs, upper, work, rootfs, workDir);
-    mounted.push(rootfs);
-    return { rootfs, mode, provenance, stats, release, unmountOnly };
+    const unpacker = new LayerUnpacker(options);
+    const rootfs = mode === 'merged' ? await mergeLayers(options, unpacker) : await stackLayers(options, unpacker, mounts);
+    const { release, unmountOnly } = mounts;
+    return { rootfs, mode, provenance: unpacker.provenance, stats: unpacker.stats, release, unmountOnly };
   } catch (err) {
-    await release().catch(() => undefined);
+    await mounts.release().catch(() => undefined);
     throw err;
   }
+}
+
+/** overlayfs unless merged is asked for or overlayfs is not usable here (an error when it was asked for). */
+async function chooseMode(options: PrepareRootfsOptions): Promise<'overlay' | 'merged'> {
+  const requested = options.mode ?? 'auto';
+  if (requested === 'merged') return 'merged';
+  const problem = await overlayProblem();
+  if (!problem) return 'overlay';
+  if (requested === 'overlay') throw new EsgzError('UNSUPPORTED', `cannot use overlayfs: ${problem}`);
+  options.onWarning?.(`overlayfs is not usable (${problem}); merging the layers into one directory instead`);
+  return 'merged';
+}
+
+/** The mounts prepareRootfs made, innermost last (the overlay sits on the tmpfs holding its upper dir). */
+class MountStack {
+  private readonly mounted: string[] = [];
+  private released = false;
+
+  constructor(private readonly workDir: string) {}
+
+  push(target: string): void {
+    this.mounted.push(target);
+  }
+
+  readonly unmountOnly = async (): Promise<void> => {
+    while (this.mounted.length > 0) {
+      await unmount(this.mounted[this.mounted.length - 1]!);
+      this.mounted.pop();
+    }
+  };
+
+  readonly release = async (): Promise<void> => {
+    if (this.released) return;
+    await this.unmountOnly();
+    await rm(this.workDir, { recursive: true, force: true });
+    this.released = true;
+  };
+}
+
+type PathEvent = [op: 'add', path: string, kind: string, size: number] | [op: 'whiteout' | 'opaque', path: string];
+
+/**
+ * Unpacks layers into directories, keeping each layer's path events to replay in layer order
+ * afterwards (replayProvenance), so layers that live in their own directories can unpack
+ * concurrently. abort() stops every unpack still running.
+ */
+class LayerUnpacker {
+  readonly provenance = new LayerProvenance();
+  readonly stats: UnpackStats[] = [];
+  private readonly events: PathEvent[][];
+  private readonly aborter = new AbortController();
+  private readonly signal: AbortSignal;
+
+  constructor(private readonly options: PrepareRootfsOptions) {
+    this.events = options.layers.map(() => []);
+    this.signal = options.signal ? AbortSignal.any([options.signal, this.aborter.signal]) : this.aborter.signal;
+  }
+
+  abort(): void {
+    this.aborter.abort();
+  }
+
+  async unpackInto(index: number, dir: string, whiteouts: 'overlay' | 'merge'): Promise<void> {
+    const layer = this.options.layers[index]!;
+    const own = this.events[index]!;
+    this.stats[index] = await unpackLayer(await layer.open(), dir, {
+      whiteouts,
+      layerName: layer.name ?? `layer ${index}`,
+      signal: this.signal,
+      onAdd: (path, kind, size) => own.push(['add', path, kind, size]),
+      onWhiteout: (path) => own.push(['whiteout', path]),
+      onOpaque: (path) => own.push(['opaque', path]),
+      onWarning: this.options.onWarning,
+    });
+  }
+
+  replayProvenance(): void {
+    this.events.forEach((list, index) => {
+      for (const e of list) {
+        if (e[0] === 'add') this.provenance.add(e[1], index, e[2], e[3]);
+        else if (e[0] === 'whiteout') this.provenance.whiteout(e[1], index);
+        else this.provenance.opaque(e[1], index);
+      }
+      list.length = 0;
+    });
+  }
+}
+
+/** Merged mode: every layer applied in order onto one directory; returns it. */
+async function mergeLayers(options: PrepareRootfsOptions, unpacker: LayerUnpacker): Promise<string> {
+  const rootfs = join(options.workDir, 'rootfs');
+  for (let i = 0; i < options.layers.length; i++) await unpacker.unpackInto(i, rootfs, 'merge');
+  if (options.layers.length === 0) await mkdir(rootfs, { recursive: true });
+  unpacker.replayProvenance();
+  return rootfs;
+}
+
+/** Overlay mode: each layer unpacked into its own lower directory, then mounted as one; returns the mount point. */
+async function stackLayers(options: PrepareRootfsOptions, unpacker: LayerUnpacker, mounts: MountStack): Promise<string> {
+  const lowerDirs = await unpackLowerDirs(options, unpacker);
+  unpacker.replayProvenance();
+  if (lowerDirs.length === 0) {
+    const empty = join(options.workDir, 'l', 'empty');
+    await mkdir(empty, { recursive: true });
+    lowerDirs.push(empty);
+  }
+  return mountOverlayRootfs(options, lowerDirs, mounts);
+}
+
+/** Unpacks the layers into workDir/l/<index>, UNPACK_CONCURRENCY at a time; returns the directories, base first. */
+async function unpackLowerDirs(options: PrepareRootfsOptions, unpacker: LayerUnpacker): Promise<string[]> {
+  const { layers, workDir } = options;
+  const lowerDirs = layers.map((_, i) => join(workDir, 'l', String(i)));
+  // Two at a time: one layer's download and decompression overlaps another's disk writes.
+  let next = 0;
+  const worker = async () => {
+    while (next < layers.length) {
+      const i = next++;
+      await unpacker.unpackInto(i, lowerDirs[i]!, 'overlay');
+    }
+  };
+  // The first failure stops the other worker, and both settle before anything is cleaned up.
+  let firstError: { error: unknown } | undefined;
+  await Promise.allSettled(
+    Array.from({ length: Math.min(UNPACK_CONCURRENCY, layers.length) }, () =>
+      worker().catch((error: unknown) => {
+        firstError ??= { error };
+        next = layers.length;
+        unpacker.abort();
+      }),
+    ),
+  );
+  if (firstError) throw firstError.error;
+  return lowerDirs;
+}
+
+/** The bounded tmpfs for the writable layer, then the overlay of `lowerDirs` over it at workDir/m. */
+async function mountOverlayRootfs(options: PrepareRootfsOptions, lowerDirs: string[], mounts: MountStack): Promise<string> {
+  const { workDir } = options;
+  // overlayfs needs its upper and work dirs on one filesystem: both go on the bounded tmpfs.
+  const scratch = join(workDir, 't');
+  const rootfs = join(workDir, 'm');
+  await Promise.all([scratch, rootfs].map((d) => mkdir(d, { recursive: true })));
+  await mountScratchTmpfs(scratch, options.upperSizeBytes ?? DEFAULT_UPPER_SIZE_BYTES);
+  mounts.push(scratch);
+  const upper = join(scratch, 'u');
+  const work = join(scratch, 'w');
+  await Promise.all([upper, work].map((d) => mkdir(d)));
+  await mountOverlay(lowerDirs, upper, work, rootfs, workDir);
+  mounts.push(rootfs);
+  return rootfs;
 }
 
 /** Why overlayfs cannot be used here, or undefined when it can. */

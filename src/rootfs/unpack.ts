@@ -227,86 +227,121 @@ function partsOf(rel: string): string[] {
 
 async function applyEntry(entry: TarEntry, state: EntryState): Promise<void> {
   const { header } = entry;
-  const { root, options } = state;
-  const parts = cleanComponents(header.name);
-  if (parts === null) {
-    throw new EsgzError('UNSAFE_PATH', `${options.layerName}: entry "${header.name}" escapes the root`);
-  }
+  const parts = entryComponents(header, state);
   const type = typeOf(header);
   if (parts.length === 0) {
     // "./" itself: only its metadata matters.
-    if (type === TYPE.directory) rememberDirectory(state, '', root, header);
+    if (type === TYPE.directory) rememberDirectory(state, '', state.root, header);
     return;
   }
   const name = parts[parts.length - 1]!;
   const parentParts = parts.slice(0, -1);
-
   if (name.startsWith(WHITEOUT_PREFIX)) {
     state.stats.whiteouts++;
     await applyWhiteout(parentParts, name, state);
     return;
   }
+  const dest = clearDestination(parentParts, name, type, header.name, state);
+  const added = await createEntry(entry, type, dest, state);
+  if (added === undefined) return;
+  state.addedHere.add(dest.rel);
+  state.options.onAdd?.(parts.join('/'), added.kind, added.size);
+}
 
-  const parentHost = parentDirectory(parentParts, state, header.name);
-  const dest = `${parentHost}/${name}`;
-  const destRel = relTo(root, dest);
+/** The entry's clean path components inside the root ([] for the root itself); refuses names that climb out. */
+function entryComponents(header: TarHeader, state: EntryState): string[] {
+  const parts = cleanComponents(header.name);
+  if (parts === null) {
+    throw new EsgzError('UNSAFE_PATH', `${state.options.layerName}: entry "${header.name}" escapes the root`);
+  }
+  return parts;
+}
+
+/** Where an entry goes: its host path, that path relative to the root, and what was there before. */
+interface Destination {
+  host: string;
+  rel: string;
+  /** A directory an entry of type directory keeps (its contents stay); undefined when nothing is there now. */
+  existing: Stats | undefined;
+}
+
+/**
+ * Resolves the entry's parent inside the root and removes whatever is at its name, except a
+ * directory that a directory entry reuses.
+ */
+function clearDestination(parentParts: string[], name: string, type: string, entryName: string, state: EntryState): Destination {
+  const host = `${parentDirectory(parentParts, state, entryName)}/${name}`;
   // Synchronous metadata calls: a layer is thousands of tiny operations, and a hop through the
   // libuv pool for each costs more than the syscall itself.
-  const existing = lstatSync(dest, { throwIfNoEntry: false });
-  if (existing && !(existing.isDirectory() && type === TYPE.directory)) removePath(dest, existing, state);
+  const existing = lstatSync(host, { throwIfNoEntry: false });
+  const keep = existing?.isDirectory() && type === TYPE.directory;
+  if (existing && !keep) removePath(host, existing, state);
+  return { host, rel: relTo(state.root, host), existing: keep ? existing : undefined };
+}
 
-  const mode = header.mode & 0o7777;
+/** What an entry put in place, for onAdd; undefined when it was skipped. */
+type Added = { kind: string; size: number } | undefined;
+
+/** Creates the entry at `dest` by its type, with owner, xattrs and times. */
+async function createEntry(entry: TarEntry, type: string, dest: Destination, state: EntryState): Promise<Added> {
+  const { header } = entry;
   switch (type) {
-    case TYPE.directory: {
-      if (!existing?.isDirectory()) mkdirSync(dest, { mode: 0o700 });
-      state.knownDirs.add(destRel.split('/'));
-      if (state.sameOwner) lchownSync(dest, header.uid, header.gid);
-      await setXattrs(dest, header, state);
-      rememberDirectory(state, destRel, dest, header);
-      break;
-    }
+    case TYPE.directory:
+      await makeDirectory(header, dest, state);
+      return { kind: KIND[type]!, size: 0 };
     case TYPE.file:
     case TYPE.contiguous:
-      await writeFile(entry, dest, state);
+      await writeFile(entry, dest.host, state);
       state.stats.files++;
       state.stats.bytes += header.size;
-      break;
+      return { kind: KIND[type]!, size: header.size };
     case TYPE.symlink:
       // The target is stored as written: it is only ever resolved inside the container.
-      symlinkSync(header.linkname, dest);
-      if (state.sameOwner) lchownSync(dest, header.uid, header.gid);
-      await setXattrs(dest, header, state);
-      lutimesSync(dest, header.mtime, header.mtime);
-      break;
-    case TYPE.link: {
-      const size = hardlink(header, dest, state);
+      symlinkSync(header.linkname, dest.host);
+      await setOwnerXattrsTimes(dest.host, header, state);
+      return { kind: KIND[type]!, size: 0 };
+    case TYPE.link:
       // A hardlink shares the target's inode: its metadata is the target's.
-      state.addedHere.add(destRel);
-      options.onAdd?.(parts.join('/'), 'link', size);
-      return;
-    }
+      return { kind: 'link', size: hardlink(header, dest.host, state) };
     case TYPE.char:
     case TYPE.block:
     case TYPE.fifo:
-      if (type !== TYPE.fifo && !isRoot()) {
-        state.stats.skipped++;
-        options.onWarning?.(`${options.layerName}: skipped device node "${header.name}" (creating device nodes needs root)`);
-        return;
-      }
-      // Device nodes keep their numbers and modes (setuid too): they are only reachable inside
-      // the 0700 state root and the container, whose runtime decides what it may open.
-      await state.fsops.mknod(dest, type === TYPE.fifo ? 'p' : type === TYPE.char ? 'c' : 'b', header.devmajor, header.devminor, mode);
-      if (state.sameOwner) lchownSync(dest, header.uid, header.gid);
-      await setXattrs(dest, header, state);
-      lutimesSync(dest, header.mtime, header.mtime);
-      break;
+      return makeDeviceNode(header, type, dest.host, state);
     default:
       state.stats.skipped++;
-      options.onWarning?.(`${options.layerName}: skipped entry "${header.name}" of unsupported type ${JSON.stringify(header.typeflag)}`);
-      return;
+      state.options.onWarning?.(`${state.options.layerName}: skipped entry "${header.name}" of unsupported type ${JSON.stringify(header.typeflag)}`);
+      return undefined;
   }
-  state.addedHere.add(destRel);
-  options.onAdd?.(parts.join('/'), KIND[type], type === TYPE.file || type === TYPE.contiguous ? header.size : 0);
+}
+
+async function makeDirectory(header: TarHeader, dest: Destination, state: EntryState): Promise<void> {
+  if (!dest.existing) mkdirSync(dest.host, { mode: 0o700 });
+  state.knownDirs.add(dest.rel.split('/'));
+  if (state.sameOwner) lchownSync(dest.host, header.uid, header.gid);
+  await setXattrs(dest.host, header, state);
+  rememberDirectory(state, dest.rel, dest.host, header);
+}
+
+async function makeDeviceNode(header: TarHeader, type: string, dest: string, state: EntryState): Promise<Added> {
+  const { options } = state;
+  if (type !== TYPE.fifo && !isRoot()) {
+    state.stats.skipped++;
+    options.onWarning?.(`${options.layerName}: skipped device node "${header.name}" (creating device nodes needs root)`);
+    return undefined;
+  }
+  // Device nodes keep their numbers and modes (setuid too): they are only reachable inside
+  // the 0700 state root and the container, whose runtime decides what it may open.
+  const kind = type === TYPE.fifo ? 'p' : type === TYPE.char ? 'c' : 'b';
+  await state.fsops.mknod(dest, kind, header.devmajor, header.devminor, header.mode & 0o7777);
+  await setOwnerXattrsTimes(dest, header, state);
+  return { kind: KIND[type]!, size: 0 };
+}
+
+/** Owner, xattrs and times of a symlink or device node, never following it. */
+async function setOwnerXattrsTimes(dest: string, header: TarHeader, state: EntryState): Promise<void> {
+  if (state.sameOwner) lchownSync(dest, header.uid, header.gid);
+  await setXattrs(dest, header, state);
+  lutimesSync(dest, header.mtime, header.mtime);
 }
 
 /** The names onAdd reports (tar-stream's, which the provenance map and its callers know). */

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { multiLayerEntries, writeOciImage, type WrittenImage } from '../fixtures/oci-image.js';
+import { layoutBlobPath, readLayoutBlob as layoutBlob, readOciLayout } from '../fixtures/oci-layout.js';
 import { registryAddress } from '../harness/registry.js';
 import { gunzipCli, tarNames } from '../estargz/helpers.js';
 import { sha256Digest } from '../fixtures/tar.js';
@@ -20,10 +21,6 @@ afterAll(() => rm(scratch, { recursive: true, force: true }));
 
 
 const expectOneLineError = (result: { exitCode?: number; stderr: string }, pattern: RegExp) => expectErrorWithCode(result, 'nonzero', pattern);
-
-async function layoutBlob(dir: string, digest: string): Promise<Buffer> {
-  return readFile(join(dir, 'blobs', 'sha256', digest.replace('sha256:', '')));
-}
 
 let image: WrittenImage;
 let dockerImage: WrittenImage;
@@ -99,10 +96,9 @@ describe('esgz image convert --estargz', () => {
     // Corrupt one byte in the middle of the biggest converted layer (a copy of the layout).
     const copy = join(scratch, 'tampered');
     await execa('cp', ['-r', out(), copy]);
-    const index = JSON.parse(await readFile(join(copy, 'index.json'), 'utf8'));
-    const manifest = JSON.parse((await layoutBlob(copy, index.manifests.find((m: { annotations?: Record<string, string> }) => m.annotations?.['org.opencontainers.image.ref.name'] === 'esgz').digest)).toString());
-    const big = manifest.layers.reduce((a: { size: number }, b: { size: number }) => (a.size > b.size ? a : b));
-    const path = join(copy, 'blobs', 'sha256', big.digest.slice(7));
+    const [converted] = readOciLayout(copy, 'esgz').manifests;
+    const big = converted!.layers.reduce((a, b) => (a.size > b.size ? a : b));
+    const path = layoutBlobPath(copy, big.digest);
     const data = await readFile(path);
     data[Math.floor(data.length / 3)] ^= 0xff;
     await writeFile(path, data);

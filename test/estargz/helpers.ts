@@ -1,11 +1,15 @@
 // Shared helpers for the eStargz tests: run the writer into memory, run real tools as oracles.
 import { execFileSync } from 'node:child_process';
 import { Writable } from 'node:stream';
+import { expect } from 'vitest';
+import { EsgzError } from '../../src/errors.js';
 import type { Codec, MemberCompressor } from '../../src/estargz/codec.js';
 import { createMemberPool } from '../../src/estargz/codecs.js';
 import { createGzipCodec } from '../../src/estargz/gzip-codec.js';
 import type { GzipBackendChoice } from '../../src/estargz/gzip-pool.js';
 import { openDecompressed, readableOf } from '../../src/image/compression.js';
+import { gzipBuffer } from '../fixtures/tar.js';
+import type { SuiteCodec } from './codec-suite.js';
 import { writeEstargz, type EstargzWriteResult, type EstargzWriterOptions } from '../../src/estargz/writer.js';
 
 export class MemorySink extends Writable {
@@ -69,3 +73,31 @@ export function tarVerbose(tar: Buffer): string[] {
     .filter((l) => l !== '')
     .map((l) => l.replace(/\s+/g, ' '));
 }
+
+/** Awaits the rejection of `promise`: a one-line EsgzError with `code` whose message holds every fragment. */
+export async function expectEsgzError(promise: Promise<unknown>, code: string, ...fragments: string[]): Promise<EsgzError> {
+  const err = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err, 'expected an EsgzError').toBeInstanceOf(EsgzError);
+  const e = err as EsgzError;
+  expect(e.code, e.message).toBe(code);
+  for (const f of fragments) expect(e.message).toContain(f);
+  expect(e.message).not.toContain('\n');
+  return e;
+}
+
+/** eStargz (gzip members) for the shared codec suite (codec-suite.ts). */
+export const ESTARGZ_SUITE_CODEC: SuiteCodec = {
+  name: 'eStargz',
+  ctrRemoteFlag: '--estargz',
+  getTocDigestFlags: [],
+  layerMediaType: 'application/vnd.oci.image.layer.v1.tar+gzip',
+  convert: (layer, options) => convertBuffer(layer, options),
+  decompressCli: gunzipCli,
+  compressPlain: gzipBuffer,
+  newCodec: () => createGzipCodec(),
+  // Small payloads packed into shared members with inner offsets.
+  readerVariant: { minChunkSize: 200_000 },
+};

@@ -5,83 +5,91 @@
  * exports the result and reduces both TOCs to what must agree: entry names, types, modes, sizes,
  * ownership, times, link targets, devices, xattrs, digests and chunk boundaries.
  */
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
 import { bufferBlobReader, EstargzReader } from '../../src/estargz/reader.js';
 import type { JTOC } from '../../src/estargz/toc.js';
-import { buildTar, dir, file, sha256Digest, type TarEntry } from '../fixtures/tar.js';
+import { writeOciImage } from '../fixtures/oci-image.js';
+import { sha256Digest } from '../fixtures/tar.js';
 import type { RunningContainerd } from '../harness/containerd.js';
+import { readLayoutBlob, readOciLayout } from '../fixtures/oci-layout.js';
 
 const ARCH = ({ x64: 'amd64', arm64: 'arm64' } as Record<string, string>)[process.arch] ?? process.arch;
 
-/** An OCI image archive (what `ctr images import` reads) with one uncompressed layer. */
+/** An OCI image archive (what `ctr images import` reads) with one uncompressed layer, named `name`. */
 export async function ociArchive(layerTar: Buffer, name: string): Promise<Buffer> {
-  const config = Buffer.from(JSON.stringify({ architecture: ARCH, os: 'linux', rootfs: { type: 'layers', diff_ids: [sha256Digest(layerTar)] } }));
-  const manifest = Buffer.from(JSON.stringify({
-    schemaVersion: 2,
-    mediaType: 'application/vnd.oci.image.manifest.v1+json',
-    config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha256Digest(config), size: config.length },
-    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: sha256Digest(layerTar), size: layerTar.length }],
-  }));
-  const index = Buffer.from(JSON.stringify({
-    schemaVersion: 2,
-    manifests: [{
-      mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: sha256Digest(manifest), size: manifest.length,
-      annotations: { 'io.containerd.image.name': name, 'org.opencontainers.image.ref.name': name.split(':').pop() },
-      platform: { architecture: ARCH, os: 'linux' },
-    }],
-  }));
-  const blob = (data: Buffer): TarEntry => file(`blobs/sha256/${sha256Digest(data).slice(7)}`, data);
-  return buildTar([
-    file('oci-layout', '{"imageLayoutVersion":"1.0.0"}'),
-    file('index.json', index),
-    dir('blobs'),
-    dir('blobs/sha256'),
-    blob(config),
-    blob(manifest),
-    blob(layerTar),
-  ]);
+  const layout = await mkdtemp(path.join(os.tmpdir(), 'esgz-ref-layout-'));
+  try {
+    await writeOciImage(layout, {
+      tag: name.split(':').pop(),
+      indexAnnotations: { 'io.containerd.image.name': name },
+      compression: 'none',
+      platform: { os: 'linux', architecture: ARCH },
+      layers: [layerTar],
+    });
+    const archive = await execa('tar', ['-c', '-C', layout, '-f', '-', 'oci-layout', 'index.json', 'blobs'], { encoding: 'buffer' });
+    return Buffer.from(archive.stdout);
+  } finally {
+    await rm(layout, { recursive: true, force: true });
+  }
 }
 
-/** Converts `layerTar` with ctr-remote; returns the eStargz layer blob it produced and its descriptor annotations. */
+/** A layer as ctr-remote wrote it: the blob and its descriptor's media type and annotations. */
+export interface CtrRemoteLayer {
+  blob: Buffer;
+  annotations: Record<string, string>;
+  mediaType: string;
+}
+
+/**
+ * Converts `layerTar` with `ctr-remote image convert --oci FLAGS` (FLAGS name the codec:
+ * `--estargz` or `--zstdchunked`); `recordIn` is the content of an `--estargz-record-in` file.
+ */
 export async function convertWithCtrRemote(
   containerd: RunningContainerd,
   layerTar: Buffer,
   flags: string[],
-): Promise<{ blob: Buffer; annotations: Record<string, string>; mediaType: string }> {
+  options: { recordIn?: string } = {},
+): Promise<CtrRemoteLayer> {
   const work = await mkdtemp(path.join(os.tmpdir(), 'esgz-ref-'));
   try {
     const src = `docker.io/library/esgz-ref:src-${Date.now()}`;
-    const dst = src.replace(':src-', ':esgz-');
+    const dst = src.replace(':src-', ':converted-');
+    const recordFlags = [];
+    if (options.recordIn !== undefined) {
+      await writeFile(path.join(work, 'record.json'), options.recordIn);
+      recordFlags.push('--estargz-record-in', path.join(work, 'record.json'));
+    }
     await writeFile(path.join(work, 'in.tar'), await ociArchive(layerTar, src));
     await containerd.ctr(['images', 'import', '--no-unpack', path.join(work, 'in.tar')]);
-    await containerd.ctrRemote(['image', 'convert', '--estargz', '--oci', ...flags, src, dst]);
+    await containerd.ctrRemote(['image', 'convert', '--oci', ...flags, ...recordFlags, src, dst]);
     await containerd.ctr(['images', 'export', path.join(work, 'out.tar'), dst]);
     const outDir = path.join(work, 'out');
     await execa('mkdir', ['-p', outDir]);
     await execa('tar', ['-x', '-C', outDir, '-f', path.join(work, 'out.tar')]);
-    const readBlob = (digest: string) => readFile(path.join(outDir, 'blobs', 'sha256', digest.replace('sha256:', '')));
-    const index = JSON.parse(await readFile(path.join(outDir, 'index.json'), 'utf8'));
-    let manifest = JSON.parse((await readBlob(index.manifests[0].digest)).toString());
-    if (manifest.manifests) manifest = JSON.parse((await readBlob(manifest.manifests[0].digest)).toString());
-    const layer = manifest.layers[0];
-    return { blob: await readBlob(layer.digest), annotations: layer.annotations ?? {}, mediaType: layer.mediaType };
+    const { manifests } = readOciLayout(outDir);
+    const layer = manifests[0]!.manifest.layers[0]!;
+    return { blob: readLayoutBlob(outDir, layer.digest), annotations: layer.annotations ?? {}, mediaType: layer.mediaType };
   } finally {
     await rm(work, { recursive: true, force: true });
   }
 }
 
-/** Puts a blob into containerd's content store and asks ctr-remote's reader for its TOC digest. */
-export async function ctrRemoteTOCDigest(containerd: RunningContainerd, blob: Buffer): Promise<string> {
+/**
+ * Puts a blob into containerd's content store and asks ctr-remote's reader for its TOC digest
+ * (`flags`: `--zstdchunked` for that reader).
+ */
+export async function ctrRemoteTOCDigest(containerd: RunningContainerd, blob: Buffer, flags: string[] = []): Promise<string> {
   const work = await mkdtemp(path.join(os.tmpdir(), 'esgz-ref-'));
   try {
     const p = path.join(work, 'blob');
     await writeFile(p, blob);
     const digest = sha256Digest(blob);
-    await execa('/usr/bin/ctr', ['-a', containerd.address, '-n', containerd.namespace, 'content', 'ingest', '--expected-size', String(blob.length), '--expected-digest', digest, `esgz-${digest}`], { inputFile: p });
-    return (await containerd.ctrRemote(['image', 'get-toc-digest', digest])).trim();
+    const ingest = ['content', 'ingest', '--expected-size', String(blob.length), '--expected-digest', digest, `esgz-${digest}`];
+    await execa('/usr/bin/ctr', ['-a', containerd.address, '-n', containerd.namespace, ...ingest], { inputFile: p });
+    return (await containerd.ctrRemote(['image', 'get-toc-digest', ...flags, digest])).trim();
   } finally {
     await rm(work, { recursive: true, force: true });
   }

@@ -3,9 +3,8 @@
 // with in-process zlib; bad input, a bad helper name or a missing helper fail with one line and
 // leave nothing behind; the helper process never outlives a stopped or failed decompression.
 import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { Readable } from 'node:stream';
@@ -15,15 +14,13 @@ import { compress as zstdCompress } from 'zstd-napi';
 import { EsgzError } from '../../src/errors.js';
 import { GZIP_HELPERS, openDecompressed, resolveGzipHelper } from '../../src/image/compression.js';
 import { busyboxRootfs, multiLayerEntries, writeOciImage, type WrittenImage } from '../fixtures/oci-image.js';
-import { generatedBuffer, gzipBuffer } from '../fixtures/tar.js';
+import { buildTar, generatedBuffer, gzipBuffer, sha256Digest } from '../fixtures/tar.js';
 import { esgz, expectOneLineError, repoRoot } from '../harness/cli.js';
 import { registryAddress } from '../harness/registry.js';
 
 const scratch = await mkdtemp(join(tmpdir(), 'esgz-gzip-helper-'));
 afterAll(() => rm(scratch, { recursive: true, force: true }));
 
-const sha256 = (data: Buffer | string): string => `sha256:${createHash('sha256').update(data).digest('hex')}`;
-const blobPath = (layout: string, digest: string): string => join(layout, 'blobs', 'sha256', digest.slice(7));
 
 let image: WrittenImage;
 
@@ -41,23 +38,12 @@ async function convert(args: string[], src: string, dst: string): Promise<string
 }
 
 /**
- * Replaces the blob of layer `index` in the image tagged `tag` with `bytes` (manifest and index
- * rewritten to match), so the source itself verifies and only decompression can fail.
+ * The image tagged t at scratch/truncated whose layer 1 is stored as `blob` (the diffID of the
+ * real layer kept), so the source itself verifies and only decompression can fail.
  */
-async function replaceLayerBlob(written: WrittenImage, index: number, bytes: Buffer): Promise<void> {
-  const layout = written.dir;
-  const digest = sha256(bytes);
-  await writeFile(blobPath(layout, digest), bytes);
-  const manifest = JSON.parse(await readFile(blobPath(layout, written.rootDigest), 'utf8'));
-  manifest.layers[index] = { ...manifest.layers[index], digest, size: bytes.length };
-  const manifestBytes = Buffer.from(JSON.stringify(manifest));
-  const manifestDigest = sha256(manifestBytes);
-  await writeFile(blobPath(layout, manifestDigest), manifestBytes);
-  const indexJson = JSON.parse(await readFile(join(layout, 'index.json'), 'utf8'));
-  for (const m of indexJson.manifests) {
-    if (m.annotations?.['org.opencontainers.image.ref.name'] === written.tag) Object.assign(m, { digest: manifestDigest, size: manifestBytes.length });
-  }
-  await writeFile(join(layout, 'index.json'), JSON.stringify(indexJson));
+async function withLayer1(layer1: Buffer, blob: Buffer): Promise<WrittenImage> {
+  const prepared = { blob, mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', diffID: sha256Digest(layer1) };
+  return writeOciImage(join(scratch, 'truncated'), { tag: 't', layers: [busyboxRootfs(), prepared] });
 }
 
 /** Pids of this process's children running `command`. */
@@ -93,11 +79,11 @@ describe('esgz image convert --estargz-gzip-helper', () => {
   });
 
   it('a corrupt gzip layer: one line naming the layer, nothing left at the destination', async () => {
-    const truncated = await writeOciImage(join(scratch, 'truncated'), { tag: 't', layers: [busyboxRootfs(), multiLayerEntries()[1]!] });
-    const original = await readFile(blobPath(truncated.dir, truncated.manifests[0]!.layers[1]!.digest));
+    const layer1 = await buildTar(multiLayerEntries()[1]!);
+    const original = gzipBuffer(layer1);
     const cut = original.subarray(0, Math.floor(original.length / 2));
-    await replaceLayerBlob(truncated, 1, cut);
-    const layer = sha256(cut).slice(7, 19);
+    const truncated = await withLayer1(layer1, cut);
+    const layer = sha256Digest(cut).slice(7, 19);
 
     for (const helper of ['pigz', 'igzip'] as const) {
       const dst = join(scratch, `truncated-out-${helper}`);
@@ -109,10 +95,10 @@ describe('esgz image convert --estargz-gzip-helper', () => {
 
     // Garbage after a valid gzip header, pushed to a registry: no tag appears there.
     const garbage = Buffer.concat([original.subarray(0, 10), generatedBuffer(4096, 'not deflate')]);
-    await replaceLayerBlob(truncated, 1, garbage);
+    await withLayer1(layer1, garbage);
     const ref = `${registryAddress()}/esgz-gzip-helper/corrupt:x`;
     const res = await esgz('image', 'convert', '--plain-http', '--uncompress', '--estargz-gzip-helper', 'pigz', `oci:${truncated.dir}:t`, ref);
-    expectOneLineError(res, 1, new RegExp(`layer 1 \\(${sha256(garbage).slice(7, 19)}\\).*corrupt gzip data: pigz -d -c exited`));
+    expectOneLineError(res, 1, new RegExp(`layer 1 \\(${sha256Digest(garbage).slice(7, 19)}\\).*corrupt gzip data: pigz -d -c exited`));
     const inspect = await execa('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${ref}`], { reject: false });
     expect(inspect.exitCode).not.toBe(0);
   });

@@ -2,12 +2,13 @@
 // `image copy`, `image convert` and `image optimize` keep an index of just the selected
 // platforms, in index order; a platform the index lacks fails before anything is written.
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { twoPlatformImages, writeOciImage, type WrittenImage } from '../fixtures/oci-image.js';
+import { readOciLayout } from '../fixtures/oci-layout.js';
 import { dir, file } from '../fixtures/tar.js';
 import { esgz, expectOneLineError, repoRoot } from '../harness/cli.js';
 import { registryAddress } from '../harness/registry.js';
@@ -44,10 +45,9 @@ async function registryRoot(ref: string): Promise<{ mediaType?: string; manifest
   return JSON.parse(stdout);
 }
 
-async function layoutRoot(layout: string, tag: string): Promise<{ digest: string; body: IndexJson }> {
-  const index = JSON.parse(await readFile(join(layout, 'index.json'), 'utf8')) as { manifests: Array<{ digest: string; annotations?: Record<string, string> }> };
-  const digest = index.manifests.find((m) => m.annotations?.['org.opencontainers.image.ref.name'] === tag)!.digest;
-  return { digest, body: JSON.parse(await readFile(join(layout, 'blobs', 'sha256', digest.slice(7)), 'utf8')) };
+function layoutRoot(layout: string, tag: string): { digest: string; body: IndexJson } {
+  const { root, rootIndex } = readOciLayout(layout, tag);
+  return { digest: root.digest, body: rootIndex! };
 }
 
 describe('--platform with several values', () => {

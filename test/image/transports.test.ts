@@ -13,6 +13,7 @@ import { openSink, openSource, parseTransportReference } from '../../src/image/t
 import { registryAddress } from '../harness/registry.js';
 import { buildTar, dir, file, gzipBuffer, sha256Digest, sha256Hex } from '../fixtures/tar.js';
 import { multiLayerEntries, writeOciImage, busyboxRootfs, writeStandardFixtures, type WrittenImage } from '../fixtures/oci-image.js';
+import { layoutTags, readLayoutIndex } from '../fixtures/oci-layout.js';
 
 const scratch = await mkdtemp(join(tmpdir(), 'esgz-transports-'));
 afterAll(() => (process.env.KEEP ? undefined : rm(scratch, { recursive: true, force: true })));
@@ -83,14 +84,11 @@ describe('oci layout', () => {
     expect(await manifestDigestOf(`oci:${dst}:copied`)).toBe(multi.rootDigest);
     const inspected = await skopeoInspect(`oci:${dst}:copied`);
     expect(inspected.Layers).toEqual(multi.manifests[0]!.layers.map((l) => l.digest));
-    const index = JSON.parse(await readFile(join(dst, 'index.json'), 'utf8'));
-    expect(index.manifests).toHaveLength(1);
-    expect(index.manifests[0].annotations['org.opencontainers.image.ref.name']).toBe('copied');
+    expect(layoutTags(dst)).toEqual(['copied']);
     // Copying again under the same tag replaces the entry; a second tag adds one.
     await copy(`oci:${single.dir}:single`, `oci:${dst}:copied`);
     await copy(`oci:${multi.dir}:multi`, `oci:${dst}:other`);
-    const after = JSON.parse(await readFile(join(dst, 'index.json'), 'utf8'));
-    expect(after.manifests.map((m: { digest: string }) => m.digest)).toEqual([single.rootDigest, multi.rootDigest]);
+    expect(readLayoutIndex(dst)!.manifests.map((m) => m.digest)).toEqual([single.rootDigest, multi.rootDigest]);
     expect((await readdir(join(dst, 'blobs', 'sha256'))).filter((n) => n.startsWith('.'))).toEqual([]);
   });
 
@@ -98,8 +96,7 @@ describe('oci layout', () => {
     const dst = join(scratch, 'parallel');
     const tags = ['p1', 'p2', 'p3', 'p4', 'p5', 'p6'];
     await Promise.all(tags.map((tag, i) => copy(`oci:${(i % 2 ? single : multi).dir}:${i % 2 ? 'single' : 'multi'}`, `oci:${dst}:${tag}`)));
-    const index = JSON.parse(await readFile(join(dst, 'index.json'), 'utf8'));
-    expect(index.manifests.map((m: { annotations: Record<string, string> }) => m.annotations['org.opencontainers.image.ref.name']).sort()).toEqual(tags);
+    expect(layoutTags(dst).sort()).toEqual(tags);
     expect(existsSync(join(dst, 'index.json.lock'))).toBe(false);
   });
 
@@ -107,8 +104,7 @@ describe('oci layout', () => {
     const dst = join(scratch, 'untagged');
     await copy(`oci:${single.dir}:single`, `oci:${dst}`);
     await copy(`oci:${single.dir}:single`, `oci:${dst}`);
-    const index = JSON.parse(await readFile(join(dst, 'index.json'), 'utf8'));
-    expect(index.manifests).toEqual([{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: single.rootDigest, size: single.manifests[0]!.size }]);
+    expect(readLayoutIndex(dst)!.manifests).toEqual([{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: single.rootDigest, size: single.manifests[0]!.size }]);
     expect((await copy(`oci:${dst}`, `oci:${join(scratch, 'untagged-2')}:x`)).root.digest).toBe(single.rootDigest);
     const byDigest = await copy(`oci:${multi.dir}@${multi.rootDigest}`, `oci:${join(scratch, 'by-digest')}:x`);
     expect(byDigest.root.digest).toBe(multi.rootDigest);

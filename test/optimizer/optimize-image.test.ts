@@ -11,6 +11,7 @@ import { optimizeImage, type OptimizeImageOptions } from '../../src/optimizer/op
 import { memoryBackedTempRoot, profileImage } from '../../src/optimizer/image-profile.js';
 import { listContainers } from '../../src/runtime/runc.js';
 import { busyboxRootfs, twoPlatformImages, writeOciImage } from '../fixtures/oci-image.js';
+import { layoutBlobPath, layoutRootDigest, readOciLayout } from '../fixtures/oci-layout.js';
 import { contentSize, dir, file } from '../fixtures/tar.js';
 import { debianImage, debianImageCached } from '../fixtures/debian.js';
 import { readPrefetchList } from '../../src/estargz/priority.js';
@@ -30,22 +31,11 @@ beforeAll(async () => {
 });
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
-interface OciIndex {
-  manifests: Array<{ digest: string; mediaType: string; annotations?: Record<string, string> }>;
-}
-
-function blobPath(layout: string, digest: string): string {
-  return join(layout, 'blobs', 'sha256', digest.replace(/^sha256:/, ''));
-}
-
 /** The layers of the image `tag` in an OCI layout, as GNU tar lists them (the oracle). */
 function layerEntryNames(layout: string, tag: string): string[][] {
-  const index = JSON.parse(readFileSync(join(layout, 'index.json'), 'utf8')) as OciIndex;
-  const entry = index.manifests.find((m) => m.annotations?.['org.opencontainers.image.ref.name'] === tag)!;
-  const manifest = JSON.parse(readFileSync(blobPath(layout, entry.digest), 'utf8')) as { layers: Array<{ digest: string; mediaType: string; annotations?: Record<string, string> }> };
-  return manifest.layers.map((layer) => {
+  return readOciLayout(layout, tag).manifests[0]!.layers.map((layer) => {
     expect(layer.annotations?.['containerd.io/snapshot/stargz/toc.digest']).toMatch(/^sha256:/);
-    return execFileSync('tar', ['-tzf', blobPath(layout, layer.digest)], { encoding: 'utf8' }).trim().split('\n');
+    return execFileSync('tar', ['-tzf', layoutBlobPath(layout, layer.digest)], { encoding: 'utf8' }).trim().split('\n');
   });
 }
 
@@ -57,11 +47,6 @@ function layerEntryNames(layout: string, tag: string): string[][] {
 const BUSYBOX_PREFETCH = ['bin/', 'bin/busybox', 'etc/', 'etc/hello', 'etc/passwd', 'etc/group', '.prefetch.landmark'];
 /** The same without the directories. */
 const BUSYBOX_PREFETCH_FILES = BUSYBOX_PREFETCH.filter((n) => !n.endsWith('/'));
-
-function rootDigest(layout: string, tag: string): string {
-  const index = JSON.parse(readFileSync(join(layout, 'index.json'), 'utf8')) as OciIndex;
-  return index.manifests.find((m) => m.annotations?.['org.opencontainers.image.ref.name'] === tag)!.digest;
-}
 
 async function optimize(src: string, dst: string, overrides: Partial<OptimizeImageOptions> = {}) {
   const source = await openSource(src);
@@ -154,7 +139,7 @@ describe('optimizeImage (profile + convert through the pipeline)', () => {
   it('gives the same digests when the same workload is optimized twice', async () => {
     await optimize(busyboxRef, `oci:${join(work, 'twice-a')}:t`);
     await optimize(busyboxRef, `oci:${join(work, 'twice-b')}:t`);
-    expect(rootDigest(join(work, 'twice-b'), 't')).toBe(rootDigest(join(work, 'twice-a'), 't'));
+    expect(layoutRootDigest(join(work, 'twice-b'), 't')).toBe(layoutRootDigest(join(work, 'twice-a'), 't'));
   });
 
   it('--no-optimize converts without running anything', async () => {
@@ -257,7 +242,7 @@ describe('optimizeImage options', () => {
       const { report } = await optimize(busyboxRef, `oci:${out}:t`, { tempDir: temp });
       expect(report.profiled!.filesTraced).toBe(4);
       expect(readdirSync(temp)).toEqual([]);
-      expect(rootDigest(out, 't')).toBe(rootDigest(join(work, 'out1'), 'opt'));
+      expect(layoutRootDigest(out, 't')).toBe(layoutRootDigest(join(work, 'out1'), 'opt'));
     } finally {
       rmSync(temp, { recursive: true, force: true });
     }
@@ -284,7 +269,7 @@ describe('optimizeImage to zstd:chunked from Docker media types', () => {
     const layer = report.transfer.manifests[0]!.layers[0]!;
     expect(layer.output.mediaType).toBe('application/vnd.oci.image.layer.v1.tar+zstd');
     // zstd -d is the oracle for the frames, GNU tar for the order.
-    const names = execFileSync('sh', ['-c', 'zstd -dc "$1" | tar -t', 'sh', blobPath(out, layer.output.digest)], { encoding: 'utf8' }).trim().split('\n');
+    const names = execFileSync('sh', ['-c', 'zstd -dc "$1" | tar -t', 'sh', layoutBlobPath(out, layer.output.digest)], { encoding: 'utf8' }).trim().split('\n');
     expect(names.slice(0, BUSYBOX_PREFETCH.length)).toEqual(BUSYBOX_PREFETCH);
   });
 });
@@ -298,8 +283,8 @@ describe('optimizeImage with --estargz-external-toc', () => {
       openTocSink: async () => ({ sink: await openSink(`oci:${out}:e-esgztoc`), reference: `oci:${out}:e-esgztoc` }),
     });
     expect(report.tocImage?.reference).toBe(`oci:${out}:e-esgztoc`);
-    expect(rootDigest(out, 'e-esgztoc')).toBe(report.tocImage!.digest);
-    const names = execFileSync('tar', ['-tzf', blobPath(out, report.transfer.manifests[0]!.layers[0]!.output.digest)], { encoding: 'utf8' }).trim().split('\n');
+    expect(layoutRootDigest(out, 'e-esgztoc')).toBe(report.tocImage!.digest);
+    const names = execFileSync('tar', ['-tzf', layoutBlobPath(out, report.transfer.manifests[0]!.layers[0]!.output.digest)], { encoding: 'utf8' }).trim().split('\n');
     expect(names.slice(0, BUSYBOX_PREFETCH.length)).toEqual(BUSYBOX_PREFETCH);
     expect(names).not.toContain('stargz.index.json');
     expect(report.profiled!.layers[0]!.landmarkOffset).toBeGreaterThan(500_000);
@@ -347,7 +332,7 @@ describe('esgz image optimize (CLI)', () => {
     expect(result.stdout).toContain("read by the runtime before the workload started (prioritized after the workload's files): etc/passwd, etc/group\n");
     // The same summary as convert's and copy's ends the report.
     expect(result.stdout).toMatch(new RegExp(`\noptimized ${busyboxRef} -> oci:${out}:cli in [0-9.]+ m?s\n`));
-    expect(result.stdout.trim().split('\n').pop()).toBe(`digest: ${rootDigest(out, 'cli')}`);
+    expect(result.stdout.trim().split('\n').pop()).toBe(`digest: ${layoutRootDigest(out, 'cli')}`);
   });
 
   it.skipIf(!built)('prints one line and exits 1 for an entrypoint that does not exist, leaving nothing behind', async () => {

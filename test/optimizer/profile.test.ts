@@ -10,9 +10,9 @@ import { writeRecordFile } from '../../src/optimizer/record.js';
 import { listContainers } from '../../src/runtime/runc.js';
 import { parseMountFlag } from '../../src/runtime/spec.js';
 import type { LayerTar } from '../../src/rootfs/overlay.js';
-import { busyboxConfig, busyboxLayers } from './busybox-image.js';
-import { hasHostPython, hostFilesEntries, pythonStartupFiles } from './host-image.js';
-import { buildTar, streamOf } from './tar-helpers.js';
+import { busyboxConfig, busyboxLayers } from '../fixtures/busybox-layers.js';
+import { hasHostPython, hostFilesEntries, pythonStartupFiles } from '../fixtures/host-files.js';
+import { buildTar, streamOf } from '../fixtures/tar-stream.js';
 
 let tempRoot: string;
 let layers: LayerTar[];

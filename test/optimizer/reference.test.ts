@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -8,6 +8,7 @@ import { openSink, openSource } from '../../src/image/transports/index.js';
 import { optimizeImage } from '../../src/optimizer/optimize-image.js';
 import { containerdAvailable, startContainerd, type RunningContainerd } from '../harness/containerd.js';
 import { convertWithCtrRemote } from '../estargz/reference.js';
+import { readLayoutBlob, readOciLayout } from '../fixtures/oci-layout.js';
 import { busyboxRootfs, writeOciImage } from '../fixtures/oci-image.js';
 import { buildTar } from '../fixtures/tar.js';
 
@@ -56,11 +57,9 @@ describe.skipIf(!containerdAvailable())('record files against ctr-remote', () =>
     } finally {
       await source.close();
     }
-    const index = JSON.parse(readFileSync(join(out, 'index.json'), 'utf8')) as { manifests: Array<{ digest: string }> };
-    const manifest = JSON.parse(readFileSync(join(out, 'blobs/sha256', index.manifests[0]!.digest.slice(7)), 'utf8')) as { layers: Array<{ digest: string }> };
-    const ours = names(readFileSync(join(out, 'blobs/sha256', manifest.layers[0]!.digest.slice(7))));
+    const ours = names(readLayoutBlob(out, readOciLayout(out).manifests[0]!.layers[0]!.digest));
 
-    const theirs = names((await convertWithCtrRemote(containerd, await buildTar(entries), ['--estargz-record-in', record])).blob);
+    const theirs = names((await convertWithCtrRemote(containerd, await buildTar(entries), ['--estargz', '--estargz-record-in', record])).blob);
     // The workload reads etc/passwd itself (it keeps that position); etc/group only runc read, before the exec: last.
     expect(prefetched(ours).filter((n) => n !== 'bin' && n !== 'etc')).toEqual(['bin/busybox', 'etc/passwd', 'etc/hello', 'etc/group']);
     expect(prefetched(ours)).toEqual(prefetched(theirs));

@@ -6,7 +6,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { EsgzError } from '../../src/errors.js';
 import { unpackLayer } from '../../src/rootfs/unpack.js';
 import { LayerProvenance } from '../../src/rootfs/provenance.js';
-import { buildTar, streamOf, type TestEntry } from '../optimizer/tar-helpers.js';
+import { buildTar, streamOf, type TestEntry } from '../fixtures/tar-stream.js';
 import {
   buildTar as buildFixtureTar,
   dir as fixtureDir,

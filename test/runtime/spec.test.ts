@@ -19,7 +19,7 @@ import {
   resolveUser,
   type RunOptions,
 } from '../../src/runtime/spec.js';
-import { buildTar, streamOf } from '../optimizer/tar-helpers.js';
+import { buildTar, streamOf } from '../fixtures/tar-stream.js';
 
 let dir: string;
 let rootfs: string;

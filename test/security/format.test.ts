@@ -19,6 +19,7 @@ import {
   tarEntry, ustarHeader, zeroFileEntry, zstdChunkedBlob, zstdOf, zstdZeros, type PushedLayer,
 } from '../fixtures/hostile-format.js';
 import { writeOciImage } from '../fixtures/oci-image.js';
+import { readOciLayout } from '../fixtures/oci-layout.js';
 import { esgz, esgzMeasured, expectOneLineError, repoRoot, type MeasuredRun } from '../harness/cli.js';
 import { registryAddress } from '../harness/registry.js';
 import { toEstargz, xattrsOf } from '../snapshotter/helpers.js';
@@ -292,9 +293,7 @@ describe('absolute entry names (item 13)', () => {
     const lossless = join(scratch, 'abs-lossless');
     const kept = await esgz('image', 'convert', '--estargz', '--oci', '--estargz-keep-diff-id', '--estargz-external-toc', `oci:${image.dir}:v1`, `oci:${lossless}:v1`);
     expect(kept.exitCode, kept.stderr).toBe(0);
-    const index = JSON.parse(await readFile(join(lossless, 'index.json'), 'utf8'));
-    const manifest = JSON.parse(await readFile(join(lossless, 'blobs', 'sha256', index.manifests.find((m: { annotations?: Record<string, string> }) => m.annotations?.['org.opencontainers.image.ref.name'] === 'v1').digest.slice(7)), 'utf8'));
-    const config = JSON.parse(await readFile(join(lossless, 'blobs', 'sha256', manifest.config.digest.slice(7)), 'utf8'));
+    const [{ config }] = readOciLayout(lossless, 'v1').manifests;
     expect(config.rootfs.diff_ids).toEqual([sha256(tar)]);
 
     // The lazily pulled image serves the re-rooted names.

@@ -1,8 +1,7 @@
 // Hostile registries and descriptors (issue #12 items 10 and 11), through the built CLI:
 // credentials never reach a plain-HTTP token realm on another host, and a blob whose length
 // disagrees with its descriptor is refused on every path with one line and no tag written.
-import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -11,6 +10,7 @@ import { RegistryClient } from '../../src/registry/client.js';
 import { esgz, esgzMeasured, expectOneLineError } from '../harness/cli.js';
 import { registryAddress, startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { busyboxRootfs, writeOciImage, type WrittenImage } from '../fixtures/oci-image.js';
+import { layoutBlobPath, layoutTags, readLayoutBlob, readOciLayout } from '../fixtures/oci-layout.js';
 import { misstateLayerSizeInLayout, pushWithMisstatedLayerSize } from '../fixtures/hostile-registry.js';
 import { startTokenFront, type TokenFront } from '../registry/token-front.js';
 
@@ -45,24 +45,16 @@ async function tagExists(registry: string, repository: string, tag: string): Pro
   }
 }
 
-async function layoutTags(dir: string): Promise<string[]> {
-  if (!existsSync(join(dir, 'index.json'))) return [];
-  const index = JSON.parse(await readFile(join(dir, 'index.json'), 'utf8')) as { manifests: Array<{ annotations?: Record<string, string> }> };
-  return index.manifests.map((m) => m.annotations?.['org.opencontainers.image.ref.name'] ?? '');
-}
-
 /**
  * A `docker save`-style archive (manifest.json, index.json, blobs/) of the image `tag` names in the
  * layout of `image`, made with GNU tar so the transport under test does not write it.
  */
 async function dockerArchiveOf(image: WrittenImage, tag: string): Promise<string> {
-  const index = JSON.parse(await readFile(join(image.dir, 'index.json'), 'utf8')) as { manifests: Array<{ digest: string; annotations?: Record<string, string> }> };
-  const entry = index.manifests.find((m) => m.annotations?.['org.opencontainers.image.ref.name'] === tag)!;
-  const manifest = JSON.parse(await readFile(join(image.dir, 'blobs', 'sha256', entry.digest.slice(7)), 'utf8')) as { config: { digest: string }; layers: Array<{ digest: string }> };
+  const { root: entry, manifests: [{ manifest }] } = readOciLayout(image.dir, tag);
   const root = await mkdtemp(join(scratch, 'archive-'));
   await mkdir(join(root, 'blobs', 'sha256'), { recursive: true });
   for (const digest of [entry.digest, manifest.config.digest, ...manifest.layers.map((l) => l.digest)]) {
-    await writeFile(join(root, 'blobs', 'sha256', digest.slice(7)), await readFile(join(image.dir, 'blobs', 'sha256', digest.slice(7))));
+    await writeFile(layoutBlobPath(root, digest), readLayoutBlob(image.dir, digest));
   }
   await writeFile(join(root, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [entry] }));
   await writeFile(join(root, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));

@@ -25,7 +25,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { busyboxImage } from '../fixtures/debian.js';
 import { esgz, esgzMeasured, expectOneLineError, repoRoot } from '../harness/cli.js';
 import { registryAddress } from '../harness/registry.js';
-import { buildTar } from '../optimizer/tar-helpers.js';
+import { buildTar } from '../fixtures/tar-stream.js';
 import { pushEstargzImage } from '../snapshotter/helpers.js';
 import { processIdentity, processStartTime } from '../../src/host/process.js';
 import { generatedBuffer } from '../fixtures/tar.js';

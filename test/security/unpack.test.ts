@@ -14,6 +14,7 @@ import { readTar } from '../../src/estargz/tar.js';
 import { esgz, esgzMeasured, expectOneLineError, repoRoot, type MeasuredRun } from '../harness/cli.js';
 import { registryAddress } from '../harness/registry.js';
 import { busyboxRootfs, writeOciImage } from '../fixtures/oci-image.js';
+import { layoutTags, readLayoutBlob, readOciLayout } from '../fixtures/oci-layout.js';
 import { buildTar, type TarEntry } from '../fixtures/tar.js';
 import {
   BINARY_USER_XATTR,
@@ -85,19 +86,12 @@ async function optimize(source: string, options: { tmpfs?: boolean } = {}): Prom
 }
 
 function expectTagged(out: string, tagged: boolean): void {
-  const index = join(out, 'index.json');
-  const tags = existsSync(index)
-    ? (JSON.parse(readFileSync(index, 'utf8')) as { manifests: Array<{ annotations?: Record<string, string> }> }).manifests.map((m) => m.annotations?.['org.opencontainers.image.ref.name'])
-    : [];
-  expect(tags).toEqual(tagged ? ['opt'] : []);
+  expect(layoutTags(out)).toEqual(tagged ? ['opt'] : []);
 }
 
 /** The PAX records of each entry of the image's last layer (an OCI layout `out`, tag `opt`). */
 async function lastLayerPax(out: string): Promise<Map<string, Map<string, Buffer>>> {
-  const blob = (digest: string) => readFileSync(join(out, 'blobs', 'sha256', digest.replace(/^sha256:/, '')));
-  const index = JSON.parse(readFileSync(join(out, 'index.json'), 'utf8')) as { manifests: Array<{ digest: string }> };
-  const manifest = JSON.parse(blob(index.manifests[0]!.digest).toString('utf8')) as { layers: Array<{ digest: string }> };
-  const tar = gunzipSync(blob(manifest.layers.at(-1)!.digest));
+  const tar = gunzipSync(readLayoutBlob(out, readOciLayout(out).manifests[0]!.layers.at(-1)!.digest));
   const records = new Map<string, Map<string, Buffer>>();
   for await (const entry of readTar(Readable.from([tar]), 'output layer')) records.set(entry.header.name, entry.header.pax);
   return records;

@@ -15,7 +15,7 @@ import { ChunkCache, LazyLayer } from '../../src/snapshotter/cache.js';
 import { mountLayer, type MountedLayer } from '../../src/snapshotter/fusefs.js';
 import { unpackLayer } from '../../src/rootfs/unpack.js';
 import { isMounted } from '../../src/host/mounts.js';
-import { buildTar, streamOf, type TestEntry } from '../optimizer/tar-helpers.js';
+import { buildTar, streamOf, type TestEntry } from '../fixtures/tar-stream.js';
 import { toEstargz, walkTree, type WalkedEntry } from './helpers.js';
 import type { TOCEntry } from '../../src/estargz/toc.js';
 import { generatedBuffer } from '../fixtures/tar.js';

@@ -3,9 +3,17 @@ import { createHash } from 'node:crypto';
 import { lstat, readdir, readFile, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
+import { gzipSync } from 'node:zlib';
 import { execa } from 'execa';
 import { createCodec, createMemberPool } from '../../src/estargz/codecs.js';
 import { writeEstargz, type EstargzWriteResult } from '../../src/estargz/writer.js';
+import { TOC_DIGEST_ANNOTATION } from '../../src/estargz/constants.js';
+import { tocImageReference, writeExternalTOCImage } from '../../src/convert/external-toc.js';
+import { openSink } from '../../src/image/transports/index.js';
+import { MediaType } from '../../src/oci/media-types.js';
+import type { PreparedLayer } from '../fixtures/oci-image.js';
+import { pushOciImage } from '../fixtures/oci-push.js';
+import { sha256Digest } from '../fixtures/tar.js';
 
 /** Converts an uncompressed tar into an eStargz blob (gzip) in memory. */
 export async function toEstargz(tar: Buffer, options: { chunkSize?: number; prioritizedFiles?: string[]; codec?: 'gzip' | 'zstd'; externalTOC?: boolean } = {}): Promise<{ blob: Buffer; result: EstargzWriteResult }> {
@@ -92,59 +100,48 @@ export async function walkTree(root: string): Promise<Map<string, WalkedEntry>> 
   return out;
 }
 
-/** Pushes an image whose layers are converted to eStargz here, straight to a registry (plain HTTP). */
+export interface EstargzPushOptions {
+  prioritizedFiles?: string[][];
+  tocAnnotation?: (real: string) => string;
+  chunkSize?: number;
+  codec?: 'gzip' | 'zstd';
+  externalTOC?: boolean;
+  /** Layers (by index) pushed as ordinary tar+gzip (zlib, one member, no TOC): not lazily pullable. */
+  plainGzipLayers?: number[];
+}
+
+/** Converts layer `i` of an image for pushOciImage; also returns the external TOC blob when there is one. */
+export async function estargzLayer(tar: Buffer, i: number, options: EstargzPushOptions): Promise<{ layer: PreparedLayer; externalTOC?: Buffer }> {
+  if (options.plainGzipLayers?.includes(i)) {
+    return { layer: { blob: gzipSync(tar), mediaType: MediaType.ociLayerGzip, diffID: sha256Digest(tar) } };
+  }
+  const { chunkSize, codec, externalTOC } = options;
+  const { blob, result } = await toEstargz(tar, { prioritizedFiles: options.prioritizedFiles?.[i], chunkSize, codec, externalTOC });
+  const toc = options.tocAnnotation ? options.tocAnnotation(result.tocDigest) : result.tocDigest;
+  const mediaType = codec === 'zstd' ? MediaType.ociLayerZstd : MediaType.ociLayerGzip;
+  const annotations = { ...result.codecAnnotations, [TOC_DIGEST_ANNOTATION]: toc };
+  return { layer: { blob, mediaType, diffID: result.diffID, annotations }, externalTOC: result.externalTOC };
+}
+
+/**
+ * Pushes an image whose layers are converted to eStargz here, straight to a registry (plain
+ * HTTP). `image` gives the config's architecture (default amd64) and `config` object.
+ */
 export async function pushEstargzImage(
   reference: string,
   layerTars: Buffer[],
-  imageConfig: Record<string, unknown>,
-  options: { prioritizedFiles?: string[][]; tocAnnotation?: (real: string) => string; chunkSize?: number; codec?: 'gzip' | 'zstd'; externalTOC?: boolean; plainGzipLayers?: number[] } = {},
+  image: { architecture?: string; config?: Record<string, unknown> },
+  options: EstargzPushOptions = {},
 ): Promise<{ manifestDigest: string; manifestSize: number; layerDigests: string[] }> {
-  const { MediaType } = await import('../../src/oci/media-types.js');
-  const { TOC_DIGEST_ANNOTATION } = await import('../../src/estargz/constants.js');
-  const { openSink } = await import('../../src/image/transports/index.js');
-  const { readableOf } = await import('../../src/image/compression.js');
-  const digestOf = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
-  const layers: Array<{ blob: Buffer; tocBlob?: Buffer; desc: { mediaType: string; digest: string; size: number; annotations: Record<string, string> }; diffID: string }> = [];
-  for (const [i, tar] of layerTars.entries()) {
-    if (options.plainGzipLayers?.includes(i)) {
-      // An ordinary tar+gzip layer (zlib, one member, no TOC): not lazily pullable.
-      const { gzipSync } = await import('node:zlib');
-      const blob = gzipSync(tar);
-      layers.push({ blob, diffID: digestOf(tar), desc: { mediaType: MediaType.ociLayerGzip, digest: digestOf(blob), size: blob.length, annotations: {} } });
-      continue;
-    }
-    const { blob, result } = await toEstargz(tar, { prioritizedFiles: options.prioritizedFiles?.[i], chunkSize: options.chunkSize, codec: options.codec, externalTOC: options.externalTOC });
-    const toc = options.tocAnnotation ? options.tocAnnotation(result.tocDigest) : result.tocDigest;
-    const mediaType = options.codec === 'zstd' ? MediaType.ociLayerZstd : MediaType.ociLayerGzip;
-    layers.push({ blob, diffID: result.diffID, tocBlob: result.externalTOC, desc: { mediaType, digest: digestOf(blob), size: blob.length, annotations: { ...result.codecAnnotations, [TOC_DIGEST_ANNOTATION]: toc } } });
-  }
-  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', ...imageConfig, rootfs: { type: 'layers', diff_ids: layers.map((l) => l.diffID) } }));
-  const configDesc = { mediaType: MediaType.ociConfig, digest: digestOf(config), size: config.length };
-  const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociManifest, config: configDesc, layers: layers.map((l) => l.desc) }));
-  const sink = await openSink(reference, { plainHttp: true });
-  try {
-    for (const l of layers) await sink.putBlob(l.desc, () => readableOf(l.blob));
-    await sink.putBlob(configDesc, () => readableOf(config));
-    await sink.commit({ bytes: manifest, mediaType: MediaType.ociManifest, digest: digestOf(manifest) });
-  } catch (err) {
-    await sink.abort();
-    throw err;
-  }
+  const converted = await Promise.all(layerTars.map((tar, i) => estargzLayer(tar, i, options)));
+  const platform = { os: 'linux', architecture: image.architecture ?? 'amd64' };
+  const pushed = await pushOciImage(reference, { platform, config: image.config, layers: converted.map((c) => c.layer) });
+  const [manifest] = pushed.manifests;
   if (options.externalTOC) {
     // The TOC image, as ctr-remote lays it out: same repository, tag + "-esgztoc", one layer per
     // TOC naming the layer it describes (written by the converter's own writer).
-    const { tocImageReference, writeExternalTOCImage } = await import('../../src/convert/external-toc.js');
-    const tocs = new Map(layers.map((l) => [l.desc.digest, l.tocBlob!]));
+    const tocs = new Map(converted.map(({ externalTOC }, i) => [manifest!.layers[i]!.digest, externalTOC!]));
     await writeExternalTOCImage(await openSink(tocImageReference(reference), { plainHttp: true }), tocs);
   }
-  return { manifestDigest: digestOf(manifest), manifestSize: manifest.length, layerDigests: layers.map((l) => l.desc.digest) };
-}
-
-/** Pushes an OCI index naming already pushed manifests, with their platforms. */
-export async function pushIndex(reference: string, manifests: Array<{ digest: string; size: number; platform: { os: string; architecture: string } }>): Promise<void> {
-  const { MediaType } = await import('../../src/oci/media-types.js');
-  const { openSink } = await import('../../src/image/transports/index.js');
-  const index = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: manifests.map((m) => ({ mediaType: MediaType.ociManifest, ...m })) }));
-  const sink = await openSink(reference, { plainHttp: true });
-  await sink.commit({ bytes: index, mediaType: MediaType.ociIndex, digest: `sha256:${createHash('sha256').update(index).digest('hex')}` });
+  return { manifestDigest: manifest!.digest, manifestSize: manifest!.size, layerDigests: manifest!.layers.map((l) => l.digest) };
 }

@@ -22,8 +22,9 @@ import { mountImage, runContainer } from '../../src/snapshotter/run.js';
 import { busyboxImage, debianImage, debianImageCached } from '../fixtures/debian.js';
 import { startFaultProxy, type FaultProxy } from '../harness/fault-proxy.js';
 import { registryAddress } from '../harness/registry.js';
-import { buildTar } from '../optimizer/tar-helpers.js';
-import { pushEstargzImage, pushIndex, walkTree } from './helpers.js';
+import { buildTar } from '../fixtures/tar-stream.js';
+import { estargzLayer, pushEstargzImage, walkTree } from './helpers.js';
+import { pushOciImage } from '../fixtures/oci-push.js';
 
 function capture(): { stream: PassThrough; text: () => string } {
   const stream = new PassThrough();
@@ -305,12 +306,13 @@ describe('lazy pull and run', () => {
 
   it('picks this machine\'s manifest from an index (or the --platform one)', async () => {
     const mk = (text: string) => buildTar([{ name: 'which', content: text }]);
-    const amd = await pushEstargzImage(`${registryAddress()}/h6/multi:amd64`, [await mk('amd64\n')], { architecture: 'amd64', config: { Cmd: ['/x'] } });
-    const arm = await pushEstargzImage(`${registryAddress()}/h6/multi:arm64`, [await mk('arm64\n')], { architecture: 'arm64', config: { Cmd: ['/x'] } });
-    await pushIndex(`${registryAddress()}/h6/multi:both`, [
-      { digest: arm.manifestDigest, size: arm.manifestSize, platform: { os: 'linux', architecture: 'arm64' } },
-      { digest: amd.manifestDigest, size: amd.manifestSize, platform: { os: 'linux', architecture: 'amd64' } },
-    ]);
+    const image = async (architecture: string) => ({
+      layers: [(await estargzLayer(await mk(`${architecture}\n`), 0, {})).layer],
+      platform: { os: 'linux', architecture },
+      config: { Cmd: ['/x'] },
+    });
+    const pushed = await pushOciImage(`${registryAddress()}/h6/multi:both`, { platforms: [await image('arm64'), await image('amd64')] });
+    const [arm, amd] = pushed.manifests.map((m) => ({ manifestDigest: m.digest }));
     const ref = `${registryAddress()}/h6/multi:both`;
     const root = join(work, 'state-multi');
     const host = await rpull({ reference: ref, stateRoot: root, plainHttp: true });

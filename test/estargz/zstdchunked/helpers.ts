@@ -4,6 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import type { EstargzWriteResult, EstargzWriterOptions } from '../../../src/estargz/writer.js';
 import { createZstdChunkedCodec, type ZstdChunkedCodecOptions } from '../../../src/estargz/zstdchunked/codec.js';
+import type { SuiteCodec } from '../codec-suite.js';
 import { convertBuffer } from '../helpers.js';
 
 export interface ZstdConvertOptions
@@ -49,3 +50,18 @@ export function rawFooter(blob: Buffer): {
     magic: f.subarray(40, 48).toString('latin1'),
   };
 }
+
+/** zstd:chunked for the shared codec suite (codec-suite.ts). */
+export const ZSTD_CHUNKED_SUITE_CODEC: SuiteCodec = {
+  name: 'zstd:chunked',
+  ctrRemoteFlag: '--zstdchunked',
+  getTocDigestFlags: ['--zstdchunked'],
+  layerMediaType: 'application/vnd.oci.image.layer.v1.tar+zstd',
+  convert: (layer, options) => convertZstd(layer, options),
+  decompressCli: zstdDecompressCli,
+  compressPlain: (tar) => zstdCli(['-c', '-q'], tar),
+  newCodec: () => createZstdChunkedCodec(),
+  // As ctr-remote writes it: no end-of-archive frame.
+  readerVariant: { endOfArchive: false },
+  damagedMemberMessage: /layer X: .*zstd frame at offset \d+/,
+};

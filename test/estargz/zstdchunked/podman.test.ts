@@ -5,7 +5,7 @@
 // The image is assembled here (blobs, config, manifest with the layer annotations) and pushed
 // with skopeo --preserve-digests, so podman sees exactly the bytes and annotations esgz wrote.
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
@@ -17,6 +17,7 @@ import { createLayerTransform } from '../../../src/convert/transform.js';
 import { transferImage } from '../../../src/image/pipeline.js';
 import { openSink, openSource } from '../../../src/image/transports/index.js';
 import { busyboxRootfs, writeOciImage } from '../../fixtures/oci-image.js';
+import { layoutBlobPath, readOciLayout } from '../../fixtures/oci-layout.js';
 import { buildTar, dir, file, generatedBuffer, hardlink, symlink, type TarEntry } from '../../fixtures/tar.js';
 import { registryAddress } from '../../harness/registry.js';
 import { convertZstd, sha256 } from './helpers.js';
@@ -45,49 +46,24 @@ interface Pushed {
 /** Converts the layers, writes an OCI layout and pushes it to the test registry. */
 async function pushZstdChunkedImage(work: string, registry: string): Promise<Pushed> {
   const layout = path.join(work, 'layout');
-  const blobs = path.join(layout, 'blobs', 'sha256');
-  await mkdir(blobs, { recursive: true });
-  const writeBlob = async (data: Buffer) => {
-    const digest = sha256(data);
-    await writeFile(path.join(blobs, digest.slice(7)), data);
-    return digest;
-  };
-  const descriptors = [];
-  const diffIDs = [];
+  const prepared = [];
   for (const entries of layers) {
     const { blob, result } = await convertZstd(await buildTar(entries));
-    descriptors.push({
+    prepared.push({
+      blob,
       mediaType: 'application/vnd.oci.image.layer.v1.tar+zstd',
-      digest: await writeBlob(blob),
-      size: blob.length,
+      diffID: result.diffID,
       annotations: {
         ...result.codecAnnotations,
         [TOC_DIGEST_ANNOTATION]: result.tocDigest,
         [UNCOMPRESSED_SIZE_ANNOTATION]: String(result.uncompressedSize),
       },
     });
-    diffIDs.push(result.diffID);
   }
-  const config = Buffer.from(JSON.stringify({
-    architecture: 'amd64', os: 'linux',
-    config: { Env: ['PATH=/bin'], Cmd: ['/bin/sh'] },
-    rootfs: { type: 'layers', diff_ids: diffIDs },
-  }));
-  const manifest = Buffer.from(JSON.stringify({
-    schemaVersion: 2,
-    mediaType: 'application/vnd.oci.image.manifest.v1+json',
-    config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: await writeBlob(config), size: config.length },
-    layers: descriptors,
-  }));
-  const manifestDigest = await writeBlob(manifest);
-  await writeFile(path.join(layout, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
-  await writeFile(path.join(layout, 'index.json'), JSON.stringify({
-    schemaVersion: 2,
-    manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: manifestDigest, size: manifest.length, annotations: { 'org.opencontainers.image.ref.name': 'zstd' } }],
-  }));
+  const image = await writeOciImage(layout, { tag: 'zstd', layers: prepared, config: { Env: ['PATH=/bin'], Cmd: ['/bin/sh'] } });
   const reference = `${registry}/esgz-test/zstdchunked-podman:${Date.now()}`;
   await execa('skopeo', ['copy', '--quiet', '--preserve-digests', '--dest-tls-verify=false', `oci:${layout}:zstd`, `docker://${reference}`]);
-  return { reference, layerDigests: descriptors.map((d) => d.digest) };
+  return { reference, layerDigests: image.manifests[0]!.layers.map((l) => l.digest) };
 }
 
 /** Unmounts whatever podman left mounted under `root` (deepest first). */
@@ -222,15 +198,11 @@ describe.skipIf(!podmanAvailable)('podman pulls and runs an esgz zstd:chunked im
     await podman(['push', '--quiet', '--tls-verify=false', '--compression-format', 'zstd:chunked', local, `docker://${reference}`]);
     const layout = path.join(work, 'podman-written');
     await execa('skopeo', ['copy', '--quiet', '--preserve-digests', '--src-tls-verify=false', `docker://${reference}`, `oci:${layout}:x`]);
-    const index = JSON.parse(await readFile(path.join(layout, 'index.json'), 'utf8')) as { manifests: Array<{ digest: string }> };
-    const blobPath = (digest: string) => path.join(layout, 'blobs', 'sha256', digest.slice(7));
-    const manifest = JSON.parse(await readFile(blobPath(index.manifests[0]!.digest), 'utf8')) as {
-      layers: Array<{ digest: string; mediaType: string; annotations?: Record<string, string> }>;
-    };
-    expect(manifest.layers).toHaveLength(1);
-    const dataLayer = manifest.layers[0]!;
+    const [{ layers: manifestLayers }] = readOciLayout(layout).manifests;
+    expect(manifestLayers).toHaveLength(1);
+    const dataLayer = manifestLayers[0]!;
     expect(dataLayer.mediaType).toBe('application/vnd.oci.image.layer.v1.tar+zstd');
-    const reader = await openEstargzFile(blobPath(dataLayer.digest));
+    const reader = await openEstargzFile(layoutBlobPath(layout, dataLayer.digest));
     try {
       expect(reader.codec.name).toBe('zstd');
       const position = parseManifestPosition(dataLayer.annotations![MANIFEST_POSITION_ANNOTATION]!);
