@@ -1,6 +1,6 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base.js';
-import { registryFlags, runOptionsFromFlags, stateRootFlags, transportOptions, userFlag, workloadFlags } from '../cli/flags.js';
+import { workloadRegistryFlags, runOptionsFromFlags, stateRootFlags, transportOptions, userFlag, workloadFlags } from '../cli/flags.js';
 import { writeJson } from '../cli/output.js';
 import { EsgzError } from '../errors.js';
 import { runContainer } from '../snapshotter/run.js';
@@ -67,7 +67,7 @@ when the container exits or on Ctrl-C. Needs root. Arguments after ID are the co
   };
 
   static override flags = {
-    ...registryFlags,
+    ...workloadRegistryFlags,
     ...stateRootFlags,
     ...workloadFlags,
     rm: Flags.boolean({ description: "Remove the container's writable layer when it exits", default: false }),

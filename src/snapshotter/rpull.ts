@@ -15,7 +15,7 @@ import { sourceBlobReader } from '../convert/source-reader.js';
 import { openDecompressed } from '../image/compression.js';
 import { isIndexMediaType, isManifestMediaType } from '../oci/media-types.js';
 import { formatPlatform, hostPlatform, platformMatches } from '../oci/platform.js';
-import { openRegistrySource } from '../image/transports/registry.js';
+import { openRegistrySource, type RegistryOptions } from '../image/transports/registry.js';
 import type { Descriptor, ImageConfig, ImageIndex, ImageManifest, Platform, RawManifest } from '../oci/types.js';
 import type { ImageSource } from '../image/types.js';
 import { unpackLayer } from '../rootfs/unpack.js';
@@ -24,7 +24,8 @@ import { ChunkCache, LazyLayer, type FetchPolicy } from './cache.js';
 import { mkdirPrivate, PrimedBlobReader, StateRoot, syncFilesystem, tempTag, type ImageRecord, type LayerRecord } from './state.js';
 import { MAX_CONFIG_BYTES } from '../oci/limits.js';
 
-export interface RpullOptions {
+/** The registry options (`plainHttp`, `insecure`, hosts.toml, TLS, credentials, trace) come from RegistryOptions. */
+export interface RpullOptions extends RegistryOptions {
   reference: string;
   stateRoot?: string;
   platform?: Platform;
@@ -145,7 +146,7 @@ export class ExternalTOCs {
   constructor(
     private readonly reference: string,
     private readonly platform: Platform | undefined,
-    private readonly transport: { plainHttp?: boolean; insecure?: boolean },
+    private readonly transport: RegistryOptions,
   ) {}
 
   private open(): Promise<{ source: ImageSource; layers: Descriptor[] }> {
@@ -184,7 +185,7 @@ export async function rpull(options: RpullOptions): Promise<RpullReport> {
   const state = new StateRoot(options.stateRoot);
   await state.init();
   const progress = options.onProgress ?? (() => undefined);
-  const source = options.source ?? (await openRegistrySource(reference, { plainHttp: options.plainHttp, insecure: options.insecure }));
+  const source = options.source ?? (await openRegistrySource(reference, options));
   let externalTOCs: ExternalTOCs | undefined;
   let unpin: (() => Promise<void>) | undefined;
   try {
@@ -230,7 +231,7 @@ export async function rpull(options: RpullOptions): Promise<RpullReport> {
         } catch (err) {
           if (!(err instanceof EsgzError && err.code === 'UNSUPPORTED' && /external/i.test(err.message))) throw err;
           // The footer says the TOC lives in the "-esgztoc" TOC image (ctr-remote --estargz-external-toc).
-          externalTOCs ??= new ExternalTOCs(reference, options.platform, { plainHttp: options.plainHttp, insecure: options.insecure });
+          externalTOCs ??= new ExternalTOCs(reference, options.platform, options);
           externalTOC = await externalTOCs.tocFor(desc.digest);
           reader = await EstargzReader.open(primed, { expectedTOCDigest: tocDigest, where, externalTOC });
           progress(`${where}: TOC taken from the TOC image`);
