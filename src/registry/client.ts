@@ -762,7 +762,7 @@ export class RegistryClient {
         } catch (err) {
           lastError = err;
           const code = errorCode(err) ?? '';
-          if (scheme === 'https' && isTlsRefusal(code)) continue schemes; // plain http next, if allowed
+          if (scheme === 'https' && isTlsRefusal(code) && !isClientCertificateRefusal(code)) continue schemes; // plain http next, if allowed
           if (attempt < this.attempts && RETRYABLE_NETWORK_CODES.has(code)) {
             await sleep(this.backoff(attempt));
             continue;
@@ -772,14 +772,19 @@ export class RegistryClient {
       }
     }
     const code = errorCode(lastError) ?? '';
-    const tlsHint = this.options.plainHttp
-      ? ''
-      : isTlsRefusal(code)
-        ? ' (does it speak plain HTTP? try --plain-http)'
-        : isCertificateError(code)
-          ? ' (to skip certificate verification: --insecure)'
-          : '';
-    throw new EsgzError('NETWORK', `cannot reach registry ${this.registry}: ${describeNetworkError(lastError)}${tlsHint}`, { cause: lastError });
+    throw new EsgzError('NETWORK', `cannot reach registry ${this.registry}: ${describeNetworkError(lastError)}${this.tlsHint(code)}`, { cause: lastError });
+  }
+
+  /** What to try when the registry could not be reached over TLS. */
+  private tlsHint(code: string): string {
+    if (!this.schemeCandidates().includes('https')) return '';
+    if (isTlsRefusal(code) && !isClientCertificateRefusal(code)) return ' (does it speak plain HTTP? try --plain-http)';
+    if (isCertificateError(code)) return ' (to skip certificate verification: --insecure)';
+    // A registry with clientcas ends the connection right after a handshake without a client certificate.
+    if (!this.options.tls?.cert?.length && (isClientCertificateRefusal(code) || code === 'UND_ERR_SOCKET' || code === 'ECONNRESET')) {
+      return ' (does it require a client certificate? give one with --tlscert/--tlskey or "client" in hosts.toml)';
+    }
+    return '';
   }
 
   /** https unless told plain HTTP; a loopback registry named by nothing else tries https then http. */
@@ -976,6 +981,10 @@ function errorCode(err: unknown): string | undefined {
 
 function isTlsRefusal(code: string): boolean {
   return code.startsWith('ERR_SSL_') || code === 'EPROTO';
+}
+
+function isClientCertificateRefusal(code: string): boolean {
+  return /CERTIFICATE_REQUIRED|HANDSHAKE_FAILURE|BAD_CERTIFICATE/.test(code);
 }
 
 function isCertificateError(code: string): boolean {
