@@ -9,6 +9,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MediaType } from '../../src/oci/media-types.js';
 import { busyboxRootfs, multiLayerEntries, writeOciImage, type WrittenImage } from '../fixtures/oci-image.js';
+import { execa } from 'execa';
 import { esgz, expectOneLineError, repoRoot } from '../harness/cli.js';
 import { freePort, makeTestPki, startRegistry, type RunningRegistry, type TestPki } from '../harness/registry.js';
 import { startTokenFront } from './token-front.js';
@@ -33,6 +34,11 @@ async function ok(...args: string[]) {
   return result;
 }
 
+/** The built CLI with a docker config dir of its own. */
+async function esgzWithDockerConfig(dockerConfig: string, ...args: string[]) {
+  return execa('node', [path.join(repoRoot, 'bin/run.js'), ...args], { reject: false, env: { DEBUG: '', DOCKER_CONFIG: dockerConfig }, stdin: 'ignore' });
+}
+
 /** Writes `HOSTS_DIR/<registry>/hosts.toml` and returns HOSTS_DIR. */
 async function hostsDir(name: string, registry: string, toml: string): Promise<string> {
   const root = path.join(tmp, name);
@@ -41,7 +47,7 @@ async function hostsDir(name: string, registry: string, toml: string): Promise<s
   return root;
 }
 
-/** The hosts (host:port) that answered 200/206 to a GET of `digest`'s blob, from --http-trace lines. */
+/** The hosts (host:port) that answered 200/206 to a GET of `digest`'s blob (any blob: `sha256:`), from --http-trace lines. */
 function blobServedBy(trace: string, digest: string): string[] {
   const hosts = trace
     .split('\n')
@@ -203,5 +209,50 @@ describe('-u USER:PASSWORD and traces without secrets', () => {
       await front.close();
       await registry.stop();
     }
+  });
+});
+
+describe('credentials: -u over hosts.toml header over docker config, each only for its own host', () => {
+  const password = 'pw-precedence-1234';
+  const basic = (user: string, pw: string) => `Basic ${Buffer.from(`${user}:${pw}`).toString('base64')}`;
+  let server: RunningRegistry;
+  let mirror: RunningRegistry;
+  const repo = 'creds/single';
+  beforeAll(async () => {
+    // Both ask for the same user and password, so credentials sent to the wrong host would work there.
+    [server, mirror] = await Promise.all([startRegistry({ htpasswd: { username: 'alice', password } }), startRegistry({ htpasswd: { username: 'alice', password } })]);
+    for (const registry of [server, mirror]) await ok('image', 'copy', '--plain-http', '-u', `alice:${password}`, `oci:${layout}:single`, `${registry.address}/${repo}:v1`);
+  });
+  afterAll(async () => Promise.all([server?.stop(), mirror?.stop()]));
+
+  it('sends -u only to the server; a mirror gets its own header or docker config entry', async () => {
+    const ref = `${server.address}/${repo}:v1`;
+    const mirrorTable = `[host."http://${mirror.address}"]\n  capabilities = ["pull", "resolve"]\n`;
+    const plain = await hostsDir('creds-plain', server.address, `server = "http://${server.address}"\n${mirrorTable}`);
+    const withU = await ok('image', 'copy', '--hosts-dir', plain, '--http-dump', '-u', `alice:${password}`, ref, `oci:${path.join(tmp, 'creds-1')}`);
+    // Requests to the mirror carry no Authorization: it answers 401 and the server serves every blob.
+    const mirrorRequests = withU.stderr.split(/\n(?=esgz http: [A-Z]+ )/).filter((block) => block.includes(` http://${mirror.address}/`));
+    expect(mirrorRequests.length).toBeGreaterThan(0);
+    for (const block of mirrorRequests) expect(block).not.toContain('authorization:');
+    expect(blobServedBy(withU.stderr, 'sha256:')).toEqual([server.address]);
+
+    // The mirror's own docker config entry makes it serve.
+    const dockerConfig = path.join(tmp, 'creds-docker');
+    await mkdir(dockerConfig, { recursive: true });
+    await writeFile(path.join(dockerConfig, 'config.json'), JSON.stringify({ auths: { [mirror.address]: { auth: Buffer.from(`alice:${password}`).toString('base64') } } }));
+    const viaConfig = await esgzWithDockerConfig(dockerConfig, 'image', 'copy', '--hosts-dir', plain, '--http-trace', '-u', `alice:${password}`, ref, `oci:${path.join(tmp, 'creds-2')}`);
+    expect(viaConfig.exitCode, viaConfig.stderr).toBe(0);
+    expect(blobServedBy(viaConfig.stderr, 'sha256:')).toEqual([mirror.address]);
+
+    // A header in hosts.toml beats a wrong docker config entry; -u beats a wrong header.
+    await writeFile(path.join(dockerConfig, 'config.json'), JSON.stringify({ auths: { [server.address]: { auth: Buffer.from('alice:wrong').toString('base64') } } }));
+    const header = await hostsDir('creds-header', server.address, `server = "http://${server.address}"\n[header]\n  authorization = "${basic('alice', password)}"\n`);
+    const viaHeader = await esgzWithDockerConfig(dockerConfig, 'image', 'copy', '--hosts-dir', header, ref, `oci:${path.join(tmp, 'creds-3')}`);
+    expect(viaHeader.exitCode, viaHeader.stderr).toBe(0);
+    const wrongHeader = await hostsDir('creds-wrong-header', server.address, `server = "http://${server.address}"\n[header]\n  authorization = "${basic('alice', 'wrong')}"\n`);
+    const viaU = await esgzWithDockerConfig(dockerConfig, 'image', 'copy', '--hosts-dir', wrongHeader, '-u', `alice:${password}`, ref, `oci:${path.join(tmp, 'creds-4')}`);
+    expect(viaU.exitCode, viaU.stderr).toBe(0);
+    const refused = await esgzWithDockerConfig(dockerConfig, 'image', 'copy', '--hosts-dir', wrongHeader, ref, `oci:${path.join(tmp, 'creds-5')}`);
+    expectOneLineError(refused, 'nonzero', /refused|requires authentication/);
   });
 });
