@@ -165,6 +165,11 @@ describe('a registry that requires client certificates (clientcas)', () => {
     const hosts = await hostsDir('tls-hosts', registry.address, `server = "https://${registry.address}"\nca = "${pki.ca}"\nclient = [["${pki.clientCert}", "${pki.clientKey}"]]\n`);
     await ok('image', 'copy', '--hosts-dir', hosts, ref, `oci:${path.join(tmp, 'tls-hosts-out')}`);
     expectOneLineError(await esgz('image', 'copy', '--tlscert', pki.clientCert, ref, 'oci:/nonexistent'), 2, /--tlscert and --tlskey go together/);
+    // -k / --skip-verify (ctr's names for --insecure) instead of trusting the CA.
+    for (const skip of ['-k', '--skip-verify']) {
+      await ok('image', 'copy', skip, '--tlscert', pki.clientCert, '--tlskey', pki.clientKey, ref, `oci:${path.join(tmp, `tls-skip${skip}`)}`);
+    }
+    expectOneLineError(await esgz('image', 'copy', '--tlscert', pki.clientCert, '--tlskey', pki.clientKey, ref, `oci:${path.join(tmp, 'tls-untrusted')}`), 'nonzero', /certificate/);
   });
 });
 
@@ -183,6 +188,23 @@ describe('-u USER:PASSWORD and traces without secrets', () => {
       expect(pushed.stderr).toContain('authorization: Basic ***');
       expectOneLineError(await esgz('image', 'copy', '--plain-http', ref, `oci:${path.join(tmp, 'auth-none')}`), 'nonzero', /requires authentication/);
       expectOneLineError(await esgz('image', 'copy', '--plain-http', '-u', 'alice', ref, `oci:${path.join(tmp, 'auth-none')}`), 2, /stdin is not a terminal.*-u alice:PASSWORD/);
+
+      // On a terminal (script(1) gives the CLI a pty), -u USER asks for the password without echoing it.
+      const out = path.join(tmp, 'auth-prompted');
+      const command = `node ${path.join(repoRoot, 'bin/run.js')} image copy --plain-http -u alice ${ref} oci:${out}`;
+      const child = execa('script', ['-qec', command, '/dev/null'], { reject: false, env: { DEBUG: '' } });
+      let seen = '';
+      child.stdout!.on('data', (chunk: Buffer) => {
+        seen += chunk.toString('utf8');
+        if (seen.includes('Password for alice: ') && !seen.includes('\u0000asked')) {
+          seen += '\u0000asked';
+          child.stdin!.write(`${password}\r`);
+        }
+      });
+      const prompted = await child;
+      expect(prompted.exitCode, seen).toBe(0);
+      expect(seen).not.toContain(password);
+      expect(existsSync(path.join(out, 'index.json'))).toBe(true);
     } finally {
       await registry.stop();
     }
