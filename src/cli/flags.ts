@@ -97,8 +97,9 @@ function credentialsFromFlags(user: string | undefined, refresh: string | undefi
 /** Reads a password from the terminal without echoing it. */
 function promptPassword(username: string): Promise<string> {
   const input = process.stdin;
-  process.stderr.write(`Password for ${username}: `);
+  // Echo off before the prompt shows: what is typed after it is never displayed.
   input.setRawMode(true);
+  process.stderr.write(`Password for ${username}: `);
   input.resume();
   return new Promise((resolve, reject) => {
     let value = '';
