@@ -13,6 +13,9 @@ import { execa } from 'execa';
 import { esgz, expectOneLineError, repoRoot } from '../harness/cli.js';
 import { freePort, makeTestPki, startRegistry, type RunningRegistry, type TestPki } from '../harness/registry.js';
 import { startTokenFront } from './token-front.js';
+import { startFaultProxy } from '../harness/fault-proxy.js';
+import { openRegistryHosts } from '../../src/registry/mirrors.js';
+import { readAll, tinyImage, streamOf, uniqueRepo } from './helpers.js';
 
 let tmp: string;
 let layout: string;
@@ -276,5 +279,44 @@ describe('credentials: -u over hosts.toml header over docker config, each only f
     expect(viaU.exitCode, viaU.stderr).toBe(0);
     const refused = await esgzWithDockerConfig(dockerConfig, 'image', 'copy', '--hosts-dir', wrongHeader, ref, `oci:${path.join(tmp, 'creds-5')}`);
     expectOneLineError(refused, 'nonzero', /refused|requires authentication/);
+  });
+});
+
+describe('fall-through on a faulty mirror (library)', () => {
+  it('moves a 5xx or a corrupt manifest on to the next host, reads and ranges included', async () => {
+    const server = await startRegistry();
+    const proxy = await startFaultProxy(server.address);
+    try {
+      const repo = uniqueRepo('faulty');
+      const image = tinyImage(300_000);
+      const direct = await openRegistryHosts(server.address, { plainHttp: true, hostsDirs: [] });
+      await direct.uploadBlob(repo, image.layer.desc, () => streamOf(image.layer.bytes));
+      await direct.uploadBlob(repo, image.config.desc, () => streamOf(image.config.bytes));
+      await direct.putManifest(repo, 'v1', image.manifest);
+      await direct.close();
+
+      // The mirror is the same registry behind a proxy that breaks what it is told to.
+      const hosts = await hostsDir('faulty', server.address, `server = "http://${server.address}"\n[host."http://${proxy.address}"]\n  capabilities = ["pull", "resolve"]\n`);
+      const client = await openRegistryHosts(server.address, { hostsDirs: [hosts], retryDelayMs: 1 });
+      try {
+        proxy.corrupt({ method: 'GET', path: '/manifests/' });
+        expect((await client.getManifest(repo, 'v1')).digest).toBe(image.manifest.digest);
+        proxy.fail(503, { method: 'GET', path: image.layer.desc.digest, times: 100 });
+        expect(await client.readBlobRange(repo, image.layer.desc, 1000, 500)).toEqual(image.layer.bytes.subarray(1000, 1500));
+        expect((await readAll(await client.openBlob(repo, image.layer.desc))).equals(image.layer.bytes)).toBe(true);
+        // The mirror was asked (and failed) before the server answered.
+        expect(proxy.log.filter((e) => e.fault === 'fail').length).toBeGreaterThanOrEqual(2);
+        expect(proxy.log.some((e) => e.fault === 'corrupt')).toBe(true);
+        const before = proxy.count({ method: 'GET', path: image.config.desc.digest });
+        // A healthy mirror serves: nothing more reaches the server for the config.
+        expect((await readAll(await client.openBlob(repo, image.config.desc))).equals(image.config.bytes)).toBe(true);
+        expect(proxy.count({ method: 'GET', path: image.config.desc.digest })).toBe(before + 1);
+      } finally {
+        await client.close();
+      }
+    } finally {
+      await proxy.close();
+      await server.stop();
+    }
   });
 });
