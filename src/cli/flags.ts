@@ -1,6 +1,7 @@
 // The flag sets every command draws from, defined once: a flag's name, range, default and help
 // text live here, and so does the one mapping from flags to library options (ctr-remote's
 // `getESGZConvertOpts` is the model). Commands spread the sets they need and call the mappers.
+import { statSync } from 'node:fs';
 import { Flags } from '@oclif/core';
 import { EsgzError } from '../errors.js';
 import { DEFAULT_GZIP_LEVEL } from '../estargz/gzip-codec.js';
@@ -67,7 +68,11 @@ export interface TransportFlagValues {
 export function transportOptions(flags: TransportFlagValues): RegistryOptions & { plainHttp: boolean; insecure: boolean } {
   if ((flags.tlscert === undefined) !== (flags.tlskey === undefined)) throw new EsgzError('BAD_FLAG', '--tlscert and --tlskey go together');
   const options: RegistryOptions & { plainHttp: boolean; insecure: boolean } = { plainHttp: flags['plain-http'], insecure: flags.insecure };
-  if (flags['hosts-dir'] !== undefined) options.hostsDirs = [flags['hosts-dir']];
+  if (flags['hosts-dir'] !== undefined) {
+    // A mistyped directory would silently mean "no mirrors"; the default ones may be absent.
+    if (!statSync(flags['hosts-dir'], { throwIfNoEntry: false })?.isDirectory()) throw new EsgzError('BAD_FLAG', `--hosts-dir ${flags['hosts-dir']}: not a directory`);
+    options.hostsDirs = [flags['hosts-dir']];
+  }
   if (flags.tlscacert !== undefined || flags.tlscert !== undefined) {
     options.tlsFiles = { ca: flags.tlscacert, cert: flags.tlscert, key: flags.tlskey };
   }

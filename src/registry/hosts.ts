@@ -110,20 +110,21 @@ export function parseHostsToml(text: string, baseDir: string, where: string): Pa
   // TOML tables keep their keys in file order (no URL is an integer-like key), as containerd reads them.
   for (const [url, table] of Object.entries(tables)) {
     if (!isTable(table)) throw new EsgzError('BAD_FORMAT', `${where}: host."${url}" must be a table`);
-    hosts.push({ ...parseHostTable(table, baseDir, `${where}: host."${url}"`), ...hostUrl(url, table, `${where}: host."${url}"`), isServer: false });
+    const here = `${where}: host."${url}"`;
+    hosts.push({ ...parseHostTable(table, baseDir, here, HOST_KEYS), ...hostUrl(url, table, here), isServer: false });
   }
   const server = document.server;
   if (server !== undefined && typeof server !== 'string') throw new EsgzError('BAD_FORMAT', `${where}: "server" must be a string`);
   const serverUrl = server !== undefined && server !== '' ? hostUrl(server, document, `${where}: server`) : {};
-  hosts.push({ ...parseHostTable(document, baseDir, where), ...serverUrl, isServer: true });
+  hosts.push({ ...parseHostTable(document, baseDir, where, TOP_LEVEL_KEYS), ...serverUrl, isServer: true });
   return hosts;
 }
 
-const KNOWN_KEYS = new Set(['capabilities', 'ca', 'client', 'skip_verify', 'header', 'override_path', 'dial_timeout']);
-const TOP_LEVEL_KEYS = new Set([...KNOWN_KEYS, 'server', 'host']);
+/** What a host table may hold; the top level (the server's table) also has `server` and the `host` tables. */
+const HOST_KEYS = new Set(['capabilities', 'ca', 'client', 'skip_verify', 'header', 'override_path', 'dial_timeout']);
+const TOP_LEVEL_KEYS = new Set([...HOST_KEYS, 'server', 'host']);
 
-function parseHostTable(table: Record<string, unknown>, baseDir: string, where: string): Omit<ParsedHost, 'isServer'> {
-  const known = 'host' in table || 'server' in table ? TOP_LEVEL_KEYS : KNOWN_KEYS;
+function parseHostTable(table: Record<string, unknown>, baseDir: string, where: string, known: ReadonlySet<string>): Omit<ParsedHost, 'isServer'> {
   const unknown = Object.keys(table).find((key) => !known.has(key));
   if (unknown !== undefined) throw new EsgzError('BAD_FORMAT', `${where}: unknown key "${unknown}"`);
   const result: Omit<ParsedHost, 'isServer'> = { capabilities: parseCapabilities(table.capabilities, where) };

@@ -88,6 +88,7 @@ ca = "root.pem"
     expect(badToml('[host."https://m".header]\n"bad name" = "v"').message).toMatch(/not a header name/);
     expect(badToml('[host."https://m"]\ncapabilitys = ["pull"]').message).toMatch(/unknown key "capabilitys"/);
     expect(badToml('host = "https://m"').message).toMatch(/"host" must be a table/);
+    expect(badToml('[host."https://m"]\nserver = "https://elsewhere"').message).toMatch(/host\."https:\/\/m": unknown key "server"/);
   });
 });
 

@@ -142,6 +142,7 @@ describe('hosts.toml mirrors: a dead one, one missing a blob, then the server', 
     const bad = await hostsDir('bad', server.address, '[host."http://m"\ncapabilities = ["pull"]\n');
     expectOneLineError(await esgz('image', 'copy', '--hosts-dir', bad, `${server.address}/${repo}:v1`, `oci:${path.join(tmp, 'never')}`), 'nonzero', /hosts\.toml: not valid TOML/);
     expect(existsSync(path.join(tmp, 'never'))).toBe(false);
+    expectOneLineError(await esgz('image', 'rpull', '--hosts-dir', path.join(tmp, 'nope'), `${server.address}/${repo}:v1`), 2, /--hosts-dir .*nope: not a directory/);
   });
 });
 
