@@ -22,24 +22,44 @@ import { CONTAINERD_CERTS_DIR } from '../registry/hosts.js';
 /** Connection flags every registry command shares (ctr's RegistryFlags: the names and -k are ctr's). */
 const registryConnectionFlags = {
   'plain-http': Flags.boolean({ description: 'Talk plain HTTP to registries (no TLS)', default: false }),
-  insecure: Flags.boolean({ char: 'k', aliases: ['skip-verify'], description: 'Skip TLS certificate verification (-k, --skip-verify)', default: false }),
-  refresh: Flags.string({ description: 'Refresh token for the authorization server (OAuth2 refresh_token grant); used when no user is given' }),
+  insecure: Flags.boolean({
+    char: 'k',
+    aliases: ['skip-verify'],
+    description: 'Skip TLS certificate verification (-k, --skip-verify)',
+    default: false,
+  }),
+  refresh: Flags.string({
+    description: 'Refresh token for the authorization server (OAuth2 refresh_token grant); used when no user is given',
+  }),
   'hosts-dir': Flags.string({
-    description: `Directory of HOST/hosts.toml files, containerd's format (default: ~/.config/esgz/certs.d, then ${CONTAINERD_CERTS_DIR})`,
+    description:
+      "Directory of HOST/hosts.toml files, containerd's format " +
+      `(default: ~/.config/esgz/certs.d, then ${CONTAINERD_CERTS_DIR})`,
   }),
   tlscacert: Flags.string({ description: 'PEM file of CA certificates trusted besides the system ones' }),
   tlscert: Flags.string({ description: 'PEM file of the TLS client certificate (with --tlskey)' }),
   tlskey: Flags.string({ description: 'PEM file of the TLS client key (with --tlscert)' }),
-  'http-trace': Flags.boolean({ description: 'Print every registry request and its status on stderr (secrets masked)', default: false }),
-  'http-dump': Flags.boolean({ description: 'Like --http-trace, with request and response headers (secrets masked, no bodies)', default: false }),
+  'http-trace': Flags.boolean({
+    description: 'Print every registry request and its status on stderr (secrets masked)',
+    default: false,
+  }),
+  'http-dump': Flags.boolean({
+    description: 'Like --http-trace, with request and response headers (secrets masked, no bodies)',
+    default: false,
+  }),
 };
 
-const REGISTRY_USER_HELP = 'USER[:PASSWORD] for the registry named in the reference (asked on a terminal when only USER is given)';
+const REGISTRY_USER_HELP =
+  'USER[:PASSWORD] for the registry named in the reference (asked on a terminal when only USER is given)';
 
 /** Every command that reads or writes a registry: `-u/--user` is the registry user, as in `ctr pull`. */
 export const registryFlags = {
   ...registryConnectionFlags,
-  'registry-user': Flags.string({ char: 'u', aliases: ['user'], description: `${REGISTRY_USER_HELP}; also --user, as in ctr` }),
+  'registry-user': Flags.string({
+    char: 'u',
+    aliases: ['user'],
+    description: `${REGISTRY_USER_HELP}; also --user, as in ctr`,
+  }),
 };
 
 /**
@@ -64,14 +84,21 @@ export interface TransportFlagValues {
   'registry-user'?: string;
 }
 
+type TransportOptionValues = RegistryOptions & { plainHttp: boolean; insecure: boolean };
+
 /** The options `openSource`/`openSink`/rpull/run take, from `registryFlags`: the one mapping. */
-export function transportOptions(flags: TransportFlagValues): RegistryOptions & { plainHttp: boolean; insecure: boolean } {
-  if ((flags.tlscert === undefined) !== (flags.tlskey === undefined)) throw new EsgzError('BAD_FLAG', '--tlscert and --tlskey go together');
-  const options: RegistryOptions & { plainHttp: boolean; insecure: boolean } = { plainHttp: flags['plain-http'], insecure: flags.insecure };
-  if (flags['hosts-dir'] !== undefined) {
+export function transportOptions(flags: TransportFlagValues): TransportOptionValues {
+  if ((flags.tlscert === undefined) !== (flags.tlskey === undefined)) {
+    throw new EsgzError('BAD_FLAG', '--tlscert and --tlskey go together');
+  }
+  const options: TransportOptionValues = { plainHttp: flags['plain-http'], insecure: flags.insecure };
+  const hostsDir = flags['hosts-dir'];
+  if (hostsDir !== undefined) {
     // A mistyped directory would silently mean "no mirrors"; the default ones may be absent.
-    if (!statSync(flags['hosts-dir'], { throwIfNoEntry: false })?.isDirectory()) throw new EsgzError('BAD_FLAG', `--hosts-dir ${flags['hosts-dir']}: not a directory`);
-    options.hostsDirs = [flags['hosts-dir']];
+    if (!statSync(hostsDir, { throwIfNoEntry: false })?.isDirectory()) {
+      throw new EsgzError('BAD_FLAG', `--hosts-dir ${hostsDir}: not a directory`);
+    }
+    options.hostsDirs = [hostsDir];
   }
   if (flags.tlscacert !== undefined || flags.tlscert !== undefined) {
     options.tlsFiles = { ca: flags.tlscacert, cert: flags.tlscert, key: flags.tlskey };
@@ -94,7 +121,10 @@ function credentialsFromFlags(user: string | undefined, refresh: string | undefi
   const username = colon >= 0 ? user.slice(0, colon) : user;
   if (username === '') throw new EsgzError('BAD_FLAG', '-u/--user needs USER[:PASSWORD]');
   if (colon >= 0) return { username, password: user.slice(colon + 1) };
-  if (!process.stdin.isTTY) throw new EsgzError('BAD_FLAG', `-u ${username} has no password and stdin is not a terminal to ask: use -u ${username}:PASSWORD`);
+  if (!process.stdin.isTTY) {
+    const hint = `use -u ${username}:PASSWORD`;
+    throw new EsgzError('BAD_FLAG', `-u ${username} has no password and stdin is not a terminal to ask: ${hint}`);
+  }
   let asked: Promise<{ username: string; password: string }> | undefined;
   return () => (asked ??= promptPassword(username).then((password) => ({ username, password })));
 }
@@ -117,7 +147,9 @@ function promptPassword(username: string): Promise<string> {
     const onData = (chunk: Buffer): void => {
       for (const ch of chunk.toString('utf8')) {
         if (ch === '\r' || ch === '\n') return void (finish(), resolve(value));
-        if (ch === '\u0003') return void (finish(), reject(new EsgzError('INTERRUPTED', 'interrupted at the password prompt')));
+        if (ch === '\u0003') {
+          return void (finish(), reject(new EsgzError('INTERRUPTED', 'interrupted at the password prompt')));
+        }
         value = ch === '\u007f' || ch === '\b' ? value.slice(0, -1) : value + ch;
       }
     };

@@ -66,6 +66,12 @@ const RETRYABLE_NETWORK_CODES = new Set([
 
 type Method = 'GET' | 'HEAD' | 'PUT' | 'POST' | 'PATCH' | 'DELETE';
 
+interface HttpRequest {
+  method: string;
+  headers: Record<string, string>;
+  body?: Buffer | Readable | string | null;
+}
+
 interface RequestSpec {
   method: Method;
   /** `/v2/...` on the registry, or an absolute URL (upload locations). */
@@ -121,7 +127,8 @@ export class RegistryClient {
     this.registry = registry;
     this.apiHost = options.host ? new URL(options.host.origin).host : registryApiHost(registry);
     this.apiRoot = options.host?.path ?? '/v2';
-    const { authorization, ...extra } = Object.fromEntries(Object.entries(options.host?.header ?? {}).map(([k, v]) => [k, v.join(', ')]));
+    const header = Object.entries(options.host?.header ?? {}).map(([name, values]) => [name, values.join(', ')]);
+    const { authorization, ...extra } = Object.fromEntries(header) as Record<string, string>;
     this.staticAuthorization = options.credentials ? undefined : authorization;
     this.extraHeaders = extra;
     this.attempts = Math.max(1, options.attempts ?? 3);
@@ -584,7 +591,11 @@ export class RegistryClient {
     let current = url;
     for (let hop = 0; ; hop += 1) {
       const own = current.origin === base.origin;
-      const headers: Record<string, string> = { 'user-agent': this.userAgent, ...(own ? this.extraHeaders : {}), ...spec.headers };
+      const headers: Record<string, string> = {
+        'user-agent': this.userAgent,
+        ...(own ? this.extraHeaders : {}),
+        ...spec.headers,
+      };
       if (authorization !== undefined && own) headers.authorization = authorization;
       const raw = await this.request(current, { method: spec.method, headers, body: spec.body ?? null });
       const location = header(raw.headers, 'location');
@@ -751,7 +762,8 @@ export class RegistryClient {
       const base = new URL(`${scheme}://${this.apiHost}/`);
       for (let attempt = 1; attempt <= this.attempts; attempt += 1) {
         try {
-          const response = await this.request(new URL(`${this.apiRoot}/`, base), { method: 'GET', headers: { 'user-agent': this.userAgent } });
+          const ping = new URL(`${this.apiRoot}/`, base);
+          const response = await this.request(ping, { method: 'GET', headers: { 'user-agent': this.userAgent } });
           if (response.statusCode === 401) this.learnChallenge(parseChallenges(response.headers['www-authenticate']), []);
           await response.body.dump();
           if (RETRYABLE_STATUS.has(response.statusCode) && attempt < this.attempts) {
@@ -762,7 +774,8 @@ export class RegistryClient {
         } catch (err) {
           lastError = err;
           const code = errorCode(err) ?? '';
-          if (scheme === 'https' && isTlsRefusal(code) && !isClientCertificateRefusal(code)) continue schemes; // plain http next, if allowed
+          // plain http next, if allowed
+          if (scheme === 'https' && isTlsRefusal(code) && !isClientCertificateRefusal(code)) continue schemes;
           if (attempt < this.attempts && RETRYABLE_NETWORK_CODES.has(code)) {
             await sleep(this.backoff(attempt));
             continue;
@@ -772,7 +785,8 @@ export class RegistryClient {
       }
     }
     const code = errorCode(lastError) ?? '';
-    throw new EsgzError('NETWORK', `cannot reach registry ${this.registry}: ${describeNetworkError(lastError)}${this.tlsHint(code)}`, { cause: lastError });
+    const reason = `${describeNetworkError(lastError)}${this.tlsHint(code)}`;
+    throw new EsgzError('NETWORK', `cannot reach registry ${this.registry}: ${reason}`, { cause: lastError });
   }
 
   /** What to try when the registry could not be reached over TLS. */
@@ -781,7 +795,8 @@ export class RegistryClient {
     if (isTlsRefusal(code) && !isClientCertificateRefusal(code)) return ' (does it speak plain HTTP? try --plain-http)';
     if (isCertificateError(code)) return ' (to skip certificate verification: --insecure)';
     // A registry with clientcas ends the connection right after a handshake without a client certificate.
-    if (!this.options.tls?.cert?.length && (isClientCertificateRefusal(code) || code === 'UND_ERR_SOCKET' || code === 'ECONNRESET')) {
+    const closed = isClientCertificateRefusal(code) || code === 'UND_ERR_SOCKET' || code === 'ECONNRESET';
+    if (!this.options.tls?.cert?.length && closed) {
       return ' (does it require a client certificate? give one with --tlscert/--tlskey or "client" in hosts.toml)';
     }
     return '';
@@ -796,21 +811,26 @@ export class RegistryClient {
 
   /** `/v2/...` targets under this host's API root (hosts.toml may move it), with `ns=` for a mirror. */
   private apiUrl(target: string, base: URL): URL {
-    const url = target.startsWith('/v2/') ? new URL(`${this.apiRoot}${target.slice('/v2'.length)}`, base) : new URL(target, base);
-    if (this.options.namespace !== undefined && url.origin === base.origin) url.searchParams.set('ns', this.options.namespace);
+    const path = target.startsWith('/v2/') ? `${this.apiRoot}${target.slice('/v2'.length)}` : target;
+    const url = new URL(path, base);
+    const namespace = this.options.namespace;
+    if (namespace !== undefined && url.origin === base.origin) url.searchParams.set('ns', namespace);
     return url;
   }
 
   /** Every HTTP exchange goes through here, so `--http-trace` sees them all. */
-  private async request(url: URL, options: { method: string; headers: Record<string, string>; body?: Buffer | Readable | string | null }): Promise<Dispatcher.ResponseData> {
+  private async request(url: URL, options: HttpRequest): Promise<Dispatcher.ResponseData> {
     const trace = this.options.trace;
     const started = performance.now();
+    const method = options.method as Dispatcher.HttpMethod;
     try {
-      const response = await request(url, { ...options, method: options.method as Dispatcher.HttpMethod, dispatcher: this.agent });
-      if (trace) traceExchange(trace, { ...options, url }, { status: response.statusCode, headers: response.headers }, performance.now() - started);
+      const response = await request(url, { ...options, method, dispatcher: this.agent });
+      const answer = { status: response.statusCode, headers: response.headers };
+      if (trace) traceExchange(trace, { ...options, url }, answer, performance.now() - started);
       return response;
     } catch (err) {
-      if (trace) traceExchange(trace, { ...options, url }, { error: describeNetworkError(err) }, performance.now() - started);
+      const failure = { error: describeNetworkError(err) };
+      if (trace) traceExchange(trace, { ...options, url }, failure, performance.now() - started);
       throw err;
     }
   }

@@ -82,7 +82,8 @@ export async function loadRegistryHosts(registry: string, options: LoadHostsOpti
       if (!(await isDirectory(dir))) continue;
       const file = path.join(dir, HOSTS_FILE);
       const text = await readHostsFile(file);
-      if (text === undefined) return [{ ...defaultServer(registry, options.plainHttp), ...(await dockerCertFiles(dir)) }];
+      if (text === undefined)
+        return [{ ...defaultServer(registry, options.plainHttp), ...(await dockerCertFiles(dir)) }];
       return withDefaultServer(parseHostsToml(text, dir, file), registry, options.plainHttp);
     }
   }
@@ -114,7 +115,8 @@ export function parseHostsToml(text: string, baseDir: string, where: string): Pa
     hosts.push({ ...parseHostTable(table, baseDir, here, HOST_KEYS), ...hostUrl(url, table, here), isServer: false });
   }
   const server = document.server;
-  if (server !== undefined && typeof server !== 'string') throw new EsgzError('BAD_FORMAT', `${where}: "server" must be a string`);
+  if (server !== undefined && typeof server !== 'string')
+    throw new EsgzError('BAD_FORMAT', `${where}: "server" must be a string`);
   const serverUrl = server !== undefined && server !== '' ? hostUrl(server, document, `${where}: server`) : {};
   hosts.push({ ...parseHostTable(document, baseDir, where, TOP_LEVEL_KEYS), ...serverUrl, isServer: true });
   return hosts;
@@ -124,7 +126,12 @@ export function parseHostsToml(text: string, baseDir: string, where: string): Pa
 const HOST_KEYS = new Set(['capabilities', 'ca', 'client', 'skip_verify', 'header', 'override_path', 'dial_timeout']);
 const TOP_LEVEL_KEYS = new Set([...HOST_KEYS, 'server', 'host']);
 
-function parseHostTable(table: Record<string, unknown>, baseDir: string, where: string, known: ReadonlySet<string>): Omit<ParsedHost, 'isServer'> {
+function parseHostTable(
+  table: Record<string, unknown>,
+  baseDir: string,
+  where: string,
+  known: ReadonlySet<string>,
+): Omit<ParsedHost, 'isServer'> {
   const unknown = Object.keys(table).find((key) => !known.has(key));
   if (unknown !== undefined) throw new EsgzError('BAD_FORMAT', `${where}: unknown key "${unknown}"`);
   const result: Omit<ParsedHost, 'isServer'> = { capabilities: parseCapabilities(table.capabilities, where) };
@@ -146,7 +153,10 @@ function hostUrl(raw: string, table: Record<string, unknown>, where: string): { 
     throw new EsgzError('BAD_FORMAT', `${where}: "${raw}" is not a URL`);
   }
   if (url.username || url.password || url.search || url.hash) {
-    throw new EsgzError('BAD_FORMAT', `${where}: "${raw}" must be scheme://host[:port][/path] (credentials go in "header" or docker login)`);
+    throw new EsgzError(
+      'BAD_FORMAT',
+      `${where}: "${raw}" must be scheme://host[:port][/path] (credentials go in "header" or docker login)`,
+    );
   }
   const override = table.override_path === true;
   let root = path.posix.normalize(url.pathname).replace(/\/+$/, '');
@@ -158,7 +168,8 @@ function parseCapabilities(value: unknown, where: string): Set<HostCapability> {
   if (value === undefined) return new Set(ALL_CAPABILITIES);
   const list = stringList(value, `${where}: capabilities`).map((c) => c.toLowerCase());
   const bad = list.find((c) => !(ALL_CAPABILITIES as readonly string[]).includes(c));
-  if (bad !== undefined) throw new EsgzError('BAD_FORMAT', `${where}: unknown capability "${bad}" (pull, resolve or push)`);
+  if (bad !== undefined)
+    throw new EsgzError('BAD_FORMAT', `${where}: unknown capability "${bad}" (pull, resolve or push)`);
   return new Set(list as HostCapability[]);
 }
 
@@ -179,9 +190,11 @@ function parseHeader(value: unknown, where: string): Record<string, string[]> {
   const header: Record<string, string[]> = {};
   for (const [name, values] of Object.entries(value)) {
     // A header value with a line break would let the file inject a second header or request.
-    if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name)) throw new EsgzError('BAD_FORMAT', `${where}: "${name}" is not a header name`);
+    if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name))
+      throw new EsgzError('BAD_FORMAT', `${where}: "${name}" is not a header name`);
     const list = stringList(values, `${where}.${name}`);
-    if (list.some((v) => /[\r\n\0]/.test(v))) throw new EsgzError('BAD_FORMAT', `${where}.${name}: a value holds a line break`);
+    if (list.some((v) => /[\r\n\0]/.test(v)))
+      throw new EsgzError('BAD_FORMAT', `${where}.${name}: a value holds a line break`);
     header[name.toLowerCase()] = list;
   }
   return header;
@@ -215,7 +228,13 @@ function defaultServer(registry: string, plainHttp: boolean | undefined): Regist
   const apiHost = registry === DOCKER_HUB ? DOCKER_HUB_API_HOST : registry;
   const scheme = plainHttp ? 'http' : 'https';
   const probeScheme = !plainHttp && isLoopbackRegistry(registry);
-  return { origin: `${scheme}://${apiHost}`, path: API_ROOT, capabilities: new Set(ALL_CAPABILITIES), isServer: true, ...(probeScheme ? { probeScheme } : {}) };
+  return {
+    origin: `${scheme}://${apiHost}`,
+    path: API_ROOT,
+    capabilities: new Set(ALL_CAPABILITIES),
+    isServer: true,
+    ...(probeScheme ? { probeScheme } : {}),
+  };
 }
 
 /**
@@ -223,7 +242,10 @@ function defaultServer(registry: string, plainHttp: boolean | undefined): Regist
  * `NAME.cert` a client certificate with its key in `NAME.key` (or in the same file).
  */
 async function dockerCertFiles(dir: string): Promise<Pick<RegistryHost, 'ca' | 'client'>> {
-  const names = (await readdir(dir, { withFileTypes: true })).filter((e) => e.isFile()).map((e) => e.name).sort();
+  const names = (await readdir(dir, { withFileTypes: true }))
+    .filter((e) => e.isFile())
+    .map((e) => e.name)
+    .sort();
   const ca = names.filter((n) => n.endsWith('.crt')).map((n) => path.join(dir, n));
   const client = names
     .filter((n) => n.endsWith('.cert'))
@@ -238,7 +260,8 @@ async function isDirectory(dir: string): Promise<boolean> {
   try {
     return (await stat(dir)).isDirectory();
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'ENOTDIR') return false;
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'ENOTDIR')
+      return false;
     throw new EsgzError('BAD_FORMAT', `${dir}: ${(err as Error).message}`, { cause: err });
   }
 }
@@ -251,6 +274,7 @@ async function readHostsFile(file: string): Promise<string | undefined> {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw new EsgzError('BAD_FORMAT', `${file}: ${(err as Error).message}`, { cause: err });
   }
-  if (bytes.length > MAX_HOSTS_FILE_BYTES) throw new EsgzError('BAD_FORMAT', `${file}: larger than ${MAX_HOSTS_FILE_BYTES} bytes`);
+  if (bytes.length > MAX_HOSTS_FILE_BYTES)
+    throw new EsgzError('BAD_FORMAT', `${file}: larger than ${MAX_HOSTS_FILE_BYTES} bytes`);
   return bytes.toString('utf8');
 }

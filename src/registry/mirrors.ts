@@ -14,7 +14,10 @@ import { loadRegistryHosts, type HostCapability, type RegistryHost } from './hos
  * host's error is the one reported. Writes go to the first host with `push` only. Every byte
  * is verified against its digest by the per-host client, so a mirror cannot serve wrong bytes.
  */
-export interface RegistryHostsOptions extends Omit<RegistryClientOptions, 'host' | 'tls' | 'namespace' | 'credentials'> {
+export interface RegistryHostsOptions extends Omit<
+  RegistryClientOptions,
+  'host' | 'tls' | 'namespace' | 'credentials'
+> {
   /** Roots searched for `HOST/hosts.toml` (default: esgz's, then containerd's certs.d). */
   hostsDirs?: string[];
   /** `--tlscacert`, `--tlscert`, `--tlskey`: for every host, before what hosts.toml adds. */
@@ -29,7 +32,10 @@ export interface RegistryHostsOptions extends Omit<RegistryClientOptions, 'host'
 
 export async function openRegistryHosts(registry: string, options: RegistryHostsOptions = {}): Promise<RegistryHosts> {
   const { hostsDirs, tlsFiles, credentials, ...common } = options;
-  const hosts = await loadRegistryHosts(registry, { ...(hostsDirs ? { hostsDirs } : {}), ...(options.plainHttp ? { plainHttp: true } : {}) });
+  const hosts = await loadRegistryHosts(registry, {
+    ...(hostsDirs ? { hostsDirs } : {}),
+    ...(options.plainHttp ? { plainHttp: true } : {}),
+  });
   const shared = await readTlsFiles(tlsFiles);
   const serverCredentials = typeof credentials === 'function' ? await credentials() : credentials;
   const clients = await Promise.all(
@@ -97,7 +103,12 @@ export class RegistryHosts {
     return this.pushHost().hasBlob(repository, desc);
   }
 
-  uploadBlob(repository: string, desc: Descriptor, open: () => Promise<Readable> | Readable, hints: { mountFrom?: string } = {}): Promise<UploadResult> {
+  uploadBlob(
+    repository: string,
+    desc: Descriptor,
+    open: () => Promise<Readable> | Readable,
+    hints: { mountFrom?: string } = {},
+  ): Promise<UploadResult> {
     return this.pushHost().uploadBlob(repository, desc, open, hints);
   }
 
@@ -107,7 +118,11 @@ export class RegistryHosts {
 
   private pushHost(): RegistryClient {
     const host = this.hosts.find((h) => h.host.capabilities.has('push'));
-    if (!host) throw new EsgzError('UNSUPPORTED', `registry ${this.registry}: no host in its hosts.toml has the "push" capability`);
+    if (!host)
+      throw new EsgzError(
+        'UNSUPPORTED',
+        `registry ${this.registry}: no host in its hosts.toml has the "push" capability`,
+      );
     return host.client;
   }
 
@@ -115,9 +130,17 @@ export class RegistryHosts {
    * Tries each host with `capability` in order. `absent`: an undefined answer (404 to a HEAD)
    * also moves on, and is the answer when no host has it.
    */
-  private async read<T>(capability: HostCapability, attempt: (client: RegistryClient) => Promise<T>, options: { absent?: boolean } = {}): Promise<T> {
+  private async read<T>(
+    capability: HostCapability,
+    attempt: (client: RegistryClient) => Promise<T>,
+    options: { absent?: boolean } = {},
+  ): Promise<T> {
     const candidates = this.hosts.filter((h) => h.host.capabilities.has(capability));
-    if (candidates.length === 0) throw new EsgzError('UNSUPPORTED', `registry ${this.registry}: no host in its hosts.toml has the "${capability}" capability`);
+    if (candidates.length === 0)
+      throw new EsgzError(
+        'UNSUPPORTED',
+        `registry ${this.registry}: no host in its hosts.toml has the "${capability}" capability`,
+      );
     const usable = candidates.filter((h) => !this.down.has(h));
     // Every host down: try them all again rather than fail without a request.
     const order = usable.length > 0 ? usable : candidates;
@@ -148,7 +171,9 @@ function fallsThrough(err: unknown): boolean {
   return err instanceof EsgzError && err.code !== 'INTERNAL' && err.code !== 'INTERRUPTED';
 }
 
-async function readTlsFiles(files: { ca?: string | string[]; cert?: string; key?: string; client?: RegistryHost['client'] } | undefined): Promise<TlsMaterial> {
+async function readTlsFiles(
+  files: { ca?: string | string[]; cert?: string; key?: string; client?: RegistryHost['client'] } | undefined,
+): Promise<TlsMaterial> {
   if (!files) return {};
   const ca = typeof files.ca === 'string' ? [files.ca] : (files.ca ?? []);
   const pairs = [...(files.cert !== undefined ? [{ cert: files.cert, key: files.key }] : []), ...(files.client ?? [])];
@@ -158,7 +183,9 @@ async function readTlsFiles(files: { ca?: string | string[]; cert?: string; key?
   if (pairs.length > 0) {
     material.cert = await Promise.all(pairs.map((p) => readPem(p.cert, 'client certificate')));
     // A pair without a key file has its key in the certificate's file (containerd's single-PEM form).
-    material.key = await Promise.all(pairs.map((p, i) => (p.key !== undefined ? readPem(p.key, 'client key') : material.cert![i]!)));
+    material.key = await Promise.all(
+      pairs.map((p, i) => (p.key !== undefined ? readPem(p.key, 'client key') : material.cert![i]!)),
+    );
   }
   return material;
 }
@@ -177,7 +204,11 @@ async function readPem(file: string, what: string): Promise<string> {
   try {
     text = await readFile(file, 'utf8');
   } catch (err) {
-    throw new EsgzError('BAD_FLAG', `${what} ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
+    throw new EsgzError(
+      'BAD_FLAG',
+      `${what} ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+      { cause: err },
+    );
   }
   if (!text.includes('-----BEGIN ')) throw new EsgzError('BAD_FORMAT', `${what} ${file}: not a PEM file`);
   return text;

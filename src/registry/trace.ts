@@ -31,7 +31,9 @@ export function maskUrl(url: URL | string): string {
 export function maskHeaders(headers: Record<string, string | string[] | undefined>): string[] {
   return Object.entries(headers)
     .filter((entry): entry is [string, string | string[]] => entry[1] !== undefined)
-    .flatMap(([name, value]) => (Array.isArray(value) ? value : [value]).map((v) => `${name}: ${maskHeaderValue(name, v)}`));
+    .flatMap(([name, value]) =>
+      (Array.isArray(value) ? value : [value]).map((v) => `${name}: ${maskHeaderValue(name, v)}`),
+    );
 }
 
 function maskHeaderValue(name: string, value: string): string {

@@ -51,7 +51,7 @@ export interface RegistryTls {
   ca?: string;
 }
 
-/** A test PKI made with openssl: a CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA. */
+/** A test PKI made with openssl: a CA, a server certificate for 127.0.0.1 and a client certificate, signed by the CA. */
 export interface TestPki {
   ca: string;
   serverCert: string;
@@ -62,14 +62,27 @@ export interface TestPki {
 
 export async function makeTestPki(dir: string): Promise<TestPki> {
   const at = (name: string) => path.join(dir, name);
-  const pki: TestPki = { ca: at('ca.pem'), serverCert: at('server.pem'), serverKey: at('server-key.pem'), clientCert: at('client.pem'), clientKey: at('client-key.pem') };
-  await execa('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-sha256', '-days', '2', '-subj', '/CN=esgz test CA', '-keyout', at('ca-key.pem'), '-out', pki.ca]);
+  const pki: TestPki = {
+    ca: at('ca.pem'),
+    serverCert: at('server.pem'),
+    serverKey: at('server-key.pem'),
+    clientCert: at('client.pem'),
+    clientKey: at('client-key.pem'),
+  };
+  const caKey = at('ca-key.pem');
+  await execa('openssl', [
+    'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-sha256', '-days', '2', '-subj', '/CN=esgz test CA',
+    '-keyout', caKey, '-out', pki.ca,
+  ]);
   const issue = async (cert: string, key: string, subject: string, extensions: string): Promise<void> => {
     const csr = `${cert}.csr`;
     const ext = `${cert}.ext`;
     await writeFile(ext, extensions);
     await execa('openssl', ['req', '-newkey', 'rsa:2048', '-nodes', '-sha256', '-subj', subject, '-keyout', key, '-out', csr]);
-    await execa('openssl', ['x509', '-req', '-in', csr, '-CA', pki.ca, '-CAkey', at('ca-key.pem'), '-CAcreateserial', '-days', '2', '-sha256', '-extfile', ext, '-out', cert]);
+    await execa('openssl', [
+      'x509', '-req', '-in', csr, '-CA', pki.ca, '-CAkey', caKey, '-CAcreateserial', '-days', '2', '-sha256',
+      '-extfile', ext, '-out', cert,
+    ]);
   };
   await issue(pki.serverCert, pki.serverKey, '/CN=127.0.0.1', 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n');
   await issue(pki.clientCert, pki.clientKey, '/CN=esgz test client', 'extendedKeyUsage=clientAuth\n');
@@ -133,7 +146,9 @@ async function startRegistryOnce(options: StartRegistryOptions): Promise<Running
     probeTls = {
       rejectUnauthorized: ca !== undefined,
       ...(ca ? { ca: await readFile(ca, 'utf8') } : {}),
-      ...(probeClient ? { cert: await readFile(probeClient.cert, 'utf8'), key: await readFile(probeClient.key, 'utf8') } : {}),
+      ...(probeClient
+        ? { cert: await readFile(probeClient.cert, 'utf8'), key: await readFile(probeClient.key, 'utf8') }
+        : {}),
     };
   } else if (options.tls) {
     const certificate = path.join(dir, 'tls-cert.pem');
@@ -224,7 +239,10 @@ async function waitUntilServing(baseUrl: string, child: ChildProcess, tls: Probe
 }
 
 /** GET that accepts the harness's self-signed certificate (node's fetch cannot be told to). */
-function fetchIgnoringCertificate(url: string, tls: ProbeTls): Promise<{ status: number; arrayBuffer(): Promise<ArrayBuffer> }> {
+function fetchIgnoringCertificate(
+  url: string,
+  tls: ProbeTls,
+): Promise<{ status: number; arrayBuffer(): Promise<ArrayBuffer> }> {
   if (url.startsWith('http:')) return fetch(url);
   return new Promise((resolve, reject) => {
     const req = https.get(url, tls, (res) => {

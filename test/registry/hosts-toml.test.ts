@@ -55,7 +55,9 @@ ca = "root.pem"
     ]);
     expect([...hosts[0]!.capabilities]).toEqual(['pull', 'resolve']);
     expect(hosts[0]!.skipVerify).toBe(true);
-    expect(hosts[1]!.client).toEqual([{ cert: '/certs/registry.example/client.pem', key: '/certs/registry.example/client-key.pem' }]);
+    expect(hosts[1]!.client).toEqual([
+      { cert: '/certs/registry.example/client.pem', key: '/certs/registry.example/client-key.pem' },
+    ]);
     expect(hosts[1]!.header).toEqual({ 'x-custom': ['a', 'b'] });
     expect(hosts[2]!.client).toEqual([{ cert: '/certs/registry.example/both.pem' }]);
     expect(hosts[2]!.ca).toEqual(['/abs/ca.pem', '/certs/registry.example/rel/ca.pem']);
@@ -80,7 +82,9 @@ ca = "root.pem"
   it('answers a malformed or hostile file with one line naming it', () => {
     expect(badToml('server = "https://a\n[host.').message).toMatch(/^hosts\.toml: not valid TOML: /);
     expect(badToml('server = 3').message).toMatch(/"server" must be a string/);
-    expect(badToml('[host."https://m"]\ncapabilities = ["pull", "delete"]').message).toMatch(/unknown capability "delete"/);
+    expect(badToml('[host."https://m"]\ncapabilities = ["pull", "delete"]').message).toMatch(
+      /unknown capability "delete"/,
+    );
     expect(badToml('[host."https://m"]\nclient = [["only-one"]]').message).toMatch(/client: expected/);
     expect(badToml('[host."https://m"]\nskip_verify = "yes"').message).toMatch(/skip_verify: expected true or false/);
     expect(badToml('[host."https://user:pw@m"]').message).toMatch(/credentials go in "header"/);
@@ -88,13 +92,19 @@ ca = "root.pem"
     expect(badToml('[host."https://m".header]\n"bad name" = "v"').message).toMatch(/not a header name/);
     expect(badToml('[host."https://m"]\ncapabilitys = ["pull"]').message).toMatch(/unknown key "capabilitys"/);
     expect(badToml('host = "https://m"').message).toMatch(/"host" must be a table/);
-    expect(badToml('[host."https://m"]\nserver = "https://elsewhere"').message).toMatch(/host\."https:\/\/m": unknown key "server"/);
+    expect(badToml('[host."https://m"]\nserver = "https://elsewhere"').message).toMatch(
+      /host\."https:\/\/m": unknown key "server"/,
+    );
   });
 });
 
 describe('loadRegistryHosts', () => {
-  it("looks for host_port_, host:port, then _default, as containerd does", () => {
-    expect(hostDirCandidates('/c', 'r.example:5000')).toEqual(['/c/r.example_5000_', '/c/r.example:5000', '/c/_default']);
+  it('looks for host_port_, host:port, then _default, as containerd does', () => {
+    expect(hostDirCandidates('/c', 'r.example:5000')).toEqual([
+      '/c/r.example_5000_',
+      '/c/r.example:5000',
+      '/c/_default',
+    ]);
     expect(hostDirCandidates('/c', 'docker.io')).toEqual(['/c/docker.io', '/c/_default']);
   });
 
@@ -111,7 +121,10 @@ describe('loadRegistryHosts', () => {
     const first = path.join(tmp, 'first');
     const second = path.join(tmp, 'second');
     await mkdir(path.join(first, 'r.example_5000_'), { recursive: true });
-    await writeFile(path.join(first, 'r.example_5000_', 'hosts.toml'), '[host."http://m.example"]\ncapabilities = ["pull"]\n');
+    await writeFile(
+      path.join(first, 'r.example_5000_', 'hosts.toml'),
+      '[host."http://m.example"]\ncapabilities = ["pull"]\n',
+    );
     await mkdir(path.join(second, '_default'), { recursive: true });
     await writeFile(path.join(second, '_default', 'hosts.toml'), 'server = "https://never.example"\n');
     const hosts = await loadRegistryHosts('r.example:5000', { hostsDirs: [first, second], plainHttp: true });
@@ -122,7 +135,8 @@ describe('loadRegistryHosts', () => {
 
     const certs = path.join(tmp, 'certs');
     await mkdir(path.join(certs, 'c.example'), { recursive: true });
-    for (const name of ['ca.crt', 'me.cert', 'me.key', 'solo.cert']) await writeFile(path.join(certs, 'c.example', name), '');
+    for (const name of ['ca.crt', 'me.cert', 'me.key', 'solo.cert'])
+      await writeFile(path.join(certs, 'c.example', name), '');
     const [legacy] = await loadRegistryHosts('c.example', { hostsDirs: [certs] });
     expect(legacy!.ca).toEqual([path.join(certs, 'c.example', 'ca.crt')]);
     expect(legacy!.client).toEqual([

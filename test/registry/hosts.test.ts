@@ -21,11 +21,20 @@ let tmp: string;
 let layout: string;
 let multi: WrittenImage;
 beforeAll(async () => {
-  if (!existsSync(path.join(repoRoot, 'dist/commands/image/copy.js'))) throw new Error('dist/ is missing: run `npm run build` first');
+  if (!existsSync(path.join(repoRoot, 'dist/commands/image/copy.js')))
+    throw new Error('dist/ is missing: run `npm run build` first');
   tmp = await mkdtemp(path.join(os.tmpdir(), 'esgz-hosts-'));
   layout = path.join(tmp, 'layout');
-  multi = await writeOciImage(layout, { tag: 'multi', layers: multiLayerEntries(), config: { Cmd: ['/bin/cat', '/etc/greeting'] } });
-  await writeOciImage(layout, { tag: 'single', layers: [busyboxRootfs()], config: { Cmd: ['/bin/cat', '/etc/hello'] } });
+  multi = await writeOciImage(layout, {
+    tag: 'multi',
+    layers: multiLayerEntries(),
+    config: { Cmd: ['/bin/cat', '/etc/greeting'] },
+  });
+  await writeOciImage(layout, {
+    tag: 'single',
+    layers: [busyboxRootfs()],
+    config: { Cmd: ['/bin/cat', '/etc/hello'] },
+  });
 });
 afterAll(async () => {
   if (tmp) await rm(tmp, { recursive: true, force: true });
@@ -39,7 +48,11 @@ async function ok(...args: string[]) {
 
 /** The built CLI with a docker config dir of its own. */
 async function esgzWithDockerConfig(dockerConfig: string, ...args: string[]) {
-  return execa('node', [path.join(repoRoot, 'bin/run.js'), ...args], { reject: false, env: { DEBUG: '', DOCKER_CONFIG: dockerConfig }, stdin: 'ignore' });
+  return execa('node', [path.join(repoRoot, 'bin/run.js'), ...args], {
+    reject: false,
+    env: { DEBUG: '', DOCKER_CONFIG: dockerConfig },
+    stdin: 'ignore',
+  });
 }
 
 /** Writes `HOSTS_DIR/<registry>/hosts.toml` and returns HOSTS_DIR. */
@@ -50,7 +63,7 @@ async function hostsDir(name: string, registry: string, toml: string): Promise<s
   return root;
 }
 
-/** The hosts (host:port) that answered 200/206 to a GET of `digest`'s blob (any blob: `sha256:`), from --http-trace lines. */
+/** The hosts (host:port) that answered 200/206 to a GET of `digest`'s blob (any: `sha256:`), from --http-trace. */
 function blobServedBy(trace: string, digest: string): string[] {
   const hosts = trace
     .split('\n')
@@ -59,8 +72,14 @@ function blobServedBy(trace: string, digest: string): string[] {
   return [...new Set(hosts)];
 }
 
-async function manifestOf(registry: string, repository: string, tag: string): Promise<{ layers: Array<{ digest: string }> }> {
-  const response = await fetch(`http://${registry}/v2/${repository}/manifests/${tag}`, { headers: { accept: `${MediaType.ociManifest}, ${MediaType.dockerManifest}` } });
+async function manifestOf(
+  registry: string,
+  repository: string,
+  tag: string,
+): Promise<{ layers: Array<{ digest: string }> }> {
+  const response = await fetch(`http://${registry}/v2/${repository}/manifests/${tag}`, {
+    headers: { accept: `${MediaType.ociManifest}, ${MediaType.dockerManifest}` },
+  });
   expect(response.status).toBe(200);
   return (await response.json()) as { layers: Array<{ digest: string }> };
 }
@@ -79,7 +98,8 @@ describe('hosts.toml mirrors: a dead one, one missing a blob, then the server', 
     const s = `${server.address}/${repo}`;
     await ok('image', 'copy', '--plain-http', `oci:${layout}:multi`, `${s}:v1`);
     await ok('image', 'convert', '--plain-http', '--estargz', '--oci', `${s}:v1`, `${s}:esgz`);
-    for (const tag of ['v1', 'esgz']) await ok('image', 'copy', '--plain-http', `${s}:${tag}`, `${mirror.address}/${repo}:${tag}`);
+    for (const tag of ['v1', 'esgz'])
+      await ok('image', 'copy', '--plain-http', `${s}:${tag}`, `${mirror.address}/${repo}:${tag}`);
     // The mirror loses the layer holding /etc/greeting, in both images.
     missing = multi.manifests[0]!.layers[1]!.digest;
     esgzMissing = (await manifestOf(server.address, repo, 'esgz')).layers[1]!.digest;
@@ -106,10 +126,20 @@ describe('hosts.toml mirrors: a dead one, one missing a blob, then the server', 
 
   it('image copy reads each blob from the first host that has it', async () => {
     const out = path.join(tmp, 'copied');
-    const result = await ok('image', 'copy', '--hosts-dir', hosts, '--http-trace', `${server.address}/${repo}:v1`, `oci:${out}:v1`);
+    const result = await ok(
+      'image',
+      'copy',
+      '--hosts-dir',
+      hosts,
+      '--http-trace',
+      `${server.address}/${repo}:v1`,
+      `oci:${out}:v1`,
+    );
     expect(result.stderr).toMatch(new RegExp(`GET http://${dead}/v2/ -> failed: `));
     for (const layer of multi.manifests[0]!.layers) {
-      expect(blobServedBy(result.stderr, layer.digest), layer.digest).toEqual([layer.digest === missing ? server.address : mirror.address]);
+      expect(blobServedBy(result.stderr, layer.digest), layer.digest).toEqual([
+        layer.digest === missing ? server.address : mirror.address,
+      ]);
     }
     expect(blobServedBy(result.stderr, multi.manifests[0]!.configDigest)).toEqual([mirror.address]);
     // The mirror was told which registry it stands in for, as containerd does.
@@ -117,7 +147,17 @@ describe('hosts.toml mirrors: a dead one, one missing a blob, then the server', 
   });
 
   it('image convert reads through the mirrors and pushes only to the server (the mirrors lack push)', async () => {
-    const result = await ok('image', 'convert', '--estargz', '--oci', '--hosts-dir', hosts, '--http-trace', `${server.address}/${repo}:v1`, `${server.address}/${repo}:converted`);
+    const result = await ok(
+      'image',
+      'convert',
+      '--estargz',
+      '--oci',
+      '--hosts-dir',
+      hosts,
+      '--http-trace',
+      `${server.address}/${repo}:v1`,
+      `${server.address}/${repo}:converted`,
+    );
     expect(blobServedBy(result.stderr, missing)).toEqual([server.address]);
     const writes = result.stderr.split('\n').filter((l) => /esgz http: (PUT|POST|PATCH) /.test(l));
     expect(writes.length).toBeGreaterThan(0);
@@ -131,7 +171,9 @@ describe('hosts.toml mirrors: a dead one, one missing a blob, then the server', 
     const pulled = await ok('image', 'rpull', '--hosts-dir', hosts, '--http-trace', '--root', root, ref);
     const layers = (await manifestOf(server.address, repo, 'esgz')).layers;
     for (const layer of layers) {
-      expect(blobServedBy(pulled.stderr, layer.digest), layer.digest).toEqual([layer.digest === esgzMissing ? server.address : mirror.address]);
+      expect(blobServedBy(pulled.stderr, layer.digest), layer.digest).toEqual([
+        layer.digest === esgzMissing ? server.address : mirror.address,
+      ]);
     }
     const run = await ok('run', '--rm', '--hosts-dir', hosts, '--http-trace', '--root', root, ref);
     expect(run.stdout.trim()).toBe('greetings from layer 2');
@@ -140,9 +182,17 @@ describe('hosts.toml mirrors: a dead one, one missing a blob, then the server', 
 
   it('a hostile hosts.toml is a one-line error', async () => {
     const bad = await hostsDir('bad', server.address, '[host."http://m"\ncapabilities = ["pull"]\n');
-    expectOneLineError(await esgz('image', 'copy', '--hosts-dir', bad, `${server.address}/${repo}:v1`, `oci:${path.join(tmp, 'never')}`), 'nonzero', /hosts\.toml: not valid TOML/);
+    expectOneLineError(
+      await esgz('image', 'copy', '--hosts-dir', bad, `${server.address}/${repo}:v1`, `oci:${path.join(tmp, 'never')}`),
+      'nonzero',
+      /hosts\.toml: not valid TOML/,
+    );
     expect(existsSync(path.join(tmp, 'never'))).toBe(false);
-    expectOneLineError(await esgz('image', 'rpull', '--hosts-dir', path.join(tmp, 'nope'), `${server.address}/${repo}:v1`), 2, /--hosts-dir .*nope: not a directory/);
+    expectOneLineError(
+      await esgz('image', 'rpull', '--hosts-dir', path.join(tmp, 'nope'), `${server.address}/${repo}:v1`),
+      2,
+      /--hosts-dir .*nope: not a directory/,
+    );
   });
 });
 
@@ -153,27 +203,75 @@ describe('a registry that requires client certificates (clientcas)', () => {
     await mkdir(path.join(tmp, 'pki'), { recursive: true });
     pki = await makeTestPki(path.join(tmp, 'pki'));
     registry = await startRegistry({
-      tls: { certificate: pki.serverCert, key: pki.serverKey, clientCas: [pki.ca], probeClient: { cert: pki.clientCert, key: pki.clientKey }, ca: pki.ca },
+      tls: {
+        certificate: pki.serverCert,
+        key: pki.serverKey,
+        clientCas: [pki.ca],
+        probeClient: { cert: pki.clientCert, key: pki.clientKey },
+        ca: pki.ca,
+      },
     });
   });
   afterAll(async () => registry?.stop());
 
   it('accepts esgz with --tlscert/--tlskey, or the client entry of hosts.toml, and refuses it otherwise in one line', async () => {
     const ref = `${registry.address}/tls/single:v1`;
-    await ok('image', 'copy', '--tlscacert', pki.ca, '--tlscert', pki.clientCert, '--tlskey', pki.clientKey, `oci:${layout}:single`, ref);
+    await ok(
+      'image',
+      'copy',
+      '--tlscacert',
+      pki.ca,
+      '--tlscert',
+      pki.clientCert,
+      '--tlskey',
+      pki.clientKey,
+      `oci:${layout}:single`,
+      ref,
+    );
 
     const refused = await esgz('image', 'copy', '--tlscacert', pki.ca, ref, `oci:${path.join(tmp, 'tls-refused')}`);
     expectOneLineError(refused, 'nonzero', /client certificate/);
     expect(existsSync(path.join(tmp, 'tls-refused'))).toBe(false);
 
-    const hosts = await hostsDir('tls-hosts', registry.address, `server = "https://${registry.address}"\nca = "${pki.ca}"\nclient = [["${pki.clientCert}", "${pki.clientKey}"]]\n`);
+    const hosts = await hostsDir(
+      'tls-hosts',
+      registry.address,
+      `server = "https://${registry.address}"\nca = "${pki.ca}"\nclient = [["${pki.clientCert}", "${pki.clientKey}"]]\n`,
+    );
     await ok('image', 'copy', '--hosts-dir', hosts, ref, `oci:${path.join(tmp, 'tls-hosts-out')}`);
-    expectOneLineError(await esgz('image', 'copy', '--tlscert', pki.clientCert, ref, 'oci:/nonexistent'), 2, /--tlscert and --tlskey go together/);
+    expectOneLineError(
+      await esgz('image', 'copy', '--tlscert', pki.clientCert, ref, 'oci:/nonexistent'),
+      2,
+      /--tlscert and --tlskey go together/,
+    );
     // -k / --skip-verify (ctr's names for --insecure) instead of trusting the CA.
     for (const skip of ['-k', '--skip-verify']) {
-      await ok('image', 'copy', skip, '--tlscert', pki.clientCert, '--tlskey', pki.clientKey, ref, `oci:${path.join(tmp, `tls-skip${skip}`)}`);
+      await ok(
+        'image',
+        'copy',
+        skip,
+        '--tlscert',
+        pki.clientCert,
+        '--tlskey',
+        pki.clientKey,
+        ref,
+        `oci:${path.join(tmp, `tls-skip${skip}`)}`,
+      );
     }
-    expectOneLineError(await esgz('image', 'copy', '--tlscert', pki.clientCert, '--tlskey', pki.clientKey, ref, `oci:${path.join(tmp, 'tls-untrusted')}`), 'nonzero', /certificate/);
+    expectOneLineError(
+      await esgz(
+        'image',
+        'copy',
+        '--tlscert',
+        pki.clientCert,
+        '--tlskey',
+        pki.clientKey,
+        ref,
+        `oci:${path.join(tmp, 'tls-untrusted')}`,
+      ),
+      'nonzero',
+      /certificate/,
+    );
   });
 });
 
@@ -183,15 +281,41 @@ describe('-u USER:PASSWORD and traces without secrets', () => {
     const registry = await startRegistry({ htpasswd: { username: 'alice', password } });
     try {
       const ref = `${registry.address}/auth/single:v1`;
-      const pushed = await ok('image', 'copy', '--plain-http', '-u', `alice:${password}`, '--http-dump', `oci:${layout}:single`, ref);
-      const pulled = await ok('image', 'copy', '--plain-http', '--user', `alice:${password}`, '--http-trace', ref, `oci:${path.join(tmp, 'auth-out')}`);
+      const pushed = await ok(
+        'image',
+        'copy',
+        '--plain-http',
+        '-u',
+        `alice:${password}`,
+        '--http-dump',
+        `oci:${layout}:single`,
+        ref,
+      );
+      const pulled = await ok(
+        'image',
+        'copy',
+        '--plain-http',
+        '--user',
+        `alice:${password}`,
+        '--http-trace',
+        ref,
+        `oci:${path.join(tmp, 'auth-out')}`,
+      );
       for (const output of [pushed.stderr, pulled.stderr]) {
         expect(output).not.toContain(password);
         expect(output).not.toContain(Buffer.from(`alice:${password}`).toString('base64'));
       }
       expect(pushed.stderr).toContain('authorization: Basic ***');
-      expectOneLineError(await esgz('image', 'copy', '--plain-http', ref, `oci:${path.join(tmp, 'auth-none')}`), 'nonzero', /requires authentication/);
-      expectOneLineError(await esgz('image', 'copy', '--plain-http', '-u', 'alice', ref, `oci:${path.join(tmp, 'auth-none')}`), 2, /stdin is not a terminal.*-u alice:PASSWORD/);
+      expectOneLineError(
+        await esgz('image', 'copy', '--plain-http', ref, `oci:${path.join(tmp, 'auth-none')}`),
+        'nonzero',
+        /requires authentication/,
+      );
+      expectOneLineError(
+        await esgz('image', 'copy', '--plain-http', '-u', 'alice', ref, `oci:${path.join(tmp, 'auth-none')}`),
+        2,
+        /stdin is not a terminal.*-u alice:PASSWORD/,
+      );
 
       // On a terminal (script(1) gives the CLI a pty), -u USER asks for the password without echoing it.
       const out = path.join(tmp, 'auth-prompted');
@@ -222,8 +346,26 @@ describe('-u USER:PASSWORD and traces without secrets', () => {
     const front = await startTokenFront(registry);
     try {
       const ref = `${front.address}/token/single:v1`;
-      const pushed = await ok('image', 'copy', '--plain-http', '-u', `bob:${password}`, '--http-dump', `oci:${layout}:single`, ref);
-      const pulled = await ok('image', 'copy', '--plain-http', '--refresh', refresh, '--http-dump', ref, `oci:${path.join(tmp, 'token-out')}`);
+      const pushed = await ok(
+        'image',
+        'copy',
+        '--plain-http',
+        '-u',
+        `bob:${password}`,
+        '--http-dump',
+        `oci:${layout}:single`,
+        ref,
+      );
+      const pulled = await ok(
+        'image',
+        'copy',
+        '--plain-http',
+        '--refresh',
+        refresh,
+        '--http-dump',
+        ref,
+        `oci:${path.join(tmp, 'token-out')}`,
+      );
       for (const output of [pushed.stderr, pulled.stderr]) {
         expect(output).toContain('authorization: Bearer ***');
         expect(output).not.toContain(password);
@@ -246,8 +388,20 @@ describe('credentials: -u over hosts.toml header over docker config, each only f
   const repo = 'creds/single';
   beforeAll(async () => {
     // Both ask for the same user and password, so credentials sent to the wrong host would work there.
-    [server, mirror] = await Promise.all([startRegistry({ htpasswd: { username: 'alice', password } }), startRegistry({ htpasswd: { username: 'alice', password } })]);
-    for (const registry of [server, mirror]) await ok('image', 'copy', '--plain-http', '-u', `alice:${password}`, `oci:${layout}:single`, `${registry.address}/${repo}:v1`);
+    [server, mirror] = await Promise.all([
+      startRegistry({ htpasswd: { username: 'alice', password } }),
+      startRegistry({ htpasswd: { username: 'alice', password } }),
+    ]);
+    for (const registry of [server, mirror])
+      await ok(
+        'image',
+        'copy',
+        '--plain-http',
+        '-u',
+        `alice:${password}`,
+        `oci:${layout}:single`,
+        `${registry.address}/${repo}:v1`,
+      );
   });
   afterAll(async () => Promise.all([server?.stop(), mirror?.stop()]));
 
@@ -255,9 +409,21 @@ describe('credentials: -u over hosts.toml header over docker config, each only f
     const ref = `${server.address}/${repo}:v1`;
     const mirrorTable = `[host."http://${mirror.address}"]\n  capabilities = ["pull", "resolve"]\n`;
     const plain = await hostsDir('creds-plain', server.address, `server = "http://${server.address}"\n${mirrorTable}`);
-    const withU = await ok('image', 'copy', '--hosts-dir', plain, '--http-dump', '-u', `alice:${password}`, ref, `oci:${path.join(tmp, 'creds-1')}`);
+    const withU = await ok(
+      'image',
+      'copy',
+      '--hosts-dir',
+      plain,
+      '--http-dump',
+      '-u',
+      `alice:${password}`,
+      ref,
+      `oci:${path.join(tmp, 'creds-1')}`,
+    );
     // Requests to the mirror carry no Authorization: it answers 401 and the server serves every blob.
-    const mirrorRequests = withU.stderr.split(/\n(?=esgz http: [A-Z]+ )/).filter((block) => block.includes(` http://${mirror.address}/`));
+    const mirrorRequests = withU.stderr
+      .split(/\n(?=esgz http: [A-Z]+ )/)
+      .filter((block) => block.includes(` http://${mirror.address}/`));
     expect(mirrorRequests.length).toBeGreaterThan(0);
     for (const block of mirrorRequests) expect(block).not.toContain('authorization:');
     expect(blobServedBy(withU.stderr, 'sha256:')).toEqual([server.address]);
@@ -265,20 +431,71 @@ describe('credentials: -u over hosts.toml header over docker config, each only f
     // The mirror's own docker config entry makes it serve.
     const dockerConfig = path.join(tmp, 'creds-docker');
     await mkdir(dockerConfig, { recursive: true });
-    await writeFile(path.join(dockerConfig, 'config.json'), JSON.stringify({ auths: { [mirror.address]: { auth: Buffer.from(`alice:${password}`).toString('base64') } } }));
-    const viaConfig = await esgzWithDockerConfig(dockerConfig, 'image', 'copy', '--hosts-dir', plain, '--http-trace', '-u', `alice:${password}`, ref, `oci:${path.join(tmp, 'creds-2')}`);
+    await writeFile(
+      path.join(dockerConfig, 'config.json'),
+      JSON.stringify({ auths: { [mirror.address]: { auth: Buffer.from(`alice:${password}`).toString('base64') } } }),
+    );
+    const viaConfig = await esgzWithDockerConfig(
+      dockerConfig,
+      'image',
+      'copy',
+      '--hosts-dir',
+      plain,
+      '--http-trace',
+      '-u',
+      `alice:${password}`,
+      ref,
+      `oci:${path.join(tmp, 'creds-2')}`,
+    );
     expect(viaConfig.exitCode, viaConfig.stderr).toBe(0);
     expect(blobServedBy(viaConfig.stderr, 'sha256:')).toEqual([mirror.address]);
 
     // A header in hosts.toml beats a wrong docker config entry; -u beats a wrong header.
-    await writeFile(path.join(dockerConfig, 'config.json'), JSON.stringify({ auths: { [server.address]: { auth: Buffer.from('alice:wrong').toString('base64') } } }));
-    const header = await hostsDir('creds-header', server.address, `server = "http://${server.address}"\n[header]\n  authorization = "${basic('alice', password)}"\n`);
-    const viaHeader = await esgzWithDockerConfig(dockerConfig, 'image', 'copy', '--hosts-dir', header, ref, `oci:${path.join(tmp, 'creds-3')}`);
+    await writeFile(
+      path.join(dockerConfig, 'config.json'),
+      JSON.stringify({ auths: { [server.address]: { auth: Buffer.from('alice:wrong').toString('base64') } } }),
+    );
+    const header = await hostsDir(
+      'creds-header',
+      server.address,
+      `server = "http://${server.address}"\n[header]\n  authorization = "${basic('alice', password)}"\n`,
+    );
+    const viaHeader = await esgzWithDockerConfig(
+      dockerConfig,
+      'image',
+      'copy',
+      '--hosts-dir',
+      header,
+      ref,
+      `oci:${path.join(tmp, 'creds-3')}`,
+    );
     expect(viaHeader.exitCode, viaHeader.stderr).toBe(0);
-    const wrongHeader = await hostsDir('creds-wrong-header', server.address, `server = "http://${server.address}"\n[header]\n  authorization = "${basic('alice', 'wrong')}"\n`);
-    const viaU = await esgzWithDockerConfig(dockerConfig, 'image', 'copy', '--hosts-dir', wrongHeader, '-u', `alice:${password}`, ref, `oci:${path.join(tmp, 'creds-4')}`);
+    const wrongHeader = await hostsDir(
+      'creds-wrong-header',
+      server.address,
+      `server = "http://${server.address}"\n[header]\n  authorization = "${basic('alice', 'wrong')}"\n`,
+    );
+    const viaU = await esgzWithDockerConfig(
+      dockerConfig,
+      'image',
+      'copy',
+      '--hosts-dir',
+      wrongHeader,
+      '-u',
+      `alice:${password}`,
+      ref,
+      `oci:${path.join(tmp, 'creds-4')}`,
+    );
     expect(viaU.exitCode, viaU.stderr).toBe(0);
-    const refused = await esgzWithDockerConfig(dockerConfig, 'image', 'copy', '--hosts-dir', wrongHeader, ref, `oci:${path.join(tmp, 'creds-5')}`);
+    const refused = await esgzWithDockerConfig(
+      dockerConfig,
+      'image',
+      'copy',
+      '--hosts-dir',
+      wrongHeader,
+      ref,
+      `oci:${path.join(tmp, 'creds-5')}`,
+    );
     expectOneLineError(refused, 'nonzero', /refused|requires authentication/);
   });
 });
@@ -297,13 +514,19 @@ describe('fall-through on a faulty mirror (library)', () => {
       await direct.close();
 
       // The mirror is the same registry behind a proxy that breaks what it is told to.
-      const hosts = await hostsDir('faulty', server.address, `server = "http://${server.address}"\n[host."http://${proxy.address}"]\n  capabilities = ["pull", "resolve"]\n`);
+      const hosts = await hostsDir(
+        'faulty',
+        server.address,
+        `server = "http://${server.address}"\n[host."http://${proxy.address}"]\n  capabilities = ["pull", "resolve"]\n`,
+      );
       const client = await openRegistryHosts(server.address, { hostsDirs: [hosts], retryDelayMs: 1 });
       try {
         proxy.corrupt({ method: 'GET', path: '/manifests/' });
         expect((await client.getManifest(repo, 'v1')).digest).toBe(image.manifest.digest);
         proxy.fail(503, { method: 'GET', path: image.layer.desc.digest, times: 100 });
-        expect(await client.readBlobRange(repo, image.layer.desc, 1000, 500)).toEqual(image.layer.bytes.subarray(1000, 1500));
+        expect(await client.readBlobRange(repo, image.layer.desc, 1000, 500)).toEqual(
+          image.layer.bytes.subarray(1000, 1500),
+        );
         expect((await readAll(await client.openBlob(repo, image.layer.desc))).equals(image.layer.bytes)).toBe(true);
         // The mirror was asked (and failed) before the server answered.
         expect(proxy.log.filter((e) => e.fault === 'fail').length).toBeGreaterThanOrEqual(2);

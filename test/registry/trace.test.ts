@@ -4,7 +4,8 @@ import { maskHeaders, maskUrl, traceExchange } from '../../src/registry/trace.js
 
 describe('http trace masking', () => {
   it('masks signed and token query parameters and URL credentials, keeps the rest', () => {
-    const url = 'https://u:p@s3.example/blob?X-Amz-Signature=abc123&X-Amz-Credential=AKIA&X-Amz-Date=20260101&sig=zz&access_token=t0k&ns=docker.io&digest=sha256:1';
+    const url =
+      'https://u:p@s3.example/blob?X-Amz-Signature=abc123&X-Amz-Credential=AKIA&X-Amz-Date=20260101&sig=zz&access_token=t0k&ns=docker.io&digest=sha256:1';
     const masked = maskUrl(url);
     for (const secret of ['abc123', 'AKIA', 'zz', 't0k', ':p@']) expect(masked).not.toContain(secret);
     expect(masked).toContain('X-Amz-Date=20260101');
@@ -35,6 +36,9 @@ describe('http trace masking', () => {
     traceExchange({ write: (l) => lines.push(l) }, request, { status: 200, headers: {} }, 12.4);
     expect(lines).toEqual(['esgz http: GET https://r.example/v2/?token=*** -> HTTP 200 (12 ms)']);
     traceExchange({ dump: true, write: (l) => lines.push(l) }, request, { error: 'connection refused' }, 1);
-    expect(lines.slice(1)).toEqual(['esgz http: GET https://r.example/v2/?token=*** -> failed: connection refused (1 ms)', 'esgz http: > authorization: Basic ***']);
+    expect(lines.slice(1)).toEqual([
+      'esgz http: GET https://r.example/v2/?token=*** -> failed: connection refused (1 ms)',
+      'esgz http: > authorization: Basic ***',
+    ]);
   });
 });

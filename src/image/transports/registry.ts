@@ -113,6 +113,9 @@ export async function openRegistrySink(reference: string, options: RegistryOptio
 
 /** Only the registry options of a bag that holds more (a command's or rpull's options), and only those set. */
 export function registryOptionsOf(options: RegistryOptions): RegistryHostsOptions {
-  const keys = ['plainHttp', 'insecure', 'dockerConfigDir', 'userAgent', 'hostsDirs', 'tlsFiles', 'credentials', 'trace'] as const;
-  return Object.fromEntries(keys.filter((k) => options[k] !== undefined).map((k) => [k, options[k]])) as RegistryHostsOptions;
+  const keys = [
+    'plainHttp', 'insecure', 'dockerConfigDir', 'userAgent', 'hostsDirs', 'tlsFiles', 'credentials', 'trace',
+  ] as const;
+  const set = keys.filter((k) => options[k] !== undefined);
+  return Object.fromEntries(set.map((k) => [k, options[k]])) as RegistryHostsOptions;
 }
