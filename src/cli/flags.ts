@@ -1,6 +1,7 @@
 // The flag sets every command draws from, defined once: a flag's name, range, default and help
 // text live here, and so does the one mapping from flags to library options (ctr-remote's
 // `getESGZConvertOpts` is the model). Commands spread the sets they need and call the mappers.
+import { statSync } from 'node:fs';
 import { Flags } from '@oclif/core';
 import { EsgzError, isEsgzError } from '../errors.js';
 import { DEFAULT_GZIP_LEVEL } from '../estargz/gzip-codec.js';
@@ -15,23 +16,147 @@ import { parsePlatform, parsePlatforms } from '../oci/platform.js';
 import type { Platform } from '../oci/types.js';
 import { DEFAULT_NAMESERVERS, DEFAULT_PIDS_LIMIT, parseByteSize, parseCommaList, parseJsonArrayFlag, parseMountFlag, type RunOptions } from '../runtime/spec.js';
 import { DEFAULT_STATE_ROOT } from '../snapshotter/state.js';
+import type { RegistryOptions } from '../image/transports/registry.js';
+import { CONTAINERD_CERTS_DIR } from '../registry/hosts.js';
 
 // ---- registry transport -------------------------------------------------------------------
 
-/** Every command that reads or writes a registry. */
-export const registryFlags = {
+/** Connection flags every registry command shares (ctr's RegistryFlags: the names and -k are ctr's). */
+const registryConnectionFlags = {
   'plain-http': Flags.boolean({ description: 'Talk plain HTTP to registries (no TLS)', default: false }),
-  insecure: Flags.boolean({ description: 'Skip TLS certificate verification', default: false }),
+  insecure: Flags.boolean({
+    char: 'k',
+    aliases: ['skip-verify'],
+    description: 'Skip TLS certificate verification (-k, --skip-verify)',
+    default: false,
+  }),
+  refresh: Flags.string({
+    description: 'Refresh token for the authorization server (OAuth2 refresh_token grant); used when no user is given',
+  }),
+  'hosts-dir': Flags.string({
+    description:
+      "Directory of HOST/hosts.toml files, containerd's format " +
+      `(default: ~/.config/esgz/certs.d, then ${CONTAINERD_CERTS_DIR})`,
+  }),
+  tlscacert: Flags.string({ description: 'PEM file of CA certificates trusted besides the system ones' }),
+  tlscert: Flags.string({ description: 'PEM file of the TLS client certificate (with --tlskey)' }),
+  tlskey: Flags.string({ description: 'PEM file of the TLS client key (with --tlscert)' }),
+  'http-trace': Flags.boolean({
+    description: 'Print every registry request and its status on stderr (secrets masked)',
+    default: false,
+  }),
+  'http-dump': Flags.boolean({
+    description: 'Like --http-trace, with request and response headers (secrets masked, no bodies)',
+    default: false,
+  }),
+};
+
+const REGISTRY_USER_HELP =
+  'USER[:PASSWORD] for the registry named in the reference (asked on a terminal when only USER is given)';
+
+/** Every command that reads or writes a registry: `-u/--user` is the registry user, as in `ctr pull`. */
+export const registryFlags = {
+  ...registryConnectionFlags,
+  'registry-user': Flags.string({
+    char: 'u',
+    aliases: ['user'],
+    description: `${REGISTRY_USER_HELP}; also --user, as in ctr`,
+  }),
+};
+
+/**
+ * `run` and `optimize`, whose `--user` (and run's `-u`, as in `ctr run`) is the container's user:
+ * the registry user is `--registry-user` there.
+ */
+export const workloadRegistryFlags = {
+  ...registryConnectionFlags,
+  'registry-user': Flags.string({ description: REGISTRY_USER_HELP }),
 };
 
 export interface TransportFlagValues {
   'plain-http': boolean;
   insecure: boolean;
+  refresh?: string;
+  'hosts-dir'?: string;
+  tlscacert?: string;
+  tlscert?: string;
+  tlskey?: string;
+  'http-trace'?: boolean;
+  'http-dump'?: boolean;
+  'registry-user'?: string;
 }
 
-/** The options `openSource`/`openSink`/the registry client take, from `registryFlags`. */
-export function transportOptions(flags: TransportFlagValues): { plainHttp: boolean; insecure: boolean } {
-  return { plainHttp: flags['plain-http'], insecure: flags.insecure };
+type TransportOptionValues = RegistryOptions & { plainHttp: boolean; insecure: boolean };
+
+/** The options `openSource`/`openSink`/rpull/run take, from `registryFlags`: the one mapping. */
+export function transportOptions(flags: TransportFlagValues): TransportOptionValues {
+  if ((flags.tlscert === undefined) !== (flags.tlskey === undefined)) {
+    throw new EsgzError('BAD_FLAG', '--tlscert and --tlskey go together');
+  }
+  const options: TransportOptionValues = { plainHttp: flags['plain-http'], insecure: flags.insecure };
+  const hostsDir = flags['hosts-dir'];
+  if (hostsDir !== undefined) {
+    // A mistyped directory would silently mean "no mirrors"; the default ones may be absent.
+    if (!statSync(hostsDir, { throwIfNoEntry: false })?.isDirectory()) {
+      throw new EsgzError('BAD_FLAG', `--hosts-dir ${hostsDir}: not a directory`);
+    }
+    options.hostsDirs = [hostsDir];
+  }
+  if (flags.tlscacert !== undefined || flags.tlscert !== undefined) {
+    options.tlsFiles = { ca: flags.tlscacert, cert: flags.tlscert, key: flags.tlskey };
+  }
+  const credentials = credentialsFromFlags(flags['registry-user'], flags.refresh);
+  if (credentials !== undefined) options.credentials = credentials;
+  if (flags['http-trace'] || flags['http-dump']) {
+    options.trace = { dump: flags['http-dump'] ?? false, write: (line) => process.stderr.write(`${line}\n`) };
+  }
+  return options;
+}
+
+/**
+ * `-u USER:PASS`, `-u USER` (the password asked on the terminal once, when a registry is first
+ * opened), or ctr's `--refresh TOKEN` when no user is given.
+ */
+function credentialsFromFlags(user: string | undefined, refresh: string | undefined): RegistryOptions['credentials'] {
+  if (user === undefined) return refresh ? { username: '', password: '', identityToken: refresh } : undefined;
+  const colon = user.indexOf(':');
+  const username = colon >= 0 ? user.slice(0, colon) : user;
+  if (username === '') throw new EsgzError('BAD_FLAG', '-u/--user needs USER[:PASSWORD]');
+  if (colon >= 0) return { username, password: user.slice(colon + 1) };
+  if (!process.stdin.isTTY) {
+    const hint = `use -u ${username}:PASSWORD`;
+    throw new EsgzError('BAD_FLAG', `-u ${username} has no password and stdin is not a terminal to ask: ${hint}`);
+  }
+  let asked: Promise<{ username: string; password: string }> | undefined;
+  return () => (asked ??= promptPassword(username).then((password) => ({ username, password })));
+}
+
+/** Reads a password from the terminal without echoing it. */
+function promptPassword(username: string): Promise<string> {
+  const input = process.stdin;
+  // Echo off before the prompt shows: what is typed after it is never displayed.
+  input.setRawMode(true);
+  process.stderr.write(`Password for ${username}: `);
+  input.resume();
+  return new Promise((resolve, reject) => {
+    let value = '';
+    const finish = (): void => {
+      input.off('data', onData);
+      input.setRawMode(false);
+      input.pause();
+      process.stderr.write('\n');
+    };
+    const onData = (chunk: Buffer): void => {
+      for (const ch of chunk.toString('utf8')) {
+        if (ch === '\r' || ch === '\n') return void (finish(), resolve(value));
+        if (ch === '\u0003') {
+          return void (finish(), reject(new EsgzError('INTERRUPTED', 'interrupted at the password prompt')));
+        }
+        value = ch === '\u007f' || ch === '\b' ? value.slice(0, -1) : value + ch;
+      }
+    };
+    input.on('data', onData);
+  });
 }
 
 // ---- platforms ------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base.js';
-import { lazyPullFlags, registryFlags, runOptionsFromFlags, stateRootFlags, transportOptions, workloadFlags } from '../cli/flags.js';
+import { lazyPullFlags, workloadRegistryFlags, runOptionsFromFlags, stateRootFlags, transportOptions, workloadFlags } from '../cli/flags.js';
 import { writeJson } from '../cli/output.js';
 import { EsgzError } from '../errors.js';
 import { runContainer } from '../snapshotter/run.js';
@@ -67,7 +67,7 @@ when the container exits or on Ctrl-C. Needs root. Arguments after ID are the co
   };
 
   static override flags = {
-    ...registryFlags,
+    ...workloadRegistryFlags,
     ...stateRootFlags,
     ...workloadFlags,
     ...lazyPullFlags,

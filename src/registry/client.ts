@@ -1,4 +1,5 @@
 import { Readable } from 'node:stream';
+import { rootCertificates } from 'node:tls';
 import { Agent, EnvHttpProxyAgent, request, type Dispatcher } from 'undici';
 import { EsgzError } from '../errors.js';
 import { DigestVerifier, digestOf, isDigest, verifyBuffer } from '../oci/digest.js';
@@ -6,7 +7,9 @@ import { MediaType, isIndexMediaType, isManifestMediaType } from '../oci/media-t
 import type { Descriptor, RawManifest } from '../oci/types.js';
 import { parseChallenges, type Challenge } from './challenge.js';
 import { resolveCredentials, type Credentials } from './credentials.js';
+import type { RegistryHost } from './hosts.js';
 import { isLoopbackRegistry, registryApiHost } from './reference.js';
+import { traceExchange, type HttpTraceOptions } from './trace.js';
 import { MAX_MANIFEST_BYTES } from '../oci/limits.js';
 
 /**
@@ -32,6 +35,21 @@ export interface RegistryClientOptions {
   monolithicUploadMax?: number;
   /** PATCH chunk size for large blobs (default 16 MiB; chunks stream, none is held in memory). */
   uploadChunkSize?: number;
+  /** The host to talk to, from hosts.toml (a mirror or the server); default: the registry itself. */
+  host?: RegistryHost;
+  /** TLS material for this host (PEM contents). */
+  tls?: TlsMaterial;
+  /** The upstream registry, sent to a mirror as `ns=` (as containerd does) so one mirror can serve several. */
+  namespace?: string;
+  /** `--http-trace` / `--http-dump`. */
+  trace?: HttpTraceOptions;
+}
+
+/** PEM contents: CAs added to the system roots, client certificates and their keys. */
+export interface TlsMaterial {
+  ca?: string[];
+  cert?: string[];
+  key?: string[];
 }
 
 export type UploadResult = 'exists' | 'mounted' | 'uploaded';
@@ -47,6 +65,12 @@ const RETRYABLE_NETWORK_CODES = new Set([
 ]);
 
 type Method = 'GET' | 'HEAD' | 'PUT' | 'POST' | 'PATCH' | 'DELETE';
+
+interface HttpRequest {
+  method: string;
+  headers: Record<string, string>;
+  body?: Buffer | Readable | string | null;
+}
 
 interface RequestSpec {
   method: Method;
@@ -82,6 +106,12 @@ export class RegistryClient {
   private readonly attempts: number;
   private readonly retryDelayMs: number;
   private readonly userAgent: string;
+  /** The API root path on the host: `/v2`, or what hosts.toml says. */
+  private readonly apiRoot: string;
+  /** A hosts.toml `header` Authorization, sent as is instead of credentials. */
+  private readonly staticAuthorization: string | undefined;
+  /** hosts.toml headers other than Authorization, for this host only. */
+  private readonly extraHeaders: Record<string, string>;
   private baseUrl: Promise<URL> | undefined;
   private credentials: Promise<Credentials | undefined> | undefined;
   private authScheme: 'none' | 'basic' | 'bearer' = 'none';
@@ -95,11 +125,16 @@ export class RegistryClient {
     private readonly options: RegistryClientOptions = {},
   ) {
     this.registry = registry;
-    this.apiHost = registryApiHost(registry);
+    this.apiHost = options.host ? new URL(options.host.origin).host : registryApiHost(registry);
+    this.apiRoot = options.host?.path ?? '/v2';
+    const header = Object.entries(options.host?.header ?? {}).map(([name, values]) => [name, values.join(', ')]);
+    const { authorization, ...extra } = Object.fromEntries(header) as Record<string, string>;
+    this.staticAuthorization = options.credentials ? undefined : authorization;
+    this.extraHeaders = extra;
     this.attempts = Math.max(1, options.attempts ?? 3);
     this.retryDelayMs = options.retryDelayMs ?? 250;
     this.userAgent = options.userAgent ?? DEFAULT_USER_AGENT;
-    this.agent = createDispatcher(!options.insecure);
+    this.agent = createDispatcher(!(options.host?.skipVerify ?? options.insecure), options.tls);
   }
 
   /** Drops every connection; a blob stream still being read errors (so close never waits on a stalled consumer). */
@@ -501,7 +536,7 @@ export class RegistryClient {
    */
   private async send(spec: RequestSpec): Promise<Response> {
     const base = await this.ensureBase();
-    const url = new URL(spec.target, base);
+    const url = this.apiUrl(spec.target, base);
     const replayable = spec.body === undefined || Buffer.isBuffer(spec.body);
     for (let attempt = 1; ; attempt += 1) {
       const last = !replayable || attempt >= this.attempts;
@@ -555,14 +590,14 @@ export class RegistryClient {
   private async sendFollowing(spec: RequestSpec, url: URL, base: URL, authorization: string | undefined): Promise<Response> {
     let current = url;
     for (let hop = 0; ; hop += 1) {
-      const headers: Record<string, string> = { 'user-agent': this.userAgent, ...spec.headers };
-      if (authorization !== undefined && current.origin === base.origin) headers.authorization = authorization;
-      const raw = await request(current, {
-        method: spec.method,
-        headers,
-        body: spec.body ?? null,
-        dispatcher: this.agent,
-      });
+      const own = current.origin === base.origin;
+      const headers: Record<string, string> = {
+        'user-agent': this.userAgent,
+        ...(own ? this.extraHeaders : {}),
+        ...spec.headers,
+      };
+      if (authorization !== undefined && own) headers.authorization = authorization;
+      const raw = await this.request(current, { method: spec.method, headers, body: spec.body ?? null });
       const location = header(raw.headers, 'location');
       if (spec.followRedirects && [301, 302, 303, 307, 308].includes(raw.statusCode) && location !== undefined && hop < MAX_REDIRECTS) {
         await raw.body.dump();
@@ -595,6 +630,7 @@ export class RegistryClient {
   }
 
   private async authorization(scopes: string[]): Promise<string | undefined> {
+    if (this.staticAuthorization !== undefined) return this.staticAuthorization;
     if (this.authScheme === 'none') return undefined;
     const credentials = await this.loadCredentials();
     if (this.authScheme === 'basic') {
@@ -651,7 +687,7 @@ export class RegistryClient {
     let response: Dispatcher.ResponseData;
     for (let attempt = 1; ; attempt += 1) {
       try {
-        response = await request(url, { method, headers, body: body ?? null, dispatcher: this.agent });
+        response = await this.request(url, { method, headers, body: body ?? null });
       } catch (err) {
         const code = errorCode(err);
         if (attempt < this.attempts && code !== undefined && RETRYABLE_NETWORK_CODES.has(code)) {
@@ -720,13 +756,14 @@ export class RegistryClient {
   }
 
   private async ping(): Promise<URL> {
-    const candidates = this.options.plainHttp ? ['http'] : isLoopbackRegistry(this.registry) ? ['https', 'http'] : ['https'];
+    const candidates = this.schemeCandidates();
     let lastError: unknown;
     schemes: for (const scheme of candidates) {
       const base = new URL(`${scheme}://${this.apiHost}/`);
       for (let attempt = 1; attempt <= this.attempts; attempt += 1) {
         try {
-          const response = await request(new URL('/v2/', base), { method: 'GET', headers: { 'user-agent': this.userAgent }, dispatcher: this.agent });
+          const ping = new URL(`${this.apiRoot}/`, base);
+          const response = await this.request(ping, { method: 'GET', headers: { 'user-agent': this.userAgent } });
           if (response.statusCode === 401) this.learnChallenge(parseChallenges(response.headers['www-authenticate']), []);
           await response.body.dump();
           if (RETRYABLE_STATUS.has(response.statusCode) && attempt < this.attempts) {
@@ -737,7 +774,8 @@ export class RegistryClient {
         } catch (err) {
           lastError = err;
           const code = errorCode(err) ?? '';
-          if (scheme === 'https' && isTlsRefusal(code)) continue schemes; // plain http next, if allowed
+          // plain http next, if allowed
+          if (scheme === 'https' && isTlsRefusal(code) && !isClientCertificateRefusal(code)) continue schemes;
           if (attempt < this.attempts && RETRYABLE_NETWORK_CODES.has(code)) {
             await sleep(this.backoff(attempt));
             continue;
@@ -747,14 +785,54 @@ export class RegistryClient {
       }
     }
     const code = errorCode(lastError) ?? '';
-    const tlsHint = this.options.plainHttp
-      ? ''
-      : isTlsRefusal(code)
-        ? ' (does it speak plain HTTP? try --plain-http)'
-        : isCertificateError(code)
-          ? ' (to skip certificate verification: --insecure)'
-          : '';
-    throw new EsgzError('NETWORK', `cannot reach registry ${this.registry}: ${describeNetworkError(lastError)}${tlsHint}`, { cause: lastError });
+    const reason = `${describeNetworkError(lastError)}${this.tlsHint(code)}`;
+    throw new EsgzError('NETWORK', `cannot reach registry ${this.registry}: ${reason}`, { cause: lastError });
+  }
+
+  /** What to try when the registry could not be reached over TLS. */
+  private tlsHint(code: string): string {
+    if (!this.schemeCandidates().includes('https')) return '';
+    if (isTlsRefusal(code) && !isClientCertificateRefusal(code)) return ' (does it speak plain HTTP? try --plain-http)';
+    if (isCertificateError(code)) return ' (to skip certificate verification: --insecure)';
+    // A registry with clientcas ends the connection right after a handshake without a client certificate.
+    const closed = isClientCertificateRefusal(code) || code === 'UND_ERR_SOCKET' || code === 'ECONNRESET';
+    if (!this.options.tls?.cert?.length && closed) {
+      return ' (does it require a client certificate? give one with --tlscert/--tlskey or "client" in hosts.toml)';
+    }
+    return '';
+  }
+
+  /** https unless told plain HTTP; a loopback registry named by nothing else tries https then http. */
+  private schemeCandidates(): string[] {
+    const host = this.options.host;
+    if (host) return host.probeScheme ? ['https', 'http'] : [new URL(host.origin).protocol.slice(0, -1)];
+    return this.options.plainHttp ? ['http'] : isLoopbackRegistry(this.registry) ? ['https', 'http'] : ['https'];
+  }
+
+  /** `/v2/...` targets under this host's API root (hosts.toml may move it), with `ns=` for a mirror. */
+  private apiUrl(target: string, base: URL): URL {
+    const path = target.startsWith('/v2/') ? `${this.apiRoot}${target.slice('/v2'.length)}` : target;
+    const url = new URL(path, base);
+    const namespace = this.options.namespace;
+    if (namespace !== undefined && url.origin === base.origin) url.searchParams.set('ns', namespace);
+    return url;
+  }
+
+  /** Every HTTP exchange goes through here, so `--http-trace` sees them all. */
+  private async request(url: URL, options: HttpRequest): Promise<Dispatcher.ResponseData> {
+    const trace = this.options.trace;
+    const started = performance.now();
+    const method = options.method as Dispatcher.HttpMethod;
+    try {
+      const response = await request(url, { ...options, method, dispatcher: this.agent });
+      const answer = { status: response.statusCode, headers: response.headers };
+      if (trace) traceExchange(trace, { ...options, url }, answer, performance.now() - started);
+      return response;
+    } catch (err) {
+      const failure = { error: describeNetworkError(err) };
+      if (trace) traceExchange(trace, { ...options, url }, failure, performance.now() - started);
+      throw err;
+    }
   }
 
   /** Turns an unexpected response into a one-line EsgzError naming registry, request and status. */
@@ -808,9 +886,15 @@ const LOOPBACK_NO_PROXY = 'localhost,127.0.0.1,[::1]';
  * Header and body timeouts are idle timers (undici refreshes them as bytes move), so a long
  * upload or download on a slow link is fine as long as it keeps moving.
  */
-function createDispatcher(verifyTls: boolean): Dispatcher {
+function createDispatcher(verifyTls: boolean, tls: TlsMaterial = {}): Dispatcher {
+  // Extra CAs join the system roots (containerd appends to the system pool), never replace them.
+  const material = {
+    ...(tls.ca?.length ? { ca: [...rootCertificates, ...tls.ca] } : {}),
+    ...(tls.cert?.length ? { cert: tls.cert } : {}),
+    ...(tls.key?.length ? { key: tls.key } : {}),
+  };
   const options = {
-    connect: { rejectUnauthorized: verifyTls, timeout: 30_000 },
+    connect: { rejectUnauthorized: verifyTls, timeout: 30_000, ...material },
     headersTimeout: 60_000,
     bodyTimeout: 120_000,
     keepAliveTimeout: 10_000,
@@ -819,7 +903,7 @@ function createDispatcher(verifyTls: boolean): Dispatcher {
   const noProxy = process.env.no_proxy ?? process.env.NO_PROXY ?? '';
   return new EnvHttpProxyAgent({
     ...options,
-    requestTls: { rejectUnauthorized: verifyTls },
+    requestTls: { rejectUnauthorized: verifyTls, ...material },
     noProxy: noProxy.trim() === '*' ? '*' : [noProxy, LOOPBACK_NO_PROXY].filter((v) => v.trim() !== '').join(','),
   });
 }
@@ -917,6 +1001,10 @@ function errorCode(err: unknown): string | undefined {
 
 function isTlsRefusal(code: string): boolean {
   return code.startsWith('ERR_SSL_') || code === 'EPROTO';
+}
+
+function isClientCertificateRefusal(code: string): boolean {
+  return /CERTIFICATE_REQUIRED|HANDSHAKE_FAILURE|BAD_CERTIFICATE/.test(code);
 }
 
 function isCertificateError(code: string): boolean {

@@ -14,7 +14,7 @@ import { ExternalTOCImage } from '../convert/external-toc.js';
 import { sourceBlobReader } from '../convert/source-reader.js';
 import { openDecompressed } from '../image/compression.js';
 import { resolveImages, type ResolvedImage } from '../image/resolve.js';
-import { openRegistrySource } from '../image/transports/registry.js';
+import { openRegistrySource, type RegistryOptions } from '../image/transports/registry.js';
 import type { Descriptor, Platform } from '../oci/types.js';
 import type { ImageSource } from '../image/types.js';
 import { unpackLayer } from '../rootfs/unpack.js';
@@ -22,12 +22,11 @@ import { formatReference, parseReference } from '../registry/reference.js';
 import { ChunkCache, LazyLayer, type FetchPolicy } from './cache.js';
 import { mkdirPrivate, PrimedBlobReader, StateRoot, syncFilesystem, tempTag, type ImageRecord, type LayerRecord } from './state.js';
 
-export interface RpullOptions {
+/** The registry options (`plainHttp`, `insecure`, hosts.toml, TLS, credentials, trace) come from RegistryOptions. */
+export interface RpullOptions extends RegistryOptions {
   reference: string;
   stateRoot?: string;
   platform?: Platform;
-  plainHttp?: boolean;
-  insecure?: boolean;
   /** Skip fetching the prioritized ranges. */
   noPrefetch?: boolean;
   /** After the prefetch, fetch every remaining chunk too. */
@@ -103,7 +102,7 @@ export async function rpull(options: RpullOptions): Promise<RpullReport> {
   const { reference, repository } = normalizeReference(options.reference);
   const state = new StateRoot(options.stateRoot);
   await state.init();
-  const source = options.source ?? (await openRegistrySource(reference, { plainHttp: options.plainHttp, insecure: options.insecure }));
+  const source = options.source ?? (await openRegistrySource(reference, options));
   let pull: Pull | undefined;
   let unpin: (() => Promise<void>) | undefined;
   try {
@@ -201,8 +200,7 @@ async function readLayerTOC(pull: Pull, desc: Descriptor, i: number): Promise<La
     } catch (err) {
       if (!(err instanceof ExternalTOCRequiredError)) throw err;
       // The footer says the TOC lives in the "-esgztoc" TOC image (ctr-remote --estargz-external-toc).
-      const { plainHttp, insecure, platform } = pull.options;
-      pull.externalTOCs ??= ExternalTOCImage.ofRegistryImage(pull.reference, { plainHttp, insecure }, { platform });
+      pull.externalTOCs ??= ExternalTOCImage.ofRegistryImage(pull.reference, pull.options, { platform: pull.options.platform });
       externalTOC = await pull.externalTOCs.tocFor(digest);
       reader = await EstargzReader.open(primed, { expectedTOCDigest: tocDigest, where, externalTOC });
       pull.progress(`${where}: TOC taken from the TOC image`);

@@ -14,7 +14,7 @@ import type { Writable } from 'node:stream';
 import { EsgzError } from '../errors.js';
 import { sourceBlobReader } from '../convert/source-reader.js';
 import { formatPlatform, hostPlatform, platformMatches } from '../oci/platform.js';
-import { openRegistrySource } from '../image/transports/registry.js';
+import { openRegistrySource, registryOptionsOf, type RegistryOptions } from '../image/transports/registry.js';
 import type { ImageConfig } from '../oci/types.js';
 import type { ImageSource } from '../image/types.js';
 import { unmount } from '../host/mounts.js';
@@ -41,7 +41,7 @@ export interface MountedImage {
   release(options?: { keepUpper?: boolean }): Promise<void>;
 }
 
-export interface MountImageOptions {
+export interface MountImageOptions extends RegistryOptions {
   reference: string;
   stateRoot?: string;
   /** Directory for this container's mounts and upper dir (created; removed by release). */
@@ -70,6 +70,7 @@ export async function mountImage(options: MountImageOptions): Promise<MountedIma
   const source =
     options.source ??
     (await openRegistrySource(record.repository + `@${record.manifestDigest}`, {
+      ...registryOptionsOf(options),
       plainHttp: options.plainHttp || record.plainHttp,
       insecure: options.insecure || record.insecure,
     }));
@@ -132,7 +133,7 @@ export async function mountImage(options: MountImageOptions): Promise<MountedIma
   }
 }
 
-export interface RunContainerOptions {
+export interface RunContainerOptions extends RegistryOptions {
   reference: string;
   /** Container id (default: esgz-<random>). */
   id?: string;
@@ -182,8 +183,7 @@ export async function runContainer(options: RunContainerOptions): Promise<RunCon
       stateRoot: options.stateRoot,
       workDir: containerDir,
       record,
-      plainHttp: options.plainHttp,
-      insecure: options.insecure,
+      ...registryOptionsOf(options),
       fetchPolicy: options.fetchPolicy,
       source: options.source,
       onReadError: options.onWarning,

@@ -42,6 +42,11 @@ const VARIANTS: Record<string, Array<{ set: string; flag: string }>> = {
     { set: 'platformsFlags', flag: 'platform' },
     { set: 'platformFlag', flag: 'platform' },
   ],
+  // -u is the container user in run and optimize (as in ctr): there the registry user has no short form.
+  'registry-user': [
+    { set: 'registryFlags', flag: 'registry-user' },
+    { set: 'workloadRegistryFlags', flag: 'registry-user' },
+  ],
 };
 
 let manifest: Manifest;

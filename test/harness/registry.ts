@@ -6,7 +6,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import https from 'node:https';
 import net from 'node:net';
 import os from 'node:os';
@@ -32,8 +32,61 @@ export interface StartRegistryOptions {
   htpasswd?: { username: string; password: string };
   /** Require Bearer tokens from a token server started alongside (users and anonymous pull as given). */
   token?: Omit<TokenServerOptions, 'dir'>;
-  /** Serve HTTPS with a fresh self-signed certificate for 127.0.0.1 (clients need `insecure`). */
-  tls?: boolean;
+  /**
+   * Serve HTTPS: `true` with a fresh self-signed certificate for 127.0.0.1 (clients need
+   * `insecure`), or with the given certificate (e.g. from `makeTestPki`), requiring client
+   * certificates signed by `clientCas` when given (docker-registry's `http.tls.clientcas`).
+   */
+  tls?: boolean | RegistryTls;
+}
+
+export interface RegistryTls {
+  certificate: string;
+  key: string;
+  /** CA files whose client certificates the registry requires. */
+  clientCas?: string[];
+  /** The client certificate the harness uses to see the registry is up, with `clientCas`. */
+  probeClient?: { cert: string; key: string };
+  /** The CA that signed `certificate`, for the harness's own probe. */
+  ca?: string;
+}
+
+/** A test PKI made with openssl: a CA, a server certificate for 127.0.0.1 and a client certificate, signed by the CA. */
+export interface TestPki {
+  ca: string;
+  serverCert: string;
+  serverKey: string;
+  clientCert: string;
+  clientKey: string;
+}
+
+export async function makeTestPki(dir: string): Promise<TestPki> {
+  const at = (name: string) => path.join(dir, name);
+  const pki: TestPki = {
+    ca: at('ca.pem'),
+    serverCert: at('server.pem'),
+    serverKey: at('server-key.pem'),
+    clientCert: at('client.pem'),
+    clientKey: at('client-key.pem'),
+  };
+  const caKey = at('ca-key.pem');
+  await execa('openssl', [
+    'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-sha256', '-days', '2', '-subj', '/CN=esgz test CA',
+    '-keyout', caKey, '-out', pki.ca,
+  ]);
+  const issue = async (cert: string, key: string, subject: string, extensions: string): Promise<void> => {
+    const csr = `${cert}.csr`;
+    const ext = `${cert}.ext`;
+    await writeFile(ext, extensions);
+    await execa('openssl', ['req', '-newkey', 'rsa:2048', '-nodes', '-sha256', '-subj', subject, '-keyout', key, '-out', csr]);
+    await execa('openssl', [
+      'x509', '-req', '-in', csr, '-CA', pki.ca, '-CAkey', caKey, '-CAcreateserial', '-days', '2', '-sha256',
+      '-extfile', ext, '-out', cert,
+    ]);
+  };
+  await issue(pki.serverCert, pki.serverKey, '/CN=127.0.0.1', 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n');
+  await issue(pki.clientCert, pki.clientKey, '/CN=esgz test client', 'extendedKeyUsage=clientAuth\n');
+  return pki;
 }
 
 export interface RunningRegistry {
@@ -86,7 +139,18 @@ async function startRegistryOnce(options: StartRegistryOptions): Promise<Running
       token: { realm: tokenServer.realm, service: tokenServer.service, issuer: tokenServer.issuer, rootcertbundle: tokenServer.certPath },
     };
   }
-  if (options.tls) {
+  let probeTls: ProbeTls = { rejectUnauthorized: false };
+  if (typeof options.tls === 'object') {
+    const { certificate, key, clientCas, probeClient, ca } = options.tls;
+    (config.http as Record<string, unknown>).tls = { certificate, key, ...(clientCas ? { clientcas: clientCas } : {}) };
+    probeTls = {
+      rejectUnauthorized: ca !== undefined,
+      ...(ca ? { ca: await readFile(ca, 'utf8') } : {}),
+      ...(probeClient
+        ? { cert: await readFile(probeClient.cert, 'utf8'), key: await readFile(probeClient.key, 'utf8') }
+        : {}),
+    };
+  } else if (options.tls) {
     const certificate = path.join(dir, 'tls-cert.pem');
     const key = path.join(dir, 'tls-key.pem');
     await execa('openssl', [
@@ -122,7 +186,7 @@ async function startRegistryOnce(options: StartRegistryOptions): Promise<Running
   };
 
   try {
-    await waitUntilServing(`${options.tls ? 'https' : 'http'}://${address}`, child);
+    await waitUntilServing(`${options.tls ? 'https' : 'http'}://${address}`, child, probeTls);
   } catch (err) {
     await stop();
     // Keep what the registry said: the log file is deleted with the temp dir.
@@ -150,7 +214,9 @@ export async function freePort(): Promise<number> {
   });
 }
 
-async function waitUntilServing(baseUrl: string, child: ChildProcess): Promise<void> {
+type ProbeTls = Pick<https.RequestOptions, 'rejectUnauthorized' | 'ca' | 'cert' | 'key'>;
+
+async function waitUntilServing(baseUrl: string, child: ChildProcess, tls: ProbeTls): Promise<void> {
   const deadline = Date.now() + 20_000;
   let exited = false;
   // 'close' (not 'exit'): by then its output has been read, so the error can quote it.
@@ -160,7 +226,7 @@ async function waitUntilServing(baseUrl: string, child: ChildProcess): Promise<v
   while (Date.now() < deadline) {
     if (exited) throw new Error(`docker-registry (${baseUrl}) exited during start-up`);
     try {
-      const response = await fetchIgnoringCertificate(`${baseUrl}/v2/`);
+      const response = await fetchIgnoringCertificate(`${baseUrl}/v2/`, tls);
       await response.arrayBuffer();
       // 401 counts: an auth-protected registry is up and asking for credentials.
       if (response.status === 200 || response.status === 401) return;
@@ -173,10 +239,13 @@ async function waitUntilServing(baseUrl: string, child: ChildProcess): Promise<v
 }
 
 /** GET that accepts the harness's self-signed certificate (node's fetch cannot be told to). */
-function fetchIgnoringCertificate(url: string): Promise<{ status: number; arrayBuffer(): Promise<ArrayBuffer> }> {
+function fetchIgnoringCertificate(
+  url: string,
+  tls: ProbeTls,
+): Promise<{ status: number; arrayBuffer(): Promise<ArrayBuffer> }> {
   if (url.startsWith('http:')) return fetch(url);
   return new Promise((resolve, reject) => {
-    const req = https.get(url, { rejectUnauthorized: false }, (res) => {
+    const req = https.get(url, tls, (res) => {
       res.resume();
       res.on('end', () => resolve({ status: res.statusCode ?? 0, arrayBuffer: async () => new ArrayBuffer(0) }));
     });

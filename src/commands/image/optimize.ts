@@ -1,6 +1,6 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../../cli/base.js';
-import { conversionFlags, conversionOptionsFromFlags, platformsFlags, platformsFromFlags, prioritizedFromFlags, registryFlags, runOptionsFromFlags, transportOptions, workloadFlags } from '../../cli/flags.js';
+import { conversionFlags, conversionOptionsFromFlags, platformsFlags, platformsFromFlags, prioritizedFromFlags, workloadRegistryFlags, runOptionsFromFlags, transportOptions, workloadFlags } from '../../cli/flags.js';
 import { optimizeJson, optimizeText, writeJson } from '../../cli/output.js';
 import { EsgzError } from '../../errors.js';
 import { tocImageReference } from '../../convert/external-toc.js';
@@ -45,7 +45,7 @@ optimization.`;
   };
 
   static override flags = {
-    ...registryFlags,
+    ...workloadRegistryFlags,
     ...platformsFlags,
     ...conversionFlags,
     'no-optimize': Flags.boolean({ description: 'Convert without running the workload', default: false }),

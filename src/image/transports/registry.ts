@@ -1,6 +1,7 @@
 import type { Readable } from 'node:stream';
 import { EsgzError } from '../../errors.js';
-import { RegistryClient, type UploadResult } from '../../registry/client.js';
+import type { UploadResult } from '../../registry/client.js';
+import { openRegistryHosts, type RegistryHostsOptions } from '../../registry/mirrors.js';
 import { formatReference, parseReference, type ImageReference } from '../../registry/reference.js';
 import type { Descriptor, RawManifest } from '../../oci/types.js';
 import type { BlobLocation, ImageSink, ImageSource } from '../types.js';
@@ -14,6 +15,11 @@ export interface RegistryOptions {
   /** Directory holding config.json (default $DOCKER_CONFIG, then ~/.docker). */
   dockerConfigDir?: string;
   userAgent?: string;
+  /** hosts.toml roots (`--hosts-dir`), client TLS files, `-u` credentials, `--http-trace`: see RegistryHostsOptions. */
+  hostsDirs?: RegistryHostsOptions['hostsDirs'];
+  tlsFiles?: RegistryHostsOptions['tlsFiles'];
+  credentials?: RegistryHostsOptions['credentials'];
+  trace?: RegistryHostsOptions['trace'];
 }
 
 export interface RegistryImageSource extends ImageSource {
@@ -32,7 +38,7 @@ export interface RegistryImageSink extends ImageSink {
 
 export async function openRegistrySource(reference: string, options: RegistryOptions = {}): Promise<RegistryImageSource> {
   const ref = parseReference(reference);
-  const client = new RegistryClient(ref.registry, clientOptions(options));
+  const client = await openRegistryHosts(ref.registry, registryOptionsOf(options));
   const repository = ref.repository;
   return {
     description: formatReference(ref),
@@ -54,7 +60,7 @@ export async function openRegistrySource(reference: string, options: RegistryOpt
 
 export async function openRegistrySink(reference: string, options: RegistryOptions = {}): Promise<RegistryImageSink> {
   const ref = parseReference(reference);
-  const client = new RegistryClient(ref.registry, clientOptions(options));
+  const client = await openRegistryHosts(ref.registry, registryOptionsOf(options));
   const repository = ref.repository;
   const description = formatReference(ref);
   const blobResults = new Map<string, UploadResult>();
@@ -105,11 +111,11 @@ export async function openRegistrySink(reference: string, options: RegistryOptio
   };
 }
 
-function clientOptions(options: RegistryOptions): ConstructorParameters<typeof RegistryClient>[1] {
-  const result: NonNullable<ConstructorParameters<typeof RegistryClient>[1]> = {};
-  if (options.plainHttp !== undefined) result.plainHttp = options.plainHttp;
-  if (options.insecure !== undefined) result.insecure = options.insecure;
-  if (options.dockerConfigDir !== undefined) result.dockerConfigDir = options.dockerConfigDir;
-  if (options.userAgent !== undefined) result.userAgent = options.userAgent;
-  return result;
+/** Only the registry options of a bag that holds more (a command's or rpull's options), and only those set. */
+export function registryOptionsOf(options: RegistryOptions): RegistryHostsOptions {
+  const keys = [
+    'plainHttp', 'insecure', 'dockerConfigDir', 'userAgent', 'hostsDirs', 'tlsFiles', 'credentials', 'trace',
+  ] as const;
+  const set = keys.filter((k) => options[k] !== undefined);
+  return Object.fromEntries(set.map((k) => [k, options[k]])) as RegistryHostsOptions;
 }
