@@ -5,9 +5,11 @@
 // physical floor (gzip/libdeflate/zstd on the very same tar bytes), all in one run on one machine,
 // and prints one table of ratios. Absolute times on shared machines are noisy; ratios from the
 // same run are what to compare. Results go to bench/results/bench-<time>.json.
-import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus } from 'node:os';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { constants, cpus } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import {
   MB,
   benchCache,
@@ -27,6 +29,7 @@ import {
   mustRun,
   ociLayoutImageSize,
   repeat,
+  repoRoot,
   resultsDir,
   runProcess,
   settle,
@@ -45,16 +48,20 @@ const option = (name, fallback) => {
   return i >= 0 && argv[i + 1] ? argv[i + 1] : fallback;
 };
 if (flag('--help') || flag('-h')) {
-  console.log(`usage: npm run bench [-- --with-reference] [--runs N] [--no-memory] [--no-lazy-pull]
+  console.log(`usage: npm run bench [-- --with-reference] [--runs N] [--no-memory] [--no-lazy-pull] [--node PATH|lts]
 
   --with-reference  also run ctr-remote 0.12 (Debian containerd + stargz-snapshotter; installed with apt if missing)
   --runs N          repetitions per measurement (default 3; median and min-max reported)
   --no-memory       skip the 100 MiB / 1 GiB peak-RSS benchmark (bench/memory.mjs)
   --no-lazy-pull    skip the rpull/run benchmark (bench/lazy-pull.mjs)
   --no-floor        skip the gzip/libdeflate/zstd floor measurements
-  --ops A,B         only these operations (estargz-l9, estargz-l6, zstdchunked, optimize, busybox-estargz)`);
+  --ops A,B         only these operations (estargz-l9, estargz-l6, zstdchunked, optimize, busybox-estargz)
+  --node PATH|lts   run the bench and every esgz it starts under this node binary; lts: the Node LTS
+                    the tests also run under (scripts/node-lts.sh, installed from the npm registry when absent)`);
   process.exit(0);
 }
+const otherNode = option('--node', undefined);
+if (otherNode) await rerunUnder(otherNode);
 const withReference = flag('--with-reference');
 // containerd's own client, by absolute path like the reference ctr-remote above.
 const REFERENCE_CTR = '/usr/bin/ctr';
@@ -83,8 +90,36 @@ async function cleanupAll() {
   while (cleanups.length) await cleanups.pop()().catch((err) => log(`cleanup: ${err.message}`));
 }
 
-const results = { startedAt: startedAt.toISOString(), machine: { cores, node: process.version }, runs, withReference, ops: {}, floor: {}, images: {} };
+const results = {
+  startedAt: startedAt.toISOString(),
+  machine: { cores, node: process.version, nodePath: process.execPath },
+  runs,
+  withReference,
+  ops: {},
+  floor: {},
+  images: {},
+};
+log(`node ${process.version} (${process.execPath})`);
 
+/**
+ * `--node`: the whole bench again in a child under that node, so every esgz it starts (always
+ * `process.execPath`) and its own bookkeeping run under it; this process only waits. Ctrl-C
+ * reaches the child too (same process group), which cleans up before exiting.
+ */
+async function rerunUnder(node) {
+  const path = node === 'lts' ? execFileSync('bash', [join(repoRoot, 'scripts/node-lts.sh')], { encoding: 'utf8' }).trim() : node;
+  const rest = argv.filter((arg, i) => arg !== '--node' && argv[i - 1] !== '--node');
+  const child = spawn(path, [fileURLToPath(import.meta.url), ...rest], { stdio: 'inherit' });
+  process.on('SIGINT', () => {});
+  const code = await new Promise((resolve) => {
+    child.on('error', (err) => {
+      console.error(`bench: --node ${path}: ${err.message}`);
+      resolve(1);
+    });
+    child.on('exit', (status, signal) => resolve(status ?? 128 + (constants.signals[signal] ?? 0)));
+  });
+  process.exit(code);
+}
 
 async function main() {
   // 1. images (cached under /var/cache/esgz-fixtures) and a local registry holding them.
@@ -194,6 +229,8 @@ async function main() {
       if (ctrRun && !ctrSamples.some((s) => !s.ok)) ctrSamples.push(await ctrRun());
     }
     entry.esgz = esgzRun ? summarize(esgzSamples) : { notBuilt: true };
+    // Outputs are byte-reproducible, so runs under two Node versions must agree on this.
+    if (entry.esgz.ok) entry.esgz.manifestDigest = esgzSamples.at(-1).manifestDigest;
     if (ctrRun) entry.ctrRemote = summarize(ctrSamples);
   }
 
@@ -247,9 +284,18 @@ async function esgzSampler(op, source) {
     rmSync(outLayout, { recursive: true, force: true });
     await settle();
     const sample = await measure(process.execPath, [esgzBin, ...op.esgz, source, `oci:${outLayout}:out`]);
-    if (sample.ok) sample.outputBytes = ociLayoutImageSize(outLayout, 'out');
+    if (sample.ok) {
+      sample.outputBytes = ociLayoutImageSize(outLayout, 'out');
+      sample.manifestDigest = ociLayoutManifestDigest(outLayout, 'out');
+    }
     return sample;
   };
+}
+
+/** The digest of the manifest (or index) tagged `tag` in an OCI layout. */
+function ociLayoutManifestDigest(layoutDir, tag) {
+  const index = JSON.parse(readFileSync(join(layoutDir, 'index.json'), 'utf8'));
+  return index.manifests.find((m) => m.annotations?.['org.opencontainers.image.ref.name'] === tag)?.digest;
 }
 
 /** One timed ctr-remote run of `op` in the private containerd (previous output image removed first). */
@@ -365,6 +411,11 @@ function renderReport(res) {
     for (const r of res.lazyPull.rows ?? []) rows.push([r[0], r[1], '', r[2], r[3], r[4], '', r[5], r[6], r[7], r[8], r[9]]);
   }
   lines.push(formatTable(header, rows));
+  const digests = Object.values(res.ops).filter((op) => op.esgz?.manifestDigest);
+  if (digests.length) {
+    lines.push(`\nesgz output manifests (the same under every Node version; this run: node ${res.machine.node})`);
+    for (const op of digests) lines.push(`  ${op.esgz.manifestDigest}  ${op.title}`);
+  }
 
   lines.push('\nphysical floor on the same bytes (debian base layer tar)');
   const floorRows = Object.entries(res.floor).map(([name, f]) => [

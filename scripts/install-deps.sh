@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what esgz and its test suite need, and only what is missing: Debian packages,
-# npm packages (which build the native addons at install), then the TypeScript build.
+# npm packages (which build the native addons at install), the TypeScript build, then the Node
+# LTS the tests also run under.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,3 +37,5 @@ else
   node scripts/build-native.mjs
 fi
 npm run build --silent
+# The second Node the test suite runs under (scripts/test.sh), from the npm registry into a cache.
+bash scripts/node-lts.sh >/dev/null
