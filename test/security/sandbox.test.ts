@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeOciImage } from '../fixtures/oci-image.js';
 import { buildTar, charDevice, dir, file, symlink, type TarEntry } from '../fixtures/tar.js';
-import { esgz, esgzMeasured, expectOneLineError, repoRoot } from '../harness/cli.js';
+import { esgz, esgzMeasured, expectOneLineError, HOSTILE_RSS_LIMIT_MIB, repoRoot } from '../harness/cli.js';
 import { registryAddress } from '../harness/registry.js';
 import { pushEstargzImage } from '../snapshotter/helpers.js';
 
@@ -121,7 +121,7 @@ describe('esgz run sandbox', () => {
     const result = await run(PROBE);
     expect(result.exitCode, result.stderr).toBe(0);
     expectSandboxed(result.stdout, result.stderr);
-    expect(result.peakRssMiB).toBeLessThan(512);
+    expect(result.peakRssMiB).toBeLessThan(HOSTILE_RSS_LIMIT_MIB);
     expect(result.seconds).toBeLessThan(30);
   });
 
@@ -193,7 +193,7 @@ describe('image optimize sandbox', () => {
     const result = await optimize(PROBE);
     expect(result.exitCode, result.stderr).toBe(0);
     expectSandboxed(result.stdout, result.stderr);
-    expect(result.peakRssMiB).toBeLessThan(512);
+    expect(result.peakRssMiB).toBeLessThan(HOSTILE_RSS_LIMIT_MIB);
     expect(result.seconds).toBeLessThan(30);
   });
 
@@ -215,6 +215,6 @@ describe('image optimize sandbox', () => {
     expect(small.stderr).toMatch(/No space left on device/);
     expect(probeValue(small.stdout, 'dd')).not.toBe('0');
     expect(small.stdout).toContain('still-running');
-    expect(small.peakRssMiB).toBeLessThan(512);
+    expect(small.peakRssMiB).toBeLessThan(HOSTILE_RSS_LIMIT_MIB);
   });
 });

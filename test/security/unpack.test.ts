@@ -11,7 +11,7 @@ import { Readable } from 'node:stream';
 import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { readTar } from '../../src/estargz/tar.js';
-import { esgz, esgzMeasured, expectOneLineError, repoRoot, type MeasuredRun } from '../harness/cli.js';
+import { esgz, esgzMeasured, expectBounded, expectOneLineError, repoRoot, type MeasuredRun } from '../harness/cli.js';
 import { registryAddress } from '../harness/registry.js';
 import { busyboxRootfs, writeOciImage } from '../fixtures/oci-image.js';
 import { layoutTags, readLayoutBlob, readOciLayout } from '../fixtures/oci-layout.js';
@@ -32,8 +32,6 @@ import {
   writeThroughSymlink,
 } from '../fixtures/hostile-unpack.js';
 
-const MAX_RSS_MIB = 512;
-const MAX_SECONDS = 30;
 
 let scratch: string;
 let decoy: string;
@@ -54,10 +52,6 @@ afterAll(async () => {
 });
 
 /** Mode, owner, mtime, link count and contents of the decoy and what is in it. */
-function expectBounded(run: MeasuredRun): void {
-  expect(run.peakRssMiB).toBeLessThan(MAX_RSS_MIB);
-  expect(run.seconds).toBeLessThan(MAX_SECONDS);
-}
 
 /** No mount left under the scratch directory (optimize's overlay, rpull's FUSE, run's rootfs). */
 function expectNoMounts(): void {
