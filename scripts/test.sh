@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: installs what is missing, builds, checks types and
-# lint (src/ and test/, with the import-boundary rule) once, then runs vitest twice: under the
-# machine's Node (20 here) and under the Node LTS of scripts/node-lts.sh (24), both against the
+# The whole test suite, from a fresh clone: installs what is missing, builds, checks types, lint
+# (with the import-boundary rule) and formatting (Prettier) of src/ and test/ once, then runs
+# vitest twice: under the machine's Node (20 here) and under the Node LTS of scripts/node-lts.sh (24), both against the
 # same build and the same native addons (N-API, so one build loads in both).
 # Arguments go to both vitest runs, e.g. `npm test -- test/oci`.
 set -euo pipefail
@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 npm run --silent typecheck
 npm run --silent lint
+npm run --silent format:check
 
 nodes=("$(command -v node)")
 lts="$(bash scripts/node-lts.sh)"

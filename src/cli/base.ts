@@ -4,7 +4,9 @@ import { readEnvironment, type EsgzEnvironment } from './environment.js';
 import { handleFatal } from './errors.js';
 import { ProgressBars } from './progress.js';
 
-export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>;
+export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<
+  (typeof BaseCommand)['baseFlags'] & T['flags']
+>;
 
 /** What `interruptible` hands its body besides the signal that stops everything. */
 export interface Interrupts {

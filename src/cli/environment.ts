@@ -23,21 +23,27 @@ const GZIP_BACKENDS = ['libdeflate', 'zlib', 'auto'] as const;
 
 /** Reads and checks every ESGZ_* variable; a malformed one is a one-line BAD_FLAG error. */
 export function readEnvironment(env: NodeJS.ProcessEnv = process.env): EsgzEnvironment {
-  const result: EsgzEnvironment = { zstdChunkedGithubAnnotations: env.ESGZ_ZSTDCHUNKED_GITHUB_ANNOTATIONS === '1', runc: nonEmpty(env.ESGZ_RUNC) ?? 'runc' };
+  const result: EsgzEnvironment = {
+    zstdChunkedGithubAnnotations: env.ESGZ_ZSTDCHUNKED_GITHUB_ANNOTATIONS === '1',
+    runc: nonEmpty(env.ESGZ_RUNC) ?? 'runc',
+  };
   const workers = nonEmpty(env.ESGZ_WORKERS);
   if (workers !== undefined) {
     const count = Number(workers);
-    if (!Number.isInteger(count) || count < 1) throw new EsgzError('BAD_FLAG', `ESGZ_WORKERS=${workers} is not a positive integer`);
+    if (!Number.isInteger(count) || count < 1)
+      throw new EsgzError('BAD_FLAG', `ESGZ_WORKERS=${workers} is not a positive integer`);
     result.workers = count;
   }
   const backend = nonEmpty(env.ESGZ_GZIP_BACKEND);
   if (backend !== undefined) {
-    if (!(GZIP_BACKENDS as readonly string[]).includes(backend)) throw new EsgzError('BAD_FLAG', `ESGZ_GZIP_BACKEND=${backend} is not one of ${GZIP_BACKENDS.join(', ')}`);
+    if (!(GZIP_BACKENDS as readonly string[]).includes(backend))
+      throw new EsgzError('BAD_FLAG', `ESGZ_GZIP_BACKEND=${backend} is not one of ${GZIP_BACKENDS.join(', ')}`);
     result.gzipBackend = backend as EsgzEnvironment['gzipBackend'];
   }
   const tmpfs = nonEmpty(env.ESGZ_TMPFS);
   if (tmpfs !== undefined) {
-    if (tmpfs !== '0' && !tmpfs.startsWith('/')) throw new EsgzError('BAD_FLAG', `ESGZ_TMPFS=${tmpfs} is neither 0 nor an absolute path`);
+    if (tmpfs !== '0' && !tmpfs.startsWith('/'))
+      throw new EsgzError('BAD_FLAG', `ESGZ_TMPFS=${tmpfs} is neither 0 nor an absolute path`);
     result.tmpfs = tmpfs === '0' ? false : tmpfs;
   }
   const fanotify = nonEmpty(env.ESGZ_FANOTIFY_BIN);

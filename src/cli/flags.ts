@@ -14,7 +14,15 @@ import type { EsgzEnvironment } from './environment.js';
 import { DEFAULT_CONCURRENCY } from '../image/pipeline.js';
 import { parsePlatform, parsePlatforms } from '../oci/platform.js';
 import type { Platform } from '../oci/types.js';
-import { DEFAULT_NAMESERVERS, DEFAULT_PIDS_LIMIT, parseByteSize, parseCommaList, parseJsonArrayFlag, parseMountFlag, type RunOptions } from '../runtime/spec.js';
+import {
+  DEFAULT_NAMESERVERS,
+  DEFAULT_PIDS_LIMIT,
+  parseByteSize,
+  parseCommaList,
+  parseJsonArrayFlag,
+  parseMountFlag,
+  type RunOptions,
+} from '../runtime/spec.js';
 import { DEFAULT_STATE_ROOT } from '../snapshotter/state.js';
 import type { RegistryOptions } from '../image/transports/registry.js';
 import { CONTAINERD_CERTS_DIR } from '../registry/hosts.js';
@@ -164,7 +172,8 @@ function promptPassword(username: string): Promise<string> {
 /** Commands that may write several platforms of an index (copy, convert, optimize, verify). */
 export const platformsFlags = {
   platform: Flags.string({
-    description: "Only these platforms, os/arch[/variant]; repeatable or comma-separated; several keep an index of them (default: this machine's)",
+    description:
+      "Only these platforms, os/arch[/variant]; repeatable or comma-separated; several keep an index of them (default: this machine's)",
     multiple: true,
     multipleNonGreedy: true,
   }),
@@ -177,7 +186,10 @@ export const platformFlag = {
 };
 
 /** The platform choice of `platformsFlags`, checked once for every command. */
-export function platformsFromFlags(flags: { platform?: string[]; 'all-platforms': boolean }): { platforms?: Platform[]; allPlatforms: boolean } {
+export function platformsFromFlags(flags: { platform?: string[]; 'all-platforms': boolean }): {
+  platforms?: Platform[];
+  allPlatforms: boolean;
+} {
   const given = flags.platform !== undefined && flags.platform.length > 0;
   checkPlatformConflict(given, flags['all-platforms']);
   const platforms = given ? { platforms: parseFlagValue('platform', () => parsePlatforms(flags.platform!)) } : {};
@@ -202,7 +214,8 @@ function parseFlagValue<T>(name: string, parse: () => T): T {
 
 function checkPlatformConflict(platformGiven: boolean, allPlatforms: boolean): void {
   // Checked here rather than with oclif's `exclusive`, whose message spans several lines.
-  if (platformGiven && allPlatforms) throw new EsgzError('BAD_FLAG', '--platform and --all-platforms cannot be used together');
+  if (platformGiven && allPlatforms)
+    throw new EsgzError('BAD_FLAG', '--platform and --all-platforms cannot be used together');
 }
 
 // ---- state root ---------------------------------------------------------------------------
@@ -217,25 +230,57 @@ export const stateRootFlags = {
 /** Pipeline flags of every command that writes an image (copy, convert, optimize). */
 export const transferFlags = {
   oci: Flags.boolean({ description: 'Convert Docker media types to OCI media types', default: false }),
-  concurrency: Flags.integer({ description: 'Layers transferred at once', default: DEFAULT_CONCURRENCY, min: 1, max: 16 }),
+  concurrency: Flags.integer({
+    description: 'Layers transferred at once',
+    default: DEFAULT_CONCURRENCY,
+    min: 1,
+    max: 16,
+  }),
 };
 
 /** eStargz / zstd:chunked writer flags shared by convert and optimize (ctr-remote's names). */
 export const conversionFlags = {
   ...transferFlags,
-  reuse: Flags.boolean({ description: 'Keep layers that already are valid eStargz / zstd:chunked as they are', default: false }),
+  reuse: Flags.boolean({
+    description: 'Keep layers that already are valid eStargz / zstd:chunked as they are',
+    default: false,
+  }),
   zstdchunked: Flags.boolean({ description: 'Write zstd:chunked instead of eStargz (needs --oci)', default: false }),
-  'estargz-compression-level': Flags.integer({ description: 'gzip level: 0-9 (zlib) or 0-12 (libdeflate); 0 stores', default: DEFAULT_GZIP_LEVEL, min: 0, max: MAX_GZIP_LEVEL.libdeflate }),
+  'estargz-compression-level': Flags.integer({
+    description: 'gzip level: 0-9 (zlib) or 0-12 (libdeflate); 0 stores',
+    default: DEFAULT_GZIP_LEVEL,
+    min: 0,
+    max: MAX_GZIP_LEVEL.libdeflate,
+  }),
   'estargz-chunk-size': Flags.integer({ description: 'Chunk size in bytes (0: 4 MiB)', default: 0, min: 0 }),
-  'estargz-min-chunk-size': Flags.integer({ description: 'Minimal bytes in one gzip member; small files share members (adds innerOffset; 0: off)', default: 0, min: 0 }),
-  'estargz-external-toc': Flags.boolean({ description: 'Put TOCs in a separate image: DESTINATION with "-esgztoc" appended to its tag', default: false }),
+  'estargz-min-chunk-size': Flags.integer({
+    description: 'Minimal bytes in one gzip member; small files share members (adds innerOffset; 0: off)',
+    default: 0,
+    min: 0,
+  }),
+  'estargz-external-toc': Flags.boolean({
+    description: 'Put TOCs in a separate image: DESTINATION with "-esgztoc" appended to its tag',
+    default: false,
+  }),
   'estargz-gzip-helper': Flags.string({
-    description: 'Decompress gzip source layers with this command instead of in-process: pigz, igzip or unpigz (must be installed; the output is the same bytes)',
+    description:
+      'Decompress gzip source layers with this command instead of in-process: pigz, igzip or unpigz (must be installed; the output is the same bytes)',
     helpValue: 'pigz|igzip|unpigz',
   }),
-  'zstdchunked-compression-level': Flags.integer({ description: 'zstd level', default: DEFAULT_ZSTD_LEVEL, min: MIN_ZSTD_LEVEL, max: MAX_ZSTD_LEVEL }),
-  'zstdchunked-chunk-size': Flags.integer({ description: 'Chunk size in bytes for --zstdchunked (0: 4 MiB)', default: 0, min: 0 }),
-  'prefetch-list': Flags.string({ description: 'File of paths or globs (*, ?, [..], **) to prioritize in every layer, one per line, # comments' }),
+  'zstdchunked-compression-level': Flags.integer({
+    description: 'zstd level',
+    default: DEFAULT_ZSTD_LEVEL,
+    min: MIN_ZSTD_LEVEL,
+    max: MAX_ZSTD_LEVEL,
+  }),
+  'zstdchunked-chunk-size': Flags.integer({
+    description: 'Chunk size in bytes for --zstdchunked (0: 4 MiB)',
+    default: 0,
+    min: 0,
+  }),
+  'prefetch-list': Flags.string({
+    description: 'File of paths or globs (*, ?, [..], **) to prioritize in every layer, one per line, # comments',
+  }),
   workers: Flags.integer({ description: 'Compression worker threads (default: number of cores)', min: 1, max: 256 }),
 };
 
@@ -280,10 +325,12 @@ export async function conversionOptionsFromFlags(
   };
   // ctr-remote treats an empty value as "no helper".
   if (flags['estargz-gzip-helper']) options.gzipHelper = await resolveGzipHelper(flags['estargz-gzip-helper']);
-  if (flags['estargz-external-toc'] && flags.reuse) throw new EsgzError('BAD_FLAG', '"estargz-external-toc" can\'t be used with "reuse" flag');
+  if (flags['estargz-external-toc'] && flags.reuse)
+    throw new EsgzError('BAD_FLAG', '"estargz-external-toc" can\'t be used with "reuse" flag');
   if (format === 'estargz') Object.assign(options, estargzOptions(flags, environment, extra.recordIn));
   else if (format === 'zstdchunked') {
-    if (flags['estargz-external-toc']) throw new EsgzError('BAD_FLAG', '--estargz-external-toc needs eStargz, not --zstdchunked');
+    if (flags['estargz-external-toc'])
+      throw new EsgzError('BAD_FLAG', '--estargz-external-toc needs eStargz, not --zstdchunked');
     Object.assign(options, {
       compressionLevel: flags['zstdchunked-compression-level'],
       chunkSize: flags['zstdchunked-chunk-size'] || undefined,
@@ -324,20 +371,34 @@ function estargzOptions(
  * The prioritized files the flags name: the record file (`--estargz-record-in` /
  * `--zstdchunked-record-in`) first, then `--prefetch-list` (paths and globs).
  */
-export async function prioritizedFromFlags(flags: { 'prefetch-list'?: string }, format: LayerFormat, recordIn?: string): Promise<PriorityItem[]> {
+export async function prioritizedFromFlags(
+  flags: { 'prefetch-list'?: string },
+  format: LayerFormat,
+  recordIn?: string,
+): Promise<PriorityItem[]> {
   const prioritized: PriorityItem[] = [];
   if (recordIn) prioritized.push(...(await readRecordFile(recordIn)));
   if (flags['prefetch-list']) prioritized.push(...(await readPrefetchList(flags['prefetch-list'])));
-  if (prioritized.length > 0 && format === 'uncompress') throw new EsgzError('BAD_FLAG', 'prioritized files need --estargz or --zstdchunked');
+  if (prioritized.length > 0 && format === 'uncompress')
+    throw new EsgzError('BAD_FLAG', 'prioritized files need --estargz or --zstdchunked');
   return prioritized;
 }
 
 /** ctr-remote's rules for combining the format flags. */
-export function chooseFormat(flags: { estargz: boolean; zstdchunked: boolean; uncompress: boolean; oci: boolean }): LayerFormat {
-  if (flags.estargz && flags.uncompress) throw new EsgzError('BAD_FLAG', 'option --estargz conflicts with --uncompress');
-  if (flags.estargz && flags.zstdchunked) throw new EsgzError('BAD_FLAG', 'option --estargz conflicts with --zstdchunked');
-  if (flags.zstdchunked && flags.uncompress) throw new EsgzError('BAD_FLAG', 'option --zstdchunked conflicts with --uncompress');
-  if (flags.zstdchunked && !flags.oci) throw new EsgzError('BAD_FLAG', 'option --zstdchunked must be used in conjunction with --oci');
+export function chooseFormat(flags: {
+  estargz: boolean;
+  zstdchunked: boolean;
+  uncompress: boolean;
+  oci: boolean;
+}): LayerFormat {
+  if (flags.estargz && flags.uncompress)
+    throw new EsgzError('BAD_FLAG', 'option --estargz conflicts with --uncompress');
+  if (flags.estargz && flags.zstdchunked)
+    throw new EsgzError('BAD_FLAG', 'option --estargz conflicts with --zstdchunked');
+  if (flags.zstdchunked && flags.uncompress)
+    throw new EsgzError('BAD_FLAG', 'option --zstdchunked conflicts with --uncompress');
+  if (flags.zstdchunked && !flags.oci)
+    throw new EsgzError('BAD_FLAG', 'option --zstdchunked must be used in conjunction with --oci');
   if (flags.estargz) return 'estargz';
   if (flags.zstdchunked) return 'zstdchunked';
   if (flags.uncompress) return 'uncompress';
@@ -348,19 +409,38 @@ export function chooseFormat(flags: { estargz: boolean; zstdchunked: boolean; un
 
 /** How a container is set up, shared by `run` and `image optimize` (ctr-remote / nerdctl names). */
 export const workloadFlags = {
-  env: Flags.string({ description: 'KEY=VALUE added to the environment (repeatable)', multiple: true, multipleNonGreedy: true }),
+  env: Flags.string({
+    description: 'KEY=VALUE added to the environment (repeatable)',
+    multiple: true,
+    multipleNonGreedy: true,
+  }),
   'env-file': Flags.string({ description: 'File of KEY=VALUE lines added to the environment' }),
-  mount: Flags.string({ description: 'Extra mount, e.g. type=bind,source=/src,destination=/dst,options=rbind:ro (repeatable)', multiple: true, multipleNonGreedy: true }),
+  mount: Flags.string({
+    description: 'Extra mount, e.g. type=bind,source=/src,destination=/dst,options=rbind:ro (repeatable)',
+    multiple: true,
+    multipleNonGreedy: true,
+  }),
   cwd: Flags.string({ description: "Working directory (overrides the image's)" }),
   'dns-nameservers': Flags.string({
     description: 'Comma-separated nameservers for /etc/resolv.conf',
     default: DEFAULT_NAMESERVERS.join(','),
   }),
-  'net-host': Flags.boolean({ description: 'Use the host network (default: a private one with loopback only)', default: false }),
+  'net-host': Flags.boolean({
+    description: 'Use the host network (default: a private one with loopback only)',
+    default: false,
+  }),
   // Sandbox limits (nerdctl's names)
-  'pids-limit': Flags.integer({ description: `Most processes and threads the container may have (0: no limit; default ${DEFAULT_PIDS_LIMIT})`, min: 0 }),
-  memory: Flags.string({ description: "Memory limit, e.g. 512m, 2g (0: no limit; default: half of this machine's memory, at most 4g)" }),
-  privileged: Flags.boolean({ description: 'Run without the sandbox: every capability esgz holds, no seccomp filter, no masked paths', default: false }),
+  'pids-limit': Flags.integer({
+    description: `Most processes and threads the container may have (0: no limit; default ${DEFAULT_PIDS_LIMIT})`,
+    min: 0,
+  }),
+  memory: Flags.string({
+    description: "Memory limit, e.g. 512m, 2g (0: no limit; default: half of this machine's memory, at most 4g)",
+  }),
+  privileged: Flags.boolean({
+    description: 'Run without the sandbox: every capability esgz holds, no seccomp filter, no masked paths',
+    default: false,
+  }),
   user: Flags.string({ char: 'u', description: 'user[:group] to run as (names looked up in the image)' }),
   i: Flags.boolean({ char: 'i', description: "Attach stdin to the container's process", default: false }),
 };

@@ -35,7 +35,10 @@ export class ProgressBars implements TransferProgress {
   private timer: NodeJS.Timeout | undefined;
   private readonly enabled: boolean;
 
-  constructor(private readonly stream: NodeJS.WriteStream = process.stderr, enabled?: boolean) {
+  constructor(
+    private readonly stream: NodeJS.WriteStream = process.stderr,
+    enabled?: boolean,
+  ) {
     this.enabled = enabled ?? (stream.isTTY === true && process.env.TERM !== 'dumb');
   }
 
@@ -58,7 +61,9 @@ export class ProgressBars implements TransferProgress {
     this.bars.delete(id);
     this.clear();
     const size = bar.total ?? bar.done;
-    this.stream.write(`${bar.label}  ${note ?? 'done'}  ${formatBytes(size)} in ${formatDuration(Date.now() - bar.startedAt)}\n`);
+    this.stream.write(
+      `${bar.label}  ${note ?? 'done'}  ${formatBytes(size)} in ${formatDuration(Date.now() - bar.startedAt)}\n`,
+    );
     this.draw();
   }
 
@@ -99,7 +104,8 @@ export class ProgressBars implements TransferProgress {
 function renderBar(bar: Bar, width: number): string {
   const seconds = Math.max(0.001, (Date.now() - bar.startedAt) / 1000);
   const rate = `${formatBytes(bar.done / seconds)}/s`;
-  const amount = bar.total !== undefined ? `${formatBytes(bar.done)} / ${formatBytes(bar.total)}` : formatBytes(bar.done);
+  const amount =
+    bar.total !== undefined ? `${formatBytes(bar.done)} / ${formatBytes(bar.total)}` : formatBytes(bar.done);
   const fraction = bar.total ? Math.min(1, bar.done / bar.total) : 0;
   const filled = Math.round(fraction * BAR_WIDTH);
   const gauge = bar.total !== undefined ? `[${'='.repeat(filled)}${' '.repeat(BAR_WIDTH - filled)}]` : '';

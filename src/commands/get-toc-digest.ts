@@ -22,9 +22,15 @@ export default class GetTocDigest extends BaseCommand<typeof GetTocDigest> {
 
   static override examples = [
     { description: 'A local blob file', command: '<%= config.bin %> get-toc-digest ./blobs/sha256/3f5c…' },
-    { description: 'One layer of an image in a registry', command: '<%= config.bin %> get-toc-digest --plain-http 127.0.0.1:5000/app:esgz@sha256:3f5c…' },
+    {
+      description: 'One layer of an image in a registry',
+      command: '<%= config.bin %> get-toc-digest --plain-http 127.0.0.1:5000/app:esgz@sha256:3f5c…',
+    },
     { description: 'Every layer of an OCI layout image', command: '<%= config.bin %> get-toc-digest oci:./app:esgz' },
-    { description: 'Dump the TOC JSON of a layer', command: '<%= config.bin %> get-toc-digest --dump-toc oci:./app:esgz@sha256:3f5c…' },
+    {
+      description: 'Dump the TOC JSON of a layer',
+      command: '<%= config.bin %> get-toc-digest --dump-toc oci:./app:esgz@sha256:3f5c…',
+    },
   ];
 
   static override args = {
@@ -106,7 +112,14 @@ export default class GetTocDigest extends BaseCommand<typeof GetTocDigest> {
 
   private print(rows: Array<{ layer: string; tocDigest?: string; toc?: Buffer; error?: string }>, dump: boolean): void {
     if (this.flags.json) {
-      writeJson(rows.map((r) => ({ layer: r.layer, tocDigest: r.tocDigest ?? null, ...(dump && r.toc ? { toc: JSON.parse(r.toc.toString()) } : {}), ...(r.error ? { error: r.error } : {}) })));
+      writeJson(
+        rows.map((r) => ({
+          layer: r.layer,
+          tocDigest: r.tocDigest ?? null,
+          ...(dump && r.toc ? { toc: JSON.parse(r.toc.toString()) } : {}),
+          ...(r.error ? { error: r.error } : {}),
+        })),
+      );
       return;
     }
     if (dump) {

@@ -1,6 +1,13 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base.js';
-import { lazyPullFlags, workloadRegistryFlags, runOptionsFromFlags, stateRootFlags, transportOptions, workloadFlags } from '../cli/flags.js';
+import {
+  lazyPullFlags,
+  workloadRegistryFlags,
+  runOptionsFromFlags,
+  stateRootFlags,
+  transportOptions,
+  workloadFlags,
+} from '../cli/flags.js';
 import { writeJson } from '../cli/output.js';
 import { EsgzError } from '../errors.js';
 import { runContainer } from '../snapshotter/run.js';
@@ -48,16 +55,26 @@ function optionWords(flags: Record<string, { type: string; char?: string }>): Se
 }
 
 export default class Run extends BaseCommand<typeof Run> {
-  static override summary = 'Run a command in a lazily pulled image (FUSE layers served by this process, overlayfs, runc)';
+  static override summary =
+    'Run a command in a lazily pulled image (FUSE layers served by this process, overlayfs, runc)';
   static override description = `Mounts each layer of an image pulled with "esgz image rpull" through FUSE (files are fetched
 chunk by chunk on first read, verified, and cached), stacks them with overlayfs over a fresh
 writable layer, and runs the command with runc using the image config. Everything is unmounted
 when the container exits or on Ctrl-C. Needs root. Arguments after ID are the command.`;
 
   static override examples = [
-    { description: 'Run the image default command and remove the container afterwards', command: '<%= config.bin %> run --rm localhost:5000/busybox:esgz' },
-    { description: 'Run a command (ID first, then the command)', command: '<%= config.bin %> run --rm --env GREETING=hi localhost:5000/python:esgz c1 python3 -c "print(\'hi\')"' },
-    { description: 'Interactive shell with the host network', command: '<%= config.bin %> run --rm -t --net-host localhost:5000/debian:esgz shell /bin/bash' },
+    {
+      description: 'Run the image default command and remove the container afterwards',
+      command: '<%= config.bin %> run --rm localhost:5000/busybox:esgz',
+    },
+    {
+      description: 'Run a command (ID first, then the command)',
+      command: '<%= config.bin %> run --rm --env GREETING=hi localhost:5000/python:esgz c1 python3 -c "print(\'hi\')"',
+    },
+    {
+      description: 'Interactive shell with the host network',
+      command: '<%= config.bin %> run --rm -t --net-host localhost:5000/debian:esgz shell /bin/bash',
+    },
   ];
 
   static override strict = false;

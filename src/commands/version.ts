@@ -28,7 +28,9 @@ export default class Version extends BaseCommand<typeof Version> {
     if (this.flags.json) writeJson(info);
     else {
       this.log(`esgz ${info.version} (node ${info.node})`);
-      this.log(`gzip backend: ${gzipBackend}${libdeflate.available ? '' : ` (libdeflate ${info.gzip.libdeflate})`}, ${info.gzip.workers} workers`);
+      this.log(
+        `gzip backend: ${gzipBackend}${libdeflate.available ? '' : ` (libdeflate ${info.gzip.libdeflate})`}, ${info.gzip.workers} workers`,
+      );
     }
   }
 }

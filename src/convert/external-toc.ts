@@ -6,7 +6,12 @@
  */
 import { Readable } from 'node:stream';
 import { EsgzError, withContext } from '../errors.js';
-import { EXTERNAL_TOC_IMAGE_SUFFIX, MAX_TOC_SIZE, TOC_LAYER_DIGEST_ANNOTATION, TOC_TAR_SLACK } from '../estargz/constants.js';
+import {
+  EXTERNAL_TOC_IMAGE_SUFFIX,
+  MAX_TOC_SIZE,
+  TOC_LAYER_DIGEST_ANNOTATION,
+  TOC_TAR_SLACK,
+} from '../estargz/constants.js';
 import { digestOf } from '../oci/digest.js';
 import { MediaType } from '../oci/media-types.js';
 import type { Descriptor, RawManifest } from '../oci/types.js';
@@ -20,19 +25,32 @@ import { formatReference, parseReference } from '../registry/reference.js';
  * an empty config whose gzip layers are the TOC blobs, each annotated with the digest of the
  * eStargz layer it describes, sorted by digest as ctr-remote sorts them.
  */
-export function externalTOCImage(tocs: Map<string, Buffer>): { config: Buffer; manifest: Buffer; blobs: Array<{ descriptor: Descriptor; data: Buffer }> } {
+export function externalTOCImage(tocs: Map<string, Buffer>): {
+  config: Buffer;
+  manifest: Buffer;
+  blobs: Array<{ descriptor: Descriptor; data: Buffer }>;
+} {
   const config = Buffer.from('{}');
   const blobs = [...tocs].map(([layerDigest, data]) => ({
-    descriptor: { mediaType: MediaType.ociLayerGzip, digest: digestOf(data), size: data.length, annotations: { [TOC_LAYER_DIGEST_ANNOTATION]: layerDigest } },
+    descriptor: {
+      mediaType: MediaType.ociLayerGzip,
+      digest: digestOf(data),
+      size: data.length,
+      annotations: { [TOC_LAYER_DIGEST_ANNOTATION]: layerDigest },
+    },
     data,
   }));
-  blobs.sort((a, b) => (a.descriptor.digest < b.descriptor.digest ? -1 : a.descriptor.digest > b.descriptor.digest ? 1 : 0));
-  const manifest = Buffer.from(JSON.stringify({
-    schemaVersion: 2,
-    mediaType: MediaType.ociManifest,
-    config: { mediaType: MediaType.ociConfig, digest: digestOf(config), size: config.length },
-    layers: blobs.map((b) => b.descriptor),
-  }));
+  blobs.sort((a, b) =>
+    a.descriptor.digest < b.descriptor.digest ? -1 : a.descriptor.digest > b.descriptor.digest ? 1 : 0,
+  );
+  const manifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: MediaType.ociManifest,
+      config: { mediaType: MediaType.ociConfig, digest: digestOf(config), size: config.length },
+      layers: blobs.map((b) => b.descriptor),
+    }),
+  );
   return { config, manifest, blobs };
 }
 
@@ -40,9 +58,16 @@ export function externalTOCImage(tocs: Map<string, Buffer>): { config: Buffer; m
 export async function writeExternalTOCImage(sink: ImageSink, tocs: Map<string, Buffer>): Promise<RawManifest> {
   const image = externalTOCImage(tocs);
   try {
-    await sink.putBlob({ mediaType: MediaType.ociConfig, digest: digestOf(image.config), size: image.config.length }, () => Readable.from([image.config]));
+    await sink.putBlob(
+      { mediaType: MediaType.ociConfig, digest: digestOf(image.config), size: image.config.length },
+      () => Readable.from([image.config]),
+    );
     for (const blob of image.blobs) await sink.putBlob(blob.descriptor, () => Readable.from([blob.data]));
-    const root: RawManifest = { bytes: image.manifest, mediaType: MediaType.ociManifest, digest: digestOf(image.manifest) };
+    const root: RawManifest = {
+      bytes: image.manifest,
+      mediaType: MediaType.ociManifest,
+      digest: digestOf(image.manifest),
+    };
     await sink.commit(root);
     return root;
   } catch (err) {
@@ -56,8 +81,13 @@ export async function writeExternalTOCImage(sink: ImageSink, tocs: Map<string, B
  * (`latest` when it has none). Digest references and docker archives cannot name a second image.
  */
 export function tocImageReference(spec: string): string {
-  if (spec.startsWith('docker-archive:')) throw new EsgzError('UNSUPPORTED', '--estargz-external-toc cannot write its TOC image into a docker archive; use a registry or oci: destination');
-  if (/@[a-z0-9]+:[0-9a-f]+$/.test(spec)) throw new EsgzError('BAD_FLAG', `--estargz-external-toc needs a tagged destination, not a digest (${spec})`);
+  if (spec.startsWith('docker-archive:'))
+    throw new EsgzError(
+      'UNSUPPORTED',
+      '--estargz-external-toc cannot write its TOC image into a docker archive; use a registry or oci: destination',
+    );
+  if (/@[a-z0-9]+:[0-9a-f]+$/.test(spec))
+    throw new EsgzError('BAD_FLAG', `--estargz-external-toc needs a tagged destination, not a digest (${spec})`);
   const lastSlash = spec.lastIndexOf('/');
   const colon = spec.lastIndexOf(':');
   const hasTag = colon > lastSlash && !(spec.startsWith('oci:') && colon === 3);

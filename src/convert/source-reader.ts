@@ -13,7 +13,10 @@ export function sourceBlobReader(source: ImageSource, desc: Descriptor): BlobRea
       checkRange(offset, length, desc.size, desc.digest);
       const buf = await source.readBlobRange(desc, offset, length);
       if (buf.length !== length) {
-        throw new EsgzError('SIZE_MISMATCH', `${source.description} ${desc.digest}: range read at ${offset} returned ${buf.length} bytes, expected ${length}`);
+        throw new EsgzError(
+          'SIZE_MISMATCH',
+          `${source.description} ${desc.digest}: range read at ${offset} returned ${buf.length} bytes, expected ${length}`,
+        );
       }
       return buf;
     },

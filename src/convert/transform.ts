@@ -116,8 +116,10 @@ export class ChunkedLayerTransform implements ConversionTransform {
   ) {
     this.name = format;
     const { externalTOC, containersStorageAnnotations } = options;
-    if (options.keepDiffID && !externalTOC) throw new EsgzError('BAD_FLAG', 'keeping the diffID needs the external-TOC mode');
-    if (externalTOC && format !== 'estargz') throw new EsgzError('BAD_FLAG', 'an external TOC needs the eStargz format');
+    if (options.keepDiffID && !externalTOC)
+      throw new EsgzError('BAD_FLAG', 'keeping the diffID needs the external-TOC mode');
+    if (externalTOC && format !== 'estargz')
+      throw new EsgzError('BAD_FLAG', 'an external TOC needs the eStargz format');
     this.codec = createCodec(codecNameOf(format), { externalTOC, containersStorageAnnotations });
     this.pool = pool ?? createConversionPool(format, options);
     this.ownsPool = pool === undefined;
@@ -139,9 +141,14 @@ export class ChunkedLayerTransform implements ConversionTransform {
   checkManifestMediaType(mediaType: string, warn: (message: string) => void): void {
     if (!isDockerMediaType(mediaType) || this.options.oci) return;
     if (this.codec.name === 'zstd') {
-      throw new EsgzError('BAD_FLAG', 'zstd:chunked needs OCI media types: this image has Docker ones and the oci option is off');
+      throw new EsgzError(
+        'BAD_FLAG',
+        'zstd:chunked needs OCI media types: this image has Docker ones and the oci option is off',
+      );
     }
-    warn('option --estargz should be used in conjunction with --oci (eStargz content verification needs OCI media types)');
+    warn(
+      'option --estargz should be used in conjunction with --oci (eStargz content verification needs OCI media types)',
+    );
   }
 
   async transform(input: LayerInput, output: Writable, context: TransformContext): Promise<LayerOutput | 'unchanged'> {
@@ -150,9 +157,16 @@ export class ChunkedLayerTransform implements ConversionTransform {
     try {
       if (this.options.reuse && (await this.isReusable(input, codec, where))) return 'unchanged';
       const tarFile = this.options.tarFilesByLayer?.[input.index];
-      const { stream, compression } = tarFile !== undefined
-        ? { stream: createReadStream(tarFile, { highWaterMark: 1 << 20 }), compression: layerCompressionOf(input.descriptor.mediaType) }
-        : await openDecompressed(countProgress(await input.open(), context), where, { gzipHelper: this.options.gzipHelper, signal: context.signal });
+      const { stream, compression } =
+        tarFile !== undefined
+          ? {
+              stream: createReadStream(tarFile, { highWaterMark: 1 << 20 }),
+              compression: layerCompressionOf(input.descriptor.mediaType),
+            }
+          : await openDecompressed(countProgress(await input.open(), context), where, {
+              gzipHelper: this.options.gzipHelper,
+              signal: context.signal,
+            });
       const prioritized = this.options.prioritizedFilesByLayer?.[input.index] ?? this.options.prioritizedFiles;
       const started = Date.now();
       // External TOCs are keyed by the layer digest, so hash what we write (the pipeline's own
@@ -179,16 +193,21 @@ export class ChunkedLayerTransform implements ConversionTransform {
       // With one list for every layer (ctr-remote's record-in), most names live in other layers:
       // ctr-remote ignores them silently. A per-layer list that misses is worth a warning.
       if (result.missedPrioritizedFiles.length > 0 && this.options.prioritizedFilesByLayer) {
-        this.options.warn?.(`${where}: ${result.missedPrioritizedFiles.length} prioritized file(s) not in the layer: ${result.missedPrioritizedFiles.slice(0, 5).join(', ')}`);
+        this.options.warn?.(
+          `${where}: ${result.missedPrioritizedFiles.length} prioritized file(s) not in the layer: ${result.missedPrioritizedFiles.slice(0, 5).join(', ')}`,
+        );
       }
       if (hashing) {
         await hashing.flushed();
         if (result.externalTOC) this.tocs.set(hashing.digest(), result.externalTOC);
       }
       const seconds = (Date.now() - started) / 1000;
-      const mediaType = codec.name === 'gzip'
-        ? (isDockerMediaType(input.descriptor.mediaType) ? MediaType.dockerLayerGzip : MediaType.ociLayerGzip)
-        : codec.mediaType;
+      const mediaType =
+        codec.name === 'gzip'
+          ? isDockerMediaType(input.descriptor.mediaType)
+            ? MediaType.dockerLayerGzip
+            : MediaType.ociLayerGzip
+          : codec.mediaType;
       return {
         mediaType,
         annotations: {
@@ -298,24 +317,34 @@ export class UncompressLayerTransform implements ConversionTransform {
   async transform(input: LayerInput, output: Writable, context: TransformContext): Promise<LayerOutput | 'unchanged'> {
     const where = layerWhere(input);
     try {
-      const { stream, compression } = await openDecompressed(countProgress(await input.open(), context), where, { gzipHelper: this.options.gzipHelper, signal: context.signal });
-      if (compression === 'none' && !input.descriptor.annotations?.[TOC_DIGEST_ANNOTATION]) return drainUnchanged(stream);
+      const { stream, compression } = await openDecompressed(countProgress(await input.open(), context), where, {
+        gzipHelper: this.options.gzipHelper,
+        signal: context.signal,
+      });
+      if (compression === 'none' && !input.descriptor.annotations?.[TOC_DIGEST_ANNOTATION])
+        return drainUnchanged(stream);
       const hash = createHash('sha256');
       let size = 0;
       for await (const chunk of stream as AsyncIterable<Buffer>) {
         context.signal.throwIfAborted();
         hash.update(chunk);
         size += chunk.length;
-        if (!output.write(chunk)) await new Promise<void>((resolve, reject) => {
-          output.once('drain', resolve);
-          output.once('error', reject);
-        });
+        if (!output.write(chunk))
+          await new Promise<void>((resolve, reject) => {
+            output.once('drain', resolve);
+            output.once('error', reject);
+          });
       }
       return {
         mediaType: isDockerMediaType(input.descriptor.mediaType) ? MediaType.dockerLayer : MediaType.ociLayer,
         annotations: {},
         diffID: `sha256:${hash.digest('hex')}`,
-        report: { format: 'uncompress', inputCompression: compression, inputSize: input.descriptor.size, outputSize: size },
+        report: {
+          format: 'uncompress',
+          inputCompression: compression,
+          inputSize: input.descriptor.size,
+          outputSize: size,
+        },
       };
     } catch (err) {
       throw withContext(`uncompressing ${where}`, err);
@@ -374,4 +403,3 @@ export function createLayerTransform(
       throw new EsgzError('BAD_FLAG', `unknown layer format ${String(format)}`);
   }
 }
-

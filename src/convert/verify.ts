@@ -17,7 +17,11 @@ import { EstargzReader, openFileBlobReader } from '../estargz/reader.js';
 import { sourceBlobReader } from './source-reader.js';
 
 /** Opens a layer's TOC by range reads (registry Range requests), checking the annotation when present. */
-export async function readLayerTOC(source: ImageSource, layer: Descriptor, externalTOC?: () => Promise<Buffer>): Promise<EstargzReader> {
+export async function readLayerTOC(
+  source: ImageSource,
+  layer: Descriptor,
+  externalTOC?: () => Promise<Buffer>,
+): Promise<EstargzReader> {
   return EstargzReader.open(sourceBlobReader(source, layer), {
     where: `layer ${layer.digest}`,
     expectedTOCDigest: layer.annotations?.[TOC_DIGEST_ANNOTATION],
@@ -57,7 +61,15 @@ export async function verifyLayer(
   options: { tmpDir?: string; externalTOC?: () => Promise<Buffer> } = {},
 ): Promise<LayerVerification> {
   const tmpDir = options.tmpDir;
-  const result: LayerVerification = { index, digest: layer.digest, mediaType: layer.mediaType, size: layer.size, status: 'ok', problems: [], notes: [] };
+  const result: LayerVerification = {
+    index,
+    digest: layer.digest,
+    mediaType: layer.mediaType,
+    size: layer.size,
+    status: 'ok',
+    problems: [],
+    notes: [],
+  };
   const annotated = layer.annotations?.[TOC_DIGEST_ANNOTATION];
   const dir = await makeTempDir('verify', tmpDir);
   try {
@@ -112,9 +124,18 @@ export async function verifyLayer(
     try {
       let esgz: EstargzReader;
       try {
-        esgz = await EstargzReader.open(reader, { where: `layer ${layer.digest}`, expectedTOCDigest: annotated, externalTOC: options.externalTOC });
+        esgz = await EstargzReader.open(reader, {
+          where: `layer ${layer.digest}`,
+          expectedTOCDigest: annotated,
+          externalTOC: options.externalTOC,
+        });
       } catch (err) {
-        if (!annotated && err instanceof EsgzError && err.code === 'BAD_FORMAT' && /no eStargz or zstd:chunked footer/.test(err.message)) {
+        if (
+          !annotated &&
+          err instanceof EsgzError &&
+          err.code === 'BAD_FORMAT' &&
+          /no eStargz or zstd:chunked footer/.test(err.message)
+        ) {
           result.status = result.problems.length > 0 ? 'failed' : 'skipped';
           result.format = 'not eStargz';
           return result;
@@ -125,11 +146,13 @@ export async function verifyLayer(
       }
       result.format = esgz.footer.kind;
       result.tocDigest = esgz.tocDigest;
-      if (!annotated) result.problems.push(`no ${TOC_DIGEST_ANNOTATION} annotation (content cannot be verified by a lazy puller)`);
+      if (!annotated)
+        result.problems.push(`no ${TOC_DIGEST_ANNOTATION} annotation (content cannot be verified by a lazy puller)`);
       const landmark = esgz.landmark();
       result.landmark = landmark.kind;
       // Lossless (--estargz-keep-diff-id) layers have none, and lazy pullers then skip prefetch.
-      if (landmark.kind === 'none') result.notes.push('no landmark entry (.prefetch.landmark / .no.prefetch.landmark): no prefetch');
+      if (landmark.kind === 'none')
+        result.notes.push('no landmark entry (.prefetch.landmark / .no.prefetch.landmark): no prefetch');
       try {
         const counts = await esgz.verifyAll();
         result.chunks = counts.chunks;

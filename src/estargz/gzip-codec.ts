@@ -7,7 +7,14 @@ import { promisify } from 'node:util';
 import zlib from 'node:zlib';
 import { EsgzError } from '../errors.js';
 import type { Codec, CodecTail, FooterInfo, MemberCompressor, ParsedTOC } from './codec.js';
-import { FOOTER_SIZE, LEGACY_FOOTER_SIZE, MAX_MEMBER_PREFIX, MAX_TOC_SIZE, TOC_TAR_NAME, TOC_TAR_SLACK } from './constants.js';
+import {
+  FOOTER_SIZE,
+  LEGACY_FOOTER_SIZE,
+  MAX_MEMBER_PREFIX,
+  MAX_TOC_SIZE,
+  TOC_TAR_NAME,
+  TOC_TAR_SLACK,
+} from './constants.js';
 export { DEFAULT_GZIP_LEVEL } from './gzip-pool.js';
 import { BLOCK, END_OF_ARCHIVE, encodeTarHeader, padding } from './tar.js';
 import { marshalTOC, parseTOCJSON, sha256Digest, type JTOC } from './toc.js';
@@ -42,36 +49,51 @@ function subfield(payload: string): Buffer {
 /** The 51-byte eStargz footer pointing at the TOC member. */
 export function estargzFooter(tocOffset: number): Buffer {
   const footer = emptyGzipMemberWithExtra(subfield(`${tocOffset.toString(16).padStart(16, '0')}${STARGZ_MAGIC}`));
-  if (footer.length !== FOOTER_SIZE) throw new EsgzError('INTERNAL', `footer is ${footer.length} bytes, not ${FOOTER_SIZE}`);
+  if (footer.length !== FOOTER_SIZE)
+    throw new EsgzError('INTERNAL', `footer is ${footer.length} bytes, not ${FOOTER_SIZE}`);
   return footer;
 }
 
 /** The 46-byte footer of a blob whose TOC is stored outside it. */
 export function externalTOCFooter(): Buffer {
   const footer = emptyGzipMemberWithExtra(subfield(EXTERNAL_MAGIC));
-  if (footer.length !== EXTERNAL_TOC_FOOTER_SIZE) throw new EsgzError('INTERNAL', `external-TOC footer is ${footer.length} bytes`);
+  if (footer.length !== EXTERNAL_TOC_FOOTER_SIZE)
+    throw new EsgzError('INTERNAL', `external-TOC footer is ${footer.length} bytes`);
   return footer;
 }
 
 /** The uncompressed tar bytes of the TOC entry plus the end-of-archive marker. */
 export function tocTarBytes(tocJSON: Buffer): Buffer {
   const header = encodeTarHeader({
-    name: TOC_TAR_NAME, linkname: '', typeflag: '0', mode: 0, uid: 0, gid: 0, size: tocJSON.length, mtime: 0,
-    uname: '', gname: '', devmajor: 0, devminor: 0, pax: new Map(),
+    name: TOC_TAR_NAME,
+    linkname: '',
+    typeflag: '0',
+    mode: 0,
+    uid: 0,
+    gid: 0,
+    size: tocJSON.length,
+    mtime: 0,
+    uname: '',
+    gname: '',
+    devmajor: 0,
+    devminor: 0,
+    pax: new Map(),
   });
   return Buffer.concat([header, tocJSON, Buffer.alloc(padding(tocJSON.length)), END_OF_ARCHIVE]);
 }
 
 /** Reads the FEXTRA field of a gzip member header, or undefined when `buf` is not one. */
 function gzipExtra(buf: Buffer): Buffer | undefined {
-  if (buf.length < 12 || buf[0] !== 0x1f || buf[1] !== 0x8b || buf[2] !== 0x08 || (buf[3]! & 0x04) === 0) return undefined;
+  if (buf.length < 12 || buf[0] !== 0x1f || buf[1] !== 0x8b || buf[2] !== 0x08 || (buf[3]! & 0x04) === 0)
+    return undefined;
   const xlen = buf.readUInt16LE(10);
   if (12 + xlen > buf.length) return undefined;
   return buf.subarray(12, 12 + xlen);
 }
 
 function parseOffset(hex: string, what: string): number {
-  if (!/^[0-9a-fA-F]{16}$/.test(hex)) throw new EsgzError('BAD_FORMAT', `${what}: TOC offset ${JSON.stringify(hex)} is not 16 hex digits`);
+  if (!/^[0-9a-fA-F]{16}$/.test(hex))
+    throw new EsgzError('BAD_FORMAT', `${what}: TOC offset ${JSON.stringify(hex)} is not 16 hex digits`);
   const value = parseInt(hex, 16);
   if (!Number.isSafeInteger(value)) throw new EsgzError('BAD_FORMAT', `${what}: TOC offset ${hex} is too large`);
   return value;
@@ -83,7 +105,9 @@ function checkEmptyMember(footer: Buffer, kind: string): void {
   try {
     out = zlib.gunzipSync(footer);
   } catch (err) {
-    throw new EsgzError('BAD_FORMAT', `${kind} footer is not a valid gzip member: ${(err as Error).message}`, { cause: err });
+    throw new EsgzError('BAD_FORMAT', `${kind} footer is not a valid gzip member: ${(err as Error).message}`, {
+      cause: err,
+    });
   }
   if (out.length !== 0) throw new EsgzError('BAD_FORMAT', `${kind} footer has a non-empty payload`);
 }
@@ -100,23 +124,44 @@ export function parseGzipFooter(tail: Buffer, blobSize: number): FooterInfo | un
     }
     checkEmptyMember(f51!, 'eStargz');
     const tocOffset = parseOffset(extra51.subarray(4, 20).toString('latin1'), 'eStargz footer');
-    if (tocOffset >= blobSize - FOOTER_SIZE) throw new EsgzError('BAD_FORMAT', `eStargz footer: TOC offset ${tocOffset} is beyond the blob (${blobSize} bytes)`);
+    if (tocOffset >= blobSize - FOOTER_SIZE)
+      throw new EsgzError(
+        'BAD_FORMAT',
+        `eStargz footer: TOC offset ${tocOffset} is beyond the blob (${blobSize} bytes)`,
+      );
     return { footerSize: FOOTER_SIZE, tocOffset, externalTOC: false, kind: 'estargz' };
   }
 
   const f46 = last(EXTERNAL_TOC_FOOTER_SIZE);
   const extra46 = f46 && gzipExtra(f46);
-  if (extra46 && extra46.length === 4 + EXTERNAL_MAGIC.length && extra46[0] === 0x53 && extra46[1] === 0x47 && extra46.subarray(4).toString('latin1') === EXTERNAL_MAGIC) {
+  if (
+    extra46 &&
+    extra46.length === 4 + EXTERNAL_MAGIC.length &&
+    extra46[0] === 0x53 &&
+    extra46[1] === 0x47 &&
+    extra46.subarray(4).toString('latin1') === EXTERNAL_MAGIC
+  ) {
     checkEmptyMember(f46!, 'eStargz external-TOC');
-    return { footerSize: EXTERNAL_TOC_FOOTER_SIZE, tocOffset: blobSize - EXTERNAL_TOC_FOOTER_SIZE, tocSize: 0, externalTOC: true, kind: 'estargz-external' };
+    return {
+      footerSize: EXTERNAL_TOC_FOOTER_SIZE,
+      tocOffset: blobSize - EXTERNAL_TOC_FOOTER_SIZE,
+      tocSize: 0,
+      externalTOC: true,
+      kind: 'estargz-external',
+    };
   }
 
   const f47 = last(LEGACY_FOOTER_SIZE);
   const extra47 = f47 && gzipExtra(f47);
-  if (extra47 && extra47.length === 16 + STARGZ_MAGIC.length && extra47.subarray(16).toString('latin1') === STARGZ_MAGIC) {
+  if (
+    extra47 &&
+    extra47.length === 16 + STARGZ_MAGIC.length &&
+    extra47.subarray(16).toString('latin1') === STARGZ_MAGIC
+  ) {
     checkEmptyMember(f47!, 'legacy stargz');
     const tocOffset = parseOffset(extra47.subarray(0, 16).toString('latin1'), 'legacy stargz footer');
-    if (tocOffset >= blobSize - LEGACY_FOOTER_SIZE) throw new EsgzError('BAD_FORMAT', `legacy stargz footer: TOC offset ${tocOffset} is beyond the blob`);
+    if (tocOffset >= blobSize - LEGACY_FOOTER_SIZE)
+      throw new EsgzError('BAD_FORMAT', `legacy stargz footer: TOC offset ${tocOffset} is beyond the blob`);
     return { footerSize: LEGACY_FOOTER_SIZE, tocOffset, externalTOC: false, kind: 'estargz-legacy' };
   }
   if (f51 && f51[0] === 0x1f && f51[1] === 0x8b) {
@@ -171,9 +216,15 @@ export async function extractTOCJSON(tocMember: Buffer, where: string): Promise<
     tar = await gunzip(tocMember, { maxOutputLength: MAX_TOC_SIZE + TOC_TAR_SLACK });
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') {
-      throw new EsgzError('BAD_FORMAT', `${where}: TOC member inflates to more than ${MAX_TOC_SIZE >> 20} MiB (the most esgz reads)`, { cause: err });
+      throw new EsgzError(
+        'BAD_FORMAT',
+        `${where}: TOC member inflates to more than ${MAX_TOC_SIZE >> 20} MiB (the most esgz reads)`,
+        { cause: err },
+      );
     }
-    throw new EsgzError('BAD_FORMAT', `${where}: TOC member does not decompress: ${(err as Error).message}`, { cause: err });
+    throw new EsgzError('BAD_FORMAT', `${where}: TOC member does not decompress: ${(err as Error).message}`, {
+      cause: err,
+    });
   }
   // The entry may be preceded by a PAX header written by other tools; walk headers until the TOC.
   let pos = 0;
@@ -191,7 +242,11 @@ export async function extractTOCJSON(tocMember: Buffer, where: string): Promise<
       paxPath = m?.[1];
     } else {
       if (name.replace(/^\.?\//, '') === TOC_TAR_NAME) {
-        if (size > MAX_TOC_SIZE) throw new EsgzError('BAD_FORMAT', `${where}: TOC of ${size} bytes is larger than the ${MAX_TOC_SIZE >> 20} MiB esgz reads`);
+        if (size > MAX_TOC_SIZE)
+          throw new EsgzError(
+            'BAD_FORMAT',
+            `${where}: TOC of ${size} bytes is larger than the ${MAX_TOC_SIZE >> 20} MiB esgz reads`,
+          );
         if (body.length !== size) throw new EsgzError('BAD_FORMAT', `${where}: TOC entry is truncated`);
         return body;
       }

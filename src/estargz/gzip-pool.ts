@@ -64,7 +64,10 @@ export function createGzipPool(options: GzipPoolOptions = {}): MemberPool {
   if (!Number.isInteger(level) || level < 0 || level > max) {
     const libdeflateOnly = backend === 'zlib' && level > max && level <= MAX_GZIP_LEVEL.libdeflate;
     const hint = libdeflateOnly ? ' (levels above 9 need libdeflate)' : '';
-    throw new EsgzError('BAD_FLAG', `gzip compression level ${level} is out of range 0-${max} for the ${backend} backend${hint}`);
+    throw new EsgzError(
+      'BAD_FLAG',
+      `gzip compression level ${level} is out of range 0-${max} for the ${backend} backend${hint}`,
+    );
   }
   return new MemberPool({ kind: backend, level, workers: options.workers, label: `gzip (${backend})` });
 }

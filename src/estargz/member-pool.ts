@@ -20,7 +20,9 @@ import type { CodecName, CompressedMembers, MemberCompressor } from './codec.js'
 
 export type MemberCompressorKind = 'libdeflate' | 'zlib' | 'zstd';
 
-export const LIBDEFLATE_ADDON_PATH = fileURLToPath(new URL('../../native/libdeflate/build/Release/esgz_libdeflate.node', import.meta.url));
+export const LIBDEFLATE_ADDON_PATH = fileURLToPath(
+  new URL('../../native/libdeflate/build/Release/esgz_libdeflate.node', import.meta.url),
+);
 const ZSTD_BINDING_PATH = createRequire(import.meta.url).resolve('zstd-napi/binding.js');
 
 /** Batch buffers are sized in steps of this; a batch of small members fits one step. */
@@ -198,7 +200,8 @@ export class MemberPool implements MemberCompressor {
     this.level = options.level;
     this.label = options.label;
     const workers = options.workers ?? defaultWorkerCount();
-    if (!Number.isInteger(workers) || workers < 1) throw new EsgzError('BAD_FLAG', `worker count must be a positive integer, got ${workers}`);
+    if (!Number.isInteger(workers) || workers < 1)
+      throw new EsgzError('BAD_FLAG', `worker count must be a positive integer, got ${workers}`);
     this.size = workers;
   }
 
@@ -249,7 +252,8 @@ export class MemberPool implements MemberCompressor {
     let payload: Uint8Array = input;
     const ab = input.buffer;
     // Never move memory other Buffers may share (Node's small Buffers live in one slab).
-    const transferable = ab instanceof ArrayBuffer && input.byteOffset === 0 && (this.ours.has(ab) || input.byteLength === ab.byteLength);
+    const transferable =
+      ab instanceof ArrayBuffer && input.byteOffset === 0 && (this.ours.has(ab) || input.byteLength === ab.byteLength);
     if (!transferable) {
       payload = this.allocate(input.byteLength).subarray(0, input.byteLength);
       payload.set(input);
@@ -320,21 +324,35 @@ export class MemberPool implements MemberCompressor {
   }
 
   private spawn(): PoolWorker {
-    const spec = { kind: this.kind, level: this.level, addonPath: LIBDEFLATE_ADDON_PATH, bindingPath: ZSTD_BINDING_PATH };
-    const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: spec, resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB } });
+    const spec = {
+      kind: this.kind,
+      level: this.level,
+      addonPath: LIBDEFLATE_ADDON_PATH,
+      bindingPath: ZSTD_BINDING_PATH,
+    };
+    const worker = new Worker(WORKER_SOURCE, {
+      eval: true,
+      workerData: spec,
+      resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
+    });
     worker.unref();
     const entry: PoolWorker = { worker, busy: 0, busyBytes: 0 };
-    worker.on('message', (msg: { id: number; data?: Uint8Array; sizes?: Uint32Array; input?: ArrayBuffer; error?: string }) => {
-      this.recycle(msg.input);
-      const p = this.pending.get(msg.id);
-      if (!p) return;
-      this.pending.delete(msg.id);
-      entry.busyBytes -= p.bytes;
-      if (--entry.busy === 0) worker.unref();
-      this.dispatch();
-      if (msg.error !== undefined || !msg.data || !msg.sizes) p.reject(new EsgzError('INTERNAL', `${this.label} compression failed: ${msg.error}`));
-      else p.resolve({ data: Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength), sizes: msg.sizes });
-    });
+    worker.on(
+      'message',
+      (msg: { id: number; data?: Uint8Array; sizes?: Uint32Array; input?: ArrayBuffer; error?: string }) => {
+        this.recycle(msg.input);
+        const p = this.pending.get(msg.id);
+        if (!p) return;
+        this.pending.delete(msg.id);
+        entry.busyBytes -= p.bytes;
+        if (--entry.busy === 0) worker.unref();
+        this.dispatch();
+        if (msg.error !== undefined || !msg.data || !msg.sizes)
+          p.reject(new EsgzError('INTERNAL', `${this.label} compression failed: ${msg.error}`));
+        else
+          p.resolve({ data: Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength), sizes: msg.sizes });
+      },
+    );
     worker.on('error', (err) => this.fail(entry, err));
     worker.on('exit', (code) => {
       if (!this.closed && code !== 0) this.fail(entry, new Error(`worker exited with code ${code}`));

@@ -50,7 +50,8 @@ function globToRegExp(glob: string, original: string): RegExp {
       re += '[^/]';
     } else if (ch === '[') {
       const close = glob.indexOf(']', i + 2);
-      if (close === -1) throw new EsgzError('BAD_FLAG', `prefetch pattern ${JSON.stringify(original)}: unterminated "["`);
+      if (close === -1)
+        throw new EsgzError('BAD_FLAG', `prefetch pattern ${JSON.stringify(original)}: unterminated "["`);
       let body = glob.slice(i + 1, close);
       const negate = body.startsWith('!') || body.startsWith('^');
       if (negate) body = body.slice(1);
@@ -71,7 +72,8 @@ export function parsePrefetchList(text: string, where = 'prefetch list'): Priori
   text.split(/\r?\n/).forEach((raw, i) => {
     const line = raw.trim();
     if (line === '' || line.startsWith('#')) return;
-    if (line.split('/').includes('..')) throw new EsgzError('BAD_FLAG', `${where}:${i + 1}: ".." is not allowed in ${JSON.stringify(line)}`);
+    if (line.split('/').includes('..'))
+      throw new EsgzError('BAD_FLAG', `${where}:${i + 1}: ".." is not allowed in ${JSON.stringify(line)}`);
     items.push(isGlob(line) ? new GlobPattern(line) : line);
   });
   return items;
@@ -96,14 +98,17 @@ export function parseRecordFile(text: string, where = 'record file'): string[] {
     try {
       value = JSON.parse(doc.text);
     } catch (err) {
-      throw new EsgzError('BAD_FLAG', `${where}: invalid JSON at byte ${doc.start}: ${(err as Error).message}`, { cause: err });
+      throw new EsgzError('BAD_FLAG', `${where}: invalid JSON at byte ${doc.start}: ${(err as Error).message}`, {
+        cause: err,
+      });
     }
     if (typeof value !== 'object' || value === null || Array.isArray(value)) {
       throw new EsgzError('BAD_FLAG', `${where}: record at byte ${doc.start} is not an object`);
     }
     const path = (value as { path?: unknown }).path;
     if (path === undefined) continue;
-    if (typeof path !== 'string') throw new EsgzError('BAD_FLAG', `${where}: record at byte ${doc.start} has a non-string "path"`);
+    if (typeof path !== 'string')
+      throw new EsgzError('BAD_FLAG', `${where}: record at byte ${doc.start} has a non-string "path"`);
     if (!seen.has(path)) {
       seen.add(path);
       paths.push(path);
@@ -134,7 +139,8 @@ function splitJSONValues(text: string, where: string): Array<{ text: string; sta
     }
     if (ch === '"') {
       inString = true;
-      if (depth === 0) throw new EsgzError('BAD_FLAG', `${where}: unexpected string at byte ${i} (records must be JSON objects)`);
+      if (depth === 0)
+        throw new EsgzError('BAD_FLAG', `${where}: unexpected string at byte ${i} (records must be JSON objects)`);
     } else if (ch === '{' || ch === '[') {
       if (depth === 0) start = i;
       depth++;
@@ -143,7 +149,10 @@ function splitJSONValues(text: string, where: string): Array<{ text: string; sta
       if (depth < 0) throw new EsgzError('BAD_FLAG', `${where}: unbalanced "${ch}" at byte ${i}`);
       if (depth === 0) out.push({ text: text.slice(start, i + 1), start });
     } else if (depth === 0 && !/\s/.test(ch)) {
-      throw new EsgzError('BAD_FLAG', `${where}: unexpected ${JSON.stringify(ch)} at byte ${i} (records must be JSON objects)`);
+      throw new EsgzError(
+        'BAD_FLAG',
+        `${where}: unexpected ${JSON.stringify(ch)} at byte ${i} (records must be JSON objects)`,
+      );
     }
   }
   if (depth !== 0 || inString) throw new EsgzError('BAD_FLAG', `${where}: truncated JSON record at byte ${start}`);

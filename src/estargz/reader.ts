@@ -18,7 +18,10 @@ import { cleanEntryName, climbsAboveRoot, type JTOC, type TOCEntry } from './toc
  */
 export class ExternalTOCRequiredError extends EsgzError {
   constructor(where: string) {
-    super('UNSUPPORTED', `${where}: the TOC of this layer is external (STARGZEXTERNALTOC); it lives in the IMAGE-esgztoc image`);
+    super(
+      'UNSUPPORTED',
+      `${where}: the TOC of this layer is external (STARGZEXTERNALTOC); it lives in the IMAGE-esgztoc image`,
+    );
     this.name = 'ExternalTOCRequiredError';
   }
 }
@@ -34,7 +37,9 @@ export interface BlobReader {
 /** A BlobReader over a local file. */
 export async function openFileBlobReader(path: string): Promise<BlobReader & { close(): Promise<void> }> {
   const handle = await open(path, 'r').catch((err: NodeJS.ErrnoException) => {
-    throw new EsgzError(err.code === 'ENOENT' ? 'NOT_FOUND' : 'BAD_LAYER', `cannot open blob ${path}: ${err.message}`, { cause: err });
+    throw new EsgzError(err.code === 'ENOENT' ? 'NOT_FOUND' : 'BAD_LAYER', `cannot open blob ${path}: ${err.message}`, {
+      cause: err,
+    });
   });
   const { size } = await handle.stat();
   return {
@@ -45,7 +50,8 @@ export async function openFileBlobReader(path: string): Promise<BlobReader & { c
       let got = 0;
       while (got < length) {
         const { bytesRead } = await handle.read(buf, got, length - got, offset + got);
-        if (bytesRead === 0) throw new EsgzError('SIZE_MISMATCH', `${path}: blob ended at ${offset + got}, expected ${offset + length}`);
+        if (bytesRead === 0)
+          throw new EsgzError('SIZE_MISMATCH', `${path}: blob ended at ${offset + got}, expected ${offset + length}`);
         got += bytesRead;
       }
       return buf;
@@ -67,7 +73,10 @@ export function bufferBlobReader(data: Buffer): BlobReader {
 
 export function checkRange(offset: number, length: number, size: number, what: string): void {
   if (offset < 0 || length < 0 || offset + length > size) {
-    throw new EsgzError('BAD_FORMAT', `${what}: read of ${length} bytes at ${offset} is outside the blob (${size} bytes)`);
+    throw new EsgzError(
+      'BAD_FORMAT',
+      `${what}: read of ${length} bytes at ${offset} is outside the blob (${size} bytes)`,
+    );
   }
 }
 
@@ -106,7 +115,8 @@ const SHA256_DIGEST = /^sha256:[0-9a-f]{64}$/;
 function boundedCodec(codec: Codec, limit: number): Codec {
   const bounded = Object.create(codec) as Codec;
   return Object.defineProperty(bounded, 'decompress', {
-    value: (compressed: Buffer, maxOutput?: number) => codec.decompress(compressed, Math.min(maxOutput ?? limit, limit)),
+    value: (compressed: Buffer, maxOutput?: number) =>
+      codec.decompress(compressed, Math.min(maxOutput ?? limit, limit)),
   });
 }
 
@@ -166,19 +176,34 @@ export class EstargzReader {
         break;
       }
     }
-    if (!found) throw new EsgzError('BAD_FORMAT', `${where}: no eStargz or zstd:chunked footer at the end of the blob (not an eStargz layer, or truncated)`);
+    if (!found)
+      throw new EsgzError(
+        'BAD_FORMAT',
+        `${where}: no eStargz or zstd:chunked footer at the end of the blob (not an eStargz layer, or truncated)`,
+      );
     const { codec, footer } = found;
 
     let tocBytes: Buffer;
     if (footer.externalTOC) {
       if (!options.externalTOC) throw new ExternalTOCRequiredError(where);
       tocBytes = typeof options.externalTOC === 'function' ? await options.externalTOC() : options.externalTOC;
-      if (tocBytes.length > MAX_COMPRESSED_TOC) throw new EsgzError('BAD_FORMAT', `${where}: external TOC of ${tocBytes.length} bytes is larger than esgz reads (${MAX_TOC_SIZE >> 20} MiB)`);
+      if (tocBytes.length > MAX_COMPRESSED_TOC)
+        throw new EsgzError(
+          'BAD_FORMAT',
+          `${where}: external TOC of ${tocBytes.length} bytes is larger than esgz reads (${MAX_TOC_SIZE >> 20} MiB)`,
+        );
     } else {
       const tocEnd = footer.tocSize !== undefined ? footer.tocOffset + footer.tocSize : blob.size - footer.footerSize;
-      if (tocEnd <= footer.tocOffset || tocEnd > blob.size - footer.footerSize) throw new EsgzError('BAD_FORMAT', `${where}: footer points at an empty or out-of-range TOC (${footer.tocOffset}..${tocEnd})`);
+      if (tocEnd <= footer.tocOffset || tocEnd > blob.size - footer.footerSize)
+        throw new EsgzError(
+          'BAD_FORMAT',
+          `${where}: footer points at an empty or out-of-range TOC (${footer.tocOffset}..${tocEnd})`,
+        );
       if (tocEnd - footer.tocOffset > MAX_COMPRESSED_TOC) {
-        throw new EsgzError('BAD_FORMAT', `${where}: footer points at a TOC of ${tocEnd - footer.tocOffset} compressed bytes, more than esgz reads (${MAX_TOC_SIZE >> 20} MiB)`);
+        throw new EsgzError(
+          'BAD_FORMAT',
+          `${where}: footer points at a TOC of ${tocEnd - footer.tocOffset} compressed bytes, more than esgz reads (${MAX_TOC_SIZE >> 20} MiB)`,
+        );
       }
       tocBytes = await blob.read(footer.tocOffset, tocEnd - footer.tocOffset);
     }
@@ -189,7 +214,10 @@ export class EstargzReader {
       throw err instanceof EsgzError ? new EsgzError(err.code, `${where}: ${err.message}`, { cause: err }) : err;
     }
     if (options.expectedTOCDigest && options.expectedTOCDigest !== parsed.tocDigest) {
-      throw new EsgzError('DIGEST_MISMATCH', `${where}: TOC digest ${parsed.tocDigest} does not match the expected ${options.expectedTOCDigest}`);
+      throw new EsgzError(
+        'DIGEST_MISMATCH',
+        `${where}: TOC digest ${parsed.tocDigest} does not match the expected ${options.expectedTOCDigest}`,
+      );
     }
     return new EstargzReader(blob, codec, footer, parsed.toc, parsed.tocDigest, parsed.tocJSON, where);
   }
@@ -202,7 +230,12 @@ export class EstargzReader {
   private index(): void {
     const starts = new Set<number>([this.dataEnd]);
     for (const e of this.toc.entries) {
-      if ((e.type === 'reg' || e.type === 'chunk') && (e.innerOffset ?? 0) === 0 && (e.type === 'chunk' || (e.size ?? 0) > 0)) starts.add(e.offset ?? 0);
+      if (
+        (e.type === 'reg' || e.type === 'chunk') &&
+        (e.innerOffset ?? 0) === 0 &&
+        (e.type === 'chunk' || (e.size ?? 0) > 0)
+      )
+        starts.add(e.offset ?? 0);
     }
     const sortedStarts = [...starts].sort((a, b) => a - b);
     const nextStart = (offset: number): number => {
@@ -227,7 +260,10 @@ export class EstargzReader {
       const name = cleanEntryName(e.name);
       if (e.type === 'chunk') {
         if (!currentFile || currentName !== name) {
-          throw new EsgzError('BAD_FORMAT', `${this.where}: TOC chunk entry ${JSON.stringify(e.name)} does not follow its regular file`);
+          throw new EsgzError(
+            'BAD_FORMAT',
+            `${this.where}: TOC chunk entry ${JSON.stringify(e.name)} does not follow its regular file`,
+          );
         }
       } else {
         this.checkName(e);
@@ -246,38 +282,76 @@ export class EstargzReader {
       const innerOffset = e.innerOffset ?? 0;
       const what = `TOC chunk of ${JSON.stringify(e.name)} at ${fileOffset}`;
       if (fileOffset + length > fileSize || length <= 0) {
-        throw new EsgzError('BAD_FORMAT', `${this.where}: ${what} (+${length}) lies outside the file (${fileSize} bytes)`);
+        throw new EsgzError(
+          'BAD_FORMAT',
+          `${this.where}: ${what} (+${length}) lies outside the file (${fileSize} bytes)`,
+        );
       }
       if (length > MAX_CHUNK_SIZE || innerOffset > MAX_CHUNK_SIZE) {
-        throw new EsgzError('BAD_FORMAT', `${this.where}: ${what} is ${length} bytes at inner offset ${innerOffset}; esgz reads chunks of at most ${MAX_CHUNK_SIZE >> 20} MiB`);
+        throw new EsgzError(
+          'BAD_FORMAT',
+          `${this.where}: ${what} is ${length} bytes at inner offset ${innerOffset}; esgz reads chunks of at most ${MAX_CHUNK_SIZE >> 20} MiB`,
+        );
       }
-      if (offset >= this.dataEnd) throw new EsgzError('BAD_FORMAT', `${this.where}: TOC entry ${JSON.stringify(e.name)} points past the data (offset ${offset})`);
+      if (offset >= this.dataEnd)
+        throw new EsgzError(
+          'BAD_FORMAT',
+          `${this.where}: TOC entry ${JSON.stringify(e.name)} points past the data (offset ${offset})`,
+        );
       const start = `${offset}+${innerOffset}`;
-      if (chunkStarts.has(start)) throw new EsgzError('BAD_FORMAT', `${this.where}: ${what}: blob offset ${offset} (inner ${innerOffset}) is used twice in the TOC`);
+      if (chunkStarts.has(start))
+        throw new EsgzError(
+          'BAD_FORMAT',
+          `${this.where}: ${what}: blob offset ${offset} (inner ${innerOffset}) is used twice in the TOC`,
+        );
       chunkStarts.add(start);
       const chunkDigest = this.chunkDigestOf(e, file, length, what);
       this.memberPrefix.set(offset, Math.max(this.memberPrefix.get(offset) ?? 0, innerOffset + length));
       const list = this.chunksByName.get(name) ?? [];
-      list.push({ name, entry: e, fileOffset, length, compressedOffset: offset, compressedEnd: nextStart(offset), innerOffset, chunkDigest });
+      list.push({
+        name,
+        entry: e,
+        fileOffset,
+        length,
+        compressedOffset: offset,
+        compressedEnd: nextStart(offset),
+        innerOffset,
+        chunkDigest,
+      });
       this.chunksByName.set(name, list);
     }
     for (const [name, list] of this.chunksByName) {
       let expected = 0;
       for (const c of list) {
-        if (c.fileOffset !== expected) throw new EsgzError('BAD_FORMAT', `${this.where}: TOC chunks of ${JSON.stringify(name)} leave a gap or overlap at ${expected}`);
+        if (c.fileOffset !== expected)
+          throw new EsgzError(
+            'BAD_FORMAT',
+            `${this.where}: TOC chunks of ${JSON.stringify(name)} leave a gap or overlap at ${expected}`,
+          );
         expected += c.length;
       }
       const size = this.byName.get(name)?.size ?? 0;
-      if (expected !== size) throw new EsgzError('BAD_FORMAT', `${this.where}: TOC chunks of ${JSON.stringify(name)} cover ${expected} of ${size} bytes`);
+      if (expected !== size)
+        throw new EsgzError(
+          'BAD_FORMAT',
+          `${this.where}: TOC chunks of ${JSON.stringify(name)} cover ${expected} of ${size} bytes`,
+        );
     }
     this.checkMembersDisjoint();
   }
 
   /** Names (and hardlink targets) climbing above the root are refused; the rest are re-rooted. */
   private checkName(e: TOCEntry): void {
-    if (climbsAboveRoot(e.name) || e.name.includes('\0')) throw new EsgzError('UNSAFE_PATH', `${this.where}: TOC entry ${JSON.stringify(e.name)} climbs above the layer root`);
+    if (climbsAboveRoot(e.name) || e.name.includes('\0'))
+      throw new EsgzError(
+        'UNSAFE_PATH',
+        `${this.where}: TOC entry ${JSON.stringify(e.name)} climbs above the layer root`,
+      );
     if (e.type === 'hardlink' && climbsAboveRoot(e.linkName ?? '')) {
-      throw new EsgzError('UNSAFE_PATH', `${this.where}: TOC hardlink ${JSON.stringify(e.name)} points above the layer root (${JSON.stringify(e.linkName)})`);
+      throw new EsgzError(
+        'UNSAFE_PATH',
+        `${this.where}: TOC hardlink ${JSON.stringify(e.name)} points above the layer root (${JSON.stringify(e.linkName)})`,
+      );
     }
   }
 
@@ -288,8 +362,10 @@ export class EstargzReader {
    */
   private chunkDigestOf(e: TOCEntry, file: TOCEntry, length: number, what: string): string {
     const digest = e.chunkDigest ?? (length === (file.size ?? 0) ? file.digest : undefined);
-    if (digest === undefined) throw new EsgzError('BAD_FORMAT', `${this.where}: ${what} has no chunkDigest: its content could not be verified`);
-    if (!SHA256_DIGEST.test(digest)) throw new EsgzError('BAD_FORMAT', `${this.where}: ${what} has an invalid digest ${JSON.stringify(digest)}`);
+    if (digest === undefined)
+      throw new EsgzError('BAD_FORMAT', `${this.where}: ${what} has no chunkDigest: its content could not be verified`);
+    if (!SHA256_DIGEST.test(digest))
+      throw new EsgzError('BAD_FORMAT', `${this.where}: ${what} has an invalid digest ${JSON.stringify(digest)}`);
     return digest;
   }
 
@@ -308,7 +384,10 @@ export class EstargzReader {
       for (let i = 1; i < chunks.length; i++) {
         const prev = chunks[i - 1]!;
         if (chunks[i]!.innerOffset < prev.innerOffset + prev.length) {
-          throw new EsgzError('BAD_FORMAT', `${this.where}: TOC chunks of ${JSON.stringify(prev.name)} and ${JSON.stringify(chunks[i]!.name)} overlap in the member at ${offset}`);
+          throw new EsgzError(
+            'BAD_FORMAT',
+            `${this.where}: TOC chunks of ${JSON.stringify(prev.name)} and ${JSON.stringify(chunks[i]!.name)} overlap in the member at ${offset}`,
+          );
         }
       }
     }
@@ -335,7 +414,8 @@ export class EstargzReader {
   chunks(name: string): ChunkRef[] {
     const entry = this.resolve(name);
     if (!entry) throw new EsgzError('NOT_FOUND', `${this.where}: no entry ${JSON.stringify(name)} in the TOC`);
-    if (entry.type !== 'reg') throw new EsgzError('BAD_FLAG', `${this.where}: ${JSON.stringify(name)} is a ${entry.type}, not a regular file`);
+    if (entry.type !== 'reg')
+      throw new EsgzError('BAD_FLAG', `${this.where}: ${JSON.stringify(name)} is a ${entry.type}, not a regular file`);
     return this.chunksByName.get(cleanEntryName(entry.name)) ?? [];
   }
 
@@ -368,7 +448,11 @@ export class EstargzReader {
    */
   async decodeChunk(chunk: ChunkRef, compressed: Buffer): Promise<Buffer> {
     const span = chunk.compressedEnd - chunk.compressedOffset;
-    return verifyChunk(await this.decompressAt(chunk, compressed.length > span ? compressed.subarray(0, span) : compressed), chunk, this.where);
+    return verifyChunk(
+      await this.decompressAt(chunk, compressed.length > span ? compressed.subarray(0, span) : compressed),
+      chunk,
+      this.where,
+    );
   }
 
   private async decompressAt(chunk: ChunkRef, compressed: Buffer): Promise<Buffer> {
@@ -377,10 +461,15 @@ export class EstargzReader {
       data = await this.codec.decompress(compressed, chunk.innerOffset + chunk.length);
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
-      throw new EsgzError('BAD_FORMAT', `${this.where}: ${chunk.name} at ${chunk.fileOffset}: ${message}`, { cause: err });
+      throw new EsgzError('BAD_FORMAT', `${this.where}: ${chunk.name} at ${chunk.fileOffset}: ${message}`, {
+        cause: err,
+      });
     }
     if (data.length < chunk.innerOffset + chunk.length) {
-      throw new EsgzError('BAD_FORMAT', `${this.where}: ${chunk.name} at ${chunk.fileOffset}: member holds ${data.length} bytes, chunk needs ${chunk.innerOffset + chunk.length}`);
+      throw new EsgzError(
+        'BAD_FORMAT',
+        `${this.where}: ${chunk.name} at ${chunk.fileOffset}: member holds ${data.length} bytes, chunk needs ${chunk.innerOffset + chunk.length}`,
+      );
     }
     return data.subarray(chunk.innerOffset, chunk.innerOffset + chunk.length);
   }
@@ -393,7 +482,11 @@ export class EstargzReader {
     const entry = this.resolve(name)!;
     if (entry.digest) {
       const actual = `sha256:${createHash('sha256').update(data).digest('hex')}`;
-      if (actual !== entry.digest) throw new EsgzError('DIGEST_MISMATCH', `${this.where}: ${name}: file digest ${actual} does not match the TOC (${entry.digest})`);
+      if (actual !== entry.digest)
+        throw new EsgzError(
+          'DIGEST_MISMATCH',
+          `${this.where}: ${name}: file digest ${actual} does not match the TOC (${entry.digest})`,
+        );
     }
     return data;
   }
@@ -431,11 +524,18 @@ export class EstargzReader {
         let data: Buffer;
         if (chunk.innerOffset > 0 || chunk.compressedOffset === cacheKey) {
           if (cacheKey !== chunk.compressedOffset) {
-            const compressed = await this.blob.read(chunk.compressedOffset, chunk.compressedEnd - chunk.compressedOffset);
+            const compressed = await this.blob.read(
+              chunk.compressedOffset,
+              chunk.compressedEnd - chunk.compressedOffset,
+            );
             cache = await this.codec.decompress(compressed, this.memberPrefix.get(chunk.compressedOffset));
             cacheKey = chunk.compressedOffset;
           }
-          if (cache!.length < chunk.innerOffset + chunk.length) throw new EsgzError('BAD_FORMAT', `${this.where}: ${name}: member too short for chunk at ${chunk.fileOffset}`);
+          if (cache!.length < chunk.innerOffset + chunk.length)
+            throw new EsgzError(
+              'BAD_FORMAT',
+              `${this.where}: ${name}: member too short for chunk at ${chunk.fileOffset}`,
+            );
           data = verifyChunk(cache!.subarray(chunk.innerOffset, chunk.innerOffset + chunk.length), chunk, this.where);
         } else {
           data = await this.readChunk(chunk);
@@ -447,7 +547,11 @@ export class EstargzReader {
       }
       if (entry.digest) {
         const actual = `sha256:${hash.digest('hex')}`;
-        if (actual !== entry.digest) throw new EsgzError('DIGEST_MISMATCH', `${this.where}: ${name}: file digest ${actual} does not match the TOC (${entry.digest})`);
+        if (actual !== entry.digest)
+          throw new EsgzError(
+            'DIGEST_MISMATCH',
+            `${this.where}: ${name}: file digest ${actual} does not match the TOC (${entry.digest})`,
+          );
       }
     }
     return { files, chunks, bytes };
@@ -459,7 +563,10 @@ export function verifyChunk(data: Buffer, chunk: ChunkRef, where: string): Buffe
   if (chunk.chunkDigest) {
     const actual = `sha256:${createHash('sha256').update(data).digest('hex')}`;
     if (actual !== chunk.chunkDigest) {
-      throw new EsgzError('DIGEST_MISMATCH', `${where}: ${chunk.name}: chunk at ${chunk.fileOffset} has digest ${actual}, TOC says ${chunk.chunkDigest}`);
+      throw new EsgzError(
+        'DIGEST_MISMATCH',
+        `${where}: ${chunk.name}: chunk at ${chunk.fileOffset} has digest ${actual}, TOC says ${chunk.chunkDigest}`,
+      );
     }
   }
   return data;

@@ -73,7 +73,10 @@ export class ByteSource implements TarBytes {
   private readonly iterator: AsyncIterator<Buffer | Uint8Array | string>;
 
   constructor(stream: AsyncIterable<Buffer | Uint8Array | string>) {
-    this.iterator = stream instanceof Readable && !stream.readableObjectMode ? readableChunks(stream) : stream[Symbol.asyncIterator]();
+    this.iterator =
+      stream instanceof Readable && !stream.readableObjectMode
+        ? readableChunks(stream)
+        : stream[Symbol.asyncIterator]();
   }
 
   private async fill(): Promise<boolean> {
@@ -84,7 +87,12 @@ export class ByteSource implements TarBytes {
       return false;
     }
     const value = next.value;
-    const buf = typeof value === 'string' ? Buffer.from(value) : Buffer.isBuffer(value) ? value : Buffer.from(value.buffer, value.byteOffset, value.byteLength);
+    const buf =
+      typeof value === 'string'
+        ? Buffer.from(value)
+        : Buffer.isBuffer(value)
+          ? value
+          : Buffer.from(value.buffer, value.byteOffset, value.byteLength);
     if (buf.length > 0) {
       this.buffers.push(buf);
       this.buffered += buf.length;
@@ -185,7 +193,7 @@ export class FileWindowReader {
     if (offset >= 0 && offset + length <= this.window.length) return this.window.subarray(offset, offset + length);
     const want = Math.min(Math.max(length, FILE_WINDOW), this.size - position);
     const window = Buffer.allocUnsafe(want);
-    for (let got = 0; got < want; ) {
+    for (let got = 0; got < want;) {
       const { bytesRead } = await this.handle.read(window, got, want - got, position + got);
       if (bytesRead === 0) throw new EsgzError('INTERNAL', `${what}: file ended early at byte ${position + got}`);
       got += bytesRead;
@@ -317,7 +325,10 @@ function parseNumber(block: Buffer, offset: number, length: number, what: string
   for (let i = start; i < end; i++) {
     const digit = block[i]! - 0x30;
     if (digit < 0 || digit > 7) {
-      throw new EsgzError('BAD_LAYER', `${where()}: invalid ${what} field ${JSON.stringify(block.toString('latin1', start, end))}`);
+      throw new EsgzError(
+        'BAD_LAYER',
+        `${where()}: invalid ${what} field ${JSON.stringify(block.toString('latin1', start, end))}`,
+      );
     }
     value = value * 8 + digit;
   }
@@ -370,7 +381,11 @@ export interface ReadTarOptions {
  * next; unread payload is skipped. After the end-of-archive marker the rest of the stream is
  * drained. `where` names the layer in error messages.
  */
-export async function* readTar(input: AsyncIterable<Buffer | Uint8Array | string> | TarBytes, where: string, options: ReadTarOptions = {}): AsyncGenerator<TarEntry> {
+export async function* readTar(
+  input: AsyncIterable<Buffer | Uint8Array | string> | TarBytes,
+  where: string,
+  options: ReadTarOptions = {},
+): AsyncGenerator<TarEntry> {
   const reader = new TarHeaderReader(Symbol.asyncIterator in input ? new ByteSource(input) : input, where, options);
   reader.record();
   for (;;) {
@@ -620,7 +635,10 @@ class GlobalPax {
     if (this.records.size > 0) {
       this.applied += this.bytes;
       if (this.applied > MAX_APPLIED_GLOBAL_PAX_BYTES) {
-        throw new EsgzError('BAD_LAYER', `${at()}: global PAX headers would be copied into the entries more than ${MAX_APPLIED_GLOBAL_PAX_BYTES >> 20} MiB over (${this.records.size} global records)`);
+        throw new EsgzError(
+          'BAD_LAYER',
+          `${at()}: global PAX headers would be copied into the entries more than ${MAX_APPLIED_GLOBAL_PAX_BYTES >> 20} MiB over (${this.records.size} global records)`,
+        );
       }
     }
     if (this.view === undefined) {
@@ -635,7 +653,10 @@ class GlobalPax {
 }
 
 function truncated(where: string, name: string, expected: number, got: number): EsgzError {
-  return new EsgzError('BAD_LAYER', `${where}: tar entry ${JSON.stringify(name)} is truncated: header says ${expected} bytes, stream ended after ${got}`);
+  return new EsgzError(
+    'BAD_LAYER',
+    `${where}: tar entry ${JSON.stringify(name)} is truncated: header says ${expected} bytes, stream ended after ${got}`,
+  );
 }
 
 function applyPax(h: TarHeader, at: () => string): void {
@@ -643,7 +664,8 @@ function applyPax(h: TarHeader, at: () => string): void {
     const v = h.pax.get(key);
     if (v === undefined) return undefined;
     const n = Number(v.toString('latin1'));
-    if (!Number.isFinite(n) || n < 0) throw new EsgzError('BAD_LAYER', `${at()}: invalid PAX ${key} ${JSON.stringify(v.toString('latin1'))}`);
+    if (!Number.isFinite(n) || n < 0)
+      throw new EsgzError('BAD_LAYER', `${at()}: invalid PAX ${key} ${JSON.stringify(v.toString('latin1'))}`);
     return n;
   };
   const path = h.pax.get('path');
@@ -681,7 +703,9 @@ function writeString(block: Buffer, offset: number, length: number, value: strin
 }
 
 function writeOctal(block: Buffer, offset: number, length: number, value: number): void {
-  const text = Math.max(0, Math.floor(value)).toString(8).padStart(length - 1, '0');
+  const text = Math.max(0, Math.floor(value))
+    .toString(8)
+    .padStart(length - 1, '0');
   block.write(text, offset, length - 1, 'latin1');
   block[offset + length - 1] = 0;
 }
@@ -707,8 +731,19 @@ function paxRecord(key: string, value: Buffer): Buffer {
 }
 
 function ustarBlock(fields: {
-  name: string; prefix: string; mode: number; uid: number; gid: number; size: number; mtime: number;
-  typeflag: string; linkname: string; uname: string; gname: string; devmajor: number; devminor: number;
+  name: string;
+  prefix: string;
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  mtime: number;
+  typeflag: string;
+  linkname: string;
+  uname: string;
+  gname: string;
+  devmajor: number;
+  devminor: number;
 }): Buffer {
   const block = Buffer.alloc(BLOCK);
   writeString(block, 0, 100, fields.name);
@@ -781,8 +816,19 @@ export function encodeTarHeader(h: TarHeader): Buffer {
     mtime = 0;
   }
   const main = ustarBlock({
-    name: split[1], prefix: split[0], mode: h.mode & 0o7777777, uid, gid, size, mtime,
-    typeflag: h.typeflag, linkname, uname, gname, devmajor: h.devmajor, devminor: h.devminor,
+    name: split[1],
+    prefix: split[0],
+    mode: h.mode & 0o7777777,
+    uid,
+    gid,
+    size,
+    mtime,
+    typeflag: h.typeflag,
+    linkname,
+    uname,
+    gname,
+    devmajor: h.devmajor,
+    devminor: h.devminor,
   });
   if (records.size === 0) return main;
   const body = Buffer.concat([...records.keys()].sort().map((k) => paxRecord(k, records.get(k)!)));
@@ -790,8 +836,19 @@ export function encodeTarHeader(h: TarHeader): Buffer {
   const base = h.name.replace(/\/+$/, '').split('/').pop() ?? '';
   const paxName = truncateUtf8(`${dir === '' ? '' : `${dir}/`}PaxHeaders.0/${base}`, 100);
   const paxHeader = ustarBlock({
-    name: isAscii(paxName) ? paxName : 'PaxHeaders.0/entry', prefix: '', mode: 0o644, uid: 0, gid: 0, size: body.length, mtime: 0,
-    typeflag: 'x', linkname: '', uname: '', gname: '', devmajor: 0, devminor: 0,
+    name: isAscii(paxName) ? paxName : 'PaxHeaders.0/entry',
+    prefix: '',
+    mode: 0o644,
+    uid: 0,
+    gid: 0,
+    size: body.length,
+    mtime: 0,
+    typeflag: 'x',
+    linkname: '',
+    uname: '',
+    gname: '',
+    devmajor: 0,
+    devminor: 0,
   });
   return Buffer.concat([paxHeader, body, Buffer.alloc(padding(body.length)), main]);
 }
@@ -799,7 +856,10 @@ export function encodeTarHeader(h: TarHeader): Buffer {
 function truncateUtf8(s: string, bytes: number): string {
   const buf = Buffer.from(s, 'utf8');
   if (buf.length <= bytes) return s;
-  return buf.subarray(0, bytes).toString('utf8').replace(/\uFFFD+$/, '');
+  return buf
+    .subarray(0, bytes)
+    .toString('utf8')
+    .replace(/\uFFFD+$/, '');
 }
 
 /** Zero bytes after a payload of `size` bytes up to the next block. */

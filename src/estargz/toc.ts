@@ -91,7 +91,11 @@ function marshalEntry(e: TOCEntry): string {
   if (e.devMinor) out += field('devMinor', String(e.devMinor));
   if (e.xattrs) {
     const keys = Object.keys(e.xattrs).sort();
-    if (keys.length > 0) out += field('xattrs', `{\n${keys.map((k) => `\t\t\t\t${goQuote(k)}: ${goQuote(e.xattrs![k]!)}`).join(',\n')}\n\t\t\t}`);
+    if (keys.length > 0)
+      out += field(
+        'xattrs',
+        `{\n${keys.map((k) => `\t\t\t\t${goQuote(k)}: ${goQuote(e.xattrs![k]!)}`).join(',\n')}\n\t\t\t}`,
+      );
   }
   if (e.digest) out += field('digest', goQuote(e.digest));
   if (e.chunkOffset) out += field('chunkOffset', String(e.chunkOffset));
@@ -130,8 +134,28 @@ export function sha256Digest(data: Buffer | Uint8Array): string {
   return `sha256:${createHash('sha256').update(data).digest('hex')}`;
 }
 
-const ENTRY_TYPES: ReadonlySet<string> = new Set(['dir', 'reg', 'symlink', 'hardlink', 'char', 'block', 'fifo', 'chunk']);
-const NUMERIC_FIELDS = ['size', 'mode', 'uid', 'gid', 'offset', 'innerOffset', 'devMajor', 'devMinor', 'chunkOffset', 'chunkSize'] as const;
+const ENTRY_TYPES: ReadonlySet<string> = new Set([
+  'dir',
+  'reg',
+  'symlink',
+  'hardlink',
+  'char',
+  'block',
+  'fifo',
+  'chunk',
+]);
+const NUMERIC_FIELDS = [
+  'size',
+  'mode',
+  'uid',
+  'gid',
+  'offset',
+  'innerOffset',
+  'devMajor',
+  'devMinor',
+  'chunkOffset',
+  'chunkSize',
+] as const;
 const STRING_FIELDS = ['modtime', 'linkName', 'userName', 'groupName', 'digest', 'chunkDigest'] as const;
 
 /**
@@ -143,7 +167,8 @@ export function parseTOCJSON(json: Buffer, where: string): JTOC {
   // is a JSON object, so it has a "{" that no escape can hide; "{" inside strings only over-count.
   let objects = 0;
   for (let at = json.indexOf(0x7b); at !== -1; at = json.indexOf(0x7b, at + 1)) {
-    if (++objects > MAX_TOC_ENTRIES + 1) throw new EsgzError('BAD_FORMAT', `${where}: TOC has more than ${MAX_TOC_ENTRIES} entries (the most esgz reads)`);
+    if (++objects > MAX_TOC_ENTRIES + 1)
+      throw new EsgzError('BAD_FORMAT', `${where}: TOC has more than ${MAX_TOC_ENTRIES} entries (the most esgz reads)`);
   }
   let doc: unknown;
   try {
@@ -221,7 +246,7 @@ export function formatModtime(date: Date | undefined): string | undefined {
   const seconds = Math.round(date.getTime() / 1000);
   if (seconds === 0) return undefined;
   // Files of a layer mostly share a few timestamps (one per package build): reuse the last one.
-  if (seconds !== lastModtime.seconds) lastModtime = { seconds, text: new Date(seconds * 1000).toISOString().replace(/\.\d{3}Z$/, 'Z') };
+  if (seconds !== lastModtime.seconds)
+    lastModtime = { seconds, text: new Date(seconds * 1000).toISOString().replace(/\.\d{3}Z$/, 'Z') };
   return lastModtime.text;
 }
-

@@ -20,9 +20,25 @@ import type { Writable } from 'node:stream';
 import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError } from '../errors.js';
 import type { Codec, CompressedMembers, MemberCompressor } from './codec.js';
-import { DEFAULT_CHUNK_SIZE, LANDMARK_CONTENTS, MAX_CHUNK_SIZE, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME } from './constants.js';
+import {
+  DEFAULT_CHUNK_SIZE,
+  LANDMARK_CONTENTS,
+  MAX_CHUNK_SIZE,
+  NO_PREFETCH_LANDMARK,
+  PREFETCH_LANDMARK,
+  TOC_TAR_NAME,
+} from './constants.js';
 import { expandPriorities, type PriorityItem } from './priority.js';
-import { BLOCK, encodeTarHeader, FILE_WINDOW, FileByteSource, FileWindowReader, padding, readTar, type TarHeader } from './tar.js';
+import {
+  BLOCK,
+  encodeTarHeader,
+  FILE_WINDOW,
+  FileByteSource,
+  FileWindowReader,
+  padding,
+  readTar,
+  type TarHeader,
+} from './tar.js';
 import { cleanEntryName, climbsAboveRoot, formatModtime, type JTOC, type TOCEntry, type TOCEntryType } from './toc.js';
 
 export interface EstargzWriterOptions {
@@ -100,7 +116,13 @@ interface SourceEntry {
 const ZERO_BLOCK = Buffer.alloc(BLOCK);
 
 const TYPE_OF: Record<string, TOCEntryType> = {
-  '0': 'reg', '1': 'hardlink', '2': 'symlink', '3': 'char', '4': 'block', '5': 'dir', '6': 'fifo',
+  '0': 'reg',
+  '1': 'hardlink',
+  '2': 'symlink',
+  '3': 'char',
+  '4': 'block',
+  '5': 'dir',
+  '6': 'fifo',
 };
 
 /** Writes `buf` honouring backpressure; rejects when the output fails. */
@@ -279,16 +301,32 @@ class MemberSequencer {
  * inside are kept as they are, as stargz's writer does: every reader re-roots them (climbsAboveRoot).
  */
 function checkSafeName(name: string, what: string, where: string): void {
-  if (climbsAboveRoot(name)) throw new EsgzError('UNSAFE_PATH', `${where}: tar entry ${JSON.stringify(name)} has a ${what} with ".." above the layer root`);
-  if (name.includes('\0')) throw new EsgzError('UNSAFE_PATH', `${where}: tar entry ${JSON.stringify(name)} has a NUL byte in its ${what}`);
+  if (climbsAboveRoot(name))
+    throw new EsgzError(
+      'UNSAFE_PATH',
+      `${where}: tar entry ${JSON.stringify(name)} has a ${what} with ".." above the layer root`,
+    );
+  if (name.includes('\0'))
+    throw new EsgzError('UNSAFE_PATH', `${where}: tar entry ${JSON.stringify(name)} has a NUL byte in its ${what}`);
 }
 
 function landmarkEntry(name: string): SourceEntry {
   let served = false;
   return {
     header: {
-      name, linkname: '', typeflag: '0', mode: 0, uid: 0, gid: 0, size: LANDMARK_CONTENTS.length, mtime: 0,
-      uname: '', gname: '', devmajor: 0, devminor: 0, pax: new Map(),
+      name,
+      linkname: '',
+      typeflag: '0',
+      mode: 0,
+      uid: 0,
+      gid: 0,
+      size: LANDMARK_CONTENTS.length,
+      mtime: 0,
+      uname: '',
+      gname: '',
+      devmajor: 0,
+      devminor: 0,
+      pax: new Map(),
     },
     async readSome() {
       if (served) throw new EsgzError('INTERNAL', 'landmark read out of range');
@@ -305,10 +343,17 @@ function isReservedName(name: string): boolean {
 }
 
 /** Lossless mode: the input's entries exactly as they are, raw header bytes included. */
-async function* losslessEntries(tar: AsyncIterable<Buffer>, where: string, onTrailer: (raw: Buffer) => void): AsyncGenerator<SourceEntry> {
+async function* losslessEntries(
+  tar: AsyncIterable<Buffer>,
+  where: string,
+  onTrailer: (raw: Buffer) => void,
+): AsyncGenerator<SourceEntry> {
   for await (const entry of readTar(tar, where, { raw: true, onTrailer })) {
     if (cleanEntryName(entry.header.name) === TOC_TAR_NAME) {
-      throw new EsgzError('BAD_LAYER', `${where}: the layer already has a ${TOC_TAR_NAME}, which a lossless (diffID-keeping) conversion cannot keep (convert the uncompressed layer)`);
+      throw new EsgzError(
+        'BAD_LAYER',
+        `${where}: the layer already has a ${TOC_TAR_NAME}, which a lossless (diffID-keeping) conversion cannot keep (convert the uncompressed layer)`,
+      );
     }
     yield entry;
   }
@@ -375,7 +420,11 @@ async function* reorderedEntries(
     }
 
     const headers = spooled.map((e) => e.header);
-    const names = expandPriorities(prioritized, headers.map((h) => h.name), missed);
+    const names = expandPriorities(
+      prioritized,
+      headers.map((h) => h.name),
+      missed,
+    );
     const order = priorityOrder(headers, names, missed);
     // Replaying entries in input order (all but the few prioritized ones) reads the file a window
     // at a time instead of once per small file.
@@ -410,7 +459,11 @@ async function* reorderedEntries(
  * parent directories (recursively) and, for hardlinks, after its target; then the landmark;
  * then everything else in input order. Names not in the layer are collected in `missed`.
  */
-export function priorityOrder(headers: TarHeader[], prioritized: string[], missed: string[]): Array<number | 'landmark'> {
+export function priorityOrder(
+  headers: TarHeader[],
+  prioritized: string[],
+  missed: string[],
+): Array<number | 'landmark'> {
   const byName = new Map<string, number[]>();
   headers.forEach((h, i) => {
     const name = cleanEntryName(h.name);
@@ -463,9 +516,13 @@ function checkOptions(options: EstargzWriterOptions): Chunking {
   const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
   const minChunkSize = options.minChunkSize ?? 0;
   if (!Number.isSafeInteger(chunkSize) || chunkSize <= 0 || chunkSize > MAX_CHUNK_SIZE) {
-    throw new EsgzError('BAD_FLAG', `chunk size must be a positive integer up to ${MAX_CHUNK_SIZE} (what readers accept), got ${chunkSize}`);
+    throw new EsgzError(
+      'BAD_FLAG',
+      `chunk size must be a positive integer up to ${MAX_CHUNK_SIZE} (what readers accept), got ${chunkSize}`,
+    );
   }
-  if (!Number.isSafeInteger(minChunkSize) || minChunkSize < 0) throw new EsgzError('BAD_FLAG', `min chunk size must be a non-negative integer, got ${minChunkSize}`);
+  if (!Number.isSafeInteger(minChunkSize) || minChunkSize < 0)
+    throw new EsgzError('BAD_FLAG', `min chunk size must be a non-negative integer, got ${minChunkSize}`);
   if (options.lossless && (options.prioritizedFiles?.length ?? 0) > 0) {
     throw new EsgzError('BAD_FLAG', 'prioritized files cannot be used when the diffID is kept (lossless mode)');
   }
@@ -522,7 +579,11 @@ class LayerWriter {
     if (source.raw) {
       this.seq.append(source.raw);
     } else {
-      const outHeader: TarHeader = { ...h, typeflag: h.typeflag === '7' ? '0' : h.typeflag, size: type === 'reg' ? h.size : 0 };
+      const outHeader: TarHeader = {
+        ...h,
+        typeflag: h.typeflag === '7' ? '0' : h.typeflag,
+        size: type === 'reg' ? h.size : 0,
+      };
       this.seq.append(encodeTarHeader(outHeader));
     }
     if (type === 'reg') await this.addPayload(source, entry, isLandmark);
@@ -535,12 +596,18 @@ class LayerWriter {
   private checkEntry(h: TarHeader): TOCEntryType {
     const type = TYPE_OF[h.typeflag === '7' ? '0' : h.typeflag];
     if (!type) {
-      throw new EsgzError('UNSUPPORTED', `${this.where}: tar entry ${JSON.stringify(h.name)} has unsupported type ${JSON.stringify(h.typeflag)}`);
+      throw new EsgzError(
+        'UNSUPPORTED',
+        `${this.where}: tar entry ${JSON.stringify(h.name)} has unsupported type ${JSON.stringify(h.typeflag)}`,
+      );
     }
     checkSafeName(h.name, 'name', this.where);
     if (type === 'hardlink') checkSafeName(h.linkname, 'link target', this.where);
     if (cleanEntryName(h.name) === '' && type !== 'dir') {
-      throw new EsgzError('BAD_LAYER', `${this.where}: tar entry ${JSON.stringify(h.name)} names the root but is not a directory`);
+      throw new EsgzError(
+        'BAD_LAYER',
+        `${this.where}: tar entry ${JSON.stringify(h.name)} names the root but is not a directory`,
+      );
     }
     return type;
   }
@@ -594,7 +661,7 @@ class LayerWriter {
       // Read the chunk in the pieces the stream has: hashed and queued as they are, joined
       // once when the member closes.
       const chunkHash = createHash('sha256');
-      for (let got = 0; got < length; ) {
+      for (let got = 0; got < length;) {
         const piece = await source.readSome(length - got);
         chunkHash.update(piece);
         if (length !== size) fileHash.update(piece);
@@ -623,9 +690,12 @@ class LayerWriter {
   /** A failure of the input stream, told where in the tar it happened. */
   located(err: unknown): EsgzError {
     if (err instanceof EsgzError && err.code === 'BAD_LAYER' && !err.message.includes('tar entry')) {
-      const position = this.currentEntry !== undefined
-        ? `while reading tar entry ${JSON.stringify(this.currentEntry)}`
-        : this.lastEntry !== undefined ? `after tar entry ${JSON.stringify(this.lastEntry)}` : 'before the first tar entry';
+      const position =
+        this.currentEntry !== undefined
+          ? `while reading tar entry ${JSON.stringify(this.currentEntry)}`
+          : this.lastEntry !== undefined
+            ? `after tar entry ${JSON.stringify(this.lastEntry)}`
+            : 'before the first tar entry';
       return new EsgzError(err.code, `${err.message} (${position})`, { cause: err });
     }
     if (err instanceof EsgzError) return err;

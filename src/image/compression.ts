@@ -50,9 +50,13 @@ export interface DecompressOptions {
  */
 export async function resolveGzipHelper(value: string): Promise<GzipHelper> {
   const helper = GZIP_HELPERS.find((h) => h === value);
-  if (!helper) throw new EsgzError('BAD_FLAG', `--estargz-gzip-helper "${value}": expected one of ${GZIP_HELPERS.join(', ')}`);
+  if (!helper)
+    throw new EsgzError('BAD_FLAG', `--estargz-gzip-helper "${value}": expected one of ${GZIP_HELPERS.join(', ')}`);
   if (!(await onPath(helper))) {
-    throw new EsgzError('UNSUPPORTED', `--estargz-gzip-helper ${helper}: ${helper} is not installed (apt-get install ${HELPER_COMMANDS[helper].debianPackage})`);
+    throw new EsgzError(
+      'UNSUPPORTED',
+      `--estargz-gzip-helper ${helper}: ${helper} is not installed (apt-get install ${HELPER_COMMANDS[helper].debianPackage})`,
+    );
   }
   return helper;
 }
@@ -75,7 +79,11 @@ async function onPath(command: string): Promise<boolean> {
  * Peeks at the first bytes of `input` and returns the decompressed stream. Errors of the
  * input or the decoder are re-emitted on the returned stream as EsgzError('BAD_LAYER').
  */
-export async function openDecompressed(input: Readable, where = 'layer', options: DecompressOptions = {}): Promise<Decompressed> {
+export async function openDecompressed(
+  input: Readable,
+  where = 'layer',
+  options: DecompressOptions = {},
+): Promise<Decompressed> {
   const head = await peek(input, 4);
   const compression = sniffCompression(head);
   // Put the peeked bytes back in front of the rest of the stream.
@@ -84,7 +92,8 @@ export async function openDecompressed(input: Readable, where = 'layer', options
   input.on('error', (err) => replay.destroy(wrap(err, where, 'reading')));
   input.pipe(replay);
   if (compression === 'none') return { stream: replay, compression };
-  if (compression === 'gzip' && options.gzipHelper) return { stream: await decompressWithHelper(replay, options.gzipHelper, where, options.signal), compression };
+  if (compression === 'gzip' && options.gzipHelper)
+    return { stream: await decompressWithHelper(replay, options.gzipHelper, where, options.signal), compression };
 
   // 1 MiB per zlib call: fewer thread-pool round trips, each of which waits for a free core
   // while the compression workers run.
@@ -134,7 +143,11 @@ async function* zstdFrames(input: Readable, where: string): AsyncGenerator<Buffe
       if (produced > 0) yield out.subarray(0, produced);
     }
   }
-  if (frameOpen) throw new EsgzError('BAD_LAYER', `${where}: corrupt zstd data: unexpected end of file (the stream ended in middle of a frame)`);
+  if (frameOpen)
+    throw new EsgzError(
+      'BAD_LAYER',
+      `${where}: corrupt zstd data: unexpected end of file (the stream ended in middle of a frame)`,
+    );
 }
 
 /**
@@ -143,13 +156,25 @@ async function* zstdFrames(input: Readable, where: string): AsyncGenerator<Buffe
  * BAD_LAYER error naming `where`. The helper is killed when the output is destroyed early, the
  * input fails or `signal` fires.
  */
-async function decompressWithHelper(input: Readable, helper: GzipHelper, where: string, signal: AbortSignal | undefined): Promise<Readable> {
+async function decompressWithHelper(
+  input: Readable,
+  helper: GzipHelper,
+  where: string,
+  signal: AbortSignal | undefined,
+): Promise<Readable> {
   // Loaded on demand: only this option runs a child process here, and execa is slow to load.
   const { execa } = await import('execa');
   const { args } = HELPER_COMMANDS[helper];
   const commandLine = [helper, ...args].join(' ');
   const out = new PassThrough({ highWaterMark: 1 << 20 });
-  const child = execa(helper, args, { stdin: 'pipe', stdout: 'pipe', stderr: 'pipe', buffer: { stdout: false }, reject: false, stripFinalNewline: false });
+  const child = execa(helper, args, {
+    stdin: 'pipe',
+    stdout: 'pipe',
+    stderr: 'pipe',
+    buffer: { stdout: false },
+    reject: false,
+    stripFinalNewline: false,
+  });
   let exited = false;
   let stdoutEnded = false;
   let failure: EsgzError | undefined;
@@ -177,11 +202,24 @@ async function decompressWithHelper(input: Readable, helper: GzipHelper, where: 
     if (result.exitCode === 0) {
       out.end();
     } else if (result.code === 'ENOENT') {
-      fail(new EsgzError('UNSUPPORTED', `--estargz-gzip-helper ${helper}: ${helper} is not installed (apt-get install ${HELPER_COMMANDS[helper].debianPackage})`));
+      fail(
+        new EsgzError(
+          'UNSUPPORTED',
+          `--estargz-gzip-helper ${helper}: ${helper} is not installed (apt-get install ${HELPER_COMMANDS[helper].debianPackage})`,
+        ),
+      );
     } else {
-      const status = result.exitCode !== undefined ? `exited with code ${result.exitCode}` : `was killed by ${result.signal ?? 'a signal'}`;
+      const status =
+        result.exitCode !== undefined
+          ? `exited with code ${result.exitCode}`
+          : `was killed by ${result.signal ?? 'a signal'}`;
       const detail = result.stderr.trim().split('\n')[0]?.trim();
-      fail(new EsgzError('BAD_LAYER', `${where}: corrupt gzip data: ${commandLine} ${status}${detail ? ` (${detail})` : ''}`));
+      fail(
+        new EsgzError(
+          'BAD_LAYER',
+          `${where}: corrupt gzip data: ${commandLine} ${status}${detail ? ` (${detail})` : ''}`,
+        ),
+      );
     }
   };
   child.stdout.once('end', () => {

@@ -10,7 +10,13 @@ import { PassThrough, type Readable, Transform } from 'node:stream';
 import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError, withContext } from '../errors.js';
 import { DigestCounter, digestOf, shortDigest } from '../oci/digest.js';
-import { MediaType, dockerLayerMediaType, isAttestationManifest, isDockerMediaType, toOciMediaType } from '../oci/media-types.js';
+import {
+  MediaType,
+  dockerLayerMediaType,
+  isAttestationManifest,
+  isDockerMediaType,
+  toOciMediaType,
+} from '../oci/media-types.js';
 import { formatPlatform, platformMatches } from '../oci/platform.js';
 import { identityTransform, type LayerOutput, type LayerTransform } from './transform.js';
 import type { Descriptor, ImageIndex, Platform, RawManifest } from '../oci/types.js';
@@ -96,7 +102,6 @@ export interface TransferReport {
 
 export const DEFAULT_CONCURRENCY = 2;
 
-
 function summary(desc: { mediaType: string; digest: string; size: number }): BlobSummary {
   return { mediaType: desc.mediaType, digest: desc.digest, size: desc.size };
 }
@@ -129,7 +134,11 @@ function isInterrupted(err: unknown): boolean {
 }
 
 /** Runs `fn` over `items` with at most `limit` in flight; results keep the input order. */
-async function mapBounded<T, R>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
+async function mapBounded<T, R>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T, index: number) => Promise<R>,
+): Promise<R[]> {
   const results = new Array<R>(items.length);
   let next = 0;
   let failed: unknown;
@@ -265,12 +274,20 @@ class Transfer {
       const result = await this.transferManifest(child, desc.platform);
       reports.push(result.report);
       await sink.putManifest(result.raw);
-      const out: Descriptor = { ...desc, mediaType: result.raw.mediaType, digest: result.raw.digest, size: result.raw.bytes.length };
+      const out: Descriptor = {
+        ...desc,
+        mediaType: result.raw.mediaType,
+        digest: result.raw.digest,
+        size: result.raw.bytes.length,
+      };
       if (out.digest !== desc.digest || out.mediaType !== desc.mediaType) changed = true;
       children.push(out);
     }
     const anyOci = children.some((c) => !isDockerMediaType(c.mediaType));
-    const indexMediaType = this.options.oci || (anyOci && isDockerMediaType(sourceRoot.mediaType)) ? MediaType.ociIndex : sourceRoot.mediaType;
+    const indexMediaType =
+      this.options.oci || (anyOci && isDockerMediaType(sourceRoot.mediaType))
+        ? MediaType.ociIndex
+        : sourceRoot.mediaType;
     if (!changed && indexMediaType === sourceRoot.mediaType) return sourceRoot;
     return serialize({ ...index, mediaType: indexMediaType, manifests: children }, indexMediaType);
   }
@@ -285,9 +302,21 @@ class Transfer {
     this.transform.checkManifestMediaType?.(raw.mediaType, this.warn);
 
     const wanted = requestedPlatforms(this.options);
-    if (platform === undefined && wanted !== undefined && typeof config?.os === 'string' && typeof config.architecture === 'string') {
-      const own: Platform = { os: config.os, architecture: config.architecture, ...(typeof config.variant === 'string' ? { variant: config.variant } : {}) };
-      if (!wanted.some((w) => platformMatches(w, own))) this.warn(`${where}: the image is ${formatPlatform(own)}, not ${wanted.map(formatPlatform).join(', ')} (it has no index to pick from)`);
+    if (
+      platform === undefined &&
+      wanted !== undefined &&
+      typeof config?.os === 'string' &&
+      typeof config.architecture === 'string'
+    ) {
+      const own: Platform = {
+        os: config.os,
+        architecture: config.architecture,
+        ...(typeof config.variant === 'string' ? { variant: config.variant } : {}),
+      };
+      if (!wanted.some((w) => platformMatches(w, own)))
+        this.warn(
+          `${where}: the image is ${formatPlatform(own)}, not ${wanted.map(formatPlatform).join(', ')} (it has no index to pick from)`,
+        );
     }
     const diffIDs = Array.isArray(config?.rootfs?.diff_ids) ? config.rootfs.diff_ids : [];
     if (diffIDs.length !== manifest.layers.length) {
@@ -311,7 +340,10 @@ class Transfer {
     // Media type family: Docker stays Docker unless --oci, or a layer came out in an OCI-only
     // format (zstd has no Docker media type), which makes the whole manifest OCI.
     const sourceIsDocker = isDockerMediaType(raw.mediaType);
-    const ociOnlyLayer = layers.some((l) => l.changed && !isDockerMediaType(l.output.mediaType) && dockerLayerMediaType(l.output.mediaType) === undefined);
+    const ociOnlyLayer = layers.some(
+      (l) =>
+        l.changed && !isDockerMediaType(l.output.mediaType) && dockerLayerMediaType(l.output.mediaType) === undefined,
+    );
     const docker = sourceIsDocker && !this.options.oci && !ociOnlyLayer;
     const familyChanged = sourceIsDocker && !docker;
     const layerDescs: Descriptor[] = layers.map((l, i) => {
@@ -331,9 +363,16 @@ class Transfer {
     // Config: rewritten only when a diffID changed; otherwise the exact source bytes are kept.
     const newDiffIDs = layers.map((l, i) => l.diffID ?? diffIDs[i]!);
     const diffIDsChanged = newDiffIDs.length !== diffIDs.length || newDiffIDs.some((d, i) => d !== diffIDs[i]);
-    const configOutBytes = diffIDsChanged ? Buffer.from(JSON.stringify({ ...config, rootfs: { ...config.rootfs, diff_ids: newDiffIDs } })) : configBytes;
+    const configOutBytes = diffIDsChanged
+      ? Buffer.from(JSON.stringify({ ...config, rootfs: { ...config.rootfs, diff_ids: newDiffIDs } }))
+      : configBytes;
     const configMediaType = docker ? manifest.config.mediaType : toOciMediaType(manifest.config.mediaType);
-    const configDesc: Descriptor = { ...manifest.config, mediaType: configMediaType, digest: diffIDsChanged ? digestOf(configOutBytes) : manifest.config.digest, size: configOutBytes.length };
+    const configDesc: Descriptor = {
+      ...manifest.config,
+      mediaType: configMediaType,
+      digest: diffIDsChanged ? digestOf(configOutBytes) : manifest.config.digest,
+      size: configOutBytes.length,
+    };
     await sink.putBlob(configDesc, () => new PassThrough().end(configOutBytes), this.mountHint(!diffIDsChanged));
 
     let out: RawManifest;
@@ -341,7 +380,10 @@ class Transfer {
       out = raw;
     } else {
       const manifestMediaType = docker ? raw.mediaType : toOciMediaType(raw.mediaType);
-      out = serialize({ ...manifest, mediaType: manifestMediaType, config: configDesc, layers: layerDescs }, manifestMediaType);
+      out = serialize(
+        { ...manifest, mediaType: manifestMediaType, config: configDesc, layers: layerDescs },
+        manifestMediaType,
+      );
     }
     return {
       raw: out,
@@ -396,12 +438,18 @@ class Transfer {
       blob.on('data', () => undefined);
       blob.once('end', resolve);
       blob.once('error', reject);
-      blob.once('close', () => (blob.readableEnded ? resolve() : reject(blob.errored ?? new EsgzError('INTERRUPTED', 'interrupted'))));
+      blob.once('close', () =>
+        blob.readableEnded ? resolve() : reject(blob.errored ?? new EsgzError('INTERRUPTED', 'interrupted')),
+      );
       blob.resume();
     });
   }
 
-  private async transferLayer(layer: Descriptor, index: number, diffID: string | undefined): Promise<LayerReport & { annotations?: Record<string, string> }> {
+  private async transferLayer(
+    layer: Descriptor,
+    index: number,
+    diffID: string | undefined,
+  ): Promise<LayerReport & { annotations?: Record<string, string> }> {
     const { source, sink, progress } = this.options;
     const started = Date.now();
     const id = `layer-${index}-${layer.digest}-${randomBytes(3).toString('hex')}`;
@@ -457,9 +505,21 @@ class Transfer {
       if (result === 'unchanged') {
         const existed = await sink.hasBlob(layer);
         // Raced like the transform: a sink that misses a destroyed source must not hang the copy.
-        if (!existed) await Promise.race([inputFailed, untilAborted(sink.putBlob(layer, openSource, this.mountHint(true)), this.signal)]);
+        if (!existed)
+          await Promise.race([
+            inputFailed,
+            untilAborted(sink.putBlob(layer, openSource, this.mountHint(true)), this.signal),
+          ]);
         progress?.finish(id, existed ? 'exists' : 'copied');
-        return { index, input: summary(layer), output: summary(layer), diffID, changed: false, existed, durationMs: Date.now() - started };
+        return {
+          index,
+          input: summary(layer),
+          output: summary(layer),
+          diffID,
+          changed: false,
+          existed,
+          durationMs: Date.now() - started,
+        };
       }
       if (typeof result?.diffID !== 'string' || typeof result.mediaType !== 'string') {
         throw new EsgzError('INTERNAL', `transform ${this.transform.name} returned no mediaType or diffID`);
@@ -467,8 +527,14 @@ class Transfer {
       const output: Descriptor = { mediaType: result.mediaType, digest: counter.digest, size: counter.size };
       const existed = await sink.hasBlob(output);
       // The spool file was hashed as it was written: a local sink may simply take it over.
-      const adopted = !existed && (await untilAborted(sink.adoptBlobFile?.(output, spoolPath) ?? Promise.resolve(false), this.signal));
-      if (!existed && !adopted) await untilAborted(sink.putBlob(output, () => createReadStream(spoolPath, { highWaterMark: 1 << 20 })), this.signal);
+      const adopted =
+        !existed &&
+        (await untilAborted(sink.adoptBlobFile?.(output, spoolPath) ?? Promise.resolve(false), this.signal));
+      if (!existed && !adopted)
+        await untilAborted(
+          sink.putBlob(output, () => createReadStream(spoolPath, { highWaterMark: 1 << 20 })),
+          this.signal,
+        );
       progress?.finish(id, existed ? 'exists' : 'written');
       return {
         index,

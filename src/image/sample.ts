@@ -40,16 +40,29 @@ function deterministicBytes(seed: string, length: number): Buffer {
 
 function sampleEntries(): SampleEntry[] {
   if (!existsSync(BUSYBOX_PATH)) {
-    throw new EsgzError('NOT_FOUND', `${BUSYBOX_PATH} is missing: install Debian's busybox-static (scripts/install-deps.sh does)`);
+    throw new EsgzError(
+      'NOT_FOUND',
+      `${BUSYBOX_PATH} is missing: install Debian's busybox-static (scripts/install-deps.sh does)`,
+    );
   }
   const text = (s: string): Buffer => Buffer.from(s, 'utf8');
   return [
     { name: 'bin/', type: 'directory', mode: 0o755 },
     { name: 'bin/busybox', type: 'file', mode: 0o755, content: readFileSync(BUSYBOX_PATH) },
-    ...APPLETS.map((applet): SampleEntry => ({ name: `bin/${applet}`, type: 'symlink', mode: 0o777, linkname: 'busybox' })),
+    ...APPLETS.map((applet): SampleEntry => ({
+      name: `bin/${applet}`,
+      type: 'symlink',
+      mode: 0o777,
+      linkname: 'busybox',
+    })),
     { name: 'etc/', type: 'directory', mode: 0o755 },
     { name: 'etc/hello', type: 'file', mode: 0o644, content: text('hello from the esgz sample image\n') },
-    { name: 'etc/passwd', type: 'file', mode: 0o644, content: text('root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n') },
+    {
+      name: 'etc/passwd',
+      type: 'file',
+      mode: 0o644,
+      content: text('root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n'),
+    },
     { name: 'etc/group', type: 'file', mode: 0o644, content: text('root:x:0:\nnogroup:x:65534:\n') },
     { name: 'root/', type: 'directory', mode: 0o700 },
     { name: 'tmp/', type: 'directory', mode: 0o1777 },
@@ -60,7 +73,12 @@ function sampleEntries(): SampleEntry[] {
     { name: 'usr/share/sample/small.txt', type: 'file', mode: 0o644, content: text('a small file\n'.repeat(64)) },
     { name: 'usr/share/sample/random-1m.bin', type: 'file', mode: 0o644, content: deterministicBytes('1m', 1 << 20) },
     { name: 'usr/share/sample/random-9m.bin', type: 'file', mode: 0o644, content: deterministicBytes('9m', 9 << 20) },
-    { name: 'usr/share/sample/text-6m.txt', type: 'file', mode: 0o644, content: text('the quick brown fox jumps over the lazy dog\n'.repeat(150_000)) },
+    {
+      name: 'usr/share/sample/text-6m.txt',
+      type: 'file',
+      mode: 0o644,
+      content: text('the quick brown fox jumps over the lazy dog\n'.repeat(150_000)),
+    },
   ];
 }
 
@@ -76,7 +94,8 @@ async function packTar(entries: SampleEntry[]): Promise<Buffer> {
     const header = { name: entry.name, mode: entry.mode, mtime: EPOCH, uid: 0, gid: 0, uname: 'root', gname: 'root' };
     await new Promise<void>((resolve, reject) => {
       const cb = (err?: Error | null) => (err ? reject(err) : resolve());
-      if (entry.type === 'file') pack.entry({ ...header, type: 'file', size: entry.content!.length }, entry.content!, cb);
+      if (entry.type === 'file')
+        pack.entry({ ...header, type: 'file', size: entry.content!.length }, entry.content!, cb);
       else if (entry.type === 'symlink') pack.entry({ ...header, type: 'symlink', linkname: entry.linkname }, cb);
       else pack.entry({ ...header, type: 'directory' }, cb);
     });
@@ -102,8 +121,17 @@ export async function writeSampleImage(sink: ImageSink): Promise<RawManifest> {
     history: [{ created: EPOCH.toISOString(), created_by: 'esgz sample image' }],
   };
   const configBlob = Buffer.from(JSON.stringify(config));
-  const configDesc: Descriptor = { mediaType: MediaType.ociConfig, digest: sha256(configBlob), size: configBlob.length };
-  const manifest: ImageManifest = { schemaVersion: 2, mediaType: MediaType.ociManifest, config: configDesc, layers: [layer] };
+  const configDesc: Descriptor = {
+    mediaType: MediaType.ociConfig,
+    digest: sha256(configBlob),
+    size: configBlob.length,
+  };
+  const manifest: ImageManifest = {
+    schemaVersion: 2,
+    mediaType: MediaType.ociManifest,
+    config: configDesc,
+    layers: [layer],
+  };
   const manifestBytes = Buffer.from(JSON.stringify(manifest));
   const root: RawManifest = { bytes: manifestBytes, mediaType: MediaType.ociManifest, digest: sha256(manifestBytes) };
   try {

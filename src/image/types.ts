@@ -39,7 +39,11 @@ export interface ImageSink {
    * each call returning a fresh stream of the same bytes. `mountFrom` lets a registry sink try a
    * cross-repository mount when the source is the same registry.
    */
-  putBlob(desc: Descriptor, open: () => Promise<Readable> | Readable, hints?: { mountFrom?: BlobLocation }): Promise<void>;
+  putBlob(
+    desc: Descriptor,
+    open: () => Promise<Readable> | Readable,
+    hints?: { mountFrom?: BlobLocation },
+  ): Promise<void>;
   /**
    * Optional: stores a blob from a local file the caller wrote and hashed itself (`desc` was
    * computed from those very bytes), taking the file over (a rename) instead of copying it.

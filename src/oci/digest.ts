@@ -21,9 +21,13 @@ export function parseDigest(digest: string, where = 'digest'): ParsedDigest {
   const algorithm = match[1]!;
   const hex = match[2]!;
   const length = HEX_LENGTH[algorithm];
-  if (length === undefined) throw new EsgzError('UNSUPPORTED', `${where}: digest algorithm "${algorithm}" is not supported (sha256, sha512)`);
+  if (length === undefined)
+    throw new EsgzError('UNSUPPORTED', `${where}: digest algorithm "${algorithm}" is not supported (sha256, sha512)`);
   if (hex.length !== length || !/^[a-f0-9]+$/.test(hex)) {
-    throw new EsgzError('BAD_FORMAT', `${where}: "${digest}" is not a valid ${algorithm} digest (${length} lowercase hex digits)`);
+    throw new EsgzError(
+      'BAD_FORMAT',
+      `${where}: "${digest}" is not a valid ${algorithm} digest (${length} lowercase hex digits)`,
+    );
   }
   return { algorithm: algorithm as ParsedDigest['algorithm'], hex };
 }
@@ -54,7 +58,10 @@ export function verifyBuffer(data: Buffer, expected: { digest: string; size?: nu
   }
   const actual = createHash(algorithm).update(data).digest('hex');
   if (actual !== hex) {
-    throw new EsgzError('DIGEST_MISMATCH', `${what}: digest mismatch: expected ${expected.digest}, got ${algorithm}:${actual}`);
+    throw new EsgzError(
+      'DIGEST_MISMATCH',
+      `${what}: digest mismatch: expected ${expected.digest}, got ${algorithm}:${actual}`,
+    );
   }
 }
 
@@ -84,7 +91,8 @@ export class DigestCounter extends Transform {
 
   /** Available once the stream has flushed. */
   get digest(): string {
-    if (this.finalDigest === undefined) throw new EsgzError('INTERNAL', 'DigestCounter.digest read before the stream ended');
+    if (this.finalDigest === undefined)
+      throw new EsgzError('INTERNAL', 'DigestCounter.digest read before the stream ended');
     return this.finalDigest;
   }
 }
@@ -124,12 +132,19 @@ export class DigestVerifier extends Transform {
 
   override _flush(callback: TransformCallback): void {
     if (this.expected.size !== undefined && this.bytes !== this.expected.size) {
-      callback(new EsgzError('SIZE_MISMATCH', `${this.what}: truncated: got ${this.bytes} of ${this.expected.size} bytes`));
+      callback(
+        new EsgzError('SIZE_MISMATCH', `${this.what}: truncated: got ${this.bytes} of ${this.expected.size} bytes`),
+      );
       return;
     }
     const actual = this.hash.digest('hex');
     if (actual !== this.expectedHex) {
-      callback(new EsgzError('DIGEST_MISMATCH', `${this.what}: digest mismatch: expected ${this.expected.digest}, got ${this.algorithm}:${actual}`));
+      callback(
+        new EsgzError(
+          'DIGEST_MISMATCH',
+          `${this.what}: digest mismatch: expected ${this.expected.digest}, got ${this.algorithm}:${actual}`,
+        ),
+      );
       return;
     }
     callback();

@@ -49,10 +49,19 @@ const DOCKER_TO_OCI: Record<string, string> = {
   [MediaType.dockerLayerForeignGzip]: MediaType.ociLayerNondistributableGzip,
 };
 
-const DOCKER_LAYER_TYPES: readonly string[] = [MediaType.dockerLayerGzip, MediaType.dockerLayer, MediaType.dockerLayerForeignGzip];
+const DOCKER_LAYER_TYPES: readonly string[] = [
+  MediaType.dockerLayerGzip,
+  MediaType.dockerLayer,
+  MediaType.dockerLayerForeignGzip,
+];
 
 /** Layer media type (OCI or Docker) → its Docker form, derived from DOCKER_TO_OCI so the two agree. */
-const DOCKER_LAYER_OF: Record<string, string> = Object.fromEntries(DOCKER_LAYER_TYPES.flatMap((docker) => [[DOCKER_TO_OCI[docker]!, docker], [docker, docker]]));
+const DOCKER_LAYER_OF: Record<string, string> = Object.fromEntries(
+  DOCKER_LAYER_TYPES.flatMap((docker) => [
+    [DOCKER_TO_OCI[docker]!, docker],
+    [docker, docker],
+  ]),
+);
 
 /** The OCI media type for a Docker one; other media types unchanged. */
 export function toOciMediaType(mediaType: string): string {
@@ -72,6 +81,12 @@ export const ATTESTATION_REFERENCE_TYPE = 'attestation-manifest';
  * One rule, for every command, for which entries of an index are attestations rather than
  * images: the annotation, or the unknown/unknown platform buildx gives them.
  */
-export function isAttestationManifest(desc: { annotations?: Record<string, string>; platform?: { os: string; architecture: string } }): boolean {
-  return desc.annotations?.[REFERENCE_TYPE_ANNOTATION] === ATTESTATION_REFERENCE_TYPE || (desc.platform?.os === 'unknown' && desc.platform.architecture === 'unknown');
+export function isAttestationManifest(desc: {
+  annotations?: Record<string, string>;
+  platform?: { os: string; architecture: string };
+}): boolean {
+  return (
+    desc.annotations?.[REFERENCE_TYPE_ANNOTATION] === ATTESTATION_REFERENCE_TYPE ||
+    (desc.platform?.os === 'unknown' && desc.platform.architecture === 'unknown')
+  );
 }

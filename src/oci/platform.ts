@@ -17,7 +17,15 @@ const ARCH_ALIASES: Record<string, string> = {
 };
 
 /** Node's `process.arch` names → OCI architecture names. */
-const NODE_ARCH: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ia32: '386', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' };
+const NODE_ARCH: Record<string, string> = {
+  x64: 'amd64',
+  arm64: 'arm64',
+  arm: 'arm',
+  ia32: '386',
+  ppc64: 'ppc64le',
+  s390x: 's390x',
+  riscv64: 'riscv64',
+};
 
 export function normalizeArchitecture(arch: string): string {
   const lower = arch.toLowerCase();
@@ -46,7 +54,10 @@ export function normalizePlatform(platform: Platform): Platform {
 export function parsePlatform(spec: string): Platform {
   const parts = spec.trim().split('/');
   if (parts.length < 2 || parts.length > 3 || parts.some((p) => !/^[A-Za-z0-9_.-]+$/.test(p))) {
-    throw new EsgzError('BAD_FLAG', `"${spec}" is not a platform: expected os/arch[/variant], e.g. linux/amd64 or linux/arm64/v8`);
+    throw new EsgzError(
+      'BAD_FLAG',
+      `"${spec}" is not a platform: expected os/arch[/variant], e.g. linux/amd64 or linux/arm64/v8`,
+    );
   }
   const [os, architecture, variant] = parts as [string, string, string | undefined];
   return normalizePlatform({ os, architecture, ...(variant !== undefined ? { variant } : {}) });
@@ -67,7 +78,10 @@ export function parsePlatforms(specs: readonly string[]): Platform[] {
 
 /** The platform this process runs on (the default when an index offers several). */
 export function hostPlatform(): Platform {
-  return normalizePlatform({ os: process.platform === 'win32' ? 'windows' : process.platform, architecture: NODE_ARCH[process.arch] ?? process.arch });
+  return normalizePlatform({
+    os: process.platform === 'win32' ? 'windows' : process.platform,
+    architecture: NODE_ARCH[process.arch] ?? process.arch,
+  });
 }
 
 export function formatPlatform(platform: Platform): string {

@@ -83,7 +83,9 @@ export async function profileImage(
   const { manifest: parsed, config } = await resolveManifest(source, manifest);
   const tees: Array<ReturnType<typeof teeToFile> | undefined> = [];
   const blobs: Array<Readable | undefined> = [];
-  const tarFiles = parsed.layers.map((_, index) => (keepTarsIn === undefined ? undefined : join(keepTarsIn, `layer-${index}.tar`)));
+  const tarFiles = parsed.layers.map((_, index) =>
+    keepTarsIn === undefined ? undefined : join(keepTarsIn, `layer-${index}.tar`),
+  );
   const layers: LayerTar[] = parsed.layers.map((desc, index) => {
     const name = `layer ${index} (${shortDigest(desc.digest)})`;
     return {

@@ -2,7 +2,10 @@ import type { Writable } from 'node:stream';
 import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError } from '../errors.js';
 import {
-  createConversionPool, createLayerTransform, type ChunkedTransformOptions, type ConversionTransform,
+  createConversionPool,
+  createLayerTransform,
+  type ChunkedTransformOptions,
+  type ConversionTransform,
 } from '../convert/transform.js';
 import type { MemberPool } from '../estargz/member-pool.js';
 import { writeExternalTOCImage } from '../convert/external-toc.js';
@@ -128,11 +131,16 @@ export async function optimizeImage(options: OptimizeImageOptions): Promise<Opti
   const cleanups: Array<Promise<void>> = [];
   let source: ImageSource = options.source;
   try {
-    const { toProfile, others } = options.noOptimize ? { toProfile: undefined, others: [] } : await pickManifestToProfile(options);
+    const { toProfile, others } = options.noOptimize
+      ? { toProfile: undefined, others: [] }
+      : await pickManifestToProfile(options);
     // The conversion reads a profiled layer from the source again when it cannot use the tar the
     // profile kept (a layer the workload did not touch): for a remote source, keep a local copy.
     if (toProfile && options.cacheBlobs) {
-      source = new CachingSource(options.source, { digests: layerDigests(toProfile.manifest), ...(options.tempDir ? { tempRoot: options.tempDir } : {}) });
+      source = new CachingSource(options.source, {
+        digests: layerDigests(toProfile.manifest),
+        ...(options.tempDir ? { tempRoot: options.tempDir } : {}),
+      });
     }
     return await profileAndConvert(options, { warn, cleanups, source, toProfile, others });
   } finally {
@@ -160,7 +168,11 @@ async function profileAndConvert(options: OptimizeImageOptions, context: Profile
   }
 }
 
-async function convertProfiled(options: OptimizeImageOptions, context: ProfileContext, tarDir: string | undefined): Promise<OptimizeReport> {
+async function convertProfiled(
+  options: OptimizeImageOptions,
+  context: ProfileContext,
+  tarDir: string | undefined,
+): Promise<OptimizeReport> {
   const { warn, cleanups, source, toProfile, others } = context;
   const timings: Record<string, number> = {};
   let stageStart = Date.now();
@@ -186,16 +198,24 @@ async function convertProfiled(options: OptimizeImageOptions, context: ProfileCo
     timings.profileMs = Date.now() - stageStart;
     stageStart = Date.now();
     if (profile.files.length === profile.runtimeFiles) {
-      warn(`the workload touched no file of the image: ${profile.runtimeFiles > 0 ? 'only the runtime\'s setup reads are prioritized' : 'nothing is prioritized'}`);
+      warn(
+        `the workload touched no file of the image: ${profile.runtimeFiles > 0 ? "only the runtime's setup reads are prioritized" : 'nothing is prioritized'}`,
+      );
     }
   }
-  for (const p of others) warn(`${p}: not runnable on this machine (${formatPlatform(hostPlatform())}); converted without optimization`);
+  for (const p of others)
+    warn(`${p}: not runnable on this machine (${formatPlatform(hostPlatform())}); converted without optimization`);
   if (options.recordOut) {
-    if (!profile) throw new EsgzError('BAD_FLAG', 'a record file needs a workload run (profiling on, and a platform this machine can run)');
+    if (!profile)
+      throw new EsgzError(
+        'BAD_FLAG',
+        'a record file needs a workload run (profiling on, and a platform this machine can run)',
+      );
     await writeRecordFile(options.recordOut, profile.record);
   }
 
-  const convert = options.tempDir && !options.convert.tmpDir ? { ...options.convert, tmpDir: options.tempDir } : options.convert;
+  const convert =
+    options.tempDir && !options.convert.tmpDir ? { ...options.convert, tmpDir: options.tempDir } : options.convert;
   const transform = new OptimizeTransform(options.format, convert, profile, options.prefetchList ?? []);
   let transfer: TransferReport;
   try {
@@ -226,8 +246,16 @@ async function convertProfiled(options: OptimizeImageOptions, context: ProfileCo
   }
   timings.convertMs = Date.now() - stageStart;
   const profiled = profile ? profiledReport(profile, transfer, toProfile!.platform) : undefined;
-  if (profiled && options.reopenTarget) await addLandmarkOffsets(profiled, transfer, options.reopenTarget, transform.externalTOCs(), warn);
-  return { transfer, profiled, notProfiled: others, recordOut: options.recordOut, ...(tocImage ? { tocImage } : {}), timings };
+  if (profiled && options.reopenTarget)
+    await addLandmarkOffsets(profiled, transfer, options.reopenTarget, transform.externalTOCs(), warn);
+  return {
+    transfer,
+    profiled,
+    notProfiled: others,
+    recordOut: options.recordOut,
+    ...(tocImage ? { tocImage } : {}),
+    timings,
+  };
 }
 
 /**
@@ -251,7 +279,10 @@ async function addLandmarkOffsets(
       const written = manifest.layers.find((l) => l.index === layer.index);
       if (!written || layer.prioritizedFiles === 0) continue;
       const externalTOC = externalTOCs.get(written.output.digest);
-      const reader = await EstargzReader.open(sourceBlobReader(target, written.output), { where: `layer ${layer.index}`, ...(externalTOC ? { externalTOC } : {}) });
+      const reader = await EstargzReader.open(sourceBlobReader(target, written.output), {
+        where: `layer ${layer.index}`,
+        ...(externalTOC ? { externalTOC } : {}),
+      });
       const landmark = reader.toc.entries.find((e) => e.name === PREFETCH_LANDMARK);
       if (landmark?.offset !== undefined) layer.landmarkOffset = landmark.offset;
     }
@@ -263,7 +294,9 @@ async function addLandmarkOffsets(
 }
 
 /** The manifest this machine can run among those the transfer will convert, and the others. */
-async function pickManifestToProfile(options: OptimizeImageOptions): Promise<{ toProfile?: { manifest: RawManifest; platform: string }; others: string[] }> {
+async function pickManifestToProfile(
+  options: OptimizeImageOptions,
+): Promise<{ toProfile?: { manifest: RawManifest; platform: string }; others: string[] }> {
   const root = await fetchImageRoot(options.source);
   const host = hostPlatform();
   if (root.kind === 'manifest') {
@@ -276,7 +309,10 @@ async function pickManifestToProfile(options: OptimizeImageOptions): Promise<{ t
   const runnable = selected.find((d) => platformMatches(host, d.platform!));
   const others = selected.filter((d) => d !== runnable).map((d) => formatPlatform(d.platform!));
   if (!runnable) {
-    throw new EsgzError('UNSUPPORTED', `none of the selected platforms (${others.join(', ')}) runs on this machine (${formatPlatform(host)}): the workload cannot be profiled here`);
+    throw new EsgzError(
+      'UNSUPPORTED',
+      `none of the selected platforms (${others.join(', ')}) runs on this machine (${formatPlatform(host)}): the workload cannot be profiled here`,
+    );
   }
   const manifest = await fetchChildManifest(options.source, runnable);
   return { toProfile: { manifest, platform: formatPlatform(runnable.platform!) }, others };
@@ -313,7 +349,12 @@ class OptimizeTransform implements LayerTransform {
     this.name = format;
     const perLayer = (profile?.perLayer ?? []).map((files) => [...files, ...prefetchList]);
     this.pool = createConversionPool(format, convert);
-    const tracedOptions = { ...convert, reuse: false, prioritizedFilesByLayer: perLayer, tarFilesByLayer: profile?.tarFiles ?? [] };
+    const tracedOptions = {
+      ...convert,
+      reuse: false,
+      prioritizedFilesByLayer: perLayer,
+      tarFilesByLayer: profile?.tarFiles ?? [],
+    };
     this.traced = createLayerTransform(format, tracedOptions, this.pool);
     const untracedOptions = { ...convert, ...(prefetchList.length > 0 ? { prioritizedFiles: prefetchList } : {}) };
     this.untraced = createLayerTransform(format, untracedOptions, this.pool);
@@ -332,7 +373,10 @@ class OptimizeTransform implements LayerTransform {
 
   transform(input: LayerInput, output: Writable, context: TransformContext) {
     const profiledLayer = this.profile?.layers[input.index];
-    const traced = profiledLayer !== undefined && profiledLayer.digest === input.descriptor.digest && (this.profile!.perLayer[input.index]?.length ?? 0) > 0;
+    const traced =
+      profiledLayer !== undefined &&
+      profiledLayer.digest === input.descriptor.digest &&
+      (this.profile!.perLayer[input.index]?.length ?? 0) > 0;
     return (traced ? this.traced : this.untraced).transform(input, output, context);
   }
 
@@ -347,7 +391,11 @@ class OptimizeTransform implements LayerTransform {
   }
 }
 
-function profiledReport(profile: ImageProfile, transfer: TransferReport, platform: string): NonNullable<OptimizeReport['profiled']> {
+function profiledReport(
+  profile: ImageProfile,
+  transfer: TransferReport,
+  platform: string,
+): NonNullable<OptimizeReport['profiled']> {
   const manifest = transfer.manifests.find((m) => m.source.digest === profile.manifestDigest);
   const layers: OptimizeLayerReport[] = profile.layers.map((desc, index) => {
     const files = profile.files.filter((f) => f.layerIndex === index);
@@ -359,7 +407,9 @@ function profiledReport(profile: ImageProfile, transfer: TransferReport, platfor
       prioritizedFiles: files.length,
       prioritizedBytes: files.reduce((sum, f) => sum + f.size, 0),
       ...(out ? { outputDigest: out.output.digest, outputSize: out.output.size } : {}),
-      ...(typeof report.missedPrioritizedFiles === 'number' ? { missedPrioritizedFiles: report.missedPrioritizedFiles } : {}),
+      ...(typeof report.missedPrioritizedFiles === 'number'
+        ? { missedPrioritizedFiles: report.missedPrioritizedFiles }
+        : {}),
       ...(typeof report.landmarkOffset === 'number' ? { landmarkOffset: report.landmarkOffset } : {}),
     };
   });

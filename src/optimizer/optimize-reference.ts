@@ -40,6 +40,9 @@ export async function optimizeImageReference(options: OptimizeReferenceOptions):
   }
 }
 
-async function openTocSink(reference: string, transport: TransportOptions): Promise<{ sink: ImageSink; reference: string }> {
+async function openTocSink(
+  reference: string,
+  transport: TransportOptions,
+): Promise<{ sink: ImageSink; reference: string }> {
   return { sink: await openSink(reference, transport), reference };
 }

@@ -94,9 +94,16 @@ export interface ProfileResult {
 /** Throws UNSUPPORTED unless the image's config says it can run on this machine. */
 export function checkRunnablePlatform(config: ImageConfig): void {
   const host = hostPlatform();
-  const image = { os: config.os ?? host.os, architecture: config.architecture ?? host.architecture, ...(config.variant ? { variant: config.variant } : {}) };
+  const image = {
+    os: config.os ?? host.os,
+    architecture: config.architecture ?? host.architecture,
+    ...(config.variant ? { variant: config.variant } : {}),
+  };
   if (!platformMatches(host, image)) {
-    throw new EsgzError('UNSUPPORTED', `the image is for ${formatPlatform(image)} but this machine is ${formatPlatform(host)}: it cannot be run to profile it`);
+    throw new EsgzError(
+      'UNSUPPORTED',
+      `the image is for ${formatPlatform(image)} but this machine is ${formatPlatform(host)}: it cannot be run to profile it`,
+    );
   }
 }
 
@@ -110,9 +117,13 @@ export async function profileWorkload(options: ProfileWorkloadOptions): Promise<
   checkRunnablePlatform(options.config);
   const runc = await findRunc(options.runc);
   if (options.waitOnSignal && options.run.terminal) {
-    throw new EsgzError('BAD_FLAG', 'a workload with a terminal cannot wait for a signal: its terminal receives Ctrl-C');
+    throw new EsgzError(
+      'BAD_FLAG',
+      'a workload with a terminal cannot wait for a signal: its terminal receives Ctrl-C',
+    );
   }
-  if (options.run.terminal && !options.stdin) throw new EsgzError('BAD_FLAG', 'a workload with a terminal needs stdin attached');
+  if (options.run.terminal && !options.stdin)
+    throw new EsgzError('BAD_FLAG', 'a workload with a terminal needs stdin attached');
 
   const workDir = await makeTempDir('opt', options.tempRoot, { runc });
   let rootfs: PreparedRootfs | undefined;
@@ -128,7 +139,12 @@ export async function profileWorkload(options: ProfileWorkloadOptions): Promise<
       upperSizeBytes: options.run.upperSizeBytes,
     });
     const bundle = join(workDir, 'b');
-    const spec = await buildRuntimeSpec({ rootfs: rootfs.rootfs, config: options.config, options: options.run, bundleDir: bundle });
+    const spec = await buildRuntimeSpec({
+      rootfs: rootfs.rootfs,
+      config: options.config,
+      options: options.run,
+      bundleDir: bundle,
+    });
     await checkExecutable(rootfs.rootfs, spec);
     await writeBundleConfig(bundle, spec);
     if (options.signal?.aborted) throw new EsgzError('INTERRUPTED', 'interrupted');
@@ -182,7 +198,9 @@ export async function profileWorkload(options: ProfileWorkloadOptions): Promise<
     const perLayer: string[][] = options.layers.map(() => []);
     for (const f of files) perLayer[f.layerIndex]!.push(f.path);
     if (run.reason === 'exited' && run.exitCode !== 0) {
-      options.onWarning?.(`the workload exited with code ${run.exitCode} after ${(run.durationMs / 1000).toFixed(1)} s; the trace covers what it did until then`);
+      options.onWarning?.(
+        `the workload exited with code ${run.exitCode} after ${(run.durationMs / 1000).toFixed(1)} s; the trace covers what it did until then`,
+      );
     }
     return {
       accessed: files.map((f) => f.path),
@@ -217,5 +235,9 @@ export async function profileWorkload(options: ProfileWorkloadOptions): Promise<
  * in prioritized order (the workload's files, then the runtime's setup reads).
  */
 export function recordEntriesOf(result: ProfileResult, manifestDigest?: string): RecordEntry[] {
-  return result.files.map((f) => ({ path: f.path, ...(manifestDigest ? { manifestDigest } : {}), layerIndex: f.layerIndex }));
+  return result.files.map((f) => ({
+    path: f.path,
+    ...(manifestDigest ? { manifestDigest } : {}),
+    layerIndex: f.layerIndex,
+  }));
 }

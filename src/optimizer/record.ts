@@ -17,7 +17,13 @@ export interface RecordEntry {
 /** Writes the record file (temp name, then rename: never half-written). */
 export async function writeRecordFile(file: string, entries: RecordEntry[]): Promise<void> {
   const body = entries
-    .map((e) => JSON.stringify({ path: e.path, ...(e.manifestDigest ? { manifestDigest: e.manifestDigest } : {}), ...(e.layerIndex !== undefined ? { layerIndex: e.layerIndex } : {}) }))
+    .map((e) =>
+      JSON.stringify({
+        path: e.path,
+        ...(e.manifestDigest ? { manifestDigest: e.manifestDigest } : {}),
+        ...(e.layerIndex !== undefined ? { layerIndex: e.layerIndex } : {}),
+      }),
+    )
     .map((line) => `${line}\n`)
     .join('');
   const temp = `${file}.tmp-${process.pid}`;

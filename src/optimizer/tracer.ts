@@ -43,7 +43,9 @@ export async function startTracer(rootfs: string, options: TracerOptions = {}): 
   if (!binary) {
     throw new EsgzError('UNSUPPORTED', tracerMissing(options.binary));
   }
-  const child = spawn(binary, [...(options.onlyOtherPidNamespaces ? ['-n'] : []), rootfs], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(binary, [...(options.onlyOtherPidNamespaces ? ['-n'] : []), rootfs], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const events: TraceEvent[] = [];
   let stderr = '';
   child.stderr.on('data', (c: Buffer) => (stderr = (stderr + c.toString('utf8')).slice(-4096)));
@@ -71,7 +73,9 @@ export async function startTracer(rootfs: string, options: TracerOptions = {}): 
   if (outcome !== 'ready') {
     child.kill('SIGKILL');
     await exited;
-    const why = stderr.trim().replace(/^esgz-fanotify:\s*/, '') || (outcome === 'timeout' ? 'it did not start in time' : 'it exited');
+    const why =
+      stderr.trim().replace(/^esgz-fanotify:\s*/, '') ||
+      (outcome === 'timeout' ? 'it did not start in time' : 'it exited');
     throw new EsgzError('RUNTIME', `cannot trace file accesses on ${rootfs}: ${why}`);
   }
 
@@ -87,7 +91,10 @@ export async function startTracer(rootfs: string, options: TracerOptions = {}): 
         }
         lines.close();
         if (code !== 0 && code !== 'timeout' && stderr.trim()) {
-          throw new EsgzError('RUNTIME', `file access tracer failed: ${stderr.trim().replace(/^esgz-fanotify:\s*/, '')}`);
+          throw new EsgzError(
+            'RUNTIME',
+            `file access tracer failed: ${stderr.trim().replace(/^esgz-fanotify:\s*/, '')}`,
+          );
         }
         return events;
       })();

@@ -57,11 +57,27 @@ export type UploadResult = 'exists' | 'mounted' | 'uploaded';
 const DEFAULT_USER_AGENT = 'esgz/0.1';
 const MAX_REDIRECTS = 5;
 const MAX_RETRY_AFTER_MS = 10_000;
-const MANIFEST_ACCEPT = [MediaType.ociIndex, MediaType.ociManifest, MediaType.dockerManifestList, MediaType.dockerManifest].join(', ');
+const MANIFEST_ACCEPT = [
+  MediaType.ociIndex,
+  MediaType.ociManifest,
+  MediaType.dockerManifestList,
+  MediaType.dockerManifest,
+].join(', ');
 const RETRYABLE_STATUS = new Set([408, 429, 500, 502, 503, 504]);
 const RETRYABLE_NETWORK_CODES = new Set([
-  'ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'EAI_AGAIN', 'ECONNABORTED', 'ENETUNREACH', 'EHOSTUNREACH',
-  'UND_ERR_SOCKET', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'UND_ERR_CLOSED',
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EAI_AGAIN',
+  'ECONNABORTED',
+  'ENETUNREACH',
+  'EHOSTUNREACH',
+  'UND_ERR_SOCKET',
+  'UND_ERR_CONNECT_TIMEOUT',
+  'UND_ERR_HEADERS_TIMEOUT',
+  'UND_ERR_BODY_TIMEOUT',
+  'UND_ERR_CLOSED',
 ]);
 
 type Method = 'GET' | 'HEAD' | 'PUT' | 'POST' | 'PATCH' | 'DELETE';
@@ -186,7 +202,8 @@ export class RegistryClient {
     if (response.status === 404) return undefined;
     if (response.status !== 200) throw await this.failure(response, 'HEAD', what);
     const digest = header(response.headers, 'docker-content-digest') ?? (isDigest(reference) ? reference : undefined);
-    if (digest === undefined) throw new EsgzError('REGISTRY', `${what}: registry ${this.registry} sent no Docker-Content-Digest`);
+    if (digest === undefined)
+      throw new EsgzError('REGISTRY', `${what}: registry ${this.registry} sent no Docker-Content-Digest`);
     return {
       mediaType: (header(response.headers, 'content-type') ?? '').split(';')[0]!.trim(),
       digest,
@@ -231,7 +248,10 @@ export class RegistryClient {
     const found = await this.probeBlob(repository, desc.digest);
     if (found === undefined) return false;
     if (found.size !== undefined && found.size !== desc.size) {
-      throw new EsgzError('SIZE_MISMATCH', `blob ${desc.digest} in ${this.registry}/${repository}: the registry has ${found.size} bytes but the descriptor says ${desc.size}`);
+      throw new EsgzError(
+        'SIZE_MISMATCH',
+        `blob ${desc.digest} in ${this.registry}/${repository}: the registry has ${found.size} bytes but the descriptor says ${desc.size}`,
+      );
     }
     return true;
   }
@@ -239,7 +259,11 @@ export class RegistryClient {
   /** HEAD without following redirects: undefined when absent, else the size the registry states (none for a redirect). */
   private async probeBlob(repository: string, digest: string): Promise<{ size: number | undefined } | undefined> {
     const what = `blob ${digest} in ${this.registry}/${repository}`;
-    const response = await this.send({ method: 'HEAD', target: `/v2/${repository}/blobs/${digest}`, scopes: [pullScope(repository)] });
+    const response = await this.send({
+      method: 'HEAD',
+      target: `/v2/${repository}/blobs/${digest}`,
+      scopes: [pullScope(repository)],
+    });
     await response.body.dump();
     if (response.status === 404) return undefined;
     if (response.status >= 300 && response.status < 400) return { size: undefined };
@@ -251,7 +275,12 @@ export class RegistryClient {
   /** The blob's size when the repository has it, else undefined (follows redirects to storage). */
   async headBlob(repository: string, digest: string): Promise<number | undefined> {
     const what = `blob ${digest} in ${this.registry}/${repository}`;
-    const response = await this.send({ method: 'HEAD', target: `/v2/${repository}/blobs/${digest}`, scopes: [pullScope(repository)], followRedirects: true });
+    const response = await this.send({
+      method: 'HEAD',
+      target: `/v2/${repository}/blobs/${digest}`,
+      scopes: [pullScope(repository)],
+      followRedirects: true,
+    });
     await response.body.dump();
     if (response.status === 404) return undefined;
     if (response.status !== 200) throw await this.failure(response, 'HEAD', what);
@@ -273,15 +302,27 @@ export class RegistryClient {
     const announced = Number(header(first.headers, 'content-length'));
     if (Number.isSafeInteger(announced) && announced !== desc.size) {
       first.body.destroy();
-      throw new EsgzError('SIZE_MISMATCH', `${what}: the registry sends ${announced} bytes but the descriptor says ${desc.size}`);
+      throw new EsgzError(
+        'SIZE_MISMATCH',
+        `${what}: the registry sends ${announced} bytes but the descriptor says ${desc.size}`,
+      );
     }
 
     const resume = async (from: number): Promise<Response> => {
-      const response = await this.send({ method: 'GET', target, scopes, headers: { range: `bytes=${from}-` }, followRedirects: true });
+      const response = await this.send({
+        method: 'GET',
+        target,
+        scopes,
+        headers: { range: `bytes=${from}-` },
+        followRedirects: true,
+      });
       const contentRange = header(response.headers, 'content-range');
       if (response.status !== 206 || (contentRange !== undefined && !contentRange.startsWith(`bytes ${from}-`))) {
         await response.body.dump();
-        throw new EsgzError('SIZE_MISMATCH', `${what}: truncated after ${from} of ${desc.size} bytes and the registry did not resume (HTTP ${response.status})`);
+        throw new EsgzError(
+          'SIZE_MISMATCH',
+          `${what}: truncated after ${from} of ${desc.size} bytes and the registry did not resume (HTTP ${response.status})`,
+        );
       }
       return response;
     };
@@ -300,7 +341,13 @@ export class RegistryClient {
       body.on('error', (err: Error) => {
         if (verifier.destroyed) return;
         if (attempt >= this.attempts || received >= desc.size) {
-          verifier.destroy(new EsgzError('SIZE_MISMATCH', `${what}: truncated: connection lost after ${received} of ${desc.size} bytes (${describeNetworkError(err)})`, { cause: err }));
+          verifier.destroy(
+            new EsgzError(
+              'SIZE_MISMATCH',
+              `${what}: truncated: connection lost after ${received} of ${desc.size} bytes (${describeNetworkError(err)})`,
+              { cause: err },
+            ),
+          );
           return;
         }
         const from = received;
@@ -332,7 +379,12 @@ export class RegistryClient {
     return this.retryTruncated(() => this.readBlobRangeOnce(repository, desc, offset, length));
   }
 
-  private async readBlobRangeOnce(repository: string, desc: Descriptor, offset: number, length: number): Promise<Buffer> {
+  private async readBlobRangeOnce(
+    repository: string,
+    desc: Descriptor,
+    offset: number,
+    length: number,
+  ): Promise<Buffer> {
     const what = `blob ${desc.digest} bytes ${offset}+${length} from ${this.registry}/${repository}`;
     if (offset < 0 || length < 0 || offset + length > desc.size) {
       throw new EsgzError('INTERNAL', `${what}: range outside the blob's ${desc.size} bytes`);
@@ -348,7 +400,10 @@ export class RegistryClient {
     });
     if (response.status === 200) {
       await response.body.dump();
-      throw new EsgzError('UNSUPPORTED', `${what}: registry ${this.registry} ignored the Range request (answered 200, not 206)`);
+      throw new EsgzError(
+        'UNSUPPORTED',
+        `${what}: registry ${this.registry} ignored the Range request (answered 200, not 206)`,
+      );
     }
     if (response.status !== 206) throw await this.failure(response, 'GET', what);
     const contentRange = header(response.headers, 'content-range');
@@ -357,7 +412,8 @@ export class RegistryClient {
       throw new EsgzError('REGISTRY', `${what}: registry answered range "${contentRange}"`);
     }
     const data = await readCapped(response.body, length, what);
-    if (data.length !== length) throw new TruncatedResponse(`${what}: truncated: got ${data.length} of ${length} bytes`);
+    if (data.length !== length)
+      throw new TruncatedResponse(`${what}: truncated: got ${data.length} of ${length} bytes`);
     return data;
   }
 
@@ -380,7 +436,12 @@ export class RegistryClient {
    * bytes on each call: a failed upload is retried from the start. The bytes are verified against
    * `desc` on the way out, so a wrong source never lands under the wrong digest.
    */
-  async uploadBlob(repository: string, desc: Descriptor, open: () => Promise<Readable> | Readable, hints: { mountFrom?: string } = {}): Promise<UploadResult> {
+  async uploadBlob(
+    repository: string,
+    desc: Descriptor,
+    open: () => Promise<Readable> | Readable,
+    hints: { mountFrom?: string } = {},
+  ): Promise<UploadResult> {
     if (await this.hasBlob(repository, desc)) return 'exists';
     for (let attempt = 1; ; attempt += 1) {
       try {
@@ -393,7 +454,12 @@ export class RegistryClient {
     }
   }
 
-  private async uploadOnce(repository: string, desc: Descriptor, open: () => Promise<Readable> | Readable, mountFrom: string | undefined): Promise<UploadResult> {
+  private async uploadOnce(
+    repository: string,
+    desc: Descriptor,
+    open: () => Promise<Readable> | Readable,
+    mountFrom: string | undefined,
+  ): Promise<UploadResult> {
     const what = `blob ${desc.digest} to ${this.registry}/${repository}`;
     const scopes = [pushScope(repository)];
     let query = '';
@@ -405,7 +471,11 @@ export class RegistryClient {
     await started.body.dump();
     if (started.status === 201 && query !== '') {
       // A mount reads nothing: check the mounted blob's size against the descriptor instead.
-      if (!(await this.hasBlob(repository, desc))) throw new EsgzError('REGISTRY', `${what}: registry ${this.registry} reported a mount but does not have the blob`);
+      if (!(await this.hasBlob(repository, desc)))
+        throw new EsgzError(
+          'REGISTRY',
+          `${what}: registry ${this.registry} reported a mount but does not have the blob`,
+        );
       return 'mounted';
     }
     if (started.status !== 202) throw await this.failure(started, 'POST', what);
@@ -420,13 +490,16 @@ export class RegistryClient {
     if (desc.size <= maxMonolithic) {
       const url = new URL(location);
       url.searchParams.set('digest', desc.digest);
-      const done = await this.sendStreaming({
-        method: 'PUT',
-        target: url.toString(),
-        scopes,
-        headers: { 'content-type': 'application/octet-stream', 'content-length': String(desc.size) },
-        body: verified,
-      }, what);
+      const done = await this.sendStreaming(
+        {
+          method: 'PUT',
+          target: url.toString(),
+          scopes,
+          headers: { 'content-type': 'application/octet-stream', 'content-length': String(desc.size) },
+          body: verified,
+        },
+        what,
+      );
       await done.body.dump();
       if (done.status !== 201) throw await this.failure(done, 'PUT', what);
       this.checkStoredDigest(done, desc, what);
@@ -457,25 +530,30 @@ export class RegistryClient {
       }
     }
     try {
-      for (let offset = 0; offset < desc.size; ) {
+      for (let offset = 0; offset < desc.size;) {
         const length = Math.min(chunkSize, desc.size - offset);
-        const response = await this.sendStreaming({
-          method: 'PATCH',
-          target: location,
-          scopes,
-          headers: {
-            'content-type': 'application/octet-stream',
-            'content-range': `${offset}-${offset + length - 1}`,
-            'content-length': String(length),
+        const response = await this.sendStreaming(
+          {
+            method: 'PATCH',
+            target: location,
+            scopes,
+            headers: {
+              'content-type': 'application/octet-stream',
+              'content-range': `${offset}-${offset + length - 1}`,
+              'content-length': String(length),
+            },
+            body: Readable.from(nextChunk(length)),
           },
-          body: Readable.from(nextChunk(length)),
-        }, what);
+          what,
+        );
         await response.body.dump();
         if (response.status !== 202) throw new RetryableUpload(await this.failure(response, 'PATCH', what));
         offset += length;
         const range = header(response.headers, 'range');
         if (range !== undefined && range !== `0-${offset - 1}`) {
-          throw new RetryableUpload(new EsgzError('REGISTRY', `${what}: registry holds range ${range} after ${offset} bytes were sent`));
+          throw new RetryableUpload(
+            new EsgzError('REGISTRY', `${what}: registry holds range ${range} after ${offset} bytes were sent`),
+          );
         }
         location = this.uploadLocation(response, what);
       }
@@ -490,7 +568,13 @@ export class RegistryClient {
     }
     const url = new URL(location);
     url.searchParams.set('digest', desc.digest);
-    const done = await this.send({ method: 'PUT', target: url.toString(), scopes, headers: { 'content-length': '0' }, body: Buffer.alloc(0) });
+    const done = await this.send({
+      method: 'PUT',
+      target: url.toString(),
+      scopes,
+      headers: { 'content-length': '0' },
+      body: Buffer.alloc(0),
+    });
     await done.body.dump();
     if (done.status !== 201) throw await this.failure(done, 'PUT', what);
     this.checkStoredDigest(done, desc, what);
@@ -506,7 +590,8 @@ export class RegistryClient {
 
   private uploadLocation(response: Response, what: string): string {
     const location = header(response.headers, 'location');
-    if (location === undefined) throw new EsgzError('REGISTRY', `${what}: registry ${this.registry} started an upload without a Location`);
+    if (location === undefined)
+      throw new EsgzError('REGISTRY', `${what}: registry ${this.registry} started an upload without a Location`);
     return new URL(location, response.url).toString();
   }
 
@@ -519,7 +604,8 @@ export class RegistryClient {
       if (err instanceof EsgzError && err.code === 'NETWORK') throw new RetryableUpload(err);
       throw err;
     }
-    if (RETRYABLE_STATUS.has(response.status) || response.status === 401) throw new RetryableUpload(await this.failure(response, spec.method, what));
+    if (RETRYABLE_STATUS.has(response.status) || response.status === 401)
+      throw new RetryableUpload(await this.failure(response, spec.method, what));
     return response;
   }
 
@@ -550,13 +636,21 @@ export class RegistryClient {
           await sleep(this.backoff(attempt));
           continue;
         }
-        throw new EsgzError('NETWORK', `registry ${this.registry}: ${spec.method} ${url.pathname}: ${describeNetworkError(err)}${attempt > 1 ? ` (after ${attempt} attempts)` : ''}`, { cause: err });
+        throw new EsgzError(
+          'NETWORK',
+          `registry ${this.registry}: ${spec.method} ${url.pathname}: ${describeNetworkError(err)}${attempt > 1 ? ` (after ${attempt} attempts)` : ''}`,
+          { cause: err },
+        );
       }
       response.attempts = attempt;
       if (!last && RETRYABLE_STATUS.has(response.status)) {
         const retryAfter = Number(header(response.headers, 'retry-after'));
         await response.body.dump();
-        await sleep(Number.isFinite(retryAfter) && retryAfter > 0 ? Math.min(retryAfter * 1000, MAX_RETRY_AFTER_MS) : this.backoff(attempt));
+        await sleep(
+          Number.isFinite(retryAfter) && retryAfter > 0
+            ? Math.min(retryAfter * 1000, MAX_RETRY_AFTER_MS)
+            : this.backoff(attempt),
+        );
         continue;
       }
       return response;
@@ -587,7 +681,12 @@ export class RegistryClient {
    * redirects to, nor to an upload Location on another host or scheme (containerd drops its
    * authorizer there too), so credentials and tokens stay with the host they were issued for.
    */
-  private async sendFollowing(spec: RequestSpec, url: URL, base: URL, authorization: string | undefined): Promise<Response> {
+  private async sendFollowing(
+    spec: RequestSpec,
+    url: URL,
+    base: URL,
+    authorization: string | undefined,
+  ): Promise<Response> {
     let current = url;
     for (let hop = 0; ; hop += 1) {
       const own = current.origin === base.origin;
@@ -599,7 +698,12 @@ export class RegistryClient {
       if (authorization !== undefined && own) headers.authorization = authorization;
       const raw = await this.request(current, { method: spec.method, headers, body: spec.body ?? null });
       const location = header(raw.headers, 'location');
-      if (spec.followRedirects && [301, 302, 303, 307, 308].includes(raw.statusCode) && location !== undefined && hop < MAX_REDIRECTS) {
+      if (
+        spec.followRedirects &&
+        [301, 302, 303, 307, 308].includes(raw.statusCode) &&
+        location !== undefined &&
+        hop < MAX_REDIRECTS
+      ) {
         await raw.body.dump();
         current = new URL(location, current);
         continue;
@@ -673,7 +777,11 @@ export class RegistryClient {
     if (credentials?.identityToken) {
       // OAuth2 refresh-token grant (docker's identity tokens).
       method = 'POST';
-      const form = new URLSearchParams({ grant_type: 'refresh_token', refresh_token: credentials.identityToken, client_id: 'esgz' });
+      const form = new URLSearchParams({
+        grant_type: 'refresh_token',
+        refresh_token: credentials.identityToken,
+        client_id: 'esgz',
+      });
       if (service !== undefined) form.set('service', service);
       if (scopes.length > 0) form.set('scope', scopes.join(' '));
       body = form.toString();
@@ -681,7 +789,8 @@ export class RegistryClient {
     } else {
       if (service !== undefined) url.searchParams.set('service', service);
       for (const scope of scopes) url.searchParams.append('scope', scope);
-      if (credentials) headers.authorization = `Basic ${Buffer.from(`${credentials.username}:${credentials.password}`).toString('base64')}`;
+      if (credentials)
+        headers.authorization = `Basic ${Buffer.from(`${credentials.username}:${credentials.password}`).toString('base64')}`;
     }
     const where = `registry ${this.registry}: token server ${url.origin}${url.pathname}`;
     let response: Dispatcher.ResponseData;
@@ -739,7 +848,10 @@ export class RegistryClient {
 
   private loadCredentials(): Promise<Credentials | undefined> {
     if (this.options.credentials) return Promise.resolve(this.options.credentials);
-    this.credentials ??= resolveCredentials(this.registry, this.options.dockerConfigDir !== undefined ? { dockerConfigDir: this.options.dockerConfigDir } : {});
+    this.credentials ??= resolveCredentials(
+      this.registry,
+      this.options.dockerConfigDir !== undefined ? { dockerConfigDir: this.options.dockerConfigDir } : {},
+    );
     return this.credentials;
   }
 
@@ -764,7 +876,8 @@ export class RegistryClient {
         try {
           const ping = new URL(`${this.apiRoot}/`, base);
           const response = await this.request(ping, { method: 'GET', headers: { 'user-agent': this.userAgent } });
-          if (response.statusCode === 401) this.learnChallenge(parseChallenges(response.headers['www-authenticate']), []);
+          if (response.statusCode === 401)
+            this.learnChallenge(parseChallenges(response.headers['www-authenticate']), []);
           await response.body.dump();
           if (RETRYABLE_STATUS.has(response.statusCode) && attempt < this.attempts) {
             await sleep(this.backoff(attempt));
@@ -837,7 +950,9 @@ export class RegistryClient {
 
   /** Turns an unexpected response into a one-line EsgzError naming registry, request and status. */
   private async failure(response: Response, method: string, what: string): Promise<EsgzError> {
-    const text = response.body.destroyed ? '' : (await readCapped(response.body, 64 * 1024, what).catch(() => Buffer.alloc(0))).toString('utf8');
+    const text = response.body.destroyed
+      ? ''
+      : (await readCapped(response.body, 64 * 1024, what).catch(() => Buffer.alloc(0))).toString('utf8');
     const detail = registryErrorMessage(text);
     const request = `${method} ${response.url.pathname}`;
     const suffix = `${detail ? `: ${detail}` : ''}${response.attempts > 1 ? ` (after ${response.attempts} attempts)` : ''}`;
@@ -863,7 +978,10 @@ export class RegistryClient {
       case 403:
         return new EsgzError('DENIED', `${what}: registry ${this.registry} denied access (${request})${suffix}`);
       default:
-        return new EsgzError('REGISTRY', `${what}: registry ${this.registry} answered HTTP ${response.status} to ${request}${suffix}`);
+        return new EsgzError(
+          'REGISTRY',
+          `${what}: registry ${this.registry} answered HTTP ${response.status} to ${request}${suffix}`,
+        );
     }
   }
 }
@@ -949,8 +1067,13 @@ function manifestMediaType(bytes: Buffer, contentType: string | undefined, what:
   } catch {
     throw new EsgzError('BAD_MANIFEST', `${what}: not JSON (Content-Type ${contentType ?? 'none'})`);
   }
-  if (parsed.schemaVersion === 1) throw new EsgzError('UNSUPPORTED', `${what}: Docker schema 1 manifests are not supported`);
-  if (typeof parsed.mediaType === 'string' && (isManifestMediaType(parsed.mediaType) || isIndexMediaType(parsed.mediaType))) return parsed.mediaType;
+  if (parsed.schemaVersion === 1)
+    throw new EsgzError('UNSUPPORTED', `${what}: Docker schema 1 manifests are not supported`);
+  if (
+    typeof parsed.mediaType === 'string' &&
+    (isManifestMediaType(parsed.mediaType) || isIndexMediaType(parsed.mediaType))
+  )
+    return parsed.mediaType;
   if (Array.isArray(parsed.manifests)) return MediaType.ociIndex;
   if (Array.isArray(parsed.layers)) return MediaType.ociManifest;
   throw new EsgzError('BAD_MANIFEST', `${what}: unknown manifest type (Content-Type ${contentType ?? 'none'})`);
@@ -971,7 +1094,10 @@ async function readCapped(body: AsyncIterable<Buffer | Uint8Array>, max: number,
     }
   } catch (err) {
     if (err instanceof EsgzError) throw err;
-    throw new TruncatedResponse(`${what}: truncated: connection lost after ${total} bytes (${describeNetworkError(err)})`, { cause: err });
+    throw new TruncatedResponse(
+      `${what}: truncated: connection lost after ${total} bytes (${describeNetworkError(err)})`,
+      { cause: err },
+    );
   }
   return Buffer.concat(chunks, total);
 }
@@ -1014,7 +1140,9 @@ function isCertificateError(code: string): boolean {
 function describeNetworkError(err: unknown): string {
   const code = errorCode(err);
   const message = err instanceof Error ? err.message : String(err);
-  const short = firstLine(message).replace(/^\w+:error:[0-9A-F]+:SSL routines:([^:]+:)?/, '').slice(0, 160);
+  const short = firstLine(message)
+    .replace(/^\w+:error:[0-9A-F]+:SSL routines:([^:]+:)?/, '')
+    .slice(0, 160);
   return code !== undefined && !short.includes(code) ? `${short} (${code})` : short;
 }
 

@@ -37,7 +37,10 @@ export function dockerConfigDir(override?: string): string {
 }
 
 /** Finds credentials for `registry` (as in a reference: `docker.io`, `host:port`); undefined means anonymous. */
-export async function resolveCredentials(registry: string, options: { dockerConfigDir?: string } = {}): Promise<Credentials | undefined> {
+export async function resolveCredentials(
+  registry: string,
+  options: { dockerConfigDir?: string } = {},
+): Promise<Credentials | undefined> {
   const configPath = path.join(dockerConfigDir(options.dockerConfigDir), 'config.json');
   const config = await readDockerConfig(configPath);
   if (!config) return undefined;
@@ -57,7 +60,8 @@ export async function resolveCredentials(registry: string, options: { dockerConf
   if (entry.auth !== undefined && entry.auth !== '') {
     const decoded = Buffer.from(entry.auth, 'base64').toString('utf8');
     const colon = decoded.indexOf(':');
-    if (colon < 0) throw new EsgzError('BAD_FORMAT', `${configPath}: auths["${registry}"].auth is not base64 of "user:password"`);
+    if (colon < 0)
+      throw new EsgzError('BAD_FORMAT', `${configPath}: auths["${registry}"].auth is not base64 of "user:password"`);
     username = decoded.slice(0, colon);
     password = decoded.slice(colon + 1);
   }
@@ -73,14 +77,18 @@ async function readDockerConfig(configPath: string): Promise<DockerConfigFile | 
     text = await readFile(configPath, 'utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new EsgzError('BAD_FORMAT', `cannot read docker config ${configPath}: ${(err as Error).message}`, { cause: err });
+    throw new EsgzError('BAD_FORMAT', `cannot read docker config ${configPath}: ${(err as Error).message}`, {
+      cause: err,
+    });
   }
   try {
     const parsed: unknown = JSON.parse(text);
     if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error('not a JSON object');
     return parsed as DockerConfigFile;
   } catch (err) {
-    throw new EsgzError('BAD_FORMAT', `docker config ${configPath} is not valid JSON: ${(err as Error).message}`, { cause: err });
+    throw new EsgzError('BAD_FORMAT', `docker config ${configPath} is not valid JSON: ${(err as Error).message}`, {
+      cause: err,
+    });
   }
 }
 
@@ -105,13 +113,19 @@ async function askHelper(helper: string, serverUrl: string, configPath: string):
     }
     // The protocol's "not found" answer: no credentials stored for this server.
     if (/credentials not found/i.test(output)) return undefined;
-    throw new EsgzError('UNAUTHORIZED', `credential helper ${program} failed for ${serverUrl}: ${firstLine(output) || `exit code ${result.exitCode}`}`);
+    throw new EsgzError(
+      'UNAUTHORIZED',
+      `credential helper ${program} failed for ${serverUrl}: ${firstLine(output) || `exit code ${result.exitCode}`}`,
+    );
   }
   let answer: { Username?: string; Secret?: string };
   try {
     answer = JSON.parse(result.stdout) as { Username?: string; Secret?: string };
   } catch {
-    throw new EsgzError('UNAUTHORIZED', `credential helper ${program} printed something that is not JSON for ${serverUrl}`);
+    throw new EsgzError(
+      'UNAUTHORIZED',
+      `credential helper ${program} printed something that is not JSON for ${serverUrl}`,
+    );
   }
   const username = answer.Username ?? '';
   const secret = answer.Secret ?? '';

@@ -23,7 +23,9 @@ export const DOCKER_HUB_API_HOST = 'registry-1.docker.io';
 const DEFAULT_TAG = 'latest';
 
 const DOMAIN_COMPONENT = '(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])';
-const DOMAIN_PATTERN = new RegExp(`^(?:${DOMAIN_COMPONENT}(?:\\.${DOMAIN_COMPONENT})*|\\[[a-fA-F0-9:]+\\])(?::[0-9]+)?$`);
+const DOMAIN_PATTERN = new RegExp(
+  `^(?:${DOMAIN_COMPONENT}(?:\\.${DOMAIN_COMPONENT})*|\\[[a-fA-F0-9:]+\\])(?::[0-9]+)?$`,
+);
 const PATH_COMPONENT_PATTERN = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/;
 const TAG_PATTERN = /^[\w][\w.-]{0,127}$/;
 const MAX_NAME_LENGTH = 255;
@@ -45,7 +47,9 @@ export function parseReference(input: string): ImageReference {
     try {
       parseDigest(digest, 'digest');
     } catch (err) {
-      fail(`bad digest "${digest}"${err instanceof EsgzError && err.code === 'UNSUPPORTED' ? ' (unsupported algorithm)' : ''}`);
+      fail(
+        `bad digest "${digest}"${err instanceof EsgzError && err.code === 'UNSUPPORTED' ? ' (unsupported algorithm)' : ''}`,
+      );
     }
   }
 
@@ -64,7 +68,10 @@ export function parseReference(input: string): ImageReference {
   const slash = rest.indexOf('/');
   const first = slash >= 0 ? rest.slice(0, slash) : '';
   // Same rule as docker: the first component is a registry only if it looks like a host.
-  if (slash >= 0 && (first.includes('.') || first.includes(':') || first === 'localhost' || first !== first.toLowerCase())) {
+  if (
+    slash >= 0 &&
+    (first.includes('.') || first.includes(':') || first === 'localhost' || first !== first.toLowerCase())
+  ) {
     registry = first;
     repository = rest.slice(slash + 1);
     if (!DOMAIN_PATTERN.test(registry)) fail(`bad registry host "${registry}"`);

@@ -13,10 +13,17 @@ function fsopsBinary(): string | undefined {
 }
 
 /** mknod without following a symlink at `path` (mknod never follows; the parent is already resolved). */
-export async function mknod(path: string, type: 'c' | 'b' | 'p', major: number, minor: number, mode: number): Promise<void> {
+export async function mknod(
+  path: string,
+  type: 'c' | 'b' | 'p',
+  major: number,
+  minor: number,
+  mode: number,
+): Promise<void> {
   const helper = fsopsBinary();
   try {
-    if (helper) await execFileAsync(helper, ['mknod', path, type, String(major), String(minor), (mode & 0o7777).toString(8)]);
+    if (helper)
+      await execFileAsync(helper, ['mknod', path, type, String(major), String(minor), (mode & 0o7777).toString(8)]);
     else if (type === 'p') await execFileAsync('mkfifo', ['-m', (mode & 0o7777).toString(8), path]);
     else await execFileAsync('mknod', ['-m', (mode & 0o7777).toString(8), path, type, String(major), String(minor)]);
   } catch (err) {
@@ -32,11 +39,17 @@ export function canSetXattr(): boolean {
 /** lsetxattr: sets an extended attribute on `path` itself, never on a symlink's target. */
 export async function lsetxattr(path: string, name: string, value: Buffer): Promise<void> {
   const helper = fsopsBinary();
-  if (!helper) throw new EsgzError('UNSUPPORTED', `cannot set extended attribute ${name} on ${path}: native/fanotify/esgz-fsops is not built (run npm run build:native)`);
+  if (!helper)
+    throw new EsgzError(
+      'UNSUPPORTED',
+      `cannot set extended attribute ${name} on ${path}: native/fanotify/esgz-fsops is not built (run npm run build:native)`,
+    );
   try {
     await execFileAsync(helper, ['setxattr', path, name, value.toString('hex')]);
   } catch (err) {
-    throw new EsgzError('RUNTIME', `cannot set extended attribute ${name} on ${path}: ${stderrOf(err)}`, { cause: err });
+    throw new EsgzError('RUNTIME', `cannot set extended attribute ${name} on ${path}: ${stderrOf(err)}`, {
+      cause: err,
+    });
   }
 }
 
@@ -65,7 +78,10 @@ export class FsOps {
 
   async lsetxattr(path: string, name: string, value: Buffer): Promise<void> {
     if (!this.helper) return lsetxattr(path, name, value);
-    await this.call(`setxattr ${hex(path)} ${hex(name)} ${value.toString('hex')}`, (reason) => `cannot set extended attribute ${name} on ${path}: ${reason}`);
+    await this.call(
+      `setxattr ${hex(path)} ${hex(name)} ${value.toString('hex')}`,
+      (reason) => `cannot set extended attribute ${name} on ${path}: ${reason}`,
+    );
   }
 
   /** Ends the helper (it exits at the end of its input) and waits for it. */
@@ -87,7 +103,10 @@ export class FsOps {
         reject(new EsgzError('RUNTIME', describe(this.failure.message), { cause: this.failure }));
         return;
       }
-      this.waiting.push({ resolve, reject: (err) => reject(new EsgzError('RUNTIME', describe(err.message), { cause: err })) });
+      this.waiting.push({
+        resolve,
+        reject: (err) => reject(new EsgzError('RUNTIME', describe(err.message), { cause: err })),
+      });
       if (this.outbox.push(`${request}\n`) === 1) {
         setImmediate(() => {
           const batch = this.outbox.join('');

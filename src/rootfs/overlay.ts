@@ -64,7 +64,8 @@ export async function prepareRootfs(options: PrepareRootfsOptions): Promise<Prep
   const mounts = new MountStack(options.workDir);
   try {
     const unpacker = new LayerUnpacker(options);
-    const rootfs = mode === 'merged' ? await mergeLayers(options, unpacker) : await stackLayers(options, unpacker, mounts);
+    const rootfs =
+      mode === 'merged' ? await mergeLayers(options, unpacker) : await stackLayers(options, unpacker, mounts);
     const { release, unmountOnly } = mounts;
     return { rootfs, mode, provenance: unpacker.provenance, stats: unpacker.stats, release, unmountOnly };
   } catch (err) {
@@ -169,7 +170,11 @@ async function mergeLayers(options: PrepareRootfsOptions, unpacker: LayerUnpacke
 }
 
 /** Overlay mode: each layer unpacked into its own lower directory, then mounted as one; returns the mount point. */
-async function stackLayers(options: PrepareRootfsOptions, unpacker: LayerUnpacker, mounts: MountStack): Promise<string> {
+async function stackLayers(
+  options: PrepareRootfsOptions,
+  unpacker: LayerUnpacker,
+  mounts: MountStack,
+): Promise<string> {
   const lowerDirs = await unpackLowerDirs(options, unpacker);
   unpacker.replayProvenance();
   if (lowerDirs.length === 0) {
@@ -208,7 +213,11 @@ async function unpackLowerDirs(options: PrepareRootfsOptions, unpacker: LayerUnp
 }
 
 /** The bounded tmpfs for the writable layer, then the overlay of `lowerDirs` over it at workDir/m. */
-async function mountOverlayRootfs(options: PrepareRootfsOptions, lowerDirs: string[], mounts: MountStack): Promise<string> {
+async function mountOverlayRootfs(
+  options: PrepareRootfsOptions,
+  lowerDirs: string[],
+  mounts: MountStack,
+): Promise<string> {
   const { workDir } = options;
   // overlayfs needs its upper and work dirs on one filesystem: both go on the bounded tmpfs.
   const scratch = join(workDir, 't');
@@ -244,11 +253,18 @@ export async function overlayProblem(): Promise<string | undefined> {
  * container's memory limit bounds it too.
  */
 async function mountScratchTmpfs(target: string, sizeBytes: number): Promise<void> {
-  if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) throw new EsgzError('BAD_FLAG', `the writable layer size must be a positive byte count (got ${sizeBytes})`);
+  if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0)
+    throw new EsgzError('BAD_FLAG', `the writable layer size must be a positive byte count (got ${sizeBytes})`);
   const data = `size=${sizeBytes},mode=0700,nodev,nosuid`;
-  const result = await execa('mount', ['-t', 'tmpfs', '-o', data, 'esgz-upper', target], { reject: false, stdin: 'ignore' });
+  const result = await execa('mount', ['-t', 'tmpfs', '-o', data, 'esgz-upper', target], {
+    reject: false,
+    stdin: 'ignore',
+  });
   if (result.exitCode !== 0) {
-    throw new EsgzError('RUNTIME', `cannot mount a tmpfs at ${target}: ${String(result.stderr).trim() || `mount exited ${result.exitCode}`}`);
+    throw new EsgzError(
+      'RUNTIME',
+      `cannot mount a tmpfs at ${target}: ${String(result.stderr).trim() || `mount exited ${result.exitCode}`}`,
+    );
   }
 }
 
@@ -261,18 +277,33 @@ async function mountScratchTmpfs(target: string, sizeBytes: number): Promise<voi
  * the parent of `upper`), where mount runs: the kernel reads the option string from one page,
  * so many layers under a long temp path would not fit otherwise.
  */
-export async function mountOverlay(lowerDirs: string[], upper: string, work: string, target: string, base = dirname(upper)): Promise<void> {
+export async function mountOverlay(
+  lowerDirs: string[],
+  upper: string,
+  work: string,
+  target: string,
+  base = dirname(upper),
+): Promise<void> {
   const name = (dir: string) => (relative(base, dir).startsWith('..') ? dir : relative(base, dir));
   for (const dir of [...lowerDirs, upper, work].map(name)) {
     // overlayfs splits its options on "," and lowerdir on ":"; such paths cannot be expressed.
-    if (/[,:]/.test(dir)) throw new EsgzError('UNSUPPORTED', `cannot use "${dir}" in an overlay mount (it contains "," or ":")`);
+    if (/[,:]/.test(dir))
+      throw new EsgzError('UNSUPPORTED', `cannot use "${dir}" in an overlay mount (it contains "," or ":")`);
   }
   // overlayfs lists the topmost lower first.
   const lower = [...lowerDirs].reverse().map(name).join(':');
   const data = `nodev,nosuid,lowerdir=${lower},upperdir=${name(upper)},workdir=${name(work)}`;
-  if (data.length >= 4000) throw new EsgzError('UNSUPPORTED', `too many layers for one overlay mount (${lowerDirs.length})`);
-  const result = await execa('mount', ['-t', 'overlay', 'overlay', '-o', data, target], { reject: false, stdin: 'ignore', cwd: base });
+  if (data.length >= 4000)
+    throw new EsgzError('UNSUPPORTED', `too many layers for one overlay mount (${lowerDirs.length})`);
+  const result = await execa('mount', ['-t', 'overlay', 'overlay', '-o', data, target], {
+    reject: false,
+    stdin: 'ignore',
+    cwd: base,
+  });
   if (result.exitCode !== 0) {
-    throw new EsgzError('RUNTIME', `cannot mount overlayfs at ${target}: ${String(result.stderr).trim() || `mount exited ${result.exitCode}`}`);
+    throw new EsgzError(
+      'RUNTIME',
+      `cannot mount overlayfs at ${target}: ${String(result.stderr).trim() || `mount exited ${result.exitCode}`}`,
+    );
   }
 }

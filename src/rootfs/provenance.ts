@@ -15,7 +15,7 @@ export class LayerProvenance {
   /** `path` is written by `layer` (a higher layer replaces a lower one). */
   add(path: string, layer: number, kind: string, size = 0): void {
     this.owner.set(path, { layer, kind, size });
-    for (let child = path; child !== ''; ) {
+    for (let child = path; child !== '';) {
       const parent = parentOf(child);
       let set = this.children.get(parent);
       if (!set) this.children.set(parent, (set = new Set()));

@@ -51,7 +51,16 @@ const CREATE_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL |
 const DIRECTORY_FLAGS = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
 
 /** Tar typeflags (POSIX ustar, plus GNU's contiguous file). */
-const TYPE = { file: '0', link: '1', symlink: '2', char: '3', block: '4', directory: '5', fifo: '6', contiguous: '7' } as const;
+const TYPE = {
+  file: '0',
+  link: '1',
+  symlink: '2',
+  char: '3',
+  block: '4',
+  directory: '5',
+  fifo: '6',
+  contiguous: '7',
+} as const;
 
 export type WhiteoutMode =
   /** Layer goes into its own directory for overlayfs: whiteouts become 0/0 char devices, opaque dirs get trusted.overlay.opaque=y. */
@@ -100,7 +109,10 @@ interface PendingDirectory {
  */
 export async function unpackLayer(input: Readable, root: string, options: UnpackOptions): Promise<UnpackStats> {
   if (options.whiteouts === 'overlay' && !canSetXattr()) {
-    throw new EsgzError('UNSUPPORTED', 'overlay layer directories need native/fanotify/esgz-fsops to mark opaque directories (run npm run build:native)');
+    throw new EsgzError(
+      'UNSUPPORTED',
+      'overlay layer directories need native/fanotify/esgz-fsops to mark opaque directories (run npm run build:native)',
+    );
   }
   root = resolve(root);
   mkdirSync(root, { recursive: true });
@@ -125,7 +137,11 @@ export async function unpackLayer(input: Readable, root: string, options: Unpack
         await applyEntry(entry, state);
       } catch (err) {
         if (isEsgzError(err)) throw err;
-        throw new EsgzError('BAD_LAYER', `${options.layerName}: entry "${entry.header.name}": ${(err as Error).message}`, { cause: err });
+        throw new EsgzError(
+          'BAD_LAYER',
+          `${options.layerName}: entry "${entry.header.name}": ${(err as Error).message}`,
+          { cause: err },
+        );
       }
     }
     await settlePending(state);
@@ -133,14 +149,20 @@ export async function unpackLayer(input: Readable, root: string, options: Unpack
     input.destroy();
     if (isEsgzError(err)) throw err;
     if ((err as Error).name === 'AbortError') throw new EsgzError('INTERRUPTED', 'interrupted', { cause: err });
-    throw new EsgzError('BAD_LAYER', `${options.layerName}: not a valid tar stream: ${(err as Error).message}`, { cause: err });
+    throw new EsgzError('BAD_LAYER', `${options.layerName}: not a valid tar stream: ${(err as Error).message}`, {
+      cause: err,
+    });
   } finally {
     await state.fsops.close();
   }
   try {
     applyDirectoryMetadata(state);
   } catch (err) {
-    throw new EsgzError('BAD_LAYER', `${options.layerName}: cannot set directory modes and times: ${(err as Error).message}`, { cause: err });
+    throw new EsgzError(
+      'BAD_LAYER',
+      `${options.layerName}: cannot set directory modes and times: ${(err as Error).message}`,
+      { cause: err },
+    );
   }
   return state.stats;
 }
@@ -269,7 +291,13 @@ interface Destination {
  * Resolves the entry's parent inside the root and removes whatever is at its name, except a
  * directory that a directory entry reuses.
  */
-function clearDestination(parentParts: string[], name: string, type: string, entryName: string, state: EntryState): Destination {
+function clearDestination(
+  parentParts: string[],
+  name: string,
+  type: string,
+  entryName: string,
+  state: EntryState,
+): Destination {
   const host = `${parentDirectory(parentParts, state, entryName)}/${name}`;
   // Synchronous metadata calls: a layer is thousands of tiny operations, and a hop through the
   // libuv pool for each costs more than the syscall itself.
@@ -309,7 +337,9 @@ async function createEntry(entry: TarEntry, type: string, dest: Destination, sta
       return makeDeviceNode(header, type, dest.host, state);
     default:
       state.stats.skipped++;
-      state.options.onWarning?.(`${state.options.layerName}: skipped entry "${header.name}" of unsupported type ${JSON.stringify(header.typeflag)}`);
+      state.options.onWarning?.(
+        `${state.options.layerName}: skipped entry "${header.name}" of unsupported type ${JSON.stringify(header.typeflag)}`,
+      );
       return undefined;
   }
 }
@@ -326,7 +356,9 @@ async function makeDeviceNode(header: TarHeader, type: string, dest: string, sta
   const { options } = state;
   if (type !== TYPE.fifo && !isRoot()) {
     state.stats.skipped++;
-    options.onWarning?.(`${options.layerName}: skipped device node "${header.name}" (creating device nodes needs root)`);
+    options.onWarning?.(
+      `${options.layerName}: skipped device node "${header.name}" (creating device nodes needs root)`,
+    );
     return undefined;
   }
   // Device nodes keep their numbers and modes (setuid too): they are only reachable inside
@@ -433,7 +465,7 @@ async function writeFile(entry: TarEntry, dest: string, state: EntryState): Prom
     const data = header.size > 0 ? await entry.read(header.size) : Buffer.alloc(0);
     const fd = openSync(dest, CREATE_FLAGS, 0o600);
     try {
-      for (let done = 0; done < data.length; ) done += writeSync(fd, data, done);
+      for (let done = 0; done < data.length;) done += writeSync(fd, data, done);
       // chmod after chown: chown clears setuid/setgid bits.
       if (state.sameOwner) fchownSync(fd, header.uid, header.gid);
       await setXattrs(dest, header, state);
@@ -448,7 +480,7 @@ async function writeFile(entry: TarEntry, dest: string, state: EntryState): Prom
   try {
     while (entry.remaining() > 0) {
       const piece = await entry.readSome(COPY_PIECE_BYTES);
-      for (let done = 0; done < piece.length; ) done += (await file.write(piece, done)).bytesWritten;
+      for (let done = 0; done < piece.length;) done += (await file.write(piece, done)).bytesWritten;
     }
     if (state.sameOwner) await file.chown(header.uid, header.gid);
     await setXattrs(dest, header, state);
@@ -464,12 +496,18 @@ function hardlink(header: TarHeader, dest: string, state: EntryState): number {
   const { root, options } = state;
   const targetParts = cleanComponents(header.linkname);
   if (targetParts === null || targetParts.length === 0) {
-    throw new EsgzError('UNSAFE_PATH', `${options.layerName}: hardlink "${header.name}" to "${header.linkname}" escapes the root`);
+    throw new EsgzError(
+      'UNSAFE_PATH',
+      `${options.layerName}: hardlink "${header.name}" to "${header.linkname}" escapes the root`,
+    );
   }
   const targetHost = resolveInRootSync(root, targetParts.join('/'), { followFinal: false });
   const target = lstatSync(targetHost, { throwIfNoEntry: false });
   if (!target || target.isDirectory()) {
-    throw new EsgzError('BAD_LAYER', `${options.layerName}: hardlink "${header.name}" points to "${header.linkname}", which is not a file in the layer`);
+    throw new EsgzError(
+      'BAD_LAYER',
+      `${options.layerName}: hardlink "${header.name}" points to "${header.linkname}", which is not a file in the layer`,
+    );
   }
   // link(2) never follows a symlink at the target: the new name is for the link itself.
   linkSync(targetHost, dest);
@@ -485,13 +523,17 @@ async function setXattrs(dest: string, header: TarHeader, state: EntryState): Pr
     if (xattr.startsWith(OVERLAY_XATTR_PREFIX)) {
       // Skipped, not fatal: tars of overlay upper directories carry these innocently, and the
       // OCI markers (.wh.*) already say everything a layer may say about lower layers.
-      options.onWarning?.(`${options.layerName}: skipped extended attribute ${xattr} on "${header.name}" (overlayfs metadata cannot come from a layer)`);
+      options.onWarning?.(
+        `${options.layerName}: skipped extended attribute ${xattr} on "${header.name}" (overlayfs metadata cannot come from a layer)`,
+      );
       continue;
     }
     // trusted.* and security.* need root; an unprivileged unpack keeps going without them.
     if (!isRoot() && !xattr.startsWith('user.')) continue;
     if (!canSetXattr()) {
-      options.onWarning?.(`${options.layerName}: skipped extended attribute ${xattr} on "${header.name}" (native helper not built)`);
+      options.onWarning?.(
+        `${options.layerName}: skipped extended attribute ${xattr} on "${header.name}" (native helper not built)`,
+      );
       continue;
     }
     await state.fsops.lsetxattr(dest, xattr, value);
@@ -505,8 +547,11 @@ async function applyWhiteout(parentParts: string[], name: string, state: EntrySt
   // A whiteout may skip waiting for the ones before it only when nothing it looks at can be one of
   // their device nodes: its parent is a known directory (never a pending node: making one forgets
   // the path) and its target is not pending itself.
-  if (!parentKnown || name === OPAQUE_WHITEOUT || state.pending.answers.length >= MAX_PENDING_WHITEOUTS) await settlePending(state);
-  const parentHost = parentKnown ? under(root, parentParts) : resolveInRootSync(root, parentPath, { followFinal: true });
+  if (!parentKnown || name === OPAQUE_WHITEOUT || state.pending.answers.length >= MAX_PENDING_WHITEOUTS)
+    await settlePending(state);
+  const parentHost = parentKnown
+    ? under(root, parentParts)
+    : resolveInRootSync(root, parentPath, { followFinal: true });
   const parentRelParts = partsOf(relTo(root, parentHost));
   if (name === OPAQUE_WHITEOUT) {
     options.onOpaque?.(parentPath);
@@ -543,7 +588,9 @@ async function applyWhiteout(parentParts: string[], name: string, state: EntrySt
   if (options.whiteouts === 'overlay') {
     // Not awaited here: the next entry that is not such a whiteout waits for all of them.
     state.pending.paths.add(target);
-    state.pending.answers.push(state.fsops.mknod(target, 'c', 0, 0, 0).catch((err: unknown) => void (state.pending.error ??= err)));
+    state.pending.answers.push(
+      state.fsops.mknod(target, 'c', 0, 0, 0).catch((err: unknown) => void (state.pending.error ??= err)),
+    );
   }
 }
 
@@ -558,7 +605,11 @@ function ensureDirectory(root: string, dir: string, layerName: string, entryName
     host = join(host, part);
     const st = lstatSync(host, { throwIfNoEntry: false });
     if (st?.isDirectory()) continue;
-    if (st) throw new EsgzError('BAD_LAYER', `${layerName}: entry "${entryName}" needs "/${relative(root, host)}" to be a directory, but it is not`);
+    if (st)
+      throw new EsgzError(
+        'BAD_LAYER',
+        `${layerName}: entry "${entryName}" needs "/${relative(root, host)}" to be a directory, but it is not`,
+      );
     mkdirSync(host, { mode: 0o755 });
   }
 }

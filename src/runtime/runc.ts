@@ -51,10 +51,16 @@ export interface RunBundleResult {
 export async function findRunc(candidate: string = DEFAULT_RUNC): Promise<string> {
   const result = await execa(candidate, ['--version'], { reject: false, stdin: 'ignore' });
   if (result.failed || result.exitCode !== 0) {
-    throw new EsgzError('RUNTIME', `runc is not installed (looked for "${candidate}"): install it (Debian: apt-get install runc) or set ESGZ_RUNC`);
+    throw new EsgzError(
+      'RUNTIME',
+      `runc is not installed (looked for "${candidate}"): install it (Debian: apt-get install runc) or set ESGZ_RUNC`,
+    );
   }
   if (typeof process.getuid === 'function' && process.getuid() !== 0) {
-    throw new EsgzError('RUNTIME', 'running a container needs root (runc with overlayfs and fanotify): run esgz as root');
+    throw new EsgzError(
+      'RUNTIME',
+      'running a container needs root (runc with overlayfs and fanotify): run esgz as root',
+    );
   }
   return candidate;
 }
@@ -116,7 +122,8 @@ export async function runBundle(options: RunBundleOptions): Promise<RunBundleRes
         pending = lines.pop() ?? '';
         // Keep a bounded tail so a line split across chunks still matches.
         if (pending.length > 65536) pending = pending.slice(-65536);
-        if (lines.some((l) => l.includes(options.waitOnLine!)) || pending.includes(options.waitOnLine)) requestStop('line');
+        if (lines.some((l) => l.includes(options.waitOnLine!)) || pending.includes(options.waitOnLine))
+          requestStop('line');
       });
       child.stderr!.on('data', (chunk: Buffer) => {
         stderr.write(chunk);
@@ -138,7 +145,8 @@ export async function runBundle(options: RunBundleOptions): Promise<RunBundleRes
     }
     const result = await exited;
     if (first === 'exited') stopReason = 'exited';
-    if ((stopReason === 'signal' || options.signal?.aborted) && !options.waitOnSignal) throw new EsgzError('INTERRUPTED', 'interrupted');
+    if ((stopReason === 'signal' || options.signal?.aborted) && !options.waitOnSignal)
+      throw new EsgzError('INTERRUPTED', 'interrupted');
     if (stopReason === 'exited') {
       const exitCode = result.exitCode ?? (result.signal ? 128 : 1);
       const runcError = /runc run failed: (.*)/.exec(stderrTail);

@@ -105,13 +105,17 @@ export const NAMESPACE_SYSCALLS = [
 ];
 
 /** CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET (linux/sched.h). */
-export const CLONE_NAMESPACE_FLAGS = 0x00020000 + 0x02000000 + 0x04000000 + 0x08000000 + 0x10000000 + 0x20000000 + 0x40000000;
+export const CLONE_NAMESPACE_FLAGS =
+  0x00020000 + 0x02000000 + 0x04000000 + 0x08000000 + 0x10000000 + 0x20000000 + 0x40000000;
 const EPERM = 1;
 /** clone3 passes its flags in a struct seccomp cannot read: ENOSYS makes libcs fall back to clone, which can be filtered. */
 const ENOSYS = 38;
 
 /** Reads the profile file and builds the filter for a container with `capabilities` (its bounding set). */
-export async function loadSeccompProfile(capabilities: string[], path = CONTAINERS_SECCOMP_PROFILE): Promise<LinuxSeccomp> {
+export async function loadSeccompProfile(
+  capabilities: string[],
+  path = CONTAINERS_SECCOMP_PROFILE,
+): Promise<LinuxSeccomp> {
   let text: string;
   try {
     text = await readFile(path, 'utf8');
@@ -136,7 +140,8 @@ export async function loadSeccompProfile(capabilities: string[], path = CONTAINE
 
 function checkProfile(value: unknown, path: string): Profile {
   const p = value as Profile;
-  const bad = (why: string) => new EsgzError('RUNTIME', `the seccomp profile ${path} is not a containers/common profile: ${why}`);
+  const bad = (why: string) =>
+    new EsgzError('RUNTIME', `the seccomp profile ${path} is not a containers/common profile: ${why}`);
   if (typeof p !== 'object' || p === null || typeof p.defaultAction !== 'string') throw bad('no defaultAction');
   if (!Array.isArray(p.syscalls) || p.syscalls.length === 0) throw bad('no syscalls');
   for (const rule of p.syscalls) {
@@ -150,7 +155,12 @@ function checkProfile(value: unknown, path: string): Profile {
  * containers/common's setupSeccomp: keep the rules whose includes hold and whose excludes do not,
  * for the native architecture and the container's bounding capabilities; then the namespace rule.
  */
-export function seccompForContainer(profile: Profile, capabilities: string[], arch = LIBSECCOMP_ARCH[process.arch] ?? process.arch, kernel = release()): LinuxSeccomp {
+export function seccompForContainer(
+  profile: Profile,
+  capabilities: string[],
+  arch = LIBSECCOMP_ARCH[process.arch] ?? process.arch,
+  kernel = release(),
+): LinuxSeccomp {
   const out: LinuxSeccomp = { defaultAction: profile.defaultAction, syscalls: [] };
   if (profile.defaultErrnoRet != null) out.defaultErrnoRet = profile.defaultErrnoRet;
   const architectures = [...(profile.architectures ?? [])];
@@ -164,7 +174,8 @@ export function seccompForContainer(profile: Profile, capabilities: string[], ar
     if (names.length === 0) continue;
     const spec: SeccompRule = { names, action: rule.action };
     if (rule.errnoRet != null) spec.errnoRet = rule.errnoRet;
-    if (rule.args?.length) spec.args = rule.args.map((a) => ({ index: a.index, value: a.value, valueTwo: a.valueTwo ?? 0, op: a.op }));
+    if (rule.args?.length)
+      spec.args = rule.args.map((a) => ({ index: a.index, value: a.value, valueTwo: a.valueTwo ?? 0, op: a.op }));
     out.syscalls.push(spec);
   }
   if (!caps.has('CAP_SYS_ADMIN')) hardenNamespaceSyscalls(out, arch);
@@ -204,7 +215,13 @@ function hardenNamespaceSyscalls(filter: LinuxSeccomp, arch: string): void {
   filter.syscalls.push(
     { names: [...NAMESPACE_SYSCALLS], action: 'SCMP_ACT_ERRNO', errnoRet: EPERM },
     // s390 passes the flags as clone's second argument.
-    { names: ['clone'], action: 'SCMP_ACT_ALLOW', args: [{ index: arch.startsWith('s390') ? 1 : 0, value: CLONE_NAMESPACE_FLAGS, valueTwo: 0, op: 'SCMP_CMP_MASKED_EQ' }] },
+    {
+      names: ['clone'],
+      action: 'SCMP_ACT_ALLOW',
+      args: [
+        { index: arch.startsWith('s390') ? 1 : 0, value: CLONE_NAMESPACE_FLAGS, valueTwo: 0, op: 'SCMP_CMP_MASKED_EQ' },
+      ],
+    },
     { names: ['clone3'], action: 'SCMP_ACT_ERRNO', errnoRet: ENOSYS },
   );
 }

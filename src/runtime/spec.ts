@@ -195,7 +195,8 @@ const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, m: 1024 ** 2,
 export function parseByteSize(flag: string, value: string): number {
   const match = /^(\d+(?:\.\d+)?)\s*([bkmgt]?)i?b?$/i.exec(value.trim());
   const bytes = match ? Math.floor(Number(match[1]) * SIZE_UNITS[match[2]!.toLowerCase()]!) : NaN;
-  if (!Number.isSafeInteger(bytes)) throw new EsgzError('BAD_FLAG', `--${flag} must be a size such as 512m or 2g (got ${value})`);
+  if (!Number.isSafeInteger(bytes))
+    throw new EsgzError('BAD_FLAG', `--${flag} must be a size such as 512m or 2g (got ${value})`);
   return bytes;
 }
 
@@ -205,10 +206,16 @@ export function parseJsonArrayFlag(flag: string, value: string): string[] {
   try {
     parsed = JSON.parse(value);
   } catch {
-    throw new EsgzError('BAD_FLAG', `--${flag} must be a JSON array of strings, e.g. '["/bin/sh","-c"]' (got ${value})`);
+    throw new EsgzError(
+      'BAD_FLAG',
+      `--${flag} must be a JSON array of strings, e.g. '["/bin/sh","-c"]' (got ${value})`,
+    );
   }
   if (!Array.isArray(parsed) || !parsed.every((v) => typeof v === 'string')) {
-    throw new EsgzError('BAD_FLAG', `--${flag} must be a JSON array of strings, e.g. '["/bin/sh","-c"]' (got ${value})`);
+    throw new EsgzError(
+      'BAD_FLAG',
+      `--${flag} must be a JSON array of strings, e.g. '["/bin/sh","-c"]' (got ${value})`,
+    );
   }
   return parsed;
 }
@@ -262,15 +269,20 @@ export function parseMountFlag(value: string): RuntimeMount {
         mount.options = val.split(':').filter((o) => o !== '');
         break;
       default:
-        throw new EsgzError('BAD_FLAG', `--mount ${value}: option "${key}" is not supported (type, source, destination, options)`);
+        throw new EsgzError(
+          'BAD_FLAG',
+          `--mount ${value}: option "${key}" is not supported (type, source, destination, options)`,
+        );
     }
   }
   if (!mount.destination || !posix.isAbsolute(mount.destination)) {
     throw new EsgzError('BAD_FLAG', `--mount ${value}: needs an absolute destination=`);
   }
   if (mount.type === 'bind' || mount.options?.some((o) => o === 'bind' || o === 'rbind')) {
-    if (!mount.source || !isAbsolute(mount.source)) throw new EsgzError('BAD_FLAG', `--mount ${value}: a bind mount needs an absolute source=`);
-    if (!existsSync(mount.source)) throw new EsgzError('BAD_FLAG', `--mount ${value}: source ${mount.source} does not exist`);
+    if (!mount.source || !isAbsolute(mount.source))
+      throw new EsgzError('BAD_FLAG', `--mount ${value}: a bind mount needs an absolute source=`);
+    if (!existsSync(mount.source))
+      throw new EsgzError('BAD_FLAG', `--mount ${value}: source ${mount.source} does not exist`);
     mount.type ??= 'bind';
     if (!mount.options?.some((o) => o === 'bind' || o === 'rbind')) mount.options = ['rbind', ...(mount.options ?? [])];
   }
@@ -283,13 +295,18 @@ export async function readEnvFile(path: string): Promise<string[]> {
   try {
     text = await readFile(path, 'utf8');
   } catch (err) {
-    throw new EsgzError('BAD_FLAG', `env file ${path}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`, { cause: err });
+    throw new EsgzError(
+      'BAD_FLAG',
+      `env file ${path}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`,
+      { cause: err },
+    );
   }
   const out: string[] = [];
   text.split('\n').forEach((raw, i) => {
     const line = raw.replace(/\r$/, '').trim();
     if (line === '' || line.startsWith('#')) return;
-    if (line.indexOf('=') <= 0) throw new EsgzError('BAD_FLAG', `env file ${path}:${i + 1}: "${line}" is not KEY=VALUE`);
+    if (line.indexOf('=') <= 0)
+      throw new EsgzError('BAD_FLAG', `env file ${path}:${i + 1}: "${line}" is not KEY=VALUE`);
     out.push(line);
   });
   return out;
@@ -320,7 +337,8 @@ export interface ResolvedUser {
  */
 export async function resolveUser(rootfs: string, spec: string | undefined): Promise<ResolvedUser> {
   const value = (spec ?? '').trim();
-  if (value === '') return { uid: 0, gid: 0, additionalGids: [], home: (await passwdEntries(rootfs)).find((p) => p.uid === 0)?.home };
+  if (value === '')
+    return { uid: 0, gid: 0, additionalGids: [], home: (await passwdEntries(rootfs)).find((p) => p.uid === 0)?.home };
   const [userPart, groupPart, extra] = value.split(':');
   if (extra !== undefined || userPart === '') throw new EsgzError('BAD_FLAG', `user "${value}" is not user[:group]`);
   const passwd = await passwdEntries(rootfs);
@@ -347,7 +365,9 @@ export async function resolveUser(rootfs: string, spec: string | undefined): Pro
     }
   }
   gid ??= 0;
-  const additionalGids = name ? [...new Set(groups.filter((g) => g.members.includes(name!) && g.gid !== gid).map((g) => g.gid))] : [];
+  const additionalGids = name
+    ? [...new Set(groups.filter((g) => g.members.includes(name!) && g.gid !== gid).map((g) => g.gid))]
+    : [];
   return { uid, gid, additionalGids, home };
 }
 
@@ -404,7 +424,8 @@ export interface BuildSpecInput {
 export async function buildRuntimeSpec(input: BuildSpecInput): Promise<RuntimeSpec> {
   const { rootfs, config, options, bundleDir } = input;
   const image = config.config ?? {};
-  const entrypoint = options.entrypoint && options.entrypoint.length > 0 ? options.entrypoint : (image.Entrypoint ?? []);
+  const entrypoint =
+    options.entrypoint && options.entrypoint.length > 0 ? options.entrypoint : (image.Entrypoint ?? []);
   const cmd = options.args && options.args.length > 0 ? options.args : (image.Cmd ?? []);
   const args = [...entrypoint, ...cmd];
   if (args.length === 0) {
@@ -427,13 +448,33 @@ export async function buildRuntimeSpec(input: BuildSpecInput): Promise<RuntimeSp
   const readOnly = privileged ? 'rw' : 'ro';
   const mounts: RuntimeMount[] = [
     { destination: '/proc', type: 'proc', source: 'proc' },
-    { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
-    { destination: '/dev/pts', type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620'] },
-    { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
+    {
+      destination: '/dev',
+      type: 'tmpfs',
+      source: 'tmpfs',
+      options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'],
+    },
+    {
+      destination: '/dev/pts',
+      type: 'devpts',
+      source: 'devpts',
+      options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620'],
+    },
+    {
+      destination: '/dev/shm',
+      type: 'tmpfs',
+      source: 'shm',
+      options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'],
+    },
     { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
     { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', readOnly] },
     // With the cgroup namespace this shows the container's own cgroups (its limits), not the host's.
-    { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', readOnly] },
+    {
+      destination: '/sys/fs/cgroup',
+      type: 'cgroup',
+      source: 'cgroup',
+      options: ['nosuid', 'noexec', 'nodev', 'relatime', readOnly],
+    },
   ];
   if (options.netHost) {
     for (const file of ['/etc/hosts', '/etc/resolv.conf']) {
@@ -456,7 +497,11 @@ export async function buildRuntimeSpec(input: BuildSpecInput): Promise<RuntimeSp
     ociVersion: '1.0.2',
     process: {
       terminal: options.terminal ?? false,
-      user: { uid: user.uid, gid: user.gid, ...(user.additionalGids.length > 0 ? { additionalGids: user.additionalGids } : {}) },
+      user: {
+        uid: user.uid,
+        gid: user.gid,
+        ...(user.additionalGids.length > 0 ? { additionalGids: user.additionalGids } : {}),
+      },
       args,
       env,
       cwd,
@@ -492,13 +537,21 @@ function limits(options: RunOptions): Pick<RuntimeSpec['linux']['resources'], 'p
   const pids = options.pidsLimit ?? DEFAULT_PIDS_LIMIT;
   const memory = options.memoryLimitBytes ?? defaultMemoryLimitBytes();
   if (!Number.isSafeInteger(pids)) throw new EsgzError('BAD_FLAG', `pids limit ${pids} is not a whole number`);
-  if (!Number.isSafeInteger(memory) || memory < 0) throw new EsgzError('BAD_FLAG', `memory limit ${memory} is not a byte count`);
+  if (!Number.isSafeInteger(memory) || memory < 0)
+    throw new EsgzError('BAD_FLAG', `memory limit ${memory} is not a byte count`);
   // Below a few MiB runc's own init cannot start; say so instead of an OOM kill at start.
-  if (memory > 0 && memory < MIN_MEMORY_LIMIT_BYTES) throw new EsgzError('BAD_FLAG', `memory limit ${memory} bytes is below the minimum of ${MIN_MEMORY_LIMIT_BYTES / 1024 ** 2} MiB`);
+  if (memory > 0 && memory < MIN_MEMORY_LIMIT_BYTES)
+    throw new EsgzError(
+      'BAD_FLAG',
+      `memory limit ${memory} bytes is below the minimum of ${MIN_MEMORY_LIMIT_BYTES / 1024 ** 2} MiB`,
+    );
   return { ...(pids > 0 ? { pids: { limit: pids } } : {}), ...(memory > 0 ? { memory: { limit: memory } } : {}) };
 }
 
-async function writeResolverFiles(bundleDir: string, options: RunOptions): Promise<{ hosts: string; resolvConf: string }> {
+async function writeResolverFiles(
+  bundleDir: string,
+  options: RunOptions,
+): Promise<{ hosts: string; resolvConf: string }> {
   const nameservers = options.dnsNameservers ?? DEFAULT_NAMESERVERS;
   let resolv = nameservers.map((n) => `nameserver ${n}\n`).join('');
   if (options.dnsSearchDomains?.length) resolv += `search ${options.dnsSearchDomains.join(' ')}\n`;
@@ -515,7 +568,8 @@ async function writeResolverFiles(bundleDir: string, options: RunOptions): Promi
     .join('');
   for (const entry of options.addHosts ?? []) {
     const colon = entry.indexOf(':');
-    if (colon <= 0 || colon === entry.length - 1) throw new EsgzError('BAD_FLAG', `host entry "${entry}" is not host:IP`);
+    if (colon <= 0 || colon === entry.length - 1)
+      throw new EsgzError('BAD_FLAG', `host entry "${entry}" is not host:IP`);
     hosts += `${entry.slice(colon + 1)}\t${entry.slice(0, colon)}\n`;
   }
   const dir = join(bundleDir, 'etc');
@@ -547,7 +601,8 @@ async function writeAtomically(path: string, data: string): Promise<void> {
 export async function checkExecutable(rootfs: string, spec: RuntimeSpec): Promise<string> {
   const command = spec.process.args[0]!;
   const candidates: string[] = [];
-  if (command.includes('/')) candidates.push(posix.isAbsolute(command) ? command : posix.join(spec.process.cwd, command));
+  if (command.includes('/'))
+    candidates.push(posix.isAbsolute(command) ? command : posix.join(spec.process.cwd, command));
   else {
     const pathVar = spec.process.env.find((e) => e.startsWith('PATH='))?.slice(5) ?? DEFAULT_PATH;
     for (const dir of pathVar.split(':').filter((d) => d !== '')) candidates.push(posix.join(dir, command));

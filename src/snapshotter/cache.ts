@@ -87,7 +87,11 @@ export class ChunkCache {
   async put(digest: string, data: Buffer): Promise<void> {
     const hex = hexOf(digest);
     const actual = createHash('sha256').update(data).digest('hex');
-    if (actual !== hex) throw new EsgzError('DIGEST_MISMATCH', `chunk cache: refusing to store bytes with digest sha256:${actual} as ${digest}`);
+    if (actual !== hex)
+      throw new EsgzError(
+        'DIGEST_MISMATCH',
+        `chunk cache: refusing to store bytes with digest sha256:${actual} as ${digest}`,
+      );
     const final = this.pathOf(digest);
     const dir = join(this.dir, hex.slice(0, 2));
     await mkdirPrivate(dir);
@@ -98,7 +102,8 @@ export class ChunkCache {
   /** Removes the temp files of writers that died (a crash between write and rename). */
   async sweepTemps(): Promise<number> {
     let swept = 0;
-    for (const prefix of await readdir(this.dir).catch(() => [] as string[])) swept += await sweepDeadTemps(join(this.dir, prefix));
+    for (const prefix of await readdir(this.dir).catch(() => [] as string[]))
+      swept += await sweepDeadTemps(join(this.dir, prefix));
     return swept;
   }
 
@@ -124,7 +129,11 @@ export class ChunkCache {
 }
 
 /** `length` bytes at `offset`, or undefined when the file is shorter. */
-async function readFully(handle: import('node:fs/promises').FileHandle, offset: number, length: number): Promise<Buffer | undefined> {
+async function readFully(
+  handle: import('node:fs/promises').FileHandle,
+  offset: number,
+  length: number,
+): Promise<Buffer | undefined> {
   const buf = Buffer.allocUnsafe(length);
   let got = 0;
   while (got < length) {
@@ -137,7 +146,8 @@ async function readFully(handle: import('node:fs/promises').FileHandle, offset: 
 
 function hexOf(digest: string): string {
   const hex = digest.startsWith('sha256:') ? digest.slice(7) : '';
-  if (!HEX64.test(hex)) throw new EsgzError('BAD_FORMAT', `chunk digest ${JSON.stringify(digest)} is not a sha256 digest`);
+  if (!HEX64.test(hex))
+    throw new EsgzError('BAD_FORMAT', `chunk digest ${JSON.stringify(digest)} is not a sha256 digest`);
   return hex;
 }
 
@@ -178,8 +188,6 @@ interface Waiter {
 
 /** Chunks that have no digest cannot be cached; they are fetched for each read and kept briefly here. */
 type Uncached = Map<string, Promise<Buffer>>;
-
-
 
 /**
  * Serves file ranges of one layer through the chunk cache.
@@ -226,9 +234,19 @@ export class LazyLayer {
 
   /** Bytes [offset, offset+length) of the regular file `name` (TOC entry `entry`, hardlinks resolved). */
   async readRange(name: string, _entry: TOCEntry, offset: number, length: number): Promise<Buffer> {
-    const chunks = this.reader.chunks(name).filter((c) => c.fileOffset < offset + length && c.fileOffset + c.length > offset);
+    const chunks = this.reader
+      .chunks(name)
+      .filter((c) => c.fileOffset < offset + length && c.fileOffset + c.length > offset);
     // Ask for every missing member of the range at once so they can share one request.
-    const parts = await Promise.all(chunks.map((c) => this.chunkSlice(c, Math.max(offset, c.fileOffset) - c.fileOffset, Math.min(offset + length, c.fileOffset + c.length) - Math.max(offset, c.fileOffset))));
+    const parts = await Promise.all(
+      chunks.map((c) =>
+        this.chunkSlice(
+          c,
+          Math.max(offset, c.fileOffset) - c.fileOffset,
+          Math.min(offset + length, c.fileOffset + c.length) - Math.max(offset, c.fileOffset),
+        ),
+      ),
+    );
     return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
   }
 
@@ -244,7 +262,11 @@ export class LazyLayer {
     }
     await this.ensureMembers([this.memberOf(chunk)]);
     const fetched = await this.cache.read(chunk.chunkDigest, chunk.length, from, length);
-    if (!fetched) throw new EsgzError('INTERNAL', `${this.reader.where}: ${chunk.name}: chunk at ${chunk.fileOffset} vanished from the cache`);
+    if (!fetched)
+      throw new EsgzError(
+        'INTERNAL',
+        `${this.reader.where}: ${chunk.name}: chunk at ${chunk.fileOffset} vanished from the cache`,
+      );
     return fetched;
   }
 
@@ -261,7 +283,8 @@ export class LazyLayer {
 
   /** Whether every chunk of `name` is in the cache. */
   async isCached(name: string): Promise<boolean> {
-    for (const c of this.reader.chunks(name)) if (!c.chunkDigest || !(await this.cache.has(c.chunkDigest, c.length))) return false;
+    for (const c of this.reader.chunks(name))
+      if (!c.chunkDigest || !(await this.cache.has(c.chunkDigest, c.length))) return false;
     return true;
   }
 
@@ -341,17 +364,27 @@ export class LazyLayer {
     try {
       plain = await this.reader.codec.decompress(compressed);
     } catch (err) {
-      throw new EsgzError('BAD_LAYER', `${this.reader.where}: member at ${member.start} does not decompress (${err instanceof Error ? err.message : String(err)})`, { cause: err });
+      throw new EsgzError(
+        'BAD_LAYER',
+        `${this.reader.where}: member at ${member.start} does not decompress (${err instanceof Error ? err.message : String(err)})`,
+        { cause: err },
+      );
     }
     for (const chunk of member.chunks) {
       if (plain.length < chunk.innerOffset + chunk.length) {
-        throw new EsgzError('BAD_LAYER', `${this.reader.where}: ${chunk.name}: member at ${member.start} holds ${plain.length} bytes, chunk needs ${chunk.innerOffset + chunk.length}`);
+        throw new EsgzError(
+          'BAD_LAYER',
+          `${this.reader.where}: ${chunk.name}: member at ${member.start} holds ${plain.length} bytes, chunk needs ${chunk.innerOffset + chunk.length}`,
+        );
       }
       const bytes = plain.subarray(chunk.innerOffset, chunk.innerOffset + chunk.length);
       if (!chunk.chunkDigest) continue;
       const actual = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
       if (actual !== chunk.chunkDigest) {
-        throw new EsgzError('DIGEST_MISMATCH', `${this.reader.where}: ${chunk.name}: chunk at ${chunk.fileOffset} has digest ${actual}, TOC says ${chunk.chunkDigest}`);
+        throw new EsgzError(
+          'DIGEST_MISMATCH',
+          `${this.reader.where}: ${chunk.name}: chunk at ${chunk.fileOffset} has digest ${actual}, TOC says ${chunk.chunkDigest}`,
+        );
       }
       // A file this process has not checked may be the corrupt one being replaced: write it again.
       if (!this.cache.isVerified(chunk.chunkDigest)) await this.cache.put(chunk.chunkDigest, bytes);
@@ -368,7 +401,11 @@ export class LazyLayer {
         try {
           this.stats.requests++;
           const data = await this.blob.read(offset, length);
-          if (data.length !== length) throw new EsgzError('SIZE_MISMATCH', `${this.reader.where}: range read at ${offset} returned ${data.length} of ${length} bytes`);
+          if (data.length !== length)
+            throw new EsgzError(
+              'SIZE_MISMATCH',
+              `${this.reader.where}: range read at ${offset} returned ${data.length} of ${length} bytes`,
+            );
           this.stats.bytes += data.length;
           return data;
         } catch (err) {
@@ -410,7 +447,9 @@ export class LazyLayer {
     const members = [...this.membersByStart.values()].filter((m) => m.end <= end).sort((a, b) => a.start - b.start);
     const missing: Member[] = [];
     for (const m of members) {
-      const cached = await Promise.all(m.chunks.map((c) => (c.chunkDigest ? this.cache.has(c.chunkDigest, c.length) : Promise.resolve(false))));
+      const cached = await Promise.all(
+        m.chunks.map((c) => (c.chunkDigest ? this.cache.has(c.chunkDigest, c.length) : Promise.resolve(false))),
+      );
       if (!cached.every(Boolean)) missing.push(m);
     }
     let bytes = 0;
@@ -439,7 +478,9 @@ export class LazyLayer {
     const members = [...this.membersByStart.values()].sort((a, b) => a.start - b.start);
     const missing: Member[] = [];
     for (const m of members) {
-      const cached = await Promise.all(m.chunks.map((c) => (c.chunkDigest ? this.cache.has(c.chunkDigest, c.length) : Promise.resolve(true))));
+      const cached = await Promise.all(
+        m.chunks.map((c) => (c.chunkDigest ? this.cache.has(c.chunkDigest, c.length) : Promise.resolve(true))),
+      );
       if (!cached.every(Boolean)) missing.push(m);
     }
     let batch: Member[] = [];
@@ -463,18 +504,32 @@ export class LazyLayer {
 
 /** Errors worth another attempt: network trouble, 5xx/429, short reads. Digest mismatches are not. */
 export function isTransient(err: unknown): boolean {
-  if (isEsgzError(err)) return err.code === 'NETWORK' || err.code === 'SIZE_MISMATCH' || (err.code === 'REGISTRY' && /\b(5\d\d|429)\b/.test(err.message));
+  if (isEsgzError(err))
+    return (
+      err.code === 'NETWORK' ||
+      err.code === 'SIZE_MISMATCH' ||
+      (err.code === 'REGISTRY' && /\b(5\d\d|429)\b/.test(err.message))
+    );
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
-  return typeof code === 'string' && /^(ECONNRESET|ECONNREFUSED|EPIPE|ETIMEDOUT|EAI_AGAIN|UND_ERR_SOCKET|UND_ERR_CONNECT_TIMEOUT|UND_ERR_HEADERS_TIMEOUT|UND_ERR_BODY_TIMEOUT)$/.test(code);
+  return (
+    typeof code === 'string' &&
+    /^(ECONNRESET|ECONNREFUSED|EPIPE|ETIMEDOUT|EAI_AGAIN|UND_ERR_SOCKET|UND_ERR_CONNECT_TIMEOUT|UND_ERR_HEADERS_TIMEOUT|UND_ERR_BODY_TIMEOUT)$/.test(
+      code,
+    )
+  );
 }
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     if (signal.aborted) return resolve();
     const t = setTimeout(resolve, ms);
-    signal.addEventListener('abort', () => {
-      clearTimeout(t);
-      resolve();
-    }, { once: true });
+    signal.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(t);
+        resolve();
+      },
+      { once: true },
+    );
   });
 }

@@ -28,7 +28,14 @@ declare module 'fuse-native' {
     opendir?(path: string, flags: number, cb: (code: number, fd?: number) => void): void;
     release?(path: string, fd: number, cb: Cb): void;
     releasedir?(path: string, fd: number, cb: Cb): void;
-    read?(path: string, fd: number, buffer: Buffer, length: number, position: number, cb: (result: number) => void): void;
+    read?(
+      path: string,
+      fd: number,
+      buffer: Buffer,
+      length: number,
+      position: number,
+      cb: (result: number) => void,
+    ): void;
     getxattr?(path: string, name: string, position: number, cb: (code: number, value?: Buffer | null) => void): void;
     listxattr?(path: string, cb: (code: number, names?: string[]) => void): void;
     statfs?(path: string, cb: (code: number, statfs?: Record<string, number>) => void): void;

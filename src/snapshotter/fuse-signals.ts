@@ -25,7 +25,9 @@ export function shieldFuseThreadsFromSignals(onWarning?: (message: string) => vo
   if (state !== 'unchecked') return;
   if (!existsSync(SIGMASK_ADDON)) {
     state = 'unavailable';
-    onWarning?.(`native/sigmask is not built (${SIGMASK_ADDON}); run "npm run build:native": without it a container exit can hang esgz`);
+    onWarning?.(
+      `native/sigmask is not built (${SIGMASK_ADDON}); run "npm run build:native": without it a container exit can hang esgz`,
+    );
     return;
   }
   const addon = { exports: {} as { callWithSignalsBlocked<T>(fn: () => T): T } };
@@ -41,9 +43,12 @@ export function shieldFuseThreadsFromSignals(onWarning?: (message: string) => vo
     return;
   }
   if (!mount.shielded) {
-    const shielded = Object.assign(function (this: unknown, ...args: unknown[]) {
-      return addon.exports.callWithSignalsBlocked(() => mount.apply(this, args));
-    }, { shielded: true });
+    const shielded = Object.assign(
+      function (this: unknown, ...args: unknown[]) {
+        return addon.exports.callWithSignalsBlocked(() => mount.apply(this, args));
+      },
+      { shielded: true },
+    );
     binding.fuse_native_mount = shielded;
   }
   state = 'shielded';

@@ -112,7 +112,16 @@ export class LayerTree {
         if (node !== existing) this.place(parentName, base, node, where);
         continue;
       }
-      const typeBits = e.type === 'reg' ? S_IFREG : e.type === 'symlink' ? S_IFLNK : e.type === 'char' ? S_IFCHR : e.type === 'block' ? S_IFBLK : S_IFIFO;
+      const typeBits =
+        e.type === 'reg'
+          ? S_IFREG
+          : e.type === 'symlink'
+            ? S_IFLNK
+            : e.type === 'char'
+              ? S_IFCHR
+              : e.type === 'block'
+                ? S_IFBLK
+                : S_IFIFO;
       const node = this.newNode(typeBits);
       this.applyMeta(node, e, typeBits);
       if (e.type === 'reg') {
@@ -133,7 +142,10 @@ export class LayerTree {
     for (const { name, target } of hardlinks) {
       const node = this.byPath.get(target);
       if (!node || node.children) {
-        throw new EsgzError('BAD_FORMAT', `${where}: hardlink ${JSON.stringify(name)} points at ${node ? 'a directory' : 'a missing entry'} ${JSON.stringify(target)}`);
+        throw new EsgzError(
+          'BAD_FORMAT',
+          `${where}: hardlink ${JSON.stringify(name)} points at ${node ? 'a directory' : 'a missing entry'} ${JSON.stringify(target)}`,
+        );
       }
       const slash = name.lastIndexOf('/');
       this.place(slash < 0 ? '' : name.slice(0, slash), name.slice(slash + 1), node, where);
@@ -167,7 +179,8 @@ export class LayerTree {
   private dir(name: string, where: string): FsNode {
     const found = this.byPath.get(name);
     if (found) {
-      if (!found.children) throw new EsgzError('BAD_FORMAT', `${where}: ${JSON.stringify(name)} is used as a directory but is not one`);
+      if (!found.children)
+        throw new EsgzError('BAD_FORMAT', `${where}: ${JSON.stringify(name)} is used as a directory but is not one`);
       return found;
     }
     const slash = name.lastIndexOf('/');
@@ -257,14 +270,26 @@ function toStat(node: FsNode): FuseStat {
 /** Mounts the layer's TOC at `mountpoint` (created if missing). The FUSE server runs in this process. */
 export async function mountLayer(mountpoint: string, options: MountLayerOptions): Promise<MountedLayer> {
   const where = options.where ?? mountpoint;
-  if (!existsSync('/dev/fuse')) throw new EsgzError('UNSUPPORTED', 'cannot serve layers lazily: /dev/fuse does not exist (load the fuse module, or run the container with --device /dev/fuse)');
+  if (!existsSync('/dev/fuse'))
+    throw new EsgzError(
+      'UNSUPPORTED',
+      'cannot serve layers lazily: /dev/fuse does not exist (load the fuse module, or run the container with --device /dev/fuse)',
+    );
   const tree = new LayerTree(options.entries, where);
   await mkdir(mountpoint, { recursive: true });
   shieldFuseThreadsFromSignals((message) => process.emitWarning(message));
   const fuse = createFuse(mountpoint, layerOperations(tree, options));
   answerSmallXattrBuffersWithERANGE(fuse, tree);
   await new Promise<void>((resolve, reject) => {
-    fuse.mount((err) => (err ? reject(new EsgzError('RUNTIME', `cannot mount FUSE layer ${where} at ${mountpoint}: ${err.message}`, { cause: err })) : resolve()));
+    fuse.mount((err) =>
+      err
+        ? reject(
+            new EsgzError('RUNTIME', `cannot mount FUSE layer ${where} at ${mountpoint}: ${err.message}`, {
+              cause: err,
+            }),
+          )
+        : resolve(),
+    );
   });
   return mountedLayer(fuse, mountpoint, tree);
 }
@@ -288,7 +313,11 @@ function layerOperations(tree: LayerTree, options: MountLayerOptions): import('f
       withNode(path, cb, (node) => {
         if (!node.children) return cb(Fuse.ENOTDIR);
         const names = [...node.children.keys()];
-        cb(0, names, names.map((n) => toStat(node.children!.get(n)!)));
+        cb(
+          0,
+          names,
+          names.map((n) => toStat(node.children!.get(n)!)),
+        );
       });
     },
     readlink(path, cb) {
@@ -353,11 +382,20 @@ function createFuse(mountpoint: string, ops: import('fuse-native').FuseOps): Fus
  * xattr API requires (a size query, length 0, still gets the length).
  */
 function answerSmallXattrBuffersWithERANGE(fuse: Fuse, tree: LayerTree): void {
-  const internals = fuse as unknown as { _op_getxattr(signal: (code: number, buf: ArrayBuffer) => void, path: string, name: string, valueBuf: Buffer, position: number): void };
+  const internals = fuse as unknown as {
+    _op_getxattr(
+      signal: (code: number, buf: ArrayBuffer) => void,
+      path: string,
+      name: string,
+      valueBuf: Buffer,
+      position: number,
+    ): void;
+  };
   const originalGetxattr = internals._op_getxattr.bind(fuse);
   internals._op_getxattr = (signal, path, name, valueBuf, position) => {
     const value = tree.lookup(path)?.xattrs.get(name);
-    if (value && valueBuf.length !== 0 && value.length > valueBuf.length) return signal(-34 /* ERANGE */, valueBuf.buffer as ArrayBuffer);
+    if (value && valueBuf.length !== 0 && value.length > valueBuf.length)
+      return signal(-34 /* ERANGE */, valueBuf.buffer as ArrayBuffer);
     return originalGetxattr(signal, path, name, valueBuf, position);
   };
 }
@@ -375,7 +413,9 @@ function mountedLayer(fuse: Fuse, mountpoint: string, tree: LayerTree): MountedL
         fuse.unmount((err) => {
           if (!err) return resolve();
           // Busy (a process still has it open): detach lazily so nothing stays behind.
-          void execa('fusermount', ['-uz', mountpoint], { reject: false }).then(() => execa('umount', ['-l', mountpoint], { reject: false })).then(() => resolve());
+          void execa('fusermount', ['-uz', mountpoint], { reject: false })
+            .then(() => execa('umount', ['-l', mountpoint], { reject: false }))
+            .then(() => resolve());
         });
       });
     },
@@ -386,4 +426,3 @@ export async function forceUnmount(mountpoint: string): Promise<void> {
   const r = await execa('fusermount', ['-uz', mountpoint], { reject: false });
   if (r.exitCode !== 0) await execa('umount', ['-l', mountpoint], { reject: false });
 }
-

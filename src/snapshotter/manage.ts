@@ -9,7 +9,15 @@ import { forceUnmount } from './fusefs.js';
 import { DEFAULT_RUNC, deleteStaleContainers } from '../runtime/runc.js';
 import type { BlobReader } from '../estargz/reader.js';
 import { normalizeReference, openStoredLayer } from './rpull.js';
-import { fsyncDir, PRIVATE_DIR_MODE, removeUnlessMounted, StateRoot, writeFileAtomic, type ImageRecord, type LayerRecord } from './state.js';
+import {
+  fsyncDir,
+  PRIVATE_DIR_MODE,
+  removeUnlessMounted,
+  StateRoot,
+  writeFileAtomic,
+  type ImageRecord,
+  type LayerRecord,
+} from './state.js';
 
 export interface ImageSummary {
   reference: string;
@@ -39,7 +47,8 @@ export async function listImages(stateRoot?: string): Promise<ImageSummary[]> {
 export async function removeImage(reference: string, stateRoot?: string): Promise<string> {
   const { reference: normalized } = normalizeReference(reference);
   const state = new StateRoot(stateRoot);
-  if (!(await state.removeImage(normalized))) throw new EsgzError('NOT_FOUND', `image ${normalized} is not in ${state.root}`);
+  if (!(await state.removeImage(normalized)))
+    throw new EsgzError('NOT_FOUND', `image ${normalized} is not in ${state.root}`);
   return normalized;
 }
 
@@ -64,7 +73,7 @@ const OLD_OWNER_FILE = 'owner';
 async function owner(containerDir: string): Promise<{ file: string; alive: boolean } | undefined> {
   for (const file of [RUNNING_MARK, OLD_OWNER_FILE]) {
     const text = await readFile(join(containerDir, file), 'utf8').catch(() => undefined);
-    if (text !== undefined) return { file, alive: text.trim() !== '' && (identityAlive(text.trim())) };
+    if (text !== undefined) return { file, alive: text.trim() !== '' && identityAlive(text.trim()) };
   }
   return undefined;
 }
@@ -76,7 +85,11 @@ async function owner(containerDir: string): Promise<{ file: string; alive: boole
  * of a live `esgz run` and kept containers (marked by run when it finished) stay. Call with the
  * state root's lock held (a run claims its directory and writes its owner under that lock).
  */
-export async function cleanStaleContainers(state: StateRoot, onWarning?: (message: string) => void, runc: string = DEFAULT_RUNC): Promise<number> {
+export async function cleanStaleContainers(
+  state: StateRoot,
+  onWarning?: (message: string) => void,
+  runc: string = DEFAULT_RUNC,
+): Promise<number> {
   let cleaned = 0;
   const dir = state.containersDir();
   for (const id of await readdir(dir).catch(() => [] as string[])) {
@@ -89,7 +102,8 @@ export async function cleanStaleContainers(state: StateRoot, onWarning?: (messag
     const mounts = mountsUnder(containerDir);
     // Kept containers (finished without --rm) have no owner file left and nothing mounted; an
     // empty directory is a claim whose run was killed before it wrote its owner.
-    const leftover = mounts.length > 0 || who?.file === RUNNING_MARK || (await readdir(containerDir).catch(() => ['?'])).length === 0;
+    const leftover =
+      mounts.length > 0 || who?.file === RUNNING_MARK || (await readdir(containerDir).catch(() => ['?'])).length === 0;
     if (!leftover) continue;
     const layerMounts = mounts.filter((m) => /\/l\/[^/]+$/.test(m));
     const runcRoot = join(containerDir, 's');
@@ -110,7 +124,10 @@ export async function claimContainer(state: StateRoot, id: string): Promise<stri
     await mkdir(containerDir, { mode: PRIVATE_DIR_MODE });
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
-      throw new EsgzError('BAD_FLAG', `container ${id} already exists in ${state.containersDir()} (pick another ID or remove it)`);
+      throw new EsgzError(
+        'BAD_FLAG',
+        `container ${id} already exists in ${state.containersDir()} (pick another ID or remove it)`,
+      );
     }
     throw err;
   }
@@ -127,7 +144,11 @@ export async function markKept(containerDir: string): Promise<void> {
 }
 
 /** Removes blobs, layers and cached chunks that no pulled image uses, and containers whose esgz run died. */
-export async function pruneState(stateRoot?: string, onWarning?: (message: string) => void, runc: string = DEFAULT_RUNC): Promise<{ containers: number; blobs: number; layers: number; chunks: number; bytes: number }> {
+export async function pruneState(
+  stateRoot?: string,
+  onWarning?: (message: string) => void,
+  runc: string = DEFAULT_RUNC,
+): Promise<{ containers: number; blobs: number; layers: number; chunks: number; bytes: number }> {
   const state = new StateRoot(stateRoot);
   await state.init();
   const unlock = await state.lock('image prune');
@@ -137,11 +158,17 @@ export async function pruneState(stateRoot?: string, onWarning?: (message: strin
     const inUse = new Set<string>();
     const lazyLayers = new Map<string, { layer: LayerRecord; where: string }>();
     for (const image of await state.listImages()) {
-      for (const [i, layer] of image.layers.entries()) if (layer.kind === 'lazy') lazyLayers.set(layer.digest, { layer, where: `${image.reference} layer ${i}` });
+      for (const [i, layer] of image.layers.entries())
+        if (layer.kind === 'lazy') lazyLayers.set(layer.digest, { layer, where: `${image.reference} layer ${i}` });
     }
     for (const pin of pins) {
       // A live run of an image since removed still reads chunks of its layers' TOCs.
-      for (const l of pin.layers) if (!lazyLayers.has(l.digest)) lazyLayers.set(l.digest, { layer: { mediaType: '', kind: 'lazy', ...l }, where: `layer ${l.digest} (in use)` });
+      for (const l of pin.layers)
+        if (!lazyLayers.has(l.digest))
+          lazyLayers.set(l.digest, {
+            layer: { mediaType: '', kind: 'lazy', ...l },
+            where: `layer ${l.digest} (in use)`,
+          });
     }
     for (const { layer, where } of lazyLayers.values()) {
       if (!(await state.getLayerMeta(layer.digest))) continue;

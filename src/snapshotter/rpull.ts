@@ -20,7 +20,15 @@ import type { ImageSource } from '../image/types.js';
 import { unpackLayer } from '../rootfs/unpack.js';
 import { formatReference, parseReference } from '../registry/reference.js';
 import { ChunkCache, LazyLayer, type FetchPolicy } from './cache.js';
-import { mkdirPrivate, PrimedBlobReader, StateRoot, syncFilesystem, tempTag, type ImageRecord, type LayerRecord } from './state.js';
+import {
+  mkdirPrivate,
+  PrimedBlobReader,
+  StateRoot,
+  syncFilesystem,
+  tempTag,
+  type ImageRecord,
+  type LayerRecord,
+} from './state.js';
 
 /** The registry options (`plainHttp`, `insecure`, hosts.toml, TLS, credentials, trace) come from RegistryOptions. */
 export interface RpullOptions extends RegistryOptions {
@@ -70,13 +78,25 @@ export function normalizeReference(reference: string): { reference: string; repo
 }
 
 /** Opens a lazy layer's TOC from what rpull stored, without a request (run, prune). */
-export async function openStoredLayer(state: StateRoot, layer: LayerRecord, inner: BlobReader, where: string): Promise<EstargzReader> {
+export async function openStoredLayer(
+  state: StateRoot,
+  layer: LayerRecord,
+  inner: BlobReader,
+  where: string,
+): Promise<EstargzReader> {
   const saved = await state.getLayerMeta(layer.digest);
-  if (!saved) throw new EsgzError('NOT_FOUND', `${where}: the TOC of layer ${layer.digest} is not in the state root (pull the image again)`);
+  if (!saved)
+    throw new EsgzError(
+      'NOT_FOUND',
+      `${where}: the TOC of layer ${layer.digest} is not in the state root (pull the image again)`,
+    );
   const primed = new PrimedBlobReader(inner, saved.ranges);
-  return EstargzReader.open(primed, { expectedTOCDigest: layer.tocDigest, where, ...(saved.externalTOC ? { externalTOC: saved.externalTOC } : {}) });
+  return EstargzReader.open(primed, {
+    expectedTOCDigest: layer.tocDigest,
+    where,
+    ...(saved.externalTOC ? { externalTOC: saved.externalTOC } : {}),
+  });
 }
-
 
 /** What the phases of one pull share. */
 interface Pull {
@@ -117,7 +137,11 @@ export async function rpull(options: RpullOptions): Promise<RpullReport> {
     await state.putBlob(image.manifest.config.digest, image.configBytes);
     // Phase 2: layers that are not lazily pullable, downloaded (digest-verified while streaming) and unpacked.
     for (const [i, toc] of tocs.entries()) await unpackEagerLayer(pull, toc, i);
-    const record = await storeImageRecord(pull, repository, tocs.map((t) => t.record));
+    const record = await storeImageRecord(
+      pull,
+      repository,
+      tocs.map((t) => t.record),
+    );
     const resolveMs = Date.now() - started;
     // Phase 3: prioritized ranges, one Range request per layer; then, if asked, everything else.
     const cache = new ChunkCache(state.chunksRoot);
@@ -151,7 +175,8 @@ async function resolvePulledImage(source: ImageSource, reference: string, platfo
   const [image] = await resolveImages(source, { platform });
   const { manifest, config } = image!;
   const diffIDs = config.rootfs?.diff_ids;
-  if (!Array.isArray(diffIDs)) throw new EsgzError('BAD_MANIFEST', `config ${manifest.config.digest} has no rootfs.diff_ids`);
+  if (!Array.isArray(diffIDs))
+    throw new EsgzError('BAD_MANIFEST', `config ${manifest.config.digest} has no rootfs.diff_ids`);
   if (diffIDs.length !== manifest.layers.length) {
     const counts = `manifest has ${manifest.layers.length} layers but the config lists ${diffIDs.length} diff_ids`;
     throw new EsgzError('BAD_MANIFEST', `${reference}: ${counts}`);
@@ -200,7 +225,9 @@ async function readLayerTOC(pull: Pull, desc: Descriptor, i: number): Promise<La
     } catch (err) {
       if (!(err instanceof ExternalTOCRequiredError)) throw err;
       // The footer says the TOC lives in the "-esgztoc" TOC image (ctr-remote --estargz-external-toc).
-      pull.externalTOCs ??= ExternalTOCImage.ofRegistryImage(pull.reference, pull.options, { platform: pull.options.platform });
+      pull.externalTOCs ??= ExternalTOCImage.ofRegistryImage(pull.reference, pull.options, {
+        platform: pull.options.platform,
+      });
       externalTOC = await pull.externalTOCs.tocFor(digest);
       reader = await EstargzReader.open(primed, { expectedTOCDigest: tocDigest, where, externalTOC });
       pull.progress(`${where}: TOC taken from the TOC image`);
@@ -216,7 +243,14 @@ async function readLayerTOC(pull: Pull, desc: Descriptor, i: number): Promise<La
   const prefetchEnd = landmark.kind === 'prefetch' ? landmark.offset : undefined;
   return {
     record: { digest, mediaType, size, kind: 'lazy', tocDigest, ...(prefetchEnd !== undefined ? { prefetchEnd } : {}) },
-    report: { digest, kind: 'lazy', size, fetchedBytes, prefetchedBytes: 0, ...(externalTOC ? { externalTOCBytes: externalTOC.length } : {}) },
+    report: {
+      digest,
+      kind: 'lazy',
+      size,
+      fetchedBytes,
+      prefetchedBytes: 0,
+      ...(externalTOC ? { externalTOCBytes: externalTOC.length } : {}),
+    },
     reader,
   };
 }
@@ -278,7 +312,11 @@ async function storeImageRecord(pull: Pull, repository: string, layers: LayerRec
 }
 
 /** Phase 3: each lazy layer's prioritized range into the chunk cache; a failure only costs the prefetch. */
-async function prefetchLayers({ progress }: Pull, tocs: LayerTOC[], lazies: ReadonlyArray<LazyLayer | undefined>): Promise<void> {
+async function prefetchLayers(
+  { progress }: Pull,
+  tocs: LayerTOC[],
+  lazies: ReadonlyArray<LazyLayer | undefined>,
+): Promise<void> {
   await Promise.all(
     tocs.map(async ({ record, report }, i) => {
       const lazy = lazies[i];
@@ -299,7 +337,11 @@ async function prefetchLayers({ progress }: Pull, tocs: LayerTOC[], lazies: Read
 }
 
 /** `backgroundFetch`: every chunk the prefetch left, layer by layer. */
-async function fetchRemaining({ reference, progress }: Pull, tocs: LayerTOC[], lazies: Array<LazyLayer | undefined>): Promise<void> {
+async function fetchRemaining(
+  { reference, progress }: Pull,
+  tocs: LayerTOC[],
+  lazies: Array<LazyLayer | undefined>,
+): Promise<void> {
   for (const [i, lazy] of lazies.entries()) {
     if (!lazy) continue;
     const before = lazy.stats.bytes;

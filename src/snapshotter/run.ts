@@ -87,7 +87,9 @@ export async function mountImage(options: MountImageOptions): Promise<MountedIma
     if (ownSource) await source.close().catch(() => undefined);
     // Never through a mount that would not go: that would delete the layers (or host files) it shows.
     const target = opts.keepUpper ? join(options.workDir, 'l') : options.workDir;
-    await removeUnlessMounted(target, (m) => errors.push(new EsgzError('RUNTIME', m))).catch((e: unknown) => errors.push(e));
+    await removeUnlessMounted(target, (m) => errors.push(new EsgzError('RUNTIME', m))).catch((e: unknown) =>
+      errors.push(e),
+    );
     if (errors.length) throw errors[0];
   };
 
@@ -98,7 +100,8 @@ export async function mountImage(options: MountImageOptions): Promise<MountedIma
     for (const [i, layer] of record.layers.entries()) {
       const where = `layer ${i} (${layer.digest})`;
       if (layer.kind === 'unpacked') {
-        if (!(await state.hasUnpacked(layer.digest))) throw new EsgzError('NOT_FOUND', `${where} is not unpacked in ${state.root} (pull the image again)`);
+        if (!(await state.hasUnpacked(layer.digest)))
+          throw new EsgzError('NOT_FOUND', `${where} is not unpacked in ${state.root} (pull the image again)`);
         lowerDirs.push(state.unpackedDir(layer.digest));
         lazies.push(undefined);
         continue;
@@ -112,7 +115,10 @@ export async function mountImage(options: MountImageOptions): Promise<MountedIma
         entries: reader.toc.entries,
         readRange: (name, entry, offset, length) => lazy.readRange(name, entry, offset, length),
         where,
-        onReadError: (path, err) => options.onReadError?.(`${where}: read of ${path} failed: ${err instanceof Error ? err.message : String(err)}`),
+        onReadError: (path, err) =>
+          options.onReadError?.(
+            `${where}: read of ${path} failed: ${err instanceof Error ? err.message : String(err)}`,
+          ),
       });
       fuseMounts.push(mounted);
       lowerDirs.push(mnt);
@@ -174,7 +180,8 @@ export async function runContainer(options: RunContainerOptions): Promise<RunCon
   const state = new StateRoot(options.stateRoot);
   await state.init();
   const id = options.id ?? newContainerId();
-  if (!/^[\w][\w.-]{0,63}$/.test(id)) throw new EsgzError('BAD_FLAG', `container id "${id}" must be letters, digits, '_', '.', '-' (at most 64)`);
+  if (!/^[\w][\w.-]{0,63}$/.test(id))
+    throw new EsgzError('BAD_FLAG', `container id "${id}" must be letters, digits, '_', '.', '-' (at most 64)`);
   const { containerDir, record, unpin } = await claim(state, id, options);
   let keep = false;
   try {
@@ -209,7 +216,11 @@ export async function runContainer(options: RunContainerOptions): Promise<RunCon
 /** The record of a pulled image, or the error that says to pull it. */
 async function getPulledImage(state: StateRoot, reference: string): Promise<ImageRecord> {
   const record = await state.getImage(reference);
-  if (!record) throw new EsgzError('NOT_FOUND', `image ${reference} is not pulled into ${state.root}: run "esgz image rpull ${reference}" first`);
+  if (!record)
+    throw new EsgzError(
+      'NOT_FOUND',
+      `image ${reference} is not pulled into ${state.root}: run "esgz image rpull ${reference}" first`,
+    );
   return record;
 }
 
@@ -217,7 +228,11 @@ async function getPulledImage(state: StateRoot, reference: string): Promise<Imag
  * Under the state root's lock: cleans up after killed runs, reads the image record, claims the
  * container directory and pins the image's layers and blobs for as long as this run lives.
  */
-async function claim(state: StateRoot, id: string, options: RunContainerOptions): Promise<{ containerDir: string; record: ImageRecord; unpin(): Promise<void> }> {
+async function claim(
+  state: StateRoot,
+  id: string,
+  options: RunContainerOptions,
+): Promise<{ containerDir: string; record: ImageRecord; unpin(): Promise<void> }> {
   const unlock = await state.lock(`run ${id}`);
   try {
     await cleanStaleContainers(state, options.onWarning, options.runc);
@@ -225,7 +240,11 @@ async function claim(state: StateRoot, id: string, options: RunContainerOptions)
     const containerDir = await claimContainer(state, id);
     try {
       const unpin = await state.pin({
-        layers: record.layers.map((l) => ({ digest: l.digest, size: l.size, ...(l.tocDigest ? { tocDigest: l.tocDigest } : {}) })),
+        layers: record.layers.map((l) => ({
+          digest: l.digest,
+          size: l.size,
+          ...(l.tocDigest ? { tocDigest: l.tocDigest } : {}),
+        })),
         blobs: [record.manifestDigest, record.configDigest],
       });
       return { containerDir, record, unpin };
@@ -239,16 +258,30 @@ async function claim(state: StateRoot, id: string, options: RunContainerOptions)
 }
 
 /** Builds the bundle over the mounted image and runs it with runc. */
-async function runMounted(image: MountedImage, id: string, containerDir: string, options: RunContainerOptions): Promise<RunContainerResult> {
+async function runMounted(
+  image: MountedImage,
+  id: string,
+  containerDir: string,
+  options: RunContainerOptions,
+): Promise<RunContainerResult> {
   let background: Promise<void> | undefined;
   try {
     const host = hostPlatform();
-    const wanted = { os: image.config.os ?? host.os, architecture: image.config.architecture ?? host.architecture, ...(image.config.variant ? { variant: image.config.variant } : {}) };
+    const wanted = {
+      os: image.config.os ?? host.os,
+      architecture: image.config.architecture ?? host.architecture,
+      ...(image.config.variant ? { variant: image.config.variant } : {}),
+    };
     if (!platformMatches(host, wanted)) {
-      throw new EsgzError('UNSUPPORTED', `${image.record.reference} is for ${formatPlatform(wanted)} but this machine is ${formatPlatform(host)}: it cannot run here`);
+      throw new EsgzError(
+        'UNSUPPORTED',
+        `${image.record.reference} is for ${formatPlatform(wanted)} but this machine is ${formatPlatform(host)}: it cannot run here`,
+      );
     }
     const bundle = join(containerDir, 'b');
-    const config: ImageConfig = options.command?.length ? { ...image.config, config: { ...image.config.config, Entrypoint: null, Cmd: options.command } } : image.config;
+    const config: ImageConfig = options.command?.length
+      ? { ...image.config, config: { ...image.config.config, Entrypoint: null, Cmd: options.command } }
+      : image.config;
     await mkdirPrivate(bundle);
     const spec = await buildRuntimeSpec({ rootfs: image.rootfs, config, options: options.run, bundleDir: bundle });
     await checkExecutable(image.rootfs, spec);
@@ -257,7 +290,9 @@ async function runMounted(image: MountedImage, id: string, containerDir: string,
     if (options.backgroundFetch) {
       background = (async () => {
         for (const lazy of image.lazies) await lazy?.fetchAll();
-      })().catch((err: unknown) => options.onWarning?.(`background fetch stopped: ${err instanceof Error ? err.message : String(err)}`));
+      })().catch((err: unknown) =>
+        options.onWarning?.(`background fetch stopped: ${err instanceof Error ? err.message : String(err)}`),
+      );
     }
     const result = await runBundle({
       bundle,
@@ -270,7 +305,12 @@ async function runMounted(image: MountedImage, id: string, containerDir: string,
       stdin: options.stdin,
       terminal: options.run.terminal,
     });
-    return { id, exitCode: result.exitCode, durationMs: result.durationMs, fetches: image.lazies.map((l) => (l ? { ...l.stats } : undefined)) };
+    return {
+      id,
+      exitCode: result.exitCode,
+      durationMs: result.durationMs,
+      fetches: image.lazies.map((l) => (l ? { ...l.stats } : undefined)),
+    };
   } finally {
     void background;
   }

@@ -96,7 +96,7 @@ const TEMP_NAME = /\.tmp-(\d+)(?:\.(\d+))?(?:-[0-9a-f]+)?$/;
 export async function isDeadTemp(name: string): Promise<boolean> {
   const m = TEMP_NAME.exec(name);
   if (!m) return false;
-  return !(identityAlive(m[2] === undefined ? m[1]! : `${m[1]} ${m[2]}`));
+  return !identityAlive(m[2] === undefined ? m[1]! : `${m[1]} ${m[2]}`);
 }
 
 /** Removes the temp files and directories of dead writers directly in `dir`; returns how many. */
@@ -133,7 +133,11 @@ export async function fsyncDir(dir: string): Promise<void> {
 export async function syncFilesystem(path: string): Promise<void> {
   const { execa } = await import('execa');
   const r = await execa('sync', ['-f', path], { reject: false, stdin: 'ignore' });
-  if (r.exitCode !== 0) throw new EsgzError('RUNTIME', `cannot flush ${path} to disk: ${String(r.stderr).trim() || `sync exited with ${r.exitCode}`}`);
+  if (r.exitCode !== 0)
+    throw new EsgzError(
+      'RUNTIME',
+      `cannot flush ${path} to disk: ${String(r.stderr).trim() || `sync exited with ${r.exitCode}`}`,
+    );
 }
 
 /**
@@ -206,7 +210,18 @@ export class StateRoot {
    * only through these).
    */
   async init(): Promise<void> {
-    const dirs = ['', 'images', 'blobs', 'blobs/sha256', 'layers', 'layers/sha256', 'chunks', 'chunks/sha256', 'containers', 'pins'];
+    const dirs = [
+      '',
+      'images',
+      'blobs',
+      'blobs/sha256',
+      'layers',
+      'layers/sha256',
+      'chunks',
+      'chunks/sha256',
+      'containers',
+      'pins',
+    ];
     for (const d of dirs) {
       await mkdirPrivate(join(this.root, d)).catch((err: NodeJS.ErrnoException) => {
         throw new EsgzError('RUNTIME', `cannot create the state root ${this.root}: ${err.message}`, { cause: err });
@@ -249,7 +264,10 @@ export class StateRoot {
         continue;
       }
       if (Date.now() > deadline) {
-        throw new EsgzError('RUNTIME', `state root ${this.root} is busy: ${holder ?? 'another esgz'} holds its lock (waited ${LOCK_WAIT_MS / 1000} s)`);
+        throw new EsgzError(
+          'RUNTIME',
+          `state root ${this.root} is busy: ${holder ?? 'another esgz'} holds its lock (waited ${LOCK_WAIT_MS / 1000} s)`,
+        );
       }
       await new Promise((r) => setTimeout(r, delay));
     }
@@ -258,9 +276,15 @@ export class StateRoot {
   /** Who holds the lock ("esgz prune (pid N)"), undefined when it just went, 'stale' when its owner is gone. */
   private async lockHolder(dir: string): Promise<string | undefined | 'stale'> {
     const text = await readFile(join(dir, 'owner'), 'utf8').catch(() => undefined);
-    if (text === undefined) return (await stat(dir).then(() => true, () => false)) ? 'stale' : undefined;
+    if (text === undefined)
+      return (await stat(dir).then(
+        () => true,
+        () => false,
+      ))
+        ? 'stale'
+        : undefined;
     const [identity = '', what = ''] = text.split('\n');
-    if (!(identityAlive(identity))) return 'stale';
+    if (!identityAlive(identity)) return 'stale';
     return `esgz ${what} (pid ${identity.split(' ')[0]})`;
   }
 
@@ -306,7 +330,7 @@ export class StateRoot {
       } catch {
         pin = undefined;
       }
-      if (pin && (identityAlive(pin.owner))) out.push(pin);
+      if (pin && identityAlive(pin.owner)) out.push(pin);
       else await rm(path, { force: true });
     }
     return out;
@@ -315,7 +339,8 @@ export class StateRoot {
   /** Stores bytes whose digest the caller verified (checked again here: nothing unverified lands). */
   async putBlob(digest: string, data: Buffer): Promise<void> {
     const actual = `sha256:${createHash('sha256').update(data).digest('hex')}`;
-    if (actual !== digest) throw new EsgzError('DIGEST_MISMATCH', `state root: bytes for ${digest} have digest ${actual}`);
+    if (actual !== digest)
+      throw new EsgzError('DIGEST_MISMATCH', `state root: bytes for ${digest} have digest ${actual}`);
     await writeFileAtomic(this.blobPath(digest), data);
   }
 
@@ -324,7 +349,11 @@ export class StateRoot {
       throw new EsgzError('NOT_FOUND', `state root ${this.root}: blob ${digest} is missing (pull the image again)`);
     });
     const actual = `sha256:${createHash('sha256').update(data).digest('hex')}`;
-    if (actual !== digest) throw new EsgzError('DIGEST_MISMATCH', `state root ${this.root}: blob ${digest} is damaged (digest ${actual}); pull the image again`);
+    if (actual !== digest)
+      throw new EsgzError(
+        'DIGEST_MISMATCH',
+        `state root ${this.root}: blob ${digest} is damaged (digest ${actual}); pull the image again`,
+      );
     return data;
   }
 
@@ -332,19 +361,31 @@ export class StateRoot {
    * Saves the byte ranges read while opening a lazy layer (footer and TOC) and, for a layer whose
    * TOC lives in a separate TOC image, that TOC blob.
    */
-  async putLayerMeta(digest: string, ranges: Array<{ offset: number; data: Buffer }>, externalTOC?: Buffer): Promise<void> {
+  async putLayerMeta(
+    digest: string,
+    ranges: Array<{ offset: number; data: Buffer }>,
+    externalTOC?: Buffer,
+  ): Promise<void> {
     const dir = this.layerDir(digest);
     await mkdirPrivate(dir);
-    const index = { ranges: ranges.map((r) => ({ offset: r.offset, length: r.data.length })), externalTOC: externalTOC !== undefined };
+    const index = {
+      ranges: ranges.map((r) => ({ offset: r.offset, length: r.data.length })),
+      externalTOC: externalTOC !== undefined,
+    };
     if (externalTOC) await writeFileAtomic(join(dir, 'external-toc'), externalTOC);
     await writeFileAtomic(join(dir, 'meta.bin'), Buffer.concat(ranges.map((r) => r.data)));
     await writeFileAtomic(join(dir, 'meta.json'), JSON.stringify(index));
   }
 
-  async getLayerMeta(digest: string): Promise<{ ranges: Array<{ offset: number; data: Buffer }>; externalTOC?: Buffer } | undefined> {
+  async getLayerMeta(
+    digest: string,
+  ): Promise<{ ranges: Array<{ offset: number; data: Buffer }>; externalTOC?: Buffer } | undefined> {
     const dir = this.layerDir(digest);
     try {
-      const index = JSON.parse(await readFile(join(dir, 'meta.json'), 'utf8')) as { ranges: Array<{ offset: number; length: number }>; externalTOC: boolean };
+      const index = JSON.parse(await readFile(join(dir, 'meta.json'), 'utf8')) as {
+        ranges: Array<{ offset: number; length: number }>;
+        externalTOC: boolean;
+      };
       const bin = await readFile(join(dir, 'meta.bin'));
       let at = 0;
       const ranges = index.ranges.map((r) => {
@@ -413,7 +454,11 @@ export class StateRoot {
    * pin refers to, and the temp files of writers that died. Chunks are attributed through each
    * lazy layer's TOC (re-read from the stored metadata). Call with the lock held.
    */
-  async prune(chunkDigestsInUse: Set<string>, pins: Pin[], onWarning?: (message: string) => void): Promise<{ blobs: number; layers: number; chunks: number; bytes: number }> {
+  async prune(
+    chunkDigestsInUse: Set<string>,
+    pins: Pin[],
+    onWarning?: (message: string) => void,
+  ): Promise<{ blobs: number; layers: number; chunks: number; bytes: number }> {
     const images = await this.listImages();
     const blobs = new Set<string>(pins.flatMap((p) => p.blobs));
     const layers = new Set<string>(pins.flatMap((p) => p.layers.map((l) => l.digest)));
@@ -425,7 +470,8 @@ export class StateRoot {
     for (const d of ['', 'images', 'blobs/sha256', 'layers/sha256']) await sweepDeadTemps(join(this.root, d));
     for (const name of await readdir(this.root)) {
       // What a process killed while releasing or breaking the lock leaves (never the lock itself).
-      if (/^lock\.(released|stale)-[0-9a-f]+$/.test(name)) await rm(join(this.root, name), { recursive: true, force: true });
+      if (/^lock\.(released|stale)-[0-9a-f]+$/.test(name))
+        await rm(join(this.root, name), { recursive: true, force: true });
     }
     let removedBlobs = 0;
     let removedLayers = 0;
@@ -478,7 +524,8 @@ export class PrimedBlobReader implements BlobReader {
 
   async read(offset: number, length: number): Promise<Buffer> {
     for (const r of [...this.saved, ...this.recorded]) {
-      if (offset >= r.offset && offset + length <= r.offset + r.data.length) return r.data.subarray(offset - r.offset, offset - r.offset + length);
+      if (offset >= r.offset && offset + length <= r.offset + r.data.length)
+        return r.data.subarray(offset - r.offset, offset - r.offset + length);
     }
     const data = await this.inner.read(offset, length);
     if (this.recording) this.recorded.push({ offset, data: Buffer.from(data) });

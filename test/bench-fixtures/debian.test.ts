@@ -7,7 +7,14 @@ import { mkdir, mkdtemp, readFile, rm, symlink, writeFile, link, readdir, utimes
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CLAMP_MTIME, busyboxImage, debianImage, debianImageCached, stageTreeDiff, type OciImageFixture } from '../fixtures/debian.js';
+import {
+  CLAMP_MTIME,
+  busyboxImage,
+  debianImage,
+  debianImageCached,
+  stageTreeDiff,
+  type OciImageFixture,
+} from '../fixtures/debian.js';
 
 const isRoot = process.getuid?.() === 0;
 const canBuildDebian = isRoot && existsSync('/usr/sbin/debootstrap');
@@ -47,69 +54,91 @@ function listing(tarPath: string): Array<{ mode: string; owner: string; date: st
     .split('\n')
     .map((line) => {
       const [mode, owner, , date, time, ...rest] = line.split(/\s+/);
-      return { mode: mode!, owner: owner!, date: `${date} ${time}`, name: rest.join(' ').replace(/ -> .*| link to .*/, '') };
+      return {
+        mode: mode!,
+        owner: owner!,
+        date: `${date} ${time}`,
+        name: rest.join(' ').replace(/ -> .*| link to .*/, ''),
+      };
     });
 }
 
 describe('busybox fixture', () => {
-  it.skipIf(!existsSync('/bin/busybox'))('is a consistent OCI image with busybox and its applets, built the same way twice', async () => {
-    const [first, second] = await Promise.all([tempDir(), tempDir()]);
-    // Two concurrent callers on one cache: the lock makes them share one build.
-    const [a, b] = await Promise.all([busyboxImage({ cacheRoot: first }), busyboxImage({ cacheRoot: first })]);
-    expect(b).toEqual(a);
-    await expectConsistentImage(a);
-    const names = listing(a.layers[0]!.tarPath).map((entry) => entry.name);
-    expect(names).toContain('bin/busybox');
-    expect(names).toContain('bin/sh');
-    expect(names).toContain('etc/hello');
-    // A build in another cache directory gives the same bytes (the layer tar is reproducible).
-    const again = await busyboxImage({ cacheRoot: second });
-    expect(again.manifestDigest).toBe(a.manifestDigest);
-    expect(again.layers[0]!.blobDigest).toBe(a.layers[0]!.blobDigest);
-  });
+  it.skipIf(!existsSync('/bin/busybox'))(
+    'is a consistent OCI image with busybox and its applets, built the same way twice',
+    async () => {
+      const [first, second] = await Promise.all([tempDir(), tempDir()]);
+      // Two concurrent callers on one cache: the lock makes them share one build.
+      const [a, b] = await Promise.all([busyboxImage({ cacheRoot: first }), busyboxImage({ cacheRoot: first })]);
+      expect(b).toEqual(a);
+      await expectConsistentImage(a);
+      const names = listing(a.layers[0]!.tarPath).map((entry) => entry.name);
+      expect(names).toContain('bin/busybox');
+      expect(names).toContain('bin/sh');
+      expect(names).toContain('etc/hello');
+      // A build in another cache directory gives the same bytes (the layer tar is reproducible).
+      const again = await busyboxImage({ cacheRoot: second });
+      expect(again.manifestDigest).toBe(a.manifestDigest);
+      expect(again.layers[0]!.blobDigest).toBe(a.layers[0]!.blobDigest);
+    },
+  );
 });
 
 describe('tree diff', () => {
-  it.skipIf(!isRoot)('stages added and changed entries with their parents, and whiteouts for removed ones', async () => {
-    const dir = await tempDir();
-    const lower = path.join(dir, 'lower');
-    const upper = path.join(dir, 'upper');
-    for (const root of [lower, upper]) {
-      await mkdir(path.join(root, 'etc/keep'), { recursive: true });
-      await writeFile(path.join(root, 'etc/keep/same'), 'same');
-      await writeFile(path.join(root, 'etc/changed'), 'before');
-      await utimes(path.join(root, 'etc/keep/same'), 1_600_000_000, 1_600_000_000);
-      await utimes(path.join(root, 'etc/keep'), 1_600_000_000, 1_600_000_000);
-    }
-    await writeFile(path.join(lower, 'etc/removed'), 'x');
-    await mkdir(path.join(lower, 'old-dir/sub'), { recursive: true });
-    await writeFile(path.join(upper, 'etc/changed'), 'after!');
-    // The diff compares metadata (size, mtime) like rsync's quick check; file times come from a
-    // coarse kernel clock, so two same-size writes microseconds apart can get equal mtimes. A
-    // real upgrade writes later: give the changed file a later mtime, as it would have.
-    await utimes(path.join(lower, 'etc/changed'), 1_600_000_000, 1_600_000_000);
-    await utimes(path.join(upper, 'etc/changed'), 1_700_000_000, 1_700_000_000);
-    await mkdir(path.join(upper, 'usr/bin'), { recursive: true });
-    await writeFile(path.join(upper, 'usr/bin/tool'), 'tool');
-    await link(path.join(upper, 'usr/bin/tool'), path.join(upper, 'usr/bin/tool-alias'));
-    await symlink('tool', path.join(upper, 'usr/bin/tool-link'));
+  it.skipIf(!isRoot)(
+    'stages added and changed entries with their parents, and whiteouts for removed ones',
+    async () => {
+      const dir = await tempDir();
+      const lower = path.join(dir, 'lower');
+      const upper = path.join(dir, 'upper');
+      for (const root of [lower, upper]) {
+        await mkdir(path.join(root, 'etc/keep'), { recursive: true });
+        await writeFile(path.join(root, 'etc/keep/same'), 'same');
+        await writeFile(path.join(root, 'etc/changed'), 'before');
+        await utimes(path.join(root, 'etc/keep/same'), 1_600_000_000, 1_600_000_000);
+        await utimes(path.join(root, 'etc/keep'), 1_600_000_000, 1_600_000_000);
+      }
+      await writeFile(path.join(lower, 'etc/removed'), 'x');
+      await mkdir(path.join(lower, 'old-dir/sub'), { recursive: true });
+      await writeFile(path.join(upper, 'etc/changed'), 'after!');
+      // The diff compares metadata (size, mtime) like rsync's quick check; file times come from a
+      // coarse kernel clock, so two same-size writes microseconds apart can get equal mtimes. A
+      // real upgrade writes later: give the changed file a later mtime, as it would have.
+      await utimes(path.join(lower, 'etc/changed'), 1_600_000_000, 1_600_000_000);
+      await utimes(path.join(upper, 'etc/changed'), 1_700_000_000, 1_700_000_000);
+      await mkdir(path.join(upper, 'usr/bin'), { recursive: true });
+      await writeFile(path.join(upper, 'usr/bin/tool'), 'tool');
+      await link(path.join(upper, 'usr/bin/tool'), path.join(upper, 'usr/bin/tool-alias'));
+      await symlink('tool', path.join(upper, 'usr/bin/tool-link'));
 
-    const stage = path.join(dir, 'stage');
-    await stageTreeDiff(lower, upper, stage);
-    const tarPath = path.join(dir, 'diff.tar');
-    sh('tar --sort=name --numeric-owner -C "$1" -cf "$2" .', stage, tarPath);
-    const entries = sh('tar -tvf "$1"', tarPath);
-    const names = sh('tar -tf "$1"', tarPath).trim().split('\n').map((n) => n.replace(/^\.\//, ''));
-    expect(names).toEqual(
-      expect.arrayContaining(['.wh.old-dir', 'etc/', 'etc/.wh.removed', 'etc/changed', 'usr/bin/tool', 'usr/bin/tool-alias', 'usr/bin/tool-link']),
-    );
-    expect(names).not.toContain('etc/keep/same');
-    expect(names).not.toContain('etc/keep/');
-    // The two names of one inode stay one file plus a hard link, the symlink stays a symlink.
-    expect(entries).toMatch(/usr\/bin\/tool-alias link to \.?\/?usr\/bin\/tool/);
-    expect(entries).toMatch(/usr\/bin\/tool-link -> tool/);
-    expect(await readdir(path.join(stage, 'etc'))).not.toContain('keep');
-  });
+      const stage = path.join(dir, 'stage');
+      await stageTreeDiff(lower, upper, stage);
+      const tarPath = path.join(dir, 'diff.tar');
+      sh('tar --sort=name --numeric-owner -C "$1" -cf "$2" .', stage, tarPath);
+      const entries = sh('tar -tvf "$1"', tarPath);
+      const names = sh('tar -tf "$1"', tarPath)
+        .trim()
+        .split('\n')
+        .map((n) => n.replace(/^\.\//, ''));
+      expect(names).toEqual(
+        expect.arrayContaining([
+          '.wh.old-dir',
+          'etc/',
+          'etc/.wh.removed',
+          'etc/changed',
+          'usr/bin/tool',
+          'usr/bin/tool-alias',
+          'usr/bin/tool-link',
+        ]),
+      );
+      expect(names).not.toContain('etc/keep/same');
+      expect(names).not.toContain('etc/keep/');
+      // The two names of one inode stay one file plus a hard link, the symlink stays a symlink.
+      expect(entries).toMatch(/usr\/bin\/tool-alias link to \.?\/?usr\/bin\/tool/);
+      expect(entries).toMatch(/usr\/bin\/tool-link -> tool/);
+      expect(await readdir(path.join(stage, 'etc'))).not.toContain('keep');
+    },
+  );
 });
 
 describe('Debian bookworm fixture', () => {
@@ -131,7 +160,9 @@ describe('Debian bookworm fixture', () => {
       }
       // No device nodes from the debootstrap host, no downloaded packages.
       expect(base.filter((entry) => entry.name.startsWith('dev/') && entry.name !== 'dev/')).toEqual([]);
-      expect(base.filter((entry) => entry.name.startsWith('var/cache/apt/archives/') && entry.name.endsWith('.deb'))).toEqual([]);
+      expect(
+        base.filter((entry) => entry.name.startsWith('var/cache/apt/archives/') && entry.name.endsWith('.deb')),
+      ).toEqual([]);
       const clamp = new Date(CLAMP_MTIME * 1000).toISOString().replace('T', ' ').slice(0, 19);
       for (const entry of base) {
         expect(entry.owner).toMatch(/^\d+\/\d+$/);

@@ -29,7 +29,18 @@ type FlagClass = Record<string, { min?: number; max?: number } & Record<string, 
 /** What defines a flag for its user: everything but oclif's bookkeeping. */
 function definition(flag: ManifestFlag, built: { min?: number; max?: number } | undefined): string {
   const { type, char, description, default: def, options, multiple, hidden, helpValue } = flag;
-  return JSON.stringify({ type, char, description, default: def, options, multiple, hidden, helpValue, min: built?.min, max: built?.max });
+  return JSON.stringify({
+    type,
+    char,
+    description,
+    default: def,
+    options,
+    multiple,
+    hidden,
+    helpValue,
+    min: built?.min,
+    max: built?.max,
+  });
 }
 
 /**
@@ -73,13 +84,35 @@ beforeAll(async () => {
 function setDefinition(set: string, flag: string): string {
   const built = flagSets[set]?.[flag];
   if (!built) throw new Error(`src/cli/flags.ts exports no ${set}.${flag}`);
-  const { type, char, description, default: def, options, multiple, hidden, helpValue } = built as unknown as ManifestFlag;
-  return JSON.stringify({ type, char, description, default: def, options, multiple: multiple ?? false, hidden, helpValue, min: built.min, max: built.max });
+  const {
+    type,
+    char,
+    description,
+    default: def,
+    options,
+    multiple,
+    hidden,
+    helpValue,
+  } = built as unknown as ManifestFlag;
+  return JSON.stringify({
+    type,
+    char,
+    description,
+    default: def,
+    options,
+    multiple: multiple ?? false,
+    hidden,
+    helpValue,
+    min: built.min,
+    max: built.max,
+  });
 }
 
 describe('flags shared by several commands', () => {
   it('reads every command of the CLI', () => {
-    expect(Object.keys(manifest.commands)).toEqual(expect.arrayContaining(['image:convert', 'image:optimize', 'image:copy', 'run', 'image:rpull']));
+    expect(Object.keys(manifest.commands)).toEqual(
+      expect.arrayContaining(['image:convert', 'image:optimize', 'image:copy', 'run', 'image:rpull']),
+    );
   });
 
   it('have one definition per name (description, default, min/max, options, char), or one of its named variants', () => {
@@ -105,8 +138,10 @@ describe('flags shared by several commands', () => {
   it('the named variants are what those commands use', () => {
     const single = setDefinition('platformFlag', 'platform');
     const several = setDefinition('platformsFlags', 'platform');
-    for (const id of ['image:rpull', 'image:verify', 'get-toc-digest']) expect(definitions.get(id)?.get('platform'), id).toBe(single);
-    for (const id of ['image:copy', 'image:convert', 'image:optimize']) expect(definitions.get(id)?.get('platform'), id).toBe(several);
+    for (const id of ['image:rpull', 'image:verify', 'get-toc-digest'])
+      expect(definitions.get(id)?.get('platform'), id).toBe(single);
+    for (const id of ['image:copy', 'image:convert', 'image:optimize'])
+      expect(definitions.get(id)?.get('platform'), id).toBe(several);
   });
 
   it('--estargz-compression-level has one range in convert and optimize', () => {

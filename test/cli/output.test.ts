@@ -16,13 +16,18 @@ afterAll(() => rm(scratch, { recursive: true, force: true }));
 let image: WrittenImage;
 
 beforeAll(async () => {
-  if (!existsSync(join(repoRoot, 'dist/commands/image/optimize.js'))) throw new Error('dist/ is missing: run `npm run build` first');
+  if (!existsSync(join(repoRoot, 'dist/commands/image/optimize.js')))
+    throw new Error('dist/ is missing: run `npm run build` first');
   image = await writeOciImage(join(scratch, 'src'), { tag: 'v1', layers: [busyboxRootfs()] });
 });
 
 /** The built CLI with extra environment variables. */
 function esgzWithEnv(env: Record<string, string>, ...args: string[]) {
-  return execa('node', [join(repoRoot, 'bin/run.js'), ...args], { reject: false, env: { DEBUG: '', ...env }, stdin: 'ignore' });
+  return execa('node', [join(repoRoot, 'bin/run.js'), ...args], {
+    reject: false,
+    env: { DEBUG: '', ...env },
+    stdin: 'ignore',
+  });
 }
 
 type Json = Record<string, unknown>;
@@ -35,7 +40,8 @@ function shape(value: unknown, path = ''): Map<string, string> {
   const inner = Array.isArray(value) ? value[0] : value;
   if (inner !== null && typeof inner === 'object' && !Array.isArray(inner)) {
     for (const [key, child] of Object.entries(inner as Json)) {
-      for (const [p, t] of shape(child, `${path}${Array.isArray(value) ? '[]' : ''}${path === '' ? '' : '.'}${key}`)) out.set(p, t);
+      for (const [p, t] of shape(child, `${path}${Array.isArray(value) ? '[]' : ''}${path === '' ? '' : '.'}${key}`))
+        out.set(p, t);
     }
   }
   return out;
@@ -46,12 +52,30 @@ describe('image optimize --json and image convert --json', () => {
   let optimized: Json;
 
   beforeAll(async () => {
-    const convert = await esgz('image', 'convert', '--estargz', '--oci', '--json', `oci:${image.dir}:v1`, `oci:${join(scratch, 'conv')}:c`);
+    const convert = await esgz(
+      'image',
+      'convert',
+      '--estargz',
+      '--oci',
+      '--json',
+      `oci:${image.dir}:v1`,
+      `oci:${join(scratch, 'conv')}:c`,
+    );
     expect(convert.exitCode, convert.stderr).toBe(0);
     converted = JSON.parse(convert.stdout) as Json;
     const optimize = await esgz(
-      'image', 'optimize', '--oci', '--json', '--period', '10', '--entrypoint', '["/bin/sh","-c"]', '--args', '["cat /etc/hello"]',
-      `oci:${image.dir}:v1`, `oci:${join(scratch, 'opt')}:o`,
+      'image',
+      'optimize',
+      '--oci',
+      '--json',
+      '--period',
+      '10',
+      '--entrypoint',
+      '["/bin/sh","-c"]',
+      '--args',
+      '["cat /etc/hello"]',
+      `oci:${image.dir}:v1`,
+      `oci:${join(scratch, 'opt')}:o`,
     );
     expect(optimize.exitCode, optimize.stderr).toBe(0);
     // stdout is the document alone: the workload's output went to stderr.
@@ -60,9 +84,26 @@ describe('image optimize --json and image convert --json', () => {
   });
 
   it('share the transfer and conversion fields, with the same names and types', () => {
-    const common = ['command', 'source', 'destination', 'transform', 'digest', 'mediaType', 'size', 'sourceDigest', 'durationMs', 'format',
-      'manifests', 'manifests[].digest', 'manifests[].config.digest', 'manifests[].layers', 'manifests[].layers[].output.digest',
-      'manifests[].layers[].diffID', 'manifests[].layers[].changed', 'manifests[].layers[].report'];
+    const common = [
+      'command',
+      'source',
+      'destination',
+      'transform',
+      'digest',
+      'mediaType',
+      'size',
+      'sourceDigest',
+      'durationMs',
+      'format',
+      'manifests',
+      'manifests[].digest',
+      'manifests[].config.digest',
+      'manifests[].layers',
+      'manifests[].layers[].output.digest',
+      'manifests[].layers[].diffID',
+      'manifests[].layers[].changed',
+      'manifests[].layers[].report',
+    ];
     const convertShape = shape(converted);
     const optimizeShape = shape(optimized);
     for (const key of common) {
@@ -72,14 +113,26 @@ describe('image optimize --json and image convert --json', () => {
     // Every field both have has one type.
     for (const [key, type] of convertShape) if (optimizeShape.has(key)) expect(optimizeShape.get(key), key).toBe(type);
     expect(converted).toMatchObject({ command: 'image convert', format: 'estargz', transform: 'estargz' });
-    expect(optimized).toMatchObject({ command: 'image optimize', format: 'estargz', transform: 'estargz', source: `oci:${image.dir}:v1` });
+    expect(optimized).toMatchObject({
+      command: 'image optimize',
+      format: 'estargz',
+      transform: 'estargz',
+      source: `oci:${image.dir}:v1`,
+    });
   });
 
   it('optimize adds its own keys: the profile, the platforms not profiled, the stage timings', () => {
-    const extra = [...shape(optimized).keys()].filter((key) => !shape(converted).has(key) && !key.includes('.') && !key.includes('['));
+    const extra = [...shape(optimized).keys()].filter(
+      (key) => !shape(converted).has(key) && !key.includes('.') && !key.includes('['),
+    );
     expect(extra.sort()).toEqual(['platformsNotProfiled', 'profile', 'timings']);
     const profile = optimized.profile as Json;
-    expect(profile).toMatchObject({ platform: 'linux/amd64', stopReason: 'exited', exitCode: 0, rootfsMode: expect.any(String) });
+    expect(profile).toMatchObject({
+      platform: 'linux/amd64',
+      stopReason: 'exited',
+      exitCode: 0,
+      rootfsMode: expect.any(String),
+    });
     expect(profile.filesTraced).toBeGreaterThan(0);
     const layer = (profile.layers as Json[])[0]!;
     const written = ((optimized.manifests as Json[])[0]!.layers as Json[])[0]!;
@@ -92,12 +145,26 @@ describe('image optimize --json and image convert --json', () => {
 
 describe('environment', () => {
   it('every command ends its --help with the ENVIRONMENT section', async () => {
-    for (const command of [['image', 'convert'], ['image', 'optimize'], ['image', 'copy'], ['run'], ['image', 'ls'], ['version']]) {
+    for (const command of [
+      ['image', 'convert'],
+      ['image', 'optimize'],
+      ['image', 'copy'],
+      ['run'],
+      ['image', 'ls'],
+      ['version'],
+    ]) {
       const help = await esgz(...command, '--help');
       expect(help.exitCode, command.join(' ')).toBe(0);
       const section = help.stdout.slice(help.stdout.lastIndexOf('\nENVIRONMENT\n'));
       expect(section, command.join(' ')).toMatch(/^\nENVIRONMENT\n/);
-      for (const name of ['ESGZ_WORKERS', 'ESGZ_GZIP_BACKEND', 'ESGZ_ZSTDCHUNKED_GITHUB_ANNOTATIONS', 'ESGZ_TMPFS', 'ESGZ_RUNC', 'ESGZ_FANOTIFY_BIN']) {
+      for (const name of [
+        'ESGZ_WORKERS',
+        'ESGZ_GZIP_BACKEND',
+        'ESGZ_ZSTDCHUNKED_GITHUB_ANNOTATIONS',
+        'ESGZ_TMPFS',
+        'ESGZ_RUNC',
+        'ESGZ_FANOTIFY_BIN',
+      ]) {
         expect(section, `${command.join(' ')} ${name}`).toContain(`  ${name}`);
       }
     }
@@ -105,26 +172,54 @@ describe('environment', () => {
 
   it('a malformed variable is a one-line error before anything is written', async () => {
     const out = join(scratch, 'never');
-    const res = await esgzWithEnv({ ESGZ_WORKERS: 'abc' }, 'image', 'convert', '--estargz', '--oci', `oci:${image.dir}:v1`, `oci:${out}:x`);
+    const res = await esgzWithEnv(
+      { ESGZ_WORKERS: 'abc' },
+      'image',
+      'convert',
+      '--estargz',
+      '--oci',
+      `oci:${image.dir}:v1`,
+      `oci:${out}:x`,
+    );
     expectOneLineError(res, 2, /^esgz: ESGZ_WORKERS=abc is not a positive integer$/);
     expect(existsSync(out)).toBe(false);
-    expectOneLineError(await esgzWithEnv({ ESGZ_TMPFS: 'relative' }, 'image', 'ls', '--root', join(scratch, 'root')), 2, /ESGZ_TMPFS=relative is neither 0 nor an absolute path/);
+    expectOneLineError(
+      await esgzWithEnv({ ESGZ_TMPFS: 'relative' }, 'image', 'ls', '--root', join(scratch, 'root')),
+      2,
+      /ESGZ_TMPFS=relative is neither 0 nor an absolute path/,
+    );
   });
 
   it('ESGZ_RUNC naming a missing binary: optimize says runc is not installed, in one line', async () => {
     const out = join(scratch, 'no-runc');
     const res = await esgzWithEnv(
       { ESGZ_RUNC: '/nonexistent/runc' },
-      'image', 'optimize', '--oci', '--entrypoint', '["/bin/true"]', `oci:${image.dir}:v1`, `oci:${out}:x`,
+      'image',
+      'optimize',
+      '--oci',
+      '--entrypoint',
+      '["/bin/true"]',
+      `oci:${image.dir}:v1`,
+      `oci:${out}:x`,
     );
-    expectOneLineError(res, 1, /^esgz: runc is not installed \(looked for "\/nonexistent\/runc"\): install it \(Debian: apt-get install runc\) or set ESGZ_RUNC$/);
+    expectOneLineError(
+      res,
+      1,
+      /^esgz: runc is not installed \(looked for "\/nonexistent\/runc"\): install it \(Debian: apt-get install runc\) or set ESGZ_RUNC$/,
+    );
     expect(existsSync(join(out, 'index.json'))).toBe(false);
   });
 
   it('ESGZ_FANOTIFY_BIN naming a missing tracer: optimize says so, in one line', async () => {
     const res = await esgzWithEnv(
       { ESGZ_FANOTIFY_BIN: '/nonexistent/esgz-fanotify' },
-      'image', 'optimize', '--oci', '--entrypoint', '["/bin/true"]', `oci:${image.dir}:v1`, `oci:${join(scratch, 'no-tracer')}:x`,
+      'image',
+      'optimize',
+      '--oci',
+      '--entrypoint',
+      '["/bin/true"]',
+      `oci:${image.dir}:v1`,
+      `oci:${join(scratch, 'no-tracer')}:x`,
     );
     expectOneLineError(res, 1, /^esgz: the fanotify tracer \/nonexistent\/esgz-fanotify is not an executable file$/);
   });

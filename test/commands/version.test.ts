@@ -11,7 +11,9 @@ interface VersionReport {
   gzip: { backend: string; libdeflate: string; workers: number };
 }
 
-async function versionReport(run: Promise<{ exitCode?: number; stdout: string; stderr: string }>): Promise<VersionReport> {
+async function versionReport(
+  run: Promise<{ exitCode?: number; stdout: string; stderr: string }>,
+): Promise<VersionReport> {
   const result = await run;
   expect(result.exitCode, result.stderr).toBe(0);
   return JSON.parse(result.stdout) as VersionReport;
@@ -20,7 +22,7 @@ async function versionReport(run: Promise<{ exitCode?: number; stdout: string; s
 describe('esgz version', () => {
   const pkg = JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')) as { version: string };
 
-  it('--json reports the package version and the Node the CLI runs under, which is the suite\'s own', async () => {
+  it("--json reports the package version and the Node the CLI runs under, which is the suite's own", async () => {
     // scripts/test.sh puts each Node's directory first on PATH, so the CLI runs of a whole
     // suite run go through the Node that run is testing, not the machine's default.
     const report = await versionReport(esgz('version', '--json'));
@@ -35,7 +37,9 @@ describe('esgz version', () => {
     for (const node of others) {
       const report = await versionReport(esgzUnder(node, ['version', '--json']));
       expect(report.node).toBe(node.version);
-      expect({ ...report, node: expected.node }, `${node.path}: same backends as under ${own!.version}`).toEqual(expected);
+      expect({ ...report, node: expected.node }, `${node.path}: same backends as under ${own!.version}`).toEqual(
+        expected,
+      );
     }
   });
 

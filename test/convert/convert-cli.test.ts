@@ -18,24 +18,36 @@ import { conversionOptionsFromFlags, type ConversionFlagValues } from '../../src
 const scratch = await mkdtemp(join(tmpdir(), 'esgz-convert-cli-'));
 afterAll(() => rm(scratch, { recursive: true, force: true }));
 
-
-
-const expectOneLineError = (result: { exitCode?: number; stderr: string }, pattern: RegExp) => expectErrorWithCode(result, 'nonzero', pattern);
+const expectOneLineError = (result: { exitCode?: number; stderr: string }, pattern: RegExp) =>
+  expectErrorWithCode(result, 'nonzero', pattern);
 
 let image: WrittenImage;
 let dockerImage: WrittenImage;
 
 beforeAll(async () => {
-  if (!existsSync(join(repoRoot, 'dist/commands/image/convert.js'))) throw new Error('dist/ is missing: run `npm run build` first');
+  if (!existsSync(join(repoRoot, 'dist/commands/image/convert.js')))
+    throw new Error('dist/ is missing: run `npm run build` first');
   image = await writeOciImage(join(scratch, 'src'), { tag: 'v1', layers: multiLayerEntries() });
-  dockerImage = await writeOciImage(join(scratch, 'docker'), { tag: 'v1', layers: multiLayerEntries(), mediaTypes: 'docker' });
+  dockerImage = await writeOciImage(join(scratch, 'docker'), {
+    tag: 'v1',
+    layers: multiLayerEntries(),
+    mediaTypes: 'docker',
+  });
 });
 
 describe('esgz image convert --estargz', () => {
   const out = () => join(scratch, 'esgz');
 
   it('converts every layer, annotates it, and the blobs round-trip through gunzip | tar', async () => {
-    const res = await esgz('image', 'convert', '--estargz', '--oci', '--json', `oci:${image.dir}:v1`, `oci:${out()}:esgz`);
+    const res = await esgz(
+      'image',
+      'convert',
+      '--estargz',
+      '--oci',
+      '--json',
+      `oci:${image.dir}:v1`,
+      `oci:${out()}:esgz`,
+    );
     expect(res.exitCode, res.stderr).toBe(0);
     const report = JSON.parse(res.stdout);
     expect(report).toMatchObject({ command: 'image convert', format: 'estargz', backend: 'libdeflate' });
@@ -49,7 +61,8 @@ describe('esgz image convert --estargz', () => {
       const tar = gunzipCli(blob);
       expect(config.rootfs.diff_ids[i]).toBe(sha256Digest(tar));
       expect(layer.annotations['io.containers.estargz.uncompressed-size']).toBe(String(tar.length));
-      const toc = (await execa('tar', ['-xO', '-f', '-', 'stargz.index.json'], { input: tar, encoding: 'buffer' })).stdout as unknown as Buffer;
+      const toc = (await execa('tar', ['-xO', '-f', '-', 'stargz.index.json'], { input: tar, encoding: 'buffer' }))
+        .stdout as unknown as Buffer;
       expect(layer.annotations['containerd.io/snapshot/stargz/toc.digest']).toBe(sha256Digest(Buffer.from(toc)));
       const names = tarNames(tar);
       expect(names[0]).toBe('.no.prefetch.landmark');
@@ -62,8 +75,28 @@ describe('esgz image convert --estargz', () => {
   });
 
   it('is byte-reproducible: the same manifest digest twice, with 1 or 2 workers', async () => {
-    const a = await esgz('image', 'convert', '--estargz', '--oci', '--json', '--workers', '1', `oci:${image.dir}:v1`, `oci:${join(scratch, 'r1')}:x`);
-    const b = await esgz('image', 'convert', '--estargz', '--oci', '--json', '--workers', '2', `oci:${image.dir}:v1`, `oci:${join(scratch, 'r2')}:x`);
+    const a = await esgz(
+      'image',
+      'convert',
+      '--estargz',
+      '--oci',
+      '--json',
+      '--workers',
+      '1',
+      `oci:${image.dir}:v1`,
+      `oci:${join(scratch, 'r1')}:x`,
+    );
+    const b = await esgz(
+      'image',
+      'convert',
+      '--estargz',
+      '--oci',
+      '--json',
+      '--workers',
+      '2',
+      `oci:${image.dir}:v1`,
+      `oci:${join(scratch, 'r2')}:x`,
+    );
     expect(a.exitCode, a.stderr).toBe(0);
     expect(JSON.parse(a.stdout).digest).toBe(JSON.parse(b.stdout).digest);
   });
@@ -108,7 +141,14 @@ describe('esgz image convert --estargz', () => {
   });
 
   it('--uncompress writes plain tar layers with the same diffIDs', async () => {
-    const res = await esgz('image', 'convert', '--uncompress', '--json', `oci:${out()}:esgz`, `oci:${join(scratch, 'plain')}:plain`);
+    const res = await esgz(
+      'image',
+      'convert',
+      '--uncompress',
+      '--json',
+      `oci:${out()}:esgz`,
+      `oci:${join(scratch, 'plain')}:plain`,
+    );
     expect(res.exitCode, res.stderr).toBe(0);
     const report = JSON.parse(res.stdout);
     for (const l of report.manifests[0].layers) {
@@ -119,7 +159,16 @@ describe('esgz image convert --estargz', () => {
   });
 
   it('--reuse keeps layers that already are eStargz', async () => {
-    const res = await esgz('image', 'convert', '--estargz', '--oci', '--reuse', '--json', `oci:${out()}:esgz`, `oci:${join(scratch, 'reused')}:x`);
+    const res = await esgz(
+      'image',
+      'convert',
+      '--estargz',
+      '--oci',
+      '--reuse',
+      '--json',
+      `oci:${out()}:esgz`,
+      `oci:${join(scratch, 'reused')}:x`,
+    );
     expect(res.exitCode, res.stderr).toBe(0);
     const report = JSON.parse(res.stdout);
     expect(report.manifests[0].layers.map((l: { changed: boolean }) => l.changed)).toEqual([false, false, false]);
@@ -128,19 +177,53 @@ describe('esgz image convert --estargz', () => {
   it('--prefetch-list and --estargz-record-in put the listed files first', async () => {
     const list = join(scratch, 'prefetch.txt');
     await writeFile(list, '# comment\n/etc/greeting\nusr/share/*.bin\n');
-    const res = await esgz('image', 'convert', '--estargz', '--oci', '--json', '--prefetch-list', list, `oci:${image.dir}:v1`, `oci:${join(scratch, 'prio')}:x`);
+    const res = await esgz(
+      'image',
+      'convert',
+      '--estargz',
+      '--oci',
+      '--json',
+      '--prefetch-list',
+      list,
+      `oci:${image.dir}:v1`,
+      `oci:${join(scratch, 'prio')}:x`,
+    );
     expect(res.exitCode, res.stderr).toBe(0);
     const layer = JSON.parse(res.stdout).manifests[0].layers[1];
     const names = tarNames(gunzipCli(await layoutBlob(join(scratch, 'prio'), layer.output.digest)));
-    expect(names.slice(0, 6)).toEqual(['etc/', 'etc/greeting', 'usr/', 'usr/share/', 'usr/share/big.bin', '.prefetch.landmark']);
+    expect(names.slice(0, 6)).toEqual([
+      'etc/',
+      'etc/greeting',
+      'usr/',
+      'usr/share/',
+      'usr/share/big.bin',
+      '.prefetch.landmark',
+    ]);
 
     const record = join(scratch, 'record.json');
-    await writeFile(record, `${JSON.stringify({ path: '/data/new', manifestDigest: 'x', layerIndex: 2 })}\n${JSON.stringify({ path: '/etc/greeting' })}\n`);
-    const rec = await esgz('image', 'convert', '--estargz', '--oci', '--json', '--estargz-record-in', record, `oci:${image.dir}:v1`, `oci:${join(scratch, 'rec')}:x`);
+    await writeFile(
+      record,
+      `${JSON.stringify({ path: '/data/new', manifestDigest: 'x', layerIndex: 2 })}\n${JSON.stringify({ path: '/etc/greeting' })}\n`,
+    );
+    const rec = await esgz(
+      'image',
+      'convert',
+      '--estargz',
+      '--oci',
+      '--json',
+      '--estargz-record-in',
+      record,
+      `oci:${image.dir}:v1`,
+      `oci:${join(scratch, 'rec')}:x`,
+    );
     expect(rec.exitCode, rec.stderr).toBe(0);
     const l2 = JSON.parse(rec.stdout).manifests[0].layers[2];
     // /etc/greeting is not in layer 2: ignored there, like ctr-remote does.
-    expect(tarNames(gunzipCli(await layoutBlob(join(scratch, 'rec'), l2.output.digest))).slice(0, 3)).toEqual(['data/', 'data/new', '.prefetch.landmark']);
+    expect(tarNames(gunzipCli(await layoutBlob(join(scratch, 'rec'), l2.output.digest))).slice(0, 3)).toEqual([
+      'data/',
+      'data/new',
+      '.prefetch.landmark',
+    ]);
   });
 
   it('through the registry: convert pushes, verify and get-toc-digest read by range requests', async () => {
@@ -156,7 +239,15 @@ describe('esgz image convert --estargz', () => {
 
   it('--zstdchunked writes zstd:chunked layers that verify', async () => {
     const dst = join(scratch, 'zstd');
-    const res = await esgz('image', 'convert', '--zstdchunked', '--oci', '--json', `oci:${image.dir}:v1`, `oci:${dst}:z`);
+    const res = await esgz(
+      'image',
+      'convert',
+      '--zstdchunked',
+      '--oci',
+      '--json',
+      `oci:${image.dir}:v1`,
+      `oci:${dst}:z`,
+    );
     expect(res.exitCode, res.stderr).toBe(0);
     const report = JSON.parse(res.stdout);
     const manifest = JSON.parse((await layoutBlob(dst, report.manifests[0].digest)).toString());
@@ -166,12 +257,25 @@ describe('esgz image convert --estargz', () => {
     }
     const v = await esgz('image', 'verify', '--json', `oci:${dst}:z`);
     expect(v.exitCode, v.stderr).toBe(0);
-    expect(JSON.parse(v.stdout).manifests[0].layers.map((l: { status: string }) => l.status)).toEqual(['ok', 'ok', 'ok']);
+    expect(JSON.parse(v.stdout).manifests[0].layers.map((l: { status: string }) => l.status)).toEqual([
+      'ok',
+      'ok',
+      'ok',
+    ]);
   });
 
   it('--estargz-external-toc writes footer-only layers and a DST-esgztoc image that verify uses', async () => {
     const dst = join(scratch, 'ext');
-    const res = await esgz('image', 'convert', '--estargz', '--oci', '--estargz-external-toc', '--json', `oci:${image.dir}:v1`, `oci:${dst}:ext`);
+    const res = await esgz(
+      'image',
+      'convert',
+      '--estargz',
+      '--oci',
+      '--estargz-external-toc',
+      '--json',
+      `oci:${image.dir}:v1`,
+      `oci:${dst}:ext`,
+    );
     expect(res.exitCode, res.stderr).toBe(0);
     const report = JSON.parse(res.stdout);
     expect(report.tocImage.reference).toBe(`oci:${dst}:ext-esgztoc`);
@@ -183,35 +287,76 @@ describe('esgz image convert --estargz', () => {
       expect(blob.subarray(blob.length - 46 + 16, blob.length - 46 + 33).toString()).toBe('STARGZEXTERNALTOC');
       const tar = gunzipCli(blob);
       expect(tarNames(tar)).not.toContain('stargz.index.json');
-      const toc = tocManifest.layers.find((l: { annotations: Record<string, string> }) => l.annotations['containerd.io/snapshot/stargz/layer.digest'] === layer.digest);
+      const toc = tocManifest.layers.find(
+        (l: { annotations: Record<string, string> }) =>
+          l.annotations['containerd.io/snapshot/stargz/layer.digest'] === layer.digest,
+      );
       expect(toc, layer.digest).toBeDefined();
-      const tocJSON = (await execa('tar', ['-xO', '-f', '-', 'stargz.index.json'], { input: gunzipCli(await layoutBlob(dst, toc.digest)), encoding: 'buffer' })).stdout as unknown as Buffer;
+      const tocJSON = (
+        await execa('tar', ['-xO', '-f', '-', 'stargz.index.json'], {
+          input: gunzipCli(await layoutBlob(dst, toc.digest)),
+          encoding: 'buffer',
+        })
+      ).stdout as unknown as Buffer;
       expect(sha256Digest(Buffer.from(tocJSON))).toBe(layer.annotations['containerd.io/snapshot/stargz/toc.digest']);
     }
     const v = await esgz('image', 'verify', '--json', `oci:${dst}:ext`);
     expect(v.exitCode, v.stderr + v.stdout).toBe(0);
-    expect(JSON.parse(v.stdout).manifests[0].layers.map((l: { format: string }) => l.format)).toEqual(['estargz-external', 'estargz-external', 'estargz-external']);
+    expect(JSON.parse(v.stdout).manifests[0].layers.map((l: { format: string }) => l.format)).toEqual([
+      'estargz-external',
+      'estargz-external',
+      'estargz-external',
+    ]);
     const d = await esgz('get-toc-digest', `oci:${dst}:ext@${manifest.layers[0].digest}`);
     expect(d.stdout.trim()).toBe(manifest.layers[0].annotations['containerd.io/snapshot/stargz/toc.digest']);
   });
 
   it('--estargz-keep-diff-id keeps every diffID of the source', async () => {
     const dst = join(scratch, 'keep');
-    const res = await esgz('image', 'convert', '--estargz', '--oci', '--estargz-external-toc', '--estargz-keep-diff-id', '--json', `oci:${image.dir}:v1`, `oci:${dst}:k`);
+    const res = await esgz(
+      'image',
+      'convert',
+      '--estargz',
+      '--oci',
+      '--estargz-external-toc',
+      '--estargz-keep-diff-id',
+      '--json',
+      `oci:${image.dir}:v1`,
+      `oci:${dst}:k`,
+    );
     expect(res.exitCode, res.stderr).toBe(0);
     const report = JSON.parse(res.stdout);
-    expect(report.manifests[0].layers.map((l: { diffID: string }) => l.diffID)).toEqual(image.manifests[0]!.layers.map((l) => l.diffID));
+    expect(report.manifests[0].layers.map((l: { diffID: string }) => l.diffID)).toEqual(
+      image.manifests[0]!.layers.map((l) => l.diffID),
+    );
     const v = await esgz('image', 'verify', `oci:${dst}:k`);
     expect(v.exitCode, v.stderr + v.stdout).toBe(0);
     expect(v.stdout).toMatch(/no landmark/);
     expectOneLineError(
-      await esgz('image', 'convert', '--estargz', '--oci', '--estargz-external-toc', '--estargz-keep-diff-id', '--estargz-record-in', '/dev/null', `oci:${image.dir}:v1`, `oci:${dst}:k2`),
+      await esgz(
+        'image',
+        'convert',
+        '--estargz',
+        '--oci',
+        '--estargz-external-toc',
+        '--estargz-keep-diff-id',
+        '--estargz-record-in',
+        '/dev/null',
+        `oci:${image.dir}:v1`,
+        `oci:${dst}:k2`,
+      ),
       /--estargz-keep-diff-id conflicts with --estargz-record-in/,
     );
   });
 
   it('warns for --estargz without --oci on Docker media types', async () => {
-    const res = await esgz('image', 'convert', '--estargz', `oci:${dockerImage.dir}:v1`, `oci:${join(scratch, 'dock')}:x`);
+    const res = await esgz(
+      'image',
+      'convert',
+      '--estargz',
+      `oci:${dockerImage.dir}:v1`,
+      `oci:${join(scratch, 'dock')}:x`,
+    );
     expect(res.exitCode, res.stderr).toBe(0);
     expect(res.stderr.match(/warning: option --estargz should be used in conjunction with --oci/g)).toHaveLength(1);
     // An OCI source needs no --oci: no warning.
@@ -221,8 +366,18 @@ describe('esgz image convert --estargz', () => {
   });
 
   it('a layer with an unsafe path: one line naming layer and entry, nothing written', async () => {
-    const evil = await writeOciImage(join(scratch, 'evil-src'), { tag: 'v1', layers: [[{ type: 'file', path: 'etc/../../escape', content: 'x' }]] });
-    const res = await esgz('image', 'convert', '--estargz', '--oci', `oci:${evil.dir}:v1`, `oci:${join(scratch, 'evil-out')}:x`);
+    const evil = await writeOciImage(join(scratch, 'evil-src'), {
+      tag: 'v1',
+      layers: [[{ type: 'file', path: 'etc/../../escape', content: 'x' }]],
+    });
+    const res = await esgz(
+      'image',
+      'convert',
+      '--estargz',
+      '--oci',
+      `oci:${evil.dir}:v1`,
+      `oci:${join(scratch, 'evil-out')}:x`,
+    );
     expectOneLineError(res, /layer 0 \([0-9a-f]{12}\).*etc\/\.\.\/\.\.\/escape/);
     expect(res.stderr).not.toMatch(/layer 0 \([0-9a-f]{12}\).*layer 0 \(/); // named once
     expect(existsSync(join(scratch, 'evil-out', 'index.json'))).toBe(false);
@@ -231,11 +386,23 @@ describe('esgz image convert --estargz', () => {
   it('bad flag combinations: one line, non-zero exit', async () => {
     const src = `oci:${image.dir}:v1`;
     const dst = `oci:${join(scratch, 'never')}:x`;
-    expectOneLineError(await esgz('image', 'convert', '--estargz', '--uncompress', src, dst), /--estargz conflicts with --uncompress/);
-    expectOneLineError(await esgz('image', 'convert', '--zstdchunked', src, dst), /--zstdchunked must be used in conjunction with --oci/);
+    expectOneLineError(
+      await esgz('image', 'convert', '--estargz', '--uncompress', src, dst),
+      /--estargz conflicts with --uncompress/,
+    );
+    expectOneLineError(
+      await esgz('image', 'convert', '--zstdchunked', src, dst),
+      /--zstdchunked must be used in conjunction with --oci/,
+    );
     expectOneLineError(await esgz('image', 'convert', src, dst), /specify a layer format/);
-    expectOneLineError(await esgz('image', 'convert', '--estargz', '--oci', '--estargz-keep-diff-id', src, dst), /--estargz-keep-diff-id must be used with --estargz-external-toc/);
-    expectOneLineError(await esgz('image', 'convert', '--estargz', '--oci', '--prefetch-list', '/nonexistent/list', src, dst), /cannot read prefetch list/);
+    expectOneLineError(
+      await esgz('image', 'convert', '--estargz', '--oci', '--estargz-keep-diff-id', src, dst),
+      /--estargz-keep-diff-id must be used with --estargz-external-toc/,
+    );
+    expectOneLineError(
+      await esgz('image', 'convert', '--estargz', '--oci', '--prefetch-list', '/nonexistent/list', src, dst),
+      /cannot read prefetch list/,
+    );
     expect(existsSync(join(scratch, 'never'))).toBe(false);
   });
 });
@@ -249,7 +416,8 @@ function esgzWithEnv(env: Record<string, string>, ...args: string[]) {
 describe('environment variables: read by the command, handed to the conversion as options', () => {
   const src = () => `oci:${image.dir}:v1`;
   const never = () => `oci:${join(scratch, 'never')}:x`;
-  const convert = (env: Record<string, string>, ...args: string[]) => esgzWithEnv(env, 'image', 'convert', '--oci', ...args);
+  const convert = (env: Record<string, string>, ...args: string[]) =>
+    esgzWithEnv(env, 'image', 'convert', '--oci', ...args);
 
   it('a bad ESGZ_GZIP_BACKEND is a one-line error naming the variable, and nothing is written', async () => {
     const dst = join(scratch, 'env-bad');
@@ -259,19 +427,38 @@ describe('environment variables: read by the command, handed to the conversion a
   });
 
   it('ESGZ_GZIP_BACKEND=zlib picks zlib, and levels above 9 are refused with it', async () => {
-    const res = await convert({ ESGZ_GZIP_BACKEND: 'zlib' }, '--estargz', '--json', src(), `oci:${join(scratch, 'env-zlib')}:x`);
+    const res = await convert(
+      { ESGZ_GZIP_BACKEND: 'zlib' },
+      '--estargz',
+      '--json',
+      src(),
+      `oci:${join(scratch, 'env-zlib')}:x`,
+    );
     expect(res.exitCode, res.stderr).toBe(0);
     const report = JSON.parse(res.stdout);
     expect(report.backend).toBe('zlib');
     const backends = report.manifests[0].layers.map((l: { report: { backend: string } }) => l.report.backend);
     expect(backends).toEqual(['zlib', 'zlib', 'zlib']);
-    const twelve = await convert({ ESGZ_GZIP_BACKEND: 'zlib' }, '--estargz', '--estargz-compression-level', '12', src(), never());
+    const twelve = await convert(
+      { ESGZ_GZIP_BACKEND: 'zlib' },
+      '--estargz',
+      '--estargz-compression-level',
+      '12',
+      src(),
+      never(),
+    );
     expectOneLineError(twelve, /--estargz-compression-level 12 needs libdeflate/);
   });
 
   it('ESGZ_ZSTDCHUNKED_GITHUB_ANNOTATIONS=1 adds containers/storage annotations to zstd:chunked layers', async () => {
     const dst = join(scratch, 'env-gh');
-    const res = await convert({ ESGZ_ZSTDCHUNKED_GITHUB_ANNOTATIONS: '1' }, '--zstdchunked', '--json', src(), `oci:${dst}:z`);
+    const res = await convert(
+      { ESGZ_ZSTDCHUNKED_GITHUB_ANNOTATIONS: '1' },
+      '--zstdchunked',
+      '--json',
+      src(),
+      `oci:${dst}:z`,
+    );
     expect(res.exitCode, res.stderr).toBe(0);
     const manifest = JSON.parse((await layoutBlob(dst, JSON.parse(res.stdout).manifests[0].digest)).toString());
     for (const layer of manifest.layers) {

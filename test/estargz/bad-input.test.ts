@@ -81,14 +81,18 @@ describe('global PAX headers (issue #12)', () => {
     expect(Date.now() - started).toBeLessThan(5000);
     // A global mtime applies; a later entry's own empty record deletes a global one.
     const withGlobals = Buffer.concat([
-      tarEntry({ name: 'g', typeflag: 'g' }, Buffer.concat([paxRecord('comment', 'c1'), paxRecord('SCHILY.xattr.user.a', 'v')])),
+      tarEntry(
+        { name: 'g', typeflag: 'g' },
+        Buffer.concat([paxRecord('comment', 'c1'), paxRecord('SCHILY.xattr.user.a', 'v')]),
+      ),
       tarEntry({ name: 'one' }, Buffer.from('1')),
       tarEntry({ name: 'x', typeflag: 'x' }, paxRecord('comment', '')),
       tarEntry({ name: 'two' }, Buffer.from('2')),
       END_OF_ARCHIVE,
     ]);
     const seen: Array<Record<string, string>> = [];
-    for await (const e of readTar(once(withGlobals), 'layer')) seen.push(Object.fromEntries([...e.header.pax].map(([k, v]) => [k, v.toString()])));
+    for await (const e of readTar(once(withGlobals), 'layer'))
+      seen.push(Object.fromEntries([...e.header.pax].map(([k, v]) => [k, v.toString()])));
     expect(seen).toEqual([{ comment: 'c1', 'SCHILY.xattr.user.a': 'v' }, { 'SCHILY.xattr.user.a': 'v' }]);
     // 64 KiB of globals ahead of 300 entries would put 19 MiB of copies into the output.
     const flood = Buffer.concat([

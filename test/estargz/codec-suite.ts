@@ -10,7 +10,18 @@ import { bufferBlobReader, EstargzReader } from '../../src/estargz/reader.js';
 import type { TOCEntry } from '../../src/estargz/toc.js';
 import type { EstargzWriteResult, EstargzWriterOptions } from '../../src/estargz/writer.js';
 import {
-  blockDevice, buildTar, charDevice, dir, fifo, file, generatedFile, gzipBuffer, hardlink, opaque, symlink, whiteout,
+  blockDevice,
+  buildTar,
+  charDevice,
+  dir,
+  fifo,
+  file,
+  generatedFile,
+  gzipBuffer,
+  hardlink,
+  opaque,
+  symlink,
+  whiteout,
   type TarEntry,
 } from '../fixtures/tar.js';
 import { containerdAvailable, startContainerd, type RunningContainerd } from '../harness/containerd.js';
@@ -86,14 +97,22 @@ export function runBadInputSuite(codec: SuiteCodec): BadInputFixture {
     it('a tar whose header promises more payload than the stream has', async () => {
       const headerEnd = tar.indexOf(Buffer.from('a/data')) + 512;
       const cut = tar.subarray(0, headerEnd + CHUNK + 100);
-      await expectEsgzError(codec.convert(cut, { chunkSize: CHUNK, where: 'layer 3' }), 'BAD_LAYER', 'layer 3', 'a/data', 'truncated');
+      await expectEsgzError(
+        codec.convert(cut, { chunkSize: CHUNK, where: 'layer 3' }),
+        'BAD_LAYER',
+        'layer 3',
+        'a/data',
+        'truncated',
+      );
     });
 
     it('names with ".." above the root are refused; absolute names and ".." inside are kept, as stargz writes them', async () => {
       await expectEsgzError(codec.convert(await buildTar([file('../evil', 'x')])), 'UNSAFE_PATH', '../evil');
       await expectEsgzError(codec.convert(await buildTar([file('a/../../evil', 'x')])), 'UNSAFE_PATH', 'a/../../evil');
       await expectEsgzError(codec.convert(await buildTar([file('/../evil', 'x')])), 'UNSAFE_PATH', '/../evil');
-      const { blob: kept, result } = await codec.convert(await buildTar([file('/etc/passwd', 'x'), file('a/../b', 'y')]));
+      const { blob: kept, result } = await codec.convert(
+        await buildTar([file('/etc/passwd', 'x'), file('a/../b', 'y')]),
+      );
       expect(result.toc.entries.map((e) => e.name)).toEqual(expect.arrayContaining(['/etc/passwd', 'a/../b']));
       const reader = await open(kept);
       expect((await reader.readFile('etc/passwd')).toString()).toBe('x');
@@ -112,7 +131,11 @@ export function runBadInputSuite(codec: SuiteCodec): BadInputFixture {
       expect(early.message).toContain('before the first tar entry');
       // Corruption later in a bigger layer names the entry being read (detection runs at most
       // a few hundred KiB of buffering ahead of the tar reader).
-      const bigTar = await buildTar([dir('big'), generatedFile('big/file', 4 << 20, { compressible: true }), file('big/after', 'x')]);
+      const bigTar = await buildTar([
+        dir('big'),
+        generatedFile('big/file', 4 << 20, { compressible: true }),
+        file('big/after', 'x'),
+      ]);
       const late = Buffer.from(gzipBuffer(bigTar));
       const at = Math.floor(late.length * 0.6);
       for (let i = at; i < at + 64; i++) late[i] = late[i]! ^ 0x5a;
@@ -121,7 +144,11 @@ export function runBadInputSuite(codec: SuiteCodec): BadInputFixture {
     });
 
     it('a stream that is not a tar at all', async () => {
-      await expectEsgzError(codec.convert(Buffer.from('this is not a tar archive'.repeat(40))), 'BAD_LAYER', 'checksum');
+      await expectEsgzError(
+        codec.convert(Buffer.from('this is not a tar archive'.repeat(40))),
+        'BAD_LAYER',
+        'checksum',
+      );
     });
   });
 
@@ -132,7 +159,12 @@ export function runBadInputSuite(codec: SuiteCodec): BadInputFixture {
 
     it('a truncated blob', async () => {
       await expectEsgzError(open(blob.subarray(0, blob.length - 7)), 'BAD_FORMAT', 'layer X');
-      await expectEsgzError(open(blob.subarray(0, blob.length - 100)), 'BAD_FORMAT', 'layer X', 'no eStargz or zstd:chunked footer');
+      await expectEsgzError(
+        open(blob.subarray(0, blob.length - 100)),
+        'BAD_FORMAT',
+        'layer X',
+        'no eStargz or zstd:chunked footer',
+      );
     });
 
     it('a TOC digest that does not match the annotation', async () => {
@@ -149,7 +181,10 @@ export function runBadInputSuite(codec: SuiteCodec): BadInputFixture {
       const at = chunk.compressedOffset + Math.floor((chunk.compressedEnd - chunk.compressedOffset) / 2);
       bad[at] = bad[at]! ^ 0xff;
       const damaged = await open(bad);
-      const err = await damaged.readFile('a/data').then(() => undefined, (e: unknown) => e);
+      const err = await damaged.readFile('a/data').then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       expect(err).toBeInstanceOf(EsgzError);
       expect(['BAD_FORMAT', 'DIGEST_MISMATCH']).toContain((err as EsgzError).code);
       expect((err as EsgzError).message).toContain('a/data');
@@ -160,7 +195,9 @@ export function runBadInputSuite(codec: SuiteCodec): BadInputFixture {
 
     it('a chunk whose bytes do not match its chunkDigest', async () => {
       const tampered = await withTOC((entries) =>
-        entries.map((e) => (e.type === 'chunk' && e.chunkOffset === 2 * CHUNK ? { ...e, chunkDigest: `sha256:${'1'.repeat(64)}` } : e)),
+        entries.map((e) =>
+          e.type === 'chunk' && e.chunkOffset === 2 * CHUNK ? { ...e, chunkDigest: `sha256:${'1'.repeat(64)}` } : e,
+        ),
       );
       const reader = await open(tampered);
       expect((await reader.readChunk(reader.chunkAt('a/data', 0)!)).length).toBe(CHUNK); // untouched chunk is fine
@@ -187,7 +224,9 @@ export function runBadInputSuite(codec: SuiteCodec): BadInputFixture {
 
   describe(`${codec.name} reader refuses TOCs that leave content unverified or lie about sizes (issue #12)`, () => {
     it('a chunk without chunkDigest (and no file digest standing in for it)', async () => {
-      const bad = await withTOC((entries) => entries.map((e) => (e.type === 'chunk' && e.chunkOffset === CHUNK ? { ...e, chunkDigest: undefined } : e)));
+      const bad = await withTOC((entries) =>
+        entries.map((e) => (e.type === 'chunk' && e.chunkOffset === CHUNK ? { ...e, chunkDigest: undefined } : e)),
+      );
       await expectEsgzError(open(bad), 'BAD_FORMAT', 'a/data', 'no chunkDigest');
       const small = await withTOC(edited('a/small', { chunkDigest: undefined, digest: undefined }));
       await expectEsgzError(open(small), 'BAD_FORMAT', 'a/small', 'no chunkDigest');
@@ -201,7 +240,9 @@ export function runBadInputSuite(codec: SuiteCodec): BadInputFixture {
       const dataOffset = (entries: TOCEntry[]) => entries.find((e) => e.name === 'a/data')!.offset;
       const dup = await withTOC((entries) => edited('a/small', { offset: dataOffset(entries) })(entries));
       await expectEsgzError(open(dup), 'BAD_FORMAT', 'used twice');
-      const overlap = await withTOC((entries) => edited('a/small', { offset: dataOffset(entries), innerOffset: 3 })(entries));
+      const overlap = await withTOC((entries) =>
+        edited('a/small', { offset: dataOffset(entries), innerOffset: 3 })(entries),
+      );
       await expectEsgzError(open(overlap), 'BAD_FORMAT', 'overlap');
     });
 
@@ -210,12 +251,24 @@ export function runBadInputSuite(codec: SuiteCodec): BadInputFixture {
       await expectEsgzError(open(gap), 'BAD_FORMAT', 'a/data');
       const huge = await withTOC(edited('a/small', { size: 1 << 30, chunkSize: 1 << 30 }));
       await expectEsgzError(open(huge), 'BAD_FORMAT', 'a/small', 'at most 64 MiB');
-      await expectEsgzError(open(await withTOC(edited('a/small', { innerOffset: 1 << 30 }))), 'BAD_FORMAT', 'a/small', 'inner offset');
-      await expectEsgzError(open(await withTOC(edited('a/small', { offset: 1e12 }))), 'BAD_FORMAT', 'points past the data');
+      await expectEsgzError(
+        open(await withTOC(edited('a/small', { innerOffset: 1 << 30 }))),
+        'BAD_FORMAT',
+        'a/small',
+        'inner offset',
+      );
+      await expectEsgzError(
+        open(await withTOC(edited('a/small', { offset: 1e12 }))),
+        'BAD_FORMAT',
+        'points past the data',
+      );
       await expectEsgzError(open(await withTOC(edited('a/small', { size: -5 }))), 'BAD_FORMAT', 'size');
       const climb = await withTOC(edited('a/small', { name: 'a/../../small' }));
       await expectEsgzError(open(climb), 'UNSAFE_PATH', 'a/../../small');
-      const link = await withTOC((entries) => [...entries, { name: 'h', type: 'hardlink', linkName: '../../etc/shadow' }]);
+      const link = await withTOC((entries) => [
+        ...entries,
+        { name: 'h', type: 'hardlink', linkName: '../../etc/shadow' },
+      ]);
       await expectEsgzError(open(link), 'UNSAFE_PATH', 'etc/shadow');
     });
 
@@ -248,7 +301,9 @@ export const referenceEntries: TarEntry[] = [
   charDevice('dev/null', 1, 3),
   blockDevice('dev/loop0', 7, 0),
   fifo('dev/fifo'),
-  file('usr/bin/caps', 'cap', { xattrs: { 'user.comment': 'hello', 'security.capability': Buffer.from([1, 0, 0, 2, 0, 32, 0, 0]) } }),
+  file('usr/bin/caps', 'cap', {
+    xattrs: { 'user.comment': 'hello', 'security.capability': Buffer.from([1, 0, 0, 2, 0, 32, 0, 0]) },
+  }),
   file(`usr/${'long-directory-name-'.repeat(6)}/${'f'.repeat(110)}`, 'long'),
   // Characters Go's encoding/json escapes in the TOC.
   file('etc/"quoted" <a&b>\\tab\t\u2028', 'escaped'),
@@ -271,13 +326,18 @@ export interface ReferenceContext {
  * containerd (gated on containerd + ctr-remote being installed and running as root).
  * `codecSpecific` adds the codec's own tests inside the same describe (one containerd for all).
  */
-export function runReferenceSuite(codec: SuiteCodec, namespace: string, codecSpecific?: (context: ReferenceContext) => void): void {
+export function runReferenceSuite(
+  codec: SuiteCodec,
+  namespace: string,
+  codecSpecific?: (context: ReferenceContext) => void,
+): void {
   describe.skipIf(!containerdAvailable())(`${codec.name} reference comparison with ctr-remote 0.12`, () => {
     let containerd: RunningContainerd;
     let tar: Buffer;
     let reference: Promise<CtrRemoteLayer> | undefined;
     const chunkFlags = ['--estargz-chunk-size', String(REFERENCE_CHUNK)];
-    const ctrRemote = (layer: Buffer, flags: string[]) => convertWithCtrRemote(containerd, layer, [codec.ctrRemoteFlag, ...flags]);
+    const ctrRemote = (layer: Buffer, flags: string[]) =>
+      convertWithCtrRemote(containerd, layer, [codec.ctrRemoteFlag, ...flags]);
     const context: ReferenceContext = {
       containerd: () => containerd,
       tar: () => tar,
@@ -309,7 +369,11 @@ export function runReferenceSuite(codec: SuiteCodec, namespace: string, codecSpe
     });
 
     it('same structure at the default chunk size with a file larger than 4 MiB', async () => {
-      const bigTar = await buildTar([dir('data'), generatedFile('data/blob', 9 * 1024 * 1024 + 17), file('data/note', 'n')]);
+      const bigTar = await buildTar([
+        dir('data'),
+        generatedFile('data/blob', 9 * 1024 * 1024 + 17),
+        file('data/note', 'n'),
+      ]);
       const ref = await ctrRemote(bigTar, []);
       const ours = await codec.convert(bigTar, {});
       expect(tocStructure((await readTOC(ours.blob)).toc)).toEqual(tocStructure((await readTOC(ref.blob)).toc));
@@ -317,8 +381,12 @@ export function runReferenceSuite(codec: SuiteCodec, namespace: string, codecSpe
 
     it('prioritized files (record-in) give the same order and the same .prefetch.landmark', async () => {
       const paths = ['/usr/bin/tool', '/etc/os-release', '/not/in/the/layer'];
-      const record = paths.map((p) => JSON.stringify({ path: p, manifestDigest: `sha256:${'0'.repeat(64)}`, layerIndex: 0 })).join('\n');
-      const ref = await convertWithCtrRemote(containerd, tar, [codec.ctrRemoteFlag, ...chunkFlags], { recordIn: `${record}\n` });
+      const record = paths
+        .map((p) => JSON.stringify({ path: p, manifestDigest: `sha256:${'0'.repeat(64)}`, layerIndex: 0 }))
+        .join('\n');
+      const ref = await convertWithCtrRemote(containerd, tar, [codec.ctrRemoteFlag, ...chunkFlags], {
+        recordIn: `${record}\n`,
+      });
       const ours = await codec.convert(tar, { chunkSize: REFERENCE_CHUNK, prioritizedFiles: paths });
       const ourTOC = (await readTOC(ours.blob)).toc;
       expect(ourTOC.entries.map((e) => e.name)).toContain('.prefetch.landmark');
@@ -330,7 +398,9 @@ export function runReferenceSuite(codec: SuiteCodec, namespace: string, codecSpe
     it("ctr-remote's own reader (get-toc-digest) accepts esgz blobs and finds the same TOC digest", async () => {
       for (const variant of [{}, codec.readerVariant]) {
         const ours = await codec.convert(tar, { chunkSize: REFERENCE_CHUNK, ...variant });
-        expect(await ctrRemoteTOCDigest(containerd, ours.blob, codec.getTocDigestFlags), JSON.stringify(variant)).toBe(ours.result.tocDigest);
+        expect(await ctrRemoteTOCDigest(containerd, ours.blob, codec.getTocDigestFlags), JSON.stringify(variant)).toBe(
+          ours.result.tocDigest,
+        );
       }
     });
 

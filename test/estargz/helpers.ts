@@ -35,10 +35,15 @@ export interface ConvertOptions extends Omit<EstargzWriterOptions, 'codec' | 'co
 }
 
 /** Converts a (possibly compressed) layer held in memory; returns the blob and the writer's result. */
-export async function convertBuffer(layer: Buffer, options: ConvertOptions = {}): Promise<{ blob: Buffer; result: EstargzWriteResult }> {
+export async function convertBuffer(
+  layer: Buffer,
+  options: ConvertOptions = {},
+): Promise<{ blob: Buffer; result: EstargzWriteResult }> {
   const codec = options.codec ?? createGzipCodec();
   const { level: compressionLevel, workers, backend: gzipBackend } = options;
-  const pool = options.compressor ? undefined : createMemberPool(codec.name, { compressionLevel, workers, gzipBackend });
+  const pool = options.compressor
+    ? undefined
+    : createMemberPool(codec.name, { compressionLevel, workers, gzipBackend });
   try {
     const sink = new MemorySink();
     const { stream } = await openDecompressed(readableOf(layer), 'test layer');
@@ -62,7 +67,10 @@ export function gunzipCli(blob: Buffer): Buffer {
 
 /** Names in a tar as GNU tar lists them (literal quoting). */
 export function tarNames(tar: Buffer): string[] {
-  return run('tar', ['-t', '--quoting-style=literal', '-f', '-'], tar).toString('utf8').split('\n').filter((l) => l !== '');
+  return run('tar', ['-t', '--quoting-style=literal', '-f', '-'], tar)
+    .toString('utf8')
+    .split('\n')
+    .filter((l) => l !== '');
 }
 
 /** `tar -tv --full-time` lines: mode, owner, size, time, name, link target. */
@@ -75,7 +83,11 @@ export function tarVerbose(tar: Buffer): string[] {
 }
 
 /** Awaits the rejection of `promise`: a one-line EsgzError with `code` whose message holds every fragment. */
-export async function expectEsgzError(promise: Promise<unknown>, code: string, ...fragments: string[]): Promise<EsgzError> {
+export async function expectEsgzError(
+  promise: Promise<unknown>,
+  code: string,
+  ...fragments: string[]
+): Promise<EsgzError> {
   const err = await promise.then(
     () => undefined,
     (e: unknown) => e,

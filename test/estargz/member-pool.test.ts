@@ -3,7 +3,13 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { decompressFrames } from '../../src/estargz/zstdchunked/format.js';
 import { LIBDEFLATE_ADDON_PATH, MemberPool, type MemberCompressorKind } from '../../src/estargz/member-pool.js';
 
-const members = [Buffer.from('a'), Buffer.alloc(0), Buffer.from('hello, world '.repeat(5000)), Buffer.alloc(70_000, 7), Buffer.from('tail')];
+const members = [
+  Buffer.from('a'),
+  Buffer.alloc(0),
+  Buffer.from('hello, world '.repeat(5000)),
+  Buffer.alloc(70_000, 7),
+  Buffer.from('tail'),
+];
 const pools: MemberPool[] = [];
 afterAll(async () => Promise.all(pools.map((p) => p.close())));
 
@@ -33,7 +39,11 @@ const decoders: Record<MemberCompressorKind, (b: Buffer) => Buffer> = {
 };
 
 describe('member pool', () => {
-  for (const [kind, level] of [['libdeflate', 9], ['zlib', 9], ['zstd', 3]] as const) {
+  for (const [kind, level] of [
+    ['libdeflate', 9],
+    ['zlib', 9],
+    ['zstd', 3],
+  ] as const) {
     it(`${kind}: every member of a batch is its own complete member, byte-identical to compressing it alone`, async () => {
       const p = pool(kind, level);
       const { batch, ends } = batchOf(p, members);
@@ -82,18 +92,32 @@ describe('member pool', () => {
   it('the libdeflate addon checks its batch arguments', () => {
     type Addon = {
       gzipBatchBound(ends: Uint32Array, level: number): number;
-      gzipCompressBatch(input: Uint8Array, ends: Uint32Array, level: number, sizes: Uint32Array, output: Uint8Array): number;
+      gzipCompressBatch(
+        input: Uint8Array,
+        ends: Uint32Array,
+        level: number,
+        sizes: Uint32Array,
+        output: Uint8Array,
+      ): number;
     };
     const m = { exports: {} as Addon };
     process.dlopen(m as unknown as NodeJS.Module, LIBDEFLATE_ADDON_PATH);
     const { gzipBatchBound, gzipCompressBatch } = m.exports;
     const input = Buffer.from('0123456789');
     const out = Buffer.alloc(gzipBatchBound(Uint32Array.of(4, 10), 9));
-    expect(() => gzipCompressBatch(input, Uint32Array.of(4, 11), 9, new Uint32Array(2), out)).toThrow(/ends must rise within the input/);
-    expect(() => gzipCompressBatch(input, Uint32Array.of(6, 4), 9, new Uint32Array(2), out)).toThrow(/ends must rise within the input/);
-    expect(() => gzipCompressBatch(input, Uint32Array.of(4), 13, new Uint32Array(1), out)).toThrow(/level must be an integer from 0 to 12/);
+    expect(() => gzipCompressBatch(input, Uint32Array.of(4, 11), 9, new Uint32Array(2), out)).toThrow(
+      /ends must rise within the input/,
+    );
+    expect(() => gzipCompressBatch(input, Uint32Array.of(6, 4), 9, new Uint32Array(2), out)).toThrow(
+      /ends must rise within the input/,
+    );
+    expect(() => gzipCompressBatch(input, Uint32Array.of(4), 13, new Uint32Array(1), out)).toThrow(
+      /level must be an integer from 0 to 12/,
+    );
     expect(() => gzipCompressBatch(input, Uint32Array.of(4, 10), 9, new Uint32Array(1), out)).toThrow(/same length/);
-    expect(() => gzipCompressBatch(input, Uint32Array.of(4, 10), 9, new Uint32Array(2), out.subarray(0, 20))).toThrow(/smaller than gzipBatchBound/);
+    expect(() => gzipCompressBatch(input, Uint32Array.of(4, 10), 9, new Uint32Array(2), out.subarray(0, 20))).toThrow(
+      /smaller than gzipBatchBound/,
+    );
     const sizes = new Uint32Array(2);
     const written = gzipCompressBatch(input, Uint32Array.of(4, 10), 9, sizes, out);
     expect(written).toBe(sizes[0]! + sizes[1]!);

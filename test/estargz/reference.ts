@@ -29,7 +29,9 @@ export async function ociArchive(layerTar: Buffer, name: string): Promise<Buffer
       platform: { os: 'linux', architecture: ARCH },
       layers: [layerTar],
     });
-    const archive = await execa('tar', ['-c', '-C', layout, '-f', '-', 'oci-layout', 'index.json', 'blobs'], { encoding: 'buffer' });
+    const archive = await execa('tar', ['-c', '-C', layout, '-f', '-', 'oci-layout', 'index.json', 'blobs'], {
+      encoding: 'buffer',
+    });
     return Buffer.from(archive.stdout);
   } finally {
     await rm(layout, { recursive: true, force: true });
@@ -71,7 +73,11 @@ export async function convertWithCtrRemote(
     await execa('tar', ['-x', '-C', outDir, '-f', path.join(work, 'out.tar')]);
     const { manifests } = readOciLayout(outDir);
     const layer = manifests[0]!.manifest.layers[0]!;
-    return { blob: readLayoutBlob(outDir, layer.digest), annotations: layer.annotations ?? {}, mediaType: layer.mediaType };
+    return {
+      blob: readLayoutBlob(outDir, layer.digest),
+      annotations: layer.annotations ?? {},
+      mediaType: layer.mediaType,
+    };
   } finally {
     await rm(work, { recursive: true, force: true });
   }
@@ -81,13 +87,25 @@ export async function convertWithCtrRemote(
  * Puts a blob into containerd's content store and asks ctr-remote's reader for its TOC digest
  * (`flags`: `--zstdchunked` for that reader).
  */
-export async function ctrRemoteTOCDigest(containerd: RunningContainerd, blob: Buffer, flags: string[] = []): Promise<string> {
+export async function ctrRemoteTOCDigest(
+  containerd: RunningContainerd,
+  blob: Buffer,
+  flags: string[] = [],
+): Promise<string> {
   const work = await mkdtemp(path.join(os.tmpdir(), 'esgz-ref-'));
   try {
     const p = path.join(work, 'blob');
     await writeFile(p, blob);
     const digest = sha256Digest(blob);
-    const ingest = ['content', 'ingest', '--expected-size', String(blob.length), '--expected-digest', digest, `esgz-${digest}`];
+    const ingest = [
+      'content',
+      'ingest',
+      '--expected-size',
+      String(blob.length),
+      '--expected-digest',
+      digest,
+      `esgz-${digest}`,
+    ];
     await execa('/usr/bin/ctr', ['-a', containerd.address, '-n', containerd.namespace, ...ingest], { inputFile: p });
     return (await containerd.ctrRemote(['image', 'get-toc-digest', ...flags, digest])).trim();
   } finally {
@@ -106,12 +124,32 @@ export function tocStructure(toc: JTOC): unknown[] {
   return toc.entries.map((e) => {
     if (e.userName) users.set(e.uid ?? 0, e.userName);
     if (e.groupName) groups.set(e.gid ?? 0, e.groupName);
-    if (e.type === 'chunk') return { name: e.name, type: e.type, chunkOffset: e.chunkOffset ?? 0, chunkSize: e.chunkSize ?? 0, chunkDigest: e.chunkDigest };
+    if (e.type === 'chunk')
+      return {
+        name: e.name,
+        type: e.type,
+        chunkOffset: e.chunkOffset ?? 0,
+        chunkSize: e.chunkSize ?? 0,
+        chunkDigest: e.chunkDigest,
+      };
     return {
-      name: e.name, type: e.type, size: e.size ?? 0, mode: e.mode ?? 0, uid: e.uid ?? 0, gid: e.gid ?? 0,
-      user: users.get(e.uid ?? 0) ?? '', group: groups.get(e.gid ?? 0) ?? '',
-      modtime: e.modtime ?? '', linkName: e.linkName ?? '', devMajor: e.devMajor ?? 0, devMinor: e.devMinor ?? 0,
-      xattrs: e.xattrs ?? {}, digest: e.digest ?? '', chunkOffset: e.chunkOffset ?? 0, chunkSize: e.chunkSize ?? 0, chunkDigest: e.chunkDigest ?? '',
+      name: e.name,
+      type: e.type,
+      size: e.size ?? 0,
+      mode: e.mode ?? 0,
+      uid: e.uid ?? 0,
+      gid: e.gid ?? 0,
+      user: users.get(e.uid ?? 0) ?? '',
+      group: groups.get(e.gid ?? 0) ?? '',
+      modtime: e.modtime ?? '',
+      linkName: e.linkName ?? '',
+      devMajor: e.devMajor ?? 0,
+      devMinor: e.devMinor ?? 0,
+      xattrs: e.xattrs ?? {},
+      digest: e.digest ?? '',
+      chunkOffset: e.chunkOffset ?? 0,
+      chunkSize: e.chunkSize ?? 0,
+      chunkDigest: e.chunkDigest ?? '',
     };
   });
 }

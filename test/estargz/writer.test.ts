@@ -9,15 +9,32 @@ import { GlobPattern } from '../../src/estargz/priority.js';
 import type { MemberCompressor } from '../../src/estargz/codec.js';
 import { createGzipPool, libdeflateAvailable } from '../../src/estargz/gzip-pool.js';
 import {
-  blockDevice, buildTar, charDevice, dir, fifo, file, generatedBuffer, generatedFile, gzipBuffer, hardlink, opaque,
-  sha256Digest, storedName, symlink, whiteout, type TarEntry,
+  blockDevice,
+  buildTar,
+  charDevice,
+  dir,
+  fifo,
+  file,
+  generatedBuffer,
+  generatedFile,
+  gzipBuffer,
+  hardlink,
+  opaque,
+  sha256Digest,
+  storedName,
+  symlink,
+  whiteout,
+  type TarEntry,
 } from '../fixtures/tar.js';
 import { convertBuffer, gunzipCli, run, tarNames, tarVerbose } from './helpers.js';
 
 const CHUNK = 64 * 1024;
 const longDir = `long/${'x'.repeat(120)}`;
 const longName = `${longDir}/${'y'.repeat(150)}.txt`;
-const capability = Buffer.from([0x01, 0x00, 0x00, 0x02, 0xff, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00]);
+const capability = Buffer.from([
+  0x01, 0x00, 0x00, 0x02, 0xff, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+  0x00,
+]);
 
 const entries: TarEntry[] = [
   dir('etc'),
@@ -73,7 +90,9 @@ describe('eStargz writer round trip', () => {
 
   it('keeps every header field tar shows (mode, owner, size, mtime, link targets)', () => {
     const out = gunzipCli(blob);
-    const lines = tarVerbose(out).filter((l) => !l.endsWith(' .no.prefetch.landmark') && !l.endsWith(' stargz.index.json'));
+    const lines = tarVerbose(out).filter(
+      (l) => !l.endsWith(' .no.prefetch.landmark') && !l.endsWith(' stargz.index.json'),
+    );
     expect(lines).toEqual(tarVerbose(tar));
   });
 
@@ -130,21 +149,33 @@ describe('eStargz writer round trip', () => {
 
   it('TOC entries carry every field with chunks at the chunk size', () => {
     // Check the serialized TOC as a reader sees it, not the writer's in-memory object.
-    const toc = JSON.parse(run('tar', ['-xO', '-f', '-', 'stargz.index.json'], gunzipCli(blob)).toString()) as typeof result.toc;
+    const toc = JSON.parse(
+      run('tar', ['-xO', '-f', '-', 'stargz.index.json'], gunzipCli(blob)).toString(),
+    ) as typeof result.toc;
     const names = toc.entries.filter((e) => e.type !== 'chunk').map((e) => e.name);
     expect(names).toEqual(['.no.prefetch.landmark', ...entries.map(storedName)]);
     const byName = (n: string) => toc.entries.filter((e) => e.name === n);
     const exact = byName('bin/exact');
     expect(exact).toHaveLength(1);
-    expect(exact[0]).toMatchObject({ type: 'reg', size: CHUNK, chunkSize: CHUNK, digest: sha256Digest(contentOf(entries[4]!)) });
+    expect(exact[0]).toMatchObject({
+      type: 'reg',
+      size: CHUNK,
+      chunkSize: CHUNK,
+      digest: sha256Digest(contentOf(entries[4]!)),
+    });
     const big = byName('bin/big');
     expect(big.map((e) => [e.type, e.chunkOffset ?? 0, e.chunkSize])).toEqual([
-      ['reg', 0, CHUNK], ['chunk', CHUNK, CHUNK], ['chunk', 2 * CHUNK, CHUNK], ['chunk', 3 * CHUNK, undefined],
+      ['reg', 0, CHUNK],
+      ['chunk', CHUNK, CHUNK],
+      ['chunk', 2 * CHUNK, CHUNK],
+      ['chunk', 3 * CHUNK, undefined],
     ]);
     const bigData = contentOf(entries[6]!);
     big.forEach((e) => {
       const start = e.chunkOffset ?? 0;
-      expect(e.chunkDigest).toBe(sha256Digest(bigData.subarray(start, start + (e.chunkSize ?? bigData.length - start))));
+      expect(e.chunkDigest).toBe(
+        sha256Digest(bigData.subarray(start, start + (e.chunkSize ?? bigData.length - start))),
+      );
       expect(e.offset).toBeGreaterThan(0);
     });
     expect(byName('bin/hl')[0]).toMatchObject({ type: 'hardlink', linkName: 'bin/exact' });
@@ -155,15 +186,25 @@ describe('eStargz writer round trip', () => {
     expect(byName('run/fifo')[0]).toMatchObject({ type: 'fifo' });
     expect(byName('empty')[0]).toMatchObject({ type: 'reg', digest: sha256Digest('') });
     expect(byName('empty')[0]!.size).toBeUndefined();
-    expect(byName('etc/hosts')[0]).toMatchObject({ userName: 'root', groupName: 'root', modtime: '2020-09-13T12:26:40Z', mode: 0o644 });
+    expect(byName('etc/hosts')[0]).toMatchObject({
+      userName: 'root',
+      groupName: 'root',
+      modtime: '2020-09-13T12:26:40Z',
+      mode: 0o644,
+    });
     expect(byName('uid-big')[0]).toMatchObject({ uid: 3000000, gid: 3000001, userName: 'big', groupName: 'biggroup' });
-    expect(byName('xattr-file')[0]!.xattrs).toEqual({ 'security.capability': capability.toString('base64'), 'user.note': Buffer.from('hello').toString('base64') });
+    expect(byName('xattr-file')[0]!.xattrs).toEqual({
+      'security.capability': capability.toString('base64'),
+      'user.note': Buffer.from('hello').toString('base64'),
+    });
     expect(byName(longName)).toHaveLength(1);
     expect(byName('longlink')[0]!.linkName).toBe('z'.repeat(200));
     expect(byName('etc/.wh.removed')[0]).toMatchObject({ type: 'reg' });
     expect(byName('var/cache/.wh..wh..opq')[0]).toMatchObject({ type: 'reg' });
     // Members start where stargz starts them: each payload chunk in its own member.
-    const starts = toc.entries.filter((e) => (e.type === 'reg' && (e.size ?? 0) > 0) || e.type === 'chunk').map((e) => e.offset!);
+    const starts = toc.entries
+      .filter((e) => (e.type === 'reg' && (e.size ?? 0) > 0) || e.type === 'chunk')
+      .map((e) => e.offset!);
     expect(new Set(starts).size).toBe(starts.length);
   });
 
@@ -181,7 +222,9 @@ describe('eStargz writer round trip', () => {
     expect(reader.chunkAt('bin/big', 3 * CHUNK + 123)).toBeUndefined();
     // Callers that fetch ranges themselves (merged range requests) decode with decodeChunk.
     const merged = blob.subarray(chunk.compressedOffset, chunk.compressedEnd + 1000);
-    expect((await reader.decodeChunk(chunk, merged)).equals(contentOf(entries[6]!).subarray(2 * CHUNK, 3 * CHUNK))).toBe(true);
+    expect(
+      (await reader.decodeChunk(chunk, merged)).equals(contentOf(entries[6]!).subarray(2 * CHUNK, 3 * CHUNK)),
+    ).toBe(true);
     const verified = await reader.verifyAll();
     expect(verified.bytes).toBe(entries.reduce((n, e) => n + (e.type === 'file' ? contentOf(e).length : 0), 1));
   });
@@ -246,7 +289,9 @@ describe('eStargz writer determinism and backends', () => {
     const l = await convertBuffer(tar, { chunkSize: CHUNK, backend: 'libdeflate' });
     expect(z.blob.equals(l.blob)).toBe(false);
     // Same members, so the uncompressed streams differ only in the TOC offsets.
-    expect(z.result.toc.entries.map((e) => [e.name, e.chunkDigest])).toEqual(l.result.toc.entries.map((e) => [e.name, e.chunkDigest]));
+    expect(z.result.toc.entries.map((e) => [e.name, e.chunkDigest])).toEqual(
+      l.result.toc.entries.map((e) => [e.name, e.chunkDigest]),
+    );
     for (const { blob: b, result: r } of [z, l]) {
       expect(sha256Digest(gunzipCli(b))).toBe(r.diffID);
       const reader = await EstargzReader.open(bufferBlobReader(b), { expectedTOCDigest: r.tocDigest });
@@ -269,7 +314,8 @@ describe('min chunk size and prioritized files', () => {
     expect(r.memberCount).toBeLessThan(result.memberCount);
     expect(tarNames(gunzipCli(b))).toEqual(tarNames(gunzipCli(blob)));
     const reader = await EstargzReader.open(bufferBlobReader(b));
-    for (const e of entries) if (e.type === 'file') expect((await reader.readFile(e.path)).equals(contentOf(e)), e.path).toBe(true);
+    for (const e of entries)
+      if (e.type === 'file') expect((await reader.readFile(e.path)).equals(contentOf(e)), e.path).toBe(true);
     await reader.verifyAll();
   });
 
@@ -281,9 +327,20 @@ describe('min chunk size and prioritized files', () => {
     });
     missed.push(...r.missedPrioritizedFiles);
     const names = tarNames(gunzipCli(b));
-    expect(names.slice(0, 8)).toEqual(['bin/', 'bin/exact', 'bin/hl', 'etc/', 'etc/hosts', 'ünïcode/', 'ünïcode/ファイル', '.prefetch.landmark']);
+    expect(names.slice(0, 8)).toEqual([
+      'bin/',
+      'bin/exact',
+      'bin/hl',
+      'etc/',
+      'etc/hosts',
+      'ünïcode/',
+      'ünïcode/ファイル',
+      '.prefetch.landmark',
+    ]);
     expect(missed).toEqual(['not/there']);
-    expect(names.filter((n) => n !== '.prefetch.landmark' && n !== 'stargz.index.json').sort()).toEqual(tarNames(tar).sort());
+    expect(names.filter((n) => n !== '.prefetch.landmark' && n !== 'stargz.index.json').sort()).toEqual(
+      tarNames(tar).sort(),
+    );
     const reader = await EstargzReader.open(bufferBlobReader(b), { expectedTOCDigest: r.tocDigest });
     expect(reader.landmark().kind).toBe('prefetch');
     await reader.verifyAll();
@@ -323,7 +380,8 @@ describe('the same writer with the zstd:chunked codec', () => {
     expect(tarNames(out).filter((n) => n !== '.no.prefetch.landmark')).toEqual(tarNames(tar));
     const reader = await EstargzReader.open(bufferBlobReader(z), { expectedTOCDigest: r.tocDigest });
     expect(reader.codec.name).toBe('zstd');
-    for (const e of entries) if (e.type === 'file') expect((await reader.readFile(e.path)).equals(contentOf(e)), e.path).toBe(true);
+    for (const e of entries)
+      if (e.type === 'file') expect((await reader.readFile(e.path)).equals(contentOf(e)), e.path).toBe(true);
     // Same TOC structure as eStargz: only offsets differ.
     const strip = (t: typeof r.toc) => t.entries.map(({ offset: _o, innerOffset: _i, ...rest }) => rest);
     expect(strip(r.toc)).toEqual(strip(result.toc));
@@ -347,7 +405,10 @@ describe('external TOC mode', () => {
     expect(sha256Digest(out)).toBe(r.diffID);
     expect(tarNames(out)).toEqual(['.no.prefetch.landmark', ...tarNames(tar)]);
     expect(tarNames(gunzipSync(r.externalTOC!))).toEqual(['stargz.index.json']);
-    const reader = await EstargzReader.open(bufferBlobReader(b), { externalTOC: r.externalTOC, expectedTOCDigest: r.tocDigest });
+    const reader = await EstargzReader.open(bufferBlobReader(b), {
+      externalTOC: r.externalTOC,
+      expectedTOCDigest: r.tocDigest,
+    });
     expect(reader.footer.kind).toBe('estargz-external');
     await reader.verifyAll();
     await expect(EstargzReader.open(bufferBlobReader(b))).rejects.toMatchObject({ code: 'UNSUPPORTED' });
@@ -364,8 +425,12 @@ describe('lossless mode (convert --estargz-keep-diff-id)', () => {
     const { blob: b, result: r } = await lossless(tar);
     expect(gunzipCli(b).equals(tar)).toBe(true);
     expect(r.diffID).toBe(sha256Digest(tar));
-    const reader = await EstargzReader.open(bufferBlobReader(b), { externalTOC: r.externalTOC, expectedTOCDigest: r.tocDigest });
-    for (const e of entries) if (e.type === 'file') expect((await reader.readFile(e.path)).equals(contentOf(e)), e.path).toBe(true);
+    const reader = await EstargzReader.open(bufferBlobReader(b), {
+      externalTOC: r.externalTOC,
+      expectedTOCDigest: r.tocDigest,
+    });
+    for (const e of entries)
+      if (e.type === 'file') expect((await reader.readFile(e.path)).equals(contentOf(e)), e.path).toBe(true);
     expect(reader.landmark().kind).toBe('none');
   });
 
@@ -374,7 +439,10 @@ describe('lossless mode (convert --estargz-keep-diff-id)', () => {
     try {
       const long = `${'d'.repeat(90)}/${'f'.repeat(120)}`;
       execFileSync('mkdir', ['-p', join(dirPath, 'src', long.split('/')[0]!)]);
-      execFileSync('sh', ['-c', `head -c 300000 /dev/urandom > '${join(dirPath, 'src', long)}' && echo hi > '${join(dirPath, 'src', 'small')}'`]);
+      execFileSync('sh', [
+        '-c',
+        `head -c 300000 /dev/urandom > '${join(dirPath, 'src', long)}' && echo hi > '${join(dirPath, 'src', 'small')}'`,
+      ]);
       const gnu = execFileSync('tar', ['--format=gnu', '-C', join(dirPath, 'src'), '-cf', '-', '.']);
       expect(gnu.length % 10240).toBe(0); // GNU tar pads to a 10 KiB record: the trailer must survive
       const { blob: b, result: r } = await lossless(gnu);

@@ -14,7 +14,11 @@ export function esgz(...args: string[]) {
  * The error contract of every command: it exits with `exitCode` (or any non-zero code), prints
  * exactly one line on stderr, `esgz: …` matching `pattern`, and no stack trace.
  */
-export function expectOneLineError(result: { exitCode?: number; stderr: string }, exitCode: number | 'nonzero', pattern: RegExp): void {
+export function expectOneLineError(
+  result: { exitCode?: number; stderr: string },
+  exitCode: number | 'nonzero',
+  pattern: RegExp,
+): void {
   if (exitCode === 'nonzero') expect(result.exitCode).not.toBe(0);
   else expect(result.exitCode).toBe(exitCode);
   const lines = result.stderr.split('\n').filter((l) => l.length > 0);
@@ -54,7 +58,9 @@ export async function esgzMeasured(...args: string[]): Promise<MeasuredRun> {
   const peakRssMiB = Number(lines[mark]!.slice(RSS_MARK.length)) / 1024;
   lines.splice(mark, 1);
   // GNU time also reports a non-zero exit ("Command exited with non-zero status N").
-  const stderr = lines.filter((line) => !/^Command (exited with non-zero status|terminated by signal) \d+$/.test(line)).join('\n');
+  const stderr = lines
+    .filter((line) => !/^Command (exited with non-zero status|terminated by signal) \d+$/.test(line))
+    .join('\n');
   return { exitCode: result.exitCode, stdout: result.stdout, stderr, peakRssMiB, seconds };
 }
 

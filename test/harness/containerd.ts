@@ -66,7 +66,8 @@ export async function startContainerd(options: { namespace?: string } = {}): Pro
   const ctrBase = ['-a', address, '-n', namespace];
   const run = async (bin: string, args: string[]) => {
     const result = await execa(bin, [...ctrBase, ...args], { maxBuffer: 1 << 28, reject: false });
-    if (result.exitCode !== 0) throw new Error(`${bin} ${args.join(' ')} failed (exit ${result.exitCode}): ${String(result.stderr).trim()}`);
+    if (result.exitCode !== 0)
+      throw new Error(`${bin} ${args.join(' ')} failed (exit ${result.exitCode}): ${String(result.stderr).trim()}`);
     return String(result.stdout);
   };
   const stop = async () => {

@@ -137,7 +137,9 @@ export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
       const body = JSON.stringify({ errors: [{ code: 'UNKNOWN', message: `injected fault: HTTP ${status}` }] });
       entry.status = status;
       entry.bytes = Buffer.byteLength(body);
-      res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }).end(body);
+      res
+        .writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })
+        .end(body);
       return;
     }
 
@@ -148,7 +150,10 @@ export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
         entry.status = status;
         res.writeHead(status, upstreamRes.statusMessage, upstreamRes.rawHeaders);
         const contentLength = Number(upstreamRes.headers['content-length'] ?? NaN);
-        const cutAt = fault?.kind === 'truncate' ? (fault.afterBytes ?? Math.floor((Number.isFinite(contentLength) ? contentLength : 2) / 2)) : undefined;
+        const cutAt =
+          fault?.kind === 'truncate'
+            ? (fault.afterBytes ?? Math.floor((Number.isFinite(contentLength) ? contentLength : 2) / 2))
+            : undefined;
         let sent = 0;
         let corrupted = false;
         void (async () => {
@@ -220,7 +225,8 @@ export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
     count: (match = {}) => log.filter((e) => matches(match, e.method, e.path)).length,
     fail: (status, rule = {}) => add('fail', rule, { status }),
     corrupt: (rule = {}) => add('corrupt', rule, rule.offset !== undefined ? { offset: rule.offset } : {}),
-    truncate: (rule = {}) => add('truncate', rule, rule.afterBytes !== undefined ? { afterBytes: rule.afterBytes } : {}),
+    truncate: (rule = {}) =>
+      add('truncate', rule, rule.afterBytes !== undefined ? { afterBytes: rule.afterBytes } : {}),
     reset: (rule = {}) => add('reset', rule),
     redirect: (location, rule = {}) => add('redirect', rule, { location }),
     setBandwidth: (limit) => {

@@ -31,5 +31,9 @@ export function testNodes(): TestNode[] {
 
 /** Runs the built CLI under `node`, as test/harness/cli.ts's esgz() does under the node on PATH. */
 export function esgzUnder(node: TestNode, args: string[], env: Record<string, string> = {}) {
-  return execa(node.path, [join(repoRoot, 'bin/run.js'), ...args], { reject: false, env: { DEBUG: '', ...env }, stdin: 'ignore' });
+  return execa(node.path, [join(repoRoot, 'bin/run.js'), ...args], {
+    reject: false,
+    env: { DEBUG: '', ...env },
+    stdin: 'ignore',
+  });
 }

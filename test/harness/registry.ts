@@ -71,20 +71,63 @@ export async function makeTestPki(dir: string): Promise<TestPki> {
   };
   const caKey = at('ca-key.pem');
   await execa('openssl', [
-    'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-sha256', '-days', '2', '-subj', '/CN=esgz test CA',
-    '-keyout', caKey, '-out', pki.ca,
+    'req',
+    '-x509',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-sha256',
+    '-days',
+    '2',
+    '-subj',
+    '/CN=esgz test CA',
+    '-keyout',
+    caKey,
+    '-out',
+    pki.ca,
   ]);
   const issue = async (cert: string, key: string, subject: string, extensions: string): Promise<void> => {
     const csr = `${cert}.csr`;
     const ext = `${cert}.ext`;
     await writeFile(ext, extensions);
-    await execa('openssl', ['req', '-newkey', 'rsa:2048', '-nodes', '-sha256', '-subj', subject, '-keyout', key, '-out', csr]);
     await execa('openssl', [
-      'x509', '-req', '-in', csr, '-CA', pki.ca, '-CAkey', caKey, '-CAcreateserial', '-days', '2', '-sha256',
-      '-extfile', ext, '-out', cert,
+      'req',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-sha256',
+      '-subj',
+      subject,
+      '-keyout',
+      key,
+      '-out',
+      csr,
+    ]);
+    await execa('openssl', [
+      'x509',
+      '-req',
+      '-in',
+      csr,
+      '-CA',
+      pki.ca,
+      '-CAkey',
+      caKey,
+      '-CAcreateserial',
+      '-days',
+      '2',
+      '-sha256',
+      '-extfile',
+      ext,
+      '-out',
+      cert,
     ]);
   };
-  await issue(pki.serverCert, pki.serverKey, '/CN=127.0.0.1', 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n');
+  await issue(
+    pki.serverCert,
+    pki.serverKey,
+    '/CN=127.0.0.1',
+    'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n',
+  );
   await issue(pki.clientCert, pki.clientKey, '/CN=esgz test client', 'extendedKeyUsage=clientAuth\n');
   return pki;
 }
@@ -125,7 +168,11 @@ async function startRegistryOnce(options: StartRegistryOptions): Promise<Running
   const config: Record<string, unknown> = {
     version: 0.1,
     log: { level: 'warn', accesslog: { disabled: true } },
-    storage: { filesystem: { rootdirectory: storageDir }, delete: { enabled: true }, maintenance: { uploadpurging: { enabled: false } } },
+    storage: {
+      filesystem: { rootdirectory: storageDir },
+      delete: { enabled: true },
+      maintenance: { uploadpurging: { enabled: false } },
+    },
     http: { addr: address, secret: 'esgz-test-secret' },
   };
   let tokenServer: TokenServer | undefined;
@@ -136,7 +183,12 @@ async function startRegistryOnce(options: StartRegistryOptions): Promise<Running
   } else if (options.token) {
     tokenServer = await startTokenServer({ ...options.token, dir });
     config.auth = {
-      token: { realm: tokenServer.realm, service: tokenServer.service, issuer: tokenServer.issuer, rootcertbundle: tokenServer.certPath },
+      token: {
+        realm: tokenServer.realm,
+        service: tokenServer.service,
+        issuer: tokenServer.issuer,
+        rootcertbundle: tokenServer.certPath,
+      },
     };
   }
   let probeTls: ProbeTls = { rejectUnauthorized: false };
@@ -154,8 +206,22 @@ async function startRegistryOnce(options: StartRegistryOptions): Promise<Running
     const certificate = path.join(dir, 'tls-cert.pem');
     const key = path.join(dir, 'tls-key.pem');
     await execa('openssl', [
-      'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-sha256', '-days', '2', '-subj', '/CN=127.0.0.1',
-      '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', key, '-out', certificate,
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-sha256',
+      '-days',
+      '2',
+      '-subj',
+      '/CN=127.0.0.1',
+      '-addext',
+      'subjectAltName=IP:127.0.0.1',
+      '-keyout',
+      key,
+      '-out',
+      certificate,
     ]);
     (config.http as Record<string, unknown>).tls = { certificate, key };
   }
@@ -190,7 +256,10 @@ async function startRegistryOnce(options: StartRegistryOptions): Promise<Running
   } catch (err) {
     await stop();
     // Keep what the registry said: the log file is deleted with the temp dir.
-    throw new Error(`${(err as Error).message}; docker-registry said: ${recentOutput.trim().split('\n').slice(-3).join(' | ') || '(nothing)'}`, { cause: err });
+    throw new Error(
+      `${(err as Error).message}; docker-registry said: ${recentOutput.trim().split('\n').slice(-3).join(' | ') || '(nothing)'}`,
+      { cause: err },
+    );
   }
   const running: RunningRegistry = { address, storageDir, logPath, stop };
   if (tokenServer) running.tokenServer = tokenServer;

@@ -52,8 +52,20 @@ export async function startTokenServer(options: TokenServerOptions): Promise<Tok
   const keyPath = path.join(options.dir, 'token-key.pem');
   const certPath = path.join(options.dir, 'token-cert.pem');
   await execa('openssl', [
-    'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-sha256', '-days', '2',
-    '-subj', '/CN=esgz-test-token-issuer', '-keyout', keyPath, '-out', certPath,
+    'req',
+    '-x509',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-sha256',
+    '-days',
+    '2',
+    '-subj',
+    '/CN=esgz-test-token-issuer',
+    '-keyout',
+    keyPath,
+    '-out',
+    certPath,
   ]);
   const key = await readFile(keyPath, 'utf8');
   const certDer = new X509Certificate(await readFile(certPath)).raw.toString('base64');
@@ -70,10 +82,19 @@ export async function startTokenServer(options: TokenServerOptions): Promise<Tok
       const chunks: Buffer[] = [];
       for await (const chunk of req) chunks.push(chunk as Buffer);
       params = new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
-      const name = params.get('grant_type') === 'refresh_token' ? options.refreshTokens?.[params.get('refresh_token') ?? ''] : undefined;
-      user = name !== undefined ? { name, password: options.users[name] ?? '' } : { name: '(bad refresh token)', password: '\0' };
+      const name =
+        params.get('grant_type') === 'refresh_token'
+          ? options.refreshTokens?.[params.get('refresh_token') ?? '']
+          : undefined;
+      user =
+        name !== undefined
+          ? { name, password: options.users[name] ?? '' }
+          : { name: '(bad refresh token)', password: '\0' };
     }
-    const scopes = params.getAll('scope').flatMap((s) => s.split(' ')).filter((s) => s.length > 0);
+    const scopes = params
+      .getAll('scope')
+      .flatMap((s) => s.split(' '))
+      .filter((s) => s.length > 0);
     const record: TokenRequestRecord = { method: req.method ?? 'GET', user: user?.name, scopes, status: 200 };
     requests.push(record);
     const reply = (status: number, body: unknown): void => {
@@ -82,20 +103,32 @@ export async function startTokenServer(options: TokenServerOptions): Promise<Tok
     };
     if (url.pathname !== '/token') return reply(404, { error: 'not found' });
     if (params.get('service') !== service) return reply(400, { error: 'wrong service' });
-    if (user !== undefined && options.users[user.name] !== user.password) return reply(401, { errors: [{ code: 'UNAUTHORIZED', message: 'bad credentials' }] });
+    if (user !== undefined && options.users[user.name] !== user.password)
+      return reply(401, { errors: [{ code: 'UNAUTHORIZED', message: 'bad credentials' }] });
 
     const access = scopes.flatMap((scope) => {
       const [type, name, actions] = splitScope(scope);
       if (type !== 'repository' || name === undefined) return [];
       const requested = (actions ?? '').split(',').filter((a) => a.length > 0);
-      const pullOnly = user === undefined ? options.anonymousPull === true : options.pullOnlyUsers?.includes(user.name) === true;
-      const granted = user === undefined && !pullOnly ? [] : pullOnly ? requested.filter((a) => a === 'pull') : requested;
+      const pullOnly =
+        user === undefined ? options.anonymousPull === true : options.pullOnlyUsers?.includes(user.name) === true;
+      const granted =
+        user === undefined && !pullOnly ? [] : pullOnly ? requested.filter((a) => a === 'pull') : requested;
       return granted.length > 0 ? [{ type, name, actions: granted }] : [];
     });
     const now = Math.floor(Date.now() / 1000);
     const token = signJwt(
       { alg: 'RS256', typ: 'JWT', x5c: [certDer] },
-      { iss: ISSUER, sub: user?.name ?? '', aud: service, exp: now + expiresIn, nbf: now - 10, iat: now, jti: `${now}-${requests.length}`, access },
+      {
+        iss: ISSUER,
+        sub: user?.name ?? '',
+        aud: service,
+        exp: now + expiresIn,
+        nbf: now - 10,
+        iat: now,
+        jti: `${now}-${requests.length}`,
+        access,
+      },
       key,
     );
     reply(200, { token, access_token: token, expires_in: expiresIn, issued_at: new Date(now * 1000).toISOString() });
@@ -124,7 +157,9 @@ function basicUser(header: string | undefined): { name: string; password: string
   if (header === undefined || !header.startsWith('Basic ')) return undefined;
   const decoded = Buffer.from(header.slice(6), 'base64').toString('utf8');
   const colon = decoded.indexOf(':');
-  return colon < 0 ? { name: decoded, password: '' } : { name: decoded.slice(0, colon), password: decoded.slice(colon + 1) };
+  return colon < 0
+    ? { name: decoded, password: '' }
+    : { name: decoded.slice(0, colon), password: decoded.slice(colon + 1) };
 }
 
 function signJwt(header: object, claims: object, privateKeyPem: string): string {

@@ -7,19 +7,24 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { registryAddress } from '../harness/registry.js';
-import { busyboxRootfs, multiLayerEntries, twoPlatformImages, writeOciImage, type WrittenImage } from '../fixtures/oci-image.js';
+import {
+  busyboxRootfs,
+  multiLayerEntries,
+  twoPlatformImages,
+  writeOciImage,
+  type WrittenImage,
+} from '../fixtures/oci-image.js';
 import { esgz, expectOneLineError, repoRoot } from '../harness/cli.js';
 
 const scratch = await mkdtemp(join(tmpdir(), 'esgz-copy-cli-'));
 afterAll(() => rm(scratch, { recursive: true, force: true }));
 
-
-
 let image: WrittenImage;
 let multiarch: WrittenImage;
 
 beforeAll(async () => {
-  if (!existsSync(join(repoRoot, 'dist/commands/image/copy.js'))) throw new Error('dist/ is missing: run `npm run build` first');
+  if (!existsSync(join(repoRoot, 'dist/commands/image/copy.js')))
+    throw new Error('dist/ is missing: run `npm run build` first');
   image = await writeOciImage(join(scratch, 'src'), { tag: 'v1', layers: multiLayerEntries() });
   multiarch = await writeOciImage(join(scratch, 'src'), { tag: 'multi', platforms: twoPlatformImages() });
 });
@@ -31,8 +36,15 @@ describe('esgz image copy', () => {
     expect(push.exitCode, push.stderr).toBe(0);
     expect(push.stderr).toBe('');
     const summary = JSON.parse(push.stdout);
-    expect(summary).toMatchObject({ command: 'image copy', digest: image.rootDigest, sourceDigest: image.rootDigest, transform: 'identity' });
-    expect(summary.manifests[0].layers.map((l: { output: { digest: string } }) => l.output.digest)).toEqual(image.manifests[0]!.layers.map((l) => l.digest));
+    expect(summary).toMatchObject({
+      command: 'image copy',
+      digest: image.rootDigest,
+      sourceDigest: image.rootDigest,
+      transform: 'identity',
+    });
+    expect(summary.manifests[0].layers.map((l: { output: { digest: string } }) => l.output.digest)).toEqual(
+      image.manifests[0]!.layers.map((l) => l.digest),
+    );
     expect(summary.durationMs).toBeGreaterThanOrEqual(0);
 
     const dst = join(scratch, 'pulled');
@@ -44,41 +56,117 @@ describe('esgz image copy', () => {
   });
 
   it('--platform and --all-platforms', async () => {
-    const arm = await esgz('image', 'copy', '--json', '--platform', 'linux/arm64', `oci:${multiarch.dir}:multi`, `docker-archive:${join(scratch, 'arm.tar')}:arm:1`);
+    const arm = await esgz(
+      'image',
+      'copy',
+      '--json',
+      '--platform',
+      'linux/arm64',
+      `oci:${multiarch.dir}:multi`,
+      `docker-archive:${join(scratch, 'arm.tar')}:arm:1`,
+    );
     expect(arm.exitCode, arm.stderr).toBe(0);
     expect(JSON.parse(arm.stdout).digest).toBe(multiarch.manifests[1]!.digest);
-    const all = await esgz('image', 'copy', '--json', '--all-platforms', `oci:${multiarch.dir}:multi`, `oci:${join(scratch, 'all')}:all`);
+    const all = await esgz(
+      'image',
+      'copy',
+      '--json',
+      '--all-platforms',
+      `oci:${multiarch.dir}:multi`,
+      `oci:${join(scratch, 'all')}:all`,
+    );
     expect(JSON.parse(all.stdout).digest).toBe(multiarch.rootDigest);
     // A docker archive holds one platform: asking for all of them is refused, and no file is left.
-    const refused = await esgz('image', 'copy', '--all-platforms', `oci:${multiarch.dir}:multi`, `docker-archive:${join(scratch, 'all.tar')}`);
+    const refused = await esgz(
+      'image',
+      'copy',
+      '--all-platforms',
+      `oci:${multiarch.dir}:multi`,
+      `docker-archive:${join(scratch, 'all.tar')}`,
+    );
     expectOneLineError(refused, 2, /a docker archive holds one platform; use --platform/);
     expect((await readdir(scratch)).filter((n) => n.startsWith('all.tar'))).toEqual([]);
   });
 
   it('bad input: one line, non-zero exit, no stack trace', async () => {
-    expectOneLineError(await esgz('image', 'copy', 'dir:/tmp/x', `oci:${join(scratch, 'x')}`), 2, /transport "dir:" is not supported/);
+    expectOneLineError(
+      await esgz('image', 'copy', 'dir:/tmp/x', `oci:${join(scratch, 'x')}`),
+      2,
+      /transport "dir:" is not supported/,
+    );
     expectOneLineError(await esgz('image', 'copy', 'not a ref', `oci:${join(scratch, 'x')}`), 2, /invalid image/);
     const notLayout = join(scratch, 'plain-dir');
     await execa('mkdir', ['-p', notLayout]);
-    expectOneLineError(await esgz('image', 'copy', `oci:${notLayout}:v1`, `oci:${join(scratch, 'x')}`), 1, /not an OCI image layout \(no oci-layout file/);
-    expectOneLineError(await esgz('image', 'copy', `oci:${join(scratch, 'nowhere')}:v1`, `oci:${join(scratch, 'x')}`), 1, /no such directory .*nowhere/);
-    expectOneLineError(await esgz('image', 'copy', `docker-archive:${join(scratch, 'nowhere.tar')}`, `oci:${join(scratch, 'x')}`), 1, /no such file .*nowhere\.tar/);
-    expectOneLineError(await esgz('image', 'copy', `oci:${image.dir}:v1`, `docker-archive:${join(scratch, 'no-dir', 'a.tar')}`), 1, /cannot create .*a\.tar: its directory does not exist/);
+    expectOneLineError(
+      await esgz('image', 'copy', `oci:${notLayout}:v1`, `oci:${join(scratch, 'x')}`),
+      1,
+      /not an OCI image layout \(no oci-layout file/,
+    );
+    expectOneLineError(
+      await esgz('image', 'copy', `oci:${join(scratch, 'nowhere')}:v1`, `oci:${join(scratch, 'x')}`),
+      1,
+      /no such directory .*nowhere/,
+    );
+    expectOneLineError(
+      await esgz('image', 'copy', `docker-archive:${join(scratch, 'nowhere.tar')}`, `oci:${join(scratch, 'x')}`),
+      1,
+      /no such file .*nowhere\.tar/,
+    );
+    expectOneLineError(
+      await esgz('image', 'copy', `oci:${image.dir}:v1`, `docker-archive:${join(scratch, 'no-dir', 'a.tar')}`),
+      1,
+      /cannot create .*a\.tar: its directory does not exist/,
+    );
     // Destinations that cannot be written: a file where the layout dir should be, a dir where the archive should be.
     await writeFile(join(scratch, 'a-file'), 'x');
-    expectOneLineError(await esgz('image', 'copy', `oci:${image.dir}:v1`, `oci:${join(scratch, 'a-file')}:v1`), 1, /a-file exists and is not a directory/);
-    expectOneLineError(await esgz('image', 'copy', `oci:${image.dir}:v1`, `oci:${join(scratch, 'a-file', 'sub')}:v1`), 1, /cannot write to .*a-file\/sub: ENOTDIR/);
-    expectOneLineError(await esgz('image', 'copy', `oci:${image.dir}:v1`, `docker-archive:${scratch}`), 1, /cannot write .*: EISDIR/);
+    expectOneLineError(
+      await esgz('image', 'copy', `oci:${image.dir}:v1`, `oci:${join(scratch, 'a-file')}:v1`),
+      1,
+      /a-file exists and is not a directory/,
+    );
+    expectOneLineError(
+      await esgz('image', 'copy', `oci:${image.dir}:v1`, `oci:${join(scratch, 'a-file', 'sub')}:v1`),
+      1,
+      /cannot write to .*a-file\/sub: ENOTDIR/,
+    );
+    expectOneLineError(
+      await esgz('image', 'copy', `oci:${image.dir}:v1`, `docker-archive:${scratch}`),
+      1,
+      /cannot write .*: EISDIR/,
+    );
     expect((await readdir(scratch)).filter((n) => n.includes('.tmp-'))).toEqual([]);
-    expectOneLineError(await esgz('image', 'copy', `oci:${image.dir}:missing`, `oci:${join(scratch, 'x')}`), 1, /no image tagged "missing".*tags: v1, multi/);
-    expectOneLineError(await esgz('image', 'copy', '--platform', 'linux', `oci:${image.dir}:v1`, `oci:${join(scratch, 'x')}`), 2, /--platform "linux"/);
-    expectOneLineError(await esgz('image', 'copy', '--platform', 'linux/amd64', '--all-platforms', `oci:${image.dir}:v1`, `oci:${join(scratch, 'x')}`), 2, /--platform and --all-platforms cannot be used together/);
+    expectOneLineError(
+      await esgz('image', 'copy', `oci:${image.dir}:missing`, `oci:${join(scratch, 'x')}`),
+      1,
+      /no image tagged "missing".*tags: v1, multi/,
+    );
+    expectOneLineError(
+      await esgz('image', 'copy', '--platform', 'linux', `oci:${image.dir}:v1`, `oci:${join(scratch, 'x')}`),
+      2,
+      /--platform "linux"/,
+    );
+    expectOneLineError(
+      await esgz(
+        'image',
+        'copy',
+        '--platform',
+        'linux/amd64',
+        '--all-platforms',
+        `oci:${image.dir}:v1`,
+        `oci:${join(scratch, 'x')}`,
+      ),
+      2,
+      /--platform and --all-platforms cannot be used together/,
+    );
     expectOneLineError(await esgz('image', 'copy', `oci:${image.dir}:v1`), 2, /Missing 1 required arg/);
     expect(existsSync(join(scratch, 'x'))).toBe(false);
   });
 
   it('a corrupt layer blob: exit 1, one line naming the layer, destination untouched', async () => {
-    const corrupt = await writeOciImage(join(scratch, 'corrupt'), { tag: 'c', layers: [busyboxRootfs(), ...multiLayerEntries().slice(1)] });
+    const corrupt = await writeOciImage(join(scratch, 'corrupt'), {
+      tag: 'c',
+      layers: [busyboxRootfs(), ...multiLayerEntries().slice(1)],
+    });
     const victim = join(corrupt.dir, 'blobs', 'sha256', corrupt.manifests[0]!.layers[2]!.digest.slice(7));
     const bytes = await readFile(victim);
     // Keep the gzip stream valid-looking but change its content: flip a byte near the end.
@@ -90,7 +178,11 @@ describe('esgz image copy', () => {
     expect(existsSync(dst)).toBe(false);
 
     const archive = join(scratch, 'corrupt.tar');
-    expectOneLineError(await esgz('image', 'copy', `oci:${corrupt.dir}:c`, `docker-archive:${archive}`), 1, /digest mismatch/);
+    expectOneLineError(
+      await esgz('image', 'copy', `oci:${corrupt.dir}:c`, `docker-archive:${archive}`),
+      1,
+      /digest mismatch/,
+    );
     expect((await readdir(scratch)).filter((n) => n.startsWith('corrupt.tar'))).toEqual([]);
 
     const ref = `${registryAddress()}/esgz-cli/corrupt:c`;
@@ -101,10 +193,17 @@ describe('esgz image copy', () => {
   });
 
   it('Ctrl-C during a blob copy: exit 130, one line, nothing committed or left half-written', async () => {
-    const big = await writeOciImage(join(scratch, 'big'), { tag: 'b', gzipLevel: 1, layers: [[{ type: 'file', path: 'big.bin', size: 32 << 20, seed: 'sigint' }]] });
+    const big = await writeOciImage(join(scratch, 'big'), {
+      tag: 'b',
+      gzipLevel: 1,
+      layers: [[{ type: 'file', path: 'big.bin', size: 32 << 20, seed: 'sigint' }]],
+    });
     const dst = join(scratch, 'interrupted');
     await execa('mkdir', ['-p', dst]);
-    const child = execa('node', [join(repoRoot, 'bin/run.js'), 'image', 'copy', `oci:${big.dir}:b`, `oci:${dst}:b`], { reject: false, env: { DEBUG: '' } });
+    const child = execa('node', [join(repoRoot, 'bin/run.js'), 'image', 'copy', `oci:${big.dir}:b`, `oci:${dst}:b`], {
+      reject: false,
+      env: { DEBUG: '' },
+    });
     // Interrupt once the layer's temp file exists, i.e. in the middle of the blob copy.
     const deadline = Date.now() + 60_000;
     let seen = false;

@@ -64,13 +64,17 @@ describe('test/fixtures/tar.ts', () => {
     await writeFile(path, await buildTar(entries.filter((e) => e.type !== 'char')));
     const out = join(scratch, 'b');
     await execa('mkdir', ['-p', out]);
-    await execa('tar', ['--xattrs', "--xattrs-include=user.*", '-xf', path, '-C', out]);
+    await execa('tar', ['--xattrs', '--xattrs-include=user.*', '-xf', path, '-C', out]);
     expect(await readFile(join(out, 'etc/hello'), 'utf8')).toBe('hello world\n');
     expect(await readlink(join(out, 'etc/link'))).toBe('hello');
     expect((await stat(join(out, 'etc/hard'))).ino).toBe((await stat(join(out, 'etc/hello'))).ino);
     expect(await readFile(join(out, 'big.bin'))).toEqual(generatedBuffer(100_000, 'big'));
     expect(await readFile(join(out, longDir, longName), 'utf8')).toBe('long\n');
-    const attr = await execa('python3', ['-c', 'import os,sys; sys.stdout.write(os.getxattr(sys.argv[1], "user.test").decode())', join(out, 'attrs')]);
+    const attr = await execa('python3', [
+      '-c',
+      'import os,sys; sys.stdout.write(os.getxattr(sys.argv[1], "user.test").decode())',
+      join(out, 'attrs'),
+    ]);
     expect(attr.stdout).toBe('value-1');
   });
 

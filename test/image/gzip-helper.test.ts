@@ -21,11 +21,11 @@ import { registryAddress } from '../harness/registry.js';
 const scratch = await mkdtemp(join(tmpdir(), 'esgz-gzip-helper-'));
 afterAll(() => rm(scratch, { recursive: true, force: true }));
 
-
 let image: WrittenImage;
 
 beforeAll(async () => {
-  if (!existsSync(join(repoRoot, 'dist/image/compression.js'))) throw new Error('dist/ is missing: run `npm run build` first');
+  if (!existsSync(join(repoRoot, 'dist/image/compression.js')))
+    throw new Error('dist/ is missing: run `npm run build` first');
   for (const helper of GZIP_HELPERS) await resolveGzipHelper(helper); // installed by scripts/install-deps.sh
   image = await writeOciImage(join(scratch, 'src'), { tag: 'v1', layers: multiLayerEntries() });
 });
@@ -49,7 +49,13 @@ async function withLayer1(layer1: Buffer, blob: Buffer): Promise<WrittenImage> {
 /** Pids of this process's children running `command`. */
 function childrenNamed(command: string, parent = process.pid): number[] {
   const out = execFileSync('ps', ['-o', 'pid=,comm=', '--ppid', String(parent)], { encoding: 'utf8' }).trim();
-  return out === '' ? [] : out.split('\n').map((l) => l.trim().split(/\s+/)).filter(([, comm]) => comm === command).map(([pid]) => Number(pid));
+  return out === ''
+    ? []
+    : out
+        .split('\n')
+        .map((l) => l.trim().split(/\s+/))
+        .filter(([, comm]) => comm === command)
+        .map(([pid]) => Number(pid));
 }
 
 async function waitFor(condition: () => boolean, what: string, ms = 10_000): Promise<void> {
@@ -66,7 +72,11 @@ describe('esgz image convert --estargz-gzip-helper', () => {
     for (const format of [['--estargz', '--oci'], ['--zstdchunked', '--oci'], ['--uncompress']]) {
       const reference = await convert(format, src, `oci:${join(scratch, 'ref')}:${format[0]!.slice(2)}`);
       for (const helper of GZIP_HELPERS) {
-        const digest = await convert([...format, '--estargz-gzip-helper', helper], src, `oci:${join(scratch, `out-${helper}`)}:${format[0]!.slice(2)}`);
+        const digest = await convert(
+          [...format, '--estargz-gzip-helper', helper],
+          src,
+          `oci:${join(scratch, `out-${helper}`)}:${format[0]!.slice(2)}`,
+        );
         expect(digest, `${format[0]} with ${helper}`).toBe(reference);
       }
     }
@@ -74,7 +84,13 @@ describe('esgz image convert --estargz-gzip-helper', () => {
     const esgzSrc = `oci:${join(scratch, 'ref')}:estargz`;
     const plain = await convert(['--uncompress'], esgzSrc, `oci:${join(scratch, 'ref')}:back`);
     for (const helper of GZIP_HELPERS) {
-      expect(await convert(['--uncompress', '--estargz-gzip-helper', helper], esgzSrc, `oci:${join(scratch, `back-${helper}`)}:b`)).toBe(plain);
+      expect(
+        await convert(
+          ['--uncompress', '--estargz-gzip-helper', helper],
+          esgzSrc,
+          `oci:${join(scratch, `back-${helper}`)}:b`,
+        ),
+      ).toBe(plain);
     }
   });
 
@@ -87,8 +103,21 @@ describe('esgz image convert --estargz-gzip-helper', () => {
 
     for (const helper of ['pigz', 'igzip'] as const) {
       const dst = join(scratch, `truncated-out-${helper}`);
-      const res = await esgz('image', 'convert', '--estargz', '--oci', '--estargz-gzip-helper', helper, `oci:${truncated.dir}:t`, `oci:${dst}:x`);
-      expectOneLineError(res, 1, new RegExp(`layer 1 \\(${layer}\\).*corrupt gzip data: ${helper} -d -c exited with code \\d+`));
+      const res = await esgz(
+        'image',
+        'convert',
+        '--estargz',
+        '--oci',
+        '--estargz-gzip-helper',
+        helper,
+        `oci:${truncated.dir}:t`,
+        `oci:${dst}:x`,
+      );
+      expectOneLineError(
+        res,
+        1,
+        new RegExp(`layer 1 \\(${layer}\\).*corrupt gzip data: ${helper} -d -c exited with code \\d+`),
+      );
       expect(existsSync(join(dst, 'index.json'))).toBe(false);
       expect(existsSync(dst) ? await readdir(join(dst, 'blobs', 'sha256')).catch(() => []) : []).toEqual([]);
     }
@@ -97,16 +126,40 @@ describe('esgz image convert --estargz-gzip-helper', () => {
     const garbage = Buffer.concat([original.subarray(0, 10), generatedBuffer(4096, 'not deflate')]);
     await withLayer1(layer1, garbage);
     const ref = `${registryAddress()}/esgz-gzip-helper/corrupt:x`;
-    const res = await esgz('image', 'convert', '--plain-http', '--uncompress', '--estargz-gzip-helper', 'pigz', `oci:${truncated.dir}:t`, ref);
-    expectOneLineError(res, 1, new RegExp(`layer 1 \\(${sha256Digest(garbage).slice(7, 19)}\\).*corrupt gzip data: pigz -d -c exited`));
-    const inspect = await execa('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${ref}`], { reject: false });
+    const res = await esgz(
+      'image',
+      'convert',
+      '--plain-http',
+      '--uncompress',
+      '--estargz-gzip-helper',
+      'pigz',
+      `oci:${truncated.dir}:t`,
+      ref,
+    );
+    expectOneLineError(
+      res,
+      1,
+      new RegExp(`layer 1 \\(${sha256Digest(garbage).slice(7, 19)}\\).*corrupt gzip data: pigz -d -c exited`),
+    );
+    const inspect = await execa('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${ref}`], {
+      reject: false,
+    });
     expect(inspect.exitCode).not.toBe(0);
   });
 
   it('a bad helper name or a helper that is not installed: one line, nothing written', async () => {
     const dst = join(scratch, 'never');
     expectOneLineError(
-      await esgz('image', 'convert', '--estargz', '--oci', '--estargz-gzip-helper', 'gzip -d', `oci:${image.dir}:v1`, `oci:${dst}:x`),
+      await esgz(
+        'image',
+        'convert',
+        '--estargz',
+        '--oci',
+        '--estargz-gzip-helper',
+        'gzip -d',
+        `oci:${image.dir}:v1`,
+        `oci:${dst}:x`,
+      ),
       2,
       /--estargz-gzip-helper "gzip -d": expected one of pigz, igzip, unpigz/,
     );
@@ -114,12 +167,26 @@ describe('esgz image convert --estargz-gzip-helper', () => {
     const onlyNode = join(scratch, 'only-node');
     await mkdir(onlyNode);
     await symlink(process.execPath, join(onlyNode, 'node'));
-    const res = await execa(join(onlyNode, 'node'), [join(repoRoot, 'bin/run.js'), 'image', 'convert', '--estargz', '--oci', '--estargz-gzip-helper', 'igzip', `oci:${image.dir}:v1`, `oci:${dst}:x`], {
-      reject: false,
-      env: { DEBUG: '', PATH: onlyNode },
-      extendEnv: false,
-      stdin: 'ignore',
-    });
+    const res = await execa(
+      join(onlyNode, 'node'),
+      [
+        join(repoRoot, 'bin/run.js'),
+        'image',
+        'convert',
+        '--estargz',
+        '--oci',
+        '--estargz-gzip-helper',
+        'igzip',
+        `oci:${image.dir}:v1`,
+        `oci:${dst}:x`,
+      ],
+      {
+        reject: false,
+        env: { DEBUG: '', PATH: onlyNode },
+        extendEnv: false,
+        stdin: 'ignore',
+      },
+    );
     expectOneLineError(res, 1, /^esgz: --estargz-gzip-helper igzip: igzip is not installed \(apt-get install isal\)$/);
     expect(existsSync(dst)).toBe(false);
   });

@@ -11,7 +11,13 @@ import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { shortDigest } from '../../src/oci/digest.js';
 import { transferImage, type TransferProgress } from '../../src/image/pipeline.js';
-import { identityTransform, type LayerInput, type LayerOutput, type LayerTransform, type TransformContext } from '../../src/image/transform.js';
+import {
+  identityTransform,
+  type LayerInput,
+  type LayerOutput,
+  type LayerTransform,
+  type TransformContext,
+} from '../../src/image/transform.js';
 import { openSink, openSource } from '../../src/image/transports/index.js';
 import { multiLayerEntries, twoPlatformImages, writeOciImage, type WrittenImage } from '../fixtures/oci-image.js';
 
@@ -26,7 +32,8 @@ class RegzipTransform implements LayerTransform {
 
   async transform(input: LayerInput, output: Writable, context: TransformContext): Promise<LayerOutput> {
     this.seen.push(input.index);
-    if (input.index === 0 && this.options.delayFirstMs) await new Promise((r) => setTimeout(r, this.options.delayFirstMs));
+    if (input.index === 0 && this.options.delayFirstMs)
+      await new Promise((r) => setTimeout(r, this.options.delayFirstMs));
     if (input.index === this.options.failAt) throw new Error('synthetic transform failure');
     const tarHash = createHash('sha256');
     const gunzip = (await input.open()).pipe(createGunzip());
@@ -66,7 +73,11 @@ let multi: WrittenImage;
 
 beforeAll(async () => {
   oci = await writeOciImage(join(scratch, 'src'), { tag: 'oci', layers: multiLayerEntries() });
-  docker = await writeOciImage(join(scratch, 'src'), { tag: 'docker', mediaTypes: 'docker', layers: multiLayerEntries() });
+  docker = await writeOciImage(join(scratch, 'src'), {
+    tag: 'docker',
+    mediaTypes: 'docker',
+    layers: multiLayerEntries(),
+  });
   multi = await writeOciImage(join(scratch, 'src'), { tag: 'multi', platforms: twoPlatformImages() });
 });
 
@@ -75,10 +86,16 @@ describe('transferImage with a transform', () => {
     const dst = join(scratch, 'regzip');
     const transform = new RegzipTransform({ delayFirstMs: 300 });
     const updates: string[] = [];
-    const progress: TransferProgress = { start: (id) => updates.push(`start ${id}`), update: () => {}, finish: (id) => updates.push(`finish ${id}`) };
+    const progress: TransferProgress = {
+      start: (id) => updates.push(`start ${id}`),
+      update: () => {},
+      finish: (id) => updates.push(`finish ${id}`),
+    };
     const report = await run(`oci:${oci.dir}:oci`, `oci:${dst}:out`, transform, { concurrency: 3, progress });
     // Layer 0 was held back, so others finished first; the manifest still lists them in order.
-    expect(updates.findIndex((u) => u.startsWith('finish layer-0'))).toBeGreaterThan(updates.findIndex((u) => u.startsWith('finish layer-1')));
+    expect(updates.findIndex((u) => u.startsWith('finish layer-0'))).toBeGreaterThan(
+      updates.findIndex((u) => u.startsWith('finish layer-1')),
+    );
     const manifest = JSON.parse((await blob(dst, report.root.digest)).toString());
     expect(manifest.mediaType).toBe('application/vnd.oci.image.manifest.v1+json');
     expect(manifest.layers).toHaveLength(3);
@@ -89,7 +106,9 @@ describe('transferImage with a transform', () => {
       expect(layer.size).toBe(bytes.length);
       expect(`sha256:${createHash('sha256').update(bytes).digest('hex')}`).toBe(layer.digest);
       // Same tar inside: the diffID is unchanged.
-      expect(`sha256:${createHash('sha256').update(gunzipSync(bytes)).digest('hex')}`).toBe(oci.manifests[0]!.layers[i]!.diffID);
+      expect(`sha256:${createHash('sha256').update(gunzipSync(bytes)).digest('hex')}`).toBe(
+        oci.manifests[0]!.layers[i]!.diffID,
+      );
     }
     // diffIDs unchanged → the config bytes are the source's (same digest).
     expect(manifest.config.digest).toBe(oci.manifests[0]!.configDigest);
@@ -113,7 +132,11 @@ describe('transferImage with a transform', () => {
         gz.end(tar);
         for await (const chunk of gz) output.write(chunk);
         (await input.open()).resume();
-        return { mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', annotations: {}, diffID: `sha256:${createHash('sha256').update(tar).digest('hex')}` };
+        return {
+          mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip',
+          annotations: {},
+          diffID: `sha256:${createHash('sha256').update(tar).digest('hex')}`,
+        };
       },
     };
     const report = await run(`oci:${oci.dir}:oci`, `oci:${dst}:out`, transform);
@@ -133,15 +156,26 @@ describe('transferImage with a transform', () => {
     const keptManifest = JSON.parse((await blob(join(scratch, 'docker-kept'), kept.root.digest)).toString());
     expect(keptManifest.mediaType).toBe('application/vnd.docker.distribution.manifest.v2+json');
     expect(keptManifest.config.mediaType).toBe('application/vnd.docker.container.image.v1+json');
-    expect(new Set(keptManifest.layers.map((l: { mediaType: string }) => l.mediaType))).toEqual(new Set(['application/vnd.docker.image.rootfs.diff.tar.gzip']));
+    expect(new Set(keptManifest.layers.map((l: { mediaType: string }) => l.mediaType))).toEqual(
+      new Set(['application/vnd.docker.image.rootfs.diff.tar.gzip']),
+    );
 
-    const converted = await run(`oci:${docker.dir}:docker`, `oci:${join(scratch, 'docker-oci')}:d`, new RegzipTransform(), { oci: true });
+    const converted = await run(
+      `oci:${docker.dir}:docker`,
+      `oci:${join(scratch, 'docker-oci')}:d`,
+      new RegzipTransform(),
+      { oci: true },
+    );
     const ociManifest = JSON.parse((await blob(join(scratch, 'docker-oci'), converted.root.digest)).toString());
     expect(ociManifest.mediaType).toBe('application/vnd.oci.image.manifest.v1+json');
     expect(ociManifest.config.mediaType).toBe('application/vnd.oci.image.config.v1+json');
 
     // A layer format Docker cannot describe (zstd) turns the whole manifest OCI.
-    const zstdish = await run(`oci:${docker.dir}:docker`, `oci:${join(scratch, 'docker-zstd')}:d`, new RegzipTransform({ mediaType: 'application/vnd.oci.image.layer.v1.tar+zstd' }));
+    const zstdish = await run(
+      `oci:${docker.dir}:docker`,
+      `oci:${join(scratch, 'docker-zstd')}:d`,
+      new RegzipTransform({ mediaType: 'application/vnd.oci.image.layer.v1.tar+zstd' }),
+    );
     const zManifest = JSON.parse((await blob(join(scratch, 'docker-zstd'), zstdish.root.digest)).toString());
     expect(zManifest.mediaType).toBe('application/vnd.oci.image.manifest.v1+json');
   });
@@ -150,8 +184,12 @@ describe('transferImage with a transform', () => {
     const dst = join(scratch, 'multi-out');
     const report = await run(`oci:${multi.dir}:multi`, `oci:${dst}:m`, new RegzipTransform(), { allPlatforms: true });
     const index = JSON.parse((await blob(dst, report.root.digest)).toString());
-    expect(index.manifests.map((m: { platform: unknown }) => m.platform)).toEqual(multi.manifests.map((m) => m.platform));
-    expect(index.manifests.map((m: { digest: string }) => m.digest)).toEqual(report.manifests.map((m) => m.output.digest));
+    expect(index.manifests.map((m: { platform: unknown }) => m.platform)).toEqual(
+      multi.manifests.map((m) => m.platform),
+    );
+    expect(index.manifests.map((m: { digest: string }) => m.digest)).toEqual(
+      report.manifests.map((m) => m.output.digest),
+    );
     for (const m of index.manifests) expect((await blob(dst, m.digest)).length).toBe(m.size);
     expect(report.root.digest).not.toBe(multi.rootDigest);
   });
@@ -159,8 +197,12 @@ describe('transferImage with a transform', () => {
   it('a failing layer aborts: error names the layer, nothing committed, spool removed', async () => {
     const spoolDir = join(scratch, 'spool');
     const dst = join(scratch, 'failed');
-    const err = await run(`oci:${oci.dir}:oci`, `oci:${dst}:x`, new RegzipTransform({ failAt: 1 }), { spoolDir }).catch((e: unknown) => e);
-    expect(err).toMatchObject({ message: expect.stringMatching(/^layer 2\/3 [0-9a-f]{12}: synthetic transform failure$/) });
+    const err = await run(`oci:${oci.dir}:oci`, `oci:${dst}:x`, new RegzipTransform({ failAt: 1 }), { spoolDir }).catch(
+      (e: unknown) => e,
+    );
+    expect(err).toMatchObject({
+      message: expect.stringMatching(/^layer 2\/3 [0-9a-f]{12}: synthetic transform failure$/),
+    });
     expect(existsSync(dst)).toBe(false);
     expect(existsSync(spoolDir) ? await readdir(spoolDir) : []).toEqual([]);
   });
@@ -190,8 +232,15 @@ describe('transferImage with a transform', () => {
   });
 
   it('is byte-reproducible: the same transform twice gives the same digests', async () => {
-    const a = await run(`oci:${oci.dir}:oci`, `oci:${join(scratch, 'repro-a')}:x`, new RegzipTransform({ delayFirstMs: 50 }), { concurrency: 3 });
-    const b = await run(`oci:${oci.dir}:oci`, `oci:${join(scratch, 'repro-b')}:x`, new RegzipTransform(), { concurrency: 1 });
+    const a = await run(
+      `oci:${oci.dir}:oci`,
+      `oci:${join(scratch, 'repro-a')}:x`,
+      new RegzipTransform({ delayFirstMs: 50 }),
+      { concurrency: 3 },
+    );
+    const b = await run(`oci:${oci.dir}:oci`, `oci:${join(scratch, 'repro-b')}:x`, new RegzipTransform(), {
+      concurrency: 1,
+    });
     expect(a.root.digest).toBe(b.root.digest);
   });
 
@@ -199,7 +248,9 @@ describe('transferImage with a transform', () => {
     const controller = new AbortController();
     controller.abort();
     const dst = join(scratch, 'aborted');
-    await expect(run(`oci:${oci.dir}:oci`, `oci:${dst}:x`, new RegzipTransform(), { signal: controller.signal })).rejects.toMatchObject({ code: 'INTERRUPTED' });
+    await expect(
+      run(`oci:${oci.dir}:oci`, `oci:${dst}:x`, new RegzipTransform(), { signal: controller.signal }),
+    ).rejects.toMatchObject({ code: 'INTERRUPTED' });
     expect(existsSync(dst)).toBe(false);
   });
 
@@ -217,9 +268,14 @@ describe('transferImage with a transform', () => {
         throw new Error('the stream should have been destroyed');
       },
     };
-    const big = await writeOciImage(join(scratch, 'big'), { tag: 'b', layers: [[{ type: 'file', path: 'big.bin', size: 8 << 20, seed: 'abort' }]] });
+    const big = await writeOciImage(join(scratch, 'big'), {
+      tag: 'b',
+      layers: [[{ type: 'file', path: 'big.bin', size: 8 << 20, seed: 'abort' }]],
+    });
     const dst = join(scratch, 'aborted-midway');
-    await expect(run(`oci:${big.dir}:b`, `oci:${dst}:x`, transform, { signal: controller.signal })).rejects.toMatchObject({ code: 'INTERRUPTED' });
+    await expect(
+      run(`oci:${big.dir}:b`, `oci:${dst}:x`, transform, { signal: controller.signal }),
+    ).rejects.toMatchObject({ code: 'INTERRUPTED' });
     expect(chunksAfterAbort).toBeLessThanOrEqual(1);
     expect(existsSync(dst)).toBe(false);
   });
@@ -227,22 +283,43 @@ describe('transferImage with a transform', () => {
   it('leaves attestation manifests out of a converted index (kept by an identity copy)', async () => {
     const withAttestation = await writeOciImage(join(scratch, 'attest'), {
       tag: 'a',
-      platforms: [...twoPlatformImages(), { layers: [[{ type: 'file', path: 'attestation.json', content: '{}' }]], platform: { os: 'unknown', architecture: 'unknown' } }],
+      platforms: [
+        ...twoPlatformImages(),
+        {
+          layers: [[{ type: 'file', path: 'attestation.json', content: '{}' }]],
+          platform: { os: 'unknown', architecture: 'unknown' },
+        },
+      ],
     });
     const warnings: string[] = [];
-    const converted = await run(`oci:${withAttestation.dir}:a`, `oci:${join(scratch, 'attest-conv')}:a`, new RegzipTransform(), { allPlatforms: true, onWarning: (w: string) => warnings.push(w) });
+    const converted = await run(
+      `oci:${withAttestation.dir}:a`,
+      `oci:${join(scratch, 'attest-conv')}:a`,
+      new RegzipTransform(),
+      { allPlatforms: true, onWarning: (w: string) => warnings.push(w) },
+    );
     expect(converted.manifests.map((m) => m.platform)).toEqual(['linux/amd64', 'linux/arm64']);
-    expect(warnings).toEqual([expect.stringContaining(`leaving out attestation manifest ${shortDigest(withAttestation.manifests[2]!.digest)}`)]);
+    expect(warnings).toEqual([
+      expect.stringContaining(`leaving out attestation manifest ${shortDigest(withAttestation.manifests[2]!.digest)}`),
+    ]);
     const index = JSON.parse((await blob(join(scratch, 'attest-conv'), converted.root.digest)).toString());
     expect(index.manifests).toHaveLength(2);
-    const copied = await run(`oci:${withAttestation.dir}:a`, `oci:${join(scratch, 'attest-copy')}:a`, identityTransform, { allPlatforms: true });
+    const copied = await run(
+      `oci:${withAttestation.dir}:a`,
+      `oci:${join(scratch, 'attest-copy')}:a`,
+      identityTransform,
+      { allPlatforms: true },
+    );
     expect(copied.root.digest).toBe(withAttestation.rootDigest);
   });
 
   it('the first failing layer stops the layers still in flight and is the error reported', async () => {
     const image = await writeOciImage(join(scratch, 'stop'), {
       tag: 's',
-      layers: [[{ type: 'file', path: 'slow.bin', size: 4 << 20, seed: 'slow' }], [{ type: 'file', path: 'x', content: 'x' }]],
+      layers: [
+        [{ type: 'file', path: 'slow.bin', size: 4 << 20, seed: 'slow' }],
+        [{ type: 'file', path: 'x', content: 'x' }],
+      ],
     });
     let slowOutcome = 'running';
     const transform: LayerTransform = {
@@ -263,7 +340,9 @@ describe('transferImage with a transform', () => {
       },
     };
     const dst = join(scratch, 'stop-dst');
-    await expect(run(`oci:${image.dir}:s`, `oci:${dst}:s`, transform, { concurrency: 2 })).rejects.toMatchObject({ message: expect.stringMatching(/^layer 2\/2 .*layer two is broken$/) });
+    await expect(run(`oci:${image.dir}:s`, `oci:${dst}:s`, transform, { concurrency: 2 })).rejects.toMatchObject({
+      message: expect.stringMatching(/^layer 2\/2 .*layer two is broken$/),
+    });
     // The copy did not wait for the slow layer; its source stream was destroyed under it.
     expect(slowOutcome).toBe('running');
     await new Promise((r) => setTimeout(r, 1000));

@@ -7,7 +7,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { transferImage } from '../../src/image/pipeline.js';
-import { choosePlatformManifests, fetchImageRoot, resolveImages, type PlatformChoice } from '../../src/image/resolve.js';
+import {
+  choosePlatformManifests,
+  fetchImageRoot,
+  resolveImages,
+  type PlatformChoice,
+} from '../../src/image/resolve.js';
 import { openSink, openSource } from '../../src/image/transports/index.js';
 import { MAX_CONFIG_BYTES } from '../../src/oci/limits.js';
 import { MediaType, REFERENCE_TYPE_ANNOTATION, ATTESTATION_REFERENCE_TYPE } from '../../src/oci/media-types.js';
@@ -29,7 +34,11 @@ let multi: WrittenImage;
 let multiIndex: ImageIndex;
 
 beforeAll(async () => {
-  single = await writeOciImage(join(scratch, 'layout'), { tag: 'single', layers: [[file('hello', 'hello\n')]], config: { Cmd: ['/hello'] } });
+  single = await writeOciImage(join(scratch, 'layout'), {
+    tag: 'single',
+    layers: [[file('hello', 'hello\n')]],
+    config: { Cmd: ['/hello'] },
+  });
   multi = await writeOciImage(join(scratch, 'layout'), { tag: 'multi', platforms: twoPlatformImages() });
   multiIndex = JSON.parse((await blobOf(multi.dir, multi.rootDigest)).toString()) as ImageIndex;
 });
@@ -46,7 +55,10 @@ async function tagDocument(layout: string, tag: string, doc: unknown, mediaType:
   const indexPath = join(layout, 'index.json');
   const index = JSON.parse(await readFile(indexPath, 'utf8')) as ImageIndex;
   const desc: Descriptor = { mediaType, digest: `sha256:${hex}`, size: bytes.length };
-  index.manifests = [...index.manifests.filter((m) => m.annotations?.[REF_NAME] !== tag), { ...desc, annotations: { [REF_NAME]: tag } }];
+  index.manifests = [
+    ...index.manifests.filter((m) => m.annotations?.[REF_NAME] !== tag),
+    { ...desc, annotations: { [REF_NAME]: tag } },
+  ];
   await writeFile(indexPath, JSON.stringify(index));
   return desc;
 }
@@ -66,12 +78,14 @@ describe('resolveImages over an OCI layout', () => {
     expect(rest).toEqual([]);
     expect(image!.platform).toBeUndefined();
     expect(image!.manifestDigest).toBe(single.rootDigest);
-    expect(`sha256:${createHash('sha256').update(image!.configBytes).digest('hex')}`).toBe(single.manifests[0]!.configDigest);
+    expect(`sha256:${createHash('sha256').update(image!.configBytes).digest('hex')}`).toBe(
+      single.manifests[0]!.configDigest,
+    );
     expect(image!.config.config?.Cmd).toEqual(['/hello']);
     expect(image!.manifest.layers.map((l) => l.digest)).toEqual(single.manifests[0]!.layers.map((l) => l.digest));
   });
 
-  it('an index: this machine\'s platform by default, one --platform, a list in index order, or all', async () => {
+  it("an index: this machine's platform by default, one --platform, a list in index order, or all", async () => {
     const host = multi.manifests.find((m) => platformMatches(hostPlatform(), m.platform));
     if (host) {
       expect((await resolve(`oci:${multi.dir}:multi`)).map((i) => i.manifestDigest)).toEqual([host.digest]);
@@ -88,22 +102,37 @@ describe('resolveImages over an OCI layout', () => {
   });
 
   it('a platform the index lacks: NOT_FOUND naming it and the platforms there are', async () => {
-    await expect(resolve(`oci:${multi.dir}:multi`, { platforms: [{ os: 'linux', architecture: 's390x' }, AMD64, { os: 'linux', architecture: 'ppc64le' }] })).rejects.toMatchObject({
+    await expect(
+      resolve(`oci:${multi.dir}:multi`, {
+        platforms: [{ os: 'linux', architecture: 's390x' }, AMD64, { os: 'linux', architecture: 'ppc64le' }],
+      }),
+    ).rejects.toMatchObject({
       code: 'NOT_FOUND',
       message: `oci:${multi.dir}:multi: no manifest for linux/s390x, linux/ppc64le in the index (available: linux/amd64, linux/arm64)`,
     });
   });
 
   it('an index entry whose manifest is not the one it names fails with DIGEST_MISMATCH', async () => {
-    const wrong = { ...multiIndex, manifests: [{ ...multiIndex.manifests[0]!, digest: multiIndex.manifests[1]!.digest }] };
+    const wrong = {
+      ...multiIndex,
+      manifests: [{ ...multiIndex.manifests[0]!, digest: multiIndex.manifests[1]!.digest }],
+    };
     await tagDocument(multi.dir, 'wrong-entry', wrong, MediaType.ociIndex);
-    await expect(resolve(`oci:${multi.dir}:wrong-entry`, { platform: AMD64 })).rejects.toMatchObject({ code: expect.stringMatching(/DIGEST_MISMATCH|SIZE_MISMATCH/) });
+    await expect(resolve(`oci:${multi.dir}:wrong-entry`, { platform: AMD64 })).rejects.toMatchObject({
+      code: expect.stringMatching(/DIGEST_MISMATCH|SIZE_MISMATCH/),
+    });
   });
 
   it('a nested index under --all-platforms is refused as unsupported', async () => {
-    const nested = { ...multiIndex, manifests: [...multiIndex.manifests, { mediaType: MediaType.ociIndex, digest: multi.rootDigest, size: 1 }] };
+    const nested = {
+      ...multiIndex,
+      manifests: [...multiIndex.manifests, { mediaType: MediaType.ociIndex, digest: multi.rootDigest, size: 1 }],
+    };
     await tagDocument(multi.dir, 'nested', nested, MediaType.ociIndex);
-    await expect(resolve(`oci:${multi.dir}:nested`, { allPlatforms: true })).rejects.toMatchObject({ code: 'UNSUPPORTED', message: expect.stringContaining('nested indexes are not supported') });
+    await expect(resolve(`oci:${multi.dir}:nested`, { allPlatforms: true })).rejects.toMatchObject({
+      code: 'UNSUPPORTED',
+      message: expect.stringContaining('nested indexes are not supported'),
+    });
   });
 });
 
@@ -115,7 +144,11 @@ describe('the config read', () => {
 
   it('refuses a config descriptor larger than MAX_CONFIG_BYTES before reading it', async () => {
     const real = single.manifests[0]!;
-    await manifestWith('huge-config', { mediaType: MediaType.ociConfig, digest: real.configDigest, size: MAX_CONFIG_BYTES + 1 });
+    await manifestWith('huge-config', {
+      mediaType: MediaType.ociConfig,
+      digest: real.configDigest,
+      size: MAX_CONFIG_BYTES + 1,
+    });
     await expect(resolve(`oci:${single.dir}:huge-config`)).rejects.toMatchObject({
       code: 'BAD_MANIFEST',
       message: expect.stringContaining(`${MAX_CONFIG_BYTES + 1} bytes is too large for an image config`),
@@ -127,7 +160,11 @@ describe('the config read', () => {
     const hex = createHash('sha256').update(bytes).digest('hex');
     // The blob stored under the digest holds other bytes of the same length.
     await writeFile(join(single.dir, 'blobs', 'sha256', hex), Buffer.from(bytes.toString().replace('amd64', 'arm64')));
-    await manifestWith('tampered-config', { mediaType: MediaType.ociConfig, digest: `sha256:${hex}`, size: bytes.length });
+    await manifestWith('tampered-config', {
+      mediaType: MediaType.ociConfig,
+      digest: `sha256:${hex}`,
+      size: bytes.length,
+    });
     await expect(resolve(`oci:${single.dir}:tampered-config`)).rejects.toMatchObject({ code: 'DIGEST_MISMATCH' });
   });
 
@@ -136,7 +173,10 @@ describe('the config read', () => {
     const hex = createHash('sha256').update(bytes).digest('hex');
     await writeFile(join(single.dir, 'blobs', 'sha256', hex), bytes);
     await manifestWith('text-config', { mediaType: MediaType.ociConfig, digest: `sha256:${hex}`, size: bytes.length });
-    await expect(resolve(`oci:${single.dir}:text-config`)).rejects.toMatchObject({ code: 'BAD_MANIFEST', message: expect.stringMatching(/manifest .*config sha256:[0-9a-f]{64} is not valid JSON/) });
+    await expect(resolve(`oci:${single.dir}:text-config`)).rejects.toMatchObject({
+      code: 'BAD_MANIFEST',
+      message: expect.stringMatching(/manifest .*config sha256:[0-9a-f]{64} is not valid JSON/),
+    });
   });
 });
 
@@ -150,11 +190,24 @@ describe('choosePlatformManifests: the one attestation rule', () => {
   });
 
   it('never picks an attestation for a platform, lists none as available, keeps them only when asked', () => {
-    const index: ImageIndex = { ...multiIndex, manifests: [...multiIndex.manifests, attestation(true), { ...attestation(false), digest: `sha256:${'b'.repeat(64)}` }] };
+    const index: ImageIndex = {
+      ...multiIndex,
+      manifests: [
+        ...multiIndex.manifests,
+        attestation(true),
+        { ...attestation(false), digest: `sha256:${'b'.repeat(64)}` },
+      ],
+    };
     expect(choosePlatformManifests(index, { allPlatforms: true }, 'x')).toEqual(multiIndex.manifests);
-    expect(choosePlatformManifests(index, { allPlatforms: true }, 'x', { keepAttestations: true })).toEqual(index.manifests);
-    expect(() => choosePlatformManifests(index, { platform: { os: 'unknown', architecture: 'unknown' } }, 'x')).toThrow('(available: linux/amd64, linux/arm64)');
-    expect(choosePlatformManifests(index, { platforms: [ARM64] }, 'x').map((d) => formatPlatform(d.platform!))).toEqual(['linux/arm64']);
+    expect(choosePlatformManifests(index, { allPlatforms: true }, 'x', { keepAttestations: true })).toEqual(
+      index.manifests,
+    );
+    expect(() => choosePlatformManifests(index, { platform: { os: 'unknown', architecture: 'unknown' } }, 'x')).toThrow(
+      '(available: linux/amd64, linux/arm64)',
+    );
+    expect(choosePlatformManifests(index, { platforms: [ARM64] }, 'x').map((d) => formatPlatform(d.platform!))).toEqual(
+      ['linux/arm64'],
+    );
   });
 });
 
@@ -174,10 +227,14 @@ describe('resolveImages over the registry', () => {
       await registry.close();
     }
     const arm = await resolve(reference, { platform: ARM64 });
-    expect(arm.map((i) => [i.platform, i.manifestDigest, i.manifest.config.digest])).toEqual([['linux/arm64', multi.manifests[1]!.digest, multi.manifests[1]!.configDigest]]);
+    expect(arm.map((i) => [i.platform, i.manifestDigest, i.manifest.config.digest])).toEqual([
+      ['linux/arm64', multi.manifests[1]!.digest, multi.manifests[1]!.configDigest],
+    ]);
     await expect(resolve(reference, { platform: { os: 'linux', architecture: 'riscv64' } })).rejects.toMatchObject({
       code: 'NOT_FOUND',
-      message: expect.stringContaining('no manifest for linux/riscv64 in the index (available: linux/amd64, linux/arm64)'),
+      message: expect.stringContaining(
+        'no manifest for linux/riscv64 in the index (available: linux/amd64, linux/arm64)',
+      ),
     });
   });
 });

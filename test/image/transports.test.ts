@@ -12,7 +12,13 @@ import { transferImage } from '../../src/image/pipeline.js';
 import { openSink, openSource, parseTransportReference } from '../../src/image/transports/index.js';
 import { registryAddress } from '../harness/registry.js';
 import { buildTar, dir, file, gzipBuffer, sha256Digest, sha256Hex } from '../fixtures/tar.js';
-import { multiLayerEntries, writeOciImage, busyboxRootfs, writeStandardFixtures, type WrittenImage } from '../fixtures/oci-image.js';
+import {
+  multiLayerEntries,
+  writeOciImage,
+  busyboxRootfs,
+  writeStandardFixtures,
+  type WrittenImage,
+} from '../fixtures/oci-image.js';
 import { layoutTags, readLayoutIndex } from '../fixtures/oci-layout.js';
 
 const scratch = await mkdtemp(join(tmpdir(), 'esgz-transports-'));
@@ -27,7 +33,9 @@ beforeAll(async () => {
   ({ single, multi, docker, multiarch: twoPlatform } = await writeStandardFixtures(join(scratch, 'src')));
   // Built twice: the fixture builder must be byte-reproducible.
   const again = await writeStandardFixtures(join(scratch, 'src-again'));
-  expect([again.single, again.multi, again.docker, again.multiarch].map((i) => i.rootDigest)).toEqual([single, multi, docker, twoPlatform].map((i) => i.rootDigest));
+  expect([again.single, again.multi, again.docker, again.multiarch].map((i) => i.rootDigest)).toEqual(
+    [single, multi, docker, twoPlatform].map((i) => i.rootDigest),
+  );
 });
 
 async function copy(src: string, dst: string, extra: Partial<Parameters<typeof transferImage>[0]> = {}) {
@@ -55,14 +63,35 @@ describe('reference syntax', () => {
   it('splits oci:, docker-archive: and registry references', () => {
     expect(parseTransportReference('oci:/tmp/x:v1')).toEqual({ transport: 'oci', dir: '/tmp/x', tag: 'v1' });
     expect(parseTransportReference('oci:/tmp/x')).toEqual({ transport: 'oci', dir: '/tmp/x' });
-    expect(parseTransportReference('oci:rel/dir.v2/x:latest')).toEqual({ transport: 'oci', dir: 'rel/dir.v2/x', tag: 'latest' });
-    expect(parseTransportReference('docker-archive:/a.tar:img:1.0')).toEqual({ transport: 'docker-archive', file: '/a.tar', tag: 'img:1.0' });
-    expect(parseTransportReference('docker://localhost:5000/a/b:c')).toEqual({ transport: 'registry', reference: 'localhost:5000/a/b:c' });
-    expect(parseTransportReference('localhost:5000/a')).toEqual({ transport: 'registry', reference: 'localhost:5000/a' });
+    expect(parseTransportReference('oci:rel/dir.v2/x:latest')).toEqual({
+      transport: 'oci',
+      dir: 'rel/dir.v2/x',
+      tag: 'latest',
+    });
+    expect(parseTransportReference('docker-archive:/a.tar:img:1.0')).toEqual({
+      transport: 'docker-archive',
+      file: '/a.tar',
+      tag: 'img:1.0',
+    });
+    expect(parseTransportReference('docker://localhost:5000/a/b:c')).toEqual({
+      transport: 'registry',
+      reference: 'localhost:5000/a/b:c',
+    });
+    expect(parseTransportReference('localhost:5000/a')).toEqual({
+      transport: 'registry',
+      reference: 'localhost:5000/a',
+    });
   });
 
   it('rejects other tools’ transports and bad tags with BAD_REFERENCE', () => {
-    for (const bad of ['dir:/tmp/x', 'containers-storage:foo', 'oci:/tmp/x:bad tag', 'oci:', 'docker-archive:', 'http://x/y']) {
+    for (const bad of [
+      'dir:/tmp/x',
+      'containers-storage:foo',
+      'oci:/tmp/x:bad tag',
+      'oci:',
+      'docker-archive:',
+      'http://x/y',
+    ]) {
       expect(() => parseTransportReference(bad), bad).toThrow(EsgzError);
       try {
         parseTransportReference(bad);
@@ -79,7 +108,9 @@ describe('oci layout', () => {
     const dst = join(scratch, 'copy1');
     const report = await copy(`oci:${multi.dir}:multi`, `oci:${dst}:copied`);
     expect(report.root.digest).toBe(multi.rootDigest);
-    expect(report.manifests[0]!.layers.map((l) => l.output.digest)).toEqual(multi.manifests[0]!.layers.map((l) => l.digest));
+    expect(report.manifests[0]!.layers.map((l) => l.output.digest)).toEqual(
+      multi.manifests[0]!.layers.map((l) => l.digest),
+    );
     expect(report.manifests[0]!.layers.every((l) => !l.changed)).toBe(true);
     expect(await manifestDigestOf(`oci:${dst}:copied`)).toBe(multi.rootDigest);
     const inspected = await skopeoInspect(`oci:${dst}:copied`);
@@ -95,7 +126,11 @@ describe('oci layout', () => {
   it('parallel copies into one layout keep every tag (index.json is locked while updated)', async () => {
     const dst = join(scratch, 'parallel');
     const tags = ['p1', 'p2', 'p3', 'p4', 'p5', 'p6'];
-    await Promise.all(tags.map((tag, i) => copy(`oci:${(i % 2 ? single : multi).dir}:${i % 2 ? 'single' : 'multi'}`, `oci:${dst}:${tag}`)));
+    await Promise.all(
+      tags.map((tag, i) =>
+        copy(`oci:${(i % 2 ? single : multi).dir}:${i % 2 ? 'single' : 'multi'}`, `oci:${dst}:${tag}`),
+      ),
+    );
     expect(layoutTags(dst).sort()).toEqual(tags);
     expect(existsSync(join(dst, 'index.json.lock'))).toBe(false);
   });
@@ -104,7 +139,13 @@ describe('oci layout', () => {
     const dst = join(scratch, 'untagged');
     await copy(`oci:${single.dir}:single`, `oci:${dst}`);
     await copy(`oci:${single.dir}:single`, `oci:${dst}`);
-    expect(readLayoutIndex(dst)!.manifests).toEqual([{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: single.rootDigest, size: single.manifests[0]!.size }]);
+    expect(readLayoutIndex(dst)!.manifests).toEqual([
+      {
+        mediaType: 'application/vnd.oci.image.manifest.v1+json',
+        digest: single.rootDigest,
+        size: single.manifests[0]!.size,
+      },
+    ]);
     expect((await copy(`oci:${dst}`, `oci:${join(scratch, 'untagged-2')}:x`)).root.digest).toBe(single.rootDigest);
     const byDigest = await copy(`oci:${multi.dir}@${multi.rootDigest}`, `oci:${join(scratch, 'by-digest')}:x`);
     expect(byDigest.root.digest).toBe(multi.rootDigest);
@@ -116,15 +157,25 @@ describe('oci layout', () => {
     const dst = join(scratch, 'from-skopeo');
     const report = await copy(`oci:${skopeoDir}:sk`, `oci:${dst}:x`);
     expect(report.root.digest).toBe(await manifestDigestOf(`oci:${skopeoDir}:sk`));
-    expect(report.manifests[0]!.layers.map((l) => l.output.digest)).toEqual(multi.manifests[0]!.layers.map((l) => l.digest));
+    expect(report.manifests[0]!.layers.map((l) => l.output.digest)).toEqual(
+      multi.manifests[0]!.layers.map((l) => l.digest),
+    );
   });
 
   it('names a missing tag, a missing oci-layout and a multi-image layout without tag', async () => {
-    await expect(openSource(`oci:${multi.dir}:nope`).then((s) => s.fetchRoot())).rejects.toMatchObject({ code: 'NOT_FOUND', message: expect.stringContaining('no image tagged "nope"') });
+    await expect(openSource(`oci:${multi.dir}:nope`).then((s) => s.fetchRoot())).rejects.toMatchObject({
+      code: 'NOT_FOUND',
+      message: expect.stringContaining('no image tagged "nope"'),
+    });
     const notLayout = join(scratch, 'not-a-layout');
     await execa('mkdir', ['-p', notLayout]);
-    await expect(openSource(`oci:${notLayout}:x`)).rejects.toMatchObject({ code: 'BAD_LAYOUT', message: expect.stringContaining('oci-layout') });
-    await expect(openSource(`oci:${multi.dir}`).then((s) => s.fetchRoot())).rejects.toMatchObject({ code: 'BAD_REFERENCE' });
+    await expect(openSource(`oci:${notLayout}:x`)).rejects.toMatchObject({
+      code: 'BAD_LAYOUT',
+      message: expect.stringContaining('oci-layout'),
+    });
+    await expect(openSource(`oci:${multi.dir}`).then((s) => s.fetchRoot())).rejects.toMatchObject({
+      code: 'BAD_REFERENCE',
+    });
   });
 
   it('a corrupt blob fails the copy and leaves nothing behind', async () => {
@@ -137,7 +188,10 @@ describe('oci layout', () => {
 
     // New destination (parents included): removed entirely.
     const fresh = join(scratch, 'corrupt-parent', 'corrupt-dst-new');
-    await expect(copy(`oci:${corrupt}:t`, `oci:${fresh}:t`)).rejects.toMatchObject({ code: expect.stringMatching(/DIGEST_MISMATCH|BAD_LAYER/), message: expect.stringContaining('layer 2/3') });
+    await expect(copy(`oci:${corrupt}:t`, `oci:${fresh}:t`)).rejects.toMatchObject({
+      code: expect.stringMatching(/DIGEST_MISMATCH|BAD_LAYER/),
+      message: expect.stringContaining('layer 2/3'),
+    });
     expect(existsSync(join(scratch, 'corrupt-parent'))).toBe(false);
     // Relative paths too, and an empty directory that already existed above is kept.
     await execa('mkdir', ['-p', join(scratch, 'empty-above')]);
@@ -186,7 +240,9 @@ describe('docker-archive', () => {
     const viaReport = await copy(`oci:${viaSkopeo}:s`, `oci:${join(scratch, 'multi-via-skopeo-2')}:s`);
     // skopeo re-encodes config and layers on the way to OCI; the tars inside must be the same.
     const tarDigests = await Promise.all(
-      viaReport.manifests[0]!.layers.map(async (l) => sha256Digest(gunzipSync(await readFile(join(viaSkopeo, 'blobs', 'sha256', l.output.digest.slice(7)))))),
+      viaReport.manifests[0]!.layers.map(async (l) =>
+        sha256Digest(gunzipSync(await readFile(join(viaSkopeo, 'blobs', 'sha256', l.output.digest.slice(7))))),
+      ),
     );
     expect(tarDigests).toEqual(multi.manifests[0]!.layers.map((l) => l.diffID));
 
@@ -216,15 +272,30 @@ describe('docker-archive', () => {
     const plain = await buildTar(busyboxRootfs());
     const second = await buildTar([file('etc/second', 'layer two\n')]);
     const gz = gzipBuffer(second);
-    const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [sha256Digest(plain), sha256Digest(second)] } }));
+    const config = Buffer.from(
+      JSON.stringify({
+        architecture: 'amd64',
+        os: 'linux',
+        rootfs: { type: 'layers', diff_ids: [sha256Digest(plain), sha256Digest(second)] },
+      }),
+    );
     const configName = `${sha256Hex(config)}.json`;
-    const manifestJson = JSON.stringify([{ Config: configName, RepoTags: ['legacy/app:1'], Layers: ['aaaa/layer.tar', 'bbbb/layer.tar'] }]);
+    const manifestJson = JSON.stringify([
+      { Config: configName, RepoTags: ['legacy/app:1'], Layers: ['aaaa/layer.tar', 'bbbb/layer.tar'] },
+    ]);
     const archive = join(scratch, 'legacy.tar');
-    await writeFile(archive, await buildTar([
-      dir('./aaaa'), file('./aaaa/layer.tar', plain), file('./aaaa/VERSION', '1.0'),
-      dir('./bbbb'), file('./bbbb/layer.tar', gz),
-      file(`./${configName}`, config), file('./manifest.json', manifestJson),
-    ]));
+    await writeFile(
+      archive,
+      await buildTar([
+        dir('./aaaa'),
+        file('./aaaa/layer.tar', plain),
+        file('./aaaa/VERSION', '1.0'),
+        dir('./bbbb'),
+        file('./bbbb/layer.tar', gz),
+        file(`./${configName}`, config),
+        file('./manifest.json', manifestJson),
+      ]),
+    );
     const dst = join(scratch, 'legacy-out');
     const report = await copy(`docker-archive:${archive}:legacy/app:1`, `oci:${dst}:l`);
     const layers = report.manifests[0]!.layers;
@@ -237,7 +308,10 @@ describe('docker-archive', () => {
     // A truncated archive is refused with one clear error.
     const truncated = join(scratch, 'legacy-truncated.tar');
     await writeFile(truncated, (await readFile(archive)).subarray(0, 3000));
-    await expect(openSource(`docker-archive:${truncated}`)).rejects.toMatchObject({ code: 'BAD_ARCHIVE', message: expect.stringContaining('truncated') });
+    await expect(openSource(`docker-archive:${truncated}`)).rejects.toMatchObject({
+      code: 'BAD_ARCHIVE',
+      message: expect.stringContaining('truncated'),
+    });
   });
 
   it('rejects a file that is not a docker archive and an unknown tag', async () => {
@@ -245,7 +319,10 @@ describe('docker-archive', () => {
     await writeFile(junk, Buffer.alloc(4096, 7));
     await expect(openSource(`docker-archive:${junk}`)).rejects.toMatchObject({ code: 'BAD_ARCHIVE' });
     const archive = join(scratch, 'multi.tar');
-    await expect(openSource(`docker-archive:${archive}:other:tag`)).rejects.toMatchObject({ code: 'NOT_FOUND', message: expect.stringContaining('esgz/multi:v1') });
+    await expect(openSource(`docker-archive:${archive}:other:tag`)).rejects.toMatchObject({
+      code: 'NOT_FOUND',
+      message: expect.stringContaining('esgz/multi:v1'),
+    });
   });
 });
 
@@ -255,9 +332,16 @@ describe('media types and platforms', () => {
     const report = await copy(`oci:${docker.dir}:docker`, `oci:${dst}:oci`, { oci: true });
     const manifest = JSON.parse(await readFile(join(dst, 'blobs', 'sha256', report.root.digest.slice(7)), 'utf8'));
     expect(manifest.mediaType).toBe('application/vnd.oci.image.manifest.v1+json');
-    expect(manifest.config).toMatchObject({ mediaType: 'application/vnd.oci.image.config.v1+json', digest: docker.manifests[0]!.configDigest });
-    expect(manifest.layers.map((l: { mediaType: string }) => l.mediaType)).toEqual(Array(3).fill('application/vnd.oci.image.layer.v1.tar+gzip'));
-    expect(manifest.layers.map((l: { digest: string }) => l.digest)).toEqual(docker.manifests[0]!.layers.map((l) => l.digest));
+    expect(manifest.config).toMatchObject({
+      mediaType: 'application/vnd.oci.image.config.v1+json',
+      digest: docker.manifests[0]!.configDigest,
+    });
+    expect(manifest.layers.map((l: { mediaType: string }) => l.mediaType)).toEqual(
+      Array(3).fill('application/vnd.oci.image.layer.v1.tar+gzip'),
+    );
+    expect(manifest.layers.map((l: { digest: string }) => l.digest)).toEqual(
+      docker.manifests[0]!.layers.map((l) => l.digest),
+    );
     expect((await skopeoInspect(`oci:${dst}:oci`)).Layers).toEqual(docker.manifests[0]!.layers.map((l) => l.digest));
     // Without --oci a Docker image stays byte-identical.
     const same = await copy(`oci:${docker.dir}:docker`, `oci:${join(scratch, 'docker-same')}:d`);
@@ -266,23 +350,33 @@ describe('media types and platforms', () => {
 
   it('--platform picks one manifest, --all-platforms keeps the index, default is this machine', async () => {
     const [amd64, arm64] = twoPlatform.manifests;
-    const arm = await copy(`oci:${twoPlatform.dir}:multiarch`, `oci:${join(scratch, 'arm')}:a`, { platform: { os: 'linux', architecture: 'aarch64' } });
+    const arm = await copy(`oci:${twoPlatform.dir}:multiarch`, `oci:${join(scratch, 'arm')}:a`, {
+      platform: { os: 'linux', architecture: 'aarch64' },
+    });
     expect(arm.root.digest).toBe(arm64!.digest);
     expect(arm.manifests.map((m) => m.platform)).toEqual(['linux/arm64']);
     const host = await copy(`oci:${twoPlatform.dir}:multiarch`, `oci:${join(scratch, 'host')}:h`);
     expect(host.root.digest).toBe(amd64!.digest);
-    const all = await copy(`oci:${twoPlatform.dir}:multiarch`, `oci:${join(scratch, 'all')}:all`, { allPlatforms: true });
+    const all = await copy(`oci:${twoPlatform.dir}:multiarch`, `oci:${join(scratch, 'all')}:all`, {
+      allPlatforms: true,
+    });
     expect(all.root.digest).toBe(twoPlatform.rootDigest);
     expect(all.manifests.map((m) => m.output.digest)).toEqual([amd64!.digest, arm64!.digest]);
     const raw = await skopeoInspect(`oci:${join(scratch, 'all')}:all`, true);
     expect((raw.manifests as Array<{ digest: string }>).map((m) => m.digest)).toEqual([amd64!.digest, arm64!.digest]);
-    await expect(copy(`oci:${twoPlatform.dir}:multiarch`, `oci:${join(scratch, 'none')}:n`, { platform: { os: 'linux', architecture: 's390x' } })).rejects.toMatchObject({
+    await expect(
+      copy(`oci:${twoPlatform.dir}:multiarch`, `oci:${join(scratch, 'none')}:n`, {
+        platform: { os: 'linux', architecture: 's390x' },
+      }),
+    ).rejects.toMatchObject({
       code: 'NOT_FOUND',
       message: expect.stringContaining('available: linux/amd64, linux/arm64'),
     });
     expect(existsSync(join(scratch, 'none'))).toBe(false);
     // The docker-archive sink itself refuses an index (one platform per archive) and leaves no file.
-    await expect(copy(`oci:${twoPlatform.dir}:multiarch`, `docker-archive:${join(scratch, 'two.tar')}`, { allPlatforms: true })).rejects.toMatchObject({ code: 'UNSUPPORTED' });
+    await expect(
+      copy(`oci:${twoPlatform.dir}:multiarch`, `docker-archive:${join(scratch, 'two.tar')}`, { allPlatforms: true }),
+    ).rejects.toMatchObject({ code: 'UNSUPPORTED' });
     expect((await readdir(scratch)).filter((n) => n.startsWith('two.tar'))).toEqual([]);
   });
 });
@@ -324,7 +418,9 @@ describe('registry round trip', () => {
     const from = `${registry}/esgz-test/mount-src:v1`;
     await copy(`oci:${single.dir}:single`, from);
     const source = await openSource(from, { plainHttp: true });
-    const sink = (await openSink(`${registry}/esgz-test/mount-dst:v1`, { plainHttp: true })) as Awaited<ReturnType<typeof openSink>> & { blobResults: ReadonlyMap<string, string> };
+    const sink = (await openSink(`${registry}/esgz-test/mount-dst:v1`, { plainHttp: true })) as Awaited<
+      ReturnType<typeof openSink>
+    > & { blobResults: ReadonlyMap<string, string> };
     const report = await transferImage({ source, sink });
     await source.close();
     expect(report.root.digest).toBe(single.rootDigest);
@@ -340,7 +436,9 @@ describe('registry round trip', () => {
     await execa('skopeo', ['copy', '--all', '--src-tls-verify=false', `docker://${ref}`, `oci:${skopeoLayout}:s`]);
     expect(await manifestDigestOf(`oci:${skopeoLayout}:s`)).not.toBe('');
     const raw = await skopeoInspect(`oci:${skopeoLayout}:s`, true);
-    expect((raw.manifests as Array<{ digest: string }>).map((m) => m.digest)).toEqual(twoPlatform.manifests.map((m) => m.digest));
+    expect((raw.manifests as Array<{ digest: string }>).map((m) => m.digest)).toEqual(
+      twoPlatform.manifests.map((m) => m.digest),
+    );
     const back = await copy(`oci:${skopeoLayout}:s`, `oci:${join(scratch, 'back-all')}:b`, { allPlatforms: true });
     expect(back.root.digest).toBe(twoPlatform.rootDigest);
   });

@@ -2,7 +2,15 @@
 import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
-import { DigestCounter, DigestVerifier, digestOf, isDigest, parseDigest, sha256Hex, verifyBuffer } from '../../src/oci/digest.js';
+import {
+  DigestCounter,
+  DigestVerifier,
+  digestOf,
+  isDigest,
+  parseDigest,
+  sha256Hex,
+  verifyBuffer,
+} from '../../src/oci/digest.js';
 import { readAll, rejection, streamOf } from '../registry/helpers.js';
 
 async function sha256sum(data: Buffer): Promise<string> {
@@ -24,12 +32,22 @@ describe('digest helpers', () => {
     expect(parseDigest(good)).toEqual({ algorithm: 'sha256', hex: good.slice(7) });
     expect(isDigest(good)).toBe(true);
     expect(isDigest(`sha512:${'a'.repeat(128)}`)).toBe(true);
-    for (const bad of ['', 'sha256', 'sha256:', `sha256:${'A'.repeat(64)}`, `sha256:${'a'.repeat(63)}`, `md5:${'a'.repeat(32)}`, 'latest']) {
+    for (const bad of [
+      '',
+      'sha256',
+      'sha256:',
+      `sha256:${'A'.repeat(64)}`,
+      `sha256:${'a'.repeat(63)}`,
+      `md5:${'a'.repeat(32)}`,
+      'latest',
+    ]) {
       expect(isDigest(bad)).toBe(false);
     }
     expect(() => parseDigest('sha256:abc', 'layer 3')).toThrow(/^layer 3: "sha256:abc" is not a valid sha256 digest/);
     expect(() => verifyBuffer(Buffer.from('y'), { digest: good }, 'config')).toThrow(/config: digest mismatch/);
-    expect(() => verifyBuffer(Buffer.from('x'), { digest: good, size: 2 }, 'config')).toThrow(/expected 2 bytes, got 1/);
+    expect(() => verifyBuffer(Buffer.from('x'), { digest: good, size: 2 }, 'config')).toThrow(
+      /expected 2 bytes, got 1/,
+    );
     verifyBuffer(Buffer.from('x'), { digest: good, size: 1 }, 'config');
   });
 });
@@ -56,14 +74,18 @@ describe('DigestVerifier', () => {
     expect(short.code).toBe('SIZE_MISMATCH');
     expect(short.message).toBe(`blob: truncated: got 1000 of ${data.length} bytes`);
 
-    const long = await rejection(readAll(streamOf(Buffer.concat([data, Buffer.from('!')])).pipe(new DigestVerifier(desc, 'blob'))));
+    const long = await rejection(
+      readAll(streamOf(Buffer.concat([data, Buffer.from('!')])).pipe(new DigestVerifier(desc, 'blob'))),
+    );
     expect(long.code).toBe('SIZE_MISMATCH');
   });
 
   it('checks the digest alone when the size is unknown', async () => {
     const ok = await readAll(streamOf(data).pipe(new DigestVerifier({ digest: desc.digest }, 'blob')));
     expect(ok.length).toBe(data.length);
-    const err = await rejection(readAll(streamOf(data.subarray(1)).pipe(new DigestVerifier({ digest: desc.digest }, 'blob'))));
+    const err = await rejection(
+      readAll(streamOf(data.subarray(1)).pipe(new DigestVerifier({ digest: desc.digest }, 'blob'))),
+    );
     expect(err.code).toBe('DIGEST_MISMATCH');
   });
 });

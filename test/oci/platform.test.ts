@@ -14,16 +14,24 @@ describe('platforms', () => {
 
   it('rejects malformed values with BAD_FLAG naming them', () => {
     for (const bad of ['linux', 'linux/', '/amd64', 'linux/amd64/v1/x', 'linux/am d64']) {
-      expect(() => parsePlatform(bad), bad).toThrow(expect.objectContaining({ code: 'BAD_FLAG', message: expect.stringContaining(`"${bad}"`) }));
+      expect(() => parsePlatform(bad), bad).toThrow(
+        expect.objectContaining({ code: 'BAD_FLAG', message: expect.stringContaining(`"${bad}"`) }),
+      );
     }
   });
 
   it('matches index entries the way containerd does', () => {
     expect(platformMatches(parsePlatform('linux/arm64'), { os: 'linux', architecture: 'arm64' })).toBe(true);
-    expect(platformMatches(parsePlatform('linux/arm64'), { os: 'linux', architecture: 'arm64', variant: 'v8' })).toBe(true);
-    expect(platformMatches(parsePlatform('linux/arm/v6'), { os: 'linux', architecture: 'arm', variant: 'v7' })).toBe(false);
+    expect(platformMatches(parsePlatform('linux/arm64'), { os: 'linux', architecture: 'arm64', variant: 'v8' })).toBe(
+      true,
+    );
+    expect(platformMatches(parsePlatform('linux/arm/v6'), { os: 'linux', architecture: 'arm', variant: 'v7' })).toBe(
+      false,
+    );
     expect(platformMatches(parsePlatform('linux/amd64'), { os: 'windows', architecture: 'amd64' })).toBe(false);
-    expect(platformMatches({ os: 'linux', architecture: 'arm' }, { os: 'linux', architecture: 'arm', variant: 'v7' })).toBe(true);
+    expect(
+      platformMatches({ os: 'linux', architecture: 'arm' }, { os: 'linux', architecture: 'arm', variant: 'v7' }),
+    ).toBe(true);
   });
 
   it('formats without arm64’s implied v8, and knows this machine', () => {

@@ -25,7 +25,11 @@ beforeAll(async () => {
   registry = await startRegistry();
   proxy = await startFaultProxy(registry.address);
   work = mkdtempSync(join(tmpdir(), 'esgz-blobcache-'));
-  const written = await writeOciImage(join(work, 'src'), { tag: 'latest', layers: [busyboxRootfs()], config: { Cmd: ['/bin/sh'] } });
+  const written = await writeOciImage(join(work, 'src'), {
+    tag: 'latest',
+    layers: [busyboxRootfs()],
+    config: { Cmd: ['/bin/sh'] },
+  });
   ref = `${proxy.address}/h5/cache:1`;
   const source = await openSource(`oci:${join(work, 'src')}:latest`);
   await transferImage({ source, sink: await openSink(ref, { plainHttp: true }) });
@@ -98,6 +102,8 @@ describe('CachingSource', () => {
     // source: untraced ones, or any whose tar could not be kept).
     expect(await run(false, 'plain')).toBe(1);
     expect(await run(true, 'cached')).toBe(1);
-    expect(readFileSync(join(work, 'cached', 'index.json'), 'utf8')).toEqual(readFileSync(join(work, 'plain', 'index.json'), 'utf8'));
+    expect(readFileSync(join(work, 'cached', 'index.json'), 'utf8')).toEqual(
+      readFileSync(join(work, 'plain', 'index.json'), 'utf8'),
+    );
   });
 });

@@ -24,7 +24,16 @@ beforeAll(async () => {
   // Two layers: busybox, then a layer with unrelated files that must stay after the landmark.
   await writeOciImage(join(work, 'src'), {
     tag: 'latest',
-    layers: [busyboxRootfs(), [dir('opt'), file('opt/unused-1', 'not touched\n'), file('opt/unused-2', 'not touched either\n'), dir('etc'), file('etc/motd', 'read me\n')]],
+    layers: [
+      busyboxRootfs(),
+      [
+        dir('opt'),
+        file('opt/unused-1', 'not touched\n'),
+        file('opt/unused-2', 'not touched either\n'),
+        dir('etc'),
+        file('etc/motd', 'read me\n'),
+      ],
+    ],
     config: { Cmd: ['/bin/sh'] },
   });
   busyboxRef = `oci:${join(work, 'src')}:latest`;
@@ -35,7 +44,9 @@ afterAll(() => rmSync(work, { recursive: true, force: true }));
 function layerEntryNames(layout: string, tag: string): string[][] {
   return readOciLayout(layout, tag).manifests[0]!.layers.map((layer) => {
     expect(layer.annotations?.['containerd.io/snapshot/stargz/toc.digest']).toMatch(/^sha256:/);
-    return execFileSync('tar', ['-tzf', layoutBlobPath(layout, layer.digest)], { encoding: 'utf8' }).trim().split('\n');
+    return execFileSync('tar', ['-tzf', layoutBlobPath(layout, layer.digest)], { encoding: 'utf8' })
+      .trim()
+      .split('\n');
   });
 }
 
@@ -76,10 +87,13 @@ async function optimize(src: string, dst: string, overrides: Partial<OptimizeIma
 }
 
 describe('optimizeImage (profile + convert through the pipeline)', () => {
-  it('puts bin/busybox and etc/hello before the landmark in access order, then runc\'s etc/passwd and etc/group, and everything else after', async () => {
+  it("puts bin/busybox and etc/hello before the landmark in access order, then runc's etc/passwd and etc/group, and everything else after", async () => {
     const out = join(work, 'out1');
     const record = join(work, 'record.json');
-    const { report, stdout } = await optimize(busyboxRef, `oci:${out}:opt`, { recordOut: record, reopenTarget: () => openSource(`oci:${out}:opt`) });
+    const { report, stdout } = await optimize(busyboxRef, `oci:${out}:opt`, {
+      recordOut: record,
+      reopenTarget: () => openSource(`oci:${out}:opt`),
+    });
     expect(stdout).toContain('hello from an esgz fixture');
     const [base, top] = layerEntryNames(out, 'opt');
     // Parent directories come with their files: the workload's files in access order, then the
@@ -98,19 +112,30 @@ describe('optimizeImage (profile + convert through the pipeline)', () => {
     expect(p.filesTraced).toBe(4);
     expect(p.runtimeFiles).toEqual(['etc/passwd', 'etc/group']);
     expect(p.layers.map((l) => l.prioritizedFiles)).toEqual([4, 0]);
-    const fixtureBytes = ['etc/hello', 'etc/passwd', 'etc/group'].map((n) => contentSize(busyboxRootfs().find((e) => e.path === n)!));
-    expect(p.layers[0]!.prioritizedBytes).toBe(readFileSync('/bin/busybox').length + fixtureBytes.reduce((a, b) => a + b, 0));
+    const fixtureBytes = ['etc/hello', 'etc/passwd', 'etc/group'].map((n) =>
+      contentSize(busyboxRootfs().find((e) => e.path === n)!),
+    );
+    expect(p.layers[0]!.prioritizedBytes).toBe(
+      readFileSync('/bin/busybox').length + fixtureBytes.reduce((a, b) => a + b, 0),
+    );
     expect(p.prefetchCoverage).toBe(1);
     // The reported landmark offset is where the gzip member of its payload starts (TOC offset
     // semantics): gunzip from there (the oracle) yields the landmark's one byte, 0x0f, first.
     const offset = p.layers[0]!.landmarkOffset!;
     expect(offset).toBeGreaterThan(500_000);
     const blob = join(out, 'blobs', 'sha256', report.transfer.manifests[0]!.layers[0]!.output.digest.slice(7));
-    const fromLandmark = execFileSync('sh', ['-c', `tail -c +${offset + 1} "$1" | gzip -dc | head -c 1 | od -An -tx1`, 'sh', blob], { encoding: 'utf8' });
+    const fromLandmark = execFileSync(
+      'sh',
+      ['-c', `tail -c +${offset + 1} "$1" | gzip -dc | head -c 1 | od -An -tx1`, 'sh', blob],
+      { encoding: 'utf8' },
+    );
     expect(fromLandmark.trim()).toBe('0f');
     expect(p.layers[1]!.landmarkOffset).toBeUndefined();
     // One JSON object per line, as ctr-remote writes them.
-    const entries = readFileSync(record, 'utf8').trim().split('\n').map((line) => JSON.parse(line) as { path: string; layerIndex?: number; manifestDigest?: string });
+    const entries = readFileSync(record, 'utf8')
+      .trim()
+      .split('\n')
+      .map((line) => JSON.parse(line) as { path: string; layerIndex?: number; manifestDigest?: string });
     expect(entries.map((e) => [e.path, e.layerIndex])).toEqual([
       ['bin/busybox', 0],
       ['etc/hello', 0],
@@ -144,7 +169,10 @@ describe('optimizeImage (profile + convert through the pipeline)', () => {
 
   it('--no-optimize converts without running anything', async () => {
     const out = join(work, 'noopt');
-    const { report } = await optimize(busyboxRef, `oci:${out}:n`, { noOptimize: true, run: { entrypoint: ['/bin/does-not-matter'] } });
+    const { report } = await optimize(busyboxRef, `oci:${out}:n`, {
+      noOptimize: true,
+      run: { entrypoint: ['/bin/does-not-matter'] },
+    });
     expect(report.profiled).toBeUndefined();
     const [base] = layerEntryNames(out, 'n');
     expect(base![0]).toBe('.no.prefetch.landmark');
@@ -164,10 +192,15 @@ describe('optimizeImage (profile + convert through the pipeline)', () => {
   it('refuses a single-platform image for another architecture with a clear message', async () => {
     const layout = join(work, 'arm');
     await writeOciImage(layout, { tag: 'arm', platforms: [twoPlatformImages()[1]!] });
-    const err = await optimize(`oci:${layout}:arm`, `oci:${join(work, 'arm-out')}:a`, { platform: { os: 'linux', architecture: 'arm64' } }).catch((e: unknown) => e);
+    const err = await optimize(`oci:${layout}:arm`, `oci:${join(work, 'arm-out')}:a`, {
+      platform: { os: 'linux', architecture: 'arm64' },
+    }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(EsgzError);
     expect((err as EsgzError).message).toMatch(/none of the selected platforms \(linux\/arm64\) runs on this machine/);
-    expect(existsSync(join(work, 'arm-out', 'index.json')) && readFileSync(join(work, 'arm-out', 'index.json'), 'utf8').includes('"a"')).toBe(false);
+    expect(
+      existsSync(join(work, 'arm-out', 'index.json')) &&
+        readFileSync(join(work, 'arm-out', 'index.json'), 'utf8').includes('"a"'),
+    ).toBe(false);
     expect(await listContainers()).toEqual([]);
   });
 });
@@ -208,22 +241,25 @@ describe('optimizeImage compression threads', () => {
 });
 
 describe('memory-backed temp dir', () => {
-  it.skipIf(!existsSync('/dev/shm') || process.env.TMPDIR !== undefined)('unpacks into /dev/shm only when it and the available memory have room', async () => {
-    expect(await memoryBackedTempRoot(10 << 20)).toBe('/dev/shm');
-    expect(await memoryBackedTempRoot(1e15)).toBeUndefined();
-    expect(await memoryBackedTempRoot(10 << 20, { candidate: '/nonexistent-esgz' })).toBeUndefined();
-    expect(await memoryBackedTempRoot(10 << 20, { tmpfs: false })).toBeUndefined();
-    const named = mkdtempSync(join(tmpdir(), 'esgz-tmpfs-setting-'));
-    try {
-      expect(await memoryBackedTempRoot(1e15, { tmpfs: named })).toBe(named);
-    } finally {
-      rmSync(named, { recursive: true, force: true });
-    }
-  });
+  it.skipIf(!existsSync('/dev/shm') || process.env.TMPDIR !== undefined)(
+    'unpacks into /dev/shm only when it and the available memory have room',
+    async () => {
+      expect(await memoryBackedTempRoot(10 << 20)).toBe('/dev/shm');
+      expect(await memoryBackedTempRoot(1e15)).toBeUndefined();
+      expect(await memoryBackedTempRoot(10 << 20, { candidate: '/nonexistent-esgz' })).toBeUndefined();
+      expect(await memoryBackedTempRoot(10 << 20, { tmpfs: false })).toBeUndefined();
+      const named = mkdtempSync(join(tmpdir(), 'esgz-tmpfs-setting-'));
+      try {
+        expect(await memoryBackedTempRoot(1e15, { tmpfs: named })).toBe(named);
+      } finally {
+        rmSync(named, { recursive: true, force: true });
+      }
+    },
+  );
 });
 
 describe('optimizeImage options', () => {
-  it('--prefetch-list adds files after the traced ones (the workload\'s and the runtime\'s)', async () => {
+  it("--prefetch-list adds files after the traced ones (the workload's and the runtime's)", async () => {
     const list = join(work, 'prefetch.txt');
     // etc/group is already prioritized (runc read it): listing it again does not move or repeat it.
     writeFileSync(list, '# extra\n/etc/group\n/opt/unused-2\n');
@@ -232,7 +268,11 @@ describe('optimizeImage options', () => {
     const [base, top] = layerEntryNames(out, 'p');
     expect(base!.slice(0, BUSYBOX_PREFETCH.length)).toEqual(BUSYBOX_PREFETCH);
     // The list applies to every layer: the untraced top layer prefetches the listed file it has.
-    expect(top!.slice(0, top!.indexOf('.prefetch.landmark') + 1)).toEqual(['opt/', 'opt/unused-2', '.prefetch.landmark']);
+    expect(top!.slice(0, top!.indexOf('.prefetch.landmark') + 1)).toEqual([
+      'opt/',
+      'opt/unused-2',
+      '.prefetch.landmark',
+    ]);
   });
 
   it('--temp-dir on a tmpfs holds every temporary file and is left empty', async () => {
@@ -263,13 +303,25 @@ describe('optimizeImage options', () => {
 describe('optimizeImage to zstd:chunked from Docker media types', () => {
   it('--oci --zstdchunked converts a Docker image and prioritizes the traced files', async () => {
     const layout = join(work, 'docker');
-    await writeOciImage(layout, { tag: 'd', mediaTypes: 'docker', layers: [busyboxRootfs()], config: { Cmd: ['/bin/sh'] } });
+    await writeOciImage(layout, {
+      tag: 'd',
+      mediaTypes: 'docker',
+      layers: [busyboxRootfs()],
+      config: { Cmd: ['/bin/sh'] },
+    });
     const out = join(work, 'zstd');
-    const { report } = await optimize(`oci:${layout}:d`, `oci:${out}:z`, { format: 'zstdchunked', convert: { oci: true } });
+    const { report } = await optimize(`oci:${layout}:d`, `oci:${out}:z`, {
+      format: 'zstdchunked',
+      convert: { oci: true },
+    });
     const layer = report.transfer.manifests[0]!.layers[0]!;
     expect(layer.output.mediaType).toBe('application/vnd.oci.image.layer.v1.tar+zstd');
     // zstd -d is the oracle for the frames, GNU tar for the order.
-    const names = execFileSync('sh', ['-c', 'zstd -dc "$1" | tar -t', 'sh', layoutBlobPath(out, layer.output.digest)], { encoding: 'utf8' }).trim().split('\n');
+    const names = execFileSync('sh', ['-c', 'zstd -dc "$1" | tar -t', 'sh', layoutBlobPath(out, layer.output.digest)], {
+      encoding: 'utf8',
+    })
+      .trim()
+      .split('\n');
     expect(names.slice(0, BUSYBOX_PREFETCH.length)).toEqual(BUSYBOX_PREFETCH);
   });
 });
@@ -284,7 +336,13 @@ describe('optimizeImage with --estargz-external-toc', () => {
     });
     expect(report.tocImage?.reference).toBe(`oci:${out}:e-esgztoc`);
     expect(layoutRootDigest(out, 'e-esgztoc')).toBe(report.tocImage!.digest);
-    const names = execFileSync('tar', ['-tzf', layoutBlobPath(out, report.transfer.manifests[0]!.layers[0]!.output.digest)], { encoding: 'utf8' }).trim().split('\n');
+    const names = execFileSync(
+      'tar',
+      ['-tzf', layoutBlobPath(out, report.transfer.manifests[0]!.layers[0]!.output.digest)],
+      { encoding: 'utf8' },
+    )
+      .trim()
+      .split('\n');
     expect(names.slice(0, BUSYBOX_PREFETCH.length)).toEqual(BUSYBOX_PREFETCH);
     expect(names).not.toContain('stargz.index.json');
     expect(report.profiled!.layers[0]!.landmarkOffset).toBeGreaterThan(500_000);
@@ -292,30 +350,41 @@ describe('optimizeImage with --estargz-external-toc', () => {
 });
 
 describe('optimizeImage on the Debian bookworm python3 image', () => {
-  it.skipIf(!debianImageCached())('prioritizes the interpreter, loader, libraries, ld.so.cache and encodings of python3 -c "print(1)"', async () => {
-    const fixture = await debianImage();
-    const out = join(work, 'debian');
-    const { report, stdout } = await optimize(fixture.python.ref, `oci:${out}:py`, {
-      run: { entrypoint: ['python3', '-c'], args: ['print(1)'] },
-      // The order is what is under test; a fast level keeps the test short on a shared machine.
-      convert: { compressionLevel: 1 },
-    });
-    expect(stdout).toBe('1\n');
-    const [base, python] = layerEntryNames(out, 'py');
-    const prefetched = (names: string[]) => names.slice(0, names.indexOf('.prefetch.landmark')).filter((n) => !n.endsWith('/'));
-    const basePrefetch = prefetched(base!);
-    const pythonPrefetch = prefetched(python!);
-    expect(pythonPrefetch[0]).toBe('usr/bin/python3.11');
-    expect(pythonPrefetch).toContain('etc/ld.so.cache');
-    expect(pythonPrefetch.some((n) => n.startsWith('usr/lib/python3.11/encodings/'))).toBe(true);
-    expect(basePrefetch).toEqual(expect.arrayContaining(['usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2', 'usr/lib/x86_64-linux-gnu/libc.so.6', 'usr/lib/x86_64-linux-gnu/libm.so.6']));
-    // runc's setup reads come after python's own files, last before the base layer's landmark.
-    expect(report.profiled!.runtimeFiles).toEqual(['etc/passwd', 'etc/group']);
-    expect(basePrefetch.slice(-2)).toEqual(['etc/passwd', 'etc/group']);
-    // Nothing else is prefetched: everything before the landmark was traced.
-    expect(basePrefetch.length + pythonPrefetch.length).toBe(report.profiled!.filesTraced);
-    expect(base!.length).toBeGreaterThan(1000);
-  }, 600_000);
+  it.skipIf(!debianImageCached())(
+    'prioritizes the interpreter, loader, libraries, ld.so.cache and encodings of python3 -c "print(1)"',
+    async () => {
+      const fixture = await debianImage();
+      const out = join(work, 'debian');
+      const { report, stdout } = await optimize(fixture.python.ref, `oci:${out}:py`, {
+        run: { entrypoint: ['python3', '-c'], args: ['print(1)'] },
+        // The order is what is under test; a fast level keeps the test short on a shared machine.
+        convert: { compressionLevel: 1 },
+      });
+      expect(stdout).toBe('1\n');
+      const [base, python] = layerEntryNames(out, 'py');
+      const prefetched = (names: string[]) =>
+        names.slice(0, names.indexOf('.prefetch.landmark')).filter((n) => !n.endsWith('/'));
+      const basePrefetch = prefetched(base!);
+      const pythonPrefetch = prefetched(python!);
+      expect(pythonPrefetch[0]).toBe('usr/bin/python3.11');
+      expect(pythonPrefetch).toContain('etc/ld.so.cache');
+      expect(pythonPrefetch.some((n) => n.startsWith('usr/lib/python3.11/encodings/'))).toBe(true);
+      expect(basePrefetch).toEqual(
+        expect.arrayContaining([
+          'usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2',
+          'usr/lib/x86_64-linux-gnu/libc.so.6',
+          'usr/lib/x86_64-linux-gnu/libm.so.6',
+        ]),
+      );
+      // runc's setup reads come after python's own files, last before the base layer's landmark.
+      expect(report.profiled!.runtimeFiles).toEqual(['etc/passwd', 'etc/group']);
+      expect(basePrefetch.slice(-2)).toEqual(['etc/passwd', 'etc/group']);
+      // Nothing else is prefetched: everything before the landmark was traced.
+      expect(basePrefetch.length + pythonPrefetch.length).toBe(report.profiled!.filesTraced);
+      expect(base!.length).toBeGreaterThan(1000);
+    },
+    600_000,
+  );
 });
 
 describe('esgz image optimize (CLI)', () => {
@@ -324,30 +393,84 @@ describe('esgz image optimize (CLI)', () => {
 
   it.skipIf(!built)('runs ctr-remote style flags end to end and prints the report', async () => {
     const out = join(work, 'cli');
-    const result = await execa('node', [cli, 'image', 'optimize', '--oci', '--entrypoint', '["/bin/sh","-c"]', '--args', '["cat /etc/hello; ls /bin"]', busyboxRef, `oci:${out}:cli`], { reject: false });
+    const result = await execa(
+      'node',
+      [
+        cli,
+        'image',
+        'optimize',
+        '--oci',
+        '--entrypoint',
+        '["/bin/sh","-c"]',
+        '--args',
+        '["cat /etc/hello; ls /bin"]',
+        busyboxRef,
+        `oci:${out}:cli`,
+      ],
+      { reject: false },
+    );
     expect(result.stderr).toBe('');
     expect(result.exitCode).toBe(0);
     expect(result.stdout).toContain('hello from an esgz fixture');
     expect(result.stdout).toMatch(/files traced: 4 /);
-    expect(result.stdout).toContain("read by the runtime before the workload started (prioritized after the workload's files): etc/passwd, etc/group\n");
+    expect(result.stdout).toContain(
+      "read by the runtime before the workload started (prioritized after the workload's files): etc/passwd, etc/group\n",
+    );
     // The same summary as convert's and copy's ends the report.
     expect(result.stdout).toMatch(new RegExp(`\noptimized ${busyboxRef} -> oci:${out}:cli in [0-9.]+ m?s\n`));
     expect(result.stdout.trim().split('\n').pop()).toBe(`digest: ${layoutRootDigest(out, 'cli')}`);
   });
 
-  it.skipIf(!built)('prints one line and exits 1 for an entrypoint that does not exist, leaving nothing behind', async () => {
-    const leftovers = () => [tmpdir(), '/dev/shm'].filter((d) => existsSync(d)).flatMap((d) => readdirSync(d).filter((n) => n.startsWith('esgz-opt-')));
-    const before = leftovers();
-    const result = await execa('node', [cli, 'image', 'optimize', '--oci', '--entrypoint', '["/bin/nope"]', busyboxRef, `oci:${join(work, 'cli-bad')}:x`], { reject: false });
-    expect(result.exitCode).toBe(1);
-    expect(result.stderr.trim()).toBe('esgz: entrypoint "/bin/nope" does not exist in the image or is not executable');
-    expect(leftovers()).toEqual(before);
-    expect(readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain('esgz-opt-');
-  });
+  it.skipIf(!built)(
+    'prints one line and exits 1 for an entrypoint that does not exist, leaving nothing behind',
+    async () => {
+      const leftovers = () =>
+        [tmpdir(), '/dev/shm']
+          .filter((d) => existsSync(d))
+          .flatMap((d) => readdirSync(d).filter((n) => n.startsWith('esgz-opt-')));
+      const before = leftovers();
+      const result = await execa(
+        'node',
+        [
+          cli,
+          'image',
+          'optimize',
+          '--oci',
+          '--entrypoint',
+          '["/bin/nope"]',
+          busyboxRef,
+          `oci:${join(work, 'cli-bad')}:x`,
+        ],
+        { reject: false },
+      );
+      expect(result.exitCode).toBe(1);
+      expect(result.stderr.trim()).toBe(
+        'esgz: entrypoint "/bin/nope" does not exist in the image or is not executable',
+      );
+      expect(leftovers()).toEqual(before);
+      expect(readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain('esgz-opt-');
+    },
+  );
 
   it.skipIf(!built)('--wait-on-signal: Ctrl-C ends the workload, then the image is converted', async () => {
     const out = join(work, 'cli-signal');
-    const child = execa('node', [cli, 'image', 'optimize', '--oci', '--wait-on-signal', '--entrypoint', '["/bin/sh","-c"]', '--args', '["cat /etc/hello; echo WAITING; sleep 600"]', busyboxRef, `oci:${out}:s`], { reject: false, detached: true });
+    const child = execa(
+      'node',
+      [
+        cli,
+        'image',
+        'optimize',
+        '--oci',
+        '--wait-on-signal',
+        '--entrypoint',
+        '["/bin/sh","-c"]',
+        '--args',
+        '["cat /etc/hello; echo WAITING; sleep 600"]',
+        busyboxRef,
+        `oci:${out}:s`,
+      ],
+      { reject: false, detached: true },
+    );
     await waitForOutput(child, 'WAITING');
     // As a terminal does: Ctrl-C goes to the whole foreground process group.
     process.kill(-child.pid!, 'SIGINT');
@@ -359,21 +482,43 @@ describe('esgz image optimize (CLI)', () => {
     expect(await listContainers()).toEqual([]);
   });
 
-  it.skipIf(!built)('Ctrl-C without --wait-on-signal stops everything: exit 130, nothing written, nothing left', async () => {
-    const out = join(work, 'cli-int');
-    const child = execa('node', [cli, 'image', 'optimize', '--oci', '--entrypoint', '["/bin/sh","-c"]', '--args', '["echo WAITING; sleep 600"]', busyboxRef, `oci:${out}:i`], { reject: false, detached: true });
-    await waitForOutput(child, 'WAITING');
-    process.kill(-child.pid!, 'SIGINT');
-    const result = await child;
-    expect(result.exitCode).toBe(130);
-    expect(result.stderr.trim()).toBe('esgz: interrupted');
-    expect(existsSync(join(out, 'index.json'))).toBe(false);
-    expect(readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain('esgz-opt-');
-    expect(await listContainers()).toEqual([]);
-  });
+  it.skipIf(!built)(
+    'Ctrl-C without --wait-on-signal stops everything: exit 130, nothing written, nothing left',
+    async () => {
+      const out = join(work, 'cli-int');
+      const child = execa(
+        'node',
+        [
+          cli,
+          'image',
+          'optimize',
+          '--oci',
+          '--entrypoint',
+          '["/bin/sh","-c"]',
+          '--args',
+          '["echo WAITING; sleep 600"]',
+          busyboxRef,
+          `oci:${out}:i`,
+        ],
+        { reject: false, detached: true },
+      );
+      await waitForOutput(child, 'WAITING');
+      process.kill(-child.pid!, 'SIGINT');
+      const result = await child;
+      expect(result.exitCode).toBe(130);
+      expect(result.stderr.trim()).toBe('esgz: interrupted');
+      expect(existsSync(join(out, 'index.json'))).toBe(false);
+      expect(readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain('esgz-opt-');
+      expect(await listContainers()).toEqual([]);
+    },
+  );
 
   it.skipIf(!built)('rejects --zstdchunked without --oci like ctr-remote', async () => {
-    const result = await execa('node', [cli, 'image', 'optimize', '--zstdchunked', busyboxRef, `oci:${join(work, 'z')}:z`], { reject: false });
+    const result = await execa(
+      'node',
+      [cli, 'image', 'optimize', '--zstdchunked', busyboxRef, `oci:${join(work, 'z')}:z`],
+      { reject: false },
+    );
     expect(result.exitCode).toBe(2);
     expect(result.stderr.trim()).toBe('esgz: option --zstdchunked must be used in conjunction with --oci');
   });

@@ -73,7 +73,7 @@ const RUNTIME_SETUP = ['etc/passwd', 'etc/group'];
 const CAT_AND_LS_FILES = ['bin/busybox', 'etc/hello', ...RUNTIME_SETUP];
 
 describe('profileWorkload on a busybox image under runc (overlayfs)', () => {
-  it('records bin/busybox then etc/hello, then runc\'s setup reads etc/passwd and etc/group, mapped to the layers that provide them', async () => {
+  it("records bin/busybox then etc/hello, then runc's setup reads etc/passwd and etc/group, mapped to the layers that provide them", async () => {
     const { result, stdout } = await profile({ run: catAndLs });
     expect(stdout).toContain('hello from layer 1');
     expect(stdout.split('\n')).toContain('busybox');
@@ -95,7 +95,9 @@ describe('profileWorkload on a busybox image under runc (overlayfs)', () => {
   });
 
   it('keeps a setup file the workload opens itself at its workload position, once', async () => {
-    const { result, stdout } = await profile({ run: { entrypoint: ['/bin/sh', '-c'], args: ['cat /etc/group > /dev/null; cat /etc/hello'] } });
+    const { result, stdout } = await profile({
+      run: { entrypoint: ['/bin/sh', '-c'], args: ['cat /etc/group > /dev/null; cat /etc/hello'] },
+    });
     expect(stdout).toContain('hello from layer 1');
     expect(result.files.map((f) => [f.path, f.layerIndex, f.origin])).toEqual([
       ['bin/busybox', 0, 'workload'],
@@ -123,7 +125,10 @@ describe('profileWorkload on a busybox image under runc (overlayfs)', () => {
 
   it('does not see files hidden by a whiteout, and skips files the workload creates', async () => {
     const { result, stderr } = await profile({
-      run: { entrypoint: ['/bin/sh', '-c'], args: ['cat /etc/removed; echo x > /tmp/new; cat /tmp/new; cat /etc/hello'] },
+      run: {
+        entrypoint: ['/bin/sh', '-c'],
+        args: ['cat /etc/removed; echo x > /tmp/new; cat /tmp/new; cat /etc/hello'],
+      },
     });
     expect(stderr).toMatch(/can't open '\/etc\/removed'/);
     expect(result.accessed).toEqual(CAT_AND_LS_FILES);
@@ -133,7 +138,12 @@ describe('profileWorkload on a busybox image under runc (overlayfs)', () => {
   it('runs as the image user resolved from /etc/passwd and /etc/group, with env, cwd and hosts', async () => {
     const { stdout } = await profile({
       config: busyboxConfig({ User: 'alice', WorkingDir: '/tmp', Env: ['PATH=/bin', 'FOO=image'] }),
-      run: { entrypoint: ['/bin/sh', '-c'], args: ['id; pwd; echo FOO=$FOO; cat /etc/hosts'], env: ['FOO=flag'], addHosts: ['registry.test:10.1.2.3'] },
+      run: {
+        entrypoint: ['/bin/sh', '-c'],
+        args: ['id; pwd; echo FOO=$FOO; cat /etc/hosts'],
+        env: ['FOO=flag'],
+        addHosts: ['registry.test:10.1.2.3'],
+      },
     });
     expect(stdout).toContain('uid=1000(alice) gid=1000(alice) groups=50(staff)');
     expect(stdout).toContain('/tmp\n');
@@ -151,7 +161,10 @@ describe('profileWorkload on a busybox image under runc (overlayfs)', () => {
     const file = join(tmpdir(), `esgz-record-${process.pid}.json`);
     try {
       await writeRecordFile(file, recordEntriesOf(result, 'sha256:' + 'a'.repeat(64)));
-      const lines = readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+      const lines = readFileSync(file, 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l));
       // The prioritized order: the workload's files, then runc's setup reads.
       expect(lines).toEqual([
         { path: 'bin/busybox', manifestDigest: 'sha256:' + 'a'.repeat(64), layerIndex: 0 },
@@ -170,7 +183,10 @@ describe('profileWorkload on a busybox image under runc (overlayfs)', () => {
 describe('profileWorkload stops and tears down', () => {
   it('stops a workload that hangs after the period', async () => {
     const started = Date.now();
-    const { result } = await profile({ run: { entrypoint: ['/bin/sh', '-c'], args: ['cat /etc/hello; sleep 600'] }, periodSeconds: 1 });
+    const { result } = await profile({
+      run: { entrypoint: ['/bin/sh', '-c'], args: ['cat /etc/hello; sleep 600'] },
+      periodSeconds: 1,
+    });
     expect(result.stopReason).toBe('period');
     expect(result.exitCode).toBeUndefined();
     expect(Date.now() - started).toBeLessThan(15_000);
@@ -202,7 +218,10 @@ describe('profileWorkload stops and tears down', () => {
   it('turns Ctrl-C without --wait-on-signal into an INTERRUPTED error', async () => {
     const controller = new AbortController();
     setTimeout(() => controller.abort(), 1500);
-    const err = await profile({ run: { entrypoint: ['/bin/sh', '-c'], args: ['sleep 600'] }, signal: controller.signal }).catch((e: unknown) => e);
+    const err = await profile({
+      run: { entrypoint: ['/bin/sh', '-c'], args: ['sleep 600'] },
+      signal: controller.signal,
+    }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(EsgzError);
     expect((err as EsgzError).code).toBe('INTERRUPTED');
   });
@@ -232,8 +251,10 @@ describe('profileWorkload bad input', () => {
     expect((err as EsgzError).message).toBe('user "mallory" is not in the image\'s /etc/passwd');
   });
 
-  it('passes runc\'s own start failure on as one line', async () => {
-    const err = await profile({ run: { ...catAndLs, mounts: [{ destination: '/x', type: 'nosuchfs', source: 'none' }] } }).catch((e: unknown) => e);
+  it("passes runc's own start failure on as one line", async () => {
+    const err = await profile({
+      run: { ...catAndLs, mounts: [{ destination: '/x', type: 'nosuchfs', source: 'none' }] },
+    }).catch((e: unknown) => e);
     expect((err as EsgzError).code).toBe('RUNTIME');
     expect((err as EsgzError).message).toMatch(/^runc could not start the container: .*no such device/);
   });
@@ -257,7 +278,10 @@ describe('profileWorkload bad input', () => {
       ]);
       const { stdout, stderr } = await profile({
         layers: hostile,
-        run: { entrypoint: ['/bin/sh', '-c'], args: ['cat /etc/shadow; echo overwritten > /etc/shadow; echo new > /escape/new; cat /escape/planted'] },
+        run: {
+          entrypoint: ['/bin/sh', '-c'],
+          args: ['cat /etc/shadow; echo overwritten > /etc/shadow; echo new > /escape/new; cat /escape/planted'],
+        },
       });
       expect(stdout).not.toContain('host secret');
       expect(stdout).toContain('contained');
@@ -292,40 +316,48 @@ describe('profileWorkload bad input', () => {
 });
 
 describe('profileWorkload on a Debian python image built from this host', () => {
-  it.skipIf(!hasHostPython())('prioritizes the interpreter, the loader, libc and friends, ld.so.cache and encodings', async () => {
-    const files = pythonStartupFiles();
-    const [base, python] = [files.filter((f) => !f.includes('python')), files.filter((f) => f.includes('python'))];
-    const tars = await Promise.all([hostFilesEntries(base), hostFilesEntries(python)].map((e) => buildTar(e)));
-    const pyLayers = tars.map((tar, i) => ({ name: `layer ${i}`, open: async () => streamOf(tar) }));
-    const { result, stdout } = await profile({
-      layers: pyLayers,
-      config: { architecture: 'amd64', os: 'linux', config: { Env: ['PATH=/usr/bin:/bin'] }, rootfs: { type: 'layers', diff_ids: [] } },
-      run: { entrypoint: ['python3', '-c', 'print(1)'] },
-    });
-    expect(stdout).toBe('1\n');
-    expect(result.exitCode).toBe(0);
-    const accessed = result.accessed;
-    // The interpreter is executed first, then the kernel maps the dynamic loader.
-    expect(accessed[0]).toBe('usr/bin/python3.11');
-    expect(result.files[0]!.kind).toBe('exec');
-    // The trace names the files the kernel opened, after symlinks: the host's realpath is the oracle.
-    const real = (p: string) => realpathSync(p).slice(1);
-    const libc = real('/lib/x86_64-linux-gnu/libc.so.6');
-    for (const expected of [
-      real('/lib64/ld-linux-x86-64.so.2'),
-      'etc/ld.so.cache',
-      libc,
-      real('/lib/x86_64-linux-gnu/libm.so.6'),
-      real('/lib/x86_64-linux-gnu/libz.so.1'),
-      real('/lib/x86_64-linux-gnu/libexpat.so.1'),
-    ]) {
-      expect(accessed).toContain(expected);
-      expect(result.files.find((f) => f.path === expected)!.layerIndex).toBe(0);
-    }
-    expect(accessed.indexOf('etc/ld.so.cache')).toBeLessThan(accessed.indexOf(libc));
-    expect(accessed.some((p) => p.startsWith('usr/lib/python3.11/encodings/'))).toBe(true);
-    expect(result.perLayer[1]![0]).toBe('usr/bin/python3.11');
-  });
+  it.skipIf(!hasHostPython())(
+    'prioritizes the interpreter, the loader, libc and friends, ld.so.cache and encodings',
+    async () => {
+      const files = pythonStartupFiles();
+      const [base, python] = [files.filter((f) => !f.includes('python')), files.filter((f) => f.includes('python'))];
+      const tars = await Promise.all([hostFilesEntries(base), hostFilesEntries(python)].map((e) => buildTar(e)));
+      const pyLayers = tars.map((tar, i) => ({ name: `layer ${i}`, open: async () => streamOf(tar) }));
+      const { result, stdout } = await profile({
+        layers: pyLayers,
+        config: {
+          architecture: 'amd64',
+          os: 'linux',
+          config: { Env: ['PATH=/usr/bin:/bin'] },
+          rootfs: { type: 'layers', diff_ids: [] },
+        },
+        run: { entrypoint: ['python3', '-c', 'print(1)'] },
+      });
+      expect(stdout).toBe('1\n');
+      expect(result.exitCode).toBe(0);
+      const accessed = result.accessed;
+      // The interpreter is executed first, then the kernel maps the dynamic loader.
+      expect(accessed[0]).toBe('usr/bin/python3.11');
+      expect(result.files[0]!.kind).toBe('exec');
+      // The trace names the files the kernel opened, after symlinks: the host's realpath is the oracle.
+      const real = (p: string) => realpathSync(p).slice(1);
+      const libc = real('/lib/x86_64-linux-gnu/libc.so.6');
+      for (const expected of [
+        real('/lib64/ld-linux-x86-64.so.2'),
+        'etc/ld.so.cache',
+        libc,
+        real('/lib/x86_64-linux-gnu/libm.so.6'),
+        real('/lib/x86_64-linux-gnu/libz.so.1'),
+        real('/lib/x86_64-linux-gnu/libexpat.so.1'),
+      ]) {
+        expect(accessed).toContain(expected);
+        expect(result.files.find((f) => f.path === expected)!.layerIndex).toBe(0);
+      }
+      expect(accessed.indexOf('etc/ld.so.cache')).toBeLessThan(accessed.indexOf(libc));
+      expect(accessed.some((p) => p.startsWith('usr/lib/python3.11/encodings/'))).toBe(true);
+      expect(result.perLayer[1]![0]).toBe('usr/bin/python3.11');
+    },
+  );
 });
 
 describe('profileWorkload options', () => {
@@ -334,7 +366,11 @@ describe('profileWorkload options', () => {
     try {
       writeFileSync(join(hostDir, 'data.txt'), 'from the host\n');
       const { result, stdout } = await profile({
-        run: { entrypoint: ['/bin/sh', '-c'], args: ['cat /data/data.txt; cat /etc/hello'], mounts: [parseMountFlag(`type=bind,source=${hostDir},destination=/data,options=rbind:ro`)] },
+        run: {
+          entrypoint: ['/bin/sh', '-c'],
+          args: ['cat /data/data.txt; cat /etc/hello'],
+          mounts: [parseMountFlag(`type=bind,source=${hostDir},destination=/data,options=rbind:ro`)],
+        },
       });
       expect(stdout).toContain('from the host');
       expect(result.accessed).toEqual(CAT_AND_LS_FILES);
@@ -347,7 +383,9 @@ describe('profileWorkload options', () => {
     // Other jobs on this machine may add or remove interfaces meanwhile: compare with what the
     // host had both before and after.
     const before = readdirSync('/sys/class/net');
-    const { stdout } = await profile({ run: { entrypoint: ['/bin/sh', '-c'], args: ['ls /sys/class/net'], netHost: true } });
+    const { stdout } = await profile({
+      run: { entrypoint: ['/bin/sh', '-c'], args: ['ls /sys/class/net'], netHost: true },
+    });
     const after = readdirSync('/sys/class/net');
     const seen = stdout.trim().split('\n');
     expect(seen).toEqual(expect.arrayContaining(before.filter((n) => after.includes(n))));
@@ -355,11 +393,14 @@ describe('profileWorkload options', () => {
     expect(seen.length).toBeGreaterThan(1);
   });
 
-  it('stacks 127 layers (Docker\'s maximum) in one overlay mount and maps files to their layers', async () => {
+  it("stacks 127 layers (Docker's maximum) in one overlay mount and maps files to their layers", async () => {
     const extra = Array.from({ length: 125 }, (_, i) => [{ name: `data/file-${i}`, content: `layer ${i + 2}\n` }]);
     const many = await busyboxLayers(extra);
     expect(many).toHaveLength(127);
-    const { result, stdout } = await profile({ layers: many, run: { entrypoint: ['/bin/sh', '-c'], args: ['cat /data/file-124 /data/file-0 /etc/hello'] } });
+    const { result, stdout } = await profile({
+      layers: many,
+      run: { entrypoint: ['/bin/sh', '-c'], args: ['cat /data/file-124 /data/file-0 /etc/hello'] },
+    });
     expect(stdout).toBe('layer 126\nlayer 2\nhello from layer 1\n');
     expect(result.rootfsMode).toBe('overlay');
     expect(result.files.map((f) => [f.path, f.layerIndex])).toEqual([

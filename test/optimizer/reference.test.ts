@@ -33,7 +33,8 @@ describe.skipIf(!containerdAvailable())('record files against ctr-remote', () =>
     writeFileSync(file, blob);
     return execFileSync('tar', ['-tzf', file], { encoding: 'utf8' }).trim().split('\n');
   }
-  const prefetched = (list: string[]) => list.slice(0, list.indexOf('.prefetch.landmark')).map((n) => n.replace(/\/$/, ''));
+  const prefetched = (list: string[]) =>
+    list.slice(0, list.indexOf('.prefetch.landmark')).map((n) => n.replace(/\/$/, ''));
 
   it('ctr-remote convert --estargz-record-in reads our record and prefetches the same files in the same order', async () => {
     const entries = busyboxRootfs();
@@ -59,9 +60,17 @@ describe.skipIf(!containerdAvailable())('record files against ctr-remote', () =>
     }
     const ours = names(readLayoutBlob(out, readOciLayout(out).manifests[0]!.layers[0]!.digest));
 
-    const theirs = names((await convertWithCtrRemote(containerd, await buildTar(entries), ['--estargz', '--estargz-record-in', record])).blob);
+    const theirs = names(
+      (await convertWithCtrRemote(containerd, await buildTar(entries), ['--estargz', '--estargz-record-in', record]))
+        .blob,
+    );
     // The workload reads etc/passwd itself (it keeps that position); etc/group only runc read, before the exec: last.
-    expect(prefetched(ours).filter((n) => n !== 'bin' && n !== 'etc')).toEqual(['bin/busybox', 'etc/passwd', 'etc/hello', 'etc/group']);
+    expect(prefetched(ours).filter((n) => n !== 'bin' && n !== 'etc')).toEqual([
+      'bin/busybox',
+      'etc/passwd',
+      'etc/hello',
+      'etc/group',
+    ]);
     expect(prefetched(ours)).toEqual(prefetched(theirs));
   });
 });

@@ -62,7 +62,9 @@ describe('Basic auth (htpasswd)', () => {
   });
 
   it('finds auths keyed by URL and plain username/password fields', async () => {
-    const dir = await dockerConfig({ auths: { [`http://${registry.address}/v2/`]: { username: 'alice', password: 'wonder land' } } });
+    const dir = await dockerConfig({
+      auths: { [`http://${registry.address}/v2/`]: { username: 'alice', password: 'wonder land' } },
+    });
     await pushAndPull(registry.address, { dockerConfigDir: dir });
   });
 
@@ -129,7 +131,10 @@ fi
     });
 
     it('uses a credHelpers entry for the registry', async () => {
-      const dir = await dockerConfig({ credHelpers: { [registry.address]: 'test' }, auths: { [registry.address]: { auth: basicAuth('alice', 'wrong') } } });
+      const dir = await dockerConfig({
+        credHelpers: { [registry.address]: 'test' },
+        auths: { [registry.address]: { auth: basicAuth('alice', 'wrong') } },
+      });
       await pushAndPull(registry.address, { dockerConfigDir: dir });
     });
 
@@ -141,7 +146,10 @@ fi
     it('treats "credentials not found" as no answer and falls back to auths', async () => {
       // The helper only knows 127.0.0.1:PORT; localhost:PORT is the same registry under a name it does not know.
       const alias = registry.address.replace('127.0.0.1', 'localhost');
-      const withAuths = await dockerConfig({ credsStore: 'test', auths: { [alias]: { auth: basicAuth('alice', 'wonder land') } } });
+      const withAuths = await dockerConfig({
+        credsStore: 'test',
+        auths: { [alias]: { auth: basicAuth('alice', 'wonder land') } },
+      });
       await pushAndPull(alias, { dockerConfigDir: withAuths });
       const without = await dockerConfig({ credsStore: 'test' });
       const source = await openRegistrySource(`${alias}/x/y:z`, { plainHttp: true, dockerConfigDir: without });
@@ -180,7 +188,12 @@ fi
     const storageUrl = `http://127.0.0.1:${(storage.address() as AddressInfo).port}`;
     const proxy = await startFaultProxy(registry.address);
     try {
-      const source = await openRegistrySource(`${proxy.address}/${repo}:r`, { plainHttp: true, dockerConfigDir: await dockerConfig({ auths: { [proxy.address]: { auth: basicAuth('alice', 'wonder land') } } }) });
+      const source = await openRegistrySource(`${proxy.address}/${repo}:r`, {
+        plainHttp: true,
+        dockerConfigDir: await dockerConfig({
+          auths: { [proxy.address]: { auth: basicAuth('alice', 'wonder land') } },
+        }),
+      });
       proxy.redirect(`${storageUrl}/blob`, { method: 'GET', path: image.layer.desc.digest });
       expect((await readAll(await source.openBlob(image.layer.desc))).equals(image.layer.bytes)).toBe(true);
       const redirected = proxy.log.find((e) => e.fault === 'redirect')!;
@@ -190,7 +203,10 @@ fi
 
       // Existence checks take a redirect as "yes" without asking storage (presigned URLs are GET-only).
       proxy.redirect(`${storageUrl}/blob`, { method: 'HEAD', path: image.layer.desc.digest, times: 2 });
-      const client = new RegistryClient(proxy.address, { plainHttp: true, credentials: { username: 'alice', password: 'wonder land' } });
+      const client = new RegistryClient(proxy.address, {
+        plainHttp: true,
+        credentials: { username: 'alice', password: 'wonder land' },
+      });
       expect(await client.blobExists(repo, image.layer.desc.digest)).toBe(true);
       expect(await client.uploadBlob(repo, image.layer.desc, () => streamOf(image.layer.bytes))).toBe('exists');
       expect(await client.blobExists(repo, `sha256:${'0'.repeat(64)}`)).toBe(false);
@@ -220,20 +236,29 @@ fi
     // The real registry, except that upload sessions are sent to the other host.
     const [host, port] = registry.address.split(':');
     const front = http.createServer((req, res) => {
-      const upstream = http.request({ host, port: Number(port), method: req.method, path: req.url, headers: req.headers }, (answer) => {
-        const headers = { ...answer.headers };
-        if (req.method === 'POST' && headers.location !== undefined) headers.location = `${elsewhereUrl}/upload/session`;
-        res.writeHead(answer.statusCode ?? 502, headers);
-        answer.pipe(res);
-      });
+      const upstream = http.request(
+        { host, port: Number(port), method: req.method, path: req.url, headers: req.headers },
+        (answer) => {
+          const headers = { ...answer.headers };
+          if (req.method === 'POST' && headers.location !== undefined)
+            headers.location = `${elsewhereUrl}/upload/session`;
+          res.writeHead(answer.statusCode ?? 502, headers);
+          answer.pipe(res);
+        },
+      );
       req.pipe(upstream);
     });
     await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
     const frontAddress = `127.0.0.1:${(front.address() as AddressInfo).port}`;
     try {
-      const client = new RegistryClient(frontAddress, { plainHttp: true, credentials: { username: 'alice', password: 'wonder land' } });
+      const client = new RegistryClient(frontAddress, {
+        plainHttp: true,
+        credentials: { username: 'alice', password: 'wonder land' },
+      });
       const image = tinyImage(4_000);
-      expect(await client.uploadBlob(uniqueRepo('location'), image.layer.desc, () => streamOf(image.layer.bytes))).toBe('uploaded');
+      expect(await client.uploadBlob(uniqueRepo('location'), image.layer.desc, () => streamOf(image.layer.bytes))).toBe(
+        'uploaded',
+      );
       await client.close();
       expect(seen.length).toBeGreaterThan(0);
       expect(seen.every((headers) => headers.authorization === undefined)).toBe(true);
@@ -264,7 +289,12 @@ describe('Bearer token auth', () => {
   let front: TokenFront;
   beforeAll(async () => {
     registry = await startRegistry({
-      token: { users: { bob: 'builder', carol: 'reader' }, anonymousPull: true, pullOnlyUsers: ['carol'], refreshTokens: { 'refresh-for-bob': 'bob' } },
+      token: {
+        users: { bob: 'builder', carol: 'reader' },
+        anonymousPull: true,
+        pullOnlyUsers: ['carol'],
+        refreshTokens: { 'refresh-for-bob': 'bob' },
+      },
     });
     front = await startTokenFront(registry);
   });
@@ -301,7 +331,9 @@ describe('Bearer token auth', () => {
     const parallel = await openRegistrySource(`${front.address}/${repo}:b`, { plainHttp: true, dockerConfigDir: dir });
     const offsets = [0, 100, 200, 300, 400, 500, 600, 700];
     const parts = await Promise.all(offsets.map((o) => parallel.readBlobRange(image.layer.desc, o, 50)));
-    parts.forEach((part, i) => expect(part.equals(image.layer.bytes.subarray(offsets[i]!, offsets[i]! + 50))).toBe(true));
+    parts.forEach((part, i) =>
+      expect(part.equals(image.layer.bytes.subarray(offsets[i]!, offsets[i]! + 50))).toBe(true),
+    );
     expect(requests).toHaveLength(1);
     await parallel.close();
   });
@@ -338,8 +370,14 @@ describe('Bearer token auth', () => {
     expect(await client.uploadBlob(from, image.layer.desc, () => streamOf(image.layer.bytes))).toBe('uploaded');
     const requests = registry.tokenServer!.requests;
     requests.length = 0;
-    expect(await client.uploadBlob(to, image.layer.desc, () => streamOf(image.layer.bytes), { mountFrom: from })).toBe('mounted');
-    expect(requests.some((r) => r.scopes.includes(`repository:${from}:pull`) && r.scopes.includes(`repository:${to}:pull,push`))).toBe(true);
+    expect(await client.uploadBlob(to, image.layer.desc, () => streamOf(image.layer.bytes), { mountFrom: from })).toBe(
+      'mounted',
+    );
+    expect(
+      requests.some(
+        (r) => r.scopes.includes(`repository:${from}:pull`) && r.scopes.includes(`repository:${to}:pull,push`),
+      ),
+    ).toBe(true);
     expect(await client.headBlob(to, image.layer.desc.digest)).toBe(image.layer.desc.size);
     await client.close();
   });
@@ -362,7 +400,10 @@ describe('Bearer token auth', () => {
   it('says access was not granted when valid credentials lack the push scope', async () => {
     const dir = await dockerConfig({ auths: { [front.address]: { auth: basicAuth('carol', 'reader') } } });
     const image = tinyImage(2_000);
-    const sink = await openRegistrySink(`${front.address}/${uniqueRepo('readonly')}:r`, { plainHttp: true, dockerConfigDir: dir });
+    const sink = await openRegistrySink(`${front.address}/${uniqueRepo('readonly')}:r`, {
+      plainHttp: true,
+      dockerConfigDir: dir,
+    });
     const err = await rejection(sink.putBlob(image.layer.desc, () => streamOf(image.layer.bytes)));
     expect(err.code).toBe('UNAUTHORIZED');
     expect(err.message).toMatch(/did not grant access for user "carol"/);

@@ -3,17 +3,29 @@ import { parseChallenges } from '../../src/registry/challenge.js';
 
 describe('parseChallenges', () => {
   it('parses a Docker Hub style Bearer challenge with commas inside quoted values', () => {
-    const header = 'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/ubuntu:pull,push"';
+    const header =
+      'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/ubuntu:pull,push"';
     expect(parseChallenges(header)).toEqual([
-      { scheme: 'bearer', params: { realm: 'https://auth.docker.io/token', service: 'registry.docker.io', scope: 'repository:library/ubuntu:pull,push' } },
+      {
+        scheme: 'bearer',
+        params: {
+          realm: 'https://auth.docker.io/token',
+          service: 'registry.docker.io',
+          scope: 'repository:library/ubuntu:pull,push',
+        },
+      },
     ]);
   });
 
   it('parses several challenges, spaces, unquoted and escaped values', () => {
-    const header = 'Basic realm="Registry Realm", Bearer realm="https://a/t", Service=plain , error="insufficient_scope", x="q\\"uote"';
+    const header =
+      'Basic realm="Registry Realm", Bearer realm="https://a/t", Service=plain , error="insufficient_scope", x="q\\"uote"';
     expect(parseChallenges(header)).toEqual([
       { scheme: 'basic', params: { realm: 'Registry Realm' } },
-      { scheme: 'bearer', params: { realm: 'https://a/t', service: 'plain', error: 'insufficient_scope', x: 'q"uote' } },
+      {
+        scheme: 'bearer',
+        params: { realm: 'https://a/t', service: 'plain', error: 'insufficient_scope', x: 'q"uote' },
+      },
     ]);
   });
 

@@ -51,7 +51,11 @@ describe('registry transport', () => {
       expect(root.digest).toBe(image.manifest.digest);
       expect(root.mediaType).toBe(MediaType.ociManifest);
       expect(root.bytes.equals(image.manifest.bytes)).toBe(true);
-      const byDigest = await source.fetchManifest({ mediaType: MediaType.ociManifest, digest: image.manifest.digest, size: image.manifest.bytes.length });
+      const byDigest = await source.fetchManifest({
+        mediaType: MediaType.ociManifest,
+        digest: image.manifest.digest,
+        size: image.manifest.bytes.length,
+      });
       expect(byDigest.bytes.equals(image.manifest.bytes)).toBe(true);
       expect((await readAll(await source.openBlob(image.layer.desc))).equals(image.layer.bytes)).toBe(true);
       expect((await readAll(await source.openBlob(image.config.desc))).equals(image.config.bytes)).toBe(true);
@@ -60,18 +64,38 @@ describe('registry transport', () => {
     }
 
     // An independent client reads the same manifest bytes.
-    const { stdout } = await execa('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${registryAddress()}/${repo}:v1`]);
+    const { stdout } = await execa('skopeo', [
+      'inspect',
+      '--raw',
+      '--tls-verify=false',
+      `docker://${registryAddress()}/${repo}:v1`,
+    ]);
     expect(Buffer.from(stdout).equals(image.manifest.bytes)).toBe(true);
 
     // And what skopeo pushes (its own upload code) reads back verified here.
     const copied = uniqueRepo('skopeo-pushed');
-    await execa('skopeo', ['copy', '--quiet', '--src-tls-verify=false', '--dest-tls-verify=false', `docker://${registryAddress()}/${repo}:v1`, `docker://${registryAddress()}/${copied}:s`]);
+    await execa('skopeo', [
+      'copy',
+      '--quiet',
+      '--src-tls-verify=false',
+      '--dest-tls-verify=false',
+      `docker://${registryAddress()}/${repo}:v1`,
+      `docker://${registryAddress()}/${copied}:s`,
+    ]);
     const fromSkopeo = await openRegistrySource(`${registryAddress()}/${copied}:s`, { plainHttp: true });
     const copiedRoot = await fromSkopeo.fetchRoot();
     // skopeo re-serialises the manifest, so compare what it names, and the bytes skopeo itself reports.
-    const raw = await execa('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${registryAddress()}/${copied}:s`]);
+    const raw = await execa('skopeo', [
+      'inspect',
+      '--raw',
+      '--tls-verify=false',
+      `docker://${registryAddress()}/${copied}:s`,
+    ]);
     expect(copiedRoot.bytes.toString('utf8')).toBe(raw.stdout);
-    const parsed = JSON.parse(copiedRoot.bytes.toString('utf8')) as { layers: Array<{ digest: string }>; config: { digest: string } };
+    const parsed = JSON.parse(copiedRoot.bytes.toString('utf8')) as {
+      layers: Array<{ digest: string }>;
+      config: { digest: string };
+    };
     expect(parsed.layers.map((l) => l.digest)).toEqual([image.layer.desc.digest]);
     expect(parsed.config.digest).toBe(image.config.desc.digest);
     expect((await readAll(await fromSkopeo.openBlob(image.layer.desc))).equals(image.layer.bytes)).toBe(true);
@@ -82,7 +106,11 @@ describe('registry transport', () => {
     const repo = uniqueRepo('head');
     const image = await pushTinyImage(`${proxy.address}/${repo}:h`);
     const client = new RegistryClient(proxy.address, { plainHttp: true });
-    const expected = { mediaType: MediaType.ociManifest, digest: image.manifest.digest, size: image.manifest.bytes.length };
+    const expected = {
+      mediaType: MediaType.ociManifest,
+      digest: image.manifest.digest,
+      size: image.manifest.bytes.length,
+    };
     expect(await client.headManifest(repo, 'h')).toEqual(expected);
     expect(await client.headManifest(repo, image.manifest.digest)).toEqual(expected);
     expect(await client.headManifest(repo, 'missing')).toBeUndefined();
@@ -108,7 +136,13 @@ describe('registry transport', () => {
     const image = await pushTinyImage(`${proxy.address}/${repo}:r`, 100_000);
     const source = await openRegistrySource(`${proxy.address}/${repo}:r`, { plainHttp: true });
     proxy.clearLog();
-    const cases: Array<[number, number]> = [[0, 1], [0, 100_000], [12_345, 6_789], [99_999, 1], [50_000, 50_000]];
+    const cases: Array<[number, number]> = [
+      [0, 1],
+      [0, 100_000],
+      [12_345, 6_789],
+      [99_999, 1],
+      [50_000, 50_000],
+    ];
     for (const [offset, length] of cases) {
       const got = await source.readBlobRange(image.layer.desc, offset, length);
       expect(got.equals(image.layer.bytes.subarray(offset, offset + length))).toBe(true);
@@ -126,7 +160,11 @@ describe('registry transport', () => {
     const repo = uniqueRepo('chunked');
     const chunkSize = 64 * 1024;
     const blob = randomBlob(5 * chunkSize + 1234);
-    const client = new RegistryClient(proxy.address, { plainHttp: true, monolithicUploadMax: chunkSize, uploadChunkSize: chunkSize });
+    const client = new RegistryClient(proxy.address, {
+      plainHttp: true,
+      monolithicUploadMax: chunkSize,
+      uploadChunkSize: chunkSize,
+    });
     expect(await client.uploadBlob(repo, blob.desc, () => streamOf(blob.bytes))).toBe('uploaded');
     const patches = proxy.log.filter((e) => e.method === 'PATCH');
     expect(patches.length).toBe(6);
@@ -169,7 +207,9 @@ describe('registry transport', () => {
 
     // Another registry name is not mountable: a normal upload happens.
     proxy.clearLog();
-    await sink.putBlob(image.config.desc, () => streamOf(image.config.bytes), { mountFrom: { registry: 'elsewhere.example:5000', repository: from } });
+    await sink.putBlob(image.config.desc, () => streamOf(image.config.bytes), {
+      mountFrom: { registry: 'elsewhere.example:5000', repository: from },
+    });
     expect(sink.blobResults.get(image.config.desc.digest)).toBe('uploaded');
     expect(proxy.log.filter((e) => e.method === 'POST').every((e) => !e.path.includes('mount='))).toBe(true);
     await sink.commit(image.manifest);
@@ -201,9 +241,23 @@ describe('registry transport', () => {
     const repo = uniqueRepo('docker');
     const layer = randomBlob(4_000, MediaType.dockerLayerGzip);
     const config = randomBlob(300, MediaType.dockerConfig);
-    const manifest = rawManifest({ schemaVersion: 2, mediaType: MediaType.dockerManifest, config: config.desc, layers: [layer.desc] }, MediaType.dockerManifest);
+    const manifest = rawManifest(
+      { schemaVersion: 2, mediaType: MediaType.dockerManifest, config: config.desc, layers: [layer.desc] },
+      MediaType.dockerManifest,
+    );
     const list = rawManifest(
-      { schemaVersion: 2, mediaType: MediaType.dockerManifestList, manifests: [{ mediaType: MediaType.dockerManifest, digest: manifest.digest, size: manifest.bytes.length, platform: { os: 'linux', architecture: 'arm64' } }] },
+      {
+        schemaVersion: 2,
+        mediaType: MediaType.dockerManifestList,
+        manifests: [
+          {
+            mediaType: MediaType.dockerManifest,
+            digest: manifest.digest,
+            size: manifest.bytes.length,
+            platform: { os: 'linux', architecture: 'arm64' },
+          },
+        ],
+      },
       MediaType.dockerManifestList,
     );
     const sink = await openRegistrySink(`${proxy.address}/${repo}:list`, { plainHttp: true });
@@ -216,11 +270,21 @@ describe('registry transport', () => {
     const root = await source.fetchRoot();
     expect(root.mediaType).toBe(MediaType.dockerManifestList);
     expect(root.bytes.equals(list.bytes)).toBe(true);
-    const child = await source.fetchManifest({ mediaType: MediaType.dockerManifest, digest: manifest.digest, size: manifest.bytes.length });
+    const child = await source.fetchManifest({
+      mediaType: MediaType.dockerManifest,
+      digest: manifest.digest,
+      size: manifest.bytes.length,
+    });
     expect(child.mediaType).toBe(MediaType.dockerManifest);
     // Both OCI and Docker types are accepted, so the registry never converts.
     const accept = String(proxy.log.find((e) => e.path.endsWith('/manifests/list'))!.headers.accept);
-    for (const type of [MediaType.ociIndex, MediaType.ociManifest, MediaType.dockerManifestList, MediaType.dockerManifest]) expect(accept).toContain(type);
+    for (const type of [
+      MediaType.ociIndex,
+      MediaType.ociManifest,
+      MediaType.dockerManifestList,
+      MediaType.dockerManifest,
+    ])
+      expect(accept).toContain(type);
     await source.close();
   });
 
@@ -396,7 +460,18 @@ describe('unreachable and mis-specified registries', () => {
     const repo = uniqueRepo('index');
     const image = await pushTinyImage(`${registryAddress()}/${repo}:child`);
     const index = rawManifest(
-      { schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [{ mediaType: MediaType.ociManifest, digest: image.manifest.digest, size: image.manifest.bytes.length, platform: { os: 'linux', architecture: 'amd64' } }] },
+      {
+        schemaVersion: 2,
+        mediaType: MediaType.ociIndex,
+        manifests: [
+          {
+            mediaType: MediaType.ociManifest,
+            digest: image.manifest.digest,
+            size: image.manifest.bytes.length,
+            platform: { os: 'linux', architecture: 'amd64' },
+          },
+        ],
+      },
       MediaType.ociIndex,
     );
     const sink = await openRegistrySink(`${registryAddress()}/${repo}:idx`, { plainHttp: true });
@@ -405,9 +480,15 @@ describe('unreachable and mis-specified registries', () => {
     const root = await source.fetchRoot();
     expect(root.mediaType).toBe(MediaType.ociIndex);
     expect(root.digest).toBe(index.digest);
-    const child = await source.fetchManifest({ mediaType: MediaType.ociManifest, digest: image.manifest.digest, size: image.manifest.bytes.length });
+    const child = await source.fetchManifest({
+      mediaType: MediaType.ociManifest,
+      digest: image.manifest.digest,
+      size: image.manifest.bytes.length,
+    });
     expect(child.bytes.equals(image.manifest.bytes)).toBe(true);
-    const wrongSize = await rejection(source.fetchManifest({ mediaType: MediaType.ociManifest, digest: image.manifest.digest, size: 3 }));
+    const wrongSize = await rejection(
+      source.fetchManifest({ mediaType: MediaType.ociManifest, digest: image.manifest.digest, size: 3 }),
+    );
     expect(wrongSize.code).toBe('SIZE_MISMATCH');
     await source.close();
   });

@@ -19,7 +19,9 @@ describe('registry harness', () => {
     it('refuses anonymous and wrong credentials, accepts right ones', async () => {
       const url = `http://${registry.address}/v2/`;
       expect((await fetch(url)).status).toBe(401);
-      const basic = (u: string, p: string) => ({ authorization: `Basic ${Buffer.from(`${u}:${p}`).toString('base64')}` });
+      const basic = (u: string, p: string) => ({
+        authorization: `Basic ${Buffer.from(`${u}:${p}`).toString('base64')}`,
+      });
       expect((await fetch(url, { headers: basic('alice', 'wrong') })).status).toBe(401);
       expect((await fetch(url, { headers: basic('alice', 's3cret') })).status).toBe(200);
     });
@@ -39,7 +41,9 @@ describe('registry harness', () => {
       const header = challenge.headers.get('www-authenticate') ?? '';
       expect(header).toMatch(/^Bearer realm="http:\/\/127\.0\.0\.1:\d+\/token",service="esgz-test-registry"/);
       const tokenUrl = `${registry.tokenServer!.realm}?service=esgz-test-registry&scope=repository:x/y:pull`;
-      const tokenResponse = await fetch(tokenUrl, { headers: { authorization: `Basic ${Buffer.from('bob:pw').toString('base64')}` } });
+      const tokenResponse = await fetch(tokenUrl, {
+        headers: { authorization: `Basic ${Buffer.from('bob:pw').toString('base64')}` },
+      });
       expect(tokenResponse.status).toBe(200);
       const { token } = (await tokenResponse.json()) as { token: string };
       expect((await fetch(url, { headers: { authorization: `Bearer ${token}` } })).status).toBe(200);
@@ -48,7 +52,9 @@ describe('registry harness', () => {
       const forged = `${h}.${Buffer.from('{"iss":"x"}').toString('base64url')}.${s}`;
       expect((await fetch(url, { headers: { authorization: `Bearer ${forged}` } })).status).toBe(401);
       // A token for repository x/y grants pull on it (404: the repository is empty, but access is allowed).
-      const tags = await fetch(`http://${registry.address}/v2/x/y/tags/list`, { headers: { authorization: `Bearer ${token}` } });
+      const tags = await fetch(`http://${registry.address}/v2/x/y/tags/list`, {
+        headers: { authorization: `Bearer ${token}` },
+      });
       expect(tags.status).toBe(404);
     });
   });

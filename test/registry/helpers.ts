@@ -16,7 +16,10 @@ export function randomBlob(size: number, mediaType: string = MediaType.ociLayerG
 }
 
 export function blobOf(bytes: Buffer, mediaType: string): TestBlob {
-  return { bytes, desc: { mediaType, digest: `sha256:${createHash('sha256').update(bytes).digest('hex')}`, size: bytes.length } };
+  return {
+    bytes,
+    desc: { mediaType, digest: `sha256:${createHash('sha256').update(bytes).digest('hex')}`, size: bytes.length },
+  };
 }
 
 /** Streams `bytes` in small pieces, so consumers see many chunks like from a socket. */
@@ -51,7 +54,10 @@ export function tinyImage(layerSize = 50_000): { config: TestBlob; layer: TestBl
     Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [diffId] } })),
     MediaType.ociConfig,
   );
-  const manifest = rawManifest({ schemaVersion: 2, mediaType: MediaType.ociManifest, config: config.desc, layers: [layer.desc] }, MediaType.ociManifest);
+  const manifest = rawManifest(
+    { schemaVersion: 2, mediaType: MediaType.ociManifest, config: config.desc, layers: [layer.desc] },
+    MediaType.ociManifest,
+  );
   return { config, layer, manifest };
 }
 

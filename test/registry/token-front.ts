@@ -21,11 +21,18 @@ export async function startTokenFront(registry: RunningRegistry): Promise<TokenF
     const toToken = (req.url ?? '').startsWith(realm.pathname);
     const [host, port] = (toToken ? realm.host : registry.address).split(':');
     const upstream = http.request(
-      { host, port: Number(port), method: req.method, path: req.url, headers: { ...req.headers, host: toToken ? realm.host : address } },
+      {
+        host,
+        port: Number(port),
+        method: req.method,
+        path: req.url,
+        headers: { ...req.headers, host: toToken ? realm.host : address },
+      },
       (answer) => {
         const headers = { ...answer.headers };
         const challenge = headers['www-authenticate'];
-        if (typeof challenge === 'string') headers['www-authenticate'] = challenge.replace(realm.origin, `http://${address}`);
+        if (typeof challenge === 'string')
+          headers['www-authenticate'] = challenge.replace(realm.origin, `http://${address}`);
         res.writeHead(answer.statusCode ?? 502, headers);
         answer.pipe(res);
       },
@@ -37,9 +44,10 @@ export async function startTokenFront(registry: RunningRegistry): Promise<TokenF
   address = `127.0.0.1:${(server.address() as AddressInfo).port}`;
   return {
     address,
-    close: () => new Promise<void>((resolve) => {
-      server.closeAllConnections();
-      server.close(() => resolve());
-    }),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
   };
 }

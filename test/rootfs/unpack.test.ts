@@ -1,5 +1,15 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, lstatSync, mkdtempSync, readFileSync, readlinkSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  lstatSync,
+  mkdtempSync,
+  readFileSync,
+  readlinkSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -92,7 +102,11 @@ describe('unpackLayer: ordinary entries', () => {
     expect(dev.rdev).toBe(statSync('/dev/null').rdev);
     expect(lstatSync(join(root, 'run/fifo')).isFIFO()).toBe(true);
     // getfattr is not installed: read the xattr back through the kernel with a python one-liner.
-    const value = execFileSync('python3', ['-c', 'import os,sys;print(os.getxattr(sys.argv[1],"user.esgz").decode())', join(root, 'etc/x')], { encoding: 'utf8' });
+    const value = execFileSync(
+      'python3',
+      ['-c', 'import os,sys;print(os.getxattr(sys.argv[1],"user.esgz").decode())', join(root, 'etc/x')],
+      { encoding: 'utf8' },
+    );
     expect(value.trim()).toBe('v1');
   });
 
@@ -105,8 +119,29 @@ describe('unpackLayer: ordinary entries', () => {
       onWhiteout: (p: string) => provenance.whiteout(p, n),
       onOpaque: (p: string) => provenance.opaque(p, n),
     });
-    await unpackLayer(streamOf(await buildTar([{ name: 'a/b', content: '1' }, { name: 'a/c', content: '1' }, { name: 'd/e', content: '1' }])), root, layer(0));
-    await unpackLayer(streamOf(await buildTar([{ name: 'a/.wh.b' }, { name: 'd/.wh..wh..opq' }, { name: 'd/f', content: '2' }, { name: 'a/c', content: '2' }])), root, layer(1));
+    await unpackLayer(
+      streamOf(
+        await buildTar([
+          { name: 'a/b', content: '1' },
+          { name: 'a/c', content: '1' },
+          { name: 'd/e', content: '1' },
+        ]),
+      ),
+      root,
+      layer(0),
+    );
+    await unpackLayer(
+      streamOf(
+        await buildTar([
+          { name: 'a/.wh.b' },
+          { name: 'd/.wh..wh..opq' },
+          { name: 'd/f', content: '2' },
+          { name: 'a/c', content: '2' },
+        ]),
+      ),
+      root,
+      layer(1),
+    );
     expect(provenance.layerOf('a/b')).toBeUndefined();
     expect(provenance.layerOf('a/c')).toBe(1);
     expect(provenance.layerOf('d/e')).toBeUndefined();
@@ -119,8 +154,17 @@ describe('unpackLayer: ordinary entries', () => {
 
 describe('unpackLayer: whiteouts', () => {
   it('merge mode deletes whited-out files and empties opaque dirs of lower content only', async () => {
-    await unpack([{ name: 'keep', content: 'k' }, { name: 'gone', content: 'g' }, { name: 'dir/old', content: 'o' }]);
-    await unpack([{ name: 'dir/', type: 'directory' }, { name: 'dir/new', content: 'n' }, { name: 'dir/.wh..wh..opq' }, { name: '.wh.gone' }]);
+    await unpack([
+      { name: 'keep', content: 'k' },
+      { name: 'gone', content: 'g' },
+      { name: 'dir/old', content: 'o' },
+    ]);
+    await unpack([
+      { name: 'dir/', type: 'directory' },
+      { name: 'dir/new', content: 'n' },
+      { name: 'dir/.wh..wh..opq' },
+      { name: '.wh.gone' },
+    ]);
     expect(readdirSync(root).sort()).toEqual(['dir', 'keep']);
     expect(readdirSync(join(root, 'dir'))).toEqual(['new']);
   });
@@ -130,16 +174,28 @@ describe('unpackLayer: whiteouts', () => {
     const wh = lstatSync(join(root, 'gone'));
     expect(wh.isCharacterDevice()).toBe(true);
     expect(wh.rdev).toBe(0);
-    const value = execFileSync('python3', ['-c', 'import os,sys;print(os.getxattr(sys.argv[1],"trusted.overlay.opaque").decode())', join(root, 'dir')], { encoding: 'utf8' });
+    const value = execFileSync(
+      'python3',
+      ['-c', 'import os,sys;print(os.getxattr(sys.argv[1],"trusted.overlay.opaque").decode())', join(root, 'dir')],
+      { encoding: 'utf8' },
+    );
     expect(value.trim()).toBe('y');
   });
 });
 
 describe('unpackLayer: hostile layers never touch the host', () => {
   const cases: Array<[string, TestEntry[], RegExp]> = [
-    ['.. traversal', [{ name: '../outside/evil', content: 'x' }], /layer 0: entry "\.\.\/outside\/evil" escapes the root/],
+    [
+      '.. traversal',
+      [{ name: '../outside/evil', content: 'x' }],
+      /layer 0: entry "\.\.\/outside\/evil" escapes the root/,
+    ],
     ['deep .. traversal', [{ name: 'a/../../outside/evil', content: 'x' }], /escapes the root/],
-    ['hardlink to a host file', [{ name: 'shadow', type: 'link', linkname: '../outside/canary' }], /hardlink "shadow" to "\.\.\/outside\/canary" escapes the root/],
+    [
+      'hardlink to a host file',
+      [{ name: 'shadow', type: 'link', linkname: '../outside/canary' }],
+      /hardlink "shadow" to "\.\.\/outside\/canary" escapes the root/,
+    ],
   ];
   for (const [label, entries, message] of cases) {
     it(`rejects ${label}`, async () => {
@@ -197,9 +253,14 @@ describe('unpackLayer: hostile layers never touch the host', () => {
   });
 
   it('rejects a stream that is not a tar', async () => {
-    const err = await unpackLayer(streamOf(Buffer.alloc(1024, 7)), root, { whiteouts: 'merge', layerName: 'layer 3' }).catch((e: unknown) => e);
+    const err = await unpackLayer(streamOf(Buffer.alloc(1024, 7)), root, {
+      whiteouts: 'merge',
+      layerName: 'layer 3',
+    }).catch((e: unknown) => e);
     expect((err as EsgzError).code).toBe('BAD_LAYER');
-    expect((err as EsgzError).message).toMatch(/^layer 3: tar entry after "\(start of archive\)": invalid checksum field/);
+    expect((err as EsgzError).message).toMatch(
+      /^layer 3: tar entry after "\(start of archive\)": invalid checksum field/,
+    );
   });
 });
 
@@ -213,8 +274,16 @@ describe('unpackLayer: hostile layers (issue #12) leave the decoy untouched', ()
     before = makeDecoy(decoy);
   });
   const decoyUntouched = () => expect(decoyState(decoy)).toBe(before);
-  async function unpackFixture(entries: FixtureEntry[], whiteouts: 'overlay' | 'merge' = 'merge', warnings: string[] = []) {
-    return unpackLayer(streamOf(await buildFixtureTar(entries)), root, { whiteouts, layerName: 'layer 0', onWarning: (w) => warnings.push(w) });
+  async function unpackFixture(
+    entries: FixtureEntry[],
+    whiteouts: 'overlay' | 'merge' = 'merge',
+    warnings: string[] = [],
+  ) {
+    return unpackLayer(streamOf(await buildFixtureTar(entries)), root, {
+      whiteouts,
+      layerName: 'layer 0',
+      onWarning: (w) => warnings.push(w),
+    });
   }
   const insideRoot = (hostPath: string) => join(root, hostPath);
 
@@ -226,10 +295,14 @@ describe('unpackLayer: hostile layers (issue #12) leave the decoy untouched', ()
     });
   }
 
-  it('the issue\'s own case: a/, a/etc/ (0777), a -> / does not reach the host\'s /etc (aimed at the decoy)', async () => {
+  it("the issue's own case: a/, a/etc/ (0777), a -> / does not reach the host's /etc (aimed at the decoy)", async () => {
     // Same shape as the report, with the root's parent standing in for "/" (`a` -> `..`, relative
     // to the root, where the symlink is) and the decoy for /etc.
-    await unpackFixture([fixtureDir('a'), fixtureDir('a/decoy', { mode: HOSTILE_MODE, mtime: HOSTILE_MTIME }), fixtureSymlink('a', '..')]);
+    await unpackFixture([
+      fixtureDir('a'),
+      fixtureDir('a/decoy', { mode: HOSTILE_MODE, mtime: HOSTILE_MTIME }),
+      fixtureSymlink('a', '..'),
+    ]);
     decoyUntouched();
   });
 
@@ -271,12 +344,18 @@ describe('unpackLayer: hostile layers (issue #12) leave the decoy untouched', ()
     }
     const err = await unpackFixture(hardlinkThroughSymlink(decoy)).catch((e: unknown) => e);
     expect((err as EsgzError).code).toBe('BAD_LAYER');
-    expect((err as EsgzError).message).toMatch(/hardlink "shadow" points to "l\/canary", which is not a file in the layer/);
+    expect((err as EsgzError).message).toMatch(
+      /hardlink "shadow" points to "l\/canary", which is not a file in the layer/,
+    );
     decoyUntouched();
   });
 
   it('re-roots absolute names and absolute hardlink targets under the root', async () => {
-    await unpackFixture([fixtureFile(`${decoy}/evil`, 'x'), fixtureHardlink('/copy', `${decoy}/evil`), fixtureSymlink('/abs', decoy)]);
+    await unpackFixture([
+      fixtureFile(`${decoy}/evil`, 'x'),
+      fixtureHardlink('/copy', `${decoy}/evil`),
+      fixtureSymlink('/abs', decoy),
+    ]);
     decoyUntouched();
     expect(readFileSync(join(insideRoot(decoy), 'evil'), 'utf8')).toBe('x');
     expect(statSync(join(root, 'copy')).ino).toBe(statSync(join(insideRoot(decoy), 'evil')).ino);
@@ -325,7 +404,11 @@ describe('unpackLayer: hostile layers (issue #12) leave the decoy untouched', ()
       expect(xattrHex(join(root, 'bin/ping'), 'security.capability')).toBe(CAP_SETUID_XATTR.toString('hex'));
       expect(xattrHex(join(root, 'bin/ping'), 'user.bin')).toBe(BINARY_USER_XATTR.toString('hex'));
       expect(statSync(join(root, 'bin/ping')).mode & 0o7777).toBe(0o755);
-      for (const [path, name] of [['forged', 'trusted.overlay.opaque'], ['forged', 'trusted.overlay.redirect'], ['forged/file', 'trusted.overlay.metacopy']] as const) {
+      for (const [path, name] of [
+        ['forged', 'trusted.overlay.opaque'],
+        ['forged', 'trusted.overlay.redirect'],
+        ['forged/file', 'trusted.overlay.metacopy'],
+      ] as const) {
         expect(xattrHex(join(root, path), name)).toBe('absent');
       }
       expect(warnings).toEqual([
@@ -339,29 +422,33 @@ describe('unpackLayer: hostile layers (issue #12) leave the decoy untouched', ()
 
 describe('unpackLayer: cost stays linear (issue #12 item 7)', () => {
   for (const whiteouts of ['merge', 'overlay'] as const) {
-    it(`unpacks 100k whiteouts over 5k directories in under 10 s of CPU (${whiteouts})`, { timeout: 120_000 }, async () => {
-      const tarBytes = await buildFixtureTar(manyWhiteouts(100_000, 5_000));
-      // On tmpfs, where optimize unpacks when memory allows (memoryBackedTempRoot): this measures
-      // the unpacker's own cost, not a disk the other tests keep busy.
-      const shmRoot = join(mkdtempSync('/dev/shm/esgz-unpack-'), 'root');
-      try {
-        const started = performance.now();
-        const cpuBefore = process.cpuUsage();
-        const stats = await unpackLayer(streamOf(tarBytes), shmRoot, { whiteouts, layerName: 'layer 0' });
-        const cpu = process.cpuUsage(cpuBefore);
-        const cpuSeconds = (cpu.user + cpu.system) / 1e6;
-        const seconds = (performance.now() - started) / 1000;
-        expect(stats.whiteouts).toBe(100_000);
-        // The 10 s budget is held to CPU time: the machine running the suite is shared, so wall
-        // time only gets the suite's general 30 s bound. Quadratic work (or a process per
-        // whiteout) costs CPU here either way.
-        expect(cpuSeconds).toBeLessThan(10);
-        expect(seconds).toBeLessThan(30);
-        if (whiteouts === 'overlay') expect(lstatSync(join(shmRoot, 'd4987/f99987')).isCharacterDevice()).toBe(true);
-      } finally {
-        rmSync(join(shmRoot, '..'), { recursive: true, force: true });
-      }
-    });
+    it(
+      `unpacks 100k whiteouts over 5k directories in under 10 s of CPU (${whiteouts})`,
+      { timeout: 120_000 },
+      async () => {
+        const tarBytes = await buildFixtureTar(manyWhiteouts(100_000, 5_000));
+        // On tmpfs, where optimize unpacks when memory allows (memoryBackedTempRoot): this measures
+        // the unpacker's own cost, not a disk the other tests keep busy.
+        const shmRoot = join(mkdtempSync('/dev/shm/esgz-unpack-'), 'root');
+        try {
+          const started = performance.now();
+          const cpuBefore = process.cpuUsage();
+          const stats = await unpackLayer(streamOf(tarBytes), shmRoot, { whiteouts, layerName: 'layer 0' });
+          const cpu = process.cpuUsage(cpuBefore);
+          const cpuSeconds = (cpu.user + cpu.system) / 1e6;
+          const seconds = (performance.now() - started) / 1000;
+          expect(stats.whiteouts).toBe(100_000);
+          // The 10 s budget is held to CPU time: the machine running the suite is shared, so wall
+          // time only gets the suite's general 30 s bound. Quadratic work (or a process per
+          // whiteout) costs CPU here either way.
+          expect(cpuSeconds).toBeLessThan(10);
+          expect(seconds).toBeLessThan(30);
+          if (whiteouts === 'overlay') expect(lstatSync(join(shmRoot, 'd4987/f99987')).isCharacterDevice()).toBe(true);
+        } finally {
+          rmSync(join(shmRoot, '..'), { recursive: true, force: true });
+        }
+      },
+    );
   }
 });
 
@@ -381,12 +468,18 @@ describe('LayerProvenance: cost stays linear (issue #12 item 7)', () => {
     expect(seconds).toBeLessThan(5);
   });
 
-  it('keeps the same layer\'s paths and drops lower ones under whiteouts and opaque directories', () => {
+  it("keeps the same layer's paths and drops lower ones under whiteouts and opaque directories", () => {
     const provenance = new LayerProvenance();
     for (const path of ['a', 'a/b', 'a/b/c', 'a/d', 'e/f']) provenance.add(path, 0, 'file');
     provenance.add('a/b/new', 1, 'file');
     provenance.whiteout('a/b', 1);
-    expect(['a', 'a/b', 'a/b/c', 'a/b/new', 'a/d'].map((p) => provenance.layerOf(p))).toEqual([0, undefined, undefined, 1, 0]);
+    expect(['a', 'a/b', 'a/b/c', 'a/b/new', 'a/d'].map((p) => provenance.layerOf(p))).toEqual([
+      0,
+      undefined,
+      undefined,
+      1,
+      0,
+    ]);
     provenance.add('e/g', 2, 'file');
     provenance.opaque('e', 2);
     provenance.opaque('', 3);
@@ -396,6 +489,7 @@ describe('LayerProvenance: cost stays linear (issue #12 item 7)', () => {
 
 /** An xattr's value in hex, read through the kernel (getfattr is not installed), or 'absent'. */
 function xattrHex(path: string, name: string): string {
-  const script = 'import os,sys\ntry: print(os.getxattr(sys.argv[1], sys.argv[2], follow_symlinks=False).hex())\nexcept OSError: print("absent")';
+  const script =
+    'import os,sys\ntry: print(os.getxattr(sys.argv[1], sys.argv[2], follow_symlinks=False).hex())\nexcept OSError: print("absent")';
   return execFileSync('python3', ['-c', script, path, name], { encoding: 'utf8' }).trim();
 }

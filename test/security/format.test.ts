@@ -15,12 +15,35 @@ import { ChunkCache, LazyLayer } from '../../src/snapshotter/cache.js';
 import { mountLayer } from '../../src/snapshotter/fusefs.js';
 import { busyboxImage } from '../fixtures/debian.js';
 import {
-  END_OF_ARCHIVE, estargzBlob, estargzBlobWithTOCMember, gunzipDigest, gzipOf, paxGlobalFlood, paxRecord, pushLayers, retoc, sha256,
-  tarEntry, ustarHeader, zeroFileEntry, zstdChunkedBlob, zstdOf, zstdZeros, type PushedLayer,
+  END_OF_ARCHIVE,
+  estargzBlob,
+  estargzBlobWithTOCMember,
+  gunzipDigest,
+  gzipOf,
+  paxGlobalFlood,
+  paxRecord,
+  pushLayers,
+  retoc,
+  sha256,
+  tarEntry,
+  ustarHeader,
+  zeroFileEntry,
+  zstdChunkedBlob,
+  zstdOf,
+  zstdZeros,
+  type PushedLayer,
 } from '../fixtures/hostile-format.js';
 import { writeOciImage } from '../fixtures/oci-image.js';
 import { readOciLayout } from '../fixtures/oci-layout.js';
-import { esgz, esgzMeasured, expectBounded, expectOneLineError, HOSTILE_RSS_LIMIT_MIB, repoRoot, type MeasuredRun } from '../harness/cli.js';
+import {
+  esgz,
+  esgzMeasured,
+  expectBounded,
+  expectOneLineError,
+  HOSTILE_RSS_LIMIT_MIB,
+  repoRoot,
+  type MeasuredRun,
+} from '../harness/cli.js';
 import { registryAddress } from '../harness/registry.js';
 import { toEstargz, xattrsOf } from '../snapshotter/helpers.js';
 
@@ -29,7 +52,6 @@ const BOMB = 512 << 20;
 
 let scratch: string;
 let busybox: PushedLayer;
-
 
 /**
  * A failed command that reports progress on stderr (rpull): non-zero exit, exactly one error line
@@ -52,12 +74,18 @@ async function mountsUnder(root: string): Promise<string[]> {
 const repo = (name: string) => `${registryAddress()}/sec-format/${name}`;
 
 beforeAll(async () => {
-  if (!existsSync(join(repoRoot, 'dist/commands/run.js'))) throw new Error('dist/ is missing: run `npm run build` first');
+  if (!existsSync(join(repoRoot, 'dist/commands/run.js')))
+    throw new Error('dist/ is missing: run `npm run build` first');
   scratch = await mkdtemp(join(tmpdir(), 'esgz-sec-format-'));
   const fixture = await busyboxImage();
   const tar = await readFile(fixture.layers[0]!.tarPath);
   const { blob, result } = await toEstargz(tar);
-  busybox = { blob, mediaType: MediaType.ociLayerGzip, annotations: { 'containerd.io/snapshot/stargz/toc.digest': result.tocDigest }, diffID: result.diffID };
+  busybox = {
+    blob,
+    mediaType: MediaType.ociLayerGzip,
+    annotations: { 'containerd.io/snapshot/stargz/toc.digest': result.tocDigest },
+    diffID: result.diffID,
+  };
 });
 
 afterAll(async () => {
@@ -68,8 +96,16 @@ afterAll(async () => {
 async function gzipBombLayer(): Promise<PushedLayer> {
   const header = Buffer.from(await gzipOf(ustarHeader({ name: 'bomb', size: 4096 }), 0));
   const bomb = await gzipOf(Buffer.alloc(0), BOMB);
-  const { blob, tocDigest } = estargzBlob([header, bomb], { version: 1, entries: [zeroFileEntry('bomb', 4096, header.length)] });
-  return { blob, mediaType: MediaType.ociLayerGzip, annotations: { 'containerd.io/snapshot/stargz/toc.digest': tocDigest }, diffID: await gunzipDigest(blob) };
+  const { blob, tocDigest } = estargzBlob([header, bomb], {
+    version: 1,
+    entries: [zeroFileEntry('bomb', 4096, header.length)],
+  });
+  return {
+    blob,
+    mediaType: MediaType.ociLayerGzip,
+    annotations: { 'containerd.io/snapshot/stargz/toc.digest': tocDigest },
+    diffID: await gunzipDigest(blob),
+  };
 }
 
 /** How every reader words a TOC over the limit. */
@@ -90,7 +126,17 @@ describe('decompression bombs (item 4)', () => {
     const pulled = await esgzMeasured('image', 'rpull', '--plain-http', '--root', root, ref);
     expectBounded(pulled);
     expect(pulled.exitCode, pulled.stderr).toBe(0);
-    const run = await esgzMeasured('run', '--rm', '--root', root, ref, 'bomb1', 'sh', '-c', 'wc -c < /bomb; od -An -tx1 /bomb | sort -u');
+    const run = await esgzMeasured(
+      'run',
+      '--rm',
+      '--root',
+      root,
+      ref,
+      'bomb1',
+      'sh',
+      '-c',
+      'wc -c < /bomb; od -An -tx1 /bomb | sort -u',
+    );
     expectBounded(run);
     expect(run.exitCode, run.stderr).toBe(0);
     expect(run.stdout.trim().split('\n')[0]!.trim()).toBe('4096');
@@ -101,7 +147,11 @@ describe('decompression bombs (item 4)', () => {
   it('a TOC member that inflates to 512 MiB: get-toc-digest, verify and rpull refuse it in one line', async () => {
     const header = await gzipOf(tarEntry({ name: 'a.txt' }, Buffer.from('a\n')), 0);
     const tocJSON = Buffer.from('{"version":1,"entries":[]}');
-    const tocMember = await gzipOf(Buffer.concat([ustarHeader({ name: 'stargz.index.json', size: tocJSON.length + BOMB }), tocJSON]), BOMB, 0x20);
+    const tocMember = await gzipOf(
+      Buffer.concat([ustarHeader({ name: 'stargz.index.json', size: tocJSON.length + BOMB }), tocJSON]),
+      BOMB,
+      0x20,
+    );
     const blob = estargzBlobWithTOCMember([header], tocMember);
     const file = join(scratch, 'toc-bomb.blob');
     await writeFile(file, blob);
@@ -111,7 +161,14 @@ describe('decompression bombs (item 4)', () => {
     expectOneLineError(local, 'nonzero', TOC_TOO_LARGE);
 
     const ref = repo('toc-bomb:v1');
-    await pushLayers(ref, [{ blob, mediaType: MediaType.ociLayerGzip, annotations: { 'containerd.io/snapshot/stargz/toc.digest': sha256('x') }, diffID: sha256('x') }]);
+    await pushLayers(ref, [
+      {
+        blob,
+        mediaType: MediaType.ociLayerGzip,
+        annotations: { 'containerd.io/snapshot/stargz/toc.digest': sha256('x') },
+        diffID: sha256('x'),
+      },
+    ]);
     const remote = await esgzMeasured('get-toc-digest', '--plain-http', `${ref}@${sha256(blob)}`);
     expectBounded(remote);
     expectOneLineError(remote, 'nonzero', TOC_TOO_LARGE);
@@ -128,7 +185,10 @@ describe('decompression bombs (item 4)', () => {
   it('a zstd:chunked frame with no content size that inflates to 512 MiB: verify and a lazy read stay bounded', async () => {
     const header = await zstdOf(ustarHeader({ name: 'bomb', size: 4096 }));
     const bomb = await zstdZeros(BOMB);
-    const crafted = await zstdChunkedBlob([header, bomb], { version: 1, entries: [zeroFileEntry('bomb', 4096, header.length)] });
+    const crafted = await zstdChunkedBlob([header, bomb], {
+      version: 1,
+      entries: [zeroFileEntry('bomb', 4096, header.length)],
+    });
     const layer: PushedLayer = {
       blob: crafted.blob,
       mediaType: MediaType.ociLayerZstd,
@@ -155,7 +215,15 @@ describe('TOCs with absurd counts (item 4)', () => {
   it('a TOC of 1.1M tiny entries (under the size limit) is refused before it is parsed', async () => {
     const names = Array.from({ length: 1_100_000 }, (_, i) => `{"name":"d${i}","type":"dir"}`);
     const tocJSON = Buffer.from(`{"version":1,"entries":[${names.join(',')}]}`);
-    const tocMember = await gzipOf(Buffer.concat([ustarHeader({ name: 'stargz.index.json', size: tocJSON.length }), tocJSON, Buffer.alloc(512 - (tocJSON.length % 512)), END_OF_ARCHIVE]), 0);
+    const tocMember = await gzipOf(
+      Buffer.concat([
+        ustarHeader({ name: 'stargz.index.json', size: tocJSON.length }),
+        tocJSON,
+        Buffer.alloc(512 - (tocJSON.length % 512)),
+        END_OF_ARCHIVE,
+      ]),
+      0,
+    );
     const file = join(scratch, 'toc-count.blob');
     await writeFile(file, estargzBlobWithTOCMember([await gzipOf(Buffer.alloc(512), 0)], tocMember));
     const run = await esgzMeasured('get-toc-digest', file);
@@ -170,16 +238,42 @@ describe('TOCs with absurd counts (item 4)', () => {
     const tocJSON = Buffer.from(`{"version":1,"entries":[${names.join(',')}]}`);
     expect(tocJSON.length).toBeLessThanOrEqual(MAX_TOC_SIZE);
     expect(tocJSON.length).toBeGreaterThan(MAX_TOC_SIZE - (1 << 20));
-    const tocMember = await gzipOf(Buffer.concat([ustarHeader({ name: 'stargz.index.json', size: tocJSON.length }), tocJSON, Buffer.alloc(512 - (tocJSON.length % 512)), END_OF_ARCHIVE]), 0);
+    const tocMember = await gzipOf(
+      Buffer.concat([
+        ustarHeader({ name: 'stargz.index.json', size: tocJSON.length }),
+        tocJSON,
+        Buffer.alloc(512 - (tocJSON.length % 512)),
+        END_OF_ARCHIVE,
+      ]),
+      0,
+    );
     const blob = estargzBlobWithTOCMember([await gzipOf(Buffer.alloc(512), 0)], tocMember);
     const ref = repo('toc-limits:v1');
-    await pushLayers(ref, [busybox, { blob, mediaType: MediaType.ociLayerGzip, annotations: { 'containerd.io/snapshot/stargz/toc.digest': sha256(tocJSON) }, diffID: sha256('unused by a lazy pull') }]);
+    await pushLayers(ref, [
+      busybox,
+      {
+        blob,
+        mediaType: MediaType.ociLayerGzip,
+        annotations: { 'containerd.io/snapshot/stargz/toc.digest': sha256(tocJSON) },
+        diffID: sha256('unused by a lazy pull'),
+      },
+    ]);
     const root = join(scratch, 'state-toc-limits');
     const pulled = await esgzMeasured('image', 'rpull', '--plain-http', '--root', root, ref);
     expectBounded(pulled);
     expect(pulled.exitCode, pulled.stderr).toBe(0);
     // Listing 262k directories through FUSE would take minutes: the first and last show the whole tree is mounted.
-    const run = await esgzMeasured('run', '--rm', '--root', root, ref, 'toclimits', 'sh', '-c', `test -d /${pad}0 && test -d /${pad}${MAX_TOC_ENTRIES - 1} && echo mounted`);
+    const run = await esgzMeasured(
+      'run',
+      '--rm',
+      '--root',
+      root,
+      ref,
+      'toclimits',
+      'sh',
+      '-c',
+      `test -d /${pad}0 && test -d /${pad}${MAX_TOC_ENTRIES - 1} && echo mounted`,
+    );
     expectBounded(run);
     expect(run.exitCode, run.stderr).toBe(0);
     expect(run.stdout.trim()).toBe('mounted');
@@ -188,11 +282,27 @@ describe('TOCs with absurd counts (item 4)', () => {
 
 describe('unverifiable TOCs (item 5)', () => {
   it('rpull refuses a layer whose chunks carry no digest, in one line, and keeps nothing', async () => {
-    const tar = Buffer.concat([tarEntry({ name: 'etc/', typeflag: '5', mode: 0o755 }), tarEntry({ name: 'etc/motd' }, Buffer.from('trust me\n')), END_OF_ARCHIVE]);
+    const tar = Buffer.concat([
+      tarEntry({ name: 'etc/', typeflag: '5', mode: 0o755 }),
+      tarEntry({ name: 'etc/motd' }, Buffer.from('trust me\n')),
+      END_OF_ARCHIVE,
+    ]);
     const { blob, result } = await toEstargz(tar);
-    const stripped = retoc(blob, result.tocOffset, result.toc, (entries) => entries.map(({ digest: _d, chunkDigest: _c, ...e }) => (e.name === 'etc/motd' ? e : { ...e, digest: _d, chunkDigest: _c })));
+    const stripped = retoc(blob, result.tocOffset, result.toc, (entries) =>
+      entries.map(({ digest: _d, chunkDigest: _c, ...e }) =>
+        e.name === 'etc/motd' ? e : { ...e, digest: _d, chunkDigest: _c },
+      ),
+    );
     const ref = repo('no-digest:v1');
-    await pushLayers(ref, [busybox, { blob: stripped.blob, mediaType: MediaType.ociLayerGzip, annotations: { 'containerd.io/snapshot/stargz/toc.digest': stripped.tocDigest }, diffID: result.diffID }]);
+    await pushLayers(ref, [
+      busybox,
+      {
+        blob: stripped.blob,
+        mediaType: MediaType.ociLayerGzip,
+        annotations: { 'containerd.io/snapshot/stargz/toc.digest': stripped.tocDigest },
+        diffID: result.diffID,
+      },
+    ]);
     const root = join(scratch, 'state-no-digest');
     const pulled = await esgzMeasured('image', 'rpull', '--plain-http', '--root', root, ref);
     expectBounded(pulled);
@@ -201,15 +311,28 @@ describe('unverifiable TOCs (item 5)', () => {
   });
 
   it('rpull refuses two files sharing one member (a duplicate chunk offset)', async () => {
-    const tar = Buffer.concat([tarEntry({ name: 'a' }, Buffer.from('same\n')), tarEntry({ name: 'b' }, Buffer.from('other\n')), END_OF_ARCHIVE]);
+    const tar = Buffer.concat([
+      tarEntry({ name: 'a' }, Buffer.from('same\n')),
+      tarEntry({ name: 'b' }, Buffer.from('other\n')),
+      END_OF_ARCHIVE,
+    ]);
     const { blob, result } = await toEstargz(tar);
     const dup = retoc(blob, result.tocOffset, result.toc, (entries) => {
       const a = entries.find((e) => e.name === 'a')!;
       const b = entries.find((e) => e.name === 'b')!;
-      return entries.map((e) => (e === b ? { ...b, offset: a.offset, size: a.size, digest: a.digest, chunkDigest: a.chunkDigest } : e));
+      return entries.map((e) =>
+        e === b ? { ...b, offset: a.offset, size: a.size, digest: a.digest, chunkDigest: a.chunkDigest } : e,
+      );
     });
     const ref = repo('dup-offset:v1');
-    await pushLayers(ref, [{ blob: dup.blob, mediaType: MediaType.ociLayerGzip, annotations: { 'containerd.io/snapshot/stargz/toc.digest': dup.tocDigest }, diffID: result.diffID }]);
+    await pushLayers(ref, [
+      {
+        blob: dup.blob,
+        mediaType: MediaType.ociLayerGzip,
+        annotations: { 'containerd.io/snapshot/stargz/toc.digest': dup.tocDigest },
+        diffID: result.diffID,
+      },
+    ]);
     const pulled = await esgzMeasured('image', 'rpull', '--plain-http', '--root', join(scratch, 'state-dup'), ref);
     expectBounded(pulled);
     expectFailure(pulled, /used twice in the TOC/);
@@ -241,7 +364,9 @@ describe('binary xattrs (item 8)', () => {
     ]);
     const image = await writeOciImage(join(scratch, 'xattr'), { tag: 'v1', layers: [tar] });
     const out = join(scratch, 'xattr-out');
-    expect((await esgz('image', 'convert', '--estargz', '--oci', `oci:${image.dir}:v1`, `oci:${out}:v1`)).exitCode).toBe(0);
+    expect(
+      (await esgz('image', 'convert', '--estargz', '--oci', `oci:${image.dir}:v1`, `oci:${out}:v1`)).exitCode,
+    ).toBe(0);
     const blobs = join(out, 'blobs', 'sha256');
     let layerBlob: Buffer | undefined;
     for (const name of await readdir(blobs)) {
@@ -254,7 +379,11 @@ describe('binary xattrs (item 8)', () => {
     const cache = new ChunkCache(join(scratch, 'xattr-cache'));
     const lazy = new LazyLayer(reader, bufferBlobReader(layerBlob!), cache, {});
     const mnt = join(scratch, 'xattr-mnt');
-    const mounted = await mountLayer(mnt, { entries: reader.toc.entries, readRange: (n, e, o, l) => lazy.readRange(n, e, o, l), where: 'xattr' });
+    const mounted = await mountLayer(mnt, {
+      entries: reader.toc.entries,
+      readRange: (n, e, o, l) => lazy.readRange(n, e, o, l),
+      where: 'xattr',
+    });
     try {
       expect((await xattrsOf(join(mnt, 'ping')))['security.capability']).toBe(capability.toString('base64'));
     } finally {
@@ -277,14 +406,31 @@ describe('absolute entry names (item 13)', () => {
     const tar = layerTar();
     const image = await writeOciImage(join(scratch, 'abs'), { tag: 'v1', layers: [tar] });
     const ref = repo('abs:esgz');
-    const converted = await esgzMeasured('image', 'convert', '--estargz', '--oci', '--plain-http', `oci:${image.dir}:v1`, ref);
+    const converted = await esgzMeasured(
+      'image',
+      'convert',
+      '--estargz',
+      '--oci',
+      '--plain-http',
+      `oci:${image.dir}:v1`,
+      ref,
+    );
     expectBounded(converted);
     expect(converted.exitCode, converted.stderr).toBe(0);
     const toc = JSON.parse((await esgz('get-toc-digest', '--plain-http', '--dump-toc', '--json', ref)).stdout);
     expect(JSON.stringify(toc)).toContain('/abs/file');
 
     const lossless = join(scratch, 'abs-lossless');
-    const kept = await esgz('image', 'convert', '--estargz', '--oci', '--estargz-keep-diff-id', '--estargz-external-toc', `oci:${image.dir}:v1`, `oci:${lossless}:v1`);
+    const kept = await esgz(
+      'image',
+      'convert',
+      '--estargz',
+      '--oci',
+      '--estargz-keep-diff-id',
+      '--estargz-external-toc',
+      `oci:${image.dir}:v1`,
+      `oci:${lossless}:v1`,
+    );
     expect(kept.exitCode, kept.stderr).toBe(0);
     const [{ config }] = readOciLayout(lossless, 'v1').manifests;
     expect(config.rootfs.diff_ids).toEqual([sha256(tar)]);
@@ -292,7 +438,19 @@ describe('absolute entry names (item 13)', () => {
     // The lazily pulled image serves the re-rooted names.
     const base = repo('abs-run:v1');
     const esgzLayer = await toEstargz(tar);
-    await pushLayers(base, [busybox, { blob: esgzLayer.blob, mediaType: MediaType.ociLayerGzip, annotations: { 'containerd.io/snapshot/stargz/toc.digest': esgzLayer.result.tocDigest }, diffID: esgzLayer.result.diffID }], { Env: ['PATH=/bin'] });
+    await pushLayers(
+      base,
+      [
+        busybox,
+        {
+          blob: esgzLayer.blob,
+          mediaType: MediaType.ociLayerGzip,
+          annotations: { 'containerd.io/snapshot/stargz/toc.digest': esgzLayer.result.tocDigest },
+          diffID: esgzLayer.result.diffID,
+        },
+      ],
+      { Env: ['PATH=/bin'] },
+    );
     const root = join(scratch, 'state-abs');
     expect((await esgz('image', 'rpull', '--plain-http', '--root', root, base)).exitCode).toBe(0);
     const run = await esgz('run', '--rm', '--root', root, base, 'abs1', 'cat', '/abs/file', '/inside', '/abs/link');
@@ -302,10 +460,28 @@ describe('absolute entry names (item 13)', () => {
 
   it('optimize accepts them too and runs the workload over the re-rooted files', async () => {
     const fixture = await busyboxImage();
-    const image = await writeOciImage(join(scratch, 'abs-opt'), { tag: 'v1', layers: [await readFile(fixture.layers[0]!.tarPath), layerTar()], config: { Env: ['PATH=/bin'] } });
+    const image = await writeOciImage(join(scratch, 'abs-opt'), {
+      tag: 'v1',
+      layers: [await readFile(fixture.layers[0]!.tarPath), layerTar()],
+      config: { Env: ['PATH=/bin'] },
+    });
     const out = join(scratch, 'abs-opt-out');
     const record = join(scratch, 'abs-opt.record');
-    const run = await esgzMeasured('image', 'optimize', '--oci', '--period', '5', '--record-out', record, '--entrypoint', '["/bin/sh","-c"]', '--args', '["cat /abs/file /inside"]', `oci:${image.dir}:v1`, `oci:${out}:v1`);
+    const run = await esgzMeasured(
+      'image',
+      'optimize',
+      '--oci',
+      '--period',
+      '5',
+      '--record-out',
+      record,
+      '--entrypoint',
+      '["/bin/sh","-c"]',
+      '--args',
+      '["cat /abs/file /inside"]',
+      `oci:${image.dir}:v1`,
+      `oci:${out}:v1`,
+    );
     expectBounded(run);
     expect(run.exitCode, run.stderr).toBe(0);
     expect(existsSync(join(out, 'index.json'))).toBe(true);

@@ -20,16 +20,27 @@ beforeAll(async () => {
   // A second layer the workload never touches, with a file big enough that its blob outlives the
   // unpack's reading (this left esgz-blobs-* behind after a successful optimize).
   const untouched = [dir('opt'), file('opt/big', 'x'.repeat(3_000_000)), file('opt/small', 'y\n')];
-  const image = await writeOciImage(join(scratch, 'src'), { tag: 'v1', layers: [busyboxRootfs(), untouched], config: { Cmd: ['/bin/sh'] } });
+  const image = await writeOciImage(join(scratch, 'src'), {
+    tag: 'v1',
+    layers: [busyboxRootfs(), untouched],
+    config: { Cmd: ['/bin/sh'] },
+  });
   // From a registry, so optimize also keeps its local blob copies (esgz-blobs-*).
   sourceRef = `${registryAddress()}/sec/leftovers:v1`;
-  const push = await execa('node', [join(repoRoot, 'bin/run.js'), 'image', 'copy', '--plain-http', `oci:${image.dir}:v1`, sourceRef], { reject: false, env: { DEBUG: '' } });
+  const push = await execa(
+    'node',
+    [join(repoRoot, 'bin/run.js'), 'image', 'copy', '--plain-http', `oci:${image.dir}:v1`, sourceRef],
+    { reject: false, env: { DEBUG: '' } },
+  );
   expect(push.exitCode, push.stderr).toBe(0);
 });
 
 afterAll(async () => {
   // A test that failed midway may have left a mount under the scratch dir: never rm -rf over one.
-  const mounts = (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').map((l) => l.split(' ')[4]).filter((p) => p?.startsWith(scratch));
+  const mounts = (await readFile('/proc/self/mountinfo', 'utf8'))
+    .split('\n')
+    .map((l) => l.split(' ')[4])
+    .filter((p) => p?.startsWith(scratch));
   for (const point of mounts.sort().reverse()) await execa('umount', ['-l', point!], { reject: false });
   await rm(scratch, { recursive: true, force: true });
 });
@@ -48,22 +59,42 @@ async function privateTempDirs(name: string): Promise<TempDirs> {
   return { root: join(scratch, name), tmp, shm };
 }
 
-function optimize(dirs: TempDirs, target: string, workload: string[]): ResultPromise<{ reject: false; env: Record<string, string>; stdin: 'ignore' }> {
+function optimize(
+  dirs: TempDirs,
+  target: string,
+  workload: string[],
+): ResultPromise<{ reject: false; env: Record<string, string>; stdin: 'ignore' }> {
   return execa(
     'node',
-    [join(repoRoot, 'bin/run.js'), 'image', 'optimize', '--plain-http', '--oci', '--period', '20', '--entrypoint', JSON.stringify(workload), sourceRef, target],
+    [
+      join(repoRoot, 'bin/run.js'),
+      'image',
+      'optimize',
+      '--plain-http',
+      '--oci',
+      '--period',
+      '20',
+      '--entrypoint',
+      JSON.stringify(workload),
+      sourceRef,
+      target,
+    ],
     { reject: false, env: { DEBUG: '', TMPDIR: dirs.tmp, ESGZ_TMPFS: dirs.shm }, stdin: 'ignore' },
   );
 }
 
 async function esgzDirs(dirs: TempDirs): Promise<string[]> {
   const found: string[] = [];
-  for (const dir of [dirs.tmp, dirs.shm]) for (const name of await readdir(dir)) if (name.startsWith('esgz-')) found.push(join(dir, name));
+  for (const dir of [dirs.tmp, dirs.shm])
+    for (const name of await readdir(dir)) if (name.startsWith('esgz-')) found.push(join(dir, name));
   return found;
 }
 
 async function mountsUnder(dir: string): Promise<string[]> {
-  return (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').map((l) => l.split(' ')[4] ?? '').filter((p) => p.startsWith(`${dir}/`));
+  return (await readFile('/proc/self/mountinfo', 'utf8'))
+    .split('\n')
+    .map((l) => l.split(' ')[4] ?? '')
+    .filter((p) => p.startsWith(`${dir}/`));
 }
 
 async function waitFor(check: () => Promise<boolean>, what: string, timeoutMs = 20_000): Promise<void> {

@@ -50,7 +50,10 @@ async function tagExists(registry: string, repository: string, tag: string): Pro
  * layout of `image`, made with GNU tar so the transport under test does not write it.
  */
 async function dockerArchiveOf(image: WrittenImage, tag: string): Promise<string> {
-  const { root: entry, manifests: [{ manifest }] } = readOciLayout(image.dir, tag);
+  const {
+    root: entry,
+    manifests: [{ manifest }],
+  } = readOciLayout(image.dir, tag);
   const root = await mkdtemp(join(scratch, 'archive-'));
   await mkdir(join(root, 'blobs', 'sha256'), { recursive: true });
   for (const digest of [entry.digest, manifest.config.digest, ...manifest.layers.map((l) => l.digest)]) {
@@ -59,7 +62,12 @@ async function dockerArchiveOf(image: WrittenImage, tag: string): Promise<string
   await writeFile(join(root, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [entry] }));
   await writeFile(join(root, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
   const blob = (digest: string): string => `blobs/sha256/${digest.slice(7)}`;
-  await writeFile(join(root, 'manifest.json'), JSON.stringify([{ Config: blob(manifest.config.digest), RepoTags: null, Layers: manifest.layers.map((l) => blob(l.digest)) }]));
+  await writeFile(
+    join(root, 'manifest.json'),
+    JSON.stringify([
+      { Config: blob(manifest.config.digest), RepoTags: null, Layers: manifest.layers.map((l) => blob(l.digest)) },
+    ]),
+  );
   const archive = `${root}.tar`;
   await execa('tar', ['-cf', archive, '-C', root, '.']);
   return archive;
@@ -71,7 +79,9 @@ describe('credentials and a plain-HTTP token realm (item 10)', () => {
   let image: WrittenImage;
   beforeAll(async () => {
     // The harness realm is http://127.0.0.1:<token port>/token: another origin than the registry.
-    registry = await startRegistry({ token: { users: { bob: 'builder' }, anonymousPull: true, refreshTokens: { 'refresh-for-bob': 'bob' } } });
+    registry = await startRegistry({
+      token: { users: { bob: 'builder' }, anonymousPull: true, refreshTokens: { 'refresh-for-bob': 'bob' } },
+    });
     front = await startTokenFront(registry);
     image = await writeOciImage(join(scratch, 'auth-src'), { tag: 'v1', layers: [busyboxRootfs()] });
   });
@@ -85,27 +95,45 @@ describe('credentials and a plain-HTTP token realm (item 10)', () => {
     for (const auth of [{ auth: basic('bob', 'builder') }, { identitytoken: 'refresh-for-bob' }]) {
       process.env.DOCKER_CONFIG = await dockerConfig({ [registry.address]: auth });
       requests.length = 0;
-      const push = await esgzMeasured('image', 'copy', '--plain-http', `oci:${image.dir}:v1`, `${registry.address}/sec/withheld:v1`);
+      const push = await esgzMeasured(
+        'image',
+        'copy',
+        '--plain-http',
+        `oci:${image.dir}:v1`,
+        `${registry.address}/sec/withheld:v1`,
+      );
       expectOneLineError(push, 'nonzero', /plain-HTTP token server http:\/\/127\.0\.0\.1:\d+/);
       expect(push.peakRssMiB).toBeLessThan(HOSTILE_RSS_LIMIT_MIB);
       expect(push.seconds).toBeLessThan(30);
       expect(requests.length).toBeGreaterThan(0);
       // Every request anonymous: no Basic header (user) and no refresh-token POST.
-      expect(requests.every((r) => r.user === undefined && r.method === 'GET'), JSON.stringify(requests)).toBe(true);
+      expect(
+        requests.every((r) => r.user === undefined && r.method === 'GET'),
+        JSON.stringify(requests),
+      ).toBe(true);
       expect(await tagExists(front.address, 'sec/withheld', 'v1')).toBe(false);
     }
   });
 
   it('sends them to a plain-HTTP realm on the registry itself, and a public pull through the foreign realm still works anonymously', async () => {
     const requests = registry.tokenServer!.requests;
-    process.env.DOCKER_CONFIG = await dockerConfig({ [front.address]: { auth: basic('bob', 'builder') }, [registry.address]: { auth: basic('bob', 'builder') } });
+    process.env.DOCKER_CONFIG = await dockerConfig({
+      [front.address]: { auth: basic('bob', 'builder') },
+      [registry.address]: { auth: basic('bob', 'builder') },
+    });
     requests.length = 0;
     const push = await esgz('image', 'copy', '--plain-http', `oci:${image.dir}:v1`, `${front.address}/sec/allowed:v1`);
     expect(push.exitCode, push.stderr).toBe(0);
     expect(requests.some((r) => r.user === 'bob' && r.status === 200)).toBe(true);
 
     requests.length = 0;
-    const pull = await esgz('image', 'copy', '--plain-http', `${registry.address}/sec/allowed:v1`, `oci:${join(scratch, 'anon-pull')}:v1`);
+    const pull = await esgz(
+      'image',
+      'copy',
+      '--plain-http',
+      `${registry.address}/sec/allowed:v1`,
+      `oci:${join(scratch, 'anon-pull')}:v1`,
+    );
     expect(pull.exitCode, pull.stderr).toBe(0);
     expect(requests.length).toBeGreaterThan(0);
     expect(requests.every((r) => r.user === undefined)).toBe(true);
@@ -116,7 +144,11 @@ describe('blob sizes that disagree with their descriptor (item 11)', () => {
   let image: WrittenImage;
   beforeAll(async () => {
     delete process.env.DOCKER_CONFIG;
-    image = await writeOciImage(join(scratch, 'sizes'), { tag: 'good', layers: [busyboxRootfs()], config: { Cmd: ['/bin/true'] } });
+    image = await writeOciImage(join(scratch, 'sizes'), {
+      tag: 'good',
+      layers: [busyboxRootfs()],
+      config: { Cmd: ['/bin/true'] },
+    });
     await misstateLayerSizeInLayout(image, 'smaller', -1);
     await misstateLayerSizeInLayout(image, 'larger', +1);
   });
@@ -171,7 +203,12 @@ describe('blob sizes that disagree with their descriptor (item 11)', () => {
       expect(await tagExists(registry, `sec/sizes-${tag}-mounted`, 'copy')).toBe(false);
       expect(await layoutTags(join(scratch, `pulled-${tag}`))).not.toContain('t');
       for (const command of commands.slice(1)) {
-        const run = await esgz(...command, '--plain-http', `${registry}/${repository}:v1`, `${registry}/${repository}:${command[1]}`);
+        const run = await esgz(
+          ...command,
+          '--plain-http',
+          `${registry}/${repository}:v1`,
+          `${registry}/${repository}:${command[1]}`,
+        );
         expectOneLineError(run, 'nonzero', /descriptor says \d+/);
         expect(await tagExists(registry, repository, command[1]!)).toBe(false);
       }
@@ -185,7 +222,12 @@ describe('blob sizes that disagree with their descriptor (item 11)', () => {
     const hex = 'ab'.repeat(32);
     const hugeSize = 1536 * 1024 * 1024;
     await truncate(await createEmpty(join(layout, 'blobs', 'sha256', hex)), hugeSize); // sparse: no disk used
-    const entry = { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: `sha256:${hex}`, size: hugeSize, annotations: { 'org.opencontainers.image.ref.name': 'huge' } };
+    const entry = {
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      digest: `sha256:${hex}`,
+      size: hugeSize,
+      annotations: { 'org.opencontainers.image.ref.name': 'huge' },
+    };
     await writeFile(join(layout, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [entry] }));
     const run = await esgzMeasured('image', 'copy', `oci:${layout}:huge`, `oci:${join(scratch, 'huge-out')}:t`);
     expectOneLineError(run, 'nonzero', /larger than \d+ bytes/);

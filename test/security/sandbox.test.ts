@@ -17,7 +17,22 @@ import { pushEstargzImage } from '../snapshotter/helpers.js';
 const DEFAULT_PIDS_LIMIT = 1024;
 const defaultMemoryLimitBytes = () => Math.min(Math.floor(totalmem() / 2), 4 * 1024 ** 3);
 
-const APPLETS = ['sh', 'cat', 'echo', 'sleep', 'unshare', 'mount', 'grep', 'head', 'tail', 'tr', 'dd', 'df', 'ls', 'true'];
+const APPLETS = [
+  'sh',
+  'cat',
+  'echo',
+  'sleep',
+  'unshare',
+  'mount',
+  'grep',
+  'head',
+  'tail',
+  'tr',
+  'dd',
+  'df',
+  'ls',
+  'true',
+];
 
 /** Static busybox with the applets the probes use. */
 function busyboxEntries(): TarEntry[] {
@@ -60,7 +75,10 @@ const PROBE = [
 ].join('\n');
 
 function probeValue(stdout: string, key: string): string | undefined {
-  return stdout.split('\n').find((l) => l.startsWith(`${key}=`))?.slice(key.length + 1);
+  return stdout
+    .split('\n')
+    .find((l) => l.startsWith(`${key}=`))
+    ?.slice(key.length + 1);
 }
 
 /** The memory limit as the kernel stores it (rounded down to whole pages). */
@@ -91,7 +109,8 @@ let layoutDir: string;
 let deviceLayoutDir: string;
 
 beforeAll(async () => {
-  if (!existsSync(join(repoRoot, 'dist/commands/run.js'))) throw new Error('dist/ is missing: run `npm run build` first');
+  if (!existsSync(join(repoRoot, 'dist/commands/run.js')))
+    throw new Error('dist/ is missing: run `npm run build` first');
   scratch = await mkdtemp(join(tmpdir(), 'esgz-sandbox-'));
   const entries = busyboxEntries();
   ref = `${registryAddress()}/security-sandbox/busybox:esgz`;
@@ -104,7 +123,11 @@ beforeAll(async () => {
   // A layer shipping the device /dev/null (1:3) under another name: the devices cgroup allows
   // 1:3, so only nodev on the overlay keeps the workload from opening it.
   deviceLayoutDir = join(scratch, 'layout-device');
-  await writeOciImage(deviceLayoutDir, { layers: [[...entries, charDevice('etc/nulldev', 1, 3, { mode: 0o666 })]], config: { Env: ['PATH=/bin'], Cmd: ['/bin/sh'] }, tag: 'v1' });
+  await writeOciImage(deviceLayoutDir, {
+    layers: [[...entries, charDevice('etc/nulldev', 1, 3, { mode: 0o666 })]],
+    config: { Env: ['PATH=/bin'], Cmd: ['/bin/sh'] },
+    tag: 'v1',
+  });
 });
 
 afterAll(async () => {
@@ -113,7 +136,18 @@ afterAll(async () => {
 
 /** `esgz run --rm` of the pulled image with `script` under sh -c. */
 function run(script: string, ...flags: string[]) {
-  return esgzMeasured('run', '--rm', '--root', root, ...flags, ref, `sbx-${process.hrtime.bigint()}`, 'sh', '-c', script);
+  return esgzMeasured(
+    'run',
+    '--rm',
+    '--root',
+    root,
+    ...flags,
+    ref,
+    `sbx-${process.hrtime.bigint()}`,
+    'sh',
+    '-c',
+    script,
+  );
 }
 
 describe('esgz run sandbox', () => {
@@ -130,7 +164,11 @@ describe('esgz run sandbox', () => {
     const kept = await esgz('run', '--root', root, ref, id, 'true');
     expect(kept.exitCode, kept.stderr).toBe(0);
     const spec = JSON.parse(await readFile(join(root, 'containers', id, 'b', 'config.json'), 'utf8')) as {
-      linux: { maskedPaths: string[]; namespaces: Array<{ type: string }>; seccomp?: { defaultAction: string; syscalls: unknown[] } };
+      linux: {
+        maskedPaths: string[];
+        namespaces: Array<{ type: string }>;
+        seccomp?: { defaultAction: string; syscalls: unknown[] };
+      };
     };
     expect(spec.linux.maskedPaths).toContain('/sys/devices/virtual/powercap');
     expect(spec.linux.namespaces.map((n) => n.type)).toContain('cgroup');
@@ -178,8 +216,16 @@ describe('esgz run sandbox', () => {
   });
 
   it('rejects bad limits with one-line errors', async () => {
-    expectOneLineError(await esgz('run', '--rm', '--root', root, '--memory', 'lots', ref, 'x', 'true'), 2, /--memory must be a size such as 512m or 2g \(got lots\)/);
-    expectOneLineError(await esgz('run', '--rm', '--root', root, '--memory', '1m', ref, 'x', 'true'), 2, /memory limit 1048576 bytes is below the minimum of 6 MiB/);
+    expectOneLineError(
+      await esgz('run', '--rm', '--root', root, '--memory', 'lots', ref, 'x', 'true'),
+      2,
+      /--memory must be a size such as 512m or 2g \(got lots\)/,
+    );
+    expectOneLineError(
+      await esgz('run', '--rm', '--root', root, '--memory', '1m', ref, 'x', 'true'),
+      2,
+      /memory limit 1048576 bytes is below the minimum of 6 MiB/,
+    );
     expect(await readdir(join(root, 'containers'))).toEqual([]);
   });
 });
@@ -187,7 +233,20 @@ describe('esgz run sandbox', () => {
 describe('image optimize sandbox', () => {
   const optimize = (script: string, ...flags: string[]) => optimizeImage(layoutDir, script, ...flags);
   const optimizeImage = (layout: string, script: string, ...flags: string[]) =>
-    esgzMeasured('image', 'optimize', '--oci', '--period', '20', ...flags, '--entrypoint', '["/bin/sh","-c"]', '--args', JSON.stringify([script]), `oci:${layout}:v1`, `oci:${join(scratch, `out-${process.hrtime.bigint()}`)}:v1`);
+    esgzMeasured(
+      'image',
+      'optimize',
+      '--oci',
+      '--period',
+      '20',
+      ...flags,
+      '--entrypoint',
+      '["/bin/sh","-c"]',
+      '--args',
+      JSON.stringify([script]),
+      `oci:${layout}:v1`,
+      `oci:${join(scratch, `out-${process.hrtime.bigint()}`)}:v1`,
+    );
 
   it('profiles the workload in the same sandbox as esgz run', async () => {
     const result = await optimize(PROBE);
@@ -204,13 +263,17 @@ describe('image optimize sandbox', () => {
     expect(result.stderr).toMatch(/\/etc\/nulldev: Permission denied/);
   });
 
-  it('bounds the workload\'s writes by a tmpfs (1 GiB default, --upper-size): ENOSPC, then a normal conversion', async () => {
+  it("bounds the workload's writes by a tmpfs (1 GiB default, --upper-size): ENOSPC, then a normal conversion", async () => {
     const dflt = await optimize('df -k / | tail -n 1');
     expect(dflt.exitCode, dflt.stderr).toBe(0);
     // overlayfs reports its upper filesystem's size: the bounded tmpfs.
     expect(dflt.stdout).toMatch(/^overlay\s+1048576\s/m);
 
-    const small = await optimize('dd if=/dev/zero of=/big bs=1M count=64; echo "dd=$?"; echo still-running', '--upper-size', '16m');
+    const small = await optimize(
+      'dd if=/dev/zero of=/big bs=1M count=64; echo "dd=$?"; echo still-running',
+      '--upper-size',
+      '16m',
+    );
     expect(small.exitCode, small.stderr).toBe(0);
     expect(small.stderr).toMatch(/No space left on device/);
     expect(probeValue(small.stdout, 'dd')).not.toBe('0');

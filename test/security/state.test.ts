@@ -39,7 +39,6 @@ let ref: string;
 let blob: Buffer;
 let unpackedSuidLayer: string;
 
-
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -56,7 +55,11 @@ async function execAsNobody(path: string): Promise<string> {
 
 /** The built CLI under a given umask (the state root's modes must not depend on it). */
 function esgzUmask(umask: string, ...args: string[]): ResultPromise {
-  return execa('/bin/sh', ['-c', `umask ${umask}; exec node "$0" "$@"`, join(repoRoot, 'bin/run.js'), ...args], { reject: false, env: { DEBUG: '' }, stdin: 'ignore' });
+  return execa('/bin/sh', ['-c', `umask ${umask}; exec node "$0" "$@"`, join(repoRoot, 'bin/run.js'), ...args], {
+    reject: false,
+    env: { DEBUG: '' },
+    stdin: 'ignore',
+  });
 }
 
 async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
@@ -70,7 +73,10 @@ async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 
 const mountinfo = () => readFile('/proc/self/mountinfo', 'utf8');
 
 /** Every path under `root` (relative), with lstat; does not descend into `skip(rel)` subtrees. */
-async function walk(root: string, skip: (rel: string) => boolean = () => false): Promise<Array<{ rel: string; mode: number; dir: boolean }>> {
+async function walk(
+  root: string,
+  skip: (rel: string) => boolean = () => false,
+): Promise<Array<{ rel: string; mode: number; dir: boolean }>> {
   const out: Array<{ rel: string; mode: number; dir: boolean }> = [];
   const visit = async (full: string) => {
     const st = await lstat(full);
@@ -88,7 +94,8 @@ const CONTENT = /^(layers\/sha256\/[0-9a-f]{64}\/fs|containers\/[^/]+\/(u|w|m|l\
 async function chunkFiles(root: string): Promise<string[]> {
   const dir = join(root, 'chunks', 'sha256');
   const out: string[] = [];
-  for (const prefix of await readdir(dir)) for (const name of await readdir(join(dir, prefix))) out.push(join(dir, prefix, name));
+  for (const prefix of await readdir(dir))
+    for (const name of await readdir(join(dir, prefix))) out.push(join(dir, prefix, name));
   return out;
 }
 
@@ -98,11 +105,16 @@ async function pull(root: string, ...extra: string[]): Promise<void> {
 }
 
 function startRun(root: string, id: string, ...command: string[]) {
-  return execa('node', [join(repoRoot, 'bin/run.js'), 'run', '--root', root, ref, id, ...command], { reject: false, env: { DEBUG: '' }, stdin: 'ignore' });
+  return execa('node', [join(repoRoot, 'bin/run.js'), 'run', '--root', root, ref, id, ...command], {
+    reject: false,
+    env: { DEBUG: '' },
+    stdin: 'ignore',
+  });
 }
 
 beforeAll(async () => {
-  if (!existsSync(join(repoRoot, 'dist/commands/run.js'))) throw new Error('dist/ is missing: run `npm run build` first');
+  if (!existsSync(join(repoRoot, 'dist/commands/run.js')))
+    throw new Error('dist/ is missing: run `npm run build` first');
   scratch = await mkdtemp(join(tmpdir(), 'esgz-sec-state-'));
   // Other users may walk up to the state root: the root itself must be the barrier.
   await chmod(scratch, 0o755);
@@ -110,7 +122,10 @@ beforeAll(async () => {
   const busybox = await readFile(fixture.layers[0]!.tarPath);
   const hostBusybox = await readFile('/bin/busybox');
   blob = generatedBuffer(5 * CHUNK + 321, 'seed-11');
-  const suidUnpacked = await buildTar([{ name: 'opt/', type: 'directory', mode: 0o755 }, { name: 'opt/suid-unpacked', content: hostBusybox, mode: 0o4755 }]);
+  const suidUnpacked = await buildTar([
+    { name: 'opt/', type: 'directory', mode: 0o755 },
+    { name: 'opt/suid-unpacked', content: hostBusybox, mode: 0o4755 },
+  ]);
   const lazy = await buildTar([
     { name: 'opt/', type: 'directory', mode: 0o755 },
     { name: 'opt/suid-lazy', content: hostBusybox, mode: 0o4755 },
@@ -118,7 +133,12 @@ beforeAll(async () => {
     { name: 'data/blob', content: blob, mode: 0o644 },
   ]);
   ref = `${registryAddress()}/sec-state/img:1`;
-  const pushed = await pushEstargzImage(ref, [busybox, suidUnpacked, lazy], { config: { Env: ['PATH=/bin'], Cmd: ['/bin/sh'] } }, { plainGzipLayers: [0, 1], chunkSize: CHUNK });
+  const pushed = await pushEstargzImage(
+    ref,
+    [busybox, suidUnpacked, lazy],
+    { config: { Env: ['PATH=/bin'], Cmd: ['/bin/sh'] } },
+    { plainGzipLayers: [0, 1], chunkSize: CHUNK },
+  );
   unpackedSuidLayer = pushed.layerDigests[1]!.slice('sha256:'.length);
 });
 
@@ -131,14 +151,34 @@ describe('state root: other local users', () => {
     const root = join(scratch, 'private');
     const pulled = await esgzUmask('000', 'image', 'rpull', '--plain-http', '--background-fetch', '--root', root, ref);
     expect(pulled.exitCode, String(pulled.stderr)).toBe(0);
-    const run = execa('/bin/sh', ['-c', 'umask 000; exec node "$0" "$@"', join(repoRoot, 'bin/run.js'), 'run', '--root', root, '--env', SECRET, ref, 'c1', 'sh', '-c', 'cp /bin/busybox /upper-suid && chmod 4755 /upper-suid && sleep 60'], {
-      reject: false,
-      env: { DEBUG: '' },
-      stdin: 'ignore',
-    });
+    const run = execa(
+      '/bin/sh',
+      [
+        '-c',
+        'umask 000; exec node "$0" "$@"',
+        join(repoRoot, 'bin/run.js'),
+        'run',
+        '--root',
+        root,
+        '--env',
+        SECRET,
+        ref,
+        'c1',
+        'sh',
+        '-c',
+        'cp /bin/busybox /upper-suid && chmod 4755 /upper-suid && sleep 60',
+      ],
+      {
+        reject: false,
+        env: { DEBUG: '' },
+        stdin: 'ignore',
+      },
+    );
     const container = join(root, 'containers', 'c1');
     try {
-      await waitFor('the container to write its setuid file', async () => ((await stat(join(container, 'u', 'upper-suid')).catch(() => undefined))?.mode ?? 0) & 0o4000 ? true : false);
+      await waitFor('the container to write its setuid file', async () =>
+        ((await stat(join(container, 'u', 'upper-suid')).catch(() => undefined))?.mode ?? 0) & 0o4000 ? true : false,
+      );
       const config = join(container, 'b', 'config.json');
       expect(await readFile(config, 'utf8')).toContain(SECRET);
       const chunk = (await chunkFiles(root))[0]!;
@@ -182,7 +222,17 @@ describe('state root: other local users', () => {
   it('closes a state root an older esgz left 0755 when it opens it', async () => {
     const root = join(scratch, 'old-modes');
     await pull(root);
-    const skeleton = ['', 'images', 'blobs', 'blobs/sha256', 'layers', 'layers/sha256', 'chunks', 'chunks/sha256', 'containers'];
+    const skeleton = [
+      '',
+      'images',
+      'blobs',
+      'blobs/sha256',
+      'layers',
+      'layers/sha256',
+      'chunks',
+      'chunks/sha256',
+      'containers',
+    ];
     for (const d of skeleton) await chmod(join(root, d), 0o755);
     expect((await asNobody('ls', root)).exitCode).toBe(0);
     const pruned = await esgz('image', 'prune', '--root', root);
@@ -193,7 +243,7 @@ describe('state root: other local users', () => {
 });
 
 describe('chunk cache integrity and crash consistency', () => {
-  it('drops a flipped or truncated chunk and fetches it again; ignores and sweeps a killed writer\'s partial temp file', async () => {
+  it("drops a flipped or truncated chunk and fetches it again; ignores and sweeps a killed writer's partial temp file", async () => {
     const root = join(scratch, 'cache');
     await pull(root, '--background-fetch');
     // No temp name is ever visible after the writes.
@@ -243,7 +293,13 @@ describe('races on one state root', () => {
   it('image rm + prune leave the layers of a running container alone; the next prune takes them', async () => {
     const root = join(scratch, 'rm-prune');
     await pull(root, '--background-fetch');
-    const run = startRun(root, 'user', 'sh', '-c', 'while [ ! -e /go ]; do sleep 0.1; done; cat /etc/hello; sha256sum /data/blob');
+    const run = startRun(
+      root,
+      'user',
+      'sh',
+      '-c',
+      'while [ ! -e /go ]; do sleep 0.1; done; cat /etc/hello; sha256sum /data/blob',
+    );
     const container = join(root, 'containers', 'user');
     try {
       await waitFor('the overlay', async () => (await mountinfo()).includes(` ${container}/m `));
@@ -266,7 +322,15 @@ describe('races on one state root', () => {
   it('lets only one of several concurrent runs have a container ID', async () => {
     const root = join(scratch, 'same-id');
     await pull(root);
-    const runs = await Promise.all([0, 1, 2].map(() => execa('node', [join(repoRoot, 'bin/run.js'), 'run', '--rm', '--root', root, ref, 'same', 'sleep', '3'], { reject: false, env: { DEBUG: '' }, stdin: 'ignore' })));
+    const runs = await Promise.all(
+      [0, 1, 2].map(() =>
+        execa('node', [join(repoRoot, 'bin/run.js'), 'run', '--rm', '--root', root, ref, 'same', 'sleep', '3'], {
+          reject: false,
+          env: { DEBUG: '' },
+          stdin: 'ignore',
+        }),
+      ),
+    );
     expect(runs.filter((r) => r.exitCode === 0)).toHaveLength(1);
     for (const r of runs.filter((x) => x.exitCode !== 0)) expectOneLineError(r, 2, /container same already exists/);
     expect(await readdir(join(root, 'containers'))).toEqual([]);
@@ -275,7 +339,11 @@ describe('races on one state root', () => {
   it('leaves no container directory or mount after a failed run, even without --rm', async () => {
     const root = join(scratch, 'failed');
     await pull(root);
-    expectOneLineError(await esgz('run', '--root', root, ref, 'failer', '/no/such/command'), 'nonzero', /no\/such\/command/);
+    expectOneLineError(
+      await esgz('run', '--root', root, ref, 'failer', '/no/such/command'),
+      'nonzero',
+      /no\/such\/command/,
+    );
     expect(await readdir(join(root, 'containers'))).toEqual([]);
     expect(await mountinfo()).not.toContain(root);
   });
@@ -284,7 +352,9 @@ describe('races on one state root', () => {
     const root = join(scratch, 'killed');
     await pull(root);
     const run = startRun(root, 'doomed', 'sleep', '60');
-    await waitFor('the overlay', async () => (await mountinfo()).includes(` ${join(root, 'containers', 'doomed', 'm')} `));
+    await waitFor('the overlay', async () =>
+      (await mountinfo()).includes(` ${join(root, 'containers', 'doomed', 'm')} `),
+    );
     await sleep(500);
     run.kill('SIGKILL');
     await run;

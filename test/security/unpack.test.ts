@@ -32,13 +32,13 @@ import {
   writeThroughSymlink,
 } from '../fixtures/hostile-unpack.js';
 
-
 let scratch: string;
 let decoy: string;
 let decoyBefore: string;
 
 beforeAll(async () => {
-  if (!existsSync(join(repoRoot, 'dist/commands/image/optimize.js'))) throw new Error('dist/ is missing: run `npm run build` first');
+  if (!existsSync(join(repoRoot, 'dist/commands/image/optimize.js')))
+    throw new Error('dist/ is missing: run `npm run build` first');
   scratch = await mkdtemp(join(tmpdir(), 'esgz-sec-unpack-'));
 });
 let decoys = 0;
@@ -55,7 +55,11 @@ afterAll(async () => {
 
 /** No mount left under the scratch directory (optimize's overlay, rpull's FUSE, run's rootfs). */
 function expectNoMounts(): void {
-  expect(readFileSync('/proc/self/mounts', 'utf8').split('\n').filter((line) => line.includes(scratch))).toEqual([]);
+  expect(
+    readFileSync('/proc/self/mounts', 'utf8')
+      .split('\n')
+      .filter((line) => line.includes(scratch)),
+  ).toEqual([]);
 }
 
 let images = 0;
@@ -70,12 +74,28 @@ async function hostileImage(layer: TarEntry[] | Buffer): Promise<string> {
  * `esgz image optimize` of the image into a fresh layout, with its temp files under the scratch
  * dir (so the test sees what is left), or where esgz picks (`tmpfs: true`: /dev/shm when it fits).
  */
-async function optimize(source: string, options: { tmpfs?: boolean } = {}): Promise<{ run: MeasuredRun; out: string; temp: string }> {
+async function optimize(
+  source: string,
+  options: { tmpfs?: boolean } = {},
+): Promise<{ run: MeasuredRun; out: string; temp: string }> {
   const out = join(scratch, `out-${images}`);
   const temp = join(scratch, `tmp-${images}`);
   mkdirSync(temp);
   const tempDir = options.tmpfs ? [] : ['--temp-dir', temp];
-  const run = await esgzMeasured('image', 'optimize', '--oci', ...tempDir, '--period', '5', '--entrypoint', '["/bin/sh","-c"]', '--args', '["cat /etc/hello; ls /"]', source, `oci:${out}:opt`);
+  const run = await esgzMeasured(
+    'image',
+    'optimize',
+    '--oci',
+    ...tempDir,
+    '--period',
+    '5',
+    '--entrypoint',
+    '["/bin/sh","-c"]',
+    '--args',
+    '["cat /etc/hello; ls /"]',
+    source,
+    `oci:${out}:opt`,
+  );
   return { run, out, temp };
 }
 
@@ -87,7 +107,8 @@ function expectTagged(out: string, tagged: boolean): void {
 async function lastLayerPax(out: string): Promise<Map<string, Map<string, Buffer>>> {
   const tar = gunzipSync(readLayoutBlob(out, readOciLayout(out).manifests[0]!.layers.at(-1)!.digest));
   const records = new Map<string, Map<string, Buffer>>();
-  for await (const entry of readTar(Readable.from([tar]), 'output layer')) records.set(entry.header.name, entry.header.pax);
+  for await (const entry of readTar(Readable.from([tar]), 'output layer'))
+    records.set(entry.header.name, entry.header.pax);
   return records;
 }
 
@@ -132,9 +153,13 @@ describe('image optimize: hostile layers (issue #12, unpack)', () => {
     expect(run.exitCode, run.stderr).toBe(0);
     expectBounded(run);
     const pax = await lastLayerPax(out);
-    expect(pax.get('bin/ping')?.get('SCHILY.xattr.security.capability')?.toString('hex')).toBe(CAP_SETUID_XATTR.toString('hex'));
+    expect(pax.get('bin/ping')?.get('SCHILY.xattr.security.capability')?.toString('hex')).toBe(
+      CAP_SETUID_XATTR.toString('hex'),
+    );
     expect(pax.get('bin/ping')?.get('SCHILY.xattr.user.bin')?.toString('hex')).toBe(BINARY_USER_XATTR.toString('hex'));
-    expect(run.stderr).toMatch(/skipped extended attribute trusted\.overlay\.opaque on "forged\/" \(overlayfs metadata cannot come from a layer\)/);
+    expect(run.stderr).toMatch(
+      /skipped extended attribute trusted\.overlay\.opaque on "forged\/" \(overlayfs metadata cannot come from a layer\)/,
+    );
   });
 
   it('unpacks a layer of 100k whiteouts over 5k directories (item 7)', async () => {
@@ -178,7 +203,11 @@ describe('image rpull + run: hostile plain-gzip layers (issue #12, unpack)', () 
     const ref = await push(dotDotTraversal(decoy), 'traversal');
     // --json: no progress lines, so stderr is the error alone.
     const pulled = await esgzMeasured('image', 'rpull', '--plain-http', '--json', '--root', state, ref);
-    expectOneLineError(pulled, 'nonzero', /layer 1 \(sha256:[0-9a-f]{64}\): entry "(\.\.\/)+.*\/evil" escapes the root/);
+    expectOneLineError(
+      pulled,
+      'nonzero',
+      /layer 1 \(sha256:[0-9a-f]{64}\): entry "(\.\.\/)+.*\/evil" escapes the root/,
+    );
     expectBounded(pulled);
     expect(decoyState(decoy)).toBe(decoyBefore);
     // The half-unpacked layer directory is gone.

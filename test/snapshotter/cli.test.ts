@@ -15,14 +15,18 @@ import { esgz, expectOneLineError, repoRoot } from '../harness/cli.js';
 let scratch: string;
 let ref: string;
 
-
-
 beforeAll(async () => {
-  if (!existsSync(join(repoRoot, 'dist/commands/run.js'))) throw new Error('dist/ is missing: run `npm run build` first');
+  if (!existsSync(join(repoRoot, 'dist/commands/run.js')))
+    throw new Error('dist/ is missing: run `npm run build` first');
   scratch = await mkdtemp(join(tmpdir(), 'esgz-run-cli-'));
   const fixture = await busyboxImage();
   ref = `${registryAddress()}/h6-cli/busybox:esgz`;
-  await pushEstargzImage(ref, [await readFile(fixture.layers[0]!.tarPath)], { config: { Env: ['PATH=/bin'], Cmd: ['/bin/sh', '-c', 'echo default cmd'] } }, { prioritizedFiles: [['bin/busybox', 'etc/passwd', 'etc/group']] });
+  await pushEstargzImage(
+    ref,
+    [await readFile(fixture.layers[0]!.tarPath)],
+    { config: { Env: ['PATH=/bin'], Cmd: ['/bin/sh', '-c', 'echo default cmd'] } },
+    { prioritizedFiles: [['bin/busybox', 'etc/passwd', 'etc/group']] },
+  );
 });
 
 afterAll(async () => {
@@ -31,7 +35,10 @@ afterAll(async () => {
 
 describe('esgz run argv', () => {
   it('keeps the container command away from esgz flag parsing', () => {
-    expect(splitRunArgv(['--rm', '--env', 'A=1', 'img', 'c1', 'sh', '-c', 'echo --rm'])).toEqual({ head: ['--rm', '--env', 'A=1', 'img', 'c1'], command: ['sh', '-c', 'echo --rm'] });
+    expect(splitRunArgv(['--rm', '--env', 'A=1', 'img', 'c1', 'sh', '-c', 'echo --rm'])).toEqual({
+      head: ['--rm', '--env', 'A=1', 'img', 'c1'],
+      command: ['sh', '-c', 'echo --rm'],
+    });
     expect(splitRunArgv(['img'])).toEqual({ head: ['img'], command: [] });
     expect(splitRunArgv(['img', '--', 'c1', 'ls', '-l'])).toEqual({ head: ['img', 'c1'], command: ['ls', '-l'] });
   });
@@ -50,7 +57,19 @@ describe('esgz image rpull / run / ls / rm / prune', () => {
     expect(dflt.stdout.trim(), dflt.stderr).toBe('default cmd');
     expect(dflt.exitCode).toBe(0);
 
-    const cmd = await esgz('run', '--rm', '--root', root, '--env', 'WHO=esgz', ref, 'c1', 'sh', '-c', 'echo "hi $WHO"; cat /etc/hostname >/dev/null; exit 3');
+    const cmd = await esgz(
+      'run',
+      '--rm',
+      '--root',
+      root,
+      '--env',
+      'WHO=esgz',
+      ref,
+      'c1',
+      'sh',
+      '-c',
+      'echo "hi $WHO"; cat /etc/hostname >/dev/null; exit 3',
+    );
     expect(cmd.stdout.trim(), cmd.stderr).toBe('hi esgz');
     expect(cmd.exitCode).toBe(3);
     expect(await readdir(join(root, 'containers'))).toEqual([]);
@@ -63,7 +82,9 @@ describe('esgz image rpull / run / ls / rm / prune', () => {
 
     const ls = await esgz('image', 'ls', '--root', root);
     expect(ls.stdout).toContain(ref);
-    const lsJson = JSON.parse((await esgz('image', 'ls', '--root', root, '--json')).stdout) as Array<{ reference: string }>;
+    const lsJson = JSON.parse((await esgz('image', 'ls', '--root', root, '--json')).stdout) as Array<{
+      reference: string;
+    }>;
     expect(lsJson.map((i) => i.reference)).toEqual([ref]);
 
     expect((await esgz('image', 'rm', '--root', root, ref)).exitCode).toBe(0);
@@ -77,7 +98,11 @@ describe('esgz image rpull / run / ls / rm / prune', () => {
   it('tears everything down on Ctrl-C: container stopped, FUSE and overlay unmounted, exit 130', async () => {
     const root = join(scratch, 'state-sigint');
     expect((await esgz('image', 'rpull', '--plain-http', '--root', root, ref)).exitCode).toBe(0);
-    const child = execa('node', [join(repoRoot, 'bin/run.js'), 'run', '--rm', '--root', root, ref, 'sleeper', 'sleep', '60'], { reject: false, env: { DEBUG: '' }, stdin: 'ignore' });
+    const child = execa(
+      'node',
+      [join(repoRoot, 'bin/run.js'), 'run', '--rm', '--root', root, ref, 'sleeper', 'sleep', '60'],
+      { reject: false, env: { DEBUG: '' }, stdin: 'ignore' },
+    );
     const overlay = join(root, 'containers', 'sleeper', 'm');
     const deadline = Date.now() + 30_000;
     while (!(await readFile('/proc/self/mountinfo', 'utf8')).includes(` ${overlay} `)) {
@@ -98,7 +123,11 @@ describe('esgz image rpull / run / ls / rm / prune', () => {
   it('prune cleans up after an esgz run that was killed with SIGKILL (container, overlay, dead FUSE layers)', async () => {
     const root = join(scratch, 'state-sigkill');
     expect((await esgz('image', 'rpull', '--plain-http', '--root', root, ref)).exitCode).toBe(0);
-    const child = execa('node', [join(repoRoot, 'bin/run.js'), 'run', '--rm', '--root', root, ref, 'doomed', 'sleep', '60'], { reject: false, env: { DEBUG: '' }, stdin: 'ignore' });
+    const child = execa(
+      'node',
+      [join(repoRoot, 'bin/run.js'), 'run', '--rm', '--root', root, ref, 'doomed', 'sleep', '60'],
+      { reject: false, env: { DEBUG: '' }, stdin: 'ignore' },
+    );
     const overlay = join(root, 'containers', 'doomed', 'm');
     const deadline = Date.now() + 30_000;
     while (!(await readFile('/proc/self/mountinfo', 'utf8')).includes(` ${overlay} `)) {
@@ -110,7 +139,9 @@ describe('esgz image rpull / run / ls / rm / prune', () => {
     await child;
     // What a crash leaves: the overlay and the FUSE layers are still mounted, the container runs.
     expect(await readFile('/proc/self/mountinfo', 'utf8')).toContain(root);
-    expect((await execa('runc', ['--root', join(root, 'containers', 'doomed', 's'), 'list', '--quiet'])).stdout).toContain('doomed');
+    expect(
+      (await execa('runc', ['--root', join(root, 'containers', 'doomed', 's'), 'list', '--quiet'])).stdout,
+    ).toContain('doomed');
     const pruned = await esgz('image', 'prune', '--root', root, '--json');
     expect(pruned.exitCode, pruned.stderr).toBe(0);
     expect(JSON.parse(pruned.stdout)).toMatchObject({ containers: 1, blobs: 0, layers: 0 });
@@ -124,7 +155,11 @@ describe('esgz image rpull / run / ls / rm / prune', () => {
   it('gives one-line errors for images that are not pulled or do not exist', async () => {
     const root = join(scratch, 'state-errors');
     expectOneLineError(await esgz('run', '--root', root, ref), 1, /is not pulled into .*esgz image rpull/);
-    expectOneLineError(await esgz('image', 'rpull', '--plain-http', '--root', root, `${registryAddress()}/h6-cli/missing:nope`), 1, /missing/);
+    expectOneLineError(
+      await esgz('image', 'rpull', '--plain-http', '--root', root, `${registryAddress()}/h6-cli/missing:nope`),
+      1,
+      /missing/,
+    );
     expectOneLineError(await esgz('image', 'rm', '--root', root, ref), 1, /is not in/);
     expectOneLineError(await esgz('image', 'rpull', '--root', root, 'Not A Reference'), 2, /invalid|reference/i);
   });

@@ -42,7 +42,8 @@ describe('FUSE threads and signals', () => {
       expect(await readFile(join(work, 'mnt', 'hello'), 'utf8')).toBe('hello through FUSE\n');
       const fresh = [...threadMasks()].filter(([tid]) => !before.has(tid));
       expect(fresh.length).toBeGreaterThan(0);
-      for (const [tid, mask] of fresh) expect({ tid, sigchldBlocked: (mask & SIGCHLD_BIT) !== 0n }).toEqual({ tid, sigchldBlocked: true });
+      for (const [tid, mask] of fresh)
+        expect({ tid, sigchldBlocked: (mask & SIGCHLD_BIT) !== 0n }).toEqual({ tid, sigchldBlocked: true });
       expect(fuseThreadsShielded()).toBe(true);
     } finally {
       await mounted.unmount();

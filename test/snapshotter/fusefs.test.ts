@@ -23,7 +23,6 @@ import { generatedBuffer } from '../fixtures/tar.js';
 const CHUNK = 64 * 1024;
 const t = (s: number) => new Date(s * 1000);
 
-
 const entries: TestEntry[] = [
   { name: 'etc/', type: 'directory', mode: 0o755, mtime: t(1_600_000_100) },
   { name: 'etc/hostname', content: 'esgz\n', mode: 0o644, uid: 12, gid: 34, mtime: t(1_600_000_200) },
@@ -37,7 +36,15 @@ const entries: TestEntry[] = [
   { name: 'dev/loop0', type: 'block-device', devmajor: 7, devminor: 300, mode: 0o660 },
   { name: 'run/fifo', type: 'fifo', mode: 0o644 },
   { name: 'implicit/deep/file.txt', content: 'under implicit parents' },
-  { name: 'attrs.txt', content: 'xattrs here', pax: { 'SCHILY.xattr.user.big': 'x'.repeat(300), 'SCHILY.xattr.user.note': 'hello', 'SCHILY.xattr.trusted.esgz': 'bin\u0001ary' } },
+  {
+    name: 'attrs.txt',
+    content: 'xattrs here',
+    pax: {
+      'SCHILY.xattr.user.big': 'x'.repeat(300),
+      'SCHILY.xattr.user.note': 'hello',
+      'SCHILY.xattr.trusted.esgz': 'bin\u0001ary',
+    },
+  },
   { name: 'opaque/', type: 'directory', mode: 0o751 },
   { name: 'opaque/.wh..wh..opq', content: '' },
   { name: 'opaque/kept', content: 'kept' },
@@ -68,11 +75,20 @@ describe('FUSE layer filesystem', () => {
     if (work) await rm(work, { recursive: true, force: true });
   });
 
-  async function withMount<T>(name: string, blobReader: BlobReader, fn: (m: MountedLayer, lazy: LazyLayer) => Promise<T>, policy = {}): Promise<T> {
+  async function withMount<T>(
+    name: string,
+    blobReader: BlobReader,
+    fn: (m: MountedLayer, lazy: LazyLayer) => Promise<T>,
+    policy = {},
+  ): Promise<T> {
     const cache = new ChunkCache(join(work, `${name}-cache`));
     const lazy = new LazyLayer(reader, blobReader, cache, policy);
     const mnt = join(work, `${name}-mnt`);
-    const mounted = await mountLayer(mnt, { entries: reader.toc.entries, readRange: (n, e, o, l) => lazy.readRange(n, e, o, l), where: name });
+    const mounted = await mountLayer(mnt, {
+      entries: reader.toc.entries,
+      readRange: (n, e, o, l) => lazy.readRange(n, e, o, l),
+      where: name,
+    });
     try {
       return await fn(mounted, lazy);
     } finally {
@@ -84,10 +100,19 @@ describe('FUSE layer filesystem', () => {
   it('mounts a layer whose 100k whiteouts each replace a directory in under 10 s (forget walks only the removed subtree)', async () => {
     const N = 100_000;
     const many: TOCEntry[] = [];
-    for (let i = 0; i < N; i++) many.push({ name: `d${i}/`, type: 'dir', mode: 0o755 }, { name: `d${i}/f`, type: 'reg', size: 0, mode: 0o644 }, { name: `.wh.d${i}`, type: 'reg', size: 0 });
+    for (let i = 0; i < N; i++)
+      many.push(
+        { name: `d${i}/`, type: 'dir', mode: 0o755 },
+        { name: `d${i}/f`, type: 'reg', size: 0, mode: 0o644 },
+        { name: `.wh.d${i}`, type: 'reg', size: 0 },
+      );
     const mnt = join(work, 'whiteouts-mnt');
     const started = Date.now();
-    const mounted = await mountLayer(mnt, { entries: many, readRange: async () => Buffer.alloc(0), where: 'whiteouts' });
+    const mounted = await mountLayer(mnt, {
+      entries: many,
+      readRange: async () => Buffer.alloc(0),
+      where: 'whiteouts',
+    });
     const seconds = (Date.now() - started) / 1000;
     try {
       expect(seconds).toBeLessThan(10);
@@ -124,7 +149,11 @@ describe('FUSE layer filesystem', () => {
       expect(expected.has('opaque/.wh..wh..opq')).toBe(false);
       // Python asks with a 128-byte buffer first and grows it on ERANGE: a value bigger than the
       // buffer must give ERANGE, not a truncated copy.
-      const py = await execa('python3', ['-c', 'import os,sys; sys.stdout.write(os.getxattr(sys.argv[1], "user.big").decode())', join(m.mountpoint, 'attrs.txt')]);
+      const py = await execa('python3', [
+        '-c',
+        'import os,sys; sys.stdout.write(os.getxattr(sys.argv[1], "user.big").decode())',
+        join(m.mountpoint, 'attrs.txt'),
+      ]);
       expect(py.stdout).toBe('x'.repeat(300));
     });
   });
@@ -134,7 +163,12 @@ describe('FUSE layer filesystem', () => {
     await withMount('offsets', bufferBlobReader(blob), async (m, lazy) => {
       const fh = await open(join(m.mountpoint, 'bin/tool'), 'r');
       try {
-        for (const [pos, len] of [[0, 10], [CHUNK - 5, 10], [2 * CHUNK - 1, CHUNK + 2], [3 * CHUNK + 100, 100]] as const) {
+        for (const [pos, len] of [
+          [0, 10],
+          [CHUNK - 5, 10],
+          [2 * CHUNK - 1, CHUNK + 2],
+          [3 * CHUNK + 100, 100],
+        ] as const) {
           const buf = Buffer.alloc(len);
           const { bytesRead } = await fh.read(buf, 0, len, pos);
           const want = content.subarray(pos, pos + len);
@@ -180,16 +214,21 @@ describe('FUSE layer filesystem', () => {
       size: blob.length,
       read: (offset, length) => (gone ? new Promise<Buffer>(() => undefined) : honest.read(offset, length)),
     };
-    await withMount('gone', vanishing, async (m) => {
-      const cached = join(m.mountpoint, 'etc/hostname');
-      expect((await readFile(cached)).toString()).toBe('esgz\n');
-      gone = true;
-      const started = Date.now();
-      await expect(readFile(join(m.mountpoint, 'bin/exact'))).rejects.toMatchObject({ code: 'EIO' });
-      expect(Date.now() - started).toBeLessThan(10_000);
-      // The kernel may have the first read cached; drop that question by reading through a fresh open.
-      expect((await readFile(cached)).toString()).toBe('esgz\n');
-    }, { deadlineMs: 1500 });
+    await withMount(
+      'gone',
+      vanishing,
+      async (m) => {
+        const cached = join(m.mountpoint, 'etc/hostname');
+        expect((await readFile(cached)).toString()).toBe('esgz\n');
+        gone = true;
+        const started = Date.now();
+        await expect(readFile(join(m.mountpoint, 'bin/exact'))).rejects.toMatchObject({ code: 'EIO' });
+        expect(Date.now() - started).toBeLessThan(10_000);
+        // The kernel may have the first read cached; drop that question by reading through a fresh open.
+        expect((await readFile(cached)).toString()).toBe('esgz\n');
+      },
+      { deadlineMs: 1500 },
+    );
   });
 
   it('fetches each member once for concurrent readers', async () => {
@@ -208,7 +247,9 @@ describe('FUSE layer filesystem', () => {
       // Readers are other processes, as in a container: reads from this process would park libuv's
       // small thread pool in the kernel while the FUSE server needs it to decompress and cache.
       const results = await Promise.all([1, 2, 3, 4].map(() => execa('sha256sum', [path])));
-      const want = createHash('sha256').update(entries.find((e) => e.name === 'bin/exact')!.content as Buffer).digest('hex');
+      const want = createHash('sha256')
+        .update(entries.find((e) => e.name === 'bin/exact')!.content as Buffer)
+        .digest('hex');
       for (const r of results) expect(r.stdout.split(' ')[0]).toBe(want);
       expect(lazy.stats.chunksFetched).toBe(2);
       expect(requests).toBeLessThanOrEqual(2);
@@ -216,15 +257,28 @@ describe('FUSE layer filesystem', () => {
   });
 
   it('prefetches the prioritized range in one request (a few past the size limit) and serves it without more', async () => {
-    const prioritized = await toEstargz(tar, { chunkSize: CHUNK, prioritizedFiles: ['bin/tool', 'bin/exact', 'etc/hostname'] });
-    const prioritizedReader = await EstargzReader.open(bufferBlobReader(prioritized.blob), { where: 'prioritized layer' });
+    const prioritized = await toEstargz(tar, {
+      chunkSize: CHUNK,
+      prioritizedFiles: ['bin/tool', 'bin/exact', 'etc/hostname'],
+    });
+    const prioritizedReader = await EstargzReader.open(bufferBlobReader(prioritized.blob), {
+      where: 'prioritized layer',
+    });
     const landmark = prioritizedReader.landmark();
     expect(landmark.kind).toBe('prefetch');
-    for (const [limit, expectedRequests] of [[undefined, 1], [2 * CHUNK, 3]] as const) {
+    for (const [limit, expectedRequests] of [
+      [undefined, 1],
+      [2 * CHUNK, 3],
+    ] as const) {
       const requests: Array<[number, number]> = [];
       const honest = bufferBlobReader(prioritized.blob);
-      const counting: BlobReader = { size: prioritized.blob.length, read: (o, l) => (requests.push([o, l]), honest.read(o, l)) };
-      const lazy = new LazyLayer(prioritizedReader, counting, new ChunkCache(join(work, `prefetch-${limit}`)), { maxPrefetchBytes: limit });
+      const counting: BlobReader = {
+        size: prioritized.blob.length,
+        read: (o, l) => (requests.push([o, l]), honest.read(o, l)),
+      };
+      const lazy = new LazyLayer(prioritizedReader, counting, new ChunkCache(join(work, `prefetch-${limit}`)), {
+        maxPrefetchBytes: limit,
+      });
       const got = await lazy.prefetch(landmark.offset!);
       expect(requests.length, JSON.stringify(requests)).toBeGreaterThanOrEqual(expectedRequests);
       if (limit === undefined) expect(requests).toEqual([[requests[0]![0], landmark.offset! - requests[0]![0]]]);
@@ -232,7 +286,7 @@ describe('FUSE layer filesystem', () => {
       expect(got.chunks).toBe(7);
       const before = requests.length;
       for (const name of ['bin/tool', 'bin/exact', 'etc/hostname']) {
-        const want = (entries.find((e) => e.name === name)!.content as Buffer | string);
+        const want = entries.find((e) => e.name === name)!.content as Buffer | string;
         const data = await lazy.readRange(name, prioritizedReader.lookup(name)!, 0, Buffer.byteLength(want));
         expect(data.equals(Buffer.from(want))).toBe(true);
       }

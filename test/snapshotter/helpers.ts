@@ -16,7 +16,10 @@ import { pushOciImage } from '../fixtures/oci-push.js';
 import { sha256Digest } from '../fixtures/tar.js';
 
 /** Converts an uncompressed tar into an eStargz blob (gzip) in memory. */
-export async function toEstargz(tar: Buffer, options: { chunkSize?: number; prioritizedFiles?: string[]; codec?: 'gzip' | 'zstd'; externalTOC?: boolean } = {}): Promise<{ blob: Buffer; result: EstargzWriteResult }> {
+export async function toEstargz(
+  tar: Buffer,
+  options: { chunkSize?: number; prioritizedFiles?: string[]; codec?: 'gzip' | 'zstd'; externalTOC?: boolean } = {},
+): Promise<{ blob: Buffer; result: EstargzWriteResult }> {
   // ctr-remote --estargz-external-toc: the blob ends in an external-TOC footer, the TOC member comes back in the result.
   const codec = createCodec(options.codec ?? 'gzip', { externalTOC: options.externalTOC });
   const compressor = createMemberPool(codec.name, { workers: 1 });
@@ -28,12 +31,18 @@ export async function toEstargz(tar: Buffer, options: { chunkSize?: number; prio
     },
   });
   try {
-    const result = await writeEstargz((async function* () { yield tar; })(), out, {
-      codec,
-      compressor,
-      chunkSize: options.chunkSize,
-      prioritizedFiles: options.prioritizedFiles,
-    });
+    const result = await writeEstargz(
+      (async function* () {
+        yield tar;
+      })(),
+      out,
+      {
+        codec,
+        compressor,
+        chunkSize: options.chunkSize,
+        prioritizedFiles: options.prioritizedFiles,
+      },
+    );
     return { blob: Buffer.concat(parts), result };
   } finally {
     await compressor.close();
@@ -68,7 +77,9 @@ function typeOf(st: import('node:fs').Stats): string {
 
 /** Every xattr of `path` (not following symlinks) as name → base64, read by getfattr (an independent tool). */
 export async function xattrsOf(path: string): Promise<Record<string, string>> {
-  const r = await execa('getfattr', ['--absolute-names', '-h', '-d', '-m', '-', '-e', 'base64', path], { reject: false });
+  const r = await execa('getfattr', ['--absolute-names', '-h', '-d', '-m', '-', '-e', 'base64', path], {
+    reject: false,
+  });
   const out: Record<string, string> = {};
   for (const line of String(r.stdout).split('\n')) {
     const m = /^([^#=][^=]*)=0s(.*)$/.exec(line.trim());
@@ -84,17 +95,28 @@ export async function walkTree(root: string): Promise<Map<string, WalkedEntry>> 
     const full = rel === '' ? root : join(root, rel);
     const st = await lstat(full);
     const type = typeOf(st);
-    const entry: WalkedEntry = { path: rel, type, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, ino: st.ino, xattrs: await xattrsOf(full) };
+    const entry: WalkedEntry = {
+      path: rel,
+      type,
+      mode: st.mode & 0o7777,
+      uid: st.uid,
+      gid: st.gid,
+      ino: st.ino,
+      xattrs: await xattrsOf(full),
+    };
     entry.mtime = Math.floor(st.mtimeMs / 1000);
     if (type === 'reg') {
       entry.size = st.size;
       entry.nlink = st.nlink;
-      entry.sha256 = createHash('sha256').update(await readFile(full)).digest('hex');
+      entry.sha256 = createHash('sha256')
+        .update(await readFile(full))
+        .digest('hex');
     }
     if (type === 'symlink') entry.target = await readlink(full);
     if (type === 'char' || type === 'block') entry.rdev = st.rdev;
     out.set(rel, entry);
-    if (type === 'dir') for (const name of (await readdir(full)).sort()) await visit(rel === '' ? name : `${rel}/${name}`);
+    if (type === 'dir')
+      for (const name of (await readdir(full)).sort()) await visit(rel === '' ? name : `${rel}/${name}`);
   };
   await visit('');
   return out;
@@ -111,12 +133,21 @@ export interface EstargzPushOptions {
 }
 
 /** Converts layer `i` of an image for pushOciImage; also returns the external TOC blob when there is one. */
-export async function estargzLayer(tar: Buffer, i: number, options: EstargzPushOptions): Promise<{ layer: PreparedLayer; externalTOC?: Buffer }> {
+export async function estargzLayer(
+  tar: Buffer,
+  i: number,
+  options: EstargzPushOptions,
+): Promise<{ layer: PreparedLayer; externalTOC?: Buffer }> {
   if (options.plainGzipLayers?.includes(i)) {
     return { layer: { blob: gzipSync(tar), mediaType: MediaType.ociLayerGzip, diffID: sha256Digest(tar) } };
   }
   const { chunkSize, codec, externalTOC } = options;
-  const { blob, result } = await toEstargz(tar, { prioritizedFiles: options.prioritizedFiles?.[i], chunkSize, codec, externalTOC });
+  const { blob, result } = await toEstargz(tar, {
+    prioritizedFiles: options.prioritizedFiles?.[i],
+    chunkSize,
+    codec,
+    externalTOC,
+  });
   const toc = options.tocAnnotation ? options.tocAnnotation(result.tocDigest) : result.tocDigest;
   const mediaType = codec === 'zstd' ? MediaType.ociLayerZstd : MediaType.ociLayerGzip;
   const annotations = { ...result.codecAnnotations, [TOC_DIGEST_ANNOTATION]: toc };
@@ -135,7 +166,11 @@ export async function pushEstargzImage(
 ): Promise<{ manifestDigest: string; manifestSize: number; layerDigests: string[] }> {
   const converted = await Promise.all(layerTars.map((tar, i) => estargzLayer(tar, i, options)));
   const platform = { os: 'linux', architecture: image.architecture ?? 'amd64' };
-  const pushed = await pushOciImage(reference, { platform, config: image.config, layers: converted.map((c) => c.layer) });
+  const pushed = await pushOciImage(reference, {
+    platform,
+    config: image.config,
+    layers: converted.map((c) => c.layer),
+  });
   const [manifest] = pushed.manifests;
   if (options.externalTOC) {
     // The TOC image, as ctr-remote lays it out: same repository, tag + "-esgztoc", one layer per
@@ -143,5 +178,9 @@ export async function pushEstargzImage(
     const tocs = new Map(converted.map(({ externalTOC }, i) => [manifest!.layers[i]!.digest, externalTOC!]));
     await writeExternalTOCImage(await openSink(tocImageReference(reference), { plainHttp: true }), tocs);
   }
-  return { manifestDigest: manifest!.digest, manifestSize: manifest!.size, layerDigests: manifest!.layers.map((l) => l.digest) };
+  return {
+    manifestDigest: manifest!.digest,
+    manifestSize: manifest!.size,
+    layerDigests: manifest!.layers.map((l) => l.digest),
+  };
 }

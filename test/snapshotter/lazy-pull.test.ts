@@ -37,12 +37,20 @@ function capture(): { stream: PassThrough; text: () => string } {
 function blobRequests(proxy: FaultProxy) {
   return proxy.log
     .filter((e) => e.path.includes('/blobs/'))
-    .map((e) => ({ digest: /\/blobs\/(sha256:[0-9a-f]{64})/.exec(e.path)?.[1] ?? '', range: e.headers.range as string | undefined, bytes: e.bytes, method: e.method }));
+    .map((e) => ({
+      digest: /\/blobs\/(sha256:[0-9a-f]{64})/.exec(e.path)?.[1] ?? '',
+      range: e.headers.range as string | undefined,
+      bytes: e.bytes,
+      method: e.method,
+    }));
 }
 
 /** A one-layer eStargz image with a chosen toc.digest annotation. */
 async function pushHandmadeImage(reference: string, tocAnnotation: (real: string) => string): Promise<void> {
-  const tar = await buildTar([{ name: 'bin/', type: 'directory' }, { name: 'bin/hello', content: 'hi\n' }]);
+  const tar = await buildTar([
+    { name: 'bin/', type: 'directory' },
+    { name: 'bin/hello', content: 'hi\n' },
+  ]);
   await pushEstargzImage(reference, [tar], { config: { Cmd: ['/bin/hello'] } }, { tocAnnotation });
 }
 
@@ -133,7 +141,15 @@ describe('lazy pull and run', () => {
     await rpull({ reference: busyboxRef, stateRoot: cold, plainHttp: true, noPrefetch: true });
     proxy.clearLog();
     const out2 = capture();
-    const r2 = await runContainer({ reference: busyboxRef, stateRoot: cold, rm: true, run: {}, command: ['/bin/sh', '-c', 'cat /etc/hello'], stdout: out2.stream, stderr: out2.stream });
+    const r2 = await runContainer({
+      reference: busyboxRef,
+      stateRoot: cold,
+      rm: true,
+      run: {},
+      command: ['/bin/sh', '-c', 'cat /etc/hello'],
+      stdout: out2.stream,
+      stderr: out2.stream,
+    });
     expect(r2.exitCode).toBe(0);
     expect(out2.text()).toContain('hello from the esgz busybox fixture');
     expect(r2.fetches[0]!.requests).toBeGreaterThan(0);
@@ -162,11 +178,15 @@ describe('lazy pull and run', () => {
     const bad = `${registryAddress()}/h6/badtoc:1`;
     await pushHandmadeImage(bad, () => `sha256:${'0'.repeat(64)}`);
     const root = join(work, 'state-badtoc');
-    await expect(rpull({ reference: bad, stateRoot: root, plainHttp: true })).rejects.toMatchObject({ code: 'DIGEST_MISMATCH' });
+    await expect(rpull({ reference: bad, stateRoot: root, plainHttp: true })).rejects.toMatchObject({
+      code: 'DIGEST_MISMATCH',
+    });
     expect(await listImages(root)).toEqual([]);
     expect(await readdir(join(root, 'blobs', 'sha256'))).toEqual([]);
     expect(await readdir(join(root, 'layers', 'sha256'))).toEqual([]);
-    await expect(mountImage({ reference: bad, stateRoot: root, workDir: join(work, 'never') })).rejects.toMatchObject({ code: 'NOT_FOUND' });
+    await expect(mountImage({ reference: bad, stateRoot: root, workDir: join(work, 'never') })).rejects.toMatchObject({
+      code: 'NOT_FOUND',
+    });
 
     // The same image with the right annotation pulls and runs.
     const good = `${registryAddress()}/h6/goodtoc:1`;
@@ -180,8 +200,17 @@ describe('lazy pull and run', () => {
     await rpull({ reference: busyboxRef, stateRoot: root, plainHttp: true, noPrefetch: true });
     const fixture = await busyboxImage();
     const { createReadStream } = await import('node:fs');
-    const unpacked = await prepareRootfs({ workDir: join(work, 'tree-unpacked'), layers: fixture.layers.map((l) => ({ open: async () => createReadStream(l.tarPath) })), mode: 'overlay' });
-    const image = await mountImage({ reference: busyboxRef, stateRoot: root, workDir: join(work, 'tree-lazy'), plainHttp: true });
+    const unpacked = await prepareRootfs({
+      workDir: join(work, 'tree-unpacked'),
+      layers: fixture.layers.map((l) => ({ open: async () => createReadStream(l.tarPath) })),
+      mode: 'overlay',
+    });
+    const image = await mountImage({
+      reference: busyboxRef,
+      stateRoot: root,
+      workDir: join(work, 'tree-lazy'),
+      plainHttp: true,
+    });
     try {
       const expected = await walkTree(unpacked.rootfs);
       const actual = await walkTree(image.rootfs);
@@ -205,7 +234,12 @@ describe('lazy pull and run', () => {
   it('fails reads of corrupt chunks with EIO without caching them, then serves them once the registry is healthy', async () => {
     const root = join(work, 'state-corrupt');
     const report = await rpull({ reference: busyboxRef, stateRoot: root, plainHttp: true, noPrefetch: true });
-    const image = await mountImage({ reference: busyboxRef, stateRoot: root, workDir: join(work, 'corrupt-run'), plainHttp: true });
+    const image = await mountImage({
+      reference: busyboxRef,
+      stateRoot: root,
+      workDir: join(work, 'corrupt-run'),
+      plainHttp: true,
+    });
     try {
       proxy.corrupt({ path: report.layers[0]!.digest, times: 20 });
       const hello = join(image.rootfs, 'etc/hello');
@@ -225,7 +259,12 @@ describe('lazy pull and run', () => {
   it('retries transient registry faults (5xx, dropped connections) and serves the data', async () => {
     const root = join(work, 'state-transient');
     const report = await rpull({ reference: busyboxRef, stateRoot: root, plainHttp: true, noPrefetch: true });
-    const image = await mountImage({ reference: busyboxRef, stateRoot: root, workDir: join(work, 'transient-run'), plainHttp: true });
+    const image = await mountImage({
+      reference: busyboxRef,
+      stateRoot: root,
+      workDir: join(work, 'transient-run'),
+      plainHttp: true,
+    });
     try {
       proxy.clearLog();
       proxy.fail(503, { path: report.layers[0]!.digest, times: 1 });
@@ -245,7 +284,13 @@ describe('lazy pull and run', () => {
     const ref = `${lonely.address}/h6/busybox:esgz`;
     const root = join(work, 'state-gone');
     await rpull({ reference: ref, stateRoot: root, plainHttp: true, noPrefetch: true });
-    const image = await mountImage({ reference: ref, stateRoot: root, workDir: join(work, 'gone-run'), plainHttp: true, fetchPolicy: { deadlineMs: 3000, attempts: 2 } });
+    const image = await mountImage({
+      reference: ref,
+      stateRoot: root,
+      workDir: join(work, 'gone-run'),
+      plainHttp: true,
+      fetchPolicy: { deadlineMs: 3000, attempts: 2 },
+    });
     try {
       const hello = join(image.rootfs, 'etc/hello');
       expect((await execa('cat', [hello])).stdout).toBe('hello from the esgz busybox fixture');
@@ -276,7 +321,16 @@ describe('lazy pull and run', () => {
     expect(report.layers[0]!.fetchedBytes).toBeLessThanOrEqual(report.layers[0]!.size);
     expect(report.layers[0]!.fetchedBytes).toBeGreaterThan(report.layers[0]!.size * 0.9);
     const out = capture();
-    const result = await runContainer({ reference: ref, stateRoot: root, rm: true, run: {}, command: ['md5sum', '/bin/busybox'], stdout: out.stream, stderr: out.stream, fetchPolicy: { deadlineMs: 2000, attempts: 1 } });
+    const result = await runContainer({
+      reference: ref,
+      stateRoot: root,
+      rm: true,
+      run: {},
+      command: ['md5sum', '/bin/busybox'],
+      stdout: out.stream,
+      stderr: out.stream,
+      fetchPolicy: { deadlineMs: 2000, attempts: 1 },
+    });
     const hostSum = (await execa('md5sum', ['/bin/busybox'])).stdout.split(' ')[0];
     expect(out.text().split(' ')[0]).toBe(hostSum);
     expect(result.exitCode).toBe(0);
@@ -286,8 +340,16 @@ describe('lazy pull and run', () => {
   it('downloads and unpacks layers that are not lazily pullable, and runs on them with the lazy ones', async () => {
     const fixture = await busyboxImage();
     const { readFile } = await import('node:fs/promises');
-    const top = await buildTar([{ name: 'srv/', type: 'directory' }, { name: 'srv/lazy.txt', content: 'from the lazy layer\n' }]);
-    const pushed = await pushEstargzImage(`${registryAddress()}/h6/mixed:1`, [await readFile(fixture.layers[0]!.tarPath), top], { config: { Env: ['PATH=/bin'], Cmd: ['/bin/sh'] } }, { plainGzipLayers: [0] });
+    const top = await buildTar([
+      { name: 'srv/', type: 'directory' },
+      { name: 'srv/lazy.txt', content: 'from the lazy layer\n' },
+    ]);
+    const pushed = await pushEstargzImage(
+      `${registryAddress()}/h6/mixed:1`,
+      [await readFile(fixture.layers[0]!.tarPath), top],
+      { config: { Env: ['PATH=/bin'], Cmd: ['/bin/sh'] } },
+      { plainGzipLayers: [0] },
+    );
     const ref = `${proxy.address}/h6/mixed:1`;
     const root = join(work, 'state-mixed');
     proxy.clearLog();
@@ -298,29 +360,51 @@ describe('lazy pull and run', () => {
     expect(reqs.filter((r) => r.digest === pushed.layerDigests[0]).map((r) => r.range)).toEqual([undefined]);
     for (const r of reqs.filter((b) => b.digest === pushed.layerDigests[1])) expect(r.range).toMatch(/^bytes=/);
     const out = capture();
-    const result = await runContainer({ reference: ref, stateRoot: root, rm: true, run: {}, command: ['/bin/sh', '-c', 'cat /srv/lazy.txt /etc/hello'], stdout: out.stream, stderr: out.stream });
+    const result = await runContainer({
+      reference: ref,
+      stateRoot: root,
+      rm: true,
+      run: {},
+      command: ['/bin/sh', '-c', 'cat /srv/lazy.txt /etc/hello'],
+      stdout: out.stream,
+      stderr: out.stream,
+    });
     expect(out.text()).toBe('from the lazy layer\nhello from the esgz busybox fixture\n');
     expect(result.exitCode).toBe(0);
     expect(result.fetches[0]).toBeUndefined();
   });
 
-  it('picks this machine\'s manifest from an index (or the --platform one)', async () => {
+  it("picks this machine's manifest from an index (or the --platform one)", async () => {
     const mk = (text: string) => buildTar([{ name: 'which', content: text }]);
     const image = async (architecture: string) => ({
       layers: [(await estargzLayer(await mk(`${architecture}\n`), 0, {})).layer],
       platform: { os: 'linux', architecture },
       config: { Cmd: ['/x'] },
     });
-    const pushed = await pushOciImage(`${registryAddress()}/h6/multi:both`, { platforms: [await image('arm64'), await image('amd64')] });
+    const pushed = await pushOciImage(`${registryAddress()}/h6/multi:both`, {
+      platforms: [await image('arm64'), await image('amd64')],
+    });
     const [arm, amd] = pushed.manifests.map((m) => ({ manifestDigest: m.digest }));
     const ref = `${registryAddress()}/h6/multi:both`;
     const root = join(work, 'state-multi');
     const host = await rpull({ reference: ref, stateRoot: root, plainHttp: true });
     expect(host.manifestDigest).toBe(process.arch === 'arm64' ? arm.manifestDigest : amd.manifestDigest);
-    const other = await rpull({ reference: ref, stateRoot: join(work, 'state-multi-arm'), plainHttp: true, platform: { os: 'linux', architecture: 'arm64' } });
+    const other = await rpull({
+      reference: ref,
+      stateRoot: join(work, 'state-multi-arm'),
+      plainHttp: true,
+      platform: { os: 'linux', architecture: 'arm64' },
+    });
     expect(other.manifestDigest).toBe(arm.manifestDigest);
     expect(other.platform).toBe('linux/arm64');
-    await expect(rpull({ reference: ref, stateRoot: join(work, 'state-multi-s390x'), plainHttp: true, platform: { os: 'linux', architecture: 's390x' } })).rejects.toMatchObject({ code: 'NOT_FOUND' });
+    await expect(
+      rpull({
+        reference: ref,
+        stateRoot: join(work, 'state-multi-s390x'),
+        plainHttp: true,
+        platform: { os: 'linux', architecture: 's390x' },
+      }),
+    ).rejects.toMatchObject({ code: 'NOT_FOUND' });
   });
 
   for (const variant of [
@@ -330,11 +414,20 @@ describe('lazy pull and run', () => {
     it(`pulls ${variant.name} layers lazily and runs from them`, async () => {
       const fixture = await busyboxImage();
       const { readFile } = await import('node:fs/promises');
-      const extra = await buildTar([{ name: 'srv/', type: 'directory' }, { name: 'srv/data.txt', content: 'layer two\n' }, { name: 'etc/.wh.hello' }]);
-      const pushed = await pushEstargzImage(`${registryAddress()}/${variant.repo}`, [await readFile(fixture.layers[0]!.tarPath), extra], { config: { Env: ['PATH=/bin'], Cmd: ['/bin/sh'] } }, {
-        prioritizedFiles: [['bin/busybox', 'etc/passwd', 'etc/group'], []],
-        ...variant.options,
-      });
+      const extra = await buildTar([
+        { name: 'srv/', type: 'directory' },
+        { name: 'srv/data.txt', content: 'layer two\n' },
+        { name: 'etc/.wh.hello' },
+      ]);
+      const pushed = await pushEstargzImage(
+        `${registryAddress()}/${variant.repo}`,
+        [await readFile(fixture.layers[0]!.tarPath), extra],
+        { config: { Env: ['PATH=/bin'], Cmd: ['/bin/sh'] } },
+        {
+          prioritizedFiles: [['bin/busybox', 'etc/passwd', 'etc/group'], []],
+          ...variant.options,
+        },
+      );
       const ref = `${proxy.address}/${variant.repo}`;
       const root = join(work, `state-${variant.repo.replace(/\W/g, '-')}`);
       proxy.clearLog();
@@ -342,7 +435,8 @@ describe('lazy pull and run', () => {
       expect(report.layers.map((l) => l.kind)).toEqual(['lazy', 'lazy']);
       if (variant.options.externalTOC) expect(report.layers.every((l) => (l.externalTOCBytes ?? 0) > 0)).toBe(true);
       // Layer blobs were only ever read by Range.
-      for (const r of blobRequests(proxy).filter((b) => pushed.layerDigests.includes(b.digest))) expect(r.range).toMatch(/^bytes=/);
+      for (const r of blobRequests(proxy).filter((b) => pushed.layerDigests.includes(b.digest)))
+        expect(r.range).toMatch(/^bytes=/);
 
       proxy.clearLog();
       const out = capture();
@@ -365,47 +459,59 @@ describe('lazy pull and run', () => {
     });
   }
 
-  it.skipIf(!debianImageCached())('rpulls an optimized Debian+python3 image and runs python3 without fetching more', async () => {
-    const debian = await debianImage();
-    const source = await openSource(debian.python.ref);
-    const sink = await openSink(`${registryAddress()}/h6/python:esgz`, { plainHttp: true });
-    const command = ['python3', '-c', "print('hi')"];
-    try {
-      await optimizeImage({
-        source,
-        sink,
-        format: 'estargz',
-        convert: {},
-        oci: true,
-        run: { entrypoint: command },
-        periodSeconds: 20,
-        workloadStdout: new PassThrough().resume(),
-        workloadStderr: new PassThrough().resume(),
-      });
-    } finally {
-      await source.close();
-    }
-    const ref = `${proxy.address}/h6/python:esgz`;
-    const root = join(work, 'state-python');
-    proxy.clearLog();
-    const report = await rpull({ reference: ref, stateRoot: root, plainHttp: true });
-    expect(report.layers.every((l) => l.kind === 'lazy')).toBe(true);
-    const blobs = blobRequests(proxy);
-    for (const l of report.layers) {
-      const reqs = blobs.filter((b) => b.digest === l.digest);
-      for (const r of reqs) expect(r.range).toMatch(/^bytes=/);
-      expect(reqs.length).toBeLessThanOrEqual(3);
-      expect(reqs.reduce((n, r) => n + r.bytes, 0)).toBe(l.fetchedBytes);
-    }
-    const total = report.layers.reduce((n, l) => n + l.size, 0);
-    const fetched = report.layers.reduce((n, l) => n + l.fetchedBytes, 0);
-    expect(fetched).toBeLessThan(total / 2);
+  it.skipIf(!debianImageCached())(
+    'rpulls an optimized Debian+python3 image and runs python3 without fetching more',
+    async () => {
+      const debian = await debianImage();
+      const source = await openSource(debian.python.ref);
+      const sink = await openSink(`${registryAddress()}/h6/python:esgz`, { plainHttp: true });
+      const command = ['python3', '-c', "print('hi')"];
+      try {
+        await optimizeImage({
+          source,
+          sink,
+          format: 'estargz',
+          convert: {},
+          oci: true,
+          run: { entrypoint: command },
+          periodSeconds: 20,
+          workloadStdout: new PassThrough().resume(),
+          workloadStderr: new PassThrough().resume(),
+        });
+      } finally {
+        await source.close();
+      }
+      const ref = `${proxy.address}/h6/python:esgz`;
+      const root = join(work, 'state-python');
+      proxy.clearLog();
+      const report = await rpull({ reference: ref, stateRoot: root, plainHttp: true });
+      expect(report.layers.every((l) => l.kind === 'lazy')).toBe(true);
+      const blobs = blobRequests(proxy);
+      for (const l of report.layers) {
+        const reqs = blobs.filter((b) => b.digest === l.digest);
+        for (const r of reqs) expect(r.range).toMatch(/^bytes=/);
+        expect(reqs.length).toBeLessThanOrEqual(3);
+        expect(reqs.reduce((n, r) => n + r.bytes, 0)).toBe(l.fetchedBytes);
+      }
+      const total = report.layers.reduce((n, l) => n + l.size, 0);
+      const fetched = report.layers.reduce((n, l) => n + l.fetchedBytes, 0);
+      expect(fetched).toBeLessThan(total / 2);
 
-    proxy.clearLog();
-    const out = capture();
-    const result = await runContainer({ reference: ref, stateRoot: root, rm: true, run: {}, command, stdout: out.stream, stderr: out.stream });
-    expect(out.text().trim()).toBe('hi');
-    expect(result.exitCode).toBe(0);
-    expect(blobRequests(proxy)).toEqual([]);
-  }, 600_000);
+      proxy.clearLog();
+      const out = capture();
+      const result = await runContainer({
+        reference: ref,
+        stateRoot: root,
+        rm: true,
+        run: {},
+        command,
+        stdout: out.stream,
+        stderr: out.stream,
+      });
+      expect(out.text().trim()).toBe('hi');
+      expect(result.exitCode).toBe(0);
+      expect(blobRequests(proxy)).toEqual([]);
+    },
+    600_000,
+  );
 });

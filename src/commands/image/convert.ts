@@ -1,7 +1,16 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../../cli/base.js';
 import { conversionJson, transferText, writeJson } from '../../cli/output.js';
-import { chooseFormat, conversionFlags, conversionOptionsFromFlags, platformsFlags, prioritizedFromFlags, platformsFromFlags, registryFlags, transportOptions } from '../../cli/flags.js';
+import {
+  chooseFormat,
+  conversionFlags,
+  conversionOptionsFromFlags,
+  platformsFlags,
+  prioritizedFromFlags,
+  platformsFromFlags,
+  registryFlags,
+  transportOptions,
+} from '../../cli/flags.js';
 import { createLayerTransform } from '../../convert/transform.js';
 import { tocImageReference, writeExternalTOCImage } from '../../convert/external-toc.js';
 import { transferImage } from '../../image/pipeline.js';
@@ -11,34 +20,40 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
   static override summary = 'Convert an image to eStargz, zstd:chunked or uncompressed layers';
   static override description = [
     'Reads SOURCE, rewrites every layer (eStargz: one gzip member per file chunk with a TOC and footer, as stargz-snapshotter reads them; zstd:chunked: the same with zstd frames; --uncompress: plain tar), recomputes the config diff_ids, adds the toc.digest and uncompressed-size annotations and writes DESTINATION, manifest last. Flag names follow ctr-remote image convert.',
-    'gzip compression runs on every core with libdeflate (native addon, built at install) and falls back to Node\'s zlib when the addon is missing (ESGZ_GZIP_BACKEND=zlib forces it; `esgz version --json` says which one is used). Output is byte-reproducible for a given backend, whatever the core count.',
+    "gzip compression runs on every core with libdeflate (native addon, built at install) and falls back to Node's zlib when the addon is missing (ESGZ_GZIP_BACKEND=zlib forces it; `esgz version --json` says which one is used). Output is byte-reproducible for a given backend, whatever the core count.",
     'Prioritized files (--estargz-record-in from `image optimize`, or --prefetch-list with paths and globs) are placed first in each layer that has them, followed by .prefetch.landmark.',
   ].join('\n\n');
 
   static override examples = [
     {
       description: 'Convert an image in a registry to eStargz with OCI media types',
-      command: '<%= config.bin %> image convert --estargz --oci registry.example.com/app:1.0 registry.example.com/app:1.0-esgz',
+      command:
+        '<%= config.bin %> image convert --estargz --oci registry.example.com/app:1.0 registry.example.com/app:1.0-esgz',
     },
     {
       description: 'Convert an OCI layout, putting the files a workload reads first',
-      command: '<%= config.bin %> image convert --estargz --oci --estargz-record-in record.json oci:./app:1.0 oci:./app:esgz',
+      command:
+        '<%= config.bin %> image convert --estargz --oci --estargz-record-in record.json oci:./app:1.0 oci:./app:esgz',
     },
     {
       description: 'Use a prefetch list with globs and smaller chunks, print a JSON report',
-      command: '<%= config.bin %> image convert --estargz --oci --prefetch-list prefetch.txt --estargz-chunk-size 1048576 --json oci:./app:1.0 oci:./app:esgz',
+      command:
+        '<%= config.bin %> image convert --estargz --oci --prefetch-list prefetch.txt --estargz-chunk-size 1048576 --json oci:./app:1.0 oci:./app:esgz',
     },
     {
       description: 'Convert two platforms of a multi-arch image (the result is an index of those two)',
-      command: '<%= config.bin %> image convert --estargz --oci --platform linux/amd64,linux/arm64 registry.example.com/app:1.0 registry.example.com/app:1.0-esgz',
+      command:
+        '<%= config.bin %> image convert --estargz --oci --platform linux/amd64,linux/arm64 registry.example.com/app:1.0 registry.example.com/app:1.0-esgz',
     },
     {
       description: 'zstd:chunked for podman/CRI-O partial pulls',
-      command: '<%= config.bin %> image convert --zstdchunked --oci 127.0.0.1:5000/app:1.0 127.0.0.1:5000/app:zstdchunked --plain-http',
+      command:
+        '<%= config.bin %> image convert --zstdchunked --oci 127.0.0.1:5000/app:1.0 127.0.0.1:5000/app:zstdchunked --plain-http',
     },
     {
       description: 'Decompress the source layers with pigz (apt-get install pigz; igzip comes with isal)',
-      command: '<%= config.bin %> image convert --estargz --oci --estargz-gzip-helper pigz registry.example.com/app:1.0 registry.example.com/app:1.0-esgz',
+      command:
+        '<%= config.bin %> image convert --estargz --oci --estargz-gzip-helper pigz registry.example.com/app:1.0 registry.example.com/app:1.0-esgz',
     },
     {
       description: 'Back to plain tar layers',
@@ -47,7 +62,10 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
   ];
 
   static override args = {
-    source: Args.string({ description: 'image to convert (REGISTRY/REPO[:TAG|@DIGEST], oci:DIR[:TAG], docker-archive:FILE[:TAG])', required: true }),
+    source: Args.string({
+      description: 'image to convert (REGISTRY/REPO[:TAG|@DIGEST], oci:DIR[:TAG], docker-archive:FILE[:TAG])',
+      required: true,
+    }),
     destination: Args.string({ description: 'where to write the result (same syntax)', required: true }),
   };
 
@@ -55,9 +73,17 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
     ...registryFlags,
     ...platformsFlags,
     ...conversionFlags,
-    estargz: Flags.boolean({ description: 'Convert layers to eStargz for lazy pulling (use with --oci)', default: false }),
-    'estargz-record-in': Flags.string({ description: "Prioritized files from a record file ('image optimize --record-out' / ctr-remote format)" }),
-    'estargz-keep-diff-id': Flags.boolean({ description: "Keep the layers' uncompressed tar (and diffIDs) byte for byte; needs --estargz-external-toc", default: false }),
+    estargz: Flags.boolean({
+      description: 'Convert layers to eStargz for lazy pulling (use with --oci)',
+      default: false,
+    }),
+    'estargz-record-in': Flags.string({
+      description: "Prioritized files from a record file ('image optimize --record-out' / ctr-remote format)",
+    }),
+    'estargz-keep-diff-id': Flags.boolean({
+      description: "Keep the layers' uncompressed tar (and diffIDs) byte for byte; needs --estargz-external-toc",
+      default: false,
+    }),
     'zstdchunked-record-in': Flags.string({ description: 'Prioritized files from a record file, for --zstdchunked' }),
     uncompress: Flags.boolean({ description: 'Convert layers to uncompressed tar', default: false }),
   };
@@ -82,7 +108,17 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
     try {
       await this.interruptible(async (signal) => {
         const sink = await openSink(args.destination, transport);
-        const report = await transferImage({ source, sink, transform, ...platformChoice, oci: flags.oci, concurrency: flags.concurrency, signal, progress: this.progress, onWarning: warn });
+        const report = await transferImage({
+          source,
+          sink,
+          transform,
+          ...platformChoice,
+          oci: flags.oci,
+          concurrency: flags.concurrency,
+          signal,
+          progress: this.progress,
+          onWarning: warn,
+        });
         this.progress.stop();
         let tocImage: { reference: string; digest: string } | undefined;
         if (transformOptions.externalTOC) {
@@ -92,7 +128,14 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
           if (!flags.json) process.stderr.write(`extra image: ${reference} (${root.digest})\n`);
         }
         const backend = transform.backend;
-        if (flags.json) writeJson(conversionJson(report, 'image convert', { format, ...(tocImage ? { tocImage } : {}), ...(backend !== undefined ? { backend } : {}) }));
+        if (flags.json)
+          writeJson(
+            conversionJson(report, 'image convert', {
+              format,
+              ...(tocImage ? { tocImage } : {}),
+              ...(backend !== undefined ? { backend } : {}),
+            }),
+          );
         else process.stdout.write(transferText(report, 'converted'));
       }, 'interrupted; nothing was committed at the destination');
     } finally {

@@ -9,10 +9,10 @@ import { openSink, openSource, parseTransportReference } from '../../image/trans
 export default class ImageCopy extends BaseCommand<typeof ImageCopy> {
   static override summary = 'Copy an image between registries, OCI layouts and docker archives';
   static override description = [
-  'Streams every blob from SOURCE to DESTINATION without a daemon and writes the manifest (or index) last, so a failed copy never leaves a tag behind. Digests are kept byte for byte.',
-  'References: REGISTRY/REPO[:TAG|@DIGEST] (docker.io shorthands work: "alpine" is docker.io/library/alpine:latest), oci:DIR[:TAG] (an OCI image layout, created if missing), docker-archive:FILE[:TAG] (a "docker save" tar).',
-  "From a multi-platform index only this machine's platform is copied, unless --platform (one or several platforms) or --all-platforms says otherwise.",
-].join('\n\n');
+    'Streams every blob from SOURCE to DESTINATION without a daemon and writes the manifest (or index) last, so a failed copy never leaves a tag behind. Digests are kept byte for byte.',
+    'References: REGISTRY/REPO[:TAG|@DIGEST] (docker.io shorthands work: "alpine" is docker.io/library/alpine:latest), oci:DIR[:TAG] (an OCI image layout, created if missing), docker-archive:FILE[:TAG] (a "docker save" tar).',
+    "From a multi-platform index only this machine's platform is copied, unless --platform (one or several platforms) or --all-platforms says otherwise.",
+  ].join('\n\n');
 
   static override examples = [
     {
@@ -42,8 +42,14 @@ export default class ImageCopy extends BaseCommand<typeof ImageCopy> {
   ];
 
   static override args = {
-    source: Args.string({ description: 'image to read (REGISTRY/REPO[:TAG|@DIGEST], oci:DIR[:TAG], docker-archive:FILE[:TAG])', required: true }),
-    destination: Args.string({ description: 'where to write it (same syntax; a registry destination takes a tag)', required: true }),
+    source: Args.string({
+      description: 'image to read (REGISTRY/REPO[:TAG|@DIGEST], oci:DIR[:TAG], docker-archive:FILE[:TAG])',
+      required: true,
+    }),
+    destination: Args.string({
+      description: 'where to write it (same syntax; a registry destination takes a tag)',
+      required: true,
+    }),
   };
 
   static override flags = {
@@ -57,8 +63,16 @@ export default class ImageCopy extends BaseCommand<typeof ImageCopy> {
     const { flags } = this;
     const platformChoice = platformsFromFlags(flags);
     if (parseTransportReference(args.destination).transport === 'docker-archive') {
-      if (flags['all-platforms']) throw new EsgzError('BAD_FLAG', `${args.destination}: a docker archive holds one platform; use --platform instead of --all-platforms`);
-      if ((platformChoice.platforms?.length ?? 0) > 1) throw new EsgzError('BAD_FLAG', `${args.destination}: a docker archive holds one platform; give one --platform`);
+      if (flags['all-platforms'])
+        throw new EsgzError(
+          'BAD_FLAG',
+          `${args.destination}: a docker archive holds one platform; use --platform instead of --all-platforms`,
+        );
+      if ((platformChoice.platforms?.length ?? 0) > 1)
+        throw new EsgzError(
+          'BAD_FLAG',
+          `${args.destination}: a docker archive holds one platform; give one --platform`,
+        );
     }
     const transport = transportOptions(flags);
     const source = await openSource(args.source, transport);

@@ -25,7 +25,17 @@ export default class ImageLs extends BaseCommand<typeof ImageLs> {
       this.log(`no images in ${this.flags.root}`);
       return;
     }
-    const rows = [['REFERENCE', 'DIGEST', 'PLATFORM', 'LAYERS', 'LAZY', 'SIZE'], ...images.map((i) => [i.reference, shortDigest(i.manifestDigest), i.platform ?? '-', String(i.layers), String(i.lazyLayers), String(i.size)])];
+    const rows = [
+      ['REFERENCE', 'DIGEST', 'PLATFORM', 'LAYERS', 'LAZY', 'SIZE'],
+      ...images.map((i) => [
+        i.reference,
+        shortDigest(i.manifestDigest),
+        i.platform ?? '-',
+        String(i.layers),
+        String(i.lazyLayers),
+        String(i.size),
+      ]),
+    ];
     process.stdout.write(formatTable(rows));
   }
 }

@@ -1,6 +1,16 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../../cli/base.js';
-import { conversionFlags, conversionOptionsFromFlags, platformsFlags, platformsFromFlags, prioritizedFromFlags, workloadRegistryFlags, runOptionsFromFlags, transportOptions, workloadFlags } from '../../cli/flags.js';
+import {
+  conversionFlags,
+  conversionOptionsFromFlags,
+  platformsFlags,
+  platformsFromFlags,
+  prioritizedFromFlags,
+  workloadRegistryFlags,
+  runOptionsFromFlags,
+  transportOptions,
+  workloadFlags,
+} from '../../cli/flags.js';
 import { optimizeJson, optimizeText, writeJson } from '../../cli/output.js';
 import { EsgzError } from '../../errors.js';
 import { tocImageReference } from '../../convert/external-toc.js';
@@ -40,7 +50,10 @@ optimization.`;
   ];
 
   static override args = {
-    source: Args.string({ description: 'Source image: REGISTRY/REPO[:TAG|@DIGEST], oci:DIR[:TAG], docker-archive:FILE[:TAG]', required: true }),
+    source: Args.string({
+      description: 'Source image: REGISTRY/REPO[:TAG|@DIGEST], oci:DIR[:TAG], docker-archive:FILE[:TAG]',
+      required: true,
+    }),
     target: Args.string({ description: 'Destination image (same forms)', required: true }),
   };
 
@@ -49,24 +62,38 @@ optimization.`;
     ...platformsFlags,
     ...conversionFlags,
     'no-optimize': Flags.boolean({ description: 'Convert without running the workload', default: false }),
-    'record-out': Flags.string({ description: 'Write the trace to FILE in ctr-remote\'s record format (readable by convert --estargz-record-in)' }),
-    'temp-dir': Flags.string({ description: 'Directory for unpacked layers and spool files (default: $TMPDIR or /tmp; a tmpfs like /dev/shm is much faster if the image fits in memory)' }),
+    'record-out': Flags.string({
+      description: "Write the trace to FILE in ctr-remote's record format (readable by convert --estargz-record-in)",
+    }),
+    'temp-dir': Flags.string({
+      description:
+        'Directory for unpacked layers and spool files (default: $TMPDIR or /tmp; a tmpfs like /dev/shm is much faster if the image fits in memory)',
+    }),
     // Workload (ctr-remote's sampler flags)
     ...workloadFlags,
-    terminal: Flags.boolean({ char: 't', description: 'Allocate a terminal for the workload (needs -i)', default: false }),
+    terminal: Flags.boolean({
+      char: 't',
+      description: 'Allocate a terminal for the workload (needs -i)',
+      default: false,
+    }),
     period: Flags.integer({
       description: 'Seconds to run the workload before stopping it',
       default: DEFAULT_PERIOD_SECONDS,
       min: 1,
     }),
-    'wait-on-signal': Flags.boolean({ description: 'Run until Ctrl-C instead of --period, then convert', default: false }),
+    'wait-on-signal': Flags.boolean({
+      description: 'Run until Ctrl-C instead of --period, then convert',
+      default: false,
+    }),
     'wait-on-line': Flags.string({ description: 'Stop the workload once a stdout line contains this string' }),
-    args: Flags.string({ description: 'Command arguments as a JSON array (overrides the image\'s Cmd)' }),
-    entrypoint: Flags.string({ description: 'Entrypoint as a JSON array (overrides the image\'s)' }),
+    args: Flags.string({ description: "Command arguments as a JSON array (overrides the image's Cmd)" }),
+    entrypoint: Flags.string({ description: "Entrypoint as a JSON array (overrides the image's)" }),
     'dns-search-domains': Flags.string({ description: 'Comma-separated search domains for /etc/resolv.conf' }),
     'dns-options': Flags.string({ description: 'Comma-separated options for /etc/resolv.conf' }),
     'add-hosts': Flags.string({ description: 'Comma-separated host:IP entries for /etc/hosts' }),
-    'upper-size': Flags.string({ description: `Size of the tmpfs holding the workload's writes, e.g. 256m (default ${DEFAULT_UPPER_SIZE_BYTES / 1024 ** 3}g); beyond it writes fail with ENOSPC` }),
+    'upper-size': Flags.string({
+      description: `Size of the tmpfs holding the workload's writes, e.g. 256m (default ${DEFAULT_UPPER_SIZE_BYTES / 1024 ** 3}g); beyond it writes fail with ENOSPC`,
+    }),
     // ctr-remote flags esgz does not implement: accepted so scripts get a clear message.
     cni: Flags.boolean({ hidden: true, default: false }),
     'cni-plugin-conf-dir': Flags.string({ hidden: true }),
@@ -122,14 +149,23 @@ optimization.`;
   /** ctr-remote's rules for optimize's own flags, and the ctr-remote flags esgz does not have. */
   private checkFlags(): void {
     const flags = this.flags;
-    if (flags['no-optimize'] && flags['prefetch-list']) throw new EsgzError('BAD_FLAG', '--no-optimize and --prefetch-list cannot be used together');
+    if (flags['no-optimize'] && flags['prefetch-list'])
+      throw new EsgzError('BAD_FLAG', '--no-optimize and --prefetch-list cannot be used together');
     for (const name of ['cni', 'cni-plugin-conf-dir', 'cni-plugin-dir'] as const) {
-      if (flags[name]) throw new EsgzError('UNSUPPORTED', `--${name} is not supported by esgz: the workload gets a private loopback-only network, or the host's with --net-host`);
+      if (flags[name])
+        throw new EsgzError(
+          'UNSUPPORTED',
+          `--${name} is not supported by esgz: the workload gets a private loopback-only network, or the host's with --net-host`,
+        );
     }
-    if (flags.gpus) throw new EsgzError('UNSUPPORTED', '--gpus is not supported by esgz: the workload gets no GPU devices');
-    if (flags['no-optimize'] && flags['record-out']) throw new EsgzError('BAD_FLAG', '--record-out needs the workload to run: drop --no-optimize');
-    if (flags.zstdchunked && !flags.oci) throw new EsgzError('BAD_FLAG', 'option --zstdchunked must be used in conjunction with --oci');
-    if (flags['wait-on-signal'] && flags.terminal) throw new EsgzError('BAD_FLAG', '--wait-on-signal cannot be used with --terminal');
+    if (flags.gpus)
+      throw new EsgzError('UNSUPPORTED', '--gpus is not supported by esgz: the workload gets no GPU devices');
+    if (flags['no-optimize'] && flags['record-out'])
+      throw new EsgzError('BAD_FLAG', '--record-out needs the workload to run: drop --no-optimize');
+    if (flags.zstdchunked && !flags.oci)
+      throw new EsgzError('BAD_FLAG', 'option --zstdchunked must be used in conjunction with --oci');
+    if (flags['wait-on-signal'] && flags.terminal)
+      throw new EsgzError('BAD_FLAG', '--wait-on-signal cannot be used with --terminal');
     if (flags.terminal && !flags.i) throw new EsgzError('BAD_FLAG', '--terminal must be used with -i');
     if (!flags['no-optimize'] && !isRoot()) {
       const why = 'running the workload needs root (runc with overlayfs and fanotify)';

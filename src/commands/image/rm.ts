@@ -6,7 +6,9 @@ import { removeImage } from '../../snapshotter/manage.js';
 
 export default class ImageRm extends BaseCommand<typeof ImageRm> {
   static override summary = 'Forget lazily pulled images (their data goes at the next "esgz image prune")';
-  static override examples = [{ description: 'Remove an image', command: '<%= config.bin %> image rm localhost:5000/busybox:esgz' }];
+  static override examples = [
+    { description: 'Remove an image', command: '<%= config.bin %> image rm localhost:5000/busybox:esgz' },
+  ];
 
   static override strict = false;
   static override args = {

@@ -1,6 +1,13 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../../cli/base.js';
-import { lazyPullFlags, platformFlag, platformFromFlag, registryFlags, stateRootFlags, transportOptions } from '../../cli/flags.js';
+import {
+  lazyPullFlags,
+  platformFlag,
+  platformFromFlag,
+  registryFlags,
+  stateRootFlags,
+  transportOptions,
+} from '../../cli/flags.js';
 import { writeJson } from '../../cli/output.js';
 import { rpull } from '../../snapshotter/rpull.js';
 
@@ -13,8 +20,14 @@ full. Then each layer's prioritized files (before .prefetch.landmark) are fetche
 request into the chunk cache, unless --no-prefetch. "esgz run" starts containers from the result.`;
 
   static override examples = [
-    { description: 'Lazily pull from a local plain-HTTP registry', command: '<%= config.bin %> image rpull --plain-http localhost:5000/busybox:esgz' },
-    { description: 'Pull into another state root and fetch everything in the background', command: '<%= config.bin %> image rpull --root /tmp/esgz --background-fetch registry.example.com/app:1-esgz' },
+    {
+      description: 'Lazily pull from a local plain-HTTP registry',
+      command: '<%= config.bin %> image rpull --plain-http localhost:5000/busybox:esgz',
+    },
+    {
+      description: 'Pull into another state root and fetch everything in the background',
+      command: '<%= config.bin %> image rpull --root /tmp/esgz --background-fetch registry.example.com/app:1-esgz',
+    },
   ];
 
   static override args = {
@@ -49,6 +62,8 @@ request into the chunk cache, unless --no-prefetch. "esgz run" starts containers
     const fetched = report.layers.reduce((n, l) => n + l.fetchedBytes, 0);
     const total = report.layers.reduce((n, l) => n + l.size, 0);
     this.log(`${report.reference}: ${report.manifestDigest}`);
-    this.log(`${lazy} of ${report.layers.length} layers lazy; fetched ${fetched} of ${total} layer bytes (ready in ${report.resolveMs} ms, prefetch ${report.prefetchMs} ms)`);
+    this.log(
+      `${lazy} of ${report.layers.length} layers lazy; fetched ${fetched} of ${total} layer bytes (ready in ${report.resolveMs} ms, prefetch ${report.prefetchMs} ms)`,
+    );
   }
 }

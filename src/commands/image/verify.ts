@@ -17,13 +17,25 @@ export default class ImageVerify extends BaseCommand<typeof ImageVerify> {
     'For every eStargz layer: the TOC digest against the manifest annotation, every chunk digest and file digest in the TOC, the diffID against the config, the uncompressed-size annotation, and the landmark. Layers that are not eStargz are listed as skipped. Prints a table (or --json) and exits non-zero when any check fails.';
 
   static override examples = [
-    { description: 'Verify an image in a local registry', command: '<%= config.bin %> image verify --plain-http 127.0.0.1:5000/app:esgz' },
-    { description: 'Verify an OCI layout image, JSON output', command: '<%= config.bin %> image verify --json oci:./app:esgz' },
-    { description: 'Every platform of a multi-platform image', command: '<%= config.bin %> image verify --all-platforms registry.example.com/app:esgz' },
+    {
+      description: 'Verify an image in a local registry',
+      command: '<%= config.bin %> image verify --plain-http 127.0.0.1:5000/app:esgz',
+    },
+    {
+      description: 'Verify an OCI layout image, JSON output',
+      command: '<%= config.bin %> image verify --json oci:./app:esgz',
+    },
+    {
+      description: 'Every platform of a multi-platform image',
+      command: '<%= config.bin %> image verify --all-platforms registry.example.com/app:esgz',
+    },
   ];
 
   static override args = {
-    image: Args.string({ description: 'image to verify (REGISTRY/REPO[:TAG|@DIGEST], oci:DIR[:TAG], docker-archive:FILE[:TAG])', required: true }),
+    image: Args.string({
+      description: 'image to verify (REGISTRY/REPO[:TAG|@DIGEST], oci:DIR[:TAG], docker-archive:FILE[:TAG])',
+      required: true,
+    }),
   };
 
   static override flags = {
@@ -53,7 +65,11 @@ export default class ImageVerify extends BaseCommand<typeof ImageVerify> {
       for (const img of images) {
         const layers: LayerVerification[] = [];
         for (const [i, layer] of img.manifest.layers.entries()) {
-          layers.push(await verifyLayer(source, layer, i, img.config.rootfs?.diff_ids?.[i], { externalTOC: externalTOC(layer.digest) }));
+          layers.push(
+            await verifyLayer(source, layer, i, img.config.rootfs?.diff_ids?.[i], {
+              externalTOC: externalTOC(layer.digest),
+            }),
+          );
         }
         results.push({ platform: img.platform, manifest: img.manifestDigest, layers });
       }
@@ -72,8 +88,13 @@ export default class ImageVerify extends BaseCommand<typeof ImageVerify> {
         const rows = [['LAYER', 'SIZE', 'FORMAT', 'TOC DIGEST', 'CHUNKS', 'LANDMARK', 'RESULT']];
         for (const l of r.layers) {
           rows.push([
-            shortDigest(l.digest), formatBytes(l.size), l.format ?? '-', l.tocDigest ? shortDigest(l.tocDigest) : '-',
-            l.chunks !== undefined ? String(l.chunks) : '-', l.landmark ?? '-', l.status === 'ok' ? 'ok' : l.status === 'skipped' ? 'skipped' : 'FAILED',
+            shortDigest(l.digest),
+            formatBytes(l.size),
+            l.format ?? '-',
+            l.tocDigest ? shortDigest(l.tocDigest) : '-',
+            l.chunks !== undefined ? String(l.chunks) : '-',
+            l.landmark ?? '-',
+            l.status === 'ok' ? 'ok' : l.status === 'skipped' ? 'skipped' : 'FAILED',
           ]);
         }
         process.stdout.write(formatTable(rows));

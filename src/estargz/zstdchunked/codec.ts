@@ -29,8 +29,16 @@ import { MAX_MEMBER_PREFIX } from '../constants.js';
 import { END_OF_ARCHIVE } from '../tar.js';
 import { marshalTOC, parseTOCJSON, sha256Digest, type JTOC } from '../toc.js';
 import {
-  CONTAINERS_FOOTER_FRAME_SIZE, MAX_TOC_SIZE, MANIFEST_TYPE_CRFS, SKIPPABLE_HEADER_SIZE, decompressFrames, encodeFooter,
-  isSkippableMagic, parseFooter, skippableFrame, unwrapSkippableFrame,
+  CONTAINERS_FOOTER_FRAME_SIZE,
+  MAX_TOC_SIZE,
+  MANIFEST_TYPE_CRFS,
+  SKIPPABLE_HEADER_SIZE,
+  decompressFrames,
+  encodeFooter,
+  isSkippableMagic,
+  parseFooter,
+  skippableFrame,
+  unwrapSkippableFrame,
 } from './format.js';
 
 /** stargz-snapshotter's names (estargz/zstdchunked), also containers/storage ≤ 1.44's. */
@@ -83,7 +91,11 @@ export class ZstdChunkedCodec implements Codec {
       annotations[CONTAINERS_MANIFEST_POSITION_ANNOTATION] = position;
     }
     return {
-      bytes: Buffer.concat([eoa, skippableFrame(compressedTOC), encodeFooter(tocPayloadOffset, compressedTOC.length, tocJSON.length)]),
+      bytes: Buffer.concat([
+        eoa,
+        skippableFrame(compressedTOC),
+        encodeFooter(tocPayloadOffset, compressedTOC.length, tocJSON.length),
+      ]),
       tocDigest: sha256Digest(tocJSON),
       uncompressedTail: this.endOfArchive ? Buffer.from(END_OF_ARCHIVE) : Buffer.alloc(0),
       annotations,
@@ -112,11 +124,18 @@ export class ZstdChunkedCodec implements Codec {
    */
   async parseTOC(tocBytes: Buffer): Promise<ParsedTOC> {
     const where = 'zstd:chunked TOC';
-    const compressed = tocBytes.length >= 4 && isSkippableMagic(tocBytes.readUInt32LE(0)) ? unwrapSkippableFrame(tocBytes, where) : tocBytes;
+    const compressed =
+      tocBytes.length >= 4 && isSkippableMagic(tocBytes.readUInt32LE(0))
+        ? unwrapSkippableFrame(tocBytes, where)
+        : tocBytes;
     if (compressed.length === 0) throw new EsgzError('BAD_FORMAT', `${where} is empty`);
     // One byte past the limit tells a TOC that is too large from one that is just the limit.
     const tocJSON = decompressFrames(compressed, where, 0, MAX_TOC_SIZE + 1);
-    if (tocJSON.length > MAX_TOC_SIZE) throw new EsgzError('BAD_FORMAT', `${where} inflates to more than ${MAX_TOC_SIZE >> 20} MiB (the most esgz reads)`);
+    if (tocJSON.length > MAX_TOC_SIZE)
+      throw new EsgzError(
+        'BAD_FORMAT',
+        `${where} inflates to more than ${MAX_TOC_SIZE >> 20} MiB (the most esgz reads)`,
+      );
     if (tocJSON.length === 0) throw new EsgzError('BAD_FORMAT', `${where} decompresses to 0 bytes`);
     return { toc: parseTOCJSON(tocJSON, where), tocJSON, tocDigest: sha256Digest(tocJSON) };
   }
@@ -131,10 +150,25 @@ export function createZstdChunkedCodec(options: ZstdChunkedCodecOptions = {}): Z
 }
 
 /** The `manifest-position` value parsed: where the compressed TOC is, and its sizes. */
-export function parseManifestPosition(value: string): { offset: number; compressedSize: number; uncompressedSize: number; manifestType: number } {
+export function parseManifestPosition(value: string): {
+  offset: number;
+  compressedSize: number;
+  uncompressedSize: number;
+  manifestType: number;
+} {
   const m = /^(\d+):(\d+):(\d+):(\d+)$/.exec(value);
-  if (!m) throw new EsgzError('BAD_FORMAT', `zstd:chunked manifest position ${JSON.stringify(value)} is not <offset>:<length>:<uncompressed length>:<type>`);
-  const [offset, compressedSize, uncompressedSize, manifestType] = m.slice(1).map(Number) as [number, number, number, number];
-  if (![offset, compressedSize, uncompressedSize].every(Number.isSafeInteger)) throw new EsgzError('BAD_FORMAT', `zstd:chunked manifest position ${value} is out of range`);
+  if (!m)
+    throw new EsgzError(
+      'BAD_FORMAT',
+      `zstd:chunked manifest position ${JSON.stringify(value)} is not <offset>:<length>:<uncompressed length>:<type>`,
+    );
+  const [offset, compressedSize, uncompressedSize, manifestType] = m.slice(1).map(Number) as [
+    number,
+    number,
+    number,
+    number,
+  ];
+  if (![offset, compressedSize, uncompressedSize].every(Number.isSafeInteger))
+    throw new EsgzError('BAD_FORMAT', `zstd:chunked manifest position ${value} is out of range`);
   return { offset, compressedSize, uncompressedSize, manifestType };
 }

@@ -51,12 +51,13 @@ export const MANIFEST_TYPE_CRFS = 1;
 export { MAX_TOC_SIZE };
 
 export function isSkippableMagic(magic: number): boolean {
-  return ((magic & SKIPPABLE_MASK) >>> 0) === SKIPPABLE_FRAME_MAGIC;
+  return (magic & SKIPPABLE_MASK) >>> 0 === SKIPPABLE_FRAME_MAGIC;
 }
 
 /** Wraps `payload` in a skippable frame (magic 0x184D2A50, as both reference writers use). */
 export function skippableFrame(payload: Buffer): Buffer {
-  if (payload.length > 0xffffffff) throw new EsgzError('INTERNAL', `skippable frame payload of ${payload.length} bytes exceeds 4 GiB`);
+  if (payload.length > 0xffffffff)
+    throw new EsgzError('INTERNAL', `skippable frame payload of ${payload.length} bytes exceeds 4 GiB`);
   const header = Buffer.alloc(SKIPPABLE_HEADER_SIZE);
   header.writeUInt32LE(SKIPPABLE_FRAME_MAGIC, 0);
   header.writeUInt32LE(payload.length, 4);
@@ -89,7 +90,8 @@ export function encodeFooter(tocOffset: number, tocCompressedSize: number, tocUn
 
 function u64(buf: Buffer, at: number, what: string): number {
   const value = buf.readBigUInt64LE(at);
-  if (value > BigInt(Number.MAX_SAFE_INTEGER)) throw new EsgzError('BAD_FORMAT', `zstd:chunked footer: ${what} ${value} is too large`);
+  if (value > BigInt(Number.MAX_SAFE_INTEGER))
+    throw new EsgzError('BAD_FORMAT', `zstd:chunked footer: ${what} ${value} is too large`);
   return Number(value);
 }
 
@@ -111,7 +113,10 @@ export function parseFooter(tail: Buffer, blobSize: number): ZstdChunkedFooter |
   const containers = stargz ? undefined : frameAt(CONTAINERS_FOOTER_FRAME_SIZE);
   if (!stargz && !containers) {
     if (magicAtEnd && (magicAtEnd.equals(FOOTER_MAGIC) || magicAtEnd.equals(CONTAINERS_FOOTER_MAGIC))) {
-      throw new EsgzError('BAD_FORMAT', 'zstd:chunked footer: the blob ends in the GnUlInUx magic but not in a 40- or 64-byte skippable footer frame');
+      throw new EsgzError(
+        'BAD_FORMAT',
+        'zstd:chunked footer: the blob ends in the GnUlInUx magic but not in a 40- or 64-byte skippable footer frame',
+      );
     }
     return undefined;
   }
@@ -120,7 +125,10 @@ export function parseFooter(tail: Buffer, blobSize: number): ZstdChunkedFooter |
   const magic = payload.subarray(payload.length - 8);
   if (!magic.equals(FOOTER_MAGIC) && !magic.equals(CONTAINERS_FOOTER_MAGIC)) {
     if (containers) return undefined; // an unrelated 64-byte skippable frame: not ours
-    throw new EsgzError('BAD_FORMAT', `zstd:chunked footer: wrong magic ${JSON.stringify(magic.toString('latin1'))} (expected "GnUlInUx")`);
+    throw new EsgzError(
+      'BAD_FORMAT',
+      `zstd:chunked footer: wrong magic ${JSON.stringify(magic.toString('latin1'))} (expected "GnUlInUx")`,
+    );
   }
   const footer: ZstdChunkedFooter = {
     tocOffset: u64(payload, 0, 'TOC offset'),
@@ -138,14 +146,27 @@ export function parseFooter(tail: Buffer, blobSize: number): ZstdChunkedFooter |
     };
   }
   if (footer.manifestType !== MANIFEST_TYPE_CRFS) {
-    throw new EsgzError('BAD_FORMAT', `zstd:chunked footer: manifest type ${footer.manifestType} is not supported (only 1, the CRFS TOC)`);
+    throw new EsgzError(
+      'BAD_FORMAT',
+      `zstd:chunked footer: manifest type ${footer.manifestType} is not supported (only 1, the CRFS TOC)`,
+    );
   }
   const tocEnd = footer.tocOffset + footer.tocCompressedSize;
-  if (footer.tocOffset < SKIPPABLE_HEADER_SIZE || footer.tocCompressedSize === 0 || tocEnd > blobSize - footer.frameSize) {
-    throw new EsgzError('BAD_FORMAT', `zstd:chunked footer: TOC at ${footer.tocOffset} (+${footer.tocCompressedSize}) does not lie inside the blob before the footer (${blobSize} bytes)`);
+  if (
+    footer.tocOffset < SKIPPABLE_HEADER_SIZE ||
+    footer.tocCompressedSize === 0 ||
+    tocEnd > blobSize - footer.frameSize
+  ) {
+    throw new EsgzError(
+      'BAD_FORMAT',
+      `zstd:chunked footer: TOC at ${footer.tocOffset} (+${footer.tocCompressedSize}) does not lie inside the blob before the footer (${blobSize} bytes)`,
+    );
   }
   if (footer.tocUncompressedSize === 0 || footer.tocUncompressedSize > MAX_TOC_SIZE) {
-    throw new EsgzError('BAD_FORMAT', `zstd:chunked footer: uncompressed TOC length ${footer.tocUncompressedSize} is out of range (1..${MAX_TOC_SIZE})`);
+    throw new EsgzError(
+      'BAD_FORMAT',
+      `zstd:chunked footer: uncompressed TOC length ${footer.tocUncompressedSize} is out of range (1..${MAX_TOC_SIZE})`,
+    );
   }
   return footer;
 }
@@ -160,7 +181,10 @@ export function unwrapSkippableFrame(frame: Buffer, what: string): Buffer {
   }
   const declared = frame.readUInt32LE(4);
   if (declared !== frame.length - SKIPPABLE_HEADER_SIZE) {
-    throw new EsgzError('BAD_FORMAT', `${what}: skippable frame says ${declared} bytes but the footer gives it ${frame.length - SKIPPABLE_HEADER_SIZE}`);
+    throw new EsgzError(
+      'BAD_FORMAT',
+      `${what}: skippable frame says ${declared} bytes but the footer gives it ${frame.length - SKIPPABLE_HEADER_SIZE}`,
+    );
   }
   return frame.subarray(SKIPPABLE_HEADER_SIZE);
 }
@@ -194,7 +218,9 @@ function decompressFrame(frame: Buffer, at: number, where: string, limit: number
   try {
     declared = zstd().getFrameContentSize(frame);
   } catch (err) {
-    throw new EsgzError('BAD_FORMAT', `${where}: corrupt zstd frame header at offset ${at}: ${describeError(err)}`, { cause: err });
+    throw new EsgzError('BAD_FORMAT', `${where}: corrupt zstd frame header at offset ${at}: ${describeError(err)}`, {
+      cause: err,
+    });
   }
   const ctx = dctx();
   try {
@@ -222,7 +248,9 @@ function decompressFrame(frame: Buffer, at: number, where: string, limit: number
     return Buffer.concat(parts, total);
   } catch (err) {
     ctx.reset(zstd().ResetDirective.sessionOnly);
-    throw new EsgzError('BAD_FORMAT', `${where}: corrupt zstd frame at offset ${at}: ${describeError(err)}`, { cause: err });
+    throw new EsgzError('BAD_FORMAT', `${where}: corrupt zstd frame at offset ${at}: ${describeError(err)}`, {
+      cause: err,
+    });
   }
 }
 
@@ -237,26 +265,41 @@ export function decompressFrames(data: Buffer, where: string, base = 0, limit = 
   let pos = 0;
   while (pos < data.length && total < limit) {
     const at = base + pos;
-    if (data.length - pos < 4) throw new EsgzError('BAD_FORMAT', `${where}: ${data.length - pos} stray bytes at offset ${at} are not a zstd frame (truncated?)`);
+    if (data.length - pos < 4)
+      throw new EsgzError(
+        'BAD_FORMAT',
+        `${where}: ${data.length - pos} stray bytes at offset ${at} are not a zstd frame (truncated?)`,
+      );
     const magic = data.readUInt32LE(pos);
     if (isSkippableMagic(magic)) {
-      if (data.length - pos < SKIPPABLE_HEADER_SIZE) throw new EsgzError('BAD_FORMAT', `${where}: skippable frame header at offset ${at} is truncated`);
+      if (data.length - pos < SKIPPABLE_HEADER_SIZE)
+        throw new EsgzError('BAD_FORMAT', `${where}: skippable frame header at offset ${at} is truncated`);
       const size = data.readUInt32LE(pos + 4);
       const available = data.length - pos - SKIPPABLE_HEADER_SIZE;
       if (size > available) {
-        throw new EsgzError('BAD_FORMAT', `${where}: skippable frame at offset ${at} says ${size} bytes but only ${available} follow (lying length or truncated blob)`);
+        throw new EsgzError(
+          'BAD_FORMAT',
+          `${where}: skippable frame at offset ${at} says ${size} bytes but only ${available} follow (lying length or truncated blob)`,
+        );
       }
       pos += SKIPPABLE_HEADER_SIZE + size;
       continue;
     }
     if (magic !== ZSTD_FRAME_MAGIC) {
-      throw new EsgzError('BAD_FORMAT', `${where}: no zstd frame at offset ${at} (magic ${magic.toString(16).padStart(8, '0')})`);
+      throw new EsgzError(
+        'BAD_FORMAT',
+        `${where}: no zstd frame at offset ${at} (magic ${magic.toString(16).padStart(8, '0')})`,
+      );
     }
     let frameSize: number;
     try {
       frameSize = zstd().findFrameCompressedSize(data.subarray(pos));
     } catch (err) {
-      throw new EsgzError('BAD_FORMAT', `${where}: zstd frame at offset ${at} is truncated or corrupt: ${describeError(err)}`, { cause: err });
+      throw new EsgzError(
+        'BAD_FORMAT',
+        `${where}: zstd frame at offset ${at} is truncated or corrupt: ${describeError(err)}`,
+        { cause: err },
+      );
     }
     const out = decompressFrame(data.subarray(pos, pos + frameSize), at, where, limit - total);
     parts.push(out);

@@ -13,12 +13,20 @@ export const MAX_ZSTD_LEVEL = 22;
 
 export function checkZstdLevel(level: number): number {
   if (!Number.isInteger(level) || level < MIN_ZSTD_LEVEL || level > MAX_ZSTD_LEVEL) {
-    throw new EsgzError('BAD_FLAG', `zstd compression level ${level} is out of range ${MIN_ZSTD_LEVEL}-${MAX_ZSTD_LEVEL}`);
+    throw new EsgzError(
+      'BAD_FLAG',
+      `zstd compression level ${level} is out of range ${MIN_ZSTD_LEVEL}-${MAX_ZSTD_LEVEL}`,
+    );
   }
   return level;
 }
 
 /** A member pool writing one zstd frame per member; no thread starts until `start()` or the first batch. */
 export function createZstdPool(options: { level?: number; workers?: number } = {}): MemberPool {
-  return new MemberPool({ kind: 'zstd', level: checkZstdLevel(options.level ?? DEFAULT_ZSTD_LEVEL), workers: options.workers, label: 'zstd' });
+  return new MemberPool({
+    kind: 'zstd',
+    level: checkZstdLevel(options.level ?? DEFAULT_ZSTD_LEVEL),
+    workers: options.workers,
+    label: 'zstd',
+  });
 }

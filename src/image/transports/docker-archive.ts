@@ -107,18 +107,24 @@ async function indexTar(handle: FileHandle, where: string): Promise<Map<string, 
     if (header.every((b) => b === 0)) break;
     let sum = 0;
     for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 0x20 : header[i]!;
-    if (sum !== parseOctal(header, 148, 8)) throw new EsgzError('BAD_ARCHIVE', `${where}: not a tar file (bad header checksum at byte ${offset})`);
+    if (sum !== parseOctal(header, 148, 8))
+      throw new EsgzError('BAD_ARCHIVE', `${where}: not a tar file (bad header checksum at byte ${offset})`);
     const type = String.fromCharCode(header[156]!);
     const size = pending.size ?? parseOctal(header, 124, 12);
     const dataOffset = offset + BLOCK;
-    if (dataOffset + size > fileSize) throw new EsgzError('BAD_ARCHIVE', `${where}: truncated tar (entry at byte ${offset} runs past the end)`);
+    if (dataOffset + size > fileSize)
+      throw new EsgzError('BAD_ARCHIVE', `${where}: truncated tar (entry at byte ${offset} runs past the end)`);
     const next = dataOffset + Math.ceil(size / BLOCK) * BLOCK;
     if (type === 'x' || type === 'L') {
       const data = Buffer.alloc(size);
       await readExactly(data, dataOffset);
       if (type === 'x') {
         const pax = parsePax(data);
-        pending = { ...pending, ...(pax.path !== undefined ? { path: pax.path } : {}), ...(pax.size !== undefined ? { size: Number(pax.size) } : {}) };
+        pending = {
+          ...pending,
+          ...(pax.path !== undefined ? { path: pax.path } : {}),
+          ...(pax.size !== undefined ? { size: Number(pax.size) } : {}),
+        };
       } else {
         pending = { ...pending, path: data.toString('utf8').replace(/\0+$/, '') };
       }
@@ -127,7 +133,8 @@ async function indexTar(handle: FileHandle, where: string): Promise<Map<string, 
     } else {
       const prefix = cString(header, 345, 155);
       const name = pending.path ?? (prefix ? `${prefix}/${cString(header, 0, 100)}` : cString(header, 0, 100));
-      if (type === '0' || type === '\0' || type === '7') entries.set(normalizeEntryName(name), { offset: dataOffset, size });
+      if (type === '0' || type === '\0' || type === '7')
+        entries.set(normalizeEntryName(name), { offset: dataOffset, size });
       pending = {};
     }
     offset = next;
@@ -143,7 +150,9 @@ export async function openDockerArchiveSource(ref: DockerArchiveReference): Prom
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') throw new EsgzError('NOT_FOUND', `${where}: no such file ${ref.file}`, { cause: err });
-    throw new EsgzError('BAD_ARCHIVE', `${where}: cannot open ${ref.file}: ${code ?? (err as Error).message}`, { cause: err });
+    throw new EsgzError('BAD_ARCHIVE', `${where}: cannot open ${ref.file}: ${code ?? (err as Error).message}`, {
+      cause: err,
+    });
   }
   try {
     return await DockerArchiveSource.create(handle, ref, where);
@@ -180,7 +189,8 @@ class DockerArchiveSource implements ImageSource {
   }
 
   private async readEntry(location: TarEntryLocation, limit = 64 * 1024 * 1024): Promise<Buffer> {
-    if (location.size > limit) throw new EsgzError('BAD_ARCHIVE', `${this.description}: metadata file of ${location.size} bytes is too large`);
+    if (location.size > limit)
+      throw new EsgzError('BAD_ARCHIVE', `${this.description}: metadata file of ${location.size} bytes is too large`);
     return this.readRange(location, 0, location.size);
   }
 
@@ -205,19 +215,29 @@ class DockerArchiveSource implements ImageSource {
     if (list.length === 0) throw new EsgzError('BAD_ARCHIVE', `${this.description}: manifest.json lists no images`);
     if (tag === undefined) {
       if (list.length === 1) return list[0]!;
-      throw new EsgzError('BAD_REFERENCE', `${this.description}: the archive holds ${list.length} images; name one as docker-archive:FILE:TAG or :@N`);
+      throw new EsgzError(
+        'BAD_REFERENCE',
+        `${this.description}: the archive holds ${list.length} images; name one as docker-archive:FILE:TAG or :@N`,
+      );
     }
     const byIndex = /^@(\d+)$/.exec(tag);
     if (byIndex) {
       const chosen = list[Number(byIndex[1])];
-      if (!chosen) throw new EsgzError('NOT_FOUND', `${this.description}: no image #${byIndex[1]} (the archive holds ${list.length})`);
+      if (!chosen)
+        throw new EsgzError(
+          'NOT_FOUND',
+          `${this.description}: no image #${byIndex[1]} (the archive holds ${list.length})`,
+        );
       return chosen;
     }
     const wanted = canonicalRepoTag(tag);
     const chosen = list.find((m) => (m.RepoTags ?? []).some((t) => canonicalRepoTag(t) === wanted));
     if (!chosen) {
       const tags = list.flatMap((m) => m.RepoTags ?? []);
-      throw new EsgzError('NOT_FOUND', `${this.description}: no image tagged "${tag}" (tags: ${tags.join(', ') || 'none'})`);
+      throw new EsgzError(
+        'NOT_FOUND',
+        `${this.description}: no image tagged "${tag}" (tags: ${tags.join(', ') || 'none'})`,
+      );
     }
     return chosen;
   }
@@ -228,7 +248,10 @@ class DockerArchiveSource implements ImageSource {
     }
     const list = await this.parseJsonEntry<ArchiveManifestEntry[]>('manifest.json', 'manifest.json');
     if (!Array.isArray(list) || list.some((m) => typeof m?.Config !== 'string' || !Array.isArray(m.Layers))) {
-      throw new EsgzError('BAD_ARCHIVE', `${this.description}: manifest.json is not a list of {Config, RepoTags, Layers}`);
+      throw new EsgzError(
+        'BAD_ARCHIVE',
+        `${this.description}: manifest.json is not a list of {Config, RepoTags, Layers}`,
+      );
     }
     const image = this.selectImage(list, ref.tag);
     const configLocation = this.entry(image.Config, 'config');
@@ -239,7 +262,9 @@ class DockerArchiveSource implements ImageSource {
     try {
       config = JSON.parse(configBytes.toString('utf8')) as ImageConfig;
     } catch (err) {
-      throw new EsgzError('BAD_ARCHIVE', `${this.description}: config ${image.Config} is not valid JSON`, { cause: err });
+      throw new EsgzError('BAD_ARCHIVE', `${this.description}: config ${image.Config} is not valid JSON`, {
+        cause: err,
+      });
     }
 
     // Docker >= 25 (and esgz) also store the OCI manifest: use its exact bytes when it describes
@@ -256,14 +281,22 @@ class DockerArchiveSource implements ImageSource {
       const location = this.entry(layerPath, `layer ${i + 1}`);
       const head = await this.readRange(location, 0, Math.min(4, location.size));
       const compression = sniffCompression(head);
-      if (compression === 'zstd') throw new EsgzError('UNSUPPORTED', `${this.description}: layer ${layerPath} is zstd-compressed, which a Docker manifest cannot describe`);
+      if (compression === 'zstd')
+        throw new EsgzError(
+          'UNSUPPORTED',
+          `${this.description}: layer ${layerPath} is zstd-compressed, which a Docker manifest cannot describe`,
+        );
       const named = /(?:^|\/)blobs\/sha256\/([a-f0-9]{64})$/.exec(normalizeEntryName(layerPath));
       let digest: string;
       if (named) digest = `sha256:${named[1]}`;
       else if (compression === 'none' && typeof diffIDs[i] === 'string') digest = diffIDs[i]!;
       else digest = await this.hashEntry(location);
       this.blobs.set(digest, location);
-      layers.push({ mediaType: compression === 'gzip' ? MediaType.dockerLayerGzip : MediaType.dockerLayer, size: location.size, digest });
+      layers.push({
+        mediaType: compression === 'gzip' ? MediaType.dockerLayerGzip : MediaType.dockerLayer,
+        size: location.size,
+        digest,
+      });
     }
     const manifest: ImageManifest = {
       schemaVersion: 2,
@@ -326,7 +359,11 @@ class DockerArchiveSource implements ImageSource {
 
   private async hashEntry(location: TarEntryLocation): Promise<string> {
     const hash = createHash('sha256');
-    for await (const chunk of this.handle.createReadStream({ start: location.offset, end: location.offset + location.size - 1, autoClose: false })) {
+    for await (const chunk of this.handle.createReadStream({
+      start: location.offset,
+      end: location.offset + location.size - 1,
+      autoClose: false,
+    })) {
       hash.update(chunk as Buffer);
     }
     return `sha256:${hash.digest('hex')}`;
@@ -354,22 +391,38 @@ class DockerArchiveSource implements ImageSource {
     const what = `${this.description} blob ${desc.digest}`;
     const location = this.blobLocation(desc, what);
     // Refused before a byte is used, as containers/image does: the entry's length is known here.
-    if (location.size !== desc.size) throw new EsgzError('SIZE_MISMATCH', `${what}: the blob has ${location.size} bytes but its descriptor says ${desc.size}`);
+    if (location.size !== desc.size)
+      throw new EsgzError(
+        'SIZE_MISMATCH',
+        `${what}: the blob has ${location.size} bytes but its descriptor says ${desc.size}`,
+      );
     const verifier = new DigestVerifier(desc, what);
     if (location.size === 0) {
       verifier.end();
       return verifier;
     }
-    const stream = this.handle.createReadStream({ start: location.offset, end: location.offset + location.size - 1, autoClose: false, highWaterMark: 1 << 20 });
-    stream.on('error', (err) => verifier.destroy(new EsgzError('BAD_ARCHIVE', `${what}: ${err.message}`, { cause: err })));
+    const stream = this.handle.createReadStream({
+      start: location.offset,
+      end: location.offset + location.size - 1,
+      autoClose: false,
+      highWaterMark: 1 << 20,
+    });
+    stream.on('error', (err) =>
+      verifier.destroy(new EsgzError('BAD_ARCHIVE', `${what}: ${err.message}`, { cause: err })),
+    );
     return stream.pipe(verifier);
   }
 
   async readBlobRange(desc: Descriptor, offset: number, length: number): Promise<Buffer> {
     const what = `${this.description} blob ${desc.digest}`;
     const location = this.blobLocation(desc, what);
-    if (location.size !== desc.size) throw new EsgzError('SIZE_MISMATCH', `${what}: the blob has ${location.size} bytes but its descriptor says ${desc.size}`);
-    if (offset + length > location.size) throw new EsgzError('SIZE_MISMATCH', `${what}: range ${offset}+${length} is past the end of the blob`);
+    if (location.size !== desc.size)
+      throw new EsgzError(
+        'SIZE_MISMATCH',
+        `${what}: the blob has ${location.size} bytes but its descriptor says ${desc.size}`,
+      );
+    if (offset + length > location.size)
+      throw new EsgzError('SIZE_MISMATCH', `${what}: range ${offset}+${length} is past the end of the blob`);
     return this.readRange(location, offset, length);
   }
 
@@ -412,7 +465,9 @@ function fileHeader(name: string, size: number): Buffer {
 
 function writeError(where: string, err: unknown): EsgzError {
   if (err instanceof EsgzError) return err;
-  return new EsgzError('BAD_ARCHIVE', `${where}: writing failed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+  return new EsgzError('BAD_ARCHIVE', `${where}: writing failed: ${(err as Error)?.message ?? String(err)}`, {
+    cause: err,
+  });
 }
 
 export function openDockerArchiveSink(ref: DockerArchiveReference): ImageSink {
@@ -451,8 +506,12 @@ class DockerArchiveSink implements ImageSink {
         handle = await open(this.tempPath, 'wx');
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
-        const why = code === 'ENOENT' ? 'its directory does not exist' : code ?? (err as Error).message;
-        throw new EsgzError(code === 'ENOENT' ? 'NOT_FOUND' : 'BAD_ARCHIVE', `${this.description}: cannot create ${this.ref.file}: ${why}`, { cause: err });
+        const why = code === 'ENOENT' ? 'its directory does not exist' : (code ?? (err as Error).message);
+        throw new EsgzError(
+          code === 'ENOENT' ? 'NOT_FOUND' : 'BAD_ARCHIVE',
+          `${this.description}: cannot create ${this.ref.file}: ${why}`,
+          { cause: err },
+        );
       }
       this.out = handle.createWriteStream();
       this.out.on('error', (err) => {
@@ -478,7 +537,9 @@ class DockerArchiveSink implements ImageSink {
   private enqueue(task: () => Promise<void>): Promise<void> {
     const run = this.queue.then(() => {
       if (this.failed) {
-        throw this.firstFailure instanceof EsgzError ? this.firstFailure : new EsgzError('BAD_ARCHIVE', `${this.description}: an earlier write failed`);
+        throw this.firstFailure instanceof EsgzError
+          ? this.firstFailure
+          : new EsgzError('BAD_ARCHIVE', `${this.description}: an earlier write failed`);
       }
       return task();
     });
@@ -510,7 +571,8 @@ class DockerArchiveSink implements ImageSink {
     return this.enqueue(async () => {
       const size = this.written.get(desc.digest);
       if (size === desc.size) return;
-      if (size !== undefined) throw new EsgzError('SIZE_MISMATCH', `${what}: written with ${size} bytes, but a descriptor says ${desc.size}`);
+      if (size !== undefined)
+        throw new EsgzError('SIZE_MISMATCH', `${what}: written with ${size} bytes, but a descriptor says ${desc.size}`);
       await this.stream();
       const source = await openStream();
       const verified = source.pipe(new DigestVerifier(desc, what));
@@ -525,7 +587,9 @@ class DockerArchiveSink implements ImageSink {
 
   async putManifest(manifest: RawManifest): Promise<void> {
     this.manifests.set(manifest.digest, manifest);
-    await this.putBlob({ mediaType: manifest.mediaType, digest: manifest.digest, size: manifest.bytes.length }, () => Readable.from([manifest.bytes]));
+    await this.putBlob({ mediaType: manifest.mediaType, digest: manifest.digest, size: manifest.bytes.length }, () =>
+      Readable.from([manifest.bytes]),
+    );
   }
 
   async commit(root: RawManifest): Promise<void> {
@@ -537,10 +601,18 @@ class DockerArchiveSink implements ImageSink {
     const blobName = (digest: string) => `blobs/sha256/${parseDigest(digest, 'digest').hex}`;
     const repoTag = this.ref.tag !== undefined ? normalizeRepoTag(this.ref.tag) : undefined;
     const archiveManifest: ArchiveManifestEntry[] = [
-      { Config: blobName(manifest.config.digest), RepoTags: repoTag !== undefined ? [repoTag] : [], Layers: manifest.layers.map((l) => blobName(l.digest)) },
+      {
+        Config: blobName(manifest.config.digest),
+        RepoTags: repoTag !== undefined ? [repoTag] : [],
+        Layers: manifest.layers.map((l) => blobName(l.digest)),
+      },
     ];
     const rootDesc: Descriptor = { mediaType: root.mediaType, digest: root.digest, size: root.bytes.length };
-    if (repoTag !== undefined) rootDesc.annotations = { 'io.containerd.image.name': repoTag, [REF_NAME_ANNOTATION]: repoTag.slice(repoTag.lastIndexOf(':') + 1) };
+    if (repoTag !== undefined)
+      rootDesc.annotations = {
+        'io.containerd.image.name': repoTag,
+        [REF_NAME_ANNOTATION]: repoTag.slice(repoTag.lastIndexOf(':') + 1),
+      };
     const index: ImageIndex = { schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [rootDesc] };
     const files: Array<[string, Buffer]> = [
       ['oci-layout', Buffer.from(JSON.stringify({ imageLayoutVersion: '1.0.0' }))],
@@ -558,7 +630,11 @@ class DockerArchiveSink implements ImageSink {
     try {
       await rename(this.tempPath, this.ref.file);
     } catch (err) {
-      throw new EsgzError('BAD_ARCHIVE', `${this.description}: cannot write ${this.ref.file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
+      throw new EsgzError(
+        'BAD_ARCHIVE',
+        `${this.description}: cannot write ${this.ref.file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+        { cause: err },
+      );
     }
   }
 

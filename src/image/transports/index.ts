@@ -46,7 +46,12 @@ export function parseTransportReference(spec: string): TransportReference {
     }
     if (rest.length === 0) bad('expected oci:DIR[:TAG]');
     if (tag !== undefined && digest !== undefined) bad('give a tag or a digest, not both');
-    return { transport: 'oci', dir: rest, ...(tag !== undefined ? { tag } : {}), ...(digest !== undefined ? { digest } : {}) };
+    return {
+      transport: 'oci',
+      dir: rest,
+      ...(tag !== undefined ? { tag } : {}),
+      ...(digest !== undefined ? { digest } : {}),
+    };
   }
   if (spec.startsWith('docker-archive:')) {
     const rest = spec.slice('docker-archive:'.length);
@@ -61,7 +66,9 @@ export function parseTransportReference(spec: string): TransportReference {
   if (spec.startsWith('docker://')) return { transport: 'registry', reference: spec.slice('docker://'.length) };
   const scheme = /^([a-z][a-z0-9+.-]*):(?!\d+(\/|$))/.exec(spec);
   if (scheme && (OTHER_TRANSPORTS.includes(scheme[1]!) || spec.startsWith(`${scheme[1]}://`))) {
-    bad(`transport "${scheme[1]}:" is not supported (use oci:DIR[:TAG], docker-archive:FILE[:TAG] or REGISTRY/REPO[:TAG])`);
+    bad(
+      `transport "${scheme[1]}:" is not supported (use oci:DIR[:TAG], docker-archive:FILE[:TAG] or REGISTRY/REPO[:TAG])`,
+    );
   }
   return { transport: 'registry', reference: spec };
 }

@@ -50,13 +50,20 @@ export async function openOciSource(ref: OciReference): Promise<OciLayoutSource>
       throw new EsgzError('NOT_FOUND', `${where}: no such directory ${ref.dir}`, { cause: err });
     }
     if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') {
-      throw new EsgzError('BAD_LAYOUT', `${where}: not an OCI image layout (no ${LAYOUT_FILE} file in ${ref.dir})`, { cause: err });
+      throw new EsgzError('BAD_LAYOUT', `${where}: not an OCI image layout (no ${LAYOUT_FILE} file in ${ref.dir})`, {
+        cause: err,
+      });
     }
-    throw new EsgzError('BAD_LAYOUT', `${where}: unreadable ${LAYOUT_FILE} file: ${(err as Error).message}`, { cause: err });
+    throw new EsgzError('BAD_LAYOUT', `${where}: unreadable ${LAYOUT_FILE} file: ${(err as Error).message}`, {
+      cause: err,
+    });
   }
   const version = (layout as { imageLayoutVersion?: unknown } | null)?.imageLayoutVersion;
   if (typeof version !== 'string' || !version.startsWith('1.')) {
-    throw new EsgzError('BAD_LAYOUT', `${where}: ${LAYOUT_FILE} has imageLayoutVersion ${JSON.stringify(version)}, expected 1.x`);
+    throw new EsgzError(
+      'BAD_LAYOUT',
+      `${where}: ${LAYOUT_FILE} has imageLayoutVersion ${JSON.stringify(version)}, expected 1.x`,
+    );
   }
   const index = await readIndex(ref.dir, where, false);
   return new OciLayoutSource(ref, where, index);
@@ -105,14 +112,17 @@ async function readIndex(dir: string, where: string, allowMissing: boolean): Pro
     text = (await readBounded(join(dir, INDEX_FILE), MAX_INDEX_JSON_BYTES, `${where}: ${INDEX_FILE}`)).toString('utf8');
   } catch (err) {
     if (err instanceof EsgzError) throw err;
-    if (allowMissing && errnoCode(err) === 'ENOENT') return { schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [] };
+    if (allowMissing && errnoCode(err) === 'ENOENT')
+      return { schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [] };
     throw new EsgzError('BAD_LAYOUT', `${where}: cannot read ${INDEX_FILE}: ${(err as Error).message}`, { cause: err });
   }
   let index: ImageIndex;
   try {
     index = JSON.parse(text) as ImageIndex;
   } catch (err) {
-    throw new EsgzError('BAD_LAYOUT', `${where}: ${INDEX_FILE} is not valid JSON: ${(err as Error).message}`, { cause: err });
+    throw new EsgzError('BAD_LAYOUT', `${where}: ${INDEX_FILE} is not valid JSON: ${(err as Error).message}`, {
+      cause: err,
+    });
   }
   if (index === null || typeof index !== 'object' || !Array.isArray(index.manifests)) {
     throw new EsgzError('BAD_LAYOUT', `${where}: ${INDEX_FILE} has no "manifests" array`);
@@ -136,7 +146,8 @@ async function readManifestBlob(
     bytes = await readBounded(blobPath(dir, desc.digest, what), MAX_MANIFEST_BYTES, what);
   } catch (err) {
     if (err instanceof EsgzError) throw err;
-    if (errnoCode(err) === 'ENOENT') throw new EsgzError('NOT_FOUND', `${what}: blob missing from the layout`, { cause: err });
+    if (errnoCode(err) === 'ENOENT')
+      throw new EsgzError('NOT_FOUND', `${what}: blob missing from the layout`, { cause: err });
     throw new EsgzError('BAD_LAYOUT', `${what}: ${(err as Error).message}`, { cause: err });
   }
   verifyBuffer(bytes, desc, what);
@@ -210,13 +221,19 @@ export class OciLayoutSource implements ImageSource {
     const verifier = new DigestVerifier(desc, what);
     // One byte past the descriptor's size is enough to tell a longer blob (the file may grow meanwhile).
     const stream = handle.createReadStream({ highWaterMark: 1 << 20, start: 0, end: desc.size });
-    stream.on('error', (err) => verifier.destroy(new EsgzError('BAD_LAYOUT', `${what}: ${err.message}`, { cause: err })));
+    stream.on('error', (err) =>
+      verifier.destroy(new EsgzError('BAD_LAYOUT', `${what}: ${err.message}`, { cause: err })),
+    );
     return stream.pipe(verifier);
   }
 
   async readBlobRange(desc: Descriptor, offset: number, length: number): Promise<Buffer> {
     const what = `${this.description} blob ${desc.digest}`;
-    if (offset < 0 || length < 0 || offset + length > desc.size) throw new EsgzError('SIZE_MISMATCH', `${what}: range ${offset}+${length} is outside the descriptor's ${desc.size} bytes`);
+    if (offset < 0 || length < 0 || offset + length > desc.size)
+      throw new EsgzError(
+        'SIZE_MISMATCH',
+        `${what}: range ${offset}+${length} is outside the descriptor's ${desc.size} bytes`,
+      );
     const handle = await openBlobFile(this.ref.dir, desc, what);
     try {
       checkDescriptorSize(desc, (await handle.stat()).size, what);
@@ -227,7 +244,8 @@ export class OciLayoutSource implements ImageSource {
         if (bytesRead === 0) break;
         done += bytesRead;
       }
-      if (done < length) throw new EsgzError('SIZE_MISMATCH', `${what}: range ${offset}+${length} is past the end of the blob`);
+      if (done < length)
+        throw new EsgzError('SIZE_MISMATCH', `${what}: range ${offset}+${length} is past the end of the blob`);
       return buf;
     } finally {
       await handle.close();
@@ -239,7 +257,8 @@ export class OciLayoutSource implements ImageSource {
 
 /** A blob whose length is not its descriptor's `size` is refused before a byte of it is used (as containers/image does). */
 function checkDescriptorSize(desc: Descriptor, actual: number, what: string): void {
-  if (actual !== desc.size) throw new EsgzError('SIZE_MISMATCH', `${what}: the blob has ${actual} bytes but its descriptor says ${desc.size}`);
+  if (actual !== desc.size)
+    throw new EsgzError('SIZE_MISMATCH', `${what}: the blob has ${actual} bytes but its descriptor says ${desc.size}`);
 }
 
 async function openBlobFile(dir: string, desc: Descriptor, what: string) {
@@ -247,7 +266,8 @@ async function openBlobFile(dir: string, desc: Descriptor, what: string) {
     return await open(blobPath(dir, desc.digest, what), 'r');
   } catch (err) {
     if (err instanceof EsgzError) throw err;
-    if (errnoCode(err) === 'ENOENT') throw new EsgzError('NOT_FOUND', `${what}: blob missing from the layout`, { cause: err });
+    if (errnoCode(err) === 'ENOENT')
+      throw new EsgzError('NOT_FOUND', `${what}: blob missing from the layout`, { cause: err });
     throw new EsgzError('BAD_LAYOUT', `${what}: ${(err as Error).message}`, { cause: err });
   }
 }
@@ -270,13 +290,23 @@ async function withIndexLock<T>(dir: string, where: string, work: () => Promise<
       await handle.close();
       break;
     } catch (err) {
-      if (errnoCode(err) !== 'EEXIST') throw new EsgzError('BAD_LAYOUT', `${where}: cannot lock ${INDEX_FILE}: ${(err as Error).message}`, { cause: err });
-      const age = await stat(lockPath).then((info) => Date.now() - info.mtimeMs, () => 0);
+      if (errnoCode(err) !== 'EEXIST')
+        throw new EsgzError('BAD_LAYOUT', `${where}: cannot lock ${INDEX_FILE}: ${(err as Error).message}`, {
+          cause: err,
+        });
+      const age = await stat(lockPath).then(
+        (info) => Date.now() - info.mtimeMs,
+        () => 0,
+      );
       if (age > LOCK_STALE_MS) {
         await rm(lockPath, { force: true });
         continue;
       }
-      if (Date.now() > deadline) throw new EsgzError('BAD_LAYOUT', `${where}: ${lockPath} has been held for ${Math.round(age / 1000)} s by another writer`);
+      if (Date.now() > deadline)
+        throw new EsgzError(
+          'BAD_LAYOUT',
+          `${where}: ${lockPath} has been held for ${Math.round(age / 1000)} s by another writer`,
+        );
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
   }
@@ -323,7 +353,9 @@ export class OciLayoutSink implements ImageSink {
     this.prepared ??= this.prepareLayout().catch((err: unknown) => {
       if (err instanceof EsgzError) throw err;
       const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
-      throw new EsgzError('BAD_LAYOUT', `${this.description}: cannot write to ${this.ref.dir}: ${code}`, { cause: err });
+      throw new EsgzError('BAD_LAYOUT', `${this.description}: cannot write to ${this.ref.dir}: ${code}`, {
+        cause: err,
+      });
     });
     return this.prepared;
   }
@@ -333,10 +365,16 @@ export class OciLayoutSink implements ImageSink {
       const { dir } = this.ref;
       try {
         const info = await stat(dir);
-        if (!info.isDirectory()) throw new EsgzError('BAD_LAYOUT', `${this.description}: ${dir} exists and is not a directory`);
+        if (!info.isDirectory())
+          throw new EsgzError('BAD_LAYOUT', `${this.description}: ${dir} exists and is not a directory`);
       } catch (err) {
         if (err instanceof EsgzError) throw err;
-        if (errnoCode(err) !== 'ENOENT') throw new EsgzError('BAD_LAYOUT', `${this.description}: cannot write to ${dir}: ${errnoCode(err) ?? (err as Error).message}`, { cause: err });
+        if (errnoCode(err) !== 'ENOENT')
+          throw new EsgzError(
+            'BAD_LAYOUT',
+            `${this.description}: cannot write to ${dir}: ${errnoCode(err) ?? (err as Error).message}`,
+            { cause: err },
+          );
         const made = await mkdir(dir, { recursive: true });
         // Every directory mkdir made, innermost first, so abort can remove them again (mkdir
         // reports the outermost one it created, relative when `dir` is).
@@ -350,7 +388,10 @@ export class OciLayoutSink implements ImageSink {
       try {
         await stat(layoutPath);
       } catch {
-        await this.writeAtomically(layoutPath, Buffer.from(`${JSON.stringify({ imageLayoutVersion: LAYOUT_VERSION })}`));
+        await this.writeAtomically(
+          layoutPath,
+          Buffer.from(`${JSON.stringify({ imageLayoutVersion: LAYOUT_VERSION })}`),
+        );
         this.createdFiles.push(layoutPath);
       }
       // Fail early (before any blob is copied) when index.json exists but is unusable.
@@ -450,7 +491,12 @@ export class OciLayoutSink implements ImageSink {
       const name = m.annotations?.[REF_NAME_ANNOTATION];
       return tag !== undefined ? name !== tag : !(name === undefined && m.digest === root.digest);
     });
-    const next: ImageIndex = { ...index, schemaVersion: 2, mediaType: index.mediaType ?? MediaType.ociIndex, manifests: [...kept, entry] };
+    const next: ImageIndex = {
+      ...index,
+      schemaVersion: 2,
+      mediaType: index.mediaType ?? MediaType.ociIndex,
+      manifests: [...kept, entry],
+    };
     await this.writeAtomically(join(this.ref.dir, INDEX_FILE), Buffer.from(JSON.stringify(next)));
   }
 

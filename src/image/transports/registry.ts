@@ -36,7 +36,10 @@ export interface RegistryImageSink extends ImageSink {
   close(): Promise<void>;
 }
 
-export async function openRegistrySource(reference: string, options: RegistryOptions = {}): Promise<RegistryImageSource> {
+export async function openRegistrySource(
+  reference: string,
+  options: RegistryOptions = {},
+): Promise<RegistryImageSource> {
   const ref = parseReference(reference);
   const client = await openRegistryHosts(ref.registry, registryOptionsOf(options));
   const repository = ref.repository;
@@ -48,12 +51,16 @@ export async function openRegistrySource(reference: string, options: RegistryOpt
     async fetchManifest(desc: Descriptor): Promise<RawManifest> {
       const manifest = await client.getManifest(repository, desc.digest);
       if (manifest.bytes.length !== desc.size) {
-        throw new EsgzError('SIZE_MISMATCH', `manifest ${desc.digest} in ${ref.registry}/${repository}: expected ${desc.size} bytes, got ${manifest.bytes.length}`);
+        throw new EsgzError(
+          'SIZE_MISMATCH',
+          `manifest ${desc.digest} in ${ref.registry}/${repository}: expected ${desc.size} bytes, got ${manifest.bytes.length}`,
+        );
       }
       return manifest;
     },
     openBlob: (desc: Descriptor) => client.openBlob(repository, desc),
-    readBlobRange: (desc: Descriptor, offset: number, length: number) => client.readBlobRange(repository, desc, offset, length),
+    readBlobRange: (desc: Descriptor, offset: number, length: number) =>
+      client.readBlobRange(repository, desc, offset, length),
     close: () => client.close(),
   };
 }
@@ -82,7 +89,11 @@ export async function openRegistrySink(reference: string, options: RegistryOptio
       assertOpen();
       return client.hasBlob(repository, desc);
     },
-    async putBlob(desc: Descriptor, open: () => Promise<Readable> | Readable, hints?: { mountFrom?: BlobLocation }): Promise<void> {
+    async putBlob(
+      desc: Descriptor,
+      open: () => Promise<Readable> | Readable,
+      hints?: { mountFrom?: BlobLocation },
+    ): Promise<void> {
       assertOpen();
       // Mounting only works inside one registry.
       const mountFrom = hints?.mountFrom?.registry === ref.registry ? hints.mountFrom.repository : undefined;
@@ -97,7 +108,10 @@ export async function openRegistrySink(reference: string, options: RegistryOptio
       assertOpen();
       try {
         if (ref.digest !== undefined && ref.digest !== root.digest) {
-          throw new EsgzError('BAD_REFERENCE', `destination ${description} names digest ${ref.digest}, but the image written is ${root.digest}`);
+          throw new EsgzError(
+            'BAD_REFERENCE',
+            `destination ${description} names digest ${ref.digest}, but the image written is ${root.digest}`,
+          );
         }
         // The one tag write, done last: until now nothing in the registry names the new image.
         await client.putManifest(repository, ref.tag ?? root.digest, root);
@@ -114,7 +128,14 @@ export async function openRegistrySink(reference: string, options: RegistryOptio
 /** Only the registry options of a bag that holds more (a command's or rpull's options), and only those set. */
 export function registryOptionsOf(options: RegistryOptions): RegistryHostsOptions {
   const keys = [
-    'plainHttp', 'insecure', 'dockerConfigDir', 'userAgent', 'hostsDirs', 'tlsFiles', 'credentials', 'trace',
+    'plainHttp',
+    'insecure',
+    'dockerConfigDir',
+    'userAgent',
+    'hostsDirs',
+    'tlsFiles',
+    'credentials',
+    'trace',
   ] as const;
   const set = keys.filter((k) => options[k] !== undefined);
   return Object.fromEntries(set.map((k) => [k, options[k]])) as RegistryHostsOptions;

@@ -10,7 +10,8 @@ import { convertZstd, rawFooter, zstdCli, ZSTD_CHUNKED_SUITE_CODEC } from './hel
 import { MAX_TOC_SIZE } from '../../../src/estargz/constants.js';
 
 const fixture = runBadInputSuite(ZSTD_CHUNKED_SUITE_CODEC);
-const open = (blob: Buffer, expectedTOCDigest?: string) => EstargzReader.open(bufferBlobReader(blob), { where: 'layer X', expectedTOCDigest });
+const open = (blob: Buffer, expectedTOCDigest?: string) =>
+  EstargzReader.open(bufferBlobReader(blob), { where: 'layer X', expectedTOCDigest });
 /** Offset of the compressed TOC (after its skippable header). */
 const tocAt = () => Number(rawFooter(fixture.blob()).offset);
 
@@ -65,13 +66,19 @@ describe('TOC', () => {
 describe('data frames', () => {
   it('frames cut short, stray bytes, and a skippable frame running past the data', () => {
     const frame = zstdCli(['-c', '-q'], Buffer.from('hello world'));
-    expect(decompressFrames(Buffer.concat([frame, skippableFrame(Buffer.from('meta')), frame]), 'm').toString()).toBe('hello worldhello world');
-    expect(() => decompressFrames(frame.subarray(0, frame.length - 3), 'm', 100)).toThrow(/zstd frame at offset 100 is truncated or corrupt/);
+    expect(decompressFrames(Buffer.concat([frame, skippableFrame(Buffer.from('meta')), frame]), 'm').toString()).toBe(
+      'hello worldhello world',
+    );
+    expect(() => decompressFrames(frame.subarray(0, frame.length - 3), 'm', 100)).toThrow(
+      /zstd frame at offset 100 is truncated or corrupt/,
+    );
     expect(() => decompressFrames(Buffer.concat([frame, Buffer.from('xyz')]), 'm')).toThrow(/3 stray bytes at offset/);
     expect(() => decompressFrames(Buffer.from('not zstd at all'), 'm')).toThrow(/no zstd frame at offset 0/);
     const lying = Buffer.concat([frame, skippableFrame(Buffer.alloc(10)).subarray(0, 8), Buffer.alloc(4)]);
     lying.writeUInt32LE(1000, frame.length + 4);
-    expect(() => decompressFrames(lying, 'm')).toThrow(/skippable frame at offset \d+ says 1000 bytes but only 4 follow/);
+    expect(() => decompressFrames(lying, 'm')).toThrow(
+      /skippable frame at offset \d+ says 1000 bytes but only 4 follow/,
+    );
     for (const bad of [frame.subarray(0, 3), Buffer.from('xyz')]) {
       try {
         decompressFrames(bad, 'm');
@@ -86,7 +93,11 @@ describe('data frames', () => {
 
 describe('frames from other writers', () => {
   it('frames without a content size (streaming writers such as klauspost/compress) decode in full', () => {
-    const data = Buffer.concat([generatedBuffer(300_000, 'a', true), Buffer.alloc(2_000_000, 7), generatedBuffer(100_000, 'b')]);
+    const data = Buffer.concat([
+      generatedBuffer(300_000, 'a', true),
+      Buffer.alloc(2_000_000, 7),
+      generatedBuffer(100_000, 'b'),
+    ]);
     const frame = zstdCli(['-c', '-q', '--no-content-size'], data);
     expect(frame[4]! & 0xc0, 'no frame content size flag').toBe(0);
     expect(frame[4]! & 0x20, 'not single-segment').toBe(0);
@@ -101,7 +112,13 @@ describe('zstd source layers', () => {
   it('a truncated zstd source is BAD_LAYER, not a short blob', async () => {
     const source = zstdCli(['-c', '-q'], fixture.tar());
     // convertBuffer (test/estargz/helpers.ts) names the source "test layer" when decompressing it.
-    await expectEsgzError(convertZstd(source.subarray(0, source.length - 50)), 'BAD_LAYER', 'test layer', 'zstd', 'ended in middle');
+    await expectEsgzError(
+      convertZstd(source.subarray(0, source.length - 50)),
+      'BAD_LAYER',
+      'test layer',
+      'zstd',
+      'ended in middle',
+    );
   });
 
   it('a corrupt zstd source is BAD_LAYER', async () => {
@@ -117,7 +134,10 @@ describe('zstd:chunked TOC bombs (issue #12)', () => {
     const { compress } = await import('zstd-napi');
     const codec = createZstdChunkedCodec();
     const bomb = compress(Buffer.alloc(256 << 20, 0x20));
-    await expect(codec.parseTOC(bomb)).rejects.toMatchObject({ code: 'BAD_FORMAT', message: expect.stringMatching(new RegExp(`more than ${MAX_TOC_SIZE >> 20} MiB`)) });
+    await expect(codec.parseTOC(bomb)).rejects.toMatchObject({
+      code: 'BAD_FORMAT',
+      message: expect.stringMatching(new RegExp(`more than ${MAX_TOC_SIZE >> 20} MiB`)),
+    });
     // Members are cut at what the caller asks for.
     expect((await codec.decompress(bomb, 10)).length).toBe(10);
   });

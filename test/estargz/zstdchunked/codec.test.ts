@@ -6,8 +6,12 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bufferBlobReader, EstargzReader } from '../../../src/estargz/reader.js';
 import {
-  CONTAINERS_MANIFEST_CHECKSUM_ANNOTATION, CONTAINERS_MANIFEST_POSITION_ANNOTATION, MANIFEST_CHECKSUM_ANNOTATION,
-  MANIFEST_POSITION_ANNOTATION, createZstdChunkedCodec, parseManifestPosition,
+  CONTAINERS_MANIFEST_CHECKSUM_ANNOTATION,
+  CONTAINERS_MANIFEST_POSITION_ANNOTATION,
+  MANIFEST_CHECKSUM_ANNOTATION,
+  MANIFEST_POSITION_ANNOTATION,
+  createZstdChunkedCodec,
+  parseManifestPosition,
 } from '../../../src/estargz/zstdchunked/codec.js';
 import { buildTar, contentSize, dir, file, generatedBuffer, generatedFile, storedName } from '../../fixtures/tar.js';
 import { run, tarNames, tarVerbose } from '../helpers.js';
@@ -104,7 +108,10 @@ describe('footer and TOC', () => {
     expect(a[MANIFEST_CHECKSUM_ANNOTATION]).toBe(sha256(compressed));
     expect(a[MANIFEST_POSITION_ANNOTATION]).toBe(`${f.offset}:${f.compressed}:${f.uncompressed}:1`);
     expect(parseManifestPosition(a[MANIFEST_POSITION_ANNOTATION]!)).toEqual({
-      offset: Number(f.offset), compressedSize: Number(f.compressed), uncompressedSize: Number(f.uncompressed), manifestType: 1,
+      offset: Number(f.offset),
+      compressedSize: Number(f.compressed),
+      uncompressedSize: Number(f.uncompressed),
+      manifestType: 1,
     });
     // The containers/storage >= 1.45 names only on request (they conflict with toc.digest in newer podman).
     expect(a[CONTAINERS_MANIFEST_CHECKSUM_ANNOTATION]).toBeUndefined();
@@ -112,15 +119,21 @@ describe('footer and TOC', () => {
 
   it('containers/storage names carry the same values when asked for', async () => {
     const { result: r } = await convertZstd(tar, { chunkSize: CHUNK, containersStorageAnnotations: true });
-    expect(r.codecAnnotations[CONTAINERS_MANIFEST_CHECKSUM_ANNOTATION]).toBe(r.codecAnnotations[MANIFEST_CHECKSUM_ANNOTATION]);
-    expect(r.codecAnnotations[CONTAINERS_MANIFEST_POSITION_ANNOTATION]).toBe(r.codecAnnotations[MANIFEST_POSITION_ANNOTATION]);
+    expect(r.codecAnnotations[CONTAINERS_MANIFEST_CHECKSUM_ANNOTATION]).toBe(
+      r.codecAnnotations[MANIFEST_CHECKSUM_ANNOTATION],
+    );
+    expect(r.codecAnnotations[CONTAINERS_MANIFEST_POSITION_ANNOTATION]).toBe(
+      r.codecAnnotations[MANIFEST_POSITION_ANNOTATION],
+    );
   });
 
   it('the reader finds the zstd codec, verifies the TOC and reads every file back', async () => {
     const reader = await EstargzReader.open(bufferBlobReader(blob), { expectedTOCDigest: result.tocDigest });
     expect(reader.codec.name).toBe('zstd');
     expect(reader.footer.kind).toBe('zstdchunked');
-    expect(reader.tocJSON.equals(zstdDecompressCli(blob.subarray(Number(rawFooter(blob).offset), blob.length - 48)))).toBe(true);
+    expect(
+      reader.tocJSON.equals(zstdDecompressCli(blob.subarray(Number(rawFooter(blob).offset), blob.length - 48))),
+    ).toBe(true);
     for (const [name, content] of sourceFiles(tar)) {
       expect((await reader.readFile(name)).equals(content), name).toBe(true);
     }

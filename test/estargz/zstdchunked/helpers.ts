@@ -8,15 +8,17 @@ import type { SuiteCodec } from '../codec-suite.js';
 import { convertBuffer } from '../helpers.js';
 
 export interface ZstdConvertOptions
-  extends Omit<EstargzWriterOptions, 'codec' | 'compressor'>,
-    ZstdChunkedCodecOptions {
+  extends Omit<EstargzWriterOptions, 'codec' | 'compressor'>, ZstdChunkedCodecOptions {
   compressionLevel?: number;
   /** Default 2. */
   workers?: number;
 }
 
 /** Converts an in-memory layer (tar, tar+gzip or tar+zstd) to a zstd:chunked blob. */
-export async function convertZstd(layer: Buffer, options: ZstdConvertOptions = {}): Promise<{ blob: Buffer; result: EstargzWriteResult }> {
+export async function convertZstd(
+  layer: Buffer,
+  options: ZstdConvertOptions = {},
+): Promise<{ blob: Buffer; result: EstargzWriteResult }> {
   const { compressionLevel, workers, containersStorageAnnotations, endOfArchive, ...writer } = options;
   const codec = createZstdChunkedCodec({ containersStorageAnnotations, endOfArchive });
   return convertBuffer(layer, { ...writer, codec, level: compressionLevel, workers: workers ?? 2 });
@@ -37,7 +39,13 @@ export function sha256(data: Buffer): string {
 
 /** The footer read straight from the bytes, following stargz-snapshotter's zstdchunked.go layout. */
 export function rawFooter(blob: Buffer): {
-  frameMagic: number; frameSize: number; offset: bigint; compressed: bigint; uncompressed: bigint; manifestType: bigint; magic: string;
+  frameMagic: number;
+  frameSize: number;
+  offset: bigint;
+  compressed: bigint;
+  uncompressed: bigint;
+  manifestType: bigint;
+  magic: string;
 } {
   const f = blob.subarray(blob.length - 48);
   return {

@@ -12,7 +12,11 @@ import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from '../../../src/estargz/constants.js';
 import { openEstargzFile } from '../../../src/estargz/reader.js';
-import { MANIFEST_CHECKSUM_ANNOTATION, MANIFEST_POSITION_ANNOTATION, parseManifestPosition } from '../../../src/estargz/zstdchunked/codec.js';
+import {
+  MANIFEST_CHECKSUM_ANNOTATION,
+  MANIFEST_POSITION_ANNOTATION,
+  parseManifestPosition,
+} from '../../../src/estargz/zstdchunked/codec.js';
 import { createLayerTransform } from '../../../src/convert/transform.js';
 import { transferImage } from '../../../src/image/pipeline.js';
 import { openSink, openSource } from '../../../src/image/transports/index.js';
@@ -23,7 +27,8 @@ import { registryAddress } from '../../harness/registry.js';
 import { convertZstd, sha256 } from './helpers.js';
 
 const PODMAN = '/usr/bin/podman';
-const podmanAvailable = existsSync(PODMAN) && existsSync('/usr/bin/skopeo') && existsSync('/bin/busybox') && process.getuid?.() === 0;
+const podmanAvailable =
+  existsSync(PODMAN) && existsSync('/usr/bin/skopeo') && existsSync('/bin/busybox') && process.getuid?.() === 0;
 
 const BIG = generatedBuffer(5 * 1024 * 1024 + 123, 'podman-big');
 const layers: TarEntry[][] = [
@@ -60,9 +65,20 @@ async function pushZstdChunkedImage(work: string, registry: string): Promise<Pus
       },
     });
   }
-  const image = await writeOciImage(layout, { tag: 'zstd', layers: prepared, config: { Env: ['PATH=/bin'], Cmd: ['/bin/sh'] } });
+  const image = await writeOciImage(layout, {
+    tag: 'zstd',
+    layers: prepared,
+    config: { Env: ['PATH=/bin'], Cmd: ['/bin/sh'] },
+  });
   const reference = `${registry}/esgz-test/zstdchunked-podman:${Date.now()}`;
-  await execa('skopeo', ['copy', '--quiet', '--preserve-digests', '--dest-tls-verify=false', `oci:${layout}:zstd`, `docker://${reference}`]);
+  await execa('skopeo', [
+    'copy',
+    '--quiet',
+    '--preserve-digests',
+    '--dest-tls-verify=false',
+    `oci:${layout}:zstd`,
+    `docker://${reference}`,
+  ]);
   return { reference, layerDigests: image.manifests[0]!.layers.map((l) => l.digest) };
 }
 
@@ -77,7 +93,8 @@ async function unmountUnder(root: string): Promise<void> {
 }
 
 /** The container command and what it must print, for the image built from `layers`. */
-const CHECK_COMMAND = 'cat /etc/hello /data/note /data/note-link; busybox sha256sum /data/big /data/big-link; busybox wc -c /data/empty';
+const CHECK_COMMAND =
+  'cat /etc/hello /data/note /data/note-link; busybox sha256sum /data/big /data/big-link; busybox wc -c /data/empty';
 function checkOutput(out: string): void {
   const expectedBig = sha256(BIG).slice(7);
   expect(out).toContain('hello from an esgz fixture');
@@ -101,20 +118,34 @@ describe.skipIf(!podmanAvailable)('podman pulls and runs an esgz zstd:chunked im
     const storageConf = path.join(work, 'storage.conf');
     // containers/storage 1.43 reads pull_options from the default store options, which honour
     // CONTAINERS_STORAGE_CONF: the same private file podman uses.
-    await writeFile(storageConf, [
-      '[storage]',
-      'driver = "overlay"',
-      `graphroot = ${JSON.stringify(graphroot)}`,
-      `runroot = ${JSON.stringify(runroot)}`,
-      '[storage.options]',
-      'pull_options = {enable_partial_images = "true", use_hard_links = "false", ostree_repos = ""}',
-      '',
-    ].join('\n'));
+    await writeFile(
+      storageConf,
+      [
+        '[storage]',
+        'driver = "overlay"',
+        `graphroot = ${JSON.stringify(graphroot)}`,
+        `runroot = ${JSON.stringify(runroot)}`,
+        '[storage.options]',
+        'pull_options = {enable_partial_images = "true", use_hard_links = "false", ostree_repos = ""}',
+        '',
+      ].join('\n'),
+    );
     env = { ...process.env, CONTAINERS_STORAGE_CONF: storageConf } as Record<string, string>;
     podmanArgs = [
-      '--root', graphroot, '--runroot', runroot, '--storage-driver', 'overlay',
-      '--cgroup-manager', 'cgroupfs', '--events-backend', 'file', '--runtime', '/usr/sbin/runc',
-      '--tmpdir', path.join(work, 'libpod-tmp'),
+      '--root',
+      graphroot,
+      '--runroot',
+      runroot,
+      '--storage-driver',
+      'overlay',
+      '--cgroup-manager',
+      'cgroupfs',
+      '--events-backend',
+      'file',
+      '--runtime',
+      '/usr/sbin/runc',
+      '--tmpdir',
+      path.join(work, 'libpod-tmp'),
     ];
   });
 
@@ -139,7 +170,20 @@ describe.skipIf(!podmanAvailable)('podman pulls and runs an esgz zstd:chunked im
 
   /** Runs the image's check command; podman's default nofile/nproc limits exceed what a sandbox may grant (runc EPERM). */
   async function runCheck(reference: string): Promise<string> {
-    const ran = await podman(['run', '--rm', '--network', 'none', '--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=1024:1024', reference, '/bin/sh', '-c', CHECK_COMMAND]);
+    const ran = await podman([
+      'run',
+      '--rm',
+      '--network',
+      'none',
+      '--ulimit',
+      'nofile=1024:1024',
+      '--ulimit',
+      'nproc=1024:1024',
+      reference,
+      '/bin/sh',
+      '-c',
+      CHECK_COMMAND,
+    ]);
     return ran.stdout;
   }
 
@@ -162,7 +206,10 @@ describe.skipIf(!podmanAvailable)('podman pulls and runs an esgz zstd:chunked im
       await source.close();
     }
     const { stdout } = await execa('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${reference}`]);
-    const manifest = JSON.parse(stdout) as { mediaType: string; layers: Array<{ digest: string; mediaType: string; annotations?: Record<string, string> }> };
+    const manifest = JSON.parse(stdout) as {
+      mediaType: string;
+      layers: Array<{ digest: string; mediaType: string; annotations?: Record<string, string> }>;
+    };
     expect(manifest.mediaType).toBe('application/vnd.oci.image.manifest.v1+json');
     for (const layer of manifest.layers) {
       expect(layer.mediaType).toBe('application/vnd.oci.image.layer.v1.tar+zstd');
@@ -173,13 +220,22 @@ describe.skipIf(!podmanAvailable)('podman pulls and runs an esgz zstd:chunked im
     expect(manifest.layers.map((l) => l.digest)).toEqual(handBuilt.layerDigests);
     // Start from empty storage so podman cannot reuse layers an earlier test pulled.
     await podman(['rmi', '--all', '--force']);
-    await pullPartially(reference, manifest.layers.map((l) => l.digest), 'pull-pipeline.log');
+    await pullPartially(
+      reference,
+      manifest.layers.map((l) => l.digest),
+      'pull-pipeline.log',
+    );
     checkOutput(await runCheck(reference));
   });
 
   it('the pushed layers carry the annotations containers/storage 1.43 keys its zstd:chunked path on', async () => {
     const pushed = await pushZstdChunkedImage(work, registryAddress());
-    const { stdout } = await execa('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${pushed.reference}`]);
+    const { stdout } = await execa('skopeo', [
+      'inspect',
+      '--raw',
+      '--tls-verify=false',
+      `docker://${pushed.reference}`,
+    ]);
     const manifest = JSON.parse(stdout) as { layers: Array<{ digest: string; annotations?: Record<string, string> }> };
     expect(manifest.layers.map((l) => l.digest)).toEqual(pushed.layerDigests);
     for (const layer of manifest.layers) {
@@ -195,9 +251,24 @@ describe.skipIf(!podmanAvailable)('podman pulls and runs an esgz zstd:chunked im
     const local = `localhost/esgz-test/podman-written:${Date.now()}`;
     await podman(['import', '--quiet', tarPath, local]);
     const reference = `${registryAddress()}/esgz-test/podman-written:${Date.now()}`;
-    await podman(['push', '--quiet', '--tls-verify=false', '--compression-format', 'zstd:chunked', local, `docker://${reference}`]);
+    await podman([
+      'push',
+      '--quiet',
+      '--tls-verify=false',
+      '--compression-format',
+      'zstd:chunked',
+      local,
+      `docker://${reference}`,
+    ]);
     const layout = path.join(work, 'podman-written');
-    await execa('skopeo', ['copy', '--quiet', '--preserve-digests', '--src-tls-verify=false', `docker://${reference}`, `oci:${layout}:x`]);
+    await execa('skopeo', [
+      'copy',
+      '--quiet',
+      '--preserve-digests',
+      '--src-tls-verify=false',
+      `docker://${reference}`,
+      `oci:${layout}:x`,
+    ]);
     const [{ layers: manifestLayers }] = readOciLayout(layout).manifests;
     expect(manifestLayers).toHaveLength(1);
     const dataLayer = manifestLayers[0]!;

@@ -21,6 +21,8 @@ runReferenceSuite(ZSTD_CHUNKED_SUITE_CODEC, 'esgz-zstd', (context) => {
     // toc.digest and uncompressed-size come from the transform, the rest from the codec.
     const ours = await ZSTD_CHUNKED_SUITE_CODEC.convert(context.tar(), { chunkSize: context.chunkSize });
     const fromTransform = ['containerd.io/snapshot/stargz/toc.digest', 'io.containers.estargz.uncompressed-size'];
-    expect([...Object.keys(ours.result.codecAnnotations), ...fromTransform].sort()).toEqual(Object.keys(ref.annotations).sort());
+    expect([...Object.keys(ours.result.codecAnnotations), ...fromTransform].sort()).toEqual(
+      Object.keys(ref.annotations).sort(),
+    );
   });
 });
