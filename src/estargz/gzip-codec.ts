@@ -16,7 +16,7 @@ import {
   TOC_TAR_SLACK,
 } from './constants.js';
 export { DEFAULT_GZIP_LEVEL } from './gzip-pool.js';
-import { BLOCK, END_OF_ARCHIVE, encodeTarHeader, padding } from './tar.js';
+import { BLOCK, END_OF_ARCHIVE, encodeTarHeader, padding, syntheticFileHeader } from './tar.js';
 import { marshalTOC, parseTOCJSON, sha256Digest, type JTOC } from './toc.js';
 import { MediaType } from '../oci/media-types.js';
 
@@ -64,21 +64,7 @@ export function externalTOCFooter(): Buffer {
 
 /** The uncompressed tar bytes of the TOC entry plus the end-of-archive marker. */
 export function tocTarBytes(tocJSON: Buffer): Buffer {
-  const header = encodeTarHeader({
-    name: TOC_TAR_NAME,
-    linkname: '',
-    typeflag: '0',
-    mode: 0,
-    uid: 0,
-    gid: 0,
-    size: tocJSON.length,
-    mtime: 0,
-    uname: '',
-    gname: '',
-    devmajor: 0,
-    devminor: 0,
-    pax: new Map(),
-  });
+  const header = encodeTarHeader(syntheticFileHeader(TOC_TAR_NAME, tocJSON.length));
   return Buffer.concat([header, tocJSON, Buffer.alloc(padding(tocJSON.length)), END_OF_ARCHIVE]);
 }
 

@@ -32,6 +32,28 @@ export interface TarHeader {
   pax: Map<string, Buffer>;
 }
 
+/**
+ * The header of a file esgz adds to a layer itself (the TOC, the landmarks): a regular file of
+ * `size` bytes owned by root, mode 0, mtime 0, as stargz's writer makes them.
+ */
+export function syntheticFileHeader(name: string, size: number): TarHeader {
+  return {
+    name,
+    linkname: '',
+    typeflag: '0',
+    mode: 0,
+    uid: 0,
+    gid: 0,
+    size,
+    mtime: 0,
+    uname: '',
+    gname: '',
+    devmajor: 0,
+    devminor: 0,
+    pax: new Map(),
+  };
+}
+
 export interface TarEntry {
   header: TarHeader;
   /**

@@ -37,6 +37,7 @@ import {
   FileWindowReader,
   padding,
   readTar,
+  syntheticFileHeader,
   type TarHeader,
 } from './tar.js';
 import { cleanEntryName, climbsAboveRoot, formatModtime, type JTOC, type TOCEntry, type TOCEntryType } from './toc.js';
@@ -313,21 +314,7 @@ function checkSafeName(name: string, what: string, where: string): void {
 function landmarkEntry(name: string): SourceEntry {
   let served = false;
   return {
-    header: {
-      name,
-      linkname: '',
-      typeflag: '0',
-      mode: 0,
-      uid: 0,
-      gid: 0,
-      size: LANDMARK_CONTENTS.length,
-      mtime: 0,
-      uname: '',
-      gname: '',
-      devmajor: 0,
-      devminor: 0,
-      pax: new Map(),
-    },
+    header: syntheticFileHeader(name, LANDMARK_CONTENTS.length),
     async readSome() {
       if (served) throw new EsgzError('INTERNAL', 'landmark read out of range');
       served = true;
