@@ -2,13 +2,14 @@
 // library as options: nothing under src/ other than this file reads them. Each is documented in
 // README.md's table and in every command's --help (ENVIRONMENT_HELP).
 import { EsgzError } from '../errors.js';
+import { GZIP_BACKEND_CHOICES, type GzipBackendChoice } from '../estargz/gzip-pool.js';
 
 /** What the environment tells esgz; undefined means "not set: the library's default". */
 export interface EsgzEnvironment {
   /** ESGZ_WORKERS: compression worker threads (a positive integer; default one per core). */
   workers?: number;
   /** ESGZ_GZIP_BACKEND: the gzip compressor of eStargz members. */
-  gzipBackend?: 'libdeflate' | 'zlib' | 'auto';
+  gzipBackend?: GzipBackendChoice;
   /** ESGZ_ZSTDCHUNKED_GITHUB_ANNOTATIONS=1: also write containers/storage's annotations. */
   zstdChunkedGithubAnnotations: boolean;
   /** ESGZ_TMPFS: optimize's memory-backed work dir; `false` never uses one, a path always does. */
@@ -18,8 +19,6 @@ export interface EsgzEnvironment {
   /** ESGZ_FANOTIFY_BIN: the fanotify tracer helper (default: the one built in native/fanotify/). */
   fanotifyBinary?: string;
 }
-
-const GZIP_BACKENDS = ['libdeflate', 'zlib', 'auto'] as const;
 
 /** Reads and checks every ESGZ_* variable; a malformed one is a one-line BAD_FLAG error. */
 export function readEnvironment(env: NodeJS.ProcessEnv = process.env): EsgzEnvironment {
@@ -36,9 +35,9 @@ export function readEnvironment(env: NodeJS.ProcessEnv = process.env): EsgzEnvir
   }
   const backend = nonEmpty(env.ESGZ_GZIP_BACKEND);
   if (backend !== undefined) {
-    if (!(GZIP_BACKENDS as readonly string[]).includes(backend))
-      throw new EsgzError('BAD_FLAG', `ESGZ_GZIP_BACKEND=${backend} is not one of ${GZIP_BACKENDS.join(', ')}`);
-    result.gzipBackend = backend as EsgzEnvironment['gzipBackend'];
+    if (!(GZIP_BACKEND_CHOICES as readonly string[]).includes(backend))
+      throw new EsgzError('BAD_FLAG', `ESGZ_GZIP_BACKEND=${backend} is not one of ${GZIP_BACKEND_CHOICES.join(', ')}`);
+    result.gzipBackend = backend as GzipBackendChoice;
   }
   const tmpfs = nonEmpty(env.ESGZ_TMPFS);
   if (tmpfs !== undefined) {

@@ -10,7 +10,8 @@ import { LIBDEFLATE_ADDON_PATH as ADDON_PATH, MemberPool, defaultWorkerCount } f
 
 export type GzipBackend = 'libdeflate' | 'zlib';
 /** What a caller may ask for: a backend, or 'auto' (libdeflate when it loads, else zlib). */
-export type GzipBackendChoice = GzipBackend | 'auto';
+export const GZIP_BACKEND_CHOICES = ['libdeflate', 'zlib', 'auto'] as const;
+export type GzipBackendChoice = (typeof GZIP_BACKEND_CHOICES)[number];
 /** ctr-remote's default: gzip.BestCompression. */
 export const DEFAULT_GZIP_LEVEL = 9;
 
