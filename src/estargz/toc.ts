@@ -240,11 +240,16 @@ export function climbsAboveRoot(name: string): boolean {
 /** The last modtime formatModtime formatted. */
 let lastModtime = { seconds: NaN, text: '' };
 
-/** stargz's formatModtime: RFC 3339 in UTC, whole seconds; the epoch and zero time are omitted. */
+/**
+ * stargz's formatModtime: RFC 3339 in UTC, rounded to whole seconds (halfway up, as Go's
+ * Time.Round); omitted when the time's whole seconds (Go's t.Unix(), floored) are 0, so a time
+ * in [0, 1) s is omitted and one in (-1, 0) s is written as the epoch. Times before 1970 and
+ * past 2038 are written like any other.
+ */
 export function formatModtime(date: Date | undefined): string | undefined {
   if (!date || Number.isNaN(date.getTime())) return undefined;
+  if (Math.floor(date.getTime() / 1000) === 0) return undefined;
   const seconds = Math.round(date.getTime() / 1000);
-  if (seconds === 0) return undefined;
   // Files of a layer mostly share a few timestamps (one per package build): reuse the last one.
   if (seconds !== lastModtime.seconds)
     lastModtime = { seconds, text: new Date(seconds * 1000).toISOString().replace(/\.\d{3}Z$/, 'Z') };

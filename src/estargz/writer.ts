@@ -346,7 +346,18 @@ async function* losslessEntries(
   }
 }
 
-/** Streams the input's entries in order, with the no-prefetch landmark first. */
+/**
+ * Streams the input's entries in order, with the no-prefetch landmark first.
+ *
+ * A path found twice in the layer (`tar --append`, some builders) keeps both entries, in the tar
+ * and in the TOC; readers follow the last one, as applying the tar does. stargz's converter
+ * (build.go importTar) drops the earlier one instead; esgz does not, because: the lossless mode
+ * must keep every input byte, so readers have to handle the repeated name anyway and one writer
+ * behaviour serves both modes; every layer converts to the same bytes (and so the same diffID
+ * and digests) as before; and dropping changes what the layer means when a hardlink between the
+ * two entries names the earlier file (applied as written it keeps the old content, with the
+ * earlier entry gone it points at a file that does not exist yet).
+ */
 async function* streamedEntries(tar: AsyncIterable<Buffer>, where: string): AsyncGenerator<SourceEntry> {
   yield landmarkEntry(NO_PREFETCH_LANDMARK);
   for await (const entry of readTar(tar, where)) {
