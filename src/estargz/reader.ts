@@ -267,7 +267,8 @@ export class EstargzReader {
         }
       } else {
         this.checkName(e);
-        // A name listed twice: the later entry wins (as in stargz's reader and in a tar).
+        // A name listed twice: the later entry wins (as in stargz's reader and in a tar), and the
+        // earlier one's chunks are dropped so they never join the later file's.
         this.byName.set(name, e);
         this.chunksByName.delete(name);
         currentFile = e.type === 'reg' ? e : undefined;
@@ -393,9 +394,15 @@ export class EstargzReader {
     }
   }
 
-  /** Every non-chunk TOC entry in blob order. */
+  /**
+   * The non-chunk TOC entries in force, in blob order: of a name listed twice (a layer made with
+   * `tar --append`) only the later entry, as applying the tar leaves it. The TOC keeps both
+   * (`toc.entries`); what a name reads as (lookup, chunks) is always the later one, so an earlier
+   * entry listed here would describe a file that is not there, or a regular file whose name is
+   * now a directory.
+   */
   entries(): TOCEntry[] {
-    return this.toc.entries.filter((e) => e.type !== 'chunk');
+    return this.toc.entries.filter((e) => e.type !== 'chunk' && this.byName.get(cleanEntryName(e.name)) === e);
   }
 
   /** The entry for `name` ("./a/", "/a" and "a" are the same name). Hardlinks are returned as they are. */

@@ -369,11 +369,20 @@ async function makeDeviceNode(header: TarHeader, type: string, dest: string, sta
   return { kind: KIND[type]!, size: 0 };
 }
 
+/**
+ * A tar time (seconds, maybe fractional or negative) as node's utimes functions take it: they
+ * replace a negative number by the current time, so a time before 1970 goes as a Date
+ * (millisecond precision); others stay numbers, which keep microseconds.
+ */
+function fsTime(seconds: number): number | Date {
+  return seconds < 0 ? new Date(seconds * 1000) : seconds;
+}
+
 /** Owner, xattrs and times of a symlink or device node, never following it. */
 async function setOwnerXattrsTimes(dest: string, header: TarHeader, state: EntryState): Promise<void> {
   if (state.sameOwner) lchownSync(dest, header.uid, header.gid);
   await setXattrs(dest, header, state);
-  lutimesSync(dest, header.mtime, header.mtime);
+  lutimesSync(dest, fsTime(header.mtime), fsTime(header.mtime));
 }
 
 /** The names onAdd reports (tar-stream's, which the provenance map and its callers know). */
@@ -448,7 +457,7 @@ function applyDirectoryMetadata(state: EntryState): void {
       const st = fstatSync(fd);
       if (st.dev !== meta.dev || st.ino !== meta.ino) continue;
       fchmodSync(fd, meta.mode);
-      futimesSync(fd, meta.mtime, meta.mtime);
+      futimesSync(fd, fsTime(meta.mtime), fsTime(meta.mtime));
     } finally {
       closeSync(fd);
     }
@@ -470,7 +479,7 @@ async function writeFile(entry: TarEntry, dest: string, state: EntryState): Prom
       if (state.sameOwner) fchownSync(fd, header.uid, header.gid);
       await setXattrs(dest, header, state);
       fchmodSync(fd, header.mode & 0o7777);
-      futimesSync(fd, header.mtime, header.mtime);
+      futimesSync(fd, fsTime(header.mtime), fsTime(header.mtime));
     } finally {
       closeSync(fd);
     }
@@ -485,7 +494,7 @@ async function writeFile(entry: TarEntry, dest: string, state: EntryState): Prom
     if (state.sameOwner) await file.chown(header.uid, header.gid);
     await setXattrs(dest, header, state);
     await file.chmod(header.mode & 0o7777);
-    await file.utimes(header.mtime, header.mtime);
+    await file.utimes(fsTime(header.mtime), fsTime(header.mtime));
   } finally {
     await file.close();
   }

@@ -62,6 +62,24 @@ function parseModtime(modtime: string | undefined): number {
 }
 
 /**
+ * A time as fuse-native can hand it to the kernel. It carries st_[amc]time as unsigned 64-bit
+ * milliseconds (index.js splits the number into two uint32 words, fuse-native.c divides the
+ * uint64 by 1000 into tv_sec), so every time from 1970 up to year 584 million, past 2038
+ * included, arrives exactly, but no value reaches the kernel as a time before 1970: -1 s would
+ * wrap to 18446744073709551 s. Such times are shown as the epoch (a file from 1969 stays older
+ * than every later file instead of jumping to the far future), and `image rpull` unpacks a
+ * layer holding one rather than serving it here (fuseShowsModtime), so `esgz run` shows it exactly.
+ */
+function fuseTimeMs(ms: number): number {
+  return ms < 0 ? 0 : ms;
+}
+
+/** Whether a lazily served layer shows this TOC modtime exactly (fuse-native cannot show times before 1970). */
+export function fuseShowsModtime(modtime: string | undefined): boolean {
+  return parseModtime(modtime) >= 0;
+}
+
+/**
  * The in-memory inode tree of a layer. Inode numbers are assigned in TOC order (root is 1), so the
  * same TOC always gives the same numbers.
  */
@@ -261,9 +279,9 @@ function toStat(node: FsNode): FuseStat {
     rdev: node.rdev,
     blksize: 4096,
     blocks: Math.ceil(node.size / 512),
-    atime: node.mtimeMs,
-    mtime: node.mtimeMs,
-    ctime: node.mtimeMs,
+    atime: fuseTimeMs(node.mtimeMs),
+    mtime: fuseTimeMs(node.mtimeMs),
+    ctime: fuseTimeMs(node.mtimeMs),
   };
 }
 

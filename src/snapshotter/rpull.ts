@@ -7,8 +7,9 @@
  * the chunk cache, and with `backgroundFetch` the rest too.
  */
 import { rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { EsgzError, withContext } from '../errors.js';
-import { TOC_DIGEST_ANNOTATION } from '../estargz/constants.js';
+import { NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_DIGEST_ANNOTATION, TOC_TAR_NAME } from '../estargz/constants.js';
 import { EstargzReader, ExternalTOCRequiredError, type BlobReader } from '../estargz/reader.js';
 import { ExternalTOCImage } from '../convert/external-toc.js';
 import { sourceBlobReader } from '../convert/source-reader.js';
@@ -20,6 +21,7 @@ import type { ImageSource } from '../image/types.js';
 import { unpackLayer } from '../rootfs/unpack.js';
 import { formatReference, parseReference } from '../registry/reference.js';
 import { ChunkCache, LazyLayer, type FetchPolicy } from './cache.js';
+import { fuseShowsModtime } from './fusefs.js';
 import {
   mkdirPrivate,
   PrimedBlobReader,
@@ -115,6 +117,8 @@ interface LayerTOC {
   record: LayerRecord;
   report: RpullLayerReport;
   reader?: EstargzReader;
+  /** An eStargz / zstd:chunked layer unpacked instead of served lazily: its TOC and landmark files are left out. */
+  formatFiles?: boolean;
 }
 
 export async function rpull(options: RpullOptions): Promise<RpullReport> {
@@ -208,12 +212,7 @@ async function pinImage({ state, reference, image }: Pull): Promise<() => Promis
 async function readLayerTOC(pull: Pull, desc: Descriptor, i: number): Promise<LayerTOC> {
   const { digest, mediaType, size } = desc;
   const tocDigest = desc.annotations?.[TOC_DIGEST_ANNOTATION];
-  if (!tocDigest) {
-    return {
-      record: { digest, mediaType, size, kind: 'unpacked' },
-      report: { digest, kind: 'unpacked', size, fetchedBytes: 0, prefetchedBytes: 0 },
-    };
-  }
+  if (!tocDigest) return unpackedLayer(desc);
   const where = `layer ${i} (${digest})`;
   const primed = new PrimedBlobReader(sourceBlobReader(pull.source, desc));
   primed.recording = true;
@@ -236,6 +235,10 @@ async function readLayerTOC(pull: Pull, desc: Descriptor, i: number): Promise<La
     throw withContext(pull.reference, err);
   }
   primed.recording = false;
+  if (!reader.entries().every((e) => fuseShowsModtime(e.modtime))) {
+    pull.progress(`${where}: has modification times before 1970, which FUSE cannot show: unpacking it instead`);
+    return { ...unpackedLayer(desc), formatFiles: true };
+  }
   const landmark = reader.landmark();
   await pull.state.putLayerMeta(digest, primed.recorded, externalTOC);
   pull.progress(`${where}: TOC verified (${reader.entries().length} entries)`);
@@ -255,8 +258,20 @@ async function readLayerTOC(pull: Pull, desc: Descriptor, i: number): Promise<La
   };
 }
 
+/** A layer pulled whole and unpacked in phase 2. */
+function unpackedLayer({ digest, mediaType, size }: Descriptor): LayerTOC {
+  return {
+    record: { digest, mediaType, size, kind: 'unpacked' },
+    report: { digest, kind: 'unpacked', size, fetchedBytes: 0, prefetchedBytes: 0 },
+  };
+}
+
 /** Phase 2 for one layer that is not lazily pullable: downloaded, unpacked into a temp tree, moved into place. */
-async function unpackEagerLayer(pull: Pull, { record: layer, report }: LayerTOC, i: number): Promise<void> {
+async function unpackEagerLayer(
+  pull: Pull,
+  { record: layer, report, formatFiles }: LayerTOC,
+  i: number,
+): Promise<void> {
   const { state, source, reference, image, options, progress } = pull;
   if (layer.kind !== 'unpacked' || (await state.hasUnpacked(layer.digest))) return;
   const where = `layer ${i} (${layer.digest})`;
@@ -269,6 +284,10 @@ async function unpackEagerLayer(pull: Pull, { record: layer, report }: LayerTOC,
     const blob = await source.openBlob(image.manifest.layers[i]!);
     const { stream } = await openDecompressed(blob, where);
     await unpackLayer(stream, tmp, { whiteouts: 'overlay', layerName: where, signal: options.signal });
+    // What the lazy mount hides: the TOC file and the landmarks are the format's, not the image's.
+    if (formatFiles)
+      for (const name of [TOC_TAR_NAME, PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK])
+        await rm(join(tmp, name), { force: true });
     // Under the lock: a concurrent pull of the same layer may have finished first, and its
     // tree may be a running container's lower dir by now; keep it and drop ours.
     const unlock = await state.lock(`image rpull ${reference}`);
