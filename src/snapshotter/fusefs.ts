@@ -66,7 +66,7 @@ function parseModtime(modtime: string | undefined): number {
  * milliseconds (index.js splits the number into two uint32 words, fuse-native.c divides the
  * uint64 by 1000 into tv_sec), so every time from 1970 up to year 584 million, past 2038
  * included, arrives exactly, but no value reaches the kernel as a time before 1970: -1 s would
- * wrap to 18446744073709551 s. Such times are shown as the epoch (a file from 1969 stays older
+ * wrap to 18446744073709550 s. Such times are shown as the epoch (a file from 1969 stays older
  * than every later file instead of jumping to the far future), and `image rpull` unpacks a
  * layer holding one rather than serving it here (fuseShowsModtime), so `esgz run` shows it exactly.
  */
