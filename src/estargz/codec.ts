@@ -101,6 +101,8 @@ export interface ParsedTOC {
   tocJSON: Buffer;
   /** `sha256:<hex>` of `tocJSON`. */
   tocDigest: string;
+  /** `sha256:<hex>` of the TOC as the blob stores it (zstd:chunked: the compressed TOC, its manifest-checksum). */
+  storedTOCDigest?: string;
 }
 
 export interface Codec {

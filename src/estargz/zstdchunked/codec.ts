@@ -41,14 +41,20 @@ import {
   unwrapSkippableFrame,
 } from './format.js';
 
-/** stargz-snapshotter's names (estargz/zstdchunked), also containers/storage ≤ 1.44's. */
-export const MANIFEST_CHECKSUM_ANNOTATION = 'io.containers.zstd-chunked.manifest-checksum';
-export const MANIFEST_POSITION_ANNOTATION = 'io.containers.zstd-chunked.manifest-position';
-/** containers/storage ≥ 1.45 names (pkg/chunked/internal/minimal). */
-export const CONTAINERS_MANIFEST_CHECKSUM_ANNOTATION = 'io.github.containers.zstd-chunked.manifest-checksum';
-export const CONTAINERS_MANIFEST_POSITION_ANNOTATION = 'io.github.containers.zstd-chunked.manifest-position';
-/** containers/storage ≥ 1.48: where the tar-split frame is (esgz does not write one). */
-export const CONTAINERS_TARSPLIT_POSITION_ANNOTATION = 'io.github.containers.zstd-chunked.tarsplit-position';
+import {
+  CONTAINERS_MANIFEST_CHECKSUM_ANNOTATION,
+  CONTAINERS_MANIFEST_POSITION_ANNOTATION,
+  MANIFEST_CHECKSUM_ANNOTATION,
+  MANIFEST_POSITION_ANNOTATION,
+} from './dialect.js';
+
+export {
+  CONTAINERS_MANIFEST_CHECKSUM_ANNOTATION,
+  CONTAINERS_MANIFEST_POSITION_ANNOTATION,
+  CONTAINERS_TARSPLIT_POSITION_ANNOTATION,
+  MANIFEST_CHECKSUM_ANNOTATION,
+  MANIFEST_POSITION_ANNOTATION,
+} from './dialect.js';
 
 export interface ZstdChunkedCodecOptions {
   /**
@@ -137,7 +143,12 @@ export class ZstdChunkedCodec implements Codec {
         `${where} inflates to more than ${MAX_TOC_SIZE >> 20} MiB (the most esgz reads)`,
       );
     if (tocJSON.length === 0) throw new EsgzError('BAD_FORMAT', `${where} decompresses to 0 bytes`);
-    return { toc: parseTOCJSON(tocJSON, where), tocJSON, tocDigest: sha256Digest(tocJSON) };
+    return {
+      toc: parseTOCJSON(tocJSON, where),
+      tocJSON,
+      tocDigest: sha256Digest(tocJSON),
+      storedTOCDigest: sha256Digest(compressed),
+    };
   }
 
   async decompress(compressed: Buffer, maxOutput = MAX_MEMBER_PREFIX): Promise<Buffer> {
