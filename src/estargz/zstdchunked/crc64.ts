@@ -7,9 +7,10 @@
 /** The ISO polynomial, reversed (0xD800000000000000), high half; the low half is zero. */
 const ISO_POLY_HI = 0xd8000000;
 
-function makeTables(): { lo: Uint32Array; hi: Uint32Array } {
-  const lo = new Uint32Array(256);
-  const hi = new Uint32Array(256);
+/** The byte-at-a-time table, and the slicing-by-8 tables derived from it (table k = k more zero bytes). */
+function makeTables(): { lo: Uint32Array[]; hi: Uint32Array[] } {
+  const lo = Array.from({ length: 8 }, () => new Uint32Array(256));
+  const hi = Array.from({ length: 8 }, () => new Uint32Array(256));
   for (let i = 0; i < 256; i++) {
     let l = i;
     let h = 0;
@@ -19,8 +20,17 @@ function makeTables(): { lo: Uint32Array; hi: Uint32Array } {
       h = h >>> 1;
       if (carry) h = (h ^ ISO_POLY_HI) >>> 0;
     }
-    lo[i] = l;
-    hi[i] = h;
+    lo[0]![i] = l;
+    hi[0]![i] = h;
+  }
+  for (let k = 1; k < 8; k++) {
+    for (let i = 0; i < 256; i++) {
+      const l = lo[k - 1]![i]!;
+      const h = hi[k - 1]![i]!;
+      const index = l & 0xff;
+      lo[k]![i] = (((l >>> 8) | (h << 24)) ^ lo[0]![index]!) >>> 0;
+      hi[k]![i] = ((h >>> 8) ^ hi[0]![index]!) >>> 0;
+    }
   }
   return { lo, hi };
 }
@@ -33,14 +43,56 @@ export class Crc64 {
   private hi = 0xffffffff;
 
   update(data: Uint8Array): void {
-    const tLo = TABLES.lo;
-    const tHi = TABLES.hi;
+    const [l0, l1, l2, l3, l4, l5, l6, l7] = TABLES.lo as [
+      Uint32Array,
+      Uint32Array,
+      Uint32Array,
+      Uint32Array,
+      Uint32Array,
+      Uint32Array,
+      Uint32Array,
+      Uint32Array,
+    ];
+    const [h0, h1, h2, h3, h4, h5, h6, h7] = TABLES.hi as [
+      Uint32Array,
+      Uint32Array,
+      Uint32Array,
+      Uint32Array,
+      Uint32Array,
+      Uint32Array,
+      Uint32Array,
+      Uint32Array,
+    ];
     let lo = this.lo;
     let hi = this.hi;
-    for (let i = 0; i < data.length; i++) {
+    let i = 0;
+    // Slicing by 8: eight bytes folded in per step.
+    for (const end = data.length - 7; i < end; i += 8) {
+      const a = (lo ^ (data[i]! | (data[i + 1]! << 8) | (data[i + 2]! << 16) | (data[i + 3]! << 24))) >>> 0;
+      const b = (hi ^ (data[i + 4]! | (data[i + 5]! << 8) | (data[i + 6]! << 16) | (data[i + 7]! << 24))) >>> 0;
+      lo =
+        l7[a & 0xff]! ^
+        l6[(a >>> 8) & 0xff]! ^
+        l5[(a >>> 16) & 0xff]! ^
+        l4[a >>> 24]! ^
+        l3[b & 0xff]! ^
+        l2[(b >>> 8) & 0xff]! ^
+        l1[(b >>> 16) & 0xff]! ^
+        l0[b >>> 24]!;
+      hi =
+        h7[a & 0xff]! ^
+        h6[(a >>> 8) & 0xff]! ^
+        h5[(a >>> 16) & 0xff]! ^
+        h4[a >>> 24]! ^
+        h3[b & 0xff]! ^
+        h2[(b >>> 8) & 0xff]! ^
+        h1[(b >>> 16) & 0xff]! ^
+        h0[b >>> 24]!;
+    }
+    for (; i < data.length; i++) {
       const index = (lo ^ data[i]!) & 0xff;
-      lo = ((lo >>> 8) | (hi << 24)) ^ tLo[index]!;
-      hi = (hi >>> 8) ^ tHi[index]!;
+      lo = ((lo >>> 8) | (hi << 24)) ^ l0[index]!;
+      hi = (hi >>> 8) ^ h0[index]!;
     }
     this.lo = lo >>> 0;
     this.hi = hi >>> 0;
