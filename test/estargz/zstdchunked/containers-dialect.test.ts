@@ -16,25 +16,13 @@ import {
   MANIFEST_CHECKSUM_ANNOTATION,
   tocVerification,
 } from '../../../src/estargz/zstdchunked/dialect.js';
+import { crc64 } from '../../fixtures/containers-zstd.js';
 import { busyboxImage } from '../../fixtures/debian.js';
 import { buildTar, dir, file, generatedBuffer, hardlink, symlink } from '../../fixtures/tar.js';
 import { esgz } from '../../harness/cli.js';
 import { registryAddress } from '../../harness/registry.js';
 import { convertZstd, sha256, zstdCli, zstdDecompressCli } from './helpers.js';
 import { podmanAvailable, startPodman, type PodmanEnv } from './podman-env.js';
-
-/** CRC-64/ISO bit by bit with BigInt: slow, independent of src/'s table-driven one. */
-function crc64(data: Buffer): Buffer {
-  const poly = 0xd800000000000000n;
-  let crc = 0xffffffffffffffffn;
-  for (const byte of data) {
-    crc ^= BigInt(byte);
-    for (let i = 0; i < 8; i++) crc = crc & 1n ? (crc >> 1n) ^ poly : crc >> 1n;
-  }
-  const out = Buffer.alloc(8);
-  out.writeBigUInt64BE(crc ^ 0xffffffffffffffffn);
-  return out;
-}
 
 interface TarSplitEntry {
   type: number;
