@@ -9,6 +9,7 @@ import { libdeflateAvailable, MAX_GZIP_LEVEL, selectGzipBackend } from '../estar
 import { readPrefetchList, readRecordFile, type PriorityItem } from '../estargz/priority.js';
 import type { ChunkedTransformOptions, LayerFormat } from '../convert/transform.js';
 import { DEFAULT_ZSTD_LEVEL, MAX_ZSTD_LEVEL, MIN_ZSTD_LEVEL } from '../estargz/zstdchunked/pool.js';
+import { WRITABLE_DIALECTS, type WritableDialect } from '../estargz/zstdchunked/dialect.js';
 import { resolveGzipHelper } from '../image/compression.js';
 import type { EsgzEnvironment } from './environment.js';
 import { DEFAULT_CONCURRENCY } from '../image/pipeline.js';
@@ -278,6 +279,12 @@ export const conversionFlags = {
     default: 0,
     min: 0,
   }),
+  'zstdchunked-dialect': Flags.string({
+    description:
+      "Layout of --zstdchunked layers: stargz (stargz-snapshotter's, with toc.digest, as ctr-remote writes) or containers (containers/storage's: tar-split, TOC v1, 64-byte footer, io.github keys, for podman's partial pulls)",
+    options: [...WRITABLE_DIALECTS],
+    default: 'stargz',
+  }),
   'prefetch-list': Flags.string({
     description: 'File of paths or globs (*, ?, [..], **) to prioritize in every layer, one per line, # comments',
   }),
@@ -295,6 +302,7 @@ export interface ConversionFlagValues {
   'estargz-gzip-helper'?: string;
   'zstdchunked-compression-level': number;
   'zstdchunked-chunk-size': number;
+  'zstdchunked-dialect'?: string;
   'prefetch-list'?: string;
   workers?: number;
   /** convert only: `--estargz-keep-diff-id`. */
@@ -335,7 +343,10 @@ export async function conversionOptionsFromFlags(
       compressionLevel: flags['zstdchunked-compression-level'],
       chunkSize: flags['zstdchunked-chunk-size'] || undefined,
       containersStorageAnnotations: environment.zstdChunkedGithubAnnotations,
+      zstdChunkedDialect: (flags['zstdchunked-dialect'] ?? 'stargz') as WritableDialect,
     });
+  } else if ((flags['zstdchunked-dialect'] ?? 'stargz') !== 'stargz') {
+    throw new EsgzError('BAD_FLAG', '--zstdchunked-dialect needs --zstdchunked');
   }
   return options;
 }

@@ -19,6 +19,7 @@ import type { Codec, CodecName } from '../estargz/codec.js';
 import { createCodec, createMemberPool } from '../estargz/codecs.js';
 import type { MemberPool } from '../estargz/member-pool.js';
 import { TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from '../estargz/constants.js';
+import type { WritableDialect } from '../estargz/zstdchunked/dialect.js';
 import type { GzipBackendChoice } from '../estargz/gzip-pool.js';
 import { EstargzReader, openFileBlobReader } from '../estargz/reader.js';
 import type { PriorityItem } from '../estargz/priority.js';
@@ -59,6 +60,8 @@ export interface ChunkedTransformOptions {
   gzipBackend?: GzipBackendChoice;
   /** zstd:chunked: also write containers/storage's `io.github.containers.zstd-chunked.*` annotations. */
   containersStorageAnnotations?: boolean;
+  /** zstd:chunked: whose layout to write (default 'stargz', as ctr-remote). */
+  zstdChunkedDialect?: WritableDialect;
   /** The pipeline converts Docker media types to OCI: no media-type warning then. */
   oci?: boolean;
   /** Called for non-fatal problems (missing prioritized files, ...). */
@@ -115,12 +118,12 @@ export class ChunkedLayerTransform implements ConversionTransform {
     pool?: MemberPool,
   ) {
     this.name = format;
-    const { externalTOC, containersStorageAnnotations } = options;
+    const { externalTOC, containersStorageAnnotations, zstdChunkedDialect } = options;
     if (options.keepDiffID && !externalTOC)
       throw new EsgzError('BAD_FLAG', 'keeping the diffID needs the external-TOC mode');
     if (externalTOC && format !== 'estargz')
       throw new EsgzError('BAD_FLAG', 'an external TOC needs the eStargz format');
-    this.codec = createCodec(codecNameOf(format), { externalTOC, containersStorageAnnotations });
+    this.codec = createCodec(codecNameOf(format), { externalTOC, containersStorageAnnotations, zstdChunkedDialect });
     this.pool = pool ?? createConversionPool(format, options);
     this.ownsPool = pool === undefined;
   }
@@ -212,7 +215,7 @@ export class ChunkedLayerTransform implements ConversionTransform {
         mediaType,
         annotations: {
           ...result.codecAnnotations,
-          [TOC_DIGEST_ANNOTATION]: result.tocDigest,
+          ...(codec.tocDigestAnnotation === false ? {} : { [TOC_DIGEST_ANNOTATION]: result.tocDigest }),
           [UNCOMPRESSED_SIZE_ANNOTATION]: String(result.uncompressedSize),
         },
         diffID: result.diffID,

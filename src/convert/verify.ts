@@ -14,9 +14,13 @@ import type { Descriptor } from '../oci/types.js';
 import type { ImageSource } from '../image/types.js';
 import { TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from '../estargz/constants.js';
 import { EstargzReader, openFileBlobReader } from '../estargz/reader.js';
+import { announcesTOC, tocVerification, zstdChunkedDialect } from '../estargz/zstdchunked/dialect.js';
 import { sourceBlobReader } from './source-reader.js';
 
-/** Opens a layer's TOC by range reads (registry Range requests), checking the annotation when present. */
+/**
+ * Opens a layer's TOC by range reads (registry Range requests), checking it against the
+ * annotations when present: toc.digest and/or the zstd:chunked manifest checksum (either key family).
+ */
 export async function readLayerTOC(
   source: ImageSource,
   layer: Descriptor,
@@ -24,7 +28,7 @@ export async function readLayerTOC(
 ): Promise<EstargzReader> {
   return EstargzReader.open(sourceBlobReader(source, layer), {
     where: `layer ${layer.digest}`,
-    expectedTOCDigest: layer.annotations?.[TOC_DIGEST_ANNOTATION],
+    ...tocVerification(layer.annotations),
     externalTOC,
   });
 }
@@ -38,6 +42,8 @@ export interface LayerVerification {
   size: number;
   status: CheckStatus;
   format?: string;
+  /** Which writer's layout: 'estargz', or the zstd:chunked dialect ('stargz', 'containers', 'containers-legacy'). */
+  dialect?: string;
   tocDigest?: string;
   chunks?: number;
   files?: number;
@@ -70,7 +76,7 @@ export async function verifyLayer(
     problems: [],
     notes: [],
   };
-  const annotated = layer.annotations?.[TOC_DIGEST_ANNOTATION];
+  const annotated = announcesTOC(layer.annotations);
   const dir = await makeTempDir('verify', tmpDir);
   try {
     const path = join(dir, 'blob');
@@ -126,7 +132,7 @@ export async function verifyLayer(
       try {
         esgz = await EstargzReader.open(reader, {
           where: `layer ${layer.digest}`,
-          expectedTOCDigest: annotated,
+          ...tocVerification(layer.annotations),
           externalTOC: options.externalTOC,
         });
       } catch (err) {
@@ -145,9 +151,12 @@ export async function verifyLayer(
         return result;
       }
       result.format = esgz.footer.kind;
+      result.dialect = esgz.codec.name === 'zstd' ? zstdChunkedDialect(layer.annotations, esgz.footer.kind) : 'estargz';
       result.tocDigest = esgz.tocDigest;
       if (!annotated)
-        result.problems.push(`no ${TOC_DIGEST_ANNOTATION} annotation (content cannot be verified by a lazy puller)`);
+        result.problems.push(
+          `no ${TOC_DIGEST_ANNOTATION} or zstd:chunked manifest-checksum annotation (content cannot be verified by a lazy puller)`,
+        );
       const landmark = esgz.landmark();
       result.landmark = landmark.kind;
       // Lossless (--estargz-keep-diff-id) layers have none, and lazy pullers then skip prefetch.

@@ -78,6 +78,15 @@ export interface CodecTail {
   externalTOC?: Buffer;
 }
 
+/**
+ * Per-blob state a codec keeps while the writer streams one layer: it sees every uncompressed
+ * byte, in order (zstd:chunked containers dialect: builds the tar-split from them).
+ */
+export interface BlobObserver {
+  /** The next bytes of the layer's tar stream; the caller may reuse `uncompressed` afterwards. */
+  update(uncompressed: Buffer): void;
+}
+
 /** Where the TOC is, as a footer says. */
 export interface FooterInfo {
   /** Size of the footer at the end of the blob. */
@@ -101,6 +110,8 @@ export interface ParsedTOC {
   tocJSON: Buffer;
   /** `sha256:<hex>` of `tocJSON`. */
   tocDigest: string;
+  /** `sha256:<hex>` of the TOC as the blob stores it (zstd:chunked: the compressed TOC, its manifest-checksum). */
+  storedTOCDigest?: string;
 }
 
 export interface Codec {
@@ -115,7 +126,14 @@ export interface Codec {
    * with `compressor`. `tocOffset` is the compressed blob offset where `bytes` will start
    * (= total size of all members written).
    */
-  buildTail(toc: JTOC, tocOffset: number, compressor: MemberCompressor): Promise<CodecTail>;
+  buildTail(toc: JTOC, tocOffset: number, compressor: MemberCompressor, observer?: BlobObserver): Promise<CodecTail>;
+  /** A fresh observer for one blob, when the codec needs to see its bytes (handed back to `buildTail`). */
+  startBlob?(where: string): BlobObserver | undefined;
+  /**
+   * False when this codec's layers must not carry `containerd.io/snapshot/stargz/toc.digest`
+   * (containers/storage refuses it next to its own zstd:chunked keys). Default true.
+   */
+  readonly tocDigestAnnotation?: boolean;
 
   // ---- reader side ----------------------------------------------------------------------
 

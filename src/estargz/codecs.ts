@@ -8,18 +8,24 @@ import { createGzipPool, type GzipBackendChoice } from './gzip-pool.js';
 import type { MemberPool } from './member-pool.js';
 import { createZstdChunkedCodec } from './zstdchunked/codec.js';
 import { createZstdPool } from './zstdchunked/pool.js';
+import type { WritableDialect } from './zstdchunked/dialect.js';
 
 export interface CodecOptions {
   /** gzip: write the TOC outside the blob (external-TOC footer). */
   externalTOC?: boolean;
   /** zstd: also write containers/storage's `io.github.containers.zstd-chunked.*` annotations. */
   containersStorageAnnotations?: boolean;
+  /** zstd: whose layout to write (default 'stargz'). */
+  zstdChunkedDialect?: WritableDialect;
 }
 
 /** The format side of `name`: footer, TOC encoding, media type. Holds no threads. */
 export function createCodec(name: CodecName, options: CodecOptions = {}): Codec {
   if (name === 'gzip') return createGzipCodec({ externalTOC: options.externalTOC });
-  return createZstdChunkedCodec({ containersStorageAnnotations: options.containersStorageAnnotations });
+  return createZstdChunkedCodec({
+    containersStorageAnnotations: options.containersStorageAnnotations,
+    dialect: options.zstdChunkedDialect,
+  });
 }
 
 export interface MemberPoolChoice {

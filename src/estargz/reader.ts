@@ -123,6 +123,8 @@ function boundedCodec(codec: Codec, limit: number): Codec {
 export interface OpenOptions {
   /** Expected TOC digest (descriptor annotation); a mismatch is DIGEST_MISMATCH. */
   expectedTOCDigest?: string;
+  /** Expected digest of the TOC as stored (zstd:chunked manifest-checksum annotation); a mismatch is DIGEST_MISMATCH. */
+  expectedStoredTOCDigest?: string;
   /** Names the blob in messages. */
   where?: string;
   /** Codecs to try (default: every available one). */
@@ -217,6 +219,12 @@ export class EstargzReader {
       throw new EsgzError(
         'DIGEST_MISMATCH',
         `${where}: TOC digest ${parsed.tocDigest} does not match the expected ${options.expectedTOCDigest}`,
+      );
+    }
+    if (options.expectedStoredTOCDigest && options.expectedStoredTOCDigest !== parsed.storedTOCDigest) {
+      throw new EsgzError(
+        'DIGEST_MISMATCH',
+        `${where}: compressed TOC digest ${parsed.storedTOCDigest ?? '(none: not zstd:chunked)'} does not match the manifest checksum ${options.expectedStoredTOCDigest}`,
       );
     }
     return new EstargzReader(blob, codec, footer, parsed.toc, parsed.tocDigest, parsed.tocJSON, where);

@@ -330,7 +330,13 @@ function parseString(block: Buffer, offset: number, length: number): string {
 const isOctalPadding = (byte: number | undefined): boolean => byte === 0 || byte === 0x20;
 
 /** A numeric header field: octal, NUL/space padded on either side, or GNU base-256. */
-function parseNumber(block: Buffer, offset: number, length: number, what: string, where: () => string): number {
+export function parseTarNumber(
+  block: Buffer,
+  offset: number,
+  length: number,
+  what: string,
+  where: () => string,
+): number {
   if (block[offset]! & 0x80) {
     // GNU base-256: big-endian two's complement with the top bit of the first byte as marker.
     if (block[offset] === 0xff) throw new EsgzError('BAD_LAYER', `${where()}: negative base-256 ${what}`);
@@ -357,7 +363,7 @@ function parseNumber(block: Buffer, offset: number, length: number, what: string
   return value;
 }
 
-function isZeroBlock(block: Buffer): boolean {
+export function isZeroBlock(block: Buffer): boolean {
   for (let i = 0; i < block.length; i++) if (block[i] !== 0) return false;
   return true;
 }
@@ -427,7 +433,7 @@ function isExtensionHeader(typeflag: string): boolean {
 }
 
 /** Hardlinks, symlinks, dirs and devices carry no payload whatever the size field says. */
-function hasNoPayload(typeflag: string): boolean {
+export function hasNoPayload(typeflag: string): boolean {
   return (
     typeflag === '1' || typeflag === '2' || typeflag === '5' || typeflag === '3' || typeflag === '4' || typeflag === '6'
   );
@@ -474,7 +480,7 @@ class TarHeaderReader {
         const prefix = parseString(block, 345, 155);
         if (prefix !== '') name = `${prefix}/${name}`;
       }
-      const size = parseNumber(block, 124, 12, 'size', this.at);
+      const size = parseTarNumber(block, 124, 12, 'size', this.at);
       if (isExtensionHeader(typeflag)) await this.readExtension(typeflag, size, name);
       else return this.entryHeader(block, typeflag, name, size);
     }
@@ -491,7 +497,7 @@ class TarHeaderReader {
     if (block.length < BLOCK) {
       throw new EsgzError('BAD_LAYER', `${this.at()}: truncated tar header (${block.length} of 512 bytes)`);
     }
-    const stored = parseNumber(block, 148, 8, 'checksum', this.at);
+    const stored = parseTarNumber(block, 148, 8, 'checksum', this.at);
     if (stored !== checksumOf(block)) {
       throw new EsgzError('BAD_LAYER', `${this.at()}: tar header checksum mismatch (not a tar stream, or corrupt)`);
     }
@@ -530,15 +536,15 @@ class TarHeaderReader {
       name: this.longName ?? name,
       linkname: this.longLink ?? parseString(block, 157, 100),
       typeflag,
-      mode: parseNumber(block, 100, 8, 'mode', at),
-      uid: parseNumber(block, 108, 8, 'uid', at),
-      gid: parseNumber(block, 116, 8, 'gid', at),
+      mode: parseTarNumber(block, 100, 8, 'mode', at),
+      uid: parseTarNumber(block, 108, 8, 'uid', at),
+      gid: parseTarNumber(block, 116, 8, 'gid', at),
       size,
-      mtime: parseNumber(block, 136, 12, 'mtime', at),
+      mtime: parseTarNumber(block, 136, 12, 'mtime', at),
       uname: parseString(block, 265, 32),
       gname: parseString(block, 297, 32),
-      devmajor: typeflag === '3' || typeflag === '4' ? parseNumber(block, 329, 8, 'devmajor', at) : 0,
-      devminor: typeflag === '3' || typeflag === '4' ? parseNumber(block, 337, 8, 'devminor', at) : 0,
+      devmajor: typeflag === '3' || typeflag === '4' ? parseTarNumber(block, 329, 8, 'devmajor', at) : 0,
+      devminor: typeflag === '3' || typeflag === '4' ? parseTarNumber(block, 337, 8, 'devminor', at) : 0,
       pax,
     };
     this.longName = undefined;

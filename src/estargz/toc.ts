@@ -39,6 +39,8 @@ export interface TOCEntry {
 export interface JTOC {
   version: number;
   entries: TOCEntry[];
+  /** containers/storage's TOC v1: sha256 of the compressed tar-split frame (zstd:chunked containers dialect). */
+  tarSplitDigest?: string;
 }
 
 // ---- JSON encoding ---------------------------------------------------------------------------
@@ -50,7 +52,7 @@ const NEEDS_ESCAPE = /["\\\u0000-\u001f<>&\u2028\u2029]/;
  * Go's encoding/json string escaping, so the TOC bytes look like what stargz-snapshotter
  * writes. Almost every name needs none: those are copied whole.
  */
-function goQuote(value: string): string {
+export function goQuote(value: string): string {
   if (!NEEDS_ESCAPE.test(value)) return `"${value}"`;
   let out = '"';
   for (const ch of value) {
@@ -111,7 +113,9 @@ function marshalEntry(e: TOCEntry): string {
  * digest covers; every codec must use this function.
  */
 export function marshalTOC(toc: JTOC): Buffer {
-  if (toc.entries.length === 0) return Buffer.from(`{\n\t"version": ${toc.version},\n\t"entries": []\n}`, 'utf8');
+  // containers/storage's TOC struct declares tarSplitDigest after the entries (omitempty).
+  const tail = toc.tarSplitDigest ? `,\n\t"tarSplitDigest": ${goQuote(toc.tarSplitDigest)}\n}` : '\n}';
+  if (toc.entries.length === 0) return Buffer.from(`{\n\t"version": ${toc.version},\n\t"entries": []${tail}`, 'utf8');
   // Encoded a few hundred entries at a time: one multi-megabyte string would be built, then
   // flattened and copied again.
   const parts: Buffer[] = [Buffer.from(`{\n\t"version": ${toc.version},\n\t"entries": [\n`, 'utf8')];
@@ -123,7 +127,7 @@ export function marshalTOC(toc: JTOC): Buffer {
       text = '';
     }
   });
-  parts.push(Buffer.from(`${text}\n\t]\n}`, 'utf8'));
+  parts.push(Buffer.from(`${text}\n\t]${tail}`, 'utf8'));
   return Buffer.concat(parts);
 }
 

@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError } from '../errors.js';
-import type { Codec, CompressedMembers, MemberCompressor } from './codec.js';
+import type { BlobObserver, Codec, CompressedMembers, MemberCompressor } from './codec.js';
 import {
   DEFAULT_CHUNK_SIZE,
   LANDMARK_CONTENTS,
@@ -193,6 +193,7 @@ class MemberSequencer {
     private readonly compressor: MemberCompressor,
     private readonly output: Writable,
     private readonly maxInFlightBytes: number,
+    private readonly observer?: BlobObserver,
   ) {}
 
   get members(): number {
@@ -258,6 +259,7 @@ class MemberSequencer {
     // Batches hold every member byte in stream order: the diffID hashes them here, in one call
     // per batch, before the buffer moves to a worker.
     this.diffHash.update(members);
+    this.observer?.update(members);
     const result = this.compressor.compressMembers(members, Uint32Array.from(batch.ends));
     result.catch(() => {}); // observed when its turn comes; avoid an unhandled-rejection warning meanwhile
     this.inFlight.push({ firstIndex: batch.firstIndex, bytes, result });
@@ -725,7 +727,8 @@ export async function writeEstargz(
   const chunking = checkOptions(options);
   const { codec, compressor } = options;
   const window = options.maxInFlightBytes ?? inFlightWindow(compressor.size, chunking.chunkSize);
-  const seq = new MemberSequencer(compressor, output, window);
+  const observer = codec.startBlob?.(where);
+  const seq = new MemberSequencer(compressor, output, window, observer);
   const layer = new LayerWriter(seq, chunking, where, options.lossless ?? false);
   const missed: string[] = [];
   let trailer: Buffer | undefined;
@@ -744,7 +747,7 @@ export async function writeEstargz(
 
   const toc = layer.toc();
   const tocOffset = seq.written;
-  const tail = await codec.buildTail(toc, tocOffset, compressor);
+  const tail = await codec.buildTail(toc, tocOffset, compressor, observer);
   await seq.writeRaw(tail.bytes);
   seq.diffHash.update(tail.uncompressedTail);
   return {

@@ -10,6 +10,7 @@ import { rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { EsgzError, withContext } from '../errors.js';
 import { NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_DIGEST_ANNOTATION, TOC_TAR_NAME } from '../estargz/constants.js';
+import { announcesTOC, tocVerification } from '../estargz/zstdchunked/dialect.js';
 import { EstargzReader, ExternalTOCRequiredError, type BlobReader } from '../estargz/reader.js';
 import { ExternalTOCImage } from '../convert/external-toc.js';
 import { sourceBlobReader } from '../convert/source-reader.js';
@@ -205,14 +206,16 @@ async function pinImage({ state, reference, image }: Pull): Promise<() => Promis
 }
 
 /**
- * Phase 1 for one layer: without a TOC digest annotation it is not lazily pullable (unpacked in
- * phase 2); otherwise its footer and TOC are read (recorded for `run`) and verified, the TOC
- * coming from the TOC image when the footer says it is external.
+ * Phase 1 for one layer: without a TOC digest annotation (`toc.digest`, or a zstd:chunked
+ * manifest-checksum of either key family) it is not lazily pullable (unpacked in phase 2);
+ * otherwise its footer and TOC are read (recorded for `run`) and verified, the TOC coming from the
+ * TOC image when the footer says it is external. A zstd:chunked layer announced only by its
+ * manifest checksum whose TOC esgz cannot read (BAD_FORMAT) is pulled in full instead.
  */
 async function readLayerTOC(pull: Pull, desc: Descriptor, i: number): Promise<LayerTOC> {
   const { digest, mediaType, size } = desc;
-  const tocDigest = desc.annotations?.[TOC_DIGEST_ANNOTATION];
-  if (!tocDigest) return unpackedLayer(desc);
+  if (!announcesTOC(desc.annotations)) return unpackedLayer(desc);
+  const verification = tocVerification(desc.annotations);
   const where = `layer ${i} (${digest})`;
   const primed = new PrimedBlobReader(sourceBlobReader(pull.source, desc));
   primed.recording = true;
@@ -220,7 +223,7 @@ async function readLayerTOC(pull: Pull, desc: Descriptor, i: number): Promise<La
   let externalTOC: Buffer | undefined;
   try {
     try {
-      reader = await EstargzReader.open(primed, { expectedTOCDigest: tocDigest, where });
+      reader = await EstargzReader.open(primed, { ...verification, where });
     } catch (err) {
       if (!(err instanceof ExternalTOCRequiredError)) throw err;
       // The footer says the TOC lives in the "-esgztoc" TOC image (ctr-remote --estargz-external-toc).
@@ -228,12 +231,19 @@ async function readLayerTOC(pull: Pull, desc: Descriptor, i: number): Promise<La
         platform: pull.options.platform,
       });
       externalTOC = await pull.externalTOCs.tocFor(digest);
-      reader = await EstargzReader.open(primed, { expectedTOCDigest: tocDigest, where, externalTOC });
+      reader = await EstargzReader.open(primed, { ...verification, where, externalTOC });
       pull.progress(`${where}: TOC taken from the TOC image`);
     }
   } catch (err) {
+    if (!verification.expectedTOCDigest && err instanceof EsgzError && err.code === 'BAD_FORMAT') {
+      pull.progress(`${where}: zstd:chunked TOC not readable lazily (${err.message})`);
+      return unpackedLayer(desc);
+    }
     throw withContext(pull.reference, err);
   }
+  // The TOC JSON digest, verified directly (toc.digest) or through the compressed TOC's checksum:
+  // `run` re-checks the stored TOC against it.
+  const tocDigest = reader.tocDigest;
   primed.recording = false;
   if (!reader.entries().every((e) => fuseShowsModtime(e.modtime))) {
     pull.progress(`${where}: has modification times before 1970, which FUSE cannot show: unpacking it instead`);

@@ -12,9 +12,9 @@ import type { ImageSource } from '../../image/types.js';
 import { openSource } from '../../image/transports/index.js';
 
 export default class ImageVerify extends BaseCommand<typeof ImageVerify> {
-  static override summary = 'Verify the eStargz layers of an image';
+  static override summary = 'Verify the eStargz and zstd:chunked layers of an image';
   static override description =
-    'For every eStargz layer: the TOC digest against the manifest annotation, every chunk digest and file digest in the TOC, the diffID against the config, the uncompressed-size annotation, and the landmark. Layers that are not eStargz are listed as skipped. Prints a table (or --json) and exits non-zero when any check fails.';
+    "For every eStargz or zstd:chunked layer (any dialect: stargz-snapshotter's, containers/storage's current or pre-1.45 one, named in the DIALECT column): the TOC digest against the manifest annotations (toc.digest and/or the zstd:chunked manifest checksum), every chunk digest and file digest in the TOC, the diffID against the config, the uncompressed-size annotation, and the landmark. Layers that are not eStargz are listed as skipped. Prints a table (or --json) and exits non-zero when any check fails.";
 
   static override examples = [
     {
@@ -85,12 +85,13 @@ export default class ImageVerify extends BaseCommand<typeof ImageVerify> {
     } else {
       for (const r of results) {
         process.stdout.write(`${r.platform ? `${r.platform} ` : ''}manifest ${r.manifest}\n`);
-        const rows = [['LAYER', 'SIZE', 'FORMAT', 'TOC DIGEST', 'CHUNKS', 'LANDMARK', 'RESULT']];
+        const rows = [['LAYER', 'SIZE', 'FORMAT', 'DIALECT', 'TOC DIGEST', 'CHUNKS', 'LANDMARK', 'RESULT']];
         for (const l of r.layers) {
           rows.push([
             shortDigest(l.digest),
             formatBytes(l.size),
             l.format ?? '-',
+            l.dialect ?? '-',
             l.tocDigest ? shortDigest(l.tocDigest) : '-',
             l.chunks !== undefined ? String(l.chunks) : '-',
             l.landmark ?? '-',

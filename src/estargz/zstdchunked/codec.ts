@@ -16,15 +16,13 @@
  *    them and `containerd.io/snapshot/stargz/toc.digest` ("both zstd:chunked and eStargz TOC
  *    found"), and that error fails the whole pull instead of falling back to a full download.
  *
- * Not written: the tar-split frame containers/storage ≥ 1.57 wants before it partially pulls
- * (without it, it falls back to a full download, which works). Writing it needs the raw tar
- * header bytes of one blob in order; this codec is shared by layers converting concurrently and
- * only sees the TOC, so it would need a per-blob hook from the writer.
+ * The `containers` dialect (option `dialect`) writes containers/storage's current layout
+ * instead; its tar-split is built per blob from the uncompressed stream (startBlob → TarSplitBuilder).
  */
 import { createHash } from 'node:crypto';
 import { EsgzError } from '../../errors.js';
 import { MediaType } from '../../oci/media-types.js';
-import type { Codec, CodecTail, FooterInfo, MemberCompressor, ParsedTOC } from '../codec.js';
+import type { BlobObserver, Codec, CodecTail, FooterInfo, MemberCompressor, ParsedTOC } from '../codec.js';
 import { MAX_MEMBER_PREFIX } from '../constants.js';
 import { END_OF_ARCHIVE } from '../tar.js';
 import { marshalTOC, parseTOCJSON, sha256Digest, type JTOC } from '../toc.js';
@@ -34,6 +32,7 @@ import {
   MANIFEST_TYPE_CRFS,
   SKIPPABLE_HEADER_SIZE,
   decompressFrames,
+  encodeContainersFooter,
   encodeFooter,
   isSkippableMagic,
   parseFooter,
@@ -41,14 +40,23 @@ import {
   unwrapSkippableFrame,
 } from './format.js';
 
-/** stargz-snapshotter's names (estargz/zstdchunked), also containers/storage ≤ 1.44's. */
-export const MANIFEST_CHECKSUM_ANNOTATION = 'io.containers.zstd-chunked.manifest-checksum';
-export const MANIFEST_POSITION_ANNOTATION = 'io.containers.zstd-chunked.manifest-position';
-/** containers/storage ≥ 1.45 names (pkg/chunked/internal/minimal). */
-export const CONTAINERS_MANIFEST_CHECKSUM_ANNOTATION = 'io.github.containers.zstd-chunked.manifest-checksum';
-export const CONTAINERS_MANIFEST_POSITION_ANNOTATION = 'io.github.containers.zstd-chunked.manifest-position';
-/** containers/storage ≥ 1.48: where the tar-split frame is (esgz does not write one). */
-export const CONTAINERS_TARSPLIT_POSITION_ANNOTATION = 'io.github.containers.zstd-chunked.tarsplit-position';
+import {
+  CONTAINERS_MANIFEST_CHECKSUM_ANNOTATION,
+  CONTAINERS_MANIFEST_POSITION_ANNOTATION,
+  CONTAINERS_TARSPLIT_POSITION_ANNOTATION,
+  MANIFEST_CHECKSUM_ANNOTATION,
+  MANIFEST_POSITION_ANNOTATION,
+  type WritableDialect,
+} from './dialect.js';
+import { TarSplitBuilder } from './tar-split.js';
+
+export {
+  CONTAINERS_MANIFEST_CHECKSUM_ANNOTATION,
+  CONTAINERS_MANIFEST_POSITION_ANNOTATION,
+  CONTAINERS_TARSPLIT_POSITION_ANNOTATION,
+  MANIFEST_CHECKSUM_ANNOTATION,
+  MANIFEST_POSITION_ANNOTATION,
+} from './dialect.js';
 
 export interface ZstdChunkedCodecOptions {
   /**
@@ -58,6 +66,12 @@ export interface ZstdChunkedCodecOptions {
   containersStorageAnnotations?: boolean;
   /** Write the tar end-of-archive frame before the TOC (default true; ctr-remote omits it). */
   endOfArchive?: boolean;
+  /**
+   * 'stargz' (default): stargz-snapshotter's layout (above). 'containers': containers/storage's
+   * current one: the tar-split frame after the TOC, TOC v1 with tarSplitDigest, the 64-byte
+   * footer, the io.github keys plus the io.containers ones older podman reads, no toc.digest.
+   */
+  dialect?: WritableDialect;
 }
 
 export class ZstdChunkedCodec implements Codec {
@@ -67,13 +81,34 @@ export class ZstdChunkedCodec implements Codec {
   readonly maxFooterSize = CONTAINERS_FOOTER_FRAME_SIZE;
   readonly containersStorageAnnotations: boolean;
   readonly endOfArchive: boolean;
+  readonly dialect: WritableDialect;
+  readonly tocDigestAnnotation: boolean;
 
   constructor(options: ZstdChunkedCodecOptions = {}) {
     this.containersStorageAnnotations = options.containersStorageAnnotations ?? false;
     this.endOfArchive = options.endOfArchive ?? true;
+    this.dialect = options.dialect ?? 'stargz';
+    this.tocDigestAnnotation = this.dialect === 'stargz';
   }
 
-  async buildTail(toc: JTOC, tocOffset: number, compressor: MemberCompressor): Promise<CodecTail> {
+  startBlob(where: string): BlobObserver | undefined {
+    return this.dialect === 'containers' ? new TarSplitBuilder(where) : undefined;
+  }
+
+  async buildTail(
+    toc: JTOC,
+    tocOffset: number,
+    compressor: MemberCompressor,
+    observer?: BlobObserver,
+  ): Promise<CodecTail> {
+    if (this.dialect === 'containers') {
+      if (!(observer instanceof TarSplitBuilder))
+        throw new EsgzError(
+          'INTERNAL',
+          'zstd:chunked containers dialect: the writer did not stream the layer through startBlob',
+        );
+      return containersTail(toc, tocOffset, compressor, observer);
+    }
     const tocJSON = marshalTOC(toc);
     const [eoa, compressedTOC] = await Promise.all([
       this.endOfArchive ? compressor.compress(END_OF_ARCHIVE) : Promise.resolve(Buffer.alloc(0)),
@@ -137,12 +172,66 @@ export class ZstdChunkedCodec implements Codec {
         `${where} inflates to more than ${MAX_TOC_SIZE >> 20} MiB (the most esgz reads)`,
       );
     if (tocJSON.length === 0) throw new EsgzError('BAD_FORMAT', `${where} decompresses to 0 bytes`);
-    return { toc: parseTOCJSON(tocJSON, where), tocJSON, tocDigest: sha256Digest(tocJSON) };
+    return {
+      toc: parseTOCJSON(tocJSON, where),
+      tocJSON,
+      tocDigest: sha256Digest(tocJSON),
+      storedTOCDigest: sha256Digest(compressed),
+    };
   }
 
   async decompress(compressed: Buffer, maxOutput = MAX_MEMBER_PREFIX): Promise<Buffer> {
     return decompressFrames(compressed, 'zstd:chunked member', 0, maxOutput);
   }
+}
+
+/**
+ * containers/storage's tail (compressor.go writeZstdChunkedStream + minimal.WriteZstdChunkedManifest):
+ * the end-of-archive frame, the TOC (v1, with the tar-split's digest), the tar-split, the 64-byte footer.
+ */
+async function containersTail(
+  toc: JTOC,
+  tocOffset: number,
+  compressor: MemberCompressor,
+  tarSplit: TarSplitBuilder,
+): Promise<CodecTail> {
+  tarSplit.update(END_OF_ARCHIVE);
+  const tarSplitJSON = tarSplit.finish();
+  const [eoa, compressedTarSplit] = await Promise.all([
+    compressor.compress(END_OF_ARCHIVE),
+    compressor.compress(tarSplitJSON),
+  ]);
+  const tocJSON = marshalTOC({ ...toc, tarSplitDigest: sha256Digest(compressedTarSplit) });
+  const compressedTOC = await compressor.compress(tocJSON);
+  const tocPayloadOffset = tocOffset + eoa.length + SKIPPABLE_HEADER_SIZE;
+  const tarSplitOffset = tocPayloadOffset + compressedTOC.length + SKIPPABLE_HEADER_SIZE;
+  const checksum = sha256Digest(compressedTOC);
+  const position = `${tocPayloadOffset}:${compressedTOC.length}:${tocJSON.length}:${MANIFEST_TYPE_CRFS}`;
+  return {
+    bytes: Buffer.concat([
+      eoa,
+      skippableFrame(compressedTOC),
+      skippableFrame(compressedTarSplit),
+      encodeContainersFooter({
+        tocOffset: tocPayloadOffset,
+        tocCompressedSize: compressedTOC.length,
+        tocUncompressedSize: tocJSON.length,
+        tarSplitOffset,
+        tarSplitCompressedSize: compressedTarSplit.length,
+        tarSplitUncompressedSize: tarSplitJSON.length,
+      }),
+    ]),
+    tocDigest: sha256Digest(tocJSON),
+    uncompressedTail: Buffer.from(END_OF_ARCHIVE),
+    annotations: {
+      [CONTAINERS_MANIFEST_CHECKSUM_ANNOTATION]: checksum,
+      [CONTAINERS_MANIFEST_POSITION_ANNOTATION]: position,
+      [CONTAINERS_TARSPLIT_POSITION_ANNOTATION]: `${tarSplitOffset}:${compressedTarSplit.length}:${tarSplitJSON.length}`,
+      // containers/storage ≤ 1.44 (Debian 12's podman 4.3) knows only these names.
+      [MANIFEST_CHECKSUM_ANNOTATION]: checksum,
+      [MANIFEST_POSITION_ANNOTATION]: position,
+    },
+  };
 }
 
 export function createZstdChunkedCodec(options: ZstdChunkedCodecOptions = {}): ZstdChunkedCodec {

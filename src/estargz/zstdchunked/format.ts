@@ -88,6 +88,36 @@ export function encodeFooter(tocOffset: number, tocCompressedSize: number, tocUn
   return skippableFrame(payload);
 }
 
+/** Where the TOC and the tar-split frame payloads are, for containers/storage's 64-byte footer. */
+export interface ContainersFooterFields {
+  tocOffset: number;
+  tocCompressedSize: number;
+  tocUncompressedSize: number;
+  tarSplitOffset: number;
+  tarSplitCompressedSize: number;
+  tarSplitUncompressedSize: number;
+}
+
+/**
+ * containers/storage's footer skippable frame (72 bytes): the TOC's offset and sizes, the
+ * manifest type, the tar-split's offset and sizes, then "GNUlInUx" (minimal.footerDataToBlob).
+ */
+export function encodeContainersFooter(f: ContainersFooterFields): Buffer {
+  const payload = Buffer.alloc(CONTAINERS_FOOTER_PAYLOAD_SIZE);
+  const fields = [
+    f.tocOffset,
+    f.tocCompressedSize,
+    f.tocUncompressedSize,
+    MANIFEST_TYPE_CRFS,
+    f.tarSplitOffset,
+    f.tarSplitCompressedSize,
+    f.tarSplitUncompressedSize,
+  ];
+  fields.forEach((value, i) => payload.writeBigUInt64LE(BigInt(value), i * 8));
+  CONTAINERS_FOOTER_MAGIC.copy(payload, fields.length * 8);
+  return skippableFrame(payload);
+}
+
 function u64(buf: Buffer, at: number, what: string): number {
   const value = buf.readBigUInt64LE(at);
   if (value > BigInt(Number.MAX_SAFE_INTEGER))

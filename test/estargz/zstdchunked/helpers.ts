@@ -19,8 +19,8 @@ export async function convertZstd(
   layer: Buffer,
   options: ZstdConvertOptions = {},
 ): Promise<{ blob: Buffer; result: EstargzWriteResult }> {
-  const { compressionLevel, workers, containersStorageAnnotations, endOfArchive, ...writer } = options;
-  const codec = createZstdChunkedCodec({ containersStorageAnnotations, endOfArchive });
+  const { compressionLevel, workers, containersStorageAnnotations, endOfArchive, dialect, ...writer } = options;
+  const codec = createZstdChunkedCodec({ containersStorageAnnotations, endOfArchive, dialect });
   return convertBuffer(layer, { ...writer, codec, level: compressionLevel, workers: workers ?? 2 });
 }
 

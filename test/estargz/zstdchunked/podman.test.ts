@@ -4,8 +4,7 @@
 //
 // The image is assembled here (blobs, config, manifest with the layer annotations) and pushed
 // with skopeo --preserve-digests, so podman sees exactly the bytes and annotations esgz wrote.
-import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
@@ -25,10 +24,7 @@ import { layoutBlobPath, readOciLayout } from '../../fixtures/oci-layout.js';
 import { buildTar, dir, file, generatedBuffer, hardlink, symlink, type TarEntry } from '../../fixtures/tar.js';
 import { registryAddress } from '../../harness/registry.js';
 import { convertZstd, sha256 } from './helpers.js';
-
-const PODMAN = '/usr/bin/podman';
-const podmanAvailable =
-  existsSync(PODMAN) && existsSync('/usr/bin/skopeo') && existsSync('/bin/busybox') && process.getuid?.() === 0;
+import { podmanAvailable, startPodman, type PodmanEnv } from './podman-env.js';
 
 const BIG = generatedBuffer(5 * 1024 * 1024 + 123, 'podman-big');
 const layers: TarEntry[][] = [
@@ -82,16 +78,6 @@ async function pushZstdChunkedImage(work: string, registry: string): Promise<Pus
   return { reference, layerDigests: image.manifests[0]!.layers.map((l) => l.digest) };
 }
 
-/** Unmounts whatever podman left mounted under `root` (deepest first). */
-async function unmountUnder(root: string): Promise<void> {
-  const mounts = (await readFile('/proc/self/mounts', 'utf8'))
-    .split('\n')
-    .map((l) => l.split(' ')[1]?.replace(/\\040/g, ' '))
-    .filter((m): m is string => !!m && (m === root || m.startsWith(`${root}/`)))
-    .sort((a, b) => b.length - a.length);
-  for (const m of mounts) await execa('umount', ['-l', m], { reject: false });
-}
-
 /** The container command and what it must print, for the image built from `layers`. */
 const CHECK_COMMAND =
   'cat /etc/hello /data/note /data/note-link; busybox sha256sum /data/big /data/big-link; busybox wc -c /data/empty';
@@ -105,87 +91,20 @@ function checkOutput(out: string): void {
 
 describe.skipIf(!podmanAvailable)('podman pulls and runs an esgz zstd:chunked image', () => {
   let work: string;
-  let env: Record<string, string>;
-  let podmanArgs: string[];
-
-  const podman = (args: string[], options: { reject?: boolean } = {}) =>
-    execa(PODMAN, [...podmanArgs, ...args], { env, reject: options.reject ?? true, all: true });
+  let env: PodmanEnv;
+  const podman = (args: string[]) => env.podman(args);
+  const pullPartially = (reference: string, digests: string[], logName: string) =>
+    env.pullPartially(reference, digests, logName);
+  const runCheck = (reference: string) => env.runIn(reference, CHECK_COMMAND);
 
   beforeAll(async () => {
     work = await mkdtemp(path.join(os.tmpdir(), 'esgz-podman-'));
-    const graphroot = path.join(work, 'graph');
-    const runroot = path.join(work, 'run');
-    const storageConf = path.join(work, 'storage.conf');
-    // containers/storage 1.43 reads pull_options from the default store options, which honour
-    // CONTAINERS_STORAGE_CONF: the same private file podman uses.
-    await writeFile(
-      storageConf,
-      [
-        '[storage]',
-        'driver = "overlay"',
-        `graphroot = ${JSON.stringify(graphroot)}`,
-        `runroot = ${JSON.stringify(runroot)}`,
-        '[storage.options]',
-        'pull_options = {enable_partial_images = "true", use_hard_links = "false", ostree_repos = ""}',
-        '',
-      ].join('\n'),
-    );
-    env = { ...process.env, CONTAINERS_STORAGE_CONF: storageConf } as Record<string, string>;
-    podmanArgs = [
-      '--root',
-      graphroot,
-      '--runroot',
-      runroot,
-      '--storage-driver',
-      'overlay',
-      '--cgroup-manager',
-      'cgroupfs',
-      '--events-backend',
-      'file',
-      '--runtime',
-      '/usr/sbin/runc',
-      '--tmpdir',
-      path.join(work, 'libpod-tmp'),
-    ];
+    env = await startPodman(work);
   });
 
   afterAll(async () => {
-    if (!work) return;
-    await podman(['rm', '--all', '--force'], { reject: false });
-    await podman(['rmi', '--all', '--force'], { reject: false });
-    await unmountUnder(work);
-    if (process.env.ESGZ_KEEP_PODMAN_DIR !== '1') await rm(work, { recursive: true, force: true });
+    await env?.close();
   });
-
-  /** Pulls with debug logging and checks every layer went through the partial-pull path. */
-  async function pullPartially(reference: string, layerDigests: string[], logName: string): Promise<void> {
-    const pulled = await podman(['--log-level=debug', 'pull', '--tls-verify=false', reference]);
-    const log = pulled.all ?? '';
-    await writeFile(path.join(work, logName), log);
-    // containers/image logs one of these per layer: the partial path worked, or why it did not.
-    const failures = log.split('\n').filter((l) => l.includes('Failed to retrieve partial blob'));
-    expect(failures, failures.join('\n')).toEqual([]);
-    for (const digest of layerDigests) expect(log).toContain(`Retrieved partial blob ${digest}`);
-  }
-
-  /** Runs the image's check command; podman's default nofile/nproc limits exceed what a sandbox may grant (runc EPERM). */
-  async function runCheck(reference: string): Promise<string> {
-    const ran = await podman([
-      'run',
-      '--rm',
-      '--network',
-      'none',
-      '--ulimit',
-      'nofile=1024:1024',
-      '--ulimit',
-      'nproc=1024:1024',
-      reference,
-      '/bin/sh',
-      '-c',
-      CHECK_COMMAND,
-    ]);
-    return ran.stdout;
-  }
 
   it('takes the zstd:chunked partial-pull path for every layer, then runs the image', async () => {
     const pushed = await pushZstdChunkedImage(work, registryAddress());
@@ -248,18 +167,8 @@ describe.skipIf(!podmanAvailable)('podman pulls and runs an esgz zstd:chunked im
     // An imported tar has no compressed form yet, so the push compresses it with containers/storage's writer.
     const tarPath = path.join(work, 'data-layer.tar');
     await writeFile(tarPath, await buildTar(layers[1]!));
-    const local = `localhost/esgz-test/podman-written:${Date.now()}`;
-    await podman(['import', '--quiet', tarPath, local]);
     const reference = `${registryAddress()}/esgz-test/podman-written:${Date.now()}`;
-    await podman([
-      'push',
-      '--quiet',
-      '--tls-verify=false',
-      '--compression-format',
-      'zstd:chunked',
-      local,
-      `docker://${reference}`,
-    ]);
+    await env.pushZstdChunked(tarPath, reference);
     const layout = path.join(work, 'podman-written');
     await execa('skopeo', [
       'copy',
