@@ -19,6 +19,8 @@ const gunzipAsync = promisify(gunzip);
 const RANGE_TARGET = 1 << 20;
 /** …or its members inflate to this many bytes. */
 const RANGE_MAX_OUTPUT = 8 << 20;
+/** zlib's smallest output chunk. */
+const MIN_ZLIB_CHUNK = 64;
 /** Size of the gzip trailer (CRC32, ISIZE) that ends every member. */
 const GZIP_TRAILER = 8;
 
@@ -49,7 +51,10 @@ export async function* inflateMembers(
   const inFlight: Array<Promise<Buffer>> = [];
   const cutter = new RangeCutter(starts);
   const dispatch = async function* (range: Buffer, maxOutput: number) {
-    const result = gunzipAsync(range, { maxOutputLength: Math.max(maxOutput, 1) });
+    // One output buffer for the range (zlib's default 16 KiB pieces cost a thread-pool round
+    // trip and a copy each, on this thread).
+    const chunkSize = Math.min(Math.max(maxOutput, MIN_ZLIB_CHUNK), RANGE_MAX_OUTPUT);
+    const result = gunzipAsync(range, { maxOutputLength: Math.max(maxOutput, 1), chunkSize });
     result.catch(() => {}); // observed in order below
     inFlight.push(result);
     while (inFlight.length >= concurrency) yield await take(inFlight, options.where);
