@@ -14,7 +14,7 @@ export const resultsDir = join(repoRoot, 'bench', 'results');
 export const esgzBin = process.env.ESGZ_BIN ?? join(repoRoot, 'bin', 'run.js');
 
 /** The test fixtures and harnesses the bench shares with the tests (TypeScript; compiled here). */
-const SHARED_TS = ['test/fixtures/debian.ts', 'test/harness/containerd.ts', 'test/harness/fault-proxy.ts'];
+const SHARED_TS = ['test/fixtures/debian.ts', 'test/fixtures/huge-layers.ts', 'test/harness/containerd.ts', 'test/harness/fault-proxy.ts'];
 
 /**
  * Compiles the shared TypeScript helpers into bench/.cache/ts (Node 20 cannot run .ts) and

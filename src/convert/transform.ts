@@ -15,7 +15,7 @@ import { shortDigest } from '../oci/digest.js';
 import { openDecompressed, type GzipHelper } from '../image/compression.js';
 import { isDockerMediaType, layerCompressionOf, MediaType } from '../oci/media-types.js';
 import type { LayerInput, LayerOutput, LayerTransform, TransformContext } from '../image/transform.js';
-import type { Codec, CodecName } from '../estargz/codec.js';
+import type { Codec, CodecName, MemberCompressor } from '../estargz/codec.js';
 import { createCodec, createMemberPool } from '../estargz/codecs.js';
 import type { MemberPool } from '../estargz/member-pool.js';
 import { TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from '../estargz/constants.js';
@@ -85,6 +85,12 @@ export interface ConversionTransform extends LayerTransform {
   close(): Promise<void>;
 }
 
+/**
+ * A member compressor several transforms of one conversion share (a conversion pool, or the
+ * optimizer's memoizing wrapper around one): its owner starts and closes it.
+ */
+export type SharedCompressor = MemberCompressor & { start(): void };
+
 /** The codec of a chunked layer format. */
 function codecNameOf(format: ChunkedFormat): CodecName {
   return format === 'estargz' ? 'gzip' : 'zstd';
@@ -107,15 +113,16 @@ export class ChunkedLayerTransform implements ConversionTransform {
   readonly codec: Codec;
   /** External-TOC mode: TOC blob per output layer digest, for the TOC image. */
   private readonly tocs = new Map<string, Buffer>();
-  /** The pool compressing members; closed by `close` only when this transform created it. */
-  private readonly pool: MemberPool;
-  private readonly ownsPool: boolean;
+  /** What compresses members: the shared compressor, or a pool of its own. */
+  private readonly pool: SharedCompressor;
+  /** The pool this transform created, which `close` stops. */
+  private readonly ownPool: MemberPool | undefined;
 
-  /** `pool`: a pool shared with other transforms of the same conversion (its owner closes it). */
+  /** `pool`: a compressor shared with other transforms of the same conversion (its owner closes it). */
   constructor(
     format: ChunkedFormat,
     readonly options: ChunkedTransformOptions = {},
-    pool?: MemberPool,
+    pool?: SharedCompressor,
   ) {
     this.name = format;
     const { externalTOC, containersStorageAnnotations, zstdChunkedDialect } = options;
@@ -124,8 +131,8 @@ export class ChunkedLayerTransform implements ConversionTransform {
     if (externalTOC && format !== 'estargz')
       throw new EsgzError('BAD_FLAG', 'an external TOC needs the eStargz format');
     this.codec = createCodec(codecNameOf(format), { externalTOC, containersStorageAnnotations, zstdChunkedDialect });
-    this.pool = pool ?? createConversionPool(format, options);
-    this.ownsPool = pool === undefined;
+    this.ownPool = pool === undefined ? createConversionPool(format, options) : undefined;
+    this.pool = pool ?? this.ownPool!;
   }
 
   get backend(): string {
@@ -269,7 +276,7 @@ export class ChunkedLayerTransform implements ConversionTransform {
   }
 
   async close(): Promise<void> {
-    if (this.ownsPool) await this.pool.close();
+    await this.ownPool?.close();
   }
 }
 
@@ -394,7 +401,7 @@ function countProgress(source: Readable, context: TransformContext): Readable {
 export function createLayerTransform(
   format: LayerFormat,
   options: ChunkedTransformOptions = {},
-  pool?: MemberPool,
+  pool?: SharedCompressor,
 ): ConversionTransform {
   switch (format) {
     case 'estargz':

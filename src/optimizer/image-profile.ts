@@ -75,11 +75,13 @@ export async function profileImage(
   options: Omit<ProfileWorkloadOptions, 'layers' | 'config'> & {
     /** Keep each layer's uncompressed tar in this directory (see ImageProfile.tarFiles). */
     keepTarsIn?: string;
+    /** With `keepTarsIn`: called as soon as a layer's tar is complete, before the workload ends. */
+    onLayerTar?(layer: Descriptor, path: string): void;
     /** The memory-backed work dir setting (see memoryBackedTempRoot). */
     tmpfs?: string | false;
   },
 ): Promise<ImageProfile> {
-  const { keepTarsIn, tmpfs, ...workloadOptions } = options;
+  const { keepTarsIn, tmpfs, onLayerTar, ...workloadOptions } = options;
   const { manifest: parsed, config } = await resolveManifest(source, manifest);
   const tees: Array<ReturnType<typeof teeToFile> | undefined> = [];
   const blobs: Array<Readable | undefined> = [];
@@ -99,6 +101,7 @@ export async function profileImage(
         if (path === undefined) return stream;
         const tee = teeToFile(stream, path);
         tees[index] = tee;
+        if (onLayerTar) void tee.complete.then((complete) => complete && onLayerTar(desc, path));
         return tee.stream;
       },
     };

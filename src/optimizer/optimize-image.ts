@@ -6,6 +6,7 @@ import {
   createLayerTransform,
   type ChunkedTransformOptions,
   type ConversionTransform,
+  type SharedCompressor,
 } from '../convert/transform.js';
 import type { MemberPool } from '../estargz/member-pool.js';
 import { writeExternalTOCImage } from '../convert/external-toc.js';
@@ -23,6 +24,7 @@ import type { RunOptions } from '../runtime/spec.js';
 import { CachingSource } from './blob-cache.js';
 import { profileImage, type ImageProfile } from './image-profile.js';
 import { writeRecordFile } from './record.js';
+import { MemberPrecompute, MemoizingCompressor } from './member-memo.js';
 
 export interface OptimizeImageOptions {
   source: ImageSource;
@@ -45,6 +47,11 @@ export interface OptimizeImageOptions {
   cacheBlobs?: boolean;
   /** Layers converted at once (the pipeline's default when unset). */
   concurrency?: number;
+  /**
+   * Compress the profiled layers while the workload runs, so the conversion only reorders
+   * (default true; off only to compare against, the output is the same).
+   */
+  compressAhead?: boolean;
   /** Convert without running the workload (`--no-optimize`). */
   noOptimize?: boolean;
   /** Files added to every layer's prioritized files (`--prefetch-list`; globs allowed). */
@@ -118,6 +125,11 @@ export interface OptimizeReport {
   tocImage?: { reference: string; digest: string };
   /** Wall time of the stages: profileMs (unpack, run, trace), convertMs (convert and push). */
   timings: Record<string, number>;
+  /**
+   * With compression ahead of the profile: members taken from the spill file instead of being
+   * compressed (`reused`), members compressed (ahead or during the conversion), the spill file's size.
+   */
+  compressedAhead?: { reused: number; compressed: number; spilledBytes: number };
 }
 
 /**
@@ -161,19 +173,53 @@ async function profileAndConvert(options: OptimizeImageOptions, context: Profile
   // The layer tars the profile unpacks are kept for the conversion, which then reads them from
   // disk by offset instead of reading, checking and decompressing the blobs a second time.
   const tarDir = context.toProfile ? await makeTempDir('layers', options.convert.tmpDir ?? options.tempDir) : undefined;
+  // One compression pool for the whole run: the head start while profiling, then the writers.
+  const pool = createConversionPool(options.format, options.convert);
+  let ahead: CompressAhead | undefined;
   try {
-    return await convertProfiled(options, context, tarDir);
+    ahead = tarDir ? await compressAhead(options, pool, tarDir, context.warn) : undefined;
+    const report = await convertProfiled(options, context, tarDir, { compressor: ahead?.memo ?? pool, ahead });
+    if (!ahead) return report;
+    const { hits, misses, spilledBytes } = ahead.memo;
+    return { ...report, compressedAhead: { reused: hits, compressed: misses, spilledBytes } };
   } finally {
+    await ahead?.precompute.stop();
+    await ahead?.memo.close();
+    await pool.close();
     if (tarDir) await removeTempDir(tarDir);
   }
+}
+
+interface CompressAhead {
+  memo: MemoizingCompressor;
+  precompute: MemberPrecompute;
+}
+
+/**
+ * Compresses the profiled layers while the workload runs (see member-memo.ts), unless the
+ * conversion might keep layers as they are (--reuse) or keeps raw tar headers (lossless), where
+ * the members of the plain order are not the ones written.
+ */
+async function compressAhead(
+  options: OptimizeImageOptions,
+  pool: MemberPool,
+  tarDir: string,
+  warn: (message: string) => void,
+): Promise<CompressAhead | undefined> {
+  if (options.compressAhead === false || options.convert.reuse || options.convert.keepDiffID) return undefined;
+  pool.start();
+  const memo = await MemoizingCompressor.create(pool, tarDir);
+  return { memo, precompute: new MemberPrecompute(memo, options.format, options.convert, warn) };
 }
 
 async function convertProfiled(
   options: OptimizeImageOptions,
   context: ProfileContext,
   tarDir: string | undefined,
+  compression: { compressor: SharedCompressor; ahead: CompressAhead | undefined },
 ): Promise<OptimizeReport> {
   const { warn, cleanups, source, toProfile, others } = context;
+  const { compressor, ahead } = compression;
   const timings: Record<string, number> = {};
   let stageStart = Date.now();
   let profile: ImageProfile | undefined;
@@ -181,6 +227,7 @@ async function convertProfiled(
     options.onStage?.('profile');
     profile = await profileImage(source, toProfile.manifest, {
       ...(tarDir ? { keepTarsIn: tarDir } : {}),
+      ...(ahead ? { onLayerTar: (layer: Descriptor, path: string) => ahead.precompute.add(layer.digest, path) } : {}),
       ...options.host,
       run: options.run,
       periodSeconds: options.periodSeconds,
@@ -216,7 +263,10 @@ async function convertProfiled(
 
   const convert =
     options.tempDir && !options.convert.tmpDir ? { ...options.convert, tmpDir: options.tempDir } : options.convert;
-  const transform = new OptimizeTransform(options.format, convert, profile, options.prefetchList ?? []);
+  const transform = new OptimizeTransform(options.format, convert, profile, options.prefetchList ?? [], {
+    compressor,
+    ...(ahead ? { precompute: ahead.precompute } : {}),
+  });
   let transfer: TransferReport;
   try {
     options.onStage?.('convert');
@@ -335,8 +385,9 @@ function layerDigests(manifest: RawManifest): Set<string> {
  */
 class OptimizeTransform implements LayerTransform {
   readonly name: string;
-  /** One compression pool for both writers: threads never exceed its size. */
-  private readonly pool: MemberPool;
+  /** One compressor for both writers (the caller's pool, or the memo around it): threads never exceed its size. */
+  private readonly pool: SharedCompressor;
+  private readonly precompute: MemberPrecompute | undefined;
   private readonly traced: ConversionTransform;
   private readonly untraced: ConversionTransform;
 
@@ -345,10 +396,12 @@ class OptimizeTransform implements LayerTransform {
     private readonly convert: ChunkedTransformOptions,
     private readonly profile: ImageProfile | undefined,
     prefetchList: PriorityItem[],
+    compression: { compressor: SharedCompressor; precompute?: MemberPrecompute },
   ) {
     this.name = format;
     const perLayer = (profile?.perLayer ?? []).map((files) => [...files, ...prefetchList]);
-    this.pool = createConversionPool(format, convert);
+    this.pool = compression.compressor;
+    this.precompute = compression.precompute;
     const tracedOptions = {
       ...convert,
       reuse: false,
@@ -371,12 +424,14 @@ class OptimizeTransform implements LayerTransform {
     this.untraced.checkManifestMediaType?.(mediaType, warn);
   }
 
-  transform(input: LayerInput, output: Writable, context: TransformContext) {
+  async transform(input: LayerInput, output: Writable, context: TransformContext) {
     const profiledLayer = this.profile?.layers[input.index];
     const traced =
       profiledLayer !== undefined &&
       profiledLayer.digest === input.descriptor.digest &&
       (this.profile!.perLayer[input.index]?.length ?? 0) > 0;
+    // The members compressed ahead serve this layer once they are all there.
+    await this.precompute?.settled(input.descriptor.digest);
     return (traced ? this.traced : this.untraced).transform(input, output, context);
   }
 
@@ -387,7 +442,6 @@ class OptimizeTransform implements LayerTransform {
 
   async close(): Promise<void> {
     await Promise.all([this.traced.close(), this.untraced.close()]);
-    await this.pool.close();
   }
 }
 

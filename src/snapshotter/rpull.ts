@@ -14,12 +14,12 @@ import { announcesTOC, tocVerification } from '../estargz/zstdchunked/dialect.js
 import { EstargzReader, ExternalTOCRequiredError, type BlobReader } from '../estargz/reader.js';
 import { ExternalTOCImage } from '../convert/external-toc.js';
 import { sourceBlobReader } from '../convert/source-reader.js';
-import { openDecompressed } from '../image/compression.js';
 import { resolveImages, type ResolvedImage } from '../image/resolve.js';
 import { openRegistrySource, type RegistryOptions } from '../image/transports/registry.js';
 import type { Descriptor, Platform } from '../oci/types.js';
 import type { ImageSource } from '../image/types.js';
 import { unpackLayer } from '../rootfs/unpack.js';
+import { openLayerTar } from './full-pull.js';
 import { formatReference, parseReference } from '../registry/reference.js';
 import { ChunkCache, LazyLayer, type FetchPolicy } from './cache.js';
 import { fuseShowsModtime } from './fusefs.js';
@@ -291,8 +291,8 @@ async function unpackEagerLayer(
   // A killed pull's temp tree is ignored here (its name is unique) and swept by prune.
   const tmp = `${dir}.tmp-${await tempTag()}`;
   try {
-    const blob = await source.openBlob(image.manifest.layers[i]!);
-    const { stream } = await openDecompressed(blob, where);
+    // An eStargz blob (its TOC annotation lost on the way) inflates on every core.
+    const stream = await openLayerTar(source, image.manifest.layers[i]!, where);
     await unpackLayer(stream, tmp, { whiteouts: 'overlay', layerName: where, signal: options.signal });
     // What the lazy mount hides: the TOC file and the landmarks are the format's, not the image's.
     if (formatFiles)

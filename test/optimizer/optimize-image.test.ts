@@ -226,6 +226,9 @@ describe('optimizeImage compression threads', () => {
       ({ report } = await optimize(busyboxRef, `oci:${out}:t`, {
         convert: { workers },
         concurrency: 2,
+        // Compressing ahead starts the same pool before the profile, where other threads start
+        // too; counted from the conversion on, the pool's threads must be new.
+        compressAhead: false,
         onStage: (stage) => {
           if (stage === 'convert') before = threadCount();
         },
@@ -382,6 +385,32 @@ describe('optimizeImage on the Debian bookworm python3 image', () => {
       // Nothing else is prefetched: everything before the landmark was traced.
       expect(basePrefetch.length + pythonPrefetch.length).toBe(report.profiled!.filesTraced);
       expect(base!.length).toBeGreaterThan(1000);
+    },
+    600_000,
+  );
+
+  it.skipIf(!debianImageCached())(
+    'compressing while the workload runs writes the same bytes as compressing after it, reusing most members',
+    async () => {
+      const fixture = await debianImage();
+      const out = join(work, 'debian-ahead');
+      const options = (compressAhead: boolean): Partial<OptimizeImageOptions> => ({
+        // One process reading files one after another: the same trace every run (python's reads
+        // of its encodings vary in order from run to run).
+        run: { entrypoint: ['/bin/cat'], args: ['/etc/debian_version', '/usr/lib/python3.11/os.py'] },
+        convert: { compressionLevel: 1 },
+        compressAhead,
+      });
+      const ahead = await optimize(fixture.python.ref, `oci:${out}:ahead`, options(true));
+      const after = await optimize(fixture.python.ref, `oci:${out}:after`, options(false));
+      expect(ahead.stdout).toMatch(/^12\.\d+\n/);
+      expect(after.report.compressedAhead).toBeUndefined();
+      expect(layoutRootDigest(out, 'ahead')).toBe(layoutRootDigest(out, 'after'));
+      // Every member compresses once ahead; the conversion takes nearly all of them from the
+      // spill file and compresses again only those the new order changes.
+      const { reused, compressed, spilledBytes } = ahead.report.compressedAhead!;
+      expect(reused).toBeGreaterThan(0.95 * compressed);
+      expect(spilledBytes).toBeGreaterThan(0);
     },
     600_000,
   );
