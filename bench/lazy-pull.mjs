@@ -68,27 +68,8 @@ export async function runLazyPullBench({ registry, image, remoteRef, work, runs 
       runs,
       async (i) => {
         proxy.clearLog();
-        const dir = join(work, `full-${i}`);
-        mkdirSync(dir, { recursive: true });
-        const started = performance.now();
-        const copied = await measure('skopeo', ['copy', '--quiet', '--src-tls-verify=false', `docker://${viaProxy(remoteRef)}`, `oci:${join(dir, 'layout')}:img`]);
-        if (!copied.ok) return copied;
-        const rootfs = join(dir, 'bundle', 'rootfs');
-        mkdirSync(rootfs, { recursive: true });
-        for (const layer of image.layers) {
-          const blob = join(dir, 'layout', 'blobs', 'sha256', layer.blobDigest.slice(7));
-          await mustRun('sh', ['-c', 'gzip -dc "$0" | tar -x --numeric-owner -C "$1"', blob, rootfs]);
-        }
-        await mustRun('runc', ['spec', '--bundle', join(dir, 'bundle')]);
-        const specPath = join(dir, 'bundle', 'config.json');
-        const spec = JSON.parse(readFileSync(specPath, 'utf8'));
-        spec.process.terminal = false;
-        spec.process.args = WORKLOAD;
-        spec.root.readonly = false;
-        writeFileSync(specPath, JSON.stringify(spec));
-        const run = await measure('runc', ['--root', join(dir, 'runc'), 'run', '--bundle', join(dir, 'bundle'), `bench-full-${process.pid}-${i}`]);
-        const seconds = (performance.now() - started) / 1000;
-        return { ok: run.ok && run.stdout.includes('hi'), error: run.error ?? 'workload did not print hi', seconds, extra: { bytes: bytesSent() } };
+        const run = await fullPullAndRun({ dir: join(work, `full-${i}`), ref: viaProxy(remoteRef), layers: image.layers, workload: WORKLOAD, expect: 'hi', id: `bench-full-${process.pid}-${i}` });
+        return { ...run, extra: { bytes: bytesSent() } };
       },
       () => {},
     );
@@ -139,6 +120,34 @@ export async function runLazyPullBench({ registry, image, remoteRef, work, runs 
   } finally {
     await proxy.close();
   }
+}
+
+/**
+ * The non-lazy baseline: download the image (skopeo), unpack every layer (`gzip -dc | tar -x`),
+ * `runc run` the workload; seconds from the start to the workload's exit, `ok` when it printed `expect`.
+ */
+export async function fullPullAndRun({ dir, ref, layers, workload, expect, id }) {
+  mkdirSync(dir, { recursive: true });
+  const started = performance.now();
+  const copied = await measure('skopeo', ['copy', '--quiet', '--src-tls-verify=false', `docker://${ref}`, `oci:${join(dir, 'layout')}:img`]);
+  if (!copied.ok) return copied;
+  const rootfs = join(dir, 'bundle', 'rootfs');
+  mkdirSync(rootfs, { recursive: true });
+  for (const layer of layers) {
+    const blob = join(dir, 'layout', 'blobs', 'sha256', layer.blobDigest.slice(7));
+    await mustRun('sh', ['-c', 'gzip -dc "$0" | tar -x --numeric-owner -C "$1"', blob, rootfs]);
+  }
+  await mustRun('runc', ['spec', '--bundle', join(dir, 'bundle')]);
+  const specPath = join(dir, 'bundle', 'config.json');
+  const spec = JSON.parse(readFileSync(specPath, 'utf8'));
+  spec.process.terminal = false;
+  spec.process.args = workload;
+  spec.root.readonly = false;
+  writeFileSync(specPath, JSON.stringify(spec));
+  const run = await measure('runc', ['--root', join(dir, 'runc'), 'run', '--bundle', join(dir, 'bundle'), id]);
+  const seconds = (performance.now() - started) / 1000;
+  const ok = run.ok && run.stdout.includes(expect);
+  return { ok, error: ok ? undefined : (run.error ?? `workload did not print ${expect}`), seconds };
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1]).href) {

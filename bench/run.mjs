@@ -55,6 +55,7 @@ if (flag('--help') || flag('-h')) {
   --runs N          repetitions per measurement (default 3; median and min-max reported)
   --no-memory       skip the 100 MiB / 1 GiB peak-RSS benchmark (bench/memory.mjs)
   --no-lazy-pull    skip the rpull/run benchmark (bench/lazy-pull.mjs)
+  --lazy            also the lazy start-up rows through a link emulator (bench/lazy.mjs; printed after the table)
   --no-floor        skip the gzip/libdeflate/zstd floor measurements
   --no-parallel-unpack  skip the full-pull unpack benchmark (bench/parallel-unpack.mjs)
   --no-huge         skip the huge-layer benchmark (bench/huge-layers.mjs; first run generates the layers)
@@ -255,9 +256,15 @@ async function main() {
     const { runLazyPullBench } = await import('./lazy-pull.mjs');
     results.lazyPull = await runLazyPullBench({ registry, image: debian.python, remoteRef: remote.python, work: join(work, 'lazy-pull'), runs });
   }
+  let lazyReport = '';
+  if (flag('--lazy') && !interrupted) {
+    const { runLazyBench, formatLazyBench } = await import('./lazy.mjs');
+    results.lazy = await runLazyBench({ registry, image: debian.python, remoteRef: remote.python, work: join(work, 'lazy'), runs });
+    lazyReport = formatLazyBench(results.lazy);
+  }
 
   // 4. the table, the targets, the JSON.
-  const report = renderReport(results);
+  const report = renderReport(results) + lazyReport;
   console.log(report);
   results.finishedAt = new Date().toISOString();
   results.elapsedSeconds = (Date.now() - startedAt.getTime()) / 1000;

@@ -10,7 +10,7 @@ import {
 } from '../cli/flags.js';
 import { writeJson } from '../cli/output.js';
 import { EsgzError } from '../errors.js';
-import { runContainer } from '../snapshotter/run.js';
+import { runContainer, type RunStats } from '../snapshotter/run.js';
 
 /**
  * Splits argv into what oclif parses (flags, REF, ID) and the container command, which is passed
@@ -91,6 +91,11 @@ when the container exits or on Ctrl-C. Needs root. Arguments after ID are the co
     rm: Flags.boolean({ description: "Remove the container's writable layer when it exits", default: false }),
     tty: Flags.boolean({ char: 't', description: 'Allocate a terminal (stdin must be one)', default: false }),
     hostname: Flags.string({ description: 'Container host name' }),
+    stats: Flags.boolean({
+      description:
+        'Print what the run fetched (bytes, requests, prefetch hits, on-demand misses) and the time to the first output, on stderr (always in --json)',
+      default: false,
+    }),
   };
 
   private command: string[] = [];
@@ -127,6 +132,21 @@ when the container exits or on Ctrl-C. Needs root. Arguments after ID are the co
       }),
     );
     if (flags.json) writeJson(result);
+    else if (flags.stats) process.stderr.write(`${formatRunStats(result.stats)}\n`);
     process.exitCode = result.exitCode ?? 1;
   }
+}
+
+/** One line for `--stats`. */
+export function formatRunStats(stats: RunStats): string {
+  const mb = (bytes: number) => `${(bytes / 1e6).toFixed(2)} MB`;
+  const first = stats.firstOutputMs === undefined ? 'no output' : `${(stats.firstOutputMs / 1000).toFixed(3)} s`;
+  const background =
+    stats.backgroundComplete === undefined
+      ? ''
+      : `, background ${mb(stats.backgroundBytes)} (${stats.backgroundComplete ? 'complete' : 'stopped'})`;
+  return (
+    `stats: fetched ${mb(stats.bytesFetched)} in ${stats.requests} requests${background}, ` +
+    `${stats.prefetchHits} prefetch hits, ${stats.onDemandMisses} on-demand misses, first output after ${first}`
+  );
 }

@@ -21,7 +21,7 @@ import type { ImageSource } from '../image/types.js';
 import { unpackLayer } from '../rootfs/unpack.js';
 import { openLayerTar } from './full-pull.js';
 import { formatReference, parseReference } from '../registry/reference.js';
-import { ChunkCache, LazyLayer, type FetchPolicy } from './cache.js';
+import { ChunkCache, LazyLayer, RequestLimiter, type FetchPolicy } from './cache.js';
 import { fuseShowsModtime } from './fusefs.js';
 import {
   mkdirPrivate,
@@ -150,15 +150,18 @@ export async function rpull(options: RpullOptions): Promise<RpullReport> {
     const resolveMs = Date.now() - started;
     // Phase 3: prioritized ranges, one Range request per layer; then, if asked, everything else.
     const cache = new ChunkCache(state.chunksRoot);
+    const limiter = new RequestLimiter();
     const lazies = tocs.map(({ reader }, i) => {
       if (!reader) return undefined;
-      return new LazyLayer(reader, sourceBlobReader(source, image.manifest.layers[i]!), cache, options.fetchPolicy);
+      const blob = sourceBlobReader(source, image.manifest.layers[i]!);
+      return new LazyLayer(reader, blob, cache, options.fetchPolicy, limiter);
     });
     const prefetchStart = Date.now();
     if (!options.noPrefetch) await prefetchLayers(pull, tocs, lazies);
     const prefetchMs = Date.now() - prefetchStart;
     const backgroundStart = Date.now();
     if (options.backgroundFetch) await fetchRemaining(pull, tocs, lazies);
+    await writeCache(pull, cache);
     return {
       reference,
       manifestDigest: image.raw.digest,
@@ -365,7 +368,14 @@ async function prefetchLayers(
   );
 }
 
-/** `backgroundFetch`: every chunk the prefetch left, layer by layer. */
+/** Waits for the chunk cache's pending writes; a failed write only costs a fetch on the next read. */
+async function writeCache({ progress }: Pull, cache: ChunkCache): Promise<void> {
+  await cache.drain();
+  if (cache.writeError)
+    progress(`some chunks were not cached (they will be fetched when read): ${String(cache.writeError)}`);
+}
+
+/** `backgroundFetch`: every chunk the prefetch left, layer by layer (what is cached is skipped: it resumes). */
 async function fetchRemaining(
   { reference, progress }: Pull,
   tocs: LayerTOC[],

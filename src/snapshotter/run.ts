@@ -10,7 +10,7 @@
  */
 import { chmod, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Writable } from 'node:stream';
+import { Writable } from 'node:stream';
 import { EsgzError } from '../errors.js';
 import { sourceBlobReader } from '../convert/source-reader.js';
 import { formatPlatform, hostPlatform, platformMatches } from '../oci/platform.js';
@@ -21,7 +21,7 @@ import { unmount } from '../host/mounts.js';
 import { mountOverlay, overlayProblem } from '../rootfs/overlay.js';
 import { findRunc, newContainerId, runBundle } from '../runtime/runc.js';
 import { buildRuntimeSpec, checkExecutable, writeBundleConfig, type RunOptions } from '../runtime/spec.js';
-import { ChunkCache, LazyLayer, type FetchPolicy, type FetchStats } from './cache.js';
+import { ChunkCache, LazyLayer, RequestLimiter, type FetchPolicy, type FetchStats } from './cache.js';
 import { mountLayer, type MountedLayer } from './fusefs.js';
 import { normalizeReference, openStoredLayer } from './rpull.js';
 import { cleanStaleContainers, claimContainer, markKept } from './manage.js';
@@ -37,6 +37,8 @@ export interface MountedImage {
   rootfs: string;
   /** Lazy layers by index (undefined for unpacked ones), for fetch statistics. */
   lazies: Array<LazyLayer | undefined>;
+  /** The chunk cache the lazy layers write behind to (release waits for its writes). */
+  cache: ChunkCache;
   /** Unmounts the overlay and every FUSE layer; removes the work dir unless `keep`. Safe to call twice. */
   release(options?: { keepUpper?: boolean }): Promise<void>;
 }
@@ -78,10 +80,13 @@ export async function mountImage(options: MountImageOptions): Promise<MountedIma
   const lazies: Array<LazyLayer | undefined> = [];
   let overlayTarget: string | undefined;
   let released = false;
+  const cache = new ChunkCache(state.chunksRoot);
   const release = async (opts: { keepUpper?: boolean } = {}) => {
     if (released) return;
     released = true;
     const errors: unknown[] = [];
+    // Chunks fetched for this run reach the disk before it ends (a failed write is only a later fetch).
+    await cache.drain();
     if (overlayTarget) await unmount(overlayTarget).catch((e: unknown) => errors.push(e));
     for (const m of fuseMounts.reverse()) await m.unmount().catch((e: unknown) => errors.push(e));
     if (ownSource) await source.close().catch(() => undefined);
@@ -95,7 +100,8 @@ export async function mountImage(options: MountImageOptions): Promise<MountedIma
 
   try {
     await mkdirPrivate(join(options.workDir, 'l'));
-    const cache = new ChunkCache(state.chunksRoot);
+    // One bound on the requests in flight to the registry, shared by every layer.
+    const limiter = new RequestLimiter();
     const lowerDirs: string[] = [];
     for (const [i, layer] of record.layers.entries()) {
       const where = `layer ${i} (${layer.digest})`;
@@ -109,7 +115,7 @@ export async function mountImage(options: MountImageOptions): Promise<MountedIma
       const desc = { mediaType: layer.mediaType, digest: layer.digest, size: layer.size };
       const blob = sourceBlobReader(source, desc);
       const reader = await openStoredLayer(state, layer, blob, where);
-      const lazy = new LazyLayer(reader, blob, cache, options.fetchPolicy);
+      const lazy = new LazyLayer(reader, blob, cache, options.fetchPolicy, limiter);
       const mnt = join(options.workDir, 'l', String(i));
       const mounted = await mountLayer(mnt, {
         entries: reader.toc.entries,
@@ -132,7 +138,7 @@ export async function mountImage(options: MountImageOptions): Promise<MountedIma
     await chmod(upper, UPPER_DIR_MODE);
     await mountOverlay(lowerDirs, upper, work, rootfs);
     overlayTarget = rootfs;
-    return { record, config, rootfs, lazies, release };
+    return { record, config, rootfs, lazies, cache, release };
   } catch (err) {
     await release().catch(() => undefined);
     throw err;
@@ -170,9 +176,30 @@ export interface RunContainerResult {
   durationMs: number;
   /** Fetch statistics per layer (undefined for unpacked layers). */
   fetches: Array<FetchStats | undefined>;
+  /** The same, summed over the layers, with the time to the workload's first output. */
+  stats: RunStats;
+}
+
+/** What `esgz run --stats` prints: what the run fetched and how soon the workload answered. */
+export interface RunStats {
+  /** Compressed bytes received from the registry by this run (on demand and background). */
+  bytesFetched: number;
+  /** Range requests made. */
+  requests: number;
+  /** Chunk reads served from what was cached before this run (the prefetch, earlier runs). */
+  prefetchHits: number;
+  /** Chunk reads that had to wait for a fetch. */
+  onDemandMisses: number;
+  /** Of `bytesFetched`, what the background fetch received. */
+  backgroundBytes: number;
+  /** From the start of the run to the workload's first byte on stdout or stderr (none with -t, or no output). */
+  firstOutputMs?: number;
+  /** With --background-fetch: whether every layer is now wholly in the cache. */
+  backgroundComplete?: boolean;
 }
 
 export async function runContainer(options: RunContainerOptions): Promise<RunContainerResult> {
+  const startedAt = performance.now();
   if (typeof process.getuid === 'function' && process.getuid() !== 0) {
     throw new EsgzError('RUNTIME', 'esgz run needs root (FUSE mounts, overlayfs and runc)');
   }
@@ -196,7 +223,7 @@ export async function runContainer(options: RunContainerOptions): Promise<RunCon
       onReadError: options.onWarning,
     });
     try {
-      const result = await runMounted(image, id, containerDir, options);
+      const result = await runMounted(image, id, containerDir, options, startedAt);
       keep = !options.rm;
       return result;
     } catch (err) {
@@ -263,8 +290,12 @@ async function runMounted(
   id: string,
   containerDir: string,
   options: RunContainerOptions,
+  startedAt: number,
 ): Promise<RunContainerResult> {
-  let background: Promise<void> | undefined;
+  const background = new AbortController();
+  const stopBackground = () => background.abort();
+  options.signal?.addEventListener('abort', stopBackground, { once: true });
+  let backgroundDone: Promise<boolean> | undefined;
   try {
     const host = hostPlatform();
     const wanted = {
@@ -287,31 +318,75 @@ async function runMounted(
     await checkExecutable(image.rootfs, spec);
     // config.json holds the --env values (secrets): 0600, inside directories only root can enter.
     await chmod(await writeBundleConfig(bundle, spec), PRIVATE_FILE_MODE);
-    if (options.backgroundFetch) {
-      background = (async () => {
-        for (const lazy of image.lazies) await lazy?.fetchAll();
-      })().catch((err: unknown) =>
-        options.onWarning?.(`background fetch stopped: ${err instanceof Error ? err.message : String(err)}`),
-      );
-    }
+    if (options.backgroundFetch) backgroundDone = fetchInBackground(image, background.signal, options.onWarning);
+    let firstOutputMs: number | undefined;
+    const noteOutput = () => (firstOutputMs ??= performance.now() - startedAt);
     const result = await runBundle({
       bundle,
       id,
       stateRoot: join(containerDir, 's'),
       runc: options.runc,
       signal: options.signal,
-      stdout: options.stdout,
-      stderr: options.stderr,
+      stdout: timedOutput(options.stdout ?? process.stdout, noteOutput),
+      stderr: timedOutput(options.stderr ?? process.stderr, noteOutput),
       stdin: options.stdin,
       terminal: options.run.terminal,
     });
+    // The layers complete after a short workload, as the snapshotter's background fetch would (Ctrl-C stops it).
+    const backgroundComplete = await backgroundDone;
+    const fetches = image.lazies.map((l) => (l ? { ...l.stats } : undefined));
     return {
       id,
       exitCode: result.exitCode,
       durationMs: result.durationMs,
-      fetches: image.lazies.map((l) => (l ? { ...l.stats } : undefined)),
+      fetches,
+      stats: {
+        ...sumStats(fetches),
+        ...(firstOutputMs !== undefined ? { firstOutputMs: Math.round(firstOutputMs) } : {}),
+        ...(backgroundComplete !== undefined ? { backgroundComplete } : {}),
+      },
     };
   } finally {
-    void background;
+    options.signal?.removeEventListener('abort', stopBackground);
+    background.abort();
+    await backgroundDone;
   }
+}
+
+/** Fetches every layer's remaining chunks until done or `signal`; resolves whether all got done. */
+async function fetchInBackground(
+  image: MountedImage,
+  signal: AbortSignal,
+  onWarning?: (message: string) => void,
+): Promise<boolean> {
+  try {
+    for (const lazy of image.lazies) if (!signal.aborted) await lazy?.fetchAll({ signal });
+    return !signal.aborted;
+  } catch (err) {
+    onWarning?.(`background fetch stopped: ${err instanceof Error ? err.message : String(err)}`);
+    return false;
+  }
+}
+
+function sumStats(fetches: Array<FetchStats | undefined>): RunStats {
+  const total: RunStats = { bytesFetched: 0, requests: 0, prefetchHits: 0, onDemandMisses: 0, backgroundBytes: 0 };
+  for (const f of fetches) {
+    if (!f) continue;
+    total.bytesFetched += f.bytes;
+    total.requests += f.requests;
+    total.prefetchHits += f.prefetchHits;
+    total.onDemandMisses += f.onDemandMisses;
+    total.backgroundBytes += f.backgroundBytes;
+  }
+  return total;
+}
+
+/** Passes everything to `target`, calling `onFirstByte` when the first bytes go through. */
+function timedOutput(target: Writable, onFirstByte: () => void): Writable {
+  return new Writable({
+    write(chunk: Buffer, _encoding, callback) {
+      onFirstByte();
+      target.write(chunk, callback);
+    },
+  });
 }

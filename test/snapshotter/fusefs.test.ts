@@ -93,6 +93,7 @@ describe('FUSE layer filesystem', () => {
       return await fn(mounted, lazy);
     } finally {
       await mounted.unmount();
+      await cache.drain();
       expect(isMounted(mnt)).toBe(false);
     }
   }
@@ -203,6 +204,8 @@ describe('FUSE layer filesystem', () => {
       // The source heals (a proxy that stops corrupting): the same path now reads fine.
       corrupting = false;
       expect((await readFile(path)).toString()).toBe('esgz\n');
+      // Written behind the read: on disk once the pending batch is.
+      await lazy.cache.drain();
       expect((await lazy.cache.list()).length).toBe(1);
     });
   });
