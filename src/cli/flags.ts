@@ -218,6 +218,25 @@ function checkPlatformConflict(platformGiven: boolean, allPlatforms: boolean): v
     throw new EsgzError('BAD_FLAG', '--platform and --all-platforms cannot be used together');
 }
 
+// ---- namespace ------------------------------------------------------------------------------
+
+/** The namespace a flag or CONTAINERD_NAMESPACE names when neither is given (ctr's default). */
+export const DEFAULT_NAMESPACE = 'default';
+
+/**
+ * ctr's `-n/--namespace` (also CONTAINERD_NAMESPACE): which set of image names in the local
+ * store a command sees. Every command accepts it (BaseCommand), as ctr does; given before the
+ * command (`ctr-remote -n NS image ls`) it is moved after it by argv.ts.
+ */
+export const namespaceFlags = {
+  namespace: Flags.string({
+    char: 'n',
+    description: "Namespace of image names in the local store (ctr's -n)",
+    env: 'CONTAINERD_NAMESPACE',
+    default: DEFAULT_NAMESPACE,
+  }),
+};
+
 // ---- state root ---------------------------------------------------------------------------
 
 /** Commands that use the local state root (rpull, run, ls, rm, prune). */
@@ -442,7 +461,13 @@ export const workloadFlags = {
     default: false,
   }),
   user: Flags.string({ char: 'u', description: 'user[:group] to run as (names looked up in the image)' }),
-  i: Flags.boolean({ char: 'i', description: "Attach stdin to the container's process", default: false }),
+  // ctr's `-i`; named as nerdctl's, since oclif shows a one-letter name as "-i, --i".
+  interactive: Flags.boolean({
+    char: 'i',
+    aliases: ['i'],
+    description: "Attach stdin to the container's process",
+    default: false,
+  }),
 };
 
 // ---- lazy pull ----------------------------------------------------------------------------

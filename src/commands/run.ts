@@ -117,7 +117,7 @@ when the container exits or on Ctrl-C. Needs root. Arguments after ID are the co
         run,
         command: this.command.length ? this.command : undefined,
         ...transportOptions(flags),
-        stdin: flags.i || flags.tty,
+        stdin: flags.interactive || flags.tty,
         stdout: flags.json ? process.stderr : process.stdout,
         stderr: process.stderr,
         signal,

@@ -166,7 +166,7 @@ optimization.`;
       throw new EsgzError('BAD_FLAG', 'option --zstdchunked must be used in conjunction with --oci');
     if (flags['wait-on-signal'] && flags.terminal)
       throw new EsgzError('BAD_FLAG', '--wait-on-signal cannot be used with --terminal');
-    if (flags.terminal && !flags.i) throw new EsgzError('BAD_FLAG', '--terminal must be used with -i');
+    if (flags.terminal && !flags.interactive) throw new EsgzError('BAD_FLAG', '--terminal must be used with -i');
     if (!flags['no-optimize'] && !isRoot()) {
       const why = 'running the workload needs root (runc with overlayfs and fanotify)';
       throw new EsgzError('RUNTIME', `${why}: run esgz as root or use --no-optimize`);
@@ -187,7 +187,7 @@ optimization.`;
       periodSeconds: flags.period,
       waitOnLine: flags['wait-on-line'],
       waitOnSignal: flags['wait-on-signal'],
-      stdin: flags.i,
+      stdin: flags.interactive,
       // With --json, stdout carries only the report: the workload writes to stderr.
       workloadStdout: flags.json ? process.stderr : process.stdout,
       workloadStderr: process.stderr,
