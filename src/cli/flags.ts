@@ -14,6 +14,7 @@ import type { EsgzEnvironment } from './environment.js';
 import { DEFAULT_CONCURRENCY } from '../image/pipeline.js';
 import { parsePlatform, parsePlatforms } from '../oci/platform.js';
 import type { Platform } from '../oci/types.js';
+import { parseTransportReference } from '../image/transports/index.js';
 import {
   DEFAULT_NAMESERVERS,
   DEFAULT_PIDS_LIMIT,
@@ -185,20 +186,40 @@ export const platformFlag = {
   platform: Flags.string({ description: "Platform to use, os/arch[/variant] (default: this machine's)" }),
 };
 
-/** The platform choice of `platformsFlags`, checked once for every command. */
-export function platformsFromFlags(flags: { platform?: string[]; 'all-platforms': boolean }): {
+/** What the platform flags choose (the library's PlatformChoice). */
+export interface FlagPlatformChoice {
   platforms?: Platform[];
   allPlatforms: boolean;
-} {
-  const given = flags.platform !== undefined && flags.platform.length > 0;
-  checkPlatformConflict(given, flags['all-platforms']);
-  const platforms = given ? { platforms: parseFlagValue('platform', () => parsePlatforms(flags.platform!)) } : {};
-  return { ...platforms, allPlatforms: flags['all-platforms'] };
+  keepIndex?: boolean;
 }
 
-/** The platform of `platformFlag` (with `--all-platforms` where the command has it). */
+/**
+ * The platform choice of `platformsFlags`, checked once for every command. With
+ * `--all-platforms`, `--platform` is ignored (urfave/cli's ctr-remote lets all win).
+ */
+export function platformsFromFlags(flags: { platform?: string[]; 'all-platforms': boolean }): FlagPlatformChoice {
+  if (flags['all-platforms']) return { allPlatforms: true };
+  const given = flags.platform !== undefined && flags.platform.length > 0;
+  const platforms = given ? { platforms: parseFlagValue('platform', () => parsePlatforms(flags.platform!)) } : {};
+  return { ...platforms, allPlatforms: false };
+}
+
+/**
+ * The platform choice of convert and optimize, which write what containerd's converter writes:
+ * one platform taken from an index stays a one-entry index. Not for a docker archive, which
+ * holds one image and no index.
+ */
+export function conversionPlatformsFromFlags(
+  flags: { platform?: string[]; 'all-platforms': boolean },
+  destination: string,
+): FlagPlatformChoice {
+  const keepIndex = parseTransportReference(destination).transport !== 'docker-archive';
+  return { ...platformsFromFlags(flags), keepIndex };
+}
+
+/** The platform of `platformFlag`; none with `--all-platforms` where the command has it. */
 export function platformFromFlag(flags: { platform?: string; 'all-platforms'?: boolean }): Platform | undefined {
-  checkPlatformConflict(Boolean(flags.platform), flags['all-platforms'] ?? false);
+  if (flags['all-platforms']) return undefined;
   return flags.platform ? parseFlagValue('platform', () => parsePlatform(flags.platform!)) : undefined;
 }
 
@@ -210,12 +231,6 @@ function parseFlagValue<T>(name: string, parse: () => T): T {
     if (!isEsgzError(err) || err.code !== 'BAD_FLAG') throw err;
     throw new EsgzError('BAD_FLAG', `--${name} ${err.message}`, { cause: err });
   }
-}
-
-function checkPlatformConflict(platformGiven: boolean, allPlatforms: boolean): void {
-  // Checked here rather than with oclif's `exclusive`, whose message spans several lines.
-  if (platformGiven && allPlatforms)
-    throw new EsgzError('BAD_FLAG', '--platform and --all-platforms cannot be used together');
 }
 
 // ---- namespace ------------------------------------------------------------------------------

@@ -4,14 +4,14 @@ import {
   conversionFlags,
   conversionOptionsFromFlags,
   platformsFlags,
-  platformsFromFlags,
+  conversionPlatformsFromFlags,
   prioritizedFromFlags,
   workloadRegistryFlags,
   runOptionsFromFlags,
   transportOptions,
   workloadFlags,
 } from '../../cli/flags.js';
-import { optimizeJson, optimizeText, writeJson } from '../../cli/output.js';
+import { optimizeJson, optimizeText, writeJson, writeSummary } from '../../cli/output.js';
 import { EsgzError } from '../../errors.js';
 import { tocImageReference } from '../../convert/external-toc.js';
 import { isRoot } from '../../host/native.js';
@@ -116,7 +116,7 @@ optimization.`;
       transport: transportOptions(flags),
       format,
       convert,
-      ...platformsFromFlags(flags),
+      ...conversionPlatformsFromFlags(flags, args.target),
       ...this.profileOptions(),
       prefetchList: await prioritizedFromFlags(flags, format),
       concurrency: flags.concurrency,
@@ -143,7 +143,7 @@ optimization.`;
       { firstStopsWorkload: flags['wait-on-signal'] },
     );
     if (flags.json) writeJson(optimizeJson(report, format));
-    else process.stdout.write(optimizeText(report));
+    else writeSummary(optimizeText(report), { digest: report.transfer.root.digest, tocImage: report.tocImage });
   }
 
   /** ctr-remote's rules for optimize's own flags, and the ctr-remote flags esgz does not have. */
