@@ -1,6 +1,5 @@
 import { Command, Flags, Interfaces } from '@oclif/core';
 import { EsgzError, isEsgzError } from '../errors.js';
-import { namespaceFlags } from './flags.js';
 import { readEnvironment, type EsgzEnvironment } from './environment.js';
 import { handleFatal } from './errors.js';
 import { ProgressBars } from './progress.js';
@@ -28,7 +27,6 @@ export interface Interrupts {
 export abstract class BaseCommand<T extends typeof Command> extends Command {
   static override baseFlags = {
     json: Flags.boolean({ description: 'Print a machine-readable JSON summary on stdout', default: false }),
-    ...namespaceFlags,
   };
 
   protected flags!: BaseFlags<T>;

@@ -28,6 +28,26 @@ import { DEFAULT_STATE_ROOT } from '../snapshotter/state.js';
 import type { RegistryOptions } from '../image/transports/registry.js';
 import { CONTAINERD_CERTS_DIR } from '../registry/hosts.js';
 
+// ---- namespace ------------------------------------------------------------------------------
+
+/** The namespace a flag or CONTAINERD_NAMESPACE names when neither is given (ctr's default). */
+export const DEFAULT_NAMESPACE = 'default';
+
+/**
+ * ctr's `-n/--namespace` (also CONTAINERD_NAMESPACE): which set of image names in the local
+ * store a command sees; every command that reads or writes images has it. Given before the
+ * command (`ctr-remote -n NS image ls`) it is moved after it by argv.ts (and dropped for a
+ * command without images, such as `version`).
+ */
+export const namespaceFlags = {
+  namespace: Flags.string({
+    char: 'n',
+    description: "Namespace of image names in the local store (ctr's -n)",
+    env: 'CONTAINERD_NAMESPACE',
+    default: DEFAULT_NAMESPACE,
+  }),
+};
+
 // ---- registry transport -------------------------------------------------------------------
 
 /** Connection flags every registry command shares (ctr's RegistryFlags: the names and -k are ctr's). */
@@ -66,6 +86,7 @@ const REGISTRY_USER_HELP =
 /** Every command that reads or writes a registry: `-u/--user` is the registry user, as in `ctr pull`. */
 export const registryFlags = {
   ...registryConnectionFlags,
+  ...namespaceFlags,
   'registry-user': Flags.string({
     char: 'u',
     aliases: ['user'],
@@ -79,6 +100,7 @@ export const registryFlags = {
  */
 export const workloadRegistryFlags = {
   ...registryConnectionFlags,
+  ...namespaceFlags,
   'registry-user': Flags.string({ description: REGISTRY_USER_HELP }),
 };
 
@@ -93,9 +115,11 @@ export interface TransportFlagValues {
   'http-trace'?: boolean;
   'http-dump'?: boolean;
   'registry-user'?: string;
+  namespace?: string;
 }
 
-type TransportOptionValues = RegistryOptions & { plainHttp: boolean; insecure: boolean };
+/** `namespace`: the local store's set of names (`-n`), for the transports that read or write it. */
+type TransportOptionValues = RegistryOptions & { plainHttp: boolean; insecure: boolean; namespace?: string };
 
 /** The options `openSource`/`openSink`/rpull/run take, from `registryFlags`: the one mapping. */
 export function transportOptions(flags: TransportFlagValues): TransportOptionValues {
@@ -103,6 +127,7 @@ export function transportOptions(flags: TransportFlagValues): TransportOptionVal
     throw new EsgzError('BAD_FLAG', '--tlscert and --tlskey go together');
   }
   const options: TransportOptionValues = { plainHttp: flags['plain-http'], insecure: flags.insecure };
+  if (flags.namespace !== undefined) options.namespace = flags.namespace;
   const hostsDir = flags['hosts-dir'];
   if (hostsDir !== undefined) {
     // A mistyped directory would silently mean "no mirrors"; the default ones may be absent.
@@ -233,25 +258,6 @@ function parseFlagValue<T>(name: string, parse: () => T): T {
   }
 }
 
-// ---- namespace ------------------------------------------------------------------------------
-
-/** The namespace a flag or CONTAINERD_NAMESPACE names when neither is given (ctr's default). */
-export const DEFAULT_NAMESPACE = 'default';
-
-/**
- * ctr's `-n/--namespace` (also CONTAINERD_NAMESPACE): which set of image names in the local
- * store a command sees. Every command accepts it (BaseCommand), as ctr does; given before the
- * command (`ctr-remote -n NS image ls`) it is moved after it by argv.ts.
- */
-export const namespaceFlags = {
-  namespace: Flags.string({
-    char: 'n',
-    description: "Namespace of image names in the local store (ctr's -n)",
-    env: 'CONTAINERD_NAMESPACE',
-    default: DEFAULT_NAMESPACE,
-  }),
-};
-
 // ---- state root ---------------------------------------------------------------------------
 
 /** Commands that use the local state root (rpull, run, ls, rm, prune). */
@@ -297,9 +303,16 @@ export const conversionFlags = {
     default: false,
   }),
   'estargz-gzip-helper': Flags.string({
+    aliases: ['GH'],
     description:
-      'Decompress gzip source layers with this command instead of in-process: pigz, igzip or unpigz (must be installed; the output is the same bytes)',
-    helpValue: 'pigz|igzip|unpigz',
+      'Decompress gzip source layers with this command instead of in-process: pigz, igzip, unpigz or gzip (must be installed; the output is the same bytes); also --GH, as in ctr-remote',
+    helpValue: 'pigz|igzip|unpigz|gzip',
+  }),
+  'estargz-parallelism': Flags.integer({
+    description:
+      "ctr-remote's name for --workers (compression threads; --workers wins); the output is the same bytes whatever the value",
+    min: 1,
+    max: 256,
   }),
   'zstdchunked-compression-level': Flags.integer({
     description: 'zstd level',
@@ -331,6 +344,7 @@ export interface ConversionFlagValues {
   'zstdchunked-chunk-size': number;
   'prefetch-list'?: string;
   workers?: number;
+  'estargz-parallelism'?: number;
   /** convert only: `--estargz-keep-diff-id`. */
   'estargz-keep-diff-id'?: boolean;
 }
@@ -353,8 +367,8 @@ export async function conversionOptionsFromFlags(
   const options: ChunkedTransformOptions = {
     oci: flags.oci,
     reuse: flags.reuse,
-    // --workers overrides ESGZ_WORKERS.
-    workers: flags.workers ?? environment.workers,
+    // --workers (or ctr-remote's --estargz-parallelism) overrides ESGZ_WORKERS.
+    workers: flags.workers ?? flags['estargz-parallelism'] ?? environment.workers,
     ...(extra.warn ? { warn: extra.warn } : {}),
   };
   // ctr-remote treats an empty value as "no helper".
@@ -484,6 +498,10 @@ export const workloadFlags = {
     default: false,
   }),
 };
+
+/** Said on stderr whenever `--privileged` is given: it is an opt-out, never a default. */
+export const PRIVILEGED_WARNING =
+  '--privileged: the container runs WITHOUT the sandbox: every capability esgz holds, no seccomp filter, no masked or read-only /proc and /sys paths';
 
 // ---- lazy pull ----------------------------------------------------------------------------
 

@@ -37,6 +37,8 @@ export interface RpullOptions extends RegistryOptions {
   platform?: Platform;
   /** Skip fetching the prioritized ranges. */
   noPrefetch?: boolean;
+  /** False: every layer is downloaded and unpacked, none lazily pulled (`run --snapshotter overlayfs`). */
+  lazy?: boolean;
   /** After the prefetch, fetch every remaining chunk too. */
   backgroundFetch?: boolean;
   fetchPolicy?: FetchPolicy;
@@ -207,7 +209,7 @@ async function pinImage({ state, reference, image }: Pull): Promise<() => Promis
  */
 async function readLayerTOC(pull: Pull, desc: Descriptor, i: number): Promise<LayerTOC> {
   const { digest, mediaType, size } = desc;
-  const tocDigest = desc.annotations?.[TOC_DIGEST_ANNOTATION];
+  const tocDigest = pull.options.lazy === false ? undefined : desc.annotations?.[TOC_DIGEST_ANNOTATION];
   if (!tocDigest) {
     return {
       record: { digest, mediaType, size, kind: 'unpacked' },

@@ -6,6 +6,7 @@ import {
   platformsFlags,
   conversionPlatformsFromFlags,
   prioritizedFromFlags,
+  PRIVILEGED_WARNING,
   workloadRegistryFlags,
   runOptionsFromFlags,
   transportOptions,
@@ -105,6 +106,7 @@ optimization.`;
     const { args } = await this.parse(ImageOptimize);
     const flags = this.flags;
     this.checkFlags();
+    if (flags.privileged) this.warning(PRIVILEGED_WARNING);
     const format = flags.zstdchunked ? 'zstdchunked' : 'estargz';
     const convert = await conversionOptionsFromFlags(flags, format, this.environment, { warn: this.warning });
     // Reject impossible destinations before running anything.
