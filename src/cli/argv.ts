@@ -242,14 +242,17 @@ function editDistance(a: string, b: string): number {
 export function commandTable(config: {
   commands: ReadonlyArray<{
     id: string;
+    aliases?: string[];
     strict?: boolean;
     flags: Record<string, { type: string; char?: string; aliases?: string[] }>;
     args: Record<string, unknown>;
   }>;
   topics: ReadonlyArray<{ name: string }>;
 }): CommandTable {
+  // A command answers to its aliases too (`image get-toc-digest` for `get-toc-digest`).
+  const named = config.commands.flatMap((c) => [c, ...(c.aliases ?? []).map((id) => ({ ...c, id }))]);
   return {
-    commands: config.commands.map((c) => ({
+    commands: named.map((c) => ({
       id: c.id,
       strict: c.strict !== false,
       args: Object.keys(c.args),

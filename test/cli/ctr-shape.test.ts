@@ -131,3 +131,27 @@ describe('stdout as ctr-remote prints it', () => {
     expectOneLineError(untagged, 2, /needs a tagged destination/);
   });
 });
+
+describe('image get-toc-digest', () => {
+  it("answers at upstream's place too, with the top-level command's output; --zstdchunked checks the format", async () => {
+    const out = join(scratch, 'toc');
+    const convert = await esgz('image', 'convert', '--estargz', '--oci', `oci:${image.dir}:v1`, `oci:${out}:t`);
+    expect(convert.exitCode, convert.stderr).toBe(0);
+    const top = await esgz('get-toc-digest', `oci:${out}:t`);
+    expect(top.exitCode, top.stderr).toBe(0);
+    const [firstRow] = top.stdout.split('\n');
+    const [layer, tocDigest] = firstRow!.split(' ');
+    expect(tocDigest).toMatch(/^sha256:[0-9a-f]{64}$/);
+    const ctr = await ctrRemote('i', 'get-toc-digest', `oci:${out}:t@${layer}`);
+    expect(ctr.exitCode, ctr.stderr).toBe(0);
+    expect(ctr.stdout).toBe(tocDigest);
+    const zstd = await ctrRemote('image', 'get-toc-digest', '--zstdchunked', `oci:${out}:t@${layer}`);
+    expectOneLineError(zstd, 1, /is eStargz, not zstd:chunked/);
+  });
+
+  it('--dump-toc on a layer that is not eStargz: one line, non-zero', async () => {
+    const result = await ctrRemote('image', 'get-toc-digest', '--dump-toc', `oci:${image.dir}:v1`);
+    expectOneLineError(result, 'nonzero', /--dump-toc: layer sha256:[0-9a-f]{64} is not eStargz/);
+    expect(result.stdout).toBe('');
+  });
+});
