@@ -278,6 +278,15 @@ export const transferFlags = {
   }),
 };
 
+/** zstd:chunked instead of eStargz: what convert/optimize write, what get-toc-digest expects. */
+export const zstdchunkedFlag = {
+  zstdchunked: Flags.boolean({
+    description:
+      'zstd:chunked instead of eStargz (convert, optimize: needs --oci; get-toc-digest: the layer must be it)',
+    default: false,
+  }),
+};
+
 /** eStargz / zstd:chunked writer flags shared by convert and optimize (ctr-remote's names). */
 export const conversionFlags = {
   ...transferFlags,
@@ -285,7 +294,7 @@ export const conversionFlags = {
     description: 'Keep layers that already are valid eStargz / zstd:chunked as they are',
     default: false,
   }),
-  zstdchunked: Flags.boolean({ description: 'Write zstd:chunked instead of eStargz (needs --oci)', default: false }),
+  ...zstdchunkedFlag,
   'estargz-compression-level': Flags.integer({
     description: 'gzip level: 0-9 (zlib) or 0-12 (libdeflate); 0 stores',
     default: DEFAULT_GZIP_LEVEL,

@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base.js';
-import { platformFlag, platformFromFlag, registryFlags, transportOptions } from '../cli/flags.js';
+import { platformFlag, platformFromFlag, registryFlags, transportOptions, zstdchunkedFlag } from '../cli/flags.js';
 import { writeJson } from '../cli/output.js';
 import { EsgzError } from '../errors.js';
 import { openEstargzFile, type EstargzReader } from '../estargz/reader.js';
@@ -42,10 +42,7 @@ export default class GetTocDigest extends BaseCommand<typeof GetTocDigest> {
 
   static override flags = {
     'dump-toc': Flags.boolean({ description: 'print the TOC JSON instead of its digest', default: false }),
-    zstdchunked: Flags.boolean({
-      description: 'The layer must be zstd:chunked (as ctr-remote; without it both formats are read)',
-      default: false,
-    }),
+    ...zstdchunkedFlag,
     layer: Flags.string({ description: 'layer digest to read (alternative to IMAGE@LAYER-DIGEST)' }),
     ...registryFlags,
     ...platformFlag,
