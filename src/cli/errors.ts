@@ -21,7 +21,7 @@ export function handleFatal(err: unknown): never {
   // oclif's own parse errors (unknown flag, missing arg) and exits carry an exit code already.
   if (anyErr?.oclif?.exit !== undefined && !isEsgzError(err)) {
     if (anyErr.code === 'EEXIT') process.exit(anyErr.oclif.exit);
-    process.stderr.write(`esgz: ${firstLine(anyErr.message ?? String(err))}\n`);
+    process.stderr.write(`esgz: ${oneLine(anyErr.message ?? String(err))}\n`);
     if (debugEnabled()) process.stderr.write(`${(err as Error).stack ?? ''}\n`);
     process.exit(anyErr.oclif.exit);
   }
@@ -33,6 +33,21 @@ export function handleFatal(err: unknown): never {
     if (cause) process.stderr.write(`caused by: ${(cause as Error)?.stack ?? String(cause)}\n`);
   }
   process.exit(exitCodeFor(err));
+}
+
+/**
+ * oclif's parse errors put the reason on the lines after the first: "Parsing --flag" then
+ * "Expected an integer less than or equal to 12 …", or "Missing 2 required args:" then a table
+ * of them. One line keeps the reason (or the arguments' names).
+ */
+function oneLine(text: string): string {
+  const [first = text, ...rest] = text.replace(/^Error:\s*/, '').split('\n');
+  if (/^Parsing /.test(first) && rest[0]) return `${first.trim()}: ${rest[0].trim()}`;
+  if (/^Missing \d+ required args?:$/.test(first)) {
+    const names = rest.map((l) => /^(\S+)\s{2,}/.exec(l)?.[1]).filter((n) => n !== undefined && n !== 'Note:');
+    return `${first} ${names.join(', ')}`;
+  }
+  return firstLine(text);
 }
 
 function firstLine(text: string): string {

@@ -15,6 +15,7 @@ import type { EsgzEnvironment } from './environment.js';
 import { DEFAULT_CONCURRENCY } from '../image/pipeline.js';
 import { parsePlatform, parsePlatforms } from '../oci/platform.js';
 import type { Platform } from '../oci/types.js';
+import { parseTransportReference } from '../image/transports/index.js';
 import {
   DEFAULT_NAMESERVERS,
   DEFAULT_PIDS_LIMIT,
@@ -27,6 +28,26 @@ import {
 import { DEFAULT_STATE_ROOT } from '../snapshotter/state.js';
 import type { RegistryOptions } from '../image/transports/registry.js';
 import { CONTAINERD_CERTS_DIR } from '../registry/hosts.js';
+
+// ---- namespace ------------------------------------------------------------------------------
+
+/** The namespace a flag or CONTAINERD_NAMESPACE names when neither is given (ctr's default). */
+export const DEFAULT_NAMESPACE = 'default';
+
+/**
+ * ctr's `-n/--namespace` (also CONTAINERD_NAMESPACE): which set of image names in the local
+ * store a command sees; every command that reads or writes images has it. Given before the
+ * command (`ctr-remote -n NS image ls`) it is moved after it by argv.ts (and dropped for a
+ * command without images, such as `version`).
+ */
+export const namespaceFlags = {
+  namespace: Flags.string({
+    char: 'n',
+    description: "Namespace of image names in the local store (ctr's -n)",
+    env: 'CONTAINERD_NAMESPACE',
+    default: DEFAULT_NAMESPACE,
+  }),
+};
 
 // ---- registry transport -------------------------------------------------------------------
 
@@ -66,6 +87,7 @@ const REGISTRY_USER_HELP =
 /** Every command that reads or writes a registry: `-u/--user` is the registry user, as in `ctr pull`. */
 export const registryFlags = {
   ...registryConnectionFlags,
+  ...namespaceFlags,
   'registry-user': Flags.string({
     char: 'u',
     aliases: ['user'],
@@ -79,6 +101,7 @@ export const registryFlags = {
  */
 export const workloadRegistryFlags = {
   ...registryConnectionFlags,
+  ...namespaceFlags,
   'registry-user': Flags.string({ description: REGISTRY_USER_HELP }),
 };
 
@@ -93,9 +116,11 @@ export interface TransportFlagValues {
   'http-trace'?: boolean;
   'http-dump'?: boolean;
   'registry-user'?: string;
+  namespace?: string;
 }
 
-type TransportOptionValues = RegistryOptions & { plainHttp: boolean; insecure: boolean };
+/** `namespace`: the local store's set of names (`-n`), for the transports that read or write it. */
+type TransportOptionValues = RegistryOptions & { plainHttp: boolean; insecure: boolean; namespace?: string };
 
 /** The options `openSource`/`openSink`/rpull/run take, from `registryFlags`: the one mapping. */
 export function transportOptions(flags: TransportFlagValues): TransportOptionValues {
@@ -103,6 +128,7 @@ export function transportOptions(flags: TransportFlagValues): TransportOptionVal
     throw new EsgzError('BAD_FLAG', '--tlscert and --tlskey go together');
   }
   const options: TransportOptionValues = { plainHttp: flags['plain-http'], insecure: flags.insecure };
+  if (flags.namespace !== undefined) options.namespace = flags.namespace;
   const hostsDir = flags['hosts-dir'];
   if (hostsDir !== undefined) {
     // A mistyped directory would silently mean "no mirrors"; the default ones may be absent.
@@ -186,20 +212,40 @@ export const platformFlag = {
   platform: Flags.string({ description: "Platform to use, os/arch[/variant] (default: this machine's)" }),
 };
 
-/** The platform choice of `platformsFlags`, checked once for every command. */
-export function platformsFromFlags(flags: { platform?: string[]; 'all-platforms': boolean }): {
+/** What the platform flags choose (the library's PlatformChoice). */
+export interface FlagPlatformChoice {
   platforms?: Platform[];
   allPlatforms: boolean;
-} {
-  const given = flags.platform !== undefined && flags.platform.length > 0;
-  checkPlatformConflict(given, flags['all-platforms']);
-  const platforms = given ? { platforms: parseFlagValue('platform', () => parsePlatforms(flags.platform!)) } : {};
-  return { ...platforms, allPlatforms: flags['all-platforms'] };
+  keepIndex?: boolean;
 }
 
-/** The platform of `platformFlag` (with `--all-platforms` where the command has it). */
+/**
+ * The platform choice of `platformsFlags`, checked once for every command. With
+ * `--all-platforms`, `--platform` is ignored (urfave/cli's ctr-remote lets all win).
+ */
+export function platformsFromFlags(flags: { platform?: string[]; 'all-platforms': boolean }): FlagPlatformChoice {
+  if (flags['all-platforms']) return { allPlatforms: true };
+  const given = flags.platform !== undefined && flags.platform.length > 0;
+  const platforms = given ? { platforms: parseFlagValue('platform', () => parsePlatforms(flags.platform!)) } : {};
+  return { ...platforms, allPlatforms: false };
+}
+
+/**
+ * The platform choice of convert and optimize, which write what containerd's converter writes:
+ * one platform taken from an index stays a one-entry index. Not for a docker archive, which
+ * holds one image and no index.
+ */
+export function conversionPlatformsFromFlags(
+  flags: { platform?: string[]; 'all-platforms': boolean },
+  destination: string,
+): FlagPlatformChoice {
+  const keepIndex = parseTransportReference(destination).transport !== 'docker-archive';
+  return { ...platformsFromFlags(flags), keepIndex };
+}
+
+/** The platform of `platformFlag`; none with `--all-platforms` where the command has it. */
 export function platformFromFlag(flags: { platform?: string; 'all-platforms'?: boolean }): Platform | undefined {
-  checkPlatformConflict(Boolean(flags.platform), flags['all-platforms'] ?? false);
+  if (flags['all-platforms']) return undefined;
   return flags.platform ? parseFlagValue('platform', () => parsePlatform(flags.platform!)) : undefined;
 }
 
@@ -211,12 +257,6 @@ function parseFlagValue<T>(name: string, parse: () => T): T {
     if (!isEsgzError(err) || err.code !== 'BAD_FLAG') throw err;
     throw new EsgzError('BAD_FLAG', `--${name} ${err.message}`, { cause: err });
   }
-}
-
-function checkPlatformConflict(platformGiven: boolean, allPlatforms: boolean): void {
-  // Checked here rather than with oclif's `exclusive`, whose message spans several lines.
-  if (platformGiven && allPlatforms)
-    throw new EsgzError('BAD_FLAG', '--platform and --all-platforms cannot be used together');
 }
 
 // ---- state root ---------------------------------------------------------------------------
@@ -239,6 +279,15 @@ export const transferFlags = {
   }),
 };
 
+/** zstd:chunked instead of eStargz: what convert/optimize write, what get-toc-digest expects. */
+export const zstdchunkedFlag = {
+  zstdchunked: Flags.boolean({
+    description:
+      'zstd:chunked instead of eStargz (convert, optimize: needs --oci; get-toc-digest: the layer must be it)',
+    default: false,
+  }),
+};
+
 /** eStargz / zstd:chunked writer flags shared by convert and optimize (ctr-remote's names). */
 export const conversionFlags = {
   ...transferFlags,
@@ -246,7 +295,7 @@ export const conversionFlags = {
     description: 'Keep layers that already are valid eStargz / zstd:chunked as they are',
     default: false,
   }),
-  zstdchunked: Flags.boolean({ description: 'Write zstd:chunked instead of eStargz (needs --oci)', default: false }),
+  ...zstdchunkedFlag,
   'estargz-compression-level': Flags.integer({
     description: 'gzip level: 0-9 (zlib) or 0-12 (libdeflate); 0 stores',
     default: DEFAULT_GZIP_LEVEL,
@@ -264,9 +313,16 @@ export const conversionFlags = {
     default: false,
   }),
   'estargz-gzip-helper': Flags.string({
+    aliases: ['GH'],
     description:
-      'Decompress gzip source layers with this command instead of in-process: pigz, igzip or unpigz (must be installed; the output is the same bytes)',
-    helpValue: 'pigz|igzip|unpigz',
+      'Decompress gzip source layers with this command instead of in-process: pigz, igzip, unpigz or gzip (must be installed; the output is the same bytes); also --GH, as in ctr-remote',
+    helpValue: 'pigz|igzip|unpigz|gzip',
+  }),
+  'estargz-parallelism': Flags.integer({
+    description:
+      "ctr-remote's name for --workers (compression threads; --workers wins); the output is the same bytes whatever the value",
+    min: 1,
+    max: 256,
   }),
   'zstdchunked-compression-level': Flags.integer({
     description: 'zstd level',
@@ -305,6 +361,7 @@ export interface ConversionFlagValues {
   'zstdchunked-dialect'?: string;
   'prefetch-list'?: string;
   workers?: number;
+  'estargz-parallelism'?: number;
   /** convert only: `--estargz-keep-diff-id`. */
   'estargz-keep-diff-id'?: boolean;
 }
@@ -327,8 +384,8 @@ export async function conversionOptionsFromFlags(
   const options: ChunkedTransformOptions = {
     oci: flags.oci,
     reuse: flags.reuse,
-    // --workers overrides ESGZ_WORKERS.
-    workers: flags.workers ?? environment.workers,
+    // --workers (or ctr-remote's --estargz-parallelism) overrides ESGZ_WORKERS.
+    workers: flags.workers ?? flags['estargz-parallelism'] ?? environment.workers,
     ...(extra.warn ? { warn: extra.warn } : {}),
   };
   // ctr-remote treats an empty value as "no helper".
@@ -453,8 +510,18 @@ export const workloadFlags = {
     default: false,
   }),
   user: Flags.string({ char: 'u', description: 'user[:group] to run as (names looked up in the image)' }),
-  i: Flags.boolean({ char: 'i', description: "Attach stdin to the container's process", default: false }),
+  // ctr's `-i`; named as nerdctl's, since oclif shows a one-letter name as "-i, --i".
+  interactive: Flags.boolean({
+    char: 'i',
+    aliases: ['i'],
+    description: "Attach stdin to the container's process",
+    default: false,
+  }),
 };
+
+/** Said on stderr whenever `--privileged` is given: it is an opt-out, never a default. */
+export const PRIVILEGED_WARNING =
+  '--privileged: the container runs WITHOUT the sandbox: every capability esgz holds, no seccomp filter, no masked or read-only /proc and /sys paths';
 
 // ---- lazy pull ----------------------------------------------------------------------------
 

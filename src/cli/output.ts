@@ -3,10 +3,32 @@
 import type { TransferReport } from '../image/pipeline.js';
 import { shortDigest } from '../oci/digest.js';
 import type { OptimizeReport } from '../optimizer/optimize-image.js';
+import { invokedAsCtrRemote } from './invocation.js';
 import { formatBytes, formatDuration } from './progress.js';
 
 export function writeJson(value: unknown, stream: NodeJS.WritableStream = process.stdout): void {
   stream.write(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+/**
+ * The result of a copy, convert or optimize without `--json`. Under `esgz`: the human summary on
+ * stdout. Under `ctr-remote`: stdout carries only what ctr-remote prints (the TOC image's name
+ * after "extra image:" when there is one, then the digest, so `DIGEST=$(ctr-remote ...)` works),
+ * and the summary goes to stderr.
+ */
+export function writeSummary(summary: string, result: { digest: string; tocImage?: { reference: string } }): void {
+  if (!invokedAsCtrRemote()) {
+    process.stdout.write(summary);
+    return;
+  }
+  process.stderr.write(summary);
+  if (result.tocImage) process.stdout.write(`extra image: ${result.tocImage.reference}\n`);
+  process.stdout.write(`${result.digest}\n`);
+}
+
+/** esgz's own report lines: stdout under `esgz`, stderr under `ctr-remote` (whose command prints none). */
+export function writeReport(text: string): void {
+  (invokedAsCtrRemote() ? process.stderr : process.stdout).write(text);
 }
 
 /** The `--json` document of a copy/convert/optimize. */

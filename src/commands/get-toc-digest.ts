@@ -1,10 +1,10 @@
 import { existsSync } from 'node:fs';
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base.js';
-import { platformFlag, platformFromFlag, registryFlags, transportOptions } from '../cli/flags.js';
+import { platformFlag, platformFromFlag, registryFlags, transportOptions, zstdchunkedFlag } from '../cli/flags.js';
 import { writeJson } from '../cli/output.js';
 import { EsgzError } from '../errors.js';
-import { openEstargzFile } from '../estargz/reader.js';
+import { openEstargzFile, type EstargzReader } from '../estargz/reader.js';
 import { fetchExternalTOC, tocImageReference } from '../convert/external-toc.js';
 import { readLayerTOC } from '../convert/verify.js';
 import { resolveImages } from '../image/resolve.js';
@@ -33,12 +33,16 @@ export default class GetTocDigest extends BaseCommand<typeof GetTocDigest> {
     },
   ];
 
+  // Upstream's place is under `image` (ctr-remote image get-toc-digest); the top-level name stays.
+  static override aliases = ['image:get-toc-digest'];
+
   static override args = {
     target: Args.string({ description: 'layer blob file, or IMAGE[@LAYER-DIGEST]', required: true }),
   };
 
   static override flags = {
     'dump-toc': Flags.boolean({ description: 'print the TOC JSON instead of its digest', default: false }),
+    ...zstdchunkedFlag,
     layer: Flags.string({ description: 'layer digest to read (alternative to IMAGE@LAYER-DIGEST)' }),
     ...registryFlags,
     ...platformFlag,
@@ -50,6 +54,7 @@ export default class GetTocDigest extends BaseCommand<typeof GetTocDigest> {
     if (existsSync(args.target)) {
       const reader = await openEstargzFile(args.target);
       try {
+        this.checkFormat(reader, args.target);
         this.print([{ layer: args.target, tocDigest: reader.tocDigest, toc: reader.tocJSON }], flags['dump-toc']);
       } finally {
         await reader.blob.close?.();
@@ -97,6 +102,7 @@ export default class GetTocDigest extends BaseCommand<typeof GetTocDigest> {
               await tocSource.close();
             }
           });
+          this.checkFormat(reader, layer.digest);
           rows.push({ layer: layer.digest, tocDigest: reader.tocDigest, toc: reader.tocJSON });
         } catch (err) {
           // A named layer must be eStargz; in a listing, other layers just show "-".
@@ -108,6 +114,12 @@ export default class GetTocDigest extends BaseCommand<typeof GetTocDigest> {
     } finally {
       await source.close();
     }
+  }
+
+  /** `--zstdchunked`: the layer must be zstd:chunked, not eStargz. */
+  private checkFormat(reader: EstargzReader, where: string): void {
+    if (this.flags.zstdchunked && reader.codec.name !== 'zstd')
+      throw new EsgzError('BAD_FORMAT', `${where}: the layer is eStargz, not zstd:chunked (drop --zstdchunked)`);
   }
 
   private print(rows: Array<{ layer: string; tocDigest?: string; toc?: Buffer; error?: string }>, dump: boolean): void {
@@ -123,7 +135,10 @@ export default class GetTocDigest extends BaseCommand<typeof GetTocDigest> {
       return;
     }
     if (dump) {
-      for (const r of rows) if (r.toc) process.stdout.write(`${r.toc.toString()}\n`);
+      // Nothing to dump for a layer that is not eStargz: an error, not an empty success.
+      const plain = rows.find((r) => !r.toc);
+      if (plain) throw new EsgzError('BAD_FORMAT', `--dump-toc: layer ${plain.layer} is not eStargz: ${plain.error}`);
+      for (const r of rows) process.stdout.write(`${r.toc!.toString()}\n`);
       return;
     }
     if (rows.length === 1 && rows[0]!.tocDigest) {

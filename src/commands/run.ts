@@ -2,6 +2,9 @@ import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../cli/base.js';
 import {
   lazyPullFlags,
+  platformFlag,
+  platformFromFlag,
+  PRIVILEGED_WARNING,
   workloadRegistryFlags,
   runOptionsFromFlags,
   stateRootFlags,
@@ -10,6 +13,8 @@ import {
 } from '../cli/flags.js';
 import { writeJson } from '../cli/output.js';
 import { EsgzError } from '../errors.js';
+import { formatPlatform, hostPlatform, platformMatches } from '../oci/platform.js';
+import { rpull } from '../snapshotter/rpull.js';
 import { runContainer, type RunStats } from '../snapshotter/run.js';
 
 /**
@@ -77,6 +82,8 @@ when the container exits or on Ctrl-C. Needs root. Arguments after ID are the co
     },
   ];
 
+  static override usage = '<%= command.id %> [FLAGS] REF [ID] [COMMAND [ARG...]]';
+
   static override strict = false;
   static override args = {
     ref: Args.string({ description: 'Image reference (as given to "esgz image rpull")', required: true }),
@@ -88,6 +95,13 @@ when the container exits or on Ctrl-C. Needs root. Arguments after ID are the co
     ...stateRootFlags,
     ...workloadFlags,
     ...lazyPullFlags,
+    ...platformFlag,
+    snapshotter: Flags.string({
+      description:
+        'stargz: layers pulled by "image rpull" are mounted lazily (FUSE); overlayfs: every layer is downloaded and unpacked first, then run',
+      options: ['stargz', 'overlayfs'],
+      default: 'stargz',
+    }),
     rm: Flags.boolean({ description: "Remove the container's writable layer when it exits", default: false }),
     tty: Flags.boolean({ char: 't', description: 'Allocate a terminal (stdin must be one)', default: false }),
     hostname: Flags.string({ description: 'Container host name' }),
@@ -112,6 +126,9 @@ when the container exits or on Ctrl-C. Needs root. Arguments after ID are the co
     const flags = this.flags;
     const run = runOptionsFromFlags(flags, flags.tty);
     if (flags.tty && !process.stdin.isTTY) throw new EsgzError('BAD_FLAG', '-t needs a terminal on stdin');
+    this.checkPlatform();
+    if (flags.privileged) this.warning(PRIVILEGED_WARNING);
+    if (flags.snapshotter === 'overlayfs') await this.pullUnpacked(args.ref);
 
     const result = await this.interruptible((signal) =>
       runContainer({
@@ -122,7 +139,7 @@ when the container exits or on Ctrl-C. Needs root. Arguments after ID are the co
         run,
         command: this.command.length ? this.command : undefined,
         ...transportOptions(flags),
-        stdin: flags.i || flags.tty,
+        stdin: flags.interactive || flags.tty,
         stdout: flags.json ? process.stderr : process.stdout,
         stderr: process.stderr,
         signal,
@@ -134,6 +151,34 @@ when the container exits or on Ctrl-C. Needs root. Arguments after ID are the co
     if (flags.json) writeJson(result);
     else if (flags.stats) process.stderr.write(`${formatRunStats(result.stats)}\n`);
     process.exitCode = result.exitCode ?? 1;
+  }
+
+  /** A container runs on this machine's platform only; `--platform` may name it (ctr run's flag). */
+  private checkPlatform(): void {
+    const wanted = platformFromFlag(this.flags);
+    const host = hostPlatform();
+    if (wanted && !platformMatches(host, wanted))
+      throw new EsgzError(
+        'UNSUPPORTED',
+        `--platform ${formatPlatform(wanted)}: this machine runs ${formatPlatform(host)} only`,
+      );
+  }
+
+  /** `--snapshotter overlayfs`: every layer downloaded and unpacked (none lazy) before the run. */
+  private async pullUnpacked(reference: string): Promise<void> {
+    const flags = this.flags;
+    await this.interruptible((signal) =>
+      rpull({
+        reference,
+        stateRoot: flags.root,
+        platform: platformFromFlag(flags),
+        ...transportOptions(flags),
+        lazy: false,
+        noPrefetch: true,
+        signal,
+        onProgress: (m) => process.stderr.write(`${m}\n`),
+      }),
+    );
   }
 }
 

@@ -77,8 +77,10 @@ export async function writeExternalTOCImage(sink: ImageSink, tocs: Map<string, B
 }
 
 /**
- * Where ctr-remote puts the TOC image: the destination with "-esgztoc" appended to its tag
- * (`latest` when it has none). Digest references and docker archives cannot name a second image.
+ * Where ctr-remote puts the TOC image: the destination with "-esgztoc" appended to its tag.
+ * An untagged destination is refused, as a digest is: the main image would have no tag to
+ * pair with (ctr-remote would name the TOC image ":-esgztoc", which no registry takes).
+ * Docker archives cannot hold a second image.
  */
 export function tocImageReference(spec: string): string {
   if (spec.startsWith('docker-archive:'))
@@ -91,7 +93,9 @@ export function tocImageReference(spec: string): string {
   const lastSlash = spec.lastIndexOf('/');
   const colon = spec.lastIndexOf(':');
   const hasTag = colon > lastSlash && !(spec.startsWith('oci:') && colon === 3);
-  return hasTag ? `${spec}${EXTERNAL_TOC_IMAGE_SUFFIX}` : `${spec}:latest${EXTERNAL_TOC_IMAGE_SUFFIX}`;
+  if (!hasTag)
+    throw new EsgzError('BAD_FLAG', `--estargz-external-toc needs a tagged destination, e.g. ${spec}:TAG (${spec})`);
+  return `${spec}${EXTERNAL_TOC_IMAGE_SUFFIX}`;
 }
 
 /**

@@ -29,12 +29,14 @@ export interface Decompressed {
 }
 
 /** External gzip decompressors (`--estargz-gzip-helper`), run as `CMD ARGS` with stdin → stdout. */
-export const GZIP_HELPERS = ['pigz', 'igzip', 'unpigz'] as const;
+export const GZIP_HELPERS = ['pigz', 'igzip', 'unpigz', 'gzip'] as const;
 export type GzipHelper = (typeof GZIP_HELPERS)[number];
 const HELPER_COMMANDS: Record<GzipHelper, { args: string[]; debianPackage: string }> = {
   pigz: { args: ['-d', '-c'], debianPackage: 'pigz' },
   unpigz: { args: ['-c'], debianPackage: 'pigz' },
   igzip: { args: ['-d', '-c'], debianPackage: 'isal' },
+  // ctr-remote's third choice; single-threaded, so mostly for scripts that name it.
+  gzip: { args: ['-d', '-c'], debianPackage: 'gzip' },
 };
 
 export interface DecompressOptions {

@@ -252,7 +252,7 @@ class Transfer {
     // layers: they can neither be converted nor stay true, so only a byte-exact copy keeps them.
     const keepAttestations = this.transform === identityTransform;
     const entries = choosePlatformManifests(index, this.options, source.description, { keepAttestations });
-    if (choosesOneManifest(this.options)) {
+    if (choosesOneManifest(this.options) && !this.options.keepIndex) {
       const match = entries[0]!;
       const result = await this.transferManifest(await fetchChildManifest(source, match), match.platform);
       reports.push(result.report);

@@ -22,6 +22,11 @@ export interface PlatformChoice {
   platforms?: readonly Platform[];
   /** Every image manifest of the index. */
   allPlatforms?: boolean;
+  /**
+   * One platform picked from an index stays an index of that one entry, as containerd's
+   * converter (convertIndex) writes it, instead of becoming that single manifest.
+   */
+  keepIndex?: boolean;
 }
 
 /** The root a reference names: an image manifest, or an index of them. */

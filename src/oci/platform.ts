@@ -45,22 +45,64 @@ function normalizeVariant(architecture: string, variant: string | undefined): st
 export function normalizePlatform(platform: Platform): Platform {
   const architecture = normalizeArchitecture(platform.architecture);
   const variant = normalizeVariant(architecture, platform.variant);
-  const out: Platform = { os: platform.os.toLowerCase(), architecture };
+  const out: Platform = { os: normalizeOs(platform.os.toLowerCase()), architecture };
   if (variant !== undefined) out.variant = variant;
   return out;
 }
 
-/** Parses `os/arch[/variant]`; throws BAD_FLAG naming the bad value (the caller names its flag). */
+/** GOOS values containerd's platforms.Parse knows, to tell `--platform linux` from `--platform arm64`. */
+const KNOWN_OS = new Set(
+  'aix android darwin dragonfly freebsd hurd illumos ios js linux nacl netbsd openbsd plan9 solaris windows zos'.split(
+    ' ',
+  ),
+);
+
+/** GOARCH values containerd's platforms.Parse knows (after the aliases: x86_64 is amd64). */
+const KNOWN_ARCH = new Set(
+  (
+    '386 amd64 amd64p32 arm armbe arm64 arm64be loong64 mips mipsle mips64 mips64le mips64p32 mips64p32le ' +
+    'ppc ppc64 ppc64le riscv riscv64 s390 s390x sparc sparc64 wasm'
+  ).split(' '),
+);
+
+const PLATFORM_SYNTAX = 'expected os, arch or os/arch[/variant], e.g. linux/amd64, arm64 or linux/arm/v7';
+
+/**
+ * Parses a platform as containerd's `platforms.Parse` does: `os/arch[/variant]`, or one word
+ * that is an OS (`linux`: this machine's architecture) or an architecture (`arm64`: this
+ * machine's OS). Throws BAD_FLAG naming the bad value (the caller names its flag).
+ */
 export function parsePlatform(spec: string): Platform {
-  const parts = spec.trim().split('/');
-  if (parts.length < 2 || parts.length > 3 || parts.some((p) => !/^[A-Za-z0-9_.-]+$/.test(p))) {
-    throw new EsgzError(
-      'BAD_FLAG',
-      `"${spec}" is not a platform: expected os/arch[/variant], e.g. linux/amd64 or linux/arm64/v8`,
-    );
+  const parts = spec.trim().toLowerCase().split('/');
+  if (parts.length > 3 || parts.some((p) => !/^[a-z0-9_.-]+$/.test(p))) {
+    throw new EsgzError('BAD_FLAG', `"${spec}" is not a platform: ${PLATFORM_SYNTAX}`);
   }
+  if (parts.length === 1) return parseOnePart(spec, parts[0]!);
   const [os, architecture, variant] = parts as [string, string, string | undefined];
-  return normalizePlatform({ os, architecture, ...(variant !== undefined ? { variant } : {}) });
+  return normalizePlatform({ os: normalizeOs(os), architecture, ...(variant !== undefined ? { variant } : {}) });
+}
+
+function parseOnePart(spec: string, word: string): Platform {
+  const host = hostPlatform();
+  const os = normalizeOs(word);
+  if (KNOWN_OS.has(os)) {
+    return normalizePlatform({
+      os,
+      architecture: host.architecture,
+      ...(host.variant ? { variant: host.variant } : {}),
+    });
+  }
+  const architecture = normalizeArchitecture(word);
+  if (KNOWN_ARCH.has(architecture)) return normalizePlatform({ os: host.os, architecture });
+  throw new EsgzError(
+    'BAD_FLAG',
+    `"${spec}" is not a platform: unknown operating system or architecture (${PLATFORM_SYNTAX})`,
+  );
+}
+
+/** containerd's normalizeOS: lower case, and `macos` is `darwin`. */
+function normalizeOs(os: string): string {
+  return os === 'macos' ? 'darwin' : os;
 }
 
 /**

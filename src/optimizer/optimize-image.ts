@@ -36,6 +36,8 @@ export interface OptimizeImageOptions {
   /** Several platforms (`--platform a,b`): the runnable one is profiled, the others only converted. */
   platforms?: Platform[];
   allPlatforms?: boolean;
+  /** One platform from an index stays a one-entry index (PlatformChoice.keepIndex). */
+  keepIndex?: boolean;
   oci?: boolean;
   /**
    * Where unpacked layers, spooled outputs and cached blobs go (default: the OS temp dir, which
@@ -277,6 +279,7 @@ async function convertProfiled(
       platform: options.platform,
       ...(options.platforms ? { platforms: options.platforms } : {}),
       allPlatforms: options.allPlatforms,
+      keepIndex: options.keepIndex,
       oci: options.oci,
       ...(options.concurrency ? { concurrency: options.concurrency } : {}),
       ...(options.tempDir ? { spoolDir: options.tempDir } : {}),

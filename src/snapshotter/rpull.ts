@@ -40,6 +40,8 @@ export interface RpullOptions extends RegistryOptions {
   platform?: Platform;
   /** Skip fetching the prioritized ranges. */
   noPrefetch?: boolean;
+  /** False: every layer is downloaded and unpacked, none lazily pulled (`run --snapshotter overlayfs`). */
+  lazy?: boolean;
   /** After the prefetch, fetch every remaining chunk too. */
   backgroundFetch?: boolean;
   fetchPolicy?: FetchPolicy;
@@ -217,7 +219,8 @@ async function pinImage({ state, reference, image }: Pull): Promise<() => Promis
  */
 async function readLayerTOC(pull: Pull, desc: Descriptor, i: number): Promise<LayerTOC> {
   const { digest, mediaType, size } = desc;
-  if (!announcesTOC(desc.annotations)) return unpackedLayer(desc);
+  // `run --snapshotter overlayfs`: every layer pulled whole and unpacked, none mounted lazily.
+  if (pull.options.lazy === false || !announcesTOC(desc.annotations)) return unpackedLayer(desc);
   const verification = tocVerification(desc.annotations);
   const where = `layer ${i} (${digest})`;
   const primed = new PrimedBlobReader(sourceBlobReader(pull.source, desc));

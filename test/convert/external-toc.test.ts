@@ -40,11 +40,11 @@ beforeAll(async () => {
 });
 
 describe('tocImageReference', () => {
-  it('appends -esgztoc to the tag (latest when there is none); refuses digests and docker archives', () => {
+  it('appends -esgztoc to the tag; refuses untagged destinations, digests and docker archives', () => {
     expect(tocImageReference('registry.test/app:v1')).toBe('registry.test/app:v1-esgztoc');
-    expect(tocImageReference('registry.test:5000/app')).toBe('registry.test:5000/app:latest-esgztoc');
+    expect(() => tocImageReference('registry.test:5000/app')).toThrow(/needs a tagged destination/);
     expect(tocImageReference('oci:/tmp/x:v1')).toBe('oci:/tmp/x:v1-esgztoc');
-    expect(tocImageReference('oci:/tmp/x')).toBe('oci:/tmp/x:latest-esgztoc');
+    expect(() => tocImageReference('oci:/tmp/x')).toThrow(expect.objectContaining({ code: 'BAD_FLAG' }));
     expect(() => tocImageReference(`registry.test/app@sha256:${'0'.repeat(64)}`)).toThrow(
       expect.objectContaining({ code: 'BAD_FLAG' }),
     );

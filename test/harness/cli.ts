@@ -1,3 +1,5 @@
+import { mkdirSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { expect } from 'vitest';
@@ -8,6 +10,19 @@ export const repoRoot = new URL('../../', import.meta.url).pathname;
 /** Runs the built CLI as a user would (no DEBUG, no stdin); never throws on a non-zero exit. */
 export function esgz(...args: string[]) {
   return execa('node', [join(repoRoot, 'bin/run.js'), ...args], { reject: false, env: { DEBUG: '' }, stdin: 'ignore' });
+}
+
+/** Runs the built CLI under the name `ctr-remote` (a symlink to bin/run.js, as npm installs it). */
+export function ctrRemote(...args: string[]) {
+  const dir = join(tmpdir(), `esgz-ctr-remote-${process.pid}`);
+  const link = join(dir, 'ctr-remote');
+  mkdirSync(dir, { recursive: true });
+  try {
+    symlinkSync(join(repoRoot, 'bin/run.js'), link);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  }
+  return execa('node', [link, ...args], { reject: false, env: { DEBUG: '' }, stdin: 'ignore' });
 }
 
 /**

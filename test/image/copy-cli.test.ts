@@ -141,22 +141,9 @@ describe('esgz image copy', () => {
       /no image tagged "missing".*tags: v1, multi/,
     );
     expectOneLineError(
-      await esgz('image', 'copy', '--platform', 'linux', `oci:${image.dir}:v1`, `oci:${join(scratch, 'x')}`),
+      await esgz('image', 'copy', '--platform', 'lnux', `oci:${image.dir}:v1`, `oci:${join(scratch, 'x')}`),
       2,
-      /--platform "linux"/,
-    );
-    expectOneLineError(
-      await esgz(
-        'image',
-        'copy',
-        '--platform',
-        'linux/amd64',
-        '--all-platforms',
-        `oci:${image.dir}:v1`,
-        `oci:${join(scratch, 'x')}`,
-      ),
-      2,
-      /--platform and --all-platforms cannot be used together/,
+      /--platform "lnux"/,
     );
     expectOneLineError(await esgz('image', 'copy', `oci:${image.dir}:v1`), 2, /Missing 1 required arg/);
     expect(existsSync(join(scratch, 'x'))).toBe(false);

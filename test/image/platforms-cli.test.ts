@@ -170,23 +170,9 @@ describe('--platform with several values', () => {
     for (const command of ['copy', 'convert', 'optimize']) {
       const format = command === 'copy' ? [] : command === 'convert' ? ['--estargz'] : ['--no-optimize'];
       expectOneLineError(
-        await esgz(
-          'image',
-          command,
-          ...format,
-          '--platform',
-          'linux/amd64,linux/arm64',
-          '--all-platforms',
-          src,
-          `oci:${never}:x`,
-        ),
+        await esgz('image', command, ...format, '--platform', 'linux/amd64,lnux', src, `oci:${never}:x`),
         2,
-        /--platform and --all-platforms cannot be used together/,
-      );
-      expectOneLineError(
-        await esgz('image', command, ...format, '--platform', 'linux/amd64,linux', src, `oci:${never}:x`),
-        2,
-        /--platform "linux" is not a platform: expected os\/arch\[\/variant\]/,
+        /--platform "lnux" is not a platform: unknown operating system or architecture/,
       );
     }
     expectOneLineError(

@@ -12,8 +12,20 @@ describe('platforms', () => {
     expect(parsePlatform('Linux/ARM')).toEqual({ os: 'linux', architecture: 'arm', variant: 'v7' });
   });
 
+  it("takes one word as containerd's platforms.Parse does: an OS or an architecture", () => {
+    const host = hostPlatform();
+    expect(parsePlatform('arm64')).toEqual({ os: host.os, architecture: 'arm64', variant: 'v8' });
+    expect(parsePlatform('aarch64')).toEqual({ os: host.os, architecture: 'arm64', variant: 'v8' });
+    expect(parsePlatform('x86_64')).toEqual({ os: host.os, architecture: 'amd64' });
+    expect(parsePlatform('arm')).toEqual({ os: host.os, architecture: 'arm', variant: 'v7' });
+    expect(parsePlatform('linux')).toEqual({ ...host, os: 'linux' });
+    expect(parsePlatform('windows')).toEqual({ ...host, os: 'windows' });
+    expect(parsePlatform('linux/arm/v7')).toEqual({ os: 'linux', architecture: 'arm', variant: 'v7' });
+    expect(parsePlatform('macos/arm64')).toEqual({ os: 'darwin', architecture: 'arm64', variant: 'v8' });
+  });
+
   it('rejects malformed values with BAD_FLAG naming them', () => {
-    for (const bad of ['linux', 'linux/', '/amd64', 'linux/amd64/v1/x', 'linux/am d64']) {
+    for (const bad of ['linux/', '/amd64', 'linux/amd64/v1/x', 'linux/am d64', 'lnux', '']) {
       expect(() => parsePlatform(bad), bad).toThrow(
         expect.objectContaining({ code: 'BAD_FLAG', message: expect.stringContaining(`"${bad}"`) }),
       );

@@ -1,13 +1,14 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../../cli/base.js';
-import { conversionJson, transferText, writeJson } from '../../cli/output.js';
+import { invokedAsCtrRemote } from '../../cli/invocation.js';
+import { conversionJson, transferText, writeJson, writeSummary } from '../../cli/output.js';
 import {
   chooseFormat,
   conversionFlags,
   conversionOptionsFromFlags,
   platformsFlags,
   prioritizedFromFlags,
-  platformsFromFlags,
+  conversionPlatformsFromFlags,
   registryFlags,
   transportOptions,
 } from '../../cli/flags.js';
@@ -92,7 +93,7 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
     const { args } = await this.parse(ImageConvert);
     const { flags } = this;
     const format = chooseFormat(flags);
-    const platformChoice = platformsFromFlags(flags);
+    const platformChoice = conversionPlatformsFromFlags(flags, args.destination);
     const warn = this.warning;
     // `--estargz` without `--oci` on a Docker-media-type image is warned about by the transform
     // once the source manifest is known (OCI sources need no --oci).
@@ -125,7 +126,8 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
           const reference = tocImageReference(args.destination);
           const root = await writeExternalTOCImage(await openSink(reference, transport), transform.externalTOCs());
           tocImage = { reference, digest: root.digest };
-          if (!flags.json) process.stderr.write(`extra image: ${reference} (${root.digest})\n`);
+          if (!flags.json && !invokedAsCtrRemote())
+            process.stderr.write(`extra image: ${reference} (${root.digest})\n`);
         }
         const backend = transform.backend;
         if (flags.json)
@@ -136,7 +138,7 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
               ...(backend !== undefined ? { backend } : {}),
             }),
           );
-        else process.stdout.write(transferText(report, 'converted'));
+        else writeSummary(transferText(report, 'converted'), { digest: report.root.digest, tocImage });
       }, 'interrupted; nothing was committed at the destination');
     } finally {
       await transform.close();

@@ -1,7 +1,7 @@
 import { Args } from '@oclif/core';
 import { BaseCommand } from '../../cli/base.js';
 import { platformsFlags, platformsFromFlags, registryFlags, transferFlags, transportOptions } from '../../cli/flags.js';
-import { transferJson, transferText, writeJson } from '../../cli/output.js';
+import { transferJson, transferText, writeJson, writeSummary } from '../../cli/output.js';
 import { EsgzError } from '../../errors.js';
 import { transferImage } from '../../image/pipeline.js';
 import { openSink, openSource, parseTransportReference } from '../../image/transports/index.js';
@@ -91,7 +91,7 @@ export default class ImageCopy extends BaseCommand<typeof ImageCopy> {
         });
         this.progress.stop();
         if (flags.json) writeJson(transferJson(report, 'image copy'));
-        else process.stdout.write(transferText(report, 'copied'));
+        else writeSummary(transferText(report, 'copied'), { digest: report.root.digest });
       }, 'interrupted; nothing was committed at the destination');
     } finally {
       await source.close();

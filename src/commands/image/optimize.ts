@@ -4,14 +4,15 @@ import {
   conversionFlags,
   conversionOptionsFromFlags,
   platformsFlags,
-  platformsFromFlags,
+  conversionPlatformsFromFlags,
   prioritizedFromFlags,
+  PRIVILEGED_WARNING,
   workloadRegistryFlags,
   runOptionsFromFlags,
   transportOptions,
   workloadFlags,
 } from '../../cli/flags.js';
-import { optimizeJson, optimizeText, writeJson } from '../../cli/output.js';
+import { optimizeJson, optimizeText, writeJson, writeSummary } from '../../cli/output.js';
 import { EsgzError } from '../../errors.js';
 import { tocImageReference } from '../../convert/external-toc.js';
 import { isRoot } from '../../host/native.js';
@@ -105,6 +106,7 @@ optimization.`;
     const { args } = await this.parse(ImageOptimize);
     const flags = this.flags;
     this.checkFlags();
+    if (flags.privileged) this.warning(PRIVILEGED_WARNING);
     const format = flags.zstdchunked ? 'zstdchunked' : 'estargz';
     const convert = await conversionOptionsFromFlags(flags, format, this.environment, { warn: this.warning });
     // Reject impossible destinations before running anything.
@@ -116,7 +118,7 @@ optimization.`;
       transport: transportOptions(flags),
       format,
       convert,
-      ...platformsFromFlags(flags),
+      ...conversionPlatformsFromFlags(flags, args.target),
       ...this.profileOptions(),
       prefetchList: await prioritizedFromFlags(flags, format),
       concurrency: flags.concurrency,
@@ -143,7 +145,7 @@ optimization.`;
       { firstStopsWorkload: flags['wait-on-signal'] },
     );
     if (flags.json) writeJson(optimizeJson(report, format));
-    else process.stdout.write(optimizeText(report));
+    else writeSummary(optimizeText(report), { digest: report.transfer.root.digest, tocImage: report.tocImage });
   }
 
   /** ctr-remote's rules for optimize's own flags, and the ctr-remote flags esgz does not have. */
@@ -166,7 +168,7 @@ optimization.`;
       throw new EsgzError('BAD_FLAG', 'option --zstdchunked must be used in conjunction with --oci');
     if (flags['wait-on-signal'] && flags.terminal)
       throw new EsgzError('BAD_FLAG', '--wait-on-signal cannot be used with --terminal');
-    if (flags.terminal && !flags.i) throw new EsgzError('BAD_FLAG', '--terminal must be used with -i');
+    if (flags.terminal && !flags.interactive) throw new EsgzError('BAD_FLAG', '--terminal must be used with -i');
     if (!flags['no-optimize'] && !isRoot()) {
       const why = 'running the workload needs root (runc with overlayfs and fanotify)';
       throw new EsgzError('RUNTIME', `${why}: run esgz as root or use --no-optimize`);
@@ -187,7 +189,7 @@ optimization.`;
       periodSeconds: flags.period,
       waitOnLine: flags['wait-on-line'],
       waitOnSignal: flags['wait-on-signal'],
-      stdin: flags.i,
+      stdin: flags.interactive,
       // With --json, stdout carries only the report: the workload writes to stderr.
       workloadStdout: flags.json ? process.stderr : process.stdout,
       workloadStderr: process.stderr,

@@ -8,7 +8,7 @@ import {
   stateRootFlags,
   transportOptions,
 } from '../../cli/flags.js';
-import { writeJson } from '../../cli/output.js';
+import { writeJson, writeReport } from '../../cli/output.js';
 import { rpull } from '../../snapshotter/rpull.js';
 
 export default class ImageRpull extends BaseCommand<typeof ImageRpull> {
@@ -61,9 +61,9 @@ request into the chunk cache, unless --no-prefetch. "esgz run" starts containers
     const lazy = report.layers.filter((l) => l.kind === 'lazy').length;
     const fetched = report.layers.reduce((n, l) => n + l.fetchedBytes, 0);
     const total = report.layers.reduce((n, l) => n + l.size, 0);
-    this.log(`${report.reference}: ${report.manifestDigest}`);
-    this.log(
-      `${lazy} of ${report.layers.length} layers lazy; fetched ${fetched} of ${total} layer bytes (ready in ${report.resolveMs} ms, prefetch ${report.prefetchMs} ms)`,
+    writeReport(
+      `${report.reference}: ${report.manifestDigest}\n` +
+        `${lazy} of ${report.layers.length} layers lazy; fetched ${fetched} of ${total} layer bytes (ready in ${report.resolveMs} ms, prefetch ${report.prefetchMs} ms)\n`,
     );
   }
 }
