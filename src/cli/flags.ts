@@ -25,6 +25,8 @@ import {
 } from '../runtime/spec.js';
 import { DEFAULT_STATE_ROOT } from '../snapshotter/state.js';
 import type { RegistryOptions } from '../image/transports/registry.js';
+import type { TransportOptions } from '../image/transports/index.js';
+import { invokedAsCtrRemote } from './invocation.js';
 import { CONTAINERD_CERTS_DIR } from '../registry/hosts.js';
 
 // ---- registry transport -------------------------------------------------------------------
@@ -92,16 +94,28 @@ export interface TransportFlagValues {
   'http-trace'?: boolean;
   'http-dump'?: boolean;
   'registry-user'?: string;
+  /** The state root and namespace `local:` names live in, for commands that have them. */
+  root?: string;
+  namespace?: string;
 }
 
-type TransportOptionValues = RegistryOptions & { plainHttp: boolean; insecure: boolean };
+type TransportOptionValues = TransportOptions & { plainHttp: boolean; insecure: boolean };
 
 /** The options `openSource`/`openSink`/rpull/run take, from `registryFlags`: the one mapping. */
 export function transportOptions(flags: TransportFlagValues): TransportOptionValues {
   if ((flags.tlscert === undefined) !== (flags.tlskey === undefined)) {
     throw new EsgzError('BAD_FLAG', '--tlscert and --tlskey go together');
   }
-  const options: TransportOptionValues = { plainHttp: flags['plain-http'], insecure: flags.insecure };
+  const options: TransportOptionValues = {
+    plainHttp: flags['plain-http'],
+    insecure: flags.insecure,
+    // Under the name ctr-remote a bare image name is a local store name, as in ctr.
+    unqualified: invokedAsCtrRemote() ? 'local' : 'registry',
+    store: {
+      ...(flags.root !== undefined ? { root: flags.root } : {}),
+      ...(flags.namespace !== undefined ? { namespace: flags.namespace } : {}),
+    },
+  };
   const hostsDir = flags['hosts-dir'];
   if (hostsDir !== undefined) {
     // A mistyped directory would silently mean "no mirrors"; the default ones may be absent.
@@ -223,6 +237,12 @@ function checkPlatformConflict(platformGiven: boolean, allPlatforms: boolean): v
 /** Commands that use the local state root (rpull, run, ls, rm, prune). */
 export const stateRootFlags = {
   root: Flags.string({ description: 'State root (kept private: 0700)', default: DEFAULT_STATE_ROOT }),
+};
+
+/** Commands that read or write the local image store's names (pull, push, tag, ls, rm, export, import). */
+export const storeFlags = {
+  ...stateRootFlags,
+  namespace: Flags.string({ char: 'n', description: "Namespace of the image names (as ctr's -n)", default: 'default' }),
 };
 
 // ---- conversion -----------------------------------------------------------------------------

@@ -11,6 +11,7 @@
  * Nothing here is reachable by other local users (0700 directories, 0600 files: files.ts).
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -231,9 +232,14 @@ export class ContentStore {
     const path = this.blobPath(desc.digest);
     const tmp = `${path}.tmp-${await tempTag()}`;
     try {
-      const handle = await open(tmp, 'wx', PRIVATE_FILE_MODE);
+      await pipeline(
+        stream,
+        new DigestVerifier(desc, what),
+        createWriteStream(tmp, { flags: 'wx', mode: PRIVATE_FILE_MODE }),
+      );
+      // Reaches the disk before its name does (the stream's own close does not fsync).
+      const handle = await open(tmp, 'r');
       try {
-        await pipeline(stream, new DigestVerifier(desc, what), handle.createWriteStream({ autoClose: false }));
         await handle.sync();
       } finally {
         await handle.close();

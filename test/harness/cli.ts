@@ -11,6 +11,22 @@ export function esgz(...args: string[]) {
 }
 
 /**
+ * Runs the built CLI under the name `ctr-remote` (a symlink to bin/run.js in a temp directory),
+ * where bare image names mean the local store.
+ */
+export async function ctrRemote(...args: string[]) {
+  const { mkdtemp, symlink } = await import('node:fs/promises');
+  const { tmpdir } = await import('node:os');
+  ctrRemoteLink ??= mkdtemp(join(tmpdir(), 'esgz-ctr-remote-')).then(async (dir) => {
+    const link = join(dir, 'ctr-remote');
+    await symlink(join(repoRoot, 'bin/run.js'), link);
+    return link;
+  });
+  return execa('node', [await ctrRemoteLink, ...args], { reject: false, env: { DEBUG: '' }, stdin: 'ignore' });
+}
+let ctrRemoteLink: Promise<string> | undefined;
+
+/**
  * The error contract of every command: it exits with `exitCode` (or any non-zero code), prints
  * exactly one line on stderr, `esgz: …` matching `pattern`, and no stack trace.
  */
