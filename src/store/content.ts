@@ -12,7 +12,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -23,12 +23,12 @@ import { MAX_MANIFEST_BYTES } from '../oci/limits.js';
 import type { Descriptor } from '../oci/types.js';
 import {
   DEFAULT_STATE_ROOT,
-  fsyncDir,
   isDeadTemp,
   mkdirPrivate,
   PRIVATE_DIR_MODE,
   PRIVATE_FILE_MODE,
   TEMP_NAME,
+  replaceAtomically,
   tempTag,
   writeFileAtomic,
 } from './files.js';
@@ -229,27 +229,13 @@ export class ContentStore {
    * written, fsynced, then renamed to its digest. A wrong or short stream leaves nothing.
    */
   async writeBlob(desc: Descriptor, stream: Readable, what: string): Promise<void> {
-    const path = this.blobPath(desc.digest);
-    const tmp = `${path}.tmp-${await tempTag()}`;
-    try {
-      await pipeline(
+    await replaceAtomically(this.blobPath(desc.digest), (tmp) =>
+      pipeline(
         stream,
         new DigestVerifier(desc, what),
         createWriteStream(tmp, { flags: 'wx', mode: PRIVATE_FILE_MODE }),
-      );
-      // Reaches the disk before its name does (the stream's own close does not fsync).
-      const handle = await open(tmp, 'r');
-      try {
-        await handle.sync();
-      } finally {
-        await handle.close();
-      }
-      await rename(tmp, path);
-    } catch (err) {
-      await rm(tmp, { force: true });
-      throw err;
-    }
-    await fsyncDir(join(path, '..'));
+      ),
+    );
   }
 
   /**

@@ -63,16 +63,16 @@ export async function fsyncDir(dir: string): Promise<void> {
 }
 
 /**
- * Writes a file (0600) under a temp name, fsyncs it, renames it into place and fsyncs the
- * directory: after a crash the name holds the old file, the new one, or nothing, never a part.
+ * Makes `path` appear complete or not at all: `write` fills a temp name next to it (created
+ * 0600), which is fsynced, renamed into place, and the directory fsynced. After a crash the name
+ * holds the old file, the new one, or nothing, never a part; on an error the temp name goes.
  */
-export async function writeFileAtomic(path: string, data: Buffer | string): Promise<void> {
+export async function replaceAtomically(path: string, write: (tmp: string) => Promise<void>): Promise<void> {
   const tmp = `${path}.tmp-${await tempTag()}`;
   try {
-    const handle = await open(tmp, 'wx', PRIVATE_FILE_MODE);
+    await write(tmp);
+    const handle = await open(tmp, 'r');
     try {
-      await handle.writeFile(data);
-      await handle.chmod(PRIVATE_FILE_MODE);
       await handle.sync();
     } finally {
       await handle.close();
@@ -83,4 +83,17 @@ export async function writeFileAtomic(path: string, data: Buffer | string): Prom
     throw err;
   }
   await fsyncDir(join(path, '..'));
+}
+
+/** Writes a file (0600) through replaceAtomically. */
+export async function writeFileAtomic(path: string, data: Buffer | string): Promise<void> {
+  await replaceAtomically(path, async (tmp) => {
+    const handle = await open(tmp, 'wx', PRIVATE_FILE_MODE);
+    try {
+      await handle.writeFile(data);
+      await handle.chmod(PRIVATE_FILE_MODE);
+    } finally {
+      await handle.close();
+    }
+  });
 }
