@@ -58,6 +58,7 @@ export const ENVIRONMENT_HELP = [
   'ESGZ_TMPFS           optimize work dir: 0 never uses a tmpfs, /path always uses that directory (default: /dev/shm when the image fits)',
   'ESGZ_RUNC            the runc binary (default: runc on PATH)',
   'ESGZ_FANOTIFY_BIN    the fanotify tracer helper (default: native/fanotify/esgz-fanotify)',
+  'ESGZ_ROOT            the state root when --root is not given (default: /var/lib/esgz)',
 ].join('\n');
 
 function nonEmpty(value: string | undefined): string | undefined {

@@ -27,6 +27,8 @@ import {
 } from '../runtime/spec.js';
 import { DEFAULT_STATE_ROOT } from '../snapshotter/state.js';
 import type { RegistryOptions } from '../image/transports/registry.js';
+import type { TransportOptions } from '../image/transports/index.js';
+import { invokedAsCtrRemote } from './invocation.js';
 import { CONTAINERD_CERTS_DIR } from '../registry/hosts.js';
 
 // ---- namespace ------------------------------------------------------------------------------
@@ -46,6 +48,17 @@ export const namespaceFlags = {
     description: "Namespace of image names in the local store (ctr's -n)",
     env: 'CONTAINERD_NAMESPACE',
     default: DEFAULT_NAMESPACE,
+  }),
+};
+
+// ---- state root ---------------------------------------------------------------------------
+
+/** Commands that use the local state root (rpull, run, ls, rm, prune). */
+export const stateRootFlags = {
+  root: Flags.string({
+    description: 'State root: the local store, lazily pulled layers, containers (kept private: 0700)',
+    env: 'ESGZ_ROOT',
+    default: DEFAULT_STATE_ROOT,
   }),
 };
 
@@ -87,6 +100,7 @@ const REGISTRY_USER_HELP =
 /** Every command that reads or writes a registry: `-u/--user` is the registry user, as in `ctr pull`. */
 export const registryFlags = {
   ...registryConnectionFlags,
+  ...stateRootFlags,
   ...namespaceFlags,
   'registry-user': Flags.string({
     char: 'u',
@@ -101,6 +115,7 @@ export const registryFlags = {
  */
 export const workloadRegistryFlags = {
   ...registryConnectionFlags,
+  ...stateRootFlags,
   ...namespaceFlags,
   'registry-user': Flags.string({ description: REGISTRY_USER_HELP }),
 };
@@ -116,19 +131,28 @@ export interface TransportFlagValues {
   'http-trace'?: boolean;
   'http-dump'?: boolean;
   'registry-user'?: string;
+  /** The state root and namespace `local:` names live in, for commands that have them. */
+  root?: string;
   namespace?: string;
 }
 
-/** `namespace`: the local store's set of names (`-n`), for the transports that read or write it. */
-type TransportOptionValues = RegistryOptions & { plainHttp: boolean; insecure: boolean; namespace?: string };
+type TransportOptionValues = TransportOptions & { plainHttp: boolean; insecure: boolean };
 
 /** The options `openSource`/`openSink`/rpull/run take, from `registryFlags`: the one mapping. */
 export function transportOptions(flags: TransportFlagValues): TransportOptionValues {
   if ((flags.tlscert === undefined) !== (flags.tlskey === undefined)) {
     throw new EsgzError('BAD_FLAG', '--tlscert and --tlskey go together');
   }
-  const options: TransportOptionValues = { plainHttp: flags['plain-http'], insecure: flags.insecure };
-  if (flags.namespace !== undefined) options.namespace = flags.namespace;
+  const options: TransportOptionValues = {
+    plainHttp: flags['plain-http'],
+    insecure: flags.insecure,
+    // Under the name ctr-remote a bare image name is a local store name, as in ctr.
+    unqualified: invokedAsCtrRemote() ? 'local' : 'registry',
+    store: {
+      ...(flags.root !== undefined ? { root: flags.root } : {}),
+      ...(flags.namespace !== undefined ? { namespace: flags.namespace } : {}),
+    },
+  };
   const hostsDir = flags['hosts-dir'];
   if (hostsDir !== undefined) {
     // A mistyped directory would silently mean "no mirrors"; the default ones may be absent.
@@ -259,11 +283,10 @@ function parseFlagValue<T>(name: string, parse: () => T): T {
   }
 }
 
-// ---- state root ---------------------------------------------------------------------------
-
-/** Commands that use the local state root (rpull, run, ls, rm, prune). */
-export const stateRootFlags = {
-  root: Flags.string({ description: 'State root (kept private: 0700)', default: DEFAULT_STATE_ROOT }),
+/** Commands that read or write the local image store's names (pull, push, tag, ls, rm, export, import). */
+export const storeFlags = {
+  ...stateRootFlags,
+  ...namespaceFlags,
 };
 
 // ---- conversion -----------------------------------------------------------------------------

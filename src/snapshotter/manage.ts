@@ -1,4 +1,4 @@
-/** `esgz image ls / rm / prune`: what the state root holds, and removing what nothing uses. */
+/** `esgz image ls / rm / tag / prune`: the names of the state root's store, and removing what nothing uses. */
 import { chmod, mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -9,7 +9,14 @@ import { forceUnmount } from './fusefs.js';
 import { DEFAULT_RUNC, deleteStaleContainers } from '../runtime/runc.js';
 import type { BlobReader } from '../estargz/reader.js';
 import { normalizeReference, openStoredLayer } from './rpull.js';
+import { resolveImages, type ResolvedImage } from '../image/resolve.js';
+import { findName, LOCAL_PREFIX, openLocalSource, type StoreLocation } from '../image/transports/local.js';
+import { isIndexMediaType } from '../oci/media-types.js';
+import { formatPlatform } from '../oci/platform.js';
+import type { Platform } from '../oci/types.js';
+import { DEFAULT_NAMESPACE, type NameRecord } from '../store/names.js';
 import {
+  DEFAULT_STATE_ROOT,
   fsyncDir,
   PRIVATE_DIR_MODE,
   removeUnlessMounted,
@@ -20,36 +27,138 @@ import {
 } from './state.js';
 
 export interface ImageSummary {
+  /** The name (a lazily pulled image's normalised reference). */
   reference: string;
+  /** 'lazy': pulled with rpull (manifest, config and TOCs only); 'full': every blob is in the store. */
+  kind: 'lazy' | 'full';
+  mediaType: string;
   manifestDigest: string;
+  /** The lazily pulled platform; for a full image, see `platforms`. */
   platform?: string;
+  platforms: string[];
   layers: number;
   lazyLayers: number;
-  /** Sum of the layer blob sizes (what a full pull would download). */
+  /** Manifests, configs and layer blobs: what a full pull downloads (ctr's SIZE). */
   size: number;
   pulledAt: string;
 }
 
-export async function listImages(stateRoot?: string): Promise<ImageSummary[]> {
-  const state = new StateRoot(stateRoot);
-  return (await state.listImages()).map((r: ImageRecord) => ({
-    reference: r.reference,
-    manifestDigest: r.manifestDigest,
-    ...(r.platform ? { platform: r.platform } : {}),
-    layers: r.layers.length,
-    lazyLayers: r.layers.filter((l) => l.kind === 'lazy').length,
-    size: r.layers.reduce((n, l) => n + l.size, 0),
-    pulledAt: r.pulledAt,
-  }));
+/** Where names are: the state root and namespace (default `default`). */
+export interface NamesLocation {
+  stateRoot?: string;
+  namespace?: string;
 }
 
-/** Forgets an image (its blobs, layers and chunks go at the next prune). */
-export async function removeImage(reference: string, stateRoot?: string): Promise<string> {
-  const { reference: normalized } = normalizeReference(reference);
-  const state = new StateRoot(stateRoot);
-  if (!(await state.removeImage(normalized)))
-    throw new EsgzError('NOT_FOUND', `image ${normalized} is not in ${state.root}`);
-  return normalized;
+function storeLocation(where: NamesLocation): StoreLocation {
+  return { root: where.stateRoot ?? DEFAULT_STATE_ROOT, namespace: where.namespace ?? DEFAULT_NAMESPACE };
+}
+
+function lazySummary(record: NameRecord, image: ImageRecord): ImageSummary {
+  const layerBytes = image.layers.reduce((n, l) => n + l.size, 0);
+  return {
+    reference: record.name,
+    kind: 'lazy',
+    mediaType: record.target.mediaType,
+    manifestDigest: record.target.digest,
+    ...(image.platform ? { platform: image.platform } : {}),
+    platforms: image.platform ? [image.platform] : [],
+    layers: image.layers.length,
+    lazyLayers: image.layers.filter((l) => l.kind === 'lazy').length,
+    size: layerBytes,
+    pulledAt: image.pulledAt,
+  };
+}
+
+/** A fully stored image: its platforms and sizes, read from the store (each manifest and config verified). */
+async function fullSummary(record: NameRecord, where: StoreLocation): Promise<ImageSummary> {
+  const source = await openLocalSource(record.name, where);
+  const images = await resolveImages(source, { allPlatforms: true });
+  const platformOf = (i: ResolvedImage) => i.platform ?? formatPlatform(i.config as Platform);
+  const layers = images.flatMap((i) => i.manifest.layers);
+  const own = images.reduce((n, i) => n + i.raw.bytes.length + i.configBytes.length, 0);
+  const index = isIndexMediaType(record.target.mediaType) ? record.target.size : 0;
+  return {
+    reference: record.name,
+    kind: 'full',
+    mediaType: record.target.mediaType,
+    manifestDigest: record.target.digest,
+    platforms: images.map(platformOf),
+    layers: layers.length,
+    lazyLayers: 0,
+    size: index + own + layers.reduce((n, l) => n + l.size, 0),
+    pulledAt: record.updatedAt,
+  };
+}
+
+/** Every image a namespace names, fully or lazily pulled (and an older esgz's lazy records), sorted by name. */
+export async function listImages(stateRoot?: string, namespace?: string): Promise<ImageSummary[]> {
+  const where = storeLocation({ stateRoot, namespace });
+  const state = new StateRoot(where.root);
+  const out: ImageSummary[] = [];
+  for (const record of await state.names(where.namespace).list<ImageRecord>()) {
+    if (record.lazy) out.push(lazySummary(record, record.lazy));
+    else out.push(await fullSummary(record, where));
+  }
+  if (where.namespace === DEFAULT_NAMESPACE) {
+    const named = new Set(out.map((i) => i.reference));
+    for (const legacy of await state.listImages()) {
+      if (named.has(legacy.reference)) continue;
+      const target = { mediaType: legacy.manifestMediaType, digest: legacy.manifestDigest, size: 0 };
+      out.push(lazySummary({ name: legacy.reference, target, createdAt: '', updatedAt: '' }, legacy));
+    }
+  }
+  return out.sort((a, b) => a.reference.localeCompare(b.reference));
+}
+
+/** The name a user's argument means: as given when the store has it, else its normalised registry form. */
+async function storedName(reference: string, where: StoreLocation): Promise<string | undefined> {
+  const name = reference.startsWith(LOCAL_PREFIX) ? reference.slice(LOCAL_PREFIX.length) : reference;
+  return (await findName(name, where))?.name;
+}
+
+/** Forgets an image (its blobs, layers and chunks go at the next prune); returns the name removed. */
+export async function removeImage(reference: string, stateRoot?: string, namespace?: string): Promise<string> {
+  const where = storeLocation({ stateRoot, namespace });
+  const state = new StateRoot(where.root);
+  const name = (await storedName(reference, where)) ?? legacyName(reference);
+  const removed =
+    where.namespace === DEFAULT_NAMESPACE
+      ? await state.removeImage(name)
+      : await state.names(where.namespace).remove(name);
+  if (!removed) throw new EsgzError('NOT_FOUND', `image ${name} is not in ${state.root}`);
+  return name;
+}
+
+/** rpull's records of an older esgz are keyed by the normalised reference. */
+function legacyName(reference: string): string {
+  try {
+    return normalizeReference(reference).reference;
+  } catch {
+    return reference;
+  }
+}
+
+/** Gives the image `source` names also the names `targets` (a lazily pulled image's record goes along). */
+export async function tagImage(
+  source: string,
+  targets: readonly string[],
+  stateRoot?: string,
+  namespace?: string,
+): Promise<string[]> {
+  const where = storeLocation({ stateRoot, namespace });
+  const state = new StateRoot(where.root);
+  const name = await storedName(source, where);
+  const record = name !== undefined ? await state.names(where.namespace).get<ImageRecord>(name) : undefined;
+  if (!record)
+    throw new EsgzError('NOT_FOUND', `image ${source} is not in ${state.root} (namespace ${where.namespace})`);
+  const tagged: string[] = [];
+  for (const target of targets) {
+    const to = target.startsWith(LOCAL_PREFIX) ? target.slice(LOCAL_PREFIX.length) : target;
+    const lazy = record.lazy ? { ...record.lazy, reference: to } : undefined;
+    await state.names(where.namespace).put(to, record.target, lazy);
+    tagged.push(to);
+  }
+  return tagged;
 }
 
 /** A BlobReader for stored TOCs: any read beyond what rpull saved is a bug, never a request. */

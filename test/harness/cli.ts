@@ -1,4 +1,4 @@
-import { mkdirSync, symlinkSync } from 'node:fs';
+import { mkdtemp, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -12,18 +12,19 @@ export function esgz(...args: string[]) {
   return execa('node', [join(repoRoot, 'bin/run.js'), ...args], { reject: false, env: { DEBUG: '' }, stdin: 'ignore' });
 }
 
-/** Runs the built CLI under the name `ctr-remote` (a symlink to bin/run.js, as npm installs it). */
-export function ctrRemote(...args: string[]) {
-  const dir = join(tmpdir(), `esgz-ctr-remote-${process.pid}`);
-  const link = join(dir, 'ctr-remote');
-  mkdirSync(dir, { recursive: true });
-  try {
-    symlinkSync(join(repoRoot, 'bin/run.js'), link);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-  }
-  return execa('node', [link, ...args], { reject: false, env: { DEBUG: '' }, stdin: 'ignore' });
+/**
+ * Runs the built CLI under the name `ctr-remote` (a symlink to bin/run.js in a temp directory),
+ * where bare image names mean the local store.
+ */
+export async function ctrRemote(...args: string[]) {
+  ctrRemoteLink ??= mkdtemp(join(tmpdir(), 'esgz-ctr-remote-')).then(async (dir) => {
+    const link = join(dir, 'ctr-remote');
+    await symlink(join(repoRoot, 'bin/run.js'), link);
+    return link;
+  });
+  return execa('node', [await ctrRemoteLink, ...args], { reject: false, env: { DEBUG: '' }, stdin: 'ignore' });
 }
+let ctrRemoteLink: Promise<string> | undefined;
 
 /**
  * The error contract of every command: it exits with `exitCode` (or any non-zero code), prints

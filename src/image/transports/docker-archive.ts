@@ -2,19 +2,18 @@
 // file, RepoTags and layer files; layers are stored as `<id>/layer.tar` (Docker < 25) or as
 // `blobs/sha256/<hex>` next to an OCI index.json (Docker >= 25). Both are read; esgz writes the
 // second form, keeping compressed layer blobs as they are so manifest digests survive a round trip.
-import { createHash, randomBytes } from 'node:crypto';
-import { once } from 'node:events';
-import type { WriteStream } from 'node:fs';
-import { open, rename, rm, type FileHandle } from 'node:fs/promises';
-import { Readable } from 'node:stream';
+import { createHash } from 'node:crypto';
+import type { Readable } from 'node:stream';
 import { EsgzError } from '../../errors.js';
 import { sniffCompression } from '../compression.js';
-import { DigestVerifier, digestOf, parseDigest, verifyBuffer } from '../../oci/digest.js';
+import { digestOf, parseDigest, verifyBuffer } from '../../oci/digest.js';
 import { MediaType, isIndexMediaType, isManifestMediaType } from '../../oci/media-types.js';
 import type { Descriptor, ImageConfig, ImageIndex, ImageManifest, RawManifest } from '../../oci/types.js';
 import type { ImageSink, ImageSource } from '../types.js';
 import { formatReference, parseReference } from '../../registry/reference.js';
-import { REF_NAME_ANNOTATION } from './oci-layout.js';
+import { normalizeEntryName, TarFileReader, type TarEntryLocation } from './tar-reader.js';
+import { ArchiveWriter, blobEntryName, OCI_LAYOUT_FILE } from './archive-writer.js';
+import { CONTAINERD_IMAGE_NAME_ANNOTATION, REF_NAME_ANNOTATION } from './oci-layout.js';
 
 export interface DockerArchiveReference {
   file: string;
@@ -26,13 +25,6 @@ interface ArchiveManifestEntry {
   RepoTags?: string[] | null;
   Layers: string[];
 }
-
-interface TarEntryLocation {
-  offset: number;
-  size: number;
-}
-
-const BLOCK = 512;
 
 function describe(ref: DockerArchiveReference): string {
   return `docker-archive:${ref.file}${ref.tag !== undefined ? `:${ref.tag}` : ''}`;
@@ -53,111 +45,13 @@ function canonicalRepoTag(tag: string): string {
   }
 }
 
-function normalizeEntryName(name: string): string {
-  return name.replace(/^(\.\/)+/, '').replace(/^\/+/, '');
-}
-
-function parseOctal(buf: Buffer, offset: number, length: number): number {
-  const field = buf.subarray(offset, offset + length);
-  // GNU base-256 for sizes past 8 GiB.
-  if ((field[0]! & 0x80) !== 0) {
-    let value = 0;
-    for (let i = 1; i < field.length; i++) value = value * 256 + field[i]!;
-    return value;
-  }
-  const text = field.toString('latin1').replace(/\0.*$/s, '').trim();
-  return text.length === 0 ? 0 : parseInt(text, 8);
-}
-
-function cString(buf: Buffer, offset: number, length: number): string {
-  const field = buf.subarray(offset, offset + length);
-  const end = field.indexOf(0);
-  return field.subarray(0, end < 0 ? field.length : end).toString('utf8');
-}
-
-function parsePax(data: Buffer): Record<string, string> {
-  const out: Record<string, string> = {};
-  let pos = 0;
-  while (pos < data.length) {
-    const space = data.indexOf(0x20, pos);
-    if (space < 0) break;
-    const length = parseInt(data.subarray(pos, space).toString('latin1'), 10);
-    if (!Number.isFinite(length) || length <= 0) break;
-    const record = data.subarray(space + 1, pos + length - 1).toString('utf8');
-    const eq = record.indexOf('=');
-    if (eq > 0) out[record.slice(0, eq)] = record.slice(eq + 1);
-    pos += length;
-  }
-  return out;
-}
-
-/** Reads every header once and records where each regular file's data starts (random access later). */
-async function indexTar(handle: FileHandle, where: string): Promise<Map<string, TarEntryLocation>> {
-  const entries = new Map<string, TarEntryLocation>();
-  const { size: fileSize } = await handle.stat();
-  const header = Buffer.alloc(BLOCK);
-  let offset = 0;
-  let pending: { path?: string; size?: number } = {};
-  const readExactly = async (buf: Buffer, position: number): Promise<void> => {
-    const { bytesRead } = await handle.read(buf, 0, buf.length, position);
-    if (bytesRead !== buf.length) throw new EsgzError('BAD_ARCHIVE', `${where}: truncated tar at byte ${position}`);
-  };
-  while (offset + BLOCK <= fileSize) {
-    await readExactly(header, offset);
-    if (header.every((b) => b === 0)) break;
-    let sum = 0;
-    for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 0x20 : header[i]!;
-    if (sum !== parseOctal(header, 148, 8))
-      throw new EsgzError('BAD_ARCHIVE', `${where}: not a tar file (bad header checksum at byte ${offset})`);
-    const type = String.fromCharCode(header[156]!);
-    const size = pending.size ?? parseOctal(header, 124, 12);
-    const dataOffset = offset + BLOCK;
-    if (dataOffset + size > fileSize)
-      throw new EsgzError('BAD_ARCHIVE', `${where}: truncated tar (entry at byte ${offset} runs past the end)`);
-    const next = dataOffset + Math.ceil(size / BLOCK) * BLOCK;
-    if (type === 'x' || type === 'L') {
-      const data = Buffer.alloc(size);
-      await readExactly(data, dataOffset);
-      if (type === 'x') {
-        const pax = parsePax(data);
-        pending = {
-          ...pending,
-          ...(pax.path !== undefined ? { path: pax.path } : {}),
-          ...(pax.size !== undefined ? { size: Number(pax.size) } : {}),
-        };
-      } else {
-        pending = { ...pending, path: data.toString('utf8').replace(/\0+$/, '') };
-      }
-    } else if (type === 'g') {
-      // global PAX header: nothing esgz needs
-    } else {
-      const prefix = cString(header, 345, 155);
-      const name = pending.path ?? (prefix ? `${prefix}/${cString(header, 0, 100)}` : cString(header, 0, 100));
-      if (type === '0' || type === '\0' || type === '7')
-        entries.set(normalizeEntryName(name), { offset: dataOffset, size });
-      pending = {};
-    }
-    offset = next;
-  }
-  return entries;
-}
-
 export async function openDockerArchiveSource(ref: DockerArchiveReference): Promise<ImageSource> {
   const where = describe(ref);
-  let handle: FileHandle;
+  const tar = await TarFileReader.open(ref.file, where);
   try {
-    handle = await open(ref.file, 'r');
+    return await DockerArchiveSource.create(tar, ref, where);
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new EsgzError('NOT_FOUND', `${where}: no such file ${ref.file}`, { cause: err });
-    throw new EsgzError('BAD_ARCHIVE', `${where}: cannot open ${ref.file}: ${code ?? (err as Error).message}`, {
-      cause: err,
-    });
-  }
-  try {
-    return await DockerArchiveSource.create(handle, ref, where);
-  } catch (err) {
-    await handle.close();
+    await tar.close();
     throw err;
   }
 }
@@ -169,36 +63,31 @@ class DockerArchiveSource implements ImageSource {
   /** Manifests and indexes stored in the archive's OCI part, by digest. */
   private readonly storedManifests = new Map<string, RawManifest>();
 
-  private constructor(
-    private readonly handle: FileHandle,
-    private readonly entries: Map<string, TarEntryLocation>,
-    readonly description: string,
-  ) {}
+  private readonly entries: Map<string, TarEntryLocation>;
 
-  static async create(handle: FileHandle, ref: DockerArchiveReference, where: string): Promise<DockerArchiveSource> {
-    const entries = await indexTar(handle, where);
-    const source = new DockerArchiveSource(handle, entries, where);
+  private constructor(
+    private readonly tar: TarFileReader,
+    readonly description: string,
+  ) {
+    this.entries = tar.entries;
+  }
+
+  static async create(tar: TarFileReader, ref: DockerArchiveReference, where: string): Promise<DockerArchiveSource> {
+    const source = new DockerArchiveSource(tar, where);
     await source.resolve(ref);
     return source;
   }
 
   private entry(name: string, what: string): TarEntryLocation {
-    const found = this.entries.get(normalizeEntryName(name));
-    if (!found) throw new EsgzError('BAD_ARCHIVE', `${this.description}: ${what} "${name}" is not in the archive`);
-    return found;
+    return this.tar.entry(name, what);
   }
 
-  private async readEntry(location: TarEntryLocation, limit = 64 * 1024 * 1024): Promise<Buffer> {
-    if (location.size > limit)
-      throw new EsgzError('BAD_ARCHIVE', `${this.description}: metadata file of ${location.size} bytes is too large`);
-    return this.readRange(location, 0, location.size);
+  private readEntry(location: TarEntryLocation): Promise<Buffer> {
+    return this.tar.readEntry(location);
   }
 
-  private async readRange(location: TarEntryLocation, offset: number, length: number): Promise<Buffer> {
-    const buf = Buffer.alloc(length);
-    const { bytesRead } = await this.handle.read(buf, 0, length, location.offset + offset);
-    if (bytesRead !== length) throw new EsgzError('BAD_ARCHIVE', `${this.description}: truncated archive`);
-    return buf;
+  private readRange(location: TarEntryLocation, offset: number, length: number): Promise<Buffer> {
+    return this.tar.readRange(location, offset, length);
   }
 
   private parseJsonEntry<T>(name: string, what: string): Promise<T> {
@@ -359,11 +248,7 @@ class DockerArchiveSource implements ImageSource {
 
   private async hashEntry(location: TarEntryLocation): Promise<string> {
     const hash = createHash('sha256');
-    for await (const chunk of this.handle.createReadStream({
-      start: location.offset,
-      end: location.offset + location.size - 1,
-      autoClose: false,
-    })) {
+    for await (const chunk of this.tar.stream(location)) {
       hash.update(chunk as Buffer);
     }
     return `sha256:${hash.digest('hex')}`;
@@ -389,85 +274,17 @@ class DockerArchiveSource implements ImageSource {
 
   async openBlob(desc: Descriptor): Promise<Readable> {
     const what = `${this.description} blob ${desc.digest}`;
-    const location = this.blobLocation(desc, what);
-    // Refused before a byte is used, as containers/image does: the entry's length is known here.
-    if (location.size !== desc.size)
-      throw new EsgzError(
-        'SIZE_MISMATCH',
-        `${what}: the blob has ${location.size} bytes but its descriptor says ${desc.size}`,
-      );
-    const verifier = new DigestVerifier(desc, what);
-    if (location.size === 0) {
-      verifier.end();
-      return verifier;
-    }
-    const stream = this.handle.createReadStream({
-      start: location.offset,
-      end: location.offset + location.size - 1,
-      autoClose: false,
-      highWaterMark: 1 << 20,
-    });
-    stream.on('error', (err) =>
-      verifier.destroy(new EsgzError('BAD_ARCHIVE', `${what}: ${err.message}`, { cause: err })),
-    );
-    return stream.pipe(verifier);
+    return this.tar.openVerified(this.blobLocation(desc, what), desc, what);
   }
 
   async readBlobRange(desc: Descriptor, offset: number, length: number): Promise<Buffer> {
     const what = `${this.description} blob ${desc.digest}`;
-    const location = this.blobLocation(desc, what);
-    if (location.size !== desc.size)
-      throw new EsgzError(
-        'SIZE_MISMATCH',
-        `${what}: the blob has ${location.size} bytes but its descriptor says ${desc.size}`,
-      );
-    if (offset + length > location.size)
-      throw new EsgzError('SIZE_MISMATCH', `${what}: range ${offset}+${length} is past the end of the blob`);
-    return this.readRange(location, offset, length);
+    return this.tar.readBlobRange(this.blobLocation(desc, what), desc, offset, length, what);
   }
 
   async close(): Promise<void> {
-    await this.handle.close();
+    await this.tar.close();
   }
-}
-
-/** A ustar header for a regular file; fixed owner, mode and mtime so archives are reproducible. */
-function fileHeader(name: string, size: number): Buffer {
-  if (Buffer.byteLength(name) > 100) throw new EsgzError('INTERNAL', `docker-archive entry name too long: ${name}`);
-  const buf = Buffer.alloc(BLOCK);
-  const octal = (offset: number, width: number, value: number): void => {
-    buf.write(`${value.toString(8).padStart(width - 1, '0')}\0`, offset, width, 'latin1');
-  };
-  buf.write(name, 0, 100, 'utf8');
-  octal(100, 8, 0o644);
-  octal(108, 8, 0);
-  octal(116, 8, 0);
-  if (size >= 8 ** 11) {
-    // GNU base-256 size for blobs of 8 GiB and more.
-    buf[124] = 0x80;
-    let value = size;
-    for (let i = 135; i > 124; i--) {
-      buf[i] = value % 256;
-      value = Math.floor(value / 256);
-    }
-  } else {
-    octal(124, 12, size);
-  }
-  octal(136, 12, 0);
-  buf.write('0', 156, 1, 'latin1');
-  buf.write('ustar\x0000', 257, 8, 'latin1');
-  buf.fill(0x20, 148, 156);
-  let sum = 0;
-  for (const byte of buf) sum += byte;
-  buf.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 8, 'latin1');
-  return buf;
-}
-
-function writeError(where: string, err: unknown): EsgzError {
-  if (err instanceof EsgzError) return err;
-  return new EsgzError('BAD_ARCHIVE', `${where}: writing failed: ${(err as Error)?.message ?? String(err)}`, {
-    cause: err,
-  });
 }
 
 export function openDockerArchiveSink(ref: DockerArchiveReference): ImageSink {
@@ -477,119 +294,10 @@ export function openDockerArchiveSink(ref: DockerArchiveReference): ImageSink {
   return new DockerArchiveSink(ref);
 }
 
-/**
- * Streams blobs into a tar at a temp path (one entry after another: tar is sequential), then
- * writes manifest.json, index.json and oci-layout, and renames the file into place on commit.
- */
-class DockerArchiveSink implements ImageSink {
-  readonly description: string;
-  private readonly tempPath: string;
-  private out: WriteStream | undefined;
-  private queue: Promise<void> = Promise.resolve();
-  /** digest -> size of the blobs written: a descriptor naming a written digest with another size is not "already there". */
-  private readonly written = new Map<string, number>();
-  private readonly manifests = new Map<string, RawManifest>();
-  private failed = false;
-  /** The first write error, rethrown to later writers so every layer reports the cause. */
-  private firstFailure: unknown;
-
+/** A `docker save` tar: the blobs, then manifest.json (one image) and its OCI index.json. */
+class DockerArchiveSink extends ArchiveWriter implements ImageSink {
   constructor(private readonly ref: DockerArchiveReference) {
-    this.description = describe(ref);
-    this.tempPath = `${ref.file}.tmp-${randomBytes(6).toString('hex')}`;
-  }
-
-  /** Opens the temp file on first use, so a missing directory or permission error is named. */
-  private async stream(): Promise<WriteStream> {
-    if (!this.out) {
-      let handle: FileHandle;
-      try {
-        handle = await open(this.tempPath, 'wx');
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code;
-        const why = code === 'ENOENT' ? 'its directory does not exist' : (code ?? (err as Error).message);
-        throw new EsgzError(
-          code === 'ENOENT' ? 'NOT_FOUND' : 'BAD_ARCHIVE',
-          `${this.description}: cannot create ${this.ref.file}: ${why}`,
-          { cause: err },
-        );
-      }
-      this.out = handle.createWriteStream();
-      this.out.on('error', (err) => {
-        this.failed = true;
-        this.firstFailure ??= writeError(this.description, err);
-      });
-    }
-    return this.out;
-  }
-
-  private async write(chunk: Buffer): Promise<void> {
-    const out = await this.stream();
-    if (out.errored) throw writeError(this.description, out.errored);
-    if (!out.write(chunk)) {
-      // events.once rejects on 'error', so a failing disk cannot leave this waiting forever.
-      await once(out, 'drain').catch((err: unknown) => {
-        throw writeError(this.description, err);
-      });
-    }
-  }
-
-  /** Serialises tar writes: each call runs after the previous one finished. */
-  private enqueue(task: () => Promise<void>): Promise<void> {
-    const run = this.queue.then(() => {
-      if (this.failed) {
-        throw this.firstFailure instanceof EsgzError
-          ? this.firstFailure
-          : new EsgzError('BAD_ARCHIVE', `${this.description}: an earlier write failed`);
-      }
-      return task();
-    });
-    this.queue = run.catch((err: unknown) => {
-      this.failed = true;
-      this.firstFailure ??= err;
-    });
-    return run;
-  }
-
-  private async writeEntry(name: string, size: number, body: AsyncIterable<Buffer> | Buffer): Promise<void> {
-    await this.write(fileHeader(name, size));
-    if (Buffer.isBuffer(body)) {
-      if (body.length > 0) await this.write(body);
-    } else {
-      for await (const chunk of body) await this.write(chunk);
-    }
-    const rest = size % BLOCK;
-    if (rest !== 0) await this.write(Buffer.alloc(BLOCK - rest));
-  }
-
-  async hasBlob(desc: Descriptor): Promise<boolean> {
-    return this.written.get(desc.digest) === desc.size;
-  }
-
-  putBlob(desc: Descriptor, openStream: () => Promise<Readable> | Readable): Promise<void> {
-    const what = `${this.description} blob ${desc.digest}`;
-    const { hex } = parseDigest(desc.digest, what);
-    return this.enqueue(async () => {
-      const size = this.written.get(desc.digest);
-      if (size === desc.size) return;
-      if (size !== undefined)
-        throw new EsgzError('SIZE_MISMATCH', `${what}: written with ${size} bytes, but a descriptor says ${desc.size}`);
-      await this.stream();
-      const source = await openStream();
-      const verified = source.pipe(new DigestVerifier(desc, what));
-      source.on('error', (err) => verified.destroy(err));
-      // The iteration below reports errors; this listener only keeps an error that arrives before
-      // it starts (while the header is written) from being an unhandled 'error' event.
-      verified.on('error', () => undefined);
-      await this.writeEntry(`blobs/sha256/${hex}`, desc.size, verified as AsyncIterable<Buffer>);
-      this.written.set(desc.digest, desc.size);
-    });
-  }
-
-  async putManifest(manifest: RawManifest): Promise<void> {
-    this.manifests.set(manifest.digest, manifest);
-    await this.putBlob({ mediaType: manifest.mediaType, digest: manifest.digest, size: manifest.bytes.length }, () =>
-      Readable.from([manifest.bytes]),
-    );
+    super(ref.file, describe(ref));
   }
 
   async commit(root: RawManifest): Promise<void> {
@@ -598,52 +306,26 @@ class DockerArchiveSink implements ImageSink {
     }
     await this.putManifest(root);
     const manifest = JSON.parse(root.bytes.toString('utf8')) as ImageManifest;
-    const blobName = (digest: string) => `blobs/sha256/${parseDigest(digest, 'digest').hex}`;
     const repoTag = this.ref.tag !== undefined ? normalizeRepoTag(this.ref.tag) : undefined;
     const archiveManifest: ArchiveManifestEntry[] = [
       {
-        Config: blobName(manifest.config.digest),
+        Config: blobEntryName(manifest.config.digest),
         RepoTags: repoTag !== undefined ? [repoTag] : [],
-        Layers: manifest.layers.map((l) => blobName(l.digest)),
+        Layers: manifest.layers.map((l) => blobEntryName(l.digest)),
       },
     ];
     const rootDesc: Descriptor = { mediaType: root.mediaType, digest: root.digest, size: root.bytes.length };
-    if (repoTag !== undefined)
-      rootDesc.annotations = {
-        'io.containerd.image.name': repoTag,
-        [REF_NAME_ANNOTATION]: repoTag.slice(repoTag.lastIndexOf(':') + 1),
-      };
+    if (repoTag !== undefined) rootDesc.annotations = imageNameAnnotations(repoTag);
     const index: ImageIndex = { schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [rootDesc] };
-    const files: Array<[string, Buffer]> = [
-      ['oci-layout', Buffer.from(JSON.stringify({ imageLayoutVersion: '1.0.0' }))],
+    await this.finish([
+      OCI_LAYOUT_FILE,
       ['index.json', Buffer.from(JSON.stringify(index))],
       ['manifest.json', Buffer.from(JSON.stringify(archiveManifest))],
-    ];
-    await this.enqueue(async () => {
-      for (const [name, bytes] of files) await this.writeEntry(name, bytes.length, bytes);
-      await this.write(Buffer.alloc(BLOCK * 2));
-      const out = await this.stream();
-      out.end();
-      await once(out, 'close');
-    });
-    if (this.failed) throw new EsgzError('BAD_ARCHIVE', `${this.description}: writing ${this.tempPath} failed`);
-    try {
-      await rename(this.tempPath, this.ref.file);
-    } catch (err) {
-      throw new EsgzError(
-        'BAD_ARCHIVE',
-        `${this.description}: cannot write ${this.ref.file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
-        { cause: err },
-      );
-    }
+    ]);
   }
+}
 
-  async abort(): Promise<void> {
-    this.failed = true;
-    if (this.out && !this.out.closed) {
-      this.out.destroy();
-      await once(this.out, 'close').catch(() => undefined);
-    }
-    await rm(this.tempPath, { force: true });
-  }
+/** The index.json annotations containerd writes for a named image: its full name, and the tag as the ref name. */
+export function imageNameAnnotations(name: string): Record<string, string> {
+  return { [CONTAINERD_IMAGE_NAME_ANNOTATION]: name, [REF_NAME_ANNOTATION]: name.slice(name.lastIndexOf(':') + 1) };
 }

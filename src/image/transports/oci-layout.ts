@@ -15,6 +15,8 @@ import type { ImageSink, ImageSource } from '../types.js';
 import { MAX_INDEX_JSON_BYTES, MAX_MANIFEST_BYTES } from '../../oci/limits.js';
 
 export const REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name';
+/** The image's full name, as containerd (`ctr image export`) records it in index.json. */
+export const CONTAINERD_IMAGE_NAME_ANNOTATION = 'io.containerd.image.name';
 const LAYOUT_FILE = 'oci-layout';
 const INDEX_FILE = 'index.json';
 const LAYOUT_VERSION = '1.0.0';
@@ -116,18 +118,7 @@ async function readIndex(dir: string, where: string, allowMissing: boolean): Pro
       return { schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [] };
     throw new EsgzError('BAD_LAYOUT', `${where}: cannot read ${INDEX_FILE}: ${(err as Error).message}`, { cause: err });
   }
-  let index: ImageIndex;
-  try {
-    index = JSON.parse(text) as ImageIndex;
-  } catch (err) {
-    throw new EsgzError('BAD_LAYOUT', `${where}: ${INDEX_FILE} is not valid JSON: ${(err as Error).message}`, {
-      cause: err,
-    });
-  }
-  if (index === null || typeof index !== 'object' || !Array.isArray(index.manifests)) {
-    throw new EsgzError('BAD_LAYOUT', `${where}: ${INDEX_FILE} has no "manifests" array`);
-  }
-  return index;
+  return parseIndexJson(text, where);
 }
 
 function tagsOf(index: ImageIndex): string[] {
@@ -150,6 +141,15 @@ async function readManifestBlob(
       throw new EsgzError('NOT_FOUND', `${what}: blob missing from the layout`, { cause: err });
     throw new EsgzError('BAD_LAYOUT', `${what}: ${(err as Error).message}`, { cause: err });
   }
+  return manifestFromBytes(bytes, desc, what);
+}
+
+/** Checks a manifest or index's bytes against `desc` and names its media type (its own, else the descriptor's). */
+export function manifestFromBytes(
+  bytes: Buffer,
+  desc: { digest: string; size?: number; mediaType?: string },
+  what: string,
+): RawManifest {
   verifyBuffer(bytes, desc, what);
   let parsed: { mediaType?: unknown };
   try {
@@ -165,6 +165,60 @@ async function readManifestBlob(
   return { bytes, mediaType, digest: desc.digest };
 }
 
+/**
+ * The index.json entry a reference names: by digest (a digest not listed may still be a stored
+ * manifest), by tag (the last entry with that ref name), or the only entry. `usage` shows how to
+ * name one image (`oci:DIR:TAG`) when there are several.
+ */
+export function chooseIndexEntry(
+  index: ImageIndex,
+  ref: { tag?: string; digest?: string },
+  description: string,
+  usage: string,
+): { digest: string; size?: number; mediaType?: string } {
+  const { manifests } = index;
+  if (ref.digest !== undefined) return manifests.find((m) => m.digest === ref.digest) ?? { digest: ref.digest };
+  if (ref.tag !== undefined) {
+    // ctr's archives name an image fully in io.containerd.image.name and only its tag in ref.name.
+    const names = (m: Descriptor) => [
+      m.annotations?.[REF_NAME_ANNOTATION],
+      m.annotations?.[CONTAINERD_IMAGE_NAME_ANNOTATION],
+    ];
+    const tagged = manifests.filter((m) => names(m).includes(ref.tag));
+    if (tagged.length === 0) {
+      const tags = tagsOf(index);
+      throw new EsgzError(
+        'NOT_FOUND',
+        `${description}: no image tagged "${ref.tag}" in ${INDEX_FILE} (${tags.length > 0 ? `tags: ${tags.join(', ')}` : 'no tagged images'})`,
+      );
+    }
+    return tagged[tagged.length - 1]!;
+  }
+  if (manifests.length === 1) return manifests[0]!;
+  if (manifests.length === 0) throw new EsgzError('NOT_FOUND', `${description}: ${INDEX_FILE} lists no images`);
+  const tags = tagsOf(index);
+  throw new EsgzError(
+    'BAD_REFERENCE',
+    `${description}: the layout holds ${manifests.length} images; name one as ${usage}${tags.length > 0 ? ` (tags: ${tags.join(', ')})` : ''}`,
+  );
+}
+
+/** Parses index.json's text; BAD_LAYOUT when it is no index. */
+export function parseIndexJson(text: string, where: string): ImageIndex {
+  let index: ImageIndex;
+  try {
+    index = JSON.parse(text) as ImageIndex;
+  } catch (err) {
+    throw new EsgzError('BAD_LAYOUT', `${where}: ${INDEX_FILE} is not valid JSON: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+  if (index === null || typeof index !== 'object' || !Array.isArray(index.manifests)) {
+    throw new EsgzError('BAD_LAYOUT', `${where}: ${INDEX_FILE} has no "manifests" array`);
+  }
+  return index;
+}
+
 export class OciLayoutSource implements ImageSource {
   constructor(
     private readonly ref: OciReference,
@@ -174,31 +228,7 @@ export class OciLayoutSource implements ImageSource {
 
   /** The descriptor in index.json the reference names. */
   rootDescriptor(): { digest: string; size?: number; mediaType?: string } {
-    const { manifests } = this.index;
-    if (this.ref.digest !== undefined) {
-      const byDigest = manifests.find((m) => m.digest === this.ref.digest);
-      if (byDigest) return byDigest;
-      // A digest not listed in index.json may still be a manifest stored in blobs/.
-      return { digest: this.ref.digest };
-    }
-    if (this.ref.tag !== undefined) {
-      const tagged = manifests.filter((m) => m.annotations?.[REF_NAME_ANNOTATION] === this.ref.tag);
-      if (tagged.length === 0) {
-        const tags = tagsOf(this.index);
-        throw new EsgzError(
-          'NOT_FOUND',
-          `${this.description}: no image tagged "${this.ref.tag}" in ${INDEX_FILE} (${tags.length > 0 ? `tags: ${tags.join(', ')}` : 'no tagged images'})`,
-        );
-      }
-      return tagged[tagged.length - 1]!;
-    }
-    if (manifests.length === 1) return manifests[0]!;
-    if (manifests.length === 0) throw new EsgzError('NOT_FOUND', `${this.description}: ${INDEX_FILE} lists no images`);
-    const tags = tagsOf(this.index);
-    throw new EsgzError(
-      'BAD_REFERENCE',
-      `${this.description}: the layout holds ${manifests.length} images; name one as oci:${this.ref.dir}:TAG${tags.length > 0 ? ` (tags: ${tags.join(', ')})` : ''}`,
-    );
+    return chooseIndexEntry(this.index, this.ref, this.description, `oci:${this.ref.dir}:TAG`);
   }
 
   async fetchRoot(): Promise<RawManifest> {
