@@ -57,6 +57,10 @@ const registryConnectionFlags = {
     description: 'Like --http-trace, with request and response headers (secrets masked, no bodies)',
     default: false,
   }),
+  'http-read-timeout': Flags.integer({
+    description: 'Seconds a registry response may stay silent before the read is retried or resumed (default 30)',
+    min: 1,
+  }),
 };
 
 const REGISTRY_USER_HELP =
@@ -91,6 +95,7 @@ export interface TransportFlagValues {
   tlskey?: string;
   'http-trace'?: boolean;
   'http-dump'?: boolean;
+  'http-read-timeout'?: number;
   'registry-user'?: string;
 }
 
@@ -115,6 +120,7 @@ export function transportOptions(flags: TransportFlagValues): TransportOptionVal
   }
   const credentials = credentialsFromFlags(flags['registry-user'], flags.refresh);
   if (credentials !== undefined) options.credentials = credentials;
+  if (flags['http-read-timeout'] !== undefined) options.readTimeoutMs = flags['http-read-timeout'] * 1000;
   if (flags['http-trace'] || flags['http-dump']) {
     options.trace = { dump: flags['http-dump'] ?? false, write: (line) => process.stderr.write(`${line}\n`) };
   }
