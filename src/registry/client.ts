@@ -191,6 +191,18 @@ export class RegistryClient {
     await this.agent.destroy();
   }
 
+  /** The API base the client settled on (scheme, host) and the auth scheme the registry asked for. */
+  async endpoint(): Promise<{ url: string; auth: 'none' | 'basic' | 'bearer' }> {
+    const base = await this.ensureBase();
+    return { url: new URL(`${this.apiRoot}/`, base).toString(), auth: this.authScheme };
+  }
+
+  /** Where GETs of this blob were last redirected (a storage URL), if they were. */
+  async blobLocation(repository: string, digest: string): Promise<URL | undefined> {
+    const base = await this.ensureBase();
+    return this.locations.get(this.apiUrl(`/v2/${repository}/blobs/${digest}`, base).href);
+  }
+
   // ---- manifests ----
 
   /** GETs a manifest or index by tag or digest, verified against the digest (or the registry's Docker-Content-Digest). */

@@ -172,7 +172,7 @@ export async function startQuirkProxy(upstream: string): Promise<QuirkProxy> {
       const token = randomBytes(12).toString('hex');
       signed.set(token, { upstreamPath: req.url!, uses: 0, issuedAt: Date.now() });
       entry.status = 307;
-      const location = `http://${storage.address}/storage/${token}?X-Amz-Signature=${token}`;
+      const location = `http://${storage.address}/storage/${token}?X-Amz-Expires=60&X-Amz-Signature=${token}`;
       res.writeHead(307, { location, 'content-length': 0 }).end();
       return;
     }
@@ -205,6 +205,8 @@ export async function startQuirkProxy(upstream: string): Promise<QuirkProxy> {
     const tooOld = rule.maxAgeMs !== undefined && Date.now() - url.issuedAt > rule.maxAgeMs;
     if ((rule.maxUses !== undefined && url.uses > rule.maxUses) || tooOld)
       return refuse(res, entry, rule.expiredStatus ?? 403);
+    // The storage host has its own Range support: GHCR's CDN is the one that answers 501.
+    if (quirks.multiRange && entry.range?.includes(',')) return refuse(res, entry, quirks.multiRange);
     blobGets += 1;
     return forward(req, res, entry, { ...shaped(req, blobGets), path: url.upstreamPath });
   });
