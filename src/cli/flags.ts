@@ -58,7 +58,7 @@ const registryConnectionFlags = {
     default: false,
   }),
   'http-read-timeout': Flags.integer({
-    description: 'Seconds a registry response may stay silent before the read is retried or resumed (default 30)',
+    description: 'Seconds a registry response may stay silent before the read is retried or resumed (default 10)',
     min: 1,
   }),
 };

@@ -56,7 +56,7 @@ export interface RegistryClientOptions {
   namespace?: string;
   /** `--http-trace` / `--http-dump`. */
   trace?: HttpTraceOptions;
-  /** How long a response body may stay silent before the read fails and is retried or resumed (default 30 s). */
+  /** How long a response body may stay silent before the read fails and is retried or resumed (default 10 s). */
   readTimeoutMs?: number;
 }
 
@@ -72,7 +72,9 @@ export type UploadResult = 'exists' | 'mounted' | 'uploaded';
 const DEFAULT_USER_AGENT = 'esgz/0.1';
 const MAX_REDIRECTS = 5;
 const MAX_RETRY_AFTER_MS = 10_000;
-const DEFAULT_READ_TIMEOUT_MS = 30_000;
+// Short enough that a stalled lazy read is resumed well within the FUSE read deadline (30 s); a
+// stream that is merely slow keeps moving and never hits it.
+const DEFAULT_READ_TIMEOUT_MS = 10_000;
 /** What object storage answers to a signed URL that has expired (S3 403, GCS 400, some CDNs 410). */
 const EXPIRED_LOCATION_STATUS = new Set([400, 401, 403, 410]);
 /** Answers to a blob HEAD that mean "HEAD is not allowed here", not "no such blob" (ghcr.io: 403). */
