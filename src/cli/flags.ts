@@ -92,6 +92,10 @@ const registryConnectionFlags = {
     description: 'Like --http-trace, with request and response headers (secrets masked, no bodies)',
     default: false,
   }),
+  'http-read-timeout': Flags.integer({
+    description: 'Seconds a registry response may stay silent before the read is retried or resumed (default 10)',
+    min: 1,
+  }),
 };
 
 const REGISTRY_USER_HELP =
@@ -130,6 +134,7 @@ export interface TransportFlagValues {
   tlskey?: string;
   'http-trace'?: boolean;
   'http-dump'?: boolean;
+  'http-read-timeout'?: number;
   'registry-user'?: string;
   /** The state root and namespace `local:` names live in, for commands that have them. */
   root?: string;
@@ -166,6 +171,7 @@ export function transportOptions(flags: TransportFlagValues): TransportOptionVal
   }
   const credentials = credentialsFromFlags(flags['registry-user'], flags.refresh);
   if (credentials !== undefined) options.credentials = credentials;
+  if (flags['http-read-timeout'] !== undefined) options.readTimeoutMs = flags['http-read-timeout'] * 1000;
   if (flags['http-trace'] || flags['http-dump']) {
     options.trace = { dump: flags['http-dump'] ?? false, write: (line) => process.stderr.write(`${line}\n`) };
   }

@@ -11,6 +11,19 @@ import type { RegistryHost } from './hosts.js';
 import { isLoopbackRegistry, registryApiHost } from './reference.js';
 import { traceExchange, type HttpTraceOptions } from './trace.js';
 import { MAX_MANIFEST_BYTES } from '../oci/limits.js';
+import {
+  MULTI_RANGE_REFUSED_STATUS,
+  TruncatedResponse,
+  multiRangeHeader,
+  offsetInPartial,
+  parseContentRange,
+  readSlice,
+  retryAfterMs,
+  sizeFromProbe,
+  splitByteranges,
+  type ByteRange,
+} from './range.js';
+import { hostBehaviour, type HostBehaviour } from './behaviour.js';
 
 /**
  * An OCI distribution-spec client for one registry: one undici Agent (connection pool), the
@@ -43,6 +56,8 @@ export interface RegistryClientOptions {
   namespace?: string;
   /** `--http-trace` / `--http-dump`. */
   trace?: HttpTraceOptions;
+  /** How long a response body may stay silent before the read fails and is retried or resumed (default 10 s). */
+  readTimeoutMs?: number;
 }
 
 /** PEM contents: CAs added to the system roots, client certificates and their keys. */
@@ -57,6 +72,15 @@ export type UploadResult = 'exists' | 'mounted' | 'uploaded';
 const DEFAULT_USER_AGENT = 'esgz/0.1';
 const MAX_REDIRECTS = 5;
 const MAX_RETRY_AFTER_MS = 10_000;
+// Short enough that a stalled lazy read is resumed well within the FUSE read deadline (30 s); a
+// stream that is merely slow keeps moving and never hits it.
+const DEFAULT_READ_TIMEOUT_MS = 10_000;
+/** What object storage answers to a signed URL that has expired (S3 403, GCS 400, some CDNs 410). */
+const EXPIRED_LOCATION_STATUS = new Set([400, 401, 403, 410]);
+/** Answers to a blob HEAD that mean "HEAD is not allowed here", not "no such blob" (ghcr.io: 403). */
+const HEAD_REFUSED_STATUS = new Set([403, 405]);
+/** Blob locations remembered per client; old ones are dropped first. */
+const MAX_CACHED_LOCATIONS = 1024;
 const MANIFEST_ACCEPT = [
   MediaType.ociIndex,
   MediaType.ociManifest,
@@ -99,6 +123,8 @@ interface RequestSpec {
   body?: Buffer | Readable;
   /** Follow 3xx Location (blob downloads may redirect to storage). */
   followRedirects?: boolean;
+  /** Remember where a blob GET was redirected, and go there directly next time (until it expires). */
+  reuseLocation?: boolean;
 }
 
 interface Response {
@@ -135,6 +161,10 @@ export class RegistryClient {
   private readonly tokens = new Map<string, Promise<CachedToken>>();
   /** Origin of a plain-HTTP token realm the credentials were kept from, once that happened. */
   private withheldFrom: string | undefined;
+  /** Where blob GETs were redirected (registry URL → storage URL), reused until the storage host refuses it. */
+  private readonly locations = new Map<string, URL>();
+  /** What this host was seen to do (shared by every client of the host in this process). */
+  readonly behaviour: HostBehaviour;
 
   constructor(
     registry: string,
@@ -150,12 +180,29 @@ export class RegistryClient {
     this.attempts = Math.max(1, options.attempts ?? 3);
     this.retryDelayMs = options.retryDelayMs ?? 250;
     this.userAgent = options.userAgent ?? DEFAULT_USER_AGENT;
-    this.agent = createDispatcher(!(options.host?.skipVerify ?? options.insecure), options.tls);
+    this.agent = createDispatcher(
+      !(options.host?.skipVerify ?? options.insecure),
+      options.tls ?? {},
+      options.readTimeoutMs ?? DEFAULT_READ_TIMEOUT_MS,
+    );
+    this.behaviour = hostBehaviour(this.apiHost);
   }
 
   /** Drops every connection; a blob stream still being read errors (so close never waits on a stalled consumer). */
   async close(): Promise<void> {
     await this.agent.destroy();
+  }
+
+  /** The API base the client settled on (scheme, host) and the auth scheme the registry asked for. */
+  async endpoint(): Promise<{ url: string; auth: 'none' | 'basic' | 'bearer' }> {
+    const base = await this.ensureBase();
+    return { url: new URL(`${this.apiRoot}/`, base).toString(), auth: this.authScheme };
+  }
+
+  /** Where GETs of this blob were last redirected (a storage URL), if they were. */
+  async blobLocation(repository: string, digest: string): Promise<URL | undefined> {
+    const base = await this.ensureBase();
+    return this.locations.get(this.apiUrl(`/v2/${repository}/blobs/${digest}`, base).href);
   }
 
   // ---- manifests ----
@@ -258,33 +305,45 @@ export class RegistryClient {
 
   /** HEAD without following redirects: undefined when absent, else the size the registry states (none for a redirect). */
   private async probeBlob(repository: string, digest: string): Promise<{ size: number | undefined } | undefined> {
-    const what = `blob ${digest} in ${this.registry}/${repository}`;
-    const response = await this.send({
-      method: 'HEAD',
-      target: `/v2/${repository}/blobs/${digest}`,
-      scopes: [pullScope(repository)],
-    });
+    const response = await this.headOrRangedGet(repository, digest, false);
     await response.body.dump();
     if (response.status === 404) return undefined;
     if (response.status >= 300 && response.status < 400) return { size: undefined };
-    if (response.status !== 200) throw await this.failure(response, 'HEAD', what);
-    const length = Number(header(response.headers, 'content-length'));
-    return { size: Number.isSafeInteger(length) && length >= 0 ? length : undefined };
+    return { size: await this.sizeOf(response, repository, digest) };
   }
 
   /** The blob's size when the repository has it, else undefined (follows redirects to storage). */
   async headBlob(repository: string, digest: string): Promise<number | undefined> {
-    const what = `blob ${digest} in ${this.registry}/${repository}`;
-    const response = await this.send({
-      method: 'HEAD',
-      target: `/v2/${repository}/blobs/${digest}`,
-      scopes: [pullScope(repository)],
-      followRedirects: true,
-    });
+    const response = await this.headOrRangedGet(repository, digest, true);
     await response.body.dump();
     if (response.status === 404) return undefined;
-    if (response.status !== 200) throw await this.failure(response, 'HEAD', what);
-    return Number(header(response.headers, 'content-length') ?? NaN);
+    return (await this.sizeOf(response, repository, digest)) ?? NaN;
+  }
+
+  /**
+   * HEAD on a blob, or, on a host that refuses HEAD (ghcr.io answers 403), a GET of its first
+   * byte: the same answer for existence, the size in Content-Range. The refusal is remembered.
+   */
+  private async headOrRangedGet(repository: string, digest: string, followRedirects: boolean): Promise<Response> {
+    const spec = { target: `/v2/${repository}/blobs/${digest}`, scopes: [pullScope(repository)], followRedirects };
+    if (!this.behaviour.headRefused) {
+      const head = await this.send({ ...spec, method: 'HEAD' });
+      if (!HEAD_REFUSED_STATUS.has(head.status)) return head;
+      await head.body.dump();
+      this.behaviour.headRefused = true;
+    }
+    return this.send({ ...spec, method: 'GET', headers: { range: 'bytes=0-0' }, reuseLocation: true });
+  }
+
+  /** The size a HEAD (or its ranged-GET stand-in) states; a failure status is an error. */
+  private async sizeOf(response: Response, repository: string, digest: string): Promise<number | undefined> {
+    const what = `blob ${digest} in ${this.registry}/${repository}`;
+    if (response.status !== 200 && response.status !== 206) throw await this.failure(response, 'HEAD', what);
+    return sizeFromProbe(
+      response.status,
+      header(response.headers, 'content-range'),
+      header(response.headers, 'content-length'),
+    );
   }
 
   /**
@@ -297,25 +356,28 @@ export class RegistryClient {
     const what = `blob ${desc.digest} from ${this.registry}/${repository}`;
     const target = `/v2/${repository}/blobs/${desc.digest}`;
     const scopes = [pullScope(repository)];
-    const first = await this.send({ method: 'GET', target, scopes, followRedirects: true });
+    const first = await this.send({ method: 'GET', target, scopes, followRedirects: true, reuseLocation: true });
     if (first.status !== 200) throw await this.failure(first, 'GET', what);
     const announced = Number(header(first.headers, 'content-length'));
     if (Number.isSafeInteger(announced) && announced !== desc.size) {
-      first.body.destroy();
+      discard(first.body);
       throw new EsgzError(
         'SIZE_MISMATCH',
         `${what}: the registry sends ${announced} bytes but the descriptor says ${desc.size}`,
       );
     }
 
-    const resume = async (from: number): Promise<Response> => {
+    const resume = async (from: number): Promise<Readable> => {
       const response = await this.send({
         method: 'GET',
         target,
         scopes,
         headers: { range: `bytes=${from}-` },
         followRedirects: true,
+        reuseLocation: true,
       });
+      // A registry that ignores Range resends the whole blob: what was already received is skipped.
+      if (response.status === 200) return skipBytes(response.body, from);
       const contentRange = header(response.headers, 'content-range');
       if (response.status !== 206 || (contentRange !== undefined && !contentRange.startsWith(`bytes ${from}-`))) {
         await response.body.dump();
@@ -324,14 +386,14 @@ export class RegistryClient {
           `${what}: truncated after ${from} of ${desc.size} bytes and the registry did not resume (HTTP ${response.status})`,
         );
       }
-      return response;
+      return response.body;
     };
     // Plain stream events rather than an async generator: this is the hot path of every pull.
     const verifier = new DigestVerifier(desc, what);
-    let current = first.body;
+    let current: Readable = first.body;
     let received = 0;
     let attempt = 1;
-    const attach = (body: Response['body']): void => {
+    const attach = (body: Readable): void => {
       current = body;
       body.on('data', (chunk: Buffer) => {
         received += chunk.length;
@@ -357,7 +419,7 @@ export class RegistryClient {
             return resume(from);
           })
           .then(
-            (response) => (verifier.destroyed ? void response.body.destroy() : attach(response.body)),
+            (body) => (verifier.destroyed ? discard(body) : attach(body)),
             (resumeError: unknown) => verifier.destroy(resumeError as Error),
           );
       });
@@ -372,49 +434,124 @@ export class RegistryClient {
   }
 
   /**
-   * Reads `length` bytes at `offset` with a Range request. The server must answer 206 with
-   * exactly that range; a registry that ignores Range is an error rather than a silent full download.
+   * Reads `length` bytes at `offset` with a Range request. What the server sends is checked
+   * against what was asked (see range.ts): a 206 for other bytes is trimmed or refused, a 200
+   * with the whole blob is read up to the range's end and dropped. A connection lost midway is
+   * resumed from the last byte received, within the client's attempts.
    */
   async readBlobRange(repository: string, desc: Descriptor, offset: number, length: number): Promise<Buffer> {
-    return this.retryTruncated(() => this.readBlobRangeOnce(repository, desc, offset, length));
-  }
-
-  private async readBlobRangeOnce(
-    repository: string,
-    desc: Descriptor,
-    offset: number,
-    length: number,
-  ): Promise<Buffer> {
     const what = `blob ${desc.digest} bytes ${offset}+${length} from ${this.registry}/${repository}`;
     if (offset < 0 || length < 0 || offset + length > desc.size) {
       throw new EsgzError('INTERNAL', `${what}: range outside the blob's ${desc.size} bytes`);
     }
-    if (length === 0) return Buffer.alloc(0);
-    const end = offset + length - 1;
+    const parts: Buffer[] = [];
+    let received = 0;
+    const keep = (piece: Buffer): void => {
+      parts.push(piece);
+      received += piece.length;
+    };
+    for (let attempt = 1; received < length; attempt += 1) {
+      try {
+        await this.readRangeInto(repository, desc, offset + received, length - received, keep, what);
+      } catch (err) {
+        if (!(err instanceof TruncatedResponse) || attempt >= this.attempts) throw err;
+        await sleep(this.backoff(attempt));
+      }
+    }
+    return Buffer.concat(parts, received);
+  }
+
+  /** One Range GET, its answer checked and cut to `offset`+`length`, handed to `sink` as it arrives. */
+  private async readRangeInto(
+    repository: string,
+    desc: Descriptor,
+    offset: number,
+    length: number,
+    sink: (piece: Buffer) => void,
+    what: string,
+  ): Promise<void> {
     const response = await this.send({
       method: 'GET',
       target: `/v2/${repository}/blobs/${desc.digest}`,
       scopes: [pullScope(repository)],
-      headers: { range: `bytes=${offset}-${end}` },
+      headers: { range: `bytes=${offset}-${offset + length - 1}` },
       followRedirects: true,
+      reuseLocation: true,
     });
+    let skip: number;
     if (response.status === 200) {
-      await response.body.dump();
-      throw new EsgzError(
-        'UNSUPPORTED',
-        `${what}: registry ${this.registry} ignored the Range request (answered 200, not 206)`,
-      );
+      this.behaviour.rangeIgnored = true;
+      skip = offset;
+      const announced = Number(header(response.headers, 'content-length'));
+      if (Number.isSafeInteger(announced) && announced !== desc.size) {
+        discard(response.body);
+        throw new EsgzError(
+          'SIZE_MISMATCH',
+          `${what}: the registry ignored the Range and sends ${announced} bytes, but the blob has ${desc.size}`,
+        );
+      }
+    } else if (response.status === 206) {
+      const contentRange = header(response.headers, 'content-range');
+      try {
+        skip = offsetInPartial(contentRange, { offset, length, blobSize: desc.size }, what);
+      } catch (err) {
+        this.behaviour.rangeMismatched = true;
+        discard(response.body);
+        throw err;
+      }
+      if (skip > 0) this.behaviour.rangeMismatched = true;
+    } else {
+      throw await this.failure(response, 'GET', what);
     }
-    if (response.status !== 206) throw await this.failure(response, 'GET', what);
+    await readSlice(response.body, skip, length, sink, what);
+  }
+
+  /**
+   * Reads several ranges of a blob, in one multi-range request where the host takes them. A
+   * host that refuses multi-range (400/416/501) or ignores Range is remembered for the process
+   * and gets one request per range from then on; every answer is checked as readBlobRange does.
+   */
+  async readBlobRanges(repository: string, desc: Descriptor, ranges: ByteRange[]): Promise<Buffer[]> {
+    if (ranges.length < 2 || this.behaviour.multiRangeRefused || this.behaviour.rangeIgnored) {
+      return Promise.all(ranges.map((r) => this.readBlobRange(repository, desc, r.offset, r.length)));
+    }
+    const what = `blob ${desc.digest} ${ranges.length} ranges from ${this.registry}/${repository}`;
+    const response = await this.send({
+      method: 'GET',
+      target: `/v2/${repository}/blobs/${desc.digest}`,
+      scopes: [pullScope(repository)],
+      headers: { range: multiRangeHeader(ranges) },
+      followRedirects: true,
+      reuseLocation: true,
+    });
+    if (response.status === 206) {
+      const wanted = ranges.reduce((n, r) => n + r.length, 0);
+      // Part headers are small; a server that merges neighbours may send a little more than asked.
+      const body = await readCapped(response.body, wanted + 4096 * ranges.length + desc.size / 64, what);
+      const contentType = header(response.headers, 'content-type');
+      if (!/^multipart\//i.test(contentType ?? '')) return this.sliceOnePart(response, body, desc, ranges, what);
+      return splitByteranges(body, contentType, ranges, desc.size, what);
+    }
+    discard(response.body);
+    if (response.status === 200) this.behaviour.rangeIgnored = true;
+    else if (MULTI_RANGE_REFUSED_STATUS.has(response.status)) this.behaviour.multiRangeRefused = true;
+    else throw await this.failure(response, 'GET', what);
+    return this.readBlobRanges(repository, desc, ranges);
+  }
+
+  /** A multi-range request answered with one part (the server merged the ranges): each range is cut out of it. */
+  private sliceOnePart(response: Response, body: Buffer, desc: Descriptor, ranges: ByteRange[], what: string) {
     const contentRange = header(response.headers, 'content-range');
-    if (contentRange !== undefined && !contentRange.startsWith(`bytes ${offset}-${end}/`)) {
-      await response.body.dump();
-      throw new EsgzError('REGISTRY', `${what}: registry answered range "${contentRange}"`);
-    }
-    const data = await readCapped(response.body, length, what);
-    if (data.length !== length)
-      throw new TruncatedResponse(`${what}: truncated: got ${data.length} of ${length} bytes`);
-    return data;
+    const start = parseContentRange(contentRange)?.start ?? 0;
+    return ranges.map((r) => {
+      const skip = offsetInPartial(contentRange, { ...r, blobSize: desc.size }, what);
+      if (contentRange === undefined || start + body.length < r.offset + r.length)
+        throw new EsgzError(
+          'REGISTRY',
+          `${what}: a single-part answer that does not hold bytes ${r.offset}+${r.length}`,
+        );
+      return body.subarray(skip, skip + r.length);
+    });
   }
 
   /** Small whole-body reads (manifests, ranges) are cheap to repeat, so a connection lost midway is retried. */
@@ -644,13 +781,10 @@ export class RegistryClient {
       }
       response.attempts = attempt;
       if (!last && RETRYABLE_STATUS.has(response.status)) {
-        const retryAfter = Number(header(response.headers, 'retry-after'));
+        const retryAfter = retryAfterMs(header(response.headers, 'retry-after'));
         await response.body.dump();
-        await sleep(
-          Number.isFinite(retryAfter) && retryAfter > 0
-            ? Math.min(retryAfter * 1000, MAX_RETRY_AFTER_MS)
-            : this.backoff(attempt),
-        );
+        // The server's Retry-After is honoured up to a bound, so a retry never waits unboundedly.
+        await sleep(retryAfter !== undefined ? Math.min(retryAfter, MAX_RETRY_AFTER_MS) : this.backoff(attempt));
         continue;
       }
       return response;
@@ -687,6 +821,34 @@ export class RegistryClient {
     base: URL,
     authorization: string | undefined,
   ): Promise<Response> {
+    const remembered = spec.reuseLocation ? this.locations.get(url.href) : undefined;
+    if (remembered !== undefined) {
+      const response = await this.sendHops(spec, remembered, base, authorization);
+      if (!this.locationExpired(response, base)) return response;
+      // A signed URL that expired: the registry hands out a fresh one, the reader never notices.
+      await response.body.dump();
+      this.locations.delete(url.href);
+      this.behaviour.expiredLocations += 1;
+    }
+    const response = await this.sendHops(spec, url, base, authorization);
+    if (spec.reuseLocation && response.url.origin !== base.origin && !this.locationExpired(response, base)) {
+      this.rememberLocation(url, response.url);
+    }
+    return response;
+  }
+
+  /** A refusal from a storage host (not the registry) of a URL the registry redirected to. */
+  private locationExpired(response: Response, base: URL): boolean {
+    return response.url.origin !== base.origin && EXPIRED_LOCATION_STATUS.has(response.status);
+  }
+
+  private rememberLocation(from: URL, to: URL): void {
+    this.behaviour.redirected = true;
+    if (this.locations.size >= MAX_CACHED_LOCATIONS) this.locations.delete(this.locations.keys().next().value!);
+    this.locations.set(from.href, to);
+  }
+
+  private async sendHops(spec: RequestSpec, url: URL, base: URL, authorization: string | undefined): Promise<Response> {
     let current = url;
     for (let hop = 0; ; hop += 1) {
       const own = current.origin === base.origin;
@@ -1004,7 +1166,7 @@ const LOOPBACK_NO_PROXY = 'localhost,127.0.0.1,[::1]';
  * Header and body timeouts are idle timers (undici refreshes them as bytes move), so a long
  * upload or download on a slow link is fine as long as it keeps moving.
  */
-function createDispatcher(verifyTls: boolean, tls: TlsMaterial = {}): Dispatcher {
+function createDispatcher(verifyTls: boolean, tls: TlsMaterial, readTimeoutMs: number): Dispatcher {
   // Extra CAs join the system roots (containerd appends to the system pool), never replace them.
   const material = {
     ...(tls.ca?.length ? { ca: [...rootCertificates, ...tls.ca] } : {}),
@@ -1014,7 +1176,7 @@ function createDispatcher(verifyTls: boolean, tls: TlsMaterial = {}): Dispatcher
   const options = {
     connect: { rejectUnauthorized: verifyTls, timeout: 30_000, ...material },
     headersTimeout: 60_000,
-    bodyTimeout: 120_000,
+    bodyTimeout: readTimeoutMs,
     keepAliveTimeout: 10_000,
   };
   if (!PROXY_VARIABLES.some((name) => process.env[name])) return new Agent(options);
@@ -1024,13 +1186,6 @@ function createDispatcher(verifyTls: boolean, tls: TlsMaterial = {}): Dispatcher
     requestTls: { rejectUnauthorized: verifyTls, ...material },
     noProxy: noProxy.trim() === '*' ? '*' : [noProxy, LOOPBACK_NO_PROXY].filter((v) => v.trim() !== '').join(','),
   });
-}
-
-/** A response body that ended early (connection lost or short); SIZE_MISMATCH to callers. */
-class TruncatedResponse extends EsgzError {
-  constructor(message: string, options: { cause?: unknown } = {}) {
-    super('SIZE_MISMATCH', message, options);
-  }
 }
 
 /** Marks an upload failure that a fresh attempt (new session, new source stream) may fix. */
@@ -1144,6 +1299,28 @@ function describeNetworkError(err: unknown): string {
     .replace(/^\w+:error:[0-9A-F]+:SSL routines:([^:]+:)?/, '')
     .slice(0, 160);
   return code !== undefined && !short.includes(code) ? `${short} (${code})` : short;
+}
+
+/** Stops a response body nobody will read (an error listener first: undici reports the abort as one). */
+function discard(body: Readable): void {
+  body.on('error', () => {});
+  body.destroy();
+}
+
+/** The body after its first `count` bytes, as a stream (the bytes before are dropped as they arrive). */
+function skipBytes(body: Readable, count: number): Readable {
+  let left = count;
+  const rest = Readable.from(
+    (async function* () {
+      for await (const chunk of body as AsyncIterable<Buffer>) {
+        const from = Math.min(left, chunk.length);
+        left -= from;
+        if (from < chunk.length) yield chunk.subarray(from);
+      }
+    })(),
+  );
+  rest.on('close', () => discard(body));
+  return rest;
 }
 
 function sleep(ms: number): Promise<void> {

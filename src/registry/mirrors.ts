@@ -5,6 +5,7 @@ import { isDigest } from '../oci/digest.js';
 import type { Descriptor, RawManifest } from '../oci/types.js';
 import { RegistryClient, type RegistryClientOptions, type TlsMaterial, type UploadResult } from './client.js';
 import type { Credentials } from './credentials.js';
+import type { ByteRange } from './range.js';
 import { loadRegistryHosts, type HostCapability, type RegistryHost } from './hosts.js';
 
 /**
@@ -91,6 +92,10 @@ export class RegistryHosts {
 
   readBlobRange(repository: string, desc: Descriptor, offset: number, length: number): Promise<Buffer> {
     return this.read('pull', (c) => c.readBlobRange(repository, desc, offset, length));
+  }
+
+  readBlobRanges(repository: string, desc: Descriptor, ranges: ByteRange[]): Promise<Buffer[]> {
+    return this.read('pull', (c) => c.readBlobRanges(repository, desc, ranges));
   }
 
   // ---- writes: the first host with `push` ----

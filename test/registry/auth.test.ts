@@ -213,10 +213,13 @@ fi
       await client.close();
       expect(seen).toHaveLength(1);
 
-      proxy.redirect(`${storageUrl}/wrong`, { method: 'GET', path: image.layer.desc.digest });
-      const err = await rejection(readAll(await source.openBlob(image.layer.desc)));
-      expect(err.code).toBe('DIGEST_MISMATCH');
       await source.close();
+      // A client remembers the location, so a fresh one asks the registry again (and gets wrong bytes).
+      const fresh = await openRegistrySource(`${proxy.address}/${repo}:r`, { plainHttp: true });
+      proxy.redirect(`${storageUrl}/wrong`, { method: 'GET', path: image.layer.desc.digest });
+      const err = await rejection(readAll(await fresh.openBlob(image.layer.desc)));
+      expect(err.code).toBe('DIGEST_MISMATCH');
+      await fresh.close();
     } finally {
       await proxy.close();
       await new Promise<void>((resolve) => storage.close(() => resolve()));

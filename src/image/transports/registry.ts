@@ -20,6 +20,7 @@ export interface RegistryOptions {
   tlsFiles?: RegistryHostsOptions['tlsFiles'];
   credentials?: RegistryHostsOptions['credentials'];
   trace?: RegistryHostsOptions['trace'];
+  readTimeoutMs?: RegistryHostsOptions['readTimeoutMs'];
 }
 
 export interface RegistryImageSource extends ImageSource {
@@ -136,6 +137,7 @@ export function registryOptionsOf(options: RegistryOptions): RegistryHostsOption
     'tlsFiles',
     'credentials',
     'trace',
+    'readTimeoutMs',
   ] as const;
   const set = keys.filter((k) => options[k] !== undefined);
   return Object.fromEntries(set.map((k) => [k, options[k]])) as RegistryHostsOptions;
