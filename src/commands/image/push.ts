@@ -1,5 +1,6 @@
 import { Args } from '@oclif/core';
 import { BaseCommand } from '../../cli/base.js';
+import { invokedAsCtrRemote } from '../../cli/invocation.js';
 import { platformsFlags, platformsFromFlags, registryFlags, storeFlags, transportOptions } from '../../cli/flags.js';
 import { transferJson, transferText, writeJson } from '../../cli/output.js';
 import { transferImage } from '../../image/pipeline.js';
@@ -10,6 +11,7 @@ export default class ImagePush extends BaseCommand<typeof ImagePush> {
   static override summary = 'Push an image of the local store to a registry';
   static override description = [
     'Streams the image the store names LOCAL to REMOTE (default: LOCAL itself, as a registry reference), blobs first and the manifest last. Every platform the store holds is pushed unless --platform says otherwise.',
+    "Under the name ctr-remote the two names come in ctr's order, REMOTE [LOCAL] (`ctr image push <remote> [<local>]`), so scripts written for it push what they meant.",
   ].join('\n\n');
 
   static override examples = [
@@ -38,14 +40,16 @@ export default class ImagePush extends BaseCommand<typeof ImagePush> {
     const { args } = await this.parse(ImagePush);
     const { flags } = this;
     const options = { ...transportOptions(flags), unqualified: 'registry' as const };
-    const name = args.local.startsWith(LOCAL_PREFIX) ? args.local.slice(LOCAL_PREFIX.length) : args.local;
+    const [local, remote] =
+      invokedAsCtrRemote() && args.remote !== undefined ? [args.remote, args.local] : [args.local, args.remote];
+    const name = local.startsWith(LOCAL_PREFIX) ? local.slice(LOCAL_PREFIX.length) : local;
     const choice = platformsFromFlags(flags);
     const source = await openSource(`${LOCAL_PREFIX}${name}`, options);
     try {
       await this.interruptible(async (signal) => {
         const report = await transferImage({
           source,
-          sink: await openSink(args.remote ?? name, options),
+          sink: await openSink(remote ?? name, options),
           ...choice,
           allPlatforms: choice.allPlatforms || choice.platforms === undefined,
           signal,

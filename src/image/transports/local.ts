@@ -7,7 +7,7 @@ import { rename, chmod } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { EsgzError } from '../../errors.js';
 import { verifyBuffer } from '../../oci/digest.js';
-import type { Descriptor, RawManifest } from '../../oci/types.js';
+import type { Descriptor, ImageManifest, RawManifest } from '../../oci/types.js';
 import { formatReference, parseReference } from '../../registry/reference.js';
 import { ContentStore, type Lease } from '../../store/content.js';
 import { DEFAULT_STATE_ROOT, PRIVATE_FILE_MODE, writeFileAtomic } from '../../store/files.js';
@@ -62,7 +62,7 @@ export async function openLocalSource(name: string, location: StoreLocation = {}
   const record = await findName(name, location);
   if (!record)
     throw new EsgzError('NOT_FOUND', `${description}: no image of that name in ${store.root} (namespace ${namespace})`);
-  if (record.lazy !== undefined)
+  if (record.lazy !== undefined && !(await holdsWholeImage(store, record.target)))
     throw new EsgzError(
       'UNSUPPORTED',
       `${description} was pulled lazily ("image rpull"): its layers are not in the store; use "image pull" for a full copy`,
@@ -71,6 +71,19 @@ export async function openLocalSource(name: string, location: StoreLocation = {}
     schemaVersion: 2,
     manifests: [record.target],
   });
+}
+
+/**
+ * Whether every blob of a lazily pulled name is in the store all the same: `image rpull` of a
+ * name this machine converted or pulled in full (as in ctr, where rpull re-points the name and
+ * the content stays) still reads as a whole image.
+ */
+async function holdsWholeImage(store: ContentStore, target: Descriptor): Promise<boolean> {
+  if (!(await store.hasBlob(target))) return false;
+  const manifest = JSON.parse((await store.getBlob(target.digest)).toString('utf8')) as Partial<ImageManifest>;
+  if (!Array.isArray(manifest.layers) || manifest.config === undefined) return false;
+  for (const desc of [manifest.config, ...manifest.layers]) if (!(await store.hasBlob(desc))) return false;
+  return true;
 }
 
 export function openLocalSink(name: string, location: StoreLocation = {}): ImageSink {
