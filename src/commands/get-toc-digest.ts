@@ -9,14 +9,18 @@ import { fetchExternalTOC, tocImageReference } from '../convert/external-toc.js'
 import { readLayerTOC } from '../convert/verify.js';
 import { resolveImages } from '../image/resolve.js';
 import { openSource } from '../image/transports/index.js';
+import { localBlobPath } from '../image/transports/local.js';
 import type { ImageSource } from '../image/types.js';
 
 const TRAILING_DIGEST = /^(.+)@(sha256:[0-9a-f]{64})$/;
 
+/** A layer named by its digest alone: read from the local store, as ctr-remote reads containerd's. */
+const BARE_DIGEST = /^sha256:[0-9a-f]{64}$/;
+
 export default class GetTocDigest extends BaseCommand<typeof GetTocDigest> {
   static override summary = 'Print the TOC digest of eStargz layers (or dump their TOC)';
   static override description = [
-    'TARGET is a local layer blob file, or an image reference (REGISTRY/REPO[:TAG], oci:DIR[:TAG], docker-archive:FILE[:TAG]) optionally followed by @LAYER-DIGEST to pick one layer. Only the footer and the TOC are read (Range requests for registries), and the TOC digest is checked against the layer annotation when there is one.',
+    'TARGET is a layer digest in the local store (as ctr-remote takes it, after "image pull"), a local layer blob file, or an image reference (REGISTRY/REPO[:TAG], oci:DIR[:TAG], docker-archive:FILE[:TAG]) optionally followed by @LAYER-DIGEST to pick one layer. Only the footer and the TOC are read (Range requests for registries), and the TOC digest is checked against the layer annotation when there is one.',
     'Without a layer digest every layer of the image is listed as "LAYER-DIGEST TOC-DIGEST" (layers that are not eStargz show "-").',
   ].join('\n\n');
 
@@ -37,7 +41,10 @@ export default class GetTocDigest extends BaseCommand<typeof GetTocDigest> {
   static override aliases = ['image:get-toc-digest'];
 
   static override args = {
-    target: Args.string({ description: 'layer blob file, or IMAGE[@LAYER-DIGEST]', required: true }),
+    target: Args.string({
+      description: 'LAYER-DIGEST in the store, layer blob file, or IMAGE[@LAYER-DIGEST]',
+      required: true,
+    }),
   };
 
   static override flags = {
@@ -51,8 +58,16 @@ export default class GetTocDigest extends BaseCommand<typeof GetTocDigest> {
   async run(): Promise<void> {
     const { args } = await this.parse(GetTocDigest);
     const { flags } = this;
-    if (existsSync(args.target)) {
-      const reader = await openEstargzFile(args.target);
+    const storedLayer = BARE_DIGEST.test(args.target)
+      ? localBlobPath(args.target, transportOptions(flags).store)
+      : undefined;
+    if (storedLayer !== undefined && !existsSync(storedLayer))
+      throw new EsgzError(
+        'NOT_FOUND',
+        `layer ${args.target} is not in the local store ${flags.root}: pull its image first`,
+      );
+    if (storedLayer !== undefined || existsSync(args.target)) {
+      const reader = await openEstargzFile(storedLayer ?? args.target);
       try {
         this.checkFormat(reader, args.target);
         this.print([{ layer: args.target, tocDigest: reader.tocDigest, toc: reader.tocJSON }], flags['dump-toc']);

@@ -277,7 +277,12 @@ describe("ctr-remote sequences from the docs, run unchanged through esgz's alias
       ),
     );
     await ok('ctr-remote i push --plain-http registry2:5000/ubuntu:22.04-chunk50000');
-    await expectEstargzInRegistry('registry2:5000/ubuntu:22.04-chunk50000');
+    const [chunked] = await expectEstargzInRegistry('registry2:5000/ubuntu:22.04-chunk50000');
+    // ctr-remote's get-toc-digest takes a layer digest from the store the convert wrote to.
+    for (const layer of chunked!.layers) {
+      const toc = await ok(`ctr-remote i get-toc-digest ${layer.digest}`);
+      expect(toc.stdout).toBe(layer.annotations?.[TOC_DIGEST_ANNOTATION]);
+    }
     await ok('ctr-remote i rpull --plain-http registry2:5000/ubuntu:22.04-chunk50000');
 
     // --estargz-keep-diff-id: the layers decompress to the source's diffIDs, the TOCs live apart.

@@ -34,6 +34,11 @@ function storeOf(location: StoreLocation): { store: ContentStore; namespace: str
   };
 }
 
+/** The file the store keeps a blob of this digest in (it may be missing): `get-toc-digest LAYER-DIGEST`. */
+export function localBlobPath(digest: string, location: StoreLocation = {}): string {
+  return storeOf(location).store.blobPath(digest);
+}
+
 /** `ubuntu` and `docker.io/library/ubuntu:latest` are the same registry image; a name that is no reference has no other form. */
 function canonicalName(name: string): string | undefined {
   try {
