@@ -10,7 +10,7 @@ import { readPrefetchList, readRecordFile, type PriorityItem } from '../estargz/
 import type { ChunkedTransformOptions, LayerFormat } from '../convert/transform.js';
 import { DEFAULT_ZSTD_LEVEL, MAX_ZSTD_LEVEL, MIN_ZSTD_LEVEL } from '../estargz/zstdchunked/pool.js';
 import { WRITABLE_DIALECTS, type WritableDialect } from '../estargz/zstdchunked/dialect.js';
-import { resolveGzipHelper } from '../image/compression.js';
+import { DEFAULT_PLAIN_ZSTD_LEVEL, resolveGzipHelper } from '../image/compression.js';
 import type { EsgzEnvironment } from './environment.js';
 import { DEFAULT_CONCURRENCY } from '../image/pipeline.js';
 import { parsePlatform, parsePlatforms } from '../oci/platform.js';
@@ -388,6 +388,8 @@ export interface ConversionFlagValues {
   'zstdchunked-compression-level': number;
   'zstdchunked-chunk-size': number;
   'zstdchunked-dialect'?: string;
+  /** nerdctl's plain zstd level (`image convert --zstd`). */
+  'zstd-compression-level'?: number;
   'prefetch-list'?: string;
   workers?: number;
   'estargz-parallelism'?: number;
@@ -431,7 +433,10 @@ export async function conversionOptionsFromFlags(
       containersStorageAnnotations: environment.zstdChunkedGithubAnnotations,
       zstdChunkedDialect: (flags['zstdchunked-dialect'] ?? 'stargz') as WritableDialect,
     });
-  } else if ((flags['zstdchunked-dialect'] ?? 'stargz') !== 'stargz') {
+  } else if (format === 'zstd') {
+    options.compressionLevel = flags['zstd-compression-level'] ?? DEFAULT_PLAIN_ZSTD_LEVEL;
+  }
+  if (format !== 'zstdchunked' && (flags['zstdchunked-dialect'] ?? 'stargz') !== 'stargz') {
     throw new EsgzError('BAD_FLAG', '--zstdchunked-dialect needs --zstdchunked');
   }
   return options;
@@ -486,20 +491,34 @@ export function chooseFormat(flags: {
   estargz: boolean;
   zstdchunked: boolean;
   uncompress: boolean;
+  zstd?: boolean;
   oci: boolean;
 }): LayerFormat {
-  if (flags.estargz && flags.uncompress)
-    throw new EsgzError('BAD_FLAG', 'option --estargz conflicts with --uncompress');
-  if (flags.estargz && flags.zstdchunked)
-    throw new EsgzError('BAD_FLAG', 'option --estargz conflicts with --zstdchunked');
-  if (flags.zstdchunked && flags.uncompress)
-    throw new EsgzError('BAD_FLAG', 'option --zstdchunked conflicts with --uncompress');
-  if (flags.zstdchunked && !flags.oci)
-    throw new EsgzError('BAD_FLAG', 'option --zstdchunked must be used in conjunction with --oci');
-  if (flags.estargz) return 'estargz';
-  if (flags.zstdchunked) return 'zstdchunked';
-  if (flags.uncompress) return 'uncompress';
-  throw new EsgzError('BAD_FLAG', 'specify a layer format: --estargz, --zstdchunked or --uncompress');
+  const chosen = (['estargz', 'zstdchunked', 'zstd', 'uncompress'] as const).filter((f) => flags[f]);
+  if (chosen.length > 1) throw new EsgzError('BAD_FLAG', `option --${chosen[0]} conflicts with --${chosen[1]}`);
+  const format = chosen[0];
+  if (format === undefined)
+    throw new EsgzError('BAD_FLAG', 'specify a layer format: --estargz, --zstdchunked, --zstd or --uncompress');
+  // zstd layers exist only in OCI media types.
+  if ((format === 'zstdchunked' || format === 'zstd') && !flags.oci)
+    throw new EsgzError('BAD_FLAG', `option --${format} must be used in conjunction with --oci`);
+  return format;
+}
+
+/**
+ * nerdctl's `--format oci|docker` of `image convert`: `oci` is `--oci`; converting OCI media
+ * types back to Docker's is not something esgz does, so `docker` is refused unless it changes
+ * nothing the user did not ask for (no --oci).
+ */
+export function ociFromFormatFlag(flags: { oci: boolean; format?: string }): boolean {
+  if (flags.format === 'docker') {
+    if (flags.oci) throw new EsgzError('BAD_FLAG', 'option --format docker conflicts with --oci');
+    throw new EsgzError(
+      'UNSUPPORTED',
+      "--format docker: esgz does not convert OCI media types to Docker ones; leave --format out to keep the source's",
+    );
+  }
+  return flags.oci || flags.format === 'oci';
 }
 
 // ---- workload -------------------------------------------------------------------------------

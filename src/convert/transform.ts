@@ -12,7 +12,12 @@ import { pipeline } from 'node:stream/promises';
 import { makeTempDir, removeTempDir } from '../tmp.js';
 import { EsgzError, withContext } from '../errors.js';
 import { shortDigest } from '../oci/digest.js';
-import { openDecompressed, type GzipHelper } from '../image/compression.js';
+import {
+  DEFAULT_PLAIN_ZSTD_LEVEL,
+  openDecompressed,
+  ZstdStreamCompressor,
+  type GzipHelper,
+} from '../image/compression.js';
 import { isDockerMediaType, layerCompressionOf, MediaType } from '../oci/media-types.js';
 import type { LayerInput, LayerOutput, LayerTransform, TransformContext } from '../image/transform.js';
 import type { Codec, CodecName, MemberCompressor } from '../estargz/codec.js';
@@ -25,9 +30,9 @@ import { EstargzReader, openFileBlobReader } from '../estargz/reader.js';
 import type { PriorityItem } from '../estargz/priority.js';
 import { writeEstargz, type EstargzWriteResult } from '../estargz/writer.js';
 
-export type LayerFormat = 'estargz' | 'zstdchunked' | 'uncompress';
+export type LayerFormat = 'estargz' | 'zstdchunked' | 'uncompress' | 'zstd';
 /** The formats written with the chunked writer (TOC, chunks, landmark). */
-export type ChunkedFormat = Exclude<LayerFormat, 'uncompress'>;
+export type ChunkedFormat = Exclude<LayerFormat, 'uncompress' | 'zstd'>;
 
 export interface ChunkedTransformOptions {
   /** gzip: 1-9 (zlib) / 1-12 (libdeflate), default 9; zstd: default 3. */
@@ -317,47 +322,62 @@ class HashingWritable extends Writable {
   }
 }
 
-/** The uncompress format: writes the layer's plain tar. */
-export class UncompressLayerTransform implements ConversionTransform {
-  readonly name = 'uncompress';
+/**
+ * The plain formats: `uncompress` writes the layer's tar, `zstd` (nerdctl's `--zstd`) the tar as
+ * one zstd frame. A layer already in the format (and no eStargz / zstd:chunked, whose TOC
+ * annotation says so) stays as it is.
+ */
+export class PlainLayerTransform implements ConversionTransform {
   readonly backend = undefined;
 
-  constructor(readonly options: Pick<ChunkedTransformOptions, 'gzipHelper'> = {}) {}
+  constructor(
+    readonly name: 'uncompress' | 'zstd',
+    readonly options: Pick<ChunkedTransformOptions, 'gzipHelper' | 'compressionLevel'> = {},
+  ) {}
 
   async transform(input: LayerInput, output: Writable, context: TransformContext): Promise<LayerOutput | 'unchanged'> {
     const where = layerWhere(input);
+    const target = this.name === 'zstd' ? 'zstd' : 'none';
     try {
       const { stream, compression } = await openDecompressed(countProgress(await input.open(), context), where, {
         gzipHelper: this.options.gzipHelper,
         signal: context.signal,
       });
-      if (compression === 'none' && !input.descriptor.annotations?.[TOC_DIGEST_ANNOTATION])
+      if (compression === target && !input.descriptor.annotations?.[TOC_DIGEST_ANNOTATION])
         return drainUnchanged(stream);
+      const zstd =
+        target === 'zstd'
+          ? new ZstdStreamCompressor(this.options.compressionLevel ?? DEFAULT_PLAIN_ZSTD_LEVEL)
+          : undefined;
       const hash = createHash('sha256');
       let size = 0;
-      for await (const chunk of stream as AsyncIterable<Buffer>) {
-        context.signal.throwIfAborted();
-        hash.update(chunk);
+      const write = async (chunk: Buffer) => {
         size += chunk.length;
         if (!output.write(chunk))
           await new Promise<void>((resolve, reject) => {
             output.once('drain', resolve);
             output.once('error', reject);
           });
+      };
+      for await (const chunk of stream as AsyncIterable<Buffer>) {
+        context.signal.throwIfAborted();
+        hash.update(chunk);
+        for (const piece of zstd ? zstd.update(chunk) : [chunk]) await write(piece);
       }
+      for (const piece of zstd?.finish() ?? []) await write(piece);
       return {
-        mediaType: isDockerMediaType(input.descriptor.mediaType) ? MediaType.dockerLayer : MediaType.ociLayer,
+        mediaType: plainLayerMediaType(target, input.descriptor.mediaType),
         annotations: {},
         diffID: `sha256:${hash.digest('hex')}`,
         report: {
-          format: 'uncompress',
+          format: this.name,
           inputCompression: compression,
           inputSize: input.descriptor.size,
           outputSize: size,
         },
       };
     } catch (err) {
-      throw withContext(`uncompressing ${where}`, err);
+      throw withContext(`${this.name === 'zstd' ? 'compressing' : 'uncompressing'} ${where}`, err);
     }
   }
 
@@ -366,6 +386,12 @@ export class UncompressLayerTransform implements ConversionTransform {
   }
 
   async close(): Promise<void> {}
+}
+
+/** zstd exists only as an OCI media type; a plain tar keeps the source's family. */
+function plainLayerMediaType(compression: 'none' | 'zstd', sourceMediaType: string): string {
+  if (compression === 'zstd') return MediaType.ociLayerZstd;
+  return isDockerMediaType(sourceMediaType) ? MediaType.dockerLayer : MediaType.ociLayer;
 }
 
 /** An already-uncompressed layer stays as it is (its stream is consumed so digests get checked). */
@@ -408,7 +434,8 @@ export function createLayerTransform(
     case 'zstdchunked':
       return new ChunkedLayerTransform(format, options, pool);
     case 'uncompress':
-      return new UncompressLayerTransform(options);
+    case 'zstd':
+      return new PlainLayerTransform(format, options);
     default:
       throw new EsgzError('BAD_FLAG', `unknown layer format ${String(format)}`);
   }

@@ -289,3 +289,48 @@ function peek(input: Readable, n: number): Promise<Buffer> {
 export function readableOf(data: Buffer): Readable {
   return Readable.from([data]);
 }
+
+/** nerdctl's default level for `image convert --zstd` (zstd's own default). */
+export const DEFAULT_PLAIN_ZSTD_LEVEL = 3;
+/** Output of one zstd compression step: zstd's recommended streaming output size. */
+const ZSTD_COMPRESS_OUT = 128 * 1024 + 512;
+
+/**
+ * A one-frame zstd compressor fed a stream piece by piece (`image convert --zstd`): the same
+ * input and level give the same bytes on any machine (single-threaded, no content-dependent
+ * options), so conversions stay reproducible.
+ */
+export class ZstdStreamCompressor {
+  private readonly ctx: ZstdBinding.CCtx;
+  private readonly binding: typeof ZstdBinding;
+
+  constructor(level: number) {
+    this.binding = createRequire(import.meta.url)('zstd-napi/binding.js') as typeof ZstdBinding;
+    this.ctx = new this.binding.CCtx();
+    this.ctx.setParameter(this.binding.CParameter.compressionLevel, level);
+    this.ctx.setParameter(this.binding.CParameter.checksumFlag, 1);
+  }
+
+  /** Compresses `input` (all of it), returning what zstd produced so far. */
+  update(input: Buffer): Buffer[] {
+    return this.step(input, this.binding.EndDirective.continue);
+  }
+
+  /** Ends the frame. */
+  finish(): Buffer[] {
+    return this.step(Buffer.alloc(0), this.binding.EndDirective.end);
+  }
+
+  private step(input: Buffer, directive: ZstdBinding.EndDirective): Buffer[] {
+    const out: Buffer[] = [];
+    let rest = input;
+    for (;;) {
+      const buffer = Buffer.allocUnsafe(ZSTD_COMPRESS_OUT);
+      const [remaining, produced, consumed] = this.ctx.compressStream2(buffer, rest, directive);
+      if (produced > 0) out.push(buffer.subarray(0, produced));
+      rest = rest.subarray(consumed);
+      // continue: done once the input is taken; end: once zstd says nothing is left to flush.
+      if (directive === this.binding.EndDirective.continue ? rest.length === 0 : remaining === 0) return out;
+    }
+  }
+}

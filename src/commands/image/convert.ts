@@ -4,6 +4,7 @@ import { invokedAsCtrRemote } from '../../cli/invocation.js';
 import { conversionJson, transferText, writeJson, writeSummary } from '../../cli/output.js';
 import {
   chooseFormat,
+  ociFromFormatFlag,
   conversionFlags,
   conversionOptionsFromFlags,
   platformsFlags,
@@ -13,6 +14,7 @@ import {
   transportOptions,
 } from '../../cli/flags.js';
 import { createLayerTransform } from '../../convert/transform.js';
+import { DEFAULT_PLAIN_ZSTD_LEVEL } from '../../image/compression.js';
 import { tocImageReference, writeExternalTOCImage } from '../../convert/external-toc.js';
 import { transferImage } from '../../image/pipeline.js';
 import { openSink, openSource } from '../../image/transports/index.js';
@@ -87,11 +89,25 @@ export default class ImageConvert extends BaseCommand<typeof ImageConvert> {
     }),
     'zstdchunked-record-in': Flags.string({ description: 'Prioritized files from a record file, for --zstdchunked' }),
     uncompress: Flags.boolean({ description: 'Convert layers to uncompressed tar', default: false }),
+    zstd: Flags.boolean({
+      description: "Convert layers to plain zstd (nerdctl's --zstd; use with --oci; not lazily pullable)",
+      default: false,
+    }),
+    'zstd-compression-level': Flags.integer({
+      description: `zstd level for --zstd (default ${DEFAULT_PLAIN_ZSTD_LEVEL}, as nerdctl)`,
+      min: 1,
+      max: 22,
+    }),
+    format: Flags.string({
+      description:
+        "nerdctl's image format choice: oci (same as --oci); docker is refused (esgz does not convert to Docker media types)",
+      options: ['oci', 'docker'],
+    }),
   };
 
   async run(): Promise<void> {
     const { args } = await this.parse(ImageConvert);
-    const { flags } = this;
+    const flags = { ...this.flags, oci: ociFromFormatFlag(this.flags) };
     const format = chooseFormat(flags);
     const platformChoice = conversionPlatformsFromFlags(flags, args.destination);
     const warn = this.warning;
