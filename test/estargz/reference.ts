@@ -31,6 +31,8 @@ export async function ociArchive(layerTar: Buffer, name: string): Promise<Buffer
     });
     const archive = await execa('tar', ['-c', '-C', layout, '-f', '-', 'oci-layout', 'index.json', 'blobs'], {
       encoding: 'buffer',
+      // The bench images' layers (test/estargz/bench-image-toc.test.ts) are hundreds of MB.
+      maxBuffer: 2 ** 31,
     });
     return Buffer.from(archive.stdout);
   } finally {

@@ -15,6 +15,7 @@ import { busyboxImage } from '../fixtures/debian.js';
 import { esgz, esgzMeasured } from '../harness/cli.js';
 import { startQuirkProxy, type QuirkProxy, type Quirks } from '../harness/quirk-proxy.js';
 import { registryAddress } from '../harness/registry.js';
+import { scaleTests } from '../harness/scale.js';
 
 const FORMATS = [
   { name: 'eStargz', flag: '--estargz', tag: 'esgz' },
@@ -172,7 +173,7 @@ describe('lazy pull, run and copy through registry quirks', () => {
   }, 60_000);
 });
 
-describe('memory on a registry that answers Range with the whole blob', () => {
+describe.skipIf(!scaleTests)('memory on a registry that answers Range with the whole blob', () => {
   it('keeps rpull + run of a 1 GiB layer under 256 MiB peak RSS', async () => {
     const started = Date.now();
     const layout = await bigLayerImage(join(work, 'big'));

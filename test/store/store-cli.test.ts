@@ -209,11 +209,20 @@ describe('oci-archive: and image export / import', () => {
 });
 
 describe('bare names', () => {
-  it('are local under ctr-remote and registry references under esgz; hosts are always registries', () => {
-    for (const bare of ['foo', 'foo:1', 'library/foo', 'foo@sha256:' + 'a'.repeat(64)])
-      expect(parseTransportReference(bare, { unqualified: 'local' }), bare).toEqual({ transport: 'local', name: bare });
-    for (const qualified of ['localhost/foo', 'localhost:5000/foo:1', 'ghcr.io/a/b:1', 'reg:5000/x'])
-      expect(parseTransportReference(qualified, { unqualified: 'local' }).transport, qualified).toBe('registry');
+  it('are local under ctr-remote (registry hosts included, as in ctr) and registry references under esgz', () => {
+    const names = [
+      'foo',
+      'foo:1',
+      'library/foo',
+      'foo@sha256:' + 'a'.repeat(64),
+      'localhost:5000/foo:1',
+      'ghcr.io/a/b:1',
+    ];
+    for (const name of names)
+      expect(parseTransportReference(name, { unqualified: 'local' }), name).toEqual({ transport: 'local', name });
+    // A transport prefix always says what it means.
+    expect(parseTransportReference('docker://ghcr.io/a/b:1', { unqualified: 'local' }).transport).toBe('registry');
+    expect(parseTransportReference('oci:/x:1', { unqualified: 'local' }).transport).toBe('oci');
     expect(parseTransportReference('foo:1')).toEqual({ transport: 'registry', reference: 'foo:1' });
     expect(parseTransportReference('local:foo:1')).toEqual({ transport: 'local', name: 'foo:1' });
   });
