@@ -28,10 +28,10 @@ for node in "${nodes[@]}"; do
   # own node keeps PATH as it is (its directory may not come first, e.g. /usr/local/bin).
   path="$PATH"
   [ "$node" = "${nodes[0]}" ] || path="$(dirname "$node"):$PATH"
-  # Tests at scale (test/harness/scale.ts) run in the first pass only.
-  scale=1
-  [ "$node" = "${nodes[0]}" ] || scale=0
-  if ESGZ_TEST_SCALE=$scale PATH="$path" "$node" node_modules/vitest/vitest.mjs run "$@"; then result=passed; else result=FAILED; failed=1; fi
+  # Tests that take minutes (test/harness/long-tests.ts) run in the first pass only.
+  long=1
+  [ "$node" = "${nodes[0]}" ] || long=0
+  if ESGZ_TEST_LONG=$long PATH="$path" "$node" node_modules/vitest/vitest.mjs run "$@"; then result=passed; else result=FAILED; failed=1; fi
   summary+=("node $version: $result in $((SECONDS - started)) s")
 done
 printf 'esgz test: %s\n' "${summary[@]}"

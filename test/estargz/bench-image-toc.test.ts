@@ -15,11 +15,11 @@ import { containerdAvailable, startContainerd, type RunningContainerd } from '..
 import { ESTARGZ_SUITE_CODEC } from './helpers.js';
 import { ZSTD_CHUNKED_SUITE_CODEC } from './zstdchunked/helpers.js';
 import { convertWithCtrRemote, readTOC, tocStructure } from './reference.js';
-import { scaleTests } from '../harness/scale.js';
+import { longTests } from '../harness/long-tests.js';
 
 const canBuildDebian = process.getuid?.() === 0 && existsSync('/usr/sbin/debootstrap');
 
-describe.skipIf(!scaleTests || !containerdAvailable() || !canBuildDebian)(
+describe.skipIf(!longTests || !containerdAvailable() || !canBuildDebian)(
   "bench images: esgz's TOCs are ctr-remote's",
   () => {
     let containerd: RunningContainerd;

@@ -15,7 +15,7 @@ import { busyboxImage } from '../fixtures/debian.js';
 import { esgz, esgzMeasured } from '../harness/cli.js';
 import { startQuirkProxy, type QuirkProxy, type Quirks } from '../harness/quirk-proxy.js';
 import { registryAddress } from '../harness/registry.js';
-import { scaleTests } from '../harness/scale.js';
+import { longTests } from '../harness/long-tests.js';
 
 const FORMATS = [
   { name: 'eStargz', flag: '--estargz', tag: 'esgz' },
@@ -146,7 +146,7 @@ async function pullRunCopy(format: (typeof FORMATS)[number], id: string): Promis
   expect(JSON.parse(copied.stdout).digest).toBe(digests.get(format.tag));
 }
 
-describe('lazy pull, run and copy through registry quirks', () => {
+describe.skipIf(!longTests)('lazy pull, run and copy through registry quirks', () => {
   for (const [i, quirk] of CASES.entries()) {
     it(
       quirk.name,
@@ -173,7 +173,7 @@ describe('lazy pull, run and copy through registry quirks', () => {
   }, 60_000);
 });
 
-describe.skipIf(!scaleTests)('memory on a registry that answers Range with the whole blob', () => {
+describe.skipIf(!longTests)('memory on a registry that answers Range with the whole blob', () => {
   it('keeps rpull + run of a 1 GiB layer under 256 MiB peak RSS', async () => {
     const started = Date.now();
     const layout = await bigLayerImage(join(work, 'big'));

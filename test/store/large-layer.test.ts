@@ -9,7 +9,7 @@ import { execa } from 'execa';
 import { afterAll, describe, expect, it } from 'vitest';
 import { esgz, esgzMeasured } from '../harness/cli.js';
 import { registryAddress } from '../harness/registry.js';
-import { scaleTests } from '../harness/scale.js';
+import { longTests } from '../harness/long-tests.js';
 
 const LAYER_BYTES = 1 << 30;
 const RSS_LIMIT_MIB = 256;
@@ -59,7 +59,7 @@ async function writeLargeImage(dir: string): Promise<string> {
   return manifest.digest;
 }
 
-describe.skipIf(!scaleTests)('a 1 GiB layer', () => {
+describe.skipIf(!longTests)('a 1 GiB layer', () => {
   it(`is pulled into the store and pushed from it under ${RSS_LIMIT_MIB} MiB RSS`, { timeout: 600_000 }, async () => {
     const digest = await writeLargeImage(join(scratch, 'layout'));
     const ref = `${registryAddress()}/esgz-store/large:1`;

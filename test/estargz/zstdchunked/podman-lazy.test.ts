@@ -18,7 +18,7 @@ import { startFaultProxy, type FaultProxy } from '../../harness/fault-proxy.js';
 import { registryAddress } from '../../harness/registry.js';
 import { walkTree } from '../../snapshotter/helpers.js';
 import { podmanAvailable, startPodman, type PodmanEnv } from './podman-env.js';
-import { scaleTests } from '../../harness/scale.js';
+import { longTests } from '../../harness/long-tests.js';
 
 interface PulledLayer {
   digest: string;
@@ -180,7 +180,7 @@ describe.skipIf(!podmanAvailable)('esgz pulls and runs zstd:chunked layers podma
     await expectSameTree(work, root, reference, tarPath, true);
   });
 
-  it.skipIf(!scaleTests || !debianImageCached())(
+  it.skipIf(!longTests || !debianImageCached())(
     'Debian base: the same (metadata of every entry), and a second run of the same command fetches nothing',
     async () => {
       const fixture = await debianImage();
