@@ -53,7 +53,7 @@ export const namespaceFlags = {
 
 // ---- state root ---------------------------------------------------------------------------
 
-/** Commands that use the local state root (rpull, run, ls, rm, prune). */
+/** The state root (`--root`, else ESGZ_ROOT): every command that reads or writes images or lazily pulled layers. */
 export const stateRootFlags = {
   root: Flags.string({
     description: 'State root: the local store, lazily pulled layers, containers (kept private: 0700)',
