@@ -108,8 +108,16 @@ export async function ctrRemoteTOCDigest(
       digest,
       `esgz-${digest}`,
     ];
-    await execa('/usr/bin/ctr', ['-a', containerd.address, '-n', containerd.namespace, ...ingest], { inputFile: p });
-    return (await containerd.ctrRemote(['image', 'get-toc-digest', ...flags, digest])).trim();
+    // containerd may garbage-collect an unreferenced blob between the ingest and the read (seen
+    // in CI: "content digest … not found"); ingest again then, a few times.
+    for (let attempt = 1; ; attempt++) {
+      await execa('/usr/bin/ctr', ['-a', containerd.address, '-n', containerd.namespace, ...ingest], { inputFile: p });
+      try {
+        return (await containerd.ctrRemote(['image', 'get-toc-digest', ...flags, digest])).trim();
+      } catch (err) {
+        if (attempt >= 3 || !/not found/.test(String(err))) throw err;
+      }
+    }
   } finally {
     await rm(work, { recursive: true, force: true });
   }
