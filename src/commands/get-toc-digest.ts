@@ -4,6 +4,7 @@ import { BaseCommand } from '../cli/base.js';
 import { platformFlag, platformFromFlag, registryFlags, transportOptions, zstdchunkedFlag } from '../cli/flags.js';
 import { writeJson } from '../cli/output.js';
 import { EsgzError } from '../errors.js';
+import { isDigest } from '../oci/digest.js';
 import { openEstargzFile, type EstargzReader } from '../estargz/reader.js';
 import { fetchExternalTOC, tocImageReference } from '../convert/external-toc.js';
 import { readLayerTOC } from '../convert/verify.js';
@@ -13,9 +14,6 @@ import { localBlobPath } from '../image/transports/local.js';
 import type { ImageSource } from '../image/types.js';
 
 const TRAILING_DIGEST = /^(.+)@(sha256:[0-9a-f]{64})$/;
-
-/** A layer named by its digest alone: read from the local store, as ctr-remote reads containerd's. */
-const BARE_DIGEST = /^sha256:[0-9a-f]{64}$/;
 
 export default class GetTocDigest extends BaseCommand<typeof GetTocDigest> {
   static override summary = 'Print the TOC digest of eStargz layers (or dump their TOC)';
@@ -58,9 +56,9 @@ export default class GetTocDigest extends BaseCommand<typeof GetTocDigest> {
   async run(): Promise<void> {
     const { args } = await this.parse(GetTocDigest);
     const { flags } = this;
-    const storedLayer = BARE_DIGEST.test(args.target)
-      ? localBlobPath(args.target, transportOptions(flags).store)
-      : undefined;
+    const options = transportOptions(flags);
+    // A layer named by its digest alone is read from the local store, as ctr-remote reads containerd's.
+    const storedLayer = isDigest(args.target) ? localBlobPath(args.target, options.store) : undefined;
     if (storedLayer !== undefined && !existsSync(storedLayer))
       throw new EsgzError(
         'NOT_FOUND',
@@ -76,7 +74,6 @@ export default class GetTocDigest extends BaseCommand<typeof GetTocDigest> {
       }
       return;
     }
-    const options = transportOptions(flags);
     const platform = platformFromFlag(flags);
     let spec = args.target;
     let layerDigest = flags.layer;
